@@ -1,0 +1,1 @@
+//! The ingestor (being written).

@@ -1,0 +1,56 @@
+//! `triggers-core`: the domain, the storage and delivery contracts, and the [`Ingestor`] that
+//! ties them together (validation, per-organization rate limits, dedup, durable storage and
+//! the delivery worker queue).
+//!
+//! ```
+//! use triggers_core::{Ingestor, IngestorConfig, MemoryStore, NewEvent, NoDeliverer, Tier};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), triggers_core::Error> {
+//! let ingestor = Ingestor::start(MemoryStore::new(), NoDeliverer, IngestorConfig::default());
+//! let (org, _key) = ingestor.create_organization("acme", Tier::Free).await?;
+//! let ingested = ingestor
+//!     .ingest(&org, NewEvent::new("user.created", &serde_json::json!({"id": 1})))
+//!     .await?;
+//! assert!(!ingested.duplicate);
+//! ingestor.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod clock;
+pub mod deliver;
+pub mod domain;
+pub mod error;
+pub mod ingestor;
+pub mod limiter;
+pub mod memory;
+pub mod retry;
+pub mod store;
+pub mod worker;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
+pub use deliver::{
+    Attempt, ChannelDeliverer, Deliverer, FnDeliverer, Handoff, NoDeliverer, Outcome,
+};
+pub use domain::event::{
+    AttemptRecord, Event, EventDetail, EventMeta, EventRecord, EventStatus, NewEvent,
+};
+pub use domain::key::{ApiKey, KeyHash};
+pub use domain::org::{Organization, Tier, TierLimits};
+pub use domain::validate::ValidationError;
+pub use domain::webhook::{Endpoint, Secret, TypeGlob};
+pub use domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
+pub use error::{Error, Result};
+
+pub use limiter::{RateDecision, RateLimiter, SharedRateLimiter};
+pub use memory::MemoryStore;
+pub use retry::RetryPolicy;
+pub use store::{EventStore, StoreError};
+
+/// Re-exports for the conformance macros; not part of the public API.
+#[cfg(feature = "conformance")]
+#[doc(hidden)]
+pub mod __private {
+    pub use tokio;
+}

@@ -1,0 +1,2 @@
+//! In-memory EventStore (being written).
+pub struct MemoryStore;

@@ -1,0 +1,170 @@
+//! Values passed to and returned from stores.
+
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+
+use crate::clock::Timestamp;
+use crate::domain::event::{EventMeta, EventStatus};
+use crate::domain::webhook::{Secret, TypeGlob};
+use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
+
+/// The outcome of inserting one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// The event was stored; `deliveries` deliveries were created for it (fan-out).
+    Inserted {
+        /// The new event.
+        meta: EventMeta,
+        /// How many deliveries (one per matching enabled endpoint) were queued.
+        deliveries: u32,
+    },
+    /// An event with the same `(organization, dedup_id)` exists inside the dedup window;
+    /// nothing was stored. `meta` describes the original event.
+    Duplicate(EventMeta),
+}
+
+impl InsertOutcome {
+    /// The event described: the new one, or the original of a duplicate.
+    pub fn meta(&self) -> &EventMeta {
+        match self {
+            Self::Inserted { meta, .. } | Self::Duplicate(meta) => meta,
+        }
+    }
+}
+
+/// What [`EventLog::list_events`](super::EventLog::list_events) returns: filters and a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only events with this status.
+    pub status: EventStatus,
+    /// Only events whose type matches.
+    pub type_glob: Option<TypeGlob>,
+    /// At most this many events (1–1000).
+    pub limit: u32,
+    /// Only events with an id greater than this (keyset pagination).
+    pub after: Option<EventId>,
+}
+
+/// One page of events, in ascending id (= creation) order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// The id to pass as `after` for the next page; `None` on the last page.
+    pub next_after: Option<EventId>,
+}
+
+/// The outcome of acknowledging several events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckOutcome {
+    /// Ids now `delivered` (including those that already were), in request order.
+    pub acknowledged: Vec<EventId>,
+    /// Ids that do not exist or belong to another organization, in request order.
+    pub not_found: Vec<EventId>,
+}
+
+/// Counts for one organization.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Events with status `pending`.
+    pub pending: u64,
+    /// Deliveries currently leased by a worker.
+    pub in_flight: u64,
+    /// Events with status `delivered`.
+    pub delivered: u64,
+    /// Events with status `failed`.
+    pub failed: u64,
+}
+
+/// A new endpoint to store.
+#[derive(Debug, Clone)]
+pub struct NewEndpoint {
+    /// Its id.
+    pub id: EndpointId,
+    /// Where deliveries go.
+    pub url: String,
+    /// Which event types it receives; `None` means all.
+    pub event_type_filter: Option<TypeGlob>,
+    /// The signing secret.
+    pub secret: Secret,
+    /// When it was created.
+    pub created_at: Timestamp,
+}
+
+/// A claimed delivery: everything a [`Deliverer`](crate::Deliverer) needs, with the lease that
+/// makes this worker its only owner until `lease_expires_at`.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The delivery's id.
+    pub id: DeliveryId,
+    /// The attempt number this claim is for, starting at 1. Fences the completion.
+    pub attempt: u32,
+    /// The worker holding the lease.
+    pub lease_owner: WorkerId,
+    /// When the lease runs out and another worker may claim the delivery.
+    pub lease_expires_at: Timestamp,
+    /// The event's id (also the `webhook-id`).
+    pub event_id: EventId,
+    /// The owning organization.
+    pub organization_id: OrganizationId,
+    /// The event type.
+    pub event_type: String,
+    /// The payload as raw JSON.
+    pub payload: Box<RawValue>,
+    /// When the event was accepted.
+    pub created_at: Timestamp,
+    /// The target endpoint.
+    pub endpoint_id: EndpointId,
+    /// The target URL.
+    pub url: String,
+    /// Signing secrets valid now: the current one first, then a rotated-out one still inside its
+    /// grace period.
+    pub secrets: Vec<Secret>,
+    /// Since when the endpoint has failed without a success in between, if it is failing.
+    pub endpoint_failing_since: Option<Timestamp>,
+}
+
+/// What became of one delivery attempt, as the worker records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompletionState {
+    /// The target accepted the event; the delivery is done.
+    Delivered,
+    /// Try again at `at` (the worker has already applied the retry schedule).
+    Retry {
+        /// When the next attempt is due.
+        at: Timestamp,
+    },
+    /// No more attempts: the delivery (and so its event) is `failed`.
+    Failed,
+}
+
+/// The record of one finished attempt, fenced by `(lease_owner, attempt)`.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The delivery.
+    pub delivery_id: DeliveryId,
+    /// The worker that claimed it.
+    pub lease_owner: WorkerId,
+    /// The attempt number of the claim.
+    pub attempt: u32,
+    /// What happens next.
+    pub state: CompletionState,
+    /// The attempt, for the event's history.
+    pub record: crate::domain::event::AttemptRecord,
+    /// Disable the endpoint with this reason (410 Gone, or failing for too long).
+    pub disable_endpoint: Option<String>,
+}
+
+/// Options for claiming.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest {
+    /// The claiming worker.
+    pub owner: WorkerId,
+    /// At most this many deliveries.
+    pub limit: u32,
+    /// Lease length: the delivery is this worker's until `now + lease`.
+    pub lease: Duration,
+    /// The current time.
+    pub now: Timestamp,
+}

@@ -1,0 +1,1 @@
+//! The worker queue (being written).
