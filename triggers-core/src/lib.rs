@@ -26,8 +26,11 @@ pub mod retry;
 pub mod store;
 pub mod worker;
 
-#[cfg(feature = "conformance")]
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+
+// Lets the conformance macros name `triggers_core::…` also inside this crate's own tests.
+extern crate self as triggers_core;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
 pub use deliver::{
@@ -49,7 +52,7 @@ pub use retry::RetryPolicy;
 pub use store::{EventStore, StoreError};
 
 /// Re-exports for the conformance macros; not part of the public API.
-#[cfg(feature = "conformance")]
+#[cfg(any(test, feature = "conformance"))]
 #[doc(hidden)]
 pub mod __private {
     pub use tokio;
