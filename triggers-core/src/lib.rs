@@ -22,6 +22,7 @@ pub mod error;
 pub mod ingestor;
 pub mod limiter;
 pub mod memory;
+pub mod observe;
 pub mod retry;
 pub mod store;
 pub mod worker;
@@ -46,10 +47,15 @@ pub use domain::webhook::{Endpoint, Secret, TypeGlob};
 pub use domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 pub use error::{Error, Result};
 
+pub use ingestor::{
+    BatchIngested, Cursor, InboxPage, InboxQuery, Ingested, Ingestor, IngestorConfig,
+};
 pub use limiter::{RateDecision, RateLimiter, SharedRateLimiter};
 pub use memory::MemoryStore;
+pub use observe::{DeliveryResult, Observer};
 pub use retry::RetryPolicy;
 pub use store::{EventStore, StoreError};
+pub use worker::WorkerConfig;
 
 /// Re-exports for the conformance macros; not part of the public API.
 #[cfg(any(test, feature = "conformance"))]

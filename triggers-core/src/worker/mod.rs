@@ -1,1 +1,272 @@
-//! The worker queue (being written).
+//! The delivery worker queue.
+//!
+//! One dispatcher task per [`Ingestor`](crate::Ingestor) claims due deliveries in batches
+//! (leased to this pool's [`WorkerId`]), runs each attempt in its own task (at most
+//! `concurrency` at once), and hands finished attempts to a completer task that records them
+//! in batches, fenced by `(lease owner, attempt)`.
+//!
+//! Crash behaviour: a process that dies simply stops renewing nothing — its leases run out
+//! after `lease`, and any worker (here or on another node) claims the deliveries again with
+//! the next attempt number (at-least-once; the event id stays the same). A completion that
+//! arrives after its lease was taken over is refused by the store and changes nothing.
+//!
+//! Shutdown: the dispatcher stops claiming, in-flight attempts get `shutdown_grace` to
+//! finish and be recorded; those still running are cancelled and their deliveries released
+//! (due again at once, attempt number restored).
+
+mod attempt;
+mod config;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+pub use config::WorkerConfig;
+
+use crate::clock::SharedClock;
+use crate::deliver::{Attempt, Deliverer, Outcome};
+use crate::domain::WorkerId;
+use crate::observe::{DeliveryResult, Observer};
+use crate::retry::RetryPolicy;
+use crate::store::{ClaimRequest, Completion, Delivery, EventStore};
+
+/// Most completions recorded in one store call.
+const COMPLETION_BATCH: usize = 256;
+
+/// A running pool of delivery workers.
+pub(crate) struct WorkerPool {
+    stop: watch::Sender<bool>,
+    dispatcher: tokio::task::JoinHandle<()>,
+}
+
+/// What every attempt task shares.
+struct Shared<S, D> {
+    store: Arc<S>,
+    deliverer: Arc<D>,
+    config: WorkerConfig,
+    retry: RetryPolicy,
+    clock: SharedClock,
+}
+
+type Finished = (Completion, DeliveryResult, Duration);
+
+impl WorkerPool {
+    /// Starts the dispatcher and completer.
+    pub(crate) fn spawn<S: EventStore, D: Deliverer>(
+        store: Arc<S>,
+        deliverer: Arc<D>,
+        config: WorkerConfig,
+        retry: RetryPolicy,
+        clock: SharedClock,
+        wake: Arc<Notify>,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> Self {
+        if config.lease <= config.delivery_timeout {
+            tracing::warn!(
+                lease = ?config.lease,
+                delivery_timeout = ?config.delivery_timeout,
+                "lease is not longer than the delivery timeout: slow deliveries may run twice"
+            );
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared { store, deliverer, config, retry, clock });
+        let dispatcher = tokio::spawn(dispatch(shared, wake, stop_rx, observer));
+        Self { stop, dispatcher }
+    }
+
+    /// Stops claiming, lets in-flight attempts finish within the grace period, releases the
+    /// rest, records everything, and returns.
+    pub(crate) async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.dispatcher.await {
+            tracing::error!(error = %e, "delivery dispatcher ended abnormally");
+        }
+    }
+}
+
+async fn dispatch<S: EventStore, D: Deliverer>(
+    shared: Arc<Shared<S, D>>,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+    observer: Option<Arc<dyn Observer>>,
+) {
+    let owner = WorkerId::new();
+    let cfg = &shared.config;
+    let permits = Arc::new(Semaphore::new(cfg.concurrency));
+    let (done_tx, done_rx) = mpsc::channel::<Finished>(cfg.concurrency + COMPLETION_BATCH);
+    let completer = tokio::spawn(complete_loop(shared.store.clone(), done_rx, observer));
+    let (abort_tx, abort_rx) = watch::channel(false);
+    let store_wake = shared.store.wakeups();
+    let mut tasks = JoinSet::new();
+    tracing::debug!(%owner, concurrency = cfg.concurrency, "delivery workers started");
+
+    'run: loop {
+        while tasks.try_join_next().is_some() {}
+        let first = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'run },
+            _ = stop.changed() => break 'run,
+        };
+        let mut held = vec![first];
+        while held.len() < cfg.claim_batch as usize {
+            match permits.clone().try_acquire_owned() {
+                Ok(p) => held.push(p),
+                Err(_) => break,
+            }
+        }
+        let wanted = held.len();
+        let req = ClaimRequest {
+            owner,
+            limit: u32::try_from(wanted).unwrap_or(u32::MAX),
+            lease: cfg.lease,
+            now: shared.clock.now(),
+        };
+        let got = match shared.store.claim(req).await {
+            Ok(deliveries) => {
+                let got = deliveries.len();
+                for (delivery, permit) in deliveries.into_iter().zip(held.drain(..)) {
+                    tasks.spawn(attempt_one(
+                        shared.clone(),
+                        delivery,
+                        permit,
+                        done_tx.clone(),
+                        abort_rx.clone(),
+                    ));
+                }
+                got
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming deliveries failed; will retry");
+                0
+            }
+        };
+        drop(held);
+        if got == wanted {
+            continue; // There may be more due right now.
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = async {
+                match &store_wake {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+            _ = tokio::time::sleep(cfg.poll_interval) => {}
+            _ = stop.changed() => break 'run,
+        }
+    }
+
+    // Shutdown: give in-flight attempts the grace period, then cancel and release the rest.
+    let grace = tokio::time::sleep(cfg.shutdown_grace);
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            next = tasks.join_next() => if next.is_none() { break },
+            _ = &mut grace => {
+                let _ = abort_tx.send(true);
+                while tasks.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    drop(done_tx);
+    if let Err(e) = completer.await {
+        tracing::error!(error = %e, "completion recorder ended abnormally");
+    }
+    tracing::debug!(%owner, "delivery workers stopped");
+}
+
+/// Runs one attempt and queues its completion; on shutdown abort, releases the delivery.
+async fn attempt_one<S: EventStore, D: Deliverer>(
+    shared: Arc<Shared<S, D>>,
+    delivery: Delivery,
+    permit: OwnedSemaphorePermit,
+    done: mpsc::Sender<Finished>,
+    mut abort: watch::Receiver<bool>,
+) {
+    let delivery = Arc::new(delivery);
+    let started = Instant::now();
+    // The deliverer runs in its own task so a panic in it is contained and reported.
+    let call = tokio::spawn({
+        let (d, deliverer) = (delivery.clone(), shared.deliverer.clone());
+        async move { deliverer.deliver(&d).await }
+    });
+    let call_abort = call.abort_handle();
+    let timeout = shared.config.delivery_timeout;
+    let attempt: Option<Attempt> = tokio::select! {
+        r = tokio::time::timeout(timeout, call) => Some(match r {
+            Ok(Ok(attempt)) => attempt,
+            Ok(Err(e)) => {
+                let reason = if e.is_panic() { "deliverer panicked" } else { "delivery cancelled" };
+                tracing::error!(delivery = %delivery.id, "{reason}");
+                Outcome::Retry { after: None, reason: reason.into() }.into()
+            }
+            Err(_) => {
+                call_abort.abort();
+                Outcome::Retry { after: None, reason: format!("timed out after {timeout:?}") }.into()
+            }
+        }),
+        _ = abort.wait_for(|a| *a) => None,
+    };
+    let Some(attempt) = attempt else {
+        call_abort.abort();
+        let d = &delivery;
+        match shared.store.release(d.id, d.lease_owner, d.attempt).await {
+            Ok(_) => tracing::debug!(delivery = %d.id, "released on shutdown"),
+            Err(e) => tracing::warn!(delivery = %d.id, error = %e,
+                "release failed; the lease will expire instead"),
+        }
+        return;
+    };
+    let latency = started.elapsed();
+    let (completion, result) = attempt::completion(
+        &delivery,
+        attempt,
+        shared.clock.now(),
+        latency,
+        &shared.retry,
+        shared.config.disable_after,
+        rand::random::<f64>(),
+    );
+    drop(permit);
+    // The completer outlives every attempt task, so this only fails if it crashed; then the
+    // lease expires and the delivery is retried.
+    let _ = done.send((completion, result, latency)).await;
+}
+
+/// Records finished attempts in batches.
+async fn complete_loop<S: EventStore>(
+    store: Arc<S>,
+    mut done: mpsc::Receiver<Finished>,
+    observer: Option<Arc<dyn Observer>>,
+) {
+    let mut batch = Vec::with_capacity(COMPLETION_BATCH);
+    while done.recv_many(&mut batch, COMPLETION_BATCH).await > 0 {
+        let completions: Vec<Completion> = batch.iter().map(|(c, _, _)| c.clone()).collect();
+        let mut tries = 0u32;
+        let applied = loop {
+            match store.complete(&completions).await {
+                Ok(flags) => break Some(flags),
+                Err(e) if tries < 5 => {
+                    tries += 1;
+                    tracing::warn!(error = %e, tries, "recording delivery outcomes failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 << tries)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, count = completions.len(),
+                        "recording delivery outcomes failed; their leases will expire and they will be retried");
+                    break None;
+                }
+            }
+        };
+        if let (Some(flags), Some(observer)) = (applied, &observer) {
+            for ((_, result, latency), applied) in batch.iter().zip(flags) {
+                let result = if applied { *result } else { DeliveryResult::Stale };
+                observer.delivery(result, *latency);
+            }
+        }
+        batch.clear();
+    }
+}

@@ -1,0 +1,75 @@
+//! The Ingestor's settings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::domain::org::TierLimits;
+use crate::domain::validate::DEFAULT_MAX_PAYLOAD;
+use crate::limiter::SharedRateLimiter;
+use crate::observe::Observer;
+use crate::retry::RetryPolicy;
+use crate::worker::WorkerConfig;
+
+/// Everything the [`Ingestor`](super::Ingestor) can be tuned with. `Default` gives the
+/// documented defaults of SPEC §5.
+#[derive(Clone)]
+pub struct IngestorConfig {
+    /// Per-minute limits per tier.
+    pub tier_limits: TierLimits,
+    /// How long a dedup id is remembered (default 24 h).
+    pub dedup_window: Duration,
+    /// Largest payload, in bytes of JSON text (default 256 KiB).
+    pub max_payload: usize,
+    /// Most events in one batch or ack call (default 1000).
+    pub max_batch: usize,
+    /// How long a rotated-out webhook secret still signs (default 24 h).
+    pub secret_grace: Duration,
+    /// How long an authenticated key is cached in memory (default 2 s). Rotation on this node
+    /// invalidates at once; other nodes sharing the store notice within this time.
+    pub auth_cache_ttl: Duration,
+    /// When retries are due.
+    pub retry: RetryPolicy,
+    /// The delivery workers.
+    pub worker: WorkerConfig,
+    /// The source of time.
+    pub clock: SharedClock,
+    /// A store-backed limiter for one exact limit across nodes; `None` uses the in-process one.
+    pub shared_limiter: Option<Arc<dyn SharedRateLimiter>>,
+    /// Receives delivery outcomes for metrics.
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+impl Default for IngestorConfig {
+    fn default() -> Self {
+        Self {
+            tier_limits: TierLimits::default(),
+            dedup_window: Duration::from_secs(24 * 3600),
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            max_batch: 1000,
+            secret_grace: Duration::from_secs(24 * 3600),
+            auth_cache_ttl: Duration::from_secs(2),
+            retry: RetryPolicy::default(),
+            worker: WorkerConfig::default(),
+            clock: Arc::new(SystemClock),
+            shared_limiter: None,
+            observer: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for IngestorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestorConfig")
+            .field("tier_limits", &self.tier_limits)
+            .field("dedup_window", &self.dedup_window)
+            .field("max_payload", &self.max_payload)
+            .field("max_batch", &self.max_batch)
+            .field("secret_grace", &self.secret_grace)
+            .field("auth_cache_ttl", &self.auth_cache_ttl)
+            .field("retry", &self.retry)
+            .field("worker", &self.worker)
+            .field("shared_limiter", &self.shared_limiter.is_some())
+            .finish_non_exhaustive()
+    }
+}

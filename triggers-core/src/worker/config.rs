@@ -1,0 +1,38 @@
+//! Worker queue settings.
+
+use std::time::Duration;
+
+/// How the delivery workers run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// How many deliveries may be in progress at once (0: no workers).
+    pub concurrency: usize,
+    /// Most deliveries claimed in one store call.
+    pub claim_batch: u32,
+    /// How long a claim is ours. Must exceed `delivery_timeout`: a worker that dies loses its
+    /// deliveries to another after this long.
+    pub lease: Duration,
+    /// How often to look for due work when nothing wakes the workers (retries coming due,
+    /// expired leases, other nodes' events without store wake-ups).
+    pub poll_interval: Duration,
+    /// Longest a single attempt may take before it counts as failed (retry).
+    pub delivery_timeout: Duration,
+    /// An endpoint failing without a success for this long is disabled (default 5 days).
+    pub disable_after: Duration,
+    /// On shutdown, how long in-flight deliveries get to finish before they are released.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            claim_batch: 128,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(500),
+            delivery_timeout: Duration::from_secs(30),
+            disable_after: Duration::from_secs(5 * 24 * 3600),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
