@@ -1,8 +1,113 @@
-//! Placeholder until this benchmark is written.
-#![allow(missing_docs)]
-use criterion::{criterion_group, criterion_main, Criterion};
+//! Core benchmarks: the ingest path over MemoryStore, the rate limiter, and dedup.
+//!
+//! Run: `cargo bench --bench core`
+#![allow(missing_docs, clippy::unwrap_used)]
 
-fn placeholder(_c: &mut Criterion) {}
+use std::time::Instant;
 
-criterion_group!(benches, placeholder);
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use serde_json::json;
+use tokio::runtime::Runtime;
+use triggers::{
+    Clock, Ingestor, IngestorConfig, MemoryStore, NewEvent, NoDeliverer, OrganizationId,
+    RateLimiter, SystemClock, Tier, TierLimits, WorkerConfig,
+};
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// An Ingestor whose limits never bite and which runs no workers.
+fn ingestor() -> Ingestor<MemoryStore, NoDeliverer> {
+    let config = IngestorConfig {
+        tier_limits: TierLimits::default().with(Tier::Enterprise, u32::MAX / 2),
+        worker: WorkerConfig { concurrency: 0, ..WorkerConfig::default() },
+        ..IngestorConfig::default()
+    };
+    Ingestor::start(MemoryStore::new(), NoDeliverer, config)
+}
+
+fn payload() -> NewEvent {
+    NewEvent::new("user.created", &json!({"user_id": 42, "email": "a@example.test", "plan": "pro"}))
+}
+
+fn ingest(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("ingest_memory");
+    group.throughput(Throughput::Elements(1));
+    let ing = rt.block_on(async { ingestor() });
+    let (org, _) = rt.block_on(ing.create_organization("bench", Tier::Enterprise)).unwrap();
+    let event = payload();
+    group.bench_function("one_task", |b| {
+        b.to_async(&rt).iter(|| async { ing.ingest(&org, event.clone()).await.unwrap() })
+    });
+
+    // Many concurrent tasks: 64 tasks each ingesting `per_task` events; time per event.
+    const TASKS: u64 = 64;
+    group.bench_function("64_tasks_per_event", |b| {
+        b.iter_custom(|iters| {
+            let per_task = iters.div_ceil(TASKS).max(1);
+            rt.block_on(async {
+                let start = Instant::now();
+                let handles: Vec<_> = (0..TASKS)
+                    .map(|_| {
+                        let (ing, org, event) = (ing.clone(), org.clone(), event.clone());
+                        tokio::spawn(async move {
+                            for _ in 0..per_task {
+                                ing.ingest(&org, event.clone()).await.unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    h.await.unwrap();
+                }
+                start.elapsed().mul_f64(iters as f64 / (per_task * TASKS) as f64)
+            })
+        })
+    });
+    group.finish();
+}
+
+fn limiter(c: &mut Criterion) {
+    let limiter = RateLimiter::new();
+    let orgs: Vec<OrganizationId> = (0..1024).map(|_| OrganizationId::new()).collect();
+    let now = SystemClock.now();
+    let mut i = 0usize;
+    c.bench_function("limiter_check", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            limiter.check(orgs[i], u32::MAX / 2, 1, now)
+        })
+    });
+}
+
+fn dedup(c: &mut Criterion) {
+    let rt = runtime();
+    let ing = rt.block_on(async { ingestor() });
+    let (org, _) = rt.block_on(ing.create_organization("bench", Tier::Enterprise)).unwrap();
+    let hit = payload().with_dedup_id("always-the-same");
+    rt.block_on(ing.ingest(&org, hit.clone())).unwrap();
+    let mut group = c.benchmark_group("dedup");
+    group.bench_function("hit", |b| {
+        b.to_async(&rt).iter(|| async {
+            let r = ing.ingest(&org, hit.clone()).await.unwrap();
+            assert!(r.duplicate);
+        })
+    });
+    let mut n = 0u64;
+    group.bench_function("miss", |b| {
+        b.to_async(&rt).iter_batched(
+            || {
+                n += 1;
+                payload().with_dedup_id(format!("unique-{n}"))
+            },
+            |event| async { ing.ingest(&org, event).await.unwrap() },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, ingest, limiter, dedup);
 criterion_main!(benches);

@@ -1,1 +1,40 @@
-//! triggers
+//! `triggers`: event ingestion with durable storage, signed webhook delivery with retries, and
+//! an inbox — as an embeddable library and a ready HTTP server.
+//!
+//! This facade re-exports [`triggers_core`] (the Ingestor, domain types and store contract)
+//! and, behind features, the stores and the HTTP front end:
+//!
+//! | feature | module | what |
+//! |---|---|---|
+//! | `sqlite` (default) | [`sqlite`] | the embedded SQLite store |
+//! | `postgres` | [`postgres`] | the PostgreSQL store for production and many nodes |
+//! | `http` (default) | [`http`] | the Triggers API server and the webhook deliverer |
+//!
+//! ```
+//! use triggers::{Ingestor, IngestorConfig, MemoryStore, NewEvent, NoDeliverer, Tier};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), triggers::Error> {
+//! let ingestor = Ingestor::start(MemoryStore::new(), NoDeliverer, IngestorConfig::default());
+//! let (org, _key) = ingestor.create_organization("acme", Tier::Starter).await?;
+//! let first = ingestor.ingest(&org, NewEvent::new("order.paid", &serde_json::json!({"n": 1}))
+//!     .with_dedup_id("order-1")).await?;
+//! let again = ingestor.ingest(&org, NewEvent::new("order.paid", &serde_json::json!({"n": 1}))
+//!     .with_dedup_id("order-1")).await?;
+//! assert_eq!(first.id, again.id);
+//! assert!(again.duplicate);
+//! # ingestor.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub use triggers_core::*;
+
+/// The embedded SQLite store.
+#[cfg(feature = "sqlite")]
+pub use triggers_store_sqlite as sqlite;
+
+/// The PostgreSQL store.
+#[cfg(feature = "postgres")]
+pub use triggers_store_postgres as postgres;
+
+/// The HTTP API server and the webhook deliverer.
+#[cfg(feature = "http")]
+pub use triggers_http as http;
