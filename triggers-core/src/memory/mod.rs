@@ -1,2 +1,199 @@
-//! In-memory EventStore (being written).
-pub struct MemoryStore;
+//! [`MemoryStore`]: a complete [`EventStore`](crate::EventStore) in memory, for tests,
+//! examples and embedding applications that do not need durability.
+
+mod events;
+mod orgs;
+mod queue;
+mod state;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::clock::Timestamp;
+use crate::domain::event::{Event, EventDetail, EventRecord, EventStatus};
+use crate::domain::key::KeyHash;
+use crate::domain::org::Organization;
+use crate::domain::webhook::{Endpoint, Secret};
+use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
+use crate::store::{
+    AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointStore, EventLog,
+    InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, StoreError, StoreResult,
+};
+
+/// An [`EventStore`](crate::EventStore) that keeps everything in memory.
+///
+/// It follows the whole store contract (and passes the conformance kit) except durability:
+/// everything is lost when the last clone is dropped. Clones share the same data. Every call
+/// takes one mutex for a few microseconds and never waits while holding it.
+///
+/// Where the contract is silent it behaves like a database with foreign keys: inserting
+/// events or creating endpoints for an organization that was never created fails with
+/// [`StoreError::InvalidInput`], and reusing an event or endpoint id is a
+/// [`StoreError::Conflict`]. Dedup entries are kept as long as the store lives.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use triggers_core::store::OrgStore;
+/// use triggers_core::{ApiKey, MemoryStore, Organization, Tier, Timestamp};
+/// let store = MemoryStore::new();
+/// let org = Organization::new("acme", Tier::Free, Timestamp::UNIX_EPOCH);
+/// let key = ApiKey::generate();
+/// store.create_organization(&org, &key.hash()).await.unwrap();
+/// assert_eq!(store.organization_by_key(&key.hash()).await.unwrap(), Some(org));
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    state: Arc<Mutex<state::State>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> StoreResult<MutexGuard<'_, state::State>> {
+        // A panic while holding the lock may have left the tables half-updated: refuse to
+        // serve from them rather than return wrong answers.
+        self.state
+            .lock()
+            .map_err(|_| StoreError::Unavailable("memory store poisoned by a panic".into()))
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl OrgStore for MemoryStore {
+    async fn create_organization(&self, org: &Organization, key: &KeyHash) -> StoreResult<()> {
+        self.lock()?.create_organization(org, key)
+    }
+
+    async fn organization_by_key(&self, key: &KeyHash) -> StoreResult<Option<Organization>> {
+        Ok(self.lock()?.organization_by_key(key))
+    }
+
+    async fn organization(&self, id: OrganizationId) -> StoreResult<Option<Organization>> {
+        Ok(self.lock()?.organization(id))
+    }
+
+    async fn replace_key(&self, id: OrganizationId, key: &KeyHash) -> StoreResult<bool> {
+        self.lock()?.replace_key(id, key)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.lock().map(drop)
+    }
+}
+
+#[async_trait]
+impl EndpointStore for MemoryStore {
+    async fn create_endpoint(
+        &self,
+        org: OrganizationId,
+        endpoint: &NewEndpoint,
+    ) -> StoreResult<Endpoint> {
+        self.lock()?.create_endpoint(org, endpoint)
+    }
+
+    async fn endpoints(&self, org: OrganizationId) -> StoreResult<Vec<Endpoint>> {
+        Ok(self.lock()?.endpoints(org))
+    }
+
+    async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
+        Ok(self.lock()?.delete_endpoint(org, id))
+    }
+
+    async fn rotate_endpoint_secret(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        secret: &Secret,
+        previous_valid_until: Timestamp,
+    ) -> StoreResult<bool> {
+        Ok(self.lock()?.rotate_endpoint_secret(org, id, secret, previous_valid_until))
+    }
+}
+
+#[async_trait]
+impl EventLog for MemoryStore {
+    async fn insert_events(
+        &self,
+        org: OrganizationId,
+        events: Vec<EventRecord>,
+        dedup_window: Duration,
+        now: Timestamp,
+    ) -> StoreResult<Vec<InsertOutcome>> {
+        self.lock()?.insert_events(org, events, dedup_window, now)
+    }
+
+    async fn event(&self, org: OrganizationId, id: EventId) -> StoreResult<Option<EventDetail>> {
+        Ok(self.lock()?.event(org, id))
+    }
+
+    async fn list_events(
+        &self,
+        org: OrganizationId,
+        query: &ListQuery,
+    ) -> StoreResult<Page<Event>> {
+        Ok(self.lock()?.list_events(org, query))
+    }
+
+    async fn ack(
+        &self,
+        org: OrganizationId,
+        ids: &[EventId],
+        now: Timestamp,
+    ) -> StoreResult<AckOutcome> {
+        Ok(self.lock()?.ack(org, ids, now))
+    }
+
+    async fn replay(
+        &self,
+        org: OrganizationId,
+        id: EventId,
+        now: Timestamp,
+    ) -> StoreResult<Option<EventStatus>> {
+        Ok(self.lock()?.replay(org, id, now))
+    }
+
+    async fn stats(&self, org: OrganizationId) -> StoreResult<QueueStats> {
+        Ok(self.lock()?.stats(org))
+    }
+}
+
+#[async_trait]
+impl DeliveryQueue for MemoryStore {
+    async fn claim(&self, req: ClaimRequest) -> StoreResult<Vec<Delivery>> {
+        Ok(self.lock()?.claim(req))
+    }
+
+    async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
+        Ok(self.lock()?.complete(completions))
+    }
+
+    async fn release(&self, id: DeliveryId, owner: WorkerId, attempt: u32) -> StoreResult<bool> {
+        Ok(self.lock()?.release(id, owner, attempt))
+    }
+
+    async fn extend_lease(
+        &self,
+        id: DeliveryId,
+        owner: WorkerId,
+        attempt: u32,
+        until: Timestamp,
+    ) -> StoreResult<bool> {
+        Ok(self.lock()?.extend_lease(id, owner, attempt, until))
+    }
+
+    async fn queue_depth(&self) -> StoreResult<u64> {
+        Ok(self.lock()?.queue_depth())
+    }
+}

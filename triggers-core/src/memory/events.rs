@@ -1,0 +1,162 @@
+//! Events: insertion with dedup and fan-out, lookup, the inbox, ack, replay and counts.
+
+use std::collections::HashSet;
+use std::ops::Bound;
+use std::time::Duration;
+
+use super::state::{set_status, EventRow, State};
+use crate::clock::{self, Timestamp};
+use crate::domain::event::{Event, EventDetail, EventMeta, EventRecord, EventStatus};
+use crate::domain::{EventId, OrganizationId};
+use crate::store::{
+    AckOutcome, InsertOutcome, ListQuery, Page, QueueStats, StoreError, StoreResult,
+};
+
+impl State {
+    pub(super) fn insert_events(
+        &mut self,
+        org: OrganizationId,
+        events: Vec<EventRecord>,
+        dedup_window: Duration,
+        now: Timestamp,
+    ) -> StoreResult<Vec<InsertOutcome>> {
+        let State { orgs, endpoints, queue, .. } = self;
+        let Some(tenant) = orgs.get_mut(&org) else {
+            return Err(StoreError::InvalidInput(format!("no organization {org}")));
+        };
+        // Check everything that can fail before writing anything (atomicity).
+        let mut ids = HashSet::with_capacity(events.len());
+        for e in &events {
+            if tenant.events.contains_key(&e.id) || !ids.insert(e.id) {
+                return Err(StoreError::Conflict(format!("event {} exists", e.id)));
+            }
+        }
+        let mut outcomes = Vec::with_capacity(events.len());
+        for record in events {
+            if let Some(dedup_id) = &record.dedup_id {
+                if let Some(original) = tenant.dedup.get(dedup_id) {
+                    if clock::add(original.created_at, dedup_window) > now {
+                        outcomes.push(InsertOutcome::Duplicate(original.clone()));
+                        continue;
+                    }
+                }
+            }
+            let meta = EventMeta {
+                id: record.id,
+                event_type: record.event_type.clone(),
+                created_at: record.created_at,
+            };
+            let outstanding = queue.fan_out(
+                endpoints,
+                &tenant.endpoints,
+                org,
+                record.id,
+                &record.event_type,
+                now,
+            );
+            let deliveries = u32::try_from(outstanding.len()).unwrap_or(u32::MAX);
+            if let Some(dedup_id) = &record.dedup_id {
+                tenant.dedup.insert(dedup_id.clone(), meta.clone());
+            }
+            let event = Event {
+                id: record.id,
+                organization_id: org,
+                event_type: record.event_type,
+                payload: record.payload,
+                dedup_id: record.dedup_id,
+                status: EventStatus::Pending,
+                created_at: record.created_at,
+                delivered_at: None,
+            };
+            tenant.events.insert(record.id, EventRow { event, attempts: Vec::new(), outstanding });
+            tenant.counts.pending += 1;
+            outcomes.push(InsertOutcome::Inserted { meta, deliveries });
+        }
+        Ok(outcomes)
+    }
+
+    pub(super) fn event(&self, org: OrganizationId, id: EventId) -> Option<EventDetail> {
+        let row = self.orgs.get(&org)?.events.get(&id)?;
+        Some(EventDetail { event: row.event.clone(), attempts: row.attempts.clone() })
+    }
+
+    pub(super) fn list_events(&self, org: OrganizationId, query: &ListQuery) -> Page<Event> {
+        let Some(tenant) = self.orgs.get(&org) else {
+            return Page { items: Vec::new(), next_after: None };
+        };
+        let limit = query.limit.clamp(1, 1000) as usize;
+        let from = query.after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut matching = tenant
+            .events
+            .range((from, Bound::Unbounded))
+            .map(|(_, row)| &row.event)
+            .filter(|e| e.status == query.status)
+            .filter(|e| query.type_glob.as_ref().map_or(true, |g| g.matches(&e.event_type)));
+        let items: Vec<Event> = matching.by_ref().take(limit).cloned().collect();
+        // Look one further, so the last page says so.
+        let next_after = match matching.next() {
+            Some(_) => items.last().map(|e| e.id),
+            None => None,
+        };
+        Page { items, next_after }
+    }
+
+    pub(super) fn ack(
+        &mut self,
+        org: OrganizationId,
+        ids: &[EventId],
+        now: Timestamp,
+    ) -> AckOutcome {
+        let mut outcome = AckOutcome::default();
+        let mut seen = HashSet::with_capacity(ids.len());
+        let tenant = self.orgs.get_mut(&org);
+        let Some(tenant) = tenant else {
+            outcome.not_found = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+            return outcome;
+        };
+        for &id in ids {
+            if !seen.insert(id) {
+                continue;
+            }
+            match tenant.events.get_mut(&id) {
+                Some(row) => {
+                    if row.event.status != EventStatus::Delivered {
+                        set_status(
+                            &mut tenant.counts,
+                            &mut row.event,
+                            EventStatus::Delivered,
+                            Some(now),
+                        );
+                    }
+                    outcome.acknowledged.push(id);
+                }
+                None => outcome.not_found.push(id),
+            }
+        }
+        outcome
+    }
+
+    pub(super) fn replay(
+        &mut self,
+        org: OrganizationId,
+        id: EventId,
+        now: Timestamp,
+    ) -> Option<EventStatus> {
+        let cancelled =
+            std::mem::take(&mut self.orgs.get_mut(&org)?.events.get_mut(&id)?.outstanding);
+        for delivery_id in cancelled {
+            self.remove_delivery(delivery_id);
+        }
+        let State { orgs, endpoints, queue, .. } = self;
+        let tenant = orgs.get_mut(&org)?;
+        let row = tenant.events.get_mut(&id)?;
+        set_status(&mut tenant.counts, &mut row.event, EventStatus::Pending, None);
+        row.outstanding =
+            queue.fan_out(endpoints, &tenant.endpoints, org, id, &row.event.event_type, now);
+        Some(EventStatus::Pending)
+    }
+
+    pub(super) fn stats(&self, org: OrganizationId) -> QueueStats {
+        self.orgs.get(&org).map(|t| t.counts).unwrap_or_default()
+    }
+}

@@ -1,0 +1,167 @@
+//! The delivery queue: claims with leases, fenced completions, releases and heartbeats.
+
+use super::state::{set_status, DeliveryRow, Lease, State};
+use crate::clock::{self, Timestamp};
+use crate::domain::event::EventStatus;
+use crate::domain::{DeliveryId, WorkerId};
+use crate::store::{ClaimRequest, Completion, CompletionState, Delivery};
+
+impl State {
+    pub(super) fn claim(&mut self, req: ClaimRequest) -> Vec<Delivery> {
+        let limit = req.limit as usize;
+        if limit == 0 {
+            return Vec::new();
+        }
+        // The due index is ordered by due time, so the first due entries are the earliest.
+        // Deliveries of disabled endpoints stay queued but are skipped.
+        let picked: Vec<(Timestamp, DeliveryId)> = self
+            .queue
+            .due
+            .iter()
+            .take_while(|(at, _)| *at <= req.now)
+            .filter(|(_, id)| {
+                self.queue.deliveries.get(id).is_some_and(|d| {
+                    self.endpoints.get(&d.endpoint_id).is_some_and(|e| e.endpoint.enabled)
+                })
+            })
+            .take(limit)
+            .copied()
+            .collect();
+        let expires_at = clock::add(req.now, req.lease);
+        let mut claimed = Vec::with_capacity(picked.len());
+        for key in picked {
+            let id = key.1;
+            let Some(row) = self.queue.deliveries.get_mut(&id) else { continue };
+            self.queue.due.remove(&key);
+            let was_in_flight = row.lease.is_some();
+            row.attempt += 1;
+            row.lease = Some(Lease { owner: req.owner, expires_at });
+            self.queue.due.insert(row.due_key(id));
+            let row: &DeliveryRow = row;
+            let Some(tenant) = self.orgs.get_mut(&row.org) else { continue };
+            if !was_in_flight {
+                tenant.counts.in_flight += 1;
+            }
+            let (Some(event), Some(endpoint)) =
+                (tenant.events.get(&row.event_id), self.endpoints.get(&row.endpoint_id))
+            else {
+                continue;
+            };
+            let mut secrets = vec![endpoint.endpoint.secret.clone()];
+            if let Some((previous, until)) = &endpoint.previous {
+                if req.now < *until {
+                    secrets.push(previous.clone());
+                }
+            }
+            claimed.push(Delivery {
+                id,
+                attempt: row.attempt,
+                lease_owner: req.owner,
+                lease_expires_at: expires_at,
+                event_id: row.event_id,
+                organization_id: row.org,
+                event_type: event.event.event_type.clone(),
+                payload: event.event.payload.clone(),
+                created_at: event.event.created_at,
+                endpoint_id: row.endpoint_id,
+                url: endpoint.endpoint.url.clone(),
+                secrets,
+                endpoint_failing_since: endpoint.failing_since,
+            });
+        }
+        claimed
+    }
+
+    pub(super) fn complete(&mut self, completions: &[Completion]) -> Vec<bool> {
+        completions.iter().map(|c| self.complete_one(c)).collect()
+    }
+
+    fn complete_one(&mut self, c: &Completion) -> bool {
+        let Some(row) = self.queue.deliveries.get(&c.delivery_id) else { return false };
+        if !row.held_by(c.lease_owner, c.attempt) {
+            return false;
+        }
+        let (org, event_id, endpoint_id) = (row.org, row.event_id, row.endpoint_id);
+        if let Some(endpoint) = self.endpoints.get_mut(&endpoint_id) {
+            match c.state {
+                CompletionState::Delivered => endpoint.failing_since = None,
+                CompletionState::Retry { .. } | CompletionState::Failed => {
+                    endpoint.failing_since.get_or_insert(c.record.at);
+                }
+            }
+            if let Some(reason) = &c.disable_endpoint {
+                endpoint.endpoint.enabled = false;
+                endpoint.endpoint.disabled_reason = Some(reason.clone());
+            }
+        }
+        match c.state {
+            CompletionState::Retry { at } => {
+                if let Some(row) = self.queue.deliveries.get_mut(&c.delivery_id) {
+                    self.queue.due.remove(&row.due_key(c.delivery_id));
+                    row.lease = None;
+                    row.next_attempt_at = at;
+                    self.queue.due.insert(row.due_key(c.delivery_id));
+                }
+                if let Some(tenant) = self.orgs.get_mut(&org) {
+                    tenant.counts.in_flight = tenant.counts.in_flight.saturating_sub(1);
+                }
+            }
+            CompletionState::Delivered | CompletionState::Failed => {
+                self.remove_delivery(c.delivery_id);
+            }
+        }
+        let Some(tenant) = self.orgs.get_mut(&org) else { return true };
+        let Some(event) = tenant.events.get_mut(&event_id) else { return true };
+        event.attempts.push(c.record.clone());
+        if event.event.status == EventStatus::Pending {
+            match c.state {
+                CompletionState::Delivered if event.outstanding.is_empty() => {
+                    let at = Some(c.record.at);
+                    set_status(&mut tenant.counts, &mut event.event, EventStatus::Delivered, at);
+                }
+                CompletionState::Failed => {
+                    set_status(&mut tenant.counts, &mut event.event, EventStatus::Failed, None);
+                }
+                _ => {}
+            }
+        }
+        true
+    }
+
+    pub(super) fn release(&mut self, id: DeliveryId, owner: WorkerId, attempt: u32) -> bool {
+        let Some(row) = self.queue.deliveries.get_mut(&id) else { return false };
+        if !row.held_by(owner, attempt) {
+            return false;
+        }
+        self.queue.due.remove(&row.due_key(id));
+        row.lease = None;
+        row.attempt = row.attempt.saturating_sub(1);
+        // `next_attempt_at` is still the time it was due when claimed: due at once.
+        self.queue.due.insert(row.due_key(id));
+        if let Some(tenant) = self.orgs.get_mut(&row.org) {
+            tenant.counts.in_flight = tenant.counts.in_flight.saturating_sub(1);
+        }
+        true
+    }
+
+    pub(super) fn extend_lease(
+        &mut self,
+        id: DeliveryId,
+        owner: WorkerId,
+        attempt: u32,
+        until: Timestamp,
+    ) -> bool {
+        let Some(row) = self.queue.deliveries.get_mut(&id) else { return false };
+        if !row.held_by(owner, attempt) {
+            return false;
+        }
+        self.queue.due.remove(&row.due_key(id));
+        row.lease = Some(Lease { owner, expires_at: until });
+        self.queue.due.insert(row.due_key(id));
+        true
+    }
+
+    pub(super) fn queue_depth(&self) -> u64 {
+        self.queue.deliveries.len() as u64
+    }
+}

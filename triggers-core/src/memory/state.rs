@@ -1,0 +1,191 @@
+//! The in-memory tables, and bookkeeping shared by the operations.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::clock::Timestamp;
+use crate::domain::event::{AttemptRecord, Event, EventMeta, EventStatus};
+use crate::domain::key::KeyHash;
+use crate::domain::org::Organization;
+use crate::domain::webhook::{Endpoint, Secret};
+use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
+use crate::store::QueueStats;
+
+/// Everything a [`MemoryStore`](super::MemoryStore) holds, behind one mutex.
+#[derive(Default)]
+pub(super) struct State {
+    /// Organizations with their events, dedup entries and counters.
+    pub(super) orgs: HashMap<OrganizationId, Tenant>,
+    /// The current key hash of every organization.
+    pub(super) keys: HashMap<[u8; 32], OrganizationId>,
+    /// Every endpoint of every organization.
+    pub(super) endpoints: HashMap<EndpointId, EndpointRow>,
+    /// The delivery queue.
+    pub(super) queue: Queue,
+}
+
+/// The outstanding deliveries.
+#[derive(Default)]
+pub(super) struct Queue {
+    /// Outstanding (pending or in-flight) deliveries only: finished and cancelled ones are
+    /// removed, so a completion for them finds nothing and is stale.
+    pub(super) deliveries: HashMap<DeliveryId, DeliveryRow>,
+    /// Every outstanding delivery keyed by when it is due: `next_attempt_at` while pending,
+    /// the lease expiry while in flight.
+    pub(super) due: BTreeSet<(Timestamp, DeliveryId)>,
+}
+
+/// One organization and everything it owns apart from endpoints.
+pub(super) struct Tenant {
+    pub(super) org: Organization,
+    pub(super) key: KeyHash,
+    /// Its endpoints in creation order.
+    pub(super) endpoints: Vec<EndpointId>,
+    /// Its events by id: UUID v7, so in creation order, which keyset paging relies on.
+    pub(super) events: BTreeMap<EventId, EventRow>,
+    /// The latest event per dedup id (an entry may be older than the window: then it is
+    /// taken over by the next insert with that id).
+    pub(super) dedup: HashMap<String, EventMeta>,
+    /// Events per status and in-flight deliveries, kept up to date on every change.
+    pub(super) counts: QueueStats,
+}
+
+impl Tenant {
+    pub(super) fn new(org: Organization, key: KeyHash) -> Self {
+        Self {
+            org,
+            key,
+            endpoints: Vec::new(),
+            events: BTreeMap::new(),
+            dedup: HashMap::new(),
+            counts: QueueStats::default(),
+        }
+    }
+}
+
+/// A stored event.
+pub(super) struct EventRow {
+    pub(super) event: Event,
+    /// Every applied attempt, oldest first.
+    pub(super) attempts: Vec<AttemptRecord>,
+    /// The outstanding deliveries of the event's current generation (since insertion or the
+    /// last replay). When the last one finishes as delivered, a pending event is delivered.
+    pub(super) outstanding: Vec<DeliveryId>,
+}
+
+/// A stored endpoint with its rotation and health state.
+pub(super) struct EndpointRow {
+    pub(super) endpoint: Endpoint,
+    /// The rotated-out secret and until when it still signs.
+    pub(super) previous: Option<(Secret, Timestamp)>,
+    /// Since when the endpoint has failed without a success in between.
+    pub(super) failing_since: Option<Timestamp>,
+}
+
+/// An outstanding delivery.
+pub(super) struct DeliveryRow {
+    pub(super) org: OrganizationId,
+    pub(super) event_id: EventId,
+    pub(super) endpoint_id: EndpointId,
+    /// The attempt number of the latest claim (0 before the first).
+    pub(super) attempt: u32,
+    /// When it is due while pending.
+    pub(super) next_attempt_at: Timestamp,
+    /// `Some` while in flight.
+    pub(super) lease: Option<Lease>,
+}
+
+/// Who holds an in-flight delivery, and until when.
+#[derive(Clone, Copy)]
+pub(super) struct Lease {
+    pub(super) owner: WorkerId,
+    pub(super) expires_at: Timestamp,
+}
+
+impl DeliveryRow {
+    /// The key of this delivery in [`State::due`].
+    pub(super) fn due_key(&self, id: DeliveryId) -> (Timestamp, DeliveryId) {
+        (self.lease.map_or(self.next_attempt_at, |l| l.expires_at), id)
+    }
+
+    /// Whether a fenced call by `owner` for `attempt` may act on this delivery.
+    pub(super) fn held_by(&self, owner: WorkerId, attempt: u32) -> bool {
+        matches!(self.lease, Some(l) if l.owner == owner) && self.attempt == attempt
+    }
+}
+
+/// Moves an event to `status`, keeping the organization's counters right.
+pub(super) fn set_status(
+    counts: &mut QueueStats,
+    event: &mut Event,
+    status: EventStatus,
+    delivered_at: Option<Timestamp>,
+) {
+    *status_count(counts, event.status) -= 1;
+    *status_count(counts, status) += 1;
+    event.status = status;
+    event.delivered_at = delivered_at;
+}
+
+/// The counter of events with `status`.
+pub(super) fn status_count(counts: &mut QueueStats, status: EventStatus) -> &mut u64 {
+    match status {
+        EventStatus::Pending => &mut counts.pending,
+        EventStatus::Delivered => &mut counts.delivered,
+        EventStatus::Failed => &mut counts.failed,
+    }
+}
+
+impl Queue {
+    /// Queues one delivery of an event per enabled endpoint in `candidates` (the owning
+    /// organization's endpoints) whose filter matches `event_type`, due at `now`.
+    pub(super) fn fan_out(
+        &mut self,
+        endpoints: &HashMap<EndpointId, EndpointRow>,
+        candidates: &[EndpointId],
+        org: OrganizationId,
+        event_id: EventId,
+        event_type: &str,
+        now: Timestamp,
+    ) -> Vec<DeliveryId> {
+        let mut created = Vec::new();
+        for endpoint_id in candidates {
+            let Some(row) = endpoints.get(endpoint_id) else { continue };
+            let ep = &row.endpoint;
+            if !ep.enabled || !ep.event_type_filter.as_ref().map_or(true, |g| g.matches(event_type))
+            {
+                continue;
+            }
+            let id = DeliveryId::new();
+            let row = DeliveryRow {
+                org,
+                event_id,
+                endpoint_id: *endpoint_id,
+                attempt: 0,
+                next_attempt_at: now,
+                lease: None,
+            };
+            self.due.insert(row.due_key(id));
+            self.deliveries.insert(id, row);
+            created.push(id);
+        }
+        created
+    }
+}
+
+impl State {
+    /// Removes an outstanding delivery (finished or cancelled): from the queue, from its
+    /// event's outstanding list, and from the in-flight count. Returns the removed row.
+    pub(super) fn remove_delivery(&mut self, id: DeliveryId) -> Option<DeliveryRow> {
+        let row = self.queue.deliveries.remove(&id)?;
+        self.queue.due.remove(&row.due_key(id));
+        if let Some(tenant) = self.orgs.get_mut(&row.org) {
+            if row.lease.is_some() {
+                tenant.counts.in_flight = tenant.counts.in_flight.saturating_sub(1);
+            }
+            if let Some(event) = tenant.events.get_mut(&row.event_id) {
+                event.outstanding.retain(|d| *d != id);
+            }
+        }
+        Some(row)
+    }
+}
