@@ -1,0 +1,192 @@
+//! Per-endpoint limits: a concurrency cap and an optional rate, so one slow or rate-limited
+//! receiver cannot occupy every delivery worker.
+//!
+//! A delivery that cannot get a slot within a short wait is not queued here: it returns
+//! `Retry` with a small hint and goes back to the store, freeing its worker for other
+//! endpoints. (That counts as an attempt on the retry schedule, like any other `Retry`.)
+//!
+//! The rate is a tiny GCRA per endpoint (burst = one second's worth, at least one delivery),
+//! a dozen lines over a `Mutex<Instant>` that is never held across an await; a rate-limiter
+//! crate would bring its own clock and key store for no gain here.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use triggers_core::EndpointId;
+
+/// The map is swept of idle endpoints when it grows past this (and then past twice its size).
+const SWEEP_FLOOR: usize = 1024;
+
+/// Why a delivery could not start now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Busy {
+    /// The endpoint already has its maximum of deliveries in flight.
+    Concurrency,
+    /// The endpoint's rate is used up for this long.
+    Rate(Duration),
+}
+
+#[derive(Debug)]
+struct Slot {
+    permits: Arc<Semaphore>,
+    /// GCRA theoretical arrival time.
+    tat: Mutex<Option<Instant>>,
+}
+
+/// Held while a delivery runs: its concurrency permit.
+#[derive(Debug)]
+pub(crate) struct Pass {
+    _permit: OwnedSemaphorePermit,
+    _slot: Arc<Slot>,
+}
+
+#[derive(Debug)]
+pub(crate) struct EndpointLimits {
+    slots: DashMap<EndpointId, Arc<Slot>>,
+    max_concurrency: usize,
+    /// Time between deliveries at the configured rate, and the burst window.
+    pacing: Option<(Duration, Duration)>,
+    max_wait: Duration,
+    sweep_above: AtomicUsize,
+}
+
+impl EndpointLimits {
+    pub(crate) fn new(max_concurrency: usize, rate: Option<f64>, max_wait: Duration) -> Self {
+        let pacing = rate.filter(|r| r.is_finite() && *r > 0.0).map(|r| {
+            let interval = Duration::from_secs_f64((1.0 / r).min(86_400.0));
+            (interval, interval.max(Duration::from_secs(1)))
+        });
+        Self {
+            slots: DashMap::new(),
+            max_concurrency: max_concurrency.clamp(1, Semaphore::MAX_PERMITS),
+            pacing,
+            max_wait,
+            sweep_above: AtomicUsize::new(SWEEP_FLOOR),
+        }
+    }
+
+    /// Waits at most the configured bound for a concurrency permit, then for the rate.
+    pub(crate) async fn acquire(&self, endpoint: EndpointId) -> Result<Pass, Busy> {
+        let slot = self.slot(endpoint);
+        let permit =
+            match tokio::time::timeout(self.max_wait, slot.permits.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                // The semaphore is never closed; treat it like a timeout anyway.
+                Ok(Err(_)) | Err(_) => return Err(Busy::Concurrency),
+            };
+        if let Some(wait) = self.reserve_rate(&slot)? {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(Pass { _permit: permit, _slot: slot })
+    }
+
+    fn slot(&self, endpoint: EndpointId) -> Arc<Slot> {
+        if let Some(slot) = self.slots.get(&endpoint) {
+            return slot.clone();
+        }
+        let slot = self
+            .slots
+            .entry(endpoint)
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    permits: Arc::new(Semaphore::new(self.max_concurrency)),
+                    tat: Mutex::new(None),
+                })
+            })
+            .clone();
+        self.maybe_sweep();
+        slot
+    }
+
+    /// Drops the state of endpoints nobody is using. A slot in use is held by a [`Pass`] or
+    /// by a caller between lookup and acquisition, so its reference count is above one; the
+    /// shard lock `retain` holds keeps new clones from appearing meanwhile.
+    fn maybe_sweep(&self) {
+        let len = self.slots.len();
+        if len <= self.sweep_above.load(Ordering::Relaxed) {
+            return;
+        }
+        self.slots.retain(|_, slot| Arc::strong_count(slot) > 1);
+        let next = (self.slots.len() * 2).max(SWEEP_FLOOR);
+        self.sweep_above.store(next, Ordering::Relaxed);
+    }
+
+    /// Reserves the next delivery slot of the endpoint's rate: `None` to go at once,
+    /// `Some(wait)` to go after a wait within the bound, or `Busy::Rate` when even that is
+    /// too far off (nothing is reserved then).
+    fn reserve_rate(&self, slot: &Slot) -> Result<Option<Duration>, Busy> {
+        let Some((interval, window)) = self.pacing else { return Ok(None) };
+        let now = Instant::now();
+        let mut tat = slot.tat.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let next = tat.map_or(now, |t| t.max(now)) + interval;
+        let wait = next.saturating_duration_since(now).saturating_sub(window);
+        if wait > self.max_wait {
+            return Err(Busy::Rate(wait));
+        }
+        *tat = Some(next);
+        Ok((!wait.is_zero()).then_some(wait))
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_cap_is_per_endpoint() {
+        let limits = EndpointLimits::new(2, None, Duration::from_millis(20));
+        let (a, b) = (EndpointId::new(), EndpointId::new());
+        let first = limits.acquire(a).await.unwrap();
+        let _second = limits.acquire(a).await.unwrap();
+        assert_eq!(limits.acquire(a).await.unwrap_err(), Busy::Concurrency);
+        let _other = limits.acquire(b).await.unwrap();
+        drop(first);
+        assert!(limits.acquire(a).await.is_ok(), "a released permit is reusable");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_allows_a_second_of_burst_then_paces() {
+        // 4 per second, waits of up to 300 ms allowed.
+        let limits = EndpointLimits::new(100, Some(4.0), Duration::from_millis(300));
+        let e = EndpointId::new();
+        let start = Instant::now();
+        for _ in 0..4 {
+            drop(limits.acquire(e).await.unwrap());
+        }
+        assert_eq!(Instant::now(), start, "the burst goes at once");
+        drop(limits.acquire(e).await.unwrap());
+        assert_eq!(Instant::now() - start, Duration::from_millis(250), "then one per 250 ms");
+        // Reserve ahead without waiting until the next wait would exceed the bound.
+        let slot = limits.slot(e);
+        assert_eq!(limits.reserve_rate(&slot), Ok(Some(Duration::from_millis(250))));
+        assert_eq!(limits.reserve_rate(&slot), Err(Busy::Rate(Duration::from_millis(500))));
+    }
+
+    #[tokio::test]
+    async fn idle_endpoints_are_swept() {
+        let limits = EndpointLimits::new(1, None, Duration::from_millis(10));
+        let busy = EndpointId::new();
+        let held = limits.acquire(busy).await.unwrap();
+        for _ in 0..SWEEP_FLOOR - 1 {
+            drop(limits.acquire(EndpointId::new()).await.unwrap());
+        }
+        assert_eq!(limits.len(), SWEEP_FLOOR);
+        // The next new endpoint pushes the map over the floor: idle ones go, the busy one and
+        // the one being acquired stay.
+        drop(limits.acquire(EndpointId::new()).await.unwrap());
+        assert_eq!(limits.len(), 2);
+        assert!(limits.slots.contains_key(&busy));
+        assert_eq!(limits.acquire(busy).await.unwrap_err(), Busy::Concurrency);
+        drop(held);
+    }
+}

@@ -1,0 +1,102 @@
+//! Webhook delivery over HTTP(S): the signed [`WebhookDeliverer`].
+//!
+//! Each attempt is one `POST` of the JSON body `{"id","type","created_at","payload"}` to the
+//! endpoint's URL, signed as Standard Webhooks prescribe (`webhook-id` = the event id,
+//! `webhook-timestamp` = the unix time of the attempt, `webhook-signature` = one `v1,…` per
+//! valid secret). What the answer means:
+//!
+//! | answer | outcome |
+//! |---|---|
+//! | 2xx within the total timeout | `Delivered` |
+//! | 410 | `Gone` (the worker disables the endpoint) |
+//! | 429, 502, 503, 504 | `Retry`, with `Retry-After` (seconds or HTTP-date) as the hint |
+//! | any other status, 3xx included (redirects are never followed) | `Retry` on the schedule |
+//! | timeout, connection or TLS error, DNS failure | `Retry` |
+//! | endpoint at its concurrency cap or rate for longer than `endpoint_wait` | `Retry` ("endpoint busy") |
+//! | target address refused by the SSRF policy, invalid URL, scheme not http(s), no secret | `Permanent` |
+//!
+//! Reasons are short (≤ 200 bytes) and never contain secrets; nothing here logs headers.
+//! The signing timestamp is the system's wall clock (receivers compare it with theirs), not
+//! the ingestor's injectable clock.
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), triggers_http::webhook::WebhookError> {
+//! use triggers_http::{WebhookConfig, WebhookDeliverer};
+//! let deliverer = WebhookDeliverer::new(WebhookConfig {
+//!     allow: vec!["127.0.0.0/8".parse().unwrap()], // local development only
+//!     ..WebhookConfig::default()
+//! })?;
+//! # let _ = deliverer; Ok(()) }
+//! ```
+
+mod client;
+mod deliverer;
+mod limit;
+mod outcome;
+mod sign;
+mod ssrf;
+
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use deliverer::WebhookDeliverer;
+pub use sign::{signature_header, webhook_body, Signer};
+
+/// Settings of the [`WebhookDeliverer`].
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Time allowed to establish a TCP connection (default 5 s).
+    pub connect_timeout: Duration,
+    /// Time allowed for a whole attempt: DNS, connect, TLS, request and response (default 15 s).
+    pub timeout: Duration,
+    /// Idle connections kept per host (default 32).
+    pub pool_max_idle_per_host: usize,
+    /// How long an idle pooled connection is kept (default 90 s).
+    pub pool_idle_timeout: Duration,
+    /// The `User-Agent` header (default `triggers-webhooks/<version>`).
+    pub user_agent: String,
+    /// At most this much of a response body is read (to reuse the connection); a longer body
+    /// is dropped with its connection (default 64 KiB).
+    pub max_response_body: usize,
+    /// Networks that may be targeted although they are private, loopback or otherwise not
+    /// global (default none). For tests and local development, e.g. `127.0.0.0/8`.
+    pub allow: Vec<IpNet>,
+    /// Deliveries in flight to one endpoint at most (default 16).
+    pub endpoint_concurrency: usize,
+    /// Deliveries per second to one endpoint at most, with bursts of one second's worth
+    /// (default none).
+    pub endpoint_rate: Option<f64>,
+    /// How long a delivery waits for its endpoint's concurrency or rate before giving its
+    /// worker back with `Retry` (default 100 ms).
+    pub endpoint_wait: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(15),
+            pool_max_idle_per_host: 32,
+            pool_idle_timeout: Duration::from_secs(90),
+            user_agent: concat!("triggers-webhooks/", env!("CARGO_PKG_VERSION")).to_owned(),
+            max_response_body: 64 * 1024,
+            allow: Vec::new(),
+            endpoint_concurrency: 16,
+            endpoint_rate: None,
+            endpoint_wait: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The deliverer could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebhookError {
+    /// The TLS client configuration was refused.
+    #[error("TLS configuration: {0}")]
+    Tls(#[source] rustls::Error),
+    /// The user agent is not a valid header value.
+    #[error("invalid user agent")]
+    UserAgent,
+}

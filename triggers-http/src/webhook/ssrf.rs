@@ -1,0 +1,309 @@
+//! SSRF protection: webhook targets must be public addresses unless explicitly allowed.
+//!
+//! A target host is resolved by us, and refused if **any** of its addresses is not a global
+//! unicast address (loopback, private, link-local, CGNAT, documentation, multicast, …) and not
+//! inside the configured allow-list. The same check runs twice per attempt:
+//! 1. before the request, in the deliverer, so a refusal becomes a clear `Permanent` outcome
+//!    without any connection attempt (and literal IPs, which hyper never resolves, are checked);
+//! 2. inside the HTTP connector, as its DNS resolver ([`PolicyResolver`]): the addresses a new
+//!    connection is made to are exactly the ones that passed the check, so a DNS answer that
+//!    changes between the two (DNS rebinding) cannot slip a private address through.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper_util::client::legacy::connect::dns::Name;
+use ipnet::IpNet;
+
+/// Which addresses webhooks may target: every global unicast address, plus the allow-list.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AddressPolicy {
+    allow: Arc<[IpNet]>,
+}
+
+/// A target address was refused by the SSRF policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("refused: {ip} is a {kind} address (not in the webhook allow-list)")]
+pub(crate) struct Refused {
+    ip: IpAddr,
+    kind: &'static str,
+}
+
+/// Resolving a webhook host failed or was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ResolveError {
+    /// An address is not allowed.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// The lookup itself failed.
+    #[error("dns lookup failed: {0}")]
+    Lookup(#[source] io::Error),
+    /// The lookup found nothing.
+    #[error("dns lookup found no address")]
+    NoAddress,
+}
+
+impl AddressPolicy {
+    pub(crate) fn new(allow: Vec<IpNet>) -> Self {
+        Self { allow: allow.into() }
+    }
+
+    /// Ok if `ip` may be targeted.
+    pub(crate) fn check(&self, ip: IpAddr) -> Result<(), Refused> {
+        let Some(kind) = non_global_kind(ip) else { return Ok(()) };
+        let mapped = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+            IpAddr::V4(_) => None,
+        };
+        let allowed = |ip: IpAddr| self.allow.iter().any(|net| net.contains(&ip));
+        if allowed(ip) || mapped.is_some_and(allowed) {
+            Ok(())
+        } else {
+            Err(Refused { ip, kind })
+        }
+    }
+
+    /// Resolves `host` (a DNS name or an IP literal, IPv6 with or without brackets) and checks
+    /// every address. Port 0 is fine when only the addresses matter.
+    pub(crate) async fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, ResolveError> {
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => {
+                tokio::net::lookup_host((host, port)).await.map_err(ResolveError::Lookup)?.collect()
+            }
+        };
+        if addrs.is_empty() {
+            return Err(ResolveError::NoAddress);
+        }
+        for addr in &addrs {
+            self.check(addr.ip())?;
+        }
+        Ok(addrs)
+    }
+}
+
+/// Why `ip` is not a global unicast address, or `None` if it is one.
+pub(crate) fn non_global_kind(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => v4_kind(v4),
+        IpAddr::V6(v6) => v6_kind(v6),
+    }
+}
+
+fn v4_kind(ip: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, c, _] = ip.octets();
+    let kind = match (a, b, c) {
+        _ if ip.is_unspecified() => "unspecified",
+        _ if ip.is_broadcast() => "broadcast",
+        (0, ..) => "this-network",
+        (127, ..) => "loopback",
+        (10, ..) | (172, 16..=31, _) | (192, 168, _) => "private",
+        (100, 64..=127, _) => "shared (CGNAT)",
+        (169, 254, _) => "link-local",
+        (192, 0, 0) => "IETF protocol",
+        (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => "documentation",
+        (192, 88, 99) => "6to4 relay",
+        (198, 18..=19, _) => "benchmarking",
+        (224..=239, ..) => "multicast",
+        (240..=255, ..) => "reserved",
+        _ => return None,
+    };
+    Some(kind)
+}
+
+fn v6_kind(ip: Ipv6Addr) -> Option<&'static str> {
+    let seg = ip.segments();
+    if ip.is_unspecified() {
+        return Some("unspecified");
+    }
+    if ip.is_loopback() {
+        return Some("loopback");
+    }
+    // Addresses that embed an IPv4 address are as good as that address.
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return v4_kind(v4);
+    }
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        // NAT64 well-known prefix 64:ff9b::/96.
+        return v4_kind(embedded_v4(seg[6], seg[7]));
+    }
+    if seg[0] == 0x2002 {
+        // 6to4 2002::/16 carries the IPv4 address in the next 32 bits.
+        return v4_kind(embedded_v4(seg[1], seg[2]));
+    }
+    let kind = match seg[0] {
+        0xff00..=0xffff => "multicast",
+        0xfe80..=0xfebf => "link-local",
+        0xfec0..=0xfeff => "site-local",
+        0xfc00..=0xfdff => "unique-local (private)",
+        0x2001 if seg[1] == 0x0db8 => "documentation",
+        // IETF protocol assignments 2001::/23, including Teredo 2001::/32.
+        0x2001 if seg[1] < 0x0200 => "IETF protocol",
+        0x3fff if seg[1] < 0x1000 => "documentation",
+        // Outside 2000::/3 nothing is global unicast (IPv4-compatible ::/96, 64:ff9b:1::/48,
+        // discard-only 100::/64, …).
+        s if !(0x2000..=0x3fff).contains(&s) => "reserved",
+        _ => return None,
+    };
+    Some(kind)
+}
+
+fn embedded_v4(hi: u16, lo: u16) -> Ipv4Addr {
+    Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo))
+}
+
+/// The DNS resolver of the webhook client's connector: resolves with the system resolver
+/// and fails with a refusal unless every address passes the [`AddressPolicy`].
+#[derive(Debug, Clone)]
+pub(crate) struct PolicyResolver {
+    policy: AddressPolicy,
+}
+
+impl PolicyResolver {
+    pub(crate) fn new(policy: AddressPolicy) -> Self {
+        Self { policy }
+    }
+}
+
+type ResolveFuture =
+    Pin<Box<dyn Future<Output = Result<std::vec::IntoIter<SocketAddr>, ResolveError>> + Send>>;
+
+impl tower_service::Service<Name> for PolicyResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = ResolveError;
+    type Future = ResolveFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            // The connector sets the real port afterwards.
+            policy.resolve(name.as_str(), 0).await.map(Vec::into_iter)
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+    use tower_service::Service;
+
+    fn refused(ip: &str) -> bool {
+        AddressPolicy::default().check(ip.parse().unwrap()).is_err()
+    }
+
+    #[test]
+    fn non_global_addresses_are_refused() {
+        for ip in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "10.0.0.1",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.254",
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "240.0.0.1",
+            "192.0.2.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "198.18.0.1",
+            "192.0.0.8",
+            "::",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.1.2.3",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a00:1",
+            "2002:c0a8:0101::1",
+            "::a00:1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+            "2001:db8::1",
+            "2001::1",
+            "3fff::1",
+            "100::1",
+        ] {
+            assert!(refused(ip), "{ip} should be refused");
+        }
+    }
+
+    #[test]
+    fn global_addresses_pass() {
+        for ip in [
+            "1.1.1.1",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "192.169.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2a00:1450::1",
+        ] {
+            assert!(!refused(ip), "{ip} should pass");
+        }
+    }
+
+    #[test]
+    fn the_allow_list_opens_ranges_also_for_mapped_addresses() {
+        let policy = AddressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        assert!(policy.check("127.0.0.1".parse().unwrap()).is_ok());
+        assert!(policy.check("::ffff:127.0.0.1".parse().unwrap()).is_ok());
+        let err = policy.check("10.0.0.1".parse().unwrap()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "refused: 10.0.0.1 is a private address (not in the webhook allow-list)"
+        );
+    }
+
+    #[tokio::test]
+    async fn literals_are_checked_without_lookup_and_brackets_are_stripped() {
+        let policy = AddressPolicy::default();
+        assert!(matches!(policy.resolve("10.0.0.1", 80).await, Err(ResolveError::Refused(_))));
+        assert!(matches!(policy.resolve("[::1]", 80).await, Err(ResolveError::Refused(_))));
+        let open = AddressPolicy::new(vec!["::1/128".parse().unwrap()]);
+        let addrs = open.resolve("[::1]", 8080).await.unwrap();
+        assert_eq!(addrs, vec!["[::1]:8080".parse().unwrap()]);
+    }
+
+    #[tokio::test]
+    async fn the_connector_resolver_refuses_names_that_resolve_privately() {
+        // `localhost` resolves locally (hosts file) to loopback addresses only.
+        let mut closed = PolicyResolver::new(AddressPolicy::default());
+        let err = closed.call(Name::from_str("localhost").unwrap()).await.unwrap_err();
+        assert!(matches!(err, ResolveError::Refused(_)), "{err}");
+
+        let open =
+            AddressPolicy::new(vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]);
+        let addrs: Vec<_> = PolicyResolver::new(open)
+            .call(Name::from_str("localhost").unwrap())
+            .await
+            .unwrap()
+            .collect();
+        assert!(!addrs.is_empty());
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()));
+    }
+}
