@@ -1,0 +1,458 @@
+//! The webhook deliverer against real HTTP receivers on 127.0.0.1.
+//!
+//! Signatures are checked by an independent verifier written here from the Standard Webhooks
+//! specification (HMAC-SHA256 over `"{id}.{timestamp}.{body}"`), not by our signer. No test
+//! contacts anything but 127.0.0.1; literal private addresses are used only to check that
+//! they are refused before any connection is made.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http::{HeaderMap, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::value::RawValue;
+use sha2::Sha256;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore};
+use triggers_core::store::Delivery;
+use triggers_core::{
+    Attempt, Deliverer, DeliveryId, EndpointId, EventId, OrganizationId, Outcome, Secret, WorkerId,
+};
+use triggers_http::{WebhookConfig, WebhookDeliverer};
+
+// ---------------------------------------------------------------------------------------------
+// A test receiver: a hyper server on 127.0.0.1:0 that records every request.
+
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+struct Receiver {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    arrived: Arc<Notify>,
+}
+
+impl Receiver {
+    /// Starts a receiver whose answer to each request comes from `reply`.
+    async fn start<F, Fut>(reply: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let arrived = Arc::new(Notify::new());
+        let reply = Arc::new(reply);
+        let (seen2, arrived2) = (seen.clone(), arrived.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (seen, arrived, reply) = (seen2.clone(), arrived2.clone(), reply.clone());
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (seen, arrived, reply) = (seen.clone(), arrived.clone(), reply.clone());
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.unwrap().to_bytes();
+                        seen.lock().unwrap().push(Seen {
+                            path: parts.uri.path().to_owned(),
+                            headers: parts.headers,
+                            body,
+                        });
+                        arrived.notify_waiters();
+                        Ok::<_, Infallible>(reply().await)
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen, arrived }
+    }
+
+    /// A receiver that always answers `status`.
+    async fn answering(status: u16) -> Self {
+        Self::start(move || async move { status_response(status) }).await
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests have arrived.
+    async fn wait_for(&self, n: usize) {
+        loop {
+            let notified = self.arrived.notified();
+            if self.seen.lock().unwrap().len() >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+fn status_response(status: u16) -> Response<Full<Bytes>> {
+    Response::builder().status(status).body(Full::new(Bytes::new())).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// An independent Standard Webhooks verifier.
+
+/// Whether `signature` (`v1,<base64>`) is the HMAC-SHA256 of `"{id}.{ts}.{body}"` under the
+/// base64-decoded `whsec_` secret.
+fn signature_valid(secret: &str, id: &str, ts: &str, body: &[u8], signature: &str) -> bool {
+    let key = STANDARD.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+    let Some(("v1", b64)) = signature.split_once(',') else { return false };
+    let Ok(expected) = STANDARD.decode(b64) else { return false };
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(body);
+    mac.verify_slice(&expected).is_ok()
+}
+
+/// Verifies a request the way a receiver would: any listed signature valid, timestamp within
+/// five minutes of now.
+fn verify(secret: &str, seen: &Seen) -> bool {
+    let header = |name: &str| seen.headers.get(name).unwrap().to_str().unwrap().to_owned();
+    let (id, ts, sigs) =
+        (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"));
+    let age = chrono::Utc::now().timestamp() - ts.parse::<i64>().unwrap();
+    age.abs() <= 300 && sigs.split(' ').any(|s| signature_valid(secret, &id, &ts, &seen.body, s))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+const PAYLOAD: &str = r#"{ "user" : {"id": 7, "name":"Ada"},  "n": 1.50 }"#;
+
+fn delivery(url: &str, secrets: Vec<Secret>) -> Delivery {
+    Delivery {
+        id: DeliveryId::new(),
+        attempt: 1,
+        lease_owner: WorkerId::new(),
+        lease_expires_at: chrono::Utc::now(),
+        event_id: EventId::new(),
+        organization_id: OrganizationId::new(),
+        event_type: "user.created".into(),
+        payload: RawValue::from_string(PAYLOAD.to_owned()).unwrap(),
+        created_at: chrono::DateTime::parse_from_rfc3339("2024-05-06T07:08:09.123456Z")
+            .unwrap()
+            .to_utc(),
+        endpoint_id: EndpointId::new(),
+        url: url.to_owned(),
+        secrets,
+        endpoint_failing_since: None,
+    }
+}
+
+fn local_config() -> WebhookConfig {
+    WebhookConfig { allow: vec!["127.0.0.0/8".parse().unwrap()], ..WebhookConfig::default() }
+}
+
+fn deliverer(config: WebhookConfig) -> WebhookDeliverer {
+    WebhookDeliverer::new(config).unwrap()
+}
+
+fn retry_reason(attempt: &Attempt) -> &str {
+    match &attempt.outcome {
+        Outcome::Retry { reason, .. } => reason,
+        other => panic!("expected Retry, got {other:?}"),
+    }
+}
+
+fn permanent_reason(attempt: &Attempt) -> &str {
+    match &attempt.outcome {
+        Outcome::Permanent(reason) => reason,
+        other => panic!("expected Permanent, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signing and shape.
+
+#[tokio::test]
+async fn a_delivery_is_signed_verifiably_with_the_documented_shape() {
+    let receiver = Receiver::answering(200).await;
+    let secret = Secret::generate();
+    let d = delivery(&receiver.url(), vec![secret.clone()]);
+
+    let attempt = deliverer(local_config()).deliver(&d).await;
+    assert_eq!(attempt, Attempt { outcome: Outcome::Delivered, status_code: Some(200) });
+
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 1);
+    let req = &seen[0];
+    assert_eq!(req.path, "/hook");
+    assert!(verify(secret.expose(), req), "signature must verify");
+    assert!(!verify(Secret::generate().expose(), req), "another secret must not verify");
+    let header = |name: &str| req.headers.get(name).unwrap().to_str().unwrap();
+    assert_eq!(header("content-type"), "application/json");
+    assert_eq!(header("webhook-id"), d.event_id.to_string());
+    assert!(header("user-agent").starts_with("triggers-webhooks/"));
+    assert_eq!(header("webhook-signature").split(' ').count(), 1);
+    assert!(req.headers.get("location").is_none());
+
+    let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+    let keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    assert_eq!(body["id"], d.event_id.to_string());
+    assert_eq!(body["type"], "user.created");
+    assert_eq!(body["created_at"], "2024-05-06T07:08:09.123456Z");
+    assert_eq!(body["payload"], serde_json::from_str::<serde_json::Value>(PAYLOAD).unwrap());
+    let text = std::str::from_utf8(&req.body).unwrap();
+    assert!(text.contains(&format!(r#""payload":{PAYLOAD}"#)), "payload embedded verbatim");
+}
+
+#[tokio::test]
+async fn during_rotation_each_secret_has_its_own_valid_signature() {
+    let receiver = Receiver::answering(204).await;
+    let (current, previous) = (Secret::generate(), Secret::generate());
+    let d = delivery(&receiver.url(), vec![current.clone(), previous.clone()]);
+
+    let attempt = deliverer(local_config()).deliver(&d).await;
+    assert_eq!(attempt.outcome, Outcome::Delivered);
+
+    let req = &receiver.seen()[0];
+    let get = |name: &str| req.headers.get(name).unwrap().to_str().unwrap().to_owned();
+    let (id, ts, header) = (get("webhook-id"), get("webhook-timestamp"), get("webhook-signature"));
+    let sigs: Vec<&str> = header.split(' ').collect();
+    assert_eq!(sigs.len(), 2, "{header}");
+    assert!(signature_valid(current.expose(), &id, &ts, &req.body, sigs[0]), "current first");
+    assert!(signature_valid(previous.expose(), &id, &ts, &req.body, sigs[1]));
+    assert!(!signature_valid(previous.expose(), &id, &ts, &req.body, sigs[0]));
+    // A receiver that knows only one of the two secrets accepts the request.
+    assert!(verify(current.expose(), req));
+    assert!(verify(previous.expose(), req));
+}
+
+// ---------------------------------------------------------------------------------------------
+// What answers mean.
+
+#[tokio::test]
+async fn statuses_become_outcomes() {
+    let d = deliverer(local_config());
+    let secret = vec![Secret::generate()];
+
+    let r500 = Receiver::answering(500).await;
+    let a = d.deliver(&delivery(&r500.url(), secret.clone())).await;
+    assert_eq!(a.status_code, Some(500));
+    assert!(matches!(a.outcome, Outcome::Retry { after: None, .. }), "{a:?}");
+
+    let r503 = Receiver::start(|| async {
+        Response::builder().status(503).header("retry-after", "7").body(Full::default()).unwrap()
+    })
+    .await;
+    let a = d.deliver(&delivery(&r503.url(), secret.clone())).await;
+    assert_eq!(a.status_code, Some(503));
+    assert!(
+        matches!(a.outcome, Outcome::Retry { after: Some(after), .. } if after == Duration::from_secs(7)),
+        "{a:?}"
+    );
+
+    let r410 = Receiver::answering(410).await;
+    let a = d.deliver(&delivery(&r410.url(), secret.clone())).await;
+    assert_eq!(a.status_code, Some(410));
+    assert!(matches!(a.outcome, Outcome::Gone(_)), "{a:?}");
+
+    let r201 = Receiver::answering(201).await;
+    let a = d.deliver(&delivery(&r201.url(), secret)).await;
+    assert_eq!(a, Attempt { outcome: Outcome::Delivered, status_code: Some(201) });
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let target = Receiver::answering(200).await;
+    let location = target.url();
+    let redirecting = Receiver::start(move || {
+        let location = location.clone();
+        async move {
+            Response::builder()
+                .status(302)
+                .header("location", location)
+                .body(Full::default())
+                .unwrap()
+        }
+    })
+    .await;
+
+    let a = deliverer(local_config())
+        .deliver(&delivery(&redirecting.url(), vec![Secret::generate()]))
+        .await;
+    assert_eq!(a.status_code, Some(302));
+    assert!(retry_reason(&a).contains("redirect"), "{a:?}");
+    assert_eq!(redirecting.seen().len(), 1);
+    assert!(target.seen().is_empty(), "the Location target must not be requested");
+}
+
+#[tokio::test]
+async fn a_slow_receiver_times_out_and_is_retried() {
+    let slow = Receiver::start(|| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        status_response(200)
+    })
+    .await;
+    let config = WebhookConfig { timeout: Duration::from_millis(300), ..local_config() };
+
+    let a = deliverer(config).deliver(&delivery(&slow.url(), vec![Secret::generate()])).await;
+    assert_eq!(a.status_code, None);
+    assert!(retry_reason(&a).contains("timed out"), "{a:?}");
+    assert_eq!(slow.seen().len(), 1, "the request did arrive");
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+
+    let a = deliverer(local_config())
+        .deliver(&delivery(&format!("http://{addr}/"), vec![Secret::generate()]))
+        .await;
+    assert_eq!(a.status_code, None);
+    assert!(retry_reason(&a).contains("refused"), "{a:?}");
+}
+
+#[tokio::test]
+async fn bad_urls_fail_permanently() {
+    let d = deliverer(local_config());
+    for url in ["ftp://127.0.0.1/", "not a url", "/relative/only"] {
+        let a = d.deliver(&delivery(url, vec![Secret::generate()])).await;
+        assert!(!permanent_reason(&a).is_empty(), "{url}");
+    }
+    let receiver = Receiver::answering(200).await;
+    let a = d.deliver(&delivery(&receiver.url(), vec![])).await;
+    assert!(permanent_reason(&a).contains("secret"));
+    assert!(receiver.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_long_response_body_is_not_a_problem() {
+    let chatty = Receiver::start(|| async {
+        Response::builder().status(200).body(Full::new(Bytes::from(vec![b'x'; 1 << 20]))).unwrap()
+    })
+    .await;
+    let config = WebhookConfig { max_response_body: 1024, ..local_config() };
+    let d = deliverer(config);
+    for _ in 0..3 {
+        let a = d.deliver(&delivery(&chatty.url(), vec![Secret::generate()])).await;
+        assert_eq!(a.outcome, Outcome::Delivered);
+    }
+    assert_eq!(chatty.seen().len(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SSRF.
+
+#[tokio::test]
+async fn loopback_needs_the_allow_list() {
+    let receiver = Receiver::answering(200).await;
+    let closed = deliverer(WebhookConfig::default());
+
+    let a = closed.deliver(&delivery(&receiver.url(), vec![Secret::generate()])).await;
+    assert!(permanent_reason(&a).contains("127.0.0.1 is a loopback address"), "{a:?}");
+    // A name is resolved and checked too.
+    let by_name = format!("http://localhost:{}/hook", receiver.addr.port());
+    let a = closed.deliver(&delivery(&by_name, vec![Secret::generate()])).await;
+    assert!(permanent_reason(&a).contains("loopback"), "{a:?}");
+    assert!(receiver.seen().is_empty(), "nothing may reach a refused target");
+
+    // With the allow-list, the same name goes through the checking resolver and connects.
+    let open = deliverer(WebhookConfig {
+        allow: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+        ..WebhookConfig::default()
+    });
+    let a = open.deliver(&delivery(&by_name, vec![Secret::generate()])).await;
+    assert_eq!(a.outcome, Outcome::Delivered);
+    assert_eq!(receiver.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn private_literals_are_refused_before_any_connection() {
+    // Long timeouts: had a connection been attempted, the outcome would be a (late) Retry.
+    let d = deliverer(WebhookConfig {
+        connect_timeout: Duration::from_secs(60),
+        timeout: Duration::from_secs(60),
+        ..local_config()
+    });
+    for (url, kind) in [
+        ("http://10.0.0.1/", "private"),
+        ("https://192.168.1.1/hook", "private"),
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("http://[::ffff:10.0.0.1]/", "private"),
+        ("http://[fd00::1]:8080/", "unique-local"),
+    ] {
+        let a = d.deliver(&delivery(url, vec![Secret::generate()])).await;
+        assert_eq!(a.status_code, None);
+        let reason = permanent_reason(&a);
+        assert!(reason.starts_with("refused:") && reason.contains(kind), "{url}: {reason}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-endpoint concurrency.
+
+#[tokio::test]
+async fn a_busy_endpoint_does_not_hold_up_others() {
+    let gate = Arc::new(Semaphore::new(0));
+    let gate2 = gate.clone();
+    let blocking = Receiver::start(move || {
+        let gate = gate2.clone();
+        async move {
+            gate.acquire().await.unwrap().forget();
+            status_response(200)
+        }
+    })
+    .await;
+    let fast = Receiver::answering(200).await;
+    let d = deliverer(WebhookConfig {
+        endpoint_concurrency: 2,
+        endpoint_wait: Duration::from_millis(50),
+        ..local_config()
+    });
+
+    let slow_endpoint = EndpointId::new();
+    let to_slow = |d: &WebhookDeliverer| {
+        let d = d.clone();
+        let mut delivery = delivery(&blocking.url(), vec![Secret::generate()]);
+        delivery.endpoint_id = slow_endpoint;
+        tokio::spawn(async move { d.deliver(&delivery).await })
+    };
+    let first = to_slow(&d);
+    let second = to_slow(&d);
+    blocking.wait_for(2).await;
+
+    let third = to_slow(&d).await.unwrap();
+    assert_eq!(retry_reason(&third), "endpoint busy");
+    assert_eq!(blocking.seen().len(), 2, "the third never left");
+
+    let other = d.deliver(&delivery(&fast.url(), vec![Secret::generate()])).await;
+    assert_eq!(other.outcome, Outcome::Delivered, "another endpoint proceeds");
+
+    gate.add_permits(2);
+    assert_eq!(first.await.unwrap().outcome, Outcome::Delivered);
+    assert_eq!(second.await.unwrap().outcome, Outcome::Delivered);
+    let again = to_slow(&d);
+    gate.add_permits(1);
+    assert_eq!(again.await.unwrap().outcome, Outcome::Delivered, "permits come back");
+}
