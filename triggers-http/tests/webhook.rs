@@ -456,3 +456,15 @@ async fn a_busy_endpoint_does_not_hold_up_others() {
     gate.add_permits(1);
     assert_eq!(again.await.unwrap().outcome, Outcome::Delivered, "permits come back");
 }
+
+#[tokio::test]
+async fn https_targets_go_through_tls() {
+    // A plain-HTTP receiver cannot complete a TLS handshake: the https path is taken (and its
+    // failure is a retry), without falling back to plain HTTP.
+    let plain = Receiver::answering(200).await;
+    let url = format!("https://{}/hook", plain.addr);
+    let a = deliverer(local_config()).deliver(&delivery(&url, vec![Secret::generate()])).await;
+    assert_eq!(a.status_code, None);
+    assert!(!retry_reason(&a).is_empty(), "{a:?}");
+    assert!(plain.seen().is_empty(), "no HTTP request was made in the clear");
+}
