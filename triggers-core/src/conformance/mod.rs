@@ -1,1 +1,152 @@
-//! The store conformance kit (being written).
+//! The store conformance kit: one async test per rule of the store contract
+//! ([`crate::store`]), run unchanged by every backend. A backend is done when the kit passes.
+//!
+//! Each case is a `pub async fn` generic over the store. Run them all with
+//! [`store_conformance_tests!`](crate::store_conformance_tests), for example in a backend's
+//! `tests/conformance.rs`:
+//!
+//! ```ignore
+//! triggers_core::store_conformance_tests!(|| async { MyStore::open_fresh().await });
+//! ```
+//!
+//! What the cases assume of the store they are given:
+//! - **A fresh, private store per case.** Claims and the queue depth span all organizations,
+//!   so the factory must return a store whose delivery queue is empty and which no other test
+//!   touches at the same time (for example a new temporary database or schema per call).
+//!   Each case still creates its own organizations.
+//! - **Times are explicit.** Every case passes `now` from fixed timestamps (2026-01-01 plus
+//!   whole seconds, with a microsecond part) and never sleeps, so a store must not read the
+//!   clock and must keep timestamps to the microsecond.
+//! - **Concurrency.** Two cases (`concurrent_dedup_has_exactly_one_winner`,
+//!   `concurrent_claimers_never_share_a_delivery`) take the store as `Arc<S>` and call it from
+//!   several Tokio tasks on a multi-thread runtime; the others take `&S`.
+
+// A test suite: a failed store call is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod completion;
+mod endpoints;
+mod events;
+mod inbox;
+mod orgs;
+mod queue;
+mod support;
+
+pub use completion::{
+    acknowledged_events_keep_their_status, completions_can_disable_an_endpoint,
+    endpoint_failure_time_is_tracked, events_are_delivered_when_every_delivery_is,
+    failed_deliveries_fail_the_event, queue_depth_counts_outstanding_deliveries,
+    replay_supersedes_outstanding_deliveries, retries_are_due_at_their_time,
+};
+pub use endpoints::{
+    deleting_an_endpoint_cancels_its_deliveries, disabled_endpoints_get_no_deliveries,
+    endpoints_are_created_listed_and_deleted, events_fan_out_to_matching_endpoints,
+    rotated_secrets_sign_during_the_grace_period,
+};
+pub use events::{
+    concurrent_dedup_has_exactly_one_winner, dedup_applies_inside_one_batch,
+    dedup_entry_outside_the_window_is_taken_over, dedup_inside_the_window_returns_the_original,
+    dedup_is_per_organization, events_round_trip_exactly,
+};
+pub use inbox::{
+    ack_is_idempotent_and_reports_unknown_ids, inbox_filters_by_status_and_type_glob,
+    inbox_pages_visit_every_event_once, organizations_cannot_reach_each_others_events,
+    replay_sets_events_pending_again, stats_count_events_and_in_flight_deliveries,
+};
+pub use orgs::{
+    duplicate_organizations_conflict, organizations_are_found_by_id_and_key, ping_answers,
+    replace_key_revokes_the_old_key,
+};
+pub use queue::{
+    claims_take_due_deliveries_earliest_first, concurrent_claimers_never_share_a_delivery,
+    expired_leases_are_reclaimed_with_the_next_attempt, lease_extension_is_fenced,
+    released_deliveries_are_due_again_with_their_attempt, stale_completions_change_nothing,
+};
+
+/// Expands into one `#[tokio::test]` (multi-thread runtime, 2 workers) per conformance case.
+///
+/// `$factory` is an expression such that `($factory)().await` returns a fresh store `S:
+/// EventStore`, for example `|| async { MemoryStore::new() }`. It is called once per case.
+/// Most cases receive `&S`; the concurrent ones receive `Arc<S>`, so the store need not be
+/// `Clone`. See the [module docs](crate::conformance) for what "fresh" must mean.
+///
+/// The expansion names the crate `triggers_core` (the test must depend on it under that name,
+/// with feature `conformance`) and needs no `tokio` dependency of its own.
+///
+/// ```ignore
+/// // tests/conformance.rs of a backend crate
+/// triggers_core::store_conformance_tests!(|| async { MyStore::open_fresh().await });
+/// ```
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($factory:expr $(,)?) => {
+        $crate::store_conformance_tests!(@cases $factory;
+            borrowed: [
+                organizations_are_found_by_id_and_key,
+                replace_key_revokes_the_old_key,
+                duplicate_organizations_conflict,
+                ping_answers,
+                events_round_trip_exactly,
+                dedup_inside_the_window_returns_the_original,
+                dedup_entry_outside_the_window_is_taken_over,
+                dedup_applies_inside_one_batch,
+                dedup_is_per_organization,
+                inbox_pages_visit_every_event_once,
+                inbox_filters_by_status_and_type_glob,
+                ack_is_idempotent_and_reports_unknown_ids,
+                replay_sets_events_pending_again,
+                stats_count_events_and_in_flight_deliveries,
+                organizations_cannot_reach_each_others_events,
+                endpoints_are_created_listed_and_deleted,
+                rotated_secrets_sign_during_the_grace_period,
+                events_fan_out_to_matching_endpoints,
+                disabled_endpoints_get_no_deliveries,
+                deleting_an_endpoint_cancels_its_deliveries,
+                claims_take_due_deliveries_earliest_first,
+                expired_leases_are_reclaimed_with_the_next_attempt,
+                stale_completions_change_nothing,
+                released_deliveries_are_due_again_with_their_attempt,
+                lease_extension_is_fenced,
+                events_are_delivered_when_every_delivery_is,
+                retries_are_due_at_their_time,
+                failed_deliveries_fail_the_event,
+                acknowledged_events_keep_their_status,
+                endpoint_failure_time_is_tracked,
+                completions_can_disable_an_endpoint,
+                replay_supersedes_outstanding_deliveries,
+                queue_depth_counts_outstanding_deliveries,
+            ];
+            shared: [
+                concurrent_dedup_has_exactly_one_winner,
+                concurrent_claimers_never_share_a_delivery,
+            ];
+        );
+    };
+    (@cases $factory:expr;
+        borrowed: [$($borrowed:ident),* $(,)?];
+        shared: [$($shared:ident),* $(,)?];
+    ) => {
+        $(
+            #[triggers_core::__private::tokio::test(
+                crate = "triggers_core::__private::tokio",
+                flavor = "multi_thread",
+                worker_threads = 2
+            )]
+            async fn $borrowed() {
+                let store = ($factory)().await;
+                $crate::conformance::$borrowed(&store).await;
+            }
+        )*
+        $(
+            #[triggers_core::__private::tokio::test(
+                crate = "triggers_core::__private::tokio",
+                flavor = "multi_thread",
+                worker_threads = 2
+            )]
+            async fn $shared() {
+                let store = ::std::sync::Arc::new(($factory)().await);
+                $crate::conformance::$shared(store).await;
+            }
+        )*
+    };
+}

@@ -5,6 +5,8 @@ mod events;
 mod orgs;
 mod queue;
 mod state;
+#[cfg(test)]
+mod tests;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
