@@ -1,1 +1,72 @@
-//! placeholder
+//! `triggers-store-sqlite`: the embedded default [`EventStore`](triggers_core::EventStore) —
+//! one SQLite file, durable, group-committed and crash-safe.
+//!
+//! ```
+//! use triggers_core::store::OrgStore;
+//! use triggers_store_sqlite::{SqliteConfig, SqliteStore};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let store = SqliteStore::open(dir.path().join("triggers.db"), SqliteConfig::default())?;
+//! store.ping().await?;
+//! // Hand it to `triggers_core::Ingestor::start(store, deliverer, config)`.
+//! # Ok(()) }
+//! ```
+//!
+//! # How it works
+//! - **One writer thread** owns the only writing connection. Every write (event inserts,
+//!   claims, completions, acks, endpoint and organization changes, purges) is a request on a
+//!   bounded channel. The writer drains up to [`SqliteConfig::max_batch`] queued requests,
+//!   runs them in one `BEGIN IMMEDIATE` transaction with cached prepared statements (each
+//!   request in its own `SAVEPOINT`, so one failing request is rolled back alone), commits,
+//!   and only then replies to each caller: **group commit**, one fsync per batch. A method
+//!   that returned `Ok` has committed.
+//! - **Backpressure**: when [`SqliteConfig::writer_queue`] requests are already waiting, a
+//!   write fails at once with `StoreError::Overloaded`, which the Ingestor answers with 503.
+//! - **Readers**: a pool of [`SqliteConfig::readers`] connections with `PRAGMA query_only`
+//!   serves event lookups, the inbox, stats and health checks on tokio's blocking threads.
+//!   WAL mode lets them run concurrently with the writer.
+//! - **Pragmas**: `journal_mode=WAL`, `synchronous=FULL` by default (see [`Synchronous`] for
+//!   the trade-off with `NORMAL`), `busy_timeout`, `foreign_keys`, a sized page cache and
+//!   `journal_size_limit`.
+//! - **Schema** migrations are embedded and applied on open (`PRAGMA user_version`); a
+//!   database written by a newer version is refused with `StoreError::Corrupt`.
+//! - **Dedup** lives in a table keyed by `(organization, dedup_id)`, so it holds across
+//!   restarts; an entry older than the window is taken over by the next insert.
+//! - **Delivery queue**: a table of outstanding deliveries. A claim is one
+//!   `UPDATE … WHERE id IN (SELECT … ORDER BY due_at LIMIT ?) RETURNING …` that takes a lease;
+//!   an expired lease makes the delivery due again for the same query. Completions, releases
+//!   and heartbeats are fenced by `(lease_owner, attempt)`.
+//! - **Retention**: [`SqliteStore::purge`] (or [`SqliteStore::spawn_purge_task`]) deletes
+//!   delivered events older than [`SqliteConfig::retention`] and dedup ids older than
+//!   [`SqliteConfig::dedup_retention`], in small batches.
+//!
+//! # Interpretations of the store contract
+//! - Event type filters of endpoints and inbox globs match case-sensitively (SQL `GLOB`; a
+//!   type glob has no GLOB metacharacter other than `*`).
+//! - `release` makes the delivery due at the time it was due when it was claimed, which is
+//!   never later than the claim (the contract says "due at once" without passing `now`).
+//! - Retry and failure completions set the endpoint's failing-since time to the attempt's
+//!   time (`record.at`).
+//! - Deleting an endpoint deletes its outstanding deliveries; replaying an event deletes the
+//!   event's outstanding deliveries before queueing fresh ones. Attempt records stay.
+//! - Errors: SQLite busy/locked → `Unavailable`; corrupt file, unreadable stored values,
+//!   newer schema → `Corrupt`; a value over `SQLITE_LIMIT_LENGTH` → `InvalidInput`; a
+//!   uniqueness violation → `Conflict`; a read-only database → `Backend` with a
+//!   [`SqliteError::ReadOnly`] source; anything else → `Backend`.
+
+mod codec;
+mod config;
+mod error;
+mod ops;
+mod readers;
+mod retention;
+mod schema;
+mod store;
+mod writer;
+
+pub use config::{SqliteConfig, Synchronous};
+pub use error::SqliteError;
+pub use retention::PurgeReport;
+pub use schema::SCHEMA_VERSION;
+pub use store::SqliteStore;

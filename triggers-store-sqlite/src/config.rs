@@ -1,0 +1,99 @@
+//! Settings of a [`SqliteStore`](crate::SqliteStore).
+
+use std::time::Duration;
+
+/// How hard SQLite works to make each commit durable (`PRAGMA synchronous`).
+///
+/// The store runs in WAL mode. The trade-off:
+/// - [`Full`](Self::Full) (the default): every commit fsyncs the write-ahead log before the
+///   writer replies. An acknowledged event survives a process crash **and** a power loss or OS
+///   crash. Group commit keeps this affordable: one fsync covers every request in a batch.
+/// - [`Normal`](Self::Normal): commits are written to the WAL but fsynced only at checkpoints.
+///   An acknowledged event survives a process crash (`kill -9`), but the last commits before a
+///   power loss or OS crash may be lost. The database is never corrupted either way. Faster
+///   when fsync is slow, and lower latency for single callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// `PRAGMA synchronous = FULL`: durable across power loss (default).
+    #[default]
+    Full,
+    /// `PRAGMA synchronous = NORMAL`: durable across process crashes only.
+    Normal,
+}
+
+impl Synchronous {
+    pub(crate) fn pragma_value(self) -> &'static str {
+        match self {
+            Self::Full => "FULL",
+            Self::Normal => "NORMAL",
+        }
+    }
+}
+
+/// Settings of a [`SqliteStore`](crate::SqliteStore). Every field has a sensible default.
+///
+/// ```
+/// use std::time::Duration;
+/// use triggers_store_sqlite::{SqliteConfig, Synchronous};
+/// let config = SqliteConfig {
+///     synchronous: Synchronous::Normal,
+///     retention: Some(Duration::from_secs(7 * 24 * 3600)),
+///     ..SqliteConfig::default()
+/// };
+/// assert_eq!(config.readers, 4);
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// Commit durability; see [`Synchronous`]. Default `Full`.
+    pub synchronous: Synchronous,
+    /// How many write requests may wait for the writer thread. When the queue is full, writes
+    /// fail at once with `StoreError::Overloaded` (the Ingestor answers HTTP 503) instead of
+    /// queueing without bound. Default 1024.
+    pub writer_queue: usize,
+    /// At most this many queued write requests are committed together in one transaction
+    /// (group commit). Default 256.
+    pub max_batch: usize,
+    /// Read-only connections for lookups, the inbox and stats (at least 1). Default 4.
+    pub readers: usize,
+    /// Page cache per connection, in KiB (`PRAGMA cache_size = -N`). Default 32 MiB for the
+    /// writer; readers get a quarter each.
+    pub cache_size_kib: u32,
+    /// How long a connection waits for a lock held by another process before failing with
+    /// `StoreError::Unavailable` (`PRAGMA busy_timeout`). Default 5 s.
+    pub busy_timeout: Duration,
+    /// The write-ahead log is truncated to this size after checkpoints
+    /// (`PRAGMA journal_size_limit`). Default 64 MiB.
+    pub journal_size_limit: u64,
+    /// Largest string or blob SQLite accepts, in bytes (`SQLITE_LIMIT_LENGTH`); larger values
+    /// fail with `StoreError::InvalidInput`. `None` keeps SQLite's limit (1 GB). Default `None`.
+    pub max_value_len: Option<u32>,
+    /// [`SqliteStore::purge`](crate::SqliteStore::purge) deletes `delivered` events created
+    /// longer ago than this (with their attempt records). `None` keeps them forever. Default
+    /// `None`.
+    pub retention: Option<Duration>,
+    /// [`SqliteStore::purge`](crate::SqliteStore::purge) forgets dedup ids older than this.
+    /// Must be at least the Ingestor's dedup window, or duplicates of older events are no
+    /// longer recognised. Default 7 days.
+    pub dedup_retention: Duration,
+    /// Rows deleted per purge transaction; small batches keep the writer responsive.
+    /// Default 500.
+    pub purge_batch: u32,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Full,
+            writer_queue: 1024,
+            max_batch: 256,
+            readers: 4,
+            cache_size_kib: 32 * 1024,
+            busy_timeout: Duration::from_secs(5),
+            journal_size_limit: 64 * 1024 * 1024,
+            max_value_len: None,
+            retention: None,
+            dedup_retention: Duration::from_secs(7 * 24 * 3600),
+            purge_batch: 500,
+        }
+    }
+}

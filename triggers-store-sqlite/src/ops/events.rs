@@ -1,0 +1,191 @@
+//! Event writes: insertion with dedup and fan-out, ack and replay. Each function runs on the
+//! writer connection inside the batch transaction (and its own savepoint).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use rusqlite::{params, Connection};
+use triggers_core::domain::event::EventMeta;
+use triggers_core::store::{AckOutcome, InsertOutcome, StoreResult};
+use triggers_core::{
+    DeliveryId, EventId, EventRecord, EventStatus, OrganizationId, Timestamp, TypeGlob,
+};
+
+use crate::codec::{self, duration_micros, micros, query_opt, query_vec};
+use crate::error::{corrupt, SqlResultExt};
+use crate::ops::orgs::require_org;
+
+/// The enabled endpoints of an organization: `(seq, filter)`.
+type Targets = Vec<(i64, Option<TypeGlob>)>;
+
+/// Loads the organization's enabled endpoints, for fan-out.
+fn targets(conn: &Connection, org: &OrganizationId) -> StoreResult<Targets> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, type_filter FROM endpoints WHERE org_id = ?1 AND enabled = 1 ORDER BY seq",
+        )
+        .store()?;
+    query_vec(&mut stmt, [org.0.as_bytes()], |row| {
+        let filter = match codec::opt_text(row, 1)? {
+            Some(g) => Some(TypeGlob::parse(&g).map_err(corrupt)?),
+            None => None,
+        };
+        Ok((codec::int(row, 0)?, filter))
+    })
+}
+
+/// Queues one delivery (attempt 0, due `now`) per target whose filter matches `event_type`.
+fn fan_out(
+    conn: &Connection,
+    targets: &Targets,
+    event_seq: i64,
+    event_type: &str,
+    now: i64,
+) -> StoreResult<u32> {
+    let mut n = 0;
+    for (endpoint_seq, filter) in targets {
+        if filter.as_ref().is_some_and(|g| !g.matches(event_type)) {
+            continue;
+        }
+        let mut stmt = conn
+            .prepare_cached(
+                "INSERT INTO deliveries (id, event_seq, endpoint_seq, state, attempt, due_at)
+                 VALUES (?1, ?2, ?3, 0, 0, ?4)",
+            )
+            .store()?;
+        stmt.execute(params![DeliveryId::new().0.as_bytes(), event_seq, endpoint_seq, now])
+            .store()?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// `EventLog::insert_events`.
+pub(crate) fn insert(
+    conn: &Connection,
+    org: OrganizationId,
+    events: Vec<EventRecord>,
+    dedup_window: Duration,
+    now: Timestamp,
+) -> StoreResult<Vec<InsertOutcome>> {
+    let org_id = org.0.as_bytes();
+    let now_us = micros(now);
+    // A dedup entry is live while `created_at + window > now`, i.e. `created_at > cutoff`.
+    let cutoff = now_us.saturating_sub(duration_micros(dedup_window));
+    require_org(conn, &org)?;
+    let targets = targets(conn, &org)?;
+    let mut find_dedup = conn
+        .prepare_cached(
+            "SELECT event_id, event_type, created_at FROM dedup
+             WHERE org_id = ?1 AND dedup_id = ?2",
+        )
+        .store()?;
+    let mut put_dedup = conn
+        .prepare_cached(
+            "INSERT OR REPLACE INTO dedup (org_id, dedup_id, event_id, event_type, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .store()?;
+    let mut put_event = conn
+        .prepare_cached(
+            "INSERT INTO events (id, org_id, event_type, payload, dedup_id, status, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
+        )
+        .store()?;
+
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        let created = micros(e.created_at);
+        if let Some(dedup_id) = &e.dedup_id {
+            let original = query_opt(&mut find_dedup, params![org_id, dedup_id], |row| {
+                Ok((codec::uuid(row, 0)?, codec::text(row, 1)?, codec::int(row, 2)?))
+            })?;
+            if let Some((id, event_type, at)) = original {
+                if at > cutoff {
+                    let meta =
+                        EventMeta { id: EventId(id), event_type, created_at: codec::ts_from(at)? };
+                    out.push(InsertOutcome::Duplicate(meta));
+                    continue;
+                }
+            }
+            // New, or the old entry is outside the window: this event takes the id over.
+            put_dedup
+                .execute(params![org_id, dedup_id, e.id.0.as_bytes(), e.event_type, created])
+                .store()?;
+        }
+        put_event
+            .execute(params![
+                e.id.0.as_bytes(),
+                org_id,
+                e.event_type,
+                e.payload.get(),
+                e.dedup_id,
+                created
+            ])
+            .store()?;
+        let seq = conn.last_insert_rowid();
+        let deliveries = fan_out(conn, &targets, seq, &e.event_type, now_us)?;
+        let meta = EventMeta { id: e.id, event_type: e.event_type, created_at: e.created_at };
+        out.push(InsertOutcome::Inserted { meta, deliveries });
+    }
+    Ok(out)
+}
+
+/// `EventLog::ack`.
+pub(crate) fn ack(
+    conn: &Connection,
+    org: OrganizationId,
+    ids: Vec<EventId>,
+    now: Timestamp,
+) -> StoreResult<AckOutcome> {
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE events
+             SET delivered_at = CASE WHEN status = 1 THEN delivered_at ELSE ?3 END, status = 1
+             WHERE id = ?1 AND org_id = ?2",
+        )
+        .store()?;
+    let now = micros(now);
+    let mut seen = HashSet::with_capacity(ids.len());
+    let mut out = AckOutcome::default();
+    for id in ids {
+        if !seen.insert(id) {
+            continue;
+        }
+        if stmt.execute(params![id.0.as_bytes(), org.0.as_bytes(), now]).store()? > 0 {
+            out.acknowledged.push(id);
+        } else {
+            out.not_found.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// `EventLog::replay`.
+pub(crate) fn replay(
+    conn: &Connection,
+    org: OrganizationId,
+    id: EventId,
+    now: Timestamp,
+) -> StoreResult<Option<EventStatus>> {
+    let mut find = conn
+        .prepare_cached("SELECT seq, event_type FROM events WHERE id = ?1 AND org_id = ?2")
+        .store()?;
+    let found = query_opt(&mut find, params![id.0.as_bytes(), org.0.as_bytes()], |row| {
+        Ok((codec::int(row, 0)?, codec::text(row, 1)?))
+    })?;
+    let Some((seq, event_type)) = found else { return Ok(None) };
+    // Cancel the outstanding deliveries (the table holds no finished ones): a worker holding
+    // one finds its completion stale, and only the fresh deliveries decide the new status.
+    conn.prepare_cached("DELETE FROM deliveries WHERE event_seq = ?1")
+        .store()?
+        .execute([seq])
+        .store()?;
+    conn.prepare_cached("UPDATE events SET status = 0, delivered_at = NULL WHERE seq = ?1")
+        .store()?
+        .execute([seq])
+        .store()?;
+    let targets = targets(conn, &org)?;
+    fan_out(conn, &targets, seq, &event_type, micros(now))?;
+    Ok(Some(EventStatus::Pending))
+}

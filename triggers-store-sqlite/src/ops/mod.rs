@@ -1,0 +1,7 @@
+//! The SQL behind each store method, as plain functions over a connection.
+
+pub(crate) mod events;
+pub(crate) mod orgs;
+pub(crate) mod purge;
+pub(crate) mod queue;
+pub(crate) mod reads;

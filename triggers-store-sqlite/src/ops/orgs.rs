@@ -1,0 +1,158 @@
+//! Organizations and endpoints. Writes run on the writer; `endpoints` on a reader.
+
+use rusqlite::{params, Connection};
+use triggers_core::store::{NewEndpoint, StoreResult};
+use triggers_core::{
+    Endpoint, EndpointId, KeyHash, Organization, OrganizationId, Secret, StoreError, Timestamp,
+    TypeGlob,
+};
+
+use crate::codec::{self, micros, query_opt, query_vec};
+use crate::error::{corrupt, SqlResultExt};
+
+/// `OrgStore::create_organization`. A taken id or key hash is a `Conflict`.
+pub(crate) fn create_org(conn: &Connection, org: &Organization, key: &KeyHash) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO organizations (id, name, tier, key_hash, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .store()?
+    .execute(params![
+        org.id.0.as_bytes(),
+        org.name,
+        org.tier.as_str(),
+        &key.as_bytes()[..],
+        micros(org.created_at)
+    ])
+    .store()?;
+    Ok(())
+}
+
+/// Fails with `InvalidInput` unless the organization exists.
+pub(crate) fn require_org(conn: &Connection, org: &OrganizationId) -> StoreResult<()> {
+    let mut stmt = conn.prepare_cached("SELECT 1 FROM organizations WHERE id = ?1").store()?;
+    match query_opt(&mut stmt, [org.0.as_bytes()], |_| Ok(()))? {
+        Some(()) => Ok(()),
+        None => Err(StoreError::InvalidInput(format!("no organization {org}"))),
+    }
+}
+
+/// `OrgStore::replace_key`.
+pub(crate) fn replace_key(
+    conn: &Connection,
+    id: OrganizationId,
+    key: &KeyHash,
+) -> StoreResult<bool> {
+    let n = conn
+        .prepare_cached("UPDATE organizations SET key_hash = ?2 WHERE id = ?1")
+        .store()?
+        .execute(params![id.0.as_bytes(), &key.as_bytes()[..]])
+        .store()?;
+    Ok(n > 0)
+}
+
+/// `EndpointStore::create_endpoint`.
+pub(crate) fn create_endpoint(
+    conn: &Connection,
+    org: OrganizationId,
+    new: NewEndpoint,
+) -> StoreResult<Endpoint> {
+    require_org(conn, &org)?;
+    conn.prepare_cached(
+        "INSERT INTO endpoints (id, org_id, url, type_filter, secret, enabled, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)",
+    )
+    .store()?
+    .execute(params![
+        new.id.0.as_bytes(),
+        org.0.as_bytes(),
+        new.url,
+        new.event_type_filter.as_ref().map(TypeGlob::as_str),
+        new.secret.expose(),
+        micros(new.created_at)
+    ])
+    .store()?;
+    Ok(Endpoint {
+        id: new.id,
+        organization_id: org,
+        url: new.url,
+        event_type_filter: new.event_type_filter,
+        secret: new.secret,
+        enabled: true,
+        disabled_reason: None,
+        created_at: new.created_at,
+    })
+}
+
+/// `EndpointStore::endpoints`, oldest first.
+pub(crate) fn endpoints(conn: &Connection, org: OrganizationId) -> StoreResult<Vec<Endpoint>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, org_id, url, type_filter, secret, enabled, disabled_reason, created_at
+             FROM endpoints WHERE org_id = ?1 ORDER BY created_at, seq",
+        )
+        .store()?;
+    query_vec(&mut stmt, [org.0.as_bytes()], |row| {
+        let filter = match codec::opt_text(row, 3)? {
+            Some(g) => Some(TypeGlob::parse(&g).map_err(corrupt)?),
+            None => None,
+        };
+        Ok(Endpoint {
+            id: EndpointId(codec::uuid(row, 0)?),
+            organization_id: OrganizationId(codec::uuid(row, 1)?),
+            url: codec::text(row, 2)?,
+            event_type_filter: filter,
+            secret: Secret::parse(codec::text(row, 4)?).map_err(corrupt)?,
+            enabled: codec::int(row, 5)? != 0,
+            disabled_reason: codec::opt_text(row, 6)?,
+            created_at: codec::ts(row, 7)?,
+        })
+    })
+}
+
+/// `EndpointStore::delete_endpoint`: the endpoint and its outstanding deliveries go.
+pub(crate) fn delete_endpoint(
+    conn: &Connection,
+    org: OrganizationId,
+    id: EndpointId,
+) -> StoreResult<bool> {
+    let mut find =
+        conn.prepare_cached("SELECT seq FROM endpoints WHERE id = ?1 AND org_id = ?2").store()?;
+    let Some(seq) =
+        query_opt(&mut find, params![id.0.as_bytes(), org.0.as_bytes()], |row| codec::int(row, 0))?
+    else {
+        return Ok(false);
+    };
+    // No index on `endpoint_seq`: deleting an endpoint is rare, and the table holds only
+    // outstanding deliveries, so a scan beats taxing every insert with another index.
+    conn.prepare_cached("DELETE FROM deliveries WHERE endpoint_seq = ?1")
+        .store()?
+        .execute([seq])
+        .store()?;
+    conn.prepare_cached("DELETE FROM endpoints WHERE seq = ?1").store()?.execute([seq]).store()?;
+    Ok(true)
+}
+
+/// `EndpointStore::rotate_endpoint_secret`.
+pub(crate) fn rotate_secret(
+    conn: &Connection,
+    org: OrganizationId,
+    id: EndpointId,
+    secret: &Secret,
+    previous_valid_until: Timestamp,
+) -> StoreResult<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE endpoints SET prev_secret = secret, prev_valid_until = ?4, secret = ?3
+             WHERE id = ?1 AND org_id = ?2",
+        )
+        .store()?
+        .execute(params![
+            id.0.as_bytes(),
+            org.0.as_bytes(),
+            secret.expose(),
+            micros(previous_valid_until)
+        ])
+        .store()?;
+    Ok(n > 0)
+}

@@ -1,0 +1,265 @@
+//! The delivery queue: claims with leases, fenced completions, releases and heartbeats. All run
+//! on the writer connection.
+//!
+//! The `deliveries` table holds outstanding deliveries only. `due_at` is the next attempt's
+//! time while a delivery is pending and its lease expiry while it is in flight, so "due" is
+//! simply `due_at <= now` for both, served by one index. A finished delivery is deleted.
+
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection};
+use triggers_core::clock::add;
+use triggers_core::store::{ClaimRequest, Completion, CompletionState, Delivery, StoreResult};
+use triggers_core::{DeliveryId, EndpointId, EventId, OrganizationId, Secret, Timestamp, WorkerId};
+
+use crate::codec::{self, micros, query_opt, query_vec};
+use crate::error::{corrupt, SqlResultExt};
+
+/// What a claim needs to know about an endpoint.
+#[derive(Clone)]
+struct Target {
+    id: EndpointId,
+    url: String,
+    secrets: Vec<Secret>,
+    failing_since: Option<Timestamp>,
+}
+
+fn target(conn: &Connection, seq: i64, now: i64) -> StoreResult<Option<Target>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, url, secret, prev_secret, prev_valid_until, failing_since
+             FROM endpoints WHERE seq = ?1",
+        )
+        .store()?;
+    query_opt(&mut stmt, [seq], |row| {
+        let mut secrets = vec![Secret::parse(codec::text(row, 2)?).map_err(corrupt)?];
+        if let (Some(prev), Some(until)) = (codec::opt_text(row, 3)?, codec::opt_int(row, 4)?) {
+            if now < until {
+                secrets.push(Secret::parse(prev).map_err(corrupt)?);
+            }
+        }
+        Ok(Target {
+            id: EndpointId(codec::uuid(row, 0)?),
+            url: codec::text(row, 1)?,
+            secrets,
+            failing_since: codec::opt_ts(row, 5)?,
+        })
+    })
+}
+
+/// `DeliveryQueue::claim`.
+pub(crate) fn claim(conn: &Connection, req: ClaimRequest) -> StoreResult<Vec<Delivery>> {
+    let now = micros(req.now);
+    let lease_until = add(req.now, req.lease);
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE deliveries
+             SET state = 1, attempt = attempt + 1, lease_owner = ?1, claimed_due = due_at,
+                 due_at = ?2
+             WHERE id IN (
+                 SELECT d.id FROM deliveries d JOIN endpoints p ON p.seq = d.endpoint_seq
+                 WHERE d.due_at <= ?3 AND p.enabled = 1
+                 ORDER BY d.due_at LIMIT ?4)
+             RETURNING id, attempt, event_seq, endpoint_seq, claimed_due",
+        )
+        .store()?;
+    let p = params![req.owner.0.as_bytes(), micros(lease_until), now, req.limit];
+    let mut claimed = query_vec(&mut stmt, p, |row| {
+        Ok((
+            codec::uuid(row, 0)?,
+            codec::unsigned::<u32>(row, 1)?,
+            codec::int(row, 2)?,
+            codec::int(row, 3)?,
+            codec::int(row, 4)?,
+        ))
+    })?;
+    // RETURNING has no defined order: earliest due first, as the contract asks.
+    claimed.sort_by_key(|c| (c.4, c.0));
+
+    let mut event = conn
+        .prepare_cached(
+            "SELECT id, org_id, event_type, payload, created_at FROM events WHERE seq = ?1",
+        )
+        .store()?;
+    let mut targets: HashMap<i64, Option<Target>> = HashMap::new();
+    let mut out = Vec::with_capacity(claimed.len());
+    for (id, attempt, event_seq, endpoint_seq, _) in claimed {
+        let ev = query_opt(&mut event, [event_seq], |row| {
+            Ok((
+                EventId(codec::uuid(row, 0)?),
+                OrganizationId(codec::uuid(row, 1)?),
+                codec::text(row, 2)?,
+                codec::payload(row, 3)?,
+                codec::ts(row, 4)?,
+            ))
+        })?;
+        let t = match targets.get(&endpoint_seq) {
+            Some(t) => t.clone(),
+            None => {
+                let t = target(conn, endpoint_seq, now)?;
+                targets.insert(endpoint_seq, t.clone());
+                t
+            }
+        };
+        let (Some((event_id, organization_id, event_type, payload, created_at)), Some(t)) = (ev, t)
+        else {
+            // Cannot happen through this store's own writes; drop the orphan so it cannot
+            // block the queue.
+            tracing::warn!(delivery = %id, "dropping a delivery whose event or endpoint is gone");
+            conn.prepare_cached("DELETE FROM deliveries WHERE id = ?1")
+                .store()?
+                .execute([id.as_bytes()])
+                .store()?;
+            continue;
+        };
+        out.push(Delivery {
+            id: DeliveryId(id),
+            attempt,
+            lease_owner: req.owner,
+            lease_expires_at: lease_until,
+            event_id,
+            organization_id,
+            event_type,
+            payload,
+            created_at,
+            endpoint_id: t.id,
+            url: t.url,
+            secrets: t.secrets,
+            endpoint_failing_since: t.failing_since,
+        });
+    }
+    Ok(out)
+}
+
+/// `DeliveryQueue::complete`.
+pub(crate) fn complete(conn: &Connection, completions: Vec<Completion>) -> StoreResult<Vec<bool>> {
+    let mut out = Vec::with_capacity(completions.len());
+    for c in completions {
+        out.push(complete_one(conn, c)?);
+    }
+    Ok(out)
+}
+
+fn complete_one(conn: &Connection, c: Completion) -> StoreResult<bool> {
+    let fence = params![c.delivery_id.0.as_bytes(), c.lease_owner.0.as_bytes(), c.attempt];
+    let mut stmt = match &c.state {
+        CompletionState::Delivered | CompletionState::Failed => conn.prepare_cached(
+            "DELETE FROM deliveries WHERE id = ?1 AND state = 1 AND lease_owner = ?2
+             AND attempt = ?3 RETURNING event_seq, endpoint_seq",
+        ),
+        CompletionState::Retry { .. } => conn.prepare_cached(
+            "UPDATE deliveries SET state = 0, due_at = ?4, lease_owner = NULL
+             WHERE id = ?1 AND state = 1 AND lease_owner = ?2 AND attempt = ?3
+             RETURNING event_seq, endpoint_seq",
+        ),
+    }
+    .store()?;
+    let applied = match &c.state {
+        CompletionState::Retry { at } => {
+            let p = params![fence[0], fence[1], fence[2], micros(*at)];
+            query_opt(&mut stmt, p, |r| Ok((codec::int(r, 0)?, codec::int(r, 1)?)))?
+        }
+        _ => query_opt(&mut stmt, fence, |r| Ok((codec::int(r, 0)?, codec::int(r, 1)?)))?,
+    };
+    drop(stmt);
+    let Some((event_seq, endpoint_seq)) = applied else { return Ok(false) };
+
+    let r = &c.record;
+    conn.prepare_cached(
+        "INSERT INTO attempts (event_seq, endpoint_id, at, status_code, latency_ms, error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .store()?
+    .execute(params![
+        event_seq,
+        r.endpoint_id.0.as_bytes(),
+        micros(r.at),
+        r.status_code,
+        i64::try_from(r.latency_ms).unwrap_or(i64::MAX),
+        r.error
+    ])
+    .store()?;
+
+    let at = micros(r.at);
+    match c.state {
+        CompletionState::Delivered => {
+            conn.prepare_cached("UPDATE endpoints SET failing_since = NULL WHERE seq = ?1")
+                .store()?
+                .execute([endpoint_seq])
+                .store()?;
+            // The event is delivered once no delivery of it is outstanding.
+            conn.prepare_cached(
+                "UPDATE events SET status = 1, delivered_at = ?2
+                 WHERE seq = ?1 AND status = 0
+                 AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_seq = ?1)",
+            )
+            .store()?
+            .execute([event_seq, at])
+            .store()?;
+        }
+        CompletionState::Retry { .. } | CompletionState::Failed => {
+            if c.state == CompletionState::Failed {
+                conn.prepare_cached("UPDATE events SET status = 2 WHERE seq = ?1 AND status = 0")
+                    .store()?
+                    .execute([event_seq])
+                    .store()?;
+            }
+            conn.prepare_cached(
+                "UPDATE endpoints SET failing_since = ?2
+                 WHERE seq = ?1 AND failing_since IS NULL",
+            )
+            .store()?
+            .execute([endpoint_seq, at])
+            .store()?;
+        }
+    }
+    if let Some(reason) = &c.disable_endpoint {
+        conn.prepare_cached(
+            "UPDATE endpoints SET enabled = 0, disabled_reason = ?2 WHERE seq = ?1",
+        )
+        .store()?
+        .execute(params![endpoint_seq, reason])
+        .store()?;
+    }
+    Ok(true)
+}
+
+/// `DeliveryQueue::release`: pending again, due when it was due before the claim (so at
+/// once), with the attempt number restored.
+pub(crate) fn release(
+    conn: &Connection,
+    id: DeliveryId,
+    owner: WorkerId,
+    attempt: u32,
+) -> StoreResult<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE deliveries
+             SET state = 0, attempt = attempt - 1, lease_owner = NULL,
+                 due_at = coalesce(claimed_due, due_at)
+             WHERE id = ?1 AND state = 1 AND lease_owner = ?2 AND attempt = ?3",
+        )
+        .store()?
+        .execute(params![id.0.as_bytes(), owner.0.as_bytes(), attempt])
+        .store()?;
+    Ok(n > 0)
+}
+
+/// `DeliveryQueue::extend_lease`.
+pub(crate) fn extend_lease(
+    conn: &Connection,
+    id: DeliveryId,
+    owner: WorkerId,
+    attempt: u32,
+    until: Timestamp,
+) -> StoreResult<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE deliveries SET due_at = ?4
+             WHERE id = ?1 AND state = 1 AND lease_owner = ?2 AND attempt = ?3",
+        )
+        .store()?
+        .execute(params![id.0.as_bytes(), owner.0.as_bytes(), attempt, micros(until)])
+        .store()?;
+    Ok(n > 0)
+}

@@ -1,0 +1,168 @@
+//! Connections, pragmas and the versioned schema.
+//!
+//! The schema version is kept in `PRAGMA user_version`; migration `i` (1-based) brings a
+//! database from version `i - 1` to `i` in one transaction. A database whose version is newer
+//! than the last migration this build knows is refused with `StoreError::Corrupt`.
+
+use std::path::Path;
+
+use rusqlite::limits::Limit;
+use rusqlite::{Connection, DatabaseName, OpenFlags};
+use triggers_core::StoreError;
+
+use crate::config::SqliteConfig;
+use crate::error::{SqlResultExt, SqliteError};
+
+/// Every migration, in order. Never edit a released one: append a new one.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+
+/// Marks a database as ours (`PRAGMA application_id`, "TRGS").
+const APPLICATION_ID: i64 = 0x5452_4753;
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+fn open_flags() -> OpenFlags {
+    OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI
+}
+
+/// Settings every connection gets.
+fn common_pragmas(
+    conn: &Connection,
+    config: &SqliteConfig,
+    cache_kib: u32,
+) -> Result<(), StoreError> {
+    conn.busy_timeout(config.busy_timeout).store()?;
+    if let Some(max) = config.max_value_len {
+        conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, i32::try_from(max).unwrap_or(i32::MAX));
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA foreign_keys = ON;
+         PRAGMA cache_size = -{cache_kib};
+         PRAGMA temp_store = MEMORY;"
+    ))
+    .store()?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// Opens the writer's connection: creates the file if needed, switches to WAL, applies the
+/// migrations, and checks that the database is ours, current and writable.
+pub(crate) fn open_writer(path: &Path, config: &SqliteConfig) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(path, open_flags()).store()?;
+    common_pragmas(&conn, config, config.cache_size_kib.max(64))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).store()?;
+    if conn.is_readonly(DatabaseName::Main).store()? {
+        return Err(read_only(path));
+    }
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(mode, "sqlite did not switch to WAL mode");
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {};
+         PRAGMA journal_size_limit = {};",
+        config.synchronous.pragma_value(),
+        config.journal_size_limit
+    ))
+    .store()?;
+    migrate(&conn).map_err(|e| match e {
+        StoreError::Backend(src) if is_read_only(&*src) => read_only(path),
+        other => other,
+    })?;
+    Ok(conn)
+}
+
+/// Opens one read-only reader connection (`PRAGMA query_only`).
+pub(crate) fn open_reader(path: &Path, config: &SqliteConfig) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(path, open_flags()).store()?;
+    common_pragmas(&conn, config, (config.cache_size_kib / 4).max(64))?;
+    conn.execute_batch("PRAGMA query_only = ON;").store()?;
+    Ok(conn)
+}
+
+fn read_only(path: &Path) -> StoreError {
+    StoreError::Backend(Box::new(SqliteError::ReadOnly(path.display().to_string())))
+}
+
+fn is_read_only(e: &(dyn std::error::Error + 'static)) -> bool {
+    match e.downcast_ref::<SqliteError>() {
+        Some(SqliteError::ReadOnly(_)) => true,
+        Some(SqliteError::Sqlite(s)) => {
+            s.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly)
+        }
+        None => false,
+    }
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`].
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let app_id: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0)).store()?;
+    if app_id != 0 && app_id != APPLICATION_ID {
+        return Err(StoreError::Corrupt(format!(
+            "the database belongs to another application (application_id {app_id:#x})"
+        )));
+    }
+    let version = user_version(conn)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "the database has schema version {version}, newer than this build of triggers \
+             knows ({SCHEMA_VERSION}); upgrade triggers to open it"
+        )));
+    }
+    if version < 0 {
+        return Err(StoreError::Corrupt(format!("invalid schema version {version}")));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let to = i as i64 + 1;
+        let mut tx = Tx::begin(conn)?;
+        // Re-check inside the write lock: another process may have migrated meanwhile.
+        if user_version(conn)? >= to {
+            tx.commit()?;
+            continue;
+        }
+        conn.execute_batch(sql).store()?;
+        conn.execute_batch(&format!(
+            "PRAGMA user_version = {to}; PRAGMA application_id = {APPLICATION_ID};"
+        ))
+        .store()?;
+        tx.commit()?;
+        tracing::info!(version = to, "applied sqlite schema migration");
+    }
+    Ok(())
+}
+
+fn user_version(conn: &Connection) -> Result<i64, StoreError> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0)).store()
+}
+
+/// A `BEGIN IMMEDIATE` transaction on a shared connection, rolled back unless committed.
+struct Tx<'c> {
+    conn: &'c Connection,
+    done: bool,
+}
+
+impl<'c> Tx<'c> {
+    fn begin(conn: &'c Connection) -> Result<Self, StoreError> {
+        conn.execute_batch("BEGIN IMMEDIATE").store()?;
+        Ok(Self { conn, done: false })
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("COMMIT").store()?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if !self.done && !self.conn.is_autocommit() {
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::warn!(error = %e, "rollback of a failed migration failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! [`SqliteStore`]: the handle, and the four store traits on it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use triggers_core::domain::event::{Event, EventDetail, EventRecord, EventStatus};
+use triggers_core::store::{
+    AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointStore, EventLog,
+    InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, StoreResult,
+};
+use triggers_core::{
+    DeliveryId, Endpoint, EndpointId, EventId, KeyHash, Organization, OrganizationId, Secret,
+    StoreError, Timestamp, WorkerId,
+};
+
+use crate::config::SqliteConfig;
+use crate::ops::{events, orgs, queue, reads};
+use crate::readers::Readers;
+use crate::schema;
+use crate::writer::Writer;
+
+/// An [`EventStore`](triggers_core::EventStore) in one SQLite database file.
+///
+/// Cheap to clone: clones share one writer thread and one reader pool. The writer thread stops
+/// (after finishing the requests already queued) when the last clone is dropped.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    // Readers first: dropped before the writer, which then closes the file last (and
+    // checkpoints the write-ahead log).
+    readers: Readers,
+    writer: Writer,
+    config: SqliteConfig,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.inner.path).finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, applies schema migrations, and
+    /// starts the writer thread and the reader pool.
+    ///
+    /// Blocks briefly on file I/O; call it at startup (or in `spawn_blocking`). It needs no
+    /// tokio runtime, but the store's methods must be called inside one.
+    ///
+    /// Errors: `Corrupt` if the file is not a SQLite database, belongs to another application
+    /// or has a newer schema than this build knows; `Backend` with a
+    /// [`SqliteError::ReadOnly`](crate::SqliteError::ReadOnly) source if the file cannot be
+    /// written; `Unavailable` if another process holds the write lock past `busy_timeout`.
+    pub fn open(path: impl AsRef<Path>, config: SqliteConfig) -> StoreResult<Self> {
+        let path = path.as_ref().to_path_buf();
+        let conn = schema::open_writer(&path, &config)?;
+        let readers = Readers::open(&path, &config)?;
+        let writer = Writer::start(conn, config.writer_queue, config.max_batch)?;
+        tracing::debug!(path = %path.display(), "opened sqlite store");
+        Ok(Self { inner: Arc::new(Inner { readers, writer, config, path }) })
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The settings the store was opened with.
+    pub fn config(&self) -> &SqliteConfig {
+        &self.inner.config
+    }
+
+    pub(crate) async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.inner.writer.call(f).await
+    }
+
+    pub(crate) async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.inner.readers.call(f).await
+    }
+}
+
+#[async_trait]
+impl OrgStore for SqliteStore {
+    async fn create_organization(&self, org: &Organization, key: &KeyHash) -> StoreResult<()> {
+        let (org, key) = (org.clone(), *key);
+        self.write(move |c| orgs::create_org(c, &org, &key)).await
+    }
+
+    async fn organization_by_key(&self, key: &KeyHash) -> StoreResult<Option<Organization>> {
+        let key = *key;
+        self.read(move |c| reads::org_by_key(c, &key)).await
+    }
+
+    async fn organization(&self, id: OrganizationId) -> StoreResult<Option<Organization>> {
+        self.read(move |c| reads::org(c, id)).await
+    }
+
+    async fn replace_key(&self, id: OrganizationId, key: &KeyHash) -> StoreResult<bool> {
+        let key = *key;
+        self.write(move |c| orgs::replace_key(c, id, &key)).await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        if !self.inner.writer.is_alive() {
+            return Err(StoreError::Unavailable("the sqlite writer has stopped".into()));
+        }
+        self.read(reads::ping).await
+    }
+}
+
+#[async_trait]
+impl EndpointStore for SqliteStore {
+    async fn create_endpoint(
+        &self,
+        org: OrganizationId,
+        endpoint: &NewEndpoint,
+    ) -> StoreResult<Endpoint> {
+        let endpoint = endpoint.clone();
+        self.write(move |c| orgs::create_endpoint(c, org, endpoint)).await
+    }
+
+    async fn endpoints(&self, org: OrganizationId) -> StoreResult<Vec<Endpoint>> {
+        self.read(move |c| orgs::endpoints(c, org)).await
+    }
+
+    async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
+        self.write(move |c| orgs::delete_endpoint(c, org, id)).await
+    }
+
+    async fn rotate_endpoint_secret(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        secret: &Secret,
+        previous_valid_until: Timestamp,
+    ) -> StoreResult<bool> {
+        let secret = secret.clone();
+        self.write(move |c| orgs::rotate_secret(c, org, id, &secret, previous_valid_until)).await
+    }
+}
+
+#[async_trait]
+impl EventLog for SqliteStore {
+    async fn insert_events(
+        &self,
+        org: OrganizationId,
+        events: Vec<EventRecord>,
+        dedup_window: Duration,
+        now: Timestamp,
+    ) -> StoreResult<Vec<InsertOutcome>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(move |c| events::insert(c, org, events, dedup_window, now)).await
+    }
+
+    async fn event(&self, org: OrganizationId, id: EventId) -> StoreResult<Option<EventDetail>> {
+        self.read(move |c| reads::event(c, org, id)).await
+    }
+
+    async fn list_events(
+        &self,
+        org: OrganizationId,
+        query: &ListQuery,
+    ) -> StoreResult<Page<Event>> {
+        let query = query.clone();
+        self.read(move |c| reads::list(c, org, &query)).await
+    }
+
+    async fn ack(
+        &self,
+        org: OrganizationId,
+        ids: &[EventId],
+        now: Timestamp,
+    ) -> StoreResult<AckOutcome> {
+        if ids.is_empty() {
+            return Ok(AckOutcome::default());
+        }
+        let ids = ids.to_vec();
+        self.write(move |c| events::ack(c, org, ids, now)).await
+    }
+
+    async fn replay(
+        &self,
+        org: OrganizationId,
+        id: EventId,
+        now: Timestamp,
+    ) -> StoreResult<Option<EventStatus>> {
+        self.write(move |c| events::replay(c, org, id, now)).await
+    }
+
+    async fn stats(&self, org: OrganizationId) -> StoreResult<QueueStats> {
+        self.read(move |c| reads::stats(c, org)).await
+    }
+}
+
+#[async_trait]
+impl DeliveryQueue for SqliteStore {
+    async fn claim(&self, req: ClaimRequest) -> StoreResult<Vec<Delivery>> {
+        if req.limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.write(move |c| queue::claim(c, req)).await
+    }
+
+    async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let completions = completions.to_vec();
+        self.write(move |c| queue::complete(c, completions)).await
+    }
+
+    async fn release(&self, id: DeliveryId, owner: WorkerId, attempt: u32) -> StoreResult<bool> {
+        self.write(move |c| queue::release(c, id, owner, attempt)).await
+    }
+
+    async fn extend_lease(
+        &self,
+        id: DeliveryId,
+        owner: WorkerId,
+        attempt: u32,
+        until: Timestamp,
+    ) -> StoreResult<bool> {
+        self.write(move |c| queue::extend_lease(c, id, owner, attempt, until)).await
+    }
+
+    async fn queue_depth(&self) -> StoreResult<u64> {
+        self.read(reads::queue_depth).await
+    }
+}

@@ -1,0 +1,46 @@
+//! What survives a reopen: events, pending deliveries, leases; expired leases are reclaimed.
+
+use std::time::Duration;
+
+use triggers_core::store::{ClaimRequest, DeliveryQueue, EndpointStore, EventLog};
+use triggers_core::WorkerId;
+
+use crate::{insert_one, new_endpoint, new_org, open, t, temp_db};
+
+#[tokio::test]
+async fn deliveries_and_leases_survive_a_reopen_and_expired_leases_are_reclaimed() {
+    let (_dir, path) = temp_db();
+    let lease = Duration::from_secs(30);
+    let store = open(&path);
+    let org = new_org(&store).await;
+    store.create_endpoint(org, &new_endpoint(None, t(0))).await.unwrap();
+    let ids = [
+        insert_one(&store, org, "a", t(0)).await,
+        insert_one(&store, org, "b", t(1)).await,
+        insert_one(&store, org, "c", t(2)).await,
+    ];
+    let dead = WorkerId::new();
+    let leased =
+        store.claim(ClaimRequest { owner: dead, limit: 1, lease, now: t(3) }).await.unwrap();
+    assert_eq!(leased[0].event_id, ids[0]);
+    drop(store);
+
+    let store = open(&path);
+    assert_eq!(store.queue_depth().await.unwrap(), 3);
+    let s = store.stats(org).await.unwrap();
+    assert_eq!((s.pending, s.in_flight), (3, 1));
+    let w = WorkerId::new();
+    // The lease is still live after the restart: only the other two are due.
+    let got = store.claim(ClaimRequest { owner: w, limit: 10, lease, now: t(10) }).await.unwrap();
+    assert_eq!(got.iter().map(|d| d.event_id).collect::<Vec<_>>(), vec![ids[1], ids[2]]);
+    drop(store);
+
+    // After another restart, past the dead worker's lease, its delivery is claimed again.
+    let store = open(&path);
+    let got = store.claim(ClaimRequest { owner: w, limit: 10, lease, now: t(33) }).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].event_id, got[0].attempt, got[0].lease_owner), (ids[0], 2, w));
+    // The dead worker's fenced calls are stale.
+    assert!(!store.release(leased[0].id, dead, 1).await.unwrap());
+    assert!(!store.extend_lease(leased[0].id, dead, 1, t(100)).await.unwrap());
+}
