@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod basics;
+mod conformance;
 mod crash;
 mod queue;
 mod restart;

@@ -1,0 +1,133 @@
+//! The store conformance kit, unchanged, over SQLite: each case gets its own database file.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tempfile::TempDir;
+use triggers_core::domain::event::{Event, EventDetail, EventRecord, EventStatus};
+use triggers_core::store::{
+    AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointStore, EventLog,
+    InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, StoreResult,
+};
+use triggers_core::{
+    DeliveryId, Endpoint, EndpointId, EventId, KeyHash, Organization, OrganizationId, Secret,
+    Timestamp, WorkerId,
+};
+use triggers_store_sqlite::SqliteStore;
+
+/// A store on a file in a temporary directory that lives as long as the store.
+pub struct TempStore {
+    store: SqliteStore,
+    _dir: TempDir,
+}
+
+async fn fresh_store() -> TempStore {
+    let (dir, store) = crate::fresh();
+    TempStore { store, _dir: dir }
+}
+
+triggers_core::store_conformance_tests!(fresh_store);
+
+#[async_trait]
+impl OrgStore for TempStore {
+    async fn create_organization(&self, org: &Organization, key: &KeyHash) -> StoreResult<()> {
+        self.store.create_organization(org, key).await
+    }
+    async fn organization_by_key(&self, key: &KeyHash) -> StoreResult<Option<Organization>> {
+        self.store.organization_by_key(key).await
+    }
+    async fn organization(&self, id: OrganizationId) -> StoreResult<Option<Organization>> {
+        self.store.organization(id).await
+    }
+    async fn replace_key(&self, id: OrganizationId, key: &KeyHash) -> StoreResult<bool> {
+        self.store.replace_key(id, key).await
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.store.ping().await
+    }
+}
+
+#[async_trait]
+impl EndpointStore for TempStore {
+    async fn create_endpoint(&self, org: OrganizationId, e: &NewEndpoint) -> StoreResult<Endpoint> {
+        self.store.create_endpoint(org, e).await
+    }
+    async fn endpoints(&self, org: OrganizationId) -> StoreResult<Vec<Endpoint>> {
+        self.store.endpoints(org).await
+    }
+    async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
+        self.store.delete_endpoint(org, id).await
+    }
+    async fn rotate_endpoint_secret(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        secret: &Secret,
+        previous_valid_until: Timestamp,
+    ) -> StoreResult<bool> {
+        self.store.rotate_endpoint_secret(org, id, secret, previous_valid_until).await
+    }
+}
+
+#[async_trait]
+impl EventLog for TempStore {
+    async fn insert_events(
+        &self,
+        org: OrganizationId,
+        events: Vec<EventRecord>,
+        dedup_window: Duration,
+        now: Timestamp,
+    ) -> StoreResult<Vec<InsertOutcome>> {
+        self.store.insert_events(org, events, dedup_window, now).await
+    }
+    async fn event(&self, org: OrganizationId, id: EventId) -> StoreResult<Option<EventDetail>> {
+        self.store.event(org, id).await
+    }
+    async fn list_events(&self, org: OrganizationId, q: &ListQuery) -> StoreResult<Page<Event>> {
+        self.store.list_events(org, q).await
+    }
+    async fn ack(
+        &self,
+        org: OrganizationId,
+        ids: &[EventId],
+        now: Timestamp,
+    ) -> StoreResult<AckOutcome> {
+        self.store.ack(org, ids, now).await
+    }
+    async fn replay(
+        &self,
+        org: OrganizationId,
+        id: EventId,
+        now: Timestamp,
+    ) -> StoreResult<Option<EventStatus>> {
+        self.store.replay(org, id, now).await
+    }
+    async fn stats(&self, org: OrganizationId) -> StoreResult<QueueStats> {
+        self.store.stats(org).await
+    }
+}
+
+#[async_trait]
+impl DeliveryQueue for TempStore {
+    async fn claim(&self, req: ClaimRequest) -> StoreResult<Vec<Delivery>> {
+        self.store.claim(req).await
+    }
+    async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
+        self.store.complete(completions).await
+    }
+    async fn release(&self, id: DeliveryId, owner: WorkerId, attempt: u32) -> StoreResult<bool> {
+        self.store.release(id, owner, attempt).await
+    }
+    async fn extend_lease(
+        &self,
+        id: DeliveryId,
+        owner: WorkerId,
+        attempt: u32,
+        until: Timestamp,
+    ) -> StoreResult<bool> {
+        self.store.extend_lease(id, owner, attempt, until).await
+    }
+    async fn queue_depth(&self) -> StoreResult<u64> {
+        self.store.queue_depth().await
+    }
+}
