@@ -43,7 +43,7 @@ impl fmt::Debug for ApiKey {
 
 /// SHA-256 of an API key. A key has at least 256 bits of entropy, so a plain hash is enough:
 /// the stored value cannot be reversed or brute-forced.
-#[derive(Clone, Copy, Hash)]
+#[derive(Clone, Copy)]
 pub struct KeyHash(pub [u8; 32]);
 
 impl KeyHash {
@@ -71,6 +71,12 @@ impl PartialEq for KeyHash {
 }
 
 impl Eq for KeyHash {}
+
+impl std::hash::Hash for KeyHash {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl fmt::Debug for KeyHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

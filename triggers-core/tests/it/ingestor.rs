@@ -1,0 +1,165 @@
+use serde_json::json;
+use triggers_core::*;
+
+fn config(clock: &ManualClock) -> IngestorConfig {
+    IngestorConfig {
+        clock: std::sync::Arc::new(clock.clone()),
+        tier_limits: TierLimits::default().with(Tier::Free, 5),
+        worker: WorkerConfig { concurrency: 0, ..WorkerConfig::default() },
+        ..IngestorConfig::default()
+    }
+}
+
+fn start(clock: &ManualClock) -> Ingestor<MemoryStore, NoDeliverer> {
+    Ingestor::start(MemoryStore::new(), NoDeliverer, config(clock))
+}
+
+fn ev(t: &str) -> NewEvent {
+    NewEvent::new(t, &json!({"k": "v"}))
+}
+
+#[tokio::test]
+async fn keys_authenticate_and_rotation_revokes_at_once() {
+    let clock = ManualClock::new();
+    let ing = start(&clock);
+    let (org, key) = ing.create_organization("acme", Tier::Starter).await.unwrap();
+    assert_eq!(ing.authenticate(key.expose()).await.unwrap(), org);
+    assert!(matches!(ing.authenticate("trg_nope").await, Err(Error::Unauthorized)));
+    let new_key = ing.rotate_key(&org).await.unwrap();
+    // The old key was cached by the successful call above; rotation must still revoke it.
+    assert!(matches!(ing.authenticate(key.expose()).await, Err(Error::Unauthorized)));
+    assert_eq!(ing.authenticate(new_key.expose()).await.unwrap().id, org.id);
+    assert!(matches!(
+        ing.create_organization("  ", Tier::Free).await,
+        Err(Error::Invalid(ValidationError::Field { field: "organization_name", .. }))
+    ));
+}
+
+#[tokio::test]
+async fn ingest_validates_limits_and_dedups() {
+    let clock = ManualClock::new();
+    let ing = start(&clock);
+    let (org, _) = ing.create_organization("acme", Tier::Free).await.unwrap();
+    let bad = ing.ingest(&org, ev("bad type")).await;
+    assert!(matches!(bad, Err(Error::Invalid(ValidationError::TypeCharacter(' ')))));
+    let first = ing.ingest(&org, ev("a").with_dedup_id("d1")).await.unwrap();
+    assert!(!first.duplicate);
+    assert_eq!(first.rate.remaining, 4, "the invalid event cost nothing");
+    let dup = ing.ingest(&org, ev("a").with_dedup_id("d1")).await.unwrap();
+    assert!(dup.duplicate);
+    assert_eq!(dup.id, first.id);
+    for _ in 0..3 {
+        ing.ingest(&org, ev("a")).await.unwrap();
+    }
+    let Err(Error::RateLimited(d)) = ing.ingest(&org, ev("a")).await else {
+        panic!("expected a rate limit")
+    };
+    assert_eq!((d.limit, d.remaining), (5, 0));
+    assert_eq!(d.retry_after, Some(std::time::Duration::from_secs(12)));
+    // Refused events are not stored.
+    assert_eq!(ing.stats(&org).await.unwrap().pending, 4);
+    // Another organization is unaffected.
+    let (other, _) = ing.create_organization("other", Tier::Free).await.unwrap();
+    assert!(ing.ingest(&other, ev("a")).await.is_ok());
+    clock.advance(std::time::Duration::from_secs(12));
+    assert!(ing.ingest(&org, ev("a")).await.is_ok(), "one unit refilled");
+}
+
+#[tokio::test]
+async fn batches_report_per_item_and_cost_their_length() {
+    let clock = ManualClock::new();
+    let ing = start(&clock);
+    let (org, _) = ing.create_organization("acme", Tier::Free).await.unwrap();
+    let out = ing
+        .ingest_batch(
+            &org,
+            vec![ev("ok"), ev(""), ev("ok").with_dedup_id("x"), ev("ok").with_dedup_id("x")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.results.len(), 4);
+    assert!(out.results[0].is_ok());
+    assert_eq!(out.results[1].as_ref().unwrap_err(), &ValidationError::TypeLength(0));
+    let (third, fourth) = (out.results[2].as_ref().unwrap(), out.results[3].as_ref().unwrap());
+    assert!(!third.duplicate && fourth.duplicate);
+    assert_eq!(third.id, fourth.id);
+    assert_eq!(out.rate.remaining, 1, "a batch of 4 costs 4");
+    assert!(matches!(
+        ing.ingest_batch(&org, vec![ev("a"), ev("b")]).await,
+        Err(Error::RateLimited(_))
+    ));
+    assert!(matches!(ing.ingest_batch(&org, vec![]).await, Err(Error::Invalid(_))));
+    assert_eq!(ing.stats(&org).await.unwrap().pending, 2);
+}
+
+#[tokio::test]
+async fn inbox_pages_with_cursors_and_acks() {
+    let clock = ManualClock::new();
+    let ing = start(&clock);
+    let (org, _) = ing.create_organization("acme", Tier::Enterprise).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let t = if i % 2 == 0 { "user.created" } else { "order.paid" };
+        ids.push(ing.ingest(&org, ev(t)).await.unwrap().id);
+    }
+    let mut seen = Vec::new();
+    let mut q = InboxQuery { limit: 3, ..InboxQuery::default() };
+    loop {
+        let page = ing.inbox(&org, q.clone()).await.unwrap();
+        seen.extend(page.events.iter().map(|e| e.id));
+        match page.next_cursor {
+            Some(c) => q.cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    let users =
+        InboxQuery { type_glob: Some(TypeGlob::parse("user.*").unwrap()), ..InboxQuery::default() };
+    assert_eq!(ing.inbox(&org, users).await.unwrap().events.len(), 4);
+    assert!(matches!(
+        ing.inbox(&org, InboxQuery { cursor: Some("garbage!".into()), ..InboxQuery::default() })
+            .await,
+        Err(Error::Invalid(ValidationError::Field { field: "cursor", .. }))
+    ));
+    assert!(matches!(
+        ing.inbox(&org, InboxQuery { limit: 0, ..InboxQuery::default() }).await,
+        Err(Error::Invalid(_))
+    ));
+
+    ing.ack(&org, ids[0]).await.unwrap();
+    ing.ack(&org, ids[0]).await.unwrap();
+    let (other, _) = ing.create_organization("other", Tier::Free).await.unwrap();
+    assert!(matches!(ing.ack(&other, ids[1]).await, Err(Error::NotFound)));
+    assert!(matches!(ing.event(&other, ids[1]).await, Err(Error::NotFound)));
+    let unknown = EventId::new();
+    let many = ing.ack_many(&org, &[ids[1], unknown]).await.unwrap();
+    assert_eq!(many.acknowledged, vec![ids[1]]);
+    assert_eq!(many.not_found, vec![unknown]);
+    let detail = ing.event(&org, ids[0]).await.unwrap();
+    assert_eq!(detail.event.status, EventStatus::Delivered);
+    assert_eq!(detail.event.delivered_at, Some(clock.now()));
+    let stats = ing.stats(&org).await.unwrap();
+    assert_eq!((stats.pending, stats.delivered), (5, 2));
+}
+
+#[tokio::test]
+async fn endpoints_validate_and_rotate() {
+    let clock = ManualClock::new();
+    let ing = start(&clock);
+    let (org, _) = ing.create_organization("acme", Tier::Free).await.unwrap();
+    assert!(matches!(ing.create_endpoint(&org, "", None).await, Err(Error::Invalid(_))));
+    assert!(matches!(
+        ing.create_endpoint(&org, "http://127.0.0.1:1/x", Some("bad filter!")).await,
+        Err(Error::Invalid(ValidationError::Field { field: "event_type_filter", .. }))
+    ));
+    let ep = ing.create_endpoint(&org, "http://127.0.0.1:1/x", Some("user.*")).await.unwrap();
+    assert!(ep.enabled);
+    let secret = ing.rotate_endpoint_secret(&org, ep.id).await.unwrap();
+    assert_ne!(secret, ep.secret);
+    let (other, _) = ing.create_organization("other", Tier::Free).await.unwrap();
+    assert!(matches!(ing.rotate_endpoint_secret(&other, ep.id).await, Err(Error::NotFound)));
+    assert!(matches!(ing.delete_endpoint(&other, ep.id).await, Err(Error::NotFound)));
+    ing.delete_endpoint(&org, ep.id).await.unwrap();
+    assert!(ing.endpoints(&org).await.unwrap().is_empty());
+    ing.ready().await.unwrap();
+}

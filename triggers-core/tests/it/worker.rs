@@ -1,0 +1,374 @@
+//! The worker queue: retries on a test clock, crashes, timeouts, panics, shutdown, fan-out.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use triggers_core::store::{ClaimRequest, DeliveryQueue};
+use triggers_core::*;
+
+use crate::eventually;
+
+fn policy(delays: &[u64]) -> RetryPolicy {
+    RetryPolicy {
+        jitter: 0.0,
+        ..RetryPolicy::with_delays(delays.iter().map(|s| Duration::from_secs(*s)).collect())
+    }
+}
+
+fn config(clock: &ManualClock, retry: RetryPolicy) -> IngestorConfig {
+    IngestorConfig {
+        clock: Arc::new(clock.clone()),
+        tier_limits: TierLimits::default().with(Tier::Enterprise, 1_000_000),
+        retry,
+        worker: WorkerConfig {
+            concurrency: 8,
+            poll_interval: Duration::from_millis(5),
+            shutdown_grace: Duration::from_millis(50),
+            ..WorkerConfig::default()
+        },
+        ..IngestorConfig::default()
+    }
+}
+
+/// A deliverer that answers from a script per attempt number, and records what it saw.
+#[derive(Clone, Default)]
+struct Scripted {
+    seen: Arc<Mutex<Vec<(EventId, u32, String)>>>,
+}
+
+impl Scripted {
+    fn deliverer(&self, script: impl Fn(u32) -> Outcome + Send + Sync + 'static) -> FnDeliverer {
+        let seen = self.seen.clone();
+        let script = Arc::new(script);
+        FnDeliverer::new(move |d: store::Delivery| {
+            seen.lock().unwrap().push((d.event_id, d.attempt, d.url.clone()));
+            let script = script.clone();
+            async move { script(d.attempt) }
+        })
+    }
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+async fn attempts<S: EventStore, D: Deliverer>(
+    ing: &Ingestor<S, D>,
+    org: &Organization,
+    id: EventId,
+) -> Vec<AttemptRecord> {
+    ing.event(org, id).await.unwrap().attempts
+}
+
+/// Real time long enough for several poll intervals, to show nothing happens early.
+async fn quiet() {
+    tokio::time::sleep(Duration::from_millis(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_in_process_exactly_once_each() {
+    let clock = ManualClock::new();
+    let seen = Scripted::default();
+    let ing = Ingestor::start(
+        MemoryStore::new(),
+        seen.deliverer(|_| Outcome::Delivered),
+        config(&clock, policy(&[0])),
+    );
+    let (org, _) = ing.create_organization("acme", Tier::Enterprise).await.unwrap();
+    ing.create_endpoint(&org, "inproc://all", None).await.unwrap();
+    for i in 0..50 {
+        ing.ingest(&org, NewEvent::new("t", &json!(i))).await.unwrap();
+    }
+    eventually("all 50 delivered", || async { ing.stats(&org).await.unwrap().delivered == 50 })
+        .await;
+    let mut ids: Vec<_> = seen.seen.lock().unwrap().iter().map(|s| s.0).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 50);
+    assert_eq!(seen.count(), 50, "each delivered once");
+    ing.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_happen_at_the_scheduled_times() {
+    let clock = ManualClock::new();
+    let t0 = clock.now();
+    let seen = Scripted::default();
+    let deliverer = seen.deliverer(|attempt| {
+        if attempt <= 2 {
+            Outcome::Retry { after: None, reason: format!("boom {attempt}") }
+        } else {
+            Outcome::Delivered
+        }
+    });
+    let ing = Ingestor::start(MemoryStore::new(), deliverer, config(&clock, policy(&[0, 5, 300])));
+    let (org, _) = ing.create_organization("acme", Tier::Enterprise).await.unwrap();
+    let ep = ing.create_endpoint(&org, "inproc://x", None).await.unwrap();
+    let id = ing.ingest(&org, NewEvent::new("t", &json!(1))).await.unwrap().id;
+
+    eventually("attempt 1", || async { attempts(&ing, &org, id).await.len() == 1 }).await;
+    clock.advance(Duration::from_secs(4));
+    quiet().await;
+    assert_eq!(attempts(&ing, &org, id).await.len(), 1, "attempt 2 is not due before 5 s");
+    clock.advance(Duration::from_secs(1));
+    eventually("attempt 2", || async { attempts(&ing, &org, id).await.len() == 2 }).await;
+    clock.advance(Duration::from_secs(299));
+    quiet().await;
+    assert_eq!(attempts(&ing, &org, id).await.len(), 2, "attempt 3 is not due before 5 min");
+    clock.advance(Duration::from_secs(1));
+    eventually("delivered", || async {
+        ing.event(&org, id).await.unwrap().event.status == EventStatus::Delivered
+    })
+    .await;
+
+    let recs = attempts(&ing, &org, id).await;
+    let offsets: Vec<i64> = recs.iter().map(|r| (r.at - t0).num_seconds()).collect();
+    assert_eq!(offsets, vec![0, 5, 305]);
+    assert_eq!(recs[0].error.as_deref(), Some("boom 1"));
+    assert_eq!(recs[2].error, None);
+    assert!(recs.iter().all(|r| r.endpoint_id == ep.id));
+    let attempt_numbers: Vec<u32> = seen.seen.lock().unwrap().iter().map(|s| s.1).collect();
+    assert_eq!(attempt_numbers, vec![1, 2, 3]);
+    ing.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_fail_and_replay_delivers_again() {
+    let clock = ManualClock::new();
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let seen = Scripted::default();
+    let f = fail.clone();
+    let deliverer = seen.deliverer(move |_| {
+        if f.load(Ordering::SeqCst) {
+            Outcome::Retry { after: None, reason: "500".into() }
+        } else {
+            Outcome::Delivered
+        }
+    });
+    let ing = Ingestor::start(MemoryStore::new(), deliverer, config(&clock, policy(&[0, 1])));
+    let (org, _) = ing.create_organization("acme", Tier::Enterprise).await.unwrap();
+    ing.create_endpoint(&org, "inproc://x", None).await.unwrap();
+    let id = ing.ingest(&org, NewEvent::new("t", &json!(1))).await.unwrap().id;
+    eventually("attempt 1", || async { attempts(&ing, &org, id).await.len() == 1 }).await;
+    clock.advance(Duration::from_secs(1));
+    eventually("failed", || async {
+        ing.event(&org, id).await.unwrap().event.status == EventStatus::Failed
+    })
+    .await;
+    clock.advance(Duration::from_secs(3600));
+    quiet().await;
+    assert_eq!(attempts(&ing, &org, id).await.len(), 2, "no attempt after the schedule ends");
+
+    fail.store(false, Ordering::SeqCst);
+    assert_eq!(ing.replay(&org, id).await.unwrap(), EventStatus::Pending);
+    eventually("delivered after replay", || async {
+        ing.event(&org, id).await.unwrap().event.status == EventStatus::Delivered
+    })
+    .await;
+    assert_eq!(attempts(&ing, &org, id).await.len(), 3);
+    ing.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_worker_loses_its_lease_and_another_delivers() {
+    let clock = ManualClock::new();
+    let store = MemoryStore::new();
+
+    // Node A runs on its own runtime; its deliverer hangs once it has the delivery.
+    let node_a =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let got_it = Arc::new(tokio::sync::Notify::new());
+    let hang = {
+        let got_it = got_it.clone();
+        FnDeliverer::new(move |_d| {
+            let got_it = got_it.clone();
+            async move {
+                got_it.notify_one();
+                std::future::pending::<Outcome>().await
+            }
+        })
+    };
+    let ing_a = {
+        let _guard = node_a.enter();
+        Ingestor::start(store.clone(), hang, config(&clock, policy(&[0, 5])))
+    };
+    let (org, _) = ing_a.create_organization("acme", Tier::Enterprise).await.unwrap();
+    ing_a.create_endpoint(&org, "inproc://x", None).await.unwrap();
+    let id = ing_a.ingest(&org, NewEvent::new("t", &json!(1))).await.unwrap().id;
+    tokio::time::timeout(Duration::from_secs(10), got_it.notified()).await.unwrap();
+    // The crash: every task of node A dies at once, nothing is released.
+    node_a.shutdown_background();
+
+    let seen = Scripted::default();
+    let ing_b = Ingestor::start(
+        store.clone(),
+        seen.deliverer(|_| Outcome::Delivered),
+        config(&clock, policy(&[0, 5])),
+    );
+    quiet().await;
+    assert_eq!(seen.count(), 0, "the lease is still live");
+    assert_eq!(ing_b.stats(&org).await.unwrap().in_flight, 1);
+    clock.advance(WorkerConfig::default().lease + Duration::from_secs(1));
+    eventually("redelivered", || async {
+        ing_b.event(&org, id).await.unwrap().event.status == EventStatus::Delivered
+    })
+    .await;
+    let seen = seen.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!((seen[0].0, seen[0].1), (id, 2), "same event id, next attempt number");
+    ing_b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panics_and_timeouts_become_retries() {
+    let clock = ManualClock::new();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let deliverer = FnDeliverer::new(move |d: store::Delivery| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            match d.attempt {
+                1 => panic!("deliverer bug"),
+                2 => {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    Outcome::Delivered
+                }
+                _ => Outcome::Delivered,
+            }
+        }
+    });
+    let mut cfg = config(&clock, policy(&[0, 1, 1]));
+    cfg.worker.delivery_timeout = Duration::from_millis(500);
+    let ing = Ingestor::start(MemoryStore::new(), deliverer, cfg);
+    let (org, _) = ing.create_organization("acme", Tier::Enterprise).await.unwrap();
+    ing.create_endpoint(&org, "inproc://x", None).await.unwrap();
+    let id = ing.ingest(&org, NewEvent::new("t", &json!(1))).await.unwrap().id;
+    eventually("attempt 1", || async { attempts(&ing, &org, id).await.len() == 1 }).await;
+    clock.advance(Duration::from_secs(1));
+    eventually("attempt 2", || async { attempts(&ing, &org, id).await.len() == 2 }).await;
+    clock.advance(Duration::from_secs(1));
+    eventually("delivered", || async {
+        ing.event(&org, id).await.unwrap().event.status == EventStatus::Delivered
+    })
+    .await;
+    let recs = attempts(&ing, &org, id).await;
+    assert_eq!(recs[0].error.as_deref(), Some("deliverer panicked"));
+    assert!(recs[1].error.as_deref().unwrap().contains("timed out"), "{:?}", recs[1].error);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    ing.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_releases_unfinished_deliveries() {
+    let clock = ManualClock::new();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let s = started.clone();
+    let deliverer = FnDeliverer::new(move |_| {
+        let s = s.clone();
+        async move {
+            s.notify_one();
+            std::future::pending::<Outcome>().await
+        }
+    });
+    let store = MemoryStore::new();
+    let ing = Ingestor::start(store.clone(), deliverer, config(&clock, policy(&[0, 5])));
+    let (org, _) = ing.create_organization("acme", Tier::Enterprise).await.unwrap();
+    ing.create_endpoint(&org, "inproc://x", None).await.unwrap();
+    let id = ing.ingest(&org, NewEvent::new("t", &json!(1))).await.unwrap().id;
+    tokio::time::timeout(Duration::from_secs(10), started.notified()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), ing.shutdown()).await.unwrap();
+    // Released: due at once, attempt number restored, nothing recorded.
+    let claimed = store
+        .claim(ClaimRequest {
+            owner: WorkerId::new(),
+            limit: 10,
+            lease: Duration::from_secs(60),
+            now: clock.now(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!((claimed[0].event_id, claimed[0].attempt), (id, 1));
+    assert!(attempts(&ing, &org, id).await.is_empty());
+    // Ingestion keeps working after the workers stopped.
+    ing.ingest(&org, NewEvent::new("t", &json!(2))).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_and_long_failing_endpoints_are_disabled() {
+    let clock = ManualClock::new();
+    let seen = Scripted::default();
+    let deliverer = seen.deliverer(|_| Outcome::Retry { after: None, reason: "503".into() });
+    let gone = Scripted::default();
+    let _ = gone;
+    let mut cfg = config(&clock, policy(&[0, 3600, 3600, 3600]));
+    cfg.worker.disable_after = Duration::from_secs(2 * 3600);
+    let ing = Ingestor::start(MemoryStore::new(), deliverer, cfg);
+    let (org, _) = ing.create_organization("acme", Tier::Enterprise).await.unwrap();
+    let ep = ing.create_endpoint(&org, "inproc://flaky", None).await.unwrap();
+    let id = ing.ingest(&org, NewEvent::new("t", &json!(1))).await.unwrap().id;
+    for n in 1..=2 {
+        eventually("attempt", || async { attempts(&ing, &org, id).await.len() == n }).await;
+        clock.advance(Duration::from_secs(3600));
+    }
+    // Third failure is two hours after the first: the endpoint is disabled.
+    eventually("disabled", || async { !ing.endpoints(&org).await.unwrap()[0].enabled }).await;
+    let eps = ing.endpoints(&org).await.unwrap();
+    assert_eq!(eps[0].id, ep.id);
+    assert!(
+        eps[0].disabled_reason.as_deref().unwrap().contains("failing"),
+        "{:?}",
+        eps[0].disabled_reason
+    );
+    clock.advance(Duration::from_secs(3600));
+    quiet().await;
+    assert_eq!(attempts(&ing, &org, id).await.len(), 3, "disabled endpoints get no attempts");
+    ing.shutdown().await;
+
+    // 410 Gone disables at once.
+    let ing = Ingestor::start(
+        MemoryStore::new(),
+        FnDeliverer::new(|_| async { Outcome::Gone("410 Gone".into()) }),
+        config(&clock, policy(&[0, 5])),
+    );
+    let (org, _) = ing.create_organization("acme", Tier::Enterprise).await.unwrap();
+    ing.create_endpoint(&org, "inproc://gone", None).await.unwrap();
+    let id = ing.ingest(&org, NewEvent::new("t", &json!(1))).await.unwrap().id;
+    eventually("failed", || async {
+        ing.event(&org, id).await.unwrap().event.status == EventStatus::Failed
+    })
+    .await;
+    let eps = ing.endpoints(&org).await.unwrap();
+    assert!(!eps[0].enabled);
+    assert!(eps[0].disabled_reason.as_deref().unwrap().contains("410"));
+    ing.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_follows_filters() {
+    let clock = ManualClock::new();
+    let seen = Scripted::default();
+    let ing = Ingestor::start(
+        MemoryStore::new(),
+        seen.deliverer(|_| Outcome::Delivered),
+        config(&clock, policy(&[0])),
+    );
+    let (org, _) = ing.create_organization("acme", Tier::Enterprise).await.unwrap();
+    ing.create_endpoint(&org, "inproc://all", None).await.unwrap();
+    ing.create_endpoint(&org, "inproc://users", Some("user.*")).await.unwrap();
+    ing.create_endpoint(&org, "inproc://orders", Some("order.paid")).await.unwrap();
+    for t in ["user.created", "user.deleted", "order.paid", "order.refunded"] {
+        ing.ingest(&org, NewEvent::new(t, &json!({}))).await.unwrap();
+    }
+    eventually("all delivered", || async { ing.stats(&org).await.unwrap().delivered == 4 }).await;
+    let mut per_url: HashMap<String, usize> = HashMap::new();
+    for (_, _, url) in seen.seen.lock().unwrap().iter() {
+        *per_url.entry(url.clone()).or_default() += 1;
+    }
+    assert_eq!(per_url["inproc://all"], 4);
+    assert_eq!(per_url["inproc://users"], 2);
+    assert_eq!(per_url["inproc://orders"], 1);
+    ing.shutdown().await;
+}
