@@ -1,1 +1,22 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+mod batcher;
+mod config;
+mod error;
+mod events;
+mod insert;
+mod limiter;
+mod listener;
+mod orgs;
+mod queue;
+mod rows;
+mod store;
+#[doc(hidden)]
+pub mod testing;
+
+pub use config::PgConfig;
+pub use limiter::PgRateLimiter;
+pub use store::{PgStore, MIGRATOR};
+
+/// The sqlx this crate is built on, for callers that build their own connect options.
+pub use sqlx;

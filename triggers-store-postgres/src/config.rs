@@ -1,0 +1,74 @@
+//! Settings of a [`PgStore`](crate::PgStore).
+
+use std::time::Duration;
+
+/// How a [`PgStore`](crate::PgStore) connects, batches and wakes workers.
+///
+/// ```
+/// use std::time::Duration;
+/// let config = triggers_store_postgres::PgConfig {
+///     max_connections: 32,
+///     statement_timeout: Some(Duration::from_secs(10)),
+///     ..Default::default()
+/// };
+/// assert!(config.migrate);
+/// ```
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// Most connections the pool opens (the `LISTEN` connection is extra). Default 16.
+    pub max_connections: u32,
+    /// Connections kept open while idle. Default 0.
+    pub min_connections: u32,
+    /// How long a call waits for a free connection before failing with `Unavailable`.
+    /// Default 5 s.
+    pub acquire_timeout: Duration,
+    /// `statement_timeout` of every connection (sent in the startup packet); a statement that
+    /// runs longer is cancelled and the call fails with `Unavailable`. `None` keeps the
+    /// server's setting. Default 30 s.
+    pub statement_timeout: Option<Duration>,
+    /// Apply the embedded migrations on connect (under sqlx's advisory lock, so nodes that
+    /// start together are safe). Default `true`; turn off when migrations are run separately.
+    pub migrate: bool,
+    /// Group commit: most events written in one batch. Default 2000.
+    pub batch_max_events: usize,
+    /// Group commit: most payload bytes written in one batch. Default 8 MiB.
+    pub batch_max_bytes: usize,
+    /// Group commit: how long a writer waits for more requests after the first one, when
+    /// fewer than `batch_max_events` are queued. Zero writes whatever is queued at once.
+    /// Default 200 µs.
+    pub batch_max_wait: Duration,
+    /// Group commit: writer tasks, each writing one batch at a time on its own connection,
+    /// so one batch is being collected while another commits. Default 4.
+    pub writers: usize,
+    /// Group commit: insert requests that may wait for a writer; when full, inserts fail at
+    /// once with `Overloaded` (HTTP 503). Default 4096.
+    pub channel_capacity: usize,
+    /// The `LISTEN`/`NOTIFY` channel name. Nodes sharing a database must use the same one.
+    /// Default `triggers_deliveries`.
+    pub notify_channel: String,
+    /// Run the `LISTEN` task that feeds [`wakeups`](triggers_core::store::DeliveryQueue::wakeups).
+    /// Default `true`.
+    pub listen: bool,
+    /// The `application_name` the connections report (visible in `pg_stat_activity`).
+    pub application_name: String,
+}
+
+impl Default for PgConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            min_connections: 0,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Some(Duration::from_secs(30)),
+            migrate: true,
+            batch_max_events: 2000,
+            batch_max_bytes: 8 << 20,
+            batch_max_wait: Duration::from_micros(200),
+            writers: 4,
+            channel_capacity: 4096,
+            notify_channel: "triggers_deliveries".to_owned(),
+            listen: true,
+            application_name: "triggers".to_owned(),
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The event log: insertion (through the group-commit writers), lookup, the inbox, ack,
+//! replay and counts.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::types::Uuid;
+use tokio::sync::{mpsc, oneshot};
+use triggers_core::store::{
+    AckOutcome, EventLog, InsertOutcome, ListQuery, Page, QueueStats, StoreError, StoreResult,
+};
+use triggers_core::{
+    AttemptRecord, Event, EventDetail, EventId, EventRecord, EventStatus, OrganizationId, Timestamp,
+};
+
+use crate::error::map;
+use crate::insert::InsertJob;
+use crate::rows::{self, get, EVENT_COLUMNS};
+use crate::PgStore;
+
+const REPLAY_SQL: &str = r#"
+WITH ev AS (
+    UPDATE events SET status = 'pending', delivered_at = NULL
+    WHERE organization_id = $1 AND id = $2
+    RETURNING id, organization_id, event_type
+),
+cancelled AS (
+    UPDATE deliveries
+    SET state = 'cancelled', due_at = NULL, lease_owner = NULL, lease_expires_at = NULL
+    WHERE event_id IN (SELECT id FROM ev) AND state IN ('pending', 'in_flight')
+),
+fanout AS (
+    INSERT INTO deliveries
+        (id, event_id, organization_id, endpoint_id, state, attempt, next_attempt_at, due_at)
+    SELECT gen_random_uuid(), ev.id, ev.organization_id, ep.id, 'pending', 0, $3, $3
+    FROM ev JOIN endpoints ep
+        ON ep.organization_id = ev.organization_id AND ep.enabled
+       AND (ep.filter_like IS NULL OR ev.event_type LIKE ep.filter_like ESCAPE '\')
+    FOR KEY SHARE OF ep
+    RETURNING 1
+),
+wake AS (SELECT pg_notify($4, '') FROM (SELECT 1 FROM fanout LIMIT 1) one)
+SELECT (SELECT count(*) FROM ev) AS found, (SELECT count(*) FROM wake) AS woke
+"#;
+
+const ACK_SQL: &str = r#"
+WITH target AS (
+    SELECT id, status FROM events
+    WHERE organization_id = $1 AND id = ANY($2::uuid[])
+    ORDER BY id
+    FOR NO KEY UPDATE
+),
+acked AS (
+    UPDATE events e SET status = 'delivered', delivered_at = $3
+    FROM target WHERE e.id = target.id AND target.status <> 'delivered'
+)
+SELECT id FROM target
+"#;
+
+#[async_trait]
+impl EventLog for PgStore {
+    async fn insert_events(
+        &self,
+        org: OrganizationId,
+        events: Vec<EventRecord>,
+        dedup_window: Duration,
+        now: Timestamp,
+    ) -> StoreResult<Vec<InsertOutcome>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = InsertJob { org, events, window: dedup_window, now, reply };
+        self.intake().try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                StoreError::Overloaded("the insert queue is full".into())
+            }
+            mpsc::error::TrySendError::Closed(_) => {
+                StoreError::Unavailable("the insert writers have stopped".into())
+            }
+        })?;
+        answer.await.map_err(|_| StoreError::Unavailable("the insert writer stopped".into()))?
+    }
+
+    async fn event(&self, org: OrganizationId, id: EventId) -> StoreResult<Option<EventDetail>> {
+        let sql =
+            format!("SELECT {EVENT_COLUMNS} FROM events WHERE organization_id = $1 AND id = $2");
+        let row = sqlx::query(&sql)
+            .bind(org.0)
+            .bind(id.0)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(map)?;
+        let Some(row) = row else { return Ok(None) };
+        let event = rows::event(&row)?;
+        let found = sqlx::query(
+            "SELECT endpoint_id, at, status_code, latency_ms, error FROM attempts
+             WHERE event_id = $1 ORDER BY seq",
+        )
+        .bind(id.0)
+        .fetch_all(self.pool())
+        .await
+        .map_err(map)?;
+        let attempts = found.iter().map(attempt).collect::<StoreResult<Vec<_>>>()?;
+        Ok(Some(EventDetail { event, attempts }))
+    }
+
+    async fn list_events(
+        &self,
+        org: OrganizationId,
+        query: &ListQuery,
+    ) -> StoreResult<Page<Event>> {
+        let limit = query.limit.clamp(1, 1000);
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+             WHERE organization_id = $1 AND status = $2
+               AND ($3::uuid IS NULL OR id > $3)
+               AND ($4::text IS NULL OR event_type LIKE $4 ESCAPE '\\')
+             ORDER BY id LIMIT $5"
+        );
+        let found = sqlx::query(&sql)
+            .bind(org.0)
+            .bind(query.status.as_str())
+            .bind(query.after.map(|a| a.0))
+            .bind(query.type_glob.as_ref().map(|g| g.to_sql_like()))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(self.pool())
+            .await
+            .map_err(map)?;
+        let mut items = found.iter().map(rows::event).collect::<StoreResult<Vec<_>>>()?;
+        let limit = limit as usize;
+        let next_after = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|e| e.id)
+        } else {
+            None
+        };
+        Ok(Page { items, next_after })
+    }
+
+    async fn ack(
+        &self,
+        org: OrganizationId,
+        ids: &[EventId],
+        now: Timestamp,
+    ) -> StoreResult<AckOutcome> {
+        let mut seen = HashSet::new();
+        let unique: Vec<EventId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+        if unique.is_empty() {
+            return Ok(AckOutcome::default());
+        }
+        let found = sqlx::query(ACK_SQL)
+            .bind(org.0)
+            .bind(unique.iter().map(|i| i.0).collect::<Vec<_>>())
+            .bind(now)
+            .fetch_all(self.pool())
+            .await
+            .map_err(map)?;
+        let found: HashSet<Uuid> =
+            found.iter().map(|r| get::<Uuid>(r, "id")).collect::<StoreResult<_>>()?;
+        let (acknowledged, not_found) = unique.into_iter().partition(|id| found.contains(&id.0));
+        Ok(AckOutcome { acknowledged, not_found })
+    }
+
+    async fn replay(
+        &self,
+        org: OrganizationId,
+        id: EventId,
+        now: Timestamp,
+    ) -> StoreResult<Option<EventStatus>> {
+        let row = sqlx::query(REPLAY_SQL)
+            .bind(org.0)
+            .bind(id.0)
+            .bind(now)
+            .bind(self.channel())
+            .fetch_one(self.pool())
+            .await
+            .map_err(map)?;
+        if rows::count(&row, "found")? == 0 {
+            return Ok(None);
+        }
+        if rows::count(&row, "woke")? > 0 {
+            self.fire_local();
+        }
+        Ok(Some(EventStatus::Pending))
+    }
+
+    async fn stats(&self, org: OrganizationId) -> StoreResult<QueueStats> {
+        let row = sqlx::query(
+            "SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+                    count(*) FILTER (WHERE status = 'delivered') AS delivered,
+                    count(*) FILTER (WHERE status = 'failed') AS failed,
+                    (SELECT count(*) FROM deliveries
+                     WHERE organization_id = $1 AND state = 'in_flight') AS in_flight
+             FROM events WHERE organization_id = $1",
+        )
+        .bind(org.0)
+        .fetch_one(self.pool())
+        .await
+        .map_err(map)?;
+        Ok(QueueStats {
+            pending: rows::count(&row, "pending")?,
+            in_flight: rows::count(&row, "in_flight")?,
+            delivered: rows::count(&row, "delivered")?,
+            failed: rows::count(&row, "failed")?,
+        })
+    }
+}
+
+fn attempt(row: &sqlx::postgres::PgRow) -> StoreResult<AttemptRecord> {
+    let status: Option<i32> = get(row, "status_code")?;
+    let latency: i64 = get(row, "latency_ms")?;
+    Ok(AttemptRecord {
+        endpoint_id: get::<Uuid>(row, "endpoint_id")?.into(),
+        at: get(row, "at")?,
+        status_code: status
+            .map(u16::try_from)
+            .transpose()
+            .map_err(|e| crate::error::corrupt("attempt status code", e))?,
+        latency_ms: u64::try_from(latency).unwrap_or(0),
+        error: get(row, "error")?,
+    })
+}

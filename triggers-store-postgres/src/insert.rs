@@ -1,0 +1,374 @@
+//! Writing one group-commit batch of insert requests.
+//!
+//! A batch is written by **one statement** (so it commits atomically, in autocommit mode)
+//! that takes every event as arrays and
+//! 1. claims the dedup ids: `INSERT INTO dedup … SELECT FROM UNNEST(…) ORDER BY key
+//!    ON CONFLICT DO NOTHING RETURNING …` (sorted, so concurrent batches lock keys in one
+//!    order and cannot deadlock each other);
+//! 2. inserts the events that have no dedup id or won theirs (`ON CONFLICT (id) DO NOTHING`:
+//!    event ids are assigned before the batch, which makes re-running a batch idempotent);
+//! 3. fans out: one delivery per enabled, matching endpoint (`LIKE filter ESCAPE '\'`),
+//!    locking those endpoints `FOR KEY SHARE` so a concurrent delete waits for the batch;
+//! 4. calls `pg_notify` once if any delivery was created.
+//!
+//! Items the statement did not insert are then resolved with a fresh snapshot: an event row
+//! with the item's own id means an earlier run of this batch committed it (inserted); else
+//! the dedup row names the winner (duplicate). When two transactions race for one dedup id,
+//! `ON CONFLICT` waits for the other to commit or abort, so the winner is always a committed
+//! row. A dedup row older than the caller's window is deleted (only if it is still expired)
+//! and the item is tried again, so exactly one of several racing callers takes it over.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::types::Uuid;
+use sqlx::{PgPool, Row};
+use triggers_core::store::{InsertOutcome, StoreError, StoreResult};
+use triggers_core::{EventMeta, EventRecord, OrganizationId, Timestamp};
+
+use crate::error::{is_retryable_conflict, is_transient, map};
+
+/// One caller's `insert_events` call, waiting for a writer.
+pub(crate) struct InsertJob {
+    pub(crate) org: OrganizationId,
+    pub(crate) events: Vec<EventRecord>,
+    pub(crate) window: Duration,
+    pub(crate) now: Timestamp,
+    pub(crate) reply: tokio::sync::oneshot::Sender<StoreResult<Vec<InsertOutcome>>>,
+}
+
+impl InsertJob {
+    /// Payload bytes, for the batch size limit.
+    pub(crate) fn bytes(&self) -> usize {
+        self.events.iter().map(|e| e.payload.get().len()).sum()
+    }
+}
+
+/// How often the dedup take-over / resolution loop may run before giving up on an item.
+const MAX_ROUNDS: usize = 4;
+/// Delays before re-running a batch that failed with a transient error.
+const RETRY_DELAYS: [Duration; 3] =
+    [Duration::from_millis(10), Duration::from_millis(100), Duration::from_millis(400)];
+
+const INSERT_SQL: &str = r#"
+WITH input AS (
+    SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                         $6::timestamptz[])
+        AS t(id, organization_id, event_type, payload, dedup_id, created_at)
+),
+claimed AS (
+    INSERT INTO dedup (organization_id, dedup_id, event_id, event_type, created_at)
+    SELECT organization_id, dedup_id, id, event_type, created_at FROM input
+    WHERE dedup_id IS NOT NULL
+    ORDER BY organization_id, dedup_id
+    ON CONFLICT (organization_id, dedup_id) DO NOTHING
+    RETURNING event_id
+),
+ev AS (
+    INSERT INTO events (id, organization_id, event_type, payload, dedup_id, status, created_at)
+    SELECT i.id, i.organization_id, i.event_type, i.payload, i.dedup_id, 'pending', i.created_at
+    FROM input i
+    WHERE i.dedup_id IS NULL OR i.id IN (SELECT event_id FROM claimed)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, organization_id, event_type, created_at
+),
+fanout AS (
+    INSERT INTO deliveries
+        (id, event_id, organization_id, endpoint_id, state, attempt, next_attempt_at, due_at)
+    SELECT gen_random_uuid(), ev.id, ev.organization_id, ep.id, 'pending', 0,
+           ev.created_at, ev.created_at
+    FROM ev JOIN endpoints ep
+        ON ep.organization_id = ev.organization_id AND ep.enabled
+       AND (ep.filter_like IS NULL OR ev.event_type LIKE ep.filter_like ESCAPE '\')
+    FOR KEY SHARE OF ep
+    RETURNING event_id
+),
+counts AS (SELECT event_id, count(*) AS n FROM fanout GROUP BY event_id),
+wake AS (SELECT pg_notify($7, '') FROM (SELECT 1 FROM fanout LIMIT 1) one)
+SELECT ev.id, coalesce(counts.n, 0) AS deliveries, (SELECT count(*) FROM wake) AS woke
+FROM ev LEFT JOIN counts ON counts.event_id = ev.id
+"#;
+
+const RESOLVE_SQL: &str = r#"
+SELECT i.ord, e.id IS NOT NULL AS mine,
+       (SELECT count(*) FROM deliveries d WHERE d.event_id = i.id) AS deliveries,
+       dd.event_id AS original_id, dd.event_type AS original_type,
+       dd.created_at AS original_created_at
+FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) WITH ORDINALITY AS i(id, org, dedup_id, ord)
+LEFT JOIN events e ON e.id = i.id
+LEFT JOIN dedup dd ON dd.organization_id = i.org AND dd.dedup_id = i.dedup_id
+"#;
+
+const DELETE_EXPIRED_SQL: &str = r#"
+DELETE FROM dedup d
+USING UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS x(org, dedup_id, threshold)
+WHERE d.organization_id = x.org AND d.dedup_id = x.dedup_id AND d.created_at <= x.threshold
+"#;
+
+/// One event of the batch: where its outcome goes, and its dedup threshold.
+#[derive(Clone, Copy)]
+struct Item<'a> {
+    job: usize,
+    pos: usize,
+    org: Uuid,
+    event: &'a EventRecord,
+    /// A dedup row created at or before this is expired for this caller.
+    threshold: Timestamp,
+}
+
+/// Why a batch failed.
+enum Failure {
+    Sql(sqlx::Error),
+    /// A dedup row kept changing under the item; the caller may retry.
+    Unresolved,
+}
+
+/// What one batch wrote: one result per job, and whether any delivery was created.
+pub(crate) struct Written {
+    pub(crate) results: Vec<StoreResult<Vec<InsertOutcome>>>,
+    pub(crate) deliveries: bool,
+}
+
+/// Writes `jobs` as one batch, re-running it on transient failures (safe: see the module
+/// docs). Returns one result per job. A non-transient failure of a batch of several jobs is
+/// retried job by job, so one bad request cannot fail the others.
+pub(crate) async fn write(pool: &PgPool, jobs: &[InsertJob], channel: &str) -> Written {
+    match write_retrying(pool, jobs, channel).await {
+        Ok((outcomes, deliveries)) => {
+            Written { results: outcomes.into_iter().map(Ok).collect(), deliveries }
+        }
+        Err(e) if jobs.len() > 1 && !e.is_transient() => {
+            tracing::warn!(error = %e, jobs = jobs.len(), "batch insert failed; writing its jobs one by one");
+            let mut written =
+                Written { results: Vec::with_capacity(jobs.len()), deliveries: false };
+            for job in jobs {
+                let one = write_retrying(pool, std::slice::from_ref(job), channel).await;
+                written.results.push(one.map(|(mut outcomes, deliveries)| {
+                    written.deliveries |= deliveries;
+                    outcomes.pop().unwrap_or_default()
+                }));
+            }
+            written
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = jobs.len(), "batch insert failed");
+            Written {
+                results: jobs.iter().map(|_| Err(replicate(&e))).collect(),
+                deliveries: false,
+            }
+        }
+    }
+}
+
+/// A copy of `e` for another waiter of the same failed batch.
+pub(crate) fn replicate(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
+        StoreError::Overloaded(s) => StoreError::Overloaded(s.clone()),
+        StoreError::Conflict(s) => StoreError::Conflict(s.clone()),
+        StoreError::InvalidInput(s) => StoreError::InvalidInput(s.clone()),
+        StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
+        other => StoreError::Backend(other.to_string().into()),
+    }
+}
+
+type Outcomes = (Vec<Vec<InsertOutcome>>, bool);
+
+async fn write_retrying(pool: &PgPool, jobs: &[InsertJob], channel: &str) -> StoreResult<Outcomes> {
+    let mut delays = RETRY_DELAYS.iter();
+    loop {
+        match write_once(pool, jobs, channel).await {
+            Ok(done) => return Ok(done),
+            Err(Failure::Sql(e)) if is_transient(&e) || is_retryable_conflict(&e) => {
+                match delays.next() {
+                    Some(delay) => {
+                        tracing::debug!(error = %e, ?delay, "batch insert failed; running it again");
+                        tokio::time::sleep(*delay).await;
+                    }
+                    None => return Err(map(e)),
+                }
+            }
+            Err(Failure::Sql(e)) => return Err(map(e)),
+            Err(Failure::Unresolved) => {
+                return Err(StoreError::Conflict(
+                    "a dedup id kept changing owner during the insert; retry".into(),
+                ))
+            }
+        }
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Self {
+        Failure::Sql(e)
+    }
+}
+
+/// The first dedup-window threshold we accept: far before any real event.
+fn threshold(now: Timestamp, window: Duration) -> Timestamp {
+    const FLOOR_MICROS: i64 = -2_208_988_800_000_000; // 1900-01-01
+    let window = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
+    let micros = now.timestamp_micros().saturating_sub(window).max(FLOOR_MICROS);
+    triggers_core::clock::from_micros(micros)
+}
+
+async fn write_once(pool: &PgPool, jobs: &[InsertJob], channel: &str) -> Result<Outcomes, Failure> {
+    let mut outcomes: Vec<Vec<Option<InsertOutcome>>> =
+        jobs.iter().map(|j| vec![None; j.events.len()]).collect();
+    // Inside one batch the first item with a dedup id wins; later ones copy its outcome.
+    let mut firsts: HashMap<(Uuid, &str), (usize, usize)> = HashMap::new();
+    let mut followers: Vec<((usize, usize), (usize, usize))> = Vec::new();
+    let mut todo: Vec<Item<'_>> = Vec::new();
+    for (j, job) in jobs.iter().enumerate() {
+        let threshold = threshold(job.now, job.window);
+        for (p, event) in job.events.iter().enumerate() {
+            let item = Item { job: j, pos: p, org: job.org.0, event, threshold };
+            match &event.dedup_id {
+                Some(d) => match firsts.entry((job.org.0, d.as_str())) {
+                    std::collections::hash_map::Entry::Occupied(o) => {
+                        followers.push(((j, p), *o.get()));
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert((j, p));
+                        todo.push(item);
+                    }
+                },
+                None => todo.push(item),
+            }
+        }
+    }
+
+    let mut deliveries = false;
+    for _round in 0..MAX_ROUNDS {
+        if todo.is_empty() {
+            break;
+        }
+        let inserted = insert(pool, &todo, channel).await?;
+        let mut missing = Vec::new();
+        for item in todo.drain(..) {
+            match inserted.get(&item.event.id.0) {
+                Some(&n) => {
+                    deliveries |= n > 0;
+                    outcomes[item.job][item.pos] = Some(inserted_outcome(item.event, n));
+                }
+                None => missing.push(item),
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        let mut expired = Vec::new();
+        for (item, found) in missing.iter().zip(resolve(pool, &missing).await?) {
+            match found {
+                Found::Mine(n) => {
+                    deliveries |= n > 0;
+                    outcomes[item.job][item.pos] = Some(inserted_outcome(item.event, n));
+                }
+                Found::Original(meta) if meta.created_at <= item.threshold => expired.push(*item),
+                Found::Original(meta) => {
+                    outcomes[item.job][item.pos] = Some(InsertOutcome::Duplicate(meta));
+                }
+                Found::Nothing => todo.push(*item),
+            }
+        }
+        if !expired.is_empty() {
+            delete_expired(pool, &expired).await?;
+            todo.extend(expired);
+        }
+    }
+    if !todo.is_empty() {
+        return Err(Failure::Unresolved);
+    }
+    for ((j, p), (fj, fp)) in followers {
+        let meta = outcomes[fj][fp].as_ref().map(|o| o.meta().clone());
+        outcomes[j][p] = meta.map(InsertOutcome::Duplicate);
+    }
+    let outcomes = outcomes
+        .into_iter()
+        .map(|job| job.into_iter().collect::<Option<Vec<_>>>())
+        .collect::<Option<Vec<_>>>()
+        .ok_or(Failure::Unresolved)?;
+    Ok((outcomes, deliveries))
+}
+
+fn inserted_outcome(event: &EventRecord, deliveries: i64) -> InsertOutcome {
+    InsertOutcome::Inserted {
+        meta: EventMeta {
+            id: event.id,
+            event_type: event.event_type.clone(),
+            created_at: event.created_at,
+        },
+        deliveries: u32::try_from(deliveries).unwrap_or(u32::MAX),
+    }
+}
+
+/// Runs [`INSERT_SQL`]; returns the inserted event ids with their delivery counts.
+async fn insert(
+    pool: &PgPool,
+    items: &[Item<'_>],
+    channel: &str,
+) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
+    let rows = sqlx::query(INSERT_SQL)
+        .bind(items.iter().map(|i| i.event.id.0).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.org).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.event.event_type.as_str()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.event.payload.get()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.event.dedup_id.as_deref()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.event.created_at).collect::<Vec<_>>())
+        .bind(channel)
+        .fetch_all(pool)
+        .await?;
+    let mut inserted = HashMap::with_capacity(rows.len());
+    for row in rows {
+        inserted.insert(row.try_get::<Uuid, _>(0)?, row.try_get::<i64, _>(1)?);
+    }
+    Ok(inserted)
+}
+
+/// What holds an item that was not inserted.
+enum Found {
+    /// The item's own event exists: an earlier run of this batch committed it.
+    Mine(i64),
+    /// The dedup id belongs to this event.
+    Original(EventMeta),
+    /// Neither (the dedup row was taken over and removed meanwhile): try again.
+    Nothing,
+}
+
+async fn resolve(pool: &PgPool, items: &[Item<'_>]) -> Result<Vec<Found>, Failure> {
+    let rows = sqlx::query(RESOLVE_SQL)
+        .bind(items.iter().map(|i| i.event.id.0).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.org).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.event.dedup_id.as_deref()).collect::<Vec<_>>())
+        .fetch_all(pool)
+        .await?;
+    let mut found: Vec<Found> = items.iter().map(|_| Found::Nothing).collect();
+    for row in &rows {
+        let ord: i64 = row.try_get("ord")?;
+        let slot = usize::try_from(ord - 1).ok().and_then(|i| found.get_mut(i));
+        let Some(slot) = slot else { continue };
+        let original: Option<Uuid> = row.try_get("original_id")?;
+        *slot = if row.try_get::<bool, _>("mine")? {
+            Found::Mine(row.try_get("deliveries")?)
+        } else if let Some(id) = original {
+            Found::Original(EventMeta {
+                id: id.into(),
+                event_type: row.try_get("original_type")?,
+                created_at: row.try_get("original_created_at")?,
+            })
+        } else {
+            Found::Nothing
+        };
+    }
+    Ok(found)
+}
+
+async fn delete_expired(pool: &PgPool, items: &[Item<'_>]) -> Result<(), sqlx::Error> {
+    sqlx::query(DELETE_EXPIRED_SQL)
+        .bind(items.iter().map(|i| i.org).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.event.dedup_id.as_deref()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.threshold).collect::<Vec<_>>())
+        .execute(pool)
+        .await?;
+    Ok(())
+}

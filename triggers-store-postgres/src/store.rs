@@ -1,0 +1,168 @@
+//! [`PgStore`]: the pool, the group-commit writers and the listener.
+
+use std::str::FromStr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use tokio::sync::{mpsc, Notify};
+use triggers_core::store::{StoreError, StoreResult};
+
+use crate::batcher::{self, BatchLimits};
+use crate::config::PgConfig;
+use crate::error::{map, map_migrate};
+use crate::insert::InsertJob;
+use crate::limiter::PgRateLimiter;
+use crate::listener::{self, ListenerStats};
+
+/// The migrations embedded in this crate (applied by [`PgStore::connect`] unless
+/// [`PgConfig::migrate`] is off).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// An [`EventStore`](triggers_core::EventStore) on PostgreSQL. Cheap to clone: clones share
+/// the pool, the group-commit writers and the listener. The background tasks stop when the
+/// last clone is dropped.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    intake: mpsc::Sender<InsertJob>,
+    channel: Arc<str>,
+    wake: Arc<Notify>,
+    listening: bool,
+    stats: Arc<ListenerStats>,
+    listener: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.listener.take() {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("pool", &self.inner.pool)
+            .field("channel", &self.inner.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host:port/db?…`), applies the migrations (unless
+    /// turned off) and starts the writers and the listener. Needs a tokio runtime.
+    ///
+    /// Errors: `InvalidInput` for a malformed URL, `Unavailable` when the database cannot be
+    /// reached, `Corrupt` when it was migrated by a newer version.
+    pub async fn connect(url: &str, config: PgConfig) -> StoreResult<PgStore> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(StoreError::InvalidInput(
+                "database URL: expected postgres://… or postgresql://…".into(),
+            ));
+        }
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::InvalidInput(format!("database URL: {e}")))?;
+        Self::connect_with(options, config).await
+    }
+
+    /// Like [`connect`](Self::connect), with connect options built by the caller (TLS,
+    /// search_path, …). `statement_timeout` and `application_name` from `config` are added.
+    pub async fn connect_with(options: PgConnectOptions, config: PgConfig) -> StoreResult<PgStore> {
+        let mut options = options.application_name(&config.application_name);
+        if let Some(timeout) = config.statement_timeout {
+            let ms = timeout.as_millis().max(1).to_string();
+            options = options.options([("statement_timeout", ms)]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections.max(1))
+            .min_connections(config.min_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_with(options.clone())
+            .await
+            .map_err(map)?;
+        if config.migrate {
+            MIGRATOR.run(&pool).await.map_err(map_migrate)?;
+        }
+
+        let channel: Arc<str> = config.notify_channel.as_str().into();
+        let wake = Arc::new(Notify::new());
+        let stats = Arc::new(ListenerStats::default());
+        let (intake, rx) = mpsc::channel(config.channel_capacity.max(1));
+        let limits = BatchLimits {
+            max_events: config.batch_max_events.max(1),
+            max_bytes: config.batch_max_bytes.max(1),
+            max_wait: config.batch_max_wait,
+        };
+        batcher::spawn(config.writers, pool.clone(), rx, limits, channel.clone(), wake.clone());
+        let listener = config
+            .listen
+            .then(|| listener::spawn(options, channel.clone(), wake.clone(), stats.clone()));
+        Ok(PgStore {
+            inner: Arc::new(Inner {
+                pool,
+                intake,
+                channel,
+                wake,
+                listening: config.listen,
+                stats,
+                listener,
+            }),
+        })
+    }
+
+    /// The connection pool (for example to run your own queries next to the store's).
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// A [`PgRateLimiter`] on this store's pool: one exact rate limit across all nodes.
+    pub fn rate_limiter(&self) -> PgRateLimiter {
+        PgRateLimiter::new(self.inner.pool.clone())
+    }
+
+    /// How many `NOTIFY`s the listener has received (for metrics and tests).
+    pub fn notifications_received(&self) -> u64 {
+        self.inner.stats.notifications.load(Ordering::Relaxed)
+    }
+
+    /// How many times the listener has (re)connected and subscribed.
+    pub fn listener_connects(&self) -> u64 {
+        self.inner.stats.connects.load(Ordering::Relaxed)
+    }
+
+    /// Deletes dedup entries created at or before `before` (older than every dedup window
+    /// in use), so the table does not grow without bound. Returns how many were removed.
+    /// Expired entries are otherwise harmless: they are taken over by the next insert.
+    pub async fn purge_dedup(&self, before: triggers_core::Timestamp) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM dedup WHERE created_at <= $1")
+            .bind(before)
+            .execute(self.pool())
+            .await
+            .map_err(map)?;
+        Ok(done.rows_affected())
+    }
+
+    pub(crate) fn intake(&self) -> &mpsc::Sender<InsertJob> {
+        &self.inner.intake
+    }
+
+    pub(crate) fn channel(&self) -> &str {
+        &self.inner.channel
+    }
+
+    /// Wakes this node's workers at once (other nodes hear the `NOTIFY`).
+    pub(crate) fn fire_local(&self) {
+        listener::fire(&self.inner.wake);
+    }
+
+    pub(crate) fn listener_wakeups(&self) -> Option<Arc<Notify>> {
+        self.inner.listening.then(|| self.inner.wake.clone())
+    }
+}

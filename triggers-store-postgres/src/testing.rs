@@ -1,0 +1,76 @@
+//! Helpers for this crate's tests and benchmarks: throw-away databases. Not part of the API.
+
+use std::str::FromStr;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection};
+
+/// The environment variable naming the PostgreSQL server tests and benchmarks use.
+pub const URL_VAR: &str = "TRIGGERS_TEST_POSTGRES_URL";
+
+/// A database created for one test (or benchmark) run.
+#[derive(Debug, Clone)]
+pub struct TestDatabase {
+    admin: PgConnectOptions,
+    /// Its name.
+    pub name: String,
+    /// Options that connect to it.
+    pub options: PgConnectOptions,
+}
+
+impl TestDatabase {
+    /// Creates `triggers_test_<pid>_<random>` on the server `admin_url` points at, after
+    /// dropping leftovers of test processes that are gone.
+    pub async fn create(admin_url: &str) -> Result<TestDatabase, sqlx::Error> {
+        let admin = PgConnectOptions::from_str(admin_url)?.disable_statement_logging();
+        let mut conn = PgConnection::connect_with(&admin).await?;
+        drop_stale(&mut conn).await;
+        let name = format!(
+            "triggers_test_{}_{}",
+            std::process::id(),
+            sqlx::types::Uuid::new_v4().simple()
+        );
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+        conn.close().await?;
+        let options = admin.clone().database(&name);
+        Ok(TestDatabase { admin, name, options })
+    }
+
+    /// A connection to the server's admin database (for `pg_terminate_backend` and the like).
+    pub async fn admin(&self) -> Result<PgConnection, sqlx::Error> {
+        PgConnection::connect_with(&self.admin).await
+    }
+
+    /// Drops the database, disconnecting whoever is still connected.
+    pub async fn drop_database(self) -> Result<(), sqlx::Error> {
+        let mut conn = self.admin().await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Drops `triggers_test_<pid>_…` databases whose process no longer runs (on this machine).
+async fn drop_stale(conn: &mut PgConnection) {
+    let names: Vec<String> = match sqlx::query_scalar(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'triggers\\_test\\_%'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    {
+        Ok(names) => names,
+        Err(_) => return,
+    };
+    for name in names {
+        let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|p| {
+            p == std::process::id() || std::path::Path::new(&format!("/proc/{p}")).exists()
+        });
+        if !alive {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut *conn)
+                .await;
+        }
+    }
+}

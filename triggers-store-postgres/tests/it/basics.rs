@@ -1,0 +1,105 @@
+//! Connecting, migrations, error classification and cross-node wake-ups.
+
+use std::time::Duration;
+
+use triggers_core::store::{DeliveryQueue, EventLog, InsertOutcome, OrgStore, StoreError};
+use triggers_store_postgres::{PgConfig, PgStore};
+
+use crate::support::{self, at, DAY};
+
+#[tokio::test]
+async fn malformed_urls_are_invalid_input_and_unreachable_servers_unavailable() {
+    let err = PgStore::connect("mysql://nope", PgConfig::default()).await.unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    // Port 1 on loopback: nothing listens there.
+    let config = PgConfig { acquire_timeout: Duration::from_secs(2), ..PgConfig::default() };
+    let err =
+        PgStore::connect("postgres://postgres@127.0.0.1:1/postgres", config).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_together_migrate_once() {
+    let Some(db) = support::database("nodes_starting_together_migrate_once").await else {
+        return;
+    };
+    let (a, b) = tokio::join!(
+        PgStore::connect_with(db.options.clone(), support::config()),
+        PgStore::connect_with(db.options.clone(), support::config()),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(a.pool())
+        .await
+        .unwrap();
+    assert_eq!(applied, triggers_store_postgres::MIGRATOR.iter().count() as i64);
+    a.ping().await.unwrap();
+    b.ping().await.unwrap();
+    drop((a, b));
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_timeout_surfaces_as_unavailable() {
+    let Some(db) = support::database("statement_timeout_surfaces_as_unavailable").await else {
+        return;
+    };
+    let store = support::connect(&db, support::config()).await;
+    let org = support::org(&store, "acme").await;
+    let short = PgConfig {
+        statement_timeout: Some(Duration::from_millis(100)),
+        migrate: false,
+        listen: false,
+        ..support::config()
+    };
+    let impatient = support::connect(&db, short).await;
+    // Another session holds a lock the query needs, so it can only time out.
+    let mut blocker = sqlx::PgConnection::connect_with(&db.options).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("LOCK TABLE organizations IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let err = impatient.organization(org.id).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(err.is_transient());
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    assert_eq!(impatient.organization(org.id).await.unwrap(), Some(org));
+    drop((store, impatient, blocker));
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_with_deliveries_wake_other_nodes() {
+    let Some(db) = support::database("inserts_with_deliveries_wake_other_nodes").await else {
+        return;
+    };
+    let a = support::connect(&db, support::config()).await;
+    let b = support::connect(&db, support::config()).await;
+    let wake = b.wakeups().expect("the listener is on by default");
+    support::eventually("b listens", Duration::from_secs(30), || async {
+        b.listener_connects() > 0
+    })
+    .await;
+    let org = support::org(&a, "acme").await;
+    let before = b.notifications_received();
+
+    // No endpoint: no delivery, so no NOTIFY.
+    let out = a.insert_events(org.id, vec![support::record("t", None, at(1))], DAY, at(1));
+    assert!(matches!(&out.await.unwrap()[0], InsertOutcome::Inserted { deliveries: 0, .. }));
+
+    support::endpoint(&a, &org, None).await;
+    let notified = wake.notified();
+    let batch = (0..20).map(|_| support::record("t", None, at(2))).collect();
+    let out = a.insert_events(org.id, batch, DAY, at(2)).await.unwrap();
+    assert!(out.iter().all(|o| matches!(o, InsertOutcome::Inserted { deliveries: 1, .. })));
+    tokio::time::timeout(Duration::from_secs(30), notified).await.expect("b was woken");
+    support::eventually("b heard the NOTIFY", Duration::from_secs(30), || async {
+        b.notifications_received() > before
+    })
+    .await;
+    drop((a, b));
+    db.drop_database().await.unwrap();
+}
+
+use sqlx::Connection;

@@ -1,0 +1,92 @@
+//! Fresh databases, the skip rule, fixed times and small builders.
+
+use std::time::Duration;
+
+use triggers_core::store::{EndpointStore, NewEndpoint, OrgStore};
+use triggers_core::{
+    ApiKey, Endpoint, EndpointId, EventId, EventRecord, Organization, Secret, Tier, Timestamp,
+    TypeGlob,
+};
+use triggers_store_postgres::testing::{TestDatabase, URL_VAR};
+use triggers_store_postgres::{PgConfig, PgStore};
+
+/// The server URL, or `None` after printing why the test is skipped. Panics under `CI`.
+pub fn server_url(test: &str) -> Option<String> {
+    match std::env::var(URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => panic!(
+            "{test}: {URL_VAR} is not set, but CI is: the PostgreSQL tests must run in CI \
+             (start PostgreSQL and set {URL_VAR}=postgres://postgres@127.0.0.1:5432/postgres)"
+        ),
+        _ => {
+            eprintln!(
+                "SKIPPED {test}: PostgreSQL tests need a server; run them with \
+                 {URL_VAR}=postgres://postgres@127.0.0.1:5432/postgres cargo test -p triggers-store-postgres"
+            );
+            None
+        }
+    }
+}
+
+/// A fresh database for `test`, or `None` when skipped.
+pub async fn database(test: &str) -> Option<TestDatabase> {
+    let url = server_url(test)?;
+    Some(TestDatabase::create(&url).await.expect("create the test database"))
+}
+
+/// Small settings for tests: few connections (many tests run at once).
+pub fn config() -> PgConfig {
+    PgConfig { max_connections: 4, writers: 2, ..PgConfig::default() }
+}
+
+pub async fn connect(db: &TestDatabase, config: PgConfig) -> PgStore {
+    PgStore::connect_with(db.options.clone(), config).await.expect("connect to the test database")
+}
+
+/// 2026-01-01T00:00:00.123456Z plus `secs` seconds.
+pub fn at(secs: i64) -> Timestamp {
+    triggers_core::clock::from_micros(1_767_225_600_123_456 + secs * 1_000_000)
+}
+
+pub async fn org(store: &PgStore, name: &str) -> Organization {
+    let org = Organization::new(name, Tier::Enterprise, at(0));
+    store.create_organization(&org, &ApiKey::generate().hash()).await.unwrap();
+    org
+}
+
+pub async fn endpoint(store: &PgStore, org: &Organization, filter: Option<&str>) -> Endpoint {
+    let new = NewEndpoint {
+        id: EndpointId::new(),
+        url: "http://127.0.0.1:9/hook".into(),
+        event_type_filter: filter.map(|f| TypeGlob::parse(f).unwrap()),
+        secret: Secret::generate(),
+        created_at: at(0),
+    };
+    store.create_endpoint(org.id, &new).await.unwrap()
+}
+
+pub fn record(event_type: &str, dedup: Option<&str>, now: Timestamp) -> EventRecord {
+    EventRecord {
+        id: EventId::new(),
+        event_type: event_type.into(),
+        payload: serde_json::value::to_raw_value(&serde_json::json!({"n": 1})).unwrap(),
+        dedup_id: dedup.map(str::to_owned),
+        created_at: now,
+    }
+}
+
+pub const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// Polls `check` every 20 ms until it holds; panics after `limit` (a liveness bound, not a
+/// speed assertion).
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
