@@ -89,6 +89,27 @@ impl Default for WebhookConfig {
     }
 }
 
+impl WebhookConfig {
+    /// Parses an allow-list such as `127.0.0.0/8, ::1/128` (comma- or space-separated CIDRs;
+    /// a bare address means just that address), as in `TRIGGERS_WEBHOOK_ALLOW`.
+    ///
+    /// ```
+    /// let allow = triggers_http::WebhookConfig::parse_allow("127.0.0.0/8, ::1").unwrap();
+    /// assert_eq!(allow.len(), 2);
+    /// assert!(triggers_http::WebhookConfig::parse_allow("localhost").is_err());
+    /// ```
+    pub fn parse_allow(s: &str) -> Result<Vec<IpNet>, WebhookError> {
+        s.split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|part| !part.is_empty())
+            .map(|part| {
+                part.parse::<IpNet>()
+                    .or_else(|_| part.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| WebhookError::AllowList(part.to_owned()))
+            })
+            .collect()
+    }
+}
+
 /// The deliverer could not be built from its configuration.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -99,4 +120,7 @@ pub enum WebhookError {
     /// The user agent is not a valid header value.
     #[error("invalid user agent")]
     UserAgent,
+    /// An allow-list entry is neither a CIDR nor an IP address.
+    #[error("invalid webhook allow-list entry {0:?}: expected a CIDR such as 127.0.0.0/8")]
+    AllowList(String),
 }
