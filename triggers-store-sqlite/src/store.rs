@@ -75,10 +75,11 @@ impl SqliteStore {
         &self.inner.config
     }
 
+    /// Runs `f` on the writer (possibly more than once; see [`Writer::call`]).
     pub(crate) async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&rusqlite::Connection) -> StoreResult<T> + Send + 'static,
+        F: FnMut(&rusqlite::Connection) -> StoreResult<T> + Send + 'static,
     {
         self.inner.writer.call(f).await
     }
@@ -129,7 +130,7 @@ impl EndpointStore for SqliteStore {
         endpoint: &NewEndpoint,
     ) -> StoreResult<Endpoint> {
         let endpoint = endpoint.clone();
-        self.write(move |c| orgs::create_endpoint(c, org, endpoint)).await
+        self.write(move |c| orgs::create_endpoint(c, org, &endpoint)).await
     }
 
     async fn endpoints(&self, org: OrganizationId) -> StoreResult<Vec<Endpoint>> {
@@ -164,7 +165,7 @@ impl EventLog for SqliteStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(move |c| events::insert(c, org, events, dedup_window, now)).await
+        self.write(move |c| events::insert(c, org, &events, dedup_window, now)).await
     }
 
     async fn event(&self, org: OrganizationId, id: EventId) -> StoreResult<Option<EventDetail>> {
@@ -190,7 +191,7 @@ impl EventLog for SqliteStore {
             return Ok(AckOutcome::default());
         }
         let ids = ids.to_vec();
-        self.write(move |c| events::ack(c, org, ids, now)).await
+        self.write(move |c| events::ack(c, org, &ids, now)).await
     }
 
     async fn replay(
@@ -221,7 +222,7 @@ impl DeliveryQueue for SqliteStore {
             return Ok(Vec::new());
         }
         let completions = completions.to_vec();
-        self.write(move |c| queue::complete(c, completions)).await
+        self.write(move |c| queue::complete(c, &completions)).await
     }
 
     async fn release(&self, id: DeliveryId, owner: WorkerId, attempt: u32) -> StoreResult<bool> {

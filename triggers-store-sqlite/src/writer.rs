@@ -2,10 +2,16 @@
 //!
 //! Every write is a request on a bounded channel. The thread takes the first waiting request,
 //! drains up to `max_batch - 1` more that are already queued, runs them all in one
-//! `BEGIN IMMEDIATE` transaction — each inside its own `SAVEPOINT`, so a request that fails is
-//! rolled back alone and gets its own error while the others still commit — then `COMMIT`s
-//! (one fsync for the whole batch) and only then replies to every waiter. Requests that queue
-//! up while a batch commits form the next batch, so batches grow with load by themselves.
+//! `BEGIN IMMEDIATE` transaction, `COMMIT`s (one fsync for the whole batch) and only then
+//! replies to every waiter. Requests that queue up while a batch commits form the next batch,
+//! so batches grow with load by themselves.
+//!
+//! A request that fails must not take the others down with it. Failures are rare, so a batch
+//! first runs optimistically without savepoints (a savepoint makes SQLite copy every page a
+//! request touches into a sub-journal). If a request fails, the transaction is rolled back and
+//! the batch runs again with one `SAVEPOINT` per request: the failing request is rolled back
+//! alone and gets its own error while the others commit. Requests are therefore closures that
+//! can run more than once; only the last run's writes are ever committed.
 //!
 //! A full channel is refused at once with `StoreError::Overloaded`: the caller sees
 //! backpressure instead of an unbounded queue.
@@ -23,7 +29,8 @@ use triggers_core::StoreError;
 
 /// One queued write request.
 trait Job: Send {
-    /// Runs the request inside the batch transaction; `true` if it succeeded.
+    /// Runs the request inside the batch transaction; `true` if it succeeded. May be called
+    /// again after a rollback; each run replaces the previous result.
     fn run(&mut self, conn: &Connection) -> bool;
     /// Replies to the waiter: the request's own result, or the batch's failure.
     fn finish(self: Box<Self>, failure: Option<&BatchFailure>);
@@ -55,7 +62,7 @@ impl BatchFailure {
 }
 
 struct Task<T, F> {
-    f: Option<F>,
+    f: F,
     out: Option<StoreResult<T>>,
     reply: oneshot::Sender<StoreResult<T>>,
 }
@@ -63,10 +70,10 @@ struct Task<T, F> {
 impl<T, F> Job for Task<T, F>
 where
     T: Send + 'static,
-    F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    F: FnMut(&Connection) -> StoreResult<T> + Send + 'static,
 {
     fn run(&mut self, conn: &Connection) -> bool {
-        let Some(f) = self.f.take() else { return false };
+        let f = &mut self.f;
         let out = catch_unwind(AssertUnwindSafe(|| f(conn))).unwrap_or_else(|_| {
             tracing::error!("a sqlite write request panicked; it was rolled back");
             Err(StoreError::Unavailable("the write request failed unexpectedly".into()))
@@ -123,20 +130,21 @@ impl Writer {
     }
 
     /// Runs `f` on the writer connection inside a group-committed transaction and returns its
-    /// result once the transaction has committed.
+    /// result once the transaction has committed. `f` may run more than once (after a
+    /// rollback caused by another request); only its last run's writes are committed.
     ///
     /// Errors: `Overloaded` at once if the queue is full, `Unavailable` if the writer stopped,
     /// `f`'s own error (its writes rolled back), or the batch's commit failure.
     pub(crate) async fn call<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        F: FnMut(&Connection) -> StoreResult<T> + Send + 'static,
     {
         let Some(tx) = &self.tx else {
             return Err(StoreError::Unavailable("the sqlite writer has stopped".into()));
         };
         let (reply, rx) = oneshot::channel();
-        match tx.try_send(Box::new(Task { f: Some(f), out: None, reply })) {
+        match tx.try_send(Box::new(Task { f, out: None, reply })) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(StoreError::Overloaded("the sqlite write queue is full".into()))
@@ -202,18 +210,41 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Option<BatchFailu
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         return Some(BatchFailure::from_sql("BEGIN", &e));
     }
-    let failure = run_jobs(conn, batch)
+    let all_ok = batch.iter_mut().all(|job| job.run(conn));
+    if all_ok || batch.len() == 1 {
+        // A lone failed request has its own error: roll back its writes, nothing else.
+        let end = if all_ok { "COMMIT" } else { "ROLLBACK" };
+        return match exec(conn, end) {
+            Ok(()) => None,
+            Err(e) => {
+                rollback(conn);
+                Some(BatchFailure::from_sql(end, &e))
+            }
+        };
+    }
+    // Some request failed: start over, isolating each request in a savepoint.
+    rollback(conn);
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
+        return Some(BatchFailure::from_sql("BEGIN", &e));
+    }
+    let failure = run_isolated(conn, batch)
         .err()
         .or_else(|| exec(conn, "COMMIT").err().map(|e| BatchFailure::from_sql("COMMIT", &e)));
-    if failure.is_some() && !conn.is_autocommit() {
-        if let Err(e) = exec(conn, "ROLLBACK") {
-            tracing::error!(error = %e, "sqlite ROLLBACK failed");
-        }
+    if failure.is_some() {
+        rollback(conn);
     }
     failure
 }
 
-fn run_jobs(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), BatchFailure> {
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit() {
+        if let Err(e) = exec(conn, "ROLLBACK") {
+            tracing::error!(error = %e, "sqlite ROLLBACK failed");
+        }
+    }
+}
+
+fn run_isolated(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), BatchFailure> {
     let sql = |stage: &'static str| move |e: rusqlite::Error| BatchFailure::from_sql(stage, &e);
     for job in batch.iter_mut() {
         exec(conn, "SAVEPOINT request").map_err(sql("SAVEPOINT"))?;

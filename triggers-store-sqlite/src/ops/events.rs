@@ -64,7 +64,7 @@ fn fan_out(
 pub(crate) fn insert(
     conn: &Connection,
     org: OrganizationId,
-    events: Vec<EventRecord>,
+    events: &[EventRecord],
     dedup_window: Duration,
     now: Timestamp,
 ) -> StoreResult<Vec<InsertOutcome>> {
@@ -125,7 +125,8 @@ pub(crate) fn insert(
             .store()?;
         let seq = conn.last_insert_rowid();
         let deliveries = fan_out(conn, &targets, seq, &e.event_type, now_us)?;
-        let meta = EventMeta { id: e.id, event_type: e.event_type, created_at: e.created_at };
+        let meta =
+            EventMeta { id: e.id, event_type: e.event_type.clone(), created_at: e.created_at };
         out.push(InsertOutcome::Inserted { meta, deliveries });
     }
     Ok(out)
@@ -135,7 +136,7 @@ pub(crate) fn insert(
 pub(crate) fn ack(
     conn: &Connection,
     org: OrganizationId,
-    ids: Vec<EventId>,
+    ids: &[EventId],
     now: Timestamp,
 ) -> StoreResult<AckOutcome> {
     let mut stmt = conn
@@ -148,7 +149,7 @@ pub(crate) fn ack(
     let now = micros(now);
     let mut seen = HashSet::with_capacity(ids.len());
     let mut out = AckOutcome::default();
-    for id in ids {
+    for &id in ids {
         if !seen.insert(id) {
             continue;
         }

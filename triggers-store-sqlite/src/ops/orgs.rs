@@ -55,7 +55,7 @@ pub(crate) fn replace_key(
 pub(crate) fn create_endpoint(
     conn: &Connection,
     org: OrganizationId,
-    new: NewEndpoint,
+    new: &NewEndpoint,
 ) -> StoreResult<Endpoint> {
     require_org(conn, &org)?;
     conn.prepare_cached(
@@ -75,9 +75,9 @@ pub(crate) fn create_endpoint(
     Ok(Endpoint {
         id: new.id,
         organization_id: org,
-        url: new.url,
-        event_type_filter: new.event_type_filter,
-        secret: new.secret,
+        url: new.url.clone(),
+        event_type_filter: new.event_type_filter.clone(),
+        secret: new.secret.clone(),
         enabled: true,
         disabled_reason: None,
         created_at: new.created_at,

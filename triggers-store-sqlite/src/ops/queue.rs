@@ -132,7 +132,7 @@ pub(crate) fn claim(conn: &Connection, req: ClaimRequest) -> StoreResult<Vec<Del
 }
 
 /// `DeliveryQueue::complete`.
-pub(crate) fn complete(conn: &Connection, completions: Vec<Completion>) -> StoreResult<Vec<bool>> {
+pub(crate) fn complete(conn: &Connection, completions: &[Completion]) -> StoreResult<Vec<bool>> {
     let mut out = Vec::with_capacity(completions.len());
     for c in completions {
         out.push(complete_one(conn, c)?);
@@ -140,7 +140,7 @@ pub(crate) fn complete(conn: &Connection, completions: Vec<Completion>) -> Store
     Ok(out)
 }
 
-fn complete_one(conn: &Connection, c: Completion) -> StoreResult<bool> {
+fn complete_one(conn: &Connection, c: &Completion) -> StoreResult<bool> {
     let fence = params![c.delivery_id.0.as_bytes(), c.lease_owner.0.as_bytes(), c.attempt];
     let mut stmt = match &c.state {
         CompletionState::Delivered | CompletionState::Failed => conn.prepare_cached(
@@ -183,10 +183,13 @@ fn complete_one(conn: &Connection, c: Completion) -> StoreResult<bool> {
     let at = micros(r.at);
     match c.state {
         CompletionState::Delivered => {
-            conn.prepare_cached("UPDATE endpoints SET failing_since = NULL WHERE seq = ?1")
-                .store()?
-                .execute([endpoint_seq])
-                .store()?;
+            conn.prepare_cached(
+                "UPDATE endpoints SET failing_since = NULL
+                 WHERE seq = ?1 AND failing_since IS NOT NULL",
+            )
+            .store()?
+            .execute([endpoint_seq])
+            .store()?;
             // The event is delivered once no delivery of it is outstanding.
             conn.prepare_cached(
                 "UPDATE events SET status = 1, delivered_at = ?2
