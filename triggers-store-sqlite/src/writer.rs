@@ -198,6 +198,10 @@ fn run(conn: &Connection, rx: &Receiver<Box<dyn Job>>, max_batch: usize) {
             job.finish(failure.as_ref());
         }
     }
+    // Refresh the query planner's statistics where useful before the connection closes.
+    if let Err(e) = conn.execute_batch("PRAGMA optimize") {
+        tracing::debug!(error = %e, "PRAGMA optimize failed");
+    }
     tracing::debug!("sqlite writer stopping");
 }
 

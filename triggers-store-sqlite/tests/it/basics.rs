@@ -280,3 +280,29 @@ async fn a_failing_request_does_not_fail_its_batch() {
     assert_eq!(store.stats(org).await.unwrap().pending, 3);
     assert_eq!(store.queue_depth().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn the_purge_task_applies_the_configured_retention() {
+    let (_dir, path) = temp_db();
+    let config =
+        SqliteConfig { retention: Some(Duration::from_secs(60)), ..SqliteConfig::default() };
+    let store = SqliteStore::open(&path, config).unwrap();
+    let org = new_org(&store).await;
+    let id = insert_one(&store, org, "t", t(0)).await;
+    store.ack(org, &[id], t(1)).await.unwrap();
+    let clock = triggers_core::ManualClock::at(t(30));
+    let task =
+        store.spawn_purge_task(std::sync::Arc::new(clock.clone()), Duration::from_millis(10));
+    // Inside the retention period nothing goes; once the clock passes it, the event does.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(store.event(org, id).await.unwrap().is_some());
+    clock.set(t(61));
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while store.event(org, id).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the purge task deleted the event");
+    task.abort();
+}
