@@ -215,16 +215,19 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Option<BatchFailu
         return Some(BatchFailure::from_sql("BEGIN", &e));
     }
     let all_ok = batch.iter_mut().all(|job| job.run(conn));
-    if all_ok || batch.len() == 1 {
-        // A lone failed request has its own error: roll back its writes, nothing else.
-        let end = if all_ok { "COMMIT" } else { "ROLLBACK" };
-        return match exec(conn, end) {
+    if all_ok {
+        return match exec(conn, "COMMIT") {
             Ok(()) => None,
             Err(e) => {
                 rollback(conn);
-                Some(BatchFailure::from_sql(end, &e))
+                Some(BatchFailure::from_sql("COMMIT", &e))
             }
         };
+    }
+    if batch.len() == 1 {
+        // A lone failed request keeps its own error: roll back its writes, nothing else.
+        rollback(conn);
+        return None;
     }
     // Some request failed: start over, isolating each request in a savepoint.
     rollback(conn);
