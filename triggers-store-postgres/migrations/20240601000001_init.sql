@@ -69,12 +69,20 @@ CREATE TABLE deliveries (
     lease_owner       uuid,
     lease_expires_at  timestamptz
 );
--- The due queue: pending deliveries and leases, by the time they become claimable.
+-- The due queue: pending deliveries and leases, by the time they become claimable. Also
+-- serves delete_endpoint's cancellation (every outstanding delivery is in it).
 CREATE INDEX deliveries_due ON deliveries (due_at) WHERE state IN ('pending', 'in_flight');
-CREATE INDEX deliveries_event ON deliveries (event_id);
-CREATE INDEX deliveries_endpoint_open ON deliveries (endpoint_id)
-    WHERE state IN ('pending', 'in_flight');
+-- "Has this event outstanding deliveries?" (completion) and replay's cancellation.
+CREATE INDEX deliveries_event ON deliveries (event_id, state);
 CREATE INDEX deliveries_org_in_flight ON deliveries (organization_id) WHERE state = 'in_flight';
+-- A queue table: every delivery is updated twice and leaves dead row versions at the head
+-- of the due index, so vacuum and analyze it far more often than the defaults.
+ALTER TABLE deliveries SET (
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0
+);
 
 CREATE TABLE attempts (
     seq          bigserial   PRIMARY KEY,

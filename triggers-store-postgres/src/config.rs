@@ -51,6 +51,10 @@ pub struct PgConfig {
     pub listen: bool,
     /// The `application_name` the connections report (visible in `pg_stat_activity`).
     pub application_name: String,
+    /// Ping a pooled connection before handing it out, so a connection the server dropped
+    /// while it was idle is replaced instead of failing one call with `Unavailable`. Costs
+    /// one round trip per call. Default `true`.
+    pub test_before_acquire: bool,
 }
 
 impl Default for PgConfig {
@@ -69,6 +73,7 @@ impl Default for PgConfig {
             notify_channel: "triggers_deliveries".to_owned(),
             listen: true,
             application_name: "triggers".to_owned(),
+            test_before_acquire: true,
         }
     }
 }

@@ -43,16 +43,17 @@ JOIN endpoints ep ON ep.id = c.endpoint_id
 ORDER BY c.was_due, c.id
 "#;
 
-/// Locks the events of a completion batch, in id order (no deadlocks between batches), so
-/// that "was this the event's last outstanding delivery?" is decided by one batch at a time.
-const LOCK_EVENTS_SQL: &str = r#"
-SELECT id FROM events
-WHERE id IN (SELECT event_id FROM deliveries WHERE id = ANY($1::uuid[]))
-ORDER BY id
-FOR NO KEY UPDATE
-"#;
-
+/// Ends the fenced leases. First (a one-time filter, evaluated before any row is touched)
+/// it locks the batch's events in id order (no deadlocks between batches), so that "was this
+/// the event's last outstanding delivery?" ([`RECORD_SQL`], run next with a fresh snapshot)
+/// is decided by one transaction at a time.
 const FINISH_SQL: &str = r#"
+WITH locked AS (
+    SELECT id FROM events
+    WHERE id IN (SELECT event_id FROM deliveries WHERE id = ANY($1::uuid[]))
+    ORDER BY id
+    FOR NO KEY UPDATE
+)
 UPDATE deliveries d
 SET state = c.state,
     next_attempt_at = coalesce(c.retry_at, d.next_attempt_at),
@@ -63,6 +64,7 @@ FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::timestamptz[])
     AS c(id, owner, attempt, state, retry_at)
 WHERE d.id = c.id AND d.state = 'in_flight' AND d.lease_owner = c.owner
   AND d.attempt = c.attempt
+  AND (SELECT count(*) FROM locked) >= 0
 RETURNING d.id, d.event_id
 "#;
 
@@ -84,7 +86,12 @@ endpoints_up AS (
         disabled_reason = coalesce(x.disable, e.disabled_reason)
     FROM UNNEST($7::uuid[], $8::int2[], $9::timestamptz[], $10::text[])
         AS x(id, mode, at, disable)
+    -- Only rows that change: a healthy endpoint's row is not locked by every success.
     WHERE e.id = x.id
+      AND (x.disable IS NOT NULL
+           OR (x.mode = 1 AND e.failing_since IS NOT NULL)
+           OR (x.mode = 2 AND e.failing_since IS DISTINCT FROM x.at)
+           OR (x.mode = 3 AND e.failing_since IS NULL))
 ),
 failed AS (
     UPDATE events SET status = 'failed'
@@ -104,7 +111,11 @@ impl DeliveryQueue for PgStore {
             return Ok(Vec::new());
         }
         let until = triggers_core::clock::add(req.now, req.lease);
+        // Planned for each call (not a cached generic plan): the plan must follow the queue's
+        // size, or a plan made while it was small (bitmap scan + sort of every due row)
+        // would stay in use once it is large.
         let found = sqlx::query(CLAIM_SQL)
+            .persistent(false)
             .bind(req.now)
             .bind(i64::from(req.limit))
             .bind(req.owner.0)
@@ -127,7 +138,6 @@ impl DeliveryQueue for PgStore {
         let ids: Vec<Uuid> = firsts.iter().map(|c| c.delivery_id.0).collect();
 
         let mut tx = self.pool().begin().await.map_err(map)?;
-        sqlx::query(LOCK_EVENTS_SQL).bind(&ids).execute(&mut *tx).await.map_err(map)?;
         let applied = sqlx::query(FINISH_SQL)
             .bind(&ids)
             .bind(firsts.iter().map(|c| c.lease_owner.0).collect::<Vec<_>>())

@@ -84,6 +84,7 @@ impl PgStore {
             .max_connections(config.max_connections.max(1))
             .min_connections(config.min_connections)
             .acquire_timeout(config.acquire_timeout)
+            .test_before_acquire(config.test_before_acquire)
             .connect_with(options.clone())
             .await
             .map_err(map)?;
