@@ -1,5 +1,6 @@
 //! Fresh databases, the skip rule, fixed times and small builders.
 
+use std::io::Write;
 use std::time::Duration;
 
 use triggers_core::store::{EndpointStore, NewEndpoint, OrgStore};
@@ -19,7 +20,9 @@ pub fn server_url(test: &str) -> Option<String> {
              (start PostgreSQL and set {URL_VAR}=postgres://postgres@127.0.0.1:5432/postgres)"
         ),
         _ => {
-            eprintln!(
+            // Straight to the process's stderr: libtest captures `eprintln!` of passing tests.
+            let _ = writeln!(
+                std::io::stderr(),
                 "SKIPPED {test}: PostgreSQL tests need a server; run them with \
                  {URL_VAR}=postgres://postgres@127.0.0.1:5432/postgres cargo test -p triggers-store-postgres"
             );
