@@ -74,18 +74,6 @@ pub(crate) fn insert(
     let cutoff = now_us.saturating_sub(duration_micros(dedup_window));
     require_org(conn, &org)?;
     let targets = targets(conn, &org)?;
-    let mut find_dedup = conn
-        .prepare_cached(
-            "SELECT event_id, event_type, created_at FROM dedup
-             WHERE org_id = ?1 AND dedup_id = ?2",
-        )
-        .store()?;
-    let mut put_dedup = conn
-        .prepare_cached(
-            "INSERT OR REPLACE INTO dedup (org_id, dedup_id, event_id, event_type, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .store()?;
     let mut put_event = conn
         .prepare_cached(
             "INSERT INTO events (id, org_id, event_type, payload, dedup_id, status, created_at)
@@ -97,6 +85,12 @@ pub(crate) fn insert(
     for e in events {
         let created = micros(e.created_at);
         if let Some(dedup_id) = &e.dedup_id {
+            let mut find_dedup = conn
+                .prepare_cached(
+                    "SELECT event_id, event_type, created_at FROM dedup
+                     WHERE org_id = ?1 AND dedup_id = ?2",
+                )
+                .store()?;
             let original = query_opt(&mut find_dedup, params![org_id, dedup_id], |row| {
                 Ok((codec::uuid(row, 0)?, codec::text(row, 1)?, codec::int(row, 2)?))
             })?;
@@ -109,9 +103,13 @@ pub(crate) fn insert(
                 }
             }
             // New, or the old entry is outside the window: this event takes the id over.
-            put_dedup
-                .execute(params![org_id, dedup_id, e.id.0.as_bytes(), e.event_type, created])
-                .store()?;
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO dedup (org_id, dedup_id, event_id, event_type, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .store()?
+            .execute(params![org_id, dedup_id, e.id.0.as_bytes(), e.event_type, created])
+            .store()?;
         }
         put_event
             .execute(params![
