@@ -115,6 +115,33 @@ fn a_file_that_is_not_a_database_is_corrupt() {
     assert!(msg.contains("not a SQLite database"), "{msg}");
 }
 
+#[tokio::test]
+async fn damaged_pages_are_corrupt_not_a_panic() {
+    let (_dir, path) = temp_db();
+    let store = open(&path);
+    let org = new_org(&store).await;
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        ids.push(insert_one(&store, org, "t", t(i)).await);
+    }
+    drop(store);
+    // Keep page 1 (header and schema), scribble over every page after it.
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() > 8192, "the database spans several pages");
+    for (i, b) in bytes.iter_mut().enumerate().skip(4096) {
+        *b = (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1];
+    }
+    std::fs::write(&path, bytes).unwrap();
+    let store = match SqliteStore::open(&path, SqliteConfig::default()) {
+        Err(StoreError::Corrupt(_)) => return,
+        Err(other) => panic!("expected Corrupt, got {other:?}"),
+        Ok(store) => store,
+    };
+    expect_corrupt(store.event(org, ids[100]).await);
+    let q = ListQuery { status: EventStatus::Pending, type_glob: None, limit: 10, after: None };
+    expect_corrupt(store.list_events(org, &q).await);
+}
+
 #[test]
 fn another_applications_database_is_refused() {
     let (_dir, path) = temp_db();
