@@ -169,14 +169,22 @@ impl EventLog for PgStore {
         id: EventId,
         now: Timestamp,
     ) -> StoreResult<Option<EventStatus>> {
-        let row = sqlx::query(REPLAY_SQL)
-            .bind(org.0)
-            .bind(id.0)
-            .bind(now)
-            .bind(self.channel())
-            .fetch_one(self.pool())
-            .await
-            .map_err(map)?;
+        // One statement; a deadlock with a completion of the same event rolls it back, and
+        // it simply runs again.
+        let mut retries = 0;
+        let row = loop {
+            let run = sqlx::query(REPLAY_SQL)
+                .bind(org.0)
+                .bind(id.0)
+                .bind(now)
+                .bind(self.channel())
+                .fetch_one(self.pool())
+                .await;
+            match run {
+                Err(e) if crate::error::is_retryable_conflict(&e) && retries < 3 => retries += 1,
+                other => break other.map_err(map)?,
+            }
+        };
         if rows::count(&row, "found")? == 0 {
             return Ok(None);
         }

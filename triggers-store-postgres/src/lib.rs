@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod batcher;
+mod complete;
 mod config;
 mod error;
 mod events;

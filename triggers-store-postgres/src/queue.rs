@@ -1,16 +1,13 @@
 //! The delivery queue: `FOR UPDATE SKIP LOCKED` claims with leases, fenced completions,
 //! releases and heartbeats.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use sqlx::postgres::PgRow;
 use sqlx::types::Uuid;
 use tokio::sync::Notify;
-use triggers_core::store::{
-    ClaimRequest, Completion, CompletionState, Delivery, DeliveryQueue, StoreResult,
-};
+use triggers_core::store::{ClaimRequest, Completion, Delivery, DeliveryQueue, StoreResult};
 use triggers_core::{DeliveryId, Timestamp, WorkerId};
 
 use crate::error::map;
@@ -43,67 +40,6 @@ JOIN endpoints ep ON ep.id = c.endpoint_id
 ORDER BY c.was_due, c.id
 "#;
 
-/// Ends the fenced leases. First (a one-time filter, evaluated before any row is touched)
-/// it locks the batch's events in id order (no deadlocks between batches), so that "was this
-/// the event's last outstanding delivery?" ([`RECORD_SQL`], run next with a fresh snapshot)
-/// is decided by one transaction at a time.
-const FINISH_SQL: &str = r#"
-WITH locked AS (
-    SELECT id FROM events
-    WHERE id IN (SELECT event_id FROM deliveries WHERE id = ANY($1::uuid[]))
-    ORDER BY id
-    FOR NO KEY UPDATE
-)
-UPDATE deliveries d
-SET state = c.state,
-    next_attempt_at = coalesce(c.retry_at, d.next_attempt_at),
-    due_at = c.retry_at,
-    lease_owner = NULL,
-    lease_expires_at = NULL
-FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::timestamptz[])
-    AS c(id, owner, attempt, state, retry_at)
-WHERE d.id = c.id AND d.state = 'in_flight' AND d.lease_owner = c.owner
-  AND d.attempt = c.attempt
-  AND (SELECT count(*) FROM locked) >= 0
-RETURNING d.id, d.event_id
-"#;
-
-/// Attempts, endpoint health and event status for the applied completions.
-/// Endpoint `mode`: 1 = clear failing_since, 2 = set it, 3 = set it unless already failing.
-const RECORD_SQL: &str = r#"
-WITH attempts_in AS (
-    INSERT INTO attempts (event_id, endpoint_id, at, status_code, latency_ms, error)
-    SELECT event_id, endpoint_id, at, status_code, latency_ms, error
-    FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::int4[], $5::int8[], $6::text[])
-        WITH ORDINALITY AS a(event_id, endpoint_id, at, status_code, latency_ms, error, ord)
-    ORDER BY ord
-),
-endpoints_up AS (
-    UPDATE endpoints e
-    SET failing_since = CASE x.mode WHEN 1 THEN NULL WHEN 2 THEN x.at
-                                    ELSE coalesce(e.failing_since, x.at) END,
-        enabled = e.enabled AND x.disable IS NULL,
-        disabled_reason = coalesce(x.disable, e.disabled_reason)
-    FROM UNNEST($7::uuid[], $8::int2[], $9::timestamptz[], $10::text[])
-        AS x(id, mode, at, disable)
-    -- Only rows that change: a healthy endpoint's row is not locked by every success.
-    WHERE e.id = x.id
-      AND (x.disable IS NOT NULL
-           OR (x.mode = 1 AND e.failing_since IS NOT NULL)
-           OR (x.mode = 2 AND e.failing_since IS DISTINCT FROM x.at)
-           OR (x.mode = 3 AND e.failing_since IS NULL))
-),
-failed AS (
-    UPDATE events SET status = 'failed'
-    WHERE id = ANY($11::uuid[]) AND status = 'pending'
-)
-UPDATE events e SET status = 'delivered', delivered_at = x.at
-FROM UNNEST($12::uuid[], $13::timestamptz[]) AS x(id, at)
-WHERE e.id = x.id AND e.status = 'pending'
-  AND NOT EXISTS (SELECT 1 FROM deliveries d
-                  WHERE d.event_id = e.id AND d.state IN ('pending', 'in_flight'))
-"#;
-
 #[async_trait]
 impl DeliveryQueue for PgStore {
     async fn claim(&self, req: ClaimRequest) -> StoreResult<Vec<Delivery>> {
@@ -127,41 +63,7 @@ impl DeliveryQueue for PgStore {
     }
 
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
-        if completions.is_empty() {
-            return Ok(Vec::new());
-        }
-        // A delivery named twice: only its first completion can apply (the first one ends
-        // the lease, so the second would be stale).
-        let mut seen = HashSet::new();
-        let firsts: Vec<&Completion> =
-            completions.iter().filter(|c| seen.insert(c.delivery_id)).collect();
-        let ids: Vec<Uuid> = firsts.iter().map(|c| c.delivery_id.0).collect();
-
-        let mut tx = self.pool().begin().await.map_err(map)?;
-        let applied = sqlx::query(FINISH_SQL)
-            .bind(&ids)
-            .bind(firsts.iter().map(|c| c.lease_owner.0).collect::<Vec<_>>())
-            .bind(firsts.iter().map(|c| attempt_i32(c.attempt)).collect::<Vec<_>>())
-            .bind(firsts.iter().map(|c| state_name(&c.state)).collect::<Vec<_>>())
-            .bind(firsts.iter().map(|c| retry_at(&c.state)).collect::<Vec<_>>())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(map)?;
-        let mut event_of: HashMap<Uuid, Uuid> = HashMap::with_capacity(applied.len());
-        for row in &applied {
-            event_of.insert(get(row, "id")?, get(row, "event_id")?);
-        }
-        let done: Vec<(&Completion, Uuid)> = firsts
-            .iter()
-            .filter_map(|c| event_of.get(&c.delivery_id.0).map(|e| (*c, *e)))
-            .collect();
-        if !done.is_empty() {
-            record(&mut tx, &done).await?;
-        }
-        tx.commit().await.map_err(map)?;
-
-        let mut applied_once: HashSet<Uuid> = event_of.keys().copied().collect();
-        Ok(completions.iter().map(|c| applied_once.remove(&c.delivery_id.0)).collect())
+        crate::complete::complete(self.pool(), completions).await
     }
 
     async fn release(&self, id: DeliveryId, owner: WorkerId, attempt: u32) -> StoreResult<bool> {
@@ -225,94 +127,8 @@ impl DeliveryQueue for PgStore {
     }
 }
 
-/// Writes attempts, endpoint health and event status for the applied completions, in
-/// completion order (so "the last word" per endpoint and per event is the later one).
-async fn record(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    done: &[(&Completion, Uuid)],
-) -> StoreResult<()> {
-    // Per endpoint: the combined effect of its completions in order.
-    let mut endpoints: Vec<(Uuid, i16, Timestamp, Option<String>)> = Vec::new();
-    let mut index: HashMap<Uuid, usize> = HashMap::new();
-    let mut failed: Vec<Uuid> = Vec::new();
-    let mut delivered: Vec<(Uuid, Timestamp)> = Vec::new();
-    for (c, event) in done {
-        let ep = c.record.endpoint_id.0;
-        let slot = *index.entry(ep).or_insert_with(|| {
-            endpoints.push((ep, 0, c.record.at, None));
-            endpoints.len() - 1
-        });
-        let entry = &mut endpoints[slot];
-        match c.state {
-            CompletionState::Delivered => entry.1 = 1,
-            CompletionState::Retry { .. } | CompletionState::Failed => {
-                // Not failing before → failing since now; already failing → unchanged.
-                match entry.1 {
-                    0 => (entry.1, entry.2) = (3, c.record.at),
-                    1 => (entry.1, entry.2) = (2, c.record.at),
-                    _ => {}
-                }
-            }
-        }
-        if let Some(reason) = &c.disable_endpoint {
-            entry.3 = Some(reason.clone());
-        }
-        match c.state {
-            CompletionState::Failed => failed.push(*event),
-            CompletionState::Delivered => delivered.push((*event, c.record.at)),
-            CompletionState::Retry { .. } => {}
-        }
-    }
-    // A failure in this batch wins over a success of the same event; the last success of
-    // an event gives its delivered_at.
-    let failed_set: HashSet<Uuid> = failed.iter().copied().collect();
-    let mut last_success: HashMap<Uuid, Timestamp> = HashMap::new();
-    for (event, at) in delivered.into_iter().filter(|(e, _)| !failed_set.contains(e)) {
-        last_success.insert(event, at);
-    }
-    let endpoints: Vec<_> = endpoints.into_iter().filter(|e| e.1 != 0 || e.3.is_some()).collect();
-
-    sqlx::query(RECORD_SQL)
-        .bind(done.iter().map(|(_, e)| *e).collect::<Vec<_>>())
-        .bind(done.iter().map(|(c, _)| c.record.endpoint_id.0).collect::<Vec<_>>())
-        .bind(done.iter().map(|(c, _)| c.record.at).collect::<Vec<_>>())
-        .bind(done.iter().map(|(c, _)| c.record.status_code.map(i32::from)).collect::<Vec<_>>())
-        .bind(
-            done.iter()
-                .map(|(c, _)| i64::try_from(c.record.latency_ms).unwrap_or(i64::MAX))
-                .collect::<Vec<_>>(),
-        )
-        .bind(done.iter().map(|(c, _)| c.record.error.as_deref()).collect::<Vec<_>>())
-        .bind(endpoints.iter().map(|e| e.0).collect::<Vec<_>>())
-        .bind(endpoints.iter().map(|e| e.1).collect::<Vec<_>>())
-        .bind(endpoints.iter().map(|e| e.2).collect::<Vec<_>>())
-        .bind(endpoints.iter().map(|e| e.3.as_deref()).collect::<Vec<_>>())
-        .bind(failed)
-        .bind(last_success.keys().copied().collect::<Vec<_>>())
-        .bind(last_success.values().copied().collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await
-        .map_err(map)?;
-    Ok(())
-}
-
-fn state_name(s: &CompletionState) -> &'static str {
-    match s {
-        CompletionState::Delivered => "done",
-        CompletionState::Retry { .. } => "pending",
-        CompletionState::Failed => "failed",
-    }
-}
-
-fn retry_at(s: &CompletionState) -> Option<Timestamp> {
-    match s {
-        CompletionState::Retry { at } => Some(*at),
-        _ => None,
-    }
-}
-
 /// Attempt numbers are `integer` in the database; no real delivery gets near 2³¹ attempts.
-fn attempt_i32(attempt: u32) -> i32 {
+pub(crate) fn attempt_i32(attempt: u32) -> i32 {
     i32::try_from(attempt).unwrap_or(i32::MAX)
 }
 

@@ -220,3 +220,35 @@ async fn claimers_on_two_nodes_share_one_queue_exactly_once() {
     drop((a, b));
     db.drop_database().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_finishing_the_last_deliveries_of_an_event_together_deliver_it() {
+    let Some(db) = support::database("concurrent_last_deliveries").await else { return };
+    let (a, b) = two_stores(&db).await;
+    let org = support::org(&a, "acme").await;
+    let first = support::endpoint(&a, &org, None).await;
+    support::endpoint(&a, &org, None).await;
+    let batch = (0..100).map(|_| support::record("t", None, at(0))).collect();
+    a.insert_events(org.id, batch, DAY, at(0)).await.unwrap();
+    let owner = WorkerId::new();
+    let claimed = a.claim(claim(owner, 1000, 1)).await.unwrap();
+    assert_eq!(claimed.len(), 200);
+    // Node a finishes every event's first delivery, node b its second, at the same time.
+    let (to_a, to_b): (Vec<_>, Vec<_>) = claimed.iter().partition(|d| d.endpoint_id == first.id);
+    let run = |store: PgStore, mine: Vec<&triggers_core::store::Delivery>| {
+        let chunks: Vec<Vec<Completion>> =
+            mine.chunks(10).map(|c| c.iter().map(|d| delivered(d, owner, 2)).collect()).collect();
+        tokio::spawn(async move {
+            for chunk in chunks {
+                assert!(store.complete(&chunk).await.unwrap().iter().all(|ok| *ok));
+            }
+        })
+    };
+    let (ra, rb) = tokio::join!(run(a.clone(), to_a), run(b.clone(), to_b));
+    ra.unwrap();
+    rb.unwrap();
+    let stats = a.stats(org.id).await.unwrap();
+    assert_eq!((stats.delivered, stats.pending), (100, 0), "no event missed its last delivery");
+    drop((a, b));
+    db.drop_database().await.unwrap();
+}

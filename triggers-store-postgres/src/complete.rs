@@ -1,0 +1,232 @@
+//! Recording finished attempts: fenced, in one transaction per batch.
+//!
+//! 1. `FINISH_SQL` ends the leases that are still ours (`state = 'in_flight' AND lease_owner
+//!    AND attempt`) and reports, per applied completion, whether its event has other
+//!    deliveries.
+//! 2. For successes of events with several deliveries, the events are locked in id order.
+//!    Two batches finishing the last two deliveries of one event then decide "was this the
+//!    last outstanding delivery?" one after the other, the second with a snapshot that sees
+//!    the first's commit, so one of them marks the event delivered. Events with a single
+//!    delivery need no lock (nobody else can finish their delivery).
+//! 3. `RECORD_SQL` appends the attempts, updates endpoint health (only rows that change) and
+//!    event status.
+//!
+//! A deadlock (possible with a concurrent replay of the same event) rolls the transaction
+//! back; the batch is then run again.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use sqlx::types::Uuid;
+use sqlx::{PgPool, Postgres, Transaction};
+use triggers_core::store::{Completion, CompletionState, StoreResult};
+use triggers_core::Timestamp;
+
+use crate::error::{is_retryable_conflict, map};
+use crate::queue::attempt_i32;
+
+const FINISH_SQL: &str = r#"
+UPDATE deliveries d
+SET state = c.state,
+    next_attempt_at = coalesce(c.retry_at, d.next_attempt_at),
+    due_at = c.retry_at,
+    lease_owner = NULL,
+    lease_expires_at = NULL
+FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::timestamptz[])
+    AS c(id, owner, attempt, state, retry_at)
+WHERE d.id = c.id AND d.state = 'in_flight' AND d.lease_owner = c.owner
+  AND d.attempt = c.attempt
+RETURNING d.id, d.event_id,
+    EXISTS (SELECT 1 FROM deliveries o WHERE o.event_id = d.event_id AND o.id <> d.id)
+        AS shared
+"#;
+
+const LOCK_SQL: &str = r#"
+SELECT id FROM events WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE
+"#;
+
+/// Endpoint `mode`: 1 = clear failing_since, 2 = set it, 3 = set it unless already failing.
+const RECORD_SQL: &str = r#"
+WITH attempts_in AS (
+    INSERT INTO attempts (event_id, endpoint_id, at, status_code, latency_ms, error)
+    SELECT event_id, endpoint_id, at, status_code, latency_ms, error
+    FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::int4[], $5::int8[], $6::text[])
+        WITH ORDINALITY AS a(event_id, endpoint_id, at, status_code, latency_ms, error, ord)
+    ORDER BY ord
+),
+endpoints_up AS (
+    UPDATE endpoints e
+    SET failing_since = CASE x.mode WHEN 1 THEN NULL WHEN 2 THEN x.at
+                                    ELSE coalesce(e.failing_since, x.at) END,
+        enabled = e.enabled AND x.disable IS NULL,
+        disabled_reason = coalesce(x.disable, e.disabled_reason)
+    FROM UNNEST($7::uuid[], $8::int2[], $9::timestamptz[], $10::text[])
+        AS x(id, mode, at, disable)
+    -- Only rows that change: a healthy endpoint's row is not locked by every success.
+    WHERE e.id = x.id
+      AND (x.disable IS NOT NULL
+           OR (x.mode = 1 AND e.failing_since IS NOT NULL)
+           OR (x.mode = 2 AND e.failing_since IS DISTINCT FROM x.at)
+           OR (x.mode = 3 AND e.failing_since IS NULL))
+),
+failed AS (
+    UPDATE events SET status = 'failed'
+    WHERE id = ANY($11::uuid[]) AND status = 'pending'
+)
+UPDATE events e SET status = 'delivered', delivered_at = x.at
+FROM UNNEST($12::uuid[], $13::timestamptz[]) AS x(id, at)
+WHERE e.id = x.id AND e.status = 'pending'
+  AND NOT EXISTS (SELECT 1 FROM deliveries d
+                  WHERE d.event_id = e.id AND d.state IN ('pending', 'in_flight'))
+"#;
+
+/// Applies `completions`; one flag per completion, in order.
+pub(crate) async fn complete(pool: &PgPool, completions: &[Completion]) -> StoreResult<Vec<bool>> {
+    if completions.is_empty() {
+        return Ok(Vec::new());
+    }
+    // A delivery named twice: only its first completion can apply (the first one ends the
+    // lease, so the second would be stale).
+    let mut seen = HashSet::new();
+    let firsts: Vec<&Completion> =
+        completions.iter().filter(|c| seen.insert(c.delivery_id)).collect();
+    let mut attempt = 0;
+    let applied = loop {
+        match complete_once(pool, &firsts).await {
+            Err(e) if is_retryable_conflict(&e) && attempt < 3 => {
+                attempt += 1;
+                tracing::debug!(error = %e, "completion batch rolled back; running it again");
+                tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+            }
+            other => break other.map_err(map)?,
+        }
+    };
+    let mut applied_once = applied;
+    Ok(completions.iter().map(|c| applied_once.remove(&c.delivery_id.0)).collect())
+}
+
+/// One transaction; returns the ids of the deliveries whose completion applied.
+async fn complete_once(
+    pool: &PgPool,
+    firsts: &[&Completion],
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query(FINISH_SQL)
+        .bind(firsts.iter().map(|c| c.delivery_id.0).collect::<Vec<_>>())
+        .bind(firsts.iter().map(|c| c.lease_owner.0).collect::<Vec<_>>())
+        .bind(firsts.iter().map(|c| attempt_i32(c.attempt)).collect::<Vec<_>>())
+        .bind(firsts.iter().map(|c| state_name(&c.state)).collect::<Vec<_>>())
+        .bind(firsts.iter().map(|c| retry_at(&c.state)).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut applied: HashMap<Uuid, (Uuid, bool)> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        use sqlx::Row;
+        applied.insert(row.try_get("id")?, (row.try_get("event_id")?, row.try_get("shared")?));
+    }
+    let done: Vec<(&Completion, Uuid)> = firsts
+        .iter()
+        .filter_map(|c| applied.get(&c.delivery_id.0).map(|(e, _)| (*c, *e)))
+        .collect();
+    let mut to_lock: Vec<Uuid> = done
+        .iter()
+        .filter(|(c, _)| c.state == CompletionState::Delivered)
+        .filter(|(c, _)| applied.get(&c.delivery_id.0).is_some_and(|(_, shared)| *shared))
+        .map(|(_, e)| *e)
+        .collect();
+    if !to_lock.is_empty() {
+        to_lock.sort_unstable();
+        to_lock.dedup();
+        sqlx::query(LOCK_SQL).bind(&to_lock).execute(&mut *tx).await?;
+    }
+    if !done.is_empty() {
+        record(&mut tx, &done).await?;
+    }
+    tx.commit().await?;
+    Ok(applied.into_keys().collect())
+}
+
+/// Writes attempts, endpoint health and event status for the applied completions, in
+/// completion order (so "the last word" per endpoint and per event is the later one).
+async fn record(
+    tx: &mut Transaction<'_, Postgres>,
+    done: &[(&Completion, Uuid)],
+) -> Result<(), sqlx::Error> {
+    // Per endpoint: the combined effect of its completions in order.
+    let mut endpoints: Vec<(Uuid, i16, Timestamp, Option<String>)> = Vec::new();
+    let mut index: HashMap<Uuid, usize> = HashMap::new();
+    let mut failed: Vec<Uuid> = Vec::new();
+    let mut delivered: Vec<(Uuid, Timestamp)> = Vec::new();
+    for (c, event) in done {
+        let ep = c.record.endpoint_id.0;
+        let slot = *index.entry(ep).or_insert_with(|| {
+            endpoints.push((ep, 0, c.record.at, None));
+            endpoints.len() - 1
+        });
+        let entry = &mut endpoints[slot];
+        match c.state {
+            CompletionState::Delivered => entry.1 = 1,
+            CompletionState::Retry { .. } | CompletionState::Failed => {
+                // Not failing before → failing since now; already failing → unchanged.
+                match entry.1 {
+                    0 => (entry.1, entry.2) = (3, c.record.at),
+                    1 => (entry.1, entry.2) = (2, c.record.at),
+                    _ => {}
+                }
+            }
+        }
+        if let Some(reason) = &c.disable_endpoint {
+            entry.3 = Some(reason.clone());
+        }
+        match c.state {
+            CompletionState::Failed => failed.push(*event),
+            CompletionState::Delivered => delivered.push((*event, c.record.at)),
+            CompletionState::Retry { .. } => {}
+        }
+    }
+    // A failure in this batch wins over a success of the same event; the last success of
+    // an event gives its delivered_at.
+    let failed_set: HashSet<Uuid> = failed.iter().copied().collect();
+    let mut last_success: HashMap<Uuid, Timestamp> = HashMap::new();
+    for (event, at) in delivered.into_iter().filter(|(e, _)| !failed_set.contains(e)) {
+        last_success.insert(event, at);
+    }
+    let endpoints: Vec<_> = endpoints.into_iter().filter(|e| e.1 != 0 || e.3.is_some()).collect();
+
+    sqlx::query(RECORD_SQL)
+        .bind(done.iter().map(|(_, e)| *e).collect::<Vec<_>>())
+        .bind(done.iter().map(|(c, _)| c.record.endpoint_id.0).collect::<Vec<_>>())
+        .bind(done.iter().map(|(c, _)| c.record.at).collect::<Vec<_>>())
+        .bind(done.iter().map(|(c, _)| c.record.status_code.map(i32::from)).collect::<Vec<_>>())
+        .bind(
+            done.iter()
+                .map(|(c, _)| i64::try_from(c.record.latency_ms).unwrap_or(i64::MAX))
+                .collect::<Vec<_>>(),
+        )
+        .bind(done.iter().map(|(c, _)| c.record.error.as_deref()).collect::<Vec<_>>())
+        .bind(endpoints.iter().map(|e| e.0).collect::<Vec<_>>())
+        .bind(endpoints.iter().map(|e| e.1).collect::<Vec<_>>())
+        .bind(endpoints.iter().map(|e| e.2).collect::<Vec<_>>())
+        .bind(endpoints.iter().map(|e| e.3.as_deref()).collect::<Vec<_>>())
+        .bind(failed)
+        .bind(last_success.keys().copied().collect::<Vec<_>>())
+        .bind(last_success.values().copied().collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn state_name(s: &CompletionState) -> &'static str {
+    match s {
+        CompletionState::Delivered => "done",
+        CompletionState::Retry { .. } => "pending",
+        CompletionState::Failed => "failed",
+    }
+}
+
+fn retry_at(s: &CompletionState) -> Option<Timestamp> {
+    match s {
+        CompletionState::Retry { at } => Some(*at),
+        _ => None,
+    }
+}
