@@ -1,0 +1,65 @@
+//! [`ServerConfig`]: limits, timeouts and the admin token.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Checks a webhook URL when an endpoint is created; `Err` carries the reason (422).
+pub type UrlPolicy = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// How the HTTP server runs. `Default` gives the documented defaults.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Largest request body in bytes (default 256 KiB); larger bodies get 413 as soon as the
+    /// limit is crossed while reading.
+    pub max_body: usize,
+    /// How long a client may take to send a request's headers (default 10 s). Hyper starts
+    /// this timer whenever it waits for a request, so it also closes keep-alive connections
+    /// that stay idle this long.
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request's body (default 30 s; 408 after).
+    pub body_read_timeout: Duration,
+    /// Most connections served at once (default 1024). Over the cap a new connection waits up
+    /// to `connection_wait` for a free slot, then is closed.
+    pub max_connections: usize,
+    /// See `max_connections` (default 100 ms).
+    pub connection_wait: Duration,
+    /// On shutdown, how long in-flight requests get to finish (default 10 s).
+    pub shutdown_timeout: Duration,
+    /// When set, `POST /api/keys/generate` needs `Authorization: Bearer <token>`. Required
+    /// when listening on a non-loopback address.
+    pub admin_token: Option<String>,
+    /// An extra check of webhook URLs at creation (after the built-in one: `http` or `https`
+    /// with a host). The deliverer enforces its own rules again at delivery time.
+    pub webhook_url_policy: Option<UrlPolicy>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_body: triggers_core::domain::validate::DEFAULT_MAX_PAYLOAD,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            connection_wait: Duration::from_millis(100),
+            shutdown_timeout: Duration::from_secs(10),
+            admin_token: None,
+            webhook_url_policy: None,
+        }
+    }
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("max_body", &self.max_body)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("body_read_timeout", &self.body_read_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("connection_wait", &self.connection_wait)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .field("webhook_url_policy", &self.webhook_url_policy.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,307 @@
+//! [`ApiError`]: every way a request can fail, mapped to a status code and an RFC 9457
+//! `application/problem+json` body in exactly one place ([`ApiError::into_response`]).
+
+use std::time::Duration;
+
+use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+use serde::Serialize;
+use triggers_core::{Error, RateDecision, StoreError, ValidationError};
+
+use crate::respond::{self, Body};
+
+/// Why a request failed. Each variant has one status and one stable machine `code`.
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    /// 400 `malformed_json`: the body is not JSON (syntax error, truncated, not UTF-8, too deep).
+    MalformedJson(String),
+    /// 400 `not_an_object`: the body is JSON but not an object.
+    NotAnObject,
+    /// 400 `invalid_query`: a query parameter is malformed.
+    InvalidQuery(String),
+    /// 400 `bad_request`: the body could not be read.
+    BadBody,
+    /// 401 `missing_api_key`.
+    MissingApiKey,
+    /// 401 `invalid_api_key`: unknown or rotated away.
+    InvalidApiKey,
+    /// 401 `invalid_admin_token`: key generation needs the admin bearer token.
+    InvalidAdminToken,
+    /// 404 `route_not_found`.
+    RouteNotFound,
+    /// 404 `not_found`: no such item for this organization (also malformed ids).
+    NotFound(&'static str),
+    /// 405 `method_not_allowed`, with the `Allow` header.
+    MethodNotAllowed(String),
+    /// 408 `request_timeout`: the body did not arrive in time.
+    BodyTimeout,
+    /// 413 `body_too_large`.
+    BodyTooLarge(usize),
+    /// 415 `unsupported_media_type`.
+    UnsupportedMediaType,
+    /// 422 `invalid_field`: valid JSON with an invalid field.
+    Invalid { field: String, reason: String },
+    /// 429 `rate_limited`.
+    RateLimited(RateDecision),
+    /// 503 `overloaded`.
+    Overloaded(Duration),
+    /// 503 `store_unavailable`.
+    Unavailable,
+    /// 500 `internal_error`; the cause is logged, never sent.
+    Internal,
+}
+
+/// The problem document (RFC 9457) plus our stable `code` and, for 422, the `field`.
+#[derive(Debug, Serialize)]
+pub(crate) struct Problem {
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+    pub(crate) title: &'static str,
+    pub(crate) status: u16,
+    pub(crate) detail: String,
+    pub(crate) code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) field: Option<String>,
+}
+
+/// The `type` URI of a problem code.
+pub(crate) fn problem_type(code: &str) -> String {
+    format!("urn:triggers:problem:{code}")
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Self::MalformedJson(_) | Self::NotAnObject | Self::InvalidQuery(_) | Self::BadBody => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::MissingApiKey | Self::InvalidApiKey | Self::InvalidAdminToken => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::RouteNotFound | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded(_) | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine code.
+    pub(crate) fn code(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "malformed_json",
+            Self::NotAnObject => "not_an_object",
+            Self::InvalidQuery(_) => "invalid_query",
+            Self::BadBody => "bad_request",
+            Self::MissingApiKey => "missing_api_key",
+            Self::InvalidApiKey => "invalid_api_key",
+            Self::InvalidAdminToken => "invalid_admin_token",
+            Self::RouteNotFound => "route_not_found",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::BodyTimeout => "request_timeout",
+            Self::BodyTooLarge(_) => "body_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Invalid { .. } => "invalid_field",
+            Self::RateLimited(_) => "rate_limited",
+            Self::Overloaded(_) => "overloaded",
+            Self::Unavailable => "store_unavailable",
+            Self::Internal => "internal_error",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "Malformed JSON",
+            Self::NotAnObject => "Body is not a JSON object",
+            Self::InvalidQuery(_) => "Invalid query",
+            Self::BadBody => "Bad request",
+            Self::MissingApiKey => "Missing API key",
+            Self::InvalidApiKey => "Invalid API key",
+            Self::InvalidAdminToken => "Admin token required",
+            Self::RouteNotFound => "No such route",
+            Self::NotFound(_) => "Not found",
+            Self::MethodNotAllowed(_) => "Method not allowed",
+            Self::BodyTimeout => "Request timeout",
+            Self::BodyTooLarge(_) => "Body too large",
+            Self::UnsupportedMediaType => "Unsupported media type",
+            Self::Invalid { .. } => "Invalid field",
+            Self::RateLimited(_) => "Rate limit exceeded",
+            Self::Overloaded(_) => "Overloaded",
+            Self::Unavailable => "Store unavailable",
+            Self::Internal => "Internal error",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Self::MalformedJson(why) => format!("the body is not valid JSON: {why}"),
+            Self::NotAnObject => "the body must be a JSON object".into(),
+            Self::InvalidQuery(why) => why.clone(),
+            Self::BadBody => "the request body could not be read".into(),
+            Self::MissingApiKey => "send your API key in the X-API-Key header".into(),
+            Self::InvalidApiKey => "the API key is unknown or was rotated".into(),
+            Self::InvalidAdminToken => {
+                "key generation needs `Authorization: Bearer <admin token>`".into()
+            }
+            Self::RouteNotFound => "no route matches this path".into(),
+            Self::NotFound(what) => format!("no such {what}"),
+            Self::MethodNotAllowed(allow) => format!("this route allows {allow}"),
+            Self::BodyTimeout => "the request body did not arrive in time".into(),
+            Self::BodyTooLarge(limit) => format!("the body exceeds the limit of {limit} bytes"),
+            Self::UnsupportedMediaType => "send the body as Content-Type: application/json".into(),
+            Self::Invalid { field, reason } => format!("{field}: {reason}"),
+            Self::RateLimited(d) => format!(
+                "the limit of {} events per minute is spent; retry in {} s",
+                d.limit,
+                retry_secs(d.retry_after.unwrap_or_default())
+            ),
+            Self::Overloaded(after) => {
+                format!("the server cannot keep up; retry in {} s", retry_secs(*after))
+            }
+            Self::Unavailable => "the store is unavailable; retry later".into(),
+            Self::Internal => "an internal error occurred; it has been logged".into(),
+        }
+    }
+
+    /// The problem document.
+    pub(crate) fn problem(&self) -> Problem {
+        let code = self.code();
+        Problem {
+            kind: problem_type(code),
+            title: self.title(),
+            status: self.status().as_u16(),
+            detail: self.detail(),
+            code,
+            field: match self {
+                Self::Invalid { field, .. } => Some(field.clone()),
+                _ => None,
+            },
+        }
+    }
+
+    /// The complete response: status, problem body and the headers this error calls for.
+    pub(crate) fn into_response(self) -> Response<Body> {
+        let mut res = respond::json_with(self.status(), &self.problem());
+        let headers = res.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        match &self {
+            Self::MethodNotAllowed(allow) => {
+                if let Ok(v) = HeaderValue::from_str(allow) {
+                    headers.insert(ALLOW, v);
+                }
+            }
+            Self::RateLimited(d) => {
+                respond::rate_headers(headers, d);
+                let after = d.retry_after.unwrap_or(Duration::from_secs(1));
+                headers.insert(RETRY_AFTER, HeaderValue::from(retry_secs(after)));
+            }
+            Self::Overloaded(after) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(retry_secs(*after)));
+            }
+            Self::Unavailable => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(1u64));
+            }
+            Self::InvalidAdminToken => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // The rest of an oversized or late body is not read: close the connection.
+            Self::BodyTooLarge(_) | Self::BodyTimeout => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        res
+    }
+}
+
+/// Whole seconds for `Retry-After`, rounded up, at least 1.
+pub(crate) fn retry_secs(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        Self::Invalid { field: e.field().to_owned(), reason: e.to_string() }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Invalid(v) => v.into(),
+            Error::RateLimited(d) => Self::RateLimited(d),
+            Error::Unauthorized => Self::InvalidApiKey,
+            Error::NotFound => Self::NotFound("item"),
+            Error::Overloaded(after) => Self::Overloaded(after),
+            Error::Store(StoreError::Unavailable(why)) => {
+                tracing::warn!(error = %why, "store unavailable");
+                Self::Unavailable
+            }
+            Error::Store(StoreError::Overloaded(why)) => {
+                tracing::warn!(error = %why, "store overloaded");
+                Self::Overloaded(Duration::from_secs(1))
+            }
+            other => {
+                tracing::error!(error = %other, "request failed");
+                Self::Internal
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_errors_map_to_statuses_without_leaking() {
+        let store = |e| ApiError::from(Error::Store(e));
+        assert_eq!(store(StoreError::Unavailable("db down".into())).status().as_u16(), 503);
+        assert_eq!(store(StoreError::Overloaded("full".into())).status().as_u16(), 503);
+        let internal = store(StoreError::Corrupt("secret table name".into()));
+        assert_eq!(internal.status().as_u16(), 500);
+        assert!(!internal.problem().detail.contains("secret"));
+        assert_eq!(ApiError::from(Error::Unauthorized).code(), "invalid_api_key");
+        assert_eq!(ApiError::from(Error::NotFound).status().as_u16(), 404);
+        let invalid = ApiError::from(Error::Invalid(ValidationError::TypeLength(0)));
+        assert_eq!(invalid.status().as_u16(), 422);
+        assert_eq!(invalid.problem().field.as_deref(), Some("type"));
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_secs(Duration::ZERO), 1);
+        assert_eq!(retry_secs(Duration::from_millis(6000)), 6);
+        assert_eq!(retry_secs(Duration::from_millis(6001)), 7);
+    }
+
+    #[test]
+    fn responses_carry_problem_json_and_headers() {
+        let decision = RateDecision {
+            allowed: false,
+            limit: 10,
+            remaining: 0,
+            reset: Duration::from_secs(60),
+            retry_after: Some(Duration::from_millis(5500)),
+        };
+        let res = ApiError::RateLimited(decision).into_response();
+        assert_eq!(res.status(), 429);
+        let h = res.headers();
+        assert_eq!(h[CONTENT_TYPE], "application/problem+json");
+        assert_eq!(h[RETRY_AFTER], "6");
+        assert_eq!(h["x-ratelimit-limit"], "10");
+        assert_eq!(h["x-ratelimit-remaining"], "0");
+        assert_eq!(h["x-ratelimit-reset"], "60");
+        let res = ApiError::MethodNotAllowed("GET, POST".into()).into_response();
+        assert_eq!(res.headers()[ALLOW], "GET, POST");
+    }
+}

@@ -1,0 +1,148 @@
+//! `POST /api/events`, `POST /api/events/batch`, `GET /api/events/{id}`,
+//! `POST /api/events/{id}/replay`.
+
+use std::time::Instant;
+
+use http::StatusCode;
+use triggers_core::{Deliverer, Error, EventId, EventStore, NewEvent, ValidationError};
+
+use super::{named, path_id};
+use crate::app::{App, Ctx, Req, Res};
+use crate::body;
+use crate::dto::{Accepted, AttemptView, Batch, BatchItem, BatchResults, EventView, IdStatus};
+use crate::error::ApiError;
+use crate::respond::json_with;
+
+/// The metrics label of a failed ingest call.
+fn failure_outcome(e: &Error) -> &'static str {
+    match e {
+        Error::Invalid(_) => "invalid",
+        Error::RateLimited(_) => "rate_limited",
+        Error::Overloaded(_) => "overloaded",
+        _ => "error",
+    }
+}
+
+pub(super) async fn create<S: EventStore, D: Deliverer>(
+    app: &App<S, D>,
+    ctx: &mut Ctx,
+    req: Req,
+) -> Res {
+    let org = app.auth(req.headers(), ctx).await?;
+    let bytes = app.read_json(req).await?;
+    let event: NewEvent = body::parse_object(&bytes).inspect_err(|_| {
+        app.metrics.ingested("invalid", 1);
+    })?;
+    let started = Instant::now();
+    let result = app.ingestor.ingest(&org, event).await;
+    app.metrics.ingest_latency("single", started.elapsed());
+    match result {
+        Ok(ingested) => {
+            ctx.rate = Some(ingested.rate);
+            let (status, outcome) = if ingested.duplicate {
+                (StatusCode::OK, "duplicate")
+            } else {
+                (StatusCode::ACCEPTED, "accepted")
+            };
+            app.metrics.ingested(outcome, 1);
+            Ok(json_with(status, &Accepted::from(ingested)))
+        }
+        Err(e) => {
+            app.metrics.ingested(failure_outcome(&e), 1);
+            Err(e.into())
+        }
+    }
+}
+
+pub(super) async fn batch<S: EventStore, D: Deliverer>(
+    app: &App<S, D>,
+    ctx: &mut Ctx,
+    req: Req,
+) -> Res {
+    let org = app.auth(req.headers(), ctx).await?;
+    let bytes = app.read_json(req).await?;
+    let batch: Batch = body::parse_object(&bytes)?;
+    let n = batch.events.len();
+    let max = app.ingestor.config().max_batch;
+    if n == 0 || n > max {
+        return Err(ValidationError::Field {
+            field: "events",
+            reason: format!("a batch holds 1 to {max} events (got {n})"),
+        }
+        .into());
+    }
+    // Parse each item on its own, so one bad item does not sink the others.
+    let mut slots: Vec<Option<ApiError>> = Vec::with_capacity(n);
+    let mut valid: Vec<NewEvent> = Vec::with_capacity(n);
+    for raw in &batch.events {
+        match body::parse_item::<NewEvent>(raw.get()) {
+            Ok(event) => {
+                valid.push(event);
+                slots.push(None);
+            }
+            Err(e) => slots.push(Some(e)),
+        }
+    }
+    let mut ingested = if valid.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        let count = valid.len() as u64;
+        let started = Instant::now();
+        let result = app.ingestor.ingest_batch(&org, valid).await;
+        app.metrics.ingest_latency("batch", started.elapsed());
+        let done = result.inspect_err(|e| app.metrics.ingested(failure_outcome(e), count))?;
+        ctx.rate = Some(done.rate);
+        done.results.into_iter()
+    };
+    let results = slots
+        .into_iter()
+        .map(|slot| {
+            let item = match slot {
+                Some(parse_error) => Err(parse_error),
+                None => match ingested.next() {
+                    Some(Ok(i)) => Ok(i),
+                    Some(Err(v)) => Err(ApiError::from(v)),
+                    None => Err(ApiError::Internal),
+                },
+            };
+            match item {
+                Ok(i) => {
+                    app.metrics.ingested(if i.duplicate { "duplicate" } else { "accepted" }, 1);
+                    BatchItem::Ok(Accepted::from(i))
+                }
+                Err(e) => {
+                    let outcome = if matches!(e, ApiError::Internal) { "error" } else { "invalid" };
+                    app.metrics.ingested(outcome, 1);
+                    BatchItem::Err { error: e.problem() }
+                }
+            }
+        })
+        .collect();
+    Ok(json_with(StatusCode::OK, &BatchResults { results }))
+}
+
+pub(super) async fn show<S: EventStore, D: Deliverer>(
+    app: &App<S, D>,
+    ctx: &mut Ctx,
+    req: Req,
+    id: &str,
+) -> Res {
+    let org = app.auth(req.headers(), ctx).await?;
+    let id: EventId = path_id(id, "event")?;
+    let detail = app.ingestor.event(&org, id).await.map_err(named("event"))?;
+    let mut view = EventView::of(&detail.event);
+    view.attempts = Some(detail.attempts.iter().map(AttemptView::from).collect());
+    Ok(json_with(StatusCode::OK, &view))
+}
+
+pub(super) async fn replay<S: EventStore, D: Deliverer>(
+    app: &App<S, D>,
+    ctx: &mut Ctx,
+    req: Req,
+    id: &str,
+) -> Res {
+    let org = app.auth(req.headers(), ctx).await?;
+    let id: EventId = path_id(id, "event")?;
+    let status = app.ingestor.replay(&org, id).await.map_err(named("event"))?;
+    Ok(json_with(StatusCode::ACCEPTED, &IdStatus { id, status }))
+}

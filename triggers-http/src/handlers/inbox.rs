@@ -1,0 +1,127 @@
+//! `GET /api/inbox`, `POST /api/ack/{id}`, `POST /api/ack`.
+
+use std::collections::HashSet;
+
+use http::StatusCode;
+use triggers_core::{Cursor, Deliverer, EventId, EventStatus, EventStore, InboxQuery, TypeGlob};
+
+use super::{named, path_id};
+use crate::app::{App, Ctx, Req, Res};
+use crate::body;
+use crate::dto::{AckMany, AckManyBody, EventView, IdStatus, InboxBody};
+use crate::error::ApiError;
+use crate::respond::json_with;
+
+/// Parses `status`, `type`, `limit` and `cursor`; anything malformed is 400 `invalid_query`.
+/// Unknown parameters are ignored.
+fn inbox_query(query: Option<&str>) -> Result<InboxQuery, ApiError> {
+    let mut q = InboxQuery::default();
+    for (name, value) in body::query_pairs(query.unwrap_or(""))? {
+        match name.as_ref() {
+            "status" => {
+                q.status = value
+                    .parse::<EventStatus>()
+                    .map_err(|e| ApiError::InvalidQuery(format!("status: {e}")))?;
+            }
+            "type" => {
+                let glob = TypeGlob::parse(&value)
+                    .map_err(|e| ApiError::InvalidQuery(format!("type: {e}")))?;
+                q.type_glob = Some(glob);
+            }
+            "limit" => {
+                q.limit = value.parse::<u32>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(
+                    || {
+                        ApiError::InvalidQuery(
+                            "limit: must be a whole number from 1 to 1000".into(),
+                        )
+                    },
+                )?;
+            }
+            "cursor" if !value.is_empty() => {
+                Cursor::decode(&value)
+                    .map_err(|_| ApiError::InvalidQuery("cursor: invalid cursor".into()))?;
+                q.cursor = Some(value.into_owned());
+            }
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+pub(super) async fn list<S: EventStore, D: Deliverer>(
+    app: &App<S, D>,
+    ctx: &mut Ctx,
+    req: Req,
+) -> Res {
+    let org = app.auth(req.headers(), ctx).await?;
+    let query = inbox_query(req.uri().query())?;
+    let page = app.ingestor.inbox(&org, query).await?;
+    let body = InboxBody {
+        events: page.events.iter().map(EventView::of).collect(),
+        next_cursor: page.next_cursor,
+    };
+    Ok(json_with(StatusCode::OK, &body))
+}
+
+pub(super) async fn ack_one<S: EventStore, D: Deliverer>(
+    app: &App<S, D>,
+    ctx: &mut Ctx,
+    req: Req,
+    id: &str,
+) -> Res {
+    let org = app.auth(req.headers(), ctx).await?;
+    let id: EventId = path_id(id, "event")?;
+    app.ingestor.ack(&org, id).await.map_err(named("event"))?;
+    Ok(json_with(StatusCode::OK, &IdStatus { id, status: EventStatus::Delivered }))
+}
+
+pub(super) async fn ack_many<S: EventStore, D: Deliverer>(
+    app: &App<S, D>,
+    ctx: &mut Ctx,
+    req: Req,
+) -> Res {
+    let org = app.auth(req.headers(), ctx).await?;
+    let bytes = app.read_json(req).await?;
+    let request: AckMany = body::parse_object(&bytes)?;
+    let max = app.ingestor.config().max_batch;
+    if request.ids.len() > max {
+        return Err(ApiError::Invalid {
+            field: "ids".into(),
+            reason: format!("at most {max} ids (got {})", request.ids.len()),
+        });
+    }
+    let parsed: Vec<Option<EventId>> = request.ids.iter().map(|s| s.parse().ok()).collect();
+    let ids: Vec<EventId> = parsed.iter().flatten().copied().collect();
+    let outcome = app.ingestor.ack_many(&org, &ids).await?;
+    let acknowledged: HashSet<EventId> = outcome.acknowledged.into_iter().collect();
+    let mut body = AckManyBody { acknowledged: Vec::new(), not_found: Vec::new() };
+    for (text, id) in request.ids.iter().zip(&parsed) {
+        match id {
+            Some(id) if acknowledged.contains(id) => body.acknowledged.push(text),
+            _ => body.not_found.push(text),
+        }
+    }
+    Ok(json_with(StatusCode::OK, &body))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbox_queries() {
+        let q = inbox_query(None).unwrap();
+        assert_eq!(q, InboxQuery::default());
+        let cursor = Cursor::encode(EventId::new());
+        let q = inbox_query(Some(&format!("status=failed&type=user.*&limit=5&cursor={cursor}")))
+            .unwrap();
+        assert_eq!(q.status, EventStatus::Failed);
+        assert_eq!(q.type_glob.unwrap().as_str(), "user.*");
+        assert_eq!(q.limit, 5);
+        assert_eq!(q.cursor.as_deref(), Some(cursor.as_str()));
+        for bad in ["status=done", "limit=0", "limit=1001", "limit=x", "type=a%20b", "cursor=zz"] {
+            assert_eq!(inbox_query(Some(bad)).unwrap_err().code(), "invalid_query", "{bad}");
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! `GET /api/queue/stats`, `/health`, `/health/ready`, `/metrics`, `/openapi.json`.
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use triggers_core::{Deliverer, EventStore};
+
+use crate::app::{App, Ctx, Req, Res};
+use crate::dto::{StatsBody, StatusOk};
+use crate::error::ApiError;
+use crate::respond::{json_with, with_body, Body};
+
+pub(super) async fn stats<S: EventStore, D: Deliverer>(
+    app: &App<S, D>,
+    ctx: &mut Ctx,
+    req: Req,
+) -> Res {
+    let org = app.auth(req.headers(), ctx).await?;
+    let stats = app.ingestor.stats(&org).await?;
+    Ok(json_with(StatusCode::OK, &StatsBody::from(stats)))
+}
+
+pub(super) fn health() -> Response<Body> {
+    json_with(StatusCode::OK, &StatusOk { status: "ok" })
+}
+
+/// A store round trip; any failure is 503 `store_unavailable`.
+pub(super) async fn ready<S: EventStore, D: Deliverer>(app: &App<S, D>) -> Res {
+    match app.ingestor.ready().await {
+        Ok(()) => Ok(health()),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            Err(ApiError::Unavailable)
+        }
+    }
+}
+
+pub(super) async fn metrics<S: EventStore, D: Deliverer>(app: &App<S, D>) -> Res {
+    let depth = match app.ingestor.queue_depth().await {
+        Ok(depth) => Some(depth),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the queue depth for /metrics failed");
+            None
+        }
+    };
+    let text = app.metrics.encode(depth);
+    Ok(with_body(
+        StatusCode::OK,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        Bytes::from(text),
+    ))
+}
+
+pub(super) fn openapi() -> Response<Body> {
+    with_body(StatusCode::OK, "application/json", crate::openapi::document_bytes())
+}

@@ -1,0 +1,200 @@
+//! Prometheus metrics (through the `prometheus-client` crate), served at `GET /metrics`.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `triggers_ingest_events_total` | counter | `outcome`: accepted, duplicate, invalid, rate_limited, overloaded, error |
+//! | `triggers_ingest_duration_seconds` | histogram | `route`: single, batch |
+//! | `triggers_deliveries_total` | counter | `outcome`: delivered, retried, failed, stale |
+//! | `triggers_delivery_duration_seconds` | histogram | — |
+//! | `triggers_queue_depth` | gauge | — (outstanding deliveries, read from the store at scrape time) |
+//! | `triggers_rate_limited_requests_total` | counter | — |
+//! | `triggers_http_responses_total` | counter | `status` |
+//! | `triggers_http_connections` | gauge | — (open connections) |
+//! | `triggers_http_connections_rejected_total` | counter | — (over the connection cap) |
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use triggers_core::{DeliveryResult, Observer};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Status {
+    status: u16,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ~1.6 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+/// The server's metrics. Pass it as `IngestorConfig::observer` to count deliveries, and to
+/// [`Server::with_metrics`](crate::Server::with_metrics) to serve it.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    ingest: Family<Outcome, Counter>,
+    ingest_latency: HistogramFamily<RouteLabel>,
+    deliveries: Family<Outcome, Counter>,
+    delivery_latency: Histogram,
+    queue_depth: Gauge,
+    rate_limited: Counter,
+    http: Family<Status, Counter>,
+    connections: Gauge,
+    rejected: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics, all zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("triggers");
+        let ingest = Family::<Outcome, Counter>::default();
+        registry.register("ingest_events", "Events submitted, by outcome", ingest.clone());
+        let ingest_latency: HistogramFamily<RouteLabel> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "ingest_duration",
+            "Time to validate, rate-limit, dedup and durably store a request's events",
+            Unit::Seconds,
+            ingest_latency.clone(),
+        );
+        let deliveries = Family::<Outcome, Counter>::default();
+        registry.register("deliveries", "Delivery attempts, by outcome", deliveries.clone());
+        let delivery_latency = latency_histogram();
+        registry.register_with_unit(
+            "delivery_duration",
+            "Duration of delivery attempts",
+            Unit::Seconds,
+            delivery_latency.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register("queue_depth", "Outstanding deliveries", queue_depth.clone());
+        let rate_limited = Counter::default();
+        registry.register(
+            "rate_limited_requests",
+            "Requests refused with 429",
+            rate_limited.clone(),
+        );
+        let http = Family::<Status, Counter>::default();
+        registry.register("http_responses", "HTTP responses, by status", http.clone());
+        let connections = Gauge::default();
+        registry.register("http_connections", "Open HTTP connections", connections.clone());
+        let rejected = Counter::default();
+        registry.register(
+            "http_connections_rejected",
+            "Connections closed at once because the connection cap was reached",
+            rejected.clone(),
+        );
+        Self {
+            registry,
+            ingest,
+            ingest_latency,
+            deliveries,
+            delivery_latency,
+            queue_depth,
+            rate_limited,
+            http,
+            connections,
+            rejected,
+        }
+    }
+
+    /// Counts `n` submitted events with this outcome.
+    pub(crate) fn ingested(&self, outcome: &'static str, n: u64) {
+        self.ingest.get_or_create(&Outcome { outcome }).inc_by(n);
+    }
+
+    /// Records how long an ingest request took (`route`: single or batch).
+    pub(crate) fn ingest_latency(&self, route: &'static str, d: Duration) {
+        self.ingest_latency.get_or_create(&RouteLabel { route }).observe(d.as_secs_f64());
+    }
+
+    /// Counts a response.
+    pub(crate) fn response(&self, status: u16) {
+        self.http.get_or_create(&Status { status }).inc();
+        if status == 429 {
+            self.rate_limited.inc();
+        }
+    }
+
+    /// A connection opened (`+1`) or closed (`-1`).
+    pub(crate) fn connection(&self, delta: i64) {
+        self.connections.inc_by(delta);
+    }
+
+    /// A connection was refused over the cap.
+    pub(crate) fn rejected_connection(&self) {
+        self.rejected.inc();
+    }
+
+    /// The exposition text, with the queue depth set to `queue_depth` (if it could be read).
+    pub(crate) fn encode(&self, queue_depth: Option<u64>) -> String {
+        if let Some(depth) = queue_depth {
+            self.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+        }
+        let mut out = String::with_capacity(4096);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+impl Observer for Metrics {
+    fn delivery(&self, result: DeliveryResult, latency: Duration) {
+        self.deliveries.get_or_create(&Outcome { outcome: result.as_str() }).inc();
+        self.delivery_latency.observe(latency.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_every_family() {
+        let m = Metrics::new();
+        m.ingested("accepted", 3);
+        m.ingest_latency("single", Duration::from_micros(300));
+        m.delivery(DeliveryResult::Delivered, Duration::from_millis(2));
+        m.response(202);
+        m.response(429);
+        m.connection(1);
+        let text = m.encode(Some(7));
+        for line in [
+            "triggers_ingest_events_total{outcome=\"accepted\"} 3",
+            "triggers_deliveries_total{outcome=\"delivered\"} 1",
+            "triggers_queue_depth 7",
+            "triggers_rate_limited_requests_total 1",
+            "triggers_http_responses_total{status=\"202\"} 1",
+            "triggers_http_connections 1",
+            "triggers_ingest_duration_seconds_count{route=\"single\"} 1",
+            "triggers_delivery_duration_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! The OpenAPI 3.1 document served at `GET /openapi.json`.
+//!
+//! Paths come from the router's table ([`crate::routes`]); each route's operation is written
+//! in [`operation`], whose `match` is exhaustive, so a route cannot be served undocumented.
+
+mod schemas;
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+use crate::router::{routes, Route};
+
+/// What a route needs, for the document.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    None,
+    ApiKey,
+    Admin,
+}
+
+/// One documented operation.
+struct Op {
+    id: &'static str,
+    summary: &'static str,
+    auth: Auth,
+    request: Option<&'static str>,
+    /// Success statuses with their schema (`None`: no body).
+    ok: &'static [(u16, Option<&'static str>)],
+    /// Error statuses (problem+json).
+    errors: &'static [u16],
+}
+
+/// Errors of routes with a JSON body, authenticated by API key, that hit the store.
+const BODY_ERRORS: &[u16] = &[400, 401, 408, 413, 415, 422, 500, 503];
+/// Errors of authenticated routes without a body.
+const AUTH_ERRORS: &[u16] = &[401, 500, 503];
+/// Errors of authenticated routes addressing an item by id.
+const ITEM_ERRORS: &[u16] = &[401, 404, 500, 503];
+
+fn operation(route: Route) -> Op {
+    let op = |id, summary, auth, request, ok, errors| Op { id, summary, auth, request, ok, errors };
+    match route {
+        Route::KeysGenerate => op(
+            "generateKey",
+            "Create an organization and its API key (the only time the key is shown)",
+            Auth::Admin,
+            Some("GenerateKeyRequest"),
+            &[(201, Some("KeyCreated"))],
+            BODY_ERRORS,
+        ),
+        Route::KeysShow => op(
+            "showKey",
+            "The caller's organization and webhooks",
+            Auth::ApiKey,
+            None,
+            &[(200, Some("KeyInfo"))],
+            AUTH_ERRORS,
+        ),
+        Route::KeysRotate => op(
+            "rotateKey",
+            "Issue a new API key; the old one stops working at once",
+            Auth::ApiKey,
+            None,
+            &[(200, Some("ApiKey"))],
+            AUTH_ERRORS,
+        ),
+        Route::EventsCreate => op(
+            "createEvent",
+            "Ingest one event (202), or find the original of a duplicate dedup_id (200)",
+            Auth::ApiKey,
+            Some("NewEvent"),
+            &[(202, Some("Accepted")), (200, Some("Accepted"))],
+            &[400, 401, 408, 413, 415, 422, 429, 500, 503],
+        ),
+        Route::EventsBatch => op(
+            "createEvents",
+            "Ingest 1-1000 events; one result per item, in order",
+            Auth::ApiKey,
+            Some("BatchRequest"),
+            &[(200, Some("BatchResults"))],
+            &[400, 401, 408, 413, 415, 422, 429, 500, 503],
+        ),
+        Route::EventsShow => op(
+            "showEvent",
+            "One event with its delivery attempts",
+            Auth::ApiKey,
+            None,
+            &[(200, Some("EventDetail"))],
+            ITEM_ERRORS,
+        ),
+        Route::EventsReplay => op(
+            "replayEvent",
+            "Deliver an event again to its matching webhooks",
+            Auth::ApiKey,
+            None,
+            &[(202, Some("IdStatus"))],
+            ITEM_ERRORS,
+        ),
+        Route::Inbox => op(
+            "listInbox",
+            "A page of events, oldest first (ascending id); follow next_cursor",
+            Auth::ApiKey,
+            None,
+            &[(200, Some("InboxPage"))],
+            &[400, 401, 500, 503],
+        ),
+        Route::AckOne => op(
+            "ackEvent",
+            "Mark one event delivered (idempotent)",
+            Auth::ApiKey,
+            None,
+            &[(200, Some("IdStatus"))],
+            ITEM_ERRORS,
+        ),
+        Route::AckMany => op(
+            "ackEvents",
+            "Mark up to 1000 events delivered",
+            Auth::ApiKey,
+            Some("AckRequest"),
+            &[(200, Some("AckResult"))],
+            BODY_ERRORS,
+        ),
+        Route::WebhookCreate => op(
+            "createWebhook",
+            "Add a webhook endpoint (the only time, besides rotation, the secret is shown)",
+            Auth::ApiKey,
+            Some("WebhookConfigRequest"),
+            &[(201, Some("WebhookCreated"))],
+            BODY_ERRORS,
+        ),
+        Route::WebhookList => op(
+            "listWebhooks",
+            "The organization's webhook endpoints",
+            Auth::ApiKey,
+            None,
+            &[(200, Some("WebhookList"))],
+            AUTH_ERRORS,
+        ),
+        Route::WebhookDelete => op(
+            "deleteWebhook",
+            "Delete a webhook endpoint and cancel its outstanding deliveries",
+            Auth::ApiKey,
+            None,
+            &[(204, None)],
+            ITEM_ERRORS,
+        ),
+        Route::WebhookRotateSecret => op(
+            "rotateWebhookSecret",
+            "Give a webhook a new signing secret; the old one keeps signing for a grace period",
+            Auth::ApiKey,
+            None,
+            &[(200, Some("Secret"))],
+            ITEM_ERRORS,
+        ),
+        Route::QueueStats => op(
+            "queueStats",
+            "Event counts by status, and deliveries in flight, for the caller",
+            Auth::ApiKey,
+            None,
+            &[(200, Some("QueueStats"))],
+            AUTH_ERRORS,
+        ),
+        Route::Health => op("health", "Liveness", Auth::None, None, &[(200, Some("Health"))], &[]),
+        Route::Ready => op(
+            "ready",
+            "Readiness: a store round trip",
+            Auth::None,
+            None,
+            &[(200, Some("Health"))],
+            &[503],
+        ),
+        Route::Metrics => op(
+            "metrics",
+            "Prometheus metrics (OpenMetrics text)",
+            Auth::None,
+            None,
+            &[(200, Some("text"))],
+            &[],
+        ),
+        Route::OpenApi => {
+            op("openapi", "This document", Auth::None, None, &[(200, Some("object"))], &[])
+        }
+    }
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn header_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/headers/{name}") })
+}
+
+fn response(status: u16, schema: Option<&str>, auth: Auth) -> Value {
+    let mut r = Map::new();
+    r.insert("description".into(), json!(reason(status)));
+    let mut headers = Map::new();
+    if auth == Auth::ApiKey {
+        for h in ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"] {
+            headers.insert(h.into(), header_ref(h));
+        }
+    }
+    if matches!(status, 429 | 503) {
+        headers.insert("Retry-After".into(), header_ref("Retry-After"));
+    }
+    if !headers.is_empty() {
+        r.insert("headers".into(), Value::Object(headers));
+    }
+    let content = match schema {
+        None => None,
+        Some("text") => Some(json!({
+            "application/openmetrics-text": { "schema": { "type": "string" } }
+        })),
+        Some("object") => Some(json!({ "application/json": { "schema": { "type": "object" } } })),
+        Some(name) if status >= 400 => {
+            Some(json!({ "application/problem+json": { "schema": schema_ref(name) } }))
+        }
+        Some(name) => Some(json!({ "application/json": { "schema": schema_ref(name) } })),
+    };
+    if let Some(content) = content {
+        r.insert("content".into(), content);
+    }
+    Value::Object(r)
+}
+
+fn reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("")
+}
+
+fn operation_json(path: &str, route: Route) -> Value {
+    let op = operation(route);
+    let mut responses = BTreeMap::new();
+    for &(status, schema) in op.ok {
+        responses.insert(status.to_string(), response(status, schema, op.auth));
+    }
+    for &status in op.errors {
+        responses.insert(status.to_string(), response(status, Some("Problem"), op.auth));
+    }
+    let mut o = Map::new();
+    o.insert("operationId".into(), json!(op.id));
+    o.insert("summary".into(), json!(op.summary));
+    o.insert(
+        "security".into(),
+        match op.auth {
+            Auth::None => json!([]),
+            Auth::ApiKey => json!([{ "ApiKey": [] }]),
+            // Without a configured admin token the route is open.
+            Auth::Admin => json!([{ "AdminToken": [] }, {}]),
+        },
+    );
+    if path.contains("{id}") {
+        o.insert(
+            "parameters".into(),
+            json!([{
+                "name": "id", "in": "path", "required": true,
+                "description": "A UUID; a malformed id is answered like an unknown one (404)",
+                "schema": { "type": "string", "format": "uuid" }
+            }]),
+        );
+    }
+    if route == Route::Inbox {
+        o.insert("parameters".into(), schemas::inbox_parameters());
+    }
+    if let Some(name) = op.request {
+        o.insert(
+            "requestBody".into(),
+            json!({
+                "required": true,
+                "content": { "application/json": { "schema": schema_ref(name) } }
+            }),
+        );
+    }
+    o.insert("responses".into(), json!(responses));
+    Value::Object(o)
+}
+
+/// The document as a JSON value.
+pub(crate) fn document() -> Value {
+    let mut paths: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
+    for info in routes() {
+        paths
+            .entry(info.path)
+            .or_default()
+            .insert(info.method.to_ascii_lowercase(), operation_json(info.path, info.route));
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Triggers API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": schemas::DESCRIPTION,
+        },
+        "paths": paths,
+        "components": schemas::components(),
+    })
+}
+
+/// The document as JSON text, built once.
+pub(crate) fn document_bytes() -> Bytes {
+    static DOC: OnceLock<Bytes> = OnceLock::new();
+    DOC.get_or_init(|| Bytes::from(document().to_string())).clone()
+}

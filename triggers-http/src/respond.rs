@@ -1,0 +1,98 @@
+//! Building responses: JSON bodies, rate-limit headers, timestamps.
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use serde::{Serialize, Serializer};
+use triggers_core::{RateDecision, Timestamp};
+
+/// The body type of every response.
+pub(crate) type Body = Full<Bytes>;
+
+/// `X-RateLimit-Limit`.
+pub(crate) static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+/// `X-RateLimit-Remaining`.
+pub(crate) static X_RATELIMIT_REMAINING: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining");
+/// `X-RateLimit-Reset`: seconds until the full allowance is back.
+pub(crate) static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// A response with `status` and `value` serialised as `application/json`.
+pub(crate) fn json_with<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => with_body(status, "application/json", Bytes::from(bytes)),
+        Err(e) => {
+            // Only non-string map keys or failing Serialize impls can get here: none of ours.
+            tracing::error!(error = %e, "serialising a response failed");
+            let body = Bytes::from_static(
+                br#"{"type":"urn:triggers:problem:internal_error","title":"Internal error","status":500,"detail":"an internal error occurred; it has been logged","code":"internal_error"}"#,
+            );
+            with_body(StatusCode::INTERNAL_SERVER_ERROR, "application/problem+json", body)
+        }
+    }
+}
+
+/// A response with a body of the given content type.
+pub(crate) fn with_body(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<Body> {
+    let mut res = Response::new(Full::new(body));
+    *res.status_mut() = status;
+    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
+}
+
+/// A response without a body.
+pub(crate) fn empty(status: StatusCode) -> Response<Body> {
+    let mut res = Response::new(Full::new(Bytes::new()));
+    *res.status_mut() = status;
+    res
+}
+
+/// Sets `X-RateLimit-Limit`, `-Remaining` and `-Reset` (whole seconds, rounded up).
+pub(crate) fn rate_headers(headers: &mut HeaderMap, d: &RateDecision) {
+    let reset = d.reset.as_secs() + u64::from(d.reset.subsec_nanos() > 0);
+    headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(d.limit));
+    headers.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(d.remaining));
+    headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(reset));
+}
+
+/// Serialises a timestamp as RFC 3339 UTC with microseconds: `2024-05-01T12:00:00.123456Z`.
+pub(crate) fn rfc3339<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&t.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
+}
+
+/// [`rfc3339`] for an optional timestamp (`null` when absent).
+pub(crate) fn rfc3339_opt<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => rfc3339(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[derive(Serialize)]
+    struct T {
+        #[serde(serialize_with = "rfc3339")]
+        at: Timestamp,
+        #[serde(serialize_with = "rfc3339_opt")]
+        none: Option<Timestamp>,
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_micros() {
+        let at = chrono::Utc.timestamp_opt(1_700_000_000, 123_456_000).unwrap();
+        let json = serde_json::to_string(&T { at, none: None }).unwrap();
+        assert_eq!(json, r#"{"at":"2023-11-14T22:13:20.123456Z","none":null}"#);
+        let parsed = chrono::DateTime::parse_from_rfc3339("2023-11-14T22:13:20.123456Z").unwrap();
+        assert_eq!(parsed, at);
+    }
+}

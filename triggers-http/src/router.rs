@@ -1,0 +1,176 @@
+//! The route table and a small matcher: method + path segments, `{id}` as the only parameter.
+//!
+//! The same table drives dispatch and the OpenAPI document, so the two cannot drift apart.
+
+use http::Method;
+
+/// What a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    KeysGenerate,
+    KeysShow,
+    KeysRotate,
+    EventsCreate,
+    EventsBatch,
+    EventsShow,
+    EventsReplay,
+    Inbox,
+    AckOne,
+    AckMany,
+    WebhookCreate,
+    WebhookList,
+    WebhookDelete,
+    WebhookRotateSecret,
+    QueueStats,
+    Health,
+    Ready,
+    Metrics,
+    OpenApi,
+}
+
+/// One route the server serves.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteInfo {
+    /// The HTTP method, upper case.
+    pub method: &'static str,
+    /// The path pattern; `{id}` stands for one path segment.
+    pub path: &'static str,
+    pub(crate) route: Route,
+}
+
+const fn r(method: &'static str, path: &'static str, route: Route) -> RouteInfo {
+    RouteInfo { method, path, route }
+}
+
+/// Every route, in documentation order.
+static ROUTES: [RouteInfo; 19] = [
+    r("POST", "/api/keys/generate", Route::KeysGenerate),
+    r("GET", "/api/keys", Route::KeysShow),
+    r("POST", "/api/keys/rotate", Route::KeysRotate),
+    r("POST", "/api/events", Route::EventsCreate),
+    r("POST", "/api/events/batch", Route::EventsBatch),
+    r("GET", "/api/events/{id}", Route::EventsShow),
+    r("POST", "/api/events/{id}/replay", Route::EventsReplay),
+    r("GET", "/api/inbox", Route::Inbox),
+    r("POST", "/api/ack/{id}", Route::AckOne),
+    r("POST", "/api/ack", Route::AckMany),
+    r("POST", "/api/webhook/config", Route::WebhookCreate),
+    r("GET", "/api/webhook/config", Route::WebhookList),
+    r("DELETE", "/api/webhooks/{id}", Route::WebhookDelete),
+    r("POST", "/api/webhooks/{id}/rotate-secret", Route::WebhookRotateSecret),
+    r("GET", "/api/queue/stats", Route::QueueStats),
+    r("GET", "/health", Route::Health),
+    r("GET", "/health/ready", Route::Ready),
+    r("GET", "/metrics", Route::Metrics),
+    r("GET", "/openapi.json", Route::OpenApi),
+];
+
+/// Every route the server serves: method and path pattern.
+pub fn routes() -> &'static [RouteInfo] {
+    &ROUTES
+}
+
+/// The outcome of matching a request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Match<'a> {
+    /// A route, and its `{id}` segment if it has one.
+    Found(Route, Option<&'a str>),
+    /// The path exists but not with this method; the allowed methods, comma separated.
+    MethodNotAllowed(String),
+    /// No route has this path.
+    NotFound,
+}
+
+/// Whether `path` fits `pattern`; the `{id}` segment if so.
+fn fit<'a>(pattern: &str, path: &'a str) -> Option<Option<&'a str>> {
+    let mut param = None;
+    let mut pat = pattern.split('/');
+    let mut segs = path.split('/');
+    loop {
+        match (pat.next(), segs.next()) {
+            (None, None) => return Some(param),
+            (Some("{id}"), Some(seg)) if !seg.is_empty() => param = Some(seg),
+            (Some(p), Some(seg)) if p == seg => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Finds the route for `method` and `path` (without the query). Literal segments win over
+/// `{id}`: `POST /api/events/batch` is the batch route, `GET /api/events/batch` is the event
+/// route (and answers 404, since `batch` is not an id).
+pub(crate) fn find<'a>(method: &Method, path: &'a str) -> Match<'a> {
+    let mut allowed: Vec<&'static str> = Vec::new();
+    let mut found: Option<(Route, Option<&'a str>)> = None;
+    for info in &ROUTES {
+        let Some(param) = fit(info.path, path) else { continue };
+        if info.method == method.as_str() {
+            // A literal match (no parameter) beats a parameter match.
+            match found {
+                Some((_, None)) => {}
+                _ => found = Some((info.route, param)),
+            }
+        } else if !allowed.contains(&info.method) {
+            allowed.push(info.method);
+        }
+    }
+    match found {
+        Some((route, param)) => Match::Found(route, param),
+        None if allowed.is_empty() => Match::NotFound,
+        None => {
+            allowed.sort_unstable();
+            Match::MethodNotAllowed(allowed.join(", "))
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_literals_parameters_and_methods() {
+        assert_eq!(find(&Method::POST, "/api/events"), Match::Found(Route::EventsCreate, None));
+        assert_eq!(
+            find(&Method::POST, "/api/events/batch"),
+            Match::Found(Route::EventsBatch, None)
+        );
+        assert_eq!(
+            find(&Method::GET, "/api/events/batch"),
+            Match::Found(Route::EventsShow, Some("batch"))
+        );
+        assert_eq!(
+            find(&Method::POST, "/api/events/abc/replay"),
+            Match::Found(Route::EventsReplay, Some("abc"))
+        );
+        assert_eq!(
+            find(&Method::DELETE, "/api/events/batch"),
+            Match::MethodNotAllowed("GET, POST".into())
+        );
+        assert_eq!(
+            find(&Method::PUT, "/api/webhook/config"),
+            Match::MethodNotAllowed("GET, POST".into())
+        );
+        assert_eq!(find(&Method::GET, "/api/events/"), Match::NotFound);
+        assert_eq!(find(&Method::GET, "/api/events"), Match::MethodNotAllowed("POST".into()));
+        assert_eq!(find(&Method::GET, "/api/event"), Match::NotFound);
+        assert_eq!(find(&Method::GET, "/health/"), Match::NotFound);
+        assert_eq!(find(&Method::GET, ""), Match::NotFound);
+        assert_eq!(find(&Method::GET, "/api/events//replay"), Match::NotFound);
+    }
+
+    #[test]
+    fn every_route_matches_itself_and_is_unique() {
+        for info in routes() {
+            let path = info.path.replace("{id}", "x");
+            let method = Method::from_bytes(info.method.as_bytes()).unwrap();
+            assert_eq!(
+                find(&method, &path),
+                Match::Found(info.route, info.path.contains('{').then_some("x"))
+            );
+            let same = routes().iter().filter(|o| o.method == info.method && o.path == info.path);
+            assert_eq!(same.count(), 1, "{} {} listed twice", info.method, info.path);
+        }
+    }
+}

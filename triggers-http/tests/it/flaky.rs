@@ -1,0 +1,169 @@
+//! A MemoryStore that can be told to fail, to test 503 and 500 answers.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use triggers_core::store::{
+    AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointStore, EventLog,
+    InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, StoreResult,
+};
+use triggers_core::{
+    DeliveryId, Endpoint, EndpointId, Event, EventDetail, EventId, EventRecord, EventStatus,
+    KeyHash, MemoryStore, Organization, OrganizationId, Secret, StoreError, Timestamp, WorkerId,
+};
+
+/// How the store behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    Healthy = 0,
+    Unavailable = 1,
+    Overloaded = 2,
+    Broken = 3,
+}
+
+#[derive(Clone, Default)]
+pub struct FlakyStore {
+    inner: Arc<MemoryStore>,
+    mode: Arc<AtomicU8>,
+}
+
+impl FlakyStore {
+    pub fn set(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    /// Fails the way the mode says (reads and writes alike; key lookups keep working).
+    fn check(&self) -> StoreResult<()> {
+        match self.mode.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            1 => Err(StoreError::Unavailable("connection refused to db.internal:5432".into())),
+            2 => Err(StoreError::Overloaded("writer queue full".into())),
+            _ => Err(StoreError::Corrupt("table events_secret_internal is damaged".into())),
+        }
+    }
+}
+
+#[async_trait]
+impl OrgStore for FlakyStore {
+    async fn create_organization(&self, org: &Organization, key: &KeyHash) -> StoreResult<()> {
+        self.check()?;
+        self.inner.create_organization(org, key).await
+    }
+    async fn organization_by_key(&self, key: &KeyHash) -> StoreResult<Option<Organization>> {
+        self.inner.organization_by_key(key).await
+    }
+    async fn organization(&self, id: OrganizationId) -> StoreResult<Option<Organization>> {
+        self.inner.organization(id).await
+    }
+    async fn replace_key(&self, id: OrganizationId, key: &KeyHash) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.replace_key(id, key).await
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.check()?;
+        self.inner.ping().await
+    }
+}
+
+#[async_trait]
+impl EndpointStore for FlakyStore {
+    async fn create_endpoint(&self, org: OrganizationId, e: &NewEndpoint) -> StoreResult<Endpoint> {
+        self.check()?;
+        self.inner.create_endpoint(org, e).await
+    }
+    async fn endpoints(&self, org: OrganizationId) -> StoreResult<Vec<Endpoint>> {
+        self.check()?;
+        self.inner.endpoints(org).await
+    }
+    async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.delete_endpoint(org, id).await
+    }
+    async fn rotate_endpoint_secret(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        secret: &Secret,
+        previous_valid_until: Timestamp,
+    ) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.rotate_endpoint_secret(org, id, secret, previous_valid_until).await
+    }
+}
+
+#[async_trait]
+impl EventLog for FlakyStore {
+    async fn insert_events(
+        &self,
+        org: OrganizationId,
+        events: Vec<EventRecord>,
+        dedup_window: Duration,
+        now: Timestamp,
+    ) -> StoreResult<Vec<InsertOutcome>> {
+        self.check()?;
+        self.inner.insert_events(org, events, dedup_window, now).await
+    }
+    async fn event(&self, org: OrganizationId, id: EventId) -> StoreResult<Option<EventDetail>> {
+        self.check()?;
+        self.inner.event(org, id).await
+    }
+    async fn list_events(
+        &self,
+        org: OrganizationId,
+        query: &ListQuery,
+    ) -> StoreResult<Page<Event>> {
+        self.check()?;
+        self.inner.list_events(org, query).await
+    }
+    async fn ack(
+        &self,
+        org: OrganizationId,
+        ids: &[EventId],
+        now: Timestamp,
+    ) -> StoreResult<AckOutcome> {
+        self.check()?;
+        self.inner.ack(org, ids, now).await
+    }
+    async fn replay(
+        &self,
+        org: OrganizationId,
+        id: EventId,
+        now: Timestamp,
+    ) -> StoreResult<Option<EventStatus>> {
+        self.check()?;
+        self.inner.replay(org, id, now).await
+    }
+    async fn stats(&self, org: OrganizationId) -> StoreResult<QueueStats> {
+        self.check()?;
+        self.inner.stats(org).await
+    }
+}
+
+#[async_trait]
+impl DeliveryQueue for FlakyStore {
+    async fn claim(&self, req: ClaimRequest) -> StoreResult<Vec<Delivery>> {
+        self.inner.claim(req).await
+    }
+    async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
+        self.inner.complete(completions).await
+    }
+    async fn release(&self, id: DeliveryId, owner: WorkerId, attempt: u32) -> StoreResult<bool> {
+        self.inner.release(id, owner, attempt).await
+    }
+    async fn extend_lease(
+        &self,
+        id: DeliveryId,
+        owner: WorkerId,
+        attempt: u32,
+        until: Timestamp,
+    ) -> StoreResult<bool> {
+        self.inner.extend_lease(id, owner, attempt, until).await
+    }
+    async fn queue_depth(&self) -> StoreResult<u64> {
+        self.check()?;
+        self.inner.queue_depth().await
+    }
+}

@@ -1,0 +1,65 @@
+//! Rate limits through HTTP, on a manual clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use triggers_core::clock::ManualClock;
+use triggers_core::{Tier, TierLimits};
+
+use crate::support::{Options, TestServer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_after_the_allowance_is_429_and_other_orgs_are_unaffected() {
+    let clock = ManualClock::new();
+    let mut opts = Options::default();
+    opts.ingestor.tier_limits = TierLimits::default().with(Tier::Free, 3);
+    opts.ingestor.clock = Arc::new(clock.clone());
+    let server = TestServer::start(opts).await;
+    let c = &server.client;
+    let (a, b) = (server.key("free").await, server.key("free").await);
+
+    for remaining in [2, 1, 0] {
+        let r = c.event(&a, "t", None).await;
+        assert_eq!(r.status, 202);
+        assert_eq!(r.header("x-ratelimit-limit"), "3");
+        assert_eq!(r.header("x-ratelimit-remaining"), remaining.to_string());
+    }
+    let r = c.event(&a, "t", None).await;
+    let p = r.problem(429, "rate_limited");
+    assert!(p["detail"].as_str().unwrap().contains("3 events per minute"));
+    assert_eq!(r.header("x-ratelimit-limit"), "3");
+    assert_eq!(r.header("x-ratelimit-remaining"), "0");
+    assert_eq!(r.header("retry-after"), "20", "one event refills every 20 s");
+    assert_eq!(r.header("x-ratelimit-reset"), "60");
+    // A batch is refused whole, and other routes still answer with the (unchanged) headers.
+    let batch = json!({"events": [{"type": "t", "payload": 1}]});
+    c.post("/api/events/batch", &a, batch.clone()).await.problem(429, "rate_limited");
+    let r = c.get("/api/inbox", &a).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["events"].as_array().unwrap().len(), 3, "refused events were not stored");
+    assert_eq!(r.header("x-ratelimit-remaining"), "0");
+
+    // Another organization of the same tier has its own allowance.
+    let r = c.event(&b, "t", None).await;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.header("x-ratelimit-remaining"), "2");
+
+    // A batch costs its size: 3 events is more than b has left.
+    let three = json!({"events": [{"type": "t", "payload": 1}, {"type": "t", "payload": 2}, {"type": "t", "payload": 3}]});
+    c.post("/api/events/batch", &b, three).await.problem(429, "rate_limited");
+
+    // The allowance refills evenly.
+    clock.advance(Duration::from_secs(20));
+    let r = c.event(&a, "t", None).await;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.header("x-ratelimit-remaining"), "0");
+    c.event(&a, "t", None).await.problem(429, "rate_limited");
+
+    let metrics = c.send("GET", "/metrics", None, None).await.text();
+    assert!(metrics.contains("triggers_rate_limited_requests_total 4"), "{metrics}");
+    assert!(
+        metrics.contains("triggers_ingest_events_total{outcome=\"rate_limited\"} 6"),
+        "{metrics}"
+    );
+}
