@@ -174,8 +174,6 @@ fn claim_complete(c: &mut Criterion, rt: &Runtime, db: &TestDatabase) {
     });
     let mut group = c.benchmark_group("postgres_claim_complete");
     group.throughput(Throughput::Elements(1));
-    let workers: usize = std::env::var("W").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
-    let batch: u32 = std::env::var("B").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
     group.bench_function("8_workers_batch_64", |b| {
         b.to_async(rt).iter_custom(|iters| {
             let store = store.clone();
@@ -192,7 +190,7 @@ fn claim_complete(c: &mut Criterion, rt: &Runtime, db: &TestDatabase) {
                         .unwrap();
                     left -= n;
                 }
-                drain(&store, iters, workers, batch).await
+                drain(&store, iters, 8, 64).await
             }
         })
     });

@@ -38,7 +38,7 @@ pub struct PgConfig {
     /// Default 200 µs.
     pub batch_max_wait: Duration,
     /// Group commit: writer tasks, each writing one batch at a time on its own connection,
-    /// so one batch is being collected while another commits. Default 4.
+    /// so one batch is being collected while another commits. Default 2.
     pub writers: usize,
     /// Group commit: insert requests that may wait for a writer; when full, inserts fail at
     /// once with `Overloaded` (HTTP 503). Default 4096.
@@ -68,7 +68,7 @@ impl Default for PgConfig {
             batch_max_events: 2000,
             batch_max_bytes: 8 << 20,
             batch_max_wait: Duration::from_micros(200),
-            writers: 4,
+            writers: 2,
             channel_capacity: 4096,
             notify_channel: "triggers_deliveries".to_owned(),
             listen: true,
