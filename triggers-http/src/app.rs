@@ -55,13 +55,13 @@ impl<S: EventStore, D: Deliverer> App<S, D> {
     pub(crate) async fn handle(&self, req: Req) -> Response<Body> {
         let started = Instant::now();
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        // A cheap clone (the URI shares the request's buffer), so the path can be borrowed
+        // for routing and logging while the handler owns the request.
+        let uri = req.uri().clone();
+        let path = uri.path();
         let mut ctx = Ctx::default();
-        let result = match router::find(&method, &path) {
-            Match::Found(route, id) => {
-                let id = id.map(str::to_owned);
-                handlers::dispatch(self, &mut ctx, route, id.as_deref(), req).await
-            }
+        let result = match router::find(&method, path) {
+            Match::Found(route, id) => handlers::dispatch(self, &mut ctx, route, id, req).await,
             Match::MethodNotAllowed(allow) => Err(ApiError::MethodNotAllowed(allow)),
             Match::NotFound => Err(ApiError::RouteNotFound),
         };

@@ -62,7 +62,38 @@ pub(crate) fn rate_headers(headers: &mut HeaderMap, d: &RateDecision) {
 
 /// Serialises a timestamp as RFC 3339 UTC with microseconds: `2024-05-01T12:00:00.123456Z`.
 pub(crate) fn rfc3339<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&t.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
+    let mut buf = [0u8; 27];
+    match format_rfc3339(t, &mut buf) {
+        Some(text) => s.serialize_str(text),
+        // Years outside 0..=9999 cannot occur for stored timestamps; fall back anyway.
+        None => s.collect_str(&t.format("%Y-%m-%dT%H:%M:%S%.6fZ")),
+    }
+}
+
+/// Formats without chrono's format-string machinery (this is on every response's path).
+fn format_rfc3339<'a>(t: &Timestamp, buf: &'a mut [u8; 27]) -> Option<&'a str> {
+    use chrono::{Datelike, Timelike};
+    let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
+    let micros = t.nanosecond() % 1_000_000_000 / 1000;
+    let mut put = |at: usize, digits: usize, mut v: u32| {
+        for i in (0..digits).rev() {
+            buf[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, t.month());
+    put(8, 2, t.day());
+    put(11, 2, t.hour());
+    put(14, 2, t.minute());
+    put(17, 2, t.second());
+    put(20, 6, micros);
+    for (at, sep) in
+        [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.'), (26, b'Z')]
+    {
+        buf[at] = sep;
+    }
+    std::str::from_utf8(buf).ok()
 }
 
 /// [`rfc3339`] for an optional timestamp (`null` when absent).
@@ -85,6 +116,18 @@ mod tests {
         at: Timestamp,
         #[serde(serialize_with = "rfc3339_opt")]
         none: Option<Timestamp>,
+    }
+
+    #[test]
+    fn fast_formatting_matches_chrono() {
+        for (secs, nanos) in
+            [(0, 0), (1_700_000_000, 5_000), (253_402_300_799, 999_999_000), (951_782_400, 1)]
+        {
+            let t = chrono::Utc.timestamp_opt(secs, nanos).unwrap();
+            let mut buf = [0u8; 27];
+            let fast = format_rfc3339(&t, &mut buf).unwrap().to_owned();
+            assert_eq!(fast, t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
+        }
     }
 
     #[test]

@@ -1,0 +1,311 @@
+//! An HTTP load generator for `POST /api/events`: N keep-alive connections, each sending one
+//! request at a time with a unique dedup id, for a fixed duration or request count. Prints
+//! requests per second, latency percentiles and status counts.
+//!
+//! ```text
+//! # terminal 1: a server whose enterprise tier will not throttle the run
+//! TRIGGERS_TIER_LIMITS=enterprise=1000000000 RUST_LOG=warn \
+//!     cargo run --release --example server
+//! # terminal 2
+//! cargo run --release --example loadgen -- --connections 64 --duration 10s
+//! ```
+//!
+//! Options: `--url` (default `http://127.0.0.1:8080`), `--connections` (16), `--duration`
+//! (10s), `--requests` (stop after this many instead), `--warmup` (1s, not measured),
+//! `--payload-bytes` (100), `--key` (an API key; by default a new enterprise organization is
+//! created, with `TRIGGERS_ADMIN_TOKEN` as bearer token if set), `--threads` (runtime
+//! worker threads, default: the number of CPUs), `--get PATH` (send `GET PATH` instead, to
+//! measure the HTTP layer alone, e.g. `--get /health`).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+struct Args {
+    host: String,
+    connections: usize,
+    duration: Duration,
+    requests: Option<u64>,
+    warmup: Duration,
+    payload_bytes: usize,
+    key: Option<String>,
+    threads: usize,
+    get: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, Error> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse()?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        _ => return Err(format!("bad duration {s:?}").into()),
+    })
+}
+
+fn parse_args() -> Result<Args, Error> {
+    let mut a = Args {
+        host: "127.0.0.1:8080".into(),
+        connections: 16,
+        duration: Duration::from_secs(10),
+        requests: None,
+        warmup: Duration::from_secs(1),
+        payload_bytes: 100,
+        key: None,
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        get: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--url" => {
+                let url = value()?;
+                let host = url.strip_prefix("http://").ok_or("--url must be http://HOST:PORT")?;
+                a.host = host.trim_end_matches('/').to_owned();
+            }
+            "--connections" | "-c" => a.connections = value()?.parse()?,
+            "--duration" | "-d" => a.duration = parse_duration(&value()?)?,
+            "--requests" | "-n" => a.requests = Some(value()?.parse()?),
+            "--warmup" => a.warmup = parse_duration(&value()?)?,
+            "--payload-bytes" => a.payload_bytes = value()?.parse()?,
+            "--key" => a.key = Some(value()?),
+            "--threads" => a.threads = value()?.parse()?,
+            "--get" => a.get = Some(value()?),
+            "-h" | "--help" => {
+                println!("see the doc comment of examples/loadgen.rs for the options");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown option {other}").into()),
+        }
+    }
+    if a.connections == 0 {
+        return Err("--connections must be at least 1".into());
+    }
+    Ok(a)
+}
+
+/// One keep-alive connection.
+struct Conn {
+    host: String,
+    sender: http1::SendRequest<Full<Bytes>>,
+}
+
+impl Conn {
+    async fn open(host: &str) -> Result<Self, Error> {
+        let stream = TcpStream::connect(host).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(Self { host: host.to_owned(), sender })
+    }
+
+    async fn post(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> Result<(u16, Bytes), Error> {
+        self.send("POST", path, headers, body).await
+    }
+
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> Result<(u16, Bytes), Error> {
+        let mut req = Request::builder().method(method).uri(path).header("host", &self.host);
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json");
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.sender.ready().await?;
+        let res = self.sender.send_request(req.body(Full::new(Bytes::from(body)))?).await?;
+        let status = res.status().as_u16();
+        Ok((status, res.into_body().collect().await?.to_bytes()))
+    }
+}
+
+async fn create_key(host: &str) -> Result<String, Error> {
+    let mut conn = Conn::open(host).await?;
+    let token = std::env::var("TRIGGERS_ADMIN_TOKEN").ok().map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> =
+        token.as_deref().map(|t| ("authorization", t)).into_iter().collect();
+    let body = r#"{"organization_name":"loadgen","tier":"enterprise"}"#.to_owned();
+    let (status, body) = conn.post("/api/keys/generate", &headers, body).await?;
+    if status != 201 {
+        return Err(format!(
+            "key generation answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        )
+        .into());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok(v["api_key"].as_str().ok_or("no api_key in the answer")?.to_owned())
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    statuses: BTreeMap<u16, u64>,
+    errors: u64,
+}
+
+struct Shared {
+    key: String,
+    host: String,
+    padding: String,
+    run: String,
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    budget: Option<AtomicU64>,
+    get: Option<String>,
+}
+
+async fn worker(shared: Arc<Shared>, id: usize) -> Tally {
+    let mut tally = Tally::default();
+    let mut conn: Option<Conn> = None;
+    let headers = [("x-api-key", shared.key.as_str())];
+    for i in 0u64.. {
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if let Some(budget) = &shared.budget {
+            if shared.measuring.load(Ordering::Relaxed)
+                && budget
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_err()
+            {
+                break;
+            }
+        }
+        if conn.is_none() {
+            match Conn::open(&shared.host).await {
+                Ok(c) => conn = Some(c),
+                Err(_) => {
+                    tally.errors += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let started = Instant::now();
+        let result = match &shared.get {
+            Some(path) => c.send("GET", path, &headers, String::new()).await,
+            None => {
+                let body = format!(
+                    r#"{{"type":"load.test","dedup_id":"{}-{id}-{i}","payload":{{"n":{i},"pad":"{}"}}}}"#,
+                    shared.run, shared.padding
+                );
+                c.post("/api/events", &headers, body).await
+            }
+        };
+        let elapsed = started.elapsed();
+        let measuring = shared.measuring.load(Ordering::Relaxed);
+        match result {
+            Ok((status, _)) if measuring => {
+                *tally.statuses.entry(status).or_default() += 1;
+                tally.latencies_us.push(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX));
+            }
+            Ok(_) => {}
+            Err(_) => {
+                tally.errors += u64::from(measuring);
+                conn = None;
+            }
+        }
+    }
+    tally
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    f64::from(sorted[rank.min(sorted.len() - 1)]) / 1000.0
+}
+
+fn main() -> Result<(), Error> {
+    let args = parse_args()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<(), Error> {
+    let key = match &args.key {
+        Some(k) => k.clone(),
+        None => create_key(&args.host).await?,
+    };
+    let run = format!(
+        "{:x}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos()
+    );
+    let shared = Arc::new(Shared {
+        key,
+        host: args.host.clone(),
+        padding: "x".repeat(args.payload_bytes),
+        run,
+        measuring: AtomicBool::new(args.warmup.is_zero()),
+        stop: AtomicBool::new(false),
+        budget: args.requests.map(AtomicU64::new),
+        get: args.get.clone(),
+    });
+    let tasks: Vec<_> =
+        (0..args.connections).map(|id| tokio::spawn(worker(shared.clone(), id))).collect();
+    tokio::time::sleep(args.warmup).await;
+    shared.measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    if args.requests.is_none() {
+        tokio::time::sleep(args.duration).await;
+        shared.stop.store(true, Ordering::Relaxed);
+    }
+    let mut total = Tally::default();
+    for t in tasks {
+        let t = t.await?;
+        total.latencies_us.extend(t.latencies_us);
+        total.errors += t.errors;
+        for (s, n) in t.statuses {
+            *total.statuses.entry(s).or_default() += n;
+        }
+    }
+    let elapsed = started.elapsed();
+    total.latencies_us.sort_unstable();
+    let n = total.latencies_us.len();
+    let l = &total.latencies_us;
+    println!(
+        "connections={} requests={n} elapsed={:.2}s rate={:.0} req/s",
+        args.connections,
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "latency ms: p50={:.3} p90={:.3} p99={:.3} p99.9={:.3} max={:.3}",
+        percentile(l, 50.0),
+        percentile(l, 90.0),
+        percentile(l, 99.0),
+        percentile(l, 99.9),
+        percentile(l, 100.0)
+    );
+    let statuses: Vec<String> = total.statuses.iter().map(|(s, n)| format!("{s}={n}")).collect();
+    println!("status: {} connection_errors={}", statuses.join(" "), total.errors);
+    Ok(())
+}

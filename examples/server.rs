@@ -1,0 +1,133 @@
+//! The Triggers API server.
+//!
+//! ```text
+//! cargo run --release --example server                       # SQLite at ./triggers.db, 127.0.0.1:8080
+//! DATABASE_URL=postgres://… cargo run --release --features postgres --example server
+//! cargo run --release --example server -- --help             # every setting
+//! ```
+//!
+//! Settings come only from the environment variables of SPEC §5 (see `--help`); a bad value
+//! is a one-line error naming the variable, and exit status 2. PostgreSQL support is compiled
+//! in with the `postgres` feature (it pulls in sqlx); without it, a `postgres://` URL is
+//! refused with exit status 2 and a hint to rebuild.
+//!
+//! SIGINT or SIGTERM shut the server down gracefully: it stops accepting, finishes in-flight
+//! requests, stops the delivery workers (in-flight deliveries finish or are released) and
+//! exits 0.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use triggers::http::settings::{Database, Settings};
+use triggers::http::{shutdown_signal, Metrics, Server, WebhookDeliverer};
+use triggers::sqlite::{SqliteConfig, SqliteStore};
+use triggers::{EventStore, Ingestor, SystemClock};
+
+/// Exit status for bad settings or usage.
+const BAD_SETTINGS: u8 = 2;
+
+fn main() -> ExitCode {
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("-h" | "--help") => {
+            print!("{}", Settings::help());
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("error: unknown argument {other:?}; settings come from the environment (see --help)");
+            return ExitCode::from(BAD_SETTINGS);
+        }
+    }
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(BAD_SETTINGS);
+        }
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&settings.log_filter) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: RUST_LOG: invalid value {:?}: {e}", settings.log_filter);
+            return ExitCode::from(BAD_SETTINGS);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    if matches!(settings.database, Database::Postgres(_)) && !cfg!(feature = "postgres") {
+        eprintln!(
+            "error: DATABASE_URL: postgres:// needs the server built with the postgres feature: \
+             cargo run --release --features postgres --example server"
+        );
+        return ExitCode::from(BAD_SETTINGS);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| format!("cannot listen on TRIGGERS_LISTEN={}: {e}", settings.listen))?;
+    match &settings.database {
+        Database::Sqlite(path) => {
+            let config = SqliteConfig {
+                // Dedup ids must outlive the dedup window.
+                dedup_retention: SqliteConfig::default().dedup_retention.max(settings.dedup_window),
+                ..SqliteConfig::default()
+            };
+            let store = SqliteStore::open(path, config)
+                .map_err(|e| format!("cannot open the SQLite database {}: {e}", path.display()))?;
+            let purge = store.spawn_purge_task(Arc::new(SystemClock), Duration::from_secs(3600));
+            let result = serve(store, &settings, listener).await;
+            purge.abort();
+            result
+        }
+        #[cfg(feature = "postgres")]
+        Database::Postgres(url) => {
+            use triggers::postgres::{PgConfig, PgStore};
+            let store = PgStore::connect(url, PgConfig::default())
+                .await
+                .map_err(|e| format!("cannot connect to {}: {e}", settings.database.describe()))?;
+            serve(store, &settings, listener).await
+        }
+        #[cfg(not(feature = "postgres"))]
+        Database::Postgres(_) => Err("built without the postgres feature".into()),
+    }
+}
+
+/// Serves the API over `store` until SIGINT or SIGTERM.
+async fn serve<S: EventStore>(
+    store: S,
+    settings: &Settings,
+    listener: TcpListener,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let metrics = Arc::new(Metrics::new());
+    let mut config = settings.ingestor_config();
+    config.observer = Some(metrics.clone());
+    let deliverer = WebhookDeliverer::new(settings.webhook_config())?;
+    let ingestor = Ingestor::start(store, deliverer, config);
+    let addr = listener.local_addr()?;
+    println!(
+        "triggers: listening on http://{addr} (store: {}; {} delivery workers)",
+        settings.database.describe(),
+        settings.workers
+    );
+    Server::with_metrics(ingestor, settings.server_config(), metrics)
+        .serve(listener, shutdown_signal())
+        .await?;
+    Ok(())
+}
