@@ -55,6 +55,8 @@ CREATE TABLE dedup (
 );
 
 CREATE TABLE deliveries (
+    -- The event id's 48-bit time prefix and random bits (see triggers_delivery_id), so new ids are
+    -- appended to the primary key's right edge like the (UUID v7) event ids.
     id                uuid        PRIMARY KEY,
     event_id          uuid        NOT NULL,
     organization_id   uuid        NOT NULL,
@@ -84,16 +86,21 @@ ALTER TABLE deliveries SET (
     autovacuum_vacuum_cost_delay = 0
 );
 
+-- A delivery id for `event_id`: its time-ordered first 48 bits, then random bits.
+CREATE FUNCTION triggers_delivery_id(event_id uuid) RETURNS uuid
+LANGUAGE sql VOLATILE PARALLEL SAFE
+AS $$ SELECT (left(event_id::text, 14) || right(gen_random_uuid()::text, 22))::uuid $$;
+
 CREATE TABLE attempts (
-    seq          bigserial   PRIMARY KEY,
     event_id     uuid        NOT NULL,
+    seq          bigserial   NOT NULL,
     endpoint_id  uuid        NOT NULL,
     at           timestamptz NOT NULL,
     status_code  integer,
     latency_ms   bigint      NOT NULL,
-    error        text
+    error        text,
+    PRIMARY KEY (event_id, seq)
 );
-CREATE INDEX attempts_event ON attempts (event_id, seq);
 
 -- GCRA state of the shared rate limiter: the theoretical arrival time in Unix nanoseconds.
 -- UNLOGGED: no WAL and no fsync per check; after a crash the table is empty, which only

@@ -33,7 +33,7 @@ cancelled AS (
 fanout AS (
     INSERT INTO deliveries
         (id, event_id, organization_id, endpoint_id, state, attempt, next_attempt_at, due_at)
-    SELECT gen_random_uuid(), ev.id, ev.organization_id, ep.id, 'pending', 0, $3, $3
+    SELECT triggers_delivery_id(ev.id), ev.id, ev.organization_id, ep.id, 'pending', 0, $3, $3
     FROM ev JOIN endpoints ep
         ON ep.organization_id = ev.organization_id AND ep.enabled
        AND (ep.filter_like IS NULL OR ev.event_type LIKE ep.filter_like ESCAPE '\')

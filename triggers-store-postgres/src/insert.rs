@@ -75,7 +75,7 @@ ev AS (
 fanout AS (
     INSERT INTO deliveries
         (id, event_id, organization_id, endpoint_id, state, attempt, next_attempt_at, due_at)
-    SELECT gen_random_uuid(), ev.id, ev.organization_id, ep.id, 'pending', 0,
+    SELECT triggers_delivery_id(ev.id), ev.id, ev.organization_id, ep.id, 'pending', 0,
            ev.created_at, ev.created_at
     FROM ev JOIN endpoints ep
         ON ep.organization_id = ev.organization_id AND ep.enabled
