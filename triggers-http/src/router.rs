@@ -36,10 +36,19 @@ pub struct RouteInfo {
     /// The path pattern; `{id}` stands for one path segment.
     pub path: &'static str,
     pub(crate) route: Route,
+    /// Whether `path` has an `{id}` segment.
+    param: bool,
 }
 
 const fn r(method: &'static str, path: &'static str, route: Route) -> RouteInfo {
-    RouteInfo { method, path, route }
+    let bytes = path.as_bytes();
+    let mut param = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        param |= bytes[i] == b'{';
+        i += 1;
+    }
+    RouteInfo { method, path, route, param }
 }
 
 /// Every route, in documentation order.
@@ -103,7 +112,16 @@ pub(crate) fn find<'a>(method: &Method, path: &'a str) -> Match<'a> {
     let mut allowed: Vec<&'static str> = Vec::new();
     let mut found: Option<(Route, Option<&'a str>)> = None;
     for info in &ROUTES {
-        let Some(param) = fit(info.path, path) else { continue };
+        let param = if info.param {
+            match fit(info.path, path) {
+                Some(param) => param,
+                None => continue,
+            }
+        } else if info.path == path {
+            None
+        } else {
+            continue;
+        };
         if info.method == method.as_str() {
             // A literal match (no parameter) beats a parameter match.
             match found {
