@@ -42,6 +42,7 @@ mod error;
 mod handlers;
 mod metrics;
 mod openapi;
+mod panic;
 mod respond;
 mod router;
 mod server;

@@ -17,7 +17,9 @@ use triggers_core::{Deliverer, EventStore, Ingestor};
 
 use crate::app::App;
 use crate::config::ServerConfig;
+use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::panic::CatchPanic;
 
 /// Why [`Server::serve`] did not run.
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +158,18 @@ async fn serve_connection<S: EventStore, D: Deliverer>(
         let app = app.clone();
         service_fn(move |req| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(req).await) }
+            async move {
+                // A bug must cost one request a 500, not the connection or the process.
+                let res = match CatchPanic(Box::pin(app.handle(req))).await {
+                    Ok(res) => res,
+                    Err(()) => {
+                        tracing::error!("a request handler panicked");
+                        app.metrics.response(500);
+                        ApiError::Internal.into_response()
+                    }
+                };
+                Ok::<_, Infallible>(res)
+            }
         })
     };
     let conn = http1::Builder::new()

@@ -22,6 +22,7 @@ pub enum Mode {
     Unavailable = 1,
     Overloaded = 2,
     Broken = 3,
+    Panic = 4,
 }
 
 #[derive(Clone, Default)]
@@ -41,6 +42,7 @@ impl FlakyStore {
             0 => Ok(()),
             1 => Err(StoreError::Unavailable("connection refused to db.internal:5432".into())),
             2 => Err(StoreError::Overloaded("writer queue full".into())),
+            4 => panic!("the store has a bug"),
             _ => Err(StoreError::Corrupt("table events_secret_internal is damaged".into())),
         }
     }

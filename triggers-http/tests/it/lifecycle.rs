@@ -90,6 +90,11 @@ async fn store_failures_are_503_or_500_without_leaking() {
     assert_eq!(metrics.status, 200);
     assert!(metrics.text().contains("triggers_http_responses_total{status=\"500\"} 2"));
 
+    // A panic below a handler costs that request a 500, not the connection or the server.
+    store.set(Mode::Panic);
+    c.event(&key, "t", None).await.problem(500, "internal_error");
+    c.get("/api/inbox", &key).await.problem(500, "internal_error");
+
     store.set(Mode::Healthy);
     assert_eq!(c.event(&key, "t", None).await.status, 202);
     assert_eq!(c.get("/api/inbox", &key).await.json()["events"].as_array().unwrap().len(), 1);
