@@ -198,7 +198,8 @@ fn response(status: u16, schema: Option<&str>, auth: Auth) -> Value {
     let mut r = Map::new();
     r.insert("description".into(), json!(reason(status)));
     let mut headers = Map::new();
-    if auth == Auth::ApiKey {
+    // Rate headers need a known organization: not on 401.
+    if auth == Auth::ApiKey && status != 401 {
         for h in ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"] {
             headers.insert(h.into(), header_ref(h));
         }

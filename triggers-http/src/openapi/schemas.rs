@@ -6,7 +6,9 @@ pub(super) const DESCRIPTION: &str = "Event ingestion: send events in, have them
 signed webhooks with retries, or pull them from an inbox and acknowledge them. \
 Authenticate with the `X-API-Key` header. Errors are RFC 9457 `application/problem+json` \
 documents with a stable `code`. Every route may also answer 404 `route_not_found` (unknown \
-path) and 405 `method_not_allowed` (with an `Allow` header). Timestamps are RFC 3339 UTC.";
+path) and 405 `method_not_allowed` (with an `Allow` header); requests that are not valid \
+HTTP/1.1 or whose headers exceed 64 KiB are answered 400 or 431 by the HTTP layer, or the \
+connection is closed. Timestamps are RFC 3339 UTC.";
 
 pub(super) fn inbox_parameters() -> Value {
     let q = |name: &str, description: &str, schema: Value| {
