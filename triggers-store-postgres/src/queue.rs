@@ -33,7 +33,8 @@ claimed AS (
     RETURNING d.id, d.attempt, d.event_id, d.endpoint_id, due.due_at AS was_due
 )
 SELECT c.id, c.attempt, c.event_id, c.endpoint_id, e.organization_id, e.event_type, e.payload, e.created_at,
-       ep.url, ep.secret, ep.previous_secret, ep.previous_valid_until, ep.failing_since
+       ep.url, ep.secret, ep.previous_secret, ep.previous_valid_until, ep.failing_since,
+       (SELECT count(*) FROM deliveries o WHERE o.event_id = c.event_id) AS siblings
 FROM claimed c
 JOIN events e ON e.id = c.event_id
 JOIN endpoints ep ON ep.id = c.endpoint_id
@@ -59,11 +60,24 @@ impl DeliveryQueue for PgStore {
             .fetch_all(self.pool())
             .await
             .map_err(map)?;
-        found.iter().map(|row| delivery(row, req.owner, until, req.now)).collect()
+        let claimed = found
+            .iter()
+            .map(|row| delivery(row, req.owner, until, req.now))
+            .collect::<StoreResult<Vec<_>>>()?;
+        // Remember which claimed deliveries are their event's only delivery: completing
+        // those needs no event lock (see `complete`).
+        let mut singles = Vec::new();
+        for (row, d) in found.iter().zip(&claimed) {
+            if rows::count(row, "siblings")? == 1 {
+                singles.push(d.id);
+            }
+        }
+        self.singles().remember(&singles);
+        Ok(claimed)
     }
 
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
-        crate::complete::complete(self.pool(), completions).await
+        crate::complete::complete(self.pool(), self.singles(), completions).await
     }
 
     async fn release(&self, id: DeliveryId, owner: WorkerId, attempt: u32) -> StoreResult<bool> {

@@ -34,6 +34,7 @@ struct Inner {
     channel: Arc<str>,
     wake: Arc<Notify>,
     listening: bool,
+    singles: crate::complete::Singles,
     stats: Arc<ListenerStats>,
     listener: Option<tokio::task::JoinHandle<()>>,
 }
@@ -112,6 +113,7 @@ impl PgStore {
                 channel,
                 wake,
                 listening: config.listen,
+                singles: crate::complete::Singles::default(),
                 stats,
                 listener,
             }),
@@ -161,6 +163,10 @@ impl PgStore {
     /// Wakes this node's workers at once (other nodes hear the `NOTIFY`).
     pub(crate) fn fire_local(&self) {
         listener::fire(&self.inner.wake);
+    }
+
+    pub(crate) fn singles(&self) -> &crate::complete::Singles {
+        &self.inner.singles
     }
 
     pub(crate) fn listener_wakeups(&self) -> Option<Arc<Notify>> {
