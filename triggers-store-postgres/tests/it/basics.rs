@@ -103,3 +103,39 @@ async fn inserts_with_deliveries_wake_other_nodes() {
 }
 
 use sqlx::Connection;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_request_in_a_batch_fails_alone() {
+    let Some(db) = support::database("one_bad_request_in_a_batch").await else { return };
+    // One writer that waits long enough for every request below to join one batch.
+    let config =
+        PgConfig { writers: 1, batch_max_wait: Duration::from_millis(50), ..support::config() };
+    let store = support::connect(&db, config).await;
+    let org = support::org(&store, "acme").await;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let store = store.clone();
+        calls.spawn(async move {
+            // PostgreSQL text cannot hold NUL: the store gets it only because this test skips
+            // the Ingestor's validation.
+            let dedup = if i == 7 { "bad\0id".to_owned() } else { format!("ok-{i}") };
+            let out = store
+                .insert_events(org.id, vec![support::record("t", Some(&dedup), at(1))], DAY, at(1))
+                .await;
+            (i, out)
+        });
+    }
+    let mut ok = 0;
+    while let Some(done) = calls.join_next().await {
+        match done.unwrap() {
+            (7, out) => assert!(matches!(out, Err(StoreError::InvalidInput(_))), "{out:?}"),
+            (_, out) => {
+                assert!(matches!(&out.unwrap()[0], InsertOutcome::Inserted { .. }));
+                ok += 1;
+            }
+        }
+    }
+    assert_eq!(ok, 19);
+    drop(store);
+    db.drop_database().await.unwrap();
+}
