@@ -26,7 +26,6 @@ use triggers_core::{
 use triggers_store_postgres::testing::{TestDatabase, URL_VAR};
 use triggers_store_postgres::{PgConfig, PgStore};
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const CALLERS: u64 = 64;
 
 fn runtime() -> Runtime {
@@ -198,7 +197,7 @@ fn claim_complete(c: &mut Criterion, rt: &Runtime, db: &TestDatabase) {
 }
 
 fn benches(c: &mut Criterion) {
-    let url = std::env::var(URL_VAR).unwrap_or_else(|_| DEFAULT_URL.to_owned());
+    let url = triggers_store_postgres::testing::server_url();
     let rt = runtime();
     let db = rt.block_on(TestDatabase::create(&url)).unwrap_or_else(|e| {
         panic!("the postgres bench needs a server at {url} (set {URL_VAR}): {e}")

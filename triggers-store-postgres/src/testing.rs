@@ -8,6 +8,18 @@ use sqlx::{ConnectOptions, Connection, PgConnection};
 /// The environment variable naming the PostgreSQL server tests and benchmarks use.
 pub const URL_VAR: &str = "TRIGGERS_TEST_POSTGRES_URL";
 
+/// The server used when [`URL_VAR`] is not set: the local PostgreSQL with trust auth.
+pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Set (to anything) to skip the PostgreSQL tests on a machine without a server. Refused
+/// under `CI`, where they must run.
+pub const SKIP_VAR: &str = "TRIGGERS_SKIP_POSTGRES_TESTS";
+
+/// The server tests and benchmarks use: [`URL_VAR`], or [`DEFAULT_URL`].
+pub fn server_url() -> String {
+    std::env::var(URL_VAR).ok().filter(|url| !url.is_empty()).unwrap_or_else(|| DEFAULT_URL.into())
+}
+
 /// A database created for one test (or benchmark) run.
 #[derive(Debug, Clone)]
 pub struct TestDatabase {

@@ -1,7 +1,7 @@
 //! Integration tests against a real PostgreSQL, one binary. The server comes from
-//! `TRIGGERS_TEST_POSTGRES_URL` (for example `postgres://postgres@127.0.0.1:5432/postgres`);
-//! every test creates its own database. Without the variable each test says it was skipped,
-//! unless `CI` is set: then it fails, so CI can never skip them silently.
+//! `TRIGGERS_TEST_POSTGRES_URL`, by default `postgres://postgres@127.0.0.1:5432/postgres`;
+//! every test creates its own database. A machine without PostgreSQL skips them, loudly, with
+//! `TRIGGERS_SKIP_POSTGRES_TESTS=1`; under `CI` that is refused, so CI never skips them.
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod basics;

@@ -8,33 +8,36 @@ use triggers_core::{
     ApiKey, Endpoint, EndpointId, EventId, EventRecord, Organization, Secret, Tier, Timestamp,
     TypeGlob,
 };
-use triggers_store_postgres::testing::{TestDatabase, URL_VAR};
+use triggers_store_postgres::testing::{self, TestDatabase, SKIP_VAR, URL_VAR};
 use triggers_store_postgres::{PgConfig, PgStore};
 
-/// The server URL, or `None` after printing why the test is skipped. Panics under `CI`.
+/// The server URL, or `None` after printing why the test is skipped. Panics under `CI` when
+/// asked to skip.
 pub fn server_url(test: &str) -> Option<String> {
-    match std::env::var(URL_VAR) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var_os("CI").is_some() => panic!(
-            "{test}: {URL_VAR} is not set, but CI is: the PostgreSQL tests must run in CI \
-             (start PostgreSQL and set {URL_VAR}=postgres://postgres@127.0.0.1:5432/postgres)"
-        ),
-        _ => {
-            // Straight to the process's stderr: libtest captures `eprintln!` of passing tests.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: PostgreSQL tests need a server; run them with \
-                 {URL_VAR}=postgres://postgres@127.0.0.1:5432/postgres cargo test -p triggers-store-postgres"
-            );
-            None
-        }
+    if std::env::var_os(SKIP_VAR).is_none() {
+        return Some(testing::server_url());
     }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: {SKIP_VAR} is set, but CI is: the PostgreSQL tests must run in CI"
+    );
+    // Straight to the process's stderr: libtest captures `eprintln!` of passing tests.
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {SKIP_VAR} is set");
+    None
 }
 
-/// A fresh database for `test`, or `None` when skipped.
+/// A fresh database for `test`, or `None` when skipped. Panics, saying how to start the
+/// server or skip, when PostgreSQL does not answer.
 pub async fn database(test: &str) -> Option<TestDatabase> {
     let url = server_url(test)?;
-    Some(TestDatabase::create(&url).await.expect("create the test database"))
+    match TestDatabase::create(&url).await {
+        Ok(db) => Some(db),
+        Err(error) => panic!(
+            "{test}: cannot create a test database on {url}: {error}. Start PostgreSQL \
+             (pg_ctlcluster --skip-systemctl-redirect 15 main start), point {URL_VAR} at a \
+             server, or skip these tests with {SKIP_VAR}=1"
+        ),
+    }
 }
 
 /// Small settings for tests: few connections (many tests run at once).
