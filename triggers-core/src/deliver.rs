@@ -27,6 +27,16 @@ pub enum Outcome {
     Permanent(String),
     /// The target is gone for good (HTTP 410): the delivery fails and the endpoint is disabled.
     Gone(String),
+    /// Not attempted: the deliverer held the delivery back (for example, its endpoint is at its
+    /// concurrency cap or rate). The worker gives it back to the queue, due again `after`
+    /// from now, with nothing recorded and no attempt used up — so a busy endpoint never burns
+    /// through a delivery's retries.
+    Deferred {
+        /// How long the delivery waits before it is due again.
+        after: Duration,
+        /// Why, for the worker's debug log.
+        reason: String,
+    },
 }
 
 /// One attempt's outcome plus what the target answered.

@@ -13,6 +13,8 @@ pub enum DeliveryResult {
     Failed,
     /// The completion was fenced off: another worker owns the delivery now.
     Stale,
+    /// Not attempted: the deliverer deferred it (see `Outcome::Deferred`).
+    Deferred,
 }
 
 impl DeliveryResult {
@@ -23,6 +25,7 @@ impl DeliveryResult {
             Self::Retried => "retried",
             Self::Failed => "failed",
             Self::Stale => "stale",
+            Self::Deferred => "deferred",
         }
     }
 }

@@ -165,7 +165,10 @@ impl Metrics {
 impl Observer for Metrics {
     fn delivery(&self, result: DeliveryResult, latency: Duration) {
         self.deliveries.get_or_create(&Outcome { outcome: result.as_str() }).inc();
-        self.delivery_latency.observe(latency.as_secs_f64());
+        // A deferral did not talk to the target: its time is waiting, not delivery latency.
+        if result != DeliveryResult::Deferred {
+            self.delivery_latency.observe(latency.as_secs_f64());
+        }
     }
 }
 

@@ -80,11 +80,19 @@ impl DeliveryQueue for PgStore {
         crate::complete::complete(self.pool(), self.singles(), completions).await
     }
 
-    async fn release(&self, id: DeliveryId, owner: WorkerId, attempt: u32) -> StoreResult<bool> {
+    async fn release(
+        &self,
+        id: DeliveryId,
+        owner: WorkerId,
+        attempt: u32,
+        due_at: Option<Timestamp>,
+    ) -> StoreResult<bool> {
         let row = sqlx::query(
             "WITH released AS (
                  UPDATE deliveries
-                 SET state = 'pending', attempt = attempt - 1, due_at = next_attempt_at,
+                 SET state = 'pending', attempt = attempt - 1,
+                     next_attempt_at = coalesce($5, next_attempt_at),
+                     due_at = coalesce($5, next_attempt_at),
                      lease_owner = NULL, lease_expires_at = NULL
                  WHERE id = $1 AND state = 'in_flight' AND lease_owner = $2 AND attempt = $3
                  RETURNING 1
@@ -95,6 +103,7 @@ impl DeliveryQueue for PgStore {
         .bind(owner.0)
         .bind(attempt_i32(attempt))
         .bind(self.channel())
+        .bind(due_at)
         .fetch_one(self.pool())
         .await
         .map_err(map)?;

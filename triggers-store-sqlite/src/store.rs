@@ -225,8 +225,14 @@ impl DeliveryQueue for SqliteStore {
         self.write(move |c| queue::complete(c, &completions)).await
     }
 
-    async fn release(&self, id: DeliveryId, owner: WorkerId, attempt: u32) -> StoreResult<bool> {
-        self.write(move |c| queue::release(c, id, owner, attempt)).await
+    async fn release(
+        &self,
+        id: DeliveryId,
+        owner: WorkerId,
+        attempt: u32,
+        due_at: Option<Timestamp>,
+    ) -> StoreResult<bool> {
+        self.write(move |c| queue::release(c, id, owner, attempt, due_at)).await
     }
 
     async fn extend_lease(

@@ -64,7 +64,7 @@ pub async fn rotated_secrets_sign_during_the_grace_period<S: EventStore>(store: 
     let w = WorkerId::new();
     let secrets_at = |now| async move {
         let d = claim_one(store, w, now).await;
-        assert!(store.release(d.id, d.lease_owner, d.attempt).await.unwrap());
+        assert!(store.release(d.id, d.lease_owner, d.attempt, None).await.unwrap());
         d.secrets
     };
     assert_eq!(secrets_at(t(0)).await, vec![s1.clone()]);
@@ -162,7 +162,7 @@ pub async fn deleting_an_endpoint_cancels_its_deliveries<S: EventStore>(store: &
     let claimed = claim(store, w, 10, t(2)).await;
     assert_eq!(claimed.len(), 4);
     for d in claimed.iter().filter(|d| d.event_id == e2) {
-        assert!(store.release(d.id, d.lease_owner, d.attempt).await.unwrap());
+        assert!(store.release(d.id, d.lease_owner, d.attempt, None).await.unwrap());
     }
     assert_eq!(store.queue_depth().await.unwrap(), 4);
     assert_eq!(store.stats(org).await.unwrap().in_flight, 2);

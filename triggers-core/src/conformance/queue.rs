@@ -104,7 +104,7 @@ pub async fn expired_leases_are_reclaimed_with_the_next_attempt<S: EventStore>(s
     assert_eq!(store.stats(org).await.unwrap().in_flight, 1);
 
     assert!(!complete(store, completion(&first, CompletionState::Delivered, t(31))).await);
-    assert!(!store.release(first.id, w1, 1).await.unwrap());
+    assert!(!store.release(first.id, w1, 1, None).await.unwrap());
     assert!(!store.extend_lease(first.id, w1, 1, t(500)).await.unwrap());
     let d = detail(store, org, id).await;
     assert_eq!((d.event.status, d.attempts.len()), (EventStatus::Pending, 0));
@@ -148,19 +148,20 @@ pub async fn stale_completions_change_nothing<S: EventStore>(store: &S) {
     assert_eq!(again.endpoint_failing_since, Some(t(2)));
 }
 
-/// `release` gives a delivery back unattempted: due at once, attempt number restored, no
-/// attempt record; it is fenced like a completion.
+/// `release` gives a delivery back unattempted: due when it was due before the claim (or at
+/// the given time: a deferral), attempt number restored, no attempt record; it is fenced like
+/// a completion.
 pub async fn released_deliveries_are_due_again_with_their_attempt<S: EventStore>(store: &S) {
     let org = new_org(store).await;
     endpoint(store, org, None, t(0)).await;
     let id = insert_one(store, org, "release", t(0)).await;
     let w1 = WorkerId::new();
     let d = claim_one(store, w1, t(0)).await;
-    assert!(!store.release(d.id, WorkerId::new(), 1).await.unwrap(), "wrong owner");
-    assert!(!store.release(d.id, w1, 2).await.unwrap(), "wrong attempt");
-    assert!(!store.release(DeliveryId::new(), w1, 1).await.unwrap(), "unknown delivery");
-    assert!(store.release(d.id, w1, 1).await.unwrap());
-    assert!(!store.release(d.id, w1, 1).await.unwrap(), "already released");
+    assert!(!store.release(d.id, WorkerId::new(), 1, None).await.unwrap(), "wrong owner");
+    assert!(!store.release(d.id, w1, 2, None).await.unwrap(), "wrong attempt");
+    assert!(!store.release(DeliveryId::new(), w1, 1, None).await.unwrap(), "unknown delivery");
+    assert!(store.release(d.id, w1, 1, None).await.unwrap());
+    assert!(!store.release(d.id, w1, 1, None).await.unwrap(), "already released");
     assert_eq!(store.stats(org).await.unwrap(), QueueStats { pending: 1, ..Default::default() });
     assert_eq!(detail(store, org, id).await.attempts, vec![]);
 
@@ -170,8 +171,17 @@ pub async fn released_deliveries_are_due_again_with_their_attempt<S: EventStore>
     assert!(complete(store, completion(&again, CompletionState::Retry { at: t(100) }, t(1))).await);
     let retry = claim_one(store, w2, t(100)).await;
     assert_eq!(retry.attempt, 2);
-    assert!(store.release(retry.id, w2, 2).await.unwrap());
-    assert_eq!(claim_one(store, w1, t(100)).await.attempt, 2);
+    assert!(store.release(retry.id, w2, 2, None).await.unwrap());
+    let deferred = claim_one(store, w1, t(100)).await;
+    assert_eq!(deferred.attempt, 2);
+
+    // A deferral: due again at the given time, still without using up the attempt.
+    assert!(store.release(deferred.id, w1, 2, Some(t(160))).await.unwrap());
+    assert_eq!(store.stats(org).await.unwrap().in_flight, 0);
+    assert!(claim(store, w2, 10, just_before(t(160))).await.is_empty(), "deferred until t(160)");
+    let after = claim_one(store, w2, t(160)).await;
+    assert_eq!((after.id, after.attempt), (d.id, 2));
+    assert_eq!(detail(store, org, id).await.attempts.len(), 1, "only the real attempt is recorded");
 }
 
 /// `extend_lease` moves a live lease's expiry, fenced like a completion: stale calls change

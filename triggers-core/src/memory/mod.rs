@@ -181,8 +181,14 @@ impl DeliveryQueue for MemoryStore {
         Ok(self.lock()?.complete(completions))
     }
 
-    async fn release(&self, id: DeliveryId, owner: WorkerId, attempt: u32) -> StoreResult<bool> {
-        Ok(self.lock()?.release(id, owner, attempt))
+    async fn release(
+        &self,
+        id: DeliveryId,
+        owner: WorkerId,
+        attempt: u32,
+        due_at: Option<Timestamp>,
+    ) -> StoreResult<bool> {
+        Ok(self.lock()?.release(id, owner, attempt, due_at))
     }
 
     async fn extend_lease(

@@ -128,7 +128,13 @@ impl State {
         true
     }
 
-    pub(super) fn release(&mut self, id: DeliveryId, owner: WorkerId, attempt: u32) -> bool {
+    pub(super) fn release(
+        &mut self,
+        id: DeliveryId,
+        owner: WorkerId,
+        attempt: u32,
+        due_at: Option<Timestamp>,
+    ) -> bool {
         let Some(row) = self.queue.deliveries.get_mut(&id) else { return false };
         if !row.held_by(owner, attempt) {
             return false;
@@ -136,7 +142,10 @@ impl State {
         self.queue.due.remove(&row.due_key(id));
         row.lease = None;
         row.attempt = row.attempt.saturating_sub(1);
-        // `next_attempt_at` is still the time it was due when claimed: due at once.
+        // `next_attempt_at` is still the time it was due when claimed.
+        if let Some(at) = due_at {
+            row.next_attempt_at = at;
+        }
         self.queue.due.insert(row.due_key(id));
         if let Some(tenant) = self.orgs.get_mut(&row.org) {
             tenant.counts.in_flight = tenant.counts.in_flight.saturating_sub(1);

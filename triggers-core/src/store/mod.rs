@@ -181,9 +181,18 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     /// Returns one flag per completion, in order.
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>>;
 
-    /// Gives a claimed delivery back unattempted (graceful shutdown): pending, due at once,
-    /// attempt number restored. Fenced like `complete`; `false` if stale.
-    async fn release(&self, id: DeliveryId, owner: WorkerId, attempt: u32) -> StoreResult<bool>;
+    /// Gives a claimed delivery back unattempted: pending, lease cleared, attempt number
+    /// restored, nothing recorded. It is due again at `due_at` (a deferral, e.g. while its
+    /// endpoint is at its concurrency cap), or with `None` when it was due before the claim
+    /// (graceful shutdown: it keeps its place in the queue). Fenced like `complete`; `false`
+    /// if stale.
+    async fn release(
+        &self,
+        id: DeliveryId,
+        owner: WorkerId,
+        attempt: u32,
+        due_at: Option<Timestamp>,
+    ) -> StoreResult<bool>;
 
     /// Extends a live lease to `until` (heartbeat for long deliveries). Fenced like `complete`.
     async fn extend_lease(

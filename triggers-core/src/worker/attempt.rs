@@ -33,6 +33,16 @@ pub(crate) fn completion(
                 None => (CompletionState::Failed, Some(reason), None),
             }
         }
+        // The worker releases deferrals instead of completing them; should one get here it
+        // counts as a retry with its delay as the hint.
+        Outcome::Deferred { after, reason } => {
+            match policy.delay_after(delivery.attempt, Some(after), unit) {
+                Some(delay) => {
+                    (CompletionState::Retry { at: clock::add(at, delay) }, Some(reason), None)
+                }
+                None => (CompletionState::Failed, Some(reason), None),
+            }
+        }
         Outcome::Permanent(reason) => (CompletionState::Failed, Some(reason), None),
         Outcome::Gone(reason) => (
             CompletionState::Failed,

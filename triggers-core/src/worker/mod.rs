@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 
 pub use config::WorkerConfig;
 
-use crate::clock::SharedClock;
+use crate::clock::{self, SharedClock};
 use crate::deliver::{Attempt, Deliverer, Outcome};
 use crate::domain::WorkerId;
 use crate::observe::{DeliveryResult, Observer};
@@ -48,6 +48,7 @@ struct Shared<S, D> {
     config: WorkerConfig,
     retry: RetryPolicy,
     clock: SharedClock,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 type Finished = (Completion, DeliveryResult, Duration);
@@ -71,8 +72,8 @@ impl WorkerPool {
             );
         }
         let (stop, stop_rx) = watch::channel(false);
-        let shared = Arc::new(Shared { store, deliverer, config, retry, clock });
-        let dispatcher = tokio::spawn(dispatch(shared, wake, stop_rx, observer));
+        let shared = Arc::new(Shared { store, deliverer, config, retry, clock, observer });
+        let dispatcher = tokio::spawn(dispatch(shared, wake, stop_rx));
         Self { stop, dispatcher }
     }
 
@@ -90,13 +91,13 @@ async fn dispatch<S: EventStore, D: Deliverer>(
     shared: Arc<Shared<S, D>>,
     wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
-    observer: Option<Arc<dyn Observer>>,
 ) {
     let owner = WorkerId::new();
     let cfg = &shared.config;
     let permits = Arc::new(Semaphore::new(cfg.concurrency));
     let (done_tx, done_rx) = mpsc::channel::<Finished>(cfg.concurrency + COMPLETION_BATCH);
-    let completer = tokio::spawn(complete_loop(shared.store.clone(), done_rx, observer));
+    let completer =
+        tokio::spawn(complete_loop(shared.store.clone(), done_rx, shared.observer.clone()));
     let (abort_tx, abort_rx) = watch::channel(false);
     let store_wake = shared.store.wakeups();
     let mut tasks = JoinSet::new();
@@ -213,7 +214,7 @@ async fn attempt_one<S: EventStore, D: Deliverer>(
     let Some(attempt) = attempt else {
         call_abort.abort();
         let d = &delivery;
-        match shared.store.release(d.id, d.lease_owner, d.attempt).await {
+        match shared.store.release(d.id, d.lease_owner, d.attempt, None).await {
             Ok(_) => tracing::debug!(delivery = %d.id, "released on shutdown"),
             Err(e) => tracing::warn!(delivery = %d.id, error = %e,
                 "release failed; the lease will expire instead"),
@@ -221,6 +222,19 @@ async fn attempt_one<S: EventStore, D: Deliverer>(
         return;
     };
     let latency = started.elapsed();
+    if let Outcome::Deferred { after, reason } = &attempt.outcome {
+        let (d, due) = (&delivery, clock::add(shared.clock.now(), *after));
+        drop(permit);
+        match shared.store.release(d.id, d.lease_owner, d.attempt, Some(due)).await {
+            Ok(_) => tracing::debug!(delivery = %d.id, %reason, ?after, "deferred"),
+            Err(e) => tracing::warn!(delivery = %d.id, error = %e,
+                "deferring failed; the lease will expire instead"),
+        }
+        if let Some(observer) = &shared.observer {
+            observer.delivery(DeliveryResult::Deferred, latency);
+        }
+        return;
+    }
     let (completion, result) = attempt::completion(
         &delivery,
         attempt,

@@ -19,6 +19,10 @@ use super::sign::{signature_header, webhook_body};
 use super::ssrf::{AddressPolicy, ResolveError};
 use super::{WebhookConfig, WebhookError};
 
+/// How long a delivery that found its endpoint at the concurrency cap (for longer than
+/// `endpoint_wait`) goes back to the queue for. It is not an attempt: no retry is used up.
+const BUSY_DEFERRAL: Duration = Duration::from_secs(1);
+
 /// Delivers events to webhook endpoints over HTTP(S), signed with Standard Webhooks.
 ///
 /// Cheap to clone (one pooled client inside). See the [module docs](super) for what each
@@ -94,16 +98,16 @@ impl Inner {
         let _pass = match self.limits.acquire(delivery.endpoint_id).await {
             Ok(pass) => pass,
             Err(Busy::Concurrency) => {
-                return Outcome::Retry {
-                    after: Some(Duration::from_secs(1)),
-                    reason: "endpoint busy".into(),
+                return Outcome::Deferred {
+                    after: BUSY_DEFERRAL,
+                    reason: "endpoint at its concurrency cap".into(),
                 }
                 .into()
             }
             Err(Busy::Rate(wait)) => {
-                return Outcome::Retry {
-                    after: Some(wait),
-                    reason: "endpoint busy (rate limit)".into(),
+                return Outcome::Deferred {
+                    after: wait,
+                    reason: "endpoint at its delivery rate".into(),
                 }
                 .into()
             }

@@ -12,7 +12,7 @@
 //! | 429, 502, 503, 504 | `Retry`, with `Retry-After` (seconds or HTTP-date) as the hint |
 //! | any other status, 3xx included (redirects are never followed) | `Retry` on the schedule |
 //! | timeout, connection or TLS error, DNS failure | `Retry` |
-//! | endpoint at its concurrency cap or rate for longer than `endpoint_wait` | `Retry` ("endpoint busy") |
+//! | endpoint at its concurrency cap or rate for longer than `endpoint_wait` | `Deferred`: back to the queue for 1 s (cap) or until the rate allows, no attempt used up |
 //! | target address refused by the SSRF policy, invalid URL, scheme not http(s), no secret | `Permanent` |
 //!
 //! Reasons are short (≤ 200 bytes) and never contain secrets; nothing here logs headers.

@@ -152,8 +152,14 @@ impl DeliveryQueue for FlakyStore {
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
         self.inner.complete(completions).await
     }
-    async fn release(&self, id: DeliveryId, owner: WorkerId, attempt: u32) -> StoreResult<bool> {
-        self.inner.release(id, owner, attempt).await
+    async fn release(
+        &self,
+        id: DeliveryId,
+        owner: WorkerId,
+        attempt: u32,
+        due_at: Option<Timestamp>,
+    ) -> StoreResult<bool> {
+        self.inner.release(id, owner, attempt, due_at).await
     }
     async fn extend_lease(
         &self,

@@ -104,6 +104,56 @@ async fn settle() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_endpoint_defers_deliveries_without_using_up_their_attempts() {
+    // The second attempt would only come an hour later: a busy endpoint must not cost one.
+    let webhook = WebhookConfig {
+        endpoint_concurrency: 1,
+        endpoint_wait: Duration::from_millis(20),
+        ..local_config()
+    };
+    let w = world(&[0, 3600], webhook).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let receiver = Receiver::start({
+        let gate = gate.clone();
+        move || {
+            let gate = gate.clone();
+            async move {
+                gate.acquire().await.unwrap().forget();
+                status_response(200)
+            }
+        }
+    })
+    .await;
+    let endpoint = w.ingestor.create_endpoint(&w.org, &receiver.url(), None).await.unwrap();
+    let ids =
+        [w.ingest("order.paid").await, w.ingest("order.paid").await, w.ingest("order.paid").await];
+
+    receiver.wait_for(1).await;
+    settle().await;
+    assert_eq!(receiver.seen().len(), 1, "the cap holds the others back");
+    gate.add_permits(3);
+    settle().await;
+    assert_eq!(receiver.seen().len(), 1, "the others were deferred by 1 s, not retried at once");
+
+    w.advance(1);
+    for id in ids {
+        let d = w.attempts(id, 1).await;
+        until("delivered", || async {
+            let d = w.ingestor.event(&w.org, id).await.unwrap();
+            (d.event.status == EventStatus::Delivered).then_some(())
+        })
+        .await;
+        let d = w.ingestor.event(&w.org, d.event.id).await.unwrap();
+        assert_eq!(d.attempts.len(), 1, "one recorded attempt, the successful one: {d:?}");
+        assert_eq!((d.attempts[0].status_code, d.attempts[0].error.as_deref()), (Some(200), None));
+    }
+    for req in receiver.seen() {
+        assert!(verify(endpoint.secret.expose(), &req));
+    }
+    w.ingestor.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fails_twice_then_is_delivered_at_the_scheduled_times() {
     let w = world(&[0, 5, 300, 1800], local_config()).await;
     let receiver = failing_first(2).await;

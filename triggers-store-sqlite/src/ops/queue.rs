@@ -234,16 +234,17 @@ pub(crate) fn release(
     id: DeliveryId,
     owner: WorkerId,
     attempt: u32,
+    due_at: Option<Timestamp>,
 ) -> StoreResult<bool> {
     let n = conn
         .prepare_cached(
             "UPDATE deliveries
              SET state = 0, attempt = attempt - 1, lease_owner = NULL,
-                 due_at = coalesce(claimed_due, due_at)
+                 due_at = coalesce(?4, claimed_due, due_at)
              WHERE id = ?1 AND state = 1 AND lease_owner = ?2 AND attempt = ?3",
         )
         .store()?
-        .execute(params![id.0.as_bytes(), owner.0.as_bytes(), attempt])
+        .execute(params![id.0.as_bytes(), owner.0.as_bytes(), attempt, due_at.map(micros)])
         .store()?;
     Ok(n > 0)
 }

@@ -115,8 +115,14 @@ impl DeliveryQueue for TempStore {
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
         self.store.complete(completions).await
     }
-    async fn release(&self, id: DeliveryId, owner: WorkerId, attempt: u32) -> StoreResult<bool> {
-        self.store.release(id, owner, attempt).await
+    async fn release(
+        &self,
+        id: DeliveryId,
+        owner: WorkerId,
+        attempt: u32,
+        due_at: Option<Timestamp>,
+    ) -> StoreResult<bool> {
+        self.store.release(id, owner, attempt, due_at).await
     }
     async fn extend_lease(
         &self,

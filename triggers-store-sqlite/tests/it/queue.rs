@@ -110,8 +110,8 @@ async fn release_extend_and_expired_leases() {
     insert_one(&store, org, "t", t(0)).await;
     let (w1, w2) = (WorkerId::new(), WorkerId::new());
     let d = claim(&store, w1, 1, t(1)).await.remove(0);
-    assert!(!store.release(d.id, w2, d.attempt).await.unwrap(), "wrong owner");
-    assert!(store.release(d.id, w1, d.attempt).await.unwrap());
+    assert!(!store.release(d.id, w2, d.attempt, None).await.unwrap(), "wrong owner");
+    assert!(store.release(d.id, w1, d.attempt, None).await.unwrap());
     let d = claim(&store, w2, 1, t(1)).await.remove(0);
     assert_eq!(d.attempt, 1, "release restored the attempt number");
     assert!(store.extend_lease(d.id, w2, 1, t(100)).await.unwrap());
@@ -119,7 +119,7 @@ async fn release_extend_and_expired_leases() {
     let stolen = claim(&store, w1, 1, t(100)).await.remove(0);
     assert_eq!((stolen.attempt, stolen.lease_owner), (2, w1));
     assert!(!store.extend_lease(d.id, w2, 1, t(200)).await.unwrap());
-    assert!(!store.release(d.id, w2, 1).await.unwrap());
+    assert!(!store.release(d.id, w2, 1, None).await.unwrap());
     assert_eq!(
         store.complete(&[done(&d, CompletionState::Delivered, t(101))]).await.unwrap(),
         vec![false]

@@ -41,6 +41,6 @@ async fn deliveries_and_leases_survive_a_reopen_and_expired_leases_are_reclaimed
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].event_id, got[0].attempt, got[0].lease_owner), (ids[0], 2, w));
     // The dead worker's fenced calls are stale.
-    assert!(!store.release(leased[0].id, dead, 1).await.unwrap());
+    assert!(!store.release(leased[0].id, dead, 1, None).await.unwrap());
     assert!(!store.extend_lease(leased[0].id, dead, 1, t(100)).await.unwrap());
 }
