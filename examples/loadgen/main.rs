@@ -16,6 +16,20 @@
 //! created, with `TRIGGERS_ADMIN_TOKEN` as bearer token if set), `--threads` (runtime
 //! worker threads, default: the number of CPUs), `--get PATH` (send `GET PATH` instead, to
 //! measure the HTTP layer alone, e.g. `--get /health`).
+//!
+//! `--webhook` measures delivery end to end instead: the load generator also runs a webhook
+//! receiver on 127.0.0.1 (answering 200 and checking every signature), registers it as the
+//! organization's endpoint, sends events as above (no warm-up), then waits until every
+//! accepted event has reached the receiver and prints deliveries per second from the first
+//! request to the last delivery. The server must allow loopback targets and not throttle:
+//!
+//! ```text
+//! TRIGGERS_WEBHOOK_ALLOW=127.0.0.0/8 TRIGGERS_TIER_LIMITS=enterprise=1000000000 RUST_LOG=warn \
+//!     cargo run --release --example server
+//! cargo run --release --example loadgen -- --webhook --connections 16 --duration 10s
+//! ```
+
+mod receiver;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,6 +55,7 @@ struct Args {
     key: Option<String>,
     threads: usize,
     get: Option<String>,
+    webhook: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, Error> {
@@ -65,6 +80,7 @@ fn parse_args() -> Result<Args, Error> {
         key: None,
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         get: None,
+        webhook: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -83,12 +99,19 @@ fn parse_args() -> Result<Args, Error> {
             "--key" => a.key = Some(value()?),
             "--threads" => a.threads = value()?.parse()?,
             "--get" => a.get = Some(value()?),
+            "--webhook" => a.webhook = true,
             "-h" | "--help" => {
                 println!("see the doc comment of examples/loadgen.rs for the options");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown option {other}").into()),
         }
+    }
+    if a.webhook {
+        if a.get.is_some() {
+            return Err("--webhook and --get exclude each other".into());
+        }
+        a.warmup = Duration::ZERO; // Every accepted event must be delivered and counted.
     }
     if a.connections == 0 {
         return Err("--connections must be at least 1".into());
@@ -139,6 +162,22 @@ impl Conn {
         let status = res.status().as_u16();
         Ok((status, res.into_body().collect().await?.to_bytes()))
     }
+}
+
+/// Registers `url` as a webhook endpoint of the key's organization; returns its secret.
+async fn create_endpoint(host: &str, key: &str, url: &str) -> Result<String, Error> {
+    let mut conn = Conn::open(host).await?;
+    let body = format!(r#"{{"url":"{url}"}}"#);
+    let (status, body) = conn.post("/api/webhook/config", &[("x-api-key", key)], body).await?;
+    if status != 201 {
+        return Err(format!(
+            "endpoint registration answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        )
+        .into());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok(v["secret"].as_str().ok_or("no secret in the answer")?.to_owned())
 }
 
 async fn create_key(host: &str) -> Result<String, Error> {
@@ -255,6 +294,15 @@ async fn run(args: Args) -> Result<(), Error> {
         Some(k) => k.clone(),
         None => create_key(&args.host).await?,
     };
+    let receiver = match args.webhook {
+        true => {
+            let receiver = receiver::Receiver::start().await?;
+            let url = format!("http://{}/hook", receiver.addr);
+            receiver.set_secret(&create_endpoint(&args.host, &key, &url).await?)?;
+            Some(receiver)
+        }
+        false => None,
+    };
     let run = format!(
         "{:x}",
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos()
@@ -274,6 +322,7 @@ async fn run(args: Args) -> Result<(), Error> {
     tokio::time::sleep(args.warmup).await;
     shared.measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
+    let load_started = receiver.as_ref().map(|r| r.elapsed());
     if args.requests.is_none() {
         tokio::time::sleep(args.duration).await;
         shared.stop.store(true, Ordering::Relaxed);
@@ -307,5 +356,53 @@ async fn run(args: Args) -> Result<(), Error> {
     );
     let statuses: Vec<String> = total.statuses.iter().map(|(s, n)| format!("{s}={n}")).collect();
     println!("status: {} connection_errors={}", statuses.join(" "), total.errors);
+    if let (Some(receiver), Some(load_started)) = (receiver, load_started) {
+        let accepted = total.statuses.get(&202).copied().unwrap_or(0);
+        report_deliveries(&receiver, accepted, load_started).await;
+    }
     Ok(())
+}
+
+/// Waits until `accepted` distinct deliveries arrived (or none for 30 s) and prints the rate.
+async fn report_deliveries(receiver: &receiver::Receiver, accepted: u64, load_started: Duration) {
+    let load_ended = receiver.elapsed();
+    let (mut last_count, mut last_progress) = (0, Instant::now());
+    loop {
+        let n = receiver.distinct();
+        if n >= accepted || last_progress.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        if n != last_count {
+            (last_count, last_progress) = (n, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = receiver.tally();
+    let span = t.last.saturating_sub(load_started).as_secs_f64();
+    let mut full: Vec<u64> =
+        t.per_second.iter().copied().take(t.per_second.len().saturating_sub(1)).collect();
+    full.sort_unstable();
+    println!(
+        "deliveries: {} of {accepted} accepted events (requests={} bad_signatures={}) \
+         in {span:.2}s from the first request: rate={:.0} deliveries/s; \
+         queue drained {:.2}s after the last request",
+        t.distinct,
+        t.requests,
+        t.bad_signatures,
+        t.distinct as f64 / span.max(f64::EPSILON),
+        t.last.saturating_sub(load_ended).as_secs_f64(),
+    );
+    println!(
+        "deliveries per whole second: median={} min={} max={} ({} seconds)",
+        full.get(full.len() / 2).copied().unwrap_or(0),
+        full.first().copied().unwrap_or(0),
+        full.last().copied().unwrap_or(0),
+        full.len()
+    );
+    if t.distinct < accepted {
+        println!(
+            "MISSING: {} accepted events were not delivered within 30 s of the last",
+            accepted - t.distinct
+        );
+    }
 }
