@@ -38,3 +38,13 @@ pub use triggers_store_postgres as postgres;
 /// The HTTP API server and the webhook deliverer.
 #[cfg(feature = "http")]
 pub use triggers_http as http;
+
+/// The README's Rust examples, compiled as doctests so they keep matching the API.
+#[cfg(all(doctest, feature = "sqlite", feature = "http"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
+
+/// `docs/http.md`'s Rust examples, compiled as doctests.
+#[cfg(all(doctest, feature = "sqlite", feature = "http"))]
+#[doc = include_str!("../docs/http.md")]
+struct HttpDocExamples;

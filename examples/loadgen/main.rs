@@ -30,6 +30,8 @@
 //! ```
 
 mod receiver;
+#[path = "../support/standard_webhooks.rs"]
+mod standard_webhooks;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

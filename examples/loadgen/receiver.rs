@@ -7,19 +7,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use sha2::Sha256;
 use tokio::net::TcpListener;
 
+use crate::standard_webhooks;
 use crate::Error;
 
 /// What the receiver has seen so far.
@@ -81,8 +78,8 @@ impl Receiver {
 
     /// Sets the endpoint's `whsec_…` secret, which every delivery must be signed with.
     pub(crate) fn set_secret(&self, secret: &str) -> Result<(), Error> {
-        let b64 = secret.strip_prefix("whsec_").ok_or("the secret lacks the whsec_ prefix")?;
-        *self.key.lock().unwrap_or_else(PoisonError::into_inner) = Some(STANDARD.decode(b64)?);
+        let key = standard_webhooks::secret_key(secret)?;
+        *self.key.lock().unwrap_or_else(PoisonError::into_inner) = Some(key);
         Ok(())
     }
 
@@ -105,21 +102,9 @@ impl Receiver {
         Response::new(Full::new(Bytes::new()))
     }
 
-    /// Standard Webhooks: any `v1,<base64>` is the HMAC-SHA256 of `"{id}.{ts}.{body}"`.
     fn signed(&self, id: &str, ts: &str, body: &[u8], signatures: &str) -> bool {
         let key = self.key.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(key) = key.as_deref() else { return false };
-        signatures.split(' ').any(|s| {
-            let Some(("v1", b64)) = s.split_once(',') else { return false };
-            let Ok(expected) = STANDARD.decode(b64) else { return false };
-            let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else { return false };
-            mac.update(id.as_bytes());
-            mac.update(b".");
-            mac.update(ts.as_bytes());
-            mac.update(b".");
-            mac.update(body);
-            mac.verify_slice(&expected).is_ok()
-        })
+        key.as_deref().is_some_and(|key| standard_webhooks::verify(key, id, ts, body, signatures))
     }
 
     /// Distinct deliveries so far.
