@@ -166,38 +166,37 @@ impl Conn {
     }
 }
 
-/// Registers `url` as a webhook endpoint of the key's organization; returns its secret.
-async fn create_endpoint(host: &str, key: &str, url: &str) -> Result<String, Error> {
-    let mut conn = Conn::open(host).await?;
-    let body = format!(r#"{{"url":"{url}"}}"#);
-    let (status, body) = conn.post("/api/webhook/config", &[("x-api-key", key)], body).await?;
+/// POSTs `body` to `path` on a new connection, expects 201, and returns the string field
+/// `field` of the JSON answer.
+async fn create(
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: String,
+    field: &str,
+) -> Result<String, Error> {
+    let (status, body) = Conn::open(host).await?.post(path, headers, body).await?;
     if status != 201 {
-        return Err(format!(
-            "endpoint registration answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        )
-        .into());
+        let answer = String::from_utf8_lossy(&body);
+        return Err(format!("POST {path} answered {status}: {answer}").into());
     }
     let v: serde_json::Value = serde_json::from_slice(&body)?;
-    Ok(v["secret"].as_str().ok_or("no secret in the answer")?.to_owned())
+    Ok(v[field].as_str().ok_or_else(|| format!("no {field} in the answer"))?.to_owned())
 }
 
+/// Registers `url` as a webhook endpoint of the key's organization; returns its secret.
+async fn create_endpoint(host: &str, key: &str, url: &str) -> Result<String, Error> {
+    let body = format!(r#"{{"url":"{url}"}}"#);
+    create(host, "/api/webhook/config", &[("x-api-key", key)], body, "secret").await
+}
+
+/// Creates an enterprise organization; returns its API key.
 async fn create_key(host: &str) -> Result<String, Error> {
-    let mut conn = Conn::open(host).await?;
     let token = std::env::var("TRIGGERS_ADMIN_TOKEN").ok().map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> =
         token.as_deref().map(|t| ("authorization", t)).into_iter().collect();
     let body = r#"{"organization_name":"loadgen","tier":"enterprise"}"#.to_owned();
-    let (status, body) = conn.post("/api/keys/generate", &headers, body).await?;
-    if status != 201 {
-        return Err(format!(
-            "key generation answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        )
-        .into());
-    }
-    let v: serde_json::Value = serde_json::from_slice(&body)?;
-    Ok(v["api_key"].as_str().ok_or("no api_key in the answer")?.to_owned())
+    create(host, "/api/keys/generate", &headers, body, "api_key").await
 }
 
 #[derive(Default)]
