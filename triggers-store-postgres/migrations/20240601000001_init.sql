@@ -54,6 +54,9 @@ CREATE TABLE dedup (
     PRIMARY KEY (organization_id, dedup_id)
 );
 
+-- Outstanding deliveries only: a delivery's row is deleted when it finishes (delivered,
+-- failed), is cancelled (replay, endpoint deletion); its history lives in `attempts`. Deleting
+-- writes no index entries, where marking the row finished would insert into every index.
 CREATE TABLE deliveries (
     -- The event id's 48-bit time prefix and random bits (see triggers_delivery_id), so new ids are
     -- appended to the primary key's right edge like the (UUID v7) event ids.
@@ -61,24 +64,23 @@ CREATE TABLE deliveries (
     event_id          uuid        NOT NULL,
     organization_id   uuid        NOT NULL,
     endpoint_id       uuid        NOT NULL,
-    -- pending | in_flight | done | failed | cancelled
-    state             text        NOT NULL,
+    -- pending | in_flight
+    state             text        NOT NULL CHECK (state IN ('pending', 'in_flight')),
     attempt           integer     NOT NULL DEFAULT 0,
     next_attempt_at   timestamptz NOT NULL,
     -- When the delivery is next claimable: next_attempt_at while pending, the lease's expiry
-    -- while in flight, NULL once finished.
-    due_at            timestamptz,
+    -- while in flight.
+    due_at            timestamptz NOT NULL,
     lease_owner       uuid,
     lease_expires_at  timestamptz
 );
--- The due queue: pending deliveries and leases, by the time they become claimable. Also
--- serves delete_endpoint's cancellation (every outstanding delivery is in it).
-CREATE INDEX deliveries_due ON deliveries (due_at) WHERE state IN ('pending', 'in_flight');
+-- The due queue: every delivery, by the time it becomes claimable.
+CREATE INDEX deliveries_due ON deliveries (due_at);
 -- "Has this event outstanding deliveries?" (completion) and replay's cancellation.
-CREATE INDEX deliveries_event ON deliveries (event_id, state);
+CREATE INDEX deliveries_event ON deliveries (event_id);
 CREATE INDEX deliveries_org_in_flight ON deliveries (organization_id) WHERE state = 'in_flight';
--- A queue table: every delivery is updated twice and leaves dead row versions at the head
--- of the due index, so vacuum and analyze it far more often than the defaults.
+-- A queue table: every delivery is updated and deleted and leaves dead row versions at the
+-- head of the due index, so vacuum and analyze it far more often than the defaults.
 ALTER TABLE deliveries SET (
     autovacuum_vacuum_scale_factor = 0.01,
     autovacuum_vacuum_threshold = 1000,

@@ -1,13 +1,16 @@
 //! Recording finished attempts: fenced, in one transaction per batch.
 //!
 //! 1. `FINISH_SQL` ends the leases that are still ours (`state = 'in_flight' AND lease_owner
-//!    AND attempt`) and reports, per applied completion, whether its event has other
-//!    deliveries.
-//! 2. For successes of events with several deliveries, the events are locked in id order.
-//!    Two batches finishing the last two deliveries of one event then decide "was this the
-//!    last outstanding delivery?" one after the other, the second with a snapshot that sees
-//!    the first's commit, so one of them marks the event delivered. Events with a single
-//!    delivery need no lock (nobody else can finish their delivery).
+//!    AND attempt`): retries become pending again, every other outcome deletes the delivery's
+//!    row (a finished delivery has no row; its attempts are its history). It reports, per
+//!    applied completion, whether its event has other outstanding deliveries.
+//! 2. For successes of events with other outstanding deliveries, the events are locked in id
+//!    order. Two batches finishing the last two deliveries of one event then decide "was this
+//!    the last outstanding delivery?" one after the other, the second with a snapshot that
+//!    sees the first's commit, so one of them marks the event delivered. A delivery with no
+//!    outstanding sibling needs no lock: every other delivery of its event finished (and
+//!    committed its decision) before, and only a replay adds deliveries, which deletes this
+//!    one first (its completion is then stale).
 //! 3. `RECORD_SQL` appends the attempts, updates endpoint health (only rows that change) and
 //!    event status.
 //!
@@ -15,7 +18,8 @@
 //! back; the batch is then run again.
 //!
 //! **Fast path.** When every completion of a batch is a success that disables nothing, and
-//! this store claimed each delivery knowing it was its event's only delivery ([`Singles`]),
+//! this store claimed each delivery knowing it was its event's only outstanding delivery
+//! ([`Singles`]),
 //! no lock is needed and the whole batch is one autocommitted statement (`FAST_SQL`): the
 //! common case of one endpoint per organization costs one round trip instead of four.
 
@@ -30,27 +34,38 @@ use triggers_core::Timestamp;
 use crate::error::{is_retryable_conflict, map};
 use crate::queue::attempt_i32;
 
+/// `retry_at` NULL = finished (delivered or failed).
 const FINISH_SQL: &str = r#"
-UPDATE deliveries d
-SET state = c.state,
-    next_attempt_at = coalesce(c.retry_at, d.next_attempt_at),
-    due_at = c.retry_at,
-    lease_owner = NULL,
-    lease_expires_at = NULL
-FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::timestamptz[])
-    AS c(id, owner, attempt, state, retry_at)
-WHERE d.id = c.id AND d.state = 'in_flight' AND d.lease_owner = c.owner
-  AND d.attempt = c.attempt
-RETURNING d.id, d.event_id,
-    EXISTS (SELECT 1 FROM deliveries o WHERE o.event_id = d.event_id AND o.id <> d.id)
+WITH c AS (
+    SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::timestamptz[])
+        AS c(id, owner, attempt, retry_at)
+),
+retried AS (
+    UPDATE deliveries d
+    SET state = 'pending', next_attempt_at = c.retry_at, due_at = c.retry_at,
+        lease_owner = NULL, lease_expires_at = NULL
+    FROM c
+    WHERE c.retry_at IS NOT NULL AND d.id = c.id AND d.state = 'in_flight'
+      AND d.lease_owner = c.owner AND d.attempt = c.attempt
+    RETURNING d.id, d.event_id
+),
+finished AS (
+    DELETE FROM deliveries d
+    USING c
+    WHERE c.retry_at IS NULL AND d.id = c.id AND d.state = 'in_flight'
+      AND d.lease_owner = c.owner AND d.attempt = c.attempt
+    RETURNING d.id, d.event_id
+)
+SELECT x.id, x.event_id,
+    EXISTS (SELECT 1 FROM deliveries o WHERE o.event_id = x.event_id AND o.id <> x.id)
         AS shared
+FROM (SELECT * FROM retried UNION ALL SELECT * FROM finished) x
 "#;
 
 const FAST_SQL: &str = r#"
 WITH fin AS (
-    UPDATE deliveries d
-    SET state = 'done', due_at = NULL, lease_owner = NULL, lease_expires_at = NULL
-    FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::uuid[], $5::timestamptz[],
+    DELETE FROM deliveries d
+    USING UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::uuid[], $5::timestamptz[],
                 $6::int4[], $7::int8[], $8::text[])
         WITH ORDINALITY AS c(id, owner, attempt, endpoint_id, at, status_code, latency_ms, error, ord)
     WHERE d.id = c.id AND d.state = 'in_flight' AND d.lease_owner = c.owner
@@ -70,8 +85,7 @@ delivered AS (
     FROM fin
     WHERE e.id = fin.event_id AND e.status = 'pending'
       AND NOT EXISTS (SELECT 1 FROM deliveries d
-                      WHERE d.event_id = e.id AND d.state IN ('pending', 'in_flight')
-                        AND d.id NOT IN (SELECT id FROM fin))
+                      WHERE d.event_id = e.id AND d.id NOT IN (SELECT id FROM fin))
 )
 SELECT id FROM fin
 "#;
@@ -111,11 +125,11 @@ failed AS (
 UPDATE events e SET status = 'delivered', delivered_at = x.at
 FROM UNNEST($12::uuid[], $13::timestamptz[]) AS x(id, at)
 WHERE e.id = x.id AND e.status = 'pending'
-  AND NOT EXISTS (SELECT 1 FROM deliveries d
-                  WHERE d.event_id = e.id AND d.state IN ('pending', 'in_flight'))
+  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)
 "#;
 
-/// Deliveries this store claimed that were their event's only delivery at the time.
+/// Deliveries this store claimed that were their event's only outstanding delivery at the
+/// time.
 /// Bounded: past [`Singles::CAP`] entries (deliveries claimed but never completed here) it
 /// starts over, which only sends completions down the general path.
 #[derive(Debug, Default)]
@@ -218,7 +232,6 @@ async fn complete_once(
         .bind(firsts.iter().map(|c| c.delivery_id.0).collect::<Vec<_>>())
         .bind(firsts.iter().map(|c| c.lease_owner.0).collect::<Vec<_>>())
         .bind(firsts.iter().map(|c| attempt_i32(c.attempt)).collect::<Vec<_>>())
-        .bind(firsts.iter().map(|c| state_name(&c.state)).collect::<Vec<_>>())
         .bind(firsts.iter().map(|c| retry_at(&c.state)).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
@@ -317,14 +330,6 @@ async fn record(
         .execute(&mut **tx)
         .await?;
     Ok(())
-}
-
-fn state_name(s: &CompletionState) -> &'static str {
-    match s {
-        CompletionState::Delivered => "done",
-        CompletionState::Retry { .. } => "pending",
-        CompletionState::Failed => "failed",
-    }
 }
 
 fn retry_at(s: &CompletionState) -> Option<Timestamp> {

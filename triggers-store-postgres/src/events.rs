@@ -25,10 +25,9 @@ WITH ev AS (
     WHERE organization_id = $1 AND id = $2
     RETURNING id, organization_id, event_type
 ),
+-- Cancelling a delivery deletes it (an in-flight worker's completion then finds no row).
 cancelled AS (
-    UPDATE deliveries
-    SET state = 'cancelled', due_at = NULL, lease_owner = NULL, lease_expires_at = NULL
-    WHERE event_id IN (SELECT id FROM ev) AND state IN ('pending', 'in_flight')
+    DELETE FROM deliveries WHERE event_id IN (SELECT id FROM ev)
 ),
 fanout AS (
     INSERT INTO deliveries

@@ -91,7 +91,12 @@ FROM ev LEFT JOIN counts ON counts.event_id = ev.id
 
 const RESOLVE_SQL: &str = r#"
 SELECT i.ord, e.id IS NOT NULL AS mine,
-       (SELECT count(*) FROM deliveries d WHERE d.event_id = i.id) AS deliveries,
+       -- Deliveries the insert created: outstanding ones still have a row, finished ones
+       -- (rows deleted) have attempts; one delivery per endpoint.
+       (SELECT count(DISTINCT x.endpoint_id) FROM (
+            SELECT endpoint_id FROM deliveries d WHERE d.event_id = i.id
+            UNION ALL
+            SELECT endpoint_id FROM attempts a WHERE a.event_id = i.id) x) AS deliveries,
        dd.event_id AS original_id, dd.event_type AS original_type,
        dd.created_at AS original_created_at
 FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) WITH ORDINALITY AS i(id, org, dedup_id, ord)

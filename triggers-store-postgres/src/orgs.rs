@@ -111,15 +111,12 @@ impl EndpointStore for PgStore {
         if deleted.rows_affected() == 0 {
             return Ok(false);
         }
-        sqlx::query(
-            "UPDATE deliveries
-             SET state = 'cancelled', due_at = NULL, lease_owner = NULL, lease_expires_at = NULL
-             WHERE endpoint_id = $1 AND state IN ('pending', 'in_flight')",
-        )
-        .bind(id.0)
-        .execute(&mut *tx)
-        .await
-        .map_err(map)?;
+        // Cancelled = deleted: a worker holding a lease finds no row to complete.
+        sqlx::query("DELETE FROM deliveries WHERE endpoint_id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(map)?;
         tx.commit().await.map_err(map)?;
         Ok(true)
     }

@@ -15,12 +15,16 @@ use crate::rows::{self, get};
 use crate::PgStore;
 
 /// Due = pending and `next_attempt_at <= now`, or in flight with `lease_expires_at <= now`;
-/// both are `due_at <= now` on the partial index `deliveries_due`.
+/// both are `due_at <= now` on the index `deliveries_due` (finished deliveries have no row).
+///
+/// `siblings` counts the event's other outstanding deliveries as of the statement's snapshot
+/// (finished ones are deleted): 1 means every other delivery of the event has finished and
+/// committed, so nobody else can decide the event's status (see `complete`).
 const CLAIM_SQL: &str = r#"
 WITH due AS (
     SELECT d.id, d.due_at FROM deliveries d
     JOIN endpoints ep ON ep.id = d.endpoint_id AND ep.enabled
-    WHERE d.state IN ('pending', 'in_flight') AND d.due_at <= $1
+    WHERE d.due_at <= $1
     ORDER BY d.due_at
     LIMIT $2
     FOR UPDATE OF d SKIP LOCKED
@@ -64,8 +68,8 @@ impl DeliveryQueue for PgStore {
             .iter()
             .map(|row| delivery(row, req.owner, until, req.now))
             .collect::<StoreResult<Vec<_>>>()?;
-        // Remember which claimed deliveries are their event's only delivery: completing
-        // those needs no event lock (see `complete`).
+        // Remember which claimed deliveries are their event's only outstanding delivery:
+        // completing those needs no event lock (see `complete`).
         let mut singles = Vec::new();
         for (row, d) in found.iter().zip(&claimed) {
             if rows::count(row, "siblings")? == 1 {
@@ -136,12 +140,10 @@ impl DeliveryQueue for PgStore {
     }
 
     async fn queue_depth(&self) -> StoreResult<u64> {
-        let row = sqlx::query(
-            "SELECT count(*) AS depth FROM deliveries WHERE state IN ('pending', 'in_flight')",
-        )
-        .fetch_one(self.pool())
-        .await
-        .map_err(map)?;
+        let row = sqlx::query("SELECT count(*) AS depth FROM deliveries")
+            .fetch_one(self.pool())
+            .await
+            .map_err(map)?;
         rows::count(&row, "depth")
     }
 
