@@ -17,6 +17,13 @@ use crate::PgStore;
 /// Due = pending and `next_attempt_at <= now`, or in flight with `lease_expires_at <= now`;
 /// both are `due_at <= now` on the index `deliveries_due` (finished deliveries have no row).
 ///
+/// The claim commits without waiting for its WAL flush (`synchronous_commit = off` for this
+/// transaction only): a lease is not worth an fsync. If the database crashes within the WAL
+/// writer's delay (≈ 200 ms) after a claim, the claim may be forgotten: the delivery is due
+/// again and is claimed anew with the same attempt number, while the first worker's
+/// completion is fenced off as stale — a duplicate attempt (same `webhook-id`) at worst, which
+/// at-least-once delivery allows, never a lost delivery. Everything else stays synchronous.
+///
 /// `siblings` counts the event's other outstanding deliveries as of the statement's snapshot
 /// (finished ones are deleted): 1 means every other delivery of the event has finished and
 /// committed, so nobody else can decide the event's status (see `complete`).
@@ -25,6 +32,7 @@ WITH due AS (
     SELECT d.id, d.due_at FROM deliveries d
     JOIN endpoints ep ON ep.id = d.endpoint_id AND ep.enabled
     WHERE d.due_at <= $1
+      AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
     ORDER BY d.due_at
     LIMIT $2
     FOR UPDATE OF d SKIP LOCKED

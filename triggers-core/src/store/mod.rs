@@ -164,6 +164,11 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     /// leases them to `req.owner` until `req.now + req.lease`, incrementing each one's
     /// attempt number. Concurrent claimers (also on other nodes) never receive the same
     /// delivery while its lease is live. Deliveries of disabled endpoints are not claimed.
+    ///
+    /// A claim need not be durable: if the store itself crashes, a store may forget recent
+    /// leases (the PostgreSQL store commits claims asynchronously). Such a delivery is due
+    /// again and claimed anew with the same attempt number; the first holder's completion is
+    /// then stale. A duplicate attempt at worst, never a lost delivery.
     async fn claim(&self, req: ClaimRequest) -> StoreResult<Vec<Delivery>>;
 
     /// Records finished attempts. Each completion applies only if the delivery is still in
