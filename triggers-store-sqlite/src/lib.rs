@@ -44,8 +44,8 @@
 //! # Interpretations of the store contract
 //! - Event type filters of endpoints and inbox globs match case-sensitively (SQL `GLOB`; a
 //!   type glob has no GLOB metacharacter other than `*`).
-//! - `release` makes the delivery due at the time it was due when it was claimed, which is
-//!   never later than the claim (the contract says "due at once" without passing `now`).
+//! - `release` without a due time makes the delivery due at the time it was due when it was
+//!   claimed, which is never later than the claim.
 //! - Retry and failure completions set the endpoint's failing-since time to the attempt's
 //!   time (`record.at`).
 //! - Deleting an endpoint deletes its outstanding deliveries; replaying an event deletes the
