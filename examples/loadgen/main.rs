@@ -103,7 +103,7 @@ fn parse_args() -> Result<Args, Error> {
             "--get" => a.get = Some(value()?),
             "--webhook" => a.webhook = true,
             "-h" | "--help" => {
-                println!("see the doc comment of examples/loadgen.rs for the options");
+                println!("see the doc comment of examples/loadgen/main.rs for the options");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown option {other}").into()),
