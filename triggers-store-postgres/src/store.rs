@@ -74,12 +74,16 @@ impl PgStore {
     }
 
     /// Like [`connect`](Self::connect), with connect options built by the caller (TLS,
-    /// search_path, …). `statement_timeout` and `application_name` from `config` are added.
+    /// search_path, …). `statement_timeout`, `jit` and `application_name` from `config` are
+    /// added.
     pub async fn connect_with(options: PgConnectOptions, config: PgConfig) -> StoreResult<PgStore> {
         let mut options = options.application_name(&config.application_name);
         if let Some(timeout) = config.statement_timeout {
             let ms = timeout.as_millis().max(1).to_string();
             options = options.options([("statement_timeout", ms)]);
+        }
+        if !config.jit {
+            options = options.options([("jit", "off")]);
         }
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections.max(1))

@@ -69,6 +69,24 @@ async fn statement_timeout_surfaces_as_unavailable() {
     db.drop_database().await.unwrap();
 }
 
+/// The store's statements are never JIT-compiled unless asked for: compiling a claim took
+/// ≈ 100 ms once its estimated cost passed `jit_above_cost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_turn_jit_off_unless_asked() {
+    let Some(db) = support::database("connections_turn_jit_off").await else { return };
+    let jit = |store: PgStore| async move {
+        let on: String = sqlx::query_scalar("SHOW jit").fetch_one(store.pool()).await.unwrap();
+        on
+    };
+    assert_eq!(jit(support::connect(&db, support::config()).await).await, "off");
+    let asked = PgConfig { jit: true, migrate: false, listen: false, ..support::config() };
+    let mut plain = sqlx::PgConnection::connect_with(&db.options).await.unwrap();
+    let server_default: String =
+        sqlx::query_scalar("SHOW jit").fetch_one(&mut plain).await.unwrap();
+    assert_eq!(jit(support::connect(&db, asked).await).await, server_default);
+    db.drop_database().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inserts_with_deliveries_wake_other_nodes() {
     let Some(db) = support::database("inserts_with_deliveries_wake_other_nodes").await else {
