@@ -22,6 +22,9 @@
 //! ([`Singles`]),
 //! no lock is needed and the whole batch is one autocommitted statement (`FAST_SQL`): the
 //! common case of one endpoint per organization costs one round trip instead of four.
+//! Nor does it look for the event's other outstanding deliveries: a single delivery whose
+//! fenced delete applied was the last one (the argument of step 2), and probing
+//! `deliveries_event` for each of them cost ≈ 20 % of the claim + complete throughput.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -84,8 +87,6 @@ delivered AS (
     UPDATE events e SET status = 'delivered', delivered_at = fin.at
     FROM fin
     WHERE e.id = fin.event_id AND e.status = 'pending'
-      AND NOT EXISTS (SELECT 1 FROM deliveries d
-                      WHERE d.event_id = e.id AND d.id NOT IN (SELECT id FROM fin))
 )
 SELECT id FROM fin
 "#;

@@ -193,6 +193,9 @@ impl EventLog for PgStore {
         Ok(Some(EventStatus::Pending))
     }
 
+    /// Events are counted through `events_inbox`; in-flight deliveries by scanning the
+    /// outstanding queue (finished deliveries have no row), which has no per-organization
+    /// index because every index on `deliveries` is written by each claim.
     async fn stats(&self, org: OrganizationId) -> StoreResult<QueueStats> {
         let row = sqlx::query(
             "SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
