@@ -30,6 +30,7 @@
 //! ```
 
 mod receiver;
+
 #[path = "../support/standard_webhooks.rs"]
 mod standard_webhooks;
 
@@ -44,6 +45,14 @@ use hyper::client::conn::http1;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+/// `println!` that ignores a closed stdout (`loadgen … | head -1` must not panic).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -103,7 +112,7 @@ fn parse_args() -> Result<Args, Error> {
             "--get" => a.get = Some(value()?),
             "--webhook" => a.webhook = true,
             "-h" | "--help" => {
-                println!("see the doc comment of examples/loadgen/main.rs for the options");
+                out!("see the doc comment of examples/loadgen/main.rs for the options");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown option {other}").into()),
@@ -341,13 +350,13 @@ async fn run(args: Args) -> Result<(), Error> {
     total.latencies_us.sort_unstable();
     let n = total.latencies_us.len();
     let l = &total.latencies_us;
-    println!(
+    out!(
         "connections={} requests={n} elapsed={:.2}s rate={:.0} req/s",
         args.connections,
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64()
     );
-    println!(
+    out!(
         "latency ms: p50={:.3} p90={:.3} p99={:.3} p99.9={:.3} max={:.3}",
         percentile(l, 50.0),
         percentile(l, 90.0),
@@ -356,7 +365,7 @@ async fn run(args: Args) -> Result<(), Error> {
         percentile(l, 100.0)
     );
     let statuses: Vec<String> = total.statuses.iter().map(|(s, n)| format!("{s}={n}")).collect();
-    println!("status: {} connection_errors={}", statuses.join(" "), total.errors);
+    out!("status: {} connection_errors={}", statuses.join(" "), total.errors);
     if let (Some(receiver), Some(load_started)) = (receiver, load_started) {
         let accepted = total.statuses.get(&202).copied().unwrap_or(0);
         report_deliveries(&receiver, accepted, load_started).await;
@@ -383,7 +392,7 @@ async fn report_deliveries(receiver: &receiver::Receiver, accepted: u64, load_st
     let mut full: Vec<u64> =
         t.per_second.iter().copied().take(t.per_second.len().saturating_sub(1)).collect();
     full.sort_unstable();
-    println!(
+    out!(
         "deliveries: {} of {accepted} accepted events (requests={} bad_signatures={}) \
          in {span:.2}s from the first request: rate={:.0} deliveries/s; \
          queue drained {:.2}s after the last request",
@@ -393,7 +402,7 @@ async fn report_deliveries(receiver: &receiver::Receiver, accepted: u64, load_st
         t.distinct as f64 / span.max(f64::EPSILON),
         t.last.saturating_sub(load_ended).as_secs_f64(),
     );
-    println!(
+    out!(
         "deliveries per whole second: median={} min={} max={} ({} seconds)",
         full.get(full.len() / 2).copied().unwrap_or(0),
         full.first().copied().unwrap_or(0),
@@ -401,7 +410,7 @@ async fn report_deliveries(receiver: &receiver::Receiver, accepted: u64, load_st
         full.len()
     );
     if t.distinct < accepted {
-        println!(
+        out!(
             "MISSING: {} accepted events were not delivered within 30 s of the last",
             accepted - t.distinct
         );
