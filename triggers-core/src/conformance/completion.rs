@@ -215,6 +215,38 @@ pub async fn replay_supersedes_outstanding_deliveries<S: EventStore>(store: &S) 
     assert_eq!(claim(store, WorkerId::new(), 10, t(9)).await.len(), 2);
 }
 
+/// An event's only delivery, replayed while in flight: the old completion is stale and does
+/// not mark the event delivered, whatever the store knew at claim time; the fresh delivery
+/// decides. And a delivery completed before a replay leaves the replay's fresh one pending.
+/// (Stores may take a shortcut for an event's only delivery; this is what it must survive.)
+pub async fn replay_of_a_single_delivery_supersedes_it<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    endpoint(store, org, None, t(0)).await;
+    let id = insert_one(store, org, "single", t(0)).await;
+    let old = claim(store, WorkerId::new(), 10, t(0)).await;
+    assert_eq!(old.len(), 1);
+    assert_eq!(store.replay(org, id, t(1)).await.unwrap(), Some(EventStatus::Pending));
+    assert!(!complete(store, completion(&old[0], CompletionState::Delivered, t(2))).await);
+    let d = detail(store, org, id).await;
+    assert_eq!((d.event.status, d.attempts.len()), (EventStatus::Pending, 0));
+
+    let fresh = claim(store, WorkerId::new(), 10, t(1)).await;
+    assert_eq!(fresh.len(), 1);
+    assert_ne!(fresh[0].id, old[0].id);
+    assert!(complete(store, completion(&fresh[0], CompletionState::Delivered, t(3))).await);
+    let d = detail(store, org, id).await;
+    assert_eq!((d.event.status, d.event.delivered_at), (EventStatus::Delivered, Some(t(3))));
+
+    // Replayed after its delivery: pending again, and stays so until the fresh one is done.
+    assert_eq!(store.replay(org, id, t(4)).await.unwrap(), Some(EventStatus::Pending));
+    let again = claim(store, WorkerId::new(), 10, t(4)).await;
+    assert_eq!(again.len(), 1);
+    assert!(!complete(store, completion(&fresh[0], CompletionState::Delivered, t(5))).await);
+    assert_eq!(detail(store, org, id).await.event.status, EventStatus::Pending);
+    assert!(complete(store, completion(&again[0], CompletionState::Delivered, t(6))).await);
+    assert_eq!(detail(store, org, id).await.event.status, EventStatus::Delivered);
+}
+
 /// The queue depth counts outstanding (pending and in-flight) deliveries of every
 /// organization.
 pub async fn queue_depth_counts_outstanding_deliveries<S: EventStore>(store: &S) {

@@ -36,7 +36,8 @@ pub use completion::{
     acknowledged_events_keep_their_status, completions_can_disable_an_endpoint,
     endpoint_failure_time_is_tracked, events_are_delivered_when_every_delivery_is,
     failed_deliveries_fail_the_event, queue_depth_counts_outstanding_deliveries,
-    replay_supersedes_outstanding_deliveries, retries_are_due_at_their_time,
+    replay_of_a_single_delivery_supersedes_it, replay_supersedes_outstanding_deliveries,
+    retries_are_due_at_their_time,
 };
 pub use endpoints::{
     deleting_an_endpoint_cancels_its_deliveries, disabled_endpoints_get_no_deliveries,
@@ -114,6 +115,7 @@ macro_rules! store_conformance_tests {
                 endpoint_failure_time_is_tracked,
                 completions_can_disable_an_endpoint,
                 replay_supersedes_outstanding_deliveries,
+                replay_of_a_single_delivery_supersedes_it,
                 queue_depth_counts_outstanding_deliveries,
             ];
             shared: [
