@@ -1,5 +1,6 @@
 -- One claim of 64 (CLAIM_SQL of triggers-store-postgres/src/queue.rs) and its completion as
 -- delivered (FAST_SQL of src/complete.rs), with pgbench variables for the bind parameters.
+-- Keep it in step with those two statements when they change.
 WITH due AS (
     SELECT d.id, d.due_at FROM deliveries d
     JOIN endpoints ep ON ep.id = d.endpoint_id AND ep.enabled

@@ -65,6 +65,7 @@ SELECT x.id, x.event_id,
 FROM (SELECT * FROM retried UNION ALL SELECT * FROM finished) x
 "#;
 
+/// `benches/pgbench/claim_complete.sql` runs a copy of this statement: change both.
 const FAST_SQL: &str = r#"
 WITH fin AS (
     DELETE FROM deliveries d

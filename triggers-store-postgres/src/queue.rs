@@ -27,6 +27,8 @@ use crate::PgStore;
 /// `siblings` counts the event's other outstanding deliveries as of the statement's snapshot
 /// (finished ones are deleted): 1 means every other delivery of the event has finished and
 /// committed, so nobody else can decide the event's status (see `complete`).
+///
+/// `benches/pgbench/claim_complete.sql` runs a copy of this statement: change both.
 const CLAIM_SQL: &str = r#"
 WITH due AS (
     SELECT d.id, d.due_at FROM deliveries d
