@@ -23,26 +23,20 @@ pub(crate) fn completion(
     disable_after: Duration,
     unit: f64,
 ) -> (Completion, DeliveryResult) {
+    let retry = |hint: Option<Duration>, reason: String| match policy.delay_after(
+        delivery.attempt,
+        hint,
+        unit,
+    ) {
+        Some(delay) => (CompletionState::Retry { at: clock::add(at, delay) }, Some(reason), None),
+        None => (CompletionState::Failed, Some(reason), None),
+    };
     let (state, error, mut disable) = match attempt.outcome {
         Outcome::Delivered => (CompletionState::Delivered, None, None),
-        Outcome::Retry { after, reason } => {
-            match policy.delay_after(delivery.attempt, after, unit) {
-                Some(delay) => {
-                    (CompletionState::Retry { at: clock::add(at, delay) }, Some(reason), None)
-                }
-                None => (CompletionState::Failed, Some(reason), None),
-            }
-        }
+        Outcome::Retry { after, reason } => retry(after, reason),
         // The worker releases deferrals instead of completing them; should one get here it
         // counts as a retry with its delay as the hint.
-        Outcome::Deferred { after, reason } => {
-            match policy.delay_after(delivery.attempt, Some(after), unit) {
-                Some(delay) => {
-                    (CompletionState::Retry { at: clock::add(at, delay) }, Some(reason), None)
-                }
-                None => (CompletionState::Failed, Some(reason), None),
-            }
-        }
+        Outcome::Deferred { after, reason } => retry(Some(after), reason),
         Outcome::Permanent(reason) => (CompletionState::Failed, Some(reason), None),
         Outcome::Gone(reason) => (
             CompletionState::Failed,
