@@ -6,9 +6,13 @@
 //!
 //! | feature | module | what |
 //! |---|---|---|
-//! | `sqlite` (default) | [`sqlite`] | the embedded SQLite store |
-//! | `postgres` | [`postgres`] | the PostgreSQL store for production and many nodes |
-//! | `http` (default) | [`http`] | the Triggers API server and the webhook deliverer |
+//! | `sqlite` (default) | `sqlite` | the embedded SQLite store |
+//! | `postgres` | `postgres` | the PostgreSQL store for production and many nodes |
+//! | `http` (default) | `http` | the Triggers API server and the webhook deliverer |
+//! | `conformance` | `conformance`, `store_conformance_tests!` | the store conformance kit, for authors of a new backend |
+//!
+//! [`prelude`] has every type the [`Ingestor`] API takes and returns, plus the traits (and the
+//! `async_trait` attribute) to implement a store or a deliverer.
 //!
 //! ```
 //! use triggers::{Ingestor, IngestorConfig, MemoryStore, NewEvent, NoDeliverer, Tier};
@@ -25,18 +29,23 @@
 //! # Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub use triggers_core::*;
 
 /// The embedded SQLite store.
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use triggers_store_sqlite as sqlite;
 
 /// The PostgreSQL store.
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use triggers_store_postgres as postgres;
 
 /// The HTTP API server and the webhook deliverer.
 #[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use triggers_http as http;
 
 /// The README's Rust examples, compiled as doctests so they keep matching the API.

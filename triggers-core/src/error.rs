@@ -40,5 +40,38 @@ impl From<StoreError> for Error {
     }
 }
 
+impl Error {
+    /// Whether the same call may succeed later without any change: rate limited, overloaded,
+    /// or a transient store failure ([`StoreError::is_transient`]). Invalid input, a bad key
+    /// or a missing item will fail again.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let e = triggers_core::Error::Overloaded(Duration::from_secs(1));
+    /// assert!(e.is_transient());
+    /// assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
+    /// assert!(!triggers_core::Error::NotFound.is_transient());
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::RateLimited(_) | Error::Overloaded(_) => true,
+            Error::Store(e) => e.is_transient(),
+            Error::Invalid(_) | Error::Unauthorized | Error::NotFound => false,
+        }
+    }
+
+    /// How long to wait before retrying a transient failure: the limiter's `Retry-After` for
+    /// `RateLimited`, the store's hint for `Overloaded`, one second for a transient store
+    /// failure; `None` when retrying cannot help.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::RateLimited(d) => Some(d.retry_after.unwrap_or(Duration::from_secs(1))),
+            Error::Overloaded(after) => Some(*after),
+            Error::Store(e) if e.is_transient() => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+}
+
 /// Result of an Ingestor call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

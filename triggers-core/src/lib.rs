@@ -2,6 +2,8 @@
 //! ties them together (validation, per-organization rate limits, dedup, durable storage and
 //! the delivery worker queue).
 //!
+//! Everything an application needs is also in [`prelude`]: `use triggers_core::prelude::*;`.
+//!
 //! ```
 //! use triggers_core::{Ingestor, IngestorConfig, MemoryStore, NewEvent, NoDeliverer, Tier};
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), triggers_core::Error> {
@@ -15,6 +17,8 @@
 //! # Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod clock;
 pub mod deliver;
 pub mod domain;
@@ -27,10 +31,39 @@ pub mod retry;
 pub mod store;
 pub mod worker;
 
+/// The types the [`Ingestor`] API takes and returns, the traits to implement a store or a
+/// deliverer, and the `async_trait` attribute and `serde_json` crate those need — one `use`
+/// for an embedding application or a backend author.
+pub mod prelude {
+    pub use crate::deliver::{
+        Attempt, ChannelDeliverer, Deliverer, FnDeliverer, Handoff, NoDeliverer, Outcome,
+    };
+    pub use crate::domain::event::{Event, EventDetail, EventStatus, NewEvent};
+    pub use crate::domain::key::ApiKey;
+    pub use crate::domain::org::{Organization, Tier, TierLimits};
+    pub use crate::domain::webhook::{Endpoint, Secret, TypeGlob};
+    pub use crate::domain::{EndpointId, EventId, OrganizationId};
+    pub use crate::error::{Error, Result};
+    pub use crate::ingestor::{
+        BatchIngested, InboxPage, InboxQuery, Ingested, Ingestor, IngestorConfig,
+    };
+    pub use crate::limiter::RateDecision;
+    pub use crate::memory::MemoryStore;
+    pub use crate::retry::RetryPolicy;
+    pub use crate::store::{
+        AckOutcome, Delivery, DeliveryQueue, DynStore, EndpointStore, EventLog, EventStore,
+        OrgStore, QueueStats, StoreError, StoreResult,
+    };
+    pub use crate::worker::WorkerConfig;
+    pub use async_trait::async_trait;
+    pub use serde_json;
+}
+
 #[cfg(any(test, feature = "conformance"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 
-// Lets the conformance macros name `triggers_core::…` also inside this crate's own tests.
+// Lets doc examples and tests inside this crate name `triggers_core::…`.
 extern crate self as triggers_core;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
@@ -54,12 +87,10 @@ pub use limiter::{RateDecision, RateLimiter, SharedRateLimiter};
 pub use memory::MemoryStore;
 pub use observe::{DeliveryResult, Observer};
 pub use retry::RetryPolicy;
-pub use store::{EventStore, StoreError};
+/// Re-exported so that implementing [`EventStore`] or [`Deliverer`] needs no extra dependency.
+pub use async_trait::async_trait;
+/// Re-exported: payloads are `serde_json` values.
+pub use serde_json;
+pub use store::{AckOutcome, Delivery, DynStore, EventStore, QueueStats, StoreError};
 pub use worker::WorkerConfig;
 
-/// Re-exports for the conformance macros; not part of the public API.
-#[cfg(any(test, feature = "conformance"))]
-#[doc(hidden)]
-pub mod __private {
-    pub use tokio;
-}

@@ -40,6 +40,14 @@ pub struct RateDecision {
     pub retry_after: Option<Duration>,
 }
 
+impl RateDecision {
+    /// The decision for an organization without a limit: allowed, everything remaining.
+    pub fn unlimited() -> Self {
+        let max = crate::TierLimits::UNLIMITED;
+        Self { allowed: true, limit: max, remaining: max, reset: Duration::ZERO, retry_after: None }
+    }
+}
+
 /// An in-process GCRA limiter keyed by organization. Burst = the per-minute limit; it refills
 /// evenly (one unit every `60 s / limit`). Idle keys are dropped by [`sweep`](Self::sweep).
 ///
@@ -69,6 +77,8 @@ impl RateLimiter {
 
     /// Charges `cost` units to `org` if its allowance of `limit_per_minute` permits, else
     /// charges nothing. A cost above the limit can never pass.
+    /// [`TierLimits::UNLIMITED`](crate::TierLimits::UNLIMITED) always passes and keeps no
+    /// state.
     pub fn check(
         &self,
         org: OrganizationId,
@@ -76,6 +86,9 @@ impl RateLimiter {
         cost: u32,
         now: Timestamp,
     ) -> RateDecision {
+        if limit_per_minute == crate::TierLimits::UNLIMITED {
+            return RateDecision::unlimited();
+        }
         let now = nanos(now);
         let limit = limit_per_minute.max(1);
         let interval = MINUTE_NANOS / i64::from(limit);
@@ -126,6 +139,9 @@ impl RateLimiter {
 
     /// The state of `org` without charging anything (for headers on other responses).
     pub fn peek(&self, org: OrganizationId, limit_per_minute: u32, now: Timestamp) -> RateDecision {
+        if limit_per_minute == crate::TierLimits::UNLIMITED {
+            return RateDecision::unlimited();
+        }
         let now_n = nanos(now);
         let limit = limit_per_minute.max(1);
         let interval = MINUTE_NANOS / i64::from(limit);
@@ -240,6 +256,21 @@ mod tests {
         l.sweep(clock.now());
         assert!(l.is_empty());
         assert_eq!(l.peek(a, 1, clock.now()).remaining, 1);
+    }
+
+    #[test]
+    fn unlimited_always_passes_and_keeps_no_state() {
+        let clock = ManualClock::new();
+        let l = RateLimiter::new();
+        let org = OrganizationId::new();
+        let unlimited = crate::TierLimits::UNLIMITED;
+        for _ in 0..10_000 {
+            assert!(l.check(org, unlimited, 1000, clock.now()).allowed);
+        }
+        assert!(l.is_empty(), "no state for an unlimited organization");
+        assert_eq!(l.peek(org, unlimited, clock.now()), RateDecision::unlimited());
+        // A finite limit for the same organization still limits.
+        assert!(!l.check(org, 10, 11, clock.now()).allowed);
     }
 
     #[test]

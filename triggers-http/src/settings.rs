@@ -24,7 +24,7 @@ pub const VARIABLES: [(&str, &str, &str); 10] = [
     (
         "TRIGGERS_TIER_LIMITS",
         "free=10,starter=60,professional=600,enterprise=6000",
-        "per-minute limits per tier",
+        "per-minute limits per tier (`unlimited`: no limit)",
     ),
     ("TRIGGERS_DEDUP_WINDOW", "24h", "dedup window (e.g. 90s, 30m, 24h, 7d)"),
     ("TRIGGERS_MAX_BODY", "262144", "request body limit in bytes"),

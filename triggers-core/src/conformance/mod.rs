@@ -55,28 +55,31 @@ pub use inbox::{
     replay_sets_events_pending_again, stats_count_events_and_in_flight_deliveries,
 };
 pub use orgs::{
-    duplicate_organizations_conflict, organizations_are_found_by_id_and_key, ping_answers,
-    replace_key_revokes_the_old_key,
+    concurrent_creations_of_one_id_have_one_winner, duplicate_organizations_conflict,
+    organizations_are_found_by_id_and_key, ping_answers, replace_key_revokes_the_old_key,
 };
 pub use queue::{
     claims_take_due_deliveries_earliest_first, concurrent_claimers_never_share_a_delivery,
     expired_leases_are_reclaimed_with_the_next_attempt, lease_extension_is_fenced,
+    reclaimed_leases_are_due_at_once,
     released_deliveries_are_due_again_with_their_attempt, stale_completions_change_nothing,
 };
 
-/// Expands into one `#[tokio::test]` (multi-thread runtime, 2 workers) per conformance case.
+/// Expands into one `#[test]` per conformance case, each running on its own multi-thread
+/// Tokio runtime with 2 workers.
 ///
 /// `$factory` is an expression such that `($factory)().await` returns a fresh store `S:
 /// EventStore`, for example `|| async { MemoryStore::new() }`. It is called once per case.
 /// Most cases receive `&S`; the concurrent ones receive `Arc<S>`, so the store need not be
 /// `Clone`. See the [module docs](crate::conformance) for what "fresh" must mean.
 ///
-/// The expansion names the crate `triggers_core` (the test must depend on it under that name,
-/// with feature `conformance`) and needs no `tokio` dependency of its own.
+/// The expansion names only `$crate` paths: invoke it as `triggers::store_conformance_tests!`
+/// (facade feature `conformance`) or `triggers_core::store_conformance_tests!`; the test
+/// crate needs no `tokio` dependency of its own.
 ///
 /// ```ignore
-/// // tests/conformance.rs of a backend crate
-/// triggers_core::store_conformance_tests!(|| async { MyStore::open_fresh().await });
+/// // tests/conformance.rs of a backend crate (dev-dependency: triggers, features = ["conformance"])
+/// triggers::store_conformance_tests!(|| async { MyStore::open_fresh().await });
 /// ```
 #[macro_export]
 macro_rules! store_conformance_tests {
@@ -117,10 +120,12 @@ macro_rules! store_conformance_tests {
                 replay_supersedes_outstanding_deliveries,
                 replay_of_a_single_delivery_supersedes_it,
                 queue_depth_counts_outstanding_deliveries,
+                reclaimed_leases_are_due_at_once,
             ];
             shared: [
                 concurrent_dedup_has_exactly_one_winner,
                 concurrent_claimers_never_share_a_delivery,
+                concurrent_creations_of_one_id_have_one_winner,
             ];
         );
     };
@@ -129,26 +134,33 @@ macro_rules! store_conformance_tests {
         shared: [$($shared:ident),* $(,)?];
     ) => {
         $(
-            #[triggers_core::__private::tokio::test(
-                crate = "triggers_core::__private::tokio",
-                flavor = "multi_thread",
-                worker_threads = 2
-            )]
-            async fn $borrowed() {
-                let store = ($factory)().await;
-                $crate::conformance::$borrowed(&store).await;
+            #[test]
+            fn $borrowed() {
+                $crate::conformance::run(async {
+                    let store = ($factory)().await;
+                    $crate::conformance::$borrowed(&store).await;
+                });
             }
         )*
         $(
-            #[triggers_core::__private::tokio::test(
-                crate = "triggers_core::__private::tokio",
-                flavor = "multi_thread",
-                worker_threads = 2
-            )]
-            async fn $shared() {
-                let store = ::std::sync::Arc::new(($factory)().await);
-                $crate::conformance::$shared(store).await;
+            #[test]
+            fn $shared() {
+                $crate::conformance::run(async {
+                    let store = ::std::sync::Arc::new(($factory)().await);
+                    $crate::conformance::$shared(store).await;
+                });
             }
         )*
     };
+}
+
+/// Runs one conformance case to completion on a fresh multi-thread runtime (2 workers); what
+/// [`store_conformance_tests!`](crate::store_conformance_tests) expands to.
+pub fn run<F: std::future::Future<Output = ()>>(case: F) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime for a conformance case");
+    runtime.block_on(case);
 }

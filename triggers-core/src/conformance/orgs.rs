@@ -67,3 +67,36 @@ pub async fn duplicate_organizations_conflict<S: EventStore>(store: &S) {
 pub async fn ping_answers<S: EventStore>(store: &S) {
     store.ping().await.unwrap();
 }
+
+/// Of eight concurrent creations of one organization id, exactly one succeeds; the others
+/// get `Conflict`, and the stored organization is the winner's.
+pub async fn concurrent_creations_of_one_id_have_one_winner<S: EventStore>(
+    store: std::sync::Arc<S>,
+) {
+    let id = OrganizationId::new();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let org = Organization {
+                    id,
+                    ..Organization::new(format!("racer {i}"), Tier::Starter, t(0))
+                };
+                let key = ApiKey::generate();
+                match store.create_organization(&org, &key.hash()).await {
+                    Ok(()) => Some((org, key)),
+                    Err(StoreError::Conflict(_)) => None,
+                    Err(e) => panic!("expected Ok or Conflict, got {e:?}"),
+                }
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        winners.extend(task.await.unwrap());
+    }
+    assert_eq!(winners.len(), 1, "exactly one creation wins");
+    let (org, key) = winners.pop().unwrap();
+    assert_eq!(store.organization(id).await.unwrap(), Some(org.clone()));
+    assert_eq!(store.organization_by_key(&key.hash()).await.unwrap(), Some(org));
+}

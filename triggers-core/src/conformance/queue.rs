@@ -206,3 +206,43 @@ pub async fn lease_extension_is_fenced<S: EventStore>(store: &S) {
     let third = claim_one(store, w1, t(120)).await;
     assert_eq!((third.id, third.attempt, third.lease_owner), (d.id, 3, w1));
 }
+
+/// `reclaim_leases` ends exactly the live leases of one owner: those deliveries are due at
+/// once and claimed with the next attempt (also by the same owner, as after a restart); the
+/// old attempt's completion is stale; other owners' leases and expired leases are untouched.
+pub async fn reclaimed_leases_are_due_at_once<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    endpoint(store, org, None, t(0)).await;
+    for i in 0..3 {
+        insert_one(store, org, &format!("reclaim.{i}"), t(0)).await;
+    }
+    let (node, other) = (WorkerId::new(), WorkerId::new());
+    let mine = claim(store, node, 2, t(0)).await;
+    let theirs = claim_one(store, other, t(0)).await;
+    assert_eq!(mine.len(), 2);
+
+    assert_eq!(store.reclaim_leases(WorkerId::new(), t(1)).await.unwrap(), 0, "no leases");
+    assert_eq!(store.reclaim_leases(node, t(1)).await.unwrap(), 2);
+    assert_eq!(store.reclaim_leases(node, t(1)).await.unwrap(), 0, "already ended");
+    assert_eq!(store.stats(org).await.unwrap().in_flight, 3, "still in flight until claimed");
+
+    // The same owner (a restarted node) claims them again at once, long before the lease.
+    let again = claim(store, node, 10, t(1)).await;
+    let mut expected: Vec<_> = mine.iter().map(|d| d.id).collect();
+    let mut got: Vec<_> = again.iter().map(|d| d.id).collect();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected, "only the reclaimed deliveries are due; the other lease is live");
+    assert!(again.iter().all(|d| d.attempt == 2 && d.lease_owner == node));
+    assert_eq!(again[0].lease_expires_at, plus(t(1), LEASE));
+
+    assert!(!complete(store, completion(&mine[0], CompletionState::Delivered, t(2))).await);
+    let fresh = again.iter().find(|d| d.id == mine[0].id).unwrap();
+    assert!(complete(store, completion(fresh, CompletionState::Delivered, t(2))).await);
+    assert!(complete(store, completion(&theirs, CompletionState::Delivered, t(2))).await);
+
+    // An expired lease is not counted again.
+    let late = claim_one(store, node, t(100)).await;
+    assert_eq!(late.id, mine[1].id);
+    assert_eq!(store.reclaim_leases(node, plus(t(100), LEASE)).await.unwrap(), 0);
+}

@@ -67,3 +67,23 @@ uuid_id!(
     /// Identifies a worker that holds leases.
     WorkerId
 );
+
+/// The namespace of [`OrganizationId::named`] (a fixed, random UUID).
+const ORGANIZATION_NAMESPACE: Uuid = Uuid::from_u128(0x7c1e_64a2_3b0f_4f6e_9d51_a8e2_c4f0_1b37);
+
+impl OrganizationId {
+    /// The id an embedding application uses for its organization called `key`: the same key
+    /// gives the same id in every run and on every node (a name-based UUID v5), so
+    /// [`Ingestor::organization_or_create`](crate::Ingestor::organization_or_create) finds the
+    /// organization again after a restart. Organizations created over HTTP get random ids,
+    /// so a key cannot collide with them.
+    ///
+    /// ```
+    /// use triggers_core::OrganizationId;
+    /// assert_eq!(OrganizationId::named("my-app"), OrganizationId::named("my-app"));
+    /// assert_ne!(OrganizationId::named("my-app"), OrganizationId::named("my-app-2"));
+    /// ```
+    pub fn named(key: &str) -> Self {
+        Self(Uuid::new_v5(&ORGANIZATION_NAMESPACE, key.as_bytes()))
+    }
+}

@@ -91,6 +91,30 @@ pub struct TierLimits {
 }
 
 impl TierLimits {
+    /// The per-minute value that means "no limit": the limiter never refuses and keeps no
+    /// state for it (see [`TierLimits::unlimited`]).
+    pub const UNLIMITED: u32 = u32::MAX;
+
+    /// No limit for any tier: for an in-process embedder whose callers are trusted. The
+    /// limiter is bypassed (nothing is counted), and `X-RateLimit-Limit` reads `4294967295`.
+    ///
+    /// ```
+    /// use triggers_core::{Tier, TierLimits};
+    /// let limits = TierLimits::unlimited();
+    /// assert_eq!(limits.per_minute(Tier::Free), TierLimits::UNLIMITED);
+    /// // Or only one tier:
+    /// let mixed = TierLimits::default().with(Tier::Enterprise, TierLimits::UNLIMITED);
+    /// assert!(mixed.is_unlimited(Tier::Enterprise) && !mixed.is_unlimited(Tier::Free));
+    /// ```
+    pub fn unlimited() -> Self {
+        Self { per_minute: [Self::UNLIMITED; 4] }
+    }
+
+    /// Whether `tier` has no limit.
+    pub fn is_unlimited(&self, tier: Tier) -> bool {
+        self.per_minute(tier) == Self::UNLIMITED
+    }
+
     /// The limit for `tier`, in events per minute.
     pub fn per_minute(&self, tier: Tier) -> u32 {
         self.per_minute[tier as usize]
@@ -121,7 +145,8 @@ pub struct InvalidTierLimits {
 
 impl FromStr for TierLimits {
     type Err = InvalidTierLimits;
-    /// Parses `free=10,starter=60,…`; tiers not named keep their default.
+    /// Parses `free=10,starter=60,…`; tiers not named keep their default; `unlimited` as a
+    /// value lifts the tier's limit ([`TierLimits::UNLIMITED`]).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = |reason: String| InvalidTierLimits { input: s.to_owned(), reason };
         let mut limits = TierLimits::default();
@@ -129,10 +154,12 @@ impl FromStr for TierLimits {
             let (name, value) =
                 part.split_once('=').ok_or_else(|| err(format!("{part:?} is not tier=N")))?;
             let tier: Tier = name.trim().parse().map_err(|e: UnknownTier| err(e.to_string()))?;
-            let n: u32 = value
-                .trim()
-                .parse()
-                .map_err(|_| err(format!("{value:?} is not a whole number")))?;
+            let n: u32 = match value.trim() {
+                "unlimited" => Self::UNLIMITED,
+                v => v.parse().map_err(|_| {
+                    err(format!("{value:?} is not a whole number or \"unlimited\""))
+                })?,
+            };
             if n == 0 {
                 return Err(err(format!("the limit of {tier} must be at least 1")));
             }

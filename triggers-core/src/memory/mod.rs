@@ -204,4 +204,8 @@ impl DeliveryQueue for MemoryStore {
     async fn queue_depth(&self) -> StoreResult<u64> {
         Ok(self.lock()?.queue_depth())
     }
+
+    async fn reclaim_leases(&self, owner: WorkerId, now: Timestamp) -> StoreResult<u64> {
+        Ok(self.lock()?.reclaim_leases(owner, now))
+    }
 }

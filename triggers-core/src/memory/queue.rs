@@ -170,6 +170,21 @@ impl State {
         true
     }
 
+    pub(super) fn reclaim_leases(&mut self, owner: WorkerId, now: Timestamp) -> u64 {
+        let mut ended = 0;
+        for (id, row) in &mut self.queue.deliveries {
+            let Some(lease) = &mut row.lease else { continue };
+            if lease.owner != owner || lease.expires_at <= now {
+                continue;
+            }
+            self.queue.due.remove(&(lease.expires_at, *id));
+            lease.expires_at = now;
+            self.queue.due.insert((now, *id));
+            ended += 1;
+        }
+        ended
+    }
+
     pub(super) fn queue_depth(&self) -> u64 {
         self.queue.deliveries.len() as u64
     }

@@ -41,7 +41,11 @@ use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 pub trait OrgStore: Send + Sync + 'static {
     /// Stores a new organization with the hash of its first API key.
     ///
-    /// Errors: `Conflict` if the id or the key hash is already stored.
+    /// Errors: `Conflict` if the id or the key hash is already stored; then nothing changed.
+    /// Of several concurrent calls with the same id (also on other nodes) exactly one
+    /// succeeds and every other one gets `Conflict`: the Ingestor's get-or-create
+    /// ([`Ingestor::organization_or_create`](crate::Ingestor::organization_or_create)) relies
+    /// on it.
     async fn create_organization(&self, org: &Organization, key: &KeyHash) -> StoreResult<()>;
 
     /// The organization whose *current* key has this hash. A key replaced by
@@ -211,6 +215,26 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     /// Outstanding (pending or in-flight) deliveries across all organizations: the queue depth.
     async fn queue_depth(&self) -> StoreResult<u64>;
 
+    /// Ends every live lease held by `owner`: its in-flight deliveries are due at once, as if
+    /// their leases had expired at `now` (the next claim takes them with the next attempt
+    /// number, and a late completion or release by the old holder is stale). Deliveries
+    /// leased to other owners, and leases already expired, are untouched. Returns how many
+    /// leases ended.
+    ///
+    /// The workers call it at start-up for their own (stable) lease owner id: whatever that
+    /// id still holds belongs to a previous run of the same node that crashed or was never
+    /// shut down, so its deliveries go out at once instead of after the lease.
+    async fn reclaim_leases(&self, owner: WorkerId, now: Timestamp) -> StoreResult<u64>;
+
+    /// A lease-owner id that persists with the store's data across restarts, for a store that
+    /// one process uses at a time (the SQLite file keeps one). The workers then lease under
+    /// this id and [`reclaim`](Self::reclaim_leases) its leases at start-up. `None` (the
+    /// default): a fresh id per run, unless `WorkerConfig::node_id` names one; leases of a
+    /// crashed run then expire after the lease length.
+    fn node_id(&self) -> Option<WorkerId> {
+        None
+    }
+
     /// A signal the store fires when new deliveries may be due (for example a Postgres
     /// `LISTEN` on other nodes' inserts). `None`: workers rely on in-process wake-ups and
     /// polling.
@@ -220,6 +244,25 @@ pub trait DeliveryQueue: Send + Sync + 'static {
 }
 
 /// Everything persistent. Implemented for every type that implements the four parts.
+///
+/// Also implemented for `Arc<S>` and `Box<S>` of any store, `dyn EventStore` included, so a
+/// backend can be picked at run time ([`DynStore`]) and a store can be shared between an
+/// [`Ingestor`](crate::Ingestor) and other code.
+///
+/// ```
+/// use std::sync::Arc;
+/// use triggers_core::{DynStore, Ingestor, IngestorConfig, MemoryStore, NoDeliverer};
+/// let store: DynStore = Arc::new(MemoryStore::new()); // or a SQLite/PostgreSQL store
+/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+/// # rt.block_on(async {
+/// let ingestor = Ingestor::start(store, NoDeliverer, IngestorConfig::default());
+/// # ingestor.shutdown().await; });
+/// ```
 pub trait EventStore: OrgStore + EndpointStore + EventLog + DeliveryQueue {}
 
 impl<T: OrgStore + EndpointStore + EventLog + DeliveryQueue> EventStore for T {}
+
+/// A store chosen at run time: any backend behind one type.
+pub type DynStore = Arc<dyn EventStore>;
+
+mod forward;

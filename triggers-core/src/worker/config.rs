@@ -21,6 +21,14 @@ pub struct WorkerConfig {
     pub disable_after: Duration,
     /// On shutdown, how long in-flight deliveries get to finish before they are released.
     pub shutdown_grace: Duration,
+    /// A lease-owner id that stays the same across restarts of this node (default `None`:
+    /// the store's [`node_id`](crate::store::DeliveryQueue::node_id) — the SQLite store
+    /// keeps one in its file — else a fresh id per run). With a stable id the workers end
+    /// that id's leftover leases at start-up, so deliveries a crashed run held go out at
+    /// once instead of after `lease`. Give each node its own id, and run at most one
+    /// Ingestor with workers per id at a time: a second one would take over the first's
+    /// deliveries (a duplicate attempt, never a lost one).
+    pub node_id: Option<crate::domain::WorkerId>,
 }
 
 impl Default for WorkerConfig {
@@ -33,6 +41,7 @@ impl Default for WorkerConfig {
             delivery_timeout: Duration::from_secs(30),
             disable_after: Duration::from_secs(5 * 24 * 3600),
             shutdown_grace: Duration::from_secs(10),
+            node_id: None,
         }
     }
 }

@@ -10,7 +10,11 @@
 //! the next attempt number (at-least-once; the event id stays the same). A completion that
 //! arrives after its lease was taken over is refused by the store and changes nothing.
 //!
-//! Shutdown: the dispatcher stops claiming, in-flight attempts get `shutdown_grace` to
+//! Restart: with a stable lease owner (`WorkerConfig::node_id`, or the store's
+//! [`node_id`](crate::store::DeliveryQueue::node_id)), the dispatcher first ends the leases
+//! that id still holds — a previous run's, which crashed — so they are due at once.
+//!
+//! Shutdown (`Ingestor::shutdown`, or dropping the last `Ingestor` handle): the dispatcher stops claiming, in-flight attempts get `shutdown_grace` to
 //! finish and be recorded; those still running are cancelled and their deliveries released
 //! (due again at once, attempt number restored).
 
@@ -92,8 +96,18 @@ async fn dispatch<S: EventStore, D: Deliverer>(
     wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let owner = WorkerId::new();
     let cfg = &shared.config;
+    let stable = cfg.node_id.or_else(|| shared.store.node_id());
+    let owner = stable.unwrap_or_else(WorkerId::new);
+    if stable.is_some() {
+        match shared.store.reclaim_leases(owner, shared.clock.now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(%owner, reclaimed = n,
+                "deliveries leased by a previous run of this node are due again"),
+            Err(e) => tracing::warn!(%owner, error = %e,
+                "reclaiming a previous run's leases failed; they will expire instead"),
+        }
+    }
     let permits = Arc::new(Semaphore::new(cfg.concurrency));
     let (done_tx, done_rx) = mpsc::channel::<Finished>(cfg.concurrency + COMPLETION_BATCH);
     let completer =
