@@ -7,12 +7,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, Request, Response};
-use hyper::body::Incoming;
+use http_body_util::combinators::UnsyncBoxBody;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use triggers_core::{Deliverer, EventStore, Ingestor, Organization, RateDecision};
 
-use crate::config::ServerConfig;
+use crate::config::{AdminPolicy, ServerConfig};
 use crate::error::ApiError;
 use crate::handlers;
 use crate::metrics::Metrics;
@@ -24,7 +24,16 @@ pub(crate) struct App<S, D> {
     pub(crate) ingestor: Ingestor<S, D>,
     pub(crate) config: ServerConfig,
     pub(crate) metrics: Arc<Metrics>,
-    admin_token_hash: Option<[u8; 32]>,
+    admin: AdminGate,
+    /// `GET /openapi.json` for this mount (its `servers` entry names the base path).
+    openapi: Bytes,
+}
+
+/// Who may call `POST /api/keys/generate`, as checked per request.
+enum AdminGate {
+    Open,
+    Token([u8; 32]),
+    Closed,
 }
 
 /// Per-request state the handlers fill in for the response headers.
@@ -36,19 +45,40 @@ pub(crate) struct Ctx {
     pub(crate) rate: Option<RateDecision>,
 }
 
+/// Any request body, boxed: hyper's own, axum's, or another tower stack's.
+pub(crate) type ReqBody = UnsyncBoxBody<Bytes, crate::service::BodyError>;
 /// The request as handlers see it: its parts and the not-yet-read body.
-pub(crate) type Req = Request<Incoming>;
+pub(crate) type Req = Request<ReqBody>;
 /// What handlers return.
 pub(crate) type Res = Result<Response<Body>, ApiError>;
 
 impl<S: EventStore, D: Deliverer> App<S, D> {
+    /// `admin` is the explicit policy; a token in `config.admin_token` makes `Open` strict.
     pub(crate) fn new(
         ingestor: Ingestor<S, D>,
         config: ServerConfig,
         metrics: Arc<Metrics>,
+        admin: &AdminPolicy,
+        base_path: &str,
     ) -> Self {
-        let admin_token_hash = config.admin_token.as_deref().map(|t| Sha256::digest(t).into());
-        Self { ingestor, config, metrics, admin_token_hash }
+        let hash = |t: &str| Sha256::digest(t).into();
+        let admin = match (admin, config.admin_token.as_deref()) {
+            (AdminPolicy::Token(t), _) => AdminGate::Token(hash(t)),
+            (AdminPolicy::Open, Some(t)) => AdminGate::Token(hash(t)),
+            (AdminPolicy::Open, None) => AdminGate::Open,
+            (AdminPolicy::Closed, _) => AdminGate::Closed,
+        };
+        let openapi = if base_path.is_empty() {
+            crate::openapi::document_bytes()
+        } else {
+            Bytes::from(crate::openapi::document_at(base_path).to_string())
+        };
+        Self { ingestor, config, metrics, admin, openapi }
+    }
+
+    /// The OpenAPI document of this mount.
+    pub(crate) fn openapi(&self) -> Bytes {
+        self.openapi.clone()
     }
 
     /// Serves one request. Never fails: every error becomes a problem response.
@@ -100,10 +130,14 @@ impl<S: EventStore, D: Deliverer> App<S, D> {
         Ok(org)
     }
 
-    /// Checks `Authorization: Bearer <admin token>` when an admin token is configured.
+    /// Checks the admin policy: `Authorization: Bearer <admin token>` when a token is set.
     /// Compares SHA-256 digests in constant time, so neither content nor length leaks.
     pub(crate) fn check_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(expected) = &self.admin_token_hash else { return Ok(()) };
+        let expected = match &self.admin {
+            AdminGate::Open => return Ok(()),
+            AdminGate::Closed => return Err(ApiError::KeyGenerationDisabled),
+            AdminGate::Token(hash) => hash,
+        };
         let given = headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())

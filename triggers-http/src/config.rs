@@ -7,6 +7,31 @@ use std::time::Duration;
 /// Checks a webhook URL when an endpoint is created; `Err` carries the reason (422).
 pub type UrlPolicy = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
+/// Who may create organizations over HTTP (`POST /api/keys/generate`). A mounted
+/// [`ApiService`](crate::ApiService) takes it explicitly, because it cannot see which
+/// address its requests arrive on.
+#[derive(Clone, PartialEq, Eq)]
+pub enum AdminPolicy {
+    /// Only callers sending `Authorization: Bearer <token>`.
+    Token(String),
+    /// Anyone who can reach the API. Only for an API reachable from loopback alone.
+    Open,
+    /// Nobody: 403 `key_generation_disabled`. The embedding application creates its
+    /// organizations in process (`Ingestor::organization_or_create`) and hands out keys
+    /// (`Ingestor::rotate_key`).
+    Closed,
+}
+
+impl fmt::Debug for AdminPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Token(_) => "Token(<set>)",
+            Self::Open => "Open",
+            Self::Closed => "Closed",
+        })
+    }
+}
+
 /// How the HTTP server runs. `Default` gives the documented defaults.
 #[derive(Clone)]
 pub struct ServerConfig {

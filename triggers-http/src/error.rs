@@ -27,6 +27,8 @@ pub(crate) enum ApiError {
     InvalidApiKey,
     /// 401 `invalid_admin_token`: key generation needs the admin bearer token.
     InvalidAdminToken,
+    /// 403 `key_generation_disabled`: the service's admin policy is `Closed`.
+    KeyGenerationDisabled,
     /// 404 `route_not_found`.
     RouteNotFound,
     /// 404 `not_found`: no such item for this organization (also malformed ids).
@@ -79,6 +81,7 @@ impl ApiError {
             Self::MissingApiKey | Self::InvalidApiKey | Self::InvalidAdminToken => {
                 StatusCode::UNAUTHORIZED
             }
+            Self::KeyGenerationDisabled => StatusCode::FORBIDDEN,
             Self::RouteNotFound | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -101,6 +104,7 @@ impl ApiError {
             Self::MissingApiKey => "missing_api_key",
             Self::InvalidApiKey => "invalid_api_key",
             Self::InvalidAdminToken => "invalid_admin_token",
+            Self::KeyGenerationDisabled => "key_generation_disabled",
             Self::RouteNotFound => "route_not_found",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
@@ -124,6 +128,7 @@ impl ApiError {
             Self::MissingApiKey => "Missing API key",
             Self::InvalidApiKey => "Invalid API key",
             Self::InvalidAdminToken => "Admin token required",
+            Self::KeyGenerationDisabled => "Key generation disabled",
             Self::RouteNotFound => "No such route",
             Self::NotFound(_) => "Not found",
             Self::MethodNotAllowed(_) => "Method not allowed",
@@ -148,6 +153,9 @@ impl ApiError {
             Self::InvalidApiKey => "the API key is unknown or was rotated".into(),
             Self::InvalidAdminToken => {
                 "key generation needs `Authorization: Bearer <admin token>`".into()
+            }
+            Self::KeyGenerationDisabled => {
+                "organizations are not created over HTTP here; ask the operator for a key".into()
             }
             Self::RouteNotFound => "no route matches this path".into(),
             Self::NotFound(what) => format!("no such {what}"),

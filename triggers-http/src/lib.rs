@@ -46,13 +46,15 @@ mod panic;
 mod respond;
 mod router;
 mod server;
+mod service;
 pub mod settings;
 pub mod webhook;
 
-pub use config::{ServerConfig, UrlPolicy};
+pub use config::{AdminPolicy, ServerConfig, UrlPolicy};
 pub use metrics::Metrics;
 pub use router::{routes, RouteInfo};
 pub use server::{shutdown_signal, ServeError, Server};
+pub use service::{service, ApiService, BoxError, ResponseBody, ServiceConfig};
 pub use settings::Settings;
 pub use webhook::{WebhookConfig, WebhookDeliverer};
 

@@ -16,10 +16,9 @@ use tokio::task::JoinSet;
 use triggers_core::{Deliverer, EventStore, Ingestor};
 
 use crate::app::App;
-use crate::config::ServerConfig;
-use crate::error::ApiError;
+use crate::config::{AdminPolicy, ServerConfig};
 use crate::metrics::Metrics;
-use crate::panic::CatchPanic;
+use crate::service::{box_body, respond, ApiService};
 
 /// Why [`Server::serve`] did not run.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +36,9 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// The Triggers API over HTTP/1.1, generic over the store and deliverer of its [`Ingestor`].
+/// The Triggers API over HTTP/1.1, generic over the store and deliverer of its [`Ingestor`]:
+/// a connection loop around an [`ApiService`] (mount that one to serve the API inside
+/// another application).
 ///
 /// ```no_run
 /// use triggers_core::{Ingestor, IngestorConfig, MemoryStore, NoDeliverer};
@@ -58,6 +59,12 @@ pub struct Server<S, D> {
     app: Arc<App<S, D>>,
 }
 
+impl<S, D> From<Server<S, D>> for ApiService<S, D> {
+    fn from(server: Server<S, D>) -> Self {
+        ApiService { app: server.app }
+    }
+}
+
 impl<S: EventStore, D: Deliverer> Server<S, D> {
     /// A server for `ingestor`, with its own [`Metrics`] (which then count no deliveries; use
     /// [`with_metrics`](Self::with_metrics) and `IngestorConfig::observer` for those).
@@ -72,7 +79,13 @@ impl<S: EventStore, D: Deliverer> Server<S, D> {
         config: ServerConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { app: Arc::new(App::new(ingestor, config, metrics)) }
+        // The server sees its listener, so it can enforce what a mounted service cannot:
+        // no admin token, no non-loopback address (checked in `serve`).
+        let admin = match &config.admin_token {
+            Some(token) => AdminPolicy::Token(token.clone()),
+            None => AdminPolicy::Open,
+        };
+        Self { app: Arc::new(App::new(ingestor, config, metrics, &admin, "")) }
     }
 
     /// Serves connections from `listener` until `shutdown` completes. Then it stops
@@ -156,20 +169,9 @@ async fn serve_connection<S: EventStore, D: Deliverer>(
     app.metrics.connection(1);
     let service = {
         let app = app.clone();
-        service_fn(move |req| {
-            let app = app.clone();
-            async move {
-                // A bug must cost one request a 500, not the connection or the process.
-                let res = match CatchPanic(Box::pin(app.handle(req))).await {
-                    Ok(res) => res,
-                    Err(()) => {
-                        tracing::error!("a request handler panicked");
-                        app.metrics.response(500);
-                        ApiError::Internal.into_response()
-                    }
-                };
-                Ok::<_, Infallible>(res)
-            }
+        service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let res = respond(app.clone(), req.map(box_body));
+            async move { Ok::<_, Infallible>(res.await) }
         })
     };
     let conn = http1::Builder::new()

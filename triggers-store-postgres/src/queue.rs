@@ -157,6 +157,19 @@ impl DeliveryQueue for PgStore {
         rows::count(&row, "depth")
     }
 
+    async fn reclaim_leases(&self, owner: WorkerId, now: Timestamp) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET lease_expires_at = $2, due_at = $2
+             WHERE state = 'in_flight' AND lease_owner = $1 AND lease_expires_at > $2",
+        )
+        .bind(owner.0)
+        .bind(now)
+        .execute(self.pool())
+        .await
+        .map_err(map)?;
+        Ok(done.rows_affected())
+    }
+
     fn wakeups(&self) -> Option<Arc<Notify>> {
         self.listener_wakeups()
     }

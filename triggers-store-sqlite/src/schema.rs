@@ -8,13 +8,16 @@ use std::path::Path;
 
 use rusqlite::limits::Limit;
 use rusqlite::{Connection, DatabaseName, OpenFlags};
-use triggers_core::StoreError;
+use triggers_core::{StoreError, WorkerId};
 
 use crate::config::SqliteConfig;
 use crate::error::{SqlResultExt, SqliteError};
 
 /// Every migration, in order. Never edit a released one: append a new one.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0005_embed.sql"),
+];
 
 /// Marks a database as ours (`PRAGMA application_id`, "TRGS").
 const APPLICATION_ID: i64 = 0x5452_4753;
@@ -73,6 +76,21 @@ pub(crate) fn open_writer(path: &Path, config: &SqliteConfig) -> Result<Connecti
         other => other,
     })?;
     Ok(conn)
+}
+
+/// The database's node id (see `DeliveryQueue::node_id`), created on first use. Stays the same
+/// across restarts: it lives in the file.
+pub(crate) fn node_id(conn: &Connection) -> Result<WorkerId, StoreError> {
+    let fresh = WorkerId::new();
+    conn.execute(
+        "INSERT INTO node (id) SELECT ?1 WHERE NOT EXISTS (SELECT 1 FROM node)",
+        [fresh.0.as_bytes().as_slice()],
+    )
+    .store()?;
+    let bytes: Vec<u8> = conn.query_row("SELECT id FROM node LIMIT 1", [], |r| r.get(0)).store()?;
+    uuid::Uuid::from_slice(&bytes)
+        .map(WorkerId)
+        .map_err(|e| StoreError::Corrupt(format!("node id: {e}")))
 }
 
 /// Opens one read-only reader connection (`PRAGMA query_only`).

@@ -37,6 +37,7 @@ struct Inner {
     writer: Writer,
     config: SqliteConfig,
     path: PathBuf,
+    node: WorkerId,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -59,10 +60,11 @@ impl SqliteStore {
     pub fn open(path: impl AsRef<Path>, config: SqliteConfig) -> StoreResult<Self> {
         let path = path.as_ref().to_path_buf();
         let conn = schema::open_writer(&path, &config)?;
+        let node = schema::node_id(&conn)?;
         let readers = Readers::open(&path, &config)?;
         let writer = Writer::start(conn, config.writer_queue, config.max_batch)?;
         tracing::debug!(path = %path.display(), "opened sqlite store");
-        Ok(Self { inner: Arc::new(Inner { readers, writer, config, path }) })
+        Ok(Self { inner: Arc::new(Inner { readers, writer, config, path, node }) })
     }
 
     /// The database file's path.
@@ -247,5 +249,16 @@ impl DeliveryQueue for SqliteStore {
 
     async fn queue_depth(&self) -> StoreResult<u64> {
         self.read(reads::queue_depth).await
+    }
+
+    async fn reclaim_leases(&self, owner: WorkerId, now: Timestamp) -> StoreResult<u64> {
+        self.write(move |c| queue::reclaim_leases(c, owner, now)).await
+    }
+
+    /// The node id kept in the database file: one process uses a SQLite file at a time, so
+    /// leases under this id that are still live when the workers start were left by a
+    /// previous run that crashed, and are reclaimed at once.
+    fn node_id(&self) -> Option<WorkerId> {
+        Some(self.inner.node)
     }
 }

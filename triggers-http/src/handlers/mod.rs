@@ -42,7 +42,7 @@ pub(crate) async fn dispatch<S: EventStore, D: Deliverer>(
         Route::Health => Ok(ops::health()),
         Route::Ready => ops::ready(app).await,
         Route::Metrics => ops::metrics(app).await,
-        Route::OpenApi => Ok(ops::openapi()),
+        Route::OpenApi => Ok(ops::openapi(app)),
     }
 }
 

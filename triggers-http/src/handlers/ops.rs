@@ -50,6 +50,6 @@ pub(super) async fn metrics<S: EventStore, D: Deliverer>(app: &App<S, D>) -> Res
     ))
 }
 
-pub(super) fn openapi() -> Response<Body> {
-    with_body(StatusCode::OK, "application/json", crate::openapi::document_bytes())
+pub(super) fn openapi<S: EventStore, D: Deliverer>(app: &App<S, D>) -> Response<Body> {
+    with_body(StatusCode::OK, "application/json", app.openapi())
 }

@@ -49,7 +49,7 @@ fn operation(route: Route) -> Op {
             Auth::Admin,
             Some("GenerateKeyRequest"),
             &[(201, Some("KeyCreated"))],
-            BODY_ERRORS,
+            &[400, 401, 403, 408, 413, 415, 422, 500, 503],
         ),
         Route::KeysShow => op(
             "showKey",
@@ -280,6 +280,12 @@ fn operation_json(path: &str, route: Route) -> Value {
 
 /// The document as a JSON value.
 pub(crate) fn document() -> Value {
+    document_at("")
+}
+
+/// The document for an API served under `base_path` (`""`: at the root): `servers` names it,
+/// so clients and generated SDKs prefix every path with it.
+pub(crate) fn document_at(base_path: &str) -> Value {
     let mut paths: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
     for info in routes() {
         paths
@@ -294,12 +300,13 @@ pub(crate) fn document() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": schemas::DESCRIPTION,
         },
+        "servers": [{ "url": if base_path.is_empty() { "/" } else { base_path } }],
         "paths": paths,
         "components": schemas::components(),
     })
 }
 
-/// The document as JSON text, built once.
+/// The document as JSON text for the root mount, built once.
 pub(crate) fn document_bytes() -> Bytes {
     static DOC: OnceLock<Bytes> = OnceLock::new();
     DOC.get_or_init(|| Bytes::from(document().to_string())).clone()

@@ -126,7 +126,7 @@ pub(super) fn components() -> Value {
                 "code": { "type": "string", "description": "Stable machine code", "enum": [
                     "malformed_json", "not_an_object", "invalid_query", "bad_request",
                     "missing_api_key", "invalid_api_key", "invalid_admin_token",
-                    "route_not_found", "not_found", "method_not_allowed", "request_timeout",
+                    "key_generation_disabled", "route_not_found", "not_found", "method_not_allowed", "request_timeout",
                     "body_too_large", "unsupported_media_type", "invalid_field", "rate_limited",
                     "overloaded", "store_unavailable", "internal_error"] },
                 "field": { "type": "string", "description": "The invalid field (422 only)" },

@@ -7,6 +7,7 @@ mod dedup;
 mod flaky;
 mod hostile;
 mod lifecycle;
+mod mounted;
 mod openapi;
 mod rate;
 mod routes;

@@ -147,13 +147,22 @@ impl Resp {
 #[derive(Clone)]
 pub struct Client {
     base: String,
+    /// The path part of `base` (a mount prefix), stripped before checking the OpenAPI document.
+    prefix: String,
     inner: HyperClient<HttpConnector, Full<Bytes>>,
 }
 
 impl Client {
     pub fn new(addr: SocketAddr) -> Self {
+        Self::with_base(format!("http://{addr}"))
+    }
+
+    /// A client for an API mounted under a path: `base` is `http://addr/prefix`.
+    pub fn with_base(base: String) -> Self {
         let inner = HyperClient::builder(TokioExecutor::new()).build_http();
-        Self { base: format!("http://{addr}"), inner }
+        let after_scheme = base.split_once("://").map_or(base.as_str(), |(_, rest)| rest);
+        let prefix = after_scheme.find('/').map_or("", |i| &after_scheme[i..]).to_owned();
+        Self { base, prefix, inner }
     }
 
     /// Sends `body` as JSON (with `Content-Type: application/json`) and the API key if given.
@@ -181,6 +190,7 @@ impl Client {
     /// Sends a request built by the caller (its URI is a path).
     pub async fn request(&self, mut req: Request<Full<Bytes>>) -> Resp {
         let path = req.uri().path().to_owned();
+        let path = path.strip_prefix(self.prefix.as_str()).unwrap_or(&path).to_owned();
         let method = req.method().clone();
         if req.uri().host().is_none() {
             let pq = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();

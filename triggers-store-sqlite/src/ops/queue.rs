@@ -267,3 +267,20 @@ pub(crate) fn extend_lease(
         .store()?;
     Ok(n > 0)
 }
+
+/// `DeliveryQueue::reclaim_leases`: the lease expiry is `due_at` while in flight.
+pub(crate) fn reclaim_leases(
+    conn: &Connection,
+    owner: WorkerId,
+    now: Timestamp,
+) -> StoreResult<u64> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE deliveries SET due_at = ?2
+             WHERE state = 1 AND lease_owner = ?1 AND due_at > ?2",
+        )
+        .store()?
+        .execute(params![owner.0.as_bytes(), micros(now)])
+        .store()?;
+    Ok(n as u64)
+}

@@ -136,4 +136,10 @@ impl DeliveryQueue for TempStore {
     async fn queue_depth(&self) -> StoreResult<u64> {
         self.store.queue_depth().await
     }
+    async fn reclaim_leases(&self, owner: WorkerId, now: Timestamp) -> StoreResult<u64> {
+        self.store.reclaim_leases(owner, now).await
+    }
+    fn node_id(&self) -> Option<WorkerId> {
+        self.store.node_id()
+    }
 }
