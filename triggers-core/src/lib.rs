@@ -28,6 +28,7 @@ pub mod limiter;
 pub mod memory;
 pub mod observe;
 pub mod retry;
+pub mod scheme;
 pub mod store;
 pub mod worker;
 
@@ -38,6 +39,7 @@ pub mod prelude {
     pub use crate::deliver::{
         Attempt, ChannelDeliverer, Deliverer, FnDeliverer, Handoff, NoDeliverer, Outcome,
     };
+    pub use crate::scheme::RoutingDeliverer;
     pub use crate::domain::event::{Event, EventDetail, EventStatus, NewEvent};
     pub use crate::domain::key::ApiKey;
     pub use crate::domain::org::{Organization, Tier, TierLimits};
@@ -87,6 +89,7 @@ pub use limiter::{RateDecision, RateLimiter, SharedRateLimiter};
 pub use memory::MemoryStore;
 pub use observe::{DeliveryResult, Observer};
 pub use retry::RetryPolicy;
+pub use scheme::RoutingDeliverer;
 /// Re-exported so that implementing [`EventStore`] or [`Deliverer`] needs no extra dependency.
 pub use async_trait::async_trait;
 /// Re-exported: payloads are `serde_json` values.

@@ -58,6 +58,9 @@ pub use service::{service, ApiService, BoxError, ResponseBody, ServiceConfig};
 pub use settings::Settings;
 pub use webhook::{WebhookConfig, WebhookDeliverer};
 
+/// The `prometheus-client` version [`Metrics::register_into`] takes a registry of.
+pub use prometheus_client;
+
 /// The OpenAPI 3.1 document served at `GET /openapi.json`.
 pub fn openapi_document() -> serde_json::Value {
     openapi::document()

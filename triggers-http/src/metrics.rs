@@ -45,7 +45,8 @@ fn latency_histogram() -> Histogram {
 }
 
 /// The server's metrics. Pass it as `IngestorConfig::observer` to count deliveries, and to
-/// [`Server::with_metrics`](crate::Server::with_metrics) to serve it.
+/// [`Server::with_metrics`](crate::Server::with_metrics) or `ServiceConfig::metrics` to serve
+/// it; [`register_into`](Self::register_into) adds it to an application's own registry.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -69,56 +70,74 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh set of metrics, all zero.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("triggers");
-        let ingest = Family::<Outcome, Counter>::default();
-        registry.register("ingest_events", "Events submitted, by outcome", ingest.clone());
-        let ingest_latency: HistogramFamily<RouteLabel> =
-            Family::new_with_constructor(latency_histogram);
+        let mut metrics = Self {
+            registry: Registry::default(),
+            ingest: Family::default(),
+            ingest_latency: Family::new_with_constructor(latency_histogram),
+            deliveries: Family::default(),
+            delivery_latency: latency_histogram(),
+            queue_depth: Gauge::default(),
+            rate_limited: Counter::default(),
+            http: Family::default(),
+            connections: Gauge::default(),
+            rejected: Counter::default(),
+        };
+        let mut registry = Registry::default();
+        metrics.register_into(&mut registry);
+        metrics.registry = registry;
+        metrics
+    }
+
+    /// Registers every metric, under the prefix `triggers_`, into an application's own
+    /// `prometheus-client` registry (use [`prometheus_client`](crate::prometheus_client), the
+    /// version this crate re-exports), so one scrape of the application's endpoint has them
+    /// all. They stay shared with this `Metrics`: the API and the delivery workers keep
+    /// counting into them. `triggers_queue_depth` is read from the store when the API's own
+    /// `GET /metrics` is served, or by [`ApiService::refresh_metrics`](crate::ApiService::refresh_metrics).
+    ///
+    /// ```
+    /// use triggers_http::prometheus_client::registry::Registry;
+    /// let mut registry = Registry::default();
+    /// let metrics = triggers_http::Metrics::new();
+    /// metrics.register_into(&mut registry);
+    /// let mut text = String::new();
+    /// triggers_http::prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    /// assert!(text.contains("triggers_http_responses_total"));
+    /// ```
+    pub fn register_into(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("triggers");
+        registry.register("ingest_events", "Events submitted, by outcome", self.ingest.clone());
         registry.register_with_unit(
             "ingest_duration",
             "Time to validate, rate-limit, dedup and durably store a request's events",
             Unit::Seconds,
-            ingest_latency.clone(),
+            self.ingest_latency.clone(),
         );
-        let deliveries = Family::<Outcome, Counter>::default();
-        registry.register("deliveries", "Delivery attempts, by outcome", deliveries.clone());
-        let delivery_latency = latency_histogram();
+        registry.register("deliveries", "Delivery attempts, by outcome", self.deliveries.clone());
         registry.register_with_unit(
             "delivery_duration",
             "Duration of delivery attempts",
             Unit::Seconds,
-            delivery_latency.clone(),
+            self.delivery_latency.clone(),
         );
-        let queue_depth = Gauge::default();
-        registry.register("queue_depth", "Outstanding deliveries", queue_depth.clone());
-        let rate_limited = Counter::default();
+        registry.register("queue_depth", "Outstanding deliveries", self.queue_depth.clone());
         registry.register(
             "rate_limited_requests",
             "Requests refused with 429",
-            rate_limited.clone(),
+            self.rate_limited.clone(),
         );
-        let http = Family::<Status, Counter>::default();
-        registry.register("http_responses", "HTTP responses, by status", http.clone());
-        let connections = Gauge::default();
-        registry.register("http_connections", "Open HTTP connections", connections.clone());
-        let rejected = Counter::default();
+        registry.register("http_responses", "HTTP responses, by status", self.http.clone());
+        registry.register("http_connections", "Open HTTP connections", self.connections.clone());
         registry.register(
             "http_connections_rejected",
             "Connections closed at once because the connection cap was reached",
-            rejected.clone(),
+            self.rejected.clone(),
         );
-        Self {
-            registry,
-            ingest,
-            ingest_latency,
-            deliveries,
-            delivery_latency,
-            queue_depth,
-            rate_limited,
-            http,
-            connections,
-            rejected,
-        }
+    }
+
+    /// Sets `triggers_queue_depth`.
+    pub(crate) fn set_queue_depth(&self, depth: u64) {
+        self.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 
     /// Counts `n` submitted events with this outcome.
@@ -152,7 +171,7 @@ impl Metrics {
     /// The exposition text, with the queue depth set to `queue_depth` (if it could be read).
     pub(crate) fn encode(&self, queue_depth: Option<u64>) -> String {
         if let Some(depth) = queue_depth {
-            self.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+            self.set_queue_depth(depth);
         }
         let mut out = String::with_capacity(4096);
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
@@ -199,5 +218,24 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn an_applications_registry_shares_the_counts() {
+        let m = Metrics::new();
+        let mut app = Registry::with_prefix("app");
+        m.register_into(&mut app);
+        m.response(503);
+        m.delivery(DeliveryResult::Failed, Duration::from_millis(1));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &app).unwrap();
+        for line in [
+            "app_triggers_http_responses_total{status=\"503\"} 1",
+            "app_triggers_deliveries_total{outcome=\"failed\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        // The server's own exposition is unchanged by the extra registration.
+        assert!(m.encode(None).contains("\ntriggers_http_responses_total{status=\"503\"} 1"));
     }
 }

@@ -154,7 +154,10 @@ pub trait EventLog: Send + Sync + 'static {
         now: Timestamp,
     ) -> StoreResult<Option<EventStatus>>;
 
-    /// Event counts by status, and in-flight deliveries, for `org`.
+    /// Event counts by status, and in-flight deliveries, for `org`. `in_flight` counts every
+    /// delivery in the in-flight state, including one whose lease has expired but which no
+    /// worker has claimed again yet (the store does not read the clock; a claim or
+    /// [`DeliveryQueue::reclaim_leases`] moves it on).
     async fn stats(&self, org: OrganizationId) -> StoreResult<QueueStats>;
 }
 
@@ -166,7 +169,9 @@ pub trait EventLog: Send + Sync + 'static {
 pub trait DeliveryQueue: Send + Sync + 'static {
     /// Claims up to `req.limit` due deliveries of enabled endpoints, earliest due first, and
     /// leases them to `req.owner` until `req.now + req.lease`, incrementing each one's
-    /// attempt number. Concurrent claimers (also on other nodes) never receive the same
+    /// attempt number. Each [`Delivery`] carries the endpoint's signing secrets valid at
+    /// `req.now`: the current secret first, then the rotated-out one while `req.now <
+    /// previous_valid_until` (see [`EndpointStore::rotate_endpoint_secret`]). Concurrent claimers (also on other nodes) never receive the same
     /// delivery while its lease is live. Deliveries of disabled endpoints are not claimed.
     ///
     /// A claim need not be durable: if the store itself crashes, a store may forget recent
@@ -184,17 +189,20 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     ///   record.at`);
     /// - `Retry { at }`: pending again, due at `at`, lease cleared;
     /// - `Failed`: the delivery is failed, and a `pending` event becomes `failed`;
-    /// - `Retry`/`Failed` set the endpoint's failing-since time if it was not failing;
+    /// - `Retry`/`Failed` set the endpoint's failing-since time to `record.at` (the attempt's
+    ///   own time, not the time of the call) if it was not failing already; a later failure
+    ///   keeps the earlier time;
     /// - `disable_endpoint: Some(reason)` disables the endpoint with that reason.
     ///
     /// Returns one flag per completion, in order.
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>>;
 
     /// Gives a claimed delivery back unattempted: pending, lease cleared, attempt number
-    /// restored, nothing recorded. It is due again at `due_at` (a deferral, e.g. while its
-    /// endpoint is at its concurrency cap), or with `None` when it was due before the claim
-    /// (graceful shutdown: it keeps its place in the queue). Fenced like `complete`; `false`
-    /// if stale.
+    /// restored (the next claim gets the same number again), nothing recorded. It is due
+    /// again at `due_at` (a deferral, e.g. while its endpoint is at its concurrency cap), or,
+    /// with `None`, at exactly the time it was due when it was claimed — so it is due at once
+    /// and keeps its place in the queue ahead of later work (graceful shutdown). Fenced like
+    /// `complete`; `false` if stale.
     async fn release(
         &self,
         id: DeliveryId,

@@ -69,7 +69,8 @@ pub struct AckOutcome {
 pub struct QueueStats {
     /// Events with status `pending`.
     pub pending: u64,
-    /// Deliveries currently leased by a worker.
+    /// Deliveries in the in-flight state: leased by a worker, also when the lease has
+    /// expired and nobody has claimed them again yet.
     pub in_flight: u64,
     /// Events with status `delivered`.
     pub delivered: u64,
@@ -118,10 +119,11 @@ pub struct Delivery {
     pub endpoint_id: EndpointId,
     /// The target URL.
     pub url: String,
-    /// Signing secrets valid now: the current one first, then a rotated-out one still inside its
-    /// grace period.
+    /// Signing secrets valid at the claim's `now`: the current one first, then a rotated-out
+    /// one still inside its grace period.
     pub secrets: Vec<Secret>,
-    /// Since when the endpoint has failed without a success in between, if it is failing.
+    /// Since when the endpoint has failed without a success in between, if it is failing:
+    /// the `record.at` of the first failed attempt (see `DeliveryQueue::complete`).
     pub endpoint_failing_since: Option<Timestamp>,
 }
 

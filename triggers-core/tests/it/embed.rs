@@ -191,3 +191,41 @@ async fn a_restart_with_a_stable_node_id_delivers_a_crashed_runs_work_at_once() 
     .await;
     restarted.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routing_deliverer_picks_the_deliverer_by_url_scheme() {
+    let clock = ManualClock::new();
+    let (inproc, _, mut seen) = counting();
+    let (webhooks, webhook_calls, _webhook_seen) = counting();
+    let deliverer = RoutingDeliverer::new().route("INPROC", inproc).webhooks(webhooks);
+    let ing = Ingestor::start(MemoryStore::new(), deliverer, config(&clock));
+    let (org, _) = ing.create_organization("acme", Tier::Enterprise).await.unwrap();
+    let local = ing.create_endpoint(&org, "inproc://audit", Some("audit.*")).await.unwrap();
+    let hook = ing.create_endpoint(&org, "https://example.invalid/h", Some("hook.*")).await.unwrap();
+    let ftp = ing.create_endpoint(&org, "ftp://files/x", Some("file.*")).await.unwrap();
+
+    let a = ing.ingest(&org, NewEvent::new("audit.login", &json!(1))).await.unwrap().id;
+    assert_eq!(seen.recv().await, Some(a), "inproc:// went to the in-process consumer");
+    let h = ing.ingest(&org, NewEvent::new("hook.x", &json!(1))).await.unwrap().id;
+    let f = ing.ingest(&org, NewEvent::new("file.x", &json!(1))).await.unwrap().id;
+    for (id, status) in [(a, EventStatus::Delivered), (h, EventStatus::Delivered)] {
+        eventually("delivered", || {
+            let (ing, org) = (ing.clone(), org.clone());
+            async move { ing.event(&org, id).await.unwrap().event.status == status }
+        })
+        .await;
+    }
+    assert_eq!(webhook_calls.load(Ordering::SeqCst), 1, "https:// went to the webhook deliverer");
+    eventually("the ftp:// event failed", || {
+        let (ing, org) = (ing.clone(), org.clone());
+        async move { ing.event(&org, f).await.unwrap().event.status == EventStatus::Failed }
+    })
+    .await;
+    let attempts = ing.event(&org, f).await.unwrap().attempts;
+    assert_eq!(attempts.len(), 1, "not retried");
+    assert_eq!(attempts[0].endpoint_id, ftp.id);
+    let error = attempts[0].error.clone().unwrap();
+    assert!(error.contains("\"ftp\""), "{error}");
+    let _ = (local, hook);
+    ing.shutdown().await;
+}
