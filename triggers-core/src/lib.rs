@@ -39,7 +39,6 @@ pub mod prelude {
     pub use crate::deliver::{
         Attempt, ChannelDeliverer, Deliverer, FnDeliverer, Handoff, NoDeliverer, Outcome,
     };
-    pub use crate::scheme::RoutingDeliverer;
     pub use crate::domain::event::{Event, EventDetail, EventStatus, NewEvent};
     pub use crate::domain::key::ApiKey;
     pub use crate::domain::org::{Organization, Tier, TierLimits};
@@ -52,6 +51,7 @@ pub mod prelude {
     pub use crate::limiter::RateDecision;
     pub use crate::memory::MemoryStore;
     pub use crate::retry::RetryPolicy;
+    pub use crate::scheme::RoutingDeliverer;
     pub use crate::store::{
         AckOutcome, Delivery, DeliveryQueue, DynStore, EndpointStore, EventLog, EventStore,
         OrgStore, QueueStats, StoreError, StoreResult,
@@ -82,6 +82,8 @@ pub use domain::webhook::{Endpoint, Secret, TypeGlob};
 pub use domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 pub use error::{Error, Result};
 
+/// Re-exported so that implementing [`EventStore`] or [`Deliverer`] needs no extra dependency.
+pub use async_trait::async_trait;
 pub use ingestor::{
     BatchIngested, Cursor, InboxPage, InboxQuery, Ingested, Ingestor, IngestorConfig,
 };
@@ -90,10 +92,7 @@ pub use memory::MemoryStore;
 pub use observe::{DeliveryResult, Observer};
 pub use retry::RetryPolicy;
 pub use scheme::RoutingDeliverer;
-/// Re-exported so that implementing [`EventStore`] or [`Deliverer`] needs no extra dependency.
-pub use async_trait::async_trait;
 /// Re-exported: payloads are `serde_json` values.
 pub use serde_json;
 pub use store::{AckOutcome, Delivery, DynStore, EventStore, QueueStats, StoreError};
 pub use worker::WorkerConfig;
-

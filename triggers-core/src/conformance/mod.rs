@@ -61,8 +61,8 @@ pub use orgs::{
 pub use queue::{
     claims_take_due_deliveries_earliest_first, concurrent_claimers_never_share_a_delivery,
     expired_leases_are_reclaimed_with_the_next_attempt, lease_extension_is_fenced,
-    reclaimed_leases_are_due_at_once,
-    released_deliveries_are_due_again_with_their_attempt, stale_completions_change_nothing,
+    reclaimed_leases_are_due_at_once, released_deliveries_are_due_again_with_their_attempt,
+    stale_completions_change_nothing,
 };
 
 /// Expands into one `#[test]` per conformance case, each running on its own multi-thread

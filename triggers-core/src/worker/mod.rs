@@ -1,7 +1,7 @@
 //! The delivery worker queue.
 //!
 //! One dispatcher task per [`Ingestor`](crate::Ingestor) claims due deliveries in batches
-//! (leased to this pool's [`WorkerId`]), runs each attempt in its own task (at most
+//! (leased to this pool's [`WorkerId`](crate::domain::WorkerId)), runs each attempt in its own task (at most
 //! `concurrency` at once), and hands finished attempts to a completer task that records them
 //! in batches, fenced by `(lease owner, attempt)`.
 //!
@@ -31,7 +31,6 @@ pub use config::WorkerConfig;
 
 use crate::clock::{self, SharedClock};
 use crate::deliver::{Attempt, Deliverer, Outcome};
-use crate::domain::WorkerId;
 use crate::observe::{DeliveryResult, Observer};
 use crate::retry::RetryPolicy;
 use crate::store::{ClaimRequest, Completion, Delivery, EventStore};
@@ -98,7 +97,7 @@ async fn dispatch<S: EventStore, D: Deliverer>(
 ) {
     let cfg = &shared.config;
     let stable = cfg.node_id.or_else(|| shared.store.node_id());
-    let owner = stable.unwrap_or_else(WorkerId::new);
+    let owner = stable.unwrap_or_default(); // the default is a fresh, random id
     if stable.is_some() {
         match shared.store.reclaim_leases(owner, shared.clock.now()).await {
             Ok(0) => {}

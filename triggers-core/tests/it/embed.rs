@@ -115,8 +115,7 @@ async fn an_unlimited_tier_never_refuses_and_a_limit_reports_when_to_retry() {
 }
 
 /// A deliverer that counts its calls and reports each event id on a channel.
-fn counting() -> (Arc<FnDeliverer>, Arc<AtomicU32>, tokio::sync::mpsc::UnboundedReceiver<EventId>)
-{
+fn counting() -> (Arc<FnDeliverer>, Arc<AtomicU32>, tokio::sync::mpsc::UnboundedReceiver<EventId>) {
     let calls = Arc::new(AtomicU32::new(0));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let c = calls.clone();
@@ -201,7 +200,8 @@ async fn a_routing_deliverer_picks_the_deliverer_by_url_scheme() {
     let ing = Ingestor::start(MemoryStore::new(), deliverer, config(&clock));
     let (org, _) = ing.create_organization("acme", Tier::Enterprise).await.unwrap();
     let local = ing.create_endpoint(&org, "inproc://audit", Some("audit.*")).await.unwrap();
-    let hook = ing.create_endpoint(&org, "https://example.invalid/h", Some("hook.*")).await.unwrap();
+    let hook =
+        ing.create_endpoint(&org, "https://example.invalid/h", Some("hook.*")).await.unwrap();
     let ftp = ing.create_endpoint(&org, "ftp://files/x", Some("file.*")).await.unwrap();
 
     let a = ing.ingest(&org, NewEvent::new("audit.login", &json!(1))).await.unwrap().id;

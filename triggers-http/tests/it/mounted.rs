@@ -58,24 +58,28 @@ async fn the_api_mounted_in_axum_serves_beside_the_apps_routes() {
 
     let api = Client::with_base(format!("http://{addr}/triggers"));
     let key = key.expose();
-    let r = api.event(&key, "user.created", Some("u-1")).await;
+    let r = api.event(key, "user.created", Some("u-1")).await;
     assert_eq!(r.status, 202, "{}", r.text());
     assert_eq!(r.header("x-ratelimit-limit"), "6000");
     let id: triggers_core::EventId = r.json()["id"].as_str().unwrap().parse().unwrap();
     assert_eq!(delivered.recv().await, Some(id), "delivered by the embedded Ingestor");
-    let dup = api.event(&key, "user.created", Some("u-1")).await;
+    let dup = api.event(key, "user.created", Some("u-1")).await;
     assert_eq!((dup.status, dup.json()["id"].as_str()), (200, Some(id.to_string().as_str())));
 
     // Errors are the API's own problem documents, also for bad input under the mount.
-    api.send("POST", "/api/events", Some(&key), Some(json!([1]))).await.problem(400, "not_an_object");
-    api.send("GET", "/api/nope", Some(&key), None).await.problem(404, "route_not_found");
+    api.send("POST", "/api/events", Some(key), Some(json!([1])))
+        .await
+        .problem(400, "not_an_object");
+    api.send("GET", "/api/nope", Some(key), None).await.problem(404, "route_not_found");
     api.send("POST", "/api/events", Some("trg_nope"), Some(json!({"type": "a", "payload": 1})))
         .await
         .problem(401, "invalid_api_key");
     // The admin policy is explicit: Closed refuses key generation whatever the address.
     let body = json!({"organization_name": "intruder", "tier": "enterprise"});
-    api.send("POST", "/api/keys/generate", None, Some(body)).await.problem(403, "key_generation_disabled");
-    let stats = api.get("/api/queue/stats", &key).await.json();
+    api.send("POST", "/api/keys/generate", None, Some(body))
+        .await
+        .problem(403, "key_generation_disabled");
+    let stats = api.get("/api/queue/stats", key).await.json();
     assert_eq!(stats["pending"].as_u64().unwrap() + stats["delivered"].as_u64().unwrap(), 1);
 
     // The OpenAPI document advertises the mount path; /metrics counts what the API served.
@@ -90,10 +94,8 @@ async fn the_api_mounted_in_axum_serves_beside_the_apps_routes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_policies_are_explicit() {
     let ingestor = Ingestor::start(MemoryStore::new(), NoDeliverer, IngestorConfig::default());
-    let token = ApiService::new(
-        ingestor.clone(),
-        ServiceConfig::new(AdminPolicy::Token("s3cret".into())),
-    );
+    let token =
+        ApiService::new(ingestor.clone(), ServiceConfig::new(AdminPolicy::Token("s3cret".into())));
     let open = ApiService::new(ingestor.clone(), ServiceConfig::new(AdminPolicy::Open));
     let app = axum::Router::new().nest_service("/t", token).nest_service("/o", open);
     let addr = serve(app).await;
