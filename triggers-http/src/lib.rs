@@ -22,6 +22,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! To serve the API inside another application (axum's `Router::nest_service`, or any
+//! tower/hyper server) use [`ApiService`] instead: the same API as a `Clone` tower
+//! `Service`, with an explicit [`AdminPolicy`]. `Server` is a connection loop around it.
+//!
 //! Decisions worth knowing:
 //! - A malformed id in a path is answered like an unknown one: 404 `not_found`. In
 //!   `POST /api/ack` a malformed id is listed under `not_found`.

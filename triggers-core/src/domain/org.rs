@@ -105,6 +105,9 @@ impl TierLimits {
     /// // Or only one tier:
     /// let mixed = TierLimits::default().with(Tier::Enterprise, TierLimits::UNLIMITED);
     /// assert!(mixed.is_unlimited(Tier::Enterprise) && !mixed.is_unlimited(Tier::Free));
+    /// // The server's TRIGGERS_TIER_LIMITS syntax:
+    /// assert_eq!("enterprise=unlimited".parse::<TierLimits>().unwrap(), mixed);
+    /// assert!("enterprise=infinite".parse::<TierLimits>().is_err());
     /// ```
     pub fn unlimited() -> Self {
         Self { per_minute: [Self::UNLIMITED; 4] }

@@ -1,0 +1,71 @@
+//! Organizations an embedding application finds again on every start.
+
+use super::Ingestor;
+use crate::deliver::Deliverer;
+use crate::domain::key::ApiKey;
+use crate::domain::org::{Organization, Tier};
+use crate::domain::validate::ValidationError;
+use crate::domain::OrganizationId;
+use crate::error::{Error, Result};
+use crate::store::EventStore;
+
+impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
+    /// The organization with this id; `NotFound` if there is none.
+    pub async fn organization(&self, id: OrganizationId) -> Result<Organization> {
+        self.inner.store.organization(id).await?.ok_or(Error::NotFound)
+    }
+
+    /// The organization with id `id`, created with `name` and `tier` if it does not exist yet
+    /// — the way an embedding application gets *its* organization on every start, on one
+    /// node or many. Choose the id yourself (an external id) or derive it from a stable name
+    /// with [`OrganizationId::named`].
+    ///
+    /// An existing organization is returned as stored: `name` and `tier` only apply at
+    /// creation. Concurrent calls (also on other nodes) agree on one organization. No API key
+    /// is returned: in-process callers need none; [`rotate_key`](Self::rotate_key) issues
+    /// one when it is needed for HTTP.
+    ///
+    /// ```
+    /// use triggers_core::{Ingestor, IngestorConfig, MemoryStore, NoDeliverer, OrganizationId, Tier};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), triggers_core::Error> {
+    /// let ingestor = Ingestor::start(MemoryStore::new(), NoDeliverer, IngestorConfig::default());
+    /// let id = OrganizationId::named("my-app");
+    /// let first = ingestor.organization_or_create(id, "my-app", Tier::Enterprise).await?;
+    /// let again = ingestor.organization_or_create(id, "my-app", Tier::Enterprise).await?;
+    /// assert_eq!(first, again);
+    /// # ingestor.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn organization_or_create(
+        &self,
+        id: OrganizationId,
+        name: &str,
+        tier: Tier,
+    ) -> Result<Organization> {
+        if let Some(org) = self.inner.store.organization(id).await? {
+            return Ok(org);
+        }
+        let org = Organization { id, ..Organization::new(checked_name(name)?, tier, self.now()) };
+        match self.inner.store.create_organization(&org, &ApiKey::generate().hash()).await {
+            Ok(()) => Ok(org),
+            // Another caller created it first (the store lets exactly one creation win).
+            Err(crate::StoreError::Conflict(_)) => {
+                self.inner.store.organization(id).await?.ok_or(Error::NotFound)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A trimmed organization name of 1–255 characters without control characters.
+pub(super) fn checked_name(name: &str) -> Result<&str> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 255 || name.chars().any(char::is_control) {
+        return Err(ValidationError::Field {
+            field: "organization_name",
+            reason: "must have 1 to 255 characters and no control characters".into(),
+        }
+        .into());
+    }
+    Ok(name)
+}
