@@ -52,7 +52,8 @@ pub struct ServerConfig {
     /// On shutdown, how long in-flight requests get to finish (default 10 s).
     pub shutdown_timeout: Duration,
     /// When set, `POST /api/keys/generate` needs `Authorization: Bearer <token>`. Required
-    /// when listening on a non-loopback address.
+    /// when [`Server`](crate::Server) listens on a non-loopback address. A mounted
+    /// [`ApiService`](crate::ApiService) takes its policy from `ServiceConfig::admin`.
     pub admin_token: Option<String>,
     /// An extra check of webhook URLs at creation (after the built-in one: `http` or `https`
     /// with a host). The deliverer enforces its own rules again at delivery time.

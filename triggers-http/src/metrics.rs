@@ -102,7 +102,7 @@ impl Metrics {
     /// metrics.register_into(&mut registry);
     /// let mut text = String::new();
     /// triggers_http::prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-    /// assert!(text.contains("triggers_http_responses_total"));
+    /// assert!(text.contains("triggers_queue_depth 0"));
     /// ```
     pub fn register_into(&self, registry: &mut Registry) {
         let registry = registry.sub_registry_with_prefix("triggers");
