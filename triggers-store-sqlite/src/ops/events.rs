@@ -9,32 +9,34 @@ use triggers_core::domain::event::EventMeta;
 use triggers_core::store::{AckOutcome, InsertOutcome, StoreResult};
 use triggers_core::{
     DeliveryId, EventId, EventRecord, EventStatus, OrganizationId, Timestamp, TypeGlob,
+    ENDPOINT_DISABLED,
 };
 
 use crate::codec::{self, duration_micros, micros, query_opt, query_vec};
 use crate::error::{corrupt, SqlResultExt};
+use crate::ops::lifecycle;
 use crate::ops::orgs::require_org;
 
-/// The enabled endpoints of an organization: `(seq, filter)`.
-type Targets = Vec<(i64, Option<TypeGlob>)>;
+/// The endpoints of an organization: `(seq, filter, enabled)`.
+type Targets = Vec<(i64, Option<TypeGlob>, bool)>;
 
-/// Loads the organization's enabled endpoints, for fan-out.
+/// Loads the organization's endpoints, for fan-out.
 fn targets(conn: &Connection, org: &OrganizationId) -> StoreResult<Targets> {
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT seq, type_filter FROM endpoints WHERE org_id = ?1 AND enabled = 1 ORDER BY seq",
-        )
+        .prepare_cached("SELECT seq, type_filter, enabled FROM endpoints WHERE org_id = ?1 ORDER BY seq")
         .store()?;
     query_vec(&mut stmt, [org.0.as_bytes()], |row| {
         let filter = match codec::opt_text(row, 1)? {
             Some(g) => Some(TypeGlob::parse(&g).map_err(corrupt)?),
             None => None,
         };
-        Ok((codec::int(row, 0)?, filter))
+        Ok((codec::int(row, 0)?, filter, codec::int(row, 2)? != 0))
     })
 }
 
-/// Queues one delivery (attempt 0, due `now`) per target whose filter matches `event_type`.
+/// Queues one delivery (attempt 0, due `now`) per enabled target whose filter matches
+/// `event_type`; a matching disabled target gets a failed delivery (which fails the event).
+/// Returns how many deliveries were queued.
 fn fan_out(
     conn: &Connection,
     targets: &Targets,
@@ -43,8 +45,12 @@ fn fan_out(
     now: i64,
 ) -> StoreResult<u32> {
     let mut n = 0;
-    for (endpoint_seq, filter) in targets {
+    for (endpoint_seq, filter, enabled) in targets {
         if filter.as_ref().is_some_and(|g| !g.matches(event_type)) {
+            continue;
+        }
+        if !enabled {
+            lifecycle::record_failed(conn, *endpoint_seq, event_seq, ENDPOINT_DISABLED, now)?;
             continue;
         }
         let mut stmt = conn
@@ -177,6 +183,10 @@ pub(crate) fn replay(
     // Cancel the outstanding deliveries (the table holds no finished ones): a worker holding
     // one finds its completion stale, and only the fresh deliveries decide the new status.
     conn.prepare_cached("DELETE FROM deliveries WHERE event_seq = ?1")
+        .store()?
+        .execute([seq])
+        .store()?;
+    conn.prepare_cached("DELETE FROM failed_deliveries WHERE event_seq = ?1")
         .store()?
         .execute([seq])
         .store()?;
