@@ -193,6 +193,10 @@ pub async fn recover_requeues_failed_deliveries<S: EventStore>(store: &S) {
     store.update_endpoint(org, gone.id, &disable(), t(30)).await.unwrap().unwrap();
     let y = insert(store, org, vec![record("y", t(31))], t(31)).await;
     assert!(matches!(y[0], InsertOutcome::Inserted { deliveries: 1, .. }), "only `ep`");
+    let y = y[0].meta().id;
+    assert_eq!(status(store, org, y).await, EventStatus::Failed);
+    let replayed = store.replay(org, y, t(31)).await.unwrap();
+    assert_eq!(replayed, Some(EventStatus::Failed), "a matching endpoint is still disabled");
     assert!(store.delete_endpoint(org, gone.id).await.unwrap());
     assert_eq!(store.recover(org, gone.id, window(0, None, 10), t(32)).await.unwrap(), None);
 }

@@ -164,7 +164,7 @@ impl State {
         for endpoint_id in disabled {
             self.record_failed(org, id, endpoint_id, ENDPOINT_DISABLED, now);
         }
-        Some(EventStatus::Pending)
+        self.orgs.get(&org)?.events.get(&id).map(|row| row.event.status)
     }
 
     pub(super) fn stats(&self, org: OrganizationId) -> QueueStats {

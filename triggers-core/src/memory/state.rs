@@ -188,8 +188,14 @@ impl Queue {
         now: Timestamp,
     ) -> DeliveryId {
         let id = DeliveryId::new();
-        let row =
-            DeliveryRow { org, event_id, endpoint_id, attempt: 0, next_attempt_at: now, lease: None };
+        let row = DeliveryRow {
+            org,
+            event_id,
+            endpoint_id,
+            attempt: 0,
+            next_attempt_at: now,
+            lease: None,
+        };
         self.due.insert(row.due_key(id));
         self.deliveries.insert(id, row);
         id

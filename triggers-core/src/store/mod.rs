@@ -25,9 +25,8 @@ use tokio::sync::Notify;
 
 pub use error::{StoreError, StoreResult};
 pub use types::{
-    AckOutcome, ClaimRequest, Completion, CompletionState, Delivery, EndpointPatch,
-    EndpointUpdate, InsertOutcome, ListQuery, NewEndpoint, Page, QueueStats, RecoverQuery,
-    Recovered,
+    AckOutcome, ClaimRequest, Completion, CompletionState, Delivery, EndpointPatch, EndpointUpdate,
+    InsertOutcome, ListQuery, NewEndpoint, Page, QueueStats, RecoverQuery, Recovered,
 };
 
 use crate::clock::Timestamp;
@@ -195,8 +194,8 @@ pub trait EventLog: Send + Sync + 'static {
     /// outstanding deliveries (an in-flight worker's completion becomes stale), forgets its
     /// failed deliveries, and fans out afresh like an insert: one fresh delivery (attempt 0,
     /// due `now`) per enabled endpoint matching its type, a failed one per matching disabled
-    /// endpoint (then the event is `failed` again). Returns
-    /// the new status (`pending`), or `None` for an unknown or foreign id.
+    /// endpoint (then the event is `failed` again). Returns the new status (`pending`, or
+    /// `failed` in that case), or `None` for an unknown or foreign id.
     async fn replay(
         &self,
         org: OrganizationId,

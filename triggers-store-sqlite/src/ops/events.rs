@@ -23,7 +23,9 @@ type Targets = Vec<(i64, Option<TypeGlob>, bool)>;
 /// Loads the organization's endpoints, for fan-out.
 fn targets(conn: &Connection, org: &OrganizationId) -> StoreResult<Targets> {
     let mut stmt = conn
-        .prepare_cached("SELECT seq, type_filter, enabled FROM endpoints WHERE org_id = ?1 ORDER BY seq")
+        .prepare_cached(
+            "SELECT seq, type_filter, enabled FROM endpoints WHERE org_id = ?1 ORDER BY seq",
+        )
         .store()?;
     query_vec(&mut stmt, [org.0.as_bytes()], |row| {
         let filter = match codec::opt_text(row, 1)? {
@@ -196,5 +198,6 @@ pub(crate) fn replay(
         .store()?;
     let targets = targets(conn, &org)?;
     fan_out(conn, &targets, seq, &event_type, micros(now))?;
-    Ok(Some(EventStatus::Pending))
+    let mut status = conn.prepare_cached("SELECT status FROM events WHERE seq = ?1").store()?;
+    query_opt(&mut status, [seq], |row| codec::status(row, 0))
 }
