@@ -54,8 +54,8 @@ const RETRY_DELAYS: [Duration; 3] =
 const INSERT_SQL: &str = r#"
 WITH input AS (
     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                         $6::timestamptz[])
-        AS t(id, organization_id, event_type, payload, dedup_id, created_at)
+                         $6::timestamptz[], $8::uuid[])
+        AS t(id, organization_id, event_type, payload, dedup_id, created_at, exclude)
 ),
 claimed AS (
     INSERT INTO dedup (organization_id, dedup_id, event_id, event_type, created_at)
@@ -72,6 +72,7 @@ ev AS (
            CASE WHEN EXISTS (
                SELECT 1 FROM endpoints ep
                WHERE ep.organization_id = i.organization_id AND NOT ep.enabled
+                 AND ep.id IS DISTINCT FROM i.exclude
                  AND (ep.filter_like IS NULL OR i.event_type LIKE ep.filter_like ESCAPE '\')
            ) THEN 'failed' ELSE 'pending' END,
            i.created_at
@@ -85,8 +86,9 @@ fanout AS (
         (id, event_id, organization_id, endpoint_id, state, attempt, next_attempt_at, due_at)
     SELECT triggers_delivery_id(ev.id), ev.id, ev.organization_id, ep.id, 'pending', 0,
            ev.created_at, ev.created_at
-    FROM ev JOIN endpoints ep
+    FROM ev JOIN input i ON i.id = ev.id JOIN endpoints ep
         ON ep.organization_id = ev.organization_id AND ep.enabled
+       AND ep.id IS DISTINCT FROM i.exclude
        AND (ep.filter_like IS NULL OR ev.event_type LIKE ep.filter_like ESCAPE '\')
     FOR KEY SHARE OF ep
     RETURNING event_id
@@ -94,8 +96,9 @@ fanout AS (
 dead AS (
     INSERT INTO failed_deliveries (endpoint_id, event_id, organization_id, reason, failed_at)
     SELECT ep.id, ev.id, ev.organization_id, 'endpoint_disabled', ev.created_at
-    FROM ev JOIN endpoints ep
+    FROM ev JOIN input i ON i.id = ev.id JOIN endpoints ep
         ON ep.organization_id = ev.organization_id AND NOT ep.enabled
+       AND ep.id IS DISTINCT FROM i.exclude
        AND (ep.filter_like IS NULL OR ev.event_type LIKE ep.filter_like ESCAPE '\')
     ON CONFLICT (endpoint_id, event_id) DO NOTHING
 ),
@@ -337,6 +340,7 @@ async fn insert(
         .bind(items.iter().map(|i| i.event.dedup_id.as_deref()).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.event.created_at).collect::<Vec<_>>())
         .bind(channel)
+        .bind(items.iter().map(|i| i.event.exclude_endpoint.map(|e| e.0)).collect::<Vec<_>>())
         .fetch_all(pool)
         .await?;
     let mut inserted = HashMap::with_capacity(rows.len());

@@ -54,6 +54,7 @@ impl State {
                 org,
                 record.id,
                 &record.event_type,
+                record.exclude_endpoint,
                 now,
             );
             failed.extend(disabled.into_iter().map(|endpoint| (record.id, endpoint)));
@@ -159,7 +160,7 @@ impl State {
         let row = tenant.events.get_mut(&id)?;
         set_status(&mut tenant.counts, &mut row.event, EventStatus::Pending, None);
         let (outstanding, disabled) =
-            queue.fan_out(endpoints, &tenant.endpoints, org, id, &row.event.event_type, now);
+            queue.fan_out(endpoints, &tenant.endpoints, org, id, &row.event.event_type, None, now);
         row.outstanding = outstanding;
         for endpoint_id in disabled {
             self.record_failed(org, id, endpoint_id, ENDPOINT_DISABLED, now);

@@ -151,7 +151,8 @@ pub(super) fn status_count(counts: &mut QueueStats, status: EventStatus) -> &mut
 
 impl Queue {
     /// Queues one delivery of an event per enabled endpoint in `candidates` (the owning
-    /// organization's endpoints) whose filter matches `event_type`, due at `now`. Returns the
+    /// organization's endpoints, except `exclude`) whose filter matches `event_type`, due at
+    /// `now`. Returns the
     /// queued deliveries and the matching disabled endpoints (which get a failed delivery).
     pub(super) fn fan_out(
         &mut self,
@@ -160,11 +161,15 @@ impl Queue {
         org: OrganizationId,
         event_id: EventId,
         event_type: &str,
+        exclude: Option<EndpointId>,
         now: Timestamp,
     ) -> (Vec<DeliveryId>, Vec<EndpointId>) {
         let mut created = Vec::new();
         let mut disabled = Vec::new();
         for endpoint_id in candidates {
+            if exclude == Some(*endpoint_id) {
+                continue;
+            }
             let Some(row) = endpoints.get(endpoint_id) else { continue };
             let ep = &row.endpoint;
             if !ep.event_type_filter.as_ref().map_or(true, |g| g.matches(event_type)) {

@@ -156,6 +156,7 @@ pub trait EventLog: Send + Sync + 'static {
     /// [`ENDPOINT_DISABLED`](crate::domain::webhook::ENDPOINT_DISABLED), no attempt), which
     /// `recover` can queue once the endpoint is enabled again; `InsertOutcome::deliveries`
     /// counts only the queued ones.
+    /// An event's [`exclude_endpoint`](EventRecord::exclude_endpoint) gets neither.
     ///
     /// Inserted events have status `pending`, or `failed` when a matching endpoint is
     /// disabled (a failed delivery fails its event, as always). Errors: `Overloaded` when the intake is full;
