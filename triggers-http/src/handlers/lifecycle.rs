@@ -38,14 +38,14 @@ pub(super) async fn patch<S: EventStore, D: Deliverer>(
         // Exactly the checks of creation.
         super::webhooks::validate_url(app, url)?;
     }
-    let filter = match request.event_type_filter {
-        None => None,
-        Some(None) => Some(None),
-        Some(Some(f)) => Some(Some(TypeGlob::parse(&f).map_err(|reason| ApiError::Invalid {
-            field: "event_type_filter".into(),
-            reason,
-        })?)),
-    };
+    let filter =
+        match request.event_type_filter {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(f)) => Some(Some(TypeGlob::parse(&f).map_err(|reason| {
+                ApiError::Invalid { field: "event_type_filter".into(), reason }
+            })?)),
+        };
     let patch = EndpointPatch {
         url: request.url,
         event_type_filter: filter,
@@ -55,7 +55,8 @@ pub(super) async fn patch<S: EventStore, D: Deliverer>(
         rate_limit: request.rate_limit,
         concurrency: request.concurrency,
     };
-    let endpoint = app.ingestor.update_endpoint(&org, id, &patch).await.map_err(named("webhook"))?;
+    let endpoint =
+        app.ingestor.update_endpoint(&org, id, &patch).await.map_err(named("webhook"))?;
     tracing::info!(organization_id = %org.id, endpoint_id = %id, "webhook updated");
     Ok(json_with(StatusCode::OK, &WebhookView::from(&endpoint)))
 }
@@ -81,8 +82,7 @@ pub(super) async fn recover<S: EventStore, D: Deliverer>(
     let request: RecoverRequest = body::parse_object(&bytes)?;
     let since = timestamp("since", &request.since)?;
     let until = request.until.as_deref().map(|u| timestamp("until", u)).transpose()?;
-    let recovered =
-        app.ingestor.recover(&org, id, since, until).await.map_err(named("webhook"))?;
+    let recovered = app.ingestor.recover(&org, id, since, until).await.map_err(named("webhook"))?;
     tracing::info!(organization_id = %org.id, endpoint_id = %id, queued = recovered.queued,
         "webhook deliveries recovered");
     let body = RecoverBody { queued: recovered.queued, more: recovered.more };
