@@ -69,7 +69,9 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     /// (`Invalid`, nothing changed). Enabling a disabled endpoint clears its reason; disabling
     /// one fails its outstanding deliveries (recover them later with
     /// [`recover`](Self::recover)). Either change ingests an operational event
-    /// ([`OPERATIONAL_ENABLED`] / [`OPERATIONAL_DISABLED`]) into the organization's stream.
+    /// ([`OPERATIONAL_ENABLED`] / [`OPERATIONAL_DISABLED`]) into the organization's stream;
+    /// a patch with `enabled` therefore costs one unit of the rate limit (`RateLimited`
+    /// before anything changes).
     pub async fn update_endpoint(
         &self,
         org: &Organization,
@@ -78,6 +80,11 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     ) -> Result<Endpoint> {
         check_patch(patch)?;
         let now = self.now();
+        if patch.enabled.is_some() {
+            // A state change ingests an operational event: it costs one unit, like any
+            // event, so toggling cannot grow the organization's stream without bound.
+            self.charge(org, 1, now).await?;
+        }
         let update = self
             .inner
             .store

@@ -197,7 +197,7 @@ fn operation(route: Route) -> Op {
             Auth::ApiKey,
             Some("WebhookPatch"),
             &[(200, Some("Webhook"))],
-            &[400, 401, 404, 408, 413, 415, 422, 500, 503],
+            &[400, 401, 404, 408, 413, 415, 422, 429, 500, 503],
         ),
         Route::WebhookRecover => op(
             "recoverWebhook",

@@ -204,3 +204,25 @@ async fn invalid_recovers_are_refused_and_change_nothing() {
     s.client.post("/api/webhooks/nope/recover", &key, body).await.problem(404, "not_found");
     assert_eq!(stats(&s, &key).await, before, "nothing was queued");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_changes_and_recovers_are_charged_to_the_rate_limit() {
+    let s = server().await;
+    let key = s.key("free").await;
+    let id = webhook(&s, &key, None).await;
+    let path = format!("/api/webhooks/{id}");
+    // Free tier: 10 per minute. Disabling costs one (it ingests an operational event).
+    assert_eq!(patch(&s, &key, &id, json!({ "enabled": false })).await.status, 200);
+    for _ in 0..9 {
+        assert_eq!(s.client.event(&key, "x", None).await.status, 202);
+    }
+    let before = s.client.get(&path, &key).await.json();
+    patch(&s, &key, &id, json!({ "enabled": true })).await.problem(429, "rate_limited");
+    let body = json!({ "since": "2000-01-01T00:00:00Z" });
+    let r = s.client.post(&format!("{path}/recover"), &key, body).await;
+    r.problem(429, "rate_limited");
+    assert_eq!(s.client.get(&path, &key).await.json(), before, "still disabled");
+    // Changes that ingest nothing are not charged.
+    let r = patch(&s, &key, &id, json!({ "description": "still free" })).await;
+    assert_eq!(r.status, 200);
+}
