@@ -52,8 +52,7 @@ impl State {
                 endpoints,
                 &tenant.endpoints,
                 org,
-                record.id,
-                &record.event_type,
+                (record.id, &record.event_type),
                 record.exclude_endpoint,
                 now,
             );
@@ -159,8 +158,14 @@ impl State {
         let tenant = orgs.get_mut(&org)?;
         let row = tenant.events.get_mut(&id)?;
         set_status(&mut tenant.counts, &mut row.event, EventStatus::Pending, None);
-        let (outstanding, disabled) =
-            queue.fan_out(endpoints, &tenant.endpoints, org, id, &row.event.event_type, None, now);
+        let (outstanding, disabled) = queue.fan_out(
+            endpoints,
+            &tenant.endpoints,
+            org,
+            (id, &row.event.event_type),
+            None,
+            now,
+        );
         row.outstanding = outstanding;
         for endpoint_id in disabled {
             self.record_failed(org, id, endpoint_id, ENDPOINT_DISABLED, now);

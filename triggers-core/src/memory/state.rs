@@ -159,8 +159,7 @@ impl Queue {
         endpoints: &HashMap<EndpointId, EndpointRow>,
         candidates: &[EndpointId],
         org: OrganizationId,
-        event_id: EventId,
-        event_type: &str,
+        (event_id, event_type): (EventId, &str),
         exclude: Option<EndpointId>,
         now: Timestamp,
     ) -> (Vec<DeliveryId>, Vec<EndpointId>) {
