@@ -200,3 +200,27 @@ pub async fn recover_requeues_failed_deliveries<S: EventStore>(store: &S) {
     assert!(store.delete_endpoint(org, gone.id).await.unwrap());
     assert_eq!(store.recover(org, gone.id, window(0, None, 10), t(32)).await.unwrap(), None);
 }
+
+/// An event's `exclude_endpoint` gets neither a queued delivery nor, when disabled, a failed
+/// one; every other matching endpoint is served as usual.
+pub async fn excluded_endpoints_get_nothing<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    let subject = endpoint(store, org, None, t(0)).await;
+    let other = endpoint(store, org, None, t(0)).await;
+    let mut about = record("triggers.endpoint.enabled", t(1));
+    about.exclude_endpoint = Some(subject.id);
+    let outcome = insert(store, org, vec![about], t(1)).await;
+    assert!(matches!(outcome[0], InsertOutcome::Inserted { deliveries: 1, .. }));
+    let d = claim_one(store, WorkerId::new(), t(1)).await;
+    assert_eq!(d.endpoint_id, other.id);
+
+    store.update_endpoint(org, subject.id, &disable(), t(2)).await.unwrap().unwrap();
+    let mut about = record("triggers.endpoint.disabled", t(3));
+    about.exclude_endpoint = Some(subject.id);
+    let id = about.id;
+    insert(store, org, vec![about], t(3)).await;
+    assert_eq!(status(store, org, id).await, EventStatus::Pending, "no failed delivery");
+    store.update_endpoint(org, subject.id, &enable(), t(4)).await.unwrap().unwrap();
+    let none = store.recover(org, subject.id, window(0, None, 10), t(5)).await.unwrap().unwrap();
+    assert_eq!(none.queued, 0);
+}

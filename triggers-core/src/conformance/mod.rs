@@ -57,7 +57,7 @@ pub use inbox::{
 };
 pub use lifecycle::{
     disabling_an_endpoint_fails_its_outstanding_deliveries, endpoints_are_found_and_patched,
-    recover_requeues_failed_deliveries,
+    excluded_endpoints_get_nothing, recover_requeues_failed_deliveries,
 };
 pub use orgs::{
     duplicate_organizations_conflict, organizations_are_found_by_id_and_key, ping_answers,
@@ -125,6 +125,7 @@ macro_rules! store_conformance_tests {
                 endpoints_are_found_and_patched,
                 disabling_an_endpoint_fails_its_outstanding_deliveries,
                 recover_requeues_failed_deliveries,
+                excluded_endpoints_get_nothing,
             ];
             shared: [
                 concurrent_dedup_has_exactly_one_winner,
