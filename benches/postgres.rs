@@ -112,6 +112,7 @@ fn record(now: triggers_core::Timestamp) -> EventRecord {
         payload: serde_json::value::to_raw_value(&json!({"order": 7, "cents": 1999})).unwrap(),
         dedup_id: None,
         created_at: now,
+        exclude_endpoint: None,
     }
 }
 

@@ -115,6 +115,7 @@ async fn queue_deliveries(store: &SqliteStore, org: &Organization, n: u64) {
                 payload: payload.clone(),
                 dedup_id: None,
                 created_at: now,
+                exclude_endpoint: None,
             })
             .collect();
         store.insert_events(org.id, events, Duration::from_secs(86400), now).await.unwrap();

@@ -41,6 +41,9 @@ fn delivery(payload: &str, secrets: Vec<Secret>) -> Delivery {
         url: "https://example.invalid/hook".into(),
         secrets,
         endpoint_failing_since: None,
+        headers: Vec::new(),
+        endpoint_rate_limit: None,
+        endpoint_concurrency: None,
     }
 }
 

@@ -20,6 +20,7 @@ claimed AS (
 res AS (
 SELECT c.id, c.attempt, c.event_id, c.endpoint_id, e.organization_id, e.event_type, e.payload, e.created_at,
        ep.url, ep.secret, ep.previous_secret, ep.previous_valid_until, ep.failing_since,
+       ep.headers, ep.rate_limit, ep.concurrency,
        (SELECT count(*) FROM deliveries o WHERE o.event_id = c.event_id) AS siblings
 FROM claimed c
 JOIN events e ON e.id = c.event_id

@@ -78,7 +78,9 @@ pub use domain::event::{
 pub use domain::key::{ApiKey, KeyHash};
 pub use domain::org::{Organization, Tier, TierLimits};
 pub use domain::validate::ValidationError;
-pub use domain::webhook::{Endpoint, Secret, TypeGlob};
+pub use domain::webhook::{
+    check_headers, Endpoint, Secret, TypeGlob, DISABLED_BY_REQUEST, ENDPOINT_DISABLED,
+};
 pub use domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 pub use error::{Error, Result};
 

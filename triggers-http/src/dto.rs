@@ -206,6 +206,11 @@ pub(crate) struct WebhookView<'a> {
     pub(crate) disabled_reason: Option<&'a str>,
     #[serde(serialize_with = "rfc3339")]
     pub(crate) created_at: Timestamp,
+    pub(crate) description: Option<&'a str>,
+    /// Custom headers as an object (names as set).
+    pub(crate) headers: std::collections::BTreeMap<&'a str, &'a str>,
+    pub(crate) rate_limit: Option<u32>,
+    pub(crate) concurrency: Option<u32>,
 }
 
 impl<'a> From<&'a Endpoint> for WebhookView<'a> {
@@ -217,8 +222,58 @@ impl<'a> From<&'a Endpoint> for WebhookView<'a> {
             enabled: e.enabled,
             disabled_reason: e.disabled_reason.as_deref(),
             created_at: e.created_at,
+            description: e.description.as_deref(),
+            headers: e.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
+            rate_limit: e.rate_limit,
+            concurrency: e.concurrency,
         }
     }
+}
+
+/// `PATCH /api/webhooks/{id}`: absent fields stay; `null` clears an optional one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WebhookPatch {
+    #[serde(default)]
+    pub(crate) url: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) event_type_filter: Option<Option<String>>,
+    #[serde(default)]
+    pub(crate) enabled: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) headers: Option<Option<std::collections::BTreeMap<String, String>>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) rate_limit: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) concurrency: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) description: Option<Option<String>>,
+}
+
+/// A present field: `Some(None)` for `null`, `Some(Some(v))` for a value (absent fields get
+/// the `default` `None`).
+fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// `POST /api/webhooks/{id}/recover`: RFC 3339 times.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RecoverRequest {
+    pub(crate) since: String,
+    #[serde(default)]
+    pub(crate) until: Option<String>,
+}
+
+/// 202 of `POST /api/webhooks/{id}/recover`.
+#[derive(Debug, Serialize)]
+pub(crate) struct RecoverBody {
+    pub(crate) queued: u32,
+    pub(crate) more: bool,
 }
 
 /// 200 of `GET /api/webhook/config`.

@@ -26,6 +26,9 @@ pub(crate) enum Route {
     Ready,
     Metrics,
     OpenApi,
+    WebhookShow,
+    WebhookPatch,
+    WebhookRecover,
 }
 
 /// One route the server serves.
@@ -52,7 +55,7 @@ const fn r(method: &'static str, path: &'static str, route: Route) -> RouteInfo 
 }
 
 /// Every route, in documentation order.
-static ROUTES: [RouteInfo; 19] = [
+static ROUTES: [RouteInfo; 22] = [
     r("POST", "/api/keys/generate", Route::KeysGenerate),
     r("GET", "/api/keys", Route::KeysShow),
     r("POST", "/api/keys/rotate", Route::KeysRotate),
@@ -72,6 +75,9 @@ static ROUTES: [RouteInfo; 19] = [
     r("GET", "/health/ready", Route::Ready),
     r("GET", "/metrics", Route::Metrics),
     r("GET", "/openapi.json", Route::OpenApi),
+    r("GET", "/api/webhooks/{id}", Route::WebhookShow),
+    r("PATCH", "/api/webhooks/{id}", Route::WebhookPatch),
+    r("POST", "/api/webhooks/{id}/recover", Route::WebhookRecover),
 ];
 
 /// Every route the server serves: method and path pattern.

@@ -9,6 +9,8 @@
 
 #[path = "webhook/e2e.rs"]
 mod e2e;
+#[path = "webhook/lifecycle.rs"]
+mod lifecycle;
 #[path = "webhook/support.rs"]
 mod support;
 

@@ -331,6 +331,37 @@ async fn record(
         .bind(last_success.values().copied().collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
+
+    // Issue 14: failed deliveries are remembered for `recover`, and disabling an endpoint
+    // fails its outstanding deliveries. Both are rare, so they cost a statement only then.
+    let failures: Vec<(&Completion, Uuid)> =
+        done.iter().filter(|(c, _)| c.state == CompletionState::Failed).copied().collect();
+    if !failures.is_empty() {
+        sqlx::query(crate::lifecycle::RECORD_FAILED_SQL)
+            .bind(failures.iter().map(|(c, _)| c.record.endpoint_id.0).collect::<Vec<_>>())
+            .bind(failures.iter().map(|(_, e)| *e).collect::<Vec<_>>())
+            .bind(
+                failures
+                    .iter()
+                    .map(|(c, _)| c.record.error.as_deref().unwrap_or("failed"))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(failures.iter().map(|(c, _)| c.record.at).collect::<Vec<_>>())
+            .execute(&mut **tx)
+            .await?;
+    }
+    let mut disabled: Vec<(Uuid, String)> = Vec::new();
+    let mut last_at = None;
+    for (c, _) in done {
+        if let Some(reason) = &c.disable_endpoint {
+            disabled.retain(|(id, _)| *id != c.record.endpoint_id.0);
+            disabled.push((c.record.endpoint_id.0, reason.clone()));
+            last_at = Some(c.record.at);
+        }
+    }
+    if let Some(at) = last_at {
+        crate::lifecycle::fail_outstanding(tx, &disabled, at).await?;
+    }
     Ok(())
 }
 

@@ -19,11 +19,26 @@ use crate::insert::InsertJob;
 use crate::rows::{self, get, EVENT_COLUMNS};
 use crate::PgStore;
 
+/// Runs after the event's failed deliveries were forgotten (same transaction). A matching
+/// disabled endpoint gets a failed delivery again, and the event is then `failed`.
 const REPLAY_SQL: &str = r#"
 WITH ev AS (
-    UPDATE events SET status = 'pending', delivered_at = NULL
+    UPDATE events e SET delivered_at = NULL,
+        status = CASE WHEN EXISTS (
+            SELECT 1 FROM endpoints ep
+            WHERE ep.organization_id = e.organization_id AND NOT ep.enabled
+              AND (ep.filter_like IS NULL OR e.event_type LIKE ep.filter_like ESCAPE '\')
+        ) THEN 'failed' ELSE 'pending' END
     WHERE organization_id = $1 AND id = $2
-    RETURNING id, organization_id, event_type
+    RETURNING id, organization_id, event_type, status
+),
+dead AS (
+    INSERT INTO failed_deliveries (endpoint_id, event_id, organization_id, reason, failed_at)
+    SELECT ep.id, ev.id, ev.organization_id, 'endpoint_disabled', $3
+    FROM ev JOIN endpoints ep
+        ON ep.organization_id = ev.organization_id AND NOT ep.enabled
+       AND (ep.filter_like IS NULL OR ev.event_type LIKE ep.filter_like ESCAPE '\')
+    ON CONFLICT (endpoint_id, event_id) DO NOTHING
 ),
 -- Cancelling a delivery deletes it (an in-flight worker's completion then finds no row).
 cancelled AS (
@@ -40,7 +55,8 @@ fanout AS (
     RETURNING 1
 ),
 wake AS (SELECT pg_notify($4, '') FROM (SELECT 1 FROM fanout LIMIT 1) one)
-SELECT (SELECT count(*) FROM ev) AS found, (SELECT count(*) FROM wake) AS woke
+SELECT (SELECT count(*) FROM ev) AS found, (SELECT count(*) FROM wake) AS woke,
+       (SELECT status FROM ev) AS status
 "#;
 
 const ACK_SQL: &str = r#"
@@ -168,18 +184,11 @@ impl EventLog for PgStore {
         id: EventId,
         now: Timestamp,
     ) -> StoreResult<Option<EventStatus>> {
-        // One statement; a deadlock with a completion of the same event rolls it back, and
-        // it simply runs again.
+        // One transaction; a deadlock with a completion of the same event rolls it back,
+        // and it simply runs again.
         let mut retries = 0;
         let row = loop {
-            let run = sqlx::query(REPLAY_SQL)
-                .bind(org.0)
-                .bind(id.0)
-                .bind(now)
-                .bind(self.channel())
-                .fetch_one(self.pool())
-                .await;
-            match run {
+            match self.replay_once(org, id, now).await {
                 Err(e) if crate::error::is_retryable_conflict(&e) && retries < 3 => retries += 1,
                 other => break other.map_err(map)?,
             }
@@ -190,7 +199,9 @@ impl EventLog for PgStore {
         if rows::count(&row, "woke")? > 0 {
             self.fire_local();
         }
-        Ok(Some(EventStatus::Pending))
+        let status: Option<String> = get(&row, "status")?;
+        let status = status.as_deref().unwrap_or("pending");
+        Ok(Some(status.parse().map_err(|e| crate::error::corrupt("event status", e))?))
     }
 
     /// Events are counted through `events_inbox`; in-flight deliveries by scanning the
@@ -215,6 +226,32 @@ impl EventLog for PgStore {
             delivered: rows::count(&row, "delivered")?,
             failed: rows::count(&row, "failed")?,
         })
+    }
+}
+
+impl PgStore {
+    /// Forgets the event's failed deliveries, then [`REPLAY_SQL`], in one transaction.
+    async fn replay_once(
+        &self,
+        org: OrganizationId,
+        id: EventId,
+        now: Timestamp,
+    ) -> Result<sqlx::postgres::PgRow, sqlx::Error> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM failed_deliveries WHERE event_id = $1 AND organization_id = $2")
+            .bind(id.0)
+            .bind(org.0)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(REPLAY_SQL)
+            .bind(org.0)
+            .bind(id.0)
+            .bind(now)
+            .bind(self.channel())
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(row)
     }
 }
 

@@ -8,7 +8,8 @@
 //! 2. inserts the events that have no dedup id or won theirs (`ON CONFLICT (id) DO NOTHING`:
 //!    event ids are assigned before the batch, which makes re-running a batch idempotent);
 //! 3. fans out: one delivery per enabled, matching endpoint (`LIKE filter ESCAPE '\'`),
-//!    locking those endpoints `FOR KEY SHARE` so a concurrent delete waits for the batch;
+//!    locking those endpoints `FOR KEY SHARE` so a concurrent delete waits for the batch,
+//!    and one failed delivery per disabled, matching endpoint (the event is then `failed`);
 //! 4. calls `pg_notify` once if any delivery was created.
 //!
 //! Items the statement did not insert are then resolved with a fresh snapshot: an event row
@@ -53,8 +54,8 @@ const RETRY_DELAYS: [Duration; 3] =
 const INSERT_SQL: &str = r#"
 WITH input AS (
     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                         $6::timestamptz[])
-        AS t(id, organization_id, event_type, payload, dedup_id, created_at)
+                         $6::timestamptz[], $8::uuid[])
+        AS t(id, organization_id, event_type, payload, dedup_id, created_at, exclude)
 ),
 claimed AS (
     INSERT INTO dedup (organization_id, dedup_id, event_id, event_type, created_at)
@@ -66,7 +67,15 @@ claimed AS (
 ),
 ev AS (
     INSERT INTO events (id, organization_id, event_type, payload, dedup_id, status, created_at)
-    SELECT i.id, i.organization_id, i.event_type, i.payload, i.dedup_id, 'pending', i.created_at
+    SELECT i.id, i.organization_id, i.event_type, i.payload, i.dedup_id,
+           -- A matching disabled endpoint gets a failed delivery (`dead`), which fails the event.
+           CASE WHEN EXISTS (
+               SELECT 1 FROM endpoints ep
+               WHERE ep.organization_id = i.organization_id AND NOT ep.enabled
+                 AND ep.id IS DISTINCT FROM i.exclude
+                 AND (ep.filter_like IS NULL OR i.event_type LIKE ep.filter_like ESCAPE '\')
+           ) THEN 'failed' ELSE 'pending' END,
+           i.created_at
     FROM input i
     WHERE i.dedup_id IS NULL OR i.id IN (SELECT event_id FROM claimed)
     ON CONFLICT (id) DO NOTHING
@@ -77,11 +86,21 @@ fanout AS (
         (id, event_id, organization_id, endpoint_id, state, attempt, next_attempt_at, due_at)
     SELECT triggers_delivery_id(ev.id), ev.id, ev.organization_id, ep.id, 'pending', 0,
            ev.created_at, ev.created_at
-    FROM ev JOIN endpoints ep
+    FROM ev JOIN input i ON i.id = ev.id JOIN endpoints ep
         ON ep.organization_id = ev.organization_id AND ep.enabled
+       AND ep.id IS DISTINCT FROM i.exclude
        AND (ep.filter_like IS NULL OR ev.event_type LIKE ep.filter_like ESCAPE '\')
     FOR KEY SHARE OF ep
     RETURNING event_id
+),
+dead AS (
+    INSERT INTO failed_deliveries (endpoint_id, event_id, organization_id, reason, failed_at)
+    SELECT ep.id, ev.id, ev.organization_id, 'endpoint_disabled', ev.created_at
+    FROM ev JOIN input i ON i.id = ev.id JOIN endpoints ep
+        ON ep.organization_id = ev.organization_id AND NOT ep.enabled
+       AND ep.id IS DISTINCT FROM i.exclude
+       AND (ep.filter_like IS NULL OR ev.event_type LIKE ep.filter_like ESCAPE '\')
+    ON CONFLICT (endpoint_id, event_id) DO NOTHING
 ),
 counts AS (SELECT event_id, count(*) AS n FROM fanout GROUP BY event_id),
 wake AS (SELECT pg_notify($7, '') FROM (SELECT 1 FROM fanout LIMIT 1) one)
@@ -321,6 +340,7 @@ async fn insert(
         .bind(items.iter().map(|i| i.event.dedup_id.as_deref()).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.event.created_at).collect::<Vec<_>>())
         .bind(channel)
+        .bind(items.iter().map(|i| i.event.exclude_endpoint.map(|e| e.0)).collect::<Vec<_>>())
         .fetch_all(pool)
         .await?;
     let mut inserted = HashMap::with_capacity(rows.len());

@@ -6,6 +6,7 @@ mod config;
 mod error;
 mod events;
 mod insert;
+mod lifecycle;
 mod limiter;
 mod listener;
 mod orgs;

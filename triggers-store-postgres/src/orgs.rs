@@ -1,7 +1,10 @@
 //! Organizations, API key hashes and webhook endpoints.
 
 use async_trait::async_trait;
-use triggers_core::store::{EndpointStore, NewEndpoint, OrgStore, StoreResult};
+use triggers_core::store::{
+    EndpointPatch, EndpointStore, EndpointUpdate, NewEndpoint, OrgStore, RecoverQuery, Recovered,
+    StoreResult,
+};
 use triggers_core::{
     Endpoint, EndpointId, KeyHash, Organization, OrganizationId, Secret, Timestamp,
 };
@@ -97,6 +100,30 @@ impl EndpointStore for PgStore {
         found.iter().map(rows::endpoint).collect()
     }
 
+    async fn endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<Option<Endpoint>> {
+        self.find_endpoint(org, id).await
+    }
+
+    async fn update_endpoint(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        patch: &EndpointPatch,
+        now: Timestamp,
+    ) -> StoreResult<Option<EndpointUpdate>> {
+        self.patch_endpoint(org, id, patch, now).await
+    }
+
+    async fn recover(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        query: RecoverQuery,
+        now: Timestamp,
+    ) -> StoreResult<Option<Recovered>> {
+        self.recover_failed(org, id, query, now).await
+    }
+
     /// Two statements in one transaction: the `DELETE` first, so that it waits for any insert
     /// batch that is fanning out to this endpoint (those lock it `FOR KEY SHARE`); the
     /// cancellation then runs with a fresh snapshot and also sees their deliveries.
@@ -113,6 +140,11 @@ impl EndpointStore for PgStore {
         }
         // Cancelled = deleted: a worker holding a lease finds no row to complete.
         sqlx::query("DELETE FROM deliveries WHERE endpoint_id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(map)?;
+        sqlx::query("DELETE FROM failed_deliveries WHERE endpoint_id = $1")
             .bind(id.0)
             .execute(&mut *tx)
             .await

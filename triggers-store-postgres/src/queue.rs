@@ -48,6 +48,8 @@ claimed AS (
 )
 SELECT c.id, c.attempt, c.event_id, c.endpoint_id, e.organization_id, e.event_type, e.payload, e.created_at,
        ep.url, ep.secret, ep.previous_secret, ep.previous_valid_until, ep.failing_since,
+       -- Issue 14: the endpoint's custom headers and limits travel with each delivery.
+       ep.headers, ep.rate_limit, ep.concurrency,
        (SELECT count(*) FROM deliveries o WHERE o.event_id = c.event_id) AS siblings
 FROM claimed c
 JOIN events e ON e.id = c.event_id
@@ -209,5 +211,8 @@ fn delivery(
         url: get(row, "url")?,
         secrets,
         endpoint_failing_since: get(row, "failing_since")?,
+        headers: crate::lifecycle::decode_headers(get(row, "headers")?)?,
+        endpoint_rate_limit: crate::lifecycle::decode_limit(get(row, "rate_limit")?)?,
+        endpoint_concurrency: crate::lifecycle::decode_limit(get(row, "concurrency")?)?,
     })
 }

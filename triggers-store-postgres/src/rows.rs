@@ -17,7 +17,8 @@ pub(crate) const EVENT_COLUMNS: &str =
 
 /// Columns read by [`endpoint`].
 pub(crate) const ENDPOINT_COLUMNS: &str =
-    "id, organization_id, url, type_filter, secret, enabled, disabled_reason, created_at";
+    "id, organization_id, url, type_filter, secret, enabled, disabled_reason, created_at, \
+     description, headers, rate_limit, concurrency";
 
 /// Columns read by [`organization`].
 pub(crate) const ORG_COLUMNS: &str = "id, name, tier, created_at";
@@ -74,6 +75,10 @@ pub(crate) fn endpoint(row: &PgRow) -> StoreResult<Endpoint> {
         enabled: get(row, "enabled")?,
         disabled_reason: get(row, "disabled_reason")?,
         created_at: get(row, "created_at")?,
+        description: get(row, "description")?,
+        headers: crate::lifecycle::decode_headers(get(row, "headers")?)?,
+        rate_limit: crate::lifecycle::decode_limit(get(row, "rate_limit")?)?,
+        concurrency: crate::lifecycle::decode_limit(get(row, "concurrency")?)?,
     })
 }
 

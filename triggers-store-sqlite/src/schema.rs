@@ -14,8 +14,13 @@ use crate::config::SqliteConfig;
 use crate::error::{SqlResultExt, SqliteError};
 
 /// Every migration, in order. Never edit a released one: append a new one.
-const MIGRATIONS: &[&str] =
-    &[include_str!("migrations/0001_init.sql"), include_str!("migrations/0005_embed.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    // Issue 14: endpoint settings and failed deliveries.
+    include_str!("migrations/0003_lifecycle.sql"),
+    // Issue 15: the node id that lets a restart reclaim its own leases at once.
+    include_str!("migrations/0005_embed.sql"),
+];
 
 /// Marks a database as ours (`PRAGMA application_id`, "TRGS").
 const APPLICATION_ID: i64 = 0x5452_4753;

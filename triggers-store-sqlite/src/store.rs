@@ -7,8 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use triggers_core::domain::event::{Event, EventDetail, EventRecord, EventStatus};
 use triggers_core::store::{
-    AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointStore, EventLog,
-    InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, StoreResult,
+    AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointPatch, EndpointStore,
+    EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats,
+    RecoverQuery, Recovered, StoreResult,
 };
 use triggers_core::{
     DeliveryId, Endpoint, EndpointId, EventId, KeyHash, Organization, OrganizationId, Secret,
@@ -16,7 +17,7 @@ use triggers_core::{
 };
 
 use crate::config::SqliteConfig;
-use crate::ops::{events, orgs, queue, reads};
+use crate::ops::{events, lifecycle, orgs, queue, reads};
 use crate::readers::Readers;
 use crate::schema;
 use crate::writer::Writer;
@@ -137,6 +138,31 @@ impl EndpointStore for SqliteStore {
 
     async fn endpoints(&self, org: OrganizationId) -> StoreResult<Vec<Endpoint>> {
         self.read(move |c| orgs::endpoints(c, org)).await
+    }
+
+    async fn endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<Option<Endpoint>> {
+        self.read(move |c| lifecycle::endpoint(c, org, id)).await
+    }
+
+    async fn update_endpoint(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        patch: &EndpointPatch,
+        now: Timestamp,
+    ) -> StoreResult<Option<EndpointUpdate>> {
+        let patch = patch.clone();
+        self.write(move |c| lifecycle::update_endpoint(c, org, id, &patch, now)).await
+    }
+
+    async fn recover(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        query: RecoverQuery,
+        now: Timestamp,
+    ) -> StoreResult<Option<Recovered>> {
+        self.write(move |c| lifecycle::recover(c, org, id, query, now)).await
     }
 
     async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {

@@ -141,7 +141,8 @@ pub async fn endpoint_failure_time_is_tracked<S: EventStore>(store: &S) {
 }
 
 /// A `Retry` completion with `disable_endpoint` disables the endpoint: the retried delivery
-/// stays queued but is not claimed, and new events are not fanned out to it.
+/// is outstanding, so it fails (and its event) and leaves the queue; new events get a failed
+/// delivery of it instead of a queued one.
 pub async fn completions_can_disable_an_endpoint<S: EventStore>(store: &S) {
     let org = new_org(store).await;
     let sick = endpoint(store, org, None, t(0)).await;
@@ -159,6 +160,11 @@ pub async fn completions_can_disable_an_endpoint<S: EventStore>(store: &S) {
     assert_eq!(find(sick.id).disabled_reason.as_deref(), Some("failing for too long"));
     assert_eq!(find(healthy.id), &healthy);
 
+    // The retried delivery was outstanding: disabling failed it, and so its event.
+    assert_eq!(store.queue_depth().await.unwrap(), 1, "only the healthy delivery is left");
+    assert_eq!(detail(store, org, first).await.event.status, EventStatus::Failed);
+    assert_eq!(detail(store, org, first).await.attempts.len(), 1);
+
     let second = insert_one(store, org, "b", t(2)).await;
     let later = claim(store, w, 10, t(100)).await;
     assert!(later.iter().all(|d| d.endpoint_id == healthy.id), "a disabled endpoint was claimed");
@@ -167,7 +173,7 @@ pub async fn completions_can_disable_an_endpoint<S: EventStore>(store: &S) {
     let mut expected = vec![first, second];
     expected.sort();
     assert_eq!(events, expected);
-    assert_eq!(detail(store, org, first).await.event.status, EventStatus::Pending);
+    assert_eq!(detail(store, org, second).await.event.status, EventStatus::Failed);
 }
 
 /// Replay cancels outstanding deliveries (an in-flight one's completion becomes stale),

@@ -33,6 +33,10 @@ pub async fn endpoints_are_created_listed_and_deleted<S: EventStore>(store: &S) 
         enabled: true,
         disabled_reason: None,
         created_at: t(5),
+        description: None,
+        headers: Vec::new(),
+        rate_limit: None,
+        concurrency: None,
     };
     assert_eq!(first, expected);
     let second = endpoint(store, org, None, t(6)).await;
@@ -120,8 +124,9 @@ pub async fn events_fan_out_to_matching_endpoints<S: EventStore>(store: &S) {
     assert_eq!(claimed.len(), 5);
 }
 
-/// A completion with `disable_endpoint` disables the endpoint with that reason; a disabled
-/// endpoint gets no new deliveries and its queued ones are not claimed.
+/// A completion with `disable_endpoint` disables the endpoint with that reason; its queued
+/// deliveries fail (and their events), and a new event matching it gets a failed delivery
+/// and no attempt: nothing of it is claimed.
 pub async fn disabled_endpoints_get_no_deliveries<S: EventStore>(store: &S) {
     let org = new_org(store).await;
     let keep = endpoint(store, org, None, t(0)).await;
@@ -140,14 +145,19 @@ pub async fn disabled_endpoints_get_no_deliveries<S: EventStore>(store: &S) {
     assert_eq!(eps[0], keep);
     assert_eq!((eps[1].enabled, eps[1].disabled_reason.as_deref()), (false, Some("410 Gone")));
     assert_eq!(status(store, org, first).await, EventStatus::Failed);
+    // The delivery queued for `gone` failed with the endpoint's reason, and so its event.
+    assert_eq!(status(store, org, queued).await, EventStatus::Failed);
 
     let later = insert(store, org, vec![record("probe.c", t(5))], t(5)).await;
     assert!(matches!(later[0], InsertOutcome::Inserted { deliveries: 1, .. }));
+    let later = later[0].meta().id;
+    assert_eq!(status(store, org, later).await, EventStatus::Failed, "matched a disabled one");
     let rest = claim(store, WorkerId::new(), 10, t(1000)).await;
     // `keep`'s delivery of `first` (lease expired), of `queued` and of the new event.
     assert_eq!(rest.len(), 3);
     assert!(rest.iter().all(|d| d.endpoint_id == keep.id), "a disabled endpoint was claimed");
     assert!(rest.iter().any(|d| d.event_id == queued));
+    assert_eq!(detail(store, org, later).await.attempts.len(), 0, "no attempt was made");
 }
 
 /// Deleting an endpoint cancels its outstanding deliveries: they leave the queue, an

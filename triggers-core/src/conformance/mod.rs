@@ -28,6 +28,7 @@ mod completion;
 mod endpoints;
 mod events;
 mod inbox;
+mod lifecycle;
 mod orgs;
 mod queue;
 mod support;
@@ -53,6 +54,10 @@ pub use inbox::{
     ack_is_idempotent_and_reports_unknown_ids, inbox_filters_by_status_and_type_glob,
     inbox_pages_visit_every_event_once, organizations_cannot_reach_each_others_events,
     replay_sets_events_pending_again, stats_count_events_and_in_flight_deliveries,
+};
+pub use lifecycle::{
+    disabling_an_endpoint_fails_its_outstanding_deliveries, endpoints_are_found_and_patched,
+    excluded_endpoints_get_nothing, recover_requeues_failed_deliveries,
 };
 pub use orgs::{
     concurrent_creations_of_one_id_have_one_winner, duplicate_organizations_conflict,
@@ -121,6 +126,10 @@ macro_rules! store_conformance_tests {
                 replay_of_a_single_delivery_supersedes_it,
                 queue_depth_counts_outstanding_deliveries,
                 reclaimed_leases_are_due_at_once,
+                endpoints_are_found_and_patched,
+                disabling_an_endpoint_fails_its_outstanding_deliveries,
+                recover_requeues_failed_deliveries,
+                excluded_endpoints_get_nothing,
             ];
             shared: [
                 concurrent_dedup_has_exactly_one_winner,

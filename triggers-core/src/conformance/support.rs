@@ -72,6 +72,7 @@ pub(crate) fn record_with(
         payload: RawValue::from_string(payload.to_owned()).unwrap(),
         dedup_id: dedup_id.map(str::to_owned),
         created_at: now,
+        exclude_endpoint: None,
     }
 }
 

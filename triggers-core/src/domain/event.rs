@@ -59,6 +59,9 @@ pub struct EventRecord {
     pub dedup_id: Option<String>,
     /// When the event was accepted.
     pub created_at: Timestamp,
+    /// Fan-out skips this endpoint (an operational event about the endpoint itself); `None`
+    /// for every event a client sends.
+    pub exclude_endpoint: Option<EndpointId>,
 }
 
 /// Where an event is in its life.

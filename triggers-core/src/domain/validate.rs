@@ -106,6 +106,7 @@ pub fn validate_event(
         payload: event.payload,
         dedup_id: event.dedup_id,
         created_at: now,
+        exclude_endpoint: None,
     })
 }
 

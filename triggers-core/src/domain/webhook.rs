@@ -33,6 +33,70 @@ pub struct Endpoint {
     pub disabled_reason: Option<String>,
     /// When it was created.
     pub created_at: Timestamp,
+    /// A free-text note of the organization (at most 1024 characters).
+    pub description: Option<String>,
+    /// Static headers sent with every delivery, in order (see [`check_headers`]).
+    pub headers: Vec<(String, String)>,
+    /// Deliveries per second to this endpoint at most; `None`: the deliverer's default.
+    pub rate_limit: Option<u32>,
+    /// Deliveries in flight to this endpoint at most; `None`: the deliverer's default. A
+    /// deliverer may cap it further.
+    pub concurrency: Option<u32>,
+}
+
+/// The `disabled_reason` of an endpoint its organization disabled.
+pub const DISABLED_BY_REQUEST: &str = "disabled by request";
+
+/// The failure reason of a delivery recorded for an event that matched a disabled endpoint.
+pub const ENDPOINT_DISABLED: &str = "endpoint_disabled";
+
+/// At most this many custom headers per endpoint.
+pub const MAX_HEADERS: usize = 20;
+
+/// Headers the deliverer sets itself; an endpoint may not set them (case-insensitive).
+pub const RESERVED_HEADERS: [&str; 10] = [
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "user-agent",
+    "te",
+];
+
+/// Checks custom delivery headers: at most [`MAX_HEADERS`]; each name 1–256 characters of
+/// HTTP token syntax (RFC 9110 `tchar`), not reserved ([`RESERVED_HEADERS`]) and not given
+/// twice; each value at most 4096 characters of visible ASCII, space or tab (no control
+/// characters, so no header injection), without leading or trailing white space.
+pub fn check_headers(headers: &[(String, String)]) -> Result<(), String> {
+    if headers.len() > MAX_HEADERS {
+        return Err(format!("at most {MAX_HEADERS} headers (got {})", headers.len()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (name, value) in headers {
+        let token = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
+        if name.is_empty() || name.len() > 256 || !name.bytes().all(token) {
+            return Err(format!("header name {name:?} is not a valid HTTP token"));
+        }
+        let lower = name.to_ascii_lowercase();
+        if RESERVED_HEADERS.contains(&lower.as_str()) {
+            return Err(format!("header {name:?} is set by the server and cannot be set"));
+        }
+        if !seen.insert(lower) {
+            return Err(format!("header {name:?} is given twice"));
+        }
+        let visible = |c: u8| c == b' ' || c == b'\t' || (0x21..0x7f).contains(&c);
+        if value.len() > 4096 || !value.bytes().all(visible) || value.trim() != value {
+            return Err(format!(
+                "the value of header {name:?} must have at most 4096 visible ASCII characters \
+                 (spaces inside only) and no control characters"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A webhook signing secret: `whsec_` followed by base64 of 24–64 random bytes.
@@ -189,6 +253,26 @@ mod tests {
         assert!(TypeGlob::parse("user created").is_err());
         assert!(TypeGlob::parse("a%b").is_err());
         assert_eq!(TypeGlob::parse("a_b.*").unwrap().to_sql_like(), "a\\_b.%");
+    }
+
+    #[test]
+    fn headers_are_tokens_with_clean_values_and_not_reserved() {
+        let h = |n: &str, v: &str| vec![(n.to_owned(), v.to_owned())];
+        assert!(check_headers(&h("X-Tenant", "acme 1")).is_ok());
+        assert!(check_headers(&h("Authorization", "Bearer abc")).is_ok());
+        assert!(check_headers(&h("Bad Name", "x")).is_err());
+        assert!(check_headers(&h("", "x")).is_err());
+        assert!(check_headers(&h("X-A", "a\r\nX-Evil: 1")).is_err());
+        assert!(check_headers(&h("X-A", "caf\u{e9}")).is_err());
+        assert!(check_headers(&h("X-A", " padded")).is_err());
+        for reserved in ["Host", "content-length", "Webhook-Signature", "Connection"] {
+            assert!(check_headers(&h(reserved, "x")).is_err(), "{reserved}");
+        }
+        let twice = vec![("X-A".to_owned(), "1".to_owned()), ("x-a".to_owned(), "2".to_owned())];
+        assert!(check_headers(&twice).is_err());
+        let many: Vec<_> = (0..21).map(|i| (format!("X-{i}"), "v".to_owned())).collect();
+        assert!(check_headers(&many).is_err());
+        assert!(check_headers(&many[..20]).is_ok());
     }
 
     #[test]

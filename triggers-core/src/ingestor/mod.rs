@@ -3,6 +3,7 @@
 mod auth;
 mod config;
 mod cursor;
+mod lifecycle;
 mod orgs;
 
 use std::sync::Arc;
@@ -12,6 +13,8 @@ use tokio::sync::Notify;
 
 pub use config::IngestorConfig;
 pub use cursor::Cursor;
+pub(crate) use lifecycle::{ingest_operational, Subject};
+pub use lifecycle::{MAX_RECOVER, OPERATIONAL_DISABLED, OPERATIONAL_ENABLED};
 
 use crate::clock::{self, Timestamp};
 use crate::deliver::Deliverer;
@@ -382,13 +385,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         url: &str,
         event_type_filter: Option<&str>,
     ) -> Result<Endpoint> {
-        if url.is_empty() || url.len() > 2048 || url.chars().any(char::is_whitespace) {
-            return Err(ValidationError::Field {
-                field: "url",
-                reason: "must have 1 to 2048 characters and no white space".into(),
-            }
-            .into());
-        }
+        check_endpoint_url(url)?;
         let filter = event_type_filter
             .map(TypeGlob::parse)
             .transpose()
@@ -453,6 +450,18 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             pool.shutdown().await;
         }
     }
+}
+
+/// The URL check of endpoint creation, also used when a URL is changed.
+fn check_endpoint_url(url: &str) -> Result<()> {
+    if url.is_empty() || url.len() > 2048 || url.chars().any(char::is_whitespace) {
+        return Err(ValidationError::Field {
+            field: "url",
+            reason: "must have 1 to 2048 characters and no white space".into(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 fn ingested(outcome: InsertOutcome, rate: RateDecision) -> Ingested {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::state::{set_status, EventRow, State};
 use crate::clock::{self, Timestamp};
 use crate::domain::event::{Event, EventDetail, EventMeta, EventRecord, EventStatus};
+use crate::domain::webhook::ENDPOINT_DISABLED;
 use crate::domain::{EventId, OrganizationId};
 use crate::store::{
     AckOutcome, InsertOutcome, ListQuery, Page, QueueStats, StoreError, StoreResult,
@@ -32,6 +33,7 @@ impl State {
             }
         }
         let mut outcomes = Vec::with_capacity(events.len());
+        let mut failed = Vec::new();
         for record in events {
             if let Some(dedup_id) = &record.dedup_id {
                 if let Some(original) = tenant.dedup.get(dedup_id) {
@@ -46,14 +48,15 @@ impl State {
                 event_type: record.event_type.clone(),
                 created_at: record.created_at,
             };
-            let outstanding = queue.fan_out(
+            let (outstanding, disabled) = queue.fan_out(
                 endpoints,
                 &tenant.endpoints,
                 org,
-                record.id,
-                &record.event_type,
+                (record.id, &record.event_type),
+                record.exclude_endpoint,
                 now,
             );
+            failed.extend(disabled.into_iter().map(|endpoint| (record.id, endpoint)));
             let deliveries = u32::try_from(outstanding.len()).unwrap_or(u32::MAX);
             if let Some(dedup_id) = &record.dedup_id {
                 tenant.dedup.insert(dedup_id.clone(), meta.clone());
@@ -71,6 +74,9 @@ impl State {
             tenant.events.insert(record.id, EventRow { event, attempts: Vec::new(), outstanding });
             tenant.counts.pending += 1;
             outcomes.push(InsertOutcome::Inserted { meta, deliveries });
+        }
+        for (event_id, endpoint_id) in failed {
+            self.record_failed(org, event_id, endpoint_id, ENDPOINT_DISABLED, now);
         }
         Ok(outcomes)
     }
@@ -147,13 +153,24 @@ impl State {
         for delivery_id in cancelled {
             self.remove_delivery(delivery_id);
         }
+        self.failed.retain(|(_, event), _| *event != id);
         let State { orgs, endpoints, queue, .. } = self;
         let tenant = orgs.get_mut(&org)?;
         let row = tenant.events.get_mut(&id)?;
         set_status(&mut tenant.counts, &mut row.event, EventStatus::Pending, None);
-        row.outstanding =
-            queue.fan_out(endpoints, &tenant.endpoints, org, id, &row.event.event_type, now);
-        Some(EventStatus::Pending)
+        let (outstanding, disabled) = queue.fan_out(
+            endpoints,
+            &tenant.endpoints,
+            org,
+            (id, &row.event.event_type),
+            None,
+            now,
+        );
+        row.outstanding = outstanding;
+        for endpoint_id in disabled {
+            self.record_failed(org, id, endpoint_id, ENDPOINT_DISABLED, now);
+        }
+        self.orgs.get(&org)?.events.get(&id).map(|row| row.event.status)
     }
 
     pub(super) fn stats(&self, org: OrganizationId) -> QueueStats {

@@ -20,8 +20,9 @@ use crate::domain::org::Organization;
 use crate::domain::webhook::{Endpoint, Secret};
 use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 use crate::store::{
-    AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointStore, EventLog,
-    InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, StoreError, StoreResult,
+    AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointPatch, EndpointStore,
+    EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats,
+    RecoverQuery, Recovered, StoreError, StoreResult,
 };
 
 /// An [`EventStore`](crate::EventStore) that keeps everything in memory.
@@ -107,6 +108,30 @@ impl EndpointStore for MemoryStore {
 
     async fn endpoints(&self, org: OrganizationId) -> StoreResult<Vec<Endpoint>> {
         Ok(self.lock()?.endpoints(org))
+    }
+
+    async fn endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<Option<Endpoint>> {
+        Ok(self.lock()?.endpoint(org, id))
+    }
+
+    async fn update_endpoint(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        patch: &EndpointPatch,
+        now: Timestamp,
+    ) -> StoreResult<Option<EndpointUpdate>> {
+        Ok(self.lock()?.update_endpoint(org, id, patch, now))
+    }
+
+    async fn recover(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        query: RecoverQuery,
+        now: Timestamp,
+    ) -> StoreResult<Option<Recovered>> {
+        Ok(self.lock()?.recover(org, id, query, now))
     }
 
     async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {

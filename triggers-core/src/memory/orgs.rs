@@ -1,12 +1,15 @@
 //! Organizations, keys and endpoints.
 
-use super::state::{EndpointRow, State, Tenant};
+use super::state::{set_status, EndpointRow, State, Tenant};
 use crate::clock::Timestamp;
+use crate::domain::event::EventStatus;
 use crate::domain::key::KeyHash;
 use crate::domain::org::Organization;
-use crate::domain::webhook::{Endpoint, Secret};
-use crate::domain::{EndpointId, OrganizationId};
-use crate::store::{NewEndpoint, StoreError, StoreResult};
+use crate::domain::webhook::{Endpoint, Secret, DISABLED_BY_REQUEST};
+use crate::domain::{EndpointId, EventId, OrganizationId};
+use crate::store::{
+    EndpointPatch, EndpointUpdate, NewEndpoint, RecoverQuery, Recovered, StoreError, StoreResult,
+};
 
 impl State {
     pub(super) fn create_organization(
@@ -68,6 +71,10 @@ impl State {
             enabled: true,
             disabled_reason: None,
             created_at: new.created_at,
+            description: None,
+            headers: Vec::new(),
+            rate_limit: None,
+            concurrency: None,
         };
         // Keep the list oldest first (stable for equal times: creation order).
         let at = tenant.endpoints.partition_point(|id| {
@@ -114,7 +121,103 @@ impl State {
         for delivery_id in cancelled {
             self.remove_delivery(delivery_id);
         }
+        self.failed.retain(|(endpoint, _), _| *endpoint != id);
         true
+    }
+
+    pub(super) fn endpoint(&self, org: OrganizationId, id: EndpointId) -> Option<Endpoint> {
+        self.endpoints
+            .get(&id)
+            .filter(|e| e.endpoint.organization_id == org)
+            .map(|e| e.endpoint.clone())
+    }
+
+    pub(super) fn update_endpoint(
+        &mut self,
+        org: OrganizationId,
+        id: EndpointId,
+        patch: &EndpointPatch,
+        now: Timestamp,
+    ) -> Option<EndpointUpdate> {
+        let row = self.own_endpoint(org, id)?;
+        let was_enabled = row.endpoint.enabled;
+        let ep = &mut row.endpoint;
+        if let Some(url) = &patch.url {
+            ep.url = url.clone();
+        }
+        if let Some(filter) = &patch.event_type_filter {
+            ep.event_type_filter = filter.clone();
+        }
+        if let Some(description) = &patch.description {
+            ep.description = description.clone();
+        }
+        if let Some(headers) = &patch.headers {
+            ep.headers = headers.clone();
+        }
+        if let Some(rate) = patch.rate_limit {
+            ep.rate_limit = rate;
+        }
+        if let Some(concurrency) = patch.concurrency {
+            ep.concurrency = concurrency;
+        }
+        let mut disable = false;
+        match patch.enabled {
+            Some(true) if !was_enabled => {
+                ep.enabled = true;
+                ep.disabled_reason = None;
+                row.failing_since = None;
+            }
+            Some(false) if was_enabled => {
+                ep.enabled = false;
+                ep.disabled_reason = Some(DISABLED_BY_REQUEST.to_owned());
+                disable = true;
+            }
+            _ => {}
+        }
+        let endpoint = ep.clone();
+        let failed = if disable { self.fail_outstanding(id, DISABLED_BY_REQUEST, now) } else { 0 };
+        Some(EndpointUpdate { endpoint, was_enabled, failed })
+    }
+
+    pub(super) fn recover(
+        &mut self,
+        org: OrganizationId,
+        id: EndpointId,
+        query: RecoverQuery,
+        now: Timestamp,
+    ) -> Option<Recovered> {
+        if !self.own_endpoint(org, id)?.endpoint.enabled {
+            return Some(Recovered::default());
+        }
+        let Self { failed, orgs, .. } = &*self;
+        let tenant = orgs.get(&org)?;
+        let in_window = |event: &EventId| {
+            tenant.events.get(event).is_some_and(|row| {
+                let at = row.event.created_at;
+                at >= query.since && query.until.map_or(true, |until| at < until)
+            })
+        };
+        let limit = query.limit as usize;
+        let mut picked: Vec<EventId> = failed
+            .range((id, EventId(uuid::Uuid::nil()))..=(id, EventId(uuid::Uuid::max())))
+            .map(|((_, event), _)| *event)
+            .filter(in_window)
+            .take(limit + 1)
+            .collect();
+        let more = picked.len() > limit;
+        picked.truncate(limit);
+        let State { orgs, queue, failed, .. } = self;
+        let tenant = orgs.get_mut(&org)?;
+        for event_id in &picked {
+            failed.remove(&(id, *event_id));
+            let Some(row) = tenant.events.get_mut(event_id) else { continue };
+            row.outstanding.push(queue.push(org, *event_id, id, now));
+            if row.event.status == EventStatus::Failed {
+                set_status(&mut tenant.counts, &mut row.event, EventStatus::Pending, None);
+            }
+        }
+        let queued = u32::try_from(picked.len()).unwrap_or(u32::MAX);
+        Some(Recovered { queued, more })
     }
 
     pub(super) fn rotate_endpoint_secret(

@@ -1,6 +1,6 @@
 //! The delivery queue: claims with leases, fenced completions, releases and heartbeats.
 
-use super::state::{set_status, DeliveryRow, Lease, State};
+use super::state::{set_status, DeliveryRow, FailedRow, Lease, State};
 use crate::clock::{self, Timestamp};
 use crate::domain::event::EventStatus;
 use crate::domain::{DeliveryId, WorkerId};
@@ -67,6 +67,9 @@ impl State {
                 url: endpoint.endpoint.url.clone(),
                 secrets,
                 endpoint_failing_since: endpoint.failing_since,
+                headers: endpoint.endpoint.headers.clone(),
+                endpoint_rate_limit: endpoint.endpoint.rate_limit,
+                endpoint_concurrency: endpoint.endpoint.concurrency,
             });
         }
         claimed
@@ -94,6 +97,10 @@ impl State {
                 endpoint.endpoint.disabled_reason = Some(reason.clone());
             }
         }
+        if c.state == CompletionState::Failed {
+            let reason = c.record.error.clone().unwrap_or_else(|| "failed".to_owned());
+            self.failed.insert((endpoint_id, event_id), FailedRow { org, reason, at: c.record.at });
+        }
         match c.state {
             CompletionState::Retry { at } => {
                 if let Some(row) = self.queue.deliveries.get_mut(&c.delivery_id) {
@@ -110,20 +117,31 @@ impl State {
                 self.remove_delivery(c.delivery_id);
             }
         }
-        let Some(tenant) = self.orgs.get_mut(&org) else { return true };
-        let Some(event) = tenant.events.get_mut(&event_id) else { return true };
-        event.attempts.push(c.record.clone());
-        if event.event.status == EventStatus::Pending {
-            match c.state {
-                CompletionState::Delivered if event.outstanding.is_empty() => {
-                    let at = Some(c.record.at);
-                    set_status(&mut tenant.counts, &mut event.event, EventStatus::Delivered, at);
+        if let Some(event) =
+            self.orgs.get_mut(&org).and_then(|tenant| tenant.events.get_mut(&event_id))
+        {
+            event.attempts.push(c.record.clone());
+        }
+        if let Some(tenant) = self.orgs.get_mut(&org) {
+            if let Some(event) = tenant.events.get_mut(&event_id) {
+                if event.event.status == EventStatus::Pending {
+                    match c.state {
+                        CompletionState::Delivered if event.outstanding.is_empty() => {
+                            let at = Some(c.record.at);
+                            let delivered = EventStatus::Delivered;
+                            set_status(&mut tenant.counts, &mut event.event, delivered, at);
+                        }
+                        CompletionState::Failed => {
+                            let failed = EventStatus::Failed;
+                            set_status(&mut tenant.counts, &mut event.event, failed, None);
+                        }
+                        _ => {}
+                    }
                 }
-                CompletionState::Failed => {
-                    set_status(&mut tenant.counts, &mut event.event, EventStatus::Failed, None);
-                }
-                _ => {}
             }
+        }
+        if let Some(reason) = &c.disable_endpoint {
+            self.fail_outstanding(endpoint_id, reason, c.record.at);
         }
         true
     }

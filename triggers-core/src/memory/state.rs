@@ -21,6 +21,20 @@ pub(super) struct State {
     pub(super) endpoints: HashMap<EndpointId, EndpointRow>,
     /// The delivery queue.
     pub(super) queue: Queue,
+    /// Failed deliveries by (endpoint, event), until recovered, replayed or deleted.
+    pub(super) failed: BTreeMap<(EndpointId, EventId), FailedRow>,
+}
+
+/// A failed delivery, remembered so that `recover` can queue it again. The reason and time
+/// are kept for inspection (the other stores keep them too).
+#[allow(dead_code)]
+#[derive(Debug, Clone)]
+pub(super) struct FailedRow {
+    pub(super) org: OrganizationId,
+    /// Why it failed.
+    pub(super) reason: String,
+    /// When it failed.
+    pub(super) at: Timestamp,
 }
 
 /// The outstanding deliveries.
@@ -137,38 +151,58 @@ pub(super) fn status_count(counts: &mut QueueStats, status: EventStatus) -> &mut
 
 impl Queue {
     /// Queues one delivery of an event per enabled endpoint in `candidates` (the owning
-    /// organization's endpoints) whose filter matches `event_type`, due at `now`.
+    /// organization's endpoints, except `exclude`) whose filter matches `event_type`, due at
+    /// `now`. Returns the
+    /// queued deliveries and the matching disabled endpoints (which get a failed delivery).
     pub(super) fn fan_out(
         &mut self,
         endpoints: &HashMap<EndpointId, EndpointRow>,
         candidates: &[EndpointId],
         org: OrganizationId,
-        event_id: EventId,
-        event_type: &str,
+        (event_id, event_type): (EventId, &str),
+        exclude: Option<EndpointId>,
         now: Timestamp,
-    ) -> Vec<DeliveryId> {
+    ) -> (Vec<DeliveryId>, Vec<EndpointId>) {
         let mut created = Vec::new();
+        let mut disabled = Vec::new();
         for endpoint_id in candidates {
-            let Some(row) = endpoints.get(endpoint_id) else { continue };
-            let ep = &row.endpoint;
-            if !ep.enabled || !ep.event_type_filter.as_ref().map_or(true, |g| g.matches(event_type))
-            {
+            if exclude == Some(*endpoint_id) {
                 continue;
             }
-            let id = DeliveryId::new();
-            let row = DeliveryRow {
-                org,
-                event_id,
-                endpoint_id: *endpoint_id,
-                attempt: 0,
-                next_attempt_at: now,
-                lease: None,
-            };
-            self.due.insert(row.due_key(id));
-            self.deliveries.insert(id, row);
-            created.push(id);
+            let Some(row) = endpoints.get(endpoint_id) else { continue };
+            let ep = &row.endpoint;
+            if !ep.event_type_filter.as_ref().map_or(true, |g| g.matches(event_type)) {
+                continue;
+            }
+            if !ep.enabled {
+                disabled.push(*endpoint_id);
+                continue;
+            }
+            created.push(self.push(org, event_id, *endpoint_id, now));
         }
-        created
+        (created, disabled)
+    }
+
+    /// Queues one delivery (attempt 0, due `now`).
+    pub(super) fn push(
+        &mut self,
+        org: OrganizationId,
+        event_id: EventId,
+        endpoint_id: EndpointId,
+        now: Timestamp,
+    ) -> DeliveryId {
+        let id = DeliveryId::new();
+        let row = DeliveryRow {
+            org,
+            event_id,
+            endpoint_id,
+            attempt: 0,
+            next_attempt_at: now,
+            lease: None,
+        };
+        self.due.insert(row.due_key(id));
+        self.deliveries.insert(id, row);
+        id
     }
 }
 
@@ -187,5 +221,50 @@ impl State {
             }
         }
         Some(row)
+    }
+
+    /// Remembers a failed delivery of `event_id` to `endpoint_id` and fails a `pending`
+    /// event (the outstanding delivery, if any, must have been removed already).
+    pub(super) fn record_failed(
+        &mut self,
+        org: OrganizationId,
+        event_id: EventId,
+        endpoint_id: EndpointId,
+        reason: &str,
+        at: Timestamp,
+    ) {
+        let row = FailedRow { org, reason: reason.to_owned(), at };
+        self.failed.insert((endpoint_id, event_id), row);
+        if let Some(tenant) = self.orgs.get_mut(&org) {
+            if let Some(event) = tenant.events.get_mut(&event_id) {
+                if event.event.status == EventStatus::Pending {
+                    set_status(&mut tenant.counts, &mut event.event, EventStatus::Failed, None);
+                }
+            }
+        }
+    }
+
+    /// Fails every outstanding delivery of an endpoint (it was just disabled); returns how
+    /// many. A scan of the queue: disabling is rare.
+    pub(super) fn fail_outstanding(
+        &mut self,
+        endpoint_id: EndpointId,
+        reason: &str,
+        at: Timestamp,
+    ) -> u64 {
+        let doomed: Vec<DeliveryId> = self
+            .queue
+            .deliveries
+            .iter()
+            .filter(|(_, d)| d.endpoint_id == endpoint_id)
+            .map(|(id, _)| *id)
+            .collect();
+        let n = doomed.len() as u64;
+        for id in doomed {
+            if let Some(row) = self.remove_delivery(id) {
+                self.record_failed(row.org, row.event_id, endpoint_id, reason, at);
+            }
+        }
+        n
     }
 }

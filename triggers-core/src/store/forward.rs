@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointStore, EventLog,
-    InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, StoreResult,
+    AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointPatch, EndpointStore,
+    EndpointUpdate, EventLog, InsertOutcome, RecoverQuery, Recovered, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, StoreResult,
 };
 use crate::clock::Timestamp;
 use crate::domain::event::{Event, EventDetail, EventRecord, EventStatus};
@@ -50,6 +50,27 @@ macro_rules! forward {
             }
             async fn endpoints(&self, org: OrganizationId) -> StoreResult<Vec<Endpoint>> {
                 (**self).endpoints(org).await
+            }
+            async fn endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<Option<Endpoint>> {
+                (**self).endpoint(org, id).await
+            }
+            async fn update_endpoint(
+                &self,
+                org: OrganizationId,
+                id: EndpointId,
+                patch: &EndpointPatch,
+                now: Timestamp,
+            ) -> StoreResult<Option<EndpointUpdate>> {
+                (**self).update_endpoint(org, id, patch, now).await
+            }
+            async fn recover(
+                &self,
+                org: OrganizationId,
+                id: EndpointId,
+                query: RecoverQuery,
+                now: Timestamp,
+            ) -> StoreResult<Option<Recovered>> {
+                (**self).recover(org, id, query, now).await
             }
             async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
                 (**self).delete_endpoint(org, id).await

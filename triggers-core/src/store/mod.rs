@@ -25,8 +25,8 @@ use tokio::sync::Notify;
 
 pub use error::{StoreError, StoreResult};
 pub use types::{
-    AckOutcome, ClaimRequest, Completion, CompletionState, Delivery, InsertOutcome, ListQuery,
-    NewEndpoint, Page, QueueStats,
+    AckOutcome, ClaimRequest, Completion, CompletionState, Delivery, EndpointPatch, EndpointUpdate,
+    InsertOutcome, ListQuery, NewEndpoint, Page, QueueStats, RecoverQuery, Recovered,
 };
 
 use crate::clock::Timestamp;
@@ -64,9 +64,18 @@ pub trait OrgStore: Send + Sync + 'static {
 }
 
 /// Delivery targets (webhook endpoints) of an organization.
+///
+/// **Failed deliveries.** A delivery that ends `failed` — its retries ran out, its endpoint
+/// was disabled while it was outstanding, or its event matched an endpoint that was already
+/// disabled — is remembered per (event, endpoint) with a reason (the last attempt's error,
+/// the disabled reason, or [`ENDPOINT_DISABLED`](crate::domain::webhook::ENDPOINT_DISABLED)),
+/// until [`recover`](EndpointStore::recover) queues it again, a replay of its event or the
+/// deletion of its endpoint forgets it. It is not outstanding work: it is not in the queue
+/// depth, the in-flight count or any claim.
 #[async_trait]
 pub trait EndpointStore: Send + Sync + 'static {
-    /// Stores a new, enabled endpoint and returns it.
+    /// Stores a new, enabled endpoint and returns it (no description, no custom headers, no
+    /// rate or concurrency limit of its own).
     async fn create_endpoint(
         &self,
         org: OrganizationId,
@@ -76,9 +85,46 @@ pub trait EndpointStore: Send + Sync + 'static {
     /// The organization's endpoints, oldest first.
     async fn endpoints(&self, org: OrganizationId) -> StoreResult<Vec<Endpoint>>;
 
+    /// One endpoint of the organization; `None` for an unknown or foreign id.
+    async fn endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<Option<Endpoint>>;
+
+    /// Applies `patch` (already validated) to one endpoint and returns it as it is now, with
+    /// whether it was enabled before; `None` for an unknown or foreign id (nothing changed).
+    ///
+    /// - `enabled: Some(true)` enables it, clears `disabled_reason` and its failing-since
+    ///   time; deliveries failed while it was disabled stay failed (see `recover`).
+    /// - `enabled: Some(false)` on an enabled endpoint disables it with reason
+    ///   [`DISABLED_BY_REQUEST`](crate::domain::webhook::DISABLED_BY_REQUEST) and fails every
+    ///   outstanding delivery of it (pending or in flight, whose worker then finds its
+    ///   completion stale) with that reason: no attempt is recorded, a `pending` event
+    ///   becomes `failed`. `failed` counts them. Disabling a disabled endpoint keeps its
+    ///   reason and fails nothing.
+    /// - A new filter applies to events inserted from then on.
+    async fn update_endpoint(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        patch: &EndpointPatch,
+        now: Timestamp,
+    ) -> StoreResult<Option<EndpointUpdate>>;
+
+    /// Queues again, oldest event first, up to `query.limit` failed deliveries of the
+    /// endpoint whose event was created in `[since, until)`: each becomes a new pending
+    /// delivery (attempt 0, due `now`) and is no longer failed; a `failed` event becomes
+    /// `pending` again (a `delivered` one stays delivered, as after an ack). `more` tells
+    /// whether failed deliveries of the window remain. `None` for an unknown or foreign id;
+    /// a disabled endpoint recovers nothing (`queued: 0`; its failed deliveries stay).
+    async fn recover(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        query: RecoverQuery,
+        now: Timestamp,
+    ) -> StoreResult<Option<Recovered>>;
+
     /// Deletes an endpoint and cancels its outstanding (pending or in-flight) deliveries; a
-    /// worker still holding a lease on one finds its completion stale. Events keep their
-    /// status. `false` if no such endpoint belongs to `org`.
+    /// worker still holding a lease on one finds its completion stale. Its failed deliveries
+    /// are forgotten. Events keep their status. `false` if no such endpoint belongs to `org`.
     async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool>;
 
     /// Makes `secret` the endpoint's signing secret. The previous secret stays valid for
@@ -110,8 +156,14 @@ pub trait EventLog: Send + Sync + 'static {
     ///
     /// **Fan-out**: for each inserted event, one delivery is queued per *enabled* endpoint of
     /// `org` whose filter matches the type (no filter matches all), due at `now`, attempt 0.
+    /// Each *disabled* endpoint whose filter matches gets a failed delivery instead (reason
+    /// [`ENDPOINT_DISABLED`](crate::domain::webhook::ENDPOINT_DISABLED), no attempt), which
+    /// `recover` can queue once the endpoint is enabled again; `InsertOutcome::deliveries`
+    /// counts only the queued ones.
+    /// An event's [`exclude_endpoint`](EventRecord::exclude_endpoint) gets neither.
     ///
-    /// Inserted events have status `pending`. Errors: `Overloaded` when the intake is full;
+    /// Inserted events have status `pending`, or `failed` when a matching endpoint is
+    /// disabled (a failed delivery fails its event, as always). Errors: `Overloaded` when the intake is full;
     /// then nothing was stored.
     async fn insert_events(
         &self,
@@ -144,9 +196,11 @@ pub trait EventLog: Send + Sync + 'static {
     ) -> StoreResult<AckOutcome>;
 
     /// Delivers an event again: sets it `pending` (clearing `delivered_at`), cancels its
-    /// outstanding deliveries (an in-flight worker's completion becomes stale), and queues one
-    /// fresh delivery (attempt 0, due `now`) per enabled endpoint matching its type. Returns
-    /// the new status (`pending`), or `None` for an unknown or foreign id.
+    /// outstanding deliveries (an in-flight worker's completion becomes stale), forgets its
+    /// failed deliveries, and fans out afresh like an insert: one fresh delivery (attempt 0,
+    /// due `now`) per enabled endpoint matching its type, a failed one per matching disabled
+    /// endpoint (then the event is `failed` again). Returns the new status (`pending`, or
+    /// `failed` in that case), or `None` for an unknown or foreign id.
     async fn replay(
         &self,
         org: OrganizationId,
@@ -188,11 +242,14 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     ///   delivery of a `pending` event is done, the event becomes `delivered` (`delivered_at =
     ///   record.at`);
     /// - `Retry { at }`: pending again, due at `at`, lease cleared;
-    /// - `Failed`: the delivery is failed, and a `pending` event becomes `failed`;
+    /// - `Failed`: the delivery is failed (remembered with the attempt's error as reason),
+    ///   and a `pending` event becomes `failed`;
     /// - `Retry`/`Failed` set the endpoint's failing-since time to `record.at` (the attempt's
     ///   own time, not the time of the call) if it was not failing already; a later failure
     ///   keeps the earlier time;
-    /// - `disable_endpoint: Some(reason)` disables the endpoint with that reason.
+    /// - `disable_endpoint: Some(reason)` disables the endpoint with that reason and then
+    ///   fails every outstanding delivery of it with that reason (also this one after a
+    ///   `Retry`), exactly like disabling through `update_endpoint`.
     ///
     /// Returns one flag per completion, in order.
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>>;

@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 
 use crate::clock::Timestamp;
 use crate::domain::event::{EventMeta, EventStatus};
-use crate::domain::webhook::{Secret, TypeGlob};
+use crate::domain::webhook::{Endpoint, Secret, TypeGlob};
 use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 
 /// The outcome of inserting one event.
@@ -125,6 +125,12 @@ pub struct Delivery {
     /// Since when the endpoint has failed without a success in between, if it is failing:
     /// the `record.at` of the first failed attempt (see `DeliveryQueue::complete`).
     pub endpoint_failing_since: Option<Timestamp>,
+    /// The endpoint's custom headers ([`Endpoint::headers`](crate::Endpoint::headers)).
+    pub headers: Vec<(String, String)>,
+    /// The endpoint's rate limit in deliveries per second, if it has one.
+    pub endpoint_rate_limit: Option<u32>,
+    /// The endpoint's concurrency limit, if it has one.
+    pub endpoint_concurrency: Option<u32>,
 }
 
 /// What became of one delivery attempt, as the worker records it.
@@ -169,4 +175,56 @@ pub struct ClaimRequest {
     pub lease: Duration,
     /// The current time.
     pub now: Timestamp,
+}
+
+/// Changes to an endpoint: `None` leaves a field as it is; for the optional fields,
+/// `Some(None)` clears it. Built and validated by the Ingestor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointPatch {
+    /// A new URL.
+    pub url: Option<String>,
+    /// A new type filter (`Some(None)`: every type).
+    pub event_type_filter: Option<Option<TypeGlob>>,
+    /// Enable (clearing `disabled_reason` and the failing-since time) or disable (reason
+    /// [`DISABLED_BY_REQUEST`](crate::domain::webhook::DISABLED_BY_REQUEST)).
+    pub enabled: Option<bool>,
+    /// A new description.
+    pub description: Option<Option<String>>,
+    /// New custom headers (replacing all of them).
+    pub headers: Option<Vec<(String, String)>>,
+    /// A new per-endpoint rate limit (deliveries per second).
+    pub rate_limit: Option<Option<u32>>,
+    /// A new per-endpoint concurrency limit.
+    pub concurrency: Option<Option<u32>>,
+}
+
+/// The result of [`EndpointStore::update_endpoint`](super::EndpointStore::update_endpoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointUpdate {
+    /// The endpoint after the change.
+    pub endpoint: Endpoint,
+    /// Whether it was enabled before the change.
+    pub was_enabled: bool,
+    /// How many outstanding deliveries were failed because the change disabled it.
+    pub failed: u64,
+}
+
+/// What [`EndpointStore::recover`](super::EndpointStore::recover) re-queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoverQuery {
+    /// Only deliveries of events created at or after this time.
+    pub since: Timestamp,
+    /// Only deliveries of events created before this time (`None`: no upper bound).
+    pub until: Option<Timestamp>,
+    /// At most this many deliveries.
+    pub limit: u32,
+}
+
+/// The answer of a recover.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// How many failed deliveries were queued again.
+    pub queued: u32,
+    /// Whether more failed deliveries of the window remain (call again).
+    pub more: bool,
 }

@@ -31,6 +31,7 @@ pub use config::WorkerConfig;
 
 use crate::clock::{self, SharedClock};
 use crate::deliver::{Attempt, Deliverer, Outcome};
+use crate::domain::OrganizationId;
 use crate::observe::{DeliveryResult, Observer};
 use crate::retry::RetryPolicy;
 use crate::store::{ClaimRequest, Completion, Delivery, EventStore};
@@ -54,7 +55,9 @@ struct Shared<S, D> {
     observer: Option<Arc<dyn Observer>>,
 }
 
-type Finished = (Completion, DeliveryResult, Duration);
+/// A finished attempt: its completion, result and latency, and the organization and URL of
+/// its endpoint (for the operational event when the completion disables the endpoint).
+type Finished = (Completion, DeliveryResult, Duration, (OrganizationId, String));
 
 impl WorkerPool {
     /// Starts the dispatcher and completer.
@@ -260,7 +263,8 @@ async fn attempt_one<S: EventStore, D: Deliverer>(
     drop(permit);
     // The completer outlives every attempt task, so this only fails if it crashed; then the
     // lease expires and the delivery is retried.
-    let _ = done.send((completion, result, latency)).await;
+    let subject = (delivery.organization_id, delivery.url.clone());
+    let _ = done.send((completion, result, latency, subject)).await;
 }
 
 /// Records finished attempts in batches.
@@ -271,7 +275,7 @@ async fn complete_loop<S: EventStore>(
 ) {
     let mut batch = Vec::with_capacity(COMPLETION_BATCH);
     while done.recv_many(&mut batch, COMPLETION_BATCH).await > 0 {
-        let completions: Vec<Completion> = batch.iter().map(|(c, _, _)| c.clone()).collect();
+        let completions: Vec<Completion> = batch.iter().map(|(c, ..)| c.clone()).collect();
         let mut tries = 0u32;
         let applied = loop {
             match store.complete(&completions).await {
@@ -288,12 +292,38 @@ async fn complete_loop<S: EventStore>(
                 }
             }
         };
+        if let Some(flags) = &applied {
+            announce_disabled(&*store, &batch, flags).await;
+        }
         if let (Some(flags), Some(observer)) = (applied, &observer) {
-            for ((_, result, latency), applied) in batch.iter().zip(flags) {
+            for ((_, result, latency, _), applied) in batch.iter().zip(flags) {
                 let result = if applied { *result } else { DeliveryResult::Stale };
                 observer.delivery(result, *latency);
             }
         }
         batch.clear();
+    }
+}
+
+/// Ingests `triggers.endpoint.disabled` for each endpoint an applied completion of the batch
+/// disabled (once per endpoint and batch).
+async fn announce_disabled<S: EventStore>(store: &S, batch: &[Finished], applied: &[bool]) {
+    let mut seen = Vec::new();
+    for ((c, _, _, (org, url)), applied) in batch.iter().zip(applied) {
+        let Some(reason) = &c.disable_endpoint else { continue };
+        if !applied || seen.contains(&c.record.endpoint_id) {
+            continue;
+        }
+        seen.push(c.record.endpoint_id);
+        tracing::warn!(organization_id = %org, endpoint_id = %c.record.endpoint_id, reason,
+            "endpoint disabled");
+        let subject = crate::ingestor::Subject {
+            org: *org,
+            endpoint: c.record.endpoint_id,
+            url,
+            enabled: false,
+            reason: Some(reason),
+        };
+        crate::ingestor::ingest_operational(store, subject, c.record.at).await;
     }
 }

@@ -3,6 +3,7 @@
 mod events;
 mod inbox;
 mod keys;
+mod lifecycle;
 mod ops;
 mod webhooks;
 
@@ -43,6 +44,9 @@ pub(crate) async fn dispatch<S: EventStore, D: Deliverer>(
         Route::Ready => ops::ready(app).await,
         Route::Metrics => ops::metrics(app).await,
         Route::OpenApi => Ok(ops::openapi(app)),
+        Route::WebhookShow => lifecycle::show(app, ctx, req, id).await,
+        Route::WebhookPatch => lifecycle::patch(app, ctx, req, id).await,
+        Route::WebhookRecover => lifecycle::recover(app, ctx, req, id).await,
     }
 }
 

@@ -24,6 +24,17 @@ fn check_url(url: &str) -> Result<(), String> {
     }
 }
 
+/// The URL checks of creation (also used when a URL is changed): the built-in check, then
+/// the server's policy.
+pub(super) fn validate_url<S, D>(app: &App<S, D>, url: &str) -> Result<(), ApiError> {
+    let invalid = |reason: String| ApiError::Invalid { field: "url".into(), reason };
+    check_url(url).map_err(invalid)?;
+    if let Some(policy) = &app.config.webhook_url_policy {
+        policy(url).map_err(invalid)?;
+    }
+    Ok(())
+}
+
 pub(super) async fn create<S: EventStore, D: Deliverer>(
     app: &App<S, D>,
     ctx: &mut Ctx,
@@ -40,10 +51,7 @@ pub(super) async fn create<S: EventStore, D: Deliverer>(
         (Some(u), _) | (None, Some(u)) => u,
         (None, None) => return Err(invalid("missing field `url`".into())),
     };
-    check_url(&url).map_err(invalid)?;
-    if let Some(policy) = &app.config.webhook_url_policy {
-        policy(&url).map_err(invalid)?;
-    }
+    validate_url(app, &url)?;
     let endpoint =
         app.ingestor.create_endpoint(&org, &url, request.event_type_filter.as_deref()).await?;
     tracing::info!(organization_id = %org.id, endpoint_id = %endpoint.id, "webhook created");

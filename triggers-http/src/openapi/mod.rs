@@ -183,6 +183,31 @@ fn operation(route: Route) -> Op {
         Route::OpenApi => {
             op("openapi", "This document", Auth::None, None, &[(200, Some("object"))], &[])
         }
+        Route::WebhookShow => op(
+            "showWebhook",
+            "One webhook endpoint",
+            Auth::ApiKey,
+            None,
+            &[(200, Some("Webhook"))],
+            ITEM_ERRORS,
+        ),
+        Route::WebhookPatch => op(
+            "updateWebhook",
+            "Change a webhook endpoint; enabled: true re-enables it, false disables it",
+            Auth::ApiKey,
+            Some("WebhookPatch"),
+            &[(200, Some("Webhook"))],
+            &[400, 401, 404, 408, 413, 415, 422, 429, 500, 503],
+        ),
+        Route::WebhookRecover => op(
+            "recoverWebhook",
+            "Queue again the failed deliveries of an endpoint whose event was created in \
+             [since, until); at most 10000 per call",
+            Auth::ApiKey,
+            Some("RecoverRequest"),
+            &[(202, Some("Recovered"))],
+            &[400, 401, 404, 408, 413, 415, 422, 429, 500, 503],
+        ),
     }
 }
 

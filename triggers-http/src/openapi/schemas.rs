@@ -75,6 +75,24 @@ fn webhook_properties() -> Value {
         "enabled": { "type": "boolean" },
         "disabled_reason": nullable(json!({ "type": "string" })),
         "created_at": time(),
+        "description": nullable(json!({ "type": "string", "maxLength": 1024 })),
+        "headers": headers(),
+        "rate_limit": nullable(json!({ "type": "integer", "minimum": 1, "maximum": 10000,
+            "description": "Deliveries per second to this endpoint at most" })),
+        "concurrency": nullable(json!({ "type": "integer", "minimum": 1, "maximum": 1000,
+            "description": "Deliveries in flight to this endpoint at most (the server's \
+                            TRIGGERS_ENDPOINT_CONCURRENCY caps it)" })),
+    })
+}
+
+fn headers() -> Value {
+    json!({
+        "type": "object", "maxProperties": 20,
+        "additionalProperties": { "type": "string", "maxLength": 4096 },
+        "description": "Static headers sent with every delivery. Names are HTTP tokens; \
+            values visible ASCII without control characters. The webhook-* signature \
+            headers, Host, Content-Length, Content-Type, Transfer-Encoding, Connection, \
+            User-Agent and TE cannot be set.",
     })
 }
 
@@ -231,6 +249,33 @@ pub(super) fn components() -> Value {
                 "failed": { "type": "integer" },
             })),
             "Health": object(&["status"], json!({ "status": { "type": "string", "const": "ok" } })),
+            "WebhookPatch": {
+                "type": "object",
+                "additionalProperties": false,
+                "description": "Absent fields stay as they are; null clears an optional one.",
+                "properties": {
+                    "url": { "type": "string", "format": "uri",
+                             "description": "http or https; checked like on creation" },
+                    "event_type_filter": nullable(json!({ "type": "string" })),
+                    "enabled": { "type": "boolean", "description": "true re-enables a disabled \
+                        endpoint (clearing disabled_reason); false disables it and fails its \
+                        outstanding deliveries (recover them later)" },
+                    "headers": nullable(headers()),
+                    "rate_limit": nullable(json!({ "type": "integer", "minimum": 1, "maximum": 10000 })),
+                    "concurrency": nullable(json!({ "type": "integer", "minimum": 1, "maximum": 1000 })),
+                    "description": nullable(json!({ "type": "string", "maxLength": 1024 })),
+                },
+            },
+            "RecoverRequest": object(&["since"], json!({
+                "since": time(),
+                "until": time(),
+            })),
+            "Recovered": object(&["queued", "more"], json!({
+                "queued": { "type": "integer", "maximum": 10000,
+                            "description": "Failed deliveries queued again by this call" },
+                "more": { "type": "boolean",
+                          "description": "Failed deliveries of the window remain: call again" },
+            })),
         },
     })
 }

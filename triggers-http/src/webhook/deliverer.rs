@@ -6,14 +6,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, USER_AGENT};
-use http::{HeaderValue, Method, Request, Uri};
+use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use triggers_core::store::Delivery;
 use triggers_core::{Attempt, Deliverer, Outcome};
 
 use super::client::{self, HttpsClient};
-use super::limit::{Busy, EndpointLimits};
+use super::limit::{Busy, EndpointLimits, Own};
 use super::outcome::{self, short};
 use super::sign::{signature_header, webhook_body};
 use super::ssrf::{AddressPolicy, ResolveError};
@@ -95,7 +95,9 @@ impl Inner {
         if delivery.secrets.is_empty() {
             return Outcome::Permanent("endpoint has no signing secret".into()).into();
         }
-        let _pass = match self.limits.acquire(delivery.endpoint_id).await {
+        let own =
+            Own { concurrency: delivery.endpoint_concurrency, rate: delivery.endpoint_rate_limit };
+        let _pass = match self.limits.acquire(delivery.endpoint_id, own).await {
             Ok(pass) => pass,
             Err(Busy::Concurrency) => {
                 return Outcome::Deferred {
@@ -138,9 +140,18 @@ impl Inner {
         let msg_id = delivery.event_id.to_string();
         let timestamp = chrono::Utc::now().timestamp();
         let signature = signature_header(&delivery.secrets, &msg_id, timestamp, &body);
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(target.uri)
+        let mut request = Request::builder().method(Method::POST).uri(target.uri);
+        // The endpoint's own headers first (validated when set; any that do not parse are
+        // skipped), then ours, which they can never replace.
+        for (name, value) in &delivery.headers {
+            match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+                (Ok(name), Ok(value)) => request = request.header(name, value),
+                _ => {
+                    tracing::warn!(endpoint_id = %delivery.endpoint_id, "skipping an invalid custom header")
+                }
+            }
+        }
+        let request = request
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header(USER_AGENT, self.user_agent.clone())
             .header("webhook-id", msg_id)

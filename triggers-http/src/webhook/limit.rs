@@ -21,6 +21,23 @@ use triggers_core::EndpointId;
 /// The map is swept of idle endpoints when it grows past this (and then past twice its size).
 const SWEEP_FLOOR: usize = 1024;
 
+/// An endpoint's own limits, carried on each delivery.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Own {
+    /// Deliveries in flight at most (capped by the configured concurrency).
+    pub(crate) concurrency: Option<u32>,
+    /// Deliveries per second at most (instead of the configured rate).
+    pub(crate) rate: Option<u32>,
+}
+
+/// Time between deliveries at `rate` per second, and the burst window (one second's worth).
+fn pacing(rate: Option<f64>) -> Option<(Duration, Duration)> {
+    rate.filter(|r| r.is_finite() && *r > 0.0).map(|r| {
+        let interval = Duration::from_secs_f64((1.0 / r).min(86_400.0));
+        (interval, interval.max(Duration::from_secs(1)))
+    })
+}
+
 /// Why a delivery could not start now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Busy {
@@ -56,10 +73,7 @@ pub(crate) struct EndpointLimits {
 
 impl EndpointLimits {
     pub(crate) fn new(max_concurrency: usize, rate: Option<f64>, max_wait: Duration) -> Self {
-        let pacing = rate.filter(|r| r.is_finite() && *r > 0.0).map(|r| {
-            let interval = Duration::from_secs_f64((1.0 / r).min(86_400.0));
-            (interval, interval.max(Duration::from_secs(1)))
-        });
+        let pacing = pacing(rate);
         Self {
             slots: DashMap::new(),
             max_concurrency: max_concurrency.clamp(1, Semaphore::MAX_PERMITS),
@@ -70,7 +84,9 @@ impl EndpointLimits {
     }
 
     /// Waits at most the configured bound for a concurrency permit, then for the rate.
-    pub(crate) async fn acquire(&self, endpoint: EndpointId) -> Result<Pass, Busy> {
+    /// `own` holds the endpoint's own limits (from the store): its concurrency (never above
+    /// the configured cap) and its rate per second (instead of the configured rate).
+    pub(crate) async fn acquire(&self, endpoint: EndpointId, own: Own) -> Result<Pass, Busy> {
         let slot = self.slot(endpoint);
         let permit =
             match tokio::time::timeout(self.max_wait, slot.permits.clone().acquire_owned()).await {
@@ -78,7 +94,18 @@ impl EndpointLimits {
                 // The semaphore is never closed; treat it like a timeout anyway.
                 Ok(Err(_)) | Err(_) => return Err(Busy::Concurrency),
             };
-        if let Some(wait) = self.reserve_rate(&slot)? {
+        if let Some(cap) = own.concurrency {
+            // In flight to this endpoint, this delivery included.
+            let in_flight = self.max_concurrency - slot.permits.available_permits();
+            if in_flight > cap as usize {
+                return Err(Busy::Concurrency);
+            }
+        }
+        let pacing = match own.rate {
+            Some(rate) => pacing(Some(f64::from(rate))),
+            None => self.pacing,
+        };
+        if let Some(wait) = self.reserve_rate(&slot, pacing)? {
             tokio::time::sleep(wait).await;
         }
         Ok(Pass { _permit: permit, _slot: slot })
@@ -118,8 +145,12 @@ impl EndpointLimits {
     /// Reserves the next delivery slot of the endpoint's rate: `None` to go at once,
     /// `Some(wait)` to go after a wait within the bound, or `Busy::Rate` when even that is
     /// too far off (nothing is reserved then).
-    fn reserve_rate(&self, slot: &Slot) -> Result<Option<Duration>, Busy> {
-        let Some((interval, window)) = self.pacing else { return Ok(None) };
+    fn reserve_rate(
+        &self,
+        slot: &Slot,
+        pacing: Option<(Duration, Duration)>,
+    ) -> Result<Option<Duration>, Busy> {
+        let Some((interval, window)) = pacing else { return Ok(None) };
         let now = Instant::now();
         let mut tat = slot.tat.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let next = tat.map_or(now, |t| t.max(now)) + interval;
@@ -146,12 +177,12 @@ mod tests {
     async fn the_cap_is_per_endpoint() {
         let limits = EndpointLimits::new(2, None, Duration::from_millis(20));
         let (a, b) = (EndpointId::new(), EndpointId::new());
-        let first = limits.acquire(a).await.unwrap();
-        let _second = limits.acquire(a).await.unwrap();
-        assert_eq!(limits.acquire(a).await.unwrap_err(), Busy::Concurrency);
-        let _other = limits.acquire(b).await.unwrap();
+        let first = limits.acquire(a, Own::default()).await.unwrap();
+        let _second = limits.acquire(a, Own::default()).await.unwrap();
+        assert_eq!(limits.acquire(a, Own::default()).await.unwrap_err(), Busy::Concurrency);
+        let _other = limits.acquire(b, Own::default()).await.unwrap();
         drop(first);
-        assert!(limits.acquire(a).await.is_ok(), "a released permit is reusable");
+        assert!(limits.acquire(a, Own::default()).await.is_ok(), "a released permit is reusable");
     }
 
     #[tokio::test(start_paused = true)]
@@ -161,32 +192,52 @@ mod tests {
         let e = EndpointId::new();
         let start = Instant::now();
         for _ in 0..4 {
-            drop(limits.acquire(e).await.unwrap());
+            drop(limits.acquire(e, Own::default()).await.unwrap());
         }
         assert_eq!(Instant::now(), start, "the burst goes at once");
-        drop(limits.acquire(e).await.unwrap());
+        drop(limits.acquire(e, Own::default()).await.unwrap());
         assert_eq!(Instant::now() - start, Duration::from_millis(250), "then one per 250 ms");
         // Reserve ahead without waiting until the next wait would exceed the bound.
         let slot = limits.slot(e);
-        assert_eq!(limits.reserve_rate(&slot), Ok(Some(Duration::from_millis(250))));
-        assert_eq!(limits.reserve_rate(&slot), Err(Busy::Rate(Duration::from_millis(500))));
+        assert_eq!(limits.reserve_rate(&slot, limits.pacing), Ok(Some(Duration::from_millis(250))));
+        assert_eq!(
+            limits.reserve_rate(&slot, limits.pacing),
+            Err(Busy::Rate(Duration::from_millis(500)))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoints_own_limits_apply() {
+        let limits = EndpointLimits::new(4, None, Duration::from_millis(300));
+        let e = EndpointId::new();
+        let own = Own { concurrency: Some(1), rate: None };
+        let held = limits.acquire(e, own).await.unwrap();
+        assert_eq!(limits.acquire(e, own).await.unwrap_err(), Busy::Concurrency);
+        drop(held);
+        // 2 per second of its own: a burst of two, then a wait of 500 ms is too long.
+        let rated = Own { concurrency: None, rate: Some(2) };
+        let start = Instant::now();
+        drop(limits.acquire(e, rated).await.unwrap());
+        drop(limits.acquire(e, rated).await.unwrap());
+        assert_eq!(Instant::now(), start);
+        assert!(matches!(limits.acquire(e, rated).await, Err(Busy::Rate(_))));
     }
 
     #[tokio::test]
     async fn idle_endpoints_are_swept() {
         let limits = EndpointLimits::new(1, None, Duration::from_millis(10));
         let busy = EndpointId::new();
-        let held = limits.acquire(busy).await.unwrap();
+        let held = limits.acquire(busy, Own::default()).await.unwrap();
         for _ in 0..SWEEP_FLOOR - 1 {
-            drop(limits.acquire(EndpointId::new()).await.unwrap());
+            drop(limits.acquire(EndpointId::new(), Own::default()).await.unwrap());
         }
         assert_eq!(limits.len(), SWEEP_FLOOR);
         // The next new endpoint pushes the map over the floor: idle ones go, the busy one and
         // the one being acquired stay.
-        drop(limits.acquire(EndpointId::new()).await.unwrap());
+        drop(limits.acquire(EndpointId::new(), Own::default()).await.unwrap());
         assert_eq!(limits.len(), 2);
         assert!(limits.slots.contains_key(&busy));
-        assert_eq!(limits.acquire(busy).await.unwrap_err(), Busy::Concurrency);
+        assert_eq!(limits.acquire(busy, Own::default()).await.unwrap_err(), Busy::Concurrency);
         drop(held);
     }
 }

@@ -167,6 +167,9 @@ mod tests {
             url: "http://127.0.0.1/".into(),
             secrets: vec![],
             endpoint_failing_since: None,
+            headers: Vec::new(),
+            endpoint_rate_limit: None,
+            endpoint_concurrency: None,
         };
         let body = String::from_utf8(webhook_body(&delivery)).unwrap();
         assert_eq!(

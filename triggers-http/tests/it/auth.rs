@@ -26,6 +26,13 @@ fn authenticated_routes(id: &str) -> Vec<(&'static str, String, Option<serde_jso
         ("DELETE", format!("/api/webhooks/{id}"), None),
         ("POST", format!("/api/webhooks/{id}/rotate-secret"), None),
         ("GET", "/api/queue/stats".into(), None),
+        ("GET", format!("/api/webhooks/{id}"), None),
+        ("PATCH", format!("/api/webhooks/{id}"), Some(json!({"enabled": true}))),
+        (
+            "POST",
+            format!("/api/webhooks/{id}/recover"),
+            Some(json!({"since": "2026-01-01T00:00:00Z"})),
+        ),
     ]
 }
 

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use triggers_core::store::{
-    AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointStore, EventLog,
-    InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, StoreResult,
+    AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointPatch, EndpointStore,
+    EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats,
+    RecoverQuery, Recovered, StoreResult,
 };
 use triggers_core::{
     DeliveryId, Endpoint, EndpointId, Event, EventDetail, EventId, EventRecord, EventStatus,
@@ -93,6 +94,30 @@ impl EndpointStore for FlakyStore {
     ) -> StoreResult<bool> {
         self.check()?;
         self.inner.rotate_endpoint_secret(org, id, secret, previous_valid_until).await
+    }
+    async fn endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<Option<Endpoint>> {
+        self.check()?;
+        self.inner.endpoint(org, id).await
+    }
+    async fn update_endpoint(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        patch: &EndpointPatch,
+        now: Timestamp,
+    ) -> StoreResult<Option<EndpointUpdate>> {
+        self.check()?;
+        self.inner.update_endpoint(org, id, patch, now).await
+    }
+    async fn recover(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        query: RecoverQuery,
+        now: Timestamp,
+    ) -> StoreResult<Option<Recovered>> {
+        self.check()?;
+        self.inner.recover(org, id, query, now).await
     }
 }
 

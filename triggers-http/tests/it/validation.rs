@@ -158,7 +158,7 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
         ("GET", "/api/events", "POST"),
         ("DELETE", "/api/events/batch", "GET, POST"),
         ("PUT", "/api/webhook/config", "GET, POST"),
-        ("GET", "/api/webhooks/abc", "DELETE"),
+        ("PUT", "/api/webhooks/abc", "DELETE, GET, PATCH"),
         ("POST", "/health", "GET"),
         ("PATCH", "/api/inbox", "GET"),
         ("GET", "/api/keys/generate", "POST"),

@@ -16,12 +16,12 @@ use triggers_http::{WebhookConfig, WebhookDeliverer};
 
 use super::support::*;
 
-type TestIngestor = Ingestor<MemoryStore, WebhookDeliverer>;
+pub(super) type TestIngestor = Ingestor<MemoryStore, WebhookDeliverer>;
 
-struct World {
-    ingestor: TestIngestor,
-    clock: ManualClock,
-    org: Organization,
+pub(super) struct World {
+    pub(super) ingestor: TestIngestor,
+    pub(super) clock: ManualClock,
+    pub(super) org: Organization,
 }
 
 fn config(clock: &ManualClock, delays: &[u64], workers: usize) -> IngestorConfig {
@@ -43,7 +43,7 @@ fn config(clock: &ManualClock, delays: &[u64], workers: usize) -> IngestorConfig
 }
 
 /// An ingestor with 8 workers, the retry schedule `delays` (seconds, no jitter) and `webhook`.
-async fn world(delays: &[u64], webhook: WebhookConfig) -> World {
+pub(super) async fn world(delays: &[u64], webhook: WebhookConfig) -> World {
     let clock = ManualClock::new();
     let deliverer = WebhookDeliverer::new(webhook).unwrap();
     let ingestor = Ingestor::start(MemoryStore::new(), deliverer, config(&clock, delays, 8));
@@ -52,13 +52,13 @@ async fn world(delays: &[u64], webhook: WebhookConfig) -> World {
 }
 
 impl World {
-    async fn ingest(&self, event_type: &str) -> EventId {
+    pub(super) async fn ingest(&self, event_type: &str) -> EventId {
         let event = NewEvent::new(event_type, &serde_json::json!({"n": 1}));
         self.ingestor.ingest(&self.org, event).await.unwrap().id
     }
 
     /// Waits (up to 20 s of real time) until the event has `n` attempts recorded.
-    async fn attempts(&self, id: EventId, n: usize) -> EventDetail {
+    pub(super) async fn attempts(&self, id: EventId, n: usize) -> EventDetail {
         until(&format!("{n} attempts"), || async {
             let detail = self.ingestor.event(&self.org, id).await.unwrap();
             (detail.attempts.len() >= n).then_some(detail)
@@ -72,7 +72,7 @@ impl World {
 }
 
 /// Polls `probe` until it yields a value; panics after 20 s of real time.
-async fn until<T, F, Fut>(what: &str, mut probe: F) -> T
+pub(super) async fn until<T, F, Fut>(what: &str, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -99,7 +99,7 @@ async fn failing_first(k: usize) -> Receiver {
 
 /// Lets the workers run for a moment: long enough for many polls, so a delivery that is due
 /// would very likely have been made. Only used to check that nothing happens.
-async fn settle() {
+pub(super) async fn settle() {
     tokio::time::sleep(Duration::from_millis(150)).await;
 }
 

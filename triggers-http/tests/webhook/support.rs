@@ -163,6 +163,9 @@ pub(crate) fn delivery(url: &str, secrets: Vec<Secret>) -> Delivery {
         url: url.to_owned(),
         secrets,
         endpoint_failing_since: None,
+        headers: Vec::new(),
+        endpoint_rate_limit: None,
+        endpoint_concurrency: None,
     }
 }
 

@@ -78,6 +78,7 @@ pub fn record(event_type: &str, dedup: Option<&str>, now: Timestamp) -> EventRec
         payload: serde_json::value::to_raw_value(&serde_json::json!({"n": 1})).unwrap(),
         dedup_id: dedup.map(str::to_owned),
         created_at: now,
+        exclude_endpoint: None,
     }
 }
 

@@ -8,21 +8,23 @@ use rusqlite::{params, Connection};
 use triggers_core::domain::event::EventMeta;
 use triggers_core::store::{AckOutcome, InsertOutcome, StoreResult};
 use triggers_core::{
-    DeliveryId, EventId, EventRecord, EventStatus, OrganizationId, Timestamp, TypeGlob,
+    DeliveryId, EndpointId, EventId, EventRecord, EventStatus, OrganizationId, Timestamp, TypeGlob,
+    ENDPOINT_DISABLED,
 };
 
 use crate::codec::{self, duration_micros, micros, query_opt, query_vec};
 use crate::error::{corrupt, SqlResultExt};
+use crate::ops::lifecycle;
 use crate::ops::orgs::require_org;
 
-/// The enabled endpoints of an organization: `(seq, filter)`.
-type Targets = Vec<(i64, Option<TypeGlob>)>;
+/// The endpoints of an organization: `(seq, filter, enabled, id)`.
+type Targets = Vec<(i64, Option<TypeGlob>, bool, uuid::Uuid)>;
 
-/// Loads the organization's enabled endpoints, for fan-out.
+/// Loads the organization's endpoints, for fan-out.
 fn targets(conn: &Connection, org: &OrganizationId) -> StoreResult<Targets> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT seq, type_filter FROM endpoints WHERE org_id = ?1 AND enabled = 1 ORDER BY seq",
+            "SELECT seq, type_filter, enabled, id FROM endpoints WHERE org_id = ?1 ORDER BY seq",
         )
         .store()?;
     query_vec(&mut stmt, [org.0.as_bytes()], |row| {
@@ -30,21 +32,31 @@ fn targets(conn: &Connection, org: &OrganizationId) -> StoreResult<Targets> {
             Some(g) => Some(TypeGlob::parse(&g).map_err(corrupt)?),
             None => None,
         };
-        Ok((codec::int(row, 0)?, filter))
+        Ok((codec::int(row, 0)?, filter, codec::int(row, 2)? != 0, codec::uuid(row, 3)?))
     })
 }
 
-/// Queues one delivery (attempt 0, due `now`) per target whose filter matches `event_type`.
+/// Queues one delivery (attempt 0, due `now`) per enabled target (but `exclude`) whose
+/// filter matches `event_type`; a matching disabled target gets a failed delivery (which fails the event).
+/// Returns how many deliveries were queued.
 fn fan_out(
     conn: &Connection,
     targets: &Targets,
     event_seq: i64,
     event_type: &str,
+    exclude: Option<EndpointId>,
     now: i64,
 ) -> StoreResult<u32> {
     let mut n = 0;
-    for (endpoint_seq, filter) in targets {
+    for (endpoint_seq, filter, enabled, id) in targets {
+        if exclude.is_some_and(|e| e.0 == *id) {
+            continue;
+        }
         if filter.as_ref().is_some_and(|g| !g.matches(event_type)) {
+            continue;
+        }
+        if !enabled {
+            lifecycle::record_failed(conn, *endpoint_seq, event_seq, ENDPOINT_DISABLED, now)?;
             continue;
         }
         let mut stmt = conn
@@ -122,7 +134,7 @@ pub(crate) fn insert(
             ])
             .store()?;
         let seq = conn.last_insert_rowid();
-        let deliveries = fan_out(conn, &targets, seq, &e.event_type, now_us)?;
+        let deliveries = fan_out(conn, &targets, seq, &e.event_type, e.exclude_endpoint, now_us)?;
         let meta =
             EventMeta { id: e.id, event_type: e.event_type.clone(), created_at: e.created_at };
         out.push(InsertOutcome::Inserted { meta, deliveries });
@@ -180,11 +192,16 @@ pub(crate) fn replay(
         .store()?
         .execute([seq])
         .store()?;
+    conn.prepare_cached("DELETE FROM failed_deliveries WHERE event_seq = ?1")
+        .store()?
+        .execute([seq])
+        .store()?;
     conn.prepare_cached("UPDATE events SET status = 0, delivered_at = NULL WHERE seq = ?1")
         .store()?
         .execute([seq])
         .store()?;
     let targets = targets(conn, &org)?;
-    fan_out(conn, &targets, seq, &event_type, micros(now))?;
-    Ok(Some(EventStatus::Pending))
+    fan_out(conn, &targets, seq, &event_type, None, micros(now))?;
+    let mut status = conn.prepare_cached("SELECT status FROM events WHERE seq = ?1").store()?;
+    query_opt(&mut status, [seq], |row| codec::status(row, 0))
 }

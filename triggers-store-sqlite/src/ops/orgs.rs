@@ -8,7 +8,8 @@ use triggers_core::{
 };
 
 use crate::codec::{self, micros, query_opt, query_vec};
-use crate::error::{corrupt, SqlResultExt};
+use crate::error::SqlResultExt;
+use crate::ops::lifecycle::{endpoint_row, ENDPOINT_COLUMNS};
 
 /// `OrgStore::create_organization`. A taken id or key hash is a `Conflict`.
 pub(crate) fn create_org(conn: &Connection, org: &Organization, key: &KeyHash) -> StoreResult<()> {
@@ -81,33 +82,20 @@ pub(crate) fn create_endpoint(
         enabled: true,
         disabled_reason: None,
         created_at: new.created_at,
+        description: None,
+        headers: Vec::new(),
+        rate_limit: None,
+        concurrency: None,
     })
 }
 
 /// `EndpointStore::endpoints`, oldest first.
 pub(crate) fn endpoints(conn: &Connection, org: OrganizationId) -> StoreResult<Vec<Endpoint>> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT id, org_id, url, type_filter, secret, enabled, disabled_reason, created_at
-             FROM endpoints WHERE org_id = ?1 ORDER BY created_at, seq",
-        )
-        .store()?;
-    query_vec(&mut stmt, [org.0.as_bytes()], |row| {
-        let filter = match codec::opt_text(row, 3)? {
-            Some(g) => Some(TypeGlob::parse(&g).map_err(corrupt)?),
-            None => None,
-        };
-        Ok(Endpoint {
-            id: EndpointId(codec::uuid(row, 0)?),
-            organization_id: OrganizationId(codec::uuid(row, 1)?),
-            url: codec::text(row, 2)?,
-            event_type_filter: filter,
-            secret: Secret::parse(codec::text(row, 4)?).map_err(corrupt)?,
-            enabled: codec::int(row, 5)? != 0,
-            disabled_reason: codec::opt_text(row, 6)?,
-            created_at: codec::ts(row, 7)?,
-        })
-    })
+    let sql = format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ?1 ORDER BY created_at, seq"
+    );
+    let mut stmt = conn.prepare_cached(&sql).store()?;
+    query_vec(&mut stmt, [org.0.as_bytes()], endpoint_row)
 }
 
 /// `EndpointStore::delete_endpoint`: the endpoint and its outstanding deliveries go.
@@ -126,6 +114,10 @@ pub(crate) fn delete_endpoint(
     // No index on `endpoint_seq`: deleting an endpoint is rare, and the table holds only
     // outstanding deliveries, so a scan beats taxing every insert with another index.
     conn.prepare_cached("DELETE FROM deliveries WHERE endpoint_seq = ?1")
+        .store()?
+        .execute([seq])
+        .store()?;
+    conn.prepare_cached("DELETE FROM failed_deliveries WHERE endpoint_seq = ?1")
         .store()?
         .execute([seq])
         .store()?;

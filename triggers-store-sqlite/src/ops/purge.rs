@@ -22,9 +22,12 @@ pub(crate) fn delivered_batch(conn: &Connection, cutoff: i64, batch: u32) -> Sto
     let mut attempts = conn.prepare_cached("DELETE FROM attempts WHERE event_seq = ?1").store()?;
     let mut deliveries =
         conn.prepare_cached("DELETE FROM deliveries WHERE event_seq = ?1").store()?;
+    let mut failed =
+        conn.prepare_cached("DELETE FROM failed_deliveries WHERE event_seq = ?1").store()?;
     for seq in &seqs {
         attempts.execute([seq]).store()?;
         deliveries.execute([seq]).store()?;
+        failed.execute([seq]).store()?;
     }
     Ok(seqs.len() as u64)
 }

@@ -14,6 +14,7 @@ use triggers_core::{DeliveryId, EndpointId, EventId, OrganizationId, Secret, Tim
 
 use crate::codec::{self, micros, query_opt, query_vec};
 use crate::error::{corrupt, SqlResultExt};
+use crate::ops::lifecycle;
 
 /// What a claim needs to know about an endpoint.
 #[derive(Clone)]
@@ -22,12 +23,17 @@ struct Target {
     url: String,
     secrets: Vec<Secret>,
     failing_since: Option<Timestamp>,
+    headers: Vec<(String, String)>,
+    rate_limit: Option<u32>,
+    concurrency: Option<u32>,
 }
 
 fn target(conn: &Connection, seq: i64, now: i64) -> StoreResult<Option<Target>> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT id, url, secret, prev_secret, prev_valid_until, failing_since
+            // Issue 14: headers, rate_limit and concurrency travel with each delivery.
+            "SELECT id, url, secret, prev_secret, prev_valid_until, failing_since,
+                    headers, rate_limit, concurrency
              FROM endpoints WHERE seq = ?1",
         )
         .store()?;
@@ -43,6 +49,9 @@ fn target(conn: &Connection, seq: i64, now: i64) -> StoreResult<Option<Target>> 
             url: codec::text(row, 1)?,
             secrets,
             failing_since: codec::opt_ts(row, 5)?,
+            headers: lifecycle::decode_headers(codec::opt_text(row, 6)?)?,
+            rate_limit: codec::opt_int(row, 7)?.and_then(|v| u32::try_from(v).ok()),
+            concurrency: codec::opt_int(row, 8)?.and_then(|v| u32::try_from(v).ok()),
         })
     })
 }
@@ -126,6 +135,9 @@ pub(crate) fn claim(conn: &Connection, req: ClaimRequest) -> StoreResult<Vec<Del
             url: t.url,
             secrets: t.secrets,
             endpoint_failing_since: t.failing_since,
+            headers: t.headers,
+            endpoint_rate_limit: t.rate_limit,
+            endpoint_concurrency: t.concurrency,
         });
     }
     Ok(out)
@@ -202,10 +214,8 @@ fn complete_one(conn: &Connection, c: &Completion) -> StoreResult<bool> {
         }
         CompletionState::Retry { .. } | CompletionState::Failed => {
             if c.state == CompletionState::Failed {
-                conn.prepare_cached("UPDATE events SET status = 2 WHERE seq = ?1 AND status = 0")
-                    .store()?
-                    .execute([event_seq])
-                    .store()?;
+                let reason = r.error.as_deref().unwrap_or("failed");
+                lifecycle::record_failed(conn, endpoint_seq, event_seq, reason, at)?;
             }
             conn.prepare_cached(
                 "UPDATE endpoints SET failing_since = ?2
@@ -223,6 +233,7 @@ fn complete_one(conn: &Connection, c: &Completion) -> StoreResult<bool> {
         .store()?
         .execute(params![endpoint_seq, reason])
         .store()?;
+        lifecycle::fail_outstanding(conn, endpoint_seq, reason, at)?;
     }
     Ok(true)
 }

@@ -63,6 +63,7 @@ pub fn record(
         payload: RawValue::from_string(payload.to_owned()).unwrap(),
         dedup_id: dedup_id.map(str::to_owned),
         created_at: now,
+        exclude_endpoint: None,
     }
 }
 

@@ -1,0 +1,226 @@
+//! Endpoint lifecycle: lookup, patching, disabling (which fails outstanding deliveries),
+//! re-enabling and recovering failed deliveries.
+
+use crate::domain::event::EventStatus;
+use crate::domain::webhook::DISABLED_BY_REQUEST;
+use crate::domain::{EndpointId, WorkerId};
+use crate::store::{CompletionState, EndpointPatch, EventStore, InsertOutcome, RecoverQuery};
+
+use super::support::{
+    claim, claim_one, complete, completion, detail, endpoint, glob, insert, insert_one, new_org,
+    record, status, t,
+};
+
+fn disable() -> EndpointPatch {
+    EndpointPatch { enabled: Some(false), ..EndpointPatch::default() }
+}
+
+fn enable() -> EndpointPatch {
+    EndpointPatch { enabled: Some(true), ..EndpointPatch::default() }
+}
+
+fn window(since: i64, until: Option<i64>, limit: u32) -> RecoverQuery {
+    RecoverQuery { since: t(since), until: until.map(t), limit }
+}
+
+/// `endpoint` finds one endpoint of its own organization only; `update_endpoint` changes
+/// exactly the fields the patch names (`Some(None)` clears), answers `None` for a foreign or
+/// unknown id without changing anything, and claims carry the headers and limits.
+pub async fn endpoints_are_found_and_patched<S: EventStore>(store: &S) {
+    let (org, other) = (new_org(store).await, new_org(store).await);
+    let ep = endpoint(store, org, Some("a.*"), t(0)).await;
+    assert_eq!(store.endpoint(org, ep.id).await.unwrap(), Some(ep.clone()));
+    assert_eq!(store.endpoint(other, ep.id).await.unwrap(), None, "foreign");
+    assert_eq!(store.endpoint(org, EndpointId::new()).await.unwrap(), None);
+
+    let headers = vec![("X-Tenant".to_owned(), "acme".to_owned()), ("X-B".into(), "2".into())];
+    let patch = EndpointPatch {
+        url: Some("https://hooks.example.test/new".into()),
+        event_type_filter: Some(None),
+        description: Some(Some("billing ✓".into())),
+        headers: Some(headers.clone()),
+        rate_limit: Some(Some(5)),
+        concurrency: Some(Some(2)),
+        enabled: None,
+    };
+    assert_eq!(store.update_endpoint(other, ep.id, &patch, t(1)).await.unwrap(), None);
+    assert_eq!(store.update_endpoint(org, EndpointId::new(), &patch, t(1)).await.unwrap(), None);
+    assert_eq!(store.endpoint(org, ep.id).await.unwrap(), Some(ep.clone()), "nothing changed");
+
+    let up = store.update_endpoint(org, ep.id, &patch, t(1)).await.unwrap().unwrap();
+    assert!(up.was_enabled);
+    assert_eq!(up.failed, 0);
+    let mut expected = ep.clone();
+    expected.url = "https://hooks.example.test/new".into();
+    expected.event_type_filter = None;
+    expected.description = Some("billing ✓".into());
+    expected.headers = headers.clone();
+    expected.rate_limit = Some(5);
+    expected.concurrency = Some(2);
+    assert_eq!(up.endpoint, expected);
+    assert_eq!(store.endpoint(org, ep.id).await.unwrap(), Some(expected.clone()));
+    assert_eq!(store.endpoints(org).await.unwrap(), vec![expected.clone()]);
+
+    // The cleared filter lets every type through; the claim carries the new settings.
+    insert_one(store, org, "b.anything", t(2)).await;
+    let d = claim_one(store, WorkerId::new(), t(2)).await;
+    assert_eq!(d.url, "https://hooks.example.test/new");
+    assert_eq!(d.headers, headers);
+    assert_eq!((d.endpoint_rate_limit, d.endpoint_concurrency), (Some(5), Some(2)));
+
+    // An empty patch changes nothing; `Some(None)` clears; a new filter applies.
+    let same = store.update_endpoint(org, ep.id, &EndpointPatch::default(), t(3)).await.unwrap();
+    assert_eq!(same.unwrap().endpoint, expected);
+    let clear = EndpointPatch {
+        description: Some(None),
+        headers: Some(Vec::new()),
+        rate_limit: Some(None),
+        concurrency: Some(None),
+        event_type_filter: Some(Some(glob("c.*"))),
+        ..EndpointPatch::default()
+    };
+    let cleared = store.update_endpoint(org, ep.id, &clear, t(3)).await.unwrap().unwrap();
+    assert_eq!(cleared.endpoint.description, None);
+    assert_eq!(cleared.endpoint.headers, Vec::<(String, String)>::new());
+    assert_eq!((cleared.endpoint.rate_limit, cleared.endpoint.concurrency), (None, None));
+    let outcome = insert(store, org, vec![record("b.other", t(4))], t(4)).await;
+    assert!(matches!(outcome[0], InsertOutcome::Inserted { deliveries: 0, .. }));
+}
+
+/// Disabling through `update_endpoint` fails every outstanding delivery of the endpoint
+/// (pending and in flight) with the reason, without an attempt: they leave the queue depth
+/// and the in-flight count, their events become `failed`, a stale completion changes
+/// nothing. Disabling again fails nothing; re-enabling clears the reason.
+pub async fn disabling_an_endpoint_fails_its_outstanding_deliveries<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    let ep = endpoint(store, org, None, t(0)).await;
+    let other = endpoint(store, org, Some("keep.*"), t(0)).await;
+    let flying = insert_one(store, org, "x", t(1)).await;
+    let w = WorkerId::new();
+    let in_flight = claim_one(store, w, t(1)).await;
+    let waiting = insert_one(store, org, "x", t(2)).await;
+    let kept = insert_one(store, org, "keep.me", t(2)).await;
+    assert_eq!(store.queue_depth().await.unwrap(), 4);
+    assert_eq!(store.stats(org).await.unwrap().in_flight, 1);
+
+    let up = store.update_endpoint(org, ep.id, &disable(), t(3)).await.unwrap().unwrap();
+    assert!(up.was_enabled);
+    assert_eq!(up.failed, 3, "the in-flight one and two pending ones");
+    assert!(!up.endpoint.enabled);
+    assert_eq!(up.endpoint.disabled_reason.as_deref(), Some(DISABLED_BY_REQUEST));
+    assert_eq!(store.queue_depth().await.unwrap(), 1, "only `other`'s delivery is left");
+    assert_eq!(store.stats(org).await.unwrap().in_flight, 0);
+    assert_eq!(status(store, org, flying).await, EventStatus::Failed);
+    assert_eq!(status(store, org, waiting).await, EventStatus::Failed);
+    assert_eq!(detail(store, org, waiting).await.attempts.len(), 0, "no attempt was made");
+    assert!(!complete(store, completion(&in_flight, CompletionState::Delivered, t(4))).await);
+    assert_eq!(status(store, org, flying).await, EventStatus::Failed);
+
+    let again = store.update_endpoint(org, ep.id, &disable(), t(5)).await.unwrap().unwrap();
+    assert_eq!((again.was_enabled, again.failed), (false, 0));
+    let rest = claim(store, w, 10, t(5)).await;
+    assert_eq!(rest.len(), 1);
+    assert_eq!((rest[0].event_id, rest[0].endpoint_id), (kept, other.id));
+
+    let back = store.update_endpoint(org, ep.id, &enable(), t(6)).await.unwrap().unwrap();
+    assert!(!back.was_enabled);
+    assert!(back.endpoint.enabled);
+    assert_eq!(back.endpoint.disabled_reason, None);
+    assert_eq!(store.queue_depth().await.unwrap(), 1, "enabling queues nothing by itself");
+}
+
+/// `recover` queues the failed deliveries of an enabled endpoint whose event lies in the
+/// window, oldest first, at most `limit` per call with `more` telling whether some remain;
+/// failed events become `pending` again and are delivered by the queued deliveries.
+/// A disabled endpoint recovers nothing; foreign ids answer `None`; replay and deletion
+/// forget failed deliveries.
+pub async fn recover_requeues_failed_deliveries<S: EventStore>(store: &S) {
+    let (org, stranger) = (new_org(store).await, new_org(store).await);
+    let ep = endpoint(store, org, None, t(0)).await;
+    let w = WorkerId::new();
+    // e0 fails by exhausted retries; e1..e3 are stranded by disabling; e4 arrives while the
+    // endpoint is disabled; e5 is outside the window.
+    let e0 = insert_one(store, org, "x", t(1)).await;
+    let d0 = claim_one(store, w, t(1)).await;
+    assert!(complete(store, completion(&d0, CompletionState::Failed, t(1))).await);
+    let e1 = insert_one(store, org, "x", t(2)).await;
+    let e2 = insert_one(store, org, "x", t(3)).await;
+    let e3 = insert_one(store, org, "x", t(4)).await;
+    store.update_endpoint(org, ep.id, &disable(), t(5)).await.unwrap().unwrap();
+    let e4 = insert_one(store, org, "x", t(6)).await;
+    let e5 = insert_one(store, org, "x", t(20)).await;
+    assert_eq!(store.queue_depth().await.unwrap(), 0);
+
+    let q = window(0, Some(10), 3);
+    assert_eq!(store.recover(stranger, ep.id, q, t(21)).await.unwrap(), None, "foreign");
+    assert_eq!(store.recover(org, EndpointId::new(), q, t(21)).await.unwrap(), None);
+    let nothing = store.recover(org, ep.id, q, t(21)).await.unwrap().unwrap();
+    assert_eq!((nothing.queued, nothing.more), (0, false), "a disabled endpoint recovers nothing");
+    assert_eq!(store.queue_depth().await.unwrap(), 0);
+
+    store.update_endpoint(org, ep.id, &enable(), t(21)).await.unwrap().unwrap();
+    let first = store.recover(org, ep.id, q, t(22)).await.unwrap().unwrap();
+    assert_eq!((first.queued, first.more), (3, true));
+    let got = claim(store, w, 10, t(22)).await;
+    let mut ids: Vec<_> = got.iter().map(|d| d.event_id).collect();
+    ids.sort();
+    assert_eq!(ids, vec![e0, e1, e2], "oldest first");
+    assert!(got.iter().all(|d| d.endpoint_id == ep.id && d.attempt == 1));
+    assert_eq!(status(store, org, e1).await, EventStatus::Pending);
+    for d in &got {
+        assert!(complete(store, completion(d, CompletionState::Delivered, t(23))).await);
+    }
+    assert_eq!(status(store, org, e1).await, EventStatus::Delivered);
+    assert_eq!(detail(store, org, e0).await.attempts.len(), 2, "history is kept");
+
+    let second = store.recover(org, ep.id, q, t(24)).await.unwrap().unwrap();
+    assert_eq!((second.queued, second.more), (2, false));
+    let got = claim(store, w, 10, t(24)).await;
+    let mut ids: Vec<_> = got.iter().map(|d| d.event_id).collect();
+    ids.sort();
+    assert_eq!(ids, vec![e3, e4]);
+    let done = store.recover(org, ep.id, q, t(25)).await.unwrap().unwrap();
+    assert_eq!((done.queued, done.more), (0, false), "recovered deliveries are not failed");
+    assert_eq!(status(store, org, e5).await, EventStatus::Failed, "outside the window");
+
+    // Replay forgets the failed delivery of e5 (the endpoint is enabled: a fresh one).
+    assert_eq!(store.replay(org, e5, t(26)).await.unwrap(), Some(EventStatus::Pending));
+    let open = store.recover(org, ep.id, window(0, None, 100), t(27)).await.unwrap().unwrap();
+    assert_eq!(open.queued, 0, "replay superseded the failed delivery");
+
+    // Deletion forgets failed deliveries (nothing left to recover, nothing queued).
+    let gone = endpoint(store, org, Some("y"), t(30)).await;
+    store.update_endpoint(org, gone.id, &disable(), t(30)).await.unwrap().unwrap();
+    let y = insert(store, org, vec![record("y", t(31))], t(31)).await;
+    assert!(matches!(y[0], InsertOutcome::Inserted { deliveries: 1, .. }), "only `ep`");
+    let y = y[0].meta().id;
+    assert_eq!(status(store, org, y).await, EventStatus::Failed);
+    let replayed = store.replay(org, y, t(31)).await.unwrap();
+    assert_eq!(replayed, Some(EventStatus::Failed), "a matching endpoint is still disabled");
+    assert!(store.delete_endpoint(org, gone.id).await.unwrap());
+    assert_eq!(store.recover(org, gone.id, window(0, None, 10), t(32)).await.unwrap(), None);
+}
+
+/// An event's `exclude_endpoint` gets neither a queued delivery nor, when disabled, a failed
+/// one; every other matching endpoint is served as usual.
+pub async fn excluded_endpoints_get_nothing<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    let subject = endpoint(store, org, None, t(0)).await;
+    let other = endpoint(store, org, None, t(0)).await;
+    let mut about = record("triggers.endpoint.enabled", t(1));
+    about.exclude_endpoint = Some(subject.id);
+    let outcome = insert(store, org, vec![about], t(1)).await;
+    assert!(matches!(outcome[0], InsertOutcome::Inserted { deliveries: 1, .. }));
+    let d = claim_one(store, WorkerId::new(), t(1)).await;
+    assert_eq!(d.endpoint_id, other.id);
+
+    store.update_endpoint(org, subject.id, &disable(), t(2)).await.unwrap().unwrap();
+    let mut about = record("triggers.endpoint.disabled", t(3));
+    about.exclude_endpoint = Some(subject.id);
+    let id = about.id;
+    insert(store, org, vec![about], t(3)).await;
+    assert_eq!(status(store, org, id).await, EventStatus::Pending, "no failed delivery");
+    store.update_endpoint(org, subject.id, &enable(), t(4)).await.unwrap().unwrap();
+    let none = store.recover(org, subject.id, window(0, None, 10), t(5)).await.unwrap().unwrap();
+    assert_eq!(none.queued, 0);
+}

@@ -1,0 +1,180 @@
+//! Endpoint lifecycle on the [`Ingestor`]: lookup, patching (with re-enabling and
+//! disabling), recovering failed deliveries, and the operational events that tell an
+//! organization about it.
+
+use serde_json::value::RawValue;
+
+use super::{check_endpoint_url, Ingestor};
+use crate::clock::Timestamp;
+use crate::deliver::Deliverer;
+use crate::domain::event::EventRecord;
+use crate::domain::org::Organization;
+use crate::domain::validate::ValidationError;
+use crate::domain::webhook::{check_headers, Endpoint};
+use crate::domain::{EndpointId, EventId, OrganizationId};
+use crate::error::{Error, Result};
+use crate::store::{EndpointPatch, EventStore, RecoverQuery, Recovered};
+
+/// At most this many failed deliveries are queued again by one recover call.
+pub const MAX_RECOVER: u32 = 10_000;
+
+/// The type of the event ingested when one of the organization's endpoints is disabled.
+pub const OPERATIONAL_DISABLED: &str = "triggers.endpoint.disabled";
+
+/// The type of the event ingested when one of the organization's endpoints is enabled again.
+pub const OPERATIONAL_ENABLED: &str = "triggers.endpoint.enabled";
+
+/// Per-endpoint rate limits accepted: deliveries per second.
+const RATE_RANGE: std::ops::RangeInclusive<u32> = 1..=10_000;
+/// Per-endpoint concurrency limits accepted.
+const CONCURRENCY_RANGE: std::ops::RangeInclusive<u32> = 1..=1_000;
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
+    ValidationError::Field { field, reason: reason.into() }.into()
+}
+
+/// Checks everything in a patch (the filter is already parsed).
+fn check_patch(patch: &EndpointPatch) -> Result<()> {
+    if let Some(url) = &patch.url {
+        check_endpoint_url(url)?;
+    }
+    if let Some(Some(d)) = &patch.description {
+        if d.chars().count() > 1024 || d.chars().any(char::is_control) {
+            return Err(invalid("description", "at most 1024 characters, no control characters"));
+        }
+    }
+    if let Some(headers) = &patch.headers {
+        check_headers(headers).map_err(|reason| invalid("headers", reason))?;
+    }
+    if let Some(Some(rate)) = patch.rate_limit {
+        if !RATE_RANGE.contains(&rate) {
+            return Err(invalid("rate_limit", "must be 1 to 10000 deliveries per second"));
+        }
+    }
+    if let Some(Some(n)) = patch.concurrency {
+        if !CONCURRENCY_RANGE.contains(&n) {
+            return Err(invalid("concurrency", "must be 1 to 1000"));
+        }
+    }
+    Ok(())
+}
+
+impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
+    /// One endpoint of the organization.
+    pub async fn endpoint(&self, org: &Organization, id: EndpointId) -> Result<Endpoint> {
+        self.inner.store.endpoint(org.id, id).await?.ok_or(Error::NotFound)
+    }
+
+    /// Changes an endpoint (see [`EndpointPatch`]); every field is validated as on creation
+    /// (`Invalid`, nothing changed). Enabling a disabled endpoint clears its reason; disabling
+    /// one fails its outstanding deliveries (recover them later with
+    /// [`recover`](Self::recover)). Either change ingests an operational event
+    /// ([`OPERATIONAL_ENABLED`] / [`OPERATIONAL_DISABLED`]) into the organization's stream;
+    /// a patch with `enabled` therefore costs one unit of the rate limit (`RateLimited`
+    /// before anything changes).
+    pub async fn update_endpoint(
+        &self,
+        org: &Organization,
+        id: EndpointId,
+        patch: &EndpointPatch,
+    ) -> Result<Endpoint> {
+        check_patch(patch)?;
+        let now = self.now();
+        if patch.enabled.is_some() {
+            // A state change ingests an operational event: it costs one unit, like any
+            // event, so toggling cannot grow the organization's stream without bound.
+            self.charge(org, 1, now).await?;
+        }
+        let update = self
+            .inner
+            .store
+            .update_endpoint(org.id, id, patch, now)
+            .await?
+            .ok_or(Error::NotFound)?;
+        let ep = &update.endpoint;
+        if update.was_enabled != ep.enabled {
+            let reason = ep.disabled_reason.as_deref();
+            tracing::info!(
+                organization_id = %org.id, endpoint_id = %id, enabled = ep.enabled,
+                failed = update.failed, "endpoint enabled state changed"
+            );
+            let subject =
+                Subject { org: org.id, endpoint: id, url: &ep.url, enabled: ep.enabled, reason };
+            ingest_operational(&*self.inner.store, subject, now).await;
+            self.inner.wake.notify_one();
+        }
+        Ok(update.endpoint)
+    }
+
+    /// Queues again the failed deliveries of an (enabled) endpoint whose event was created in
+    /// `[since, until)`, oldest first, at most [`MAX_RECOVER`] per call (`more` says whether
+    /// some remain). Charged against the organization's rate limit like ingestion, one unit
+    /// per [`MAX_RECOVER`]-sized call: refused with `RateLimited` before anything changes.
+    pub async fn recover(
+        &self,
+        org: &Organization,
+        id: EndpointId,
+        since: Timestamp,
+        until: Option<Timestamp>,
+    ) -> Result<Recovered> {
+        if until.is_some_and(|u| u <= since) {
+            return Err(invalid("until", "must be after since"));
+        }
+        let now = self.now();
+        self.charge(org, 1, now).await?;
+        let query = RecoverQuery { since, until, limit: MAX_RECOVER };
+        let recovered =
+            self.inner.store.recover(org.id, id, query, now).await?.ok_or(Error::NotFound)?;
+        if recovered.queued > 0 {
+            self.inner.wake.notify_one();
+        }
+        Ok(recovered)
+    }
+}
+
+/// What an operational event is about.
+pub(crate) struct Subject<'a> {
+    pub(crate) org: OrganizationId,
+    pub(crate) endpoint: EndpointId,
+    pub(crate) url: &'a str,
+    pub(crate) enabled: bool,
+    pub(crate) reason: Option<&'a str>,
+}
+
+/// Ingests `triggers.endpoint.enabled` / `.disabled` about an endpoint into its
+/// organization's stream: the inbox, and every matching endpoint but the subject itself.
+/// Not rate-limited (the organization did not send it); a failure is logged and otherwise
+/// ignored, since the change itself has been made.
+pub(crate) async fn ingest_operational<S: EventStore>(
+    store: &S,
+    subject: Subject<'_>,
+    now: Timestamp,
+) {
+    let event_type = if subject.enabled { OPERATIONAL_ENABLED } else { OPERATIONAL_DISABLED };
+    let payload = serde_json::json!({
+        "endpoint_id": subject.endpoint,
+        "url": subject.url,
+        "enabled": subject.enabled,
+        "reason": subject.reason,
+    });
+    let payload = match RawValue::from_string(payload.to_string()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not encode an operational event");
+            return;
+        }
+    };
+    let record = EventRecord {
+        id: EventId::new(),
+        event_type: event_type.to_owned(),
+        payload,
+        dedup_id: None,
+        created_at: now,
+        exclude_endpoint: Some(subject.endpoint),
+    };
+    // No dedup id, so the window does not matter.
+    let window = std::time::Duration::ZERO;
+    if let Err(e) = store.insert_events(subject.org, vec![record], window, now).await {
+        tracing::warn!(organization_id = %subject.org, error = %e, "operational event not stored");
+    }
+}

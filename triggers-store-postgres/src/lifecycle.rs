@@ -1,0 +1,280 @@
+//! Endpoint lifecycle: lookup, patching, failing the outstanding deliveries of a disabled
+//! endpoint, and recovering failed deliveries.
+//!
+//! Disabling locks the endpoint row `FOR UPDATE` before failing its deliveries: that waits
+//! for insert batches that are fanning out to it (they hold `FOR KEY SHARE`), and the sweep
+//! then runs with a snapshot that sees their deliveries. Batches that reach the endpoint
+//! after the lock re-check `enabled` once it is released and queue nothing for it.
+
+use sqlx::types::Uuid;
+use sqlx::{Postgres, Row, Transaction};
+use triggers_core::store::{EndpointPatch, EndpointUpdate, RecoverQuery, Recovered, StoreResult};
+use triggers_core::{EndpointId, OrganizationId, Timestamp, TypeGlob, DISABLED_BY_REQUEST};
+
+use crate::error::{corrupt, map};
+use crate::rows::{self, ENDPOINT_COLUMNS};
+use crate::PgStore;
+
+/// Fails every outstanding delivery of the given endpoints: `$1` endpoint ids, `$2` reasons,
+/// `$3` times.
+const FAIL_OUTSTANDING_SQL: &str = r#"
+WITH x AS (
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS x(endpoint_id, reason, at)
+),
+gone AS (
+    DELETE FROM deliveries d USING x
+    WHERE d.endpoint_id = x.endpoint_id
+    RETURNING d.event_id, d.endpoint_id, d.organization_id, x.reason, x.at
+),
+remembered AS (
+    INSERT INTO failed_deliveries (endpoint_id, event_id, organization_id, reason, failed_at)
+    SELECT endpoint_id, event_id, organization_id, reason, at FROM gone
+    ON CONFLICT (endpoint_id, event_id)
+        DO UPDATE SET reason = excluded.reason, failed_at = excluded.failed_at
+),
+failed AS (
+    UPDATE events SET status = 'failed'
+    WHERE id IN (SELECT event_id FROM gone) AND status = 'pending'
+)
+SELECT count(*) AS n FROM gone
+"#;
+
+/// Remembers failed deliveries (`$1` endpoint ids, `$2` event ids, `$3` reasons, `$4` times).
+pub(crate) const RECORD_FAILED_SQL: &str = r#"
+INSERT INTO failed_deliveries (endpoint_id, event_id, organization_id, reason, failed_at)
+SELECT x.endpoint_id, x.event_id, e.organization_id, x.reason, x.at
+FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[])
+    AS x(endpoint_id, event_id, reason, at)
+JOIN events e ON e.id = x.event_id
+ON CONFLICT (endpoint_id, event_id)
+    DO UPDATE SET reason = excluded.reason, failed_at = excluded.failed_at
+"#;
+
+const UPDATE_SQL: &str = r#"
+UPDATE endpoints SET
+    url = coalesce($2, url),
+    type_filter = CASE WHEN $3 THEN $4 ELSE type_filter END,
+    filter_like = CASE WHEN $3 THEN $5 ELSE filter_like END,
+    description = CASE WHEN $6 THEN $7 ELSE description END,
+    headers = CASE WHEN $8 THEN $9 ELSE headers END,
+    rate_limit = CASE WHEN $10 THEN $11 ELSE rate_limit END,
+    concurrency = CASE WHEN $12 THEN $13 ELSE concurrency END
+WHERE id = $1
+"#;
+
+const RECOVER_SQL: &str = r#"
+WITH picked AS (
+    SELECT f.event_id FROM failed_deliveries f JOIN events e ON e.id = f.event_id
+    WHERE f.endpoint_id = $1 AND e.created_at >= $2
+      AND ($3::timestamptz IS NULL OR e.created_at < $3)
+    ORDER BY f.event_id
+    LIMIT $4 + 1
+),
+taken AS (SELECT event_id FROM picked ORDER BY event_id LIMIT $4),
+gone AS (
+    DELETE FROM failed_deliveries f USING taken
+    WHERE f.endpoint_id = $1 AND f.event_id = taken.event_id
+    RETURNING f.event_id, f.organization_id
+),
+queued AS (
+    INSERT INTO deliveries
+        (id, event_id, organization_id, endpoint_id, state, attempt, next_attempt_at, due_at)
+    SELECT triggers_delivery_id(event_id), event_id, organization_id, $1, 'pending', 0, $5, $5
+    FROM gone
+),
+revived AS (
+    UPDATE events SET status = 'pending'
+    WHERE id IN (SELECT event_id FROM gone) AND status = 'failed'
+),
+wake AS (SELECT pg_notify($6, '') FROM (SELECT 1 FROM gone LIMIT 1) one)
+SELECT (SELECT count(*) FROM gone) AS queued, (SELECT count(*) FROM picked) AS picked,
+       (SELECT count(*) FROM wake) AS woke
+"#;
+
+/// Fails the outstanding deliveries of `endpoints` (already locked or being disabled in
+/// this transaction) with their reasons; returns how many.
+pub(crate) async fn fail_outstanding(
+    tx: &mut Transaction<'_, Postgres>,
+    endpoints: &[(Uuid, String)],
+    at: Timestamp,
+) -> Result<u64, sqlx::Error> {
+    if endpoints.is_empty() {
+        return Ok(0);
+    }
+    let mut ids: Vec<Uuid> = endpoints.iter().map(|e| e.0).collect();
+    ids.sort_unstable();
+    sqlx::query("SELECT 1 FROM endpoints WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(&ids)
+        .execute(&mut **tx)
+        .await?;
+    let row = sqlx::query(FAIL_OUTSTANDING_SQL)
+        .bind(endpoints.iter().map(|e| e.0).collect::<Vec<_>>())
+        .bind(endpoints.iter().map(|e| e.1.as_str()).collect::<Vec<_>>())
+        .bind(endpoints.iter().map(|_| at).collect::<Vec<_>>())
+        .fetch_one(&mut **tx)
+        .await?;
+    let n: i64 = row.try_get("n")?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+fn encode_headers(headers: &[(String, String)]) -> StoreResult<Option<String>> {
+    if headers.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(headers)
+        .map(Some)
+        .map_err(|e| triggers_core::StoreError::InvalidInput(e.to_string()))
+}
+
+/// Decodes the `headers` column.
+pub(crate) fn decode_headers(json: Option<String>) -> StoreResult<Vec<(String, String)>> {
+    match json {
+        None => Ok(Vec::new()),
+        Some(text) => serde_json::from_str(&text).map_err(|e| corrupt("endpoint headers", e)),
+    }
+}
+
+/// A limit column back into a `u32`.
+pub(crate) fn decode_limit(v: Option<i32>) -> StoreResult<Option<u32>> {
+    v.map(|v| u32::try_from(v).map_err(|e| corrupt("endpoint limit", e))).transpose()
+}
+
+fn limit_i32(v: Option<u32>) -> Option<i32> {
+    v.map(|v| i32::try_from(v).unwrap_or(i32::MAX))
+}
+
+impl PgStore {
+    /// `EndpointStore::endpoint`.
+    pub(crate) async fn find_endpoint(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+    ) -> StoreResult<Option<triggers_core::Endpoint>> {
+        let sql = format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE id = $1 AND organization_id = $2"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id.0)
+            .bind(org.0)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(map)?;
+        row.as_ref().map(rows::endpoint).transpose()
+    }
+
+    /// `EndpointStore::update_endpoint`: one transaction that locks the endpoint first.
+    pub(crate) async fn patch_endpoint(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        patch: &EndpointPatch,
+        now: Timestamp,
+    ) -> StoreResult<Option<EndpointUpdate>> {
+        let headers = patch.headers.as_deref().map(encode_headers).transpose()?;
+        let mut tx = self.pool().begin().await.map_err(map)?;
+        let found = sqlx::query(
+            "SELECT enabled FROM endpoints WHERE id = $1 AND organization_id = $2 FOR UPDATE",
+        )
+        .bind(id.0)
+        .bind(org.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map)?;
+        let Some(found) = found else { return Ok(None) };
+        let was_enabled: bool = rows::get(&found, "enabled")?;
+        let filter = patch.event_type_filter.as_ref();
+        sqlx::query(UPDATE_SQL)
+            .bind(id.0)
+            .bind(patch.url.as_deref())
+            .bind(filter.is_some())
+            .bind(filter.and_then(|f| f.as_ref().map(TypeGlob::as_str)))
+            .bind(filter.and_then(|f| f.as_ref().map(TypeGlob::to_sql_like)))
+            .bind(patch.description.is_some())
+            .bind(patch.description.clone().flatten())
+            .bind(headers.is_some())
+            .bind(headers.flatten())
+            .bind(patch.rate_limit.is_some())
+            .bind(limit_i32(patch.rate_limit.flatten()))
+            .bind(patch.concurrency.is_some())
+            .bind(limit_i32(patch.concurrency.flatten()))
+            .execute(&mut *tx)
+            .await
+            .map_err(map)?;
+        let mut failed = 0;
+        match patch.enabled {
+            Some(true) if !was_enabled => {
+                sqlx::query(
+                    "UPDATE endpoints SET enabled = true, disabled_reason = NULL,
+                         failing_since = NULL
+                     WHERE id = $1",
+                )
+                .bind(id.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(map)?;
+            }
+            Some(false) if was_enabled => {
+                sqlx::query(
+                    "UPDATE endpoints SET enabled = false, disabled_reason = $2 WHERE id = $1",
+                )
+                .bind(id.0)
+                .bind(DISABLED_BY_REQUEST)
+                .execute(&mut *tx)
+                .await
+                .map_err(map)?;
+                let doomed = [(id.0, DISABLED_BY_REQUEST.to_owned())];
+                failed = fail_outstanding(&mut tx, &doomed, now).await.map_err(map)?;
+            }
+            _ => {}
+        }
+        let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE id = $1");
+        let row = sqlx::query(&sql).bind(id.0).fetch_one(&mut *tx).await.map_err(map)?;
+        let endpoint = rows::endpoint(&row)?;
+        tx.commit().await.map_err(map)?;
+        Ok(Some(EndpointUpdate { endpoint, was_enabled, failed }))
+    }
+
+    /// `EndpointStore::recover`: one transaction; the endpoint's row lock serializes it with
+    /// disabling and with other recovers of the same endpoint.
+    pub(crate) async fn recover_failed(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        query: RecoverQuery,
+        now: Timestamp,
+    ) -> StoreResult<Option<Recovered>> {
+        let mut tx = self.pool().begin().await.map_err(map)?;
+        let found = sqlx::query(
+            "SELECT enabled FROM endpoints WHERE id = $1 AND organization_id = $2 FOR UPDATE",
+        )
+        .bind(id.0)
+        .bind(org.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map)?;
+        let Some(found) = found else { return Ok(None) };
+        if !rows::get::<bool>(&found, "enabled")? {
+            return Ok(Some(Recovered::default()));
+        }
+        let row = sqlx::query(RECOVER_SQL)
+            .bind(id.0)
+            .bind(query.since)
+            .bind(query.until)
+            .bind(i64::from(query.limit))
+            .bind(now)
+            .bind(self.channel())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map)?;
+        tx.commit().await.map_err(map)?;
+        let queued = rows::count(&row, "queued")?;
+        let picked = rows::count(&row, "picked")?;
+        if rows::count(&row, "woke")? > 0 {
+            self.fire_local();
+        }
+        Ok(Some(Recovered {
+            queued: u32::try_from(queued).unwrap_or(u32::MAX),
+            more: picked > u64::from(query.limit),
+        }))
+    }
+}

@@ -1,0 +1,241 @@
+//! Endpoint lifecycle: lookup, patching, failing the deliveries of a disabled endpoint, and
+//! recovering failed deliveries. Writes run on the writer inside the batch transaction.
+
+use rusqlite::{params, Connection, Row};
+use triggers_core::store::{EndpointPatch, EndpointUpdate, RecoverQuery, Recovered, StoreResult};
+use triggers_core::{
+    DeliveryId, Endpoint, EndpointId, OrganizationId, Secret, Timestamp, TypeGlob,
+    DISABLED_BY_REQUEST,
+};
+
+use crate::codec::{self, micros, query_opt, query_vec};
+use crate::error::{corrupt, SqlResultExt};
+
+/// The columns [`endpoint_row`] reads, in order.
+pub(crate) const ENDPOINT_COLUMNS: &str = "id, org_id, url, type_filter, secret, enabled, \
+     disabled_reason, created_at, description, headers, rate_limit, concurrency";
+
+/// Decodes custom headers stored as a JSON array of `[name, value]` pairs (NULL = none).
+pub(crate) fn decode_headers(json: Option<String>) -> StoreResult<Vec<(String, String)>> {
+    match json {
+        None => Ok(Vec::new()),
+        Some(text) => serde_json::from_str(&text).map_err(corrupt),
+    }
+}
+
+/// Encodes custom headers for the `headers` column (NULL when there are none).
+fn encode_headers(headers: &[(String, String)]) -> StoreResult<Option<String>> {
+    if headers.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(headers)
+        .map(Some)
+        .map_err(|e| triggers_core::StoreError::InvalidInput(e.to_string()))
+}
+
+/// One endpoint from a row of [`ENDPOINT_COLUMNS`].
+pub(crate) fn endpoint_row(row: &Row<'_>) -> StoreResult<Endpoint> {
+    let filter = match codec::opt_text(row, 3)? {
+        Some(g) => Some(TypeGlob::parse(&g).map_err(corrupt)?),
+        None => None,
+    };
+    let limit = |idx| -> StoreResult<Option<u32>> {
+        codec::opt_int(row, idx)?.map(|v| u32::try_from(v).map_err(corrupt)).transpose()
+    };
+    Ok(Endpoint {
+        id: EndpointId(codec::uuid(row, 0)?),
+        organization_id: OrganizationId(codec::uuid(row, 1)?),
+        url: codec::text(row, 2)?,
+        event_type_filter: filter,
+        secret: Secret::parse(codec::text(row, 4)?).map_err(corrupt)?,
+        enabled: codec::int(row, 5)? != 0,
+        disabled_reason: codec::opt_text(row, 6)?,
+        created_at: codec::ts(row, 7)?,
+        description: codec::opt_text(row, 8)?,
+        headers: decode_headers(codec::opt_text(row, 9)?)?,
+        rate_limit: limit(10)?,
+        concurrency: limit(11)?,
+    })
+}
+
+/// `EndpointStore::endpoint`.
+pub(crate) fn endpoint(
+    conn: &Connection,
+    org: OrganizationId,
+    id: EndpointId,
+) -> StoreResult<Option<Endpoint>> {
+    let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE id = ?1 AND org_id = ?2");
+    let mut stmt = conn.prepare_cached(&sql).store()?;
+    query_opt(&mut stmt, params![id.0.as_bytes(), org.0.as_bytes()], endpoint_row)
+}
+
+/// Remembers a failed delivery (replacing an older record of the same pair) and fails the
+/// event if it is pending.
+pub(crate) fn record_failed(
+    conn: &Connection,
+    endpoint_seq: i64,
+    event_seq: i64,
+    reason: &str,
+    at: i64,
+) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO failed_deliveries (endpoint_seq, event_seq, reason, failed_at)
+         VALUES (?1, ?2, ?3, ?4)",
+    )
+    .store()?
+    .execute(params![endpoint_seq, event_seq, reason, at])
+    .store()?;
+    conn.prepare_cached("UPDATE events SET status = 2 WHERE seq = ?1 AND status = 0")
+        .store()?
+        .execute([event_seq])
+        .store()?;
+    Ok(())
+}
+
+/// Fails every outstanding delivery of a (just disabled) endpoint; returns how many.
+pub(crate) fn fail_outstanding(
+    conn: &Connection,
+    endpoint_seq: i64,
+    reason: &str,
+    at: i64,
+) -> StoreResult<u64> {
+    // No index on `endpoint_seq`: disabling is rare and the table holds only outstanding
+    // deliveries (as for deletion).
+    let mut stmt = conn
+        .prepare_cached("DELETE FROM deliveries WHERE endpoint_seq = ?1 RETURNING event_seq")
+        .store()?;
+    let events = query_vec(&mut stmt, [endpoint_seq], |row| codec::int(row, 0))?;
+    for event_seq in &events {
+        record_failed(conn, endpoint_seq, *event_seq, reason, at)?;
+    }
+    Ok(events.len() as u64)
+}
+
+/// `EndpointStore::update_endpoint`.
+pub(crate) fn update_endpoint(
+    conn: &Connection,
+    org: OrganizationId,
+    id: EndpointId,
+    patch: &EndpointPatch,
+    now: Timestamp,
+) -> StoreResult<Option<EndpointUpdate>> {
+    let mut find = conn
+        .prepare_cached("SELECT seq, enabled FROM endpoints WHERE id = ?1 AND org_id = ?2")
+        .store()?;
+    let found = query_opt(&mut find, params![id.0.as_bytes(), org.0.as_bytes()], |row| {
+        Ok((codec::int(row, 0)?, codec::int(row, 1)? != 0))
+    })?;
+    drop(find);
+    let Some((seq, was_enabled)) = found else { return Ok(None) };
+    // Each optional column: a flag "set it" and the new value.
+    let headers = patch.headers.as_deref().map(encode_headers).transpose()?;
+    let filter = patch.event_type_filter.as_ref().map(|f| f.as_ref().map(TypeGlob::as_str));
+    conn.prepare_cached(
+        "UPDATE endpoints SET
+             url = coalesce(?2, url),
+             type_filter = CASE WHEN ?3 THEN ?4 ELSE type_filter END,
+             description = CASE WHEN ?5 THEN ?6 ELSE description END,
+             headers = CASE WHEN ?7 THEN ?8 ELSE headers END,
+             rate_limit = CASE WHEN ?9 THEN ?10 ELSE rate_limit END,
+             concurrency = CASE WHEN ?11 THEN ?12 ELSE concurrency END
+         WHERE seq = ?1",
+    )
+    .store()?
+    .execute(params![
+        seq,
+        patch.url,
+        filter.is_some(),
+        filter.flatten(),
+        patch.description.is_some(),
+        patch.description.clone().flatten(),
+        headers.is_some(),
+        headers.flatten(),
+        patch.rate_limit.is_some(),
+        patch.rate_limit.flatten(),
+        patch.concurrency.is_some(),
+        patch.concurrency.flatten(),
+    ])
+    .store()?;
+    let mut failed = 0;
+    match patch.enabled {
+        Some(true) if !was_enabled => {
+            conn.prepare_cached(
+                "UPDATE endpoints SET enabled = 1, disabled_reason = NULL, failing_since = NULL
+                 WHERE seq = ?1",
+            )
+            .store()?
+            .execute([seq])
+            .store()?;
+        }
+        Some(false) if was_enabled => {
+            conn.prepare_cached(
+                "UPDATE endpoints SET enabled = 0, disabled_reason = ?2 WHERE seq = ?1",
+            )
+            .store()?
+            .execute(params![seq, DISABLED_BY_REQUEST])
+            .store()?;
+            failed = fail_outstanding(conn, seq, DISABLED_BY_REQUEST, micros(now))?;
+        }
+        _ => {}
+    }
+    let endpoint = endpoint(conn, org, id)?
+        .ok_or_else(|| triggers_core::StoreError::Corrupt("updated endpoint vanished".into()))?;
+    Ok(Some(EndpointUpdate { endpoint, was_enabled, failed }))
+}
+
+/// `EndpointStore::recover`.
+pub(crate) fn recover(
+    conn: &Connection,
+    org: OrganizationId,
+    id: EndpointId,
+    query: RecoverQuery,
+    now: Timestamp,
+) -> StoreResult<Option<Recovered>> {
+    let mut find = conn
+        .prepare_cached("SELECT seq, enabled FROM endpoints WHERE id = ?1 AND org_id = ?2")
+        .store()?;
+    let found = query_opt(&mut find, params![id.0.as_bytes(), org.0.as_bytes()], |row| {
+        Ok((codec::int(row, 0)?, codec::int(row, 1)? != 0))
+    })?;
+    drop(find);
+    let Some((seq, enabled)) = found else { return Ok(None) };
+    if !enabled {
+        return Ok(Some(Recovered::default()));
+    }
+    // Event seqs grow with insertion, so `ORDER BY event_seq` is oldest first.
+    let mut pick = conn
+        .prepare_cached(
+            "SELECT f.event_seq FROM failed_deliveries f JOIN events e ON e.seq = f.event_seq
+             WHERE f.endpoint_seq = ?1 AND e.created_at >= ?2 AND e.created_at < ?3
+             ORDER BY f.event_seq LIMIT ?4",
+        )
+        .store()?;
+    let until = query.until.map_or(i64::MAX, micros);
+    let p = params![seq, micros(query.since), until, i64::from(query.limit) + 1];
+    let mut events = query_vec(&mut pick, p, |row| codec::int(row, 0))?;
+    drop(pick);
+    let more = events.len() > query.limit as usize;
+    events.truncate(query.limit as usize);
+    let now = micros(now);
+    for event_seq in &events {
+        conn.prepare_cached(
+            "DELETE FROM failed_deliveries WHERE endpoint_seq = ?1 AND event_seq = ?2",
+        )
+        .store()?
+        .execute([seq, *event_seq])
+        .store()?;
+        conn.prepare_cached(
+            "INSERT INTO deliveries (id, event_seq, endpoint_seq, state, attempt, due_at)
+             VALUES (?1, ?2, ?3, 0, 0, ?4)",
+        )
+        .store()?
+        .execute(params![DeliveryId::new().0.as_bytes(), event_seq, seq, now])
+        .store()?;
+        conn.prepare_cached("UPDATE events SET status = 0 WHERE seq = ?1 AND status = 2")
+            .store()?
+            .execute([event_seq])
+            .store()?;
+    }
+    let queued = u32::try_from(events.len()).unwrap_or(u32::MAX);
+    Ok(Some(Recovered { queued, more }))
+}
