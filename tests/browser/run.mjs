@@ -55,6 +55,12 @@ const shared = {};
 
 step("sign in with an API key kept in sessionStorage only", async () => {
   await page.goto(`${origin}/ui`);
+  await page.locator("#api-key").fill("trg_not-a-key");
+  await page.locator("#sign-in-form button[type=submit]").click();
+  const wrong = (await call(origin, "GET", "/api/keys", "trg_not-a-key")).json;
+  const shown = await problemShown();
+  assert.deepEqual([shown.title, shown.detail], [wrong.title, wrong.detail]);
+  assert.equal(await page.evaluate(() => sessionStorage.length), 0);
   await page.locator("#api-key").fill(key);
   await page.locator("#sign-in-form button[type=submit]").click();
   await until("the organization in the header", async () => (await text("#org")).includes("acme"));
@@ -240,26 +246,33 @@ step("attacker-controlled text is never HTML: payload, dedup id, org name, error
 });
 
 step("/docs renders the OpenAPI document and runs an operation with the API key", async () => {
+  const t0 = Date.now();
+  const lap = (what) => process.env.DEBUG && console.log(`  ${what}: ${Date.now() - t0} ms`);
   await page.goto(`${origin}/docs`);
   await page.locator(".swagger-ui .opblock").first().waitFor({ timeout: 20000 });
+  lap("rendered");
   await page.locator(".swagger-ui button.authorize").first().click();
-  await page.locator(".modal-ux input[type=text], .modal-ux input[type=password]").first().fill(key);
-  await page.locator(".modal-ux button.modal-btn.authorize").first().click();
-  await page.locator(".modal-ux button.btn-done").first().click();
+  const scheme = page.locator(".modal-ux .auth-container", { hasText: "X-API-Key" });
+  await scheme.locator("input").first().fill(key);
+  await scheme.locator("button.authorize").click();
+  await scheme.locator("button", { hasText: "Logout" }).waitFor();
+  await page.locator(".modal-ux button.close-modal").first().click();
+  lap("authorized");
   const op = page.locator("[id$='-queueStats']").first();
   await op.locator(".opblock-summary").first().click();
   await op.locator("button.try-out__btn").click();
   await op.locator("button.execute").click();
-  const status = op.locator(".live-responses-table .response-col_status").first();
-  await until("a 200 from the server", async () => (await status.count()) > 0 && (await status.innerText()).trim() === "200", 15000);
+  lap("executed");
+  const status = op.locator(".live-responses-table tr.response .response-col_status").first();
+  await until("a 200 from the server", async () => (await status.count()) > 0 && (await status.innerText()).trim() === "200", 30000);
   assert.ok((await op.locator(".live-responses-table").innerText()).includes("delivered"));
   await page.screenshot({ path: join(ARTIFACTS, "docs.png") });
 });
 
 step("no CSP violation, page error or request to another origin happened", async () => {
   assert.deepEqual(pageErrors, []);
-  // Expected console errors: the failed API calls above (422/429 answers are logged by chromium).
-  const unexpected = consoleErrors.filter((m) => !/status of (422|429)/.test(m));
+  // Expected console errors: the failed API calls above (chromium logs 401/422/429 answers).
+  const unexpected = consoleErrors.filter((m) => !/status of (401|422|429)/.test(m));
   assert.deepEqual(unexpected, []);
   assert.deepEqual(foreign, []);
 });

@@ -30,7 +30,7 @@ export function showProblem(err) {
     retryTimer = setInterval(tick, 1000);
   }
   $("problem").hidden = false;
-  if (e.status === 401) signOut("Your API key was not accepted; sign in again.");
+  if (e.status === 401) signOut();
 }
 
 function hideProblem() {
@@ -45,8 +45,10 @@ const ctx = {
   navigate: (hash) => { location.hash = hash; },
 };
 
-function signOut(message) {
+function signOut() {
   session.key = null;
+  events.resetState();
+  overview.resetSamples();
   stopView();
   stopView = () => {};
   $("nav").hidden = true;
@@ -55,11 +57,6 @@ function signOut(message) {
   $("view").hidden = true;
   replace($("view"));
   $("sign-in").hidden = false;
-  if (message) {
-    $("problem-title").textContent = "Signed out";
-    $("problem-detail").textContent = message;
-    $("problem").hidden = false;
-  }
 }
 
 async function signIn(key) {
@@ -68,7 +65,7 @@ async function signIn(key) {
     const me = await api("GET", "/api/keys");
     $("org").textContent = `${me.organization_name} · ${me.tier} · ${me.rate_limit_per_minute}/min`;
   } catch (e) {
-    session.key = null;
+    signOut();
     showProblem(e);
     return false;
   }
@@ -101,7 +98,7 @@ function route() {
 
 function start() {
   $("problem-close").addEventListener("click", hideProblem);
-  $("sign-out").addEventListener("click", () => signOut());
+  $("sign-out").addEventListener("click", () => { hideProblem(); signOut(); });
   $("sign-in-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const input = $("api-key");

@@ -11,6 +11,11 @@ const DETAIL_POLL_MS = 2000;
 /** The list's filters and position survive opening an event and coming back. */
 const state = { status: "pending", type: "", cursors: [null] };
 
+/** Back to the first pending page (on sign-out: cursors belong to one organization). */
+export function resetState() {
+  Object.assign(state, { status: "pending", type: "", cursors: [null] });
+}
+
 export function renderList(root, ctx) {
   const status = h("select", { name: "status", data: { testid: "status-filter" } },
     ["pending", "delivered", "failed"].map((s) => h("option", { value: s, selected: s === state.status }, s)));

@@ -11,6 +11,11 @@ const SVG = "http://www.w3.org/2000/svg";
 /** Samples survive leaving and re-entering the view (not a reload). */
 const samples = [];
 
+/** Forgets the chart's history (on sign-out: it belongs to one organization). */
+export function resetSamples() {
+  samples.length = 0;
+}
+
 export function render(root, ctx) {
   const counts = {};
   const cards = h("div", { className: "cards" },
@@ -83,7 +88,7 @@ function rates() {
 function drawChart(box, caption) {
   const W = 720, H = 180, PAD = 28;
   const points = rates();
-  const max = Math.max(1, ...points.map((p) => Math.max(p.ingested, p.delivered)));
+  const max = niceCeil(Math.max(1, ...points.map((p) => Math.max(p.ingested, p.delivered))));
   const now = Date.now();
   const x = (at) => PAD + (W - PAD - 4) * (1 - (now - at) / WINDOW_MS);
   const y = (v) => H - PAD - (H - 2 * PAD) * (v / max);
@@ -118,4 +123,10 @@ function drawChart(box, caption) {
 
 function fmt(v) {
   return v >= 10 ? v.toFixed(0) : v.toFixed(1);
+}
+
+/** The smallest 1, 2 or 5 × 10^k at or above `v`: round axis labels. */
+function niceCeil(v) {
+  const p = 10 ** Math.floor(Math.log10(v));
+  return [1, 2, 5, 10].map((m) => m * p).find((n) => n >= v);
 }
