@@ -1,6 +1,6 @@
 // Building DOM without HTML strings. Everything the API returns (payloads, types, dedup ids,
 // error texts) is attacker-controlled, so it only ever becomes text nodes or property values;
-// this module never parses HTML (no inner/outer HTML, no insertAdjacentHTML).
+// this module never turns a string into markup.
 
 /**
  * Creates an element. `props` sets properties (className, type, value, disabled, href…),

@@ -245,7 +245,8 @@ impl Client {
 pub fn pattern_of(method: &Method, path: &str) -> Option<&'static str> {
     let fits = |pattern: &str| {
         let (p, s): (Vec<_>, Vec<_>) = (pattern.split('/').collect(), path.split('/').collect());
-        p.len() == s.len() && p.iter().zip(&s).all(|(a, b)| a.starts_with('{') && !b.is_empty() || a == b)
+        p.len() == s.len()
+            && p.iter().zip(&s).all(|(a, b)| a.starts_with('{') && !b.is_empty() || a == b)
     };
     let candidates: Vec<_> = triggers_http::routes()
         .iter()

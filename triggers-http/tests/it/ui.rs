@@ -69,7 +69,9 @@ async fn pages_and_their_files_are_served_with_a_strict_policy() {
             );
             if path.ends_with(".js") {
                 if !path.contains("swagger") {
-                    for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "eval(", "document.write"] {
+                    for sink in
+                        ["innerHTML", "outerHTML", "insertAdjacentHTML", "eval(", "document.write"]
+                    {
                         assert!(!f.text().contains(sink), "{path} uses {sink}");
                     }
                 }
