@@ -13,7 +13,7 @@ use triggers_core::{Deliverer, EventStore};
 use crate::app::{App, Ctx, Req, Res};
 use crate::error::ApiError;
 use crate::router::Route;
-use crate::ui::Page;
+use crate::ui::{self, Page};
 
 /// Runs the handler of `route`.
 pub(crate) async fn dispatch<S: EventStore, D: Deliverer>(
@@ -44,10 +44,10 @@ pub(crate) async fn dispatch<S: EventStore, D: Deliverer>(
         Route::Ready => ops::ready(app).await,
         Route::Metrics => ops::metrics(app).await,
         Route::OpenApi => Ok(ops::openapi()),
-        Route::Dashboard => crate::ui::serve(app.config.ui, Page::Dashboard, None),
-        Route::DashboardFile => crate::ui::serve(app.config.ui, Page::Dashboard, Some(id)),
-        Route::Docs => crate::ui::serve(app.config.ui, Page::Docs, None),
-        Route::DocsFile => crate::ui::serve(app.config.ui, Page::Docs, Some(id)),
+        Route::Dashboard => ui::serve(app.config.ui, Page::Dashboard, None, req.headers()),
+        Route::DashboardFile => ui::serve(app.config.ui, Page::Dashboard, Some(id), req.headers()),
+        Route::Docs => ui::serve(app.config.ui, Page::Docs, None, req.headers()),
+        Route::DocsFile => ui::serve(app.config.ui, Page::Docs, Some(id), req.headers()),
     }
 }
 

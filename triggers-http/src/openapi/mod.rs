@@ -190,7 +190,7 @@ fn operation(route: Route) -> Op {
             "The dashboard (HTML; sign in with an API key)",
             Auth::None,
             None,
-            &[(200, Some("html"))],
+            &[(200, Some("html")), (304, None)],
             &[404],
         ),
         Route::DashboardFile => op(
@@ -198,7 +198,7 @@ fn operation(route: Route) -> Op {
             "A file of the dashboard (script or style sheet)",
             Auth::None,
             None,
-            &[(200, Some("file"))],
+            &[(200, Some("file")), (304, None)],
             &[404],
         ),
         Route::Docs => op(
@@ -206,7 +206,7 @@ fn operation(route: Route) -> Op {
             "These API docs, interactive (HTML)",
             Auth::None,
             None,
-            &[(200, Some("html"))],
+            &[(200, Some("html")), (304, None)],
             &[404],
         ),
         Route::DocsFile => op(
@@ -214,7 +214,7 @@ fn operation(route: Route) -> Op {
             "A file of the API docs (script or style sheet)",
             Auth::None,
             None,
-            &[(200, Some("file"))],
+            &[(200, Some("file")), (304, None)],
             &[404],
         ),
     }

@@ -1,10 +1,37 @@
 //! The embedded files of the pages, by name (the last path segment of their URL).
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use sha2::{Digest, Sha256};
+
 /// One embedded file.
 pub(super) struct Asset {
     pub(super) name: &'static str,
     pub(super) content_type: &'static str,
     pub(super) body: &'static [u8],
+}
+
+impl Asset {
+    /// A strong `ETag`: the first 16 bytes of the SHA-256 of the body, computed once for all
+    /// files (keyed by the address of the embedded bytes; equal bytes have equal tags anyway).
+    pub(super) fn etag(&self) -> &'static str {
+        static TAGS: OnceLock<HashMap<usize, String>> = OnceLock::new();
+        let tags = TAGS.get_or_init(|| {
+            DASHBOARD
+                .iter()
+                .chain(DOCS)
+                .map(|a| (a.body.as_ptr() as usize, digest(a.body)))
+                .collect()
+        });
+        tags.get(&(self.body.as_ptr() as usize)).map_or("\"-\"", String::as_str)
+    }
+}
+
+fn digest(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
 }
 
 const HTML: &str = "text/html; charset=utf-8";

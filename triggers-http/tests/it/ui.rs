@@ -2,6 +2,9 @@
 //! every file they reference is served, unknown files are 404, and `ui: false` hides them.
 //! (What the pages do in a browser is tested by tests/browser, which .ci/run runs.)
 
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
 use triggers_http::ServerConfig;
 
 use crate::support::{Options, Resp, TestServer};
@@ -86,6 +89,25 @@ async fn pages_and_their_files_are_served_with_a_strict_policy() {
     assert!(docs.header("content-security-policy").contains("style-src 'self' 'unsafe-inline'"));
     let ui = c.send("GET", "/ui", None, None).await;
     assert!(ui.header("content-security-policy").contains("style-src 'self';"));
+
+    // Revalidation: the same ETag gets 304 without a body; a stale one the file again.
+    let bundle = c.send("GET", "/docs/swagger-ui-bundle.js", None, None).await;
+    let etag = bundle.header("etag").to_owned();
+    assert!(etag.starts_with('"') && etag.len() > 10, "{etag}");
+    let revalidate = |tag: &str| {
+        Request::get("/docs/swagger-ui-bundle.js")
+            .header("if-none-match", tag)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let r = c.request(revalidate(&etag)).await;
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), etag);
+    assert_secure(&r, "304");
+    let r = c.request(revalidate("\"stale\"")).await;
+    assert_eq!((r.status, r.body.len()), (200, bundle.body.len()));
+    assert_ne!(c.send("GET", "/ui/app.js", None, None).await.header("etag"), etag);
 
     c.send("GET", "/ui/nope.js", None, None).await.problem(404, "not_found");
     c.send("GET", "/ui/..%2Fsrc%2Flib.rs", None, None).await.problem(404, "not_found");
