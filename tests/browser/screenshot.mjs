@@ -36,7 +36,7 @@ try {
     }
     await new Promise((ok) => setTimeout(ok, 500));
   }
-  await new Promise((ok) => setTimeout(ok, 2500));
+  // Taken while the traffic still flows (the chart's last point is not a drop to zero).
   const out = join(ROOT, "docs/dashboard.png");
   await page.screenshot({ path: out });
   console.log(`wrote ${out}`);

@@ -122,7 +122,7 @@ function drawChart(box, caption) {
 }
 
 function fmt(v) {
-  return v >= 10 ? v.toFixed(0) : v.toFixed(1);
+  return v >= 10 || v === 0 ? v.toFixed(0) : v.toFixed(1);
 }
 
 /** The smallest 1, 2 or 5 × 10^k at or above `v`: round axis labels. */
