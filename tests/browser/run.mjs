@@ -135,6 +135,7 @@ step("create an endpoint: the secret is shown once with a copy button", async ()
   assert.equal(list.length, 1);
   assert.equal(list[0].url, receiver.url);
   await page.locator(`tr[data-id="${list[0].id}"]`).waitFor();
+  await page.screenshot({ path: join(ARTIFACTS, "endpoints.png") });
   shared.secret = secret;
   shared.endpoint = list[0].id;
 });
@@ -160,6 +161,7 @@ step("Replay: a new attempt appears and a second request arrives", async () => {
   await until("the replay note", async () => (await text("[data-testid=action-note]")).includes("Replay queued"));
   await until("two attempts", async () => (await page.locator("table.attempts tbody tr").count()) === 2, 20000);
   assert.equal(receiver.received.filter((r) => r.headers["webhook-id"] === shared.order).length, 2);
+  await page.screenshot({ path: join(ARTIFACTS, "event.png"), fullPage: true });
 });
 
 step("Overview: counts match the API, the chart draws, endpoint health is listed", async () => {
