@@ -58,6 +58,9 @@ pub struct ServerConfig {
     /// An extra check of webhook URLs at creation (after the built-in one: `http` or `https`
     /// with a host). The deliverer enforces its own rules again at delivery time.
     pub webhook_url_policy: Option<UrlPolicy>,
+    /// Serve the dashboard (`GET /ui`) and the API docs (`GET /docs`) (default `true`);
+    /// when `false` those routes answer 404 `route_not_found`.
+    pub ui: bool,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +74,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
             admin_token: None,
             webhook_url_policy: None,
+            ui: true,
         }
     }
 }
@@ -86,6 +90,7 @@ impl fmt::Debug for ServerConfig {
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("webhook_url_policy", &self.webhook_url_policy.is_some())
+            .field("ui", &self.ui)
             .finish()
     }
 }

@@ -3,7 +3,8 @@
 //! The [`Server`] serves the Triggers API (SPEC §5) for any [`Ingestor`](triggers_core::Ingestor):
 //! a small router without a web framework, `X-API-Key` authentication through the Ingestor's
 //! cached key lookup, rate-limit headers on every authenticated response, RFC 9457 problem
-//! documents for every error, Prometheus metrics and an OpenAPI 3.1 document.
+//! documents for every error, Prometheus metrics and an OpenAPI 3.1 document; in a browser, a
+//! dashboard at `/ui` and interactive API docs at `/docs` (`ServerConfig::ui`).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -52,6 +53,7 @@ mod router;
 mod server;
 mod service;
 pub mod settings;
+mod ui;
 pub mod webhook;
 
 pub use config::{AdminPolicy, ServerConfig, UrlPolicy};

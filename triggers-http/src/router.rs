@@ -1,4 +1,5 @@
-//! The route table and a small matcher: method + path segments, `{id}` as the only parameter.
+//! The route table and a small matcher: method + path segments, one `{name}` parameter at most
+//! (`{id}` for API items, `{file}` for the files of the browser pages).
 //!
 //! The same table drives dispatch and the OpenAPI document, so the two cannot drift apart.
 
@@ -29,6 +30,10 @@ pub(crate) enum Route {
     WebhookShow,
     WebhookPatch,
     WebhookRecover,
+    Dashboard,
+    DashboardFile,
+    Docs,
+    DocsFile,
 }
 
 /// One route the server serves.
@@ -36,10 +41,10 @@ pub(crate) enum Route {
 pub struct RouteInfo {
     /// The HTTP method, upper case.
     pub method: &'static str,
-    /// The path pattern; `{id}` stands for one path segment.
+    /// The path pattern; `{id}` (or `{file}`) stands for one path segment.
     pub path: &'static str,
     pub(crate) route: Route,
-    /// Whether `path` has an `{id}` segment.
+    /// Whether `path` has a parameter segment.
     param: bool,
 }
 
@@ -55,7 +60,7 @@ const fn r(method: &'static str, path: &'static str, route: Route) -> RouteInfo 
 }
 
 /// Every route, in documentation order.
-static ROUTES: [RouteInfo; 22] = [
+static ROUTES: [RouteInfo; 26] = [
     r("POST", "/api/keys/generate", Route::KeysGenerate),
     r("GET", "/api/keys", Route::KeysShow),
     r("POST", "/api/keys/rotate", Route::KeysRotate),
@@ -78,6 +83,10 @@ static ROUTES: [RouteInfo; 22] = [
     r("GET", "/api/webhooks/{id}", Route::WebhookShow),
     r("PATCH", "/api/webhooks/{id}", Route::WebhookPatch),
     r("POST", "/api/webhooks/{id}/recover", Route::WebhookRecover),
+    r("GET", "/ui", Route::Dashboard),
+    r("GET", "/ui/{file}", Route::DashboardFile),
+    r("GET", "/docs", Route::Docs),
+    r("GET", "/docs/{file}", Route::DocsFile),
 ];
 
 /// Every route the server serves: method and path pattern.
@@ -96,7 +105,7 @@ pub(crate) enum Match<'a> {
     NotFound,
 }
 
-/// Whether `path` fits `pattern`; the `{id}` segment if so.
+/// Whether `path` fits `pattern`; the parameter segment if so.
 fn fit<'a>(pattern: &str, path: &'a str) -> Option<Option<&'a str>> {
     let mut param = None;
     let mut pat = pattern.split('/');
@@ -104,7 +113,7 @@ fn fit<'a>(pattern: &str, path: &'a str) -> Option<Option<&'a str>> {
     loop {
         match (pat.next(), segs.next()) {
             (None, None) => return Some(param),
-            (Some("{id}"), Some(seg)) if !seg.is_empty() => param = Some(seg),
+            (Some(p), Some(seg)) if p.starts_with('{') && !seg.is_empty() => param = Some(seg),
             (Some(p), Some(seg)) if p == seg => {}
             _ => return None,
         }
@@ -182,12 +191,20 @@ mod tests {
         assert_eq!(find(&Method::GET, "/health/"), Match::NotFound);
         assert_eq!(find(&Method::GET, ""), Match::NotFound);
         assert_eq!(find(&Method::GET, "/api/events//replay"), Match::NotFound);
+        assert_eq!(find(&Method::GET, "/ui"), Match::Found(Route::Dashboard, None));
+        assert_eq!(
+            find(&Method::GET, "/ui/app.js"),
+            Match::Found(Route::DashboardFile, Some("app.js"))
+        );
+        assert_eq!(find(&Method::GET, "/ui/"), Match::NotFound);
+        assert_eq!(find(&Method::GET, "/ui/a/b.js"), Match::NotFound);
+        assert_eq!(find(&Method::POST, "/docs"), Match::MethodNotAllowed("GET".into()));
     }
 
     #[test]
     fn every_route_matches_itself_and_is_unique() {
         for info in routes() {
-            let path = info.path.replace("{id}", "x");
+            let path = info.path.replace("{id}", "x").replace("{file}", "x");
             let method = Method::from_bytes(info.method.as_bytes()).unwrap();
             assert_eq!(
                 find(&method, &path),

@@ -13,7 +13,7 @@ use triggers_core::{IngestorConfig, RetryPolicy, TierLimits, WorkerConfig};
 use crate::config::ServerConfig;
 
 /// Every variable: name, default, meaning.
-pub const VARIABLES: [(&str, &str, &str); 10] = [
+pub const VARIABLES: [(&str, &str, &str); 11] = [
     ("TRIGGERS_LISTEN", "127.0.0.1:8080", "address to bind (IP:port)"),
     ("DATABASE_URL", "sqlite://triggers.db", "sqlite://PATH or postgres://…"),
     (
@@ -40,6 +40,7 @@ pub const VARIABLES: [(&str, &str, &str); 10] = [
         "CIDRs webhooks may target although private/loopback (e.g. 127.0.0.0/8)",
     ),
     ("RUST_LOG", "info", "log filter"),
+    ("TRIGGERS_UI", "on", "serve the dashboard at /ui and the API docs at /docs (on or off)"),
 ];
 
 /// Where events are stored.
@@ -105,6 +106,8 @@ pub struct Settings {
     pub webhook_allow: Vec<IpNet>,
     /// `RUST_LOG`.
     pub log_filter: String,
+    /// `TRIGGERS_UI`.
+    pub ui: bool,
 }
 
 impl fmt::Debug for Settings {
@@ -120,6 +123,7 @@ impl fmt::Debug for Settings {
             .field("retry", &self.retry)
             .field("webhook_allow", &self.webhook_allow)
             .field("log_filter", &self.log_filter)
+            .field("ui", &self.ui)
             .finish()
     }
 }
@@ -250,6 +254,13 @@ impl Settings {
 
         let log_filter = get("RUST_LOG").unwrap_or("info").to_owned();
 
+        const UI: &str = "TRIGGERS_UI";
+        let ui = match get(UI).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(_) => return Err(bad(UI, get(UI).unwrap_or(""), "expected on or off")),
+        };
+
         Ok(Self {
             listen,
             database,
@@ -261,6 +272,7 @@ impl Settings {
             retry,
             webhook_allow,
             log_filter,
+            ui,
         })
     }
 
@@ -295,6 +307,7 @@ impl Settings {
         ServerConfig {
             max_body: self.max_body,
             admin_token: self.admin_token.clone(),
+            ui: self.ui,
             ..ServerConfig::default()
         }
     }
@@ -328,6 +341,7 @@ mod tests {
         assert_eq!(s.retry, RetryPolicy::default());
         assert!(s.webhook_allow.is_empty());
         assert_eq!(s.log_filter, "info");
+        assert!(s.ui && s.server_config().ui);
         assert_eq!(s.ingestor_config().max_payload, 262_144);
     }
 
@@ -344,6 +358,7 @@ mod tests {
             ("TRIGGERS_RETRY_SCHEDULE", "0s,1s"),
             ("TRIGGERS_WEBHOOK_ALLOW", "127.0.0.0/8, ::1"),
             ("RUST_LOG", "debug"),
+            ("TRIGGERS_UI", "OFF"),
         ])
         .unwrap();
         assert_eq!(s.listen.port(), 9000);
@@ -358,6 +373,7 @@ mod tests {
         assert_eq!(s.webhook_allow.len(), 2);
         assert_eq!(s.webhook_config().allow, s.webhook_allow);
         assert_eq!(s.server_config().admin_token.as_deref(), Some("s3cret"));
+        assert!(!s.ui && !s.server_config().ui);
         let sqlite = parse(&[("DATABASE_URL", "sqlite:///var/lib/t.db")]).unwrap();
         assert_eq!(sqlite.database, Database::Sqlite("/var/lib/t.db".into()));
     }
@@ -376,6 +392,7 @@ mod tests {
         assert_eq!(var(&[("TRIGGERS_WORKERS", "many")]), "TRIGGERS_WORKERS");
         assert_eq!(var(&[("TRIGGERS_RETRY_SCHEDULE", "5x")]), "TRIGGERS_RETRY_SCHEDULE");
         assert_eq!(var(&[("TRIGGERS_WEBHOOK_ALLOW", "10.0.0.0/33")]), "TRIGGERS_WEBHOOK_ALLOW");
+        assert_eq!(var(&[("TRIGGERS_UI", "yes")]), "TRIGGERS_UI");
         let e = parse(&[("TRIGGERS_MAX_BODY", "abc")]).unwrap_err();
         assert_eq!(e.to_string(), "TRIGGERS_MAX_BODY: invalid value \"abc\": expected a number of bytes from 64 to 1073741824");
         let e = parse(&[("DATABASE_URL", "mysql://root:pw@h/db")]).unwrap_err();

@@ -14,6 +14,7 @@ use triggers_core::{Deliverer, EventStore};
 use crate::app::{App, Ctx, Req, Res};
 use crate::error::ApiError;
 use crate::router::Route;
+use crate::ui::{self, Page};
 
 /// Runs the handler of `route`.
 pub(crate) async fn dispatch<S: EventStore, D: Deliverer>(
@@ -47,6 +48,10 @@ pub(crate) async fn dispatch<S: EventStore, D: Deliverer>(
         Route::WebhookShow => lifecycle::show(app, ctx, req, id).await,
         Route::WebhookPatch => lifecycle::patch(app, ctx, req, id).await,
         Route::WebhookRecover => lifecycle::recover(app, ctx, req, id).await,
+        Route::Dashboard => ui::serve(app.config.ui, Page::Dashboard, None, req.headers()),
+        Route::DashboardFile => ui::serve(app.config.ui, Page::Dashboard, Some(id), req.headers()),
+        Route::Docs => ui::serve(app.config.ui, Page::Docs, None, req.headers()),
+        Route::DocsFile => ui::serve(app.config.ui, Page::Docs, Some(id), req.headers()),
     }
 }
 

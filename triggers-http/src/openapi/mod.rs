@@ -208,6 +208,40 @@ fn operation(route: Route) -> Op {
             &[(202, Some("Recovered"))],
             &[400, 401, 404, 408, 413, 415, 422, 429, 500, 503],
         ),
+        // The browser pages are documented too, so the document lists every route; a client
+        // generator can skip them by their `text/*` bodies. 404 when `TRIGGERS_UI=off`.
+        Route::Dashboard => op(
+            "dashboard",
+            "The dashboard (HTML; sign in with an API key)",
+            Auth::None,
+            None,
+            &[(200, Some("html")), (304, None)],
+            &[404],
+        ),
+        Route::DashboardFile => op(
+            "dashboardFile",
+            "A file of the dashboard (script or style sheet)",
+            Auth::None,
+            None,
+            &[(200, Some("file")), (304, None)],
+            &[404],
+        ),
+        Route::Docs => op(
+            "docs",
+            "These API docs, interactive (HTML)",
+            Auth::None,
+            None,
+            &[(200, Some("html")), (304, None)],
+            &[404],
+        ),
+        Route::DocsFile => op(
+            "docsFile",
+            "A file of the API docs (script or style sheet)",
+            Auth::None,
+            None,
+            &[(200, Some("file")), (304, None)],
+            &[404],
+        ),
     }
 }
 
@@ -241,6 +275,11 @@ fn response(status: u16, schema: Option<&str>, auth: Auth) -> Value {
             "application/openmetrics-text": { "schema": { "type": "string" } }
         })),
         Some("object") => Some(json!({ "application/json": { "schema": { "type": "object" } } })),
+        Some("html") => Some(json!({ "text/html": { "schema": { "type": "string" } } })),
+        Some("file") => Some(json!({
+            "text/javascript": { "schema": { "type": "string" } },
+            "text/css": { "schema": { "type": "string" } }
+        })),
         Some(name) if status >= 400 => {
             Some(json!({ "application/problem+json": { "schema": schema_ref(name) } }))
         }
@@ -284,6 +323,16 @@ fn operation_json(path: &str, route: Route) -> Value {
                 "name": "id", "in": "path", "required": true,
                 "description": "A UUID; a malformed id is answered like an unknown one (404)",
                 "schema": { "type": "string", "format": "uuid" }
+            }]),
+        );
+    }
+    if path.contains("{file}") {
+        o.insert(
+            "parameters".into(),
+            json!([{
+                "name": "file", "in": "path", "required": true,
+                "description": "A file name, e.g. `app.js`; an unknown one is 404",
+                "schema": { "type": "string" }
             }]),
         );
     }

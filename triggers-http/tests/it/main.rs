@@ -13,4 +13,5 @@ mod openapi;
 mod rate;
 mod routes;
 mod support;
+mod ui;
 mod validation;

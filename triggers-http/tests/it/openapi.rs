@@ -25,11 +25,13 @@ async fn every_route_is_documented_and_every_documented_operation_is_served() {
     let served: BTreeSet<(String, String)> =
         triggers_http::routes().iter().map(|r| (r.method.to_owned(), r.path.to_owned())).collect();
     assert_eq!(documented, served);
-    assert_eq!(served.len(), 22);
+    assert_eq!(served.len(), 26);
 
     // Every documented operation reaches a handler: never 404 route_not_found or 405.
     for (method, path) in &documented {
-        let concrete = path.replace("{id}", "00000000-0000-0000-0000-000000000000");
+        let concrete = path
+            .replace("{id}", "00000000-0000-0000-0000-000000000000")
+            .replace("{file}", "index.html");
         let r = server.client.send(method, &concrete, None, None).await;
         assert_ne!(r.status, 405, "{method} {path}");
         if r.status == 404 {

@@ -255,13 +255,14 @@ impl Client {
 pub fn pattern_of(method: &Method, path: &str) -> Option<&'static str> {
     let fits = |pattern: &str| {
         let (p, s): (Vec<_>, Vec<_>) = (pattern.split('/').collect(), path.split('/').collect());
-        p.len() == s.len() && p.iter().zip(&s).all(|(a, b)| *a == "{id}" && !b.is_empty() || a == b)
+        p.len() == s.len()
+            && p.iter().zip(&s).all(|(a, b)| a.starts_with('{') && !b.is_empty() || a == b)
     };
     let candidates: Vec<_> = triggers_http::routes()
         .iter()
         .filter(|r| r.method == method.as_str() && fits(r.path))
         .collect();
-    // A literal route wins over one with `{id}`, as in the router.
+    // A literal route wins over one with a parameter, as in the router.
     candidates.iter().find(|r| !r.path.contains('{')).or(candidates.first()).map(|r| r.path)
 }
 

@@ -1,0 +1,92 @@
+// Endpoints: create (the secret shown once, with a copy button), rotate the secret, delete.
+//
+// Each row's buttons come from ACTIONS: an action the API gains later (enable/disable with
+// PATCH /api/webhooks/{id}, POST /api/webhooks/{id}/recover, attempt history from
+// GET /api/webhooks/{id}/attempts) is one more entry there.
+
+import { h, replace, badge, confirmButton, secretBox } from "./dom.js";
+
+/**
+ * One button per row: `label`, optional `confirm` (a second click is needed), `when(endpoint)`
+ * to show it, and `run(endpoint, ctx, view)`, which may return a node to show under the table.
+ */
+const ACTIONS = [
+  {
+    label: "Rotate secret",
+    confirm: "Confirm rotate",
+    run: async (w, ctx) => {
+      const { secret } = await ctx.api("POST", `/api/webhooks/${encodeURIComponent(w.id)}/rotate-secret`);
+      return secretBox(`New secret of ${w.url}`, secret);
+    },
+  },
+  {
+    label: "Delete",
+    confirm: "Confirm delete",
+    className: "danger",
+    run: async (w, ctx) => {
+      await ctx.api("DELETE", `/api/webhooks/${encodeURIComponent(w.id)}`);
+      return h("p", { className: "hint" }, `Deleted ${w.url}.`);
+    },
+  },
+];
+
+export function render(root, ctx) {
+  const url = h("input", { name: "url", type: "url", required: true, placeholder: "https://example.com/hooks/triggers", spellcheck: false, data: { testid: "endpoint-url" } });
+  const filter = h("input", { name: "event_type_filter", placeholder: "optional, e.g. user.*", spellcheck: false, data: { testid: "endpoint-filter" } });
+  const out = h("div", { className: "out" });
+  const rows = h("tbody");
+
+  const form = h("form", {
+    className: "filters",
+    onSubmit: async (e) => {
+      e.preventDefault();
+      const body = { url: url.value.trim() };
+      if (filter.value.trim()) body.event_type_filter = filter.value.trim();
+      try {
+        const created = await ctx.api("POST", "/api/webhook/config", body);
+        ctx.hideProblem();
+        url.value = "";
+        filter.value = "";
+        replace(out, secretBox(`Endpoint created: ${created.url}`, created.secret));
+        await load();
+      } catch (err) { ctx.showProblem(err); }
+    },
+  }, h("label", {}, "URL ", url), h("label", {}, "Event types ", filter), h("button", { type: "submit" }, "Create endpoint"));
+
+  replace(root,
+    h("h1", {}, "Endpoints"),
+    h("section", { className: "card" }, h("h2", {}, "New endpoint"), form, out),
+    h("table", { className: "endpoints" },
+      h("thead", {}, h("tr", {}, ["URL", "Event types", "State", "Id", ""].map((t) => h("th", {}, t)))),
+      rows),
+    h("p", {}, h("button", { type: "button", className: "ghost", onClick: () => load().catch(ctx.showProblem) }, "Refresh")));
+
+  async function load() {
+    const { webhooks } = await ctx.api("GET", "/api/webhook/config");
+    replace(rows, webhooks.length
+      ? webhooks.map((w) => h("tr", { data: { id: w.id } },
+        h("td", { className: "mono" }, w.url),
+        h("td", { className: "mono" }, w.event_type_filter ?? "*"),
+        h("td", {}, w.enabled ? badge("enabled") : badge("disabled"),
+          w.disabled_reason ? h("div", { className: "hint" }, w.disabled_reason) : null),
+        h("td", { className: "mono dim" }, w.id),
+        h("td", { className: "buttons" }, ACTIONS.filter((a) => !a.when || a.when(w)).map((a) => {
+          const act = async () => {
+            try {
+              const shown = await a.run(w, ctx);
+              ctx.hideProblem();
+              replace(out, shown ?? "");
+              await load();
+            } catch (err) { ctx.showProblem(err); }
+          };
+          return a.confirm
+            ? confirmButton(a.label, a.confirm, act, a.className ?? "")
+            : h("button", { type: "button", className: a.className ?? "", onClick: act }, a.label);
+        }))))
+      : h("tr", {}, h("td", { colSpan: 5, className: "hint" }, "No endpoints yet.")));
+  }
+  // Loaded on entry and after each action; no polling, which would rebuild a row under a
+  // half-confirmed button. The Overview polls the endpoints' health.
+  load().catch(ctx.showProblem);
+  return () => {};
+}
