@@ -45,8 +45,9 @@ pub(crate) enum ApiError {
     RateLimited(RateDecision),
     /// 503 `overloaded`.
     Overloaded(Duration),
-    /// 503 `store_unavailable`.
-    Unavailable,
+    /// 503 `store_unavailable`, with the cause in words an operator understands (connection
+    /// refused, disk full, …; never a secret).
+    Unavailable(String),
     /// 500 `internal_error`; the cause is logged, never sent.
     Internal,
 }
@@ -86,7 +87,7 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Overloaded(_) | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -110,7 +111,7 @@ impl ApiError {
             Self::Invalid { .. } => "invalid_field",
             Self::RateLimited(_) => "rate_limited",
             Self::Overloaded(_) => "overloaded",
-            Self::Unavailable => "store_unavailable",
+            Self::Unavailable(_) => "store_unavailable",
             Self::Internal => "internal_error",
         }
     }
@@ -133,7 +134,7 @@ impl ApiError {
             Self::Invalid { .. } => "Invalid field",
             Self::RateLimited(_) => "Rate limit exceeded",
             Self::Overloaded(_) => "Overloaded",
-            Self::Unavailable => "Store unavailable",
+            Self::Unavailable(_) => "Store unavailable",
             Self::Internal => "Internal error",
         }
     }
@@ -164,7 +165,9 @@ impl ApiError {
             Self::Overloaded(after) => {
                 format!("the server cannot keep up; retry in {} s", retry_secs(*after))
             }
-            Self::Unavailable => "the store is unavailable; retry later".into(),
+            Self::Unavailable(cause) => {
+                format!("the store is unavailable ({}); retry later", redact(cause))
+            }
             Self::Internal => "an internal error occurred; it has been logged".into(),
         }
     }
@@ -204,7 +207,7 @@ impl ApiError {
             Self::Overloaded(after) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(retry_secs(*after)));
             }
-            Self::Unavailable => {
+            Self::Unavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(1u64));
             }
             Self::InvalidAdminToken => {
@@ -218,6 +221,28 @@ impl ApiError {
         }
         res
     }
+}
+
+/// `text` without the user information of any URL in it (`postgres://user:secret@host` →
+/// `postgres://…@host`): a store's message must never carry a password into a log or a
+/// response.
+pub(crate) fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail.find(|c: char| c.is_whitespace() || c == '/').unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(user_end) => {
+                out.push('…');
+                rest = &tail[user_end..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Whole seconds for `Retry-After`, rounded up, at least 1.
@@ -241,8 +266,8 @@ impl From<Error> for ApiError {
             Error::NotFound => Self::NotFound("item"),
             Error::Overloaded(after) => Self::Overloaded(after),
             Error::Store(StoreError::Unavailable(why)) => {
-                tracing::warn!(error = %why, "store unavailable");
-                Self::Unavailable
+                tracing::warn!(error = %redact(&why), "store unavailable");
+                Self::Unavailable(why)
             }
             Error::Store(StoreError::Overloaded(why)) => {
                 tracing::warn!(error = %why, "store overloaded");
@@ -274,6 +299,18 @@ mod tests {
         let invalid = ApiError::from(Error::Invalid(ValidationError::TypeLength(0)));
         assert_eq!(invalid.status().as_u16(), 422);
         assert_eq!(invalid.problem().field.as_deref(), Some("type"));
+    }
+
+    #[test]
+    fn unavailable_says_why_without_credentials() {
+        let why = "cannot connect to postgres://app:hunter2@db:5432/x: connection refused";
+        let err = ApiError::from(Error::Store(StoreError::Unavailable(why.into())));
+        assert_eq!(err.status().as_u16(), 503);
+        let detail = err.problem().detail;
+        assert!(detail.contains("connection refused"), "{detail}");
+        assert!(!detail.contains("hunter2") && !detail.contains("app:"), "{detail}");
+        assert_eq!(redact("a://u:p@h/x and b://h2/y c://@h3"), "a://…@h/x and b://h2/y c://…@h3");
+        assert_eq!(redact("no url: the disk is full"), "no url: the disk is full");
     }
 
     #[test]

@@ -28,8 +28,13 @@ pub(super) async fn ready<S: EventStore, D: Deliverer>(app: &App<S, D>) -> Res {
     match app.ingestor.ready().await {
         Ok(()) => Ok(health()),
         Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            Err(ApiError::Unavailable)
+            let cause = match e {
+                triggers_core::Error::Store(triggers_core::StoreError::Unavailable(why)) => why,
+                other => other.to_string(),
+            };
+            let cause = crate::error::redact(&cause);
+            tracing::warn!(error = %cause, "readiness check failed");
+            Err(ApiError::Unavailable(cause))
         }
     }
 }
