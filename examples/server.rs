@@ -97,7 +97,9 @@ async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
         #[cfg(feature = "postgres")]
         Database::Postgres(url) => {
             use triggers::postgres::{PgConfig, PgStore};
-            let store = PgStore::connect(url, PgConfig::default())
+            let config =
+                PgConfig { acquire_timeout: settings.db_acquire_timeout, ..PgConfig::default() };
+            let store = PgStore::connect(url, config)
                 .await
                 .map_err(|e| format!("cannot connect to {}: {e}", settings.database.describe()))?;
             serve(store, &settings, listener).await

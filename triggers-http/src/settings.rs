@@ -13,7 +13,7 @@ use triggers_core::{IngestorConfig, RetryPolicy, TierLimits, WorkerConfig};
 use crate::config::ServerConfig;
 
 /// Every variable: name, default, meaning.
-pub const VARIABLES: [(&str, &str, &str); 10] = [
+pub const VARIABLES: [(&str, &str, &str); 11] = [
     ("TRIGGERS_LISTEN", "127.0.0.1:8080", "address to bind (IP:port)"),
     ("DATABASE_URL", "sqlite://triggers.db", "sqlite://PATH or postgres://…"),
     (
@@ -40,6 +40,11 @@ pub const VARIABLES: [(&str, &str, &str); 10] = [
         "CIDRs webhooks may target although private/loopback (e.g. 127.0.0.0/8)",
     ),
     ("RUST_LOG", "info", "log filter"),
+    (
+        "TRIGGERS_DB_ACQUIRE_TIMEOUT",
+        "2s",
+        "PostgreSQL: longest wait for a database connection before a request is answered 503",
+    ),
 ];
 
 /// Where events are stored.
@@ -105,6 +110,8 @@ pub struct Settings {
     pub webhook_allow: Vec<IpNet>,
     /// `RUST_LOG`.
     pub log_filter: String,
+    /// `TRIGGERS_DB_ACQUIRE_TIMEOUT`.
+    pub db_acquire_timeout: Duration,
 }
 
 impl fmt::Debug for Settings {
@@ -120,6 +127,7 @@ impl fmt::Debug for Settings {
             .field("retry", &self.retry)
             .field("webhook_allow", &self.webhook_allow)
             .field("log_filter", &self.log_filter)
+            .field("db_acquire_timeout", &self.db_acquire_timeout)
             .finish()
     }
 }
@@ -250,6 +258,14 @@ impl Settings {
 
         let log_filter = get("RUST_LOG").unwrap_or("info").to_owned();
 
+        const ACQUIRE: &str = "TRIGGERS_DB_ACQUIRE_TIMEOUT";
+        let db_acquire_timeout = match get(ACQUIRE) {
+            None => Duration::from_secs(2),
+            Some(v) => triggers_core::retry::parse_duration(v)
+                .filter(|d| (Duration::from_secs(1)..=Duration::from_secs(300)).contains(d))
+                .ok_or_else(|| bad(ACQUIRE, v, "expected a duration from 1s to 5m, e.g. 2s"))?,
+        };
+
         Ok(Self {
             listen,
             database,
@@ -261,6 +277,7 @@ impl Settings {
             retry,
             webhook_allow,
             log_filter,
+            db_acquire_timeout,
         })
     }
 

@@ -6,7 +6,6 @@ use triggers_core::{
     Endpoint, EndpointId, KeyHash, Organization, OrganizationId, Secret, Timestamp,
 };
 
-use crate::error::map;
 use crate::rows::{self, ENDPOINT_COLUMNS, ORG_COLUMNS};
 use crate::PgStore;
 
@@ -24,7 +23,7 @@ impl OrgStore for PgStore {
         .bind(org.created_at)
         .execute(self.pool())
         .await
-        .map_err(map)?;
+        .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
@@ -34,13 +33,17 @@ impl OrgStore for PgStore {
             .bind(&key.as_bytes()[..])
             .fetch_optional(self.pool())
             .await
-            .map_err(map)?;
+            .map_err(|e| self.fail(e))?;
         row.as_ref().map(rows::organization).transpose()
     }
 
     async fn organization(&self, id: OrganizationId) -> StoreResult<Option<Organization>> {
         let sql = format!("SELECT {ORG_COLUMNS} FROM organizations WHERE id = $1");
-        let row = sqlx::query(&sql).bind(id.0).fetch_optional(self.pool()).await.map_err(map)?;
+        let row = sqlx::query(&sql)
+            .bind(id.0)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(|e| self.fail(e))?;
         row.as_ref().map(rows::organization).transpose()
     }
 
@@ -50,12 +53,19 @@ impl OrgStore for PgStore {
             .bind(&key.as_bytes()[..])
             .execute(self.pool())
             .await
-            .map_err(map)?;
+            .map_err(|e| self.fail(e))?;
         Ok(done.rows_affected() > 0)
     }
 
+    /// `SELECT 1`, bounded by the acquire timeout. When no connection can be had, one
+    /// direct connection attempt (at most one a second) finds the cause for the error.
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(self.pool()).await.map_err(map)?;
+        if let Err(e) = sqlx::query("SELECT 1").execute(self.pool()).await {
+            if matches!(e, sqlx::Error::PoolTimedOut) {
+                self.connect_cause().await;
+            }
+            return Err(self.fail(e));
+        }
         Ok(())
     }
 }
@@ -84,7 +94,7 @@ impl EndpointStore for PgStore {
             .bind(endpoint.created_at)
             .fetch_one(self.pool())
             .await
-            .map_err(map)?;
+            .map_err(|e| self.fail(e))?;
         rows::endpoint(&row)
     }
 
@@ -93,7 +103,8 @@ impl EndpointStore for PgStore {
             "SELECT {ENDPOINT_COLUMNS} FROM endpoints
              WHERE organization_id = $1 ORDER BY created_at, seq"
         );
-        let found = sqlx::query(&sql).bind(org.0).fetch_all(self.pool()).await.map_err(map)?;
+        let found =
+            sqlx::query(&sql).bind(org.0).fetch_all(self.pool()).await.map_err(|e| self.fail(e))?;
         found.iter().map(rows::endpoint).collect()
     }
 
@@ -101,13 +112,13 @@ impl EndpointStore for PgStore {
     /// batch that is fanning out to this endpoint (those lock it `FOR KEY SHARE`); the
     /// cancellation then runs with a fresh snapshot and also sees their deliveries.
     async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
-        let mut tx = self.pool().begin().await.map_err(map)?;
+        let mut tx = self.pool().begin().await.map_err(|e| self.fail(e))?;
         let deleted = sqlx::query("DELETE FROM endpoints WHERE id = $1 AND organization_id = $2")
             .bind(id.0)
             .bind(org.0)
             .execute(&mut *tx)
             .await
-            .map_err(map)?;
+            .map_err(|e| self.fail(e))?;
         if deleted.rows_affected() == 0 {
             return Ok(false);
         }
@@ -116,8 +127,8 @@ impl EndpointStore for PgStore {
             .bind(id.0)
             .execute(&mut *tx)
             .await
-            .map_err(map)?;
-        tx.commit().await.map_err(map)?;
+            .map_err(|e| self.fail(e))?;
+        tx.commit().await.map_err(|e| self.fail(e))?;
         Ok(true)
     }
 
@@ -139,7 +150,7 @@ impl EndpointStore for PgStore {
         .bind(secret.expose())
         .execute(self.pool())
         .await
-        .map_err(map)?;
+        .map_err(|e| self.fail(e))?;
         Ok(done.rows_affected() > 0)
     }
 }

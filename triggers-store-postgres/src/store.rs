@@ -11,7 +11,8 @@ use triggers_core::store::{StoreError, StoreResult};
 
 use crate::batcher::{self, BatchLimits};
 use crate::config::PgConfig;
-use crate::error::{map, map_migrate};
+use crate::error::{map, map_migrate, NO_CONNECTION};
+use crate::health::ConnectProbe;
 use crate::insert::InsertJob;
 use crate::limiter::PgRateLimiter;
 use crate::listener::{self, ListenerStats};
@@ -37,6 +38,8 @@ struct Inner {
     singles: crate::complete::Singles,
     stats: Arc<ListenerStats>,
     listener: Option<tokio::task::JoinHandle<()>>,
+    probe: Arc<ConnectProbe>,
+    acquire_timeout: std::time::Duration,
 }
 
 impl Drop for Inner {
@@ -85,16 +88,22 @@ impl PgStore {
         if !config.jit {
             options = options.options([("jit", "off")]);
         }
-        let pool = PgPoolOptions::new()
+        let probe = Arc::new(ConnectProbe::new(options.clone(), config.acquire_timeout));
+        let pool = match PgPoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .min_connections(config.min_connections)
             .acquire_timeout(config.acquire_timeout)
             .test_before_acquire(config.test_before_acquire)
             .connect_with(options.clone())
             .await
-            .map_err(map)?;
+        {
+            Ok(pool) => pool,
+            Err(e) => return Err(connect_failure(&probe, map(e)).await),
+        };
         if config.migrate {
-            MIGRATOR.run(&pool).await.map_err(map_migrate)?;
+            if let Err(e) = MIGRATOR.run(&pool).await.map_err(map_migrate) {
+                return Err(connect_failure(&probe, e).await);
+            }
         }
 
         let channel: Arc<str> = config.notify_channel.as_str().into();
@@ -106,7 +115,15 @@ impl PgStore {
             max_bytes: config.batch_max_bytes.max(1),
             max_wait: config.batch_max_wait,
         };
-        batcher::spawn(config.writers, pool.clone(), rx, limits, channel.clone(), wake.clone());
+        batcher::spawn(
+            config.writers,
+            pool.clone(),
+            rx,
+            limits,
+            channel.clone(),
+            wake.clone(),
+            probe.clone(),
+        );
         let listener = config
             .listen
             .then(|| listener::spawn(options, channel.clone(), wake.clone(), stats.clone()));
@@ -120,8 +137,30 @@ impl PgStore {
                 singles: crate::complete::Singles::default(),
                 stats,
                 listener,
+                probe,
+                acquire_timeout: config.acquire_timeout,
             }),
         })
+    }
+
+    /// Classifies a sqlx error and adds the cause when no connection could be had.
+    pub(crate) fn fail(&self, e: sqlx::Error) -> StoreError {
+        self.explain(map(e))
+    }
+
+    /// Adds the cause to an `Unavailable` error that says no connection could be had.
+    pub(crate) fn explain(&self, e: StoreError) -> StoreError {
+        self.inner.probe.explain(e)
+    }
+
+    /// Finds out now why connecting fails (or `None`: it works); see `health`.
+    pub(crate) async fn connect_cause(&self) -> Option<String> {
+        self.inner.probe.probe().await
+    }
+
+    /// How long a call waits for a connection (`PgConfig::acquire_timeout`).
+    pub(crate) fn acquire_timeout(&self) -> std::time::Duration {
+        self.inner.acquire_timeout
     }
 
     /// The connection pool (for example to run your own queries next to the store's).
@@ -152,7 +191,7 @@ impl PgStore {
             .bind(before)
             .execute(self.pool())
             .await
-            .map_err(map)?;
+            .map_err(|e| self.fail(e))?;
         Ok(done.rows_affected())
     }
 
@@ -175,5 +214,22 @@ impl PgStore {
 
     pub(crate) fn listener_wakeups(&self) -> Option<Arc<Notify>> {
         self.inner.listening.then(|| self.inner.wake.clone())
+    }
+}
+
+/// The error of a failed connect: when no connection could be had, one direct attempt says
+/// why ("connection refused", "database \"x\" does not exist").
+async fn connect_failure(probe: &ConnectProbe, e: StoreError) -> StoreError {
+    match &e {
+        StoreError::Unavailable(message) if message.starts_with(NO_CONNECTION) => {
+            match probe.probe().await {
+                Some(cause) => StoreError::Unavailable(format!(
+                    "cannot connect to PostgreSQL at {}: {cause}",
+                    probe.target()
+                )),
+                None => e,
+            }
+        }
+        _ => e,
     }
 }

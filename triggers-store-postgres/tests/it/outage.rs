@@ -196,3 +196,27 @@ async fn a_lost_database_is_unavailable_and_recovered_from() {
     drop((store, proxy));
     db.drop_database().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_keep_their_cause() {
+    let Some(db) = support::database("connect_failures").await else { return };
+    let config = PgConfig { acquire_timeout: Duration::from_secs(1), ..support::config() };
+
+    // Nothing listens: "connection refused", not "pool timed out".
+    let target: SocketAddr = format!("127.0.0.1:{}", db.options.get_port()).parse().unwrap();
+    let proxy = Proxy::start(target).await;
+    proxy.refuse().await;
+    let options = db.options.clone().host("127.0.0.1").port(proxy.addr.port());
+    let err = PgStore::connect_with(options, config.clone()).await.unwrap_err();
+    let StoreError::Unavailable(message) = &err else { panic!("{err:?}") };
+    assert!(message.contains("connection refused"), "{message}");
+    assert!(message.contains(&format!("127.0.0.1:{}", proxy.addr.port())), "{message}");
+
+    // A database that does not exist is named as such, as Unavailable (not a raw dump).
+    let options = db.options.clone().database("triggers_no_such_database");
+    let err = PgStore::connect_with(options, config).await.unwrap_err();
+    let StoreError::Unavailable(message) = &err else { panic!("{err:?}") };
+    assert!(message.contains("\"triggers_no_such_database\" does not exist"), "{message}");
+    drop(proxy);
+    db.drop_database().await.unwrap();
+}
