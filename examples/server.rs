@@ -101,7 +101,7 @@ async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
                 PgConfig { acquire_timeout: settings.db_acquire_timeout, ..PgConfig::default() };
             let store = PgStore::connect(url, config)
                 .await
-                .map_err(|e| format!("cannot connect to {}: {e}", settings.database.describe()))?;
+                .map_err(|e| format!("DATABASE_URL ({}): {e}", settings.database.describe()))?;
             serve(store, &settings, listener).await
         }
         #[cfg(not(feature = "postgres"))]

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use triggers_core::{Ingestor, IngestorConfig, NoDeliverer, Tier, TierLimits, WorkerConfig};
 use triggers_http::{Server, ServerConfig};
-use triggers_store_postgres::{PgConfig, PgStore};
+use triggers_store_postgres::PgStore;
 
 use crate::proxy::Proxy;
 use crate::support;
@@ -86,7 +86,9 @@ async fn an_outage_is_answered_fast_and_recovered_from() {
     let Some(db) = support::database("http_outage").await else { return };
     let target: SocketAddr = format!("127.0.0.1:{}", db.options.get_port()).parse().unwrap();
     let proxy = Proxy::start(target).await;
-    let config = PgConfig { acquire_timeout: Duration::from_secs(1), ..support::config() };
+    // The default acquire timeout (2 s): requests must be answered well within 10 s.
+    let config = support::config();
+    assert_eq!(config.acquire_timeout, Duration::from_secs(2));
     let options = db.options.clone().host("127.0.0.1").port(proxy.addr.port());
     let store = PgStore::connect_with(options, config).await.unwrap();
     let ingestor_config = IngestorConfig {
