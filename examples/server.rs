@@ -97,8 +97,12 @@ async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
         #[cfg(feature = "postgres")]
         Database::Postgres(url) => {
             use triggers::postgres::{PgConfig, PgStore};
-            let config =
-                PgConfig { acquire_timeout: settings.db_acquire_timeout, ..PgConfig::default() };
+            // An unreachable database at start: serve, not ready, until it is reached.
+            let config = PgConfig {
+                acquire_timeout: settings.db_acquire_timeout,
+                start_unreachable: true,
+                ..PgConfig::default()
+            };
             let store = PgStore::connect(url, config)
                 .await
                 .map_err(|e| format!("DATABASE_URL ({}): {e}", settings.database.describe()))?;

@@ -62,6 +62,13 @@ pub struct PgConfig {
     /// while it was idle is replaced instead of failing one call with `Unavailable`. Costs
     /// one round trip per call. Default `true`.
     pub test_before_acquire: bool,
+    /// Start even when the database cannot be reached (connection refused, no answer):
+    /// `connect` then returns a store whose calls fail with `Unavailable` (and whose `ping`
+    /// names the cause) until a background task, trying once a second, has reached the
+    /// database and applied the migrations. Errors the database itself sends (bad
+    /// credentials, no such database, a newer schema) still fail `connect`: they need an
+    /// operator. Default `false`.
+    pub start_unreachable: bool,
 }
 
 impl Default for PgConfig {
@@ -82,6 +89,7 @@ impl Default for PgConfig {
             listen: true,
             application_name: "triggers".to_owned(),
             test_before_acquire: true,
+            start_unreachable: false,
         }
     }
 }

@@ -79,6 +79,13 @@ pub(crate) fn map(e: sqlx::Error) -> StoreError {
         return StoreError::Unavailable(describe(&e));
     }
     match e {
+        // A table is missing: the migrations have not run (yet); see `start_unreachable`.
+        sqlx::Error::Database(ref db) if db.code().as_deref() == Some("42P01") => {
+            StoreError::Unavailable(format!(
+                "the database schema is missing (not migrated yet?): {}",
+                db.message()
+            ))
+        }
         sqlx::Error::Database(ref db) if db.code().is_some_and(|c| refused_code(&c)) => {
             StoreError::Unavailable(format!("PostgreSQL refused the connection: {}", describe(&e)))
         }

@@ -1,7 +1,7 @@
 //! Organizations, API key hashes and webhook endpoints.
 
 use async_trait::async_trait;
-use triggers_core::store::{EndpointStore, NewEndpoint, OrgStore, StoreResult};
+use triggers_core::store::{EndpointStore, NewEndpoint, OrgStore, StoreError, StoreResult};
 use triggers_core::{
     Endpoint, EndpointId, KeyHash, Organization, OrganizationId, Secret, Timestamp,
 };
@@ -60,6 +60,12 @@ impl OrgStore for PgStore {
     /// `SELECT 1`, bounded by the acquire timeout. When no connection can be had, one
     /// direct connection attempt (at most one a second) finds the cause for the error.
     async fn ping(&self) -> StoreResult<()> {
+        if !self.is_prepared() {
+            let cause = self.connect_cause().await.unwrap_or_else(|| "migrations pending".into());
+            return Err(StoreError::Unavailable(format!(
+                "the database has not been ready since the start: {cause}"
+            )));
+        }
         if let Err(e) = sqlx::query("SELECT 1").execute(self.pool()).await {
             if matches!(e, sqlx::Error::PoolTimedOut) {
                 self.connect_cause().await;
