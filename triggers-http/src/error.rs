@@ -45,8 +45,8 @@ pub(crate) enum ApiError {
     RateLimited(RateDecision),
     /// 503 `overloaded`.
     Overloaded(Duration),
-    /// 503 `store_unavailable`, with the cause in words an operator understands (connection
-    /// refused, disk full, …; never a secret).
+    /// 503 `store_unavailable`, with the store's message; the response names only the kind
+    /// of cause ([`public_cause`]), the log has the whole message.
     Unavailable(String),
     /// 500 `internal_error`; the cause is logged, never sent.
     Internal,
@@ -165,8 +165,8 @@ impl ApiError {
             Self::Overloaded(after) => {
                 format!("the server cannot keep up; retry in {} s", retry_secs(*after))
             }
-            Self::Unavailable(cause) => {
-                format!("the store is unavailable ({}); retry later", redact(cause))
+            Self::Unavailable(why) => {
+                format!("the store is unavailable ({}); retry later", public_cause(why))
             }
             Self::Internal => "an internal error occurred; it has been logged".into(),
         }
@@ -221,6 +221,29 @@ impl ApiError {
         }
         res
     }
+}
+
+/// The kind of cause of a store's `Unavailable` message, in words a client and an operator
+/// understand, without host names, ports, database names or credentials (the response of
+/// an unauthenticated `/health/ready` must not describe the internal network; the log has
+/// the whole message).
+pub(crate) fn public_cause(message: &str) -> &'static str {
+    const CAUSES: [(&str, &str); 10] = [
+        ("the disk is full", "the disk is full"),
+        ("disk I/O error", "a disk I/O error"),
+        ("connection refused", "the database refused the connection: connection refused"),
+        ("does not exist", "the database does not exist"),
+        ("authentication failed", "the database rejected the credentials"),
+        ("schema is missing", "the database is not migrated yet"),
+        ("shutting down", "the database is shutting down"),
+        ("administrator command", "the database is shutting down"),
+        ("no database connection", "no database connection became free in time"),
+        ("database is locked", "the database is locked"),
+    ];
+    CAUSES
+        .iter()
+        .find(|(needle, _)| message.contains(needle))
+        .map_or("it cannot serve requests now", |(_, cause)| cause)
 }
 
 /// `text` without the user information of any URL in it (`postgres://user:secret@host` →
@@ -308,7 +331,12 @@ mod tests {
         assert_eq!(err.status().as_u16(), 503);
         let detail = err.problem().detail;
         assert!(detail.contains("connection refused"), "{detail}");
-        assert!(!detail.contains("hunter2") && !detail.contains("app:"), "{detail}");
+        assert!(!detail.contains("hunter2") && !detail.contains("db:5432"), "{detail}");
+        let full = ApiError::Unavailable("the disk is full: nothing was written (/srv/x)".into());
+        let detail = full.problem().detail;
+        assert_eq!(detail, "the store is unavailable (the disk is full); retry later");
+        let other = ApiError::Unavailable("writer gone at /srv/db".into()).problem().detail;
+        assert!(!other.contains("/srv"), "{other}");
         assert_eq!(redact("a://u:p@h/x and b://h2/y c://@h3"), "a://…@h/x and b://h2/y c://…@h3");
         assert_eq!(redact("no url: the disk is full"), "no url: the disk is full");
     }

@@ -32,8 +32,7 @@ pub(super) async fn ready<S: EventStore, D: Deliverer>(app: &App<S, D>) -> Res {
                 triggers_core::Error::Store(triggers_core::StoreError::Unavailable(why)) => why,
                 other => other.to_string(),
             };
-            let cause = crate::error::redact(&cause);
-            tracing::warn!(error = %cause, "readiness check failed");
+            tracing::warn!(error = %crate::error::redact(&cause), "readiness check failed");
             Err(ApiError::Unavailable(cause))
         }
     }
