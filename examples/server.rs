@@ -15,6 +15,7 @@
 //! requests, stops the delivery workers (in-flight deliveries finish or are released) and
 //! exits 0.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,14 +48,11 @@ fn main() -> ExitCode {
             return ExitCode::from(BAD_SETTINGS);
         }
     };
-    let filter = match tracing_subscriber::EnvFilter::try_new(&settings.log_filter) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: RUST_LOG: invalid value {:?}: {e}", settings.log_filter);
-            return ExitCode::from(BAD_SETTINGS);
-        }
-    };
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Log lines that cannot be written (a full disk) are dropped and counted, never a panic.
+    if let Err(e) = triggers::http::logging::init(&settings.log_filter) {
+        eprintln!("error: RUST_LOG: {e}");
+        return ExitCode::from(BAD_SETTINGS);
+    }
     if matches!(settings.database, Database::Postgres(_)) && !cfg!(feature = "postgres") {
         eprintln!(
             "error: DATABASE_URL: postgres:// needs the server built with the postgres feature: \
@@ -99,9 +97,15 @@ async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
         #[cfg(feature = "postgres")]
         Database::Postgres(url) => {
             use triggers::postgres::{PgConfig, PgStore};
-            let store = PgStore::connect(url, PgConfig::default())
+            // An unreachable database at start: serve, not ready, until it is reached.
+            let config = PgConfig {
+                acquire_timeout: settings.db_acquire_timeout,
+                start_unreachable: true,
+                ..PgConfig::default()
+            };
+            let store = PgStore::connect(url, config)
                 .await
-                .map_err(|e| format!("cannot connect to {}: {e}", settings.database.describe()))?;
+                .map_err(|e| format!("DATABASE_URL ({}): {e}", settings.database.describe()))?;
             serve(store, &settings, listener).await
         }
         #[cfg(not(feature = "postgres"))]
@@ -121,7 +125,9 @@ async fn serve<S: EventStore>(
     let deliverer = WebhookDeliverer::new(settings.webhook_config())?;
     let ingestor = Ingestor::start(store, deliverer, config);
     let addr = listener.local_addr()?;
-    println!(
+    // Not `println!`: it panics when stdout cannot be written (a full disk).
+    let _ = writeln!(
+        std::io::stdout(),
         "triggers: listening on http://{addr} (store: {}; {} delivery workers)",
         settings.database.describe(),
         settings.workers

@@ -47,8 +47,9 @@ pub(crate) enum ApiError {
     RateLimited(RateDecision),
     /// 503 `overloaded`.
     Overloaded(Duration),
-    /// 503 `store_unavailable`.
-    Unavailable,
+    /// 503 `store_unavailable`, with the store's message; the response names only the kind
+    /// of cause ([`public_cause`]), the log has the whole message.
+    Unavailable(String),
     /// 500 `internal_error`; the cause is logged, never sent.
     Internal,
 }
@@ -89,7 +90,7 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Overloaded(_) | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -114,7 +115,7 @@ impl ApiError {
             Self::Invalid { .. } => "invalid_field",
             Self::RateLimited(_) => "rate_limited",
             Self::Overloaded(_) => "overloaded",
-            Self::Unavailable => "store_unavailable",
+            Self::Unavailable(_) => "store_unavailable",
             Self::Internal => "internal_error",
         }
     }
@@ -138,7 +139,7 @@ impl ApiError {
             Self::Invalid { .. } => "Invalid field",
             Self::RateLimited(_) => "Rate limit exceeded",
             Self::Overloaded(_) => "Overloaded",
-            Self::Unavailable => "Store unavailable",
+            Self::Unavailable(_) => "Store unavailable",
             Self::Internal => "Internal error",
         }
     }
@@ -172,7 +173,9 @@ impl ApiError {
             Self::Overloaded(after) => {
                 format!("the server cannot keep up; retry in {} s", retry_secs(*after))
             }
-            Self::Unavailable => "the store is unavailable; retry later".into(),
+            Self::Unavailable(why) => {
+                format!("the store is unavailable ({}); retry later", public_cause(why))
+            }
             Self::Internal => "an internal error occurred; it has been logged".into(),
         }
     }
@@ -212,7 +215,7 @@ impl ApiError {
             Self::Overloaded(after) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(retry_secs(*after)));
             }
-            Self::Unavailable => {
+            Self::Unavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(1u64));
             }
             Self::InvalidAdminToken => {
@@ -226,6 +229,51 @@ impl ApiError {
         }
         res
     }
+}
+
+/// The kind of cause of a store's `Unavailable` message, in words a client and an operator
+/// understand, without host names, ports, database names or credentials (the response of
+/// an unauthenticated `/health/ready` must not describe the internal network; the log has
+/// the whole message).
+pub(crate) fn public_cause(message: &str) -> &'static str {
+    const CAUSES: [(&str, &str); 10] = [
+        ("the disk is full", "the disk is full"),
+        ("disk I/O error", "a disk I/O error"),
+        ("connection refused", "the database refused the connection: connection refused"),
+        ("does not exist", "the database does not exist"),
+        ("authentication failed", "the database rejected the credentials"),
+        ("schema is missing", "the database is not migrated yet"),
+        ("shutting down", "the database is shutting down"),
+        ("administrator command", "the database is shutting down"),
+        ("no database connection", "no database connection became free in time"),
+        ("database is locked", "the database is locked"),
+    ];
+    CAUSES
+        .iter()
+        .find(|(needle, _)| message.contains(needle))
+        .map_or("it cannot serve requests now", |(_, cause)| cause)
+}
+
+/// `text` without the user information of any URL in it (`postgres://user:secret@host` →
+/// `postgres://…@host`): a store's message must never carry a password into a log or a
+/// response.
+pub(crate) fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail.find(|c: char| c.is_whitespace() || c == '/').unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(user_end) => {
+                out.push('…');
+                rest = &tail[user_end..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Whole seconds for `Retry-After`, rounded up, at least 1.
@@ -249,8 +297,8 @@ impl From<Error> for ApiError {
             Error::NotFound => Self::NotFound("item"),
             Error::Overloaded(after) => Self::Overloaded(after),
             Error::Store(StoreError::Unavailable(why)) => {
-                tracing::warn!(error = %why, "store unavailable");
-                Self::Unavailable
+                tracing::warn!(error = %redact(&why), "store unavailable");
+                Self::Unavailable(why)
             }
             Error::Store(StoreError::Overloaded(why)) => {
                 tracing::warn!(error = %why, "store overloaded");
@@ -282,6 +330,23 @@ mod tests {
         let invalid = ApiError::from(Error::Invalid(ValidationError::TypeLength(0)));
         assert_eq!(invalid.status().as_u16(), 422);
         assert_eq!(invalid.problem().field.as_deref(), Some("type"));
+    }
+
+    #[test]
+    fn unavailable_says_why_without_credentials() {
+        let why = "cannot connect to postgres://app:hunter2@db:5432/x: connection refused";
+        let err = ApiError::from(Error::Store(StoreError::Unavailable(why.into())));
+        assert_eq!(err.status().as_u16(), 503);
+        let detail = err.problem().detail;
+        assert!(detail.contains("connection refused"), "{detail}");
+        assert!(!detail.contains("hunter2") && !detail.contains("db:5432"), "{detail}");
+        let full = ApiError::Unavailable("the disk is full: nothing was written (/srv/x)".into());
+        let detail = full.problem().detail;
+        assert_eq!(detail, "the store is unavailable (the disk is full); retry later");
+        let other = ApiError::Unavailable("writer gone at /srv/db".into()).problem().detail;
+        assert!(!other.contains("/srv"), "{other}");
+        assert_eq!(redact("a://u:p@h/x and b://h2/y c://@h3"), "a://…@h/x and b://h2/y c://…@h3");
+        assert_eq!(redact("no url: the disk is full"), "no url: the disk is full");
     }
 
     #[test]

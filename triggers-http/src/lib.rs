@@ -45,6 +45,7 @@ mod config;
 mod dto;
 mod error;
 mod handlers;
+pub mod logging;
 mod metrics;
 mod openapi;
 mod panic;

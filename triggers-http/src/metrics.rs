@@ -11,6 +11,7 @@
 //! | `triggers_http_responses_total` | counter | `status` |
 //! | `triggers_http_connections` | gauge | — (open connections) |
 //! | `triggers_http_connections_rejected_total` | counter | — (over the connection cap) |
+//! | `triggers_log_lines_lost_total` | counter | — (log lines that could not be written, e.g. disk full; see [`crate::logging`]) |
 
 use std::time::Duration;
 
@@ -59,6 +60,8 @@ pub struct Metrics {
     http: Family<Status, Counter>,
     connections: Gauge,
     rejected: Counter,
+    log_lost: Counter,
+    log_lost_seen: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Metrics {
@@ -81,6 +84,8 @@ impl Metrics {
             http: Family::default(),
             connections: Gauge::default(),
             rejected: Counter::default(),
+            log_lost: Counter::default(),
+            log_lost_seen: std::sync::atomic::AtomicU64::new(0),
         };
         let mut registry = Registry::default();
         metrics.register_into(&mut registry);
@@ -133,6 +138,11 @@ impl Metrics {
             "Connections closed at once because the connection cap was reached",
             self.rejected.clone(),
         );
+        registry.register(
+            "log_lines_lost",
+            "Log lines that could not be written (for example because the disk is full)",
+            self.log_lost.clone(),
+        );
     }
 
     /// Sets `triggers_queue_depth`.
@@ -173,6 +183,9 @@ impl Metrics {
         if let Some(depth) = queue_depth {
             self.set_queue_depth(depth);
         }
+        let lost = crate::logging::lost_lines();
+        let seen = self.log_lost_seen.swap(lost, std::sync::atomic::Ordering::Relaxed);
+        self.log_lost.inc_by(lost.saturating_sub(seen));
         let mut out = String::with_capacity(4096);
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encoding metrics failed");

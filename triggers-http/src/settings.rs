@@ -13,7 +13,7 @@ use triggers_core::{IngestorConfig, RetryPolicy, TierLimits, WorkerConfig};
 use crate::config::ServerConfig;
 
 /// Every variable: name, default, meaning.
-pub const VARIABLES: [(&str, &str, &str); 11] = [
+pub const VARIABLES: [(&str, &str, &str); 12] = [
     ("TRIGGERS_LISTEN", "127.0.0.1:8080", "address to bind (IP:port)"),
     ("DATABASE_URL", "sqlite://triggers.db", "sqlite://PATH or postgres://…"),
     (
@@ -41,6 +41,11 @@ pub const VARIABLES: [(&str, &str, &str); 11] = [
     ),
     ("RUST_LOG", "info", "log filter"),
     ("TRIGGERS_UI", "on", "serve the dashboard at /ui and the API docs at /docs (on or off)"),
+    (
+        "TRIGGERS_DB_ACQUIRE_TIMEOUT",
+        "2s",
+        "PostgreSQL: longest wait for a database connection before a request is answered 503",
+    ),
 ];
 
 /// Where events are stored.
@@ -108,6 +113,8 @@ pub struct Settings {
     pub log_filter: String,
     /// `TRIGGERS_UI`.
     pub ui: bool,
+    /// `TRIGGERS_DB_ACQUIRE_TIMEOUT`.
+    pub db_acquire_timeout: Duration,
 }
 
 impl fmt::Debug for Settings {
@@ -124,6 +131,7 @@ impl fmt::Debug for Settings {
             .field("webhook_allow", &self.webhook_allow)
             .field("log_filter", &self.log_filter)
             .field("ui", &self.ui)
+            .field("db_acquire_timeout", &self.db_acquire_timeout)
             .finish()
     }
 }
@@ -261,6 +269,14 @@ impl Settings {
             Some(_) => return Err(bad(UI, get(UI).unwrap_or(""), "expected on or off")),
         };
 
+        const ACQUIRE: &str = "TRIGGERS_DB_ACQUIRE_TIMEOUT";
+        let db_acquire_timeout = match get(ACQUIRE) {
+            None => Duration::from_secs(2),
+            Some(v) => triggers_core::retry::parse_duration(v)
+                .filter(|d| (Duration::from_secs(1)..=Duration::from_secs(300)).contains(d))
+                .ok_or_else(|| bad(ACQUIRE, v, "expected a duration from 1s to 5m, e.g. 2s"))?,
+        };
+
         Ok(Self {
             listen,
             database,
@@ -273,6 +289,7 @@ impl Settings {
             webhook_allow,
             log_filter,
             ui,
+            db_acquire_timeout,
         })
     }
 

@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, Mutex, Notify};
 
+use crate::health::ConnectProbe;
 use crate::insert::{self, InsertJob};
 
 /// Limits of one batch.
@@ -34,12 +35,19 @@ pub(crate) fn spawn(
     limits: BatchLimits,
     channel: Arc<str>,
     wake: Arc<Notify>,
+    probe: Arc<ConnectProbe>,
 ) {
     let rx = Arc::new(Mutex::new(rx));
     for _ in 0..writers.max(1) {
-        let (pool, rx, limits, channel, wake) =
-            (pool.clone(), rx.clone(), limits.clone(), channel.clone(), wake.clone());
-        tokio::spawn(async move { run(pool, rx, limits, channel, wake).await });
+        let (pool, rx, limits, channel, wake, probe) = (
+            pool.clone(),
+            rx.clone(),
+            limits.clone(),
+            channel.clone(),
+            wake.clone(),
+            probe.clone(),
+        );
+        tokio::spawn(async move { run(pool, rx, limits, channel, wake, probe).await });
     }
 }
 
@@ -49,6 +57,7 @@ async fn run(
     limits: BatchLimits,
     channel: Arc<str>,
     wake: Arc<Notify>,
+    probe: Arc<ConnectProbe>,
 ) {
     loop {
         let jobs = {
@@ -64,9 +73,17 @@ async fn run(
         }
         for (job, result) in jobs.into_iter().zip(written.results) {
             // A caller that gave up waiting is no reason to stop.
-            let _ = job.reply.send(result);
+            let _ = job.reply.send(result.map_err(|e| probe.explain(e)));
         }
     }
+}
+
+/// The answer to a job that waited for a writer until its deadline.
+fn expired() -> triggers_core::StoreError {
+    triggers_core::StoreError::Unavailable(format!(
+        "{}: the insert waited for a database writer until its deadline; nothing was written",
+        crate::error::NO_CONNECTION
+    ))
 }
 
 /// Waits for one request, then takes more until a limit is reached. `None`: the channel is
@@ -75,13 +92,23 @@ async fn collect(
     rx: &mut mpsc::Receiver<InsertJob>,
     limits: &BatchLimits,
 ) -> Option<Vec<InsertJob>> {
-    let first = rx.recv().await?;
+    let first = loop {
+        let job = rx.recv().await?;
+        if job.deadline > tokio::time::Instant::now() {
+            break job;
+        }
+        // Its caller waited for a writer as long as it may: answer without writing it.
+        let _ = job.reply.send(Err(expired()));
+    };
     let mut events = first.events.len();
     let mut bytes = first.bytes();
     let mut jobs = vec![first];
     let deadline = Instant::now() + limits.max_wait;
     while events < limits.max_events && bytes < limits.max_bytes {
         match rx.try_recv() {
+            Ok(job) if job.deadline <= tokio::time::Instant::now() => {
+                let _ = job.reply.send(Err(expired()));
+            }
             Ok(job) => {
                 events += job.events.len();
                 bytes += job.bytes();

@@ -19,8 +19,10 @@ pub struct PgConfig {
     pub max_connections: u32,
     /// Connections kept open while idle. Default 0.
     pub min_connections: u32,
-    /// How long a call waits for a free connection before failing with `Unavailable`.
-    /// Default 5 s.
+    /// How long a call waits for a connection before failing with `Unavailable` (HTTP 503
+    /// with `Retry-After`), also while the database is unreachable; an insert waits no
+    /// longer than this in all, including its retries. The error names the cause
+    /// ("connection refused", "database \"x\" does not exist"). Default 2 s.
     pub acquire_timeout: Duration,
     /// `statement_timeout` of every connection (sent in the startup packet); a statement that
     /// runs longer is cancelled and the call fails with `Unavailable`. `None` keeps the
@@ -60,6 +62,13 @@ pub struct PgConfig {
     /// while it was idle is replaced instead of failing one call with `Unavailable`. Costs
     /// one round trip per call. Default `true`.
     pub test_before_acquire: bool,
+    /// Start even when the database cannot be reached (connection refused, no answer):
+    /// `connect` then returns a store whose calls fail with `Unavailable` (and whose `ping`
+    /// names the cause) until a background task, trying once a second, has reached the
+    /// database and applied the migrations. Errors the database itself sends (bad
+    /// credentials, no such database, a newer schema) still fail `connect`: they need an
+    /// operator. Default `false`.
+    pub start_unreachable: bool,
 }
 
 impl Default for PgConfig {
@@ -67,7 +76,7 @@ impl Default for PgConfig {
         Self {
             max_connections: 16,
             min_connections: 0,
-            acquire_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(2),
             statement_timeout: Some(Duration::from_secs(30)),
             jit: false,
             migrate: true,
@@ -80,6 +89,7 @@ impl Default for PgConfig {
             listen: true,
             application_name: "triggers".to_owned(),
             test_before_acquire: true,
+            start_unreachable: false,
         }
     }
 }

@@ -38,15 +38,57 @@ pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
+/// How the `Unavailable` message of a call that got no pooled connection in time starts
+/// (see [`crate::health::ConnectProbe::explain`], which adds the cause).
+pub(crate) const NO_CONNECTION: &str = "no database connection";
+
+/// Whether a database error is one the server sends when it refuses a new connection for
+/// good reasons an operator must fix: bad credentials (`28…`) or a database that does not
+/// exist (`3D000`).
+fn refused_code(code: &str) -> bool {
+    code.starts_with("28") || code == "3D000"
+}
+
+/// The cause of a connection-level failure in words an operator understands, without the
+/// connection string: "connection refused", "database \"x\" does not exist", …
+pub(crate) fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "connection refused".into()
+        }
+        sqlx::Error::Io(io) => format!("connection failed: {io}"),
+        sqlx::Error::PoolTimedOut => {
+            format!("{NO_CONNECTION} became free within the acquire timeout")
+        }
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        sqlx::Error::Tls(tls) => format!("TLS failed: {tls}"),
+        other => other.to_string(),
+    }
+}
+
 /// Classifies a sqlx error:
-/// connection, pool and I/O failures → `Unavailable` (HTTP 503); unique violations →
+/// connection, pool and I/O failures, and connections the server refuses (bad credentials,
+/// no such database) → `Unavailable` (HTTP 503) with the cause in words; unique violations →
 /// `Conflict`; other constraint and data errors → `InvalidInput`; decode errors → `Corrupt`;
 /// everything else → `Backend` with the sqlx error as its source.
 pub(crate) fn map(e: sqlx::Error) -> StoreError {
     if is_transient(&e) {
-        return StoreError::Unavailable(e.to_string());
+        return StoreError::Unavailable(describe(&e));
     }
     match e {
+        // A table is missing: the migrations have not run (yet); see `start_unreachable`.
+        sqlx::Error::Database(ref db) if db.code().as_deref() == Some("42P01") => {
+            StoreError::Unavailable(format!(
+                "the database schema is missing (not migrated yet?): {}",
+                db.message()
+            ))
+        }
+        sqlx::Error::Database(ref db) if db.code().is_some_and(|c| refused_code(&c)) => {
+            StoreError::Unavailable(format!("PostgreSQL refused the connection: {}", describe(&e)))
+        }
         sqlx::Error::PoolClosed => StoreError::Unavailable("the store is shutting down".into()),
         sqlx::Error::Database(ref db) if db.is_unique_violation() => {
             StoreError::Conflict(db.message().to_owned())

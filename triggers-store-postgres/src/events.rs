@@ -14,7 +14,6 @@ use triggers_core::{
     AttemptRecord, Event, EventDetail, EventId, EventRecord, EventStatus, OrganizationId, Timestamp,
 };
 
-use crate::error::map;
 use crate::insert::InsertJob;
 use crate::rows::{self, get, EVENT_COLUMNS};
 use crate::PgStore;
@@ -86,7 +85,8 @@ impl EventLog for PgStore {
             return Ok(Vec::new());
         }
         let (reply, answer) = oneshot::channel();
-        let job = InsertJob { org, events, window: dedup_window, now, reply };
+        let deadline = tokio::time::Instant::now() + self.acquire_timeout();
+        let job = InsertJob { org, events, window: dedup_window, now, deadline, reply };
         self.intake().try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 StoreError::Overloaded("the insert queue is full".into())
@@ -106,7 +106,7 @@ impl EventLog for PgStore {
             .bind(id.0)
             .fetch_optional(self.pool())
             .await
-            .map_err(map)?;
+            .map_err(|e| self.fail(e))?;
         let Some(row) = row else { return Ok(None) };
         let event = rows::event(&row)?;
         let found = sqlx::query(
@@ -116,7 +116,7 @@ impl EventLog for PgStore {
         .bind(id.0)
         .fetch_all(self.pool())
         .await
-        .map_err(map)?;
+        .map_err(|e| self.fail(e))?;
         let attempts = found.iter().map(attempt).collect::<StoreResult<Vec<_>>>()?;
         Ok(Some(EventDetail { event, attempts }))
     }
@@ -142,7 +142,7 @@ impl EventLog for PgStore {
             .bind(i64::from(limit) + 1)
             .fetch_all(self.pool())
             .await
-            .map_err(map)?;
+            .map_err(|e| self.fail(e))?;
         let mut items = found.iter().map(rows::event).collect::<StoreResult<Vec<_>>>()?;
         let limit = limit as usize;
         let next_after = if items.len() > limit {
@@ -171,7 +171,7 @@ impl EventLog for PgStore {
             .bind(now)
             .fetch_all(self.pool())
             .await
-            .map_err(map)?;
+            .map_err(|e| self.fail(e))?;
         let found: HashSet<Uuid> =
             found.iter().map(|r| get::<Uuid>(r, "id")).collect::<StoreResult<_>>()?;
         let (acknowledged, not_found) = unique.into_iter().partition(|id| found.contains(&id.0));
@@ -190,7 +190,7 @@ impl EventLog for PgStore {
         let row = loop {
             match self.replay_once(org, id, now).await {
                 Err(e) if crate::error::is_retryable_conflict(&e) && retries < 3 => retries += 1,
-                other => break other.map_err(map)?,
+                other => break other.map_err(|e| self.fail(e))?,
             }
         };
         if rows::count(&row, "found")? == 0 {
@@ -219,7 +219,7 @@ impl EventLog for PgStore {
         .bind(org.0)
         .fetch_one(self.pool())
         .await
-        .map_err(map)?;
+        .map_err(|e| self.fail(e))?;
         Ok(QueueStats {
             pending: rows::count(&row, "pending")?,
             in_flight: rows::count(&row, "in_flight")?,

@@ -23,7 +23,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::types::Uuid;
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
+use tokio::time::Instant;
 use triggers_core::store::{InsertOutcome, StoreError, StoreResult};
 use triggers_core::{EventMeta, EventRecord, OrganizationId, Timestamp};
 
@@ -35,6 +36,10 @@ pub(crate) struct InsertJob {
     pub(crate) events: Vec<EventRecord>,
     pub(crate) window: Duration,
     pub(crate) now: Timestamp,
+    /// The caller waits no longer: a job still queued then is answered `Unavailable` without
+    /// being written, and a batch is not retried past its earliest deadline
+    /// (`PgConfig::acquire_timeout` after the call).
+    pub(crate) deadline: Instant,
     pub(crate) reply: tokio::sync::oneshot::Sender<StoreResult<Vec<InsertOutcome>>>,
 }
 
@@ -200,11 +205,21 @@ type Outcomes = (Vec<Vec<InsertOutcome>>, bool);
 
 async fn write_retrying(pool: &PgPool, jobs: &[InsertJob], channel: &str) -> StoreResult<Outcomes> {
     let mut delays = RETRY_DELAYS.iter();
+    let deadline = jobs.iter().map(|j| j.deadline).min().unwrap_or_else(Instant::now);
     loop {
-        match write_once(pool, jobs, channel).await {
+        let attempt = async {
+            // Wait for a connection no longer than the callers wait (sqlx's own acquire
+            // timeout counts from now, not from the call).
+            let mut conn = match tokio::time::timeout_at(deadline, pool.acquire()).await {
+                Ok(conn) => conn?,
+                Err(_) => return Err(Failure::Sql(sqlx::Error::PoolTimedOut)),
+            };
+            write_once(&mut conn, jobs, channel).await
+        };
+        match attempt.await {
             Ok(done) => return Ok(done),
             Err(Failure::Sql(e)) if is_transient(&e) || is_retryable_conflict(&e) => {
-                match delays.next() {
+                match delays.next().filter(|d| Instant::now() + **d < deadline) {
                     Some(delay) => {
                         tracing::debug!(error = %e, ?delay, "batch insert failed; running it again");
                         tokio::time::sleep(*delay).await;
@@ -236,7 +251,11 @@ fn threshold(now: Timestamp, window: Duration) -> Timestamp {
     triggers_core::clock::from_micros(micros)
 }
 
-async fn write_once(pool: &PgPool, jobs: &[InsertJob], channel: &str) -> Result<Outcomes, Failure> {
+async fn write_once(
+    conn: &mut PgConnection,
+    jobs: &[InsertJob],
+    channel: &str,
+) -> Result<Outcomes, Failure> {
     let mut outcomes: Vec<Vec<Option<InsertOutcome>>> =
         jobs.iter().map(|j| vec![None; j.events.len()]).collect();
     // Inside one batch the first item with a dedup id wins; later ones copy its outcome.
@@ -267,7 +286,7 @@ async fn write_once(pool: &PgPool, jobs: &[InsertJob], channel: &str) -> Result<
         if todo.is_empty() {
             break;
         }
-        let inserted = insert(pool, &todo, channel).await?;
+        let inserted = insert(conn, &todo, channel).await?;
         let mut missing = Vec::new();
         for item in todo.drain(..) {
             match inserted.get(&item.event.id.0) {
@@ -282,7 +301,7 @@ async fn write_once(pool: &PgPool, jobs: &[InsertJob], channel: &str) -> Result<
             break;
         }
         let mut expired = Vec::new();
-        for (item, found) in missing.iter().zip(resolve(pool, &missing).await?) {
+        for (item, found) in missing.iter().zip(resolve(conn, &missing).await?) {
             match found {
                 Found::Mine(n) => {
                     deliveries |= n > 0;
@@ -296,7 +315,7 @@ async fn write_once(pool: &PgPool, jobs: &[InsertJob], channel: &str) -> Result<
             }
         }
         if !expired.is_empty() {
-            delete_expired(pool, &expired).await?;
+            delete_expired(conn, &expired).await?;
             todo.extend(expired);
         }
     }
@@ -328,7 +347,7 @@ fn inserted_outcome(event: &EventRecord, deliveries: i64) -> InsertOutcome {
 
 /// Runs [`INSERT_SQL`]; returns the inserted event ids with their delivery counts.
 async fn insert(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     items: &[Item<'_>],
     channel: &str,
 ) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
@@ -341,7 +360,7 @@ async fn insert(
         .bind(items.iter().map(|i| i.event.created_at).collect::<Vec<_>>())
         .bind(channel)
         .bind(items.iter().map(|i| i.event.exclude_endpoint.map(|e| e.0)).collect::<Vec<_>>())
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await?;
     let mut inserted = HashMap::with_capacity(rows.len());
     for row in rows {
@@ -360,12 +379,12 @@ enum Found {
     Nothing,
 }
 
-async fn resolve(pool: &PgPool, items: &[Item<'_>]) -> Result<Vec<Found>, Failure> {
+async fn resolve(conn: &mut PgConnection, items: &[Item<'_>]) -> Result<Vec<Found>, Failure> {
     let rows = sqlx::query(RESOLVE_SQL)
         .bind(items.iter().map(|i| i.event.id.0).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.org).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.event.dedup_id.as_deref()).collect::<Vec<_>>())
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await?;
     let mut found: Vec<Found> = items.iter().map(|_| Found::Nothing).collect();
     for row in &rows {
@@ -388,12 +407,12 @@ async fn resolve(pool: &PgPool, items: &[Item<'_>]) -> Result<Vec<Found>, Failur
     Ok(found)
 }
 
-async fn delete_expired(pool: &PgPool, items: &[Item<'_>]) -> Result<(), sqlx::Error> {
+async fn delete_expired(conn: &mut PgConnection, items: &[Item<'_>]) -> Result<(), sqlx::Error> {
     sqlx::query(DELETE_EXPIRED_SQL)
         .bind(items.iter().map(|i| i.org).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.event.dedup_id.as_deref()).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.threshold).collect::<Vec<_>>())
-        .execute(pool)
+        .execute(conn)
         .await?;
     Ok(())
 }

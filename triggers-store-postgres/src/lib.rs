@@ -5,6 +5,7 @@ mod complete;
 mod config;
 mod error;
 mod events;
+mod health;
 mod insert;
 mod lifecycle;
 mod limiter;

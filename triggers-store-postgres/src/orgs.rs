@@ -3,13 +3,12 @@
 use async_trait::async_trait;
 use triggers_core::store::{
     EndpointPatch, EndpointStore, EndpointUpdate, NewEndpoint, OrgStore, RecoverQuery, Recovered,
-    StoreResult,
+    StoreError, StoreResult,
 };
 use triggers_core::{
     Endpoint, EndpointId, KeyHash, Organization, OrganizationId, Secret, Timestamp,
 };
 
-use crate::error::map;
 use crate::rows::{self, ENDPOINT_COLUMNS, ORG_COLUMNS};
 use crate::PgStore;
 
@@ -27,7 +26,7 @@ impl OrgStore for PgStore {
         .bind(org.created_at)
         .execute(self.pool())
         .await
-        .map_err(map)?;
+        .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
@@ -37,13 +36,17 @@ impl OrgStore for PgStore {
             .bind(&key.as_bytes()[..])
             .fetch_optional(self.pool())
             .await
-            .map_err(map)?;
+            .map_err(|e| self.fail(e))?;
         row.as_ref().map(rows::organization).transpose()
     }
 
     async fn organization(&self, id: OrganizationId) -> StoreResult<Option<Organization>> {
         let sql = format!("SELECT {ORG_COLUMNS} FROM organizations WHERE id = $1");
-        let row = sqlx::query(&sql).bind(id.0).fetch_optional(self.pool()).await.map_err(map)?;
+        let row = sqlx::query(&sql)
+            .bind(id.0)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(|e| self.fail(e))?;
         row.as_ref().map(rows::organization).transpose()
     }
 
@@ -53,12 +56,25 @@ impl OrgStore for PgStore {
             .bind(&key.as_bytes()[..])
             .execute(self.pool())
             .await
-            .map_err(map)?;
+            .map_err(|e| self.fail(e))?;
         Ok(done.rows_affected() > 0)
     }
 
+    /// `SELECT 1`, bounded by the acquire timeout. When no connection can be had, one
+    /// direct connection attempt (at most one a second) finds the cause for the error.
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(self.pool()).await.map_err(map)?;
+        if !self.is_prepared() {
+            let cause = self.connect_cause().await.unwrap_or_else(|| "migrations pending".into());
+            return Err(StoreError::Unavailable(format!(
+                "the database has not been ready since the start: {cause}"
+            )));
+        }
+        if let Err(e) = sqlx::query("SELECT 1").execute(self.pool()).await {
+            if matches!(e, sqlx::Error::PoolTimedOut) {
+                self.connect_cause().await;
+            }
+            return Err(self.fail(e));
+        }
         Ok(())
     }
 }
@@ -87,7 +103,7 @@ impl EndpointStore for PgStore {
             .bind(endpoint.created_at)
             .fetch_one(self.pool())
             .await
-            .map_err(map)?;
+            .map_err(|e| self.fail(e))?;
         rows::endpoint(&row)
     }
 
@@ -96,7 +112,8 @@ impl EndpointStore for PgStore {
             "SELECT {ENDPOINT_COLUMNS} FROM endpoints
              WHERE organization_id = $1 ORDER BY created_at, seq"
         );
-        let found = sqlx::query(&sql).bind(org.0).fetch_all(self.pool()).await.map_err(map)?;
+        let found =
+            sqlx::query(&sql).bind(org.0).fetch_all(self.pool()).await.map_err(|e| self.fail(e))?;
         found.iter().map(rows::endpoint).collect()
     }
 
@@ -128,13 +145,13 @@ impl EndpointStore for PgStore {
     /// batch that is fanning out to this endpoint (those lock it `FOR KEY SHARE`); the
     /// cancellation then runs with a fresh snapshot and also sees their deliveries.
     async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
-        let mut tx = self.pool().begin().await.map_err(map)?;
+        let mut tx = self.pool().begin().await.map_err(|e| self.fail(e))?;
         let deleted = sqlx::query("DELETE FROM endpoints WHERE id = $1 AND organization_id = $2")
             .bind(id.0)
             .bind(org.0)
             .execute(&mut *tx)
             .await
-            .map_err(map)?;
+            .map_err(|e| self.fail(e))?;
         if deleted.rows_affected() == 0 {
             return Ok(false);
         }
@@ -143,13 +160,13 @@ impl EndpointStore for PgStore {
             .bind(id.0)
             .execute(&mut *tx)
             .await
-            .map_err(map)?;
+            .map_err(|e| self.fail(e))?;
         sqlx::query("DELETE FROM failed_deliveries WHERE endpoint_id = $1")
             .bind(id.0)
             .execute(&mut *tx)
             .await
-            .map_err(map)?;
-        tx.commit().await.map_err(map)?;
+            .map_err(|e| self.fail(e))?;
+        tx.commit().await.map_err(|e| self.fail(e))?;
         Ok(true)
     }
 
@@ -171,7 +188,7 @@ impl EndpointStore for PgStore {
         .bind(secret.expose())
         .execute(self.pool())
         .await
-        .map_err(map)?;
+        .map_err(|e| self.fail(e))?;
         Ok(done.rows_affected() > 0)
     }
 }

@@ -10,7 +10,6 @@ use tokio::sync::Notify;
 use triggers_core::store::{ClaimRequest, Completion, Delivery, DeliveryQueue, StoreResult};
 use triggers_core::{DeliveryId, Timestamp, WorkerId};
 
-use crate::error::map;
 use crate::rows::{self, get};
 use crate::PgStore;
 
@@ -75,7 +74,7 @@ impl DeliveryQueue for PgStore {
             .bind(until)
             .fetch_all(self.pool())
             .await
-            .map_err(map)?;
+            .map_err(|e| self.fail(e))?;
         let claimed = found
             .iter()
             .map(|row| delivery(row, req.owner, until, req.now))
@@ -93,7 +92,9 @@ impl DeliveryQueue for PgStore {
     }
 
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
-        crate::complete::complete(self.pool(), self.singles(), completions).await
+        crate::complete::complete(self.pool(), self.singles(), completions)
+            .await
+            .map_err(|e| self.explain(e))
     }
 
     async fn release(
@@ -122,7 +123,7 @@ impl DeliveryQueue for PgStore {
         .bind(due_at)
         .fetch_one(self.pool())
         .await
-        .map_err(map)?;
+        .map_err(|e| self.fail(e))?;
         let released = rows::count(&row, "released")? > 0;
         if released {
             self.fire_local();
@@ -147,7 +148,7 @@ impl DeliveryQueue for PgStore {
         .bind(until)
         .execute(self.pool())
         .await
-        .map_err(map)?;
+        .map_err(|e| self.fail(e))?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -155,7 +156,7 @@ impl DeliveryQueue for PgStore {
         let row = sqlx::query("SELECT count(*) AS depth FROM deliveries")
             .fetch_one(self.pool())
             .await
-            .map_err(map)?;
+            .map_err(|e| self.fail(e))?;
         rows::count(&row, "depth")
     }
 
@@ -168,7 +169,7 @@ impl DeliveryQueue for PgStore {
         .bind(now)
         .execute(self.pool())
         .await
-        .map_err(map)?;
+        .map_err(|e| self.fail(e))?;
         Ok(done.rows_affected())
     }
 

@@ -1,8 +1,9 @@
 //! [`PgStore`]: the pool, the group-commit writers and the listener.
 
 use std::str::FromStr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
@@ -11,7 +12,8 @@ use triggers_core::store::{StoreError, StoreResult};
 
 use crate::batcher::{self, BatchLimits};
 use crate::config::PgConfig;
-use crate::error::{map, map_migrate};
+use crate::error::{map, map_migrate, NO_CONNECTION};
+use crate::health::ConnectProbe;
 use crate::insert::InsertJob;
 use crate::limiter::PgRateLimiter;
 use crate::listener::{self, ListenerStats};
@@ -37,10 +39,18 @@ struct Inner {
     singles: crate::complete::Singles,
     stats: Arc<ListenerStats>,
     listener: Option<tokio::task::JoinHandle<()>>,
+    probe: Arc<ConnectProbe>,
+    acquire_timeout: std::time::Duration,
+    /// Whether the database was reached and migrated (see `PgConfig::start_unreachable`).
+    ready: Arc<AtomicBool>,
+    startup: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if let Some(task) = self.startup.take() {
+            task.abort();
+        }
         if let Some(task) = self.listener.take() {
             task.abort();
         }
@@ -61,7 +71,9 @@ impl PgStore {
     /// turned off) and starts the writers and the listener. Needs a tokio runtime.
     ///
     /// Errors: `InvalidInput` for a malformed URL, `Unavailable` when the database cannot be
-    /// reached, `Corrupt` when it was migrated by a newer version.
+    /// reached (unless [`PgConfig::start_unreachable`]) or refuses the connection (bad
+    /// credentials, no such database), with the cause in words; `Corrupt` when it was
+    /// migrated by a newer version.
     pub async fn connect(url: &str, config: PgConfig) -> StoreResult<PgStore> {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(StoreError::InvalidInput(
@@ -85,17 +97,32 @@ impl PgStore {
         if !config.jit {
             options = options.options([("jit", "off")]);
         }
-        let pool = PgPoolOptions::new()
+        let probe = Arc::new(ConnectProbe::new(options.clone(), config.acquire_timeout));
+        let pool_options = PgPoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .min_connections(config.min_connections)
             .acquire_timeout(config.acquire_timeout)
-            .test_before_acquire(config.test_before_acquire)
-            .connect_with(options.clone())
-            .await
-            .map_err(map)?;
-        if config.migrate {
-            MIGRATOR.run(&pool).await.map_err(map_migrate)?;
+            .test_before_acquire(config.test_before_acquire);
+        let (pool, reached) = match pool_options.clone().connect_with(options.clone()).await {
+            Ok(pool) => (pool, true),
+            // Unreachable (sqlx retried refused connections until the timeout): start anyway.
+            Err(e @ (sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)))
+                if config.start_unreachable =>
+            {
+                let error = connect_failure(&probe, map(e)).await;
+                tracing::warn!(%error, "starting without the database; not ready until it is reached");
+                (pool_options.connect_lazy_with(options.clone()), false)
+            }
+            Err(e) => return Err(connect_failure(&probe, map(e)).await),
+        };
+        if reached && config.migrate {
+            if let Err(e) = MIGRATOR.run(&pool).await.map_err(map_migrate) {
+                return Err(connect_failure(&probe, e).await);
+            }
         }
+        let ready = Arc::new(AtomicBool::new(reached));
+        let startup =
+            (!reached).then(|| tokio::spawn(prepare(pool.clone(), config.migrate, ready.clone())));
 
         let channel: Arc<str> = config.notify_channel.as_str().into();
         let wake = Arc::new(Notify::new());
@@ -106,7 +133,15 @@ impl PgStore {
             max_bytes: config.batch_max_bytes.max(1),
             max_wait: config.batch_max_wait,
         };
-        batcher::spawn(config.writers, pool.clone(), rx, limits, channel.clone(), wake.clone());
+        batcher::spawn(
+            config.writers,
+            pool.clone(),
+            rx,
+            limits,
+            channel.clone(),
+            wake.clone(),
+            probe.clone(),
+        );
         let listener = config
             .listen
             .then(|| listener::spawn(options, channel.clone(), wake.clone(), stats.clone()));
@@ -120,8 +155,37 @@ impl PgStore {
                 singles: crate::complete::Singles::default(),
                 stats,
                 listener,
+                probe,
+                acquire_timeout: config.acquire_timeout,
+                ready,
+                startup,
             }),
         })
+    }
+
+    /// Classifies a sqlx error and adds the cause when no connection could be had.
+    pub(crate) fn fail(&self, e: sqlx::Error) -> StoreError {
+        self.explain(map(e))
+    }
+
+    /// Adds the cause to an `Unavailable` error that says no connection could be had.
+    pub(crate) fn explain(&self, e: StoreError) -> StoreError {
+        self.inner.probe.explain(e)
+    }
+
+    /// Whether the database has been reached and migrated since the start.
+    pub(crate) fn is_prepared(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    /// Finds out now why connecting fails (or `None`: it works); see `health`.
+    pub(crate) async fn connect_cause(&self) -> Option<String> {
+        self.inner.probe.probe().await
+    }
+
+    /// How long a call waits for a connection (`PgConfig::acquire_timeout`).
+    pub(crate) fn acquire_timeout(&self) -> std::time::Duration {
+        self.inner.acquire_timeout
     }
 
     /// The connection pool (for example to run your own queries next to the store's).
@@ -152,7 +216,7 @@ impl PgStore {
             .bind(before)
             .execute(self.pool())
             .await
-            .map_err(map)?;
+            .map_err(|e| self.fail(e))?;
         Ok(done.rows_affected())
     }
 
@@ -175,5 +239,43 @@ impl PgStore {
 
     pub(crate) fn listener_wakeups(&self) -> Option<Arc<Notify>> {
         self.inner.listening.then(|| self.inner.wake.clone())
+    }
+}
+
+/// The error of a failed connect: when no connection could be had, one direct attempt says
+/// why ("connection refused", "database \"x\" does not exist").
+async fn connect_failure(probe: &ConnectProbe, e: StoreError) -> StoreError {
+    match &e {
+        StoreError::Unavailable(message) if message.starts_with(NO_CONNECTION) => {
+            match probe.probe().await {
+                Some(cause) => StoreError::Unavailable(format!(
+                    "cannot connect to PostgreSQL at {}: {cause}",
+                    probe.target()
+                )),
+                None => e,
+            }
+        }
+        _ => e,
+    }
+}
+
+/// Reaches the database (and migrates it) for a store started without it, trying once a
+/// second; sets `ready` when done.
+async fn prepare(pool: sqlx::PgPool, migrate: bool, ready: Arc<AtomicBool>) {
+    loop {
+        let done = if migrate {
+            MIGRATOR.run(&pool).await.map_err(map_migrate)
+        } else {
+            sqlx::query("SELECT 1").execute(&pool).await.map(|_| ()).map_err(map)
+        };
+        match done {
+            Ok(()) => {
+                ready.store(true, Ordering::Release);
+                tracing::info!("the database is reached and migrated: ready");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "the database is not ready yet"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -15,6 +15,17 @@ pub enum SqliteError {
     Sqlite(#[from] rusqlite::Error),
 }
 
+/// How an `Unavailable` message caused by a full disk starts (see [`is_write_fault`]).
+pub(crate) const DISK_FULL: &str = "the disk is full";
+/// How an `Unavailable` message caused by a failed disk read or write starts.
+pub(crate) const IO_ERROR: &str = "disk I/O error";
+
+/// Whether `e` says that writing to the disk failed (full, or an I/O error): the writer then
+/// reports itself unhealthy until a write succeeds again.
+pub(crate) fn is_write_fault(e: &StoreError) -> bool {
+    matches!(e, StoreError::Unavailable(m) if m.starts_with(DISK_FULL) || m.starts_with(IO_ERROR))
+}
+
 /// Classifies a rusqlite error.
 pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
     use rusqlite::Error as E;
@@ -32,6 +43,11 @@ pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
                 ErrorCode::TooBig => StoreError::InvalidInput(format!("value too large: {detail}")),
                 ErrorCode::ConstraintViolation => StoreError::Conflict(detail),
                 ErrorCode::ReadOnly => StoreError::Backend(Box::new(SqliteError::ReadOnly(detail))),
+                // Transient: the write is rolled back and works again once space is freed.
+                ErrorCode::DiskFull => StoreError::Unavailable(format!("{DISK_FULL}: {detail}")),
+                ErrorCode::SystemIoFailure => {
+                    StoreError::Unavailable(format!("{IO_ERROR}: {detail}"))
+                }
                 _ => StoreError::Backend(Box::new(SqliteError::Sqlite(e))),
             }
         }

@@ -58,6 +58,7 @@
 mod codec;
 mod config;
 mod error;
+mod health;
 mod ops;
 mod readers;
 mod retention;

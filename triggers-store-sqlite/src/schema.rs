@@ -35,6 +35,11 @@ fn open_flags() -> OpenFlags {
         | OpenFlags::SQLITE_OPEN_URI
 }
 
+/// A cheap write for health checks: rewrites the header's application id (one page).
+pub(crate) fn probe_write(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID}")).store()
+}
+
 /// Settings every connection gets.
 fn common_pragmas(
     conn: &Connection,

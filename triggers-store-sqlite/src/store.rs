@@ -117,9 +117,18 @@ impl OrgStore for SqliteStore {
         self.write(move |c| orgs::replace_key(c, id, &key)).await
     }
 
+    /// A read round trip; while writes fail (disk full, I/O errors) `Unavailable` with the
+    /// cause, probing with a one-page write at most once a second to notice that writes work
+    /// again (see the `health` module).
     async fn ping(&self) -> StoreResult<()> {
         if !self.inner.writer.is_alive() {
             return Err(StoreError::Unavailable("the sqlite writer has stopped".into()));
+        }
+        if let Some((cause, probe)) = self.inner.writer.health().fault() {
+            if !probe {
+                return Err(StoreError::Unavailable(format!("writes fail: {cause}")));
+            }
+            self.write(schema::probe_write).await?;
         }
         self.read(reads::ping).await
     }

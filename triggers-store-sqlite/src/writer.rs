@@ -15,12 +15,23 @@
 //!
 //! A full channel is refused at once with `StoreError::Overloaded`: the caller sees
 //! backpressure instead of an unbounded queue.
+//!
+//! Faults (disk full, I/O errors) end no more than the batch they hit: its requests fail
+//! with `Unavailable`, the fault is recorded in [`WriteHealth`] (which the health check
+//! reads), and the next batch is tried as usual, so writes work again by themselves once
+//! space is freed. The thread also survives a panic outside the requests (for example a
+//! logging subscriber that panics because its output failed): the batch's waiters get
+//! `Unavailable` and the thread goes on. A dead writer would make the store unavailable
+//! until the process restarts.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+
+use crate::error::{is_write_fault, DISK_FULL, IO_ERROR};
+use crate::health::WriteHealth;
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -34,29 +45,48 @@ trait Job: Send {
     fn run(&mut self, conn: &Connection) -> bool;
     /// Replies to the waiter: the request's own result, or the batch's failure.
     fn finish(self: Box<Self>, failure: Option<&BatchFailure>);
+    /// Whether the last run succeeded.
+    fn succeeded(&self) -> bool;
+    /// Whether the last run failed because the disk is full or failed.
+    fn write_fault(&self) -> bool;
 }
 
 /// Why a whole batch failed (nothing of it was committed).
 #[derive(Debug, Clone)]
 struct BatchFailure {
-    corrupt: bool,
+    kind: FailureKind,
     message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureKind {
+    Corrupt,
+    /// The disk is full or failed ([`DISK_FULL`] or [`IO_ERROR`]): a write fault.
+    Fault(&'static str),
+    Other,
 }
 
 impl BatchFailure {
     fn from_sql(stage: &str, e: &rusqlite::Error) -> Self {
-        let corrupt = matches!(
-            e.sqlite_error_code(),
-            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
-        );
-        Self { corrupt, message: format!("{stage} failed: {e}") }
+        use rusqlite::ErrorCode as C;
+        let kind = match e.sqlite_error_code() {
+            Some(C::DatabaseCorrupt | C::NotADatabase) => FailureKind::Corrupt,
+            Some(C::DiskFull) => FailureKind::Fault(DISK_FULL),
+            Some(C::SystemIoFailure) => FailureKind::Fault(IO_ERROR),
+            _ => FailureKind::Other,
+        };
+        Self { kind, message: format!("{stage} failed: {e}") }
     }
 
     fn to_error(&self) -> StoreError {
-        if self.corrupt {
-            StoreError::Corrupt(self.message.clone())
-        } else {
-            StoreError::Unavailable(format!("nothing was written: {}", self.message))
+        match self.kind {
+            FailureKind::Corrupt => StoreError::Corrupt(self.message.clone()),
+            FailureKind::Fault(what) => {
+                StoreError::Unavailable(format!("{what}: nothing was written ({})", self.message))
+            }
+            FailureKind::Other => {
+                StoreError::Unavailable(format!("nothing was written: {}", self.message))
+            }
         }
     }
 }
@@ -94,6 +124,14 @@ where
         // The caller may have gone away (its future was dropped); the write stands.
         let _ = self.reply.send(result);
     }
+
+    fn succeeded(&self) -> bool {
+        matches!(self.out, Some(Ok(_)))
+    }
+
+    fn write_fault(&self) -> bool {
+        matches!(&self.out, Some(Err(e)) if is_write_fault(e))
+    }
 }
 
 /// The handle through which the store sends write requests. Dropping the last one stops the
@@ -102,6 +140,7 @@ pub(crate) struct Writer {
     tx: Option<SyncSender<Box<dyn Job>>>,
     thread: Option<JoinHandle<()>>,
     alive: Arc<AtomicBool>,
+    health: Arc<WriteHealth>,
 }
 
 impl Writer {
@@ -114,14 +153,21 @@ impl Writer {
         let (tx, rx) = sync_channel::<Box<dyn Job>>(queue.max(1));
         let alive = Arc::new(AtomicBool::new(true));
         let flag = AliveGuard(alive.clone());
+        let health = Arc::new(WriteHealth::default());
+        let thread_health = health.clone();
         let thread = std::thread::Builder::new()
             .name("triggers-sqlite-writer".into())
             .spawn(move || {
                 let _flag = flag;
-                run(&conn, &rx, max_batch.max(1));
+                run(&conn, &rx, max_batch.max(1), &thread_health);
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
-        Ok(Self { tx: Some(tx), thread: Some(thread), alive })
+        Ok(Self { tx: Some(tx), thread: Some(thread), alive, health })
+    }
+
+    /// Whether writes currently fail (disk full, I/O errors); see [`WriteHealth`].
+    pub(crate) fn health(&self) -> &WriteHealth {
+        &self.health
     }
 
     /// Whether the writer thread is still running.
@@ -180,7 +226,7 @@ impl Drop for AliveGuard {
     }
 }
 
-fn run(conn: &Connection, rx: &Receiver<Box<dyn Job>>, max_batch: usize) {
+fn run(conn: &Connection, rx: &Receiver<Box<dyn Job>>, max_batch: usize, health: &WriteHealth) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(max_batch);
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -190,12 +236,16 @@ fn run(conn: &Connection, rx: &Receiver<Box<dyn Job>>, max_batch: usize) {
                 Err(_) => break,
             }
         }
-        let failure = run_batch(conn, &mut batch);
-        if let Some(f) = &failure {
-            tracing::warn!(error = %f.message, requests = batch.len(), "sqlite write batch failed");
-        }
-        for job in batch.drain(..) {
-            job.finish(failure.as_ref());
+        let served = catch_unwind(AssertUnwindSafe(|| serve(conn, &mut batch, health)));
+        if served.is_err() {
+            // Not logged: logging may be what panicked. Waiters still in `batch` get
+            // `Unavailable` when it is cleared (their reply channels close); a batch that
+            // committed before the panic stays committed (the waiters may retry: dedup ids
+            // make that safe).
+            if !conn.is_autocommit() {
+                let _ = exec(conn, "ROLLBACK");
+            }
+            batch.clear();
         }
     }
     // Refresh the query planner's statistics where useful before the connection closes.
@@ -204,6 +254,32 @@ fn run(conn: &Connection, rx: &Receiver<Box<dyn Job>>, max_batch: usize) {
     }
     tracing::debug!("sqlite writer stopping");
 }
+
+/// Runs one batch, records whether writes work, and replies to every waiter.
+fn serve(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, health: &WriteHealth) {
+    let failure = run_batch(conn, batch);
+    match &failure {
+        Some(f) => {
+            tracing::warn!(error = %f.message, requests = batch.len(), "sqlite write batch failed");
+            if let FailureKind::Fault(what) = f.kind {
+                health.failed(&format!("{what} ({})", f.message));
+            }
+        }
+        None if batch.iter().any(|job| job.succeeded()) => health.succeeded(),
+        None => {
+            if batch.iter().any(|job| job.write_fault()) {
+                health.failed(DISK_FULL_OR_IO);
+            }
+        }
+    }
+    for job in batch.drain(..) {
+        job.finish(failure.as_ref());
+    }
+}
+
+/// The fault recorded when a request (not the commit) failed for lack of space or an I/O
+/// error; the request's own error has the details.
+const DISK_FULL_OR_IO: &str = "a write failed: the disk is full or failed";
 
 fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
@@ -261,7 +337,11 @@ fn run_isolated(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), Bat
             // The failure made SQLite roll back the whole transaction (I/O error, disk full):
             // every request of the batch so far is lost, so every one must fail.
             return Err(BatchFailure {
-                corrupt: false,
+                kind: if job.write_fault() {
+                    FailureKind::Fault(DISK_FULL)
+                } else {
+                    FailureKind::Other
+                },
                 message: "a failed request aborted the transaction".into(),
             });
         } else {

@@ -59,7 +59,14 @@ pub trait OrgStore: Send + Sync + 'static {
     /// the new one finds the organization. `false` if the organization does not exist.
     async fn replace_key(&self, id: OrganizationId, key: &KeyHash) -> StoreResult<bool>;
 
-    /// One cheap round trip to the backend: `Ok` if it can serve requests now.
+    /// One cheap round trip to the backend: `Ok` if it can serve requests now — reads *and*
+    /// writes. Bounded in time (a backend that cannot be reached fails within its connect
+    /// or acquire timeout, never hangs). Fails with `Unavailable` whose message names the
+    /// cause in words an operator understands and without secrets ("connection refused",
+    /// "the disk is full", "database \"x\" does not exist") while the backend is unreachable
+    /// or writes fail; a backend that tracks write failures may probe with a cheap write, at
+    /// a bounded rate, to notice that writes work again. Once the fault is gone, `ping`
+    /// succeeds again without a restart.
     async fn ping(&self) -> StoreResult<()>;
 }
 

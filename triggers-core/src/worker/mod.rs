@@ -119,6 +119,8 @@ async fn dispatch<S: EventStore, D: Deliverer>(
     let mut tasks = JoinSet::new();
     tracing::debug!(%owner, concurrency = cfg.concurrency, "delivery workers started");
 
+    // Claims that failed in a row (the store is unavailable): the next claim waits longer.
+    let mut failures: u32 = 0;
     'run: loop {
         while tasks.try_join_next().is_some() {}
         let first = tokio::select! {
@@ -154,10 +156,19 @@ async fn dispatch<S: EventStore, D: Deliverer>(
                 got
             }
             Err(e) => {
-                tracing::warn!(error = %e, "claiming deliveries failed; will retry");
-                0
+                // Back off instead of spinning: wake-ups (new events) do not shorten the
+                // wait, which doubles from the poll interval up to CLAIM_BACKOFF_MAX.
+                drop(held);
+                failures = failures.saturating_add(1);
+                let wait = claim_backoff(cfg.poll_interval, failures);
+                tracing::warn!(error = %e, retry_in = ?wait, "claiming deliveries failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => continue 'run,
+                    _ = stop.changed() => break 'run,
+                }
             }
         };
+        failures = 0;
         drop(held);
         if got == wanted {
             continue; // There may be more due right now.
@@ -325,5 +336,30 @@ async fn announce_disabled<S: EventStore>(store: &S, batch: &[Finished], applied
             reason: Some(reason),
         };
         crate::ingestor::ingest_operational(store, subject, c.record.at).await;
+    }
+}
+
+/// Longest wait between two claims while claiming fails.
+const CLAIM_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// The wait after the `failures`-th failed claim in a row: the poll interval, doubled per
+/// failure, at most [`CLAIM_BACKOFF_MAX`].
+fn claim_backoff(poll_interval: Duration, failures: u32) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(8);
+    poll_interval.saturating_mul(factor).min(CLAIM_BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn claim_backoff_doubles_up_to_a_cap() {
+        let poll = Duration::from_millis(500);
+        assert_eq!(claim_backoff(poll, 1), poll);
+        assert_eq!(claim_backoff(poll, 2), Duration::from_secs(1));
+        assert_eq!(claim_backoff(poll, 4), Duration::from_secs(4));
+        assert_eq!(claim_backoff(poll, 6), CLAIM_BACKOFF_MAX);
+        assert_eq!(claim_backoff(poll, u32::MAX), CLAIM_BACKOFF_MAX);
     }
 }

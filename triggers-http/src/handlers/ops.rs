@@ -28,8 +28,12 @@ pub(super) async fn ready<S: EventStore, D: Deliverer>(app: &App<S, D>) -> Res {
     match app.ingestor.ready().await {
         Ok(()) => Ok(health()),
         Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            Err(ApiError::Unavailable)
+            let cause = match e {
+                triggers_core::Error::Store(triggers_core::StoreError::Unavailable(why)) => why,
+                other => other.to_string(),
+            };
+            tracing::warn!(error = %crate::error::redact(&cause), "readiness check failed");
+            Err(ApiError::Unavailable(cause))
         }
     }
 }

@@ -5,6 +5,7 @@ mod auth;
 mod crash;
 mod dedup;
 mod endpoints;
+mod diskfull;
 mod flaky;
 mod hostile;
 mod lifecycle;

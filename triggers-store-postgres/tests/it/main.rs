@@ -6,6 +6,7 @@
 
 mod basics;
 mod conformance;
+mod http_outage;
 mod limiter;
 mod outage;
 mod proxy;

@@ -196,3 +196,72 @@ async fn a_lost_database_is_unavailable_and_recovered_from() {
     drop((store, proxy));
     db.drop_database().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_keep_their_cause() {
+    let Some(db) = support::database("connect_failures").await else { return };
+    let config = PgConfig { acquire_timeout: Duration::from_secs(1), ..support::config() };
+
+    // Nothing listens: "connection refused", not "pool timed out".
+    let target: SocketAddr = format!("127.0.0.1:{}", db.options.get_port()).parse().unwrap();
+    let proxy = Proxy::start(target).await;
+    proxy.refuse().await;
+    let options = db.options.clone().host("127.0.0.1").port(proxy.addr.port());
+    let err = PgStore::connect_with(options, config.clone()).await.unwrap_err();
+    let StoreError::Unavailable(message) = &err else { panic!("{err:?}") };
+    assert!(message.contains("connection refused"), "{message}");
+    assert!(message.contains(&format!("127.0.0.1:{}", proxy.addr.port())), "{message}");
+
+    // A database that does not exist is named as such, as Unavailable (not a raw dump).
+    let options = db.options.clone().database("triggers_no_such_database");
+    let err = PgStore::connect_with(options, config).await.unwrap_err();
+    let StoreError::Unavailable(message) = &err else { panic!("{err:?}") };
+    assert!(message.contains("\"triggers_no_such_database\" does not exist"), "{message}");
+    drop(proxy);
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_started_without_its_database_becomes_ready_when_it_is_reached() {
+    let Some(db) = support::database("start_unreachable").await else { return };
+    let target: SocketAddr = format!("127.0.0.1:{}", db.options.get_port()).parse().unwrap();
+    let proxy = Proxy::start(target).await;
+    proxy.refuse().await;
+    let config = PgConfig {
+        acquire_timeout: Duration::from_secs(1),
+        start_unreachable: true,
+        ..support::config()
+    };
+    let options = db.options.clone().host("127.0.0.1").port(proxy.addr.port());
+    let store = PgStore::connect_with(options, config).await.unwrap();
+    // Not ready, saying why; calls fail with Unavailable.
+    let err = store.ping().await.unwrap_err();
+    let StoreError::Unavailable(message) = &err else { panic!("{err:?}") };
+    assert!(message.contains("connection refused"), "{message}");
+    let err = store.organization(OrganizationId::new()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+
+    // The database appears (a fresh one: the store migrates it) and the store is ready.
+    proxy.restore();
+    support::eventually("ready once the database is reached", Duration::from_secs(30), || async {
+        store.ping().await.is_ok()
+    })
+    .await;
+    let org = support::org(&store, "late").await;
+    let out = store
+        .insert_events(org.id, vec![support::record("t", None, at(1))], DAY, at(1))
+        .await
+        .unwrap();
+    assert!(store.event(org.id, out[0].meta().id).await.unwrap().is_some());
+
+    // Errors the database itself sends still refuse to start.
+    let config = PgConfig { start_unreachable: true, ..support::config() };
+    let options = db.options.clone().database("triggers_no_such_database");
+    let err = PgStore::connect_with(options, config).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Unavailable(ref m) if m.contains("does not exist")),
+        "{err:?}"
+    );
+    drop((store, proxy));
+    db.drop_database().await.unwrap();
+}
