@@ -48,7 +48,7 @@ pub use domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 pub use error::{Error, Result};
 
 pub use ingestor::{
-    BatchIngested, Cursor, InboxPage, InboxQuery, Ingested, Ingestor, IngestorConfig,
+    BatchIngested, Cursor, InboxPage, InboxQuery, Ingested, Ingestor, IngestorConfig, Replayed,
 };
 pub use limiter::{RateDecision, RateLimiter, SharedRateLimiter};
 pub use memory::MemoryStore;

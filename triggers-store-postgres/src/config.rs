@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use triggers_core::store::StoreLimits;
+
 /// How a [`PgStore`](crate::PgStore) connects, batches and wakes workers.
 ///
 /// ```
@@ -60,6 +62,9 @@ pub struct PgConfig {
     /// while it was idle is replaced instead of failing one call with `Unavailable`. Costs
     /// one round trip per call. Default `true`.
     pub test_before_acquire: bool,
+    /// The per-organization bounds the store keeps (most endpoints, attempts kept per event
+    /// and endpoint). Default [`StoreLimits::default`].
+    pub limits: StoreLimits,
 }
 
 impl Default for PgConfig {
@@ -80,6 +85,7 @@ impl Default for PgConfig {
             listen: true,
             application_name: "triggers".to_owned(),
             test_before_acquire: true,
+            limits: StoreLimits::default(),
         }
     }
 }

@@ -10,6 +10,7 @@ mod limiter;
 mod listener;
 mod orgs;
 mod queue;
+mod retention;
 mod rows;
 mod store;
 #[doc(hidden)]

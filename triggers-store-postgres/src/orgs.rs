@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use triggers_core::store::{EndpointStore, NewEndpoint, OrgStore, StoreResult};
 use triggers_core::{
-    Endpoint, EndpointId, KeyHash, Organization, OrganizationId, Secret, Timestamp,
+    Endpoint, EndpointId, KeyHash, Organization, OrganizationId, Secret, StoreError, Timestamp,
 };
 
 use crate::error::map;
@@ -74,6 +74,27 @@ impl EndpointStore for PgStore {
              RETURNING {ENDPOINT_COLUMNS}"
         );
         let filter = endpoint.event_type_filter.as_ref();
+        // The organization's row lock serialises creations (also across nodes), so the
+        // count, taken by the next statement with a fresh snapshot, cannot go stale.
+        let mut tx = self.pool().begin().await.map_err(map)?;
+        sqlx::query("SELECT 1 FROM organizations WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(org.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(map)?;
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM endpoints WHERE organization_id = $1")
+                .bind(org.0)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map)?;
+        let max = self.limits().max_endpoints;
+        if count >= i64::from(max) {
+            return Err(StoreError::LimitExceeded {
+                limit: "webhook endpoints per organization",
+                max: max.into(),
+            });
+        }
         let row = sqlx::query(&sql)
             .bind(endpoint.id.0)
             .bind(org.0)
@@ -82,9 +103,10 @@ impl EndpointStore for PgStore {
             .bind(filter.map(|f| f.to_sql_like()))
             .bind(endpoint.secret.expose())
             .bind(endpoint.created_at)
-            .fetch_one(self.pool())
+            .fetch_one(&mut *tx)
             .await
             .map_err(map)?;
+        tx.commit().await.map_err(map)?;
         rows::endpoint(&row)
     }
 

@@ -91,7 +91,8 @@ impl DeliveryQueue for PgStore {
     }
 
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
-        crate::complete::complete(self.pool(), self.singles(), completions).await
+        let keep = self.limits().max_attempts_kept;
+        crate::complete::complete(self.pool(), self.singles(), completions, keep).await
     }
 
     async fn release(

@@ -8,15 +8,16 @@ use async_trait::async_trait;
 use triggers_core::domain::event::{Event, EventDetail, EventRecord, EventStatus};
 use triggers_core::store::{
     AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointStore, EventLog,
-    InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, StoreResult,
+    InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, Retention, StoreResult,
 };
 use triggers_core::{
     DeliveryId, Endpoint, EndpointId, EventId, KeyHash, Organization, OrganizationId, Secret,
     StoreError, Timestamp, WorkerId,
 };
 
+use crate::codec::micros;
 use crate::config::SqliteConfig;
-use crate::ops::{events, orgs, queue, reads};
+use crate::ops::{events, orgs, purge, queue, reads};
 use crate::readers::Readers;
 use crate::schema;
 use crate::writer::Writer;
@@ -130,7 +131,8 @@ impl EndpointStore for SqliteStore {
         endpoint: &NewEndpoint,
     ) -> StoreResult<Endpoint> {
         let endpoint = endpoint.clone();
-        self.write(move |c| orgs::create_endpoint(c, org, &endpoint)).await
+        let max = self.inner.config.limits.max_endpoints;
+        self.write(move |c| orgs::create_endpoint(c, org, &endpoint, max)).await
     }
 
     async fn endpoints(&self, org: OrganizationId) -> StoreResult<Vec<Endpoint>> {
@@ -222,7 +224,8 @@ impl DeliveryQueue for SqliteStore {
             return Ok(Vec::new());
         }
         let completions = completions.to_vec();
-        self.write(move |c| queue::complete(c, &completions)).await
+        let keep = self.inner.config.limits.max_attempts_kept;
+        self.write(move |c| queue::complete(c, &completions, keep)).await
     }
 
     async fn release(
@@ -247,5 +250,18 @@ impl DeliveryQueue for SqliteStore {
 
     async fn queue_depth(&self) -> StoreResult<u64> {
         self.read(reads::queue_depth).await
+    }
+}
+
+#[async_trait]
+impl Retention for SqliteStore {
+    async fn purge_finished_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
+        let cutoff = micros(before);
+        self.write(move |c| purge::finished_batch(c, cutoff, batch)).await
+    }
+
+    async fn purge_dedup_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
+        let cutoff = micros(before);
+        self.write(move |c| purge::dedup_batch(c, cutoff, batch).map(|(n, _)| n)).await
     }
 }

@@ -30,6 +30,7 @@ mod events;
 mod inbox;
 mod orgs;
 mod queue;
+mod quotas;
 mod support;
 
 pub use completion::{
@@ -62,6 +63,11 @@ pub use queue::{
     claims_take_due_deliveries_earliest_first, concurrent_claimers_never_share_a_delivery,
     expired_leases_are_reclaimed_with_the_next_attempt, lease_extension_is_fenced,
     released_deliveries_are_due_again_with_their_attempt, stale_completions_change_nothing,
+};
+pub use quotas::{
+    attempts_beyond_the_cap_drop_the_oldest, endpoints_per_organization_are_capped,
+    purge_deletes_old_finished_events_only, purge_forgets_expired_dedup_entries,
+    superseded_attempts_are_recorded,
 };
 
 /// Expands into one `#[tokio::test]` (multi-thread runtime, 2 workers) per conformance case.
@@ -117,6 +123,11 @@ macro_rules! store_conformance_tests {
                 replay_supersedes_outstanding_deliveries,
                 replay_of_a_single_delivery_supersedes_it,
                 queue_depth_counts_outstanding_deliveries,
+                endpoints_per_organization_are_capped,
+                attempts_beyond_the_cap_drop_the_oldest,
+                superseded_attempts_are_recorded,
+                purge_deletes_old_finished_events_only,
+                purge_forgets_expired_dedup_entries,
             ];
             shared: [
                 concurrent_dedup_has_exactly_one_winner,

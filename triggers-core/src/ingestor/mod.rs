@@ -49,6 +49,17 @@ pub struct BatchIngested {
     pub rate: RateDecision,
 }
 
+/// The answer to a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replayed {
+    /// The event's status now (`pending`).
+    pub status: EventStatus,
+    /// How many deliveries were charged (one per matching enabled endpoint).
+    pub deliveries: u32,
+    /// The organization's rate-limit state after this call.
+    pub rate: RateDecision,
+}
+
 /// What to list from the inbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboxQuery {
@@ -354,11 +365,42 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     }
 
     /// Delivers an event again to its matching endpoints (also a `failed` one).
-    pub async fn replay(&self, org: &Organization, id: EventId) -> Result<EventStatus> {
-        let status =
-            self.inner.store.replay(org.id, id, self.now()).await?.ok_or(Error::NotFound)?;
+    ///
+    /// Charged like an ingest: one unit of the organization's rate limit per delivery it
+    /// queues (one per enabled endpoint matching the event's type, at least one); refused
+    /// whole with [`Error::RateLimited`] when the allowance is spent, and then nothing
+    /// changed. `NotFound` (uncharged) for an unknown or foreign id. An endpoint created
+    /// between the count and the replay may get a delivery that was not charged.
+    pub async fn replay(&self, org: &Organization, id: EventId) -> Result<Replayed> {
+        let now = self.now();
+        let detail = self.inner.store.event(org.id, id).await?.ok_or(Error::NotFound)?;
+        let deliveries = self
+            .endpoints(org)
+            .await?
+            .iter()
+            .filter(|e| e.enabled)
+            .filter(|e| {
+                e.event_type_filter.as_ref().map_or(true, |g| g.matches(&detail.event.event_type))
+            })
+            .count();
+        let deliveries = u32::try_from(deliveries).unwrap_or(u32::MAX);
+        let rate = self.charge_deliveries(org, deliveries, now).await?;
+        let status = self.inner.store.replay(org.id, id, now).await?.ok_or(Error::NotFound)?;
         self.inner.wake.notify_one();
-        Ok(status)
+        Ok(Replayed { status, deliveries, rate })
+    }
+
+    /// Charges the organization's rate limit for sending `deliveries` deliveries again (a
+    /// replay, a recovery): one unit each, at least one, as if each were an ingested event.
+    /// Refused whole with [`Error::RateLimited`] (nothing charged) when the allowance is
+    /// spent. Call it before queueing the deliveries.
+    pub async fn charge_deliveries(
+        &self,
+        org: &Organization,
+        deliveries: u32,
+        now: Timestamp,
+    ) -> Result<RateDecision> {
+        self.charge(org, deliveries.max(1), now).await
     }
 
     /// Event counts by status, and in-flight deliveries.

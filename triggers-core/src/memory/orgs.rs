@@ -8,6 +8,11 @@ use crate::domain::webhook::{Endpoint, Secret};
 use crate::domain::{EndpointId, OrganizationId};
 use crate::store::{NewEndpoint, StoreError, StoreResult};
 
+/// The error of one endpoint too many.
+pub(crate) fn endpoint_limit(max: u32) -> StoreError {
+    StoreError::LimitExceeded { limit: "webhook endpoints per organization", max: max.into() }
+}
+
 impl State {
     pub(super) fn create_organization(
         &mut self,
@@ -58,6 +63,9 @@ impl State {
         };
         if self.endpoints.contains_key(&new.id) {
             return Err(StoreError::Conflict(format!("endpoint {} exists", new.id)));
+        }
+        if tenant.endpoints.len() >= self.limits.max_endpoints as usize {
+            return Err(endpoint_limit(self.limits.max_endpoints));
         }
         let endpoint = Endpoint {
             id: new.id,

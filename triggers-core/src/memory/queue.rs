@@ -77,7 +77,10 @@ impl State {
     }
 
     fn complete_one(&mut self, c: &Completion) -> bool {
-        let Some(row) = self.queue.deliveries.get(&c.delivery_id) else { return false };
+        let Some(row) = self.queue.deliveries.get(&c.delivery_id) else {
+            self.record_superseded(c);
+            return false;
+        };
         if !row.held_by(c.lease_owner, c.attempt) {
             return false;
         }
@@ -112,7 +115,7 @@ impl State {
         }
         let Some(tenant) = self.orgs.get_mut(&org) else { return true };
         let Some(event) = tenant.events.get_mut(&event_id) else { return true };
-        event.attempts.push(c.record.clone());
+        event.record_attempt(c.record.clone(), self.limits.max_attempts_kept);
         if event.event.status == EventStatus::Pending {
             match c.state {
                 CompletionState::Delivered if event.outstanding.is_empty() => {
@@ -126,6 +129,24 @@ impl State {
             }
         }
         true
+    }
+
+    /// The attempt of a delivery a replay cancelled while it was in flight: recorded in the
+    /// event's history, nothing else changes.
+    fn record_superseded(&mut self, c: &Completion) {
+        let fenced = self
+            .queue
+            .superseded
+            .get(&c.delivery_id)
+            .is_some_and(|s| s.lease.owner == c.lease_owner && s.attempt == c.attempt);
+        if !fenced {
+            return;
+        }
+        let Some(s) = self.queue.superseded.remove(&c.delivery_id) else { return };
+        let keep = self.limits.max_attempts_kept;
+        if let Some(event) = self.orgs.get_mut(&s.org).and_then(|t| t.events.get_mut(&s.event_id)) {
+            event.record_attempt(c.record.clone(), keep);
+        }
     }
 
     pub(super) fn release(

@@ -1,6 +1,7 @@
-//! The storage contract: four small traits, together [`EventStore`].
+//! The storage contract: five small traits, together [`EventStore`].
 //!
-//! A backend implements [`OrgStore`], [`EndpointStore`], [`EventLog`] and [`DeliveryQueue`];
+//! A backend implements [`OrgStore`], [`EndpointStore`], [`EventLog`], [`DeliveryQueue`] and
+//! [`Retention`];
 //! [`EventStore`] is then implemented for it automatically. The docs below are the whole
 //! contract: a new backend author needs only them and the conformance kit
 //! (`triggers_core::conformance`, feature `conformance`), which checks every rule written here.
@@ -14,6 +15,10 @@
 //! - **Atomicity**: a method either applies all its writes or none; on `Err` nothing changed.
 //! - **Time**: stores never read the clock. `now` is always passed in.
 //! - **Errors**: see [`StoreError`]; transient failures are `Unavailable` / `Overloaded`.
+//! - **Limits**: every store is configured with [`StoreLimits`] (default
+//!   [`StoreLimits::default`]) and enforces them itself, also across nodes: most endpoints per
+//!   organization ([`EndpointStore::create_endpoint`]) and most attempt records kept per event
+//!   and endpoint ([`DeliveryQueue::complete`]).
 
 mod error;
 mod types;
@@ -26,7 +31,7 @@ use tokio::sync::Notify;
 pub use error::{StoreError, StoreResult};
 pub use types::{
     AckOutcome, ClaimRequest, Completion, CompletionState, Delivery, InsertOutcome, ListQuery,
-    NewEndpoint, Page, QueueStats,
+    NewEndpoint, Page, QueueStats, StoreLimits,
 };
 
 use crate::clock::Timestamp;
@@ -63,6 +68,10 @@ pub trait OrgStore: Send + Sync + 'static {
 #[async_trait]
 pub trait EndpointStore: Send + Sync + 'static {
     /// Stores a new, enabled endpoint and returns it.
+    ///
+    /// Errors: `LimitExceeded` (nothing stored) when the organization already has
+    /// [`StoreLimits::max_endpoints`] endpoints. The check and the insert are atomic: racing
+    /// creations, also on other nodes, never take an organization past the limit.
     async fn create_endpoint(
         &self,
         org: OrganizationId,
@@ -143,6 +152,14 @@ pub trait EventLog: Send + Sync + 'static {
     /// outstanding deliveries (an in-flight worker's completion becomes stale), and queues one
     /// fresh delivery (attempt 0, due `now`) per enabled endpoint matching its type. Returns
     /// the new status (`pending`), or `None` for an unknown or foreign id.
+    ///
+    /// **Superseded attempts are still recorded**: a cancelled delivery that was in flight
+    /// is remembered with its lease (owner, attempt, expiry). When its worker completes it,
+    /// the completion is stale (`false`, no status or endpoint change), but its attempt
+    /// record is appended to the event's history: an attempt that was really made is never
+    /// lost. The memory is dropped when the completion arrives, or once the lease has expired (every
+    /// replay first forgets the superseded leases that expired before its `now`), so it is
+    /// bounded by the deliveries in flight.
     async fn replay(
         &self,
         org: OrganizationId,
@@ -173,8 +190,11 @@ pub trait DeliveryQueue: Send + Sync + 'static {
 
     /// Records finished attempts. Each completion applies only if the delivery is still in
     /// flight with the same `lease_owner` and `attempt` (fencing); a stale one changes nothing
-    /// and yields `false`. Applying one:
-    /// - appends `record` to the event's attempts;
+    /// and yields `false` (except that the attempt of a delivery superseded by
+    /// [`EventLog::replay`] is still appended to the history, see there). Applying one:
+    /// - appends `record` to the event's attempts, then drops the oldest attempts of that
+    ///   event and endpoint beyond [`StoreLimits::max_attempts_kept`] (this also applies to a
+    ///   superseded attempt);
     /// - `Delivered`: the delivery is done; the endpoint is no longer failing; when every
     ///   delivery of a `pending` event is done, the event becomes `delivered` (`delivered_at =
     ///   record.at`);
@@ -219,7 +239,30 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     }
 }
 
-/// Everything persistent. Implemented for every type that implements the four parts.
-pub trait EventStore: OrgStore + EndpointStore + EventLog + DeliveryQueue {}
+/// Retention: purging finished events and expired dedup entries, one small batch per call.
+///
+/// Each call is one short write (its own transaction), so a caller that loops over batches,
+/// yielding in between, never blocks ingestion for long. The
+/// [`Ingestor`](crate::Ingestor) does so on a timer when
+/// [`IngestorConfig::retention`](crate::IngestorConfig::retention) is set.
+#[async_trait]
+pub trait Retention: Send + Sync + 'static {
+    /// Deletes up to `batch` events of any organization whose status is `delivered` or
+    /// `failed` and whose `created_at < before`, oldest first, with their attempt records and
+    /// any deliveries still outstanding for them (a worker still holding one finds its
+    /// completion stale). `pending` events are never purged. Returns how many events were
+    /// deleted; fewer than `batch` means no such event is left.
+    async fn purge_finished_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64>;
 
-impl<T: OrgStore + EndpointStore + EventLog + DeliveryQueue> EventStore for T {}
+    /// Forgets up to `batch` dedup entries created before `before` (their window is over);
+    /// an event with such a dedup id is then stored as new. Returns how many were forgotten;
+    /// fewer than `batch` tells the caller to stop until its next round (a store may examine
+    /// entries in insertion order and leave one stuck behind a newer entry for later). Dedup entries are forgotten independently of
+    /// their events, so purging events never shortens a dedup window.
+    async fn purge_dedup_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64>;
+}
+
+/// Everything persistent. Implemented for every type that implements the five parts.
+pub trait EventStore: OrgStore + EndpointStore + EventLog + DeliveryQueue + Retention {}
+
+impl<T: OrgStore + EndpointStore + EventLog + DeliveryQueue + Retention> EventStore for T {}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use triggers_core::store::{
     AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointStore, EventLog,
-    InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, StoreResult,
+    InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, Retention, StoreResult,
 };
 use triggers_core::{
     DeliveryId, Endpoint, EndpointId, Event, EventDetail, EventId, EventRecord, EventStatus,
@@ -173,5 +173,17 @@ impl DeliveryQueue for FlakyStore {
     async fn queue_depth(&self) -> StoreResult<u64> {
         self.check()?;
         self.inner.queue_depth().await
+    }
+}
+
+#[async_trait]
+impl Retention for FlakyStore {
+    async fn purge_finished_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
+        self.check()?;
+        self.inner.purge_finished_batch(before, batch).await
+    }
+    async fn purge_dedup_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
+        self.check()?;
+        self.inner.purge_dedup_batch(before, batch).await
     }
 }

@@ -56,8 +56,21 @@ pub(crate) fn create_endpoint(
     conn: &Connection,
     org: OrganizationId,
     new: &NewEndpoint,
+    max_endpoints: u32,
 ) -> StoreResult<Endpoint> {
     require_org(conn, &org)?;
+    // The writer runs one request at a time: the count and the insert cannot interleave
+    // with another creation.
+    let mut count =
+        conn.prepare_cached("SELECT count(*) FROM endpoints WHERE org_id = ?1").store()?;
+    let n = query_opt(&mut count, [org.0.as_bytes()], |r| codec::int(r, 0))?.unwrap_or(0);
+    drop(count);
+    if n >= i64::from(max_endpoints) {
+        return Err(StoreError::LimitExceeded {
+            limit: "webhook endpoints per organization",
+            max: max_endpoints.into(),
+        });
+    }
     conn.prepare_cached(
         "INSERT INTO endpoints (id, org_id, url, type_filter, secret, enabled, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)",

@@ -7,7 +7,7 @@ use tempfile::TempDir;
 use triggers_core::domain::event::{Event, EventDetail, EventRecord, EventStatus};
 use triggers_core::store::{
     AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointStore, EventLog,
-    InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, StoreResult,
+    InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, Retention, StoreResult,
 };
 use triggers_core::{
     DeliveryId, Endpoint, EndpointId, EventId, KeyHash, Organization, OrganizationId, Secret,
@@ -135,5 +135,15 @@ impl DeliveryQueue for TempStore {
     }
     async fn queue_depth(&self) -> StoreResult<u64> {
         self.store.queue_depth().await
+    }
+}
+
+#[async_trait]
+impl Retention for TempStore {
+    async fn purge_finished_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
+        self.store.purge_finished_batch(before, batch).await
+    }
+    async fn purge_dedup_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
+        self.store.purge_dedup_batch(before, batch).await
     }
 }
