@@ -87,6 +87,7 @@ async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
             let config = SqliteConfig {
                 // Dedup ids must outlive the dedup window.
                 dedup_retention: SqliteConfig::default().dedup_retention.max(settings.dedup_window),
+                limits: settings.store_limits,
                 ..SqliteConfig::default()
             };
             let store = SqliteStore::open(path, config)
@@ -99,7 +100,8 @@ async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
         #[cfg(feature = "postgres")]
         Database::Postgres(url) => {
             use triggers::postgres::{PgConfig, PgStore};
-            let store = PgStore::connect(url, PgConfig::default())
+            let config = PgConfig { limits: settings.store_limits, ..PgConfig::default() };
+            let store = PgStore::connect(url, config)
                 .await
                 .map_err(|e| format!("cannot connect to {}: {e}", settings.database.describe()))?;
             serve(store, &settings, listener).await

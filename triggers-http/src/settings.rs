@@ -8,12 +8,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use triggers_core::store::StoreLimits;
 use triggers_core::{IngestorConfig, RetryPolicy, TierLimits, WorkerConfig};
 
 use crate::config::ServerConfig;
 
 /// Every variable: name, default, meaning.
-pub const VARIABLES: [(&str, &str, &str); 10] = [
+pub const VARIABLES: [(&str, &str, &str); 12] = [
     ("TRIGGERS_LISTEN", "127.0.0.1:8080", "address to bind (IP:port)"),
     ("DATABASE_URL", "sqlite://triggers.db", "sqlite://PATH or postgres://…"),
     (
@@ -40,6 +41,12 @@ pub const VARIABLES: [(&str, &str, &str); 10] = [
         "CIDRs webhooks may target although private/loopback (e.g. 127.0.0.0/8)",
     ),
     ("RUST_LOG", "info", "log filter"),
+    ("TRIGGERS_MAX_ENDPOINTS", "50", "webhook endpoints per organization (1 to 100000)"),
+    (
+        "TRIGGERS_MAX_ATTEMPTS_KEPT",
+        "100",
+        "attempt records kept per event and endpoint; the oldest are dropped (1 to 100000)",
+    ),
 ];
 
 /// Where events are stored.
@@ -105,6 +112,8 @@ pub struct Settings {
     pub webhook_allow: Vec<IpNet>,
     /// `RUST_LOG`.
     pub log_filter: String,
+    /// `TRIGGERS_MAX_ENDPOINTS` and `TRIGGERS_MAX_ATTEMPTS_KEPT`: give them to the store.
+    pub store_limits: StoreLimits,
 }
 
 impl fmt::Debug for Settings {
@@ -120,6 +129,7 @@ impl fmt::Debug for Settings {
             .field("retry", &self.retry)
             .field("webhook_allow", &self.webhook_allow)
             .field("log_filter", &self.log_filter)
+            .field("store_limits", &self.store_limits)
             .finish()
     }
 }
@@ -250,6 +260,22 @@ impl Settings {
 
         let log_filter = get("RUST_LOG").unwrap_or("info").to_owned();
 
+        let count = |var: &'static str, default: u32| match get(var) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=100_000).contains(n))
+                .ok_or_else(|| bad(var, v, "expected a whole number from 1 to 100000")),
+        };
+        let store_limits = StoreLimits {
+            max_endpoints: count("TRIGGERS_MAX_ENDPOINTS", StoreLimits::DEFAULT_MAX_ENDPOINTS)?,
+            max_attempts_kept: count(
+                "TRIGGERS_MAX_ATTEMPTS_KEPT",
+                StoreLimits::DEFAULT_MAX_ATTEMPTS_KEPT,
+            )?,
+        };
+
         Ok(Self {
             listen,
             database,
@@ -261,6 +287,7 @@ impl Settings {
             retry,
             webhook_allow,
             log_filter,
+            store_limits,
         })
     }
 
@@ -329,6 +356,7 @@ mod tests {
         assert!(s.webhook_allow.is_empty());
         assert_eq!(s.log_filter, "info");
         assert_eq!(s.ingestor_config().max_payload, 262_144);
+        assert_eq!(s.store_limits, StoreLimits { max_endpoints: 50, max_attempts_kept: 100 });
     }
 
     #[test]
@@ -344,8 +372,11 @@ mod tests {
             ("TRIGGERS_RETRY_SCHEDULE", "0s,1s"),
             ("TRIGGERS_WEBHOOK_ALLOW", "127.0.0.0/8, ::1"),
             ("RUST_LOG", "debug"),
+            ("TRIGGERS_MAX_ENDPOINTS", "3"),
+            ("TRIGGERS_MAX_ATTEMPTS_KEPT", "7"),
         ])
         .unwrap();
+        assert_eq!(s.store_limits, StoreLimits { max_endpoints: 3, max_attempts_kept: 7 });
         assert_eq!(s.listen.port(), 9000);
         assert_eq!(s.database.describe(), "PostgreSQL at db:5432/triggers");
         assert!(!format!("{s:?}").contains("pw"));
@@ -376,6 +407,8 @@ mod tests {
         assert_eq!(var(&[("TRIGGERS_WORKERS", "many")]), "TRIGGERS_WORKERS");
         assert_eq!(var(&[("TRIGGERS_RETRY_SCHEDULE", "5x")]), "TRIGGERS_RETRY_SCHEDULE");
         assert_eq!(var(&[("TRIGGERS_WEBHOOK_ALLOW", "10.0.0.0/33")]), "TRIGGERS_WEBHOOK_ALLOW");
+        assert_eq!(var(&[("TRIGGERS_MAX_ENDPOINTS", "0")]), "TRIGGERS_MAX_ENDPOINTS");
+        assert_eq!(var(&[("TRIGGERS_MAX_ATTEMPTS_KEPT", "lots")]), "TRIGGERS_MAX_ATTEMPTS_KEPT");
         let e = parse(&[("TRIGGERS_MAX_BODY", "abc")]).unwrap_err();
         assert_eq!(e.to_string(), "TRIGGERS_MAX_BODY: invalid value \"abc\": expected a number of bytes from 64 to 1073741824");
         let e = parse(&[("DATABASE_URL", "mysql://root:pw@h/db")]).unwrap_err();

@@ -8,6 +8,7 @@ mod flaky;
 mod hostile;
 mod lifecycle;
 mod openapi;
+mod quotas;
 mod rate;
 mod routes;
 mod support;
