@@ -17,13 +17,12 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use triggers::http::settings::{Database, Settings};
 use triggers::http::{shutdown_signal, Metrics, Server, WebhookDeliverer};
 use triggers::sqlite::{SqliteConfig, SqliteStore};
-use triggers::{EventStore, Ingestor, SystemClock};
+use triggers::{EventStore, Ingestor};
 
 /// Exit status for bad settings or usage.
 const BAD_SETTINGS: u8 = 2;
@@ -84,18 +83,12 @@ async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("cannot listen on TRIGGERS_LISTEN={}: {e}", settings.listen))?;
     match &settings.database {
         Database::Sqlite(path) => {
-            let config = SqliteConfig {
-                // Dedup ids must outlive the dedup window.
-                dedup_retention: SqliteConfig::default().dedup_retention.max(settings.dedup_window),
-                limits: settings.store_limits,
-                ..SqliteConfig::default()
-            };
+            let config = SqliteConfig { limits: settings.store_limits, ..SqliteConfig::default() };
             let store = SqliteStore::open(path, config)
                 .map_err(|e| format!("cannot open the SQLite database {}: {e}", path.display()))?;
-            let purge = store.spawn_purge_task(Arc::new(SystemClock), Duration::from_secs(3600));
-            let result = serve(store, &settings, listener).await;
-            purge.abort();
-            result
+            // Retention (TRIGGERS_RETENTION) and dedup purging run in the Ingestor, as on
+            // PostgreSQL.
+            serve(store, &settings, listener).await
         }
         #[cfg(feature = "postgres")]
         Database::Postgres(url) => {

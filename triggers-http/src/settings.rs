@@ -14,7 +14,7 @@ use triggers_core::{IngestorConfig, RetryPolicy, TierLimits, WorkerConfig};
 use crate::config::ServerConfig;
 
 /// Every variable: name, default, meaning.
-pub const VARIABLES: [(&str, &str, &str); 12] = [
+pub const VARIABLES: [(&str, &str, &str); 13] = [
     ("TRIGGERS_LISTEN", "127.0.0.1:8080", "address to bind (IP:port)"),
     ("DATABASE_URL", "sqlite://triggers.db", "sqlite://PATH or postgres://…"),
     (
@@ -46,6 +46,11 @@ pub const VARIABLES: [(&str, &str, &str); 12] = [
         "TRIGGERS_MAX_ATTEMPTS_KEPT",
         "100",
         "attempt records kept per event and endpoint; the oldest are dropped (1 to 100000)",
+    ),
+    (
+        "TRIGGERS_RETENTION",
+        "30d",
+        "purge delivered and failed events older than this (e.g. 12h, 30d; off: keep all)",
     ),
 ];
 
@@ -114,6 +119,8 @@ pub struct Settings {
     pub log_filter: String,
     /// `TRIGGERS_MAX_ENDPOINTS` and `TRIGGERS_MAX_ATTEMPTS_KEPT`: give them to the store.
     pub store_limits: StoreLimits,
+    /// `TRIGGERS_RETENTION`; `None` for `off`.
+    pub retention: Option<Duration>,
 }
 
 impl fmt::Debug for Settings {
@@ -130,6 +137,7 @@ impl fmt::Debug for Settings {
             .field("webhook_allow", &self.webhook_allow)
             .field("log_filter", &self.log_filter)
             .field("store_limits", &self.store_limits)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -268,6 +276,19 @@ impl Settings {
                 .filter(|n| (1..=100_000).contains(n))
                 .ok_or_else(|| bad(var, v, "expected a whole number from 1 to 100000")),
         };
+        const RETENTION: &str = "TRIGGERS_RETENTION";
+        let retention = match get(RETENTION) {
+            None => Some(Duration::from_secs(30 * 24 * 3600)),
+            Some(v) if v.eq_ignore_ascii_case("off") => None,
+            Some(v) => Some(
+                triggers_core::retry::parse_duration(v)
+                    .filter(|d| *d >= Duration::from_secs(1))
+                    .ok_or_else(|| {
+                        bad(RETENTION, v, "expected a duration of at least 1s (e.g. 30d) or off")
+                    })?,
+            ),
+        };
+
         let store_limits = StoreLimits {
             max_endpoints: count("TRIGGERS_MAX_ENDPOINTS", StoreLimits::DEFAULT_MAX_ENDPOINTS)?,
             max_attempts_kept: count(
@@ -288,6 +309,7 @@ impl Settings {
             webhook_allow,
             log_filter,
             store_limits,
+            retention,
         })
     }
 
@@ -313,6 +335,14 @@ impl Settings {
             max_payload: self.max_body,
             retry: self.retry.clone(),
             worker: WorkerConfig { concurrency: self.workers, ..defaults.worker.clone() },
+            retention: self.retention,
+            // Often enough that little piles up between passes; dedup entries past their
+            // window are purged even when events are kept.
+            purge_interval: Some(
+                self.retention
+                    .map_or(Duration::from_secs(60), |r| r / 10)
+                    .clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            ),
             ..defaults
         }
     }
@@ -357,6 +387,8 @@ mod tests {
         assert_eq!(s.log_filter, "info");
         assert_eq!(s.ingestor_config().max_payload, 262_144);
         assert_eq!(s.store_limits, StoreLimits { max_endpoints: 50, max_attempts_kept: 100 });
+        assert_eq!(s.retention, Some(Duration::from_secs(30 * 86400)));
+        assert_eq!(s.ingestor_config().purge_interval, Some(Duration::from_secs(60)));
     }
 
     #[test]
@@ -374,9 +406,15 @@ mod tests {
             ("RUST_LOG", "debug"),
             ("TRIGGERS_MAX_ENDPOINTS", "3"),
             ("TRIGGERS_MAX_ATTEMPTS_KEPT", "7"),
+            ("TRIGGERS_RETENTION", "5s"),
         ])
         .unwrap();
         assert_eq!(s.store_limits, StoreLimits { max_endpoints: 3, max_attempts_kept: 7 });
+        assert_eq!(s.retention, Some(Duration::from_secs(5)));
+        assert_eq!(s.ingestor_config().retention, Some(Duration::from_secs(5)));
+        assert_eq!(s.ingestor_config().purge_interval, Some(Duration::from_secs(1)));
+        let off = parse(&[("TRIGGERS_RETENTION", "off")]).unwrap();
+        assert_eq!((off.retention, off.ingestor_config().retention), (None, None));
         assert_eq!(s.listen.port(), 9000);
         assert_eq!(s.database.describe(), "PostgreSQL at db:5432/triggers");
         assert!(!format!("{s:?}").contains("pw"));
@@ -409,6 +447,8 @@ mod tests {
         assert_eq!(var(&[("TRIGGERS_WEBHOOK_ALLOW", "10.0.0.0/33")]), "TRIGGERS_WEBHOOK_ALLOW");
         assert_eq!(var(&[("TRIGGERS_MAX_ENDPOINTS", "0")]), "TRIGGERS_MAX_ENDPOINTS");
         assert_eq!(var(&[("TRIGGERS_MAX_ATTEMPTS_KEPT", "lots")]), "TRIGGERS_MAX_ATTEMPTS_KEPT");
+        assert_eq!(var(&[("TRIGGERS_RETENTION", "forever")]), "TRIGGERS_RETENTION");
+        assert_eq!(var(&[("TRIGGERS_RETENTION", "0s")]), "TRIGGERS_RETENTION");
         let e = parse(&[("TRIGGERS_MAX_BODY", "abc")]).unwrap_err();
         assert_eq!(e.to_string(), "TRIGGERS_MAX_BODY: invalid value \"abc\": expected a number of bytes from 64 to 1073741824");
         let e = parse(&[("DATABASE_URL", "mysql://root:pw@h/db")]).unwrap_err();

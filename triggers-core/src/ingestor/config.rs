@@ -38,6 +38,15 @@ pub struct IngestorConfig {
     pub shared_limiter: Option<Arc<dyn SharedRateLimiter>>,
     /// Receives delivery outcomes for metrics.
     pub observer: Option<Arc<dyn Observer>>,
+    /// Purge `delivered` and `failed` events (with their attempts) created longer ago than
+    /// this; `None` keeps every event (the default; the example server defaults to 30 days).
+    /// Applied by the purge task, see [`purge_interval`](Self::purge_interval).
+    pub retention: Option<Duration>,
+    /// Run a purge task this often (default `None`: no task): it deletes finished events past
+    /// [`retention`](Self::retention) and dedup entries past
+    /// [`dedup_window`](Self::dedup_window), in batches of 500 rows, each its own short
+    /// store write, yielding between batches so ingestion is never held up for long.
+    pub purge_interval: Option<Duration>,
 }
 
 impl Default for IngestorConfig {
@@ -54,6 +63,8 @@ impl Default for IngestorConfig {
             clock: Arc::new(SystemClock),
             shared_limiter: None,
             observer: None,
+            retention: None,
+            purge_interval: None,
         }
     }
 }
@@ -70,6 +81,8 @@ impl std::fmt::Debug for IngestorConfig {
             .field("retry", &self.retry)
             .field("worker", &self.worker)
             .field("shared_limiter", &self.shared_limiter.is_some())
+            .field("retention", &self.retention)
+            .field("purge_interval", &self.purge_interval)
             .finish_non_exhaustive()
     }
 }

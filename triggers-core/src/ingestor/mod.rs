@@ -3,6 +3,7 @@
 mod auth;
 mod config;
 mod cursor;
+mod retention;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,6 +142,9 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             wake,
         });
         spawn_limiter_sweeper(Arc::downgrade(&inner));
+        if let Some(every) = inner.config.purge_interval {
+            retention::spawn(Arc::downgrade(&inner), every);
+        }
         Self {
             inner,
             workers: Arc::new(tokio::sync::Mutex::new(workers)),

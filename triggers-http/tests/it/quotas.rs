@@ -196,3 +196,79 @@ async fn an_event_keeps_its_newest_attempts_only() {
     sorted.sort();
     assert_eq!(times, sorted, "oldest first");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_events_stay_bounded_under_steady_load_with_a_short_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = triggers_store_sqlite::SqliteStore::open(
+        dir.path().join("retention.db"),
+        triggers_store_sqlite::SqliteConfig::default(),
+    )
+    .unwrap();
+    let clock = ManualClock::new();
+    let mut opts = Options::default();
+    opts.ingestor.clock = Arc::new(clock.clone());
+    opts.ingestor.retention = Some(Duration::from_secs(10));
+    opts.ingestor.dedup_window = Duration::from_secs(10);
+    opts.ingestor.purge_interval = Some(Duration::from_millis(20));
+    let server = TestServer::start_on(store, opts).await;
+    let c = &server.client;
+    let key = server.key("enterprise").await;
+    let r = c
+        .post(
+            "/api/webhook/config",
+            &key,
+            json!({"url": "https://hooks.example.test/", "event_type_filter": "load.*"}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    // Never delivered nor acknowledged: pending events are never purged.
+    let kept = c.event(&key, "inbox.keep", None).await.json()["id"].as_str().unwrap().to_owned();
+    let stats = |c: &Client, key: &str| {
+        let (c, key) = (c.clone(), key.to_owned());
+        async move { c.get("/api/queue/stats", &key).await.json() }
+    };
+    for round in 0..6 {
+        let events: Vec<_> = (0..50)
+            .map(|i| json!({"type": "load.x", "payload": {"i": i}, "dedup_id": format!("d{i}")}))
+            .collect();
+        let r = c.post("/api/events/batch", &key, json!({ "events": events })).await;
+        assert_eq!(r.status, 200);
+        let results = r.json()["results"].as_array().unwrap().clone();
+        assert!(
+            results.iter().all(|x| x["status"] == "accepted"),
+            "round {round}: dedup ids past their window are forgotten: {results:?}"
+        );
+        // Delivered by the workers (webhook), then aged past the retention.
+        let mut s = stats(c, &key).await;
+        for _ in 0..500 {
+            if s["pending"] == 1 && s["delivered"] == 50 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            s = stats(c, &key).await;
+        }
+        assert_eq!(
+            (s["pending"].as_u64(), s["delivered"].as_u64()),
+            (Some(1), Some(50)),
+            "round {round}"
+        );
+        clock.advance(Duration::from_secs(11));
+        for _ in 0..500 {
+            if s["delivered"] == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            s = stats(c, &key).await;
+        }
+        assert_eq!(
+            (s["pending"].as_u64(), s["delivered"].as_u64()),
+            (Some(1), Some(0)),
+            "round {round}: purged"
+        );
+    }
+    let e = c.get(&format!("/api/events/{kept}"), &key).await;
+    assert_eq!(e.json()["status"], "pending", "the pending event is still there");
+    let page = c.get("/api/inbox?status=delivered", &key).await.json();
+    assert_eq!(page["events"].as_array().unwrap().len(), 0);
+}
