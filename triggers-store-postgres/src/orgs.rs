@@ -1,7 +1,8 @@
 //! Organizations, API key hashes and webhook endpoints.
 
 use async_trait::async_trait;
-use triggers_core::store::{EndpointStore, NewEndpoint, OrgStore, StoreResult};
+use sqlx::types::Uuid;
+use triggers_core::store::{EndpointStore, NewEndpoint, OrgStore, SecretRewrite, StoreResult};
 use triggers_core::{
     Endpoint, EndpointId, KeyHash, Organization, OrganizationId, Secret, StoreError, Timestamp,
 };
@@ -163,5 +164,58 @@ impl EndpointStore for PgStore {
         .await
         .map_err(map)?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn rewrite_secrets(&self, rewrite: SecretRewrite) -> StoreResult<u64> {
+        const BATCH: i64 = 200;
+        let mut after = 0i64;
+        let mut total = 0u64;
+        loop {
+            let rows: Vec<(i64, Uuid, String, Option<String>)> = sqlx::query_as(
+                "SELECT seq, id, secret, previous_secret FROM endpoints
+                 WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(after)
+            .bind(BATCH)
+            .fetch_all(self.pool())
+            .await
+            .map_err(map)?;
+            let Some(last) = rows.last().map(|r| r.0) else { return Ok(total) };
+            after = last;
+            let mut tx = self.pool().begin().await.map_err(map)?;
+            for (seq, id, secret, previous) in rows {
+                let id = EndpointId(id);
+                let current = Secret::parse(secret.as_str()).map_err(StoreError::Corrupt)?;
+                if let Some(new) = rewrite(id, &current) {
+                    let done = sqlx::query(
+                        "UPDATE endpoints SET secret = $2 WHERE seq = $1 AND secret = $3",
+                    )
+                    .bind(seq)
+                    .bind(new.expose())
+                    .bind(&secret)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map)?;
+                    total += done.rows_affected();
+                }
+                if let Some(previous) = previous {
+                    let old = Secret::parse(previous.as_str()).map_err(StoreError::Corrupt)?;
+                    if let Some(new) = rewrite(id, &old) {
+                        let done = sqlx::query(
+                            "UPDATE endpoints SET previous_secret = $2
+                             WHERE seq = $1 AND previous_secret = $3",
+                        )
+                        .bind(seq)
+                        .bind(new.expose())
+                        .bind(&previous)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map)?;
+                        total += done.rows_affected();
+                    }
+                }
+            }
+            tx.commit().await.map_err(map)?;
+        }
     }
 }

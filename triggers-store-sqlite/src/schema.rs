@@ -76,6 +76,23 @@ pub(crate) fn open_writer(path: &Path, config: &SqliteConfig) -> Result<Connecti
     Ok(conn)
 }
 
+/// Copies the write-ahead log into the database file and truncates the log to zero bytes,
+/// on a connection of its own (the writer's is always inside a transaction).
+pub(crate) fn checkpoint_truncate(
+    path: &Path,
+    busy_timeout: std::time::Duration,
+) -> Result<(), StoreError> {
+    let conn = Connection::open_with_flags(path, open_flags()).store()?;
+    conn.busy_timeout(busy_timeout).store()?;
+    let (busy, _, _): (i64, i64, i64) = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .store()?;
+    if busy != 0 {
+        tracing::warn!("the write-ahead log could not be truncated now (readers were busy)");
+    }
+    Ok(())
+}
+
 /// Opens one read-only reader connection (`PRAGMA query_only`).
 pub(crate) fn open_reader(path: &Path, config: &SqliteConfig) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(path, open_flags()).store()?;

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use triggers_core::domain::event::{Event, EventDetail, EventRecord, EventStatus};
 use triggers_core::store::{
     AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointStore, EventLog,
-    InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, Retention, StoreResult,
+    InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, Retention, SecretRewrite,
+    StoreResult,
 };
 use triggers_core::{
     DeliveryId, Endpoint, EndpointId, EventId, KeyHash, Organization, OrganizationId, Secret,
@@ -152,6 +153,30 @@ impl EndpointStore for SqliteStore {
     ) -> StoreResult<bool> {
         let secret = secret.clone();
         self.write(move |c| orgs::rotate_secret(c, org, id, &secret, previous_valid_until)).await
+    }
+
+    async fn rewrite_secrets(&self, rewrite: SecretRewrite) -> StoreResult<u64> {
+        let mut after = 0;
+        let mut total = 0;
+        loop {
+            let f = rewrite.clone();
+            let (n, last) = self.write(move |c| orgs::rewrite_secrets_batch(c, after, &*f)).await?;
+            total += n;
+            match last {
+                Some(seq) => after = seq,
+                None => break,
+            }
+        }
+        if total > 0 {
+            // Move the rewritten pages into the database file and empty the write-ahead
+            // log, so no replaced secret lingers in it.
+            let path = self.inner.path.clone();
+            let busy = self.inner.config.busy_timeout;
+            tokio::task::spawn_blocking(move || schema::checkpoint_truncate(&path, busy))
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("checkpoint task: {e}")))??;
+        }
+        Ok(total)
     }
 }
 

@@ -67,7 +67,7 @@ pub use queue::{
 pub use quotas::{
     attempts_beyond_the_cap_drop_the_oldest, endpoints_per_organization_are_capped,
     purge_deletes_old_finished_events_only, purge_forgets_expired_dedup_entries,
-    superseded_attempts_are_recorded,
+    sealed_secrets_round_trip_and_are_rewritten, superseded_attempts_are_recorded,
 };
 
 /// Expands into one `#[tokio::test]` (multi-thread runtime, 2 workers) per conformance case.
@@ -128,6 +128,7 @@ macro_rules! store_conformance_tests {
                 superseded_attempts_are_recorded,
                 purge_deletes_old_finished_events_only,
                 purge_forgets_expired_dedup_entries,
+                sealed_secrets_round_trip_and_are_rewritten,
             ];
             shared: [
                 concurrent_dedup_has_exactly_one_winner,

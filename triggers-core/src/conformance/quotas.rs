@@ -172,3 +172,53 @@ pub async fn purge_forgets_expired_dedup_entries<S: EventStore>(store: &S) {
     assert!(matches!(&again[1], InsertOutcome::Duplicate(_)));
     assert!(store.event(org, old_id).await.unwrap().is_some(), "events are not touched");
 }
+
+/// Secrets are opaque text to a store: a sealed secret comes back exactly as stored (from
+/// `create_endpoint`, `endpoints` and `claim`), and `rewrite_secrets` replaces current and
+/// previous secrets of every endpoint, skipping those it is told to keep.
+pub async fn sealed_secrets_round_trip_and_are_rewritten<S: EventStore>(store: &S) {
+    use crate::domain::sealed::{SecretCipher, SecretKey};
+    use crate::domain::webhook::Secret;
+    use std::sync::Arc;
+
+    let cipher = Arc::new(SecretCipher::new(SecretKey::generate(), None));
+    let org = new_org(store).await;
+    let id = crate::domain::EndpointId::new();
+    let plain = Secret::generate();
+    let sealed = cipher.seal(id, &plain);
+    let new = crate::store::NewEndpoint {
+        id,
+        url: "https://hooks.example.test/sealed".into(),
+        event_type_filter: Some(glob("sealed")),
+        secret: sealed.clone(),
+        created_at: t(0),
+    };
+    assert_eq!(store.create_endpoint(org, &new).await.unwrap().secret, sealed);
+    let listed = store.endpoints(org).await.unwrap();
+    assert_eq!(listed[0].secret, sealed);
+    // A second endpoint still in plaintext, rotated: both its secrets are plaintext.
+    let legacy = endpoint(store, org, Some("legacy"), t(0)).await;
+    let rotated = Secret::generate();
+    assert!(store.rotate_endpoint_secret(org, legacy.id, &rotated, t(100)).await.unwrap());
+
+    insert_one(store, org, "sealed", t(1)).await;
+    let d = claim_one(store, WorkerId::new(), t(1)).await;
+    assert_eq!(d.secrets, vec![sealed.clone()]);
+    assert_eq!(cipher.open(id, &d.secrets[0]).unwrap(), plain);
+
+    let reseal = cipher.clone();
+    let rewrite: crate::store::SecretRewrite =
+        Arc::new(move |endpoint, secret| reseal.reseal(endpoint, secret).ok().flatten());
+    assert_eq!(store.rewrite_secrets(rewrite.clone()).await.unwrap(), 2, "the two plaintexts");
+    assert_eq!(store.rewrite_secrets(rewrite).await.unwrap(), 0, "nothing left to do");
+    let listed = store.endpoints(org).await.unwrap();
+    assert!(listed.iter().all(|e| e.secret.is_sealed()));
+    assert_eq!(listed.iter().find(|e| e.id == id).unwrap().secret, sealed, "kept as it was");
+
+    insert_one(store, org, "legacy", t(2)).await;
+    let d = claim_one(store, WorkerId::new(), t(2)).await;
+    assert_eq!(d.endpoint_id, legacy.id);
+    assert!(d.secrets.iter().all(Secret::is_sealed));
+    let opened: Vec<_> = d.secrets.iter().map(|s| cipher.open(legacy.id, s).unwrap()).collect();
+    assert_eq!(opened, vec![rotated, legacy.secret], "current first, then the previous one");
+}

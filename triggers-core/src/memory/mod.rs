@@ -22,8 +22,8 @@ use crate::domain::webhook::{Endpoint, Secret};
 use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 use crate::store::{
     AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointStore, EventLog,
-    InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, Retention, StoreError,
-    StoreLimits, StoreResult,
+    InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, Retention, SecretRewrite,
+    StoreError, StoreLimits, StoreResult,
 };
 
 /// An [`EventStore`](crate::EventStore) that keeps everything in memory.
@@ -130,6 +130,10 @@ impl EndpointStore for MemoryStore {
         previous_valid_until: Timestamp,
     ) -> StoreResult<bool> {
         Ok(self.lock()?.rotate_endpoint_secret(org, id, secret, previous_valid_until))
+    }
+
+    async fn rewrite_secrets(&self, rewrite: SecretRewrite) -> StoreResult<u64> {
+        Ok(self.lock()?.rewrite_secrets(&*rewrite))
     }
 }
 

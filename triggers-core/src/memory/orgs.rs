@@ -137,4 +137,24 @@ impl State {
         row.previous = Some((old, previous_valid_until));
         true
     }
+
+    pub(super) fn rewrite_secrets(
+        &mut self,
+        rewrite: &(dyn Fn(EndpointId, &Secret) -> Option<Secret> + Send + Sync),
+    ) -> u64 {
+        let mut n = 0;
+        for (id, row) in &mut self.endpoints {
+            if let Some(new) = rewrite(*id, &row.endpoint.secret) {
+                row.endpoint.secret = new;
+                n += 1;
+            }
+            if let Some((previous, _)) = &mut row.previous {
+                if let Some(new) = rewrite(*id, previous) {
+                    *previous = new;
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
 }

@@ -97,7 +97,23 @@ pub trait EndpointStore: Send + Sync + 'static {
         secret: &Secret,
         previous_valid_until: Timestamp,
     ) -> StoreResult<bool>;
+
+    /// Rewrites stored signing secrets in place (used to encrypt them at rest, see
+    /// [`SecretCipher`](crate::domain::sealed::SecretCipher)): calls `rewrite` with the id
+    /// and each stored secret (the current one, and a rotated-out previous one) of every
+    /// endpoint of every organization, and stores what it returns instead (`None` keeps the
+    /// secret). Secrets are opaque text to the store: whatever is stored, plaintext or
+    /// sealed, is returned unchanged by `create_endpoint`, `endpoints` and `claim`.
+    ///
+    /// Works in batches of endpoints, each its own write; a secret that changed since it
+    /// was read (a concurrent rotation) is not overwritten. A store that keeps data in files
+    /// must not leave the replaced text readable in them (SQLite: `secure_delete` while
+    /// rewriting). Returns how many secrets were rewritten.
+    async fn rewrite_secrets(&self, rewrite: SecretRewrite) -> StoreResult<u64>;
 }
+
+/// The function [`EndpointStore::rewrite_secrets`] applies to each stored secret.
+pub type SecretRewrite = Arc<dyn Fn(EndpointId, &Secret) -> Option<Secret> + Send + Sync>;
 
 /// Events: insertion with dedup and fan-out, lookup, the inbox, ack, replay and counts.
 #[async_trait]

@@ -94,6 +94,12 @@ impl EndpointStore for FlakyStore {
         self.check()?;
         self.inner.rotate_endpoint_secret(org, id, secret, previous_valid_until).await
     }
+    async fn rewrite_secrets(
+        &self,
+        rewrite: triggers_core::store::SecretRewrite,
+    ) -> StoreResult<u64> {
+        self.inner.rewrite_secrets(rewrite).await
+    }
 }
 
 #[async_trait]

@@ -67,6 +67,12 @@ impl EndpointStore for TempStore {
     ) -> StoreResult<bool> {
         self.store.rotate_endpoint_secret(org, id, secret, previous_valid_until).await
     }
+    async fn rewrite_secrets(
+        &self,
+        rewrite: triggers_core::store::SecretRewrite,
+    ) -> StoreResult<u64> {
+        self.store.rewrite_secrets(rewrite).await
+    }
 }
 
 #[async_trait]
