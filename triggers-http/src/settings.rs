@@ -5,16 +5,18 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use triggers_core::domain::sealed::{SecretCipher, SecretKey};
 use triggers_core::store::StoreLimits;
 use triggers_core::{IngestorConfig, RetryPolicy, TierLimits, WorkerConfig};
 
 use crate::config::ServerConfig;
 
 /// Every variable: name, default, meaning.
-pub const VARIABLES: [(&str, &str, &str); 13] = [
+pub const VARIABLES: [(&str, &str, &str); 15] = [
     ("TRIGGERS_LISTEN", "127.0.0.1:8080", "address to bind (IP:port)"),
     ("DATABASE_URL", "sqlite://triggers.db", "sqlite://PATH or postgres://…"),
     (
@@ -51,6 +53,16 @@ pub const VARIABLES: [(&str, &str, &str); 13] = [
         "TRIGGERS_RETENTION",
         "30d",
         "purge delivered and failed events older than this (e.g. 12h, 30d; off: keep all)",
+    ),
+    (
+        "TRIGGERS_SECRET_KEY",
+        "unset",
+        "base64 of 32 random bytes: webhook signing secrets encrypted at rest (openssl rand -base64 32)",
+    ),
+    (
+        "TRIGGERS_SECRET_KEY_OLD",
+        "unset",
+        "the previous TRIGGERS_SECRET_KEY during a key rotation: still decrypts, re-encrypted at start",
     ),
 ];
 
@@ -121,6 +133,8 @@ pub struct Settings {
     pub store_limits: StoreLimits,
     /// `TRIGGERS_RETENTION`; `None` for `off`.
     pub retention: Option<Duration>,
+    /// `TRIGGERS_SECRET_KEY` (and `TRIGGERS_SECRET_KEY_OLD`).
+    pub secret_cipher: Option<Arc<SecretCipher>>,
 }
 
 impl fmt::Debug for Settings {
@@ -138,6 +152,7 @@ impl fmt::Debug for Settings {
             .field("log_filter", &self.log_filter)
             .field("store_limits", &self.store_limits)
             .field("retention", &self.retention)
+            .field("secret_cipher", &self.secret_cipher)
             .finish()
     }
 }
@@ -289,6 +304,27 @@ impl Settings {
             ),
         };
 
+        let key = |var: &'static str| {
+            get(var)
+                .map(|v| {
+                    SecretKey::from_base64(v).map_err(|e| SettingsError {
+                        var,
+                        message: format!("{e} (e.g. from `openssl rand -base64 32`)"),
+                    })
+                })
+                .transpose()
+        };
+        let secret_cipher = match (key("TRIGGERS_SECRET_KEY")?, key("TRIGGERS_SECRET_KEY_OLD")?) {
+            (Some(current), old) => Some(Arc::new(SecretCipher::new(current, old))),
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(SettingsError {
+                    var: "TRIGGERS_SECRET_KEY_OLD",
+                    message: "needs TRIGGERS_SECRET_KEY (the new key) as well".into(),
+                })
+            }
+        };
+
         let store_limits = StoreLimits {
             max_endpoints: count("TRIGGERS_MAX_ENDPOINTS", StoreLimits::DEFAULT_MAX_ENDPOINTS)?,
             max_attempts_kept: count(
@@ -310,6 +346,7 @@ impl Settings {
             log_filter,
             store_limits,
             retention,
+            secret_cipher,
         })
     }
 
@@ -336,6 +373,7 @@ impl Settings {
             retry: self.retry.clone(),
             worker: WorkerConfig { concurrency: self.workers, ..defaults.worker.clone() },
             retention: self.retention,
+            secret_cipher: self.secret_cipher.clone(),
             // Often enough that little piles up between passes; dedup entries past their
             // window are purged even when events are kept.
             purge_interval: Some(
@@ -385,6 +423,7 @@ mod tests {
         assert_eq!(s.retry, RetryPolicy::default());
         assert!(s.webhook_allow.is_empty());
         assert_eq!(s.log_filter, "info");
+        assert!(s.secret_cipher.is_none());
         assert_eq!(s.ingestor_config().max_payload, 262_144);
         assert_eq!(s.store_limits, StoreLimits { max_endpoints: 50, max_attempts_kept: 100 });
         assert_eq!(s.retention, Some(Duration::from_secs(30 * 86400)));
@@ -449,6 +488,13 @@ mod tests {
         assert_eq!(var(&[("TRIGGERS_MAX_ATTEMPTS_KEPT", "lots")]), "TRIGGERS_MAX_ATTEMPTS_KEPT");
         assert_eq!(var(&[("TRIGGERS_RETENTION", "forever")]), "TRIGGERS_RETENTION");
         assert_eq!(var(&[("TRIGGERS_RETENTION", "0s")]), "TRIGGERS_RETENTION");
+        assert_eq!(var(&[("TRIGGERS_SECRET_KEY", "c2hvcnQ=")]), "TRIGGERS_SECRET_KEY");
+        let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        assert_eq!(var(&[("TRIGGERS_SECRET_KEY_OLD", key)]), "TRIGGERS_SECRET_KEY_OLD");
+        let both = parse(&[("TRIGGERS_SECRET_KEY", key), ("TRIGGERS_SECRET_KEY_OLD", key)]);
+        let cipher = both.unwrap().ingestor_config().secret_cipher.unwrap();
+        assert_eq!(cipher.key_id().len(), 8);
+        assert!(!format!("{:?}", parse(&[("TRIGGERS_SECRET_KEY", key)]).unwrap()).contains(key));
         let e = parse(&[("TRIGGERS_MAX_BODY", "abc")]).unwrap_err();
         assert_eq!(e.to_string(), "TRIGGERS_MAX_BODY: invalid value \"abc\": expected a number of bytes from 64 to 1073741824");
         let e = parse(&[("DATABASE_URL", "mysql://root:pw@h/db")]).unwrap_err();

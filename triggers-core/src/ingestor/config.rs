@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::domain::org::TierLimits;
+use crate::domain::sealed::SecretCipher;
 use crate::domain::validate::DEFAULT_MAX_PAYLOAD;
 use crate::limiter::SharedRateLimiter;
 use crate::observe::Observer;
@@ -47,6 +48,11 @@ pub struct IngestorConfig {
     /// [`dedup_window`](Self::dedup_window), in batches of 500 rows, each its own short
     /// store write, yielding between batches so ingestion is never held up for long.
     pub purge_interval: Option<Duration>,
+    /// Encrypt webhook signing secrets at rest: new and rotated secrets are stored sealed,
+    /// deliveries open them just before signing, and
+    /// [`Ingestor::seal_stored_secrets`](super::Ingestor::seal_stored_secrets) seals the
+    /// ones already stored. `None` (the default) stores them in plaintext.
+    pub secret_cipher: Option<Arc<SecretCipher>>,
 }
 
 impl Default for IngestorConfig {
@@ -65,6 +71,7 @@ impl Default for IngestorConfig {
             observer: None,
             retention: None,
             purge_interval: None,
+            secret_cipher: None,
         }
     }
 }
@@ -83,6 +90,7 @@ impl std::fmt::Debug for IngestorConfig {
             .field("shared_limiter", &self.shared_limiter.is_some())
             .field("retention", &self.retention)
             .field("purge_interval", &self.purge_interval)
+            .field("secret_cipher", &self.secret_cipher.as_ref().map(|c| c.key_id().to_owned()))
             .finish_non_exhaustive()
     }
 }

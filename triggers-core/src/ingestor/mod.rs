@@ -4,6 +4,7 @@ mod auth;
 mod config;
 mod cursor;
 mod retention;
+mod sealing;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,7 +127,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         let workers = (config.worker.concurrency > 0).then(|| {
             WorkerPool::spawn(
                 store.clone(),
-                Arc::new(deliverer),
+                Arc::new(sealing::Unsealing::new(deliverer, config.secret_cipher.clone())),
                 config.worker.clone(),
                 config.retry.clone(),
                 config.clock.clone(),
@@ -433,19 +434,59 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             .map(TypeGlob::parse)
             .transpose()
             .map_err(|reason| ValidationError::Field { field: "event_type_filter", reason })?;
+        let id = EndpointId::new();
+        let secret = Secret::generate();
         let endpoint = NewEndpoint {
-            id: EndpointId::new(),
+            id,
             url: url.to_owned(),
             event_type_filter: filter,
-            secret: Secret::generate(),
+            secret: self.seal(id, &secret),
             created_at: self.now(),
         };
-        Ok(self.inner.store.create_endpoint(org.id, &endpoint).await?)
+        let mut created = self.inner.store.create_endpoint(org.id, &endpoint).await?;
+        created.secret = secret;
+        Ok(created)
     }
 
-    /// The organization's endpoints, oldest first.
+    /// The organization's endpoints, oldest first. Sealed secrets are opened; one that
+    /// cannot be (its key is not configured) is left sealed.
     pub async fn endpoints(&self, org: &Organization) -> Result<Vec<Endpoint>> {
-        Ok(self.inner.store.endpoints(org.id).await?)
+        let mut endpoints = self.inner.store.endpoints(org.id).await?;
+        for e in &mut endpoints {
+            if e.secret.is_sealed() {
+                let cipher = self.inner.config.secret_cipher.as_deref();
+                match crate::domain::sealed::open_with(cipher, e.id, &e.secret) {
+                    Ok(plain) => e.secret = plain,
+                    Err(err) => tracing::warn!(endpoint = %e.id, error = %err,
+                        "cannot open the endpoint's signing secret"),
+                }
+            }
+        }
+        Ok(endpoints)
+    }
+
+    /// `secret` as it is to be stored: sealed when a cipher is configured.
+    fn seal(&self, endpoint: EndpointId, secret: &Secret) -> Secret {
+        match &self.inner.config.secret_cipher {
+            Some(cipher) => cipher.seal(endpoint, secret),
+            None => secret.clone(),
+        }
+    }
+
+    /// Seals every stored signing secret that is in plaintext or sealed under the old key
+    /// (a no-op without a cipher); run it at start. Returns how many secrets were rewritten.
+    /// A secret sealed under an unknown key is left alone (and logged).
+    pub async fn seal_stored_secrets(&self) -> Result<u64> {
+        let Some(cipher) = self.inner.config.secret_cipher.clone() else { return Ok(0) };
+        let rewrite: crate::store::SecretRewrite =
+            Arc::new(move |endpoint, secret| match cipher.reseal(endpoint, secret) {
+                Ok(sealed) => sealed,
+                Err(e) => {
+                    tracing::warn!(%endpoint, error = %e, "cannot re-seal a signing secret");
+                    None
+                }
+            });
+        Ok(self.inner.store.rewrite_secrets(rewrite).await?)
     }
 
     /// Deletes an endpoint and cancels its outstanding deliveries.
@@ -466,7 +507,8 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     ) -> Result<Secret> {
         let secret = Secret::generate();
         let grace_until = clock::add(self.now(), self.inner.config.secret_grace);
-        if self.inner.store.rotate_endpoint_secret(org.id, id, &secret, grace_until).await? {
+        let stored = self.seal(id, &secret);
+        if self.inner.store.rotate_endpoint_secret(org.id, id, &stored, grace_until).await? {
             Ok(secret)
         } else {
             Err(Error::NotFound)

@@ -11,5 +11,6 @@ mod openapi;
 mod quotas;
 mod rate;
 mod routes;
+mod secrets;
 mod support;
 mod validation;
