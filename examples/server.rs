@@ -19,10 +19,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+#[cfg(feature = "postgres")]
+use triggers::http::settings::RateLimiterKind;
 use triggers::http::settings::{Database, Settings};
 use triggers::http::{shutdown_signal, Metrics, Server, WebhookDeliverer};
 use triggers::sqlite::{SqliteConfig, SqliteStore};
-use triggers::{EventStore, Ingestor};
+#[cfg(feature = "postgres")]
+use triggers::ChunkedLimiter;
+use triggers::{EventStore, Ingestor, SharedRateLimiter};
 
 /// Exit status for bad settings or usage.
 const BAD_SETTINGS: u8 = 2;
@@ -88,7 +92,7 @@ async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
                 .map_err(|e| format!("cannot open the SQLite database {}: {e}", path.display()))?;
             // Retention (TRIGGERS_RETENTION) and dedup purging run in the Ingestor, as on
             // PostgreSQL.
-            serve(store, &settings, listener).await
+            serve(store, &settings, listener, None).await
         }
         #[cfg(feature = "postgres")]
         Database::Postgres(url) => {
@@ -97,7 +101,13 @@ async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
             let store = PgStore::connect(url, config)
                 .await
                 .map_err(|e| format!("cannot connect to {}: {e}", settings.database.describe()))?;
-            serve(store, &settings, listener).await
+            let shared: Option<Arc<dyn SharedRateLimiter>> = match settings.rate_limiter {
+                RateLimiterKind::Shared => {
+                    Some(Arc::new(ChunkedLimiter::new(store.rate_limiter())))
+                }
+                RateLimiterKind::Local => None,
+            };
+            serve(store, &settings, listener, shared).await
         }
         #[cfg(not(feature = "postgres"))]
         Database::Postgres(_) => Err("built without the postgres feature".into()),
@@ -109,10 +119,12 @@ async fn serve<S: EventStore>(
     store: S,
     settings: &Settings,
     listener: TcpListener,
+    shared_limiter: Option<Arc<dyn SharedRateLimiter>>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = Arc::new(Metrics::new());
     let mut config = settings.ingestor_config();
     config.observer = Some(metrics.clone());
+    config.shared_limiter = shared_limiter;
     let deliverer = WebhookDeliverer::new(settings.webhook_config())?;
     let ingestor = Ingestor::start(store, deliverer, config);
     let addr = listener.local_addr()?;

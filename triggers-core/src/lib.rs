@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod chunked;
 pub mod clock;
 pub mod deliver;
 pub mod domain;
@@ -47,6 +48,7 @@ pub use domain::webhook::{Endpoint, Secret, TypeGlob};
 pub use domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 pub use error::{Error, Result};
 
+pub use chunked::ChunkedLimiter;
 pub use ingestor::{
     BatchIngested, Cursor, InboxPage, InboxQuery, Ingested, Ingestor, IngestorConfig, Replayed,
 };

@@ -16,7 +16,7 @@ use triggers_core::{IngestorConfig, RetryPolicy, TierLimits, WorkerConfig};
 use crate::config::ServerConfig;
 
 /// Every variable: name, default, meaning.
-pub const VARIABLES: [(&str, &str, &str); 15] = [
+pub const VARIABLES: [(&str, &str, &str); 16] = [
     ("TRIGGERS_LISTEN", "127.0.0.1:8080", "address to bind (IP:port)"),
     ("DATABASE_URL", "sqlite://triggers.db", "sqlite://PATH or postgres://…"),
     (
@@ -64,7 +64,21 @@ pub const VARIABLES: [(&str, &str, &str); 15] = [
         "unset",
         "the previous TRIGGERS_SECRET_KEY during a key rotation: still decrypts, re-encrypted at start",
     ),
+    (
+        "TRIGGERS_RATE_LIMITER",
+        "shared on PostgreSQL, local on SQLite",
+        "local: per process; shared: one limit across the nodes of a PostgreSQL database",
+    ),
 ];
+
+/// Where rate limits are kept (`TRIGGERS_RATE_LIMITER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimiterKind {
+    /// In the process: exact for one process; N processes allow up to N times the limit.
+    Local,
+    /// In the database, taken in small chunks per node: one limit across every node.
+    Shared,
+}
 
 /// Where events are stored.
 #[derive(Clone, PartialEq, Eq)]
@@ -135,6 +149,8 @@ pub struct Settings {
     pub retention: Option<Duration>,
     /// `TRIGGERS_SECRET_KEY` (and `TRIGGERS_SECRET_KEY_OLD`).
     pub secret_cipher: Option<Arc<SecretCipher>>,
+    /// `TRIGGERS_RATE_LIMITER`.
+    pub rate_limiter: RateLimiterKind,
 }
 
 impl fmt::Debug for Settings {
@@ -153,6 +169,7 @@ impl fmt::Debug for Settings {
             .field("store_limits", &self.store_limits)
             .field("retention", &self.retention)
             .field("secret_cipher", &self.secret_cipher)
+            .field("rate_limiter", &self.rate_limiter)
             .finish()
     }
 }
@@ -325,6 +342,27 @@ impl Settings {
             }
         };
 
+        // Shared is the default on PostgreSQL, where several nodes may serve one database;
+        // a SQLite file is served by one process, whose local limiter is already exact.
+        const LIMITER: &str = "TRIGGERS_RATE_LIMITER";
+        let rate_limiter = match (get(LIMITER), &database) {
+            (None, Database::Postgres(_)) => RateLimiterKind::Shared,
+            (None, Database::Sqlite(_)) => RateLimiterKind::Local,
+            (Some(v), _) if v.eq_ignore_ascii_case("local") => RateLimiterKind::Local,
+            (Some(v), Database::Postgres(_)) if v.eq_ignore_ascii_case("shared") => {
+                RateLimiterKind::Shared
+            }
+            (Some(v), Database::Sqlite(_)) if v.eq_ignore_ascii_case("shared") => {
+                return Err(bad(
+                    LIMITER,
+                    v,
+                    "shared needs PostgreSQL; one process serves a SQLite file and its local \
+                     limiter is exact",
+                ))
+            }
+            (Some(v), _) => return Err(bad(LIMITER, v, "expected local or shared")),
+        };
+
         let store_limits = StoreLimits {
             max_endpoints: count("TRIGGERS_MAX_ENDPOINTS", StoreLimits::DEFAULT_MAX_ENDPOINTS)?,
             max_attempts_kept: count(
@@ -347,6 +385,7 @@ impl Settings {
             store_limits,
             retention,
             secret_cipher,
+            rate_limiter,
         })
     }
 
@@ -424,6 +463,7 @@ mod tests {
         assert!(s.webhook_allow.is_empty());
         assert_eq!(s.log_filter, "info");
         assert!(s.secret_cipher.is_none());
+        assert_eq!(s.rate_limiter, RateLimiterKind::Local, "SQLite");
         assert_eq!(s.ingestor_config().max_payload, 262_144);
         assert_eq!(s.store_limits, StoreLimits { max_endpoints: 50, max_attempts_kept: 100 });
         assert_eq!(s.retention, Some(Duration::from_secs(30 * 86400)));
@@ -454,6 +494,10 @@ mod tests {
         assert_eq!(s.ingestor_config().purge_interval, Some(Duration::from_secs(1)));
         let off = parse(&[("TRIGGERS_RETENTION", "off")]).unwrap();
         assert_eq!((off.retention, off.ingestor_config().retention), (None, None));
+        assert_eq!(s.rate_limiter, RateLimiterKind::Shared, "the default on PostgreSQL");
+        let pg = "postgres://u@db/t";
+        let local = parse(&[("DATABASE_URL", pg), ("TRIGGERS_RATE_LIMITER", "local")]).unwrap();
+        assert_eq!(local.rate_limiter, RateLimiterKind::Local);
         assert_eq!(s.listen.port(), 9000);
         assert_eq!(s.database.describe(), "PostgreSQL at db:5432/triggers");
         assert!(!format!("{s:?}").contains("pw"));
@@ -489,6 +533,8 @@ mod tests {
         assert_eq!(var(&[("TRIGGERS_RETENTION", "forever")]), "TRIGGERS_RETENTION");
         assert_eq!(var(&[("TRIGGERS_RETENTION", "0s")]), "TRIGGERS_RETENTION");
         assert_eq!(var(&[("TRIGGERS_SECRET_KEY", "c2hvcnQ=")]), "TRIGGERS_SECRET_KEY");
+        assert_eq!(var(&[("TRIGGERS_RATE_LIMITER", "shared")]), "TRIGGERS_RATE_LIMITER");
+        assert_eq!(var(&[("TRIGGERS_RATE_LIMITER", "global")]), "TRIGGERS_RATE_LIMITER");
         let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
         assert_eq!(var(&[("TRIGGERS_SECRET_KEY_OLD", key)]), "TRIGGERS_SECRET_KEY_OLD");
         let both = parse(&[("TRIGGERS_SECRET_KEY", key), ("TRIGGERS_SECRET_KEY_OLD", key)]);
