@@ -13,4 +13,5 @@ mod rate;
 mod routes;
 mod secrets;
 mod support;
+mod two_servers;
 mod validation;
