@@ -380,7 +380,9 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         let now = self.now();
         let detail = self.inner.store.event(org.id, id).await?.ok_or(Error::NotFound)?;
         let deliveries = self
-            .endpoints(org)
+            .inner
+            .store
+            .endpoints(org.id)
             .await?
             .iter()
             .filter(|e| e.enabled)
