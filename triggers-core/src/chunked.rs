@@ -118,6 +118,16 @@ impl<L: SharedRateLimiter> SharedRateLimiter for ChunkedLimiter<L> {
         }
         Ok(with_held(d, held.units))
     }
+
+    /// Forgets this node's idle organizations (no units held, no refusal pending, not in
+    /// use), then sweeps the shared limiter.
+    async fn sweep(&self, now: Timestamp) -> StoreResult<u64> {
+        self.local.retain(|_, cell| match cell.try_lock() {
+            Ok(held) => held.units > 0 || held.refused.is_some_and(|(until, _, _)| until > now),
+            Err(_) => true,
+        });
+        self.inner.sweep(now).await
+    }
 }
 
 #[cfg(test)]
@@ -179,5 +189,12 @@ mod tests {
         assert!(nodes[0].check(batch, 600, 500, clock.now()).await.unwrap().allowed);
         assert!(!nodes[1].check(batch, 600, 200, clock.now()).await.unwrap().allowed);
         assert!(nodes[1].check(batch, 600, 88, clock.now()).await.unwrap().allowed);
+
+        // Idle organizations (nothing held, no refusal pending) are forgotten by a sweep.
+        let before = nodes[1].local.len();
+        clock.advance(std::time::Duration::from_secs(120));
+        nodes[1].sweep(clock.now()).await.unwrap();
+        assert!(nodes[1].local.len() < before, "{} of {before} kept", nodes[1].local.len());
+        assert!(nodes[1].local.iter().all(|e| e.value().try_lock().unwrap().units > 0));
     }
 }

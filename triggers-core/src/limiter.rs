@@ -189,6 +189,15 @@ pub trait SharedRateLimiter: Send + Sync + 'static {
         cost: u32,
         now: Timestamp,
     ) -> StoreResult<RateDecision>;
+
+    /// Forgets the state of organizations whose allowance is full again as of `now` (they
+    /// behave like new ones), so state stays bounded by recently active organizations.
+    /// Returns how many were forgotten. The [`Ingestor`](crate::Ingestor) calls it once a
+    /// minute. The default keeps everything.
+    async fn sweep(&self, now: Timestamp) -> StoreResult<u64> {
+        let _ = now;
+        Ok(0)
+    }
 }
 
 #[cfg(test)]

@@ -561,7 +561,13 @@ fn spawn_limiter_sweeper<S: Send + Sync + 'static>(inner: std::sync::Weak<Inner<
         loop {
             tick.tick().await;
             let Some(inner) = inner.upgrade() else { break };
-            inner.limiter.sweep(inner.config.clock.now());
+            let now = inner.config.clock.now();
+            inner.limiter.sweep(now);
+            if let Some(shared) = &inner.config.shared_limiter {
+                if let Err(e) = shared.sweep(now).await {
+                    tracing::warn!(error = %e, "sweeping the shared rate limiter failed");
+                }
+            }
         }
     });
 }
