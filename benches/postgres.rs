@@ -1,5 +1,5 @@
 //! PostgreSQL store benchmarks: durable ingest through the Ingestor with 64 concurrent
-//! callers, and delivery claim + complete throughput.
+//! callers, delivery claim + complete throughput, and the shared rate limiter's cost.
 //!
 //! Run: `cargo bench --features postgres --bench postgres -- --warm-up-time 1 --measurement-time 3`
 //!
@@ -21,8 +21,9 @@ use triggers_core::store::{
     OrgStore,
 };
 use triggers_core::{
-    AttemptRecord, Clock, EndpointId, EventId, EventRecord, Ingestor, IngestorConfig, NewEvent,
-    NoDeliverer, Organization, Secret, SystemClock, Tier, TierLimits, WorkerConfig, WorkerId,
+    AttemptRecord, ChunkedLimiter, Clock, EndpointId, EventId, EventRecord, Ingestor,
+    IngestorConfig, NewEvent, NoDeliverer, Organization, OrganizationId, Secret, SharedRateLimiter,
+    SystemClock, Tier, TierLimits, WorkerConfig, WorkerId,
 };
 use triggers_store_postgres::testing::{TestDatabase, URL_VAR};
 use triggers_store_postgres::{PgConfig, PgStore};
@@ -214,6 +215,48 @@ fn claim_complete(c: &mut Criterion, rt: &Runtime, db: &TestDatabase) {
     group.finish();
 }
 
+/// The cost of one rate-limit check of the shared limiter: exact (one round trip per check)
+/// and chunked (one round trip per chunk of 100 at this limit), 64 concurrent callers of one
+/// organization whose limit never bites.
+fn shared_limiter(c: &mut Criterion, rt: &Runtime, db: &TestDatabase) {
+    let store = rt.block_on(PgStore::connect_with(db.options.clone(), config())).unwrap();
+    let exact: Arc<dyn SharedRateLimiter> = Arc::new(store.rate_limiter());
+    let chunked: Arc<dyn SharedRateLimiter> = Arc::new(ChunkedLimiter::new(store.rate_limiter()));
+    let mut group = c.benchmark_group("postgres_shared_limiter");
+    group.throughput(Throughput::Elements(1));
+    for (name, limiter) in [("exact", exact), ("chunked", chunked)] {
+        let org = OrganizationId::new();
+        group.bench_function(format!("{name}_64_callers"), |b| {
+            b.to_async(rt).iter_custom(|iters| {
+                let limiter = limiter.clone();
+                async move {
+                    let started = Instant::now();
+                    let tasks: Vec<_> = (0..CALLERS)
+                        .map(|i| {
+                            let limiter = limiter.clone();
+                            let n = iters / CALLERS + u64::from(i < iters % CALLERS);
+                            tokio::spawn(async move {
+                                for _ in 0..n {
+                                    let d = limiter
+                                        .check(org, u32::MAX / 2, 1, SystemClock.now())
+                                        .await
+                                        .unwrap();
+                                    assert!(d.allowed);
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                    started.elapsed()
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let url = triggers_store_postgres::testing::server_url();
     let rt = runtime();
@@ -222,6 +265,7 @@ fn benches(c: &mut Criterion) {
     });
     ingest(c, &rt, &db);
     claim_complete(c, &rt, &db);
+    shared_limiter(c, &rt, &db);
     rt.block_on(db.drop_database()).unwrap();
 }
 

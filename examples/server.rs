@@ -18,13 +18,16 @@
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
+#[cfg(feature = "postgres")]
+use triggers::http::settings::RateLimiterKind;
 use triggers::http::settings::{Database, Settings};
 use triggers::http::{shutdown_signal, Metrics, Server, WebhookDeliverer};
 use triggers::sqlite::{SqliteConfig, SqliteStore};
-use triggers::{EventStore, Ingestor, SystemClock};
+#[cfg(feature = "postgres")]
+use triggers::ChunkedLimiter;
+use triggers::{EventStore, Ingestor, SharedRateLimiter};
 
 /// Exit status for bad settings or usage.
 const BAD_SETTINGS: u8 = 2;
@@ -82,17 +85,12 @@ async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("cannot listen on TRIGGERS_LISTEN={}: {e}", settings.listen))?;
     match &settings.database {
         Database::Sqlite(path) => {
-            let config = SqliteConfig {
-                // Dedup ids must outlive the dedup window.
-                dedup_retention: SqliteConfig::default().dedup_retention.max(settings.dedup_window),
-                ..SqliteConfig::default()
-            };
+            let config = SqliteConfig { limits: settings.store_limits, ..SqliteConfig::default() };
             let store = SqliteStore::open(path, config)
                 .map_err(|e| format!("cannot open the SQLite database {}: {e}", path.display()))?;
-            let purge = store.spawn_purge_task(Arc::new(SystemClock), Duration::from_secs(3600));
-            let result = serve(store, &settings, listener).await;
-            purge.abort();
-            result
+            // Retention (TRIGGERS_RETENTION) and dedup purging run in the Ingestor, as on
+            // PostgreSQL.
+            serve(store, &settings, listener, None).await
         }
         #[cfg(feature = "postgres")]
         Database::Postgres(url) => {
@@ -101,12 +99,19 @@ async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
             let config = PgConfig {
                 acquire_timeout: settings.db_acquire_timeout,
                 start_unreachable: true,
+                limits: settings.store_limits,
                 ..PgConfig::default()
             };
             let store = PgStore::connect(url, config)
                 .await
                 .map_err(|e| format!("DATABASE_URL ({}): {e}", settings.database.describe()))?;
-            serve(store, &settings, listener).await
+            let shared: Option<Arc<dyn SharedRateLimiter>> = match settings.rate_limiter {
+                RateLimiterKind::Shared => {
+                    Some(Arc::new(ChunkedLimiter::new(store.rate_limiter())))
+                }
+                RateLimiterKind::Local => None,
+            };
+            serve(store, &settings, listener, shared).await
         }
         #[cfg(not(feature = "postgres"))]
         Database::Postgres(_) => Err("built without the postgres feature".into()),
@@ -118,10 +123,12 @@ async fn serve<S: EventStore>(
     store: S,
     settings: &Settings,
     listener: TcpListener,
+    shared_limiter: Option<Arc<dyn SharedRateLimiter>>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = Arc::new(Metrics::new());
     let mut config = settings.ingestor_config();
     config.observer = Some(metrics.clone());
+    config.shared_limiter = shared_limiter;
     let deliverer = WebhookDeliverer::new(settings.webhook_config())?;
     let ingestor = Ingestor::start(store, deliverer, config);
     let addr = listener.local_addr()?;

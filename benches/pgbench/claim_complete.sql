@@ -41,6 +41,16 @@ attempts_in AS (
     INSERT INTO attempts (event_id, endpoint_id, at, status_code, latency_ms, error)
     SELECT event_id, endpoint_id, at, status_code, latency_ms, error FROM fin ORDER BY ord
 ),
+trimmed AS (
+    DELETE FROM attempts a
+    USING (
+        SELECT b.event_id, b.seq,
+               row_number() OVER (PARTITION BY b.event_id, b.endpoint_id ORDER BY b.seq DESC) AS rn
+        FROM attempts b
+        JOIN (SELECT DISTINCT event_id, endpoint_id FROM fin) p ON b.event_id = p.event_id AND b.endpoint_id = p.endpoint_id
+    ) old
+    WHERE a.event_id = old.event_id AND a.seq = old.seq AND old.rn >= 100
+),
 healthy AS (
     UPDATE endpoints e SET failing_since = NULL
     WHERE e.id IN (SELECT endpoint_id FROM fin) AND e.failing_since IS NOT NULL

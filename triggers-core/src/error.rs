@@ -26,6 +26,14 @@ pub enum Error {
     /// The system is overloaded (HTTP 503); retry after the given time. Nothing changed.
     #[error("overloaded: retry in {0:?}")]
     Overloaded(Duration),
+    /// A per-organization limit is reached (HTTP 422 `limit_exceeded`); nothing changed.
+    #[error("limit exceeded: at most {max} {limit}")]
+    LimitExceeded {
+        /// What is limited, in words (for example "webhook endpoints per organization").
+        limit: &'static str,
+        /// The limit's value.
+        max: u64,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -35,6 +43,7 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Overloaded(_) => Error::Overloaded(Duration::from_secs(1)),
+            StoreError::LimitExceeded { limit, max } => Error::LimitExceeded { limit, max },
             other => Error::Store(other),
         }
     }
@@ -56,7 +65,10 @@ impl Error {
         match self {
             Error::RateLimited(_) | Error::Overloaded(_) => true,
             Error::Store(e) => e.is_transient(),
-            Error::Invalid(_) | Error::Unauthorized | Error::NotFound => false,
+            Error::Invalid(_)
+            | Error::Unauthorized
+            | Error::NotFound
+            | Error::LimitExceeded { .. } => false,
         }
     }
 

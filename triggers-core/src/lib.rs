@@ -19,6 +19,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod chunked;
 pub mod clock;
 pub mod deliver;
 pub mod domain;
@@ -86,8 +87,9 @@ pub use error::{Error, Result};
 
 /// Re-exported so that implementing [`EventStore`] or [`Deliverer`] needs no extra dependency.
 pub use async_trait::async_trait;
+pub use chunked::ChunkedLimiter;
 pub use ingestor::{
-    BatchIngested, Cursor, InboxPage, InboxQuery, Ingested, Ingestor, IngestorConfig,
+    BatchIngested, Cursor, InboxPage, InboxQuery, Ingested, Ingestor, IngestorConfig, Replayed,
 };
 pub use limiter::{RateDecision, RateLimiter, SharedRateLimiter};
 pub use memory::MemoryStore;

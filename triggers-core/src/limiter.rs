@@ -9,9 +9,11 @@
 //! the hot path beyond the map shard's read lock.
 //!
 //! **Across nodes** this limiter is per process: N nodes behind a load balancer allow up to N
-//! times the limit in the worst case. Where one exact global limit matters, use a store-backed
-//! [`SharedRateLimiter`] (the Postgres store provides one) at the cost of a database round trip
-//! per request.
+//! times the limit in the worst case. Where one global limit matters, use a store-backed
+//! [`SharedRateLimiter`] (the Postgres store provides one, exact at a database round trip per
+//! request), best wrapped in a [`ChunkedLimiter`](crate::ChunkedLimiter): each node then takes
+//! allowance in chunks of 2 % of the limit, one round trip per chunk, and the global limit
+//! holds to within one chunk per node (the example server's default on PostgreSQL).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -203,6 +205,15 @@ pub trait SharedRateLimiter: Send + Sync + 'static {
         cost: u32,
         now: Timestamp,
     ) -> StoreResult<RateDecision>;
+
+    /// Forgets the state of organizations whose allowance is full again as of `now` (they
+    /// behave like new ones), so state stays bounded by recently active organizations.
+    /// Returns how many were forgotten. The [`Ingestor`](crate::Ingestor) calls it once a
+    /// minute. The default keeps everything.
+    async fn sweep(&self, now: Timestamp) -> StoreResult<u64> {
+        let _ = now;
+        Ok(0)
+    }
 }
 
 #[cfg(test)]

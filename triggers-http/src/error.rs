@@ -45,6 +45,8 @@ pub(crate) enum ApiError {
     Invalid { field: String, reason: String },
     /// 429 `rate_limited`.
     RateLimited(RateDecision),
+    /// 422 `limit_exceeded`: a per-organization limit is reached (which one, and its value).
+    LimitExceeded { limit: &'static str, max: u64 },
     /// 503 `overloaded`.
     Overloaded(Duration),
     /// 503 `store_unavailable`, with the store's message; the response names only the kind
@@ -90,6 +92,7 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::LimitExceeded { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Overloaded(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -114,6 +117,7 @@ impl ApiError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Invalid { .. } => "invalid_field",
             Self::RateLimited(_) => "rate_limited",
+            Self::LimitExceeded { .. } => "limit_exceeded",
             Self::Overloaded(_) => "overloaded",
             Self::Unavailable(_) => "store_unavailable",
             Self::Internal => "internal_error",
@@ -138,6 +142,7 @@ impl ApiError {
             Self::UnsupportedMediaType => "Unsupported media type",
             Self::Invalid { .. } => "Invalid field",
             Self::RateLimited(_) => "Rate limit exceeded",
+            Self::LimitExceeded { .. } => "Limit exceeded",
             Self::Overloaded(_) => "Overloaded",
             Self::Unavailable(_) => "Store unavailable",
             Self::Internal => "Internal error",
@@ -172,6 +177,9 @@ impl ApiError {
             ),
             Self::Overloaded(after) => {
                 format!("the server cannot keep up; retry in {} s", retry_secs(*after))
+            }
+            Self::LimitExceeded { limit, max } => {
+                format!("the limit of {max} {limit} is reached")
             }
             Self::Unavailable(why) => {
                 format!("the store is unavailable ({}); retry later", public_cause(why))
@@ -296,6 +304,7 @@ impl From<Error> for ApiError {
             Error::Unauthorized => Self::InvalidApiKey,
             Error::NotFound => Self::NotFound("item"),
             Error::Overloaded(after) => Self::Overloaded(after),
+            Error::LimitExceeded { limit, max } => Self::LimitExceeded { limit, max },
             Error::Store(StoreError::Unavailable(why)) => {
                 tracing::warn!(error = %redact(&why), "store unavailable");
                 Self::Unavailable(why)

@@ -34,6 +34,10 @@ pub enum ServeError {
     /// The listener failed.
     #[error("listener error: {0}")]
     Io(#[from] std::io::Error),
+    /// Sealing the stored webhook secrets at start failed (see
+    /// [`Ingestor::seal_stored_secrets`]).
+    #[error("cannot seal the stored webhook secrets: {0}")]
+    SealSecrets(#[source] triggers_core::Error),
 }
 
 /// The Triggers API over HTTP/1.1, generic over the store and deliverer of its [`Ingestor`]:
@@ -104,6 +108,23 @@ impl<S: EventStore, D: Deliverer> Server<S, D> {
         let config = &self.app.config;
         if config.admin_token.is_none() && !addr.ip().is_loopback() {
             return Err(ServeError::AdminTokenRequired(addr));
+        }
+        // Secrets at rest: seal what is stored in plaintext (or under the old key) before
+        // serving, or say once that they stay in plaintext.
+        let ingestor = &self.app.ingestor;
+        match &ingestor.config().secret_cipher {
+            Some(cipher) => {
+                let sealed =
+                    ingestor.seal_stored_secrets().await.map_err(ServeError::SealSecrets)?;
+                tracing::info!(
+                    sealed,
+                    key_id = cipher.key_id(),
+                    "webhook secrets are encrypted at rest"
+                );
+            }
+            None => tracing::warn!(
+                "TRIGGERS_SECRET_KEY is not set: webhook signing secrets are stored in plaintext"
+            ),
         }
         let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -5,15 +5,18 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use triggers_core::domain::sealed::{SecretCipher, SecretKey};
+use triggers_core::store::StoreLimits;
 use triggers_core::{IngestorConfig, RetryPolicy, TierLimits, WorkerConfig};
 
 use crate::config::ServerConfig;
 
 /// Every variable: name, default, meaning.
-pub const VARIABLES: [(&str, &str, &str); 12] = [
+pub const VARIABLES: [(&str, &str, &str); 18] = [
     ("TRIGGERS_LISTEN", "127.0.0.1:8080", "address to bind (IP:port)"),
     ("DATABASE_URL", "sqlite://triggers.db", "sqlite://PATH or postgres://…"),
     (
@@ -46,7 +49,42 @@ pub const VARIABLES: [(&str, &str, &str); 12] = [
         "2s",
         "PostgreSQL: longest wait for a database connection before a request is answered 503",
     ),
+    ("TRIGGERS_MAX_ENDPOINTS", "50", "webhook endpoints per organization (1 to 100000)"),
+    (
+        "TRIGGERS_MAX_ATTEMPTS_KEPT",
+        "100",
+        "attempt records kept per event and endpoint; the oldest are dropped (1 to 100000)",
+    ),
+    (
+        "TRIGGERS_RETENTION",
+        "30d",
+        "purge delivered and failed events older than this (e.g. 12h, 30d; off: keep all)",
+    ),
+    (
+        "TRIGGERS_SECRET_KEY",
+        "unset",
+        "base64 of 32 random bytes: webhook signing secrets encrypted at rest (openssl rand -base64 32)",
+    ),
+    (
+        "TRIGGERS_SECRET_KEY_OLD",
+        "unset",
+        "the previous TRIGGERS_SECRET_KEY during a key rotation: still decrypts, re-encrypted at start",
+    ),
+    (
+        "TRIGGERS_RATE_LIMITER",
+        "shared on PostgreSQL, local on SQLite",
+        "local: per process; shared: one limit across the nodes of a PostgreSQL database",
+    ),
 ];
+
+/// Where rate limits are kept (`TRIGGERS_RATE_LIMITER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimiterKind {
+    /// In the process: exact for one process; N processes allow up to N times the limit.
+    Local,
+    /// In the database, taken in small chunks per node: one limit across every node.
+    Shared,
+}
 
 /// Where events are stored.
 #[derive(Clone, PartialEq, Eq)]
@@ -115,6 +153,14 @@ pub struct Settings {
     pub ui: bool,
     /// `TRIGGERS_DB_ACQUIRE_TIMEOUT`.
     pub db_acquire_timeout: Duration,
+    /// `TRIGGERS_MAX_ENDPOINTS` and `TRIGGERS_MAX_ATTEMPTS_KEPT`: give them to the store.
+    pub store_limits: StoreLimits,
+    /// `TRIGGERS_RETENTION`; `None` for `off`.
+    pub retention: Option<Duration>,
+    /// `TRIGGERS_SECRET_KEY` (and `TRIGGERS_SECRET_KEY_OLD`).
+    pub secret_cipher: Option<Arc<SecretCipher>>,
+    /// `TRIGGERS_RATE_LIMITER`.
+    pub rate_limiter: RateLimiterKind,
 }
 
 impl fmt::Debug for Settings {
@@ -132,6 +178,10 @@ impl fmt::Debug for Settings {
             .field("log_filter", &self.log_filter)
             .field("ui", &self.ui)
             .field("db_acquire_timeout", &self.db_acquire_timeout)
+            .field("store_limits", &self.store_limits)
+            .field("retention", &self.retention)
+            .field("secret_cipher", &self.secret_cipher)
+            .field("rate_limiter", &self.rate_limiter)
             .finish()
     }
 }
@@ -277,6 +327,77 @@ impl Settings {
                 .ok_or_else(|| bad(ACQUIRE, v, "expected a duration from 1s to 5m, e.g. 2s"))?,
         };
 
+        let count = |var: &'static str, default: u32| match get(var) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=100_000).contains(n))
+                .ok_or_else(|| bad(var, v, "expected a whole number from 1 to 100000")),
+        };
+        const RETENTION: &str = "TRIGGERS_RETENTION";
+        let retention = match get(RETENTION) {
+            None => Some(Duration::from_secs(30 * 24 * 3600)),
+            Some(v) if v.eq_ignore_ascii_case("off") => None,
+            Some(v) => Some(
+                triggers_core::retry::parse_duration(v)
+                    .filter(|d| *d >= Duration::from_secs(1))
+                    .ok_or_else(|| {
+                        bad(RETENTION, v, "expected a duration of at least 1s (e.g. 30d) or off")
+                    })?,
+            ),
+        };
+
+        let key = |var: &'static str| {
+            get(var)
+                .map(|v| {
+                    SecretKey::from_base64(v).map_err(|e| SettingsError {
+                        var,
+                        message: format!("{e} (e.g. from `openssl rand -base64 32`)"),
+                    })
+                })
+                .transpose()
+        };
+        let secret_cipher = match (key("TRIGGERS_SECRET_KEY")?, key("TRIGGERS_SECRET_KEY_OLD")?) {
+            (Some(current), old) => Some(Arc::new(SecretCipher::new(current, old))),
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(SettingsError {
+                    var: "TRIGGERS_SECRET_KEY_OLD",
+                    message: "needs TRIGGERS_SECRET_KEY (the new key) as well".into(),
+                })
+            }
+        };
+
+        // Shared is the default on PostgreSQL, where several nodes may serve one database;
+        // a SQLite file is served by one process, whose local limiter is already exact.
+        const LIMITER: &str = "TRIGGERS_RATE_LIMITER";
+        let rate_limiter = match (get(LIMITER), &database) {
+            (None, Database::Postgres(_)) => RateLimiterKind::Shared,
+            (None, Database::Sqlite(_)) => RateLimiterKind::Local,
+            (Some(v), _) if v.eq_ignore_ascii_case("local") => RateLimiterKind::Local,
+            (Some(v), Database::Postgres(_)) if v.eq_ignore_ascii_case("shared") => {
+                RateLimiterKind::Shared
+            }
+            (Some(v), Database::Sqlite(_)) if v.eq_ignore_ascii_case("shared") => {
+                return Err(bad(
+                    LIMITER,
+                    v,
+                    "shared needs PostgreSQL; one process serves a SQLite file and its local \
+                     limiter is exact",
+                ))
+            }
+            (Some(v), _) => return Err(bad(LIMITER, v, "expected local or shared")),
+        };
+
+        let store_limits = StoreLimits {
+            max_endpoints: count("TRIGGERS_MAX_ENDPOINTS", StoreLimits::DEFAULT_MAX_ENDPOINTS)?,
+            max_attempts_kept: count(
+                "TRIGGERS_MAX_ATTEMPTS_KEPT",
+                StoreLimits::DEFAULT_MAX_ATTEMPTS_KEPT,
+            )?,
+        };
+
         Ok(Self {
             listen,
             database,
@@ -290,6 +411,10 @@ impl Settings {
             log_filter,
             ui,
             db_acquire_timeout,
+            store_limits,
+            retention,
+            secret_cipher,
+            rate_limiter,
         })
     }
 
@@ -315,6 +440,15 @@ impl Settings {
             max_payload: self.max_body,
             retry: self.retry.clone(),
             worker: WorkerConfig { concurrency: self.workers, ..defaults.worker.clone() },
+            retention: self.retention,
+            secret_cipher: self.secret_cipher.clone(),
+            // Often enough that little piles up between passes; dedup entries past their
+            // window are purged even when events are kept.
+            purge_interval: Some(
+                self.retention
+                    .map_or(Duration::from_secs(60), |r| r / 10)
+                    .clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            ),
             ..defaults
         }
     }
@@ -359,7 +493,12 @@ mod tests {
         assert!(s.webhook_allow.is_empty());
         assert_eq!(s.log_filter, "info");
         assert!(s.ui && s.server_config().ui);
+        assert!(s.secret_cipher.is_none());
+        assert_eq!(s.rate_limiter, RateLimiterKind::Local, "SQLite");
         assert_eq!(s.ingestor_config().max_payload, 262_144);
+        assert_eq!(s.store_limits, StoreLimits { max_endpoints: 50, max_attempts_kept: 100 });
+        assert_eq!(s.retention, Some(Duration::from_secs(30 * 86400)));
+        assert_eq!(s.ingestor_config().purge_interval, Some(Duration::from_secs(60)));
     }
 
     #[test]
@@ -376,8 +515,21 @@ mod tests {
             ("TRIGGERS_WEBHOOK_ALLOW", "127.0.0.0/8, ::1"),
             ("RUST_LOG", "debug"),
             ("TRIGGERS_UI", "OFF"),
+            ("TRIGGERS_MAX_ENDPOINTS", "3"),
+            ("TRIGGERS_MAX_ATTEMPTS_KEPT", "7"),
+            ("TRIGGERS_RETENTION", "5s"),
         ])
         .unwrap();
+        assert_eq!(s.store_limits, StoreLimits { max_endpoints: 3, max_attempts_kept: 7 });
+        assert_eq!(s.retention, Some(Duration::from_secs(5)));
+        assert_eq!(s.ingestor_config().retention, Some(Duration::from_secs(5)));
+        assert_eq!(s.ingestor_config().purge_interval, Some(Duration::from_secs(1)));
+        let off = parse(&[("TRIGGERS_RETENTION", "off")]).unwrap();
+        assert_eq!((off.retention, off.ingestor_config().retention), (None, None));
+        assert_eq!(s.rate_limiter, RateLimiterKind::Shared, "the default on PostgreSQL");
+        let pg = "postgres://u@db/t";
+        let local = parse(&[("DATABASE_URL", pg), ("TRIGGERS_RATE_LIMITER", "local")]).unwrap();
+        assert_eq!(local.rate_limiter, RateLimiterKind::Local);
         assert_eq!(s.listen.port(), 9000);
         assert_eq!(s.database.describe(), "PostgreSQL at db:5432/triggers");
         assert!(!format!("{s:?}").contains("pw"));
@@ -410,6 +562,19 @@ mod tests {
         assert_eq!(var(&[("TRIGGERS_RETRY_SCHEDULE", "5x")]), "TRIGGERS_RETRY_SCHEDULE");
         assert_eq!(var(&[("TRIGGERS_WEBHOOK_ALLOW", "10.0.0.0/33")]), "TRIGGERS_WEBHOOK_ALLOW");
         assert_eq!(var(&[("TRIGGERS_UI", "yes")]), "TRIGGERS_UI");
+        assert_eq!(var(&[("TRIGGERS_MAX_ENDPOINTS", "0")]), "TRIGGERS_MAX_ENDPOINTS");
+        assert_eq!(var(&[("TRIGGERS_MAX_ATTEMPTS_KEPT", "lots")]), "TRIGGERS_MAX_ATTEMPTS_KEPT");
+        assert_eq!(var(&[("TRIGGERS_RETENTION", "forever")]), "TRIGGERS_RETENTION");
+        assert_eq!(var(&[("TRIGGERS_RETENTION", "0s")]), "TRIGGERS_RETENTION");
+        assert_eq!(var(&[("TRIGGERS_SECRET_KEY", "c2hvcnQ=")]), "TRIGGERS_SECRET_KEY");
+        assert_eq!(var(&[("TRIGGERS_RATE_LIMITER", "shared")]), "TRIGGERS_RATE_LIMITER");
+        assert_eq!(var(&[("TRIGGERS_RATE_LIMITER", "global")]), "TRIGGERS_RATE_LIMITER");
+        let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        assert_eq!(var(&[("TRIGGERS_SECRET_KEY_OLD", key)]), "TRIGGERS_SECRET_KEY_OLD");
+        let both = parse(&[("TRIGGERS_SECRET_KEY", key), ("TRIGGERS_SECRET_KEY_OLD", key)]);
+        let cipher = both.unwrap().ingestor_config().secret_cipher.unwrap();
+        assert_eq!(cipher.key_id().len(), 8);
+        assert!(!format!("{:?}", parse(&[("TRIGGERS_SECRET_KEY", key)]).unwrap()).contains(key));
         let e = parse(&[("TRIGGERS_MAX_BODY", "abc")]).unwrap_err();
         assert_eq!(e.to_string(), "TRIGGERS_MAX_BODY: invalid value \"abc\": expected a number of bytes from 64 to 1073741824");
         let e = parse(&[("DATABASE_URL", "mysql://root:pw@h/db")]).unwrap_err();

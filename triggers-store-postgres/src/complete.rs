@@ -37,6 +37,31 @@ use triggers_core::Timestamp;
 use crate::error::{is_retryable_conflict, map};
 use crate::queue::attempt_i32;
 
+/// A CTE that drops the oldest attempts of the `(event_id, endpoint_id)` pairs of `$src`
+/// beyond `$keep_param - 1` (the statement inserts one more, which it cannot see), so each
+/// pair keeps at most `StoreLimits::max_attempts_kept`. One index probe per pair when it has
+/// no attempts yet.
+macro_rules! trim_attempts_cte {
+    ($src:literal, $keep_param:literal) => {
+        concat!(
+            "trimmed AS (
+    DELETE FROM attempts a
+    USING (
+        SELECT b.event_id, b.seq,
+               row_number() OVER (PARTITION BY b.event_id, b.endpoint_id ORDER BY b.seq DESC) AS rn
+        FROM attempts b
+        JOIN (SELECT DISTINCT event_id, endpoint_id FROM ",
+            $src,
+            ") p ON b.event_id = p.event_id AND b.endpoint_id = p.endpoint_id
+    ) old
+    WHERE a.event_id = old.event_id AND a.seq = old.seq AND old.rn >= ",
+            $keep_param,
+            "
+)"
+        )
+    };
+}
+
 /// `retry_at` NULL = finished (delivered or failed).
 const FINISH_SQL: &str = r#"
 WITH c AS (
@@ -66,7 +91,8 @@ FROM (SELECT * FROM retried UNION ALL SELECT * FROM finished) x
 "#;
 
 /// `benches/pgbench/claim_complete.sql` runs a copy of this statement: change both.
-const FAST_SQL: &str = r#"
+const FAST_SQL: &str = concat!(
+    r#"
 WITH fin AS (
     DELETE FROM deliveries d
     USING UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::uuid[], $5::timestamptz[],
@@ -80,6 +106,9 @@ attempts_in AS (
     INSERT INTO attempts (event_id, endpoint_id, at, status_code, latency_ms, error)
     SELECT event_id, endpoint_id, at, status_code, latency_ms, error FROM fin ORDER BY ord
 ),
+"#,
+    trim_attempts_cte!("fin", "$9"),
+    r#",
 healthy AS (
     UPDATE endpoints e SET failing_since = NULL
     WHERE e.id IN (SELECT endpoint_id FROM fin) AND e.failing_since IS NOT NULL
@@ -90,14 +119,16 @@ delivered AS (
     WHERE e.id = fin.event_id AND e.status = 'pending'
 )
 SELECT id FROM fin
-"#;
+"#
+);
 
 const LOCK_SQL: &str = r#"
 SELECT id FROM events WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE
 "#;
 
 /// Endpoint `mode`: 1 = clear failing_since, 2 = set it, 3 = set it unless already failing.
-const RECORD_SQL: &str = r#"
+const RECORD_SQL: &str = concat!(
+    r#"
 WITH attempts_in AS (
     INSERT INTO attempts (event_id, endpoint_id, at, status_code, latency_ms, error)
     SELECT event_id, endpoint_id, at, status_code, latency_ms, error
@@ -105,6 +136,10 @@ WITH attempts_in AS (
         WITH ORDINALITY AS a(event_id, endpoint_id, at, status_code, latency_ms, error, ord)
     ORDER BY ord
 ),
+pairs AS (SELECT * FROM UNNEST($1::uuid[], $2::uuid[]) AS p(event_id, endpoint_id)),
+"#,
+    trim_attempts_cte!("pairs", "$14"),
+    r#",
 endpoints_up AS (
     UPDATE endpoints e
     SET failing_since = CASE x.mode WHEN 1 THEN NULL WHEN 2 THEN x.at
@@ -128,7 +163,34 @@ UPDATE events e SET status = 'delivered', delivered_at = x.at
 FROM UNNEST($12::uuid[], $13::timestamptz[]) AS x(id, at)
 WHERE e.id = x.id AND e.status = 'pending'
   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)
-"#;
+"#
+);
+
+/// Attempts of deliveries a replay superseded while they were in flight (see
+/// `superseded_deliveries`): recorded, fenced by lease owner and attempt; nothing else
+/// changes.
+const SUPERSEDED_SQL: &str = concat!(
+    r#"
+WITH fin AS (
+    DELETE FROM superseded_deliveries d
+    USING UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::uuid[], $5::timestamptz[],
+                $6::int4[], $7::int8[], $8::text[])
+        WITH ORDINALITY AS c(id, owner, attempt, endpoint_id, at, status_code, latency_ms, error, ord)
+    WHERE d.id = c.id AND d.lease_owner = c.owner AND d.attempt = c.attempt
+    RETURNING d.event_id, c.endpoint_id, c.at, c.status_code, c.latency_ms, c.error, c.ord
+),
+attempts_in AS (
+    INSERT INTO attempts (event_id, endpoint_id, at, status_code, latency_ms, error)
+    SELECT fin.event_id, endpoint_id, at, status_code, latency_ms, error FROM fin
+    WHERE EXISTS (SELECT 1 FROM events e WHERE e.id = fin.event_id)
+    ORDER BY ord
+),
+"#,
+    trim_attempts_cte!("fin", "$9"),
+    r#"
+SELECT count(*) FROM fin
+"#
+);
 
 /// Deliveries this store claimed that were their event's only outstanding delivery at the
 /// time.
@@ -167,7 +229,10 @@ pub(crate) async fn complete(
     pool: &PgPool,
     singles: &Singles,
     completions: &[Completion],
+    keep: u32,
 ) -> StoreResult<Vec<bool>> {
+    // Attempts are trimmed to `keep` including the one being inserted.
+    let keep = i64::from(keep.max(1));
     if completions.is_empty() {
         return Ok(Vec::new());
     }
@@ -183,9 +248,9 @@ pub(crate) async fn complete(
     let mut attempt = 0;
     let applied = loop {
         let run = if fast {
-            complete_fast(pool, &firsts).await
+            complete_fast(pool, &firsts, keep).await
         } else {
-            complete_once(pool, &firsts).await
+            complete_once(pool, &firsts, keep).await
         };
         match run {
             Err(e) if is_retryable_conflict(&e) && attempt < 3 => {
@@ -196,16 +261,31 @@ pub(crate) async fn complete(
             other => break other.map_err(map)?,
         }
     };
+    let stale: Vec<&Completion> =
+        firsts.iter().copied().filter(|c| !applied.contains(&c.delivery_id.0)).collect();
+    if !stale.is_empty() {
+        record_superseded(pool, &stale, keep).await.map_err(map)?;
+    }
     let mut applied_once = applied;
     Ok(completions.iter().map(|c| applied_once.remove(&c.delivery_id.0)).collect())
 }
 
-/// The fast path: one statement; returns the ids of the deliveries whose completion applied.
-async fn complete_fast(
+/// Records the attempts of stale completions whose delivery a replay superseded.
+async fn record_superseded(
     pool: &PgPool,
+    stale: &[&Completion],
+    keep: i64,
+) -> Result<(), sqlx::Error> {
+    bind_attempts(sqlx::query(SUPERSEDED_SQL), stale).bind(keep).execute(pool).await?;
+    Ok(())
+}
+
+/// Binds $1–$8 of `FAST_SQL` and `SUPERSEDED_SQL`: fence and attempt record per completion.
+fn bind_attempts<'q>(
+    query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
     firsts: &[&Completion],
-) -> Result<HashSet<Uuid>, sqlx::Error> {
-    let ids: Vec<Uuid> = sqlx::query_scalar(FAST_SQL)
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    query
         .bind(firsts.iter().map(|c| c.delivery_id.0).collect::<Vec<_>>())
         .bind(firsts.iter().map(|c| c.lease_owner.0).collect::<Vec<_>>())
         .bind(firsts.iter().map(|c| attempt_i32(c.attempt)).collect::<Vec<_>>())
@@ -218,16 +298,29 @@ async fn complete_fast(
                 .map(|c| i64::try_from(c.record.latency_ms).unwrap_or(i64::MAX))
                 .collect::<Vec<_>>(),
         )
-        .bind(firsts.iter().map(|c| c.record.error.as_deref()).collect::<Vec<_>>())
-        .fetch_all(pool)
-        .await?;
-    Ok(ids.into_iter().collect())
+        .bind(firsts.iter().map(|c| c.record.error.clone()).collect::<Vec<_>>())
+}
+
+/// The fast path: one statement; returns the ids of the deliveries whose completion applied.
+async fn complete_fast(
+    pool: &PgPool,
+    firsts: &[&Completion],
+    keep: i64,
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    let rows = bind_attempts(sqlx::query(FAST_SQL), firsts).bind(keep).fetch_all(pool).await?;
+    let mut ids = HashSet::with_capacity(rows.len());
+    for row in &rows {
+        use sqlx::Row;
+        ids.insert(row.try_get::<Uuid, _>(0)?);
+    }
+    Ok(ids)
 }
 
 /// One transaction; returns the ids of the deliveries whose completion applied.
 async fn complete_once(
     pool: &PgPool,
     firsts: &[&Completion],
+    keep: i64,
 ) -> Result<HashSet<Uuid>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let rows = sqlx::query(FINISH_SQL)
@@ -258,7 +351,7 @@ async fn complete_once(
         sqlx::query(LOCK_SQL).bind(&to_lock).execute(&mut *tx).await?;
     }
     if !done.is_empty() {
-        record(&mut tx, &done).await?;
+        record(&mut tx, &done, keep).await?;
     }
     tx.commit().await?;
     Ok(applied.into_keys().collect())
@@ -269,6 +362,7 @@ async fn complete_once(
 async fn record(
     tx: &mut Transaction<'_, Postgres>,
     done: &[(&Completion, Uuid)],
+    keep: i64,
 ) -> Result<(), sqlx::Error> {
     // Per endpoint: the combined effect of its completions in order.
     let mut endpoints: Vec<(Uuid, i16, Timestamp, Option<String>)> = Vec::new();
@@ -329,6 +423,7 @@ async fn record(
         .bind(failed)
         .bind(last_success.keys().copied().collect::<Vec<_>>())
         .bind(last_success.values().copied().collect::<Vec<_>>())
+        .bind(keep)
         .execute(&mut **tx)
         .await?;
 

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use triggers_core::store::StoreLimits;
+
 /// How a [`PgStore`](crate::PgStore) connects, batches and wakes workers.
 ///
 /// ```
@@ -69,6 +71,9 @@ pub struct PgConfig {
     /// credentials, no such database, a newer schema) still fail `connect`: they need an
     /// operator. Default `false`.
     pub start_unreachable: bool,
+    /// The per-organization bounds the store keeps (most endpoints, attempts kept per event
+    /// and endpoint). Default [`StoreLimits::default`].
+    pub limits: StoreLimits,
 }
 
 impl Default for PgConfig {
@@ -90,6 +95,7 @@ impl Default for PgConfig {
             application_name: "triggers".to_owned(),
             test_before_acquire: true,
             start_unreachable: false,
+            limits: StoreLimits::default(),
         }
     }
 }

@@ -39,9 +39,21 @@ dead AS (
        AND (ep.filter_like IS NULL OR ev.event_type LIKE ep.filter_like ESCAPE '\')
     ON CONFLICT (endpoint_id, event_id) DO NOTHING
 ),
--- Cancelling a delivery deletes it (an in-flight worker's completion then finds no row).
+-- Cancelling a delivery deletes it (an in-flight worker's completion then finds no row);
+-- an in-flight one is remembered so that its attempt is still recorded when it ends.
+-- Remembered leases that have expired are forgotten.
+pruned AS (
+    DELETE FROM superseded_deliveries WHERE lease_expires_at <= $3
+),
 cancelled AS (
     DELETE FROM deliveries WHERE event_id IN (SELECT id FROM ev)
+    RETURNING id, event_id, state, lease_owner, attempt, lease_expires_at
+),
+kept AS (
+    INSERT INTO superseded_deliveries (id, event_id, lease_owner, attempt, lease_expires_at)
+    SELECT id, event_id, lease_owner, attempt, lease_expires_at FROM cancelled
+    WHERE state = 'in_flight' AND lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL
+    ON CONFLICT (id) DO NOTHING
 ),
 fanout AS (
     INSERT INTO deliveries

@@ -12,6 +12,7 @@ mod limiter;
 mod listener;
 mod orgs;
 mod queue;
+mod retention;
 mod rows;
 mod store;
 #[doc(hidden)]

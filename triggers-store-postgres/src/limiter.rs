@@ -100,6 +100,11 @@ impl SharedRateLimiter for PgRateLimiter {
             }
         })
     }
+
+    async fn sweep(&self, now: Timestamp) -> StoreResult<u64> {
+        // The inherent method (inherent methods win over trait methods).
+        PgRateLimiter::sweep(self, now).await
+    }
 }
 
 fn nanos(t: Timestamp) -> i64 {

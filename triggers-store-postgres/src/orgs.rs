@@ -1,12 +1,13 @@
 //! Organizations, API key hashes and webhook endpoints.
 
 use async_trait::async_trait;
+use sqlx::types::Uuid;
 use triggers_core::store::{
     EndpointPatch, EndpointStore, EndpointUpdate, NewEndpoint, OrgStore, RecoverQuery, Recovered,
-    StoreError, StoreResult,
+    SecretRewrite, StoreResult,
 };
 use triggers_core::{
-    Endpoint, EndpointId, KeyHash, Organization, OrganizationId, Secret, Timestamp,
+    Endpoint, EndpointId, KeyHash, Organization, OrganizationId, Secret, StoreError, Timestamp,
 };
 
 use crate::rows::{self, ENDPOINT_COLUMNS, ORG_COLUMNS};
@@ -93,6 +94,27 @@ impl EndpointStore for PgStore {
              RETURNING {ENDPOINT_COLUMNS}"
         );
         let filter = endpoint.event_type_filter.as_ref();
+        // The organization's row lock serialises creations (also across nodes), so the
+        // count, taken by the next statement with a fresh snapshot, cannot go stale.
+        let mut tx = self.pool().begin().await.map_err(|e| self.fail(e))?;
+        sqlx::query("SELECT 1 FROM organizations WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(org.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM endpoints WHERE organization_id = $1")
+                .bind(org.0)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| self.fail(e))?;
+        let max = self.limits().max_endpoints;
+        if count >= i64::from(max) {
+            return Err(StoreError::LimitExceeded {
+                limit: "webhook endpoints per organization",
+                max: max.into(),
+            });
+        }
         let row = sqlx::query(&sql)
             .bind(endpoint.id.0)
             .bind(org.0)
@@ -101,9 +123,10 @@ impl EndpointStore for PgStore {
             .bind(filter.map(|f| f.to_sql_like()))
             .bind(endpoint.secret.expose())
             .bind(endpoint.created_at)
-            .fetch_one(self.pool())
+            .fetch_one(&mut *tx)
             .await
             .map_err(|e| self.fail(e))?;
+        tx.commit().await.map_err(|e| self.fail(e))?;
         rows::endpoint(&row)
     }
 
@@ -190,5 +213,58 @@ impl EndpointStore for PgStore {
         .await
         .map_err(|e| self.fail(e))?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn rewrite_secrets(&self, rewrite: SecretRewrite) -> StoreResult<u64> {
+        const BATCH: i64 = 200;
+        let mut after = 0i64;
+        let mut total = 0u64;
+        loop {
+            let rows: Vec<(i64, Uuid, String, Option<String>)> = sqlx::query_as(
+                "SELECT seq, id, secret, previous_secret FROM endpoints
+                 WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(after)
+            .bind(BATCH)
+            .fetch_all(self.pool())
+            .await
+            .map_err(|e| self.fail(e))?;
+            let Some(last) = rows.last().map(|r| r.0) else { return Ok(total) };
+            after = last;
+            let mut tx = self.pool().begin().await.map_err(|e| self.fail(e))?;
+            for (seq, id, secret, previous) in rows {
+                let id = EndpointId(id);
+                let current = Secret::parse(secret.as_str()).map_err(StoreError::Corrupt)?;
+                if let Some(new) = rewrite(id, &current) {
+                    let done = sqlx::query(
+                        "UPDATE endpoints SET secret = $2 WHERE seq = $1 AND secret = $3",
+                    )
+                    .bind(seq)
+                    .bind(new.expose())
+                    .bind(&secret)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                    total += done.rows_affected();
+                }
+                if let Some(previous) = previous {
+                    let old = Secret::parse(previous.as_str()).map_err(StoreError::Corrupt)?;
+                    if let Some(new) = rewrite(id, &old) {
+                        let done = sqlx::query(
+                            "UPDATE endpoints SET previous_secret = $2
+                             WHERE seq = $1 AND previous_secret = $3",
+                        )
+                        .bind(seq)
+                        .bind(new.expose())
+                        .bind(&previous)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.fail(e))?;
+                        total += done.rows_affected();
+                    }
+                }
+            }
+            tx.commit().await.map_err(|e| self.fail(e))?;
+        }
     }
 }

@@ -92,7 +92,8 @@ impl DeliveryQueue for PgStore {
     }
 
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
-        crate::complete::complete(self.pool(), self.singles(), completions)
+        let keep = self.limits().max_attempts_kept;
+        crate::complete::complete(self.pool(), self.singles(), completions, keep)
             .await
             .map_err(|e| self.explain(e))
     }

@@ -37,6 +37,7 @@ struct Inner {
     wake: Arc<Notify>,
     listening: bool,
     singles: crate::complete::Singles,
+    limits: triggers_core::store::StoreLimits,
     stats: Arc<ListenerStats>,
     listener: Option<tokio::task::JoinHandle<()>>,
     probe: Arc<ConnectProbe>,
@@ -153,6 +154,7 @@ impl PgStore {
                 wake,
                 listening: config.listen,
                 singles: crate::complete::Singles::default(),
+                limits: config.limits,
                 stats,
                 listener,
                 probe,
@@ -235,6 +237,10 @@ impl PgStore {
 
     pub(crate) fn singles(&self) -> &crate::complete::Singles {
         &self.inner.singles
+    }
+
+    pub(crate) fn limits(&self) -> &triggers_core::store::StoreLimits {
+        &self.inner.limits
     }
 
     pub(crate) fn listener_wakeups(&self) -> Option<Arc<Notify>> {

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use triggers_core::store::StoreLimits;
+
 /// How hard SQLite works to make each commit durable (`PRAGMA synchronous`).
 ///
 /// The store runs in WAL mode. The trade-off:
@@ -78,6 +80,9 @@ pub struct SqliteConfig {
     /// Rows deleted per purge transaction; small batches keep the writer responsive.
     /// Default 500.
     pub purge_batch: u32,
+    /// The per-organization bounds the store keeps (most endpoints, attempts kept per event
+    /// and endpoint). Default [`StoreLimits::default`].
+    pub limits: StoreLimits,
 }
 
 impl Default for SqliteConfig {
@@ -94,6 +99,7 @@ impl Default for SqliteConfig {
             retention: None,
             dedup_retention: Duration::from_secs(7 * 24 * 3600),
             purge_batch: 500,
+            limits: StoreLimits::default(),
         }
     }
 }

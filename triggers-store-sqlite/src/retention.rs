@@ -1,7 +1,10 @@
 //! Retention: purging old delivered events and old dedup ids.
 //!
 //! Nothing is purged automatically unless asked: call [`SqliteStore::purge`] periodically (for
-//! example hourly) or start [`SqliteStore::spawn_purge_task`]. Each batch of
+//! example hourly) or start [`SqliteStore::spawn_purge_task`] — or let the Ingestor's purge
+//! task do it through [`Retention`](triggers_core::store::Retention) (`IngestorConfig::
+//! retention` and `purge_interval`; the example server does), which also purges `failed`
+//! events. Each batch of
 //! [`SqliteConfig::purge_batch`](crate::SqliteConfig::purge_batch) rows is one small write
 //! request, group-committed like any other, so ingestion keeps flowing while a purge runs.
 

@@ -18,6 +18,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     // Issue 14: endpoint settings and failed deliveries.
     include_str!("migrations/0003_lifecycle.sql"),
+    // Issue 12: tenant quotas.
+    include_str!("migrations/0004_quotas.sql"),
     // Issue 15: the node id that lets a restart reclaim its own leases at once.
     include_str!("migrations/0005_embed.sql"),
 ];
@@ -99,6 +101,23 @@ pub(crate) fn node_id(conn: &Connection) -> Result<WorkerId, StoreError> {
     uuid::Uuid::from_slice(&bytes)
         .map(WorkerId)
         .map_err(|e| StoreError::Corrupt(format!("node id: {e}")))
+}
+
+/// Copies the write-ahead log into the database file and truncates the log to zero bytes,
+/// on a connection of its own (the writer's is always inside a transaction).
+pub(crate) fn checkpoint_truncate(
+    path: &Path,
+    busy_timeout: std::time::Duration,
+) -> Result<(), StoreError> {
+    let conn = Connection::open_with_flags(path, open_flags()).store()?;
+    conn.busy_timeout(busy_timeout).store()?;
+    let (busy, _, _): (i64, i64, i64) = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .store()?;
+    if busy != 0 {
+        tracing::warn!("the write-ahead log could not be truncated now (readers were busy)");
+    }
+    Ok(())
 }
 
 /// Opens one read-only reader connection (`PRAGMA query_only`).

@@ -9,15 +9,16 @@ use triggers_core::domain::event::{Event, EventDetail, EventRecord, EventStatus}
 use triggers_core::store::{
     AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointPatch, EndpointStore,
     EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats,
-    RecoverQuery, Recovered, StoreResult,
+    RecoverQuery, Recovered, Retention, SecretRewrite, StoreResult,
 };
 use triggers_core::{
     DeliveryId, Endpoint, EndpointId, EventId, KeyHash, Organization, OrganizationId, Secret,
     StoreError, Timestamp, WorkerId,
 };
 
+use crate::codec::micros;
 use crate::config::SqliteConfig;
-use crate::ops::{events, lifecycle, orgs, queue, reads};
+use crate::ops::{events, lifecycle, orgs, purge, queue, reads};
 use crate::readers::Readers;
 use crate::schema;
 use crate::writer::Writer;
@@ -142,7 +143,8 @@ impl EndpointStore for SqliteStore {
         endpoint: &NewEndpoint,
     ) -> StoreResult<Endpoint> {
         let endpoint = endpoint.clone();
-        self.write(move |c| orgs::create_endpoint(c, org, &endpoint)).await
+        let max = self.inner.config.limits.max_endpoints;
+        self.write(move |c| orgs::create_endpoint(c, org, &endpoint, max)).await
     }
 
     async fn endpoints(&self, org: OrganizationId) -> StoreResult<Vec<Endpoint>> {
@@ -187,6 +189,30 @@ impl EndpointStore for SqliteStore {
     ) -> StoreResult<bool> {
         let secret = secret.clone();
         self.write(move |c| orgs::rotate_secret(c, org, id, &secret, previous_valid_until)).await
+    }
+
+    async fn rewrite_secrets(&self, rewrite: SecretRewrite) -> StoreResult<u64> {
+        let mut after = 0;
+        let mut total = 0;
+        loop {
+            let f = rewrite.clone();
+            let (n, last) = self.write(move |c| orgs::rewrite_secrets_batch(c, after, &*f)).await?;
+            total += n;
+            match last {
+                Some(seq) => after = seq,
+                None => break,
+            }
+        }
+        if total > 0 {
+            // Move the rewritten pages into the database file and empty the write-ahead
+            // log, so no replaced secret lingers in it.
+            let path = self.inner.path.clone();
+            let busy = self.inner.config.busy_timeout;
+            tokio::task::spawn_blocking(move || schema::checkpoint_truncate(&path, busy))
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("checkpoint task: {e}")))??;
+        }
+        Ok(total)
     }
 }
 
@@ -259,7 +285,8 @@ impl DeliveryQueue for SqliteStore {
             return Ok(Vec::new());
         }
         let completions = completions.to_vec();
-        self.write(move |c| queue::complete(c, &completions)).await
+        let keep = self.inner.config.limits.max_attempts_kept;
+        self.write(move |c| queue::complete(c, &completions, keep)).await
     }
 
     async fn release(
@@ -295,5 +322,18 @@ impl DeliveryQueue for SqliteStore {
     /// previous run that crashed, and are reclaimed at once.
     fn node_id(&self) -> Option<WorkerId> {
         Some(self.inner.node)
+    }
+}
+
+#[async_trait]
+impl Retention for SqliteStore {
+    async fn purge_finished_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
+        let cutoff = micros(before);
+        self.write(move |c| purge::finished_batch(c, cutoff, batch)).await
+    }
+
+    async fn purge_dedup_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
+        let cutoff = micros(before);
+        self.write(move |c| purge::dedup_batch(c, cutoff, batch).map(|(n, _)| n)).await
     }
 }

@@ -31,6 +31,7 @@ mod inbox;
 mod lifecycle;
 mod orgs;
 mod queue;
+mod quotas;
 mod support;
 
 pub use completion::{
@@ -68,6 +69,11 @@ pub use queue::{
     expired_leases_are_reclaimed_with_the_next_attempt, lease_extension_is_fenced,
     reclaimed_leases_are_due_at_once, released_deliveries_are_due_again_with_their_attempt,
     stale_completions_change_nothing,
+};
+pub use quotas::{
+    attempts_beyond_the_cap_drop_the_oldest, endpoints_per_organization_are_capped,
+    purge_deletes_old_finished_events_only, purge_forgets_expired_dedup_entries,
+    sealed_secrets_round_trip_and_are_rewritten, superseded_attempts_are_recorded,
 };
 
 /// Expands into one `#[test]` per conformance case, each running on its own multi-thread
@@ -130,6 +136,12 @@ macro_rules! store_conformance_tests {
                 disabling_an_endpoint_fails_its_outstanding_deliveries,
                 recover_requeues_failed_deliveries,
                 excluded_endpoints_get_nothing,
+                endpoints_per_organization_are_capped,
+                attempts_beyond_the_cap_drop_the_oldest,
+                superseded_attempts_are_recorded,
+                purge_deletes_old_finished_events_only,
+                purge_forgets_expired_dedup_entries,
+                sealed_secrets_round_trip_and_are_rewritten,
             ];
             shared: [
                 concurrent_dedup_has_exactly_one_winner,

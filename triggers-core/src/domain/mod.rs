@@ -4,6 +4,7 @@ pub mod event;
 pub mod ids;
 pub mod key;
 pub mod org;
+pub mod sealed;
 pub mod validate;
 pub mod webhook;
 

@@ -99,13 +99,18 @@ pub fn check_headers(headers: &[(String, String)]) -> Result<(), String> {
     Ok(())
 }
 
-/// A webhook signing secret: `whsec_` followed by base64 of 24–64 random bytes.
+/// A webhook signing secret: `whsec_` followed by base64 of 24–64 random bytes — or, as
+/// stored when secrets are encrypted at rest, its sealed form `tsec1:…` (see
+/// [`SecretCipher`](super::sealed::SecretCipher)), which must be opened before signing.
 /// `Debug` never prints it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
 /// Signing secrets start with this prefix (Standard Webhooks).
 pub const SECRET_PREFIX: &str = "whsec_";
+
+/// Sealed (encrypted) secrets start with this prefix.
+pub const SEALED_PREFIX: &str = "tsec1:";
 
 impl Secret {
     /// A new secret of 32 random bytes.
@@ -115,9 +120,17 @@ impl Secret {
         Self(format!("{SECRET_PREFIX}{}", STANDARD.encode(bytes)))
     }
 
-    /// Wraps a stored secret. It must be `whsec_` + base64 of 24–64 bytes.
+    /// Wraps a stored secret. It must be `whsec_` + base64 of 24–64 bytes, or a sealed
+    /// secret (`tsec1:<key id>:<base64>`, checked when it is opened).
     pub fn parse(s: impl Into<String>) -> Result<Self, String> {
         let s = s.into();
+        if let Some(rest) = s.strip_prefix(SEALED_PREFIX) {
+            let (id, blob) = rest.split_once(':').ok_or("a sealed secret is tsec1:<key id>:…")?;
+            if id.is_empty() || STANDARD.decode(blob).is_err() {
+                return Err("a sealed secret is tsec1:<key id>:<base64>".to_owned());
+            }
+            return Ok(Self(s));
+        }
         let raw = s.strip_prefix(SECRET_PREFIX).ok_or("a secret starts with whsec_")?;
         let bytes = STANDARD.decode(raw).map_err(|_| "a secret is whsec_ + base64")?;
         if !(24..=64).contains(&bytes.len()) {
@@ -126,9 +139,18 @@ impl Secret {
         Ok(Self(s))
     }
 
-    /// The secret text (`whsec_…`).
+    /// The secret text (`whsec_…`, or `tsec1:…` when sealed).
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// Whether this is the sealed (encrypted) form, which cannot sign.
+    pub fn is_sealed(&self) -> bool {
+        self.0.starts_with(SEALED_PREFIX)
+    }
+
+    pub(crate) fn from_sealed(text: String) -> Self {
+        Self(text)
     }
 
     /// The key bytes used for HMAC (the base64-decoded part after `whsec_`).

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::domain::org::TierLimits;
+use crate::domain::sealed::SecretCipher;
 use crate::domain::validate::DEFAULT_MAX_PAYLOAD;
 use crate::limiter::SharedRateLimiter;
 use crate::observe::Observer;
@@ -38,6 +39,20 @@ pub struct IngestorConfig {
     pub shared_limiter: Option<Arc<dyn SharedRateLimiter>>,
     /// Receives delivery outcomes for metrics.
     pub observer: Option<Arc<dyn Observer>>,
+    /// Purge `delivered` and `failed` events (with their attempts) created longer ago than
+    /// this; `None` keeps every event (the default; the example server defaults to 30 days).
+    /// Applied by the purge task, see [`purge_interval`](Self::purge_interval).
+    pub retention: Option<Duration>,
+    /// Run a purge task this often (default `None`: no task): it deletes finished events past
+    /// [`retention`](Self::retention) and dedup entries past
+    /// [`dedup_window`](Self::dedup_window), in batches of 500 rows, each its own short
+    /// store write, yielding between batches so ingestion is never held up for long.
+    pub purge_interval: Option<Duration>,
+    /// Encrypt webhook signing secrets at rest: new and rotated secrets are stored sealed,
+    /// deliveries open them just before signing, and
+    /// [`Ingestor::seal_stored_secrets`](super::Ingestor::seal_stored_secrets) seals the
+    /// ones already stored. `None` (the default) stores them in plaintext.
+    pub secret_cipher: Option<Arc<SecretCipher>>,
 }
 
 impl Default for IngestorConfig {
@@ -54,6 +69,9 @@ impl Default for IngestorConfig {
             clock: Arc::new(SystemClock),
             shared_limiter: None,
             observer: None,
+            retention: None,
+            purge_interval: None,
+            secret_cipher: None,
         }
     }
 }
@@ -70,6 +88,9 @@ impl std::fmt::Debug for IngestorConfig {
             .field("retry", &self.retry)
             .field("worker", &self.worker)
             .field("shared_limiter", &self.shared_limiter.is_some())
+            .field("retention", &self.retention)
+            .field("purge_interval", &self.purge_interval)
+            .field("secret_cipher", &self.secret_cipher.as_ref().map(|c| c.key_id().to_owned()))
             .finish_non_exhaustive()
     }
 }

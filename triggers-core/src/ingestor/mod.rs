@@ -5,6 +5,8 @@ mod config;
 mod cursor;
 mod lifecycle;
 mod orgs;
+mod retention;
+mod sealing;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +51,17 @@ pub struct Ingested {
 pub struct BatchIngested {
     /// Per event: accepted (or duplicate), or why it was invalid.
     pub results: Vec<std::result::Result<Ingested, ValidationError>>,
+    /// The organization's rate-limit state after this call.
+    pub rate: RateDecision,
+}
+
+/// The answer to a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replayed {
+    /// The event's status now (`pending`).
+    pub status: EventStatus,
+    /// How many deliveries were charged (one per matching enabled endpoint).
+    pub deliveries: u32,
     /// The organization's rate-limit state after this call.
     pub rate: RateDecision,
 }
@@ -126,7 +139,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         let workers = (config.worker.concurrency > 0).then(|| {
             WorkerPool::spawn(
                 store.clone(),
-                Arc::new(deliverer),
+                Arc::new(sealing::Unsealing::new(deliverer, config.secret_cipher.clone())),
                 config.worker.clone(),
                 config.retry.clone(),
                 config.clock.clone(),
@@ -142,6 +155,9 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             wake,
         });
         spawn_limiter_sweeper(Arc::downgrade(&inner));
+        if let Some(every) = inner.config.purge_interval {
+            retention::spawn(Arc::downgrade(&inner), every);
+        }
         Self {
             inner,
             workers: Arc::new(tokio::sync::Mutex::new(workers)),
@@ -363,11 +379,44 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     }
 
     /// Delivers an event again to its matching endpoints (also a `failed` one).
-    pub async fn replay(&self, org: &Organization, id: EventId) -> Result<EventStatus> {
-        let status =
-            self.inner.store.replay(org.id, id, self.now()).await?.ok_or(Error::NotFound)?;
+    ///
+    /// Charged like an ingest: one unit of the organization's rate limit per delivery it
+    /// queues (one per enabled endpoint matching the event's type, at least one); refused
+    /// whole with [`Error::RateLimited`] when the allowance is spent, and then nothing
+    /// changed. `NotFound` (uncharged) for an unknown or foreign id. An endpoint created
+    /// between the count and the replay may get a delivery that was not charged.
+    pub async fn replay(&self, org: &Organization, id: EventId) -> Result<Replayed> {
+        let now = self.now();
+        let detail = self.inner.store.event(org.id, id).await?.ok_or(Error::NotFound)?;
+        let deliveries = self
+            .inner
+            .store
+            .endpoints(org.id)
+            .await?
+            .iter()
+            .filter(|e| e.enabled)
+            .filter(|e| {
+                e.event_type_filter.as_ref().map_or(true, |g| g.matches(&detail.event.event_type))
+            })
+            .count();
+        let deliveries = u32::try_from(deliveries).unwrap_or(u32::MAX);
+        let rate = self.charge_deliveries(org, deliveries, now).await?;
+        let status = self.inner.store.replay(org.id, id, now).await?.ok_or(Error::NotFound)?;
         self.inner.wake.notify_one();
-        Ok(status)
+        Ok(Replayed { status, deliveries, rate })
+    }
+
+    /// Charges the organization's rate limit for sending `deliveries` deliveries again (a
+    /// replay, a recovery): one unit each, at least one, as if each were an ingested event.
+    /// Refused whole with [`Error::RateLimited`] (nothing charged) when the allowance is
+    /// spent. Call it before queueing the deliveries.
+    pub async fn charge_deliveries(
+        &self,
+        org: &Organization,
+        deliveries: u32,
+        now: Timestamp,
+    ) -> Result<RateDecision> {
+        self.charge(org, deliveries.max(1), now).await
     }
 
     /// Event counts by status, and in-flight deliveries.
@@ -390,19 +439,59 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             .map(TypeGlob::parse)
             .transpose()
             .map_err(|reason| ValidationError::Field { field: "event_type_filter", reason })?;
+        let id = EndpointId::new();
+        let secret = Secret::generate();
         let endpoint = NewEndpoint {
-            id: EndpointId::new(),
+            id,
             url: url.to_owned(),
             event_type_filter: filter,
-            secret: Secret::generate(),
+            secret: self.seal(id, &secret),
             created_at: self.now(),
         };
-        Ok(self.inner.store.create_endpoint(org.id, &endpoint).await?)
+        let mut created = self.inner.store.create_endpoint(org.id, &endpoint).await?;
+        created.secret = secret;
+        Ok(created)
     }
 
-    /// The organization's endpoints, oldest first.
+    /// The organization's endpoints, oldest first. Sealed secrets are opened; one that
+    /// cannot be (its key is not configured) is left sealed.
     pub async fn endpoints(&self, org: &Organization) -> Result<Vec<Endpoint>> {
-        Ok(self.inner.store.endpoints(org.id).await?)
+        let mut endpoints = self.inner.store.endpoints(org.id).await?;
+        for e in &mut endpoints {
+            if e.secret.is_sealed() {
+                let cipher = self.inner.config.secret_cipher.as_deref();
+                match crate::domain::sealed::open_with(cipher, e.id, &e.secret) {
+                    Ok(plain) => e.secret = plain,
+                    Err(err) => tracing::warn!(endpoint = %e.id, error = %err,
+                        "cannot open the endpoint's signing secret"),
+                }
+            }
+        }
+        Ok(endpoints)
+    }
+
+    /// `secret` as it is to be stored: sealed when a cipher is configured.
+    fn seal(&self, endpoint: EndpointId, secret: &Secret) -> Secret {
+        match &self.inner.config.secret_cipher {
+            Some(cipher) => cipher.seal(endpoint, secret),
+            None => secret.clone(),
+        }
+    }
+
+    /// Seals every stored signing secret that is in plaintext or sealed under the old key
+    /// (a no-op without a cipher); run it at start. Returns how many secrets were rewritten.
+    /// A secret sealed under an unknown key is left alone (and logged).
+    pub async fn seal_stored_secrets(&self) -> Result<u64> {
+        let Some(cipher) = self.inner.config.secret_cipher.clone() else { return Ok(0) };
+        let rewrite: crate::store::SecretRewrite =
+            Arc::new(move |endpoint, secret| match cipher.reseal(endpoint, secret) {
+                Ok(sealed) => sealed,
+                Err(e) => {
+                    tracing::warn!(%endpoint, error = %e, "cannot re-seal a signing secret");
+                    None
+                }
+            });
+        Ok(self.inner.store.rewrite_secrets(rewrite).await?)
     }
 
     /// Deletes an endpoint and cancels its outstanding deliveries.
@@ -423,7 +512,8 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     ) -> Result<Secret> {
         let secret = Secret::generate();
         let grace_until = clock::add(self.now(), self.inner.config.secret_grace);
-        if self.inner.store.rotate_endpoint_secret(org.id, id, &secret, grace_until).await? {
+        let stored = self.seal(id, &secret);
+        if self.inner.store.rotate_endpoint_secret(org.id, id, &stored, grace_until).await? {
             Ok(secret)
         } else {
             Err(Error::NotFound)
@@ -486,7 +576,13 @@ fn spawn_limiter_sweeper<S: Send + Sync + 'static>(inner: std::sync::Weak<Inner<
         loop {
             tick.tick().await;
             let Some(inner) = inner.upgrade() else { break };
-            inner.limiter.sweep(inner.config.clock.now());
+            let now = inner.config.clock.now();
+            inner.limiter.sweep(now);
+            if let Some(shared) = &inner.config.shared_limiter {
+                if let Err(e) = shared.sweep(now).await {
+                    tracing::warn!(error = %e, "sweeping the shared rate limiter failed");
+                }
+            }
         }
     });
 }

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::ops::Bound;
 use std::time::Duration;
 
-use super::state::{set_status, EventRow, State};
+use super::state::{set_status, EventRow, State, Superseded};
 use crate::clock::{self, Timestamp};
 use crate::domain::event::{Event, EventDetail, EventMeta, EventRecord, EventStatus};
 use crate::domain::webhook::ENDPOINT_DISABLED;
@@ -150,8 +150,13 @@ impl State {
     ) -> Option<EventStatus> {
         let cancelled =
             std::mem::take(&mut self.orgs.get_mut(&org)?.events.get_mut(&id)?.outstanding);
+        self.queue.superseded.retain(|_, s| s.lease.expires_at > now);
         for delivery_id in cancelled {
-            self.remove_delivery(delivery_id);
+            let Some(row) = self.remove_delivery(delivery_id) else { continue };
+            if let Some(lease) = row.lease {
+                let kept = Superseded { org, event_id: id, attempt: row.attempt, lease };
+                self.queue.superseded.insert(delivery_id, kept);
+            }
         }
         self.failed.retain(|(_, event), _| *event != id);
         let State { orgs, endpoints, queue, .. } = self;

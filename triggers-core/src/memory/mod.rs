@@ -4,6 +4,7 @@
 mod events;
 mod orgs;
 mod queue;
+mod retention;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -22,7 +23,7 @@ use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 use crate::store::{
     AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointPatch, EndpointStore,
     EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats,
-    RecoverQuery, Recovered, StoreError, StoreResult,
+    RecoverQuery, Recovered, Retention, SecretRewrite, StoreError, StoreLimits, StoreResult,
 };
 
 /// An [`EventStore`](crate::EventStore) that keeps everything in memory.
@@ -34,7 +35,8 @@ use crate::store::{
 /// Where the contract is silent it behaves like a database with foreign keys: inserting
 /// events or creating endpoints for an organization that was never created fails with
 /// [`StoreError::InvalidInput`], and reusing an event or endpoint id is a
-/// [`StoreError::Conflict`]. Dedup entries are kept as long as the store lives.
+/// [`StoreError::Conflict`]. Dedup entries are kept until
+/// [`Retention::purge_dedup_batch`] forgets them.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -53,9 +55,15 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store with the default [`StoreLimits`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that keeps `limits`.
+    pub fn with_limits(limits: StoreLimits) -> Self {
+        let state = state::State { limits, ..state::State::default() };
+        Self { state: Arc::new(Mutex::new(state)) }
     }
 
     fn lock(&self) -> StoreResult<MutexGuard<'_, state::State>> {
@@ -147,6 +155,10 @@ impl EndpointStore for MemoryStore {
     ) -> StoreResult<bool> {
         Ok(self.lock()?.rotate_endpoint_secret(org, id, secret, previous_valid_until))
     }
+
+    async fn rewrite_secrets(&self, rewrite: SecretRewrite) -> StoreResult<u64> {
+        Ok(self.lock()?.rewrite_secrets(&*rewrite))
+    }
 }
 
 #[async_trait]
@@ -232,5 +244,16 @@ impl DeliveryQueue for MemoryStore {
 
     async fn reclaim_leases(&self, owner: WorkerId, now: Timestamp) -> StoreResult<u64> {
         Ok(self.lock()?.reclaim_leases(owner, now))
+    }
+}
+
+#[async_trait]
+impl Retention for MemoryStore {
+    async fn purge_finished_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
+        Ok(self.lock()?.purge_finished(before, batch))
+    }
+
+    async fn purge_dedup_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
+        Ok(self.lock()?.purge_dedup(before, batch))
     }
 }

@@ -11,6 +11,11 @@ use crate::store::{
     EndpointPatch, EndpointUpdate, NewEndpoint, RecoverQuery, Recovered, StoreError, StoreResult,
 };
 
+/// The error of one endpoint too many.
+pub(crate) fn endpoint_limit(max: u32) -> StoreError {
+    StoreError::LimitExceeded { limit: "webhook endpoints per organization", max: max.into() }
+}
+
 impl State {
     pub(super) fn create_organization(
         &mut self,
@@ -61,6 +66,9 @@ impl State {
         };
         if self.endpoints.contains_key(&new.id) {
             return Err(StoreError::Conflict(format!("endpoint {} exists", new.id)));
+        }
+        if tenant.endpoints.len() >= self.limits.max_endpoints as usize {
+            return Err(endpoint_limit(self.limits.max_endpoints));
         }
         let endpoint = Endpoint {
             id: new.id,
@@ -231,5 +239,25 @@ impl State {
         let old = std::mem::replace(&mut row.endpoint.secret, secret.clone());
         row.previous = Some((old, previous_valid_until));
         true
+    }
+
+    pub(super) fn rewrite_secrets(
+        &mut self,
+        rewrite: &(dyn Fn(EndpointId, &Secret) -> Option<Secret> + Send + Sync),
+    ) -> u64 {
+        let mut n = 0;
+        for (id, row) in &mut self.endpoints {
+            if let Some(new) = rewrite(*id, &row.endpoint.secret) {
+                row.endpoint.secret = new;
+                n += 1;
+            }
+            if let Some((previous, _)) = &mut row.previous {
+                if let Some(new) = rewrite(*id, previous) {
+                    *previous = new;
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 }

@@ -80,7 +80,10 @@ impl State {
     }
 
     fn complete_one(&mut self, c: &Completion) -> bool {
-        let Some(row) = self.queue.deliveries.get(&c.delivery_id) else { return false };
+        let Some(row) = self.queue.deliveries.get(&c.delivery_id) else {
+            self.record_superseded(c);
+            return false;
+        };
         if !row.held_by(c.lease_owner, c.attempt) {
             return false;
         }
@@ -117,13 +120,10 @@ impl State {
                 self.remove_delivery(c.delivery_id);
             }
         }
-        if let Some(event) =
-            self.orgs.get_mut(&org).and_then(|tenant| tenant.events.get_mut(&event_id))
-        {
-            event.attempts.push(c.record.clone());
-        }
+        let keep = self.limits.max_attempts_kept;
         if let Some(tenant) = self.orgs.get_mut(&org) {
             if let Some(event) = tenant.events.get_mut(&event_id) {
+                event.record_attempt(c.record.clone(), keep);
                 if event.event.status == EventStatus::Pending {
                     match c.state {
                         CompletionState::Delivered if event.outstanding.is_empty() => {
@@ -144,6 +144,24 @@ impl State {
             self.fail_outstanding(endpoint_id, reason, c.record.at);
         }
         true
+    }
+
+    /// The attempt of a delivery a replay cancelled while it was in flight: recorded in the
+    /// event's history, nothing else changes.
+    fn record_superseded(&mut self, c: &Completion) {
+        let fenced = self
+            .queue
+            .superseded
+            .get(&c.delivery_id)
+            .is_some_and(|s| s.lease.owner == c.lease_owner && s.attempt == c.attempt);
+        if !fenced {
+            return;
+        }
+        let Some(s) = self.queue.superseded.remove(&c.delivery_id) else { return };
+        let keep = self.limits.max_attempts_kept;
+        if let Some(event) = self.orgs.get_mut(&s.org).and_then(|t| t.events.get_mut(&s.event_id)) {
+            event.record_attempt(c.record.clone(), keep);
+        }
     }
 
     pub(super) fn release(

@@ -8,7 +8,7 @@ use crate::domain::key::KeyHash;
 use crate::domain::org::Organization;
 use crate::domain::webhook::{Endpoint, Secret};
 use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
-use crate::store::QueueStats;
+use crate::store::{QueueStats, StoreLimits};
 
 /// Everything a [`MemoryStore`](super::MemoryStore) holds, behind one mutex.
 #[derive(Default)]
@@ -21,6 +21,8 @@ pub(super) struct State {
     pub(super) endpoints: HashMap<EndpointId, EndpointRow>,
     /// The delivery queue.
     pub(super) queue: Queue,
+    /// The bounds this store keeps.
+    pub(super) limits: StoreLimits,
     /// Failed deliveries by (endpoint, event), until recovered, replayed or deleted.
     pub(super) failed: BTreeMap<(EndpointId, EventId), FailedRow>,
 }
@@ -46,6 +48,17 @@ pub(super) struct Queue {
     /// Every outstanding delivery keyed by when it is due: `next_attempt_at` while pending,
     /// the lease expiry while in flight.
     pub(super) due: BTreeSet<(Timestamp, DeliveryId)>,
+    /// In-flight deliveries cancelled by a replay, until their worker completes them (the
+    /// attempt is then still recorded) or their lease expires.
+    pub(super) superseded: HashMap<DeliveryId, Superseded>,
+}
+
+/// A cancelled delivery whose worker may still report an attempt.
+pub(super) struct Superseded {
+    pub(super) org: OrganizationId,
+    pub(super) event_id: EventId,
+    pub(super) attempt: u32,
+    pub(super) lease: Lease,
 }
 
 /// One organization and everything it owns apart from endpoints.
@@ -203,6 +216,25 @@ impl Queue {
         self.due.insert(row.due_key(id));
         self.deliveries.insert(id, row);
         id
+    }
+}
+
+impl EventRow {
+    /// Appends an attempt record, then drops the oldest of its endpoint beyond `keep`.
+    pub(super) fn record_attempt(&mut self, record: AttemptRecord, keep: u32) {
+        let endpoint = record.endpoint_id;
+        self.attempts.push(record);
+        let kept = self.attempts.iter().filter(|a| a.endpoint_id == endpoint).count();
+        let mut excess = kept.saturating_sub(keep.max(1) as usize);
+        if excess > 0 {
+            self.attempts.retain(|a| {
+                let drop = excess > 0 && a.endpoint_id == endpoint;
+                if drop {
+                    excess -= 1;
+                }
+                !drop
+            });
+        }
     }
 }
 

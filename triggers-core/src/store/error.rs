@@ -18,6 +18,15 @@ pub enum StoreError {
     /// The input cannot be stored as given (for example a row over the backend's size limit).
     #[error("invalid input for the store: {0}")]
     InvalidInput(String),
+    /// An organization reached one of the store's [`StoreLimits`](super::StoreLimits) (for
+    /// example its most endpoints). Nothing was written.
+    #[error("limit exceeded: at most {max} {limit}")]
+    LimitExceeded {
+        /// What is limited, in words (for example "webhook endpoints per organization").
+        limit: &'static str,
+        /// The limit's value.
+        max: u64,
+    },
     /// Stored data is damaged or was written by a newer version of `triggers`.
     #[error("store data is corrupt or incompatible: {0}")]
     Corrupt(String),

@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 
 use super::{
     AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointPatch, EndpointStore,
-    EndpointUpdate, EventLog, InsertOutcome, RecoverQuery, Recovered, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, StoreResult,
+    EndpointUpdate, EventLog, InsertOutcome, RecoverQuery, Recovered, Retention, SecretRewrite, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, StoreResult,
 };
 use crate::clock::Timestamp;
 use crate::domain::event::{Event, EventDetail, EventRecord, EventStatus};
@@ -83,6 +83,9 @@ macro_rules! forward {
                 previous_valid_until: Timestamp,
             ) -> StoreResult<bool> {
                 (**self).rotate_endpoint_secret(org, id, secret, previous_valid_until).await
+            }
+            async fn rewrite_secrets(&self, rewrite: SecretRewrite) -> StoreResult<u64> {
+                (**self).rewrite_secrets(rewrite).await
             }
         }
 
@@ -165,6 +168,16 @@ macro_rules! forward {
             }
             fn wakeups(&self) -> Option<Arc<Notify>> {
                 (**self).wakeups()
+            }
+        }
+
+        #[async_trait]
+        impl<T: Retention + ?Sized> Retention for $ptr<T> {
+            async fn purge_finished_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
+                (**self).purge_finished_batch(before, batch).await
+            }
+            async fn purge_dedup_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
+                (**self).purge_dedup_batch(before, batch).await
             }
         }
     )*};

@@ -1,6 +1,7 @@
-//! The storage contract: four small traits, together [`EventStore`].
+//! The storage contract: five small traits, together [`EventStore`].
 //!
-//! A backend implements [`OrgStore`], [`EndpointStore`], [`EventLog`] and [`DeliveryQueue`];
+//! A backend implements [`OrgStore`], [`EndpointStore`], [`EventLog`], [`DeliveryQueue`] and
+//! [`Retention`];
 //! [`EventStore`] is then implemented for it automatically. The docs below are the whole
 //! contract: a new backend author needs only them and the conformance kit
 //! (`triggers_core::conformance`, feature `conformance`), which checks every rule written here.
@@ -14,6 +15,10 @@
 //! - **Atomicity**: a method either applies all its writes or none; on `Err` nothing changed.
 //! - **Time**: stores never read the clock. `now` is always passed in.
 //! - **Errors**: see [`StoreError`]; transient failures are `Unavailable` / `Overloaded`.
+//! - **Limits**: every store is configured with [`StoreLimits`] (default
+//!   [`StoreLimits::default`]) and enforces them itself, also across nodes: most endpoints per
+//!   organization ([`EndpointStore::create_endpoint`]) and most attempt records kept per event
+//!   and endpoint ([`DeliveryQueue::complete`]).
 
 mod error;
 mod types;
@@ -26,7 +31,7 @@ use tokio::sync::Notify;
 pub use error::{StoreError, StoreResult};
 pub use types::{
     AckOutcome, ClaimRequest, Completion, CompletionState, Delivery, EndpointPatch, EndpointUpdate,
-    InsertOutcome, ListQuery, NewEndpoint, Page, QueueStats, RecoverQuery, Recovered,
+    InsertOutcome, ListQuery, NewEndpoint, Page, QueueStats, RecoverQuery, Recovered, StoreLimits,
 };
 
 use crate::clock::Timestamp;
@@ -83,6 +88,10 @@ pub trait OrgStore: Send + Sync + 'static {
 pub trait EndpointStore: Send + Sync + 'static {
     /// Stores a new, enabled endpoint and returns it (no description, no custom headers, no
     /// rate or concurrency limit of its own).
+    ///
+    /// Errors: `LimitExceeded` (nothing stored) when the organization already has
+    /// [`StoreLimits::max_endpoints`] endpoints. The check and the insert are atomic: racing
+    /// creations, also on other nodes, never take an organization past the limit.
     async fn create_endpoint(
         &self,
         org: OrganizationId,
@@ -145,7 +154,23 @@ pub trait EndpointStore: Send + Sync + 'static {
         secret: &Secret,
         previous_valid_until: Timestamp,
     ) -> StoreResult<bool>;
+
+    /// Rewrites stored signing secrets in place (used to encrypt them at rest, see
+    /// [`SecretCipher`](crate::domain::sealed::SecretCipher)): calls `rewrite` with the id
+    /// and each stored secret (the current one, and a rotated-out previous one) of every
+    /// endpoint of every organization, and stores what it returns instead (`None` keeps the
+    /// secret). Secrets are opaque text to the store: whatever is stored, plaintext or
+    /// sealed, is returned unchanged by `create_endpoint`, `endpoints` and `claim`.
+    ///
+    /// Works in batches of endpoints, each its own write; a secret that changed since it
+    /// was read (a concurrent rotation) is not overwritten. A store that keeps data in files
+    /// must not leave the replaced text readable in them (SQLite: `secure_delete` while
+    /// rewriting). Returns how many secrets were rewritten.
+    async fn rewrite_secrets(&self, rewrite: SecretRewrite) -> StoreResult<u64>;
 }
+
+/// The function [`EndpointStore::rewrite_secrets`] applies to each stored secret.
+pub type SecretRewrite = Arc<dyn Fn(EndpointId, &Secret) -> Option<Secret> + Send + Sync>;
 
 /// Events: insertion with dedup and fan-out, lookup, the inbox, ack, replay and counts.
 #[async_trait]
@@ -208,6 +233,14 @@ pub trait EventLog: Send + Sync + 'static {
     /// due `now`) per enabled endpoint matching its type, a failed one per matching disabled
     /// endpoint (then the event is `failed` again). Returns the new status (`pending`, or
     /// `failed` in that case), or `None` for an unknown or foreign id.
+    ///
+    /// **Superseded attempts are still recorded**: a cancelled delivery that was in flight
+    /// is remembered with its lease (owner, attempt, expiry). When its worker completes it,
+    /// the completion is stale (`false`, no status or endpoint change), but its attempt
+    /// record is appended to the event's history: an attempt that was really made is never
+    /// lost. The memory is dropped when the completion arrives, or once the lease has expired (every
+    /// replay first forgets the superseded leases that expired before its `now`), so it is
+    /// bounded by the deliveries in flight.
     async fn replay(
         &self,
         org: OrganizationId,
@@ -243,8 +276,11 @@ pub trait DeliveryQueue: Send + Sync + 'static {
 
     /// Records finished attempts. Each completion applies only if the delivery is still in
     /// flight with the same `lease_owner` and `attempt` (fencing); a stale one changes nothing
-    /// and yields `false`. Applying one:
-    /// - appends `record` to the event's attempts;
+    /// and yields `false` (except that the attempt of a delivery superseded by
+    /// [`EventLog::replay`] is still appended to the history, see there). Applying one:
+    /// - appends `record` to the event's attempts, then drops the oldest attempts of that
+    ///   event and endpoint beyond [`StoreLimits::max_attempts_kept`] (this also applies to a
+    ///   superseded attempt);
     /// - `Delivered`: the delivery is done; the endpoint is no longer failing; when every
     ///   delivery of a `pending` event is done, the event becomes `delivered` (`delivered_at =
     ///   record.at`);
@@ -322,7 +358,30 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     }
 }
 
-/// Everything persistent. Implemented for every type that implements the four parts.
+/// Retention: purging finished events and expired dedup entries, one small batch per call.
+///
+/// Each call is one short write (its own transaction), so a caller that loops over batches,
+/// yielding in between, never blocks ingestion for long. The
+/// [`Ingestor`](crate::Ingestor) does so on a timer when
+/// [`IngestorConfig::retention`](crate::IngestorConfig::retention) is set.
+#[async_trait]
+pub trait Retention: Send + Sync + 'static {
+    /// Deletes up to `batch` events of any organization whose status is `delivered` or
+    /// `failed` and whose `created_at < before`, oldest first, with their attempt records and
+    /// any deliveries still outstanding for them (a worker still holding one finds its
+    /// completion stale). `pending` events are never purged. Returns how many events were
+    /// deleted; fewer than `batch` means no such event is left.
+    async fn purge_finished_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64>;
+
+    /// Forgets up to `batch` dedup entries created before `before` (their window is over);
+    /// an event with such a dedup id is then stored as new. Returns how many were forgotten;
+    /// fewer than `batch` tells the caller to stop until its next round (a store may examine
+    /// entries in insertion order and leave one stuck behind a newer entry for later). Dedup entries are forgotten independently of
+    /// their events, so purging events never shortens a dedup window.
+    async fn purge_dedup_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64>;
+}
+
+/// Everything persistent. Implemented for every type that implements the five parts.
 ///
 /// Also implemented for `Arc<S>` and `Box<S>` of any store, `dyn EventStore` included, so a
 /// backend can be picked at run time ([`DynStore`]) and a store can be shared between an
@@ -337,9 +396,9 @@ pub trait DeliveryQueue: Send + Sync + 'static {
 /// let ingestor = Ingestor::start(store, NoDeliverer, IngestorConfig::default());
 /// # ingestor.shutdown().await; });
 /// ```
-pub trait EventStore: OrgStore + EndpointStore + EventLog + DeliveryQueue {}
+pub trait EventStore: OrgStore + EndpointStore + EventLog + DeliveryQueue + Retention {}
 
-impl<T: OrgStore + EndpointStore + EventLog + DeliveryQueue> EventStore for T {}
+impl<T: OrgStore + EndpointStore + EventLog + DeliveryQueue + Retention> EventStore for T {}
 
 /// A store chosen at run time: any backend behind one type.
 pub type DynStore = Arc<dyn EventStore>;

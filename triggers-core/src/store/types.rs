@@ -228,3 +228,33 @@ pub struct Recovered {
     /// Whether more failed deliveries of the window remain (call again).
     pub more: bool,
 }
+
+/// Bounds a store keeps for every organization, whatever its callers do (SPEC §6). Each store
+/// takes them in its configuration; `Default` gives the documented defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Most webhook endpoints one organization may have (default 50): one more is refused
+    /// with [`StoreError::LimitExceeded`](super::StoreError::LimitExceeded). Bounds the
+    /// fan-out of one event.
+    pub max_endpoints: u32,
+    /// Most attempt records kept per event and endpoint (default 100, at least 1): when a
+    /// completion records one more, the oldest of that event and endpoint are dropped. Bounds
+    /// an event's history across any number of replays and retries.
+    pub max_attempts_kept: u32,
+}
+
+impl StoreLimits {
+    /// Default of [`max_endpoints`](Self::max_endpoints).
+    pub const DEFAULT_MAX_ENDPOINTS: u32 = 50;
+    /// Default of [`max_attempts_kept`](Self::max_attempts_kept).
+    pub const DEFAULT_MAX_ATTEMPTS_KEPT: u32 = 100;
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self {
+            max_endpoints: Self::DEFAULT_MAX_ENDPOINTS,
+            max_attempts_kept: Self::DEFAULT_MAX_ATTEMPTS_KEPT,
+        }
+    }
+}

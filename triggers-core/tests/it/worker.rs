@@ -162,7 +162,7 @@ async fn exhausted_retries_fail_and_replay_delivers_again() {
     assert_eq!(attempts(&ing, &org, id).await.len(), 2, "no attempt after the schedule ends");
 
     fail.store(false, Ordering::SeqCst);
-    assert_eq!(ing.replay(&org, id).await.unwrap(), EventStatus::Pending);
+    assert_eq!(ing.replay(&org, id).await.unwrap().status, EventStatus::Pending);
     eventually("delivered after replay", || async {
         ing.event(&org, id).await.unwrap().event.status == EventStatus::Delivered
     })

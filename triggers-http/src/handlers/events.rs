@@ -143,6 +143,7 @@ pub(super) async fn replay<S: EventStore, D: Deliverer>(
 ) -> Res {
     let org = app.auth(req.headers(), ctx).await?;
     let id: EventId = path_id(id, "event")?;
-    let status = app.ingestor.replay(&org, id).await.map_err(named("event"))?;
-    Ok(json_with(StatusCode::ACCEPTED, &IdStatus { id, status }))
+    let replayed = app.ingestor.replay(&org, id).await.map_err(named("event"))?;
+    ctx.rate = Some(replayed.rate);
+    Ok(json_with(StatusCode::ACCEPTED, &IdStatus { id, status: replayed.status }))
 }

@@ -93,11 +93,12 @@ fn operation(route: Route) -> Op {
         ),
         Route::EventsReplay => op(
             "replayEvent",
-            "Deliver an event again to its matching webhooks",
+            "Deliver an event again to its matching webhooks; costs one unit of the rate limit \
+             per delivery (at least one), 429 when the allowance is spent",
             Auth::ApiKey,
             None,
             &[(202, Some("IdStatus"))],
-            ITEM_ERRORS,
+            &[401, 404, 429, 500, 503],
         ),
         Route::Inbox => op(
             "listInbox",
@@ -125,7 +126,8 @@ fn operation(route: Route) -> Op {
         ),
         Route::WebhookCreate => op(
             "createWebhook",
-            "Add a webhook endpoint (the only time, besides rotation, the secret is shown)",
+            "Add a webhook endpoint (the only time, besides rotation, the secret is shown); \
+             422 limit_exceeded past TRIGGERS_MAX_ENDPOINTS",
             Auth::ApiKey,
             Some("WebhookConfigRequest"),
             &[(201, Some("WebhookCreated"))],

@@ -146,7 +146,7 @@ pub(super) fn components() -> Value {
                     "missing_api_key", "invalid_api_key", "invalid_admin_token",
                     "key_generation_disabled", "route_not_found", "not_found", "method_not_allowed", "request_timeout",
                     "body_too_large", "unsupported_media_type", "invalid_field", "rate_limited",
-                    "overloaded", "store_unavailable", "internal_error"] },
+                    "overloaded", "store_unavailable", "internal_error", "limit_exceeded"] },
                 "field": { "type": "string", "description": "The invalid field (422 only)" },
             })),
             "GenerateKeyRequest": object(&["organization_name"], json!({

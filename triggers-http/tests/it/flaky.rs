@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use triggers_core::store::{
     AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointPatch, EndpointStore,
     EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats,
-    RecoverQuery, Recovered, StoreResult,
+    RecoverQuery, Recovered, Retention, StoreResult,
 };
 use triggers_core::{
     DeliveryId, Endpoint, EndpointId, Event, EventDetail, EventId, EventRecord, EventStatus,
@@ -119,6 +119,12 @@ impl EndpointStore for FlakyStore {
         self.check()?;
         self.inner.recover(org, id, query, now).await
     }
+    async fn rewrite_secrets(
+        &self,
+        rewrite: triggers_core::store::SecretRewrite,
+    ) -> StoreResult<u64> {
+        self.inner.rewrite_secrets(rewrite).await
+    }
 }
 
 #[async_trait]
@@ -198,5 +204,17 @@ impl DeliveryQueue for FlakyStore {
     async fn queue_depth(&self) -> StoreResult<u64> {
         self.check()?;
         self.inner.queue_depth().await
+    }
+}
+
+#[async_trait]
+impl Retention for FlakyStore {
+    async fn purge_finished_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
+        self.check()?;
+        self.inner.purge_finished_batch(before, batch).await
+    }
+    async fn purge_dedup_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
+        self.check()?;
+        self.inner.purge_dedup_batch(before, batch).await
     }
 }

@@ -209,7 +209,7 @@ async fn always_500_fails_after_the_schedule_and_replay_delivers_again() {
     assert_eq!(receiver.seen().len(), 3, "no attempt after the last");
 
     // The receiver is fixed now (it answers 200 from the 4th request on): replay.
-    assert_eq!(w.ingestor.replay(&w.org, id).await.unwrap(), EventStatus::Pending);
+    assert_eq!(w.ingestor.replay(&w.org, id).await.unwrap().status, EventStatus::Pending);
     let d = w.attempts(id, 4).await;
     assert_eq!(d.attempts[3].status_code, Some(200));
     assert_eq!(d.event.status, EventStatus::Delivered);

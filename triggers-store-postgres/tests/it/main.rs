@@ -11,5 +11,6 @@ mod limiter;
 mod outage;
 mod proxy;
 mod races;
+mod secrets;
 mod support;
 mod two_nodes;

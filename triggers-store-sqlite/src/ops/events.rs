@@ -188,6 +188,21 @@ pub(crate) fn replay(
     let Some((seq, event_type)) = found else { return Ok(None) };
     // Cancel the outstanding deliveries (the table holds no finished ones): a worker holding
     // one finds its completion stale, and only the fresh deliveries decide the new status.
+    // In-flight ones are remembered, so that their attempt is still recorded when it ends;
+    // remembered leases that have expired are forgotten first.
+    let now_us = micros(now);
+    conn.prepare_cached("DELETE FROM superseded_deliveries WHERE lease_until <= ?1")
+        .store()?
+        .execute([now_us])
+        .store()?;
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO superseded_deliveries (id, event_seq, lease_owner, attempt, lease_until)
+         SELECT id, event_seq, lease_owner, attempt, due_at FROM deliveries
+         WHERE event_seq = ?1 AND state = 1 AND lease_owner IS NOT NULL",
+    )
+    .store()?
+    .execute([seq])
+    .store()?;
     conn.prepare_cached("DELETE FROM deliveries WHERE event_seq = ?1")
         .store()?
         .execute([seq])
@@ -201,7 +216,7 @@ pub(crate) fn replay(
         .execute([seq])
         .store()?;
     let targets = targets(conn, &org)?;
-    fan_out(conn, &targets, seq, &event_type, None, micros(now))?;
+    fan_out(conn, &targets, seq, &event_type, None, now_us)?;
     let mut status = conn.prepare_cached("SELECT status FROM events WHERE seq = ?1").store()?;
     query_opt(&mut status, [seq], |row| codec::status(row, 0))
 }

@@ -8,7 +8,7 @@ use triggers_core::{
 };
 
 use crate::codec::{self, micros, query_opt, query_vec};
-use crate::error::SqlResultExt;
+use crate::error::{corrupt, SqlResultExt};
 use crate::ops::lifecycle::{endpoint_row, ENDPOINT_COLUMNS};
 
 /// `OrgStore::create_organization`. A taken id or key hash is a `Conflict`.
@@ -57,8 +57,21 @@ pub(crate) fn create_endpoint(
     conn: &Connection,
     org: OrganizationId,
     new: &NewEndpoint,
+    max_endpoints: u32,
 ) -> StoreResult<Endpoint> {
     require_org(conn, &org)?;
+    // The writer runs one request at a time: the count and the insert cannot interleave
+    // with another creation.
+    let mut count =
+        conn.prepare_cached("SELECT count(*) FROM endpoints WHERE org_id = ?1").store()?;
+    let n = query_opt(&mut count, [org.0.as_bytes()], |r| codec::int(r, 0))?.unwrap_or(0);
+    drop(count);
+    if n >= i64::from(max_endpoints) {
+        return Err(StoreError::LimitExceeded {
+            limit: "webhook endpoints per organization",
+            max: max_endpoints.into(),
+        });
+    }
     conn.prepare_cached(
         "INSERT INTO endpoints (id, org_id, url, type_filter, secret, enabled, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)",
@@ -147,4 +160,69 @@ pub(crate) fn rotate_secret(
         ])
         .store()?;
     Ok(n > 0)
+}
+
+/// Endpoints per `rewrite_secrets` batch.
+const REWRITE_BATCH: i64 = 200;
+
+/// `EndpointStore::rewrite_secrets`, for the endpoints after `after_seq`: one batch. Returns
+/// `(rewritten, last seq seen)`; the last seq is `None` when no endpoint was left. Runs with
+/// `secure_delete` on, so the replaced text is overwritten in the file.
+pub(crate) fn rewrite_secrets_batch(
+    conn: &Connection,
+    after_seq: i64,
+    rewrite: &(dyn Fn(EndpointId, &Secret) -> Option<Secret> + Send + Sync),
+) -> StoreResult<(u64, Option<i64>)> {
+    let secure: i64 = conn.query_row("PRAGMA secure_delete", [], |r| r.get(0)).store()?;
+    conn.execute_batch("PRAGMA secure_delete = ON").store()?;
+    let result = rewrite_secrets_inner(conn, after_seq, rewrite);
+    conn.execute_batch(&format!("PRAGMA secure_delete = {secure}")).store()?;
+    result
+}
+
+fn rewrite_secrets_inner(
+    conn: &Connection,
+    after_seq: i64,
+    rewrite: &(dyn Fn(EndpointId, &Secret) -> Option<Secret> + Send + Sync),
+) -> StoreResult<(u64, Option<i64>)> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, id, secret, prev_secret FROM endpoints WHERE seq > ?1
+             ORDER BY seq LIMIT ?2",
+        )
+        .store()?;
+    let rows = query_vec(&mut stmt, params![after_seq, REWRITE_BATCH], |row| {
+        Ok((
+            codec::int(row, 0)?,
+            EndpointId(codec::uuid(row, 1)?),
+            codec::text(row, 2)?,
+            codec::opt_text(row, 3)?,
+        ))
+    })?;
+    drop(stmt);
+    let last = rows.last().map(|r| r.0);
+    let mut n = 0;
+    for (seq, id, secret, previous) in rows {
+        let current = Secret::parse(secret.as_str()).map_err(corrupt)?;
+        if let Some(new) = rewrite(id, &current) {
+            n += conn
+                .prepare_cached("UPDATE endpoints SET secret = ?2 WHERE seq = ?1 AND secret = ?3")
+                .store()?
+                .execute(params![seq, new.expose(), secret])
+                .store()? as u64;
+        }
+        if let Some(previous) = previous {
+            let old = Secret::parse(previous.as_str()).map_err(corrupt)?;
+            if let Some(new) = rewrite(id, &old) {
+                n += conn
+                    .prepare_cached(
+                        "UPDATE endpoints SET prev_secret = ?2 WHERE seq = ?1 AND prev_secret = ?3",
+                    )
+                    .store()?
+                    .execute(params![seq, new.expose(), previous])
+                    .store()? as u64;
+            }
+        }
+    }
+    Ok((n, last))
 }

@@ -10,14 +10,33 @@ use crate::error::SqlResultExt;
 /// with their attempt records and any deliveries still outstanding for them. Returns how many
 /// events were deleted.
 pub(crate) fn delivered_batch(conn: &Connection, cutoff: i64, batch: u32) -> StoreResult<u64> {
-    let mut stmt = conn
-        .prepare_cached(
-            "DELETE FROM events WHERE seq IN (
-                 SELECT seq FROM events WHERE status = 1 AND created_at < ?1
-                 ORDER BY created_at LIMIT ?2)
-             RETURNING seq",
-        )
-        .store()?;
+    // `status <> 0` lets SQLite use the partial index `events_finished`.
+    events_batch(
+        conn,
+        "DELETE FROM events WHERE seq IN (
+             SELECT seq FROM events WHERE status <> 0 AND status = 1 AND created_at < ?1
+             ORDER BY created_at LIMIT ?2)
+         RETURNING seq",
+        cutoff,
+        batch,
+    )
+}
+
+/// Like [`delivered_batch`] for delivered and failed events (`Retention::purge_finished_batch`).
+pub(crate) fn finished_batch(conn: &Connection, cutoff: i64, batch: u32) -> StoreResult<u64> {
+    events_batch(
+        conn,
+        "DELETE FROM events WHERE seq IN (
+             SELECT seq FROM events WHERE status <> 0 AND created_at < ?1
+             ORDER BY created_at LIMIT ?2)
+         RETURNING seq",
+        cutoff,
+        batch,
+    )
+}
+
+fn events_batch(conn: &Connection, sql: &str, cutoff: i64, batch: u32) -> StoreResult<u64> {
+    let mut stmt = conn.prepare_cached(sql).store()?;
     let seqs = query_vec(&mut stmt, params![cutoff, batch], |row| codec::int(row, 0))?;
     let mut attempts = conn.prepare_cached("DELETE FROM attempts WHERE event_seq = ?1").store()?;
     let mut deliveries =

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use rusqlite::{params, Connection};
 use triggers_core::clock::add;
 use triggers_core::store::{ClaimRequest, Completion, CompletionState, Delivery, StoreResult};
-use triggers_core::{DeliveryId, EndpointId, EventId, OrganizationId, Secret, Timestamp, WorkerId};
+use triggers_core::{
+    AttemptRecord, DeliveryId, EndpointId, EventId, OrganizationId, Secret, Timestamp, WorkerId,
+};
 
 use crate::codec::{self, micros, query_opt, query_vec};
 use crate::error::{corrupt, SqlResultExt};
@@ -144,15 +146,73 @@ pub(crate) fn claim(conn: &Connection, req: ClaimRequest) -> StoreResult<Vec<Del
 }
 
 /// `DeliveryQueue::complete`.
-pub(crate) fn complete(conn: &Connection, completions: &[Completion]) -> StoreResult<Vec<bool>> {
+/// `keep` is [`StoreLimits::max_attempts_kept`](triggers_core::store::StoreLimits).
+pub(crate) fn complete(
+    conn: &Connection,
+    completions: &[Completion],
+    keep: u32,
+) -> StoreResult<Vec<bool>> {
     let mut out = Vec::with_capacity(completions.len());
     for c in completions {
-        out.push(complete_one(conn, c)?);
+        out.push(complete_one(conn, c, keep)?);
     }
     Ok(out)
 }
 
-fn complete_one(conn: &Connection, c: &Completion) -> StoreResult<bool> {
+/// Appends an attempt record, then drops the oldest of its event and endpoint beyond `keep`.
+fn record_attempt(
+    conn: &Connection,
+    event_seq: i64,
+    r: &AttemptRecord,
+    keep: u32,
+) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO attempts (event_seq, endpoint_id, at, status_code, latency_ms, error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .store()?
+    .execute(params![
+        event_seq,
+        r.endpoint_id.0.as_bytes(),
+        micros(r.at),
+        r.status_code,
+        i64::try_from(r.latency_ms).unwrap_or(i64::MAX),
+        r.error
+    ])
+    .store()?;
+    conn.prepare_cached(
+        "DELETE FROM attempts WHERE seq IN (
+             SELECT seq FROM attempts WHERE event_seq = ?1 AND endpoint_id = ?2
+             ORDER BY seq DESC LIMIT -1 OFFSET ?3)",
+    )
+    .store()?
+    .execute(params![event_seq, r.endpoint_id.0.as_bytes(), keep.max(1)])
+    .store()?;
+    Ok(())
+}
+
+/// The attempt of a delivery a replay cancelled while it was in flight: recorded, nothing
+/// else changes.
+fn record_superseded(conn: &Connection, c: &Completion, keep: u32) -> StoreResult<()> {
+    let mut stmt = conn
+        .prepare_cached(
+            "DELETE FROM superseded_deliveries WHERE id = ?1 AND lease_owner = ?2 AND attempt = ?3
+             RETURNING event_seq",
+        )
+        .store()?;
+    let fence = params![c.delivery_id.0.as_bytes(), c.lease_owner.0.as_bytes(), c.attempt];
+    let found = query_opt(&mut stmt, fence, |r| codec::int(r, 0))?;
+    drop(stmt);
+    if let Some(event_seq) = found {
+        let mut exists = conn.prepare_cached("SELECT 1 FROM events WHERE seq = ?1").store()?;
+        if query_opt(&mut exists, [event_seq], |_| Ok(()))?.is_some() {
+            record_attempt(conn, event_seq, &c.record, keep)?;
+        }
+    }
+    Ok(())
+}
+
+fn complete_one(conn: &Connection, c: &Completion, keep: u32) -> StoreResult<bool> {
     let fence = params![c.delivery_id.0.as_bytes(), c.lease_owner.0.as_bytes(), c.attempt];
     let mut stmt = match &c.state {
         CompletionState::Delivered | CompletionState::Failed => conn.prepare_cached(
@@ -174,23 +234,13 @@ fn complete_one(conn: &Connection, c: &Completion) -> StoreResult<bool> {
         _ => query_opt(&mut stmt, fence, |r| Ok((codec::int(r, 0)?, codec::int(r, 1)?)))?,
     };
     drop(stmt);
-    let Some((event_seq, endpoint_seq)) = applied else { return Ok(false) };
+    let Some((event_seq, endpoint_seq)) = applied else {
+        record_superseded(conn, c, keep)?;
+        return Ok(false);
+    };
 
     let r = &c.record;
-    conn.prepare_cached(
-        "INSERT INTO attempts (event_seq, endpoint_id, at, status_code, latency_ms, error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )
-    .store()?
-    .execute(params![
-        event_seq,
-        r.endpoint_id.0.as_bytes(),
-        micros(r.at),
-        r.status_code,
-        i64::try_from(r.latency_ms).unwrap_or(i64::MAX),
-        r.error
-    ])
-    .store()?;
+    record_attempt(conn, event_seq, r, keep)?;
 
     let at = micros(r.at);
     match c.state {

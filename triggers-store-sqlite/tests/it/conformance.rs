@@ -8,7 +8,7 @@ use triggers_core::domain::event::{Event, EventDetail, EventRecord, EventStatus}
 use triggers_core::store::{
     AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointPatch, EndpointStore,
     EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats,
-    RecoverQuery, Recovered, StoreResult,
+    RecoverQuery, Recovered, Retention, StoreResult,
 };
 use triggers_core::{
     DeliveryId, Endpoint, EndpointId, EventId, KeyHash, Organization, OrganizationId, Secret,
@@ -89,6 +89,12 @@ impl EndpointStore for TempStore {
     ) -> StoreResult<Option<Recovered>> {
         self.store.recover(org, id, query, now).await
     }
+    async fn rewrite_secrets(
+        &self,
+        rewrite: triggers_core::store::SecretRewrite,
+    ) -> StoreResult<u64> {
+        self.store.rewrite_secrets(rewrite).await
+    }
 }
 
 #[async_trait]
@@ -163,5 +169,15 @@ impl DeliveryQueue for TempStore {
     }
     fn node_id(&self) -> Option<WorkerId> {
         self.store.node_id()
+    }
+}
+
+#[async_trait]
+impl Retention for TempStore {
+    async fn purge_finished_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
+        self.store.purge_finished_batch(before, batch).await
+    }
+    async fn purge_dedup_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
+        self.store.purge_dedup_batch(before, batch).await
     }
 }

@@ -1,0 +1,224 @@
+//! Cases for the per-organization bounds ([`StoreLimits`](crate::store::StoreLimits)), the
+//! attempts of superseded deliveries, and retention.
+//!
+//! The cases assume the store was built with the default limits.
+
+use super::support::*;
+use crate::domain::event::{EventRecord, EventStatus};
+use crate::domain::WorkerId;
+use crate::store::{CompletionState, EventStore, InsertOutcome, StoreError, StoreLimits};
+
+/// An organization with `max_endpoints` endpoints gets `LimitExceeded` for one more, and
+/// nothing is stored; other organizations are not affected.
+pub async fn endpoints_per_organization_are_capped<S: EventStore>(store: &S) {
+    let max = StoreLimits::default().max_endpoints;
+    let (org, other) = (new_org(store).await, new_org(store).await);
+    for _ in 0..max {
+        endpoint(store, org, None, t(0)).await;
+    }
+    let new = crate::store::NewEndpoint {
+        id: crate::domain::EndpointId::new(),
+        url: "https://hooks.example.test/one-too-many".into(),
+        event_type_filter: None,
+        secret: crate::domain::webhook::Secret::generate(),
+        created_at: t(1),
+    };
+    match store.create_endpoint(org, &new).await {
+        Err(StoreError::LimitExceeded { max: got, .. }) => assert_eq!(got, u64::from(max)),
+        other => panic!("expected LimitExceeded, got {other:?}"),
+    }
+    let listed = store.endpoints(org).await.unwrap();
+    assert_eq!(listed.len(), max as usize);
+    assert!(listed.iter().all(|e| e.id != new.id), "nothing stored");
+    endpoint(store, other, None, t(1)).await;
+    // A deleted endpoint frees its place.
+    assert!(store.delete_endpoint(org, listed[0].id).await.unwrap());
+    assert_eq!(store.create_endpoint(org, &new).await.unwrap().id, new.id);
+}
+
+/// An event keeps at most `max_attempts_kept` attempts per endpoint: the oldest are dropped,
+/// the newest kept in order; another endpoint's attempts are counted on their own.
+pub async fn attempts_beyond_the_cap_drop_the_oldest<S: EventStore>(store: &S) {
+    let keep = StoreLimits::default().max_attempts_kept as usize;
+    let org = new_org(store).await;
+    let busy = endpoint(store, org, Some("capped"), t(0)).await;
+    let quiet = endpoint(store, org, None, t(0)).await;
+    let id = insert_one(store, org, "capped", t(0)).await;
+    let first = claim(store, WorkerId::new(), 10, t(0)).await;
+    assert_eq!(first.len(), 2);
+    let quiet_d = first.iter().find(|d| d.endpoint_id == quiet.id).unwrap().clone();
+    let mut d = first.into_iter().find(|d| d.endpoint_id == busy.id).unwrap();
+    let quiet_c = completion(&quiet_d, CompletionState::Delivered, t(0));
+    assert!(complete(store, quiet_c.clone()).await);
+    let total = keep + 3;
+    let mut records = Vec::new();
+    for i in 1..=total as i64 {
+        let state = if i == total as i64 {
+            CompletionState::Delivered
+        } else {
+            CompletionState::Retry { at: t(i) }
+        };
+        let c = completion(&d, state, just_before(t(i)));
+        records.push(c.record.clone());
+        assert!(complete(store, c).await, "completion {i}");
+        if i < total as i64 {
+            d = claim_one(store, WorkerId::new(), t(i)).await;
+        }
+    }
+    let detail = detail(store, org, id).await;
+    assert_eq!(detail.event.status, EventStatus::Delivered);
+    let busy_kept: Vec<_> =
+        detail.attempts.iter().filter(|a| a.endpoint_id == busy.id).cloned().collect();
+    assert_eq!(busy_kept, records[total - keep..].to_vec(), "the newest, oldest first");
+    assert!(detail.attempts.contains(&quiet_c.record), "other endpoints keep theirs");
+    assert_eq!(detail.attempts.len(), keep + 1);
+}
+
+/// A delivery in flight when a replay supersedes it: its completion is stale but its attempt
+/// is recorded (once; a wrong fence records nothing), and it decides nothing.
+pub async fn superseded_attempts_are_recorded<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    endpoint(store, org, None, t(0)).await;
+    let id = insert_one(store, org, "superseded", t(0)).await;
+    let old = claim_one(store, WorkerId::new(), t(0)).await;
+    assert_eq!(store.replay(org, id, t(1)).await.unwrap(), Some(EventStatus::Pending));
+    let mut wrong = completion(&old, CompletionState::Failed, t(2));
+    wrong.attempt += 1;
+    assert!(!complete(store, wrong).await);
+    assert!(detail(store, org, id).await.attempts.is_empty(), "a wrong fence records nothing");
+    let late = completion(&old, CompletionState::Failed, t(2));
+    assert!(!complete(store, late.clone()).await);
+    assert!(!complete(store, late.clone()).await, "recorded once");
+    let d = detail(store, org, id).await;
+    assert_eq!(d.attempts, vec![late.record]);
+    assert_eq!(d.event.status, EventStatus::Pending, "a superseded failure fails nothing");
+    let fresh = claim_one(store, WorkerId::new(), t(2)).await;
+    assert_ne!(fresh.id, old.id);
+    assert!(complete(store, completion(&fresh, CompletionState::Delivered, t(3))).await);
+    assert_eq!(status(store, org, id).await, EventStatus::Delivered);
+
+    // A superseded lease that expired is forgotten by the next replay: its completion
+    // (a worker presumed dead) records nothing.
+    assert_eq!(store.replay(org, id, t(10)).await.unwrap(), Some(EventStatus::Pending));
+    let held = claim_one(store, WorkerId::new(), t(10)).await;
+    assert_eq!(store.replay(org, id, t(11)).await.unwrap(), Some(EventStatus::Pending));
+    let expired = plus(t(10), LEASE);
+    assert_eq!(store.replay(org, id, expired).await.unwrap(), Some(EventStatus::Pending));
+    let before = detail(store, org, id).await.attempts.len();
+    assert!(!complete(store, completion(&held, CompletionState::Delivered, expired)).await);
+    assert_eq!(detail(store, org, id).await.attempts.len(), before);
+}
+
+/// `purge_finished_batch` deletes delivered and failed events created before the cutoff,
+/// oldest first, batch by batch, with their attempts and outstanding deliveries; pending
+/// and newer events stay.
+pub async fn purge_deletes_old_finished_events_only<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    endpoint(store, org, Some("hook.*"), t(0)).await;
+    let delivered = insert_one(store, org, "hook.ok", t(0)).await;
+    let failed = insert_one(store, org, "hook.bad", t(1)).await;
+    let pending = insert_one(store, org, "inbox", t(2)).await;
+    let acked = insert_one(store, org, "hook.acked", t(3)).await;
+    let young = insert_one(store, org, "inbox", t(20)).await;
+    let claimed = claim(store, WorkerId::new(), 10, t(5)).await;
+    for d in &claimed {
+        let state = if d.event_id == delivered {
+            CompletionState::Delivered
+        } else if d.event_id == failed {
+            CompletionState::Failed
+        } else {
+            continue;
+        };
+        assert!(complete(store, completion(d, state, t(6))).await);
+    }
+    // Acknowledged while its webhook delivery is still outstanding.
+    store.ack(org, &[acked, young], t(6)).await.unwrap();
+    assert_eq!(store.queue_depth().await.unwrap(), 1);
+
+    assert_eq!(store.purge_finished_batch(t(10), 2).await.unwrap(), 2, "a full batch");
+    assert!(store.event(org, delivered).await.unwrap().is_none(), "oldest first");
+    assert!(store.event(org, failed).await.unwrap().is_none());
+    assert!(store.event(org, acked).await.unwrap().is_some());
+    assert_eq!(store.purge_finished_batch(t(10), 2).await.unwrap(), 1, "the rest");
+    assert!(store.event(org, acked).await.unwrap().is_none());
+    assert_eq!(store.queue_depth().await.unwrap(), 0, "its outstanding delivery went too");
+    assert_eq!(store.purge_finished_batch(t(10), 2).await.unwrap(), 0);
+    assert_eq!(status(store, org, pending).await, EventStatus::Pending, "pending stays");
+    assert_eq!(status(store, org, young).await, EventStatus::Delivered, "young stays");
+    let stats = store.stats(org).await.unwrap();
+    assert_eq!((stats.pending, stats.delivered, stats.failed), (1, 1, 0));
+    assert_eq!(list_all(store, org, EventStatus::Delivered, None).await, vec![young]);
+}
+
+/// `purge_dedup_batch` forgets dedup entries created before the cutoff, and only those: an
+/// event with a forgotten id is stored as new, a younger id is still a duplicate.
+pub async fn purge_forgets_expired_dedup_entries<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    let old = dedup_record("d", "old-id", t(0));
+    let old_id = old.id;
+    insert(store, org, vec![old], t(0)).await;
+    let young: EventRecord = dedup_record("d", "young-id", t(10));
+    insert(store, org, vec![young], t(10)).await;
+    assert_eq!(store.purge_dedup_batch(t(5), 100).await.unwrap(), 1);
+    assert_eq!(store.purge_dedup_batch(t(5), 100).await.unwrap(), 0);
+    let again = insert(
+        store,
+        org,
+        vec![dedup_record("d", "old-id", t(11)), dedup_record("d", "young-id", t(11))],
+        t(11),
+    )
+    .await;
+    assert!(matches!(&again[0], InsertOutcome::Inserted { meta, .. } if meta.id != old_id));
+    assert!(matches!(&again[1], InsertOutcome::Duplicate(_)));
+    assert!(store.event(org, old_id).await.unwrap().is_some(), "events are not touched");
+}
+
+/// Secrets are opaque text to a store: a sealed secret comes back exactly as stored (from
+/// `create_endpoint`, `endpoints` and `claim`), and `rewrite_secrets` replaces current and
+/// previous secrets of every endpoint, skipping those it is told to keep.
+pub async fn sealed_secrets_round_trip_and_are_rewritten<S: EventStore>(store: &S) {
+    use crate::domain::sealed::{SecretCipher, SecretKey};
+    use crate::domain::webhook::Secret;
+    use std::sync::Arc;
+
+    let cipher = Arc::new(SecretCipher::new(SecretKey::generate(), None));
+    let org = new_org(store).await;
+    let id = crate::domain::EndpointId::new();
+    let plain = Secret::generate();
+    let sealed = cipher.seal(id, &plain);
+    let new = crate::store::NewEndpoint {
+        id,
+        url: "https://hooks.example.test/sealed".into(),
+        event_type_filter: Some(glob("sealed")),
+        secret: sealed.clone(),
+        created_at: t(0),
+    };
+    assert_eq!(store.create_endpoint(org, &new).await.unwrap().secret, sealed);
+    let listed = store.endpoints(org).await.unwrap();
+    assert_eq!(listed[0].secret, sealed);
+    // A second endpoint still in plaintext, rotated: both its secrets are plaintext.
+    let legacy = endpoint(store, org, Some("legacy"), t(0)).await;
+    let rotated = Secret::generate();
+    assert!(store.rotate_endpoint_secret(org, legacy.id, &rotated, t(100)).await.unwrap());
+
+    insert_one(store, org, "sealed", t(1)).await;
+    let d = claim_one(store, WorkerId::new(), t(1)).await;
+    assert_eq!(d.secrets, vec![sealed.clone()]);
+    assert_eq!(cipher.open(id, &d.secrets[0]).unwrap(), plain);
+
+    let reseal = cipher.clone();
+    let rewrite: crate::store::SecretRewrite =
+        Arc::new(move |endpoint, secret| reseal.reseal(endpoint, secret).ok().flatten());
+    assert_eq!(store.rewrite_secrets(rewrite.clone()).await.unwrap(), 2, "the two plaintexts");
+    assert_eq!(store.rewrite_secrets(rewrite).await.unwrap(), 0, "nothing left to do");
+    let listed = store.endpoints(org).await.unwrap();
+    assert!(listed.iter().all(|e| e.secret.is_sealed()));
+    assert_eq!(listed.iter().find(|e| e.id == id).unwrap().secret, sealed, "kept as it was");
+
+    insert_one(store, org, "legacy", t(2)).await;
+    let d = claim_one(store, WorkerId::new(), t(2)).await;
+    assert_eq!(d.endpoint_id, legacy.id);
+    assert!(d.secrets.iter().all(Secret::is_sealed));
+    let opened: Vec<_> = d.secrets.iter().map(|s| cipher.open(legacy.id, s).unwrap()).collect();
+    assert_eq!(opened, vec![rotated, legacy.secret], "current first, then the previous one");
+}
