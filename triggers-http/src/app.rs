@@ -5,15 +5,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::AUTHORIZATION;
 use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use triggers_core::{Deliverer, EventStore, Ingestor, Organization, RateDecision};
 
 use crate::config::ServerConfig;
 use crate::error::ApiError;
+use crate::guard::{self, ConnInfo, HostGuard};
 use crate::handlers;
 use crate::metrics::Metrics;
 use crate::respond::{self, Body};
@@ -25,6 +23,9 @@ pub(crate) struct App<S, D> {
     pub(crate) config: ServerConfig,
     pub(crate) metrics: Arc<Metrics>,
     admin_token_hash: Option<[u8; 32]>,
+    metrics_token_hash: Option<[u8; 32]>,
+    /// Set when no admin token is configured (loopback development): see [`HostGuard`].
+    host_guard: Option<HostGuard>,
 }
 
 /// Per-request state the handlers fill in for the response headers.
@@ -47,8 +48,11 @@ impl<S: EventStore, D: Deliverer> App<S, D> {
         config: ServerConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let admin_token_hash = config.admin_token.as_deref().map(|t| Sha256::digest(t).into());
-        Self { ingestor, config, metrics, admin_token_hash }
+        let admin_token_hash = config.admin_token.as_deref().map(guard::token_hash);
+        let metrics_token_hash = config.metrics_token.as_deref().map(guard::token_hash);
+        let host_guard =
+            config.admin_token.is_none().then(|| HostGuard::new(&config.allowed_hosts));
+        Self { ingestor, config, metrics, admin_token_hash, metrics_token_hash, host_guard }
     }
 
     /// Serves one request. Never fails: every error becomes a problem response.
@@ -60,7 +64,10 @@ impl<S: EventStore, D: Deliverer> App<S, D> {
         let uri = req.uri().clone();
         let path = uri.path();
         let mut ctx = Ctx::default();
+        let host_ok = self.host_guard.as_ref().map_or(true, |g| g.allows(&uri, req.headers()));
         let result = match router::find(&method, path) {
+            // Before anything else, so a rebinding page learns nothing about routes either.
+            _ if !host_ok => Err(ApiError::HostNotAllowed),
             Match::Found(route, id) => handlers::dispatch(self, &mut ctx, route, id, req).await,
             Match::MethodNotAllowed(allow) => Err(ApiError::MethodNotAllowed(allow)),
             Match::NotFound => Err(ApiError::RouteNotFound),
@@ -101,20 +108,28 @@ impl<S: EventStore, D: Deliverer> App<S, D> {
     }
 
     /// Checks `Authorization: Bearer <admin token>` when an admin token is configured.
-    /// Compares SHA-256 digests in constant time, so neither content nor length leaks.
     pub(crate) fn check_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(expected) = &self.admin_token_hash else { return Ok(()) };
-        let given = headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
-            .ok_or(ApiError::InvalidAdminToken)?;
-        let digest: [u8; 32] = Sha256::digest(given).into();
-        if bool::from(digest.ct_eq(expected)) {
+        if guard::token_matches(guard::bearer(headers), expected) {
             Ok(())
         } else {
             Err(ApiError::InvalidAdminToken)
+        }
+    }
+
+    /// Who may read `/metrics`: with a metrics token, whoever sends it as a bearer token;
+    /// without one, only connections accepted on a loopback address (a request that does not
+    /// say where it arrived is refused).
+    pub(crate) fn check_metrics(&self, req: &Req) -> Result<(), ApiError> {
+        match &self.metrics_token_hash {
+            Some(expected) if guard::token_matches(guard::bearer(req.headers()), expected) => {
+                Ok(())
+            }
+            Some(_) => Err(ApiError::InvalidMetricsToken),
+            None => match req.extensions().get::<ConnInfo>() {
+                Some(conn) if conn.local.ip().is_loopback() => Ok(()),
+                _ => Err(ApiError::MetricsForbidden),
+            },
         }
     }
 

@@ -19,8 +19,9 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// How long a client may take to send a request's body (default 30 s; 408 after).
     pub body_read_timeout: Duration,
-    /// Most connections served at once (default 1024). Over the cap a new connection waits up
-    /// to `connection_wait` for a free slot, then is closed.
+    /// Most connections served at once (default 1024). Over the cap the server first closes
+    /// the longest-idle keep-alive connection, then a new connection waits up to
+    /// `connection_wait` for a free slot, then is closed.
     pub max_connections: usize,
     /// See `max_connections` (default 100 ms).
     pub connection_wait: Duration,
@@ -32,6 +33,17 @@ pub struct ServerConfig {
     /// An extra check of webhook URLs at creation (after the built-in one: `http` or `https`
     /// with a host). The deliverer enforces its own rules again at delivery time.
     pub webhook_url_policy: Option<UrlPolicy>,
+    /// Extra `Host` values (`host` for any port, or `host:port`) served when no admin token
+    /// is set; loopback names and addresses are always served. Without an admin token any
+    /// other `Host` is refused with 421, so a web page on another origin cannot use a
+    /// developer's browser (DNS rebinding) to mint keys. Ignored when an admin token is set.
+    pub allowed_hosts: Vec<String>,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <token>`. When unset, `/metrics`
+    /// is served only on connections accepted on a loopback address (403 otherwise).
+    pub metrics_token: Option<String>,
+    /// Most connections one peer IP address may hold at once (default 256); more are closed
+    /// at once.
+    pub max_connections_per_peer: usize,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +57,9 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
             admin_token: None,
             webhook_url_policy: None,
+            allowed_hosts: Vec::new(),
+            metrics_token: None,
+            max_connections_per_peer: 256,
         }
     }
 }
@@ -60,6 +75,9 @@ impl fmt::Debug for ServerConfig {
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("webhook_url_policy", &self.webhook_url_policy.is_some())
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("metrics_token", &self.metrics_token.as_ref().map(|_| "<set>"))
+            .field("max_connections_per_peer", &self.max_connections_per_peer)
             .finish()
     }
 }

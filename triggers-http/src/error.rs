@@ -27,6 +27,14 @@ pub(crate) enum ApiError {
     InvalidApiKey,
     /// 401 `invalid_admin_token`: key generation needs the admin bearer token.
     InvalidAdminToken,
+    /// 401 `invalid_metrics_token`: `/metrics` needs the metrics bearer token.
+    InvalidMetricsToken,
+    /// 403 `metrics_forbidden`: no metrics token is configured and the server is not bound
+    /// to a loopback address.
+    MetricsForbidden,
+    /// 421 `host_not_allowed`: without an admin token only loopback `Host`s (and
+    /// `ServerConfig::allowed_hosts`) are served, against DNS rebinding.
+    HostNotAllowed,
     /// 404 `route_not_found`.
     RouteNotFound,
     /// 404 `not_found`: no such item for this organization (also malformed ids).
@@ -76,9 +84,12 @@ impl ApiError {
             Self::MalformedJson(_) | Self::NotAnObject | Self::InvalidQuery(_) | Self::BadBody => {
                 StatusCode::BAD_REQUEST
             }
-            Self::MissingApiKey | Self::InvalidApiKey | Self::InvalidAdminToken => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::InvalidAdminToken
+            | Self::InvalidMetricsToken => StatusCode::UNAUTHORIZED,
+            Self::MetricsForbidden => StatusCode::FORBIDDEN,
+            Self::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
             Self::RouteNotFound | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -101,6 +112,9 @@ impl ApiError {
             Self::MissingApiKey => "missing_api_key",
             Self::InvalidApiKey => "invalid_api_key",
             Self::InvalidAdminToken => "invalid_admin_token",
+            Self::InvalidMetricsToken => "invalid_metrics_token",
+            Self::MetricsForbidden => "metrics_forbidden",
+            Self::HostNotAllowed => "host_not_allowed",
             Self::RouteNotFound => "route_not_found",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
@@ -124,6 +138,9 @@ impl ApiError {
             Self::MissingApiKey => "Missing API key",
             Self::InvalidApiKey => "Invalid API key",
             Self::InvalidAdminToken => "Admin token required",
+            Self::InvalidMetricsToken => "Metrics token required",
+            Self::MetricsForbidden => "Metrics not served here",
+            Self::HostNotAllowed => "Host not allowed",
             Self::RouteNotFound => "No such route",
             Self::NotFound(_) => "Not found",
             Self::MethodNotAllowed(_) => "Method not allowed",
@@ -148,6 +165,17 @@ impl ApiError {
             Self::InvalidApiKey => "the API key is unknown or was rotated".into(),
             Self::InvalidAdminToken => {
                 "key generation needs `Authorization: Bearer <admin token>`".into()
+            }
+            Self::InvalidMetricsToken => "/metrics needs `Authorization: Bearer <metrics token>`".into(),
+            Self::MetricsForbidden => {
+                "without a metrics token (TRIGGERS_METRICS_TOKEN) /metrics is served on \
+                 loopback addresses only"
+                    .into()
+            }
+            Self::HostNotAllowed => {
+                "this server has no admin token and answers only requests addressed to \
+                 localhost, a loopback address or a host in TRIGGERS_ALLOWED_HOSTS"
+                    .into()
             }
             Self::RouteNotFound => "no route matches this path".into(),
             Self::NotFound(what) => format!("no such {what}"),
@@ -207,7 +235,7 @@ impl ApiError {
             Self::Unavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(1u64));
             }
-            Self::InvalidAdminToken => {
+            Self::InvalidAdminToken | Self::InvalidMetricsToken => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             // The rest of an oversized or late body is not read: close the connection.

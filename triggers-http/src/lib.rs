@@ -39,6 +39,7 @@ mod body;
 mod config;
 mod dto;
 mod error;
+mod guard;
 mod handlers;
 mod metrics;
 mod openapi;

@@ -18,6 +18,7 @@ use triggers_core::{Deliverer, EventStore, Ingestor};
 use crate::app::App;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
+use crate::guard::ConnInfo;
 use crate::metrics::Metrics;
 use crate::panic::CatchPanic;
 
@@ -154,10 +155,14 @@ async fn serve_connection<S: EventStore, D: Deliverer>(
     mut stop: watch::Receiver<bool>,
 ) {
     app.metrics.connection(1);
+    let conn_info = stream.local_addr().ok().map(|local| ConnInfo { local });
     let service = {
         let app = app.clone();
-        service_fn(move |req| {
+        service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let app = app.clone();
+            if let Some(info) = conn_info {
+                req.extensions_mut().insert(info);
+            }
             async move {
                 // A bug must cost one request a 500, not the connection or the process.
                 let res = match CatchPanic(Box::pin(app.handle(req))).await {

@@ -38,6 +38,10 @@ pub struct IngestorConfig {
     pub shared_limiter: Option<Arc<dyn SharedRateLimiter>>,
     /// Receives delivery outcomes for metrics.
     pub observer: Option<Arc<dyn Observer>>,
+    /// Byte budget of one inbox page (default 4 MiB): a page ends early once its events
+    /// would exceed it (always at least one event), see
+    /// [`ListQuery::max_bytes`](crate::store::ListQuery::max_bytes).
+    pub max_page_bytes: u64,
 }
 
 impl Default for IngestorConfig {
@@ -54,6 +58,7 @@ impl Default for IngestorConfig {
             clock: Arc::new(SystemClock),
             shared_limiter: None,
             observer: None,
+            max_page_bytes: crate::store::DEFAULT_MAX_PAGE_BYTES,
         }
     }
 }
@@ -70,6 +75,7 @@ impl std::fmt::Debug for IngestorConfig {
             .field("retry", &self.retry)
             .field("worker", &self.worker)
             .field("shared_limiter", &self.shared_limiter.is_some())
+            .field("max_page_bytes", &self.max_page_bytes)
             .finish_non_exhaustive()
     }
 }

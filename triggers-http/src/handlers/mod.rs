@@ -41,7 +41,7 @@ pub(crate) async fn dispatch<S: EventStore, D: Deliverer>(
         Route::QueueStats => ops::stats(app, ctx, req).await,
         Route::Health => Ok(ops::health()),
         Route::Ready => ops::ready(app).await,
-        Route::Metrics => ops::metrics(app).await,
+        Route::Metrics => ops::metrics(app, req).await,
         Route::OpenApi => Ok(ops::openapi()),
     }
 }

@@ -1,7 +1,7 @@
 //! `POST /api/webhook/config`, `GET /api/webhook/config`, `DELETE /api/webhooks/{id}`,
 //! `POST /api/webhooks/{id}/rotate-secret`.
 
-use http::{StatusCode, Uri};
+use http::StatusCode;
 use triggers_core::{Deliverer, EndpointId, EventStore};
 
 use super::{named, path_id};
@@ -10,19 +10,6 @@ use crate::body;
 use crate::dto::{SecretBody, WebhookConfigRequest, WebhookCreated, WebhookList, WebhookView};
 use crate::error::ApiError;
 use crate::respond::{empty, json_with};
-
-/// The built-in URL check: absolute `http` or `https` with a host.
-fn check_url(url: &str) -> Result<(), String> {
-    let uri: Uri = url.parse().map_err(|_| "is not a valid URL".to_owned())?;
-    match uri.scheme_str() {
-        Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => {}
-        _ => return Err("must be an http:// or https:// URL".into()),
-    }
-    match uri.host() {
-        Some(h) if !h.is_empty() => Ok(()),
-        _ => Err("must name a host".into()),
-    }
-}
 
 pub(super) async fn create<S: EventStore, D: Deliverer>(
     app: &App<S, D>,
@@ -40,7 +27,7 @@ pub(super) async fn create<S: EventStore, D: Deliverer>(
         (Some(u), _) | (None, Some(u)) => u,
         (None, None) => return Err(invalid("missing field `url`".into())),
     };
-    check_url(&url).map_err(invalid)?;
+    triggers_core::domain::validate::webhook_url(&url)?;
     if let Some(policy) = &app.config.webhook_url_policy {
         policy(&url).map_err(invalid)?;
     }
