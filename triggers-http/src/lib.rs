@@ -37,6 +37,7 @@
 mod app;
 mod body;
 mod config;
+mod conns;
 mod dto;
 mod error;
 mod guard;
