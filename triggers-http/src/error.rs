@@ -166,7 +166,9 @@ impl ApiError {
             Self::InvalidAdminToken => {
                 "key generation needs `Authorization: Bearer <admin token>`".into()
             }
-            Self::InvalidMetricsToken => "/metrics needs `Authorization: Bearer <metrics token>`".into(),
+            Self::InvalidMetricsToken => {
+                "/metrics needs `Authorization: Bearer <metrics token>`".into()
+            }
             Self::MetricsForbidden => {
                 "without a metrics token (TRIGGERS_METRICS_TOKEN) /metrics is served on \
                  loopback addresses only"

@@ -281,9 +281,11 @@ impl Settings {
         const PAGE: &str = "TRIGGERS_MAX_PAGE_BYTES";
         let max_page_bytes = match get(PAGE) {
             None => triggers_core::store::DEFAULT_MAX_PAGE_BYTES,
-            Some(v) => v.parse::<u64>().ok().filter(|n| (1024..=1 << 32).contains(n)).ok_or_else(
-                || bad(PAGE, v, "expected a number of bytes from 1024 to 4294967296"),
-            )?,
+            Some(v) => {
+                v.parse::<u64>().ok().filter(|n| (1024..=1 << 32).contains(n)).ok_or_else(|| {
+                    bad(PAGE, v, "expected a number of bytes from 1024 to 4294967296")
+                })?
+            }
         };
 
         const HOSTS: &str = "TRIGGERS_ALLOWED_HOSTS";

@@ -51,9 +51,9 @@ pub use events::{
 };
 pub use inbox::{
     ack_is_idempotent_and_reports_unknown_ids, inbox_filters_by_status_and_type_glob,
-    inbox_pages_visit_every_event_once, organizations_cannot_reach_each_others_events,
-    replay_sets_events_pending_again, stats_count_events_and_in_flight_deliveries,
-    inbox_pages_stop_at_the_byte_budget,
+    inbox_pages_stop_at_the_byte_budget, inbox_pages_visit_every_event_once,
+    organizations_cannot_reach_each_others_events, replay_sets_events_pending_again,
+    stats_count_events_and_in_flight_deliveries,
 };
 pub use orgs::{
     duplicate_organizations_conflict, organizations_are_found_by_id_and_key, ping_answers,

@@ -9,8 +9,7 @@ use crate::clock::{self, Timestamp};
 use crate::domain::event::{Event, EventDetail, EventMeta, EventRecord, EventStatus};
 use crate::domain::{EventId, OrganizationId};
 use crate::store::{
-    page_item_size, AckOutcome, InsertOutcome, ListQuery, Page, QueueStats, StoreError,
-    StoreResult,
+    page_item_size, AckOutcome, InsertOutcome, ListQuery, Page, QueueStats, StoreError, StoreResult,
 };
 
 impl State {

@@ -25,9 +25,8 @@ use tokio::sync::Notify;
 
 pub use error::{StoreError, StoreResult};
 pub use types::{
-    page_item_size, AckOutcome, ClaimRequest, Completion, CompletionState, Delivery,
-    InsertOutcome, ListQuery, NewEndpoint, Page, QueueStats, DEFAULT_MAX_PAGE_BYTES,
-    PAGE_ITEM_OVERHEAD,
+    page_item_size, AckOutcome, ClaimRequest, Completion, CompletionState, Delivery, InsertOutcome,
+    ListQuery, NewEndpoint, Page, QueueStats, DEFAULT_MAX_PAGE_BYTES, PAGE_ITEM_OVERHEAD,
 };
 
 use crate::clock::Timestamp;

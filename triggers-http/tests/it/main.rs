@@ -4,6 +4,7 @@
 mod auth;
 mod crash;
 mod dedup;
+mod edge;
 mod flaky;
 mod hostile;
 mod lifecycle;
