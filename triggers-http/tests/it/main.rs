@@ -11,5 +11,6 @@ mod lifecycle;
 mod openapi;
 mod rate;
 mod routes;
+mod rss;
 mod support;
 mod validation;
