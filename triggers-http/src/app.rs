@@ -1,6 +1,8 @@
 //! One request, start to finish: route, authenticate, run the handler, map errors, add the
 //! rate-limit headers, count and log.
 
+#[cfg(test)]
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -121,12 +123,14 @@ impl<S: EventStore, D: Deliverer> App<S, D> {
     /// without one, only connections accepted on a loopback address (a request that does not
     /// say where it arrived is refused).
     pub(crate) fn check_metrics(&self, req: &Req) -> Result<(), ApiError> {
+        self.metrics_access(req.headers(), req.extensions().get::<ConnInfo>())
+    }
+
+    fn metrics_access(&self, headers: &HeaderMap, conn: Option<&ConnInfo>) -> Result<(), ApiError> {
         match &self.metrics_token_hash {
-            Some(expected) if guard::token_matches(guard::bearer(req.headers()), expected) => {
-                Ok(())
-            }
+            Some(expected) if guard::token_matches(guard::bearer(headers), expected) => Ok(()),
             Some(_) => Err(ApiError::InvalidMetricsToken),
-            None => match req.extensions().get::<ConnInfo>() {
+            None => match conn {
                 Some(conn) if conn.local.ip().is_loopback() => Ok(()),
                 _ => Err(ApiError::MetricsForbidden),
             },
@@ -138,5 +142,49 @@ impl<S: EventStore, D: Deliverer> App<S, D> {
         crate::body::check_headers(req.headers(), self.config.max_body)?;
         crate::body::read(req.into_body(), self.config.max_body, self.config.body_read_timeout)
             .await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use http::header::{HeaderValue, AUTHORIZATION};
+    use triggers_core::{IngestorConfig, MemoryStore, NoDeliverer};
+
+    fn app(metrics_token: Option<&str>) -> App<MemoryStore, NoDeliverer> {
+        let ingestor = Ingestor::start(MemoryStore::new(), NoDeliverer, IngestorConfig::default());
+        let config = ServerConfig {
+            metrics_token: metrics_token.map(str::to_owned),
+            ..ServerConfig::default()
+        };
+        App::new(ingestor, config, Arc::new(Metrics::new()))
+    }
+
+    #[tokio::test]
+    async fn metrics_without_a_token_are_served_on_loopback_binds_only() {
+        let app = app(None);
+        let none = HeaderMap::new();
+        let on = |ip: &str| ConnInfo { local: SocketAddr::new(ip.parse().unwrap(), 8080) };
+        assert!(app.metrics_access(&none, Some(&on("127.0.0.1"))).is_ok());
+        assert!(app.metrics_access(&none, Some(&on("::1"))).is_ok());
+        for ip in ["0.0.0.0", "10.1.2.3", "::"] {
+            let e = app.metrics_access(&none, Some(&on(ip))).unwrap_err();
+            assert_eq!(e.code(), "metrics_forbidden", "{ip}");
+        }
+        let e = app.metrics_access(&none, None).unwrap_err();
+        assert_eq!(e.code(), "metrics_forbidden", "unknown bind: refused");
+    }
+
+    #[tokio::test]
+    async fn with_a_token_any_bind_needs_it() {
+        let app = app(Some("m3trics"));
+        let public = ConnInfo { local: "10.1.2.3:8080".parse().unwrap() };
+        let mut headers = HeaderMap::new();
+        let e = app.metrics_access(&headers, Some(&public)).unwrap_err();
+        assert_eq!(e.code(), "invalid_metrics_token");
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("bearer m3trics"));
+        assert!(app.metrics_access(&headers, Some(&public)).is_ok());
+        assert!(app.metrics_access(&headers, None).is_ok());
     }
 }

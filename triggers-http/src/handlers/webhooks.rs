@@ -85,7 +85,7 @@ pub(super) async fn rotate_secret<S: EventStore, D: Deliverer>(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::check_url;
+    use triggers_core::domain::validate::webhook_url as check_url;
 
     #[test]
     fn urls_must_be_http_with_a_host() {
