@@ -30,8 +30,9 @@ pub struct ServerConfig {
     /// When set, `POST /api/keys/generate` needs `Authorization: Bearer <token>`. Required
     /// when listening on a non-loopback address.
     pub admin_token: Option<String>,
-    /// An extra check of webhook URLs at creation (after the built-in one: `http` or `https`
-    /// with a host). The deliverer enforces its own rules again at delivery time.
+    /// An extra check of webhook URLs at creation (after the built-in one,
+    /// `triggers_core::domain::validate::webhook_url`: `http` or `https`, a host, a port in
+    /// 1–65535, no userinfo, at most 2048 bytes). The deliverer enforces its own rules again at delivery time.
     pub webhook_url_policy: Option<UrlPolicy>,
     /// Extra `Host` values (`host` for any port, or `host:port`) served when no admin token
     /// is set; loopback names and addresses are always served. Without an admin token any
