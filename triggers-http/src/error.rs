@@ -258,7 +258,12 @@ pub(crate) fn retry_secs(d: Duration) -> u64 {
 
 impl From<ValidationError> for ApiError {
     fn from(e: ValidationError) -> Self {
-        Self::Invalid { field: e.field().to_owned(), reason: e.to_string() }
+        // The detail is "{field}: {reason}": do not repeat the field of a `Field` error.
+        let reason = match &e {
+            ValidationError::Field { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        };
+        Self::Invalid { field: e.field().to_owned(), reason }
     }
 }
 
@@ -304,6 +309,9 @@ mod tests {
         let invalid = ApiError::from(Error::Invalid(ValidationError::TypeLength(0)));
         assert_eq!(invalid.status().as_u16(), 422);
         assert_eq!(invalid.problem().field.as_deref(), Some("type"));
+        let url =
+            ApiError::from(ValidationError::Field { field: "url", reason: "bad port".into() });
+        assert_eq!(url.problem().detail, "url: bad port");
     }
 
     #[test]
