@@ -1,19 +1,19 @@
 //! One request, start to finish: route, authenticate, run the handler, map errors, add the
 //! rate-limit headers, count and log.
 
+#[cfg(test)]
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::AUTHORIZATION;
 use http::{HeaderMap, Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use triggers_core::{Deliverer, EventStore, Ingestor, Organization, RateDecision};
 
 use crate::config::{AdminPolicy, ServerConfig};
 use crate::error::ApiError;
+use crate::guard::{self, ConnInfo, HostGuard};
 use crate::handlers;
 use crate::metrics::Metrics;
 use crate::respond::{self, Body};
@@ -27,6 +27,9 @@ pub(crate) struct App<S, D> {
     admin: AdminGate,
     /// `GET /openapi.json` for this mount (its `servers` entry names the base path).
     openapi: Bytes,
+    metrics_token_hash: Option<[u8; 32]>,
+    /// Set when anyone may create organizations (no admin token): see [`HostGuard`].
+    host_guard: Option<HostGuard>,
 }
 
 /// Who may call `POST /api/keys/generate`, as checked per request.
@@ -61,10 +64,9 @@ impl<S: EventStore, D: Deliverer> App<S, D> {
         admin: &AdminPolicy,
         base_path: &str,
     ) -> Self {
-        let hash = |t: &str| Sha256::digest(t).into();
         let admin = match (admin, config.admin_token.as_deref()) {
-            (AdminPolicy::Token(t), _) => AdminGate::Token(hash(t)),
-            (AdminPolicy::Open, Some(t)) => AdminGate::Token(hash(t)),
+            (AdminPolicy::Token(t), _) => AdminGate::Token(guard::token_hash(t)),
+            (AdminPolicy::Open, Some(t)) => AdminGate::Token(guard::token_hash(t)),
             (AdminPolicy::Open, None) => AdminGate::Open,
             (AdminPolicy::Closed, _) => AdminGate::Closed,
         };
@@ -73,7 +75,13 @@ impl<S: EventStore, D: Deliverer> App<S, D> {
         } else {
             Bytes::from(crate::openapi::document_at(base_path).to_string())
         };
-        Self { ingestor, config, metrics, admin, openapi }
+        let metrics_token_hash = config.metrics_token.as_deref().map(guard::token_hash);
+        // Without an admin token anyone who reaches the API may mint keys: then only loopback
+        // (and explicitly allowed) `Host`s are served, so a web page on another origin cannot
+        // do it through a developer's browser (DNS rebinding).
+        let host_guard =
+            matches!(admin, AdminGate::Open).then(|| HostGuard::new(&config.allowed_hosts));
+        Self { ingestor, config, metrics, admin, openapi, metrics_token_hash, host_guard }
     }
 
     /// The OpenAPI document of this mount.
@@ -90,7 +98,10 @@ impl<S: EventStore, D: Deliverer> App<S, D> {
         let uri = req.uri().clone();
         let path = uri.path();
         let mut ctx = Ctx::default();
+        let host_ok = self.host_guard.as_ref().map_or(true, |g| g.allows(&uri, req.headers()));
         let result = match router::find(&method, path) {
+            // Before anything else, so a rebinding page learns nothing about routes either.
+            _ if !host_ok => Err(ApiError::HostNotAllowed),
             Match::Found(route, id) => handlers::dispatch(self, &mut ctx, route, id, req).await,
             Match::MethodNotAllowed(allow) => Err(ApiError::MethodNotAllowed(allow)),
             Match::NotFound => Err(ApiError::RouteNotFound),
@@ -130,25 +141,36 @@ impl<S: EventStore, D: Deliverer> App<S, D> {
         Ok(org)
     }
 
-    /// Checks the admin policy: `Authorization: Bearer <admin token>` when a token is set.
-    /// Compares SHA-256 digests in constant time, so neither content nor length leaks.
+    /// Checks the admin policy: `Authorization: Bearer <admin token>` (scheme in any case)
+    /// when a token is set, compared as SHA-256 digests in constant time.
     pub(crate) fn check_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let expected = match &self.admin {
             AdminGate::Open => return Ok(()),
             AdminGate::Closed => return Err(ApiError::KeyGenerationDisabled),
             AdminGate::Token(hash) => hash,
         };
-        let given = headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
-            .ok_or(ApiError::InvalidAdminToken)?;
-        let digest: [u8; 32] = Sha256::digest(given).into();
-        if bool::from(digest.ct_eq(expected)) {
+        if guard::token_matches(guard::bearer(headers), expected) {
             Ok(())
         } else {
             Err(ApiError::InvalidAdminToken)
+        }
+    }
+
+    /// Who may read `/metrics`: with a metrics token, whoever sends it as a bearer token;
+    /// without one, only connections accepted on a loopback address (a request that does not
+    /// say where it arrived is refused).
+    pub(crate) fn check_metrics(&self, req: &Req) -> Result<(), ApiError> {
+        self.metrics_access(req.headers(), req.extensions().get::<ConnInfo>())
+    }
+
+    fn metrics_access(&self, headers: &HeaderMap, conn: Option<&ConnInfo>) -> Result<(), ApiError> {
+        match &self.metrics_token_hash {
+            Some(expected) if guard::token_matches(guard::bearer(headers), expected) => Ok(()),
+            Some(_) => Err(ApiError::InvalidMetricsToken),
+            None => match conn {
+                Some(conn) if conn.local.ip().is_loopback() => Ok(()),
+                _ => Err(ApiError::MetricsForbidden),
+            },
         }
     }
 
@@ -157,5 +179,49 @@ impl<S: EventStore, D: Deliverer> App<S, D> {
         crate::body::check_headers(req.headers(), self.config.max_body)?;
         crate::body::read(req.into_body(), self.config.max_body, self.config.body_read_timeout)
             .await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use http::header::{HeaderValue, AUTHORIZATION};
+    use triggers_core::{IngestorConfig, MemoryStore, NoDeliverer};
+
+    fn app(metrics_token: Option<&str>) -> App<MemoryStore, NoDeliverer> {
+        let ingestor = Ingestor::start(MemoryStore::new(), NoDeliverer, IngestorConfig::default());
+        let config = ServerConfig {
+            metrics_token: metrics_token.map(str::to_owned),
+            ..ServerConfig::default()
+        };
+        App::new(ingestor, config, Arc::new(Metrics::new()), &AdminPolicy::Open, "")
+    }
+
+    #[tokio::test]
+    async fn metrics_without_a_token_are_served_on_loopback_binds_only() {
+        let app = app(None);
+        let none = HeaderMap::new();
+        let on = |ip: &str| ConnInfo { local: SocketAddr::new(ip.parse().unwrap(), 8080) };
+        assert!(app.metrics_access(&none, Some(&on("127.0.0.1"))).is_ok());
+        assert!(app.metrics_access(&none, Some(&on("::1"))).is_ok());
+        for ip in ["0.0.0.0", "10.1.2.3", "::"] {
+            let e = app.metrics_access(&none, Some(&on(ip))).unwrap_err();
+            assert_eq!(e.code(), "metrics_forbidden", "{ip}");
+        }
+        let e = app.metrics_access(&none, None).unwrap_err();
+        assert_eq!(e.code(), "metrics_forbidden", "unknown bind: refused");
+    }
+
+    #[tokio::test]
+    async fn with_a_token_any_bind_needs_it() {
+        let app = app(Some("m3trics"));
+        let public = ConnInfo { local: "10.1.2.3:8080".parse().unwrap() };
+        let mut headers = HeaderMap::new();
+        let e = app.metrics_access(&headers, Some(&public)).unwrap_err();
+        assert_eq!(e.code(), "invalid_metrics_token");
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("bearer m3trics"));
+        assert!(app.metrics_access(&headers, Some(&public)).is_ok());
+        assert!(app.metrics_access(&headers, None).is_ok());
     }
 }

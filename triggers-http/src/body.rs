@@ -10,6 +10,7 @@ use http::HeaderMap;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::error::Category;
+use triggers_core::domain::json::{nested_deeper_than, MAX_BODY_DEPTH};
 
 use crate::error::ApiError;
 
@@ -67,9 +68,16 @@ where
 }
 
 /// Parses a JSON object into `T`: syntax errors (also truncation, invalid UTF-8 and nesting
-/// deeper than serde_json's limit of 128) are 400 `malformed_json`, a non-object is 400
+/// deeper than 128 levels anywhere, raw values included) are 400 `malformed_json`, a non-object is 400
 /// `not_an_object`, and a missing or mistyped field is 422 `invalid_field`.
 pub(crate) fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Raw values (payloads, batch items) skip serde_json's depth check: check every body
+    // first, without recursion.
+    if nested_deeper_than(bytes, MAX_BODY_DEPTH) {
+        return Err(ApiError::MalformedJson(format!(
+            "nesting deeper than {MAX_BODY_DEPTH} levels"
+        )));
+    }
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(match serde_json::from_slice::<IgnoredAny>(bytes) {
@@ -196,6 +204,12 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(code(br#"{"a": "x"}"#), "invalid_field");
+        // Closed nesting inside a raw value: serde_json alone would accept it.
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(20_000), "]".repeat(20_000));
+        let e = parse_object::<Raw>(deep.as_bytes()).unwrap_err();
+        assert_eq!(e.code(), "malformed_json", "{e:?}");
+        let ok = format!("{{\"a\":{}{}}}", "[".repeat(127), "]".repeat(127));
+        assert!(parse_object::<Raw>(ok.as_bytes()).is_ok());
     }
 
     #[test]

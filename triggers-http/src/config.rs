@@ -44,8 +44,9 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// How long a client may take to send a request's body (default 30 s; 408 after).
     pub body_read_timeout: Duration,
-    /// Most connections served at once (default 1024). Over the cap a new connection waits up
-    /// to `connection_wait` for a free slot, then is closed.
+    /// Most connections served at once (default 1024). Over the cap the server first closes
+    /// the longest-idle keep-alive connection, then a new connection waits up to
+    /// `connection_wait` for a free slot, then is closed.
     pub max_connections: usize,
     /// See `max_connections` (default 100 ms).
     pub connection_wait: Duration,
@@ -55,12 +56,24 @@ pub struct ServerConfig {
     /// when [`Server`](crate::Server) listens on a non-loopback address. A mounted
     /// [`ApiService`](crate::ApiService) takes its policy from `ServiceConfig::admin`.
     pub admin_token: Option<String>,
-    /// An extra check of webhook URLs at creation (after the built-in one: `http` or `https`
-    /// with a host). The deliverer enforces its own rules again at delivery time.
+    /// An extra check of webhook URLs at creation (after the built-in one,
+    /// `triggers_core::domain::validate::webhook_url`: `http` or `https`, a host, a port in
+    /// 1–65535, no userinfo, at most 2048 bytes). The deliverer enforces its own rules again at delivery time.
     pub webhook_url_policy: Option<UrlPolicy>,
     /// Serve the dashboard (`GET /ui`) and the API docs (`GET /docs`) (default `true`);
     /// when `false` those routes answer 404 `route_not_found`.
     pub ui: bool,
+    /// Extra `Host` values (`host` for any port, or `host:port`) served when no admin token
+    /// is set; loopback names and addresses are always served. Without an admin token any
+    /// other `Host` is refused with 421, so a web page on another origin cannot use a
+    /// developer's browser (DNS rebinding) to mint keys. Ignored when an admin token is set.
+    pub allowed_hosts: Vec<String>,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <token>`. When unset, `/metrics`
+    /// is served only on connections accepted on a loopback address (403 otherwise).
+    pub metrics_token: Option<String>,
+    /// Most connections one peer IP address may hold at once (default 256); more are closed
+    /// at once.
+    pub max_connections_per_peer: usize,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +88,9 @@ impl Default for ServerConfig {
             admin_token: None,
             webhook_url_policy: None,
             ui: true,
+            allowed_hosts: Vec::new(),
+            metrics_token: None,
+            max_connections_per_peer: 256,
         }
     }
 }
@@ -91,6 +107,9 @@ impl fmt::Debug for ServerConfig {
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("webhook_url_policy", &self.webhook_url_policy.is_some())
             .field("ui", &self.ui)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("metrics_token", &self.metrics_token.as_ref().map(|_| "<set>"))
+            .field("max_connections_per_peer", &self.max_connections_per_peer)
             .finish()
     }
 }

@@ -29,6 +29,14 @@ pub(crate) enum ApiError {
     InvalidAdminToken,
     /// 403 `key_generation_disabled`: the service's admin policy is `Closed`.
     KeyGenerationDisabled,
+    /// 401 `invalid_metrics_token`: `/metrics` needs the metrics bearer token.
+    InvalidMetricsToken,
+    /// 403 `metrics_forbidden`: no metrics token is configured and the server is not bound
+    /// to a loopback address.
+    MetricsForbidden,
+    /// 421 `host_not_allowed`: without an admin token only loopback `Host`s (and
+    /// `ServerConfig::allowed_hosts`) are served, against DNS rebinding.
+    HostNotAllowed,
     /// 404 `route_not_found`.
     RouteNotFound,
     /// 404 `not_found`: no such item for this organization (also malformed ids).
@@ -81,10 +89,13 @@ impl ApiError {
             Self::MalformedJson(_) | Self::NotAnObject | Self::InvalidQuery(_) | Self::BadBody => {
                 StatusCode::BAD_REQUEST
             }
-            Self::MissingApiKey | Self::InvalidApiKey | Self::InvalidAdminToken => {
-                StatusCode::UNAUTHORIZED
-            }
             Self::KeyGenerationDisabled => StatusCode::FORBIDDEN,
+            Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::InvalidAdminToken
+            | Self::InvalidMetricsToken => StatusCode::UNAUTHORIZED,
+            Self::MetricsForbidden => StatusCode::FORBIDDEN,
+            Self::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
             Self::RouteNotFound | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -109,6 +120,9 @@ impl ApiError {
             Self::InvalidApiKey => "invalid_api_key",
             Self::InvalidAdminToken => "invalid_admin_token",
             Self::KeyGenerationDisabled => "key_generation_disabled",
+            Self::InvalidMetricsToken => "invalid_metrics_token",
+            Self::MetricsForbidden => "metrics_forbidden",
+            Self::HostNotAllowed => "host_not_allowed",
             Self::RouteNotFound => "route_not_found",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
@@ -134,6 +148,9 @@ impl ApiError {
             Self::InvalidApiKey => "Invalid API key",
             Self::InvalidAdminToken => "Admin token required",
             Self::KeyGenerationDisabled => "Key generation disabled",
+            Self::InvalidMetricsToken => "Metrics token required",
+            Self::MetricsForbidden => "Metrics not served here",
+            Self::HostNotAllowed => "Host not allowed",
             Self::RouteNotFound => "No such route",
             Self::NotFound(_) => "Not found",
             Self::MethodNotAllowed(_) => "Method not allowed",
@@ -162,6 +179,19 @@ impl ApiError {
             }
             Self::KeyGenerationDisabled => {
                 "organizations are not created over HTTP here; ask the operator for a key".into()
+            }
+            Self::InvalidMetricsToken => {
+                "/metrics needs `Authorization: Bearer <metrics token>`".into()
+            }
+            Self::MetricsForbidden => {
+                "without a metrics token (TRIGGERS_METRICS_TOKEN) /metrics is served on \
+                 loopback addresses only"
+                    .into()
+            }
+            Self::HostNotAllowed => {
+                "this server has no admin token and answers only requests addressed to \
+                 localhost, a loopback address or a host in TRIGGERS_ALLOWED_HOSTS"
+                    .into()
             }
             Self::RouteNotFound => "no route matches this path".into(),
             Self::NotFound(what) => format!("no such {what}"),
@@ -226,7 +256,7 @@ impl ApiError {
             Self::Unavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(1u64));
             }
-            Self::InvalidAdminToken => {
+            Self::InvalidAdminToken | Self::InvalidMetricsToken => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             // The rest of an oversized or late body is not read: close the connection.
@@ -292,7 +322,12 @@ pub(crate) fn retry_secs(d: Duration) -> u64 {
 
 impl From<ValidationError> for ApiError {
     fn from(e: ValidationError) -> Self {
-        Self::Invalid { field: e.field().to_owned(), reason: e.to_string() }
+        // The detail is "{field}: {reason}": do not repeat the field of a `Field` error.
+        let reason = match &e {
+            ValidationError::Field { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        };
+        Self::Invalid { field: e.field().to_owned(), reason }
     }
 }
 
@@ -339,6 +374,9 @@ mod tests {
         let invalid = ApiError::from(Error::Invalid(ValidationError::TypeLength(0)));
         assert_eq!(invalid.status().as_u16(), 422);
         assert_eq!(invalid.problem().field.as_deref(), Some("type"));
+        let url =
+            ApiError::from(ValidationError::Field { field: "url", reason: "bad port".into() });
+        assert_eq!(url.problem().detail, "url: bad port");
     }
 
     #[test]

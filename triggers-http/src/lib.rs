@@ -42,8 +42,10 @@
 mod app;
 mod body;
 mod config;
+mod conns;
 mod dto;
 mod error;
+mod guard;
 mod handlers;
 pub mod logging;
 mod metrics;

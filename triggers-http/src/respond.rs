@@ -33,6 +33,20 @@ pub(crate) fn json_with<T: Serialize + ?Sized>(status: StatusCode, value: &T) ->
     }
 }
 
+/// Like [`json_with`], serialising into a buffer reserved for `size_hint` bytes up front, so a
+/// large body (an inbox page) is not copied again and again while its buffer grows.
+pub(crate) fn json_sized<T: Serialize + ?Sized>(
+    status: StatusCode,
+    value: &T,
+    size_hint: usize,
+) -> Response<Body> {
+    let mut buf = Vec::with_capacity(size_hint);
+    match serde_json::to_writer(&mut buf, value) {
+        Ok(()) => with_body(status, "application/json", Bytes::from(buf)),
+        Err(_) => json_with(status, value),
+    }
+}
+
 /// A response with a body of the given content type.
 pub(crate) fn with_body(
     status: StatusCode,

@@ -17,6 +17,8 @@ use triggers_core::{Deliverer, EventStore, Ingestor};
 
 use crate::app::App;
 use crate::config::{AdminPolicy, ServerConfig};
+use crate::conns::{ConnGuard, ConnTable};
+use crate::guard::ConnInfo;
 use crate::metrics::Metrics;
 use crate::service::{box_body, respond, ApiService};
 
@@ -127,6 +129,7 @@ impl<S: EventStore, D: Deliverer> Server<S, D> {
             ),
         }
         let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+        let table = ConnTable::new(config.max_connections_per_peer);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
@@ -137,8 +140,8 @@ impl<S: EventStore, D: Deliverer> Server<S, D> {
                 accepted = listener.accept() => accepted,
             };
             while conns.try_join_next().is_some() {}
-            let stream = match accepted {
-                Ok((stream, _peer)) => stream,
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -146,13 +149,19 @@ impl<S: EventStore, D: Deliverer> Server<S, D> {
                     continue;
                 }
             };
-            let Some(permit) = self.slot(&permits).await else {
+            let Some(entry) = table.admit(peer.ip()) else {
+                self.app.metrics.rejected_connection();
+                tracing::debug!(%peer, "per-peer connection cap reached; closing a new connection");
+                continue;
+            };
+            let Some(permit) = self.slot(&permits, &table).await else {
                 self.app.metrics.rejected_connection();
                 tracing::debug!("connection cap reached; closing a new connection");
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            conns.spawn(serve_connection(self.app.clone(), stream, permit, stop_rx.clone()));
+            let conn = serve_connection(self.app.clone(), stream, (permit, entry), stop_rx.clone());
+            conns.spawn(conn);
         }
         drop(listener);
         tracing::info!(in_flight = conns.len(), "shutting down: draining connections");
@@ -170,29 +179,50 @@ impl<S: EventStore, D: Deliverer> Server<S, D> {
         Ok(())
     }
 
-    /// A connection slot: at once if free, else after waiting up to `connection_wait`.
-    async fn slot(&self, permits: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+    /// A connection slot: at once if free; else the longest-idle connection is asked to close
+    /// and the slot it frees (or any other) is waited for up to `connection_wait`.
+    async fn slot(
+        &self,
+        permits: &Arc<Semaphore>,
+        table: &ConnTable,
+    ) -> Option<OwnedSemaphorePermit> {
         if let Ok(p) = permits.clone().try_acquire_owned() {
             return Some(p);
+        }
+        if table.evict_idle() {
+            tracing::debug!("connection cap reached; closing the longest-idle connection");
         }
         let wait = self.app.config.connection_wait;
         tokio::time::timeout(wait, permits.clone().acquire_owned()).await.ok()?.ok()
     }
 }
 
-/// Serves one connection until it closes, or until shutdown asks it to finish gracefully.
+/// Serves one connection until it closes, or until shutdown (or eviction while idle) asks it
+/// to finish gracefully. `slot` (the global permit and the table entry) is held until then.
 async fn serve_connection<S: EventStore, D: Deliverer>(
     app: Arc<App<S, D>>,
     stream: TcpStream,
-    permit: OwnedSemaphorePermit,
+    slot: (OwnedSemaphorePermit, ConnGuard),
     mut stop: watch::Receiver<bool>,
 ) {
+    let entry = Arc::new(slot.1);
     app.metrics.connection(1);
+    let conn_info = stream.local_addr().ok().map(|local| ConnInfo { local });
     let service = {
         let app = app.clone();
-        service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let entry = entry.clone();
+        service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            // Where the connection arrived: `/metrics` without a token is served on loopback
+            // binds only.
+            if let Some(info) = conn_info {
+                req.extensions_mut().insert(info);
+            }
+            let busy = entry.busy();
             let res = respond(app.clone(), req.map(box_body));
-            async move { Ok::<_, Infallible>(res.await) }
+            async move {
+                let _busy = busy;
+                Ok::<_, Infallible>(res.await)
+            }
         })
     };
     let conn = http1::Builder::new()
@@ -215,10 +245,15 @@ async fn serve_connection<S: EventStore, D: Deliverer>(
                 conn.as_mut().graceful_shutdown();
                 stopping = true;
             }
+            // Idle at the global cap: make room (an in-progress request still finishes).
+            () = entry.state.evict.notified(), if !stopping => {
+                conn.as_mut().graceful_shutdown();
+                stopping = true;
+            }
         }
     }
     app.metrics.connection(-1);
-    drop(permit);
+    drop(slot.0);
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

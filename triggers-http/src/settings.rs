@@ -16,7 +16,7 @@ use triggers_core::{IngestorConfig, RetryPolicy, TierLimits, WorkerConfig};
 use crate::config::ServerConfig;
 
 /// Every variable: name, default, meaning.
-pub const VARIABLES: [(&str, &str, &str); 18] = [
+pub const VARIABLES: [(&str, &str, &str); 22] = [
     ("TRIGGERS_LISTEN", "127.0.0.1:8080", "address to bind (IP:port)"),
     ("DATABASE_URL", "sqlite://triggers.db", "sqlite://PATH or postgres://…"),
     (
@@ -75,6 +75,22 @@ pub const VARIABLES: [(&str, &str, &str); 18] = [
         "shared on PostgreSQL, local on SQLite",
         "local: per process; shared: one limit across the nodes of a PostgreSQL database",
     ),
+    (
+        "TRIGGERS_MAX_PAGE_BYTES",
+        "4194304",
+        "byte budget of one list page (always at least one item)",
+    ),
+    (
+        "TRIGGERS_ALLOWED_HOSTS",
+        "unset",
+        "extra Host values (host or host:port, comma-separated) served when no admin token is set",
+    ),
+    (
+        "TRIGGERS_METRICS_TOKEN",
+        "unset",
+        "bearer token for GET /metrics (unset: /metrics is served on loopback binds only)",
+    ),
+    ("TRIGGERS_MAX_CONNECTIONS_PER_PEER", "256", "connections one client IP address may hold"),
 ];
 
 /// Where rate limits are kept (`TRIGGERS_RATE_LIMITER`).
@@ -161,6 +177,14 @@ pub struct Settings {
     pub secret_cipher: Option<Arc<SecretCipher>>,
     /// `TRIGGERS_RATE_LIMITER`.
     pub rate_limiter: RateLimiterKind,
+    /// `TRIGGERS_MAX_PAGE_BYTES`.
+    pub max_page_bytes: u64,
+    /// `TRIGGERS_ALLOWED_HOSTS`.
+    pub allowed_hosts: Vec<String>,
+    /// `TRIGGERS_METRICS_TOKEN`.
+    pub metrics_token: Option<String>,
+    /// `TRIGGERS_MAX_CONNECTIONS_PER_PEER`.
+    pub max_connections_per_peer: usize,
 }
 
 impl fmt::Debug for Settings {
@@ -182,6 +206,10 @@ impl fmt::Debug for Settings {
             .field("retention", &self.retention)
             .field("secret_cipher", &self.secret_cipher)
             .field("rate_limiter", &self.rate_limiter)
+            .field("max_page_bytes", &self.max_page_bytes)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("metrics_token", &self.metrics_token.as_ref().map(|_| "<set>"))
+            .field("max_connections_per_peer", &self.max_connections_per_peer)
             .finish()
     }
 }
@@ -398,6 +426,48 @@ impl Settings {
             )?,
         };
 
+        const PAGE: &str = "TRIGGERS_MAX_PAGE_BYTES";
+        let max_page_bytes = match get(PAGE) {
+            None => triggers_core::store::DEFAULT_MAX_PAGE_BYTES,
+            Some(v) => {
+                v.parse::<u64>().ok().filter(|n| (1024..=1 << 32).contains(n)).ok_or_else(|| {
+                    bad(PAGE, v, "expected a number of bytes from 1024 to 4294967296")
+                })?
+            }
+        };
+
+        const HOSTS: &str = "TRIGGERS_ALLOWED_HOSTS";
+        let allowed_hosts = match get(HOSTS) {
+            None => Vec::new(),
+            Some(v) => v
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(|h| {
+                    let ok = h.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                    });
+                    if ok {
+                        Ok(h.to_owned())
+                    } else {
+                        Err(bad(HOSTS, h, "expected host names such as api.example.com:8080"))
+                    }
+                })
+                .collect::<Result<_, _>>()?,
+        };
+
+        let metrics_token = get("TRIGGERS_METRICS_TOKEN").map(str::to_owned);
+
+        const PER_PEER: &str = "TRIGGERS_MAX_CONNECTIONS_PER_PEER";
+        let max_connections_per_peer = match get(PER_PEER) {
+            None => 256,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n))
+                .ok_or_else(|| bad(PER_PEER, v, "expected a whole number from 1 to 1000000"))?,
+        };
+
         Ok(Self {
             listen,
             database,
@@ -415,6 +485,10 @@ impl Settings {
             retention,
             secret_cipher,
             rate_limiter,
+            max_page_bytes,
+            allowed_hosts,
+            metrics_token,
+            max_connections_per_peer,
         })
     }
 
@@ -449,6 +523,7 @@ impl Settings {
                     .map_or(Duration::from_secs(60), |r| r / 10)
                     .clamp(Duration::from_secs(1), Duration::from_secs(60)),
             ),
+            max_page_bytes: self.max_page_bytes,
             ..defaults
         }
     }
@@ -459,6 +534,9 @@ impl Settings {
             max_body: self.max_body,
             admin_token: self.admin_token.clone(),
             ui: self.ui,
+            allowed_hosts: self.allowed_hosts.clone(),
+            metrics_token: self.metrics_token.clone(),
+            max_connections_per_peer: self.max_connections_per_peer,
             ..ServerConfig::default()
         }
     }
@@ -499,6 +577,12 @@ mod tests {
         assert_eq!(s.store_limits, StoreLimits { max_endpoints: 50, max_attempts_kept: 100 });
         assert_eq!(s.retention, Some(Duration::from_secs(30 * 86400)));
         assert_eq!(s.ingestor_config().purge_interval, Some(Duration::from_secs(60)));
+        assert_eq!(s.max_page_bytes, 4_194_304);
+        assert_eq!(s.ingestor_config().max_page_bytes, 4_194_304);
+        assert!(s.allowed_hosts.is_empty());
+        assert_eq!(s.metrics_token, None);
+        assert_eq!(s.max_connections_per_peer, 256);
+        assert_eq!(s.server_config().max_connections_per_peer, 256);
     }
 
     #[test]
@@ -518,6 +602,10 @@ mod tests {
             ("TRIGGERS_MAX_ENDPOINTS", "3"),
             ("TRIGGERS_MAX_ATTEMPTS_KEPT", "7"),
             ("TRIGGERS_RETENTION", "5s"),
+            ("TRIGGERS_MAX_PAGE_BYTES", "65536"),
+            ("TRIGGERS_ALLOWED_HOSTS", "dev.example.test, box.lan:8080"),
+            ("TRIGGERS_METRICS_TOKEN", "m3trics"),
+            ("TRIGGERS_MAX_CONNECTIONS_PER_PEER", "8"),
         ])
         .unwrap();
         assert_eq!(s.store_limits, StoreLimits { max_endpoints: 3, max_attempts_kept: 7 });
@@ -530,6 +618,11 @@ mod tests {
         let pg = "postgres://u@db/t";
         let local = parse(&[("DATABASE_URL", pg), ("TRIGGERS_RATE_LIMITER", "local")]).unwrap();
         assert_eq!(local.rate_limiter, RateLimiterKind::Local);
+        assert_eq!(s.ingestor_config().max_page_bytes, 65_536);
+        assert_eq!(s.server_config().allowed_hosts, ["dev.example.test", "box.lan:8080"]);
+        assert_eq!(s.server_config().metrics_token.as_deref(), Some("m3trics"));
+        assert!(!format!("{s:?}").contains("m3trics"));
+        assert_eq!(s.server_config().max_connections_per_peer, 8);
         assert_eq!(s.listen.port(), 9000);
         assert_eq!(s.database.describe(), "PostgreSQL at db:5432/triggers");
         assert!(!format!("{s:?}").contains("pw"));
@@ -575,6 +668,12 @@ mod tests {
         let cipher = both.unwrap().ingestor_config().secret_cipher.unwrap();
         assert_eq!(cipher.key_id().len(), 8);
         assert!(!format!("{:?}", parse(&[("TRIGGERS_SECRET_KEY", key)]).unwrap()).contains(key));
+        assert_eq!(var(&[("TRIGGERS_MAX_PAGE_BYTES", "10")]), "TRIGGERS_MAX_PAGE_BYTES");
+        assert_eq!(var(&[("TRIGGERS_ALLOWED_HOSTS", "a b")]), "TRIGGERS_ALLOWED_HOSTS");
+        assert_eq!(
+            var(&[("TRIGGERS_MAX_CONNECTIONS_PER_PEER", "0")]),
+            "TRIGGERS_MAX_CONNECTIONS_PER_PEER"
+        );
         let e = parse(&[("TRIGGERS_MAX_BODY", "abc")]).unwrap_err();
         assert_eq!(e.to_string(), "TRIGGERS_MAX_BODY: invalid value \"abc\": expected a number of bytes from 64 to 1073741824");
         let e = parse(&[("DATABASE_URL", "mysql://root:pw@h/db")]).unwrap_err();

@@ -9,6 +9,7 @@ use sqlx::types::Uuid;
 use tokio::sync::{mpsc, oneshot};
 use triggers_core::store::{
     AckOutcome, EventLog, InsertOutcome, ListQuery, Page, QueueStats, StoreError, StoreResult,
+    PAGE_ITEM_OVERHEAD,
 };
 use triggers_core::{
     AttemptRecord, Event, EventDetail, EventId, EventRecord, EventStatus, OrganizationId, Timestamp,
@@ -68,6 +69,33 @@ fanout AS (
 wake AS (SELECT pg_notify($4, '') FROM (SELECT 1 FROM fanout LIMIT 1) one)
 SELECT (SELECT count(*) FROM ev) AS found, (SELECT count(*) FROM wake) AS woke,
        (SELECT status FROM ev) AS status
+"#;
+
+/// `list_events`: $5 limit, $6 byte budget, $7 per-item overhead (see `page_item_size`).
+const LIST_SQL: &str = r#"
+SELECT id, organization_id, event_type, dedup_id, status, created_at, delivered_at,
+       CASE WHEN kept THEN payload END AS payload, CASE WHEN kept THEN 1::int8 END AS kept
+FROM (
+    SELECT c.*, rn <= $5 AND (run <= $6 OR rn = 1) AS kept
+    FROM (
+        SELECT c.*, row_number() OVER w AS rn, sum(c.size) OVER w AS run
+        FROM (
+            SELECT id, organization_id, event_type, payload, dedup_id, status, created_at,
+                   delivered_at,
+                   octet_length(payload)::int8 + octet_length(event_type)
+                       + coalesce(octet_length(dedup_id), 0) + $7::int8 AS size
+            FROM events
+            WHERE organization_id = $1 AND status = $2
+              AND ($3::uuid IS NULL OR id > $3)
+              AND ($4::text IS NULL OR event_type LIKE $4 ESCAPE '\')
+            ORDER BY id LIMIT $5 + 1
+        ) c
+        WINDOW w AS (ORDER BY id ROWS UNBOUNDED PRECEDING)
+    ) c
+    -- Kept rows and the first row after them (its predecessor is kept: the first row always is).
+    WHERE run - size <= $6 OR rn <= 2
+) p
+ORDER BY id
 "#;
 
 const ACK_SQL: &str = r#"
@@ -133,36 +161,39 @@ impl EventLog for PgStore {
         Ok(Some(EventDetail { event, attempts }))
     }
 
+    /// One statement applies the count limit and the byte budget: a window sum over the
+    /// sizes (`octet_length` reads a TOASTed value's length without fetching it) keeps the
+    /// page's prefix within budget; the first row beyond it comes back without its payload,
+    /// as the marker that more events follow.
     async fn list_events(
         &self,
         org: OrganizationId,
         query: &ListQuery,
     ) -> StoreResult<Page<Event>> {
         let limit = query.limit.clamp(1, 1000);
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events
-             WHERE organization_id = $1 AND status = $2
-               AND ($3::uuid IS NULL OR id > $3)
-               AND ($4::text IS NULL OR event_type LIKE $4 ESCAPE '\\')
-             ORDER BY id LIMIT $5"
-        );
-        let found = sqlx::query(&sql)
+        let budget = i64::try_from(query.max_bytes).unwrap_or(i64::MAX);
+        let found = sqlx::query(LIST_SQL)
             .bind(org.0)
             .bind(query.status.as_str())
             .bind(query.after.map(|a| a.0))
             .bind(query.type_glob.as_ref().map(|g| g.to_sql_like()))
-            .bind(i64::from(limit) + 1)
+            .bind(i64::from(limit))
+            .bind(budget)
+            .bind(i64::try_from(PAGE_ITEM_OVERHEAD).unwrap_or(i64::MAX))
             .fetch_all(self.pool())
             .await
             .map_err(|e| self.fail(e))?;
-        let mut items = found.iter().map(rows::event).collect::<StoreResult<Vec<_>>>()?;
-        let limit = limit as usize;
-        let next_after = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|e| e.id)
-        } else {
-            None
-        };
+        let mut items = Vec::with_capacity(found.len());
+        let mut more = false;
+        // Rows are dropped as they are decoded: the page is held once, not twice.
+        for row in found {
+            if get::<Option<i64>>(&row, "kept")?.is_none() {
+                more = true;
+                break;
+            }
+            items.push(rows::event(&row)?);
+        }
+        let next_after = if more { items.last().map(|e| e.id) } else { None };
         Ok(Page { items, next_after })
     }
 

@@ -6,7 +6,7 @@ use crate::store::{AckOutcome, CompletionState, EventStore, ListQuery, QueueStat
 
 use super::support::{
     claim, complete, completion, detail, endpoint, glob, insert, insert_one, inserted, list_all,
-    new_org, record, sorted, status, t,
+    new_org, record, record_with, sorted, status, t,
 };
 
 async fn page<S: EventStore>(
@@ -16,8 +16,13 @@ async fn page<S: EventStore>(
     limit: u32,
     after: Option<EventId>,
 ) -> (Vec<EventId>, Option<EventId>) {
-    let query =
-        ListQuery { status: EventStatus::Pending, type_glob: glob_text.map(glob), limit, after };
+    let query = ListQuery {
+        status: EventStatus::Pending,
+        type_glob: glob_text.map(glob),
+        limit,
+        after,
+        max_bytes: crate::store::DEFAULT_MAX_PAGE_BYTES,
+    };
     let page = store.list_events(org, &query).await.unwrap();
     (page.items.iter().map(|e| e.id).collect(), page.next_after)
 }
@@ -234,4 +239,82 @@ pub async fn organizations_cannot_reach_each_others_events<S: EventStore>(store:
     let event = detail(store, owner, id).await.event;
     assert_eq!((event.status, event.delivered_at), (EventStatus::Pending, None));
     assert_eq!(list_all(store, owner, EventStatus::Pending, None).await, vec![id]);
+}
+
+/// A page ends before the first event that would take its [`page_item_size`] sum above
+/// `max_bytes`, always holds at least one event (also one larger than the budget), counts only
+/// matching events, and `next_after` continues there: paging visits every event exactly once.
+///
+/// [`page_item_size`]: crate::store::page_item_size
+pub async fn inbox_pages_stop_at_the_byte_budget<S: EventStore>(store: &S) {
+    use crate::store::page_item_size;
+    let org = new_org(store).await;
+    let budget = 6_000u64;
+    // Payload sizes (bytes of JSON text); one is larger than the whole budget.
+    let sizes = [1_000usize, 2_500, 1_200, 9_000, 300, 300, 4_000, 2_000, 5_900, 10, 10];
+    let mut expected = Vec::new();
+    let mut by_id = std::collections::HashMap::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let payload = format!("\"{}\"", "x".repeat(size - 2));
+        let dedup = format!("budget-{i}");
+        let rec = record_with("budget.item", &payload, Some(&dedup), t(0));
+        let cost = page_item_size("budget.item", &payload, Some(&dedup));
+        let id = inserted(&insert(store, org, vec![rec], t(0)).await[0]);
+        expected.push(id);
+        by_id.insert(id, cost);
+        // A large non-matching event between them counts for nothing.
+        let other = record_with("other.item", &format!("\"{}\"", "y".repeat(8_000)), None, t(0));
+        insert(store, org, vec![other], t(0)).await;
+    }
+    let query = |after| ListQuery {
+        status: EventStatus::Pending,
+        type_glob: Some(glob("budget.*")),
+        limit: 1000,
+        after,
+        max_bytes: budget,
+    };
+    let (mut seen, mut after, mut pages) = (Vec::<EventId>::new(), None, 0);
+    loop {
+        let page = store.list_events(org, &query(after)).await.unwrap();
+        pages += 1;
+        assert!(!page.items.is_empty(), "a page holds at least one event");
+        let ids: Vec<EventId> = page.items.iter().map(|e| e.id).collect();
+        let total: u64 = ids.iter().map(|id| by_id[id]).sum();
+        assert!(ids.len() == 1 || total <= budget, "page {ids:?} holds {total} > {budget}");
+        seen.extend(&ids);
+        match page.next_after {
+            Some(next) => {
+                assert_eq!(Some(&next), ids.last(), "next_after is the page's last id");
+                let following = expected[seen.len()];
+                assert!(
+                    total + by_id[&following] > budget,
+                    "the page stopped although the next event ({}) fits",
+                    by_id[&following]
+                );
+                after = Some(next);
+            }
+            None => break,
+        }
+        assert!(pages <= sizes.len(), "paging does not end");
+    }
+    assert_eq!(seen, expected, "every matching event exactly once, in order");
+    // The expected breaks: [1000,2500,1200] [9000] [300,300,4000] [2000] [5900] [10,10].
+    assert_eq!(pages, 6);
+
+    // `limit` still applies below the budget, and a generous budget changes nothing.
+    let mut q = query(None);
+    q.limit = 2;
+    q.max_bytes = u64::MAX;
+    let page = store.list_events(org, &q).await.unwrap();
+    assert_eq!(page.items.iter().map(|e| e.id).collect::<Vec<_>>(), expected[..2]);
+    assert_eq!(page.next_after, Some(expected[1]));
+    q.limit = 1000;
+    let page = store.list_events(org, &q).await.unwrap();
+    assert_eq!(page.items.len(), sizes.len());
+    assert_eq!(page.next_after, None);
+    // A budget of 0 still gives one event per page.
+    q.max_bytes = 0;
+    let page = store.list_events(org, &q).await.unwrap();
+    assert_eq!(page.items.iter().map(|e| e.id).collect::<Vec<_>>(), expected[..1]);
+    assert_eq!(page.next_after, Some(expected[0]));
 }

@@ -53,8 +53,9 @@ pub use events::{
 };
 pub use inbox::{
     ack_is_idempotent_and_reports_unknown_ids, inbox_filters_by_status_and_type_glob,
-    inbox_pages_visit_every_event_once, organizations_cannot_reach_each_others_events,
-    replay_sets_events_pending_again, stats_count_events_and_in_flight_deliveries,
+    inbox_pages_stop_at_the_byte_budget, inbox_pages_visit_every_event_once,
+    organizations_cannot_reach_each_others_events, replay_sets_events_pending_again,
+    stats_count_events_and_in_flight_deliveries,
 };
 pub use lifecycle::{
     disabling_an_endpoint_fails_its_outstanding_deliveries, endpoints_are_found_and_patched,
@@ -142,6 +143,7 @@ macro_rules! store_conformance_tests {
                 purge_deletes_old_finished_events_only,
                 purge_forgets_expired_dedup_entries,
                 sealed_secrets_round_trip_and_are_rewritten,
+                inbox_pages_stop_at_the_byte_budget,
             ];
             shared: [
                 concurrent_dedup_has_exactly_one_winner,

@@ -210,7 +210,13 @@ pub(crate) async fn list_all<S: EventStore>(
     let mut ids = Vec::new();
     let mut after = None;
     loop {
-        let query = ListQuery { status, type_glob: type_glob.map(glob), limit: 1000, after };
+        let query = ListQuery {
+            status,
+            type_glob: type_glob.map(glob),
+            limit: 1000,
+            after,
+            max_bytes: u64::MAX,
+        };
         let page = store.list_events(org, &query).await.unwrap();
         ids.extend(page.items.iter().map(|e| e.id));
         match page.next_after {

@@ -53,6 +53,10 @@ pub struct IngestorConfig {
     /// [`Ingestor::seal_stored_secrets`](super::Ingestor::seal_stored_secrets) seals the
     /// ones already stored. `None` (the default) stores them in plaintext.
     pub secret_cipher: Option<Arc<SecretCipher>>,
+    /// Byte budget of one inbox page (default 4 MiB): a page ends early once its events
+    /// would exceed it (always at least one event), see
+    /// [`ListQuery::max_bytes`](crate::store::ListQuery::max_bytes).
+    pub max_page_bytes: u64,
 }
 
 impl Default for IngestorConfig {
@@ -72,6 +76,7 @@ impl Default for IngestorConfig {
             retention: None,
             purge_interval: None,
             secret_cipher: None,
+            max_page_bytes: crate::store::DEFAULT_MAX_PAGE_BYTES,
         }
     }
 }
@@ -91,6 +96,7 @@ impl std::fmt::Debug for IngestorConfig {
             .field("retention", &self.retention)
             .field("purge_interval", &self.purge_interval)
             .field("secret_cipher", &self.secret_cipher.as_ref().map(|c| c.key_id().to_owned()))
+            .field("max_page_bytes", &self.max_page_bytes)
             .finish_non_exhaustive()
     }
 }

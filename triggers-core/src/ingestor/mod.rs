@@ -333,7 +333,8 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     }
 
     /// A page of the inbox, oldest first; follow `next_cursor` for the next page. Paging
-    /// visits every matching event exactly once, also while new events arrive.
+    /// visits every matching event exactly once, also while new events arrive. A page holds
+    /// at most `query.limit` events and ends early at `IngestorConfig::max_page_bytes`.
     pub async fn inbox(&self, org: &Organization, query: InboxQuery) -> Result<InboxPage> {
         if !(1..=1000).contains(&query.limit) {
             return Err(ValidationError::Field {
@@ -348,6 +349,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             type_glob: query.type_glob,
             limit: query.limit,
             after,
+            max_bytes: self.inner.config.max_page_bytes,
         };
         let page = self.inner.store.list_events(org.id, &list).await?;
         Ok(InboxPage { events: page.items, next_cursor: page.next_after.map(Cursor::encode) })
@@ -426,8 +428,10 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
 
     // ---- endpoints ----------------------------------------------------------------------
 
-    /// Adds a delivery target. `url` must be 1–2048 characters; which schemes are usable is
-    /// up to the deliverer (the webhook deliverer wants http or https).
+    /// Adds a delivery target. `url` must pass
+    /// [`endpoint_url`](crate::domain::validate::endpoint_url) (any scheme: which ones are
+    /// usable is up to the deliverer; the HTTP API allows only
+    /// [`webhook_url`](crate::domain::validate::webhook_url)s).
     pub async fn create_endpoint(
         &self,
         org: &Organization,
@@ -544,14 +548,8 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
 
 /// The URL check of endpoint creation, also used when a URL is changed.
 fn check_endpoint_url(url: &str) -> Result<()> {
-    if url.is_empty() || url.len() > 2048 || url.chars().any(char::is_whitespace) {
-        return Err(ValidationError::Field {
-            field: "url",
-            reason: "must have 1 to 2048 characters and no white space".into(),
-        }
-        .into());
-    }
-    Ok(())
+    // The one URL check of every way an endpoint's URL is set (create and update).
+    Ok(validate::endpoint_url(url)?)
 }
 
 fn ingested(outcome: InsertOutcome, rate: RateDecision) -> Ingested {

@@ -10,7 +10,7 @@ use crate::domain::event::{Event, EventDetail, EventMeta, EventRecord, EventStat
 use crate::domain::webhook::ENDPOINT_DISABLED;
 use crate::domain::{EventId, OrganizationId};
 use crate::store::{
-    AckOutcome, InsertOutcome, ListQuery, Page, QueueStats, StoreError, StoreResult,
+    page_item_size, AckOutcome, InsertOutcome, ListQuery, Page, QueueStats, StoreError, StoreResult,
 };
 
 impl State {
@@ -98,12 +98,21 @@ impl State {
             .map(|(_, row)| &row.event)
             .filter(|e| e.status == query.status)
             .filter(|e| query.type_glob.as_ref().map_or(true, |g| g.matches(&e.event_type)));
-        let items: Vec<Event> = matching.by_ref().take(limit).cloned().collect();
+        let mut items: Vec<Event> = Vec::new();
+        let mut bytes = 0u64;
+        let mut over_budget = false;
+        for e in matching.by_ref().take(limit) {
+            let size = page_item_size(&e.event_type, e.payload.get(), e.dedup_id.as_deref());
+            if !items.is_empty() && bytes.saturating_add(size) > query.max_bytes {
+                over_budget = true;
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            items.push(e.clone());
+        }
         // Look one further, so the last page says so.
-        let next_after = match matching.next() {
-            Some(_) => items.last().map(|e| e.id),
-            None => None,
-        };
+        let more = over_budget || matching.next().is_some();
+        let next_after = if more { items.last().map(|e| e.id) } else { None };
         Page { items, next_after }
     }
 

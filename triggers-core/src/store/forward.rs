@@ -9,7 +9,8 @@ use tokio::sync::Notify;
 
 use super::{
     AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointPatch, EndpointStore,
-    EndpointUpdate, EventLog, InsertOutcome, RecoverQuery, Recovered, Retention, SecretRewrite, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, StoreResult,
+    EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats,
+    RecoverQuery, Recovered, Retention, SecretRewrite, StoreResult,
 };
 use crate::clock::Timestamp;
 use crate::domain::event::{Event, EventDetail, EventRecord, EventStatus};

@@ -30,8 +30,9 @@ use tokio::sync::Notify;
 
 pub use error::{StoreError, StoreResult};
 pub use types::{
-    AckOutcome, ClaimRequest, Completion, CompletionState, Delivery, EndpointPatch, EndpointUpdate,
-    InsertOutcome, ListQuery, NewEndpoint, Page, QueueStats, RecoverQuery, Recovered, StoreLimits,
+    page_item_size, AckOutcome, ClaimRequest, Completion, CompletionState, Delivery, EndpointPatch,
+    EndpointUpdate, InsertOutcome, ListQuery, NewEndpoint, Page, QueueStats, RecoverQuery,
+    Recovered, StoreLimits, DEFAULT_MAX_PAGE_BYTES, PAGE_ITEM_OVERHEAD,
 };
 
 use crate::clock::Timestamp;
@@ -213,6 +214,13 @@ pub trait EventLog: Send + Sync + 'static {
     /// `query.after`. Paging this way visits every matching event that existed when paging
     /// began exactly once, also while new events arrive. `next_after` is `None` when no
     /// matching event follows the page.
+    ///
+    /// **Byte budget**: the page holds at most `query.limit` events and ends early, before the
+    /// first event whose [`page_item_size`] would take the page's sum above `query.max_bytes`;
+    /// the first matching event is always included, however large. When the page ended early
+    /// and more matching events follow, `next_after` is the last included event's id, so
+    /// paging still visits every event exactly once. A backend should not load the payloads of
+    /// events it leaves out (the budget bounds the memory a request can make it hold).
     async fn list_events(&self, org: OrganizationId, query: &ListQuery)
         -> StoreResult<Page<Event>>;
 

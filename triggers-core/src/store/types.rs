@@ -44,6 +44,24 @@ pub struct ListQuery {
     pub limit: u32,
     /// Only events with an id greater than this (keyset pagination).
     pub after: Option<EventId>,
+    /// Byte budget of the page: it ends before the first event that would take the sum of
+    /// [`page_item_size`]s above this, but always holds at least one event.
+    pub max_bytes: u64,
+}
+
+/// Default byte budget of one list page (4 MiB): [`ListQuery::max_bytes`].
+pub const DEFAULT_MAX_PAGE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// What one listed event counts against [`ListQuery::max_bytes`], on top of its payload,
+/// type and dedup id: room for the id, status, timestamps and field names of a listing.
+pub const PAGE_ITEM_OVERHEAD: u64 = 256;
+
+/// The size an event counts against a page's byte budget: the bytes of its payload's JSON
+/// text, its type and its dedup id, plus [`PAGE_ITEM_OVERHEAD`]. SQL backends compute the same
+/// sum from the stored columns (`octet_length`), so they can stop before loading a payload.
+pub fn page_item_size(event_type: &str, payload: &str, dedup_id: Option<&str>) -> u64 {
+    let text = payload.len() + event_type.len() + dedup_id.map_or(0, str::len);
+    text as u64 + PAGE_ITEM_OVERHEAD
 }
 
 /// One page of events, in ascending id (= creation) order.

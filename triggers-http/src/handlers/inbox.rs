@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 
 use http::StatusCode;
+use triggers_core::store::page_item_size;
 use triggers_core::{Cursor, Deliverer, EventId, EventStatus, EventStore, InboxQuery, TypeGlob};
 
 use super::{named, path_id};
@@ -10,7 +11,7 @@ use crate::app::{App, Ctx, Req, Res};
 use crate::body;
 use crate::dto::{AckMany, AckManyBody, EventView, IdStatus, InboxBody};
 use crate::error::ApiError;
-use crate::respond::json_with;
+use crate::respond::{json_sized, json_with};
 
 /// Parses `status`, `type`, `limit` and `cursor`; anything malformed is 400 `invalid_query`.
 /// Unknown parameters are ignored.
@@ -55,12 +56,21 @@ pub(super) async fn list<S: EventStore, D: Deliverer>(
 ) -> Res {
     let org = app.auth(req.headers(), ctx).await?;
     let query = inbox_query(req.uri().query())?;
+    // The page is bounded in bytes by the store (IngestorConfig::max_page_bytes); it is
+    // serialised once, into a buffer of about its final size, and the events are dropped
+    // right after.
     let page = app.ingestor.inbox(&org, query).await?;
+    let size_hint: u64 = page
+        .events
+        .iter()
+        .map(|e| page_item_size(&e.event_type, e.payload.get(), e.dedup_id.as_deref()))
+        .sum();
     let body = InboxBody {
         events: page.events.iter().map(EventView::of).collect(),
         next_cursor: page.next_cursor,
     };
-    Ok(json_with(StatusCode::OK, &body))
+    let size_hint = usize::try_from(size_hint).unwrap_or(usize::MAX).min(1 << 30) + 64;
+    Ok(json_sized(StatusCode::OK, &body, size_hint))
 }
 
 pub(super) async fn ack_one<S: EventStore, D: Deliverer>(

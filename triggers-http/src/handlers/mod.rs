@@ -43,7 +43,7 @@ pub(crate) async fn dispatch<S: EventStore, D: Deliverer>(
         Route::QueueStats => ops::stats(app, ctx, req).await,
         Route::Health => Ok(ops::health()),
         Route::Ready => ops::ready(app).await,
-        Route::Metrics => ops::metrics(app).await,
+        Route::Metrics => ops::metrics(app, req).await,
         Route::OpenApi => Ok(ops::openapi(app)),
         Route::WebhookShow => lifecycle::show(app, ctx, req, id).await,
         Route::WebhookPatch => lifecycle::patch(app, ctx, req, id).await,

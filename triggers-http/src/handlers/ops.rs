@@ -38,7 +38,8 @@ pub(super) async fn ready<S: EventStore, D: Deliverer>(app: &App<S, D>) -> Res {
     }
 }
 
-pub(super) async fn metrics<S: EventStore, D: Deliverer>(app: &App<S, D>) -> Res {
+pub(super) async fn metrics<S: EventStore, D: Deliverer>(app: &App<S, D>, req: Req) -> Res {
+    app.check_metrics(&req)?;
     let depth = match app.ingestor.queue_depth().await {
         Ok(depth) => Some(depth),
         Err(e) => {

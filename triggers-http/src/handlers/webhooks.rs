@@ -1,7 +1,7 @@
 //! `POST /api/webhook/config`, `GET /api/webhook/config`, `DELETE /api/webhooks/{id}`,
 //! `POST /api/webhooks/{id}/rotate-secret`.
 
-use http::{StatusCode, Uri};
+use http::StatusCode;
 use triggers_core::{Deliverer, EndpointId, EventStore};
 
 use super::{named, path_id};
@@ -11,26 +11,12 @@ use crate::dto::{SecretBody, WebhookConfigRequest, WebhookCreated, WebhookList, 
 use crate::error::ApiError;
 use crate::respond::{empty, json_with};
 
-/// The built-in URL check: absolute `http` or `https` with a host.
-fn check_url(url: &str) -> Result<(), String> {
-    let uri: Uri = url.parse().map_err(|_| "is not a valid URL".to_owned())?;
-    match uri.scheme_str() {
-        Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => {}
-        _ => return Err("must be an http:// or https:// URL".into()),
-    }
-    match uri.host() {
-        Some(h) if !h.is_empty() => Ok(()),
-        _ => Err("must name a host".into()),
-    }
-}
-
-/// The URL checks of creation (also used when a URL is changed): the built-in check, then
-/// the server's policy.
+/// The URL checks of creation (also used when a URL is changed): the shape check of the
+/// core (`triggers_core::domain::validate::webhook_url`), then the server's policy.
 pub(super) fn validate_url<S, D>(app: &App<S, D>, url: &str) -> Result<(), ApiError> {
-    let invalid = |reason: String| ApiError::Invalid { field: "url".into(), reason };
-    check_url(url).map_err(invalid)?;
+    triggers_core::domain::validate::webhook_url(url)?;
     if let Some(policy) = &app.config.webhook_url_policy {
-        policy(url).map_err(invalid)?;
+        policy(url).map_err(|reason| ApiError::Invalid { field: "url".into(), reason })?;
     }
     Ok(())
 }
@@ -106,7 +92,7 @@ pub(super) async fn rotate_secret<S: EventStore, D: Deliverer>(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::check_url;
+    use triggers_core::domain::validate::webhook_url as check_url;
 
     #[test]
     fn urls_must_be_http_with_a_host() {

@@ -19,6 +19,7 @@ enum Auth {
     None,
     ApiKey,
     Admin,
+    Metrics,
 }
 
 /// One documented operation.
@@ -176,11 +177,12 @@ fn operation(route: Route) -> Op {
         ),
         Route::Metrics => op(
             "metrics",
-            "Prometheus metrics (OpenMetrics text)",
-            Auth::None,
+            "Prometheus metrics (OpenMetrics text); needs the metrics token when one is \
+             configured, else is served on loopback binds only (403)",
+            Auth::Metrics,
             None,
             &[(200, Some("text"))],
-            &[],
+            &[401, 403],
         ),
         Route::OpenApi => {
             op("openapi", "This document", Auth::None, None, &[(200, Some("object"))], &[])
@@ -306,6 +308,8 @@ fn operation_json(path: &str, route: Route) -> Value {
     for &status in op.errors {
         responses.insert(status.to_string(), response(status, Some("Problem"), op.auth));
     }
+    // Every route: a server without an admin token refuses foreign `Host`s (DNS rebinding).
+    responses.insert("421".into(), response(421, Some("Problem"), Auth::None));
     let mut o = Map::new();
     o.insert("operationId".into(), json!(op.id));
     o.insert("summary".into(), json!(op.summary));
@@ -316,6 +320,8 @@ fn operation_json(path: &str, route: Route) -> Value {
             Auth::ApiKey => json!([{ "ApiKey": [] }]),
             // Without a configured admin token the route is open.
             Auth::Admin => json!([{ "AdminToken": [] }, {}]),
+            // Without a configured metrics token the route is open on loopback binds.
+            Auth::Metrics => json!([{ "MetricsToken": [] }, {}]),
         },
     );
     if path.contains("{id}") {

@@ -8,7 +8,10 @@ Authenticate with the `X-API-Key` header. Errors are RFC 9457 `application/probl
 documents with a stable `code`. Every route may also answer 404 `route_not_found` (unknown \
 path) and 405 `method_not_allowed` (with an `Allow` header); requests that are not valid \
 HTTP/1.1 or whose headers exceed 64 KiB are answered 400 or 431 by the HTTP layer, or the \
-connection is closed. Timestamps are RFC 3339 UTC.";
+connection is closed. Timestamps are RFC 3339 UTC. Request bodies nested deeper than 128 \
+levels are 400 `malformed_json`; an event payload may nest at most 100 levels (422). A server \
+without an admin token answers every route 421 `host_not_allowed` unless the `Host` is \
+`localhost`, a loopback address or one of TRIGGERS_ALLOWED_HOSTS (DNS-rebinding guard).";
 
 pub(super) fn inbox_parameters() -> Value {
     let q = |name: &str, description: &str, schema: Value| {
@@ -124,6 +127,8 @@ pub(super) fn components() -> Value {
             "ApiKey": { "type": "apiKey", "in": "header", "name": "X-API-Key" },
             "AdminToken": { "type": "http", "scheme": "bearer",
                 "description": "Needed for key generation when the server has an admin token" },
+            "MetricsToken": { "type": "http", "scheme": "bearer",
+                "description": "Needed for /metrics when the server has a metrics token" },
         },
         "headers": {
             "X-RateLimit-Limit": { "description": "Events allowed per minute",
@@ -146,7 +151,8 @@ pub(super) fn components() -> Value {
                     "missing_api_key", "invalid_api_key", "invalid_admin_token",
                     "key_generation_disabled", "route_not_found", "not_found", "method_not_allowed", "request_timeout",
                     "body_too_large", "unsupported_media_type", "invalid_field", "rate_limited",
-                    "overloaded", "store_unavailable", "internal_error", "limit_exceeded"] },
+                    "overloaded", "store_unavailable", "internal_error", "limit_exceeded",
+                    "invalid_metrics_token", "metrics_forbidden", "host_not_allowed"] },
                 "field": { "type": "string", "description": "The invalid field (422 only)" },
             })),
             "GenerateKeyRequest": object(&["organization_name"], json!({
@@ -172,7 +178,7 @@ pub(super) fn components() -> Value {
             "ApiKey": object(&["api_key"], json!({ "api_key": { "type": "string" } })),
             "NewEvent": object(&["type", "payload"], json!({
                 "type": event_type(),
-                "payload": { "description": "Any JSON value" },
+                "payload": { "description": "Any JSON value nested at most 100 levels deep" },
                 "dedup_id": { "type": "string", "minLength": 1, "maxLength": 255 },
             })),
             "Accepted": object(&["id", "status", "type", "created_at"], json!({
@@ -202,7 +208,9 @@ pub(super) fn components() -> Value {
             "EventDetail": object(&detail_fields, event_properties(true)),
             "InboxPage": object(&["events", "next_cursor"], json!({
                 "events": { "type": "array", "items": { "$ref": "#/components/schemas/Event" } },
-                "next_cursor": nullable(json!({ "type": "string" })),
+                "next_cursor": nullable(json!({ "type": "string",
+                    "description": "Set when more events follow: the page ended at `limit` \
+                                    events or at the byte budget (TRIGGERS_MAX_PAGE_BYTES)" })),
             })),
             "IdStatus": object(&["id", "status"], json!({ "id": uuid(), "status": status() })),
             "AckRequest": object(&["ids"], json!({
@@ -216,8 +224,10 @@ pub(super) fn components() -> Value {
             "WebhookConfigRequest": {
                 "type": "object",
                 "properties": {
-                    "url": { "type": "string", "format": "uri", "description": "http or https" },
-                    "webhook_url": { "type": "string", "format": "uri",
+                    "url": { "type": "string", "format": "uri", "maxLength": 2048,
+                             "description": "http or https, with a host, an optional port \
+                                             1-65535 and no user name or password" },
+                    "webhook_url": { "type": "string", "format": "uri", "maxLength": 2048,
                                      "description": "Alias of url" },
                     "event_type_filter": { "type": "string",
                         "description": "Glob over event types; `*` matches anything" },

@@ -204,8 +204,10 @@ async fn a_flood_of_connections_does_not_stop_service() {
             flood.push(s);
         }
     }
-    // The flood holds every slot until the header timeout frees them; a real client gets
-    // through by retrying, and the server never falls over.
+    // At the cap the server closes the longest-idle flood connection to make room for each new
+    // one (and they time out after the header timeout anyway). A real client gets through
+    // (retrying if it must), the cap is never exceeded, and the server never falls over.
+    // (Refusals by the per-peer cap are tested in `edge`.)
     let mut served = false;
     for _ in 0..200 {
         let fresh = crate::support::Client::new(server.addr);
@@ -219,11 +221,11 @@ async fn a_flood_of_connections_does_not_stop_service() {
     }
     assert!(served, "no request got through the flood");
     let metrics = server.client.send("GET", "/metrics", None, None).await.text();
-    let rejected: u64 = metrics
+    let open: u64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("triggers_http_connections_rejected_total "))
+        .find_map(|l| l.strip_prefix("triggers_http_connections "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap();
-    assert!(rejected > 0, "{metrics}");
+    assert!(open <= 16, "the connection cap held: {metrics}");
     drop(flood);
 }

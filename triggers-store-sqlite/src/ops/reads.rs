@@ -2,7 +2,7 @@
 
 use rusqlite::{params, Connection, Row};
 use triggers_core::domain::event::{AttemptRecord, Event, EventDetail};
-use triggers_core::store::{ListQuery, Page, QueueStats, StoreResult};
+use triggers_core::store::{page_item_size, ListQuery, Page, QueueStats, StoreResult};
 use triggers_core::{
     EndpointId, EventId, EventStatus, KeyHash, Organization, OrganizationId, StoreError, Tier,
 };
@@ -94,29 +94,56 @@ pub(crate) fn list(
         format!("SELECT {EVENT_COLUMNS} FROM events WHERE org_id = ?1 AND status = ?2 AND id > ?3");
     let status = status_code(query.status);
     let fetch = limit as i64 + 1;
-    let mut items = match &query.type_glob {
+    // Rows are stepped one by one, and a row's size is read from the borrowed column text
+    // before it is decoded, so an over-budget payload is never copied.
+    let mut page = PageFill::new(limit, query.max_bytes);
+    match &query.type_glob {
         // Type globs use only `*` and the type alphabet, which has no other GLOB
         // metacharacter, so the glob text is itself a case-sensitive SQLite GLOB pattern.
         Some(glob) => {
             let sql = format!("{base} AND event_type GLOB ?5 ORDER BY id LIMIT ?4");
             let mut stmt = conn.prepare_cached(&sql).store()?;
             let p = params![org.0.as_bytes(), status, after, fetch, glob.as_str()];
-            query_vec(&mut stmt, p, |row| event_row(row, 0))?
+            page.fill(stmt.query(p).store()?)?;
         }
         None => {
             let mut stmt = conn.prepare_cached(&format!("{base} ORDER BY id LIMIT ?4")).store()?;
-            query_vec(&mut stmt, params![org.0.as_bytes(), status, after, fetch], |row| {
-                event_row(row, 0)
-            })?
+            page.fill(stmt.query(params![org.0.as_bytes(), status, after, fetch]).store()?)?;
         }
-    };
-    let next_after = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|e| e.id)
-    } else {
-        None
-    };
-    Ok(Page { items, next_after })
+    }
+    let next_after = if page.more { page.items.last().map(|e| e.id) } else { None };
+    Ok(Page { items: page.items, next_after })
+}
+
+/// A list page being filled up to its count limit and byte budget.
+struct PageFill {
+    items: Vec<Event>,
+    limit: usize,
+    budget: u64,
+    bytes: u64,
+    /// A matching row followed the page.
+    more: bool,
+}
+
+impl PageFill {
+    fn new(limit: usize, budget: u64) -> Self {
+        Self { items: Vec::new(), limit, budget, bytes: 0, more: false }
+    }
+
+    fn fill(&mut self, mut rows: rusqlite::Rows<'_>) -> StoreResult<()> {
+        while let Some(row) = rows.next().store()? {
+            let text = |i: usize| row.get_ref(i).ok().and_then(|v| v.as_str().ok());
+            let size = page_item_size(text(2).unwrap_or(""), text(3).unwrap_or(""), text(4));
+            let over = self.bytes.saturating_add(size) > self.budget;
+            if self.items.len() == self.limit || (over && !self.items.is_empty()) {
+                self.more = true;
+                return Ok(());
+            }
+            self.bytes = self.bytes.saturating_add(size);
+            self.items.push(event_row(row, 0)?);
+        }
+        Ok(())
+    }
 }
 
 /// `EventLog::stats`.

@@ -83,7 +83,13 @@ async fn tampered_rows_read_back_as_corrupt() {
     for id in [a, b, c, d] {
         expect_corrupt(store.event(org, id).await);
     }
-    let q = ListQuery { status: EventStatus::Pending, type_glob: None, limit: 10, after: None };
+    let q = ListQuery {
+        status: EventStatus::Pending,
+        type_glob: None,
+        limit: 10,
+        after: None,
+        max_bytes: u64::MAX,
+    };
     expect_corrupt(store.list_events(org, &q).await);
     expect_corrupt(store.endpoints(org).await);
     expect_corrupt(store.organization(org).await);
@@ -97,7 +103,13 @@ async fn malformed_ids_and_unknown_statuses_read_back_as_corrupt() {
     insert_one(&store, org, "t", t(0)).await;
     let db = raw(&path);
     db.execute("UPDATE events SET id = x'abcd'", []).unwrap();
-    let q = ListQuery { status: EventStatus::Pending, type_glob: None, limit: 10, after: None };
+    let q = ListQuery {
+        status: EventStatus::Pending,
+        type_glob: None,
+        limit: 10,
+        after: None,
+        max_bytes: u64::MAX,
+    };
     let msg = expect_corrupt(store.list_events(org, &q).await);
     assert!(msg.contains("2 bytes"), "{msg}");
     db.execute("UPDATE events SET status = 7", []).unwrap();
@@ -138,7 +150,13 @@ async fn damaged_pages_are_corrupt_not_a_panic() {
         Ok(store) => store,
     };
     expect_corrupt(store.event(org, ids[100]).await);
-    let q = ListQuery { status: EventStatus::Pending, type_glob: None, limit: 10, after: None };
+    let q = ListQuery {
+        status: EventStatus::Pending,
+        type_glob: None,
+        limit: 10,
+        after: None,
+        max_bytes: u64::MAX,
+    };
     expect_corrupt(store.list_events(org, &q).await);
 }
 

@@ -102,6 +102,7 @@ async fn inbox_pages_in_id_order_with_case_sensitive_globs() {
             type_glob: glob.map(|g| TypeGlob::parse(g).unwrap()),
             limit,
             after,
+            max_bytes: u64::MAX,
         };
         async move { store.list_events(org, &q).await.unwrap() }
     };

@@ -1,0 +1,185 @@
+//! The server's table of live connections: a cap per peer address, and which connections are
+//! idle, so that at the global cap an idle keep-alive connection is closed before a new
+//! connection is refused.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+/// Live connections, by id, and how many each peer address holds.
+pub(crate) struct ConnTable {
+    inner: Mutex<Inner>,
+    per_peer_max: usize,
+    epoch: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    per_peer: HashMap<IpAddr, usize>,
+    live: HashMap<u64, Arc<ConnState>>,
+    next_id: u64,
+}
+
+/// What the table knows about one connection; shared with its task.
+pub(crate) struct ConnState {
+    /// Requests being handled right now.
+    busy: AtomicUsize,
+    /// When the connection last became idle, in ms since the table's epoch.
+    idle_since_ms: AtomicU64,
+    /// Asked to close: set once, so a connection is not picked twice.
+    evicting: AtomicBool,
+    /// Fired when the connection should close gracefully (it is idle).
+    pub(crate) evict: Notify,
+}
+
+/// A connection's entry; removes it (and its peer count) from the table when dropped.
+pub(crate) struct ConnGuard {
+    table: Arc<ConnTable>,
+    id: u64,
+    peer: IpAddr,
+    /// The connection's shared state.
+    pub(crate) state: Arc<ConnState>,
+}
+
+/// Marks a request in progress on a connection until dropped.
+pub(crate) struct Busy {
+    table: Arc<ConnTable>,
+    state: Arc<ConnState>,
+}
+
+impl ConnTable {
+    /// A table allowing `per_peer_max` connections per peer address.
+    pub(crate) fn new(per_peer_max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(Inner::default()),
+            per_peer_max: per_peer_max.max(1),
+            epoch: Instant::now(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The table holds counters only; a panic elsewhere cannot leave it inconsistent.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Registers a new connection from `peer`, or `None` if that peer already holds its cap.
+    pub(crate) fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<ConnGuard> {
+        let state = Arc::new(ConnState {
+            busy: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(self.now_ms()),
+            evicting: AtomicBool::new(false),
+            evict: Notify::new(),
+        });
+        let mut inner = self.lock();
+        let count = inner.per_peer.entry(peer).or_insert(0);
+        if *count >= self.per_peer_max {
+            return None;
+        }
+        *count += 1;
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.live.insert(id, state.clone());
+        drop(inner);
+        Some(ConnGuard { table: self.clone(), id, peer, state })
+    }
+
+    /// Asks the connection that has been idle longest (no request in progress) to close.
+    /// `false` if every connection is busy.
+    pub(crate) fn evict_idle(&self) -> bool {
+        let inner = self.lock();
+        let victim = inner
+            .live
+            .values()
+            .filter(|c| c.busy.load(Ordering::Acquire) == 0 && !c.evicting.load(Ordering::Acquire))
+            .min_by_key(|c| c.idle_since_ms.load(Ordering::Relaxed))
+            .cloned();
+        drop(inner);
+        match victim {
+            Some(c) => {
+                c.evicting.store(true, Ordering::Release);
+                c.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Connections currently held by `peer`.
+    #[cfg(test)]
+    fn held_by(&self, peer: IpAddr) -> usize {
+        self.lock().per_peer.get(&peer).copied().unwrap_or(0)
+    }
+}
+
+impl ConnGuard {
+    /// Marks a request in progress until the returned value is dropped.
+    pub(crate) fn busy(&self) -> Busy {
+        self.state.busy.fetch_add(1, Ordering::AcqRel);
+        Busy { table: self.table.clone(), state: self.state.clone() }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.state.idle_since_ms.store(self.table.now_ms(), Ordering::Relaxed);
+        self.state.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut inner = self.table.lock();
+        inner.live.remove(&self.id);
+        if let Some(count) = inner.per_peer.get_mut(&self.peer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                inner.per_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_are_capped_and_released() {
+        let table = ConnTable::new(2);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "::1".parse().unwrap();
+        let first = table.admit(a).unwrap();
+        let _second = table.admit(a).unwrap();
+        assert!(table.admit(a).is_none(), "a third connection from one peer");
+        let _other = table.admit(b).unwrap();
+        drop(first);
+        assert_eq!(table.held_by(a), 1);
+        assert!(table.admit(a).is_some());
+    }
+
+    #[test]
+    fn the_longest_idle_connection_is_evicted_never_a_busy_one() {
+        let table = ConnTable::new(10);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let old = table.admit(ip).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let newer = table.admit(ip).unwrap();
+        let working = old.busy();
+        assert!(table.evict_idle());
+        assert!(newer.state.evicting.load(Ordering::Acquire), "the idle one is picked");
+        assert!(!old.state.evicting.load(Ordering::Acquire), "a busy one is not");
+        assert!(!table.evict_idle(), "nothing else is idle");
+        drop(working);
+        assert!(table.evict_idle());
+        assert!(old.state.evicting.load(Ordering::Acquire));
+    }
+}
