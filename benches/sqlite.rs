@@ -129,7 +129,7 @@ async fn claim_complete_loop(store: SqliteStore) {
     loop {
         let now = SystemClock.now();
         let lease = Duration::from_secs(60);
-        let claimed = store.claim(ClaimRequest { owner, limit: 128, lease, now }).await.unwrap();
+        let claimed = store.claim(ClaimRequest::new(owner, 128, lease, now)).await.unwrap();
         if claimed.is_empty() {
             return;
         }

@@ -43,7 +43,7 @@ pub use domain::event::{
 pub use domain::key::{ApiKey, KeyHash};
 pub use domain::org::{Organization, Tier, TierLimits};
 pub use domain::validate::ValidationError;
-pub use domain::webhook::{Endpoint, Secret, TypeGlob};
+pub use domain::webhook::{DeliveryOrdering, Endpoint, Secret, TypeGlob};
 pub use domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 pub use error::{Error, Result};
 

@@ -18,7 +18,7 @@ use crate::domain::event::{Event, EventDetail, EventRecord, EventStatus, NewEven
 use crate::domain::key::ApiKey;
 use crate::domain::org::{Organization, Tier};
 use crate::domain::validate::{self, ValidationError};
-use crate::domain::webhook::{Endpoint, Secret, TypeGlob};
+use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret, TypeGlob};
 use crate::domain::{EndpointId, EventId};
 use crate::error::{Error, Result};
 use crate::limiter::{RateDecision, RateLimiter};
@@ -368,13 +368,26 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
 
     // ---- endpoints ----------------------------------------------------------------------
 
-    /// Adds a delivery target. `url` must be 1–2048 characters; which schemes are usable is
-    /// up to the deliverer (the webhook deliverer wants http or https).
+    /// Adds a delivery target with parallel delivery. `url` must be 1–2048 characters; which
+    /// schemes are usable is up to the deliverer (the webhook deliverer wants http or https).
     pub async fn create_endpoint(
         &self,
         org: &Organization,
         url: &str,
         event_type_filter: Option<&str>,
+    ) -> Result<Endpoint> {
+        self.create_endpoint_with_ordering(org, url, event_type_filter, DeliveryOrdering::Parallel)
+            .await
+    }
+
+    /// Adds a delivery target with the given [`DeliveryOrdering`] (`Fifo`: strictly one
+    /// delivery at a time, in event order). Otherwise like [`create_endpoint`](Self::create_endpoint).
+    pub async fn create_endpoint_with_ordering(
+        &self,
+        org: &Organization,
+        url: &str,
+        event_type_filter: Option<&str>,
+        ordering: DeliveryOrdering,
     ) -> Result<Endpoint> {
         if url.is_empty() || url.len() > 2048 || url.chars().any(char::is_whitespace) {
             return Err(ValidationError::Field {
@@ -393,8 +406,26 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             event_type_filter: filter,
             secret: Secret::generate(),
             created_at: self.now(),
+            ordering,
         };
         Ok(self.inner.store.create_endpoint(org.id, &endpoint).await?)
+    }
+
+    /// Changes how an endpoint's deliveries are scheduled; see
+    /// [`EndpointStore::set_endpoint_ordering`](crate::store::EndpointStore::set_endpoint_ordering)
+    /// for what happens to deliveries already queued.
+    pub async fn set_endpoint_ordering(
+        &self,
+        org: &Organization,
+        id: EndpointId,
+        ordering: DeliveryOrdering,
+    ) -> Result<()> {
+        if self.inner.store.set_endpoint_ordering(org.id, id, ordering).await? {
+            self.inner.wake.notify_one();
+            Ok(())
+        } else {
+            Err(Error::NotFound)
+        }
     }
 
     /// The organization's endpoints, oldest first.

@@ -4,7 +4,7 @@ use super::state::{EndpointRow, State, Tenant};
 use crate::clock::Timestamp;
 use crate::domain::key::KeyHash;
 use crate::domain::org::Organization;
-use crate::domain::webhook::{Endpoint, Secret};
+use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret};
 use crate::domain::{EndpointId, OrganizationId};
 use crate::store::{NewEndpoint, StoreError, StoreResult};
 
@@ -68,6 +68,7 @@ impl State {
             enabled: true,
             disabled_reason: None,
             created_at: new.created_at,
+            ordering: new.ordering,
         };
         // Keep the list oldest first (stable for equal times: creation order).
         let at = tenant.endpoints.partition_point(|id| {
@@ -113,6 +114,25 @@ impl State {
             .collect();
         for delivery_id in cancelled {
             self.remove_delivery(delivery_id);
+        }
+        true
+    }
+
+    pub(super) fn set_endpoint_ordering(
+        &mut self,
+        org: OrganizationId,
+        id: EndpointId,
+        ordering: DeliveryOrdering,
+    ) -> bool {
+        let Some(row) = self.own_endpoint(org, id) else { return false };
+        row.endpoint.ordering = ordering;
+        if ordering == DeliveryOrdering::Parallel {
+            // The line dissolves: its deliveries become parallel ones.
+            for (_, delivery) in self.queue.lines.remove(&id).unwrap_or_default() {
+                if let Some(d) = self.queue.deliveries.get_mut(&delivery) {
+                    d.seq = None;
+                }
+            }
         }
         true
     }

@@ -33,7 +33,7 @@ use crate::clock::Timestamp;
 use crate::domain::event::{Event, EventDetail, EventRecord, EventStatus};
 use crate::domain::key::KeyHash;
 use crate::domain::org::Organization;
-use crate::domain::webhook::{Endpoint, Secret};
+use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret};
 use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 
 /// Organizations and their API key hashes, plus the store's health check.
@@ -62,7 +62,7 @@ pub trait OrgStore: Send + Sync + 'static {
 /// Delivery targets (webhook endpoints) of an organization.
 #[async_trait]
 pub trait EndpointStore: Send + Sync + 'static {
-    /// Stores a new, enabled endpoint and returns it.
+    /// Stores a new, enabled endpoint (with `endpoint.ordering`) and returns it.
     async fn create_endpoint(
         &self,
         org: OrganizationId,
@@ -76,6 +76,19 @@ pub trait EndpointStore: Send + Sync + 'static {
     /// worker still holding a lease on one finds its completion stale. Events keep their
     /// status. `false` if no such endpoint belongs to `org`.
     async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool>;
+
+    /// Sets how the endpoint's deliveries are scheduled (see
+    /// [`DeliveryOrdering`](crate::domain::webhook::DeliveryOrdering)): deliveries queued
+    /// from the return on follow the new ordering. Switching to `Parallel` also turns every
+    /// outstanding ordered delivery of the endpoint into a parallel one; switching to `Fifo`
+    /// orders only deliveries queued afterwards (ones already queued stay parallel and may run
+    /// beside the line). `false` if no such endpoint belongs to `org`.
+    async fn set_endpoint_ordering(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        ordering: DeliveryOrdering,
+    ) -> StoreResult<bool>;
 
     /// Makes `secret` the endpoint's signing secret. The previous secret stays valid for
     /// signing (it is returned second in [`Delivery::secrets`]) while `now <
@@ -105,7 +118,8 @@ pub trait EventLog: Send + Sync + 'static {
     /// than the window is taken over by the next insert with that id.
     ///
     /// **Fan-out**: for each inserted event, one delivery is queued per *enabled* endpoint of
-    /// `org` whose filter matches the type (no filter matches all), due at `now`, attempt 0.
+    /// `org` whose filter matches the type (no filter matches all), due at `now`, attempt 0;
+    /// for a FIFO endpoint it is an ordered delivery at the end of the endpoint's line.
     ///
     /// Inserted events have status `pending`. Errors: `Overloaded` when the intake is full;
     /// then nothing was stored.
@@ -141,7 +155,8 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Delivers an event again: sets it `pending` (clearing `delivered_at`), cancels its
     /// outstanding deliveries (an in-flight worker's completion becomes stale), and queues one
-    /// fresh delivery (attempt 0, due `now`) per enabled endpoint matching its type. Returns
+    /// fresh delivery (attempt 0, due `now`) per enabled endpoint matching its type. (A FIFO
+    /// endpoint's fresh delivery joins the end of its line.) Returns
     /// the new status (`pending`), or `None` for an unknown or foreign id.
     async fn replay(
         &self,
@@ -164,6 +179,34 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     /// leases them to `req.owner` until `req.now + req.lease`, incrementing each one's
     /// attempt number. Concurrent claimers (also on other nodes) never receive the same
     /// delivery while its lease is live. Deliveries of disabled endpoints are not claimed.
+    ///
+    /// **Fairness.** A due delivery is passed over (it stays due, and later deliveries of
+    /// others are claimed instead — a claim never stops at the first one held back) when
+    /// taking it would break one of these rules. They count *live* leases (`lease_expires_at
+    /// > now`) of every claimer sharing the store, including the deliveries this claim takes;
+    /// an expired lease counts for nothing, its delivery being due again:
+    /// - **organization share**: an organization holds at most `req.org_concurrency` live
+    ///   leases, so one tenant's slow endpoints cannot take every worker while another tenant
+    ///   has due deliveries;
+    /// - **endpoint concurrency**: a parallel endpoint holds at most
+    ///   `req.endpoint_concurrency` live leases;
+    /// - **circuit breaker**: a *failing* endpoint (its failing-since time is set: its latest
+    ///   finished attempt failed — timeout, connection error, non-2xx — and none succeeded
+    ///   since) holds at most one live lease. Its deliveries are tried one at a time, each a
+    ///   probe; the first success clears failing-since (see [`complete`](Self::complete)) and
+    ///   the endpoint gets its full concurrency back;
+    /// - **FIFO**: an *ordered* delivery (queued while its endpoint's ordering was
+    ///   [`Fifo`](crate::domain::webhook::DeliveryOrdering::Fifo)) is claimable only when no
+    ///   other outstanding ordered delivery of the same endpoint was queued before it. So at
+    ///   most one is in flight per endpoint; a delivery waiting for its retry holds the line;
+    ///   an expired lease makes the same delivery (the head of the line) due again, first.
+    ///   Deliveries queued by one insert are ordered in the insert's order; an insert that
+    ///   starts after another returned queues after it.
+    ///
+    /// FIFO holds strictly between concurrent claimers on every node. The two caps are exact
+    /// for claims that do not overlap in time; two claims running at the same moment on
+    /// different connections may each count without the other's new leases, so a cap may be
+    /// exceeded by what overlapping claims take (never more than one claim batch each).
     ///
     /// A claim need not be durable: if the store itself crashes, a store may forget recent
     /// leases (the PostgreSQL store commits claims asynchronously). Such a delivery is due

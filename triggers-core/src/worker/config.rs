@@ -21,6 +21,21 @@ pub struct WorkerConfig {
     pub disable_after: Duration,
     /// On shutdown, how long in-flight deliveries get to finish before they are released.
     pub shutdown_grace: Duration,
+    /// Most deliveries one organization may have in flight at once, counted over every node
+    /// sharing the store (see `DeliveryQueue::claim`). `None`: its fair share, a quarter of
+    /// `concurrency` (at least 1), so no fewer than four organizations with slow endpoints
+    /// are needed to occupy every worker of a node.
+    pub org_concurrency: Option<usize>,
+    /// Most deliveries one parallel endpoint may have in flight at once (all nodes); a
+    /// failing endpoint gets one (circuit breaker), a FIFO endpoint always one.
+    pub endpoint_concurrency: usize,
+}
+
+impl WorkerConfig {
+    /// The per-organization cap in effect: `org_concurrency`, or the fair share.
+    pub fn effective_org_concurrency(&self) -> usize {
+        self.org_concurrency.unwrap_or(self.concurrency / 4).max(1)
+    }
 }
 
 impl Default for WorkerConfig {
@@ -33,6 +48,8 @@ impl Default for WorkerConfig {
             delivery_timeout: Duration::from_secs(30),
             disable_after: Duration::from_secs(5 * 24 * 3600),
             shutdown_grace: Duration::from_secs(10),
+            org_concurrency: None,
+            endpoint_concurrency: 16,
         }
     }
 }
