@@ -14,7 +14,8 @@ use crate::config::SqliteConfig;
 use crate::error::{SqlResultExt, SqliteError};
 
 /// Every migration, in order. Never edit a released one: append a new one.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("migrations/0001_init.sql"), include_str!("migrations/0002_fair.sql")];
 
 /// Marks a database as ours (`PRAGMA application_id`, "TRGS").
 const APPLICATION_ID: i64 = 0x5452_4753;

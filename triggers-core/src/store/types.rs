@@ -181,14 +181,7 @@ impl ClaimRequest {
     /// A claim with no organization or endpoint cap (`u32::MAX` each); FIFO endpoints and
     /// failing endpoints still get at most one lease.
     pub fn new(owner: WorkerId, limit: u32, lease: Duration, now: Timestamp) -> Self {
-        Self {
-            owner,
-            limit,
-            lease,
-            now,
-            org_concurrency: u32::MAX,
-            endpoint_concurrency: u32::MAX,
-        }
+        Self { owner, limit, lease, now, org_concurrency: u32::MAX, endpoint_concurrency: u32::MAX }
     }
 
     /// The same claim with these caps (each at least 1).

@@ -75,8 +75,15 @@ impl WorkerPool {
             );
         }
         let (stop, stop_rx) = watch::channel(false);
-        let shared =
-            Arc::new(Shared { store, deliverer, config, retry, clock, observer, freed: Arc::default() });
+        let shared = Arc::new(Shared {
+            store,
+            deliverer,
+            config,
+            retry,
+            clock,
+            observer,
+            freed: Arc::default(),
+        });
         let dispatcher = tokio::spawn(dispatch(shared, wake, stop_rx));
         Self { stop, dispatcher }
     }

@@ -15,14 +15,15 @@ use crate::codec::{self, duration_micros, micros, query_opt, query_vec};
 use crate::error::{corrupt, SqlResultExt};
 use crate::ops::orgs::require_org;
 
-/// The enabled endpoints of an organization: `(seq, filter)`.
-type Targets = Vec<(i64, Option<TypeGlob>)>;
+/// The enabled endpoints of an organization: `(seq, filter, fifo)`.
+type Targets = Vec<(i64, Option<TypeGlob>, bool)>;
 
 /// Loads the organization's enabled endpoints, for fan-out.
 fn targets(conn: &Connection, org: &OrganizationId) -> StoreResult<Targets> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT seq, type_filter FROM endpoints WHERE org_id = ?1 AND enabled = 1 ORDER BY seq",
+            "SELECT seq, type_filter, ordering FROM endpoints
+             WHERE org_id = ?1 AND enabled = 1 ORDER BY seq",
         )
         .store()?;
     query_vec(&mut stmt, [org.0.as_bytes()], |row| {
@@ -30,7 +31,7 @@ fn targets(conn: &Connection, org: &OrganizationId) -> StoreResult<Targets> {
             Some(g) => Some(TypeGlob::parse(&g).map_err(corrupt)?),
             None => None,
         };
-        Ok((codec::int(row, 0)?, filter))
+        Ok((codec::int(row, 0)?, filter, codec::int(row, 2)? == 1))
     })
 }
 
@@ -43,17 +44,21 @@ fn fan_out(
     now: i64,
 ) -> StoreResult<u32> {
     let mut n = 0;
-    for (endpoint_seq, filter) in targets {
+    for (endpoint_seq, filter, fifo) in targets {
         if filter.as_ref().is_some_and(|g| !g.matches(event_type)) {
             continue;
         }
+        // An ordered delivery joins the end of its endpoint's line (the writer is the only
+        // one, so "last place + 1" cannot race).
         let mut stmt = conn
             .prepare_cached(
-                "INSERT INTO deliveries (id, event_seq, endpoint_seq, state, attempt, due_at)
-                 VALUES (?1, ?2, ?3, 0, 0, ?4)",
+                "INSERT INTO deliveries (id, event_seq, endpoint_seq, state, attempt, due_at, line)
+                 VALUES (?1, ?2, ?3, 0, 0, ?4, CASE WHEN ?5 THEN
+                     (SELECT coalesce(max(line), 0) + 1 FROM deliveries
+                      WHERE endpoint_seq = ?3 AND line IS NOT NULL) END)",
             )
             .store()?;
-        stmt.execute(params![DeliveryId::new().0.as_bytes(), event_seq, endpoint_seq, now])
+        stmt.execute(params![DeliveryId::new().0.as_bytes(), event_seq, endpoint_seq, now, fifo])
             .store()?;
         n += 1;
     }

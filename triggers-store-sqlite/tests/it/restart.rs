@@ -20,8 +20,7 @@ async fn deliveries_and_leases_survive_a_reopen_and_expired_leases_are_reclaimed
         insert_one(&store, org, "c", t(2)).await,
     ];
     let dead = WorkerId::new();
-    let leased =
-        store.claim(ClaimRequest::new(dead, 1, lease, t(3))).await.unwrap();
+    let leased = store.claim(ClaimRequest::new(dead, 1, lease, t(3))).await.unwrap();
     assert_eq!(leased[0].event_id, ids[0]);
     drop(store);
 
