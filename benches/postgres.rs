@@ -194,6 +194,7 @@ fn claim_complete(c: &mut Criterion, rt: &Runtime, db: &TestDatabase) {
             event_type_filter: None,
             secret: Secret::generate(),
             created_at: SystemClock.now(),
+            ordering: Default::default(),
         };
         store.create_endpoint(org.id, &endpoint).await.unwrap();
     });

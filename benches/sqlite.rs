@@ -165,6 +165,7 @@ fn queue_store(rt: &Runtime) -> (tempfile::TempDir, SqliteStore, Organization) {
         event_type_filter: None,
         secret: Secret::generate(),
         created_at: SystemClock.now(),
+        ordering: Default::default(),
     };
     rt.block_on(async {
         store.create_organization(&org, &triggers_core::ApiKey::generate().hash()).await.unwrap();

@@ -6,7 +6,7 @@ use sqlx::types::Uuid;
 use sqlx::Row;
 use triggers_core::store::StoreResult;
 use triggers_core::{
-    Endpoint, Event, EventStatus, Organization, Secret, Tier, Timestamp, TypeGlob,
+    DeliveryOrdering, Endpoint, Event, EventStatus, Organization, Secret, Tier, Timestamp, TypeGlob,
 };
 
 use crate::error::{corrupt, map};
@@ -17,7 +17,8 @@ pub(crate) const EVENT_COLUMNS: &str =
 
 /// Columns read by [`endpoint`].
 pub(crate) const ENDPOINT_COLUMNS: &str =
-    "id, organization_id, url, type_filter, secret, enabled, disabled_reason, created_at";
+    "id, organization_id, url, type_filter, secret, enabled, disabled_reason, created_at, \
+     ordering";
 
 /// Columns read by [`organization`].
 pub(crate) const ORG_COLUMNS: &str = "id, name, tier, created_at";
@@ -74,6 +75,8 @@ pub(crate) fn endpoint(row: &PgRow) -> StoreResult<Endpoint> {
         enabled: get(row, "enabled")?,
         disabled_reason: get(row, "disabled_reason")?,
         created_at: get(row, "created_at")?,
+        ordering: DeliveryOrdering::parse(get(row, "ordering")?)
+            .map_err(|e| corrupt("endpoint ordering", e))?,
     })
 }
 
