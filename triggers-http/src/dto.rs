@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use triggers_core::store::QueueStats;
 use triggers_core::{
-    AttemptRecord, Endpoint, EndpointId, Event, EventId, EventStatus, Ingested, Timestamp,
+    AttemptRecord, DeliveryOrdering, Endpoint, EndpointId, Event, EventId, EventStatus, Ingested,
+    Timestamp,
 };
 
 use crate::error::Problem;
@@ -41,6 +42,9 @@ pub(crate) struct WebhookConfigRequest {
     pub(crate) webhook_url: Option<String>,
     #[serde(default)]
     pub(crate) event_type_filter: Option<String>,
+    /// `parallel` (default) or `fifo`.
+    #[serde(default)]
+    pub(crate) ordering: Option<String>,
 }
 
 // ---- responses --------------------------------------------------------------------------
@@ -194,6 +198,7 @@ pub(crate) struct WebhookCreated<'a> {
     pub(crate) enabled: bool,
     #[serde(serialize_with = "rfc3339")]
     pub(crate) created_at: Timestamp,
+    pub(crate) ordering: DeliveryOrdering,
 }
 
 /// A webhook endpoint without its secret.
@@ -206,6 +211,7 @@ pub(crate) struct WebhookView<'a> {
     pub(crate) disabled_reason: Option<&'a str>,
     #[serde(serialize_with = "rfc3339")]
     pub(crate) created_at: Timestamp,
+    pub(crate) ordering: DeliveryOrdering,
 }
 
 impl<'a> From<&'a Endpoint> for WebhookView<'a> {
@@ -217,6 +223,7 @@ impl<'a> From<&'a Endpoint> for WebhookView<'a> {
             enabled: e.enabled,
             disabled_reason: e.disabled_reason.as_deref(),
             created_at: e.created_at,
+            ordering: e.ordering,
         }
     }
 }

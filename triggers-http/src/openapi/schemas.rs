@@ -75,7 +75,15 @@ fn webhook_properties() -> Value {
         "enabled": { "type": "boolean" },
         "disabled_reason": nullable(json!({ "type": "string" })),
         "created_at": time(),
+        "ordering": ordering(),
     })
+}
+
+fn ordering() -> Value {
+    json!({ "type": "string", "enum": ["parallel", "fifo"], "default": "parallel",
+            "description": "parallel: deliveries as they come due, several at once; fifo: \
+                            one at a time in event order — event n+1 is not attempted before \
+                            event n succeeded or finally failed, retries hold the line" })
 }
 
 fn event_properties(with_attempts: bool) -> Value {
@@ -203,6 +211,7 @@ pub(super) fn components() -> Value {
                                      "description": "Alias of url" },
                     "event_type_filter": { "type": "string",
                         "description": "Glob over event types; `*` matches anything" },
+                    "ordering": ordering(),
                 },
                 "anyOf": [ { "required": ["url"] }, { "required": ["webhook_url"] } ],
             },
@@ -216,6 +225,7 @@ pub(super) fn components() -> Value {
                     "secret": { "type": "string", "description": "whsec_…; shown only here" },
                     "enabled": { "type": "boolean" },
                     "created_at": time(),
+                    "ordering": ordering(),
                 },
             },
             "Webhook": object(&["id", "url", "event_type_filter", "enabled", "disabled_reason"],
