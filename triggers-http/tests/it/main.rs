@@ -4,6 +4,7 @@
 mod auth;
 mod crash;
 mod dedup;
+mod fair;
 mod flaky;
 mod hostile;
 mod lifecycle;

@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use triggers_core::{
-    EventStore, FnDeliverer, Ingestor, IngestorConfig, MemoryStore, Outcome, RetryPolicy,
-    WorkerConfig,
+    Deliverer, EventStore, FnDeliverer, Ingestor, IngestorConfig, MemoryStore, Outcome,
+    RetryPolicy, WorkerConfig,
 };
 use triggers_http::{Metrics, ServeError, Server, ServerConfig};
 
@@ -61,10 +61,19 @@ impl TestServer {
     }
 
     /// A server over `store`.
-    pub async fn start_on<S: EventStore>(store: S, mut opts: Options) -> Self {
+    pub async fn start_on<S: EventStore>(store: S, opts: Options) -> Self {
+        let deliverer = FnDeliverer::new(|_| async { Outcome::Delivered });
+        Self::start_with(store, deliverer, opts).await
+    }
+
+    /// A server over `store` delivering with `deliverer`.
+    pub async fn start_with<S: EventStore, D: Deliverer>(
+        store: S,
+        deliverer: D,
+        mut opts: Options,
+    ) -> Self {
         let metrics = Arc::new(Metrics::new());
         opts.ingestor.observer = Some(metrics.clone());
-        let deliverer = FnDeliverer::new(|_| async { Outcome::Delivered });
         let ingestor = Ingestor::start(store, deliverer, opts.ingestor);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
