@@ -64,11 +64,12 @@ parallel AS (
     JOIN endpoints ep ON ep.id = d.endpoint_id AND ep.enabled
     WHERE d.due_at <= $1 AND d.fifo_seq IS NULL
       AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM org_busy o
-                      WHERE o.organization_id = d.organization_id AND o.n >= $5)
-      AND NOT EXISTS (SELECT 1 FROM busy b
-                      WHERE b.endpoint_id = d.endpoint_id
-                        AND b.n >= CASE WHEN ep.failing_since IS NULL THEN $6 ELSE 1 END)
+      -- NOT (… IN (subquery)): hashed subplans, computed once, with a neutral row
+      -- estimate, so the plan stays an ordered walk of deliveries_due that stops after the
+      -- LIMIT (`<> ALL (ARRAY(…))` or NOT EXISTS made the planner sort every due row).
+      AND NOT (d.organization_id IN (SELECT organization_id FROM org_busy WHERE n >= $5))
+      AND NOT (d.endpoint_id IN (SELECT endpoint_id FROM busy WHERE n >= $6))
+      AND (ep.failing_since IS NULL OR NOT (d.endpoint_id IN (SELECT endpoint_id FROM busy)))
     ORDER BY d.due_at
     LIMIT $2
     FOR UPDATE OF d SKIP LOCKED
@@ -82,14 +83,14 @@ heads AS (
         LIMIT 1
     ) h
     WHERE ep.ordering = 'fifo' AND ep.enabled AND h.due_at <= $1
-      AND NOT EXISTS (SELECT 1 FROM busy b WHERE b.endpoint_id = ep.id)
-      AND NOT EXISTS (SELECT 1 FROM org_busy o
-                      WHERE o.organization_id = ep.organization_id AND o.n >= $5)
+      AND NOT (ep.id IN (SELECT endpoint_id FROM busy))
+      AND NOT (ep.organization_id IN (SELECT organization_id FROM org_busy WHERE n >= $5))
 ),
 head_locked AS (
     SELECT d.id, d.due_at, d.organization_id, d.endpoint_id, 1::int8 AS cap
     FROM deliveries d
-    WHERE d.id IN (SELECT id FROM heads) AND d.due_at <= $1 AND d.fifo_seq IS NOT NULL
+    -- By primary key (an array, not a join the planner may turn into a scan of the line).
+    WHERE d.id = ANY (ARRAY(SELECT id FROM heads)) AND d.due_at <= $1 AND d.fifo_seq IS NOT NULL
     FOR UPDATE SKIP LOCKED
 ),
 ranked AS (
