@@ -152,7 +152,7 @@ async fn drain(store: &PgStore, n: u64, workers: usize, batch: u32) -> Duration 
                 }
                 let now = SystemClock.now();
                 let limit = u32::try_from(take).unwrap();
-                let req = ClaimRequest { owner, limit, lease: Duration::from_secs(60), now };
+                let req = ClaimRequest::new(owner, limit, Duration::from_secs(60), now);
                 let got = store.claim(req).await.unwrap();
                 assert_eq!(got.len() as u64, take, "the standing backlog keeps claims full");
                 let completions: Vec<_> = got
@@ -196,6 +196,7 @@ fn claim_complete(c: &mut Criterion, rt: &Runtime, db: &TestDatabase) {
             event_type_filter: None,
             secret: Secret::generate(),
             created_at: SystemClock.now(),
+            ordering: Default::default(),
         };
         store.create_endpoint(org.id, &endpoint).await.unwrap();
     });

@@ -130,7 +130,7 @@ async fn claim_complete_loop(store: SqliteStore) {
     loop {
         let now = SystemClock.now();
         let lease = Duration::from_secs(60);
-        let claimed = store.claim(ClaimRequest { owner, limit: 128, lease, now }).await.unwrap();
+        let claimed = store.claim(ClaimRequest::new(owner, 128, lease, now)).await.unwrap();
         if claimed.is_empty() {
             return;
         }
@@ -166,6 +166,7 @@ fn queue_store(rt: &Runtime) -> (tempfile::TempDir, SqliteStore, Organization) {
         event_type_filter: None,
         secret: Secret::generate(),
         created_at: SystemClock.now(),
+        ordering: Default::default(),
     };
     rt.block_on(async {
         store.create_organization(&org, &triggers_core::ApiKey::generate().hash()).await.unwrap();

@@ -80,7 +80,8 @@ pub use domain::key::{ApiKey, KeyHash};
 pub use domain::org::{Organization, Tier, TierLimits};
 pub use domain::validate::ValidationError;
 pub use domain::webhook::{
-    check_headers, Endpoint, Secret, TypeGlob, DISABLED_BY_REQUEST, ENDPOINT_DISABLED,
+    check_headers, DeliveryOrdering, Endpoint, Secret, TypeGlob, DISABLED_BY_REQUEST,
+    ENDPOINT_DISABLED,
 };
 pub use domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 pub use error::{Error, Result};

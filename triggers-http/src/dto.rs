@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use triggers_core::store::QueueStats;
 use triggers_core::{
-    AttemptRecord, Endpoint, EndpointId, Event, EventId, EventStatus, Ingested, Timestamp,
+    AttemptRecord, DeliveryOrdering, Endpoint, EndpointId, Event, EventId, EventStatus, Ingested,
+    Timestamp,
 };
 
 use crate::error::Problem;
@@ -41,6 +42,9 @@ pub(crate) struct WebhookConfigRequest {
     pub(crate) webhook_url: Option<String>,
     #[serde(default)]
     pub(crate) event_type_filter: Option<String>,
+    /// `parallel` (default) or `fifo`.
+    #[serde(default)]
+    pub(crate) ordering: Option<String>,
 }
 
 // ---- responses --------------------------------------------------------------------------
@@ -194,6 +198,7 @@ pub(crate) struct WebhookCreated<'a> {
     pub(crate) enabled: bool,
     #[serde(serialize_with = "rfc3339")]
     pub(crate) created_at: Timestamp,
+    pub(crate) ordering: DeliveryOrdering,
 }
 
 /// A webhook endpoint without its secret.
@@ -211,6 +216,7 @@ pub(crate) struct WebhookView<'a> {
     pub(crate) headers: std::collections::BTreeMap<&'a str, &'a str>,
     pub(crate) rate_limit: Option<u32>,
     pub(crate) concurrency: Option<u32>,
+    pub(crate) ordering: DeliveryOrdering,
 }
 
 impl<'a> From<&'a Endpoint> for WebhookView<'a> {
@@ -226,6 +232,7 @@ impl<'a> From<&'a Endpoint> for WebhookView<'a> {
             headers: e.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
             rate_limit: e.rate_limit,
             concurrency: e.concurrency,
+            ordering: e.ordering,
         }
     }
 }

@@ -16,7 +16,7 @@ use triggers_core::{IngestorConfig, RetryPolicy, TierLimits, WorkerConfig};
 use crate::config::ServerConfig;
 
 /// Every variable: name, default, meaning.
-pub const VARIABLES: [(&str, &str, &str); 22] = [
+pub const VARIABLES: [(&str, &str, &str); 25] = [
     ("TRIGGERS_LISTEN", "127.0.0.1:8080", "address to bind (IP:port)"),
     ("DATABASE_URL", "sqlite://triggers.db", "sqlite://PATH or postgres://…"),
     (
@@ -91,6 +91,21 @@ pub const VARIABLES: [(&str, &str, &str); 22] = [
         "bearer token for GET /metrics (unset: /metrics is served on loopback binds only)",
     ),
     ("TRIGGERS_MAX_CONNECTIONS_PER_PEER", "256", "connections one client IP address may hold"),
+    (
+        "TRIGGERS_ORG_CONCURRENCY",
+        "a quarter of TRIGGERS_WORKERS (at least 1)",
+        "deliveries one organization may have in flight at once (all nodes)",
+    ),
+    (
+        "TRIGGERS_ENDPOINT_CONCURRENCY",
+        "16",
+        "deliveries one endpoint may have in flight at once (all nodes; a failing one gets 1)",
+    ),
+    (
+        "TRIGGERS_ENDPOINT_DEFER",
+        "1s",
+        "how long a delivery to an endpoint at its cap waits before it is tried again",
+    ),
 ];
 
 /// Where rate limits are kept (`TRIGGERS_RATE_LIMITER`).
@@ -185,6 +200,12 @@ pub struct Settings {
     pub metrics_token: Option<String>,
     /// `TRIGGERS_MAX_CONNECTIONS_PER_PEER`.
     pub max_connections_per_peer: usize,
+    /// `TRIGGERS_ORG_CONCURRENCY`; `None`: a quarter of the workers (at least 1).
+    pub org_concurrency: Option<usize>,
+    /// `TRIGGERS_ENDPOINT_CONCURRENCY`.
+    pub endpoint_concurrency: usize,
+    /// `TRIGGERS_ENDPOINT_DEFER`.
+    pub endpoint_defer: Duration,
 }
 
 impl fmt::Debug for Settings {
@@ -210,6 +231,9 @@ impl fmt::Debug for Settings {
             .field("allowed_hosts", &self.allowed_hosts)
             .field("metrics_token", &self.metrics_token.as_ref().map(|_| "<set>"))
             .field("max_connections_per_peer", &self.max_connections_per_peer)
+            .field("org_concurrency", &self.org_concurrency)
+            .field("endpoint_concurrency", &self.endpoint_concurrency)
+            .field("endpoint_defer", &self.endpoint_defer)
             .finish()
     }
 }
@@ -468,6 +492,27 @@ impl Settings {
                 .ok_or_else(|| bad(PER_PEER, v, "expected a whole number from 1 to 1000000"))?,
         };
 
+        let count = |var: &'static str| -> Result<Option<usize>, SettingsError> {
+            get(var)
+                .map(|v| {
+                    v.parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=100_000).contains(n))
+                        .ok_or_else(|| bad(var, v, "expected a whole number from 1 to 100000"))
+                })
+                .transpose()
+        };
+        let org_concurrency = count("TRIGGERS_ORG_CONCURRENCY")?;
+        let endpoint_concurrency = count("TRIGGERS_ENDPOINT_CONCURRENCY")?
+            .unwrap_or(WorkerConfig::default().endpoint_concurrency);
+        const DEFER: &str = "TRIGGERS_ENDPOINT_DEFER";
+        let endpoint_defer = match get(DEFER) {
+            None => Duration::from_secs(1),
+            Some(v) => triggers_core::retry::parse_duration(v)
+                .filter(|d| *d >= Duration::from_millis(10) && *d <= Duration::from_secs(3600))
+                .ok_or_else(|| bad(DEFER, v, "expected a duration from 10ms to 1h, e.g. 1s"))?,
+        };
+
         Ok(Self {
             listen,
             database,
@@ -489,6 +534,9 @@ impl Settings {
             allowed_hosts,
             metrics_token,
             max_connections_per_peer,
+            org_concurrency,
+            endpoint_concurrency,
+            endpoint_defer,
         })
     }
 
@@ -513,7 +561,12 @@ impl Settings {
             // The body limit is the real limit; a payload is always smaller than its body.
             max_payload: self.max_body,
             retry: self.retry.clone(),
-            worker: WorkerConfig { concurrency: self.workers, ..defaults.worker.clone() },
+            worker: WorkerConfig {
+                concurrency: self.workers,
+                org_concurrency: self.org_concurrency,
+                endpoint_concurrency: self.endpoint_concurrency,
+                ..defaults.worker.clone()
+            },
             retention: self.retention,
             secret_cipher: self.secret_cipher.clone(),
             // Often enough that little piles up between passes; dedup entries past their
@@ -543,7 +596,12 @@ impl Settings {
 
     /// The webhook deliverer configuration these settings describe.
     pub fn webhook_config(&self) -> crate::WebhookConfig {
-        crate::WebhookConfig { allow: self.webhook_allow.clone(), ..Default::default() }
+        crate::WebhookConfig {
+            allow: self.webhook_allow.clone(),
+            endpoint_concurrency: self.endpoint_concurrency,
+            endpoint_defer: self.endpoint_defer,
+            ..Default::default()
+        }
     }
 }
 
@@ -583,6 +641,33 @@ mod tests {
         assert_eq!(s.metrics_token, None);
         assert_eq!(s.max_connections_per_peer, 256);
         assert_eq!(s.server_config().max_connections_per_peer, 256);
+        assert_eq!(s.org_concurrency, None);
+        assert_eq!(s.ingestor_config().worker.effective_org_concurrency(), 16, "64 / 4");
+        assert_eq!(s.ingestor_config().worker.endpoint_concurrency, 16);
+        assert_eq!(s.webhook_config().endpoint_concurrency, 16);
+        assert_eq!(s.webhook_config().endpoint_defer, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn fairness_settings_reach_the_workers_and_the_deliverer() {
+        let s = parse(&[
+            ("TRIGGERS_WORKERS", "8"),
+            ("TRIGGERS_ORG_CONCURRENCY", "3"),
+            ("TRIGGERS_ENDPOINT_CONCURRENCY", "2"),
+            ("TRIGGERS_ENDPOINT_DEFER", "250ms"),
+        ])
+        .unwrap();
+        let worker = s.ingestor_config().worker;
+        assert_eq!((worker.effective_org_concurrency(), worker.endpoint_concurrency), (3, 2));
+        assert_eq!(s.webhook_config().endpoint_concurrency, 2);
+        assert_eq!(s.webhook_config().endpoint_defer, Duration::from_millis(250));
+        let s = parse(&[("TRIGGERS_WORKERS", "2")]).unwrap();
+        assert_eq!(s.ingestor_config().worker.effective_org_concurrency(), 1, "at least one");
+        let var = |pairs: &[(&str, &str)]| parse(pairs).unwrap_err().var;
+        assert_eq!(var(&[("TRIGGERS_ORG_CONCURRENCY", "0")]), "TRIGGERS_ORG_CONCURRENCY");
+        assert_eq!(var(&[("TRIGGERS_ENDPOINT_CONCURRENCY", "x")]), "TRIGGERS_ENDPOINT_CONCURRENCY");
+        assert_eq!(var(&[("TRIGGERS_ENDPOINT_DEFER", "1ms")]), "TRIGGERS_ENDPOINT_DEFER");
+        assert_eq!(var(&[("TRIGGERS_ENDPOINT_DEFER", "soon")]), "TRIGGERS_ENDPOINT_DEFER");
     }
 
     #[test]

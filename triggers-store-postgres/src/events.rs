@@ -58,8 +58,11 @@ kept AS (
 ),
 fanout AS (
     INSERT INTO deliveries
-        (id, event_id, organization_id, endpoint_id, state, attempt, next_attempt_at, due_at)
-    SELECT triggers_delivery_id(ev.id), ev.id, ev.organization_id, ep.id, 'pending', 0, $3, $3
+        (id, event_id, organization_id, endpoint_id, state, attempt, next_attempt_at, due_at,
+         fifo_seq)
+    SELECT triggers_delivery_id(ev.id), ev.id, ev.organization_id, ep.id, 'pending', 0, $3, $3,
+           -- A FIFO endpoint's fresh delivery joins the end of its line.
+           CASE WHEN ep.ordering = 'fifo' THEN (SELECT nextval('deliveries_fifo_seq')) END
     FROM ev JOIN endpoints ep
         ON ep.organization_id = ev.organization_id AND ep.enabled
        AND (ep.filter_like IS NULL OR ev.event_type LIKE ep.filter_like ESCAPE '\')

@@ -10,6 +10,7 @@
 //! 3. fans out: one delivery per enabled, matching endpoint (`LIKE filter ESCAPE '\'`),
 //!    locking those endpoints `FOR KEY SHARE` so a concurrent delete waits for the batch,
 //!    and one failed delivery per disabled, matching endpoint (the event is then `failed`);
+//!    deliveries to FIFO endpoints join their line (see the claim in `queue.rs`);
 //! 4. calls `pg_notify` once if any delivery was created.
 //!
 //! Items the statement did not insert are then resolved with a fresh snapshot: an event row
@@ -88,9 +89,12 @@ ev AS (
 ),
 fanout AS (
     INSERT INTO deliveries
-        (id, event_id, organization_id, endpoint_id, state, attempt, next_attempt_at, due_at)
+        (id, event_id, organization_id, endpoint_id, state, attempt, next_attempt_at, due_at,
+         fifo_seq)
     SELECT triggers_delivery_id(ev.id), ev.id, ev.organization_id, ep.id, 'pending', 0,
-           ev.created_at, ev.created_at
+           ev.created_at, ev.created_at,
+           -- One sequence value per statement, drawn only if a FIFO endpoint matched.
+           CASE WHEN ep.ordering = 'fifo' THEN (SELECT nextval('deliveries_fifo_seq')) END
     FROM ev JOIN input i ON i.id = ev.id JOIN endpoints ep
         ON ep.organization_id = ev.organization_id AND ep.enabled
        AND ep.id IS DISTINCT FROM i.exclude

@@ -7,7 +7,8 @@ use triggers_core::store::{
     SecretRewrite, StoreResult,
 };
 use triggers_core::{
-    Endpoint, EndpointId, KeyHash, Organization, OrganizationId, Secret, StoreError, Timestamp,
+    DeliveryOrdering, Endpoint, EndpointId, KeyHash, Organization, OrganizationId, Secret,
+    StoreError, Timestamp,
 };
 
 use crate::rows::{self, ENDPOINT_COLUMNS, ORG_COLUMNS};
@@ -89,8 +90,8 @@ impl EndpointStore for PgStore {
     ) -> StoreResult<Endpoint> {
         let sql = format!(
             "INSERT INTO endpoints
-                 (id, organization_id, url, type_filter, filter_like, secret, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 (id, organization_id, url, type_filter, filter_like, secret, created_at, ordering)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              RETURNING {ENDPOINT_COLUMNS}"
         );
         let filter = endpoint.event_type_filter.as_ref();
@@ -123,6 +124,7 @@ impl EndpointStore for PgStore {
             .bind(filter.map(|f| f.to_sql_like()))
             .bind(endpoint.secret.expose())
             .bind(endpoint.created_at)
+            .bind(endpoint.ordering.as_str())
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| self.fail(e))?;
@@ -190,6 +192,48 @@ impl EndpointStore for PgStore {
             .await
             .map_err(|e| self.fail(e))?;
         tx.commit().await.map_err(|e| self.fail(e))?;
+        Ok(true)
+    }
+
+    /// Locks the endpoint `FOR UPDATE` first: that waits for insert batches fanning out to it
+    /// (they hold `FOR KEY SHARE`) and holds new ones off until the commit, so no delivery is
+    /// queued under the old ordering after the switch. Switching to parallel then turns the
+    /// line's deliveries into parallel ones (with a fresh snapshot that sees those batches).
+    async fn set_endpoint_ordering(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        ordering: DeliveryOrdering,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool().begin().await.map_err(|e| self.fail(e))?;
+        let found = sqlx::query(
+            "SELECT 1 AS found FROM endpoints WHERE id = $1 AND organization_id = $2 FOR UPDATE",
+        )
+        .bind(id.0)
+        .bind(org.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| self.fail(e))?;
+        if found.is_none() {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE endpoints SET ordering = $2 WHERE id = $1")
+            .bind(id.0)
+            .bind(ordering.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.fail(e))?;
+        if ordering == DeliveryOrdering::Parallel {
+            sqlx::query(
+                "UPDATE deliveries SET fifo_seq = NULL WHERE endpoint_id = $1 AND fifo_seq IS NOT NULL",
+            )
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.fail(e))?;
+        }
+        tx.commit().await.map_err(|e| self.fail(e))?;
+        self.fire_local();
         Ok(true)
     }
 

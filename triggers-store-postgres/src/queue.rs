@@ -27,16 +27,83 @@ use crate::PgStore;
 /// (finished ones are deleted): 1 means every other delivery of the event has finished and
 /// committed, so nobody else can decide the event's status (see `complete`).
 ///
+/// Fairness (the rules of `DeliveryQueue::claim`), reading the statement top down:
+/// 1. `busy`: live leases per endpoint and organization, from the partial index
+///    `deliveries_in_flight` (it holds in-flight rows only, so this costs what is in flight,
+///    not the queue); `org_busy` sums them per organization.
+/// 2. `parallel`: due parallel deliveries (`deliveries_due` holds only those), earliest
+///    first, passing over organizations and endpoints already at their cap — a failing
+///    endpoint's cap is 1 (the circuit breaker) — locked `SKIP LOCKED`.
+/// 3. `heads`: the first delivery of each FIFO endpoint's line (by `fifo_seq, event_id`), if
+///    it is due, its endpoint has nothing in flight and its organization is under its cap.
+///    The head is chosen from the statement's snapshot *without* skipping locked rows (a
+///    locked head is still the head), then locked `SKIP LOCKED` with its due time checked
+///    again on the newest row version: a head another claimer just took is passed over, and
+///    the next delivery of the line is never considered while the head exists. So at most one
+///    delivery of a line is in flight, across nodes.
+/// 4. `ranked`/`due`: both kinds numbered per organization and endpoint in due order, so
+///    that the claim itself takes no more than each cap leaves, then the first `$2`. Rows
+///    locked but not taken are left as they are.
+///
 /// `benches/pgbench/claim_complete.sql` runs a copy of this statement: change both.
 const CLAIM_SQL: &str = r#"
-WITH due AS (
-    SELECT d.id, d.due_at FROM deliveries d
+WITH busy AS MATERIALIZED (
+    SELECT b.endpoint_id, b.organization_id, count(*) AS n
+    FROM deliveries b
+    WHERE b.state = 'in_flight' AND b.due_at > $1
+    GROUP BY b.endpoint_id, b.organization_id
+),
+org_busy AS MATERIALIZED (
+    SELECT organization_id, sum(n) AS n FROM busy GROUP BY organization_id
+),
+parallel AS (
+    SELECT d.id, d.due_at, d.organization_id, d.endpoint_id,
+           CASE WHEN ep.failing_since IS NULL THEN $6 ELSE 1 END AS cap
+    FROM deliveries d
     JOIN endpoints ep ON ep.id = d.endpoint_id AND ep.enabled
-    WHERE d.due_at <= $1
+    WHERE d.due_at <= $1 AND d.fifo_seq IS NULL
       AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
+      -- NOT (… IN (subquery)): hashed subplans, computed once, with a neutral row
+      -- estimate, so the plan stays an ordered walk of deliveries_due that stops after the
+      -- LIMIT (`<> ALL (ARRAY(…))` or NOT EXISTS made the planner sort every due row).
+      AND NOT (d.organization_id IN (SELECT organization_id FROM org_busy WHERE n >= $5))
+      AND NOT (d.endpoint_id IN (SELECT endpoint_id FROM busy WHERE n >= $6))
+      AND (ep.failing_since IS NULL OR NOT (d.endpoint_id IN (SELECT endpoint_id FROM busy)))
     ORDER BY d.due_at
     LIMIT $2
     FOR UPDATE OF d SKIP LOCKED
+),
+heads AS (
+    SELECT h.id FROM endpoints ep
+    CROSS JOIN LATERAL (
+        SELECT l.id, l.due_at FROM deliveries l
+        WHERE l.endpoint_id = ep.id AND l.fifo_seq IS NOT NULL
+        ORDER BY l.fifo_seq, l.event_id
+        LIMIT 1
+    ) h
+    WHERE ep.ordering = 'fifo' AND ep.enabled AND h.due_at <= $1
+      AND NOT (ep.id IN (SELECT endpoint_id FROM busy))
+      AND NOT (ep.organization_id IN (SELECT organization_id FROM org_busy WHERE n >= $5))
+),
+head_locked AS (
+    SELECT d.id, d.due_at, d.organization_id, d.endpoint_id, 1::int8 AS cap
+    FROM deliveries d
+    -- By primary key (an array, not a join the planner may turn into a scan of the line).
+    WHERE d.id = ANY (ARRAY(SELECT id FROM heads)) AND d.due_at <= $1 AND d.fifo_seq IS NOT NULL
+    FOR UPDATE SKIP LOCKED
+),
+ranked AS (
+    SELECT c.id, c.due_at, c.cap,
+           coalesce(o.n, 0) + row_number() OVER (PARTITION BY c.organization_id
+                                                 ORDER BY c.due_at, c.id) AS org_n,
+           coalesce(b.n, 0) + row_number() OVER (PARTITION BY c.endpoint_id
+                                                 ORDER BY c.due_at, c.id) AS ep_n
+    FROM (SELECT * FROM parallel UNION ALL SELECT * FROM head_locked) c
+    LEFT JOIN org_busy o ON o.organization_id = c.organization_id
+    LEFT JOIN busy b ON b.endpoint_id = c.endpoint_id
+),
+due AS (
+    SELECT id, due_at FROM ranked WHERE org_n <= $5 AND ep_n <= cap ORDER BY due_at LIMIT $2
 ),
 claimed AS (
     UPDATE deliveries d
@@ -72,6 +139,8 @@ impl DeliveryQueue for PgStore {
             .bind(i64::from(req.limit))
             .bind(req.owner.0)
             .bind(until)
+            .bind(i64::from(req.org_concurrency))
+            .bind(i64::from(req.endpoint_concurrency))
             .fetch_all(self.pool())
             .await
             .map_err(|e| self.fail(e))?;

@@ -6,7 +6,7 @@ use sqlx::types::Uuid;
 use sqlx::Row;
 use triggers_core::store::StoreResult;
 use triggers_core::{
-    Endpoint, Event, EventStatus, Organization, Secret, Tier, Timestamp, TypeGlob,
+    DeliveryOrdering, Endpoint, Event, EventStatus, Organization, Secret, Tier, Timestamp, TypeGlob,
 };
 
 use crate::error::{corrupt, map};
@@ -18,7 +18,7 @@ pub(crate) const EVENT_COLUMNS: &str =
 /// Columns read by [`endpoint`].
 pub(crate) const ENDPOINT_COLUMNS: &str =
     "id, organization_id, url, type_filter, secret, enabled, disabled_reason, created_at, \
-     description, headers, rate_limit, concurrency";
+     description, headers, rate_limit, concurrency, ordering";
 
 /// Columns read by [`organization`].
 pub(crate) const ORG_COLUMNS: &str = "id, name, tier, created_at";
@@ -79,6 +79,8 @@ pub(crate) fn endpoint(row: &PgRow) -> StoreResult<Endpoint> {
         headers: crate::lifecycle::decode_headers(get(row, "headers")?)?,
         rate_limit: crate::lifecycle::decode_limit(get(row, "rate_limit")?)?,
         concurrency: crate::lifecycle::decode_limit(get(row, "concurrency")?)?,
+        ordering: DeliveryOrdering::parse(get(row, "ordering")?)
+            .map_err(|e| corrupt("endpoint ordering", e))?,
     })
 }
 

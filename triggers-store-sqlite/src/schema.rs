@@ -16,6 +16,8 @@ use crate::error::{SqlResultExt, SqliteError};
 /// Every migration, in order. Never edit a released one: append a new one.
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
+    // Issue 13: fair claims and FIFO lines.
+    include_str!("migrations/0002_fair.sql"),
     // Issue 14: endpoint settings and failed deliveries.
     include_str!("migrations/0003_lifecycle.sql"),
     // Issue 12: tenant quotas.

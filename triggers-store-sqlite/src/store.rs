@@ -12,8 +12,8 @@ use triggers_core::store::{
     RecoverQuery, Recovered, Retention, SecretRewrite, StoreResult,
 };
 use triggers_core::{
-    DeliveryId, Endpoint, EndpointId, EventId, KeyHash, Organization, OrganizationId, Secret,
-    StoreError, Timestamp, WorkerId,
+    DeliveryId, DeliveryOrdering, Endpoint, EndpointId, EventId, KeyHash, Organization,
+    OrganizationId, Secret, StoreError, Timestamp, WorkerId,
 };
 
 use crate::codec::micros;
@@ -178,6 +178,15 @@ impl EndpointStore for SqliteStore {
 
     async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
         self.write(move |c| orgs::delete_endpoint(c, org, id)).await
+    }
+
+    async fn set_endpoint_ordering(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        ordering: DeliveryOrdering,
+    ) -> StoreResult<bool> {
+        self.write(move |c| orgs::set_ordering(c, org, id, ordering)).await
     }
 
     async fn rotate_endpoint_secret(

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::domain::event::EventStatus;
-use crate::domain::webhook::{Endpoint, Secret};
+use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret};
 use crate::domain::{EndpointId, WorkerId};
 use crate::store::{CompletionState, EventStore, InsertOutcome, NewEndpoint};
 
@@ -22,6 +22,7 @@ pub async fn endpoints_are_created_listed_and_deleted<S: EventStore>(store: &S) 
         event_type_filter: Some(glob("user_*.created")),
         secret: Secret::generate(),
         created_at: t(5),
+        ordering: DeliveryOrdering::Fifo,
     };
     let first = store.create_endpoint(org, &new).await.unwrap();
     let expected = Endpoint {
@@ -37,6 +38,7 @@ pub async fn endpoints_are_created_listed_and_deleted<S: EventStore>(store: &S) 
         headers: Vec::new(),
         rate_limit: None,
         concurrency: None,
+        ordering: DeliveryOrdering::Fifo,
     };
     assert_eq!(first, expected);
     let second = endpoint(store, org, None, t(6)).await;

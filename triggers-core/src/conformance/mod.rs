@@ -17,8 +17,8 @@
 //! - **Times are explicit.** Every case passes `now` from fixed timestamps (2026-01-01 plus
 //!   whole seconds, with a microsecond part) and never sleeps, so a store must not read the
 //!   clock and must keep timestamps to the microsecond.
-//! - **Concurrency.** Two cases (`concurrent_dedup_has_exactly_one_winner`,
-//!   `concurrent_claimers_never_share_a_delivery`) take the store as `Arc<S>` and call it from
+//! - **Concurrency.** Three cases (`concurrent_dedup_has_exactly_one_winner`,
+//!   `concurrent_claimers_never_share_a_delivery`, `concurrent_claimers_keep_a_fifo_line`) take the store as `Arc<S>` and call it from
 //!   several Tokio tasks on a multi-thread runtime; the others take `&S`.
 
 // A test suite: a failed store call is a failed test.
@@ -27,6 +27,7 @@
 mod completion;
 mod endpoints;
 mod events;
+mod fairness;
 mod inbox;
 mod lifecycle;
 mod orgs;
@@ -50,6 +51,11 @@ pub use events::{
     concurrent_dedup_has_exactly_one_winner, dedup_applies_inside_one_batch,
     dedup_entry_outside_the_window_is_taken_over, dedup_inside_the_window_returns_the_original,
     dedup_is_per_organization, events_round_trip_exactly,
+};
+pub use fairness::{
+    claims_respect_endpoint_concurrency_and_the_breaker, claims_respect_the_organization_share,
+    concurrent_claimers_keep_a_fifo_line, endpoint_ordering_can_be_switched,
+    fifo_endpoints_deliver_one_at_a_time_in_event_order,
 };
 pub use inbox::{
     ack_is_idempotent_and_reports_unknown_ids, inbox_filters_by_status_and_type_glob,
@@ -144,11 +150,16 @@ macro_rules! store_conformance_tests {
                 purge_forgets_expired_dedup_entries,
                 sealed_secrets_round_trip_and_are_rewritten,
                 inbox_pages_stop_at_the_byte_budget,
+                claims_respect_the_organization_share,
+                claims_respect_endpoint_concurrency_and_the_breaker,
+                fifo_endpoints_deliver_one_at_a_time_in_event_order,
+                endpoint_ordering_can_be_switched,
             ];
             shared: [
                 concurrent_dedup_has_exactly_one_winner,
                 concurrent_claimers_never_share_a_delivery,
                 concurrent_creations_of_one_id_have_one_winner,
+                concurrent_claimers_keep_a_fifo_line,
             ];
         );
     };

@@ -22,6 +22,7 @@ pub async fn endpoints_per_organization_are_capped<S: EventStore>(store: &S) {
         event_type_filter: None,
         secret: crate::domain::webhook::Secret::generate(),
         created_at: t(1),
+        ordering: crate::domain::webhook::DeliveryOrdering::Parallel,
     };
     match store.create_endpoint(org, &new).await {
         Err(StoreError::LimitExceeded { max: got, .. }) => assert_eq!(got, u64::from(max)),
@@ -192,6 +193,7 @@ pub async fn sealed_secrets_round_trip_and_are_rewritten<S: EventStore>(store: &
         event_type_filter: Some(glob("sealed")),
         secret: sealed.clone(),
         created_at: t(0),
+        ordering: crate::domain::webhook::DeliveryOrdering::Parallel,
     };
     assert_eq!(store.create_endpoint(org, &new).await.unwrap().secret, sealed);
     let listed = store.endpoints(org).await.unwrap();

@@ -9,7 +9,7 @@ use crate::clock::{self, Timestamp};
 use crate::domain::event::{AttemptRecord, EventDetail, EventRecord, EventStatus};
 use crate::domain::key::ApiKey;
 use crate::domain::org::{Organization, Tier};
-use crate::domain::webhook::{Endpoint, Secret, TypeGlob};
+use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret, TypeGlob};
 use crate::domain::{EndpointId, EventId, OrganizationId, WorkerId};
 use crate::store::{
     ClaimRequest, Completion, CompletionState, Delivery, EventStore, InsertOutcome, ListQuery,
@@ -114,11 +114,22 @@ pub(crate) async fn insert_one<S: EventStore>(
     inserted(&insert(store, org, vec![record(event_type, now)], now).await[0])
 }
 
-/// Creates an endpoint with a fresh secret.
+/// Creates a parallel endpoint with a fresh secret.
 pub(crate) async fn endpoint<S: EventStore>(
     store: &S,
     org: OrganizationId,
     filter: Option<&str>,
+    created_at: Timestamp,
+) -> Endpoint {
+    endpoint_with(store, org, filter, DeliveryOrdering::Parallel, created_at).await
+}
+
+/// Creates an endpoint with `ordering` and a fresh secret.
+pub(crate) async fn endpoint_with<S: EventStore>(
+    store: &S,
+    org: OrganizationId,
+    filter: Option<&str>,
+    ordering: DeliveryOrdering,
     created_at: Timestamp,
 ) -> Endpoint {
     let id = EndpointId::new();
@@ -128,6 +139,7 @@ pub(crate) async fn endpoint<S: EventStore>(
         event_type_filter: filter.map(glob),
         secret: Secret::generate(),
         created_at,
+        ordering,
     };
     store.create_endpoint(org, &new).await.unwrap()
 }
@@ -144,7 +156,19 @@ pub(crate) async fn claim<S: EventStore>(
     limit: u32,
     now: Timestamp,
 ) -> Vec<Delivery> {
-    store.claim(ClaimRequest { owner, limit, lease: LEASE, now }).await.unwrap()
+    store.claim(ClaimRequest::new(owner, limit, LEASE, now)).await.unwrap()
+}
+
+/// Claims like [`claim`] with an organization and an endpoint cap.
+pub(crate) async fn claim_capped<S: EventStore>(
+    store: &S,
+    owner: WorkerId,
+    limit: u32,
+    now: Timestamp,
+    (org_cap, endpoint_cap): (u32, u32),
+) -> Vec<Delivery> {
+    let req = ClaimRequest::new(owner, limit, LEASE, now).with_caps(org_cap, endpoint_cap);
+    store.claim(req).await.unwrap()
 }
 
 /// Claims exactly one delivery at `now`.

@@ -42,6 +42,46 @@ pub struct Endpoint {
     /// Deliveries in flight to this endpoint at most; `None`: the deliverer's default. A
     /// deliverer may cap it further.
     pub concurrency: Option<u32>,
+    /// Whether its deliveries go out in parallel or strictly one after another in event order.
+    pub ordering: DeliveryOrdering,
+}
+
+/// How an endpoint's deliveries are scheduled.
+///
+/// - `Parallel` (the default): deliveries are claimed as they come due, several at once (up
+///   to the endpoint's concurrency), so a retry does not hold back later events.
+/// - `Fifo`: strictly in event order. Delivery *n + 1* is not attempted before delivery *n*
+///   succeeded or finally failed; while *n* waits for a retry, the line waits with it. At
+///   most one delivery of the endpoint is in flight, across every node sharing the store.
+///   "Event order" is the order in which the store queued the deliveries (an event stored
+///   after another one returned is later; events of one batch keep their batch order).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryOrdering {
+    /// As they come due, several at once.
+    #[default]
+    Parallel,
+    /// One at a time, in event order.
+    Fifo,
+}
+
+impl DeliveryOrdering {
+    /// The wire name: `parallel` or `fifo`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Parallel => "parallel",
+            Self::Fifo => "fifo",
+        }
+    }
+
+    /// Parses the wire name (exactly `parallel` or `fifo`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "parallel" => Ok(Self::Parallel),
+            "fifo" => Ok(Self::Fifo),
+            _ => Err("must be \"parallel\" or \"fifo\"".to_owned()),
+        }
+    }
 }
 
 /// The `disabled_reason` of an endpoint its organization disabled.

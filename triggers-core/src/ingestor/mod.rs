@@ -24,7 +24,7 @@ use crate::domain::event::{Event, EventDetail, EventRecord, EventStatus, NewEven
 use crate::domain::key::ApiKey;
 use crate::domain::org::{Organization, Tier};
 use crate::domain::validate::{self, ValidationError};
-use crate::domain::webhook::{Endpoint, Secret, TypeGlob};
+use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret, TypeGlob};
 use crate::domain::{EndpointId, EventId};
 use crate::error::{Error, Result};
 use crate::limiter::{RateDecision, RateLimiter};
@@ -438,6 +438,19 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         url: &str,
         event_type_filter: Option<&str>,
     ) -> Result<Endpoint> {
+        self.create_endpoint_with_ordering(org, url, event_type_filter, DeliveryOrdering::Parallel)
+            .await
+    }
+
+    /// Adds a delivery target with the given [`DeliveryOrdering`] (`Fifo`: strictly one
+    /// delivery at a time, in event order). Otherwise like [`create_endpoint`](Self::create_endpoint).
+    pub async fn create_endpoint_with_ordering(
+        &self,
+        org: &Organization,
+        url: &str,
+        event_type_filter: Option<&str>,
+        ordering: DeliveryOrdering,
+    ) -> Result<Endpoint> {
         check_endpoint_url(url)?;
         let filter = event_type_filter
             .map(TypeGlob::parse)
@@ -451,10 +464,28 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             event_type_filter: filter,
             secret: self.seal(id, &secret),
             created_at: self.now(),
+            ordering,
         };
         let mut created = self.inner.store.create_endpoint(org.id, &endpoint).await?;
         created.secret = secret;
         Ok(created)
+    }
+
+    /// Changes how an endpoint's deliveries are scheduled; see
+    /// [`EndpointStore::set_endpoint_ordering`](crate::store::EndpointStore::set_endpoint_ordering)
+    /// for what happens to deliveries already queued.
+    pub async fn set_endpoint_ordering(
+        &self,
+        org: &Organization,
+        id: EndpointId,
+        ordering: DeliveryOrdering,
+    ) -> Result<()> {
+        if self.inner.store.set_endpoint_ordering(org.id, id, ordering).await? {
+            self.inner.wake.notify_one();
+            Ok(())
+        } else {
+            Err(Error::NotFound)
+        }
     }
 
     /// The organization's endpoints, oldest first. Sealed secrets are opened; one that

@@ -18,7 +18,7 @@ use crate::clock::Timestamp;
 use crate::domain::event::{Event, EventDetail, EventRecord, EventStatus};
 use crate::domain::key::KeyHash;
 use crate::domain::org::Organization;
-use crate::domain::webhook::{Endpoint, Secret};
+use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret};
 use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 use crate::store::{
     AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointPatch, EndpointStore,
@@ -144,6 +144,15 @@ impl EndpointStore for MemoryStore {
 
     async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
         Ok(self.lock()?.delete_endpoint(org, id))
+    }
+
+    async fn set_endpoint_ordering(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        ordering: DeliveryOrdering,
+    ) -> StoreResult<bool> {
+        Ok(self.lock()?.set_endpoint_ordering(org, id, ordering))
     }
 
     async fn rotate_endpoint_secret(

@@ -5,7 +5,7 @@ use crate::clock::Timestamp;
 use crate::domain::event::EventStatus;
 use crate::domain::key::KeyHash;
 use crate::domain::org::Organization;
-use crate::domain::webhook::{Endpoint, Secret, DISABLED_BY_REQUEST};
+use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret, DISABLED_BY_REQUEST};
 use crate::domain::{EndpointId, EventId, OrganizationId};
 use crate::store::{
     EndpointPatch, EndpointUpdate, NewEndpoint, RecoverQuery, Recovered, StoreError, StoreResult,
@@ -83,6 +83,7 @@ impl State {
             headers: Vec::new(),
             rate_limit: None,
             concurrency: None,
+            ordering: new.ordering,
         };
         // Keep the list oldest first (stable for equal times: creation order).
         let at = tenant.endpoints.partition_point(|id| {
@@ -214,18 +215,38 @@ impl State {
             .collect();
         let more = picked.len() > limit;
         picked.truncate(limit);
+        let fifo = self.own_endpoint(org, id)?.endpoint.ordering == DeliveryOrdering::Fifo;
         let State { orgs, queue, failed, .. } = self;
         let tenant = orgs.get_mut(&org)?;
         for event_id in &picked {
             failed.remove(&(id, *event_id));
             let Some(row) = tenant.events.get_mut(event_id) else { continue };
-            row.outstanding.push(queue.push(org, *event_id, id, now));
+            row.outstanding.push(queue.push(org, *event_id, id, fifo, now));
             if row.event.status == EventStatus::Failed {
                 set_status(&mut tenant.counts, &mut row.event, EventStatus::Pending, None);
             }
         }
         let queued = u32::try_from(picked.len()).unwrap_or(u32::MAX);
         Some(Recovered { queued, more })
+    }
+
+    pub(super) fn set_endpoint_ordering(
+        &mut self,
+        org: OrganizationId,
+        id: EndpointId,
+        ordering: DeliveryOrdering,
+    ) -> bool {
+        let Some(row) = self.own_endpoint(org, id) else { return false };
+        row.endpoint.ordering = ordering;
+        if ordering == DeliveryOrdering::Parallel {
+            // The line dissolves: its deliveries become parallel ones.
+            for (_, delivery) in self.queue.lines.remove(&id).unwrap_or_default() {
+                if let Some(d) = self.queue.deliveries.get_mut(&delivery) {
+                    d.seq = None;
+                }
+            }
+        }
+        true
     }
 
     pub(super) fn rotate_endpoint_secret(

@@ -1,9 +1,11 @@
 //! The delivery queue: claims with leases, fenced completions, releases and heartbeats.
 
+use std::collections::HashMap;
+
 use super::state::{set_status, DeliveryRow, FailedRow, Lease, State};
 use crate::clock::{self, Timestamp};
 use crate::domain::event::EventStatus;
-use crate::domain::{DeliveryId, WorkerId};
+use crate::domain::{DeliveryId, EndpointId, OrganizationId, WorkerId};
 use crate::store::{ClaimRequest, Completion, CompletionState, Delivery};
 
 impl State {
@@ -12,21 +14,48 @@ impl State {
         if limit == 0 {
             return Vec::new();
         }
+        // Live leases per organization and endpoint (the fairness rules count them).
+        let mut org_busy: HashMap<OrganizationId, u32> = HashMap::new();
+        let mut endpoint_busy: HashMap<EndpointId, u32> = HashMap::new();
+        for row in self.queue.deliveries.values() {
+            if row.lease.is_some_and(|l| l.expires_at > req.now) {
+                *org_busy.entry(row.org).or_default() += 1;
+                *endpoint_busy.entry(row.endpoint_id).or_default() += 1;
+            }
+        }
         // The due index is ordered by due time, so the first due entries are the earliest.
-        // Deliveries of disabled endpoints stay queued but are skipped.
-        let picked: Vec<(Timestamp, DeliveryId)> = self
-            .queue
-            .due
-            .iter()
-            .take_while(|(at, _)| *at <= req.now)
-            .filter(|(_, id)| {
-                self.queue.deliveries.get(id).is_some_and(|d| {
-                    self.endpoints.get(&d.endpoint_id).is_some_and(|e| e.endpoint.enabled)
-                })
-            })
-            .take(limit)
-            .copied()
-            .collect();
+        // Deliveries of disabled endpoints stay queued but are skipped, and so are those the
+        // fairness rules hold back.
+        let mut picked: Vec<(Timestamp, DeliveryId)> = Vec::new();
+        for &(at, id) in &self.queue.due {
+            if at > req.now || picked.len() == limit {
+                break;
+            }
+            let Some(d) = self.queue.deliveries.get(&id) else { continue };
+            let Some(endpoint) = self.endpoints.get(&d.endpoint_id) else { continue };
+            if !endpoint.endpoint.enabled {
+                continue;
+            }
+            let ep_cap = if d.seq.is_some() || endpoint.failing_since.is_some() {
+                1
+            } else {
+                req.endpoint_concurrency
+            };
+            let org_n = org_busy.entry(d.org).or_default();
+            let ep_n = endpoint_busy.entry(d.endpoint_id).or_default();
+            if *org_n >= req.org_concurrency || *ep_n >= ep_cap {
+                continue;
+            }
+            if let Some(seq) = d.seq {
+                let head = self.queue.lines.get(&d.endpoint_id).and_then(|l| l.first());
+                if head.map(|h| h.0) != Some(seq) {
+                    continue;
+                }
+            }
+            *org_n += 1;
+            *ep_n += 1;
+            picked.push((at, id));
+        }
         let expires_at = clock::add(req.now, req.lease);
         let mut claimed = Vec::with_capacity(picked.len());
         for key in picked {

@@ -6,7 +6,7 @@ use crate::clock::Timestamp;
 use crate::domain::event::{AttemptRecord, Event, EventMeta, EventStatus};
 use crate::domain::key::KeyHash;
 use crate::domain::org::Organization;
-use crate::domain::webhook::{Endpoint, Secret};
+use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret};
 use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 use crate::store::{QueueStats, StoreLimits};
 
@@ -48,6 +48,11 @@ pub(super) struct Queue {
     /// Every outstanding delivery keyed by when it is due: `next_attempt_at` while pending,
     /// the lease expiry while in flight.
     pub(super) due: BTreeSet<(Timestamp, DeliveryId)>,
+    /// The ordered deliveries of each FIFO line (endpoint), by queue sequence: the first is
+    /// the head, the only one that may be claimed.
+    pub(super) lines: HashMap<EndpointId, BTreeSet<(u64, DeliveryId)>>,
+    /// The next queue sequence number of an ordered delivery.
+    pub(super) next_seq: u64,
     /// In-flight deliveries cancelled by a replay, until their worker completes them (the
     /// attempt is then still recorded) or their lease expires.
     pub(super) superseded: HashMap<DeliveryId, Superseded>,
@@ -119,6 +124,8 @@ pub(super) struct DeliveryRow {
     pub(super) next_attempt_at: Timestamp,
     /// `Some` while in flight.
     pub(super) lease: Option<Lease>,
+    /// The place in its endpoint's FIFO line, for an ordered delivery.
+    pub(super) seq: Option<u64>,
 }
 
 /// Who holds an in-flight delivery, and until when.
@@ -191,20 +198,28 @@ impl Queue {
                 disabled.push(*endpoint_id);
                 continue;
             }
-            created.push(self.push(org, event_id, *endpoint_id, now));
+            let fifo = ep.ordering == DeliveryOrdering::Fifo;
+            created.push(self.push(org, event_id, *endpoint_id, fifo, now));
         }
         (created, disabled)
     }
 
-    /// Queues one delivery (attempt 0, due `now`).
+    /// Queues one delivery (attempt 0, due `now`); with `fifo`, at the end of its endpoint's
+    /// line.
     pub(super) fn push(
         &mut self,
         org: OrganizationId,
         event_id: EventId,
         endpoint_id: EndpointId,
+        fifo: bool,
         now: Timestamp,
     ) -> DeliveryId {
         let id = DeliveryId::new();
+        let seq = fifo.then(|| {
+            self.next_seq += 1;
+            self.lines.entry(endpoint_id).or_default().insert((self.next_seq, id));
+            self.next_seq
+        });
         let row = DeliveryRow {
             org,
             event_id,
@@ -212,6 +227,7 @@ impl Queue {
             attempt: 0,
             next_attempt_at: now,
             lease: None,
+            seq,
         };
         self.due.insert(row.due_key(id));
         self.deliveries.insert(id, row);
@@ -244,6 +260,14 @@ impl State {
     pub(super) fn remove_delivery(&mut self, id: DeliveryId) -> Option<DeliveryRow> {
         let row = self.queue.deliveries.remove(&id)?;
         self.queue.due.remove(&row.due_key(id));
+        if let Some(seq) = row.seq {
+            if let Some(line) = self.queue.lines.get_mut(&row.endpoint_id) {
+                line.remove(&(seq, id));
+                if line.is_empty() {
+                    self.queue.lines.remove(&row.endpoint_id);
+                }
+            }
+        }
         if let Some(tenant) = self.orgs.get_mut(&row.org) {
             if row.lease.is_some() {
                 tenant.counts.in_flight = tenant.counts.in_flight.saturating_sub(1);

@@ -16,7 +16,7 @@ use crate::clock::Timestamp;
 use crate::domain::event::{Event, EventDetail, EventRecord, EventStatus};
 use crate::domain::key::KeyHash;
 use crate::domain::org::Organization;
-use crate::domain::webhook::{Endpoint, Secret};
+use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret};
 use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 
 macro_rules! forward {
@@ -84,6 +84,14 @@ macro_rules! forward {
                 previous_valid_until: Timestamp,
             ) -> StoreResult<bool> {
                 (**self).rotate_endpoint_secret(org, id, secret, previous_valid_until).await
+            }
+            async fn set_endpoint_ordering(
+                &self,
+                org: OrganizationId,
+                id: EndpointId,
+                ordering: DeliveryOrdering,
+            ) -> StoreResult<bool> {
+                (**self).set_endpoint_ordering(org, id, ordering).await
             }
             async fn rewrite_secrets(&self, rewrite: SecretRewrite) -> StoreResult<u64> {
                 (**self).rewrite_secrets(rewrite).await

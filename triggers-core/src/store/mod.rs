@@ -39,7 +39,7 @@ use crate::clock::Timestamp;
 use crate::domain::event::{Event, EventDetail, EventRecord, EventStatus};
 use crate::domain::key::KeyHash;
 use crate::domain::org::Organization;
-use crate::domain::webhook::{Endpoint, Secret};
+use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret};
 use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 
 /// Organizations and their API key hashes, plus the store's health check.
@@ -87,7 +87,7 @@ pub trait OrgStore: Send + Sync + 'static {
 /// depth, the in-flight count or any claim.
 #[async_trait]
 pub trait EndpointStore: Send + Sync + 'static {
-    /// Stores a new, enabled endpoint and returns it (no description, no custom headers, no
+    /// Stores a new, enabled endpoint and returns it (with `endpoint.ordering`; no description, no custom headers, no
     /// rate or concurrency limit of its own).
     ///
     /// Errors: `LimitExceeded` (nothing stored) when the organization already has
@@ -144,6 +144,19 @@ pub trait EndpointStore: Send + Sync + 'static {
     /// are forgotten. Events keep their status. `false` if no such endpoint belongs to `org`.
     async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool>;
 
+    /// Sets how the endpoint's deliveries are scheduled (see
+    /// [`DeliveryOrdering`](crate::domain::webhook::DeliveryOrdering)): deliveries queued
+    /// from the return on follow the new ordering. Switching to `Parallel` also turns every
+    /// outstanding ordered delivery of the endpoint into a parallel one; switching to `Fifo`
+    /// orders only deliveries queued afterwards (ones already queued stay parallel and may run
+    /// beside the line). `false` if no such endpoint belongs to `org`.
+    async fn set_endpoint_ordering(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        ordering: DeliveryOrdering,
+    ) -> StoreResult<bool>;
+
     /// Makes `secret` the endpoint's signing secret. The previous secret stays valid for
     /// signing (it is returned second in [`Delivery::secrets`]) while `now <
     /// previous_valid_until`; an older previous secret is forgotten. `false` if no such
@@ -188,7 +201,8 @@ pub trait EventLog: Send + Sync + 'static {
     /// than the window is taken over by the next insert with that id.
     ///
     /// **Fan-out**: for each inserted event, one delivery is queued per *enabled* endpoint of
-    /// `org` whose filter matches the type (no filter matches all), due at `now`, attempt 0.
+    /// `org` whose filter matches the type (no filter matches all), due at `now`, attempt 0;
+    /// for a FIFO endpoint it is an ordered delivery at the end of the endpoint's line.
     /// Each *disabled* endpoint whose filter matches gets a failed delivery instead (reason
     /// [`ENDPOINT_DISABLED`](crate::domain::webhook::ENDPOINT_DISABLED), no attempt), which
     /// `recover` can queue once the endpoint is enabled again; `InsertOutcome::deliveries`
@@ -239,7 +253,8 @@ pub trait EventLog: Send + Sync + 'static {
     /// outstanding deliveries (an in-flight worker's completion becomes stale), forgets its
     /// failed deliveries, and fans out afresh like an insert: one fresh delivery (attempt 0,
     /// due `now`) per enabled endpoint matching its type, a failed one per matching disabled
-    /// endpoint (then the event is `failed` again). Returns the new status (`pending`, or
+    /// endpoint (then the event is `failed` again); a FIFO endpoint's fresh delivery joins
+    /// the end of its line. Returns the new status (`pending`, or
     /// `failed` in that case), or `None` for an unknown or foreign id.
     ///
     /// **Superseded attempts are still recorded**: a cancelled delivery that was in flight
@@ -275,6 +290,34 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     /// `req.now`: the current secret first, then the rotated-out one while `req.now <
     /// previous_valid_until` (see [`EndpointStore::rotate_endpoint_secret`]). Concurrent claimers (also on other nodes) never receive the same
     /// delivery while its lease is live. Deliveries of disabled endpoints are not claimed.
+    ///
+    /// **Fairness.** A due delivery is passed over (it stays due, and later deliveries of
+    /// others are claimed instead — a claim never stops at the first one held back) when
+    /// taking it would break one of these rules. They count *live* leases (`lease_expires_at
+    /// > now`) of every claimer sharing the store, including the deliveries this claim takes;
+    /// an expired lease counts for nothing, its delivery being due again:
+    /// - **organization share**: an organization holds at most `req.org_concurrency` live
+    ///   leases, so one tenant's slow endpoints cannot take every worker while another tenant
+    ///   has due deliveries;
+    /// - **endpoint concurrency**: a parallel endpoint holds at most
+    ///   `req.endpoint_concurrency` live leases;
+    /// - **circuit breaker**: a *failing* endpoint (its failing-since time is set: its latest
+    ///   finished attempt failed — timeout, connection error, non-2xx — and none succeeded
+    ///   since) holds at most one live lease. Its deliveries are tried one at a time, each a
+    ///   probe; the first success clears failing-since (see [`complete`](Self::complete)) and
+    ///   the endpoint gets its full concurrency back;
+    /// - **FIFO**: an *ordered* delivery (queued while its endpoint's ordering was
+    ///   [`Fifo`](crate::domain::webhook::DeliveryOrdering::Fifo)) is claimable only when no
+    ///   other outstanding ordered delivery of the same endpoint was queued before it. So at
+    ///   most one is in flight per endpoint; a delivery waiting for its retry holds the line;
+    ///   an expired lease makes the same delivery (the head of the line) due again, first.
+    ///   Deliveries queued by one insert are ordered in the insert's order; an insert that
+    ///   starts after another returned queues after it.
+    ///
+    /// FIFO holds strictly between concurrent claimers on every node. The two caps are exact
+    /// for claims that do not overlap in time; two claims running at the same moment on
+    /// different connections may each count without the other's new leases, so a cap may be
+    /// exceeded by what overlapping claims take (never more than one claim batch each).
     ///
     /// A claim need not be durable: if the store itself crashes, a store may forget recent
     /// leases (the PostgreSQL store commits claims asynchronously). Such a delivery is due

@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 
 use crate::clock::Timestamp;
 use crate::domain::event::{EventMeta, EventStatus};
-use crate::domain::webhook::{Endpoint, Secret, TypeGlob};
+use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret, TypeGlob};
 use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 
 /// The outcome of inserting one event.
@@ -109,6 +109,8 @@ pub struct NewEndpoint {
     pub secret: Secret,
     /// When it was created.
     pub created_at: Timestamp,
+    /// Parallel (default) or FIFO delivery.
+    pub ordering: DeliveryOrdering,
 }
 
 /// A claimed delivery: everything a [`Deliverer`](crate::Deliverer) needs, with the lease that
@@ -193,6 +195,27 @@ pub struct ClaimRequest {
     pub lease: Duration,
     /// The current time.
     pub now: Timestamp,
+    /// Most live leases one organization may hold after the claim, counted over every
+    /// claimer sharing the store (see [`DeliveryQueue::claim`](super::DeliveryQueue::claim)).
+    pub org_concurrency: u32,
+    /// Most live leases one healthy parallel endpoint may hold after the claim; a failing
+    /// endpoint gets one, a FIFO endpoint always one.
+    pub endpoint_concurrency: u32,
+}
+
+impl ClaimRequest {
+    /// A claim with no organization or endpoint cap (`u32::MAX` each); FIFO endpoints and
+    /// failing endpoints still get at most one lease.
+    pub fn new(owner: WorkerId, limit: u32, lease: Duration, now: Timestamp) -> Self {
+        Self { owner, limit, lease, now, org_concurrency: u32::MAX, endpoint_concurrency: u32::MAX }
+    }
+
+    /// The same claim with these caps (each at least 1).
+    pub fn with_caps(mut self, org_concurrency: u32, endpoint_concurrency: u32) -> Self {
+        self.org_concurrency = org_concurrency.max(1);
+        self.endpoint_concurrency = endpoint_concurrency.max(1);
+        self
+    }
 }
 
 /// Changes to an endpoint: `None` leaves a field as it is; for the optional fields,

@@ -29,6 +29,21 @@ pub struct WorkerConfig {
     /// Ingestor with workers per id at a time: a second one would take over the first's
     /// deliveries (a duplicate attempt, never a lost one).
     pub node_id: Option<crate::domain::WorkerId>,
+    /// Most deliveries one organization may have in flight at once, counted over every node
+    /// sharing the store (see `DeliveryQueue::claim`). `None`: its fair share, a quarter of
+    /// `concurrency` (at least 1), so no fewer than four organizations with slow endpoints
+    /// are needed to occupy every worker of a node.
+    pub org_concurrency: Option<usize>,
+    /// Most deliveries one parallel endpoint may have in flight at once (all nodes); a
+    /// failing endpoint gets one (circuit breaker), a FIFO endpoint always one.
+    pub endpoint_concurrency: usize,
+}
+
+impl WorkerConfig {
+    /// The per-organization cap in effect: `org_concurrency`, or the fair share.
+    pub fn effective_org_concurrency(&self) -> usize {
+        self.org_concurrency.unwrap_or(self.concurrency / 4).max(1)
+    }
 }
 
 impl Default for WorkerConfig {
@@ -42,6 +57,8 @@ impl Default for WorkerConfig {
             disable_after: Duration::from_secs(5 * 24 * 3600),
             shutdown_grace: Duration::from_secs(10),
             node_id: None,
+            org_concurrency: None,
+            endpoint_concurrency: 16,
         }
     }
 }

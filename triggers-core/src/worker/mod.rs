@@ -53,6 +53,9 @@ struct Shared<S, D> {
     retry: RetryPolicy,
     clock: SharedClock,
     observer: Option<Arc<dyn Observer>>,
+    /// Fired when leases of this pool end in the store (completions recorded, deferrals
+    /// released): they no longer count against their organization's and endpoint's caps.
+    freed: Arc<Notify>,
 }
 
 /// A finished attempt: its completion, result and latency, and the organization and URL of
@@ -78,7 +81,15 @@ impl WorkerPool {
             );
         }
         let (stop, stop_rx) = watch::channel(false);
-        let shared = Arc::new(Shared { store, deliverer, config, retry, clock, observer });
+        let shared = Arc::new(Shared {
+            store,
+            deliverer,
+            config,
+            retry,
+            clock,
+            observer,
+            freed: Arc::default(),
+        });
         let dispatcher = tokio::spawn(dispatch(shared, wake, stop_rx));
         Self { stop, dispatcher }
     }
@@ -112,12 +123,19 @@ async fn dispatch<S: EventStore, D: Deliverer>(
     }
     let permits = Arc::new(Semaphore::new(cfg.concurrency));
     let (done_tx, done_rx) = mpsc::channel::<Finished>(cfg.concurrency + COMPLETION_BATCH);
-    let completer =
-        tokio::spawn(complete_loop(shared.store.clone(), done_rx, shared.observer.clone()));
+    let completer = tokio::spawn(complete_loop(
+        shared.store.clone(),
+        done_rx,
+        shared.observer.clone(),
+        shared.freed.clone(),
+    ));
     let (abort_tx, abort_rx) = watch::channel(false);
     let store_wake = shared.store.wakeups();
     let mut tasks = JoinSet::new();
-    tracing::debug!(%owner, concurrency = cfg.concurrency, "delivery workers started");
+    let org_cap = u32::try_from(cfg.effective_org_concurrency()).unwrap_or(u32::MAX);
+    let endpoint_cap = u32::try_from(cfg.endpoint_concurrency).unwrap_or(u32::MAX);
+    tracing::debug!(%owner, concurrency = cfg.concurrency, org_cap, endpoint_cap,
+        "delivery workers started");
 
     // Claims that failed in a row (the store is unavailable): the next claim waits longer.
     let mut failures: u32 = 0;
@@ -135,12 +153,13 @@ async fn dispatch<S: EventStore, D: Deliverer>(
             }
         }
         let wanted = held.len();
-        let req = ClaimRequest {
+        let req = ClaimRequest::new(
             owner,
-            limit: u32::try_from(wanted).unwrap_or(u32::MAX),
-            lease: cfg.lease,
-            now: shared.clock.now(),
-        };
+            u32::try_from(wanted).unwrap_or(u32::MAX),
+            cfg.lease,
+            shared.clock.now(),
+        )
+        .with_caps(org_cap, endpoint_cap);
         let got = match shared.store.claim(req).await {
             Ok(deliveries) => {
                 let got = deliveries.len();
@@ -173,7 +192,11 @@ async fn dispatch<S: EventStore, D: Deliverer>(
         if got == wanted {
             continue; // There may be more due right now.
         }
+        // Fewer than wanted: nothing more is due, or the rest is held back by the fairness
+        // caps until one of this pool's attempts finishes (`freed`), a store wake-up (another
+        // node's), or the poll.
         tokio::select! {
+            _ = shared.freed.notified() => {}
             _ = wake.notified() => {}
             _ = async {
                 match &store_wake {
@@ -253,7 +276,10 @@ async fn attempt_one<S: EventStore, D: Deliverer>(
         let (d, due) = (&delivery, clock::add(shared.clock.now(), *after));
         drop(permit);
         match shared.store.release(d.id, d.lease_owner, d.attempt, Some(due)).await {
-            Ok(_) => tracing::debug!(delivery = %d.id, %reason, ?after, "deferred"),
+            Ok(_) => {
+                shared.freed.notify_one();
+                tracing::debug!(delivery = %d.id, %reason, ?after, "deferred");
+            }
             Err(e) => tracing::warn!(delivery = %d.id, error = %e,
                 "deferring failed; the lease will expire instead"),
         }
@@ -283,6 +309,7 @@ async fn complete_loop<S: EventStore>(
     store: Arc<S>,
     mut done: mpsc::Receiver<Finished>,
     observer: Option<Arc<dyn Observer>>,
+    freed: Arc<Notify>,
 ) {
     let mut batch = Vec::with_capacity(COMPLETION_BATCH);
     while done.recv_many(&mut batch, COMPLETION_BATCH).await > 0 {
@@ -306,6 +333,7 @@ async fn complete_loop<S: EventStore>(
         if let Some(flags) = &applied {
             announce_disabled(&*store, &batch, flags).await;
         }
+        freed.notify_one();
         if let (Some(flags), Some(observer)) = (applied, &observer) {
             for ((_, result, latency, _), applied) in batch.iter().zip(flags) {
                 let result = if applied { *result } else { DeliveryResult::Stale };

@@ -164,8 +164,7 @@ async fn a_restart_with_a_stable_node_id_delivers_a_crashed_runs_work_at_once() 
     setup.create_endpoint(&org, "inproc://x", None).await.unwrap();
     let id = setup.ingest(&org, NewEvent::new("e", &json!(1))).await.unwrap().id;
     // The crashed run: it claimed the delivery under the node's id and died.
-    let req =
-        ClaimRequest { owner: node, limit: 10, lease: Duration::from_secs(60), now: clock.now() };
+    let req = ClaimRequest::new(node, 10, Duration::from_secs(60), clock.now());
     assert_eq!(store.claim(req).await.unwrap().len(), 1);
 
     let (deliverer, _, mut seen) = counting();

@@ -281,12 +281,7 @@ async fn shutdown_releases_unfinished_deliveries() {
     tokio::time::timeout(Duration::from_secs(10), ing.shutdown()).await.unwrap();
     // Released: due at once, attempt number restored, nothing recorded.
     let claimed = store
-        .claim(ClaimRequest {
-            owner: WorkerId::new(),
-            limit: 10,
-            lease: Duration::from_secs(60),
-            now: clock.now(),
-        })
+        .claim(ClaimRequest::new(WorkerId::new(), 10, Duration::from_secs(60), clock.now()))
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);

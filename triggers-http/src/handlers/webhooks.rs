@@ -2,7 +2,7 @@
 //! `POST /api/webhooks/{id}/rotate-secret`.
 
 use http::StatusCode;
-use triggers_core::{Deliverer, EndpointId, EventStore};
+use triggers_core::{Deliverer, DeliveryOrdering, EndpointId, EventStore};
 
 use super::{named, path_id};
 use crate::app::{App, Ctx, Req, Res};
@@ -38,8 +38,15 @@ pub(super) async fn create<S: EventStore, D: Deliverer>(
         (None, None) => return Err(invalid("missing field `url`".into())),
     };
     validate_url(app, &url)?;
-    let endpoint =
-        app.ingestor.create_endpoint(&org, &url, request.event_type_filter.as_deref()).await?;
+    let ordering = match request.ordering.as_deref() {
+        None => DeliveryOrdering::Parallel,
+        Some(o) => DeliveryOrdering::parse(o)
+            .map_err(|reason| ApiError::Invalid { field: "ordering".into(), reason })?,
+    };
+    let endpoint = app
+        .ingestor
+        .create_endpoint_with_ordering(&org, &url, request.event_type_filter.as_deref(), ordering)
+        .await?;
     tracing::info!(organization_id = %org.id, endpoint_id = %endpoint.id, "webhook created");
     let body = WebhookCreated {
         id: endpoint.id,
@@ -48,6 +55,7 @@ pub(super) async fn create<S: EventStore, D: Deliverer>(
         secret: endpoint.secret.expose(),
         enabled: endpoint.enabled,
         created_at: endpoint.created_at,
+        ordering: endpoint.ordering,
     };
     Ok(json_with(StatusCode::CREATED, &body))
 }

@@ -99,6 +99,13 @@ fn headers() -> Value {
     })
 }
 
+fn ordering() -> Value {
+    json!({ "type": "string", "enum": ["parallel", "fifo"], "default": "parallel",
+            "description": "parallel: deliveries as they come due, several at once; fifo: \
+                            one at a time in event order — event n+1 is not attempted before \
+                            event n succeeded or finally failed, retries hold the line" })
+}
+
 fn event_properties(with_attempts: bool) -> Value {
     let mut p = json!({
         "id": uuid(),
@@ -231,6 +238,7 @@ pub(super) fn components() -> Value {
                                      "description": "Alias of url" },
                     "event_type_filter": { "type": "string",
                         "description": "Glob over event types; `*` matches anything" },
+                    "ordering": ordering(),
                 },
                 "anyOf": [ { "required": ["url"] }, { "required": ["webhook_url"] } ],
             },
@@ -244,6 +252,7 @@ pub(super) fn components() -> Value {
                     "secret": { "type": "string", "description": "whsec_…; shown only here" },
                     "enabled": { "type": "boolean" },
                     "created_at": time(),
+                    "ordering": ordering(),
                 },
             },
             "Webhook": object(&["id", "url", "event_type_filter", "enabled", "disabled_reason"],

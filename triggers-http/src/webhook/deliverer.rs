@@ -1,7 +1,6 @@
 //! The [`WebhookDeliverer`]: one signed POST per attempt.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,10 +17,6 @@ use super::outcome::{self, short};
 use super::sign::{signature_header, webhook_body};
 use super::ssrf::{AddressPolicy, ResolveError};
 use super::{WebhookConfig, WebhookError};
-
-/// How long a delivery that found its endpoint at the concurrency cap (for longer than
-/// `endpoint_wait`) goes back to the queue for. It is not an attempt: no retry is used up.
-const BUSY_DEFERRAL: Duration = Duration::from_secs(1);
 
 /// Delivers events to webhook endpoints over HTTP(S), signed with Standard Webhooks.
 ///
@@ -101,7 +96,7 @@ impl Inner {
             Ok(pass) => pass,
             Err(Busy::Concurrency) => {
                 return Outcome::Deferred {
-                    after: BUSY_DEFERRAL,
+                    after: self.config.endpoint_defer,
                     reason: "endpoint at its concurrency cap".into(),
                 }
                 .into()

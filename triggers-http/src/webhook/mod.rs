@@ -12,7 +12,7 @@
 //! | 429, 502, 503, 504 | `Retry`, with `Retry-After` (seconds or HTTP-date) as the hint |
 //! | any other status, 3xx included (redirects are never followed) | `Retry` on the schedule |
 //! | timeout, connection or TLS error, DNS failure | `Retry` |
-//! | endpoint at its concurrency cap or rate for longer than `endpoint_wait` | `Deferred`: back to the queue for 1 s (cap) or until the rate allows, no attempt used up |
+//! | endpoint at its concurrency cap or rate for longer than `endpoint_wait` | `Deferred`: back to the queue for `endpoint_defer` (cap, default 1 s) or until the rate allows, no attempt used up |
 //! | target address refused by the SSRF policy, invalid URL, scheme not http(s), no secret | `Permanent` |
 //!
 //! Reasons are short (≤ 200 bytes) and never contain secrets; nothing here logs headers.
@@ -70,6 +70,11 @@ pub struct WebhookConfig {
     /// How long a delivery waits for its endpoint's concurrency or rate before giving its
     /// worker back with `Retry` (default 100 ms).
     pub endpoint_wait: Duration,
+    /// How long a delivery that found its endpoint at the concurrency cap (for longer than
+    /// `endpoint_wait`) goes back to the queue for; no attempt is used up (default 1 s,
+    /// `TRIGGERS_ENDPOINT_DEFER`). The store's claim already keeps an endpoint within its cap
+    /// across nodes; this is the node's own safety net.
+    pub endpoint_defer: Duration,
 }
 
 impl Default for WebhookConfig {
@@ -85,6 +90,7 @@ impl Default for WebhookConfig {
             endpoint_concurrency: 16,
             endpoint_rate: None,
             endpoint_wait: Duration::from_millis(100),
+            endpoint_defer: Duration::from_secs(1),
         }
     }
 }

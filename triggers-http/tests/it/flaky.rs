@@ -85,6 +85,15 @@ impl EndpointStore for FlakyStore {
         self.check()?;
         self.inner.delete_endpoint(org, id).await
     }
+    async fn set_endpoint_ordering(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        ordering: triggers_core::DeliveryOrdering,
+    ) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.set_endpoint_ordering(org, id, ordering).await
+    }
     async fn rotate_endpoint_secret(
         &self,
         org: OrganizationId,

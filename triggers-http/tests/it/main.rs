@@ -7,6 +7,7 @@ mod dedup;
 mod diskfull;
 mod edge;
 mod endpoints;
+mod fair;
 mod flaky;
 mod hostile;
 mod lifecycle;

@@ -277,3 +277,47 @@ async fn health_ready_metrics_and_openapi() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["openapi"], "3.1.0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_ordering_is_set_on_creation_and_shown() {
+    let server = TestServer::default().await;
+    let c = &server.client;
+    let key = &server.key("starter").await;
+
+    let r = c.post("/api/webhook/config", key, json!({"url": "https://example.com/p"})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["ordering"], "parallel", "the default");
+    let r = c
+        .post(
+            "/api/webhook/config",
+            key,
+            json!({"url": "https://example.com/f", "ordering": "fifo"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["ordering"], "fifo");
+
+    // Bad values: a clear 422 naming the field, and nothing created.
+    for bad in [json!("FIFO"), json!("serial"), json!(""), json!(1), json!(null)] {
+        let body = json!({"url": "https://example.com/x", "ordering": bad});
+        let r = c.post("/api/webhook/config", key, body).await;
+        if bad.is_null() {
+            // JSON null is "not given": the default.
+            assert_eq!(r.status, 201, "{}", r.text());
+            assert_eq!(r.json()["ordering"], "parallel");
+            let id = r.json()["id"].as_str().unwrap().to_owned();
+            let r = c.send("DELETE", &format!("/api/webhooks/{id}"), Some(key), None).await;
+            assert_eq!(r.status, 204);
+            continue;
+        }
+        assert_eq!(r.status, 422, "{bad}: {}", r.text());
+        if bad.is_string() {
+            assert_eq!(r.json()["field"], "ordering", "{}", r.text());
+            assert!(r.json()["detail"].as_str().unwrap().contains("fifo"), "{}", r.text());
+        }
+    }
+    let hooks = c.get("/api/webhook/config", key).await.json()["webhooks"].clone();
+    let orderings: Vec<_> =
+        hooks.as_array().unwrap().iter().map(|h| h["ordering"].clone()).collect();
+    assert_eq!(orderings, vec![json!("parallel"), json!("fifo")]);
+}

@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use triggers_core::{
-    EventStore, FnDeliverer, Ingestor, IngestorConfig, MemoryStore, Outcome, RetryPolicy,
-    WorkerConfig,
+    Deliverer, EventStore, FnDeliverer, Ingestor, IngestorConfig, MemoryStore, Outcome,
+    RetryPolicy, WorkerConfig,
 };
 use triggers_http::{Metrics, ServeError, Server, ServerConfig};
 
@@ -66,8 +66,8 @@ impl TestServer {
         Self::start_with(store, deliverer, opts).await
     }
 
-    /// A server over `store`, delivering through `deliverer`.
-    pub async fn start_with<S: EventStore, D: triggers_core::Deliverer>(
+    /// A server over `store` delivering with `deliverer`.
+    pub async fn start_with<S: EventStore, D: Deliverer>(
         store: S,
         deliverer: D,
         mut opts: Options,

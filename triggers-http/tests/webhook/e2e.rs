@@ -373,7 +373,7 @@ async fn a_worker_that_dies_mid_delivery_is_replaced_after_its_lease() {
 
     // A worker claims the delivery, sends it, and dies before recording the outcome.
     let lease = Duration::from_secs(60);
-    let claim = ClaimRequest { owner: WorkerId::new(), limit: 10, lease, now: clock.now() };
+    let claim = ClaimRequest::new(WorkerId::new(), 10, lease, clock.now());
     let claimed = store.claim(claim).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(deliverer.deliver(&claimed[0]).await.outcome, Outcome::Delivered);

@@ -106,12 +106,12 @@ async fn terminated_connections_are_survived_and_nothing_acknowledged_is_lost() 
     more.await.unwrap();
     assert_all_present(&store, org.id, &acked).await;
     let claimed = store
-        .claim(triggers_core::store::ClaimRequest {
-            owner: triggers_core::WorkerId::new(),
-            limit: 10,
-            lease: Duration::from_secs(30),
-            now: at(3),
-        })
+        .claim(triggers_core::store::ClaimRequest::new(
+            triggers_core::WorkerId::new(),
+            10,
+            Duration::from_secs(30),
+            at(3),
+        ))
         .await
         .unwrap();
     assert_eq!(claimed.len(), 10);

@@ -67,6 +67,7 @@ pub async fn endpoint(store: &PgStore, org: &Organization, filter: Option<&str>)
         event_type_filter: filter.map(|f| TypeGlob::parse(f).unwrap()),
         secret: Secret::generate(),
         created_at: at(0),
+        ordering: Default::default(),
     };
     store.create_endpoint(org.id, &new).await.unwrap()
 }

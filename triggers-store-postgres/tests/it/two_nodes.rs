@@ -118,7 +118,7 @@ async fn two_ingestors_dedup_exactly_and_drain_one_queue_exactly_once() {
 }
 
 fn claim(owner: WorkerId, limit: u32, secs: i64) -> ClaimRequest {
-    ClaimRequest { owner, limit, lease: Duration::from_secs(30), now: at(secs) }
+    ClaimRequest::new(owner, limit, Duration::from_secs(30), at(secs))
 }
 
 fn delivered(d: &triggers_core::store::Delivery, owner: WorkerId, secs: i64) -> Completion {

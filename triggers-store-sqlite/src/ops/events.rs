@@ -17,14 +17,14 @@ use crate::error::{corrupt, SqlResultExt};
 use crate::ops::lifecycle;
 use crate::ops::orgs::require_org;
 
-/// The endpoints of an organization: `(seq, filter, enabled, id)`.
-type Targets = Vec<(i64, Option<TypeGlob>, bool, uuid::Uuid)>;
+/// The endpoints of an organization: `(seq, filter, enabled, id, fifo)`.
+type Targets = Vec<(i64, Option<TypeGlob>, bool, uuid::Uuid, bool)>;
 
 /// Loads the organization's endpoints, for fan-out.
 fn targets(conn: &Connection, org: &OrganizationId) -> StoreResult<Targets> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT seq, type_filter, enabled, id FROM endpoints WHERE org_id = ?1 ORDER BY seq",
+            "SELECT seq, type_filter, enabled, id, ordering FROM endpoints WHERE org_id = ?1 ORDER BY seq",
         )
         .store()?;
     query_vec(&mut stmt, [org.0.as_bytes()], |row| {
@@ -32,7 +32,13 @@ fn targets(conn: &Connection, org: &OrganizationId) -> StoreResult<Targets> {
             Some(g) => Some(TypeGlob::parse(&g).map_err(corrupt)?),
             None => None,
         };
-        Ok((codec::int(row, 0)?, filter, codec::int(row, 2)? != 0, codec::uuid(row, 3)?))
+        Ok((
+            codec::int(row, 0)?,
+            filter,
+            codec::int(row, 2)? != 0,
+            codec::uuid(row, 3)?,
+            codec::int(row, 4)? == 1,
+        ))
     })
 }
 
@@ -48,7 +54,7 @@ fn fan_out(
     now: i64,
 ) -> StoreResult<u32> {
     let mut n = 0;
-    for (endpoint_seq, filter, enabled, id) in targets {
+    for (endpoint_seq, filter, enabled, id, fifo) in targets {
         if exclude.is_some_and(|e| e.0 == *id) {
             continue;
         }
@@ -59,13 +65,17 @@ fn fan_out(
             lifecycle::record_failed(conn, *endpoint_seq, event_seq, ENDPOINT_DISABLED, now)?;
             continue;
         }
+        // An ordered delivery joins the end of its endpoint's line (the writer is the only
+        // one, so "last place + 1" cannot race).
         let mut stmt = conn
             .prepare_cached(
-                "INSERT INTO deliveries (id, event_seq, endpoint_seq, state, attempt, due_at)
-                 VALUES (?1, ?2, ?3, 0, 0, ?4)",
+                "INSERT INTO deliveries (id, event_seq, endpoint_seq, state, attempt, due_at, line)
+                 VALUES (?1, ?2, ?3, 0, 0, ?4, CASE WHEN ?5 THEN
+                     (SELECT coalesce(max(line), 0) + 1 FROM deliveries
+                      WHERE endpoint_seq = ?3 AND line IS NOT NULL) END)",
             )
             .store()?;
-        stmt.execute(params![DeliveryId::new().0.as_bytes(), event_seq, endpoint_seq, now])
+        stmt.execute(params![DeliveryId::new().0.as_bytes(), event_seq, endpoint_seq, now, fifo])
             .store()?;
         n += 1;
     }

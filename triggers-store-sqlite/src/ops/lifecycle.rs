@@ -4,8 +4,8 @@
 use rusqlite::{params, Connection, Row};
 use triggers_core::store::{EndpointPatch, EndpointUpdate, RecoverQuery, Recovered, StoreResult};
 use triggers_core::{
-    DeliveryId, Endpoint, EndpointId, OrganizationId, Secret, Timestamp, TypeGlob,
-    DISABLED_BY_REQUEST,
+    DeliveryId, DeliveryOrdering, Endpoint, EndpointId, OrganizationId, Secret, Timestamp,
+    TypeGlob, DISABLED_BY_REQUEST,
 };
 
 use crate::codec::{self, micros, query_opt, query_vec};
@@ -13,7 +13,7 @@ use crate::error::{corrupt, SqlResultExt};
 
 /// The columns [`endpoint_row`] reads, in order.
 pub(crate) const ENDPOINT_COLUMNS: &str = "id, org_id, url, type_filter, secret, enabled, \
-     disabled_reason, created_at, description, headers, rate_limit, concurrency";
+     disabled_reason, created_at, description, headers, rate_limit, concurrency, ordering";
 
 /// Decodes custom headers stored as a JSON array of `[name, value]` pairs (NULL = none).
 pub(crate) fn decode_headers(json: Option<String>) -> StoreResult<Vec<(String, String)>> {
@@ -55,6 +55,10 @@ pub(crate) fn endpoint_row(row: &Row<'_>) -> StoreResult<Endpoint> {
         headers: decode_headers(codec::opt_text(row, 9)?)?,
         rate_limit: limit(10)?,
         concurrency: limit(11)?,
+        ordering: match codec::int(row, 12)? {
+            1 => DeliveryOrdering::Fifo,
+            _ => DeliveryOrdering::Parallel,
+        },
     })
 }
 

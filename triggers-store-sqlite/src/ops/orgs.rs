@@ -3,8 +3,8 @@
 use rusqlite::{params, Connection};
 use triggers_core::store::{NewEndpoint, StoreResult};
 use triggers_core::{
-    Endpoint, EndpointId, KeyHash, Organization, OrganizationId, Secret, StoreError, Timestamp,
-    TypeGlob,
+    DeliveryOrdering, Endpoint, EndpointId, KeyHash, Organization, OrganizationId, Secret,
+    StoreError, Timestamp, TypeGlob,
 };
 
 use crate::codec::{self, micros, query_opt, query_vec};
@@ -73,8 +73,8 @@ pub(crate) fn create_endpoint(
         });
     }
     conn.prepare_cached(
-        "INSERT INTO endpoints (id, org_id, url, type_filter, secret, enabled, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)",
+        "INSERT INTO endpoints (id, org_id, url, type_filter, secret, enabled, created_at, ordering)
+         VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7)",
     )
     .store()?
     .execute(params![
@@ -83,7 +83,8 @@ pub(crate) fn create_endpoint(
         new.url,
         new.event_type_filter.as_ref().map(TypeGlob::as_str),
         new.secret.expose(),
-        micros(new.created_at)
+        micros(new.created_at),
+        ordering_code(new.ordering)
     ])
     .store()?;
     Ok(Endpoint {
@@ -99,6 +100,7 @@ pub(crate) fn create_endpoint(
         headers: Vec::new(),
         rate_limit: None,
         concurrency: None,
+        ordering: new.ordering,
     })
 }
 
@@ -135,6 +137,44 @@ pub(crate) fn delete_endpoint(
         .execute([seq])
         .store()?;
     conn.prepare_cached("DELETE FROM endpoints WHERE seq = ?1").store()?.execute([seq]).store()?;
+    Ok(true)
+}
+
+/// The stored code of an ordering: 0 parallel, 1 fifo.
+fn ordering_code(ordering: DeliveryOrdering) -> i64 {
+    match ordering {
+        DeliveryOrdering::Parallel => 0,
+        DeliveryOrdering::Fifo => 1,
+    }
+}
+
+/// `EndpointStore::set_endpoint_ordering`. Switching to parallel dissolves the line: every
+/// ordered delivery of the endpoint becomes a parallel one.
+pub(crate) fn set_ordering(
+    conn: &Connection,
+    org: OrganizationId,
+    id: EndpointId,
+    ordering: DeliveryOrdering,
+) -> StoreResult<bool> {
+    let mut find =
+        conn.prepare_cached("SELECT seq FROM endpoints WHERE id = ?1 AND org_id = ?2").store()?;
+    let Some(seq) =
+        query_opt(&mut find, params![id.0.as_bytes(), org.0.as_bytes()], |row| codec::int(row, 0))?
+    else {
+        return Ok(false);
+    };
+    conn.prepare_cached("UPDATE endpoints SET ordering = ?2 WHERE seq = ?1")
+        .store()?
+        .execute(params![seq, ordering_code(ordering)])
+        .store()?;
+    if ordering == DeliveryOrdering::Parallel {
+        conn.prepare_cached(
+            "UPDATE deliveries SET line = NULL WHERE endpoint_seq = ?1 AND line IS NOT NULL",
+        )
+        .store()?
+        .execute([seq])
+        .store()?;
+    }
     Ok(true)
 }
 

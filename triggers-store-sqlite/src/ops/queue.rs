@@ -58,23 +58,82 @@ fn target(conn: &Connection, seq: i64, now: i64) -> StoreResult<Option<Target>> 
     })
 }
 
+/// `DeliveryQueue::claim` in one statement. Reading it top down:
+///
+/// 1. `busy`: live leases per endpoint (in flight, lease not expired), found through the
+///    partial index of leased rows, so it costs what is in flight, not the queue; `org_busy`
+///    sums them per organization.
+/// 2. `parallel`: due parallel deliveries of enabled endpoints, earliest first, passing over
+///    organizations and endpoints already at their cap (a failing endpoint's cap is 1: the
+///    circuit breaker). `heads`: the first delivery of each FIFO endpoint's line, if due and
+///    that endpoint has nothing in flight.
+/// 3. `ranked`: both together, numbered per organization and per endpoint in due order, so
+///    this claim itself takes no more than each cap leaves; `due` keeps the first `limit`.
+/// 4. The `UPDATE` leases them.
+const CLAIM_SQL: &str = r#"
+WITH busy AS (
+    SELECT l.endpoint_seq, count(*) AS n
+    FROM deliveries l INDEXED BY deliveries_leased
+    WHERE l.state = 1 AND l.due_at > ?3
+    GROUP BY l.endpoint_seq
+),
+org_busy AS (
+    SELECT p.org_id, sum(b.n) AS n FROM busy b JOIN endpoints p ON p.seq = b.endpoint_seq
+    GROUP BY p.org_id
+),
+parallel AS (
+    SELECT d.id, d.due_at, p.org_id, d.endpoint_seq,
+           CASE WHEN p.failing_since IS NULL THEN ?6 ELSE 1 END AS cap
+    FROM deliveries d INDEXED BY deliveries_due
+    JOIN endpoints p ON p.seq = d.endpoint_seq
+    WHERE d.due_at <= ?3 AND d.line IS NULL AND p.enabled = 1
+      AND coalesce((SELECT n FROM org_busy o WHERE o.org_id = p.org_id), 0) < ?5
+      AND coalesce((SELECT n FROM busy b WHERE b.endpoint_seq = d.endpoint_seq), 0)
+          < CASE WHEN p.failing_since IS NULL THEN ?6 ELSE 1 END
+    ORDER BY d.due_at
+    LIMIT ?4
+),
+heads AS (
+    SELECT d.id, d.due_at, p.org_id, d.endpoint_seq, 1 AS cap
+    FROM endpoints p INDEXED BY endpoints_fifo
+    JOIN deliveries d ON d.id = (
+        SELECT h.id FROM deliveries h INDEXED BY deliveries_line
+        WHERE h.endpoint_seq = p.seq AND h.line IS NOT NULL
+        ORDER BY h.line LIMIT 1)
+    WHERE p.ordering = 1 AND p.enabled = 1 AND d.due_at <= ?3
+      AND coalesce((SELECT n FROM org_busy o WHERE o.org_id = p.org_id), 0) < ?5
+      AND NOT EXISTS (SELECT 1 FROM busy b WHERE b.endpoint_seq = p.seq)
+),
+ranked AS (
+    SELECT c.id, c.due_at, c.cap,
+           coalesce((SELECT n FROM org_busy o WHERE o.org_id = c.org_id), 0)
+               + row_number() OVER (PARTITION BY c.org_id ORDER BY c.due_at, c.id) AS org_n,
+           coalesce((SELECT n FROM busy b WHERE b.endpoint_seq = c.endpoint_seq), 0)
+               + row_number() OVER (PARTITION BY c.endpoint_seq ORDER BY c.due_at, c.id) AS ep_n
+    FROM (SELECT * FROM parallel UNION ALL SELECT * FROM heads) c
+),
+due AS (
+    SELECT id FROM ranked WHERE org_n <= ?5 AND ep_n <= cap ORDER BY due_at, id LIMIT ?4
+)
+UPDATE deliveries
+SET state = 1, attempt = attempt + 1, lease_owner = ?1, claimed_due = due_at, due_at = ?2
+WHERE id IN (SELECT id FROM due)
+RETURNING id, attempt, event_seq, endpoint_seq, claimed_due
+"#;
+
 /// `DeliveryQueue::claim`.
 pub(crate) fn claim(conn: &Connection, req: ClaimRequest) -> StoreResult<Vec<Delivery>> {
     let now = micros(req.now);
     let lease_until = add(req.now, req.lease);
-    let mut stmt = conn
-        .prepare_cached(
-            "UPDATE deliveries
-             SET state = 1, attempt = attempt + 1, lease_owner = ?1, claimed_due = due_at,
-                 due_at = ?2
-             WHERE id IN (
-                 SELECT d.id FROM deliveries d JOIN endpoints p ON p.seq = d.endpoint_seq
-                 WHERE d.due_at <= ?3 AND p.enabled = 1
-                 ORDER BY d.due_at LIMIT ?4)
-             RETURNING id, attempt, event_seq, endpoint_seq, claimed_due",
-        )
-        .store()?;
-    let p = params![req.owner.0.as_bytes(), micros(lease_until), now, req.limit];
+    let mut stmt = conn.prepare_cached(CLAIM_SQL).store()?;
+    let p = params![
+        req.owner.0.as_bytes(),
+        micros(lease_until),
+        now,
+        req.limit,
+        req.org_concurrency,
+        req.endpoint_concurrency
+    ];
     let mut claimed = query_vec(&mut stmt, p, |row| {
         Ok((
             codec::uuid(row, 0)?,

@@ -11,8 +11,8 @@ use triggers_core::store::{
     RecoverQuery, Recovered, Retention, StoreResult,
 };
 use triggers_core::{
-    DeliveryId, Endpoint, EndpointId, EventId, KeyHash, Organization, OrganizationId, Secret,
-    Timestamp, WorkerId,
+    DeliveryId, DeliveryOrdering, Endpoint, EndpointId, EventId, KeyHash, Organization,
+    OrganizationId, Secret, Timestamp, WorkerId,
 };
 use triggers_store_sqlite::SqliteStore;
 
@@ -58,6 +58,14 @@ impl EndpointStore for TempStore {
     }
     async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
         self.store.delete_endpoint(org, id).await
+    }
+    async fn set_endpoint_ordering(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        ordering: DeliveryOrdering,
+    ) -> StoreResult<bool> {
+        self.store.set_endpoint_ordering(org, id, ordering).await
     }
     async fn rotate_endpoint_secret(
         &self,

@@ -90,6 +90,7 @@ pub fn new_endpoint(filter: Option<&str>, at: Timestamp) -> NewEndpoint {
         event_type_filter: filter.map(|f| TypeGlob::parse(f).unwrap()),
         secret: Secret::generate(),
         created_at: at,
+        ordering: Default::default(),
     }
 }
 

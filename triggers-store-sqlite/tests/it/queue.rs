@@ -17,7 +17,7 @@ async fn claim(
     limit: u32,
     now: Timestamp,
 ) -> Vec<Delivery> {
-    store.claim(ClaimRequest { owner, limit, lease: LEASE, now }).await.unwrap()
+    store.claim(ClaimRequest::new(owner, limit, LEASE, now)).await.unwrap()
 }
 
 fn done(d: &Delivery, state: CompletionState, at: Timestamp) -> Completion {

@@ -20,8 +20,7 @@ async fn deliveries_and_leases_survive_a_reopen_and_expired_leases_are_reclaimed
         insert_one(&store, org, "c", t(2)).await,
     ];
     let dead = WorkerId::new();
-    let leased =
-        store.claim(ClaimRequest { owner: dead, limit: 1, lease, now: t(3) }).await.unwrap();
+    let leased = store.claim(ClaimRequest::new(dead, 1, lease, t(3))).await.unwrap();
     assert_eq!(leased[0].event_id, ids[0]);
     drop(store);
 
@@ -31,13 +30,13 @@ async fn deliveries_and_leases_survive_a_reopen_and_expired_leases_are_reclaimed
     assert_eq!((s.pending, s.in_flight), (3, 1));
     let w = WorkerId::new();
     // The lease is still live after the restart: only the other two are due.
-    let got = store.claim(ClaimRequest { owner: w, limit: 10, lease, now: t(10) }).await.unwrap();
+    let got = store.claim(ClaimRequest::new(w, 10, lease, t(10))).await.unwrap();
     assert_eq!(got.iter().map(|d| d.event_id).collect::<Vec<_>>(), vec![ids[1], ids[2]]);
     drop(store);
 
     // After another restart, past the dead worker's lease, its delivery is claimed again.
     let store = open(&path);
-    let got = store.claim(ClaimRequest { owner: w, limit: 10, lease, now: t(33) }).await.unwrap();
+    let got = store.claim(ClaimRequest::new(w, 10, lease, t(33))).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].event_id, got[0].attempt, got[0].lease_owner), (ids[0], 2, w));
     // The dead worker's fenced calls are stale.
@@ -65,7 +64,7 @@ async fn a_restart_delivers_the_crashed_runs_leases_at_once() {
     let id = insert_one(&store, org, "a", t(0)).await;
     // The crashed run held it under the node id, with an hour of lease left.
     let lease = Duration::from_secs(3600);
-    let req = ClaimRequest { owner: node, limit: 1, lease, now: t(1) };
+    let req = ClaimRequest::new(node, 1, lease, t(1));
     assert_eq!(store.claim(req).await.unwrap().len(), 1);
     drop(store);
 

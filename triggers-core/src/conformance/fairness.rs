@@ -1,0 +1,223 @@
+//! Fair claiming: the organization share, endpoint concurrency, the circuit breaker, and FIFO
+//! endpoints (see `DeliveryQueue::claim`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::domain::webhook::DeliveryOrdering;
+use crate::domain::{EventId, OrganizationId, WorkerId};
+use crate::store::{CompletionState, Delivery, EventStore};
+
+use super::support::{
+    claim, claim_capped, complete, completion, endpoint, endpoint_with, insert, inserted, new_org,
+    plus, record, t, LEASE,
+};
+
+/// Inserts `n` events of one batch for `org` at `now`; returns their ids in batch order.
+async fn batch<S: EventStore>(store: &S, org: OrganizationId, n: usize, now: i64) -> Vec<EventId> {
+    let records = (0..n).map(|i| record(&format!("fair.{i}"), t(now))).collect();
+    insert(store, org, records, t(now)).await.iter().map(inserted).collect()
+}
+
+fn count_by_org(got: &[Delivery]) -> HashMap<OrganizationId, usize> {
+    let mut counts = HashMap::new();
+    for d in got {
+        *counts.entry(d.organization_id).or_default() += 1;
+    }
+    counts
+}
+
+/// An organization at its share is passed over, and another organization's later delivery is
+/// claimed instead; leases of every claimer count, expired ones do not, and a finished one
+/// frees its place.
+pub async fn claims_respect_the_organization_share<S: EventStore>(store: &S) {
+    let (noisy, quiet) = (new_org(store).await, new_org(store).await);
+    endpoint(store, noisy, None, t(0)).await;
+    endpoint(store, noisy, None, t(0)).await;
+    endpoint(store, quiet, None, t(0)).await;
+    batch(store, noisy, 4, 0).await; // 8 deliveries, due first
+    batch(store, quiet, 1, 1).await; // 1 delivery, due later
+    let caps = (3, 100);
+
+    let (w1, w2) = (WorkerId::new(), WorkerId::new());
+    let first = claim_capped(store, w1, 2, t(2), caps).await;
+    assert_eq!(count_by_org(&first).get(&noisy), Some(&2), "earliest due first");
+    let second = claim_capped(store, w2, 10, t(2), caps).await;
+    let counts = count_by_org(&second);
+    assert_eq!(counts.get(&noisy), Some(&1), "one more up to the share of 3, any claimer");
+    assert_eq!(counts.get(&quiet), Some(&1), "the later delivery of another organization");
+    assert!(claim_capped(store, w1, 10, t(2), caps).await.is_empty(), "noisy is at its share");
+
+    // A finished delivery frees its place.
+    assert!(complete(store, completion(&first[0], CompletionState::Delivered, t(3))).await);
+    let third = claim_capped(store, w1, 10, t(3), caps).await;
+    assert_eq!(count_by_org(&third), HashMap::from([(noisy, 1)]));
+
+    // Without caps the same store hands out everything due.
+    let rest = claim(store, w2, 10, t(3)).await;
+    assert_eq!(count_by_org(&rest), HashMap::from([(noisy, 4)]));
+
+    // Once every lease has expired, none counts: a full share again (the quiet delivery too).
+    let later = plus(t(3), LEASE);
+    let again = claim_capped(store, w1, 10, later, caps).await;
+    assert_eq!(count_by_org(&again), HashMap::from([(noisy, 3), (quiet, 1)]));
+}
+
+/// A parallel endpoint holds at most the endpoint cap; a failing endpoint only one lease
+/// (circuit breaker) until an attempt succeeds.
+pub async fn claims_respect_endpoint_concurrency_and_the_breaker<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    let ep = endpoint(store, org, None, t(0)).await;
+    let other = endpoint(store, org, Some("other.*"), t(0)).await;
+    batch(store, org, 6, 0).await;
+    let caps = (100, 2);
+    let w = WorkerId::new();
+
+    let got = claim_capped(store, w, 10, t(1), caps).await;
+    assert_eq!(got.len(), 2, "the endpoint cap");
+    assert!(got.iter().all(|d| d.endpoint_id == ep.id));
+    assert!(other.event_type_filter.is_some());
+    assert!(claim_capped(store, w, 10, t(1), caps).await.is_empty());
+
+    // One attempt fails: the endpoint is failing, so it may hold one lease — it holds one.
+    let retry = CompletionState::Retry { at: t(2) };
+    assert!(complete(store, completion(&got[0], retry.clone(), t(2))).await);
+    assert!(claim_capped(store, w, 10, t(2), caps).await.is_empty(), "breaker: one at a time");
+    assert!(complete(store, completion(&got[1], retry, t(2))).await);
+    let probe = claim_capped(store, w, 10, t(3), caps).await;
+    assert_eq!(probe.len(), 1, "a failing endpoint gets exactly one probe");
+    assert_eq!(probe[0].endpoint_failing_since, Some(t(2)));
+    assert!(claim_capped(store, w, 10, t(3), caps).await.is_empty());
+
+    // The probe succeeds: the endpoint is healthy again and gets its full concurrency.
+    assert!(complete(store, completion(&probe[0], CompletionState::Delivered, t(4))).await);
+    let healthy = claim_capped(store, w, 10, t(4), caps).await;
+    assert_eq!(healthy.len(), 2);
+    assert!(healthy.iter().all(|d| d.endpoint_failing_since.is_none()));
+}
+
+/// A FIFO endpoint never has two deliveries in flight, and they complete in event order:
+/// a retry holds the line, an expired lease makes the same delivery due again first, and a
+/// final failure lets the next one go. A parallel endpoint of the same organization is not
+/// held back by the line.
+pub async fn fifo_endpoints_deliver_one_at_a_time_in_event_order<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    let fifo = endpoint_with(store, org, None, DeliveryOrdering::Fifo, t(0)).await;
+    let parallel = endpoint(store, org, None, t(0)).await;
+    assert_eq!(fifo.ordering, DeliveryOrdering::Fifo);
+    assert_eq!(parallel.ordering, DeliveryOrdering::Parallel);
+    let mut order = batch(store, org, 4, 0).await;
+    order.extend(batch(store, org, 2, 1).await);
+    let w = WorkerId::new();
+    let fifo_of = |got: &[Delivery]| -> Vec<Delivery> {
+        got.iter().filter(|d| d.endpoint_id == fifo.id).cloned().collect()
+    };
+
+    let first = claim(store, w, 100, t(2)).await;
+    let heads = fifo_of(&first);
+    assert_eq!(first.len() - heads.len(), 6, "every parallel delivery");
+    assert_eq!(heads.len(), 1, "one FIFO delivery in flight");
+    assert_eq!(heads[0].event_id, order[0]);
+    assert!(fifo_of(&claim(store, w, 100, t(2)).await).is_empty());
+    for d in first.iter().filter(|d| d.endpoint_id == parallel.id) {
+        assert!(complete(store, completion(d, CompletionState::Delivered, t(2))).await);
+    }
+
+    // Event 0 is retried at t(10): the line waits for it.
+    let retry = CompletionState::Retry { at: t(10) };
+    assert!(complete(store, completion(&heads[0], retry, t(3))).await);
+    assert!(claim(store, w, 100, t(9)).await.is_empty(), "the retry holds the line");
+    let again = claim(store, w, 100, t(10)).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].event_id, again[0].attempt), (order[0], 2));
+
+    // Its worker dies: once the lease expires the same delivery is first again.
+    let expired = plus(t(10), LEASE);
+    assert!(claim(store, w, 100, plus(t(9), LEASE)).await.is_empty(), "lease still live");
+    let reclaimed = claim(store, w, 100, expired).await;
+    assert_eq!(reclaimed.len(), 1);
+    assert_eq!((reclaimed[0].event_id, reclaimed[0].attempt), (order[0], 3));
+    assert!(!complete(store, completion(&again[0], CompletionState::Delivered, expired)).await);
+
+    // Event 0 finally fails; then the rest go one by one, in order.
+    let mut current = reclaimed.into_iter().next();
+    let mut seen = Vec::new();
+    let mut state = CompletionState::Failed;
+    let mut now = expired;
+    while let Some(d) = current {
+        seen.push(d.event_id);
+        now = plus(now, std::time::Duration::from_secs(1));
+        assert!(complete(store, completion(&d, state, now)).await);
+        state = CompletionState::Delivered;
+        let mut next = claim(store, w, 100, now).await;
+        assert!(next.len() <= 1, "at most one FIFO delivery at a time");
+        current = next.pop();
+    }
+    assert_eq!(seen, order, "every event once, in event order");
+}
+
+/// Switching to parallel releases a line at once; switching to FIFO orders what is queued
+/// afterwards. Only the owner may switch.
+pub async fn endpoint_ordering_can_be_switched<S: EventStore>(store: &S) {
+    let (org, stranger) = (new_org(store).await, new_org(store).await);
+    let ep = endpoint(store, org, None, t(0)).await;
+    assert!(!store.set_endpoint_ordering(stranger, ep.id, DeliveryOrdering::Fifo).await.unwrap());
+    assert!(store.set_endpoint_ordering(org, ep.id, DeliveryOrdering::Fifo).await.unwrap());
+    assert_eq!(store.endpoints(org).await.unwrap()[0].ordering, DeliveryOrdering::Fifo);
+    let ordered = batch(store, org, 3, 0).await;
+    let w = WorkerId::new();
+    let head = claim(store, w, 10, t(1)).await;
+    assert_eq!(head.iter().map(|d| d.event_id).collect::<Vec<_>>(), vec![ordered[0]]);
+
+    assert!(store.set_endpoint_ordering(org, ep.id, DeliveryOrdering::Parallel).await.unwrap());
+    assert_eq!(store.endpoints(org).await.unwrap()[0].ordering, DeliveryOrdering::Parallel);
+    let rest = claim(store, w, 10, t(1)).await;
+    let mut ids: Vec<_> = rest.iter().map(|d| d.event_id).collect();
+    ids.sort();
+    assert_eq!(ids, ordered[1..].to_vec(), "the line's other deliveries are parallel now");
+}
+
+/// Four claimers on a FIFO line of 40 deliveries: never two in flight, delivered in order.
+pub async fn concurrent_claimers_keep_a_fifo_line<S: EventStore>(store: Arc<S>) {
+    let org = new_org(&*store).await;
+    endpoint_with(&*store, org, None, DeliveryOrdering::Fifo, t(0)).await;
+    let mut order = Vec::new();
+    for i in 0..4 {
+        order.extend(batch(&*store, org, 10, i).await);
+    }
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, in_flight, seen) = (store.clone(), in_flight.clone(), seen.clone());
+            tokio::spawn(async move {
+                let owner = WorkerId::new();
+                let mut idle = 0;
+                while idle < 200 {
+                    let got = claim(&*store, owner, 4, t(10)).await;
+                    if got.is_empty() {
+                        idle += 1;
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    idle = 0;
+                    assert_eq!(got.len(), 1, "one FIFO delivery per claim");
+                    assert_eq!(in_flight.fetch_add(1, Ordering::SeqCst), 0, "two in flight");
+                    seen.lock().unwrap().push(got[0].event_id);
+                    tokio::task::yield_now().await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    let done = completion(&got[0], CompletionState::Delivered, t(11));
+                    assert!(complete(&*store, done).await);
+                    if seen.lock().unwrap().len() == 40 {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(*seen.lock().unwrap(), order);
+}

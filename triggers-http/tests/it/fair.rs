@@ -1,0 +1,306 @@
+//! Fair delivery and FIFO endpoints end to end: the server's real webhook deliverer posts to
+//! receivers on 127.0.0.1, over SQLite (in process) and over PostgreSQL (two server
+//! processes sharing one database: this test binary re-executed with `--exact
+//! fair::child_server`, like `crash.rs`).
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use triggers_core::{IngestorConfig, RetryPolicy, Tier, TierLimits, WorkerConfig};
+use triggers_http::{Server, ServerConfig, WebhookConfig, WebhookDeliverer};
+use triggers_store_sqlite::{SqliteConfig, SqliteStore};
+
+use crate::support::{Client, Options, TestServer};
+
+// ---- a receiver ------------------------------------------------------------------------------
+
+/// What a receiver answers: `None` hangs (never answers), `Some(status)` answers after a
+/// short pause (so overlapping requests would be seen overlapping).
+type Reply = dyn Fn(&str, i64, usize) -> Option<u16> + Send + Sync;
+
+/// Records `(path, payload n)` of every request in arrival order, and the most requests it
+/// ever had open at once.
+struct Receiver {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<(String, i64, Instant)>>>,
+    max_open: Arc<AtomicUsize>,
+}
+
+impl Receiver {
+    async fn start(
+        reply: impl Fn(&str, i64, usize) -> Option<u16> + Send + Sync + 'static,
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (open, max_open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let reply: Arc<Reply> = Arc::new(reply);
+        let (seen2, max2) = (seen.clone(), max_open.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (seen, open, max_open, reply) =
+                    (seen2.clone(), open.clone(), max2.clone(), reply.clone());
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (seen, open, max_open, reply) =
+                        (seen.clone(), open.clone(), max_open.clone(), reply.clone());
+                    async move {
+                        let now_open = open.fetch_add(1, Ordering::SeqCst) + 1;
+                        max_open.fetch_max(now_open, Ordering::SeqCst);
+                        let path = req.uri().path().to_owned();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let body: Value = serde_json::from_slice(&body).unwrap();
+                        let n = body["payload"]["n"].as_i64().unwrap();
+                        let count = {
+                            let mut seen = seen.lock().unwrap();
+                            seen.push((path.clone(), n, Instant::now()));
+                            seen.iter().filter(|(p, m, _)| *p == path && *m == n).count()
+                        };
+                        let status = match reply(&path, n, count) {
+                            Some(status) => status,
+                            None => std::future::pending().await,
+                        };
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        open.fetch_sub(1, Ordering::SeqCst);
+                        let response = http::Response::builder()
+                            .status(status)
+                            .body(Full::new(Bytes::new()))
+                            .unwrap();
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen, max_open }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn seen(&self) -> Vec<(String, i64, Instant)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 60 s) until `done` holds for what was seen.
+    async fn until(&self, what: &str, done: impl Fn(&[(String, i64, Instant)]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done(&self.seen()) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {:?}", self.ns());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn ns(&self) -> Vec<i64> {
+        self.seen().iter().map(|s| s.1).collect()
+    }
+}
+
+// ---- servers -----------------------------------------------------------------------------------
+
+fn webhook_config() -> WebhookConfig {
+    WebhookConfig { allow: vec!["127.0.0.0/8".parse().unwrap()], ..WebhookConfig::default() }
+}
+
+/// The server's settings as in production (64 workers, 15 s timeout, the default fairness),
+/// with quick retries for the FIFO cases.
+fn ingestor_config(retry_delays: &[u64]) -> IngestorConfig {
+    IngestorConfig {
+        tier_limits: TierLimits::default().with(Tier::Enterprise, 1_000_000),
+        retry: RetryPolicy::with_delays(
+            retry_delays.iter().map(|s| Duration::from_secs(*s)).collect(),
+        ),
+        worker: WorkerConfig {
+            poll_interval: Duration::from_millis(50),
+            shutdown_grace: Duration::from_millis(100),
+            ..WorkerConfig::default()
+        },
+        ..IngestorConfig::default()
+    }
+}
+
+async fn sqlite_server(dir: &tempfile::TempDir, retry_delays: &[u64]) -> TestServer {
+    let store = SqliteStore::open(dir.path().join("fair.db"), SqliteConfig::default()).unwrap();
+    let deliverer = WebhookDeliverer::new(webhook_config()).unwrap();
+    let opts = Options { ingestor: ingestor_config(retry_delays), server: ServerConfig::default() };
+    TestServer::start_with(store, deliverer, opts).await
+}
+
+async fn key(client: &Client, name: &str, tier: &str) -> String {
+    let body = json!({"organization_name": name, "tier": tier});
+    let r = client.send("POST", "/api/keys/generate", None, Some(body)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["api_key"].as_str().unwrap().to_owned()
+}
+
+async fn webhook(client: &Client, key: &str, url: &str, ordering: &str) -> Value {
+    let r =
+        client.post("/api/webhook/config", key, json!({"url": url, "ordering": ordering})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()
+}
+
+async fn send(client: &Client, key: &str, n: i64) {
+    let r =
+        client.post("/api/events", key, json!({"type": "fair.test", "payload": {"n": n}})).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+}
+
+// ---- tests ---------------------------------------------------------------------------------
+
+/// The noisy neighbour: a free organization with 7 endpoints that never answer sends
+/// one batch of 10 events (70 deliveries). It holds no more than its share of the 64 workers
+/// (a quarter), so another organization's delivery still arrives at once — not after the 15 s
+/// timeout, as when every worker sat on a hanging endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_with_hanging_endpoints_does_not_delay_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = sqlite_server(&dir, &[0, 5, 300]).await;
+    let c = &server.client;
+    let hanging = Receiver::start(|_, _, _| None).await;
+    let healthy = Receiver::start(|_, _, _| Some(200)).await;
+
+    let noisy = key(c, "noisy", "free").await;
+    for i in 0..7 {
+        webhook(c, &noisy, &hanging.url(&format!("/hang/{i}")), "parallel").await;
+    }
+    let events: Vec<Value> =
+        (0..10).map(|n| json!({"type": "noise", "payload": {"n": n}})).collect();
+    let r = c.post("/api/events/batch", &noisy, json!({"events": events})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let share = WorkerConfig::default().effective_org_concurrency();
+    hanging.until("the noisy share of workers", |s| s.len() >= share).await;
+    // Give the server time to take more if it would (it must not).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hanging.seen().len(), share, "the noisy organization holds exactly its share");
+
+    let quiet = key(c, "quiet", "free").await;
+    webhook(c, &quiet, &healthy.url("/quiet"), "parallel").await;
+    let sent = Instant::now();
+    send(c, &quiet, 1).await;
+    healthy.until("the quiet delivery", |s| !s.is_empty()).await;
+    let waited = healthy.seen()[0].2 - sent;
+    assert!(waited < Duration::from_secs(1), "the quiet organization waited {waited:?}");
+    assert_eq!(hanging.seen().len(), share, "still no more than its share");
+}
+
+/// A FIFO endpoint whose receiver fails event 3 twice receives events 1..50 in order, with
+/// no gaps, one at a time: event 4 is not attempted before event 3 succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_endpoint_receives_every_event_in_order_despite_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = sqlite_server(&dir, &[0, 1, 1, 1]).await;
+    let c = &server.client;
+    let receiver =
+        Receiver::start(|_, n, count| Some(if n == 3 && count <= 2 { 500 } else { 200 })).await;
+    let k = key(c, "ordered", "enterprise").await;
+    let hook = webhook(c, &k, &receiver.url("/fifo"), "fifo").await;
+    assert_eq!(hook["ordering"], "fifo");
+    for n in 1..=50 {
+        send(c, &k, n).await;
+    }
+    receiver.until("event 50", |s| s.iter().any(|x| x.1 == 50)).await;
+    let mut expected = vec![1, 2, 3, 3, 3];
+    expected.extend(4..=50);
+    assert_eq!(receiver.ns(), expected);
+    assert_eq!(receiver.max_open.load(Ordering::SeqCst), 1, "one request at a time");
+}
+
+// ---- two server processes on one PostgreSQL database ---------------------------------------
+
+const CHILD_PG: &str = "TRIGGERS_IT_FAIR_CHILD_PG";
+const PORT_LINE: &str = "TRIGGERS_IT_PORT=";
+
+/// Not a test of its own: a server process of `two_servers_on_postgres_keep_a_fifo_line`.
+/// Does nothing unless started by it (with `CHILD_PG` set to the database URL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_server() {
+    let Ok(url) = std::env::var(CHILD_PG) else { return };
+    let config = triggers_store_postgres::PgConfig { max_connections: 6, ..Default::default() };
+    let store = triggers_store_postgres::PgStore::connect(&url, config).await.unwrap();
+    let deliverer = WebhookDeliverer::new(webhook_config()).unwrap();
+    let ingestor = triggers_core::Ingestor::start(store, deliverer, ingestor_config(&[0, 1, 1, 1]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    println!("{PORT_LINE}{}", listener.local_addr().unwrap().port());
+    Server::new(ingestor, ServerConfig::default())
+        .serve(listener, std::future::pending())
+        .await
+        .unwrap();
+}
+
+/// Kills the child process when dropped (also when the test fails).
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_child(url: &str) -> (ChildGuard, SocketAddr) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "fair::child_server", "--nocapture", "--test-threads=1"])
+        .env(CHILD_PG, url)
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = loop {
+        let line = lines.next().expect("the child exited before listening").unwrap();
+        if let Some((_, port)) = line.split_once(PORT_LINE) {
+            break port.trim().parse::<u16>().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (ChildGuard(child), SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// Two server processes share one PostgreSQL database; events are sent alternately to
+/// both. The FIFO endpoint still gets them one at a time, in order, through event 4's two
+/// failures, whichever node claims them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_postgres_keep_a_fifo_line() {
+    use triggers_store_postgres::testing::{self, TestDatabase, SKIP_VAR};
+    if std::env::var_os(SKIP_VAR).is_some() {
+        assert!(std::env::var_os("CI").is_none(), "the PostgreSQL tests must run in CI");
+        return;
+    }
+    let admin = testing::server_url();
+    let db = TestDatabase::create(&admin).await.expect("PostgreSQL for the two-node test");
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    let url = format!("{base}/{}", db.name);
+    let (_a, addr_a) = spawn_child(&url);
+    let (_b, addr_b) = spawn_child(&url);
+    let (a, b) = (Client::new(addr_a), Client::new(addr_b));
+
+    let receiver =
+        Receiver::start(|_, n, count| Some(if n == 4 && count <= 2 { 503 } else { 200 })).await;
+    let k = key(&a, "two-nodes", "enterprise").await;
+    webhook(&a, &k, &receiver.url("/fifo"), "fifo").await;
+    for n in 1..=40 {
+        send(if n % 2 == 0 { &b } else { &a }, &k, n).await;
+    }
+    receiver.until("event 40", |s| s.iter().any(|x| x.1 == 40)).await;
+    let mut expected = vec![1, 2, 3, 4, 4, 4];
+    expected.extend(5..=40);
+    assert_eq!(receiver.ns(), expected);
+    assert_eq!(receiver.max_open.load(Ordering::SeqCst), 1, "one request at a time");
+}
