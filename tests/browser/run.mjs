@@ -207,6 +207,22 @@ step("429 shows when to retry", async () => {
   await page.locator("#problem-close").click();
 });
 
+step("Endpoints: disable, enable and recover through PATCH and recover", async () => {
+  await page.locator("#nav a[data-view=endpoints]").click();
+  const row = page.locator(`tr[data-id="${shared.endpoint}"]`);
+  await row.locator("button", { hasText: "Disable" }).click();
+  await row.locator("button", { hasText: "Confirm disable" }).click();
+  await until("the row to say disabled", async () => (await row.innerText()).includes("disabled"));
+  const hook = (await call(origin, "GET", `/api/webhooks/${shared.endpoint}`, key)).json;
+  assert.equal(hook.enabled, false);
+  await row.locator("button", { hasText: "Enable" }).click();
+  await until("the row to say enabled", async () => (await row.locator("button", { hasText: "Recover 24 h" }).count()) === 1);
+  assert.equal((await call(origin, "GET", `/api/webhooks/${shared.endpoint}`, key)).json.enabled, true);
+  await row.locator("button", { hasText: "Recover 24 h" }).click();
+  await until("the recover answer", async () => (await page.locator("[data-testid=recovered]").count()) === 1);
+  assert.match(await page.locator("[data-testid=recovered]").innerText(), /^Queued \d+ failed deliveries/);
+});
+
 step("Endpoints: rotate the secret (shown once), then delete", async () => {
   await page.locator("#nav a[data-view=endpoints]").click();
   const row = page.locator(`tr[data-id="${shared.endpoint}"]`);

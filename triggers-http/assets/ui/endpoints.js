@@ -1,8 +1,7 @@
 // Endpoints: create (the secret shown once, with a copy button), rotate the secret, delete.
 //
-// Each row's buttons come from ACTIONS: an action the API gains later (enable/disable with
-// PATCH /api/webhooks/{id}, POST /api/webhooks/{id}/recover, attempt history from
-// GET /api/webhooks/{id}/attempts) is one more entry there.
+// Each row's buttons come from ACTIONS: an action the API gains later (attempt history from
+// GET /api/webhooks/{id}/attempts, once that route exists) is one more entry there.
 
 import { h, replace, badge, confirmButton, secretBox } from "./dom.js";
 
@@ -11,6 +10,33 @@ import { h, replace, badge, confirmButton, secretBox } from "./dom.js";
  * to show it, and `run(endpoint, ctx, view)`, which may return a node to show under the table.
  */
 const ACTIONS = [
+  {
+    label: "Disable",
+    confirm: "Confirm disable",
+    when: (w) => w.enabled,
+    run: async (w, ctx) => {
+      await ctx.api("PATCH", `/api/webhooks/${encodeURIComponent(w.id)}`, { enabled: false });
+      return h("p", { className: "hint" }, `Disabled ${w.url}: its outstanding deliveries are failed; enable it, then recover them.`);
+    },
+  },
+  {
+    label: "Enable",
+    when: (w) => !w.enabled,
+    run: async (w, ctx) => {
+      await ctx.api("PATCH", `/api/webhooks/${encodeURIComponent(w.id)}`, { enabled: true });
+      return h("p", { className: "hint" }, `Enabled ${w.url}.`);
+    },
+  },
+  {
+    label: "Recover 24 h",
+    when: (w) => w.enabled,
+    run: async (w, ctx) => {
+      const since = new Date(Date.now() - 24 * 3600 * 1000).toISOString();
+      const { queued, more } = await ctx.api("POST", `/api/webhooks/${encodeURIComponent(w.id)}/recover`, { since });
+      const rest = more ? " More remain: recover again." : "";
+      return h("p", { className: "hint", data: { testid: "recovered" } }, `Queued ${queued} failed deliveries of ${w.url} again.${rest}`);
+    },
+  },
   {
     label: "Rotate secret",
     confirm: "Confirm rotate",
