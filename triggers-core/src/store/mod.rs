@@ -145,7 +145,7 @@ pub trait EndpointStore: Send + Sync + 'static {
     async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool>;
 
     /// Sets how the endpoint's deliveries are scheduled (see
-    /// [`DeliveryOrdering`](crate::domain::webhook::DeliveryOrdering)): deliveries queued
+    /// [`DeliveryOrdering`]): deliveries queued
     /// from the return on follow the new ordering. Switching to `Parallel` also turns every
     /// outstanding ordered delivery of the endpoint into a parallel one; switching to `Fifo`
     /// orders only deliveries queued afterwards (ones already queued stay parallel and may run
