@@ -107,9 +107,12 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     }
 
     /// Queues again the failed deliveries of an (enabled) endpoint whose event was created in
-    /// `[since, until)`, oldest first, at most [`MAX_RECOVER`] per call (`more` says whether
-    /// some remain). Charged against the organization's rate limit like ingestion, one unit
-    /// per [`MAX_RECOVER`]-sized call: refused with `RateLimited` before anything changes.
+    /// `[since, until)`, oldest first (`more` says whether some remain). Charged like a
+    /// replay, one unit per delivery it queues: a call queues at most [`MAX_RECOVER`], the
+    /// tier's per-minute limit and what the organization's allowance has left, and is refused
+    /// with `RateLimited` before anything changes when nothing is left. The units are charged
+    /// for what was queued; with a shared limiter the allowance read first is this node's
+    /// view, so several nodes may overshoot by at most one call each.
     pub async fn recover(
         &self,
         org: &Organization,
@@ -121,10 +124,24 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             return Err(invalid("until", "must be after since"));
         }
         let now = self.now();
-        self.charge(org, 1, now).await?;
-        let query = RecoverQuery { since, until, limit: MAX_RECOVER };
+        let allowance = self.rate_status(org);
+        let batch = MAX_RECOVER.min(allowance.limit).min(allowance.remaining);
+        if batch == 0 {
+            // Spent: 429 with the limiter's headers (or, refilled meanwhile, one unit paid).
+            self.charge(org, 1, now).await?;
+        }
+        let query = RecoverQuery { since, until, limit: batch.max(1) };
         let recovered =
             self.inner.store.recover(org.id, id, query, now).await?.ok_or(Error::NotFound)?;
+        let owed = recovered.queued.saturating_sub(u32::from(batch == 0));
+        if owed > 0 {
+            if let Err(e) = self.charge(org, owed, now).await {
+                // Only when another request spent the allowance in between (or another node,
+                // with a shared limiter): the deliveries are queued; the overshoot is bounded
+                // by this call's batch.
+                tracing::debug!(organization_id = %org.id, error = %e, "recover overshot the rate limit");
+            }
+        }
         if recovered.queued > 0 {
             self.inner.wake.notify_one();
         }

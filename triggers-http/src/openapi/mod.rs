@@ -206,7 +206,8 @@ fn operation(route: Route) -> Op {
         Route::WebhookRecover => op(
             "recoverWebhook",
             "Queue again the failed deliveries of an endpoint whose event was created in \
-             [since, until); at most 10000 per call",
+             [since, until); per call at most 10000, the tier's per-minute limit and the \
+             remaining allowance, one rate-limit unit each",
             Auth::ApiKey,
             Some("RecoverRequest"),
             &[(202, Some("Recovered"))],

@@ -226,3 +226,23 @@ async fn state_changes_and_recovers_are_charged_to_the_rate_limit() {
     let r = patch(&s, &key, &id, json!({ "description": "still free" })).await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recover_queues_no_more_than_the_allowance_pays_for() {
+    let s = server().await;
+    let key = s.key("free").await;
+    let id = webhook(&s, &key, None).await;
+    // Free tier: 10 per minute. Disable (1), six events that each get a failed delivery (6),
+    // enable (1): 2 units are left for the recover, so it queues 2 of the 6 and says more.
+    assert_eq!(patch(&s, &key, &id, json!({ "enabled": false })).await.status, 200);
+    for _ in 0..6 {
+        assert_eq!(s.client.event(&key, "order.paid", None).await.status, 202);
+    }
+    assert_eq!(patch(&s, &key, &id, json!({ "enabled": true })).await.status, 200);
+    let path = format!("/api/webhooks/{id}/recover");
+    let body = json!({ "since": "2000-01-01T00:00:00Z" });
+    let r = s.client.post(&path, &key, body.clone()).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json(), json!({ "queued": 2, "more": true }));
+    s.client.post(&path, &key, body).await.problem(429, "rate_limited");
+}
