@@ -5,10 +5,8 @@
 //! crash::child_server` and the database path in `CHILD_DB`; it prints its port.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,10 +16,10 @@ use triggers_core::{Ingestor, IngestorConfig, NoDeliverer, Tier, TierLimits, Wor
 use triggers_http::{Server, ServerConfig};
 use triggers_store_sqlite::{SqliteConfig, SqliteStore};
 
+use crate::child::ChildGuard;
 use crate::support::Client;
 
 const CHILD_DB: &str = "TRIGGERS_IT_CRASH_CHILD_DB";
-const PORT_LINE: &str = "TRIGGERS_IT_PORT=";
 
 /// Not a test of its own: the server process of `kill_9_loses_no_accepted_event`. Does
 /// nothing unless started by it (with `CHILD_DB` set).
@@ -36,44 +34,16 @@ async fn child_server() {
     };
     let ingestor = Ingestor::start(store, NoDeliverer, config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    println!("{PORT_LINE}{}", listener.local_addr().unwrap().port());
+    crate::child::announce(&listener);
     Server::new(ingestor, ServerConfig::default())
         .serve(listener, std::future::pending())
         .await
         .unwrap();
 }
 
-/// Kills the child process when dropped (also when the test fails).
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts the child server on `db`; its address once it listens.
 fn spawn_child(db: &Path) -> (ChildGuard, SocketAddr) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash::child_server", "--nocapture", "--test-threads=1"])
-        .env(CHILD_DB, db)
-        .env("RUST_LOG", "off")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = loop {
-        let line = lines.next().expect("the child exited before listening").unwrap();
-        // libtest may print "test crash::child_server ... " on the same line first.
-        if let Some((_, port)) = line.split_once(PORT_LINE) {
-            break port.trim().parse::<u16>().unwrap();
-        }
-    };
-    // Keep draining its output so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (ChildGuard(child), SocketAddr::from(([127, 0, 0, 1], port)))
+    crate::child::spawn("crash::child_server", [(CHILD_DB, db)])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

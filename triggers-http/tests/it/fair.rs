@@ -4,9 +4,7 @@
 //! fair::child_server`, like `crash.rs`).
 
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +18,7 @@ use triggers_core::{IngestorConfig, RetryPolicy, Tier, TierLimits, WorkerConfig}
 use triggers_http::{Server, ServerConfig, WebhookConfig, WebhookDeliverer};
 use triggers_store_sqlite::{SqliteConfig, SqliteStore};
 
+use crate::child::ChildGuard;
 use crate::support::{Client, Options, TestServer};
 
 // ---- a receiver ------------------------------------------------------------------------------
@@ -224,7 +223,6 @@ async fn a_fifo_endpoint_receives_every_event_in_order_despite_retries() {
 // ---- two server processes on one PostgreSQL database ---------------------------------------
 
 const CHILD_PG: &str = "TRIGGERS_IT_FAIR_CHILD_PG";
-const PORT_LINE: &str = "TRIGGERS_IT_PORT=";
 
 /// Not a test of its own: a server process of `two_servers_on_postgres_keep_a_fifo_line`.
 /// Does nothing unless started by it (with `CHILD_PG` set to the database URL).
@@ -236,41 +234,15 @@ async fn child_server() {
     let deliverer = WebhookDeliverer::new(webhook_config()).unwrap();
     let ingestor = triggers_core::Ingestor::start(store, deliverer, ingestor_config(&[0, 1, 1, 1]));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    println!("{PORT_LINE}{}", listener.local_addr().unwrap().port());
+    crate::child::announce(&listener);
     Server::new(ingestor, ServerConfig::default())
         .serve(listener, std::future::pending())
         .await
         .unwrap();
 }
 
-/// Kills the child process when dropped (also when the test fails).
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn spawn_child(url: &str) -> (ChildGuard, SocketAddr) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "fair::child_server", "--nocapture", "--test-threads=1"])
-        .env(CHILD_PG, url)
-        .env("RUST_LOG", "off")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = loop {
-        let line = lines.next().expect("the child exited before listening").unwrap();
-        if let Some((_, port)) = line.split_once(PORT_LINE) {
-            break port.trim().parse::<u16>().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (ChildGuard(child), SocketAddr::from(([127, 0, 0, 1], port)))
+    crate::child::spawn("fair::child_server", [(CHILD_PG, url)])
 }
 
 /// Two server processes share one PostgreSQL database; events are sent alternately to

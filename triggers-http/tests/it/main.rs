@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod auth;
+mod child;
 mod crash;
 mod dedup;
 mod diskfull;

@@ -6,9 +6,6 @@
 //! rss::child_server`) so that its peak RSS (`VmHWM` in `/proc/<pid>/status`) is its own.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 use triggers_core::{Ingestor, IngestorConfig, NoDeliverer, Tier, TierLimits, WorkerConfig};
@@ -18,7 +15,6 @@ use triggers_store_sqlite::{SqliteConfig, SqliteStore};
 use crate::support::Client;
 
 const CHILD_DB: &str = "TRIGGERS_IT_RSS_CHILD_DB";
-const PORT_LINE: &str = "TRIGGERS_IT_RSS_PORT=";
 const EVENTS: usize = 200;
 const PAYLOAD: usize = 250 * 1024;
 const LIMIT_MIB: u64 = 300;
@@ -37,20 +33,11 @@ async fn child_server() {
     };
     let ingestor = Ingestor::start(store, NoDeliverer, config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    println!("{PORT_LINE}{}", listener.local_addr().unwrap().port());
+    crate::child::announce(&listener);
     Server::new(ingestor, ServerConfig::default())
         .serve(listener, std::future::pending())
         .await
         .unwrap();
-}
-
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The child's peak resident set size in KiB.
@@ -67,24 +54,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_largest_pages_stay_under_300_mib() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "rss::child_server", "--nocapture", "--test-threads=1"])
-        .env(CHILD_DB, dir.path().join("rss.db"))
-        .env("RUST_LOG", "off")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let child = ChildGuard(child);
-    let port = loop {
-        let line = lines.next().expect("the child exited before listening").unwrap();
-        if let Some((_, port)) = line.split_once(PORT_LINE) {
-            break port.trim().parse::<u16>().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let (child, addr) =
+        crate::child::spawn("rss::child_server", [(CHILD_DB, dir.path().join("rss.db"))]);
     let client = Client::new(addr);
     let r = client
         .send(

@@ -6,9 +6,7 @@
 //! database URL in `CHILD_URL` and the limiter in `CHILD_LIMITER`; it prints its port.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use serde_json::json;
@@ -18,11 +16,11 @@ use triggers_http::{Server, WebhookDeliverer};
 use triggers_store_postgres::testing::{self, TestDatabase, SKIP_VAR};
 use triggers_store_postgres::{PgConfig, PgStore};
 
+use crate::child::ChildGuard;
 use crate::support::Client;
 
 const CHILD_URL: &str = "TRIGGERS_IT_TWO_SERVERS_URL";
 const CHILD_LIMITER: &str = "TRIGGERS_IT_TWO_SERVERS_LIMITER";
-const PORT_LINE: &str = "TRIGGERS_IT_PORT=";
 
 /// Not a test of its own: a server process of the test below, built from the same settings
 /// as the example server. Does nothing unless started by it.
@@ -52,44 +50,15 @@ async fn child_server() {
     let deliverer = WebhookDeliverer::new(settings.webhook_config()).unwrap();
     let ingestor = Ingestor::start(store, deliverer, ingestor_config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    println!("{PORT_LINE}{}", listener.local_addr().unwrap().port());
+    crate::child::announce(&listener);
     Server::new(ingestor, settings.server_config())
         .serve(listener, std::future::pending())
         .await
         .unwrap();
 }
 
-/// Kills the child process when dropped (also when the test fails).
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn spawn_child(url: &str, limiter: &str) -> (ChildGuard, SocketAddr) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "two_servers::child_server", "--nocapture", "--test-threads=1"])
-        .env(CHILD_URL, url)
-        .env(CHILD_LIMITER, limiter)
-        .env("RUST_LOG", "off")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let guard = ChildGuard(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let port = loop {
-        let line = lines.next().expect("the child exited before listening").unwrap();
-        if let Some((_, port)) = line.split_once(PORT_LINE) {
-            break port.trim().parse::<u16>().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (guard, SocketAddr::from(([127, 0, 0, 1], port)))
+    crate::child::spawn("two_servers::child_server", [(CHILD_URL, url), (CHILD_LIMITER, limiter)])
 }
 
 /// Sends 20 events of a new free-tier organization, alternating between the two nodes;
