@@ -12,7 +12,7 @@ use triggers_core::store::{
     PAGE_ITEM_OVERHEAD,
 };
 use triggers_core::{
-    AttemptRecord, Event, EventDetail, EventId, EventRecord, EventStatus, OrganizationId, Timestamp,
+    Event, EventDetail, EventId, EventRecord, EventStatus, OrganizationId, Timestamp,
 };
 
 use crate::insert::InsertJob;
@@ -160,7 +160,7 @@ impl EventLog for PgStore {
         .fetch_all(self.pool())
         .await
         .map_err(|e| self.fail(e))?;
-        let attempts = found.iter().map(attempt).collect::<StoreResult<Vec<_>>>()?;
+        let attempts = found.iter().map(rows::attempt).collect::<StoreResult<Vec<_>>>()?;
         Ok(Some(EventDetail { event, attempts }))
     }
 
@@ -299,19 +299,4 @@ impl PgStore {
         tx.commit().await?;
         Ok(row)
     }
-}
-
-fn attempt(row: &sqlx::postgres::PgRow) -> StoreResult<AttemptRecord> {
-    let status: Option<i32> = get(row, "status_code")?;
-    let latency: i64 = get(row, "latency_ms")?;
-    Ok(AttemptRecord {
-        endpoint_id: get::<Uuid>(row, "endpoint_id")?.into(),
-        at: get(row, "at")?,
-        status_code: status
-            .map(u16::try_from)
-            .transpose()
-            .map_err(|e| crate::error::corrupt("attempt status code", e))?,
-        latency_ms: u64::try_from(latency).unwrap_or(0),
-        error: get(row, "error")?,
-    })
 }

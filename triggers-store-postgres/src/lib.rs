@@ -6,6 +6,7 @@ mod config;
 mod error;
 mod events;
 mod health;
+mod history;
 mod insert;
 mod lifecycle;
 mod limiter;

@@ -4,6 +4,7 @@ use serde_json::value::RawValue;
 use sqlx::postgres::PgRow;
 use sqlx::types::Uuid;
 use sqlx::Row;
+use triggers_core::domain::event::AttemptRecord;
 use triggers_core::store::StoreResult;
 use triggers_core::{
     DeliveryOrdering, Endpoint, Event, EventStatus, Organization, Secret, Tier, Timestamp, TypeGlob,
@@ -99,4 +100,20 @@ pub(crate) fn organization(row: &PgRow) -> StoreResult<Organization> {
 pub(crate) fn count(row: &PgRow, col: &str) -> StoreResult<u64> {
     let n: i64 = get(row, col)?;
     u64::try_from(n).map_err(|e| corrupt("count", e))
+}
+
+/// An attempt record from a row with `endpoint_id, at, status_code, latency_ms, error`.
+pub(crate) fn attempt(row: &PgRow) -> StoreResult<AttemptRecord> {
+    let status: Option<i32> = get(row, "status_code")?;
+    let latency: i64 = get(row, "latency_ms")?;
+    Ok(AttemptRecord {
+        endpoint_id: get::<Uuid>(row, "endpoint_id")?.into(),
+        at: get(row, "at")?,
+        status_code: status
+            .map(u16::try_from)
+            .transpose()
+            .map_err(|e| corrupt("attempt status code", e))?,
+        latency_ms: u64::try_from(latency).unwrap_or(0),
+        error: get(row, "error")?,
+    })
 }

@@ -24,6 +24,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_quotas.sql"),
     // Issue 15: the node id that lets a restart reclaim its own leases at once.
     include_str!("migrations/0005_embed.sql"),
+    // Issue 14: delivery history by endpoint.
+    include_str!("migrations/0006_history.sql"),
 ];
 
 /// Marks a database as ours (`PRAGMA application_id`, "TRGS").

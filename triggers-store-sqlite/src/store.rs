@@ -1,4 +1,4 @@
-//! [`SqliteStore`]: the handle, and the four store traits on it.
+//! [`SqliteStore`]: the handle, and the store traits on it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,9 +7,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use triggers_core::domain::event::{Event, EventDetail, EventRecord, EventStatus};
 use triggers_core::store::{
-    AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointPatch, EndpointStore,
-    EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats,
-    RecoverQuery, Recovered, Retention, SecretRewrite, StoreResult,
+    AckOutcome, AttemptEntry, AttemptQuery, ClaimRequest, Completion, Delivery, DeliveryEntry,
+    DeliveryHistory, DeliveryQuery, DeliveryQueue, EndpointPatch, EndpointStore, EndpointUpdate,
+    EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, RecoverQuery,
+    Recovered, Retention, SecretRewrite, StoreResult,
 };
 use triggers_core::{
     DeliveryId, DeliveryOrdering, Endpoint, EndpointId, EventId, KeyHash, Organization,
@@ -18,7 +19,7 @@ use triggers_core::{
 
 use crate::codec::micros;
 use crate::config::SqliteConfig;
-use crate::ops::{events, lifecycle, orgs, purge, queue, reads};
+use crate::ops::{events, history, lifecycle, orgs, purge, queue, reads};
 use crate::readers::Readers;
 use crate::schema;
 use crate::writer::Writer;
@@ -344,5 +345,28 @@ impl Retention for SqliteStore {
     async fn purge_dedup_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
         let cutoff = micros(before);
         self.write(move |c| purge::dedup_batch(c, cutoff, batch).map(|(n, _)| n)).await
+    }
+}
+
+#[async_trait]
+impl DeliveryHistory for SqliteStore {
+    async fn endpoint_attempts(
+        &self,
+        org: OrganizationId,
+        endpoint: EndpointId,
+        query: &AttemptQuery,
+    ) -> StoreResult<Option<Vec<AttemptEntry>>> {
+        let query = *query;
+        self.read(move |c| history::endpoint_attempts(c, org, endpoint, &query)).await
+    }
+
+    async fn endpoint_deliveries(
+        &self,
+        org: OrganizationId,
+        endpoint: EndpointId,
+        query: &DeliveryQuery,
+    ) -> StoreResult<Option<Vec<DeliveryEntry>>> {
+        let query = *query;
+        self.read(move |c| history::endpoint_deliveries(c, org, endpoint, &query)).await
     }
 }

@@ -28,6 +28,7 @@ mod completion;
 mod endpoints;
 mod events;
 mod fairness;
+mod history;
 mod inbox;
 mod lifecycle;
 mod orgs;
@@ -57,6 +58,7 @@ pub use fairness::{
     concurrent_claimers_keep_a_fifo_line, endpoint_ordering_can_be_switched,
     fifo_endpoints_deliver_one_at_a_time_in_event_order,
 };
+pub use history::{attempt_history_pages_newest_first, delivery_listing_reports_each_status};
 pub use inbox::{
     ack_is_idempotent_and_reports_unknown_ids, inbox_filters_by_status_and_type_glob,
     inbox_pages_stop_at_the_byte_budget, inbox_pages_visit_every_event_once,
@@ -154,6 +156,8 @@ macro_rules! store_conformance_tests {
                 claims_respect_endpoint_concurrency_and_the_breaker,
                 fifo_endpoints_deliver_one_at_a_time_in_event_order,
                 endpoint_ordering_can_be_switched,
+                attempt_history_pages_newest_first,
+                delivery_listing_reports_each_status,
             ];
             shared: [
                 concurrent_dedup_has_exactly_one_winner,

@@ -83,7 +83,8 @@ impl State {
 
     pub(super) fn event(&self, org: OrganizationId, id: EventId) -> Option<EventDetail> {
         let row = self.orgs.get(&org)?.events.get(&id)?;
-        Some(EventDetail { event: row.event.clone(), attempts: row.attempts.clone() })
+        let attempts = row.attempts.iter().map(|(_, a)| a.clone()).collect();
+        Some(EventDetail { event: row.event.clone(), attempts })
     }
 
     pub(super) fn list_events(&self, org: OrganizationId, query: &ListQuery) -> Page<Event> {

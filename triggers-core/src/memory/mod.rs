@@ -2,6 +2,7 @@
 //! examples and embedding applications that do not need durability.
 
 mod events;
+mod history;
 mod orgs;
 mod queue;
 mod retention;
@@ -21,9 +22,10 @@ use crate::domain::org::Organization;
 use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret};
 use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 use crate::store::{
-    AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointPatch, EndpointStore,
-    EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats,
-    RecoverQuery, Recovered, Retention, SecretRewrite, StoreError, StoreLimits, StoreResult,
+    AckOutcome, AttemptEntry, AttemptQuery, ClaimRequest, Completion, Delivery, DeliveryEntry,
+    DeliveryHistory, DeliveryQuery, DeliveryQueue, EndpointPatch, EndpointStore, EndpointUpdate,
+    EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, RecoverQuery,
+    Recovered, Retention, SecretRewrite, StoreError, StoreLimits, StoreResult,
 };
 
 /// An [`EventStore`](crate::EventStore) that keeps everything in memory.
@@ -253,6 +255,27 @@ impl DeliveryQueue for MemoryStore {
 
     async fn reclaim_leases(&self, owner: WorkerId, now: Timestamp) -> StoreResult<u64> {
         Ok(self.lock()?.reclaim_leases(owner, now))
+    }
+}
+
+#[async_trait]
+impl DeliveryHistory for MemoryStore {
+    async fn endpoint_attempts(
+        &self,
+        org: OrganizationId,
+        endpoint: EndpointId,
+        query: &AttemptQuery,
+    ) -> StoreResult<Option<Vec<AttemptEntry>>> {
+        Ok(self.lock()?.endpoint_attempts(org, endpoint, query))
+    }
+
+    async fn endpoint_deliveries(
+        &self,
+        org: OrganizationId,
+        endpoint: EndpointId,
+        query: &DeliveryQuery,
+    ) -> StoreResult<Option<Vec<DeliveryEntry>>> {
+        Ok(self.lock()?.endpoint_deliveries(org, endpoint, query))
     }
 }
 

@@ -150,9 +150,10 @@ impl State {
             }
         }
         let keep = self.limits.max_attempts_kept;
+        let seq = self.take_attempt_seq();
         if let Some(tenant) = self.orgs.get_mut(&org) {
             if let Some(event) = tenant.events.get_mut(&event_id) {
-                event.record_attempt(c.record.clone(), keep);
+                event.record_attempt(seq, c.record.clone(), keep);
                 if event.event.status == EventStatus::Pending {
                     match c.state {
                         CompletionState::Delivered if event.outstanding.is_empty() => {
@@ -188,8 +189,9 @@ impl State {
         }
         let Some(s) = self.queue.superseded.remove(&c.delivery_id) else { return };
         let keep = self.limits.max_attempts_kept;
+        let seq = self.take_attempt_seq();
         if let Some(event) = self.orgs.get_mut(&s.org).and_then(|t| t.events.get_mut(&s.event_id)) {
-            event.record_attempt(c.record.clone(), keep);
+            event.record_attempt(seq, c.record.clone(), keep);
         }
     }
 

@@ -25,6 +25,8 @@ pub(super) struct State {
     pub(super) limits: StoreLimits,
     /// Failed deliveries by (endpoint, event), until recovered, replayed or deleted.
     pub(super) failed: BTreeMap<(EndpointId, EventId), FailedRow>,
+    /// The sequence number the next recorded attempt gets (its history position's `seq`).
+    pub(super) next_attempt_seq: u64,
 }
 
 /// A failed delivery, remembered so that `recover` can queue it again. The reason and time
@@ -97,8 +99,8 @@ impl Tenant {
 /// A stored event.
 pub(super) struct EventRow {
     pub(super) event: Event,
-    /// Every applied attempt, oldest first.
-    pub(super) attempts: Vec<AttemptRecord>,
+    /// Every applied attempt with its sequence number, oldest first.
+    pub(super) attempts: Vec<(u64, AttemptRecord)>,
     /// The outstanding deliveries of the event's current generation (since insertion or the
     /// last replay). When the last one finishes as delivered, a pending event is delivered.
     pub(super) outstanding: Vec<DeliveryId>,
@@ -236,14 +238,15 @@ impl Queue {
 }
 
 impl EventRow {
-    /// Appends an attempt record, then drops the oldest of its endpoint beyond `keep`.
-    pub(super) fn record_attempt(&mut self, record: AttemptRecord, keep: u32) {
+    /// Appends an attempt record with its sequence number, then drops the oldest of its
+    /// endpoint beyond `keep`.
+    pub(super) fn record_attempt(&mut self, seq: u64, record: AttemptRecord, keep: u32) {
         let endpoint = record.endpoint_id;
-        self.attempts.push(record);
-        let kept = self.attempts.iter().filter(|a| a.endpoint_id == endpoint).count();
+        self.attempts.push((seq, record));
+        let kept = self.attempts.iter().filter(|(_, a)| a.endpoint_id == endpoint).count();
         let mut excess = kept.saturating_sub(keep.max(1) as usize);
         if excess > 0 {
-            self.attempts.retain(|a| {
+            self.attempts.retain(|(_, a)| {
                 let drop = excess > 0 && a.endpoint_id == endpoint;
                 if drop {
                     excess -= 1;
@@ -255,6 +258,12 @@ impl EventRow {
 }
 
 impl State {
+    /// The sequence number for the next recorded attempt.
+    pub(super) fn take_attempt_seq(&mut self) -> u64 {
+        self.next_attempt_seq += 1;
+        self.next_attempt_seq
+    }
+
     /// Removes an outstanding delivery (finished or cancelled): from the queue, from its
     /// event's outstanding list, and from the in-flight count. Returns the removed row.
     pub(super) fn remove_delivery(&mut self, id: DeliveryId) -> Option<DeliveryRow> {

@@ -8,9 +8,10 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointPatch, EndpointStore,
-    EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats,
-    RecoverQuery, Recovered, Retention, SecretRewrite, StoreResult,
+    AckOutcome, AttemptEntry, AttemptQuery, ClaimRequest, Completion, Delivery, DeliveryEntry,
+    DeliveryHistory, DeliveryQuery, DeliveryQueue, EndpointPatch, EndpointStore, EndpointUpdate,
+    EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, RecoverQuery,
+    Recovered, Retention, SecretRewrite, StoreResult,
 };
 use crate::clock::Timestamp;
 use crate::domain::event::{Event, EventDetail, EventRecord, EventStatus};
@@ -187,6 +188,26 @@ macro_rules! forward {
             }
             async fn purge_dedup_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
                 (**self).purge_dedup_batch(before, batch).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: DeliveryHistory + ?Sized> DeliveryHistory for $ptr<T> {
+            async fn endpoint_attempts(
+                &self,
+                org: OrganizationId,
+                endpoint: EndpointId,
+                query: &AttemptQuery,
+            ) -> StoreResult<Option<Vec<AttemptEntry>>> {
+                (**self).endpoint_attempts(org, endpoint, query).await
+            }
+            async fn endpoint_deliveries(
+                &self,
+                org: OrganizationId,
+                endpoint: EndpointId,
+                query: &DeliveryQuery,
+            ) -> StoreResult<Option<Vec<DeliveryEntry>>> {
+                (**self).endpoint_deliveries(org, endpoint, query).await
             }
         }
     )*};

@@ -1,7 +1,7 @@
-//! The storage contract: five small traits, together [`EventStore`].
+//! The storage contract: six small traits, together [`EventStore`].
 //!
-//! A backend implements [`OrgStore`], [`EndpointStore`], [`EventLog`], [`DeliveryQueue`] and
-//! [`Retention`];
+//! A backend implements [`OrgStore`], [`EndpointStore`], [`EventLog`], [`DeliveryQueue`],
+//! [`Retention`] and [`DeliveryHistory`];
 //! [`EventStore`] is then implemented for it automatically. The docs below are the whole
 //! contract: a new backend author needs only them and the conformance kit
 //! (`triggers_core::conformance`, feature `conformance`), which checks every rule written here.
@@ -30,9 +30,10 @@ use tokio::sync::Notify;
 
 pub use error::{StoreError, StoreResult};
 pub use types::{
-    page_item_size, AckOutcome, ClaimRequest, Completion, CompletionState, Delivery, EndpointPatch,
-    EndpointUpdate, InsertOutcome, ListQuery, NewEndpoint, Page, QueueStats, RecoverQuery,
-    Recovered, StoreLimits, DEFAULT_MAX_PAGE_BYTES, PAGE_ITEM_OVERHEAD,
+    page_item_size, AckOutcome, AttemptEntry, AttemptPosition, AttemptQuery, ClaimRequest,
+    Completion, CompletionState, Delivery, DeliveryEntry, DeliveryQuery, DeliveryState,
+    DeliveryStatus, EndpointPatch, EndpointUpdate, InsertOutcome, ListQuery, NewEndpoint, Page,
+    QueueStats, RecoverQuery, Recovered, StoreLimits, DEFAULT_MAX_PAGE_BYTES, PAGE_ITEM_OVERHEAD,
 };
 
 use crate::clock::Timestamp;
@@ -432,7 +433,56 @@ pub trait Retention: Send + Sync + 'static {
     async fn purge_dedup_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64>;
 }
 
-/// Everything persistent. Implemented for every type that implements the five parts.
+/// An endpoint's delivery history, for operators debugging a receiver: its recorded attempts
+/// and the status of each of its deliveries. Reads only.
+///
+/// Both lists are scoped to one endpoint of one organization, answer `None` for an unknown
+/// or foreign endpoint, and page newest first with a keyset (`before`), so a page costs what
+/// it returns, not what the endpoint (or another organization) has accumulated: a backend
+/// reads them through an index on the endpoint.
+#[async_trait]
+pub trait DeliveryHistory: Send + Sync + 'static {
+    /// Up to `query.limit` attempt records of the endpoint, newest
+    /// [`position`](AttemptEntry::position) first (by finishing time, then by the store's
+    /// sequence number), strictly before `query.before`, finished at or after `query.since`,
+    /// and only successful (`error` is `None`) or failed ones when `query.success` says so.
+    ///
+    /// The records are the ones [`EventLog::event`] shows for the endpoint (superseded
+    /// attempts included); those dropped by [`StoreLimits::max_attempts_kept`] or purged with
+    /// their event are gone. Positions are unique: paging with the last entry's position as
+    /// `before` visits every record that existed when paging began exactly once.
+    async fn endpoint_attempts(
+        &self,
+        org: OrganizationId,
+        endpoint: EndpointId,
+        query: &AttemptQuery,
+    ) -> StoreResult<Option<Vec<AttemptEntry>>>;
+
+    /// Up to `query.limit` deliveries of the endpoint, one per event, newest event (largest
+    /// [`position`](DeliveryEntry::position)) first, of events positioned below
+    /// `query.before`, of `query.status` if given.
+    /// A delivery of an event to this endpoint is:
+    /// - `Pending` / `InFlight` while it is outstanding (in flight while leased, also with
+    ///   an expired lease nobody claimed again), with its attempt count, due time or lease;
+    /// - else `Failed` while a failed delivery is remembered for it (see
+    ///   [`EndpointStore::recover`]), with its time and reason;
+    /// - else `Delivered` when a successful attempt of the event to the endpoint is recorded,
+    ///   with the newest such attempt's time;
+    /// - else it is not listed (the event never matched the endpoint, or its records were
+    ///   dropped or purged).
+    ///
+    /// Paging with the last entry's position as `before` visits every listed delivery once
+    /// (a delivery that changes status between pages is seen in the status it had when its
+    /// page was read).
+    async fn endpoint_deliveries(
+        &self,
+        org: OrganizationId,
+        endpoint: EndpointId,
+        query: &DeliveryQuery,
+    ) -> StoreResult<Option<Vec<DeliveryEntry>>>;
+}
+
+/// Everything persistent. Implemented for every type that implements the six parts.
 ///
 /// Also implemented for `Arc<S>` and `Box<S>` of any store, `dyn EventStore` included, so a
 /// backend can be picked at run time ([`DynStore`]) and a store can be shared between an
@@ -447,9 +497,15 @@ pub trait Retention: Send + Sync + 'static {
 /// let ingestor = Ingestor::start(store, NoDeliverer, IngestorConfig::default());
 /// # ingestor.shutdown().await; });
 /// ```
-pub trait EventStore: OrgStore + EndpointStore + EventLog + DeliveryQueue + Retention {}
+pub trait EventStore:
+    OrgStore + EndpointStore + EventLog + DeliveryQueue + Retention + DeliveryHistory
+{
+}
 
-impl<T: OrgStore + EndpointStore + EventLog + DeliveryQueue + Retention> EventStore for T {}
+impl<T> EventStore for T where
+    T: OrgStore + EndpointStore + EventLog + DeliveryQueue + Retention + DeliveryHistory
+{
+}
 
 /// A store chosen at run time: any backend behind one type.
 pub type DynStore = Arc<dyn EventStore>;

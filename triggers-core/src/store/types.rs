@@ -299,3 +299,162 @@ impl Default for StoreLimits {
         }
     }
 }
+
+/// Where one recorded attempt sits in an endpoint's history: ordered by `at`, then by `seq`
+/// (a number the store assigns when it records the attempt, unique per store). History pages
+/// run newest first, that is in descending position order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AttemptPosition {
+    /// When the attempt finished ([`AttemptRecord::at`](crate::domain::event::AttemptRecord::at)).
+    pub at: Timestamp,
+    /// The store's sequence number of the record: breaks ties between equal times.
+    pub seq: u64,
+}
+
+/// Which attempts [`DeliveryHistory::endpoint_attempts`](super::DeliveryHistory::endpoint_attempts)
+/// lists: the filters and the page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptQuery {
+    /// `Some(true)`: only successful attempts (no error recorded); `Some(false)`: only failed
+    /// ones; `None`: both.
+    pub success: Option<bool>,
+    /// Only attempts that finished at or after this time.
+    pub since: Option<Timestamp>,
+    /// Only attempts strictly older than this position (keyset pagination: the last entry of
+    /// the previous page).
+    pub before: Option<AttemptPosition>,
+    /// At most this many attempts.
+    pub limit: u32,
+}
+
+/// One attempt of an endpoint's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptEntry {
+    /// Its place in the history (pass the last one as the next page's `before`).
+    pub position: AttemptPosition,
+    /// The event the attempt delivered.
+    pub event_id: EventId,
+    /// That event's type.
+    pub event_type: String,
+    /// The attempt: time, status code, latency, error.
+    pub record: crate::domain::event::AttemptRecord,
+}
+
+/// The status of one (event, endpoint) delivery, as listed by
+/// [`DeliveryHistory::endpoint_deliveries`](super::DeliveryHistory::endpoint_deliveries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryStatus {
+    /// Outstanding and waiting for its next attempt.
+    Pending,
+    /// Leased by a worker (also when the lease has expired and nobody claimed it again yet).
+    InFlight,
+    /// Ended with a successful attempt.
+    Delivered,
+    /// Ended as failed (retries exhausted, the endpoint disabled, or it was disabled when the
+    /// event arrived); [`recover`](super::EndpointStore::recover) can queue it again.
+    Failed,
+}
+
+impl DeliveryStatus {
+    /// The snake-case name used in the API: `pending`, `in_flight`, `delivered`, `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::InFlight => "in_flight",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::str::FromStr for DeliveryStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(Self::Pending),
+            "in_flight" => Ok(Self::InFlight),
+            "delivered" => Ok(Self::Delivered),
+            "failed" => Ok(Self::Failed),
+            other => Err(format!(
+                "unknown status {other:?}: expected pending, in_flight, delivered or failed"
+            )),
+        }
+    }
+}
+
+/// Where one delivery is, with the facts that go with its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Waiting: `attempts` made so far, the next one due at `next_attempt_at`.
+    Pending {
+        /// Attempts made so far (claims taken).
+        attempts: u32,
+        /// When the next attempt is due.
+        next_attempt_at: Timestamp,
+    },
+    /// Leased for attempt number `attempt` until `lease_expires_at`.
+    InFlight {
+        /// The attempt being made (1 for the first).
+        attempt: u32,
+        /// When the lease runs out.
+        lease_expires_at: Timestamp,
+    },
+    /// Delivered: the newest successful attempt finished at `at`.
+    Delivered {
+        /// When the successful attempt finished.
+        at: Timestamp,
+    },
+    /// Failed at `at` for `reason`.
+    Failed {
+        /// When it failed.
+        at: Timestamp,
+        /// Why: the last attempt's error, or the reason the endpoint was disabled.
+        reason: String,
+    },
+}
+
+impl DeliveryState {
+    /// The status this state belongs to.
+    pub fn status(&self) -> DeliveryStatus {
+        match self {
+            Self::Pending { .. } => DeliveryStatus::Pending,
+            Self::InFlight { .. } => DeliveryStatus::InFlight,
+            Self::Delivered { .. } => DeliveryStatus::Delivered,
+            Self::Failed { .. } => DeliveryStatus::Failed,
+        }
+    }
+}
+
+/// One delivery of an event to an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryEntry {
+    /// The event's place in the store's event order (pass the last one as the next page's
+    /// `before`): a number that grows with insertion, the same for every endpoint of the
+    /// store (SQLite: the event's row number; stores keyed by UUID v7: the event id as a
+    /// number). Meaningful only to the store that returned it.
+    pub position: u128,
+    /// The event.
+    pub event_id: EventId,
+    /// The event's type.
+    pub event_type: String,
+    /// When the event was accepted.
+    pub event_created_at: Timestamp,
+    /// The endpoint.
+    pub endpoint_id: EndpointId,
+    /// Where the delivery is.
+    pub state: DeliveryState,
+}
+
+/// Which deliveries [`DeliveryHistory::endpoint_deliveries`](super::DeliveryHistory::endpoint_deliveries)
+/// lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryQuery {
+    /// Only deliveries with this status (`None`: every status).
+    pub status: Option<DeliveryStatus>,
+    /// Only deliveries of events with a smaller [`position`](DeliveryEntry::position) than
+    /// this (keyset pagination, newest event first: the last entry's position of the
+    /// previous page).
+    pub before: Option<u128>,
+    /// At most this many deliveries.
+    pub limit: u32,
+}

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use triggers_core::store::{
-    AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointPatch, EndpointStore,
-    EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats,
-    RecoverQuery, Recovered, Retention, StoreResult,
+    AckOutcome, AttemptEntry, AttemptQuery, ClaimRequest, Completion, Delivery, DeliveryEntry,
+    DeliveryHistory, DeliveryQuery, DeliveryQueue, EndpointPatch, EndpointStore, EndpointUpdate,
+    EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, RecoverQuery,
+    Recovered, Retention, StoreResult,
 };
 use triggers_core::{
     DeliveryId, Endpoint, EndpointId, Event, EventDetail, EventId, EventRecord, EventStatus,
@@ -225,5 +226,27 @@ impl Retention for FlakyStore {
     async fn purge_dedup_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
         self.check()?;
         self.inner.purge_dedup_batch(before, batch).await
+    }
+}
+
+#[async_trait]
+impl DeliveryHistory for FlakyStore {
+    async fn endpoint_attempts(
+        &self,
+        org: OrganizationId,
+        endpoint: EndpointId,
+        query: &AttemptQuery,
+    ) -> StoreResult<Option<Vec<AttemptEntry>>> {
+        self.check()?;
+        self.inner.endpoint_attempts(org, endpoint, query).await
+    }
+    async fn endpoint_deliveries(
+        &self,
+        org: OrganizationId,
+        endpoint: EndpointId,
+        query: &DeliveryQuery,
+    ) -> StoreResult<Option<Vec<DeliveryEntry>>> {
+        self.check()?;
+        self.inner.endpoint_deliveries(org, endpoint, query).await
     }
 }

@@ -1,6 +1,7 @@
 //! The SQL behind each store method, as plain functions over a connection.
 
 pub(crate) mod events;
+pub(crate) mod history;
 pub(crate) mod lifecycle;
 pub(crate) mod orgs;
 pub(crate) mod purge;

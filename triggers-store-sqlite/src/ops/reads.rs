@@ -28,7 +28,10 @@ fn event_row(row: &Row<'_>, at: usize) -> StoreResult<Event> {
 }
 
 /// Runs `f` inside one read transaction, so that its queries see one snapshot.
-fn snapshot<T>(conn: &Connection, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+pub(crate) fn snapshot<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> StoreResult<T>,
+) -> StoreResult<T> {
     conn.prepare_cached("BEGIN").store()?.execute([]).store()?;
     let out = f(conn);
     if let Err(e) = conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([])) {

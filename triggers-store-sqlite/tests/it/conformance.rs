@@ -6,9 +6,10 @@ use async_trait::async_trait;
 use tempfile::TempDir;
 use triggers_core::domain::event::{Event, EventDetail, EventRecord, EventStatus};
 use triggers_core::store::{
-    AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointPatch, EndpointStore,
-    EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats,
-    RecoverQuery, Recovered, Retention, StoreResult,
+    AckOutcome, AttemptEntry, AttemptQuery, ClaimRequest, Completion, Delivery, DeliveryEntry,
+    DeliveryHistory, DeliveryQuery, DeliveryQueue, EndpointPatch, EndpointStore, EndpointUpdate,
+    EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, RecoverQuery,
+    Recovered, Retention, StoreResult,
 };
 use triggers_core::{
     DeliveryId, DeliveryOrdering, Endpoint, EndpointId, EventId, KeyHash, Organization,
@@ -187,5 +188,25 @@ impl Retention for TempStore {
     }
     async fn purge_dedup_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
         self.store.purge_dedup_batch(before, batch).await
+    }
+}
+
+#[async_trait]
+impl DeliveryHistory for TempStore {
+    async fn endpoint_attempts(
+        &self,
+        org: OrganizationId,
+        endpoint: EndpointId,
+        query: &AttemptQuery,
+    ) -> StoreResult<Option<Vec<AttemptEntry>>> {
+        self.store.endpoint_attempts(org, endpoint, query).await
+    }
+    async fn endpoint_deliveries(
+        &self,
+        org: OrganizationId,
+        endpoint: EndpointId,
+        query: &DeliveryQuery,
+    ) -> StoreResult<Option<Vec<DeliveryEntry>>> {
+        self.store.endpoint_deliveries(org, endpoint, query).await
     }
 }
