@@ -90,7 +90,8 @@ pub use error::{Error, Result};
 pub use async_trait::async_trait;
 pub use chunked::ChunkedLimiter;
 pub use ingestor::{
-    BatchIngested, Cursor, InboxPage, InboxQuery, Ingested, Ingestor, IngestorConfig, Replayed,
+    AttemptsPage, AttemptsQuery, BatchIngested, Cursor, DeliveriesPage, DeliveriesQuery, InboxPage,
+    InboxQuery, Ingested, Ingestor, IngestorConfig, Replayed,
 };
 pub use limiter::{RateDecision, RateLimiter, SharedRateLimiter};
 pub use memory::MemoryStore;

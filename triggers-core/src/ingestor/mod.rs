@@ -3,6 +3,7 @@
 mod auth;
 mod config;
 mod cursor;
+mod history;
 mod lifecycle;
 mod orgs;
 mod retention;
@@ -15,6 +16,7 @@ use tokio::sync::Notify;
 
 pub use config::IngestorConfig;
 pub use cursor::Cursor;
+pub use history::{AttemptsPage, AttemptsQuery, DeliveriesPage, DeliveriesQuery};
 pub(crate) use lifecycle::{ingest_operational, Subject};
 pub use lifecycle::{MAX_RECOVER, OPERATIONAL_DISABLED, OPERATIONAL_ENABLED};
 

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod embed;
+mod history;
 mod ingestor;
 mod worker;
 
