@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use triggers_core::store::QueueStats;
+use triggers_core::store::{AttemptEntry, DeliveryEntry, DeliveryState, QueueStats};
 use triggers_core::{
     AttemptRecord, DeliveryOrdering, Endpoint, EndpointId, Event, EventId, EventStatus, Ingested,
     Timestamp,
@@ -319,4 +319,104 @@ impl From<QueueStats> for StatsBody {
 #[derive(Debug, Serialize)]
 pub(crate) struct StatusOk {
     pub(crate) status: &'static str,
+}
+
+/// One item of `GET /api/webhooks/{id}/attempts`.
+#[derive(Debug, Serialize)]
+pub(crate) struct EndpointAttemptView<'a> {
+    pub(crate) event_id: EventId,
+    pub(crate) event_type: &'a str,
+    pub(crate) endpoint_id: EndpointId,
+    #[serde(serialize_with = "rfc3339")]
+    pub(crate) at: Timestamp,
+    pub(crate) success: bool,
+    pub(crate) status_code: Option<u16>,
+    pub(crate) latency_ms: u64,
+    pub(crate) error: Option<&'a str>,
+}
+
+impl<'a> From<&'a AttemptEntry> for EndpointAttemptView<'a> {
+    fn from(a: &'a AttemptEntry) -> Self {
+        Self {
+            event_id: a.event_id,
+            event_type: &a.event_type,
+            endpoint_id: a.record.endpoint_id,
+            at: a.record.at,
+            success: a.record.error.is_none(),
+            status_code: a.record.status_code,
+            latency_ms: a.record.latency_ms,
+            error: a.record.error.as_deref(),
+        }
+    }
+}
+
+/// 200 of `GET /api/webhooks/{id}/attempts`.
+#[derive(Debug, Serialize)]
+pub(crate) struct AttemptsBody<'a> {
+    pub(crate) attempts: Vec<EndpointAttemptView<'a>>,
+    pub(crate) next_cursor: Option<String>,
+}
+
+/// One item of `GET /api/deliveries`: every key is always present; those that do not apply
+/// to the status are `null`.
+#[derive(Debug, Serialize)]
+pub(crate) struct DeliveryView<'a> {
+    pub(crate) event_id: EventId,
+    pub(crate) event_type: &'a str,
+    #[serde(serialize_with = "rfc3339")]
+    pub(crate) event_created_at: Timestamp,
+    pub(crate) endpoint_id: EndpointId,
+    pub(crate) status: &'static str,
+    /// Pending: attempts made so far; in flight: the attempt being made.
+    pub(crate) attempts: Option<u32>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub(crate) next_attempt_at: Option<Timestamp>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub(crate) lease_expires_at: Option<Timestamp>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub(crate) delivered_at: Option<Timestamp>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub(crate) failed_at: Option<Timestamp>,
+    pub(crate) reason: Option<&'a str>,
+}
+
+impl<'a> From<&'a DeliveryEntry> for DeliveryView<'a> {
+    fn from(d: &'a DeliveryEntry) -> Self {
+        let mut view = Self {
+            event_id: d.event_id,
+            event_type: &d.event_type,
+            event_created_at: d.event_created_at,
+            endpoint_id: d.endpoint_id,
+            status: d.state.status().as_str(),
+            attempts: None,
+            next_attempt_at: None,
+            lease_expires_at: None,
+            delivered_at: None,
+            failed_at: None,
+            reason: None,
+        };
+        match &d.state {
+            DeliveryState::Pending { attempts, next_attempt_at } => {
+                view.attempts = Some(*attempts);
+                view.next_attempt_at = Some(*next_attempt_at);
+            }
+            DeliveryState::InFlight { attempt, lease_expires_at } => {
+                view.attempts = Some(*attempt);
+                view.lease_expires_at = Some(*lease_expires_at);
+            }
+            DeliveryState::Delivered { at } => view.delivered_at = Some(*at),
+            DeliveryState::Failed { at, reason } => {
+                view.failed_at = Some(*at);
+                view.reason = Some(reason);
+            }
+        }
+        view
+    }
+}
+
+/// 200 of `GET /api/deliveries`.
+#[derive(Debug, Serialize)]
+pub(crate) struct DeliveriesBody<'a> {
+    pub(crate) deliveries: Vec<DeliveryView<'a>>,
+    pub(crate) next_cursor: Option<String>,
 }

@@ -30,6 +30,8 @@ pub(crate) enum Route {
     WebhookShow,
     WebhookPatch,
     WebhookRecover,
+    WebhookAttempts,
+    Deliveries,
     Dashboard,
     DashboardFile,
     Docs,
@@ -60,7 +62,7 @@ const fn r(method: &'static str, path: &'static str, route: Route) -> RouteInfo 
 }
 
 /// Every route, in documentation order.
-static ROUTES: [RouteInfo; 26] = [
+static ROUTES: [RouteInfo; 28] = [
     r("POST", "/api/keys/generate", Route::KeysGenerate),
     r("GET", "/api/keys", Route::KeysShow),
     r("POST", "/api/keys/rotate", Route::KeysRotate),
@@ -83,6 +85,8 @@ static ROUTES: [RouteInfo; 26] = [
     r("GET", "/api/webhooks/{id}", Route::WebhookShow),
     r("PATCH", "/api/webhooks/{id}", Route::WebhookPatch),
     r("POST", "/api/webhooks/{id}/recover", Route::WebhookRecover),
+    r("GET", "/api/webhooks/{id}/attempts", Route::WebhookAttempts),
+    r("GET", "/api/deliveries", Route::Deliveries),
     r("GET", "/ui", Route::Dashboard),
     r("GET", "/ui/{file}", Route::DashboardFile),
     r("GET", "/docs", Route::Docs),

@@ -1,6 +1,7 @@
 //! The route handlers, one module per resource.
 
 mod events;
+mod history;
 mod inbox;
 mod keys;
 mod lifecycle;
@@ -48,6 +49,8 @@ pub(crate) async fn dispatch<S: EventStore, D: Deliverer>(
         Route::WebhookShow => lifecycle::show(app, ctx, req, id).await,
         Route::WebhookPatch => lifecycle::patch(app, ctx, req, id).await,
         Route::WebhookRecover => lifecycle::recover(app, ctx, req, id).await,
+        Route::WebhookAttempts => history::attempts(app, ctx, req, id).await,
+        Route::Deliveries => history::deliveries(app, ctx, req).await,
         Route::Dashboard => ui::serve(app.config.ui, Page::Dashboard, None, req.headers()),
         Route::DashboardFile => ui::serve(app.config.ui, Page::Dashboard, Some(id), req.headers()),
         Route::Docs => ui::serve(app.config.ui, Page::Docs, None, req.headers()),

@@ -213,6 +213,24 @@ fn operation(route: Route) -> Op {
             &[(202, Some("Recovered"))],
             &[400, 401, 404, 408, 413, 415, 422, 429, 500, 503],
         ),
+        Route::WebhookAttempts => op(
+            "listWebhookAttempts",
+            "An endpoint's delivery attempts, newest first (time, status code, latency, short \
+             error); follow next_cursor for older ones",
+            Auth::ApiKey,
+            None,
+            &[(200, Some("AttemptsPage"))],
+            &[400, 401, 404, 500, 503],
+        ),
+        Route::Deliveries => op(
+            "listDeliveries",
+            "Deliveries of one endpoint or of all the organization's endpoints, newest event \
+             first, with their status; follow next_cursor for older ones",
+            Auth::ApiKey,
+            None,
+            &[(200, Some("DeliveriesPage"))],
+            &[400, 401, 404, 500, 503],
+        ),
         // The browser pages are documented too, so the document lists every route; a client
         // generator can skip them by their `text/*` bodies. 404 when `TRIGGERS_UI=off`.
         Route::Dashboard => op(
@@ -345,8 +363,19 @@ fn operation_json(path: &str, route: Route) -> Value {
             }]),
         );
     }
-    if route == Route::Inbox {
-        o.insert("parameters".into(), schemas::inbox_parameters());
+    match route {
+        Route::Inbox => {
+            o.insert("parameters".into(), schemas::inbox_parameters());
+        }
+        Route::WebhookAttempts => {
+            if let Some(Value::Array(params)) = o.get_mut("parameters") {
+                params.extend(schemas::attempts_parameters());
+            }
+        }
+        Route::Deliveries => {
+            o.insert("parameters".into(), Value::Array(schemas::deliveries_parameters()));
+        }
+        _ => {}
     }
     if let Some(name) = op.request {
         o.insert(

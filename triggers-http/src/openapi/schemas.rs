@@ -13,11 +13,53 @@ levels are 400 `malformed_json`; an event payload may nest at most 100 levels (4
 without an admin token answers every route 421 `host_not_allowed` unless the `Host` is \
 `localhost`, a loopback address or one of TRIGGERS_ALLOWED_HOSTS (DNS-rebinding guard).";
 
+/// An optional query parameter.
+fn q(name: &str, description: &str, schema: Value) -> Value {
+    json!({ "name": name, "in": "query", "required": false, "description": description,
+            "schema": schema })
+}
+
+fn limit_parameter() -> Value {
+    q(
+        "limit",
+        "Page size",
+        json!({ "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 }),
+    )
+}
+
+fn cursor_parameter() -> Value {
+    q("cursor", "The previous page's next_cursor", json!({ "type": "string" }))
+}
+
+/// The query of `GET /api/webhooks/{id}/attempts`.
+pub(super) fn attempts_parameters() -> Vec<Value> {
+    vec![
+        q(
+            "status",
+            "Only successful or only failed attempts",
+            json!({ "type": "string", "enum": ["success", "failure"] }),
+        ),
+        q("since", "Only attempts that finished at or after this time", time()),
+        limit_parameter(),
+        cursor_parameter(),
+    ]
+}
+
+/// The query of `GET /api/deliveries`.
+pub(super) fn deliveries_parameters() -> Vec<Value> {
+    vec![
+        q("endpoint_id", "Only this endpoint's deliveries (404 if it is not yours)", uuid()),
+        q(
+            "status",
+            "Only deliveries with this status",
+            json!({ "type": "string", "enum": ["pending", "in_flight", "delivered", "failed"] }),
+        ),
+        limit_parameter(),
+        cursor_parameter(),
+    ]
+}
+
 pub(super) fn inbox_parameters() -> Value {
-    let q = |name: &str, description: &str, schema: Value| {
-        json!({ "name": name, "in": "query", "required": false, "description": description,
-                "schema": schema })
-    };
     json!([
         q(
             "status",
@@ -285,6 +327,60 @@ pub(super) fn components() -> Value {
                     "description": nullable(json!({ "type": "string", "maxLength": 1024 })),
                 },
             },
+            "EndpointAttempt": object(
+                &["event_id", "event_type", "endpoint_id", "at", "success", "status_code",
+                  "latency_ms", "error"],
+                json!({
+                    "event_id": uuid(),
+                    "event_type": event_type(),
+                    "endpoint_id": uuid(),
+                    "at": time(),
+                    "success": { "type": "boolean" },
+                    "status_code": nullable(json!({ "type": "integer" })),
+                    "latency_ms": { "type": "integer", "minimum": 0 },
+                    "error": nullable(json!({ "type": "string", "maxLength": 500 })),
+                }),
+            ),
+            "AttemptsPage": object(&["attempts", "next_cursor"], json!({
+                "attempts": { "type": "array",
+                              "items": { "$ref": "#/components/schemas/EndpointAttempt" } },
+                "next_cursor": nullable(json!({ "type": "string",
+                    "description": "Set when older attempts follow" })),
+            })),
+            "Delivery": object(
+                &["event_id", "event_type", "event_created_at", "endpoint_id", "status",
+                  "attempts", "next_attempt_at", "lease_expires_at", "delivered_at",
+                  "failed_at", "reason"],
+                json!({
+                    "event_id": uuid(),
+                    "event_type": event_type(),
+                    "event_created_at": time(),
+                    "endpoint_id": uuid(),
+                    "status": { "type": "string",
+                                "enum": ["pending", "in_flight", "delivered", "failed"] },
+                    "attempts": nullable(json!({ "type": "integer", "minimum": 0,
+                        "description": "pending: attempts made so far; in_flight: the attempt \
+                                        being made; otherwise null" })),
+                    "next_attempt_at": nullable(json!({ "type": "string", "format": "date-time",
+                        "description": "pending only" })),
+                    "lease_expires_at": nullable(json!({ "type": "string", "format": "date-time",
+                        "description": "in_flight only" })),
+                    "delivered_at": nullable(json!({ "type": "string", "format": "date-time",
+                        "description": "delivered only: when the successful attempt finished" })),
+                    "failed_at": nullable(json!({ "type": "string", "format": "date-time",
+                        "description": "failed only" })),
+                    "reason": nullable(json!({ "type": "string",
+                        "description": "failed only: the last error, or why the endpoint was \
+                                        disabled (endpoint_disabled when it was disabled when \
+                                        the event arrived)" })),
+                }),
+            ),
+            "DeliveriesPage": object(&["deliveries", "next_cursor"], json!({
+                "deliveries": { "type": "array",
+                                "items": { "$ref": "#/components/schemas/Delivery" } },
+                "next_cursor": nullable(json!({ "type": "string",
+                    "description": "Set when older deliveries follow" })),
+            })),
             "RecoverRequest": object(&["since"], json!({
                 "since": time(),
                 "until": time(),

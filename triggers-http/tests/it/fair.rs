@@ -3,112 +3,18 @@
 //! processes sharing one database: this test binary re-executed with `--exact
 //! fair::child_server`, like `crash.rs`).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use triggers_core::{IngestorConfig, RetryPolicy, Tier, TierLimits, WorkerConfig};
 use triggers_http::{Server, ServerConfig, WebhookConfig, WebhookDeliverer};
 use triggers_store_sqlite::{SqliteConfig, SqliteStore};
 
 use crate::child::ChildGuard;
+use crate::receiver::Receiver;
 use crate::support::{Client, Options, TestServer};
-
-// ---- a receiver ------------------------------------------------------------------------------
-
-/// What a receiver answers: `None` hangs (never answers), `Some(status)` answers after a
-/// short pause (so overlapping requests would be seen overlapping).
-type Reply = dyn Fn(&str, i64, usize) -> Option<u16> + Send + Sync;
-
-/// Records `(path, payload n)` of every request in arrival order, and the most requests it
-/// ever had open at once.
-struct Receiver {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<(String, i64, Instant)>>>,
-    max_open: Arc<AtomicUsize>,
-}
-
-impl Receiver {
-    async fn start(
-        reply: impl Fn(&str, i64, usize) -> Option<u16> + Send + Sync + 'static,
-    ) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (open, max_open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let reply: Arc<Reply> = Arc::new(reply);
-        let (seen2, max2) = (seen.clone(), max_open.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
-                let (seen, open, max_open, reply) =
-                    (seen2.clone(), open.clone(), max2.clone(), reply.clone());
-                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let (seen, open, max_open, reply) =
-                        (seen.clone(), open.clone(), max_open.clone(), reply.clone());
-                    async move {
-                        let now_open = open.fetch_add(1, Ordering::SeqCst) + 1;
-                        max_open.fetch_max(now_open, Ordering::SeqCst);
-                        let path = req.uri().path().to_owned();
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let body: Value = serde_json::from_slice(&body).unwrap();
-                        let n = body["payload"]["n"].as_i64().unwrap();
-                        let count = {
-                            let mut seen = seen.lock().unwrap();
-                            seen.push((path.clone(), n, Instant::now()));
-                            seen.iter().filter(|(p, m, _)| *p == path && *m == n).count()
-                        };
-                        let status = match reply(&path, n, count) {
-                            Some(status) => status,
-                            None => std::future::pending().await,
-                        };
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                        open.fetch_sub(1, Ordering::SeqCst);
-                        let response = http::Response::builder()
-                            .status(status)
-                            .body(Full::new(Bytes::new()))
-                            .unwrap();
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self { addr, seen, max_open }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn seen(&self) -> Vec<(String, i64, Instant)> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// Waits (up to 60 s) until `done` holds for what was seen.
-    async fn until(&self, what: &str, done: impl Fn(&[(String, i64, Instant)]) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !done(&self.seen()) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {:?}", self.ns());
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    fn ns(&self) -> Vec<i64> {
-        self.seen().iter().map(|s| s.1).collect()
-    }
-}
 
 // ---- servers -----------------------------------------------------------------------------------
 
