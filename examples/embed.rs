@@ -67,7 +67,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Wait until the three invoices are delivered (pushed to the consumer).
     let delivered_invoices = InboxQuery {
-        status: EventStatus::Delivered,
+        status: Some(EventStatus::Delivered),
         type_glob: Some(TypeGlob::parse("invoice.*")?),
         ..InboxQuery::default()
     };

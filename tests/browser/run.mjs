@@ -178,6 +178,8 @@ step("Overview: counts match the API, the chart draws, endpoint health is listed
   await page.locator(".chart polyline.ingested").waitFor();
   assert.ok((await text("section.card table")).includes(receiver.url));
   assert.ok((await text("section.card table")).includes("enabled"));
+  // Both attempts (the delivery and its replay) succeeded.
+  await until("the recent success rate", async () => (await text("[data-testid=success-rate]")) === "100 % of last 2");
   await page.screenshot({ path: join(ARTIFACTS, "dashboard.png") });
 });
 
@@ -221,6 +223,25 @@ step("Endpoints: disable, enable and recover through PATCH and recover", async (
   await row.locator("button", { hasText: "Recover 24 h" }).click();
   await until("the recover answer", async () => (await page.locator("[data-testid=recovered]").count()) === 1);
   assert.match(await page.locator("[data-testid=recovered]").innerText(), /^Queued \d+ failed deliveries/);
+});
+
+step("Endpoints: the attempt history, newest first, as the API has it", async () => {
+  await page.locator("#nav a[data-view=endpoints]").click();
+  const row = page.locator(`tr[data-id="${shared.endpoint}"]`);
+  await row.locator("button", { hasText: "Attempts" }).click();
+  const history = page.locator("[data-testid=attempt-history]");
+  await history.waitFor();
+  const api = (await call(origin, "GET", `/api/webhooks/${shared.endpoint}/attempts`, key)).json.attempts;
+  assert.ok(api.length >= 2);
+  const rows = await history.locator("tbody tr").allInnerTexts();
+  assert.equal(rows.length, api.length);
+  rows.forEach((r, i) => {
+    assert.ok(r.includes(api[i].event_id), `row ${i}: ${r}`);
+    assert.ok(r.includes(api[i].success ? "delivered" : "failed"), `row ${i}: ${r}`);
+  });
+  assert.ok(rows[rows.length - 1].includes(shared.order) && rows[rows.length - 1].includes("200"));
+  assert.ok(await history.locator("button", { hasText: "Older" }).isDisabled());
+  await page.screenshot({ path: join(ARTIFACTS, "attempts.png"), fullPage: true });
 });
 
 step("Endpoints: rotate the secret (shown once), then delete", async () => {

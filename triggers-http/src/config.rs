@@ -32,11 +32,17 @@ impl fmt::Debug for AdminPolicy {
     }
 }
 
+/// What a request body may hold beyond the largest payload: the envelope of `POST
+/// /api/events` (type, dedup id, field names) or of a batch. With the default payload limit
+/// of 256 KiB, bodies of up to 272 KiB are read, so a payload of exactly the documented limit
+/// is accepted.
+pub const BODY_ENVELOPE: usize = 16 * 1024;
+
 /// How the HTTP server runs. `Default` gives the documented defaults.
 #[derive(Clone)]
 pub struct ServerConfig {
-    /// Largest request body in bytes (default 256 KiB); larger bodies get 413 as soon as the
-    /// limit is crossed while reading.
+    /// Largest request body in bytes (default 256 KiB + [`BODY_ENVELOPE`]); larger bodies get
+    /// 413 as soon as the limit is crossed while reading.
     pub max_body: usize,
     /// How long a client may take to send a request's headers (default 10 s). Hyper starts
     /// this timer whenever it waits for a request, so it also closes keep-alive connections
@@ -79,7 +85,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            max_body: triggers_core::domain::validate::DEFAULT_MAX_PAYLOAD,
+            max_body: triggers_core::domain::validate::DEFAULT_MAX_PAYLOAD + BODY_ENVELOPE,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             max_connections: 1024,

@@ -16,6 +16,8 @@ use crate::respond::{rfc3339, rfc3339_opt};
 /// `POST /api/keys/generate`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct GenerateKey {
+    /// `org_name` is the original API's name for it (compatibility).
+    #[serde(alias = "org_name")]
     pub(crate) organization_name: String,
     #[serde(default)]
     pub(crate) tier: Option<String>,
@@ -84,7 +86,15 @@ pub(crate) struct Accepted {
     pub(crate) event_type: String,
     #[serde(serialize_with = "rfc3339")]
     pub(crate) created_at: Timestamp,
+    /// A sentence for people, as in the original API's answers; clients should read `status`.
+    pub(crate) message: &'static str,
 }
+
+/// `message` of an accepted event.
+pub(crate) const ACCEPTED_MESSAGE: &str = "Event accepted for delivery";
+/// `message` of a duplicate.
+pub(crate) const DUPLICATE_MESSAGE: &str =
+    "Duplicate dedup_id within the dedup window; nothing new was stored";
 
 impl From<Ingested> for Accepted {
     fn from(i: Ingested) -> Self {
@@ -93,6 +103,7 @@ impl From<Ingested> for Accepted {
             status: if i.duplicate { "duplicate" } else { "accepted" },
             event_type: i.event_type,
             created_at: i.created_at,
+            message: if i.duplicate { DUPLICATE_MESSAGE } else { ACCEPTED_MESSAGE },
         }
     }
 }
@@ -319,6 +330,9 @@ impl From<QueueStats> for StatsBody {
 #[derive(Debug, Serialize)]
 pub(crate) struct StatusOk {
     pub(crate) status: &'static str,
+    /// The server's clock (the original API's health answers carry it).
+    #[serde(serialize_with = "rfc3339")]
+    pub(crate) timestamp: Timestamp,
 }
 
 /// One item of `GET /api/webhooks/{id}/attempts`.

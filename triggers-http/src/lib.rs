@@ -59,7 +59,7 @@ pub mod settings;
 mod ui;
 pub mod webhook;
 
-pub use config::{AdminPolicy, ServerConfig, UrlPolicy};
+pub use config::{AdminPolicy, ServerConfig, UrlPolicy, BODY_ENVELOPE};
 pub use metrics::Metrics;
 pub use router::{routes, RouteInfo};
 pub use server::{shutdown_signal, ServeError, Server};

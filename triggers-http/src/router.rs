@@ -24,6 +24,7 @@ pub(crate) enum Route {
     WebhookRotateSecret,
     QueueStats,
     Health,
+    Live,
     Ready,
     Metrics,
     OpenApi,
@@ -62,7 +63,7 @@ const fn r(method: &'static str, path: &'static str, route: Route) -> RouteInfo 
 }
 
 /// Every route, in documentation order.
-static ROUTES: [RouteInfo; 28] = [
+static ROUTES: [RouteInfo; 29] = [
     r("POST", "/api/keys/generate", Route::KeysGenerate),
     r("GET", "/api/keys", Route::KeysShow),
     r("POST", "/api/keys/rotate", Route::KeysRotate),
@@ -80,6 +81,7 @@ static ROUTES: [RouteInfo; 28] = [
     r("GET", "/api/queue/stats", Route::QueueStats),
     r("GET", "/health", Route::Health),
     r("GET", "/health/ready", Route::Ready),
+    r("GET", "/health/live", Route::Live),
     r("GET", "/metrics", Route::Metrics),
     r("GET", "/openapi.json", Route::OpenApi),
     r("GET", "/api/webhooks/{id}", Route::WebhookShow),

@@ -30,7 +30,11 @@ pub const VARIABLES: [(&str, &str, &str); 25] = [
         "per-minute limits per tier (`unlimited`: no limit)",
     ),
     ("TRIGGERS_DEDUP_WINDOW", "24h", "dedup window (e.g. 90s, 30m, 24h, 7d)"),
-    ("TRIGGERS_MAX_BODY", "262144", "request body limit in bytes"),
+    (
+        "TRIGGERS_MAX_BODY",
+        "262144",
+        "largest event payload in bytes (a request body may be 16 KiB more)",
+    ),
     ("TRIGGERS_WORKERS", "64", "concurrent webhook deliveries (0: none, inbox only)"),
     (
         "TRIGGERS_RETRY_SCHEDULE",
@@ -40,7 +44,8 @@ pub const VARIABLES: [(&str, &str, &str); 25] = [
     (
         "TRIGGERS_WEBHOOK_ALLOW",
         "unset",
-        "CIDRs webhooks may target although private/loopback (e.g. 127.0.0.0/8)",
+        "CIDRs webhooks may target although private/loopback (e.g. 127.0.0.0/8); \
+         others are refused when configured",
     ),
     ("RUST_LOG", "info", "log filter"),
     ("TRIGGERS_UI", "on", "serve the dashboard at /ui and the API docs at /docs (on or off)"),
@@ -558,7 +563,7 @@ impl Settings {
         IngestorConfig {
             tier_limits: self.tier_limits,
             dedup_window: self.dedup_window,
-            // The body limit is the real limit; a payload is always smaller than its body.
+            // The documented limit is the payload's; the body may add the envelope.
             max_payload: self.max_body,
             retry: self.retry.clone(),
             worker: WorkerConfig {
@@ -584,7 +589,9 @@ impl Settings {
     /// The HTTP server configuration these settings describe.
     pub fn server_config(&self) -> ServerConfig {
         ServerConfig {
-            max_body: self.max_body,
+            max_body: self.max_body + crate::config::BODY_ENVELOPE,
+            // Refuse at configuration what the deliverer would refuse at every delivery.
+            webhook_url_policy: Some(self.webhook_config().url_policy()),
             admin_token: self.admin_token.clone(),
             ui: self.ui,
             allowed_hosts: self.allowed_hosts.clone(),
@@ -624,6 +631,10 @@ mod tests {
         assert_eq!(s.tier_limits, TierLimits::default());
         assert_eq!(s.dedup_window, Duration::from_secs(86400));
         assert_eq!(s.max_body, 262_144);
+        assert_eq!(s.ingestor_config().max_payload, 262_144);
+        assert_eq!(s.server_config().max_body, 262_144 + 16 * 1024, "the envelope on top");
+        let policy = s.server_config().webhook_url_policy.unwrap();
+        assert!(policy("http://localhost:8080/hook").is_err(), "loopback refused by default");
         assert_eq!(s.workers, 64);
         assert_eq!(s.retry, RetryPolicy::default());
         assert!(s.webhook_allow.is_empty());

@@ -71,7 +71,17 @@ pub struct UnknownTier(pub String);
 
 impl FromStr for Tier {
     type Err = UnknownTier;
+    /// A tier by its name; `pro` (the original API's name) is `professional`.
+    ///
+    /// ```
+    /// use triggers_core::Tier;
+    /// assert_eq!("pro".parse::<Tier>(), Ok(Tier::Professional));
+    /// assert!("gold".parse::<Tier>().is_err());
+    /// ```
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "pro" {
+            return Ok(Tier::Professional);
+        }
         Tier::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| UnknownTier(s.to_owned()))
     }
 }

@@ -4,6 +4,7 @@ mod auth;
 mod config;
 mod cursor;
 mod history;
+mod inbox;
 mod lifecycle;
 mod orgs;
 mod retention;
@@ -71,8 +72,8 @@ pub struct Replayed {
 /// What to list from the inbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboxQuery {
-    /// Only events with this status (default `pending`).
-    pub status: EventStatus,
+    /// Only events with this status (default `pending`); `None`: every status.
+    pub status: Option<EventStatus>,
     /// Only events whose type matches this glob.
     pub type_glob: Option<TypeGlob>,
     /// Page size, 1–1000 (default 100).
@@ -83,7 +84,7 @@ pub struct InboxQuery {
 
 impl Default for InboxQuery {
     fn default() -> Self {
-        Self { status: EventStatus::Pending, type_glob: None, limit: 100, cursor: None }
+        Self { status: Some(EventStatus::Pending), type_glob: None, limit: 100, cursor: None }
     }
 }
 
@@ -346,13 +347,12 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             .into());
         }
         let after = query.cursor.as_deref().map(Cursor::decode).transpose()?;
-        let list = ListQuery {
-            status: query.status,
-            type_glob: query.type_glob,
-            limit: query.limit,
-            after,
-            max_bytes: self.inner.config.max_page_bytes,
+        let max_bytes = self.inner.config.max_page_bytes;
+        let Some(status) = query.status else {
+            return inbox::every_status(&self.inner.store, org.id, query, after, max_bytes).await;
         };
+        let list =
+            ListQuery { status, type_glob: query.type_glob, limit: query.limit, after, max_bytes };
         let page = self.inner.store.list_events(org.id, &list).await?;
         Ok(InboxPage { events: page.items, next_cursor: page.next_after.map(Cursor::encode) })
     }

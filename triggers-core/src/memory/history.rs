@@ -37,7 +37,7 @@ impl State {
             })
             .filter(|e| query.before.map_or(true, |before| e.position < before))
             .collect();
-        found.sort_unstable_by(|x, y| y.position.cmp(&x.position));
+        found.sort_unstable_by_key(|e| std::cmp::Reverse(e.position));
         found.truncate(query.limit as usize);
         Some(found)
     }

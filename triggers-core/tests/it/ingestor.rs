@@ -163,3 +163,46 @@ async fn endpoints_validate_and_rotate() {
     assert!(ing.endpoints(&org).await.unwrap().is_empty());
     ing.ready().await.unwrap();
 }
+
+/// `status: None` lists every status in id order, paging exactly once, also when the byte
+/// budget ends pages early and statuses interleave.
+#[tokio::test]
+async fn inbox_of_every_status_merges_by_id_within_the_budget() {
+    let clock = ManualClock::new();
+    let mut config = config(&clock);
+    config.tier_limits = TierLimits::unlimited();
+    // Room for about two small events per page (each counts its payload + 256 bytes).
+    config.max_page_bytes = 600;
+    let ing = Ingestor::start(MemoryStore::new(), NoDeliverer, config);
+    let (org, _) = ing.create_organization("acme", Tier::Free).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..11 {
+        ids.push(ing.ingest(&org, NewEvent::new("t", &json!({ "i": i }))).await.unwrap().id);
+    }
+    // Every third event acknowledged: pending and delivered interleave.
+    for id in ids.iter().step_by(3) {
+        ing.ack(&org, *id).await.unwrap();
+    }
+    for limit in [1, 2, 4, 1000] {
+        let mut q = InboxQuery { status: None, limit, ..InboxQuery::default() };
+        let mut seen = Vec::new();
+        loop {
+            let page = ing.inbox(&org, q.clone()).await.unwrap();
+            assert!(!page.events.is_empty() || page.next_cursor.is_none(), "an empty page ends");
+            assert!(page.events.len() <= limit as usize);
+            seen.extend(page.events.iter().map(|e| (e.id, e.status)));
+            match page.next_cursor {
+                Some(c) => q.cursor = Some(c),
+                None => break,
+            }
+        }
+        let expected: Vec<(EventId, EventStatus)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                (*id, if i % 3 == 0 { EventStatus::Delivered } else { EventStatus::Pending })
+            })
+            .collect();
+        assert_eq!(seen, expected, "limit {limit}");
+    }
+}

@@ -1,9 +1,50 @@
-// Endpoints: create (the secret shown once, with a copy button), rotate the secret, delete.
+// Endpoints: create (the secret shown once, with a copy button), disable, enable, recover,
+// attempt history, rotate the secret, delete.
 //
-// Each row's buttons come from ACTIONS: an action the API gains later (attempt history from
-// GET /api/webhooks/{id}/attempts, once that route exists) is one more entry there.
+// Each row's buttons come from ACTIONS: an action the API gains later is one more entry there.
 
-import { h, replace, badge, confirmButton, secretBox } from "./dom.js";
+import { h, replace, badge, confirmButton, secretBox, time } from "./dom.js";
+
+/** Attempts shown per page of an endpoint's history. */
+const ATTEMPTS_PAGE = 20;
+
+/**
+ * The endpoint's attempts, newest first, a page at a time (GET /api/webhooks/{id}/attempts);
+ * "Older" follows the cursor. Error texts come from receivers: text nodes only.
+ */
+async function attemptHistory(w, ctx) {
+  const rows = h("tbody");
+  const older = h("button", { type: "button", className: "ghost", disabled: true }, "Older");
+  let cursor = null;
+  async function more() {
+    const q = new URLSearchParams({ limit: String(ATTEMPTS_PAGE) });
+    if (cursor) q.set("cursor", cursor);
+    const page = await ctx.api("GET", `/api/webhooks/${encodeURIComponent(w.id)}/attempts?${q}`);
+    for (const a of page.attempts) {
+      rows.append(h("tr", {},
+        h("td", {}, time(a.at)),
+        h("td", {}, a.success ? badge("delivered") : badge("failed")),
+        h("td", {}, a.status_code ?? "—"),
+        h("td", {}, `${a.latency_ms} ms`),
+        h("td", { className: "mono" }, a.event_type),
+        h("td", { className: "mono dim" }, a.event_id),
+        h("td", { className: "error" }, a.error ?? "")));
+    }
+    if (!rows.children.length) {
+      rows.append(h("tr", {}, h("td", { colSpan: 7, className: "hint" }, "No attempts yet.")));
+    }
+    cursor = page.next_cursor;
+    older.disabled = !cursor;
+  }
+  older.addEventListener("click", () => more().catch(ctx.showProblem));
+  await more();
+  return h("section", { className: "card", data: { testid: "attempt-history" } },
+    h("h2", {}, `Attempts of ${w.url}, newest first`),
+    h("table", { className: "attempts" },
+      h("thead", {}, h("tr", {}, ["Time", "Result", "Status", "Latency", "Event type", "Event", "Error"].map((t) => h("th", {}, t)))),
+      rows),
+    h("p", { className: "pager" }, older));
+}
 
 /**
  * One button per row: `label`, optional `confirm` (a second click is needed), `when(endpoint)`
@@ -36,6 +77,10 @@ const ACTIONS = [
       const rest = more ? " More remain: recover again." : "";
       return h("p", { className: "hint", data: { testid: "recovered" } }, `Queued ${queued} failed deliveries of ${w.url} again.${rest}`);
     },
+  },
+  {
+    label: "Attempts",
+    run: (w, ctx) => attemptHistory(w, ctx),
   },
   {
     label: "Rotate secret",

@@ -4,6 +4,10 @@
 import { h, replace, badge } from "./dom.js";
 
 const POLL_MS = 2000;
+/** The endpoints' success rates are read every this many polls (one request per endpoint). */
+const HEALTH_EVERY = 5;
+/** How many of an endpoint's latest attempts its success rate covers. */
+const RECENT_ATTEMPTS = 20;
 /** How much history the chart keeps (5 minutes of polls). */
 const WINDOW_MS = 5 * 60 * 1000;
 const SVG = "http://www.w3.org/2000/svg";
@@ -41,6 +45,10 @@ export function render(root, ctx) {
         h("thead", {}, h("tr", {}, ["URL", "Filter", "State", "Recent success"].map((t) => h("th", {}, t)))),
         health)));
 
+  // Success rates by endpoint id, refreshed every HEALTH_EVERY polls.
+  let success = new Map();
+  let polls = 0;
+
   async function tick() {
     const stats = await ctx.api("GET", "/api/queue/stats");
     for (const k of Object.keys(counts)) counts[k].textContent = String(stats[k] ?? 0);
@@ -49,24 +57,31 @@ export function render(root, ctx) {
     while (samples.length && samples[0].at < now - WINDOW_MS) samples.shift();
     drawChart(chart, rates);
     const { webhooks } = await ctx.api("GET", "/api/webhook/config");
+    if (polls++ % HEALTH_EVERY === 0 || webhooks.some((w) => !success.has(w.id))) {
+      success = await successRates(ctx, webhooks);
+    }
     replace(health, webhooks.length
       ? webhooks.map((w) => h("tr", {},
         h("td", { className: "mono" }, w.url),
         h("td", { className: "mono" }, w.event_type_filter ?? "*"),
         h("td", {}, w.enabled ? badge("enabled") : badge("disabled"),
           w.disabled_reason ? h("span", { className: "hint" }, ` ${w.disabled_reason}`) : null),
-        h("td", {}, successRate(w))))
+        h("td", { data: { testid: "success-rate" } }, success.get(w.id) ?? "—")))
       : h("tr", {}, h("td", { colSpan: 4, className: "hint" }, "No endpoints: events wait in the inbox.")));
   }
   return ctx.poll(tick, POLL_MS);
 }
 
-/**
- * The endpoint's recent success rate. The API has no per-endpoint attempt history yet
- * (GET /api/webhooks/{id}/attempts, issue 14); until it does, this shows "—".
- */
-function successRate(_endpoint) {
-  return h("span", { className: "hint", title: "needs the endpoint attempt history API" }, "—");
+/** Each endpoint's share of successful attempts among its latest RECENT_ATTEMPTS, as text. */
+async function successRates(ctx, webhooks) {
+  const entries = await Promise.all(webhooks.map(async (w) => {
+    const q = `limit=${RECENT_ATTEMPTS}`;
+    const { attempts } = await ctx.api("GET", `/api/webhooks/${encodeURIComponent(w.id)}/attempts?${q}`);
+    if (!attempts.length) return [w.id, "no attempts yet"];
+    const ok = attempts.filter((a) => a.success).length;
+    return [w.id, `${Math.round((100 * ok) / attempts.length)} % of last ${attempts.length}`];
+  }));
+  return new Map(entries);
 }
 
 /** Per-second rates between successive samples (never negative: retention may purge). */

@@ -13,16 +13,26 @@ use crate::dto::{AckMany, AckManyBody, EventView, IdStatus, InboxBody};
 use crate::error::ApiError;
 use crate::respond::{json_sized, json_with};
 
-/// Parses `status`, `type`, `limit` and `cursor`; anything malformed is 400 `invalid_query`.
-/// Unknown parameters are ignored.
+/// Parses `status` (`all` for every status), `type`, `limit` and `cursor`; anything
+/// malformed is 400 `invalid_query`. `offset` and `page` (offset paging, which this API does
+/// not have) are 400 naming `cursor`, so a client that pages that way stops at once instead of
+/// reading page one forever. Other unknown parameters are ignored.
 fn inbox_query(query: Option<&str>) -> Result<InboxQuery, ApiError> {
     let mut q = InboxQuery::default();
     for (name, value) in body::query_pairs(query.unwrap_or(""))? {
         match name.as_ref() {
+            "status" if value == "all" => q.status = None,
             "status" => {
-                q.status = value
+                let status = value
                     .parse::<EventStatus>()
-                    .map_err(|e| ApiError::InvalidQuery(format!("status: {e}")))?;
+                    .map_err(|e| ApiError::InvalidQuery(format!("status: {e}, or all")))?;
+                q.status = Some(status);
+            }
+            "offset" | "page" => {
+                return Err(ApiError::InvalidQuery(format!(
+                    "{name}: this API pages with `cursor`: pass each page's next_cursor as \
+                     cursor to get the next one"
+                )));
             }
             "type" => {
                 let glob = TypeGlob::parse(&value)
@@ -126,11 +136,21 @@ mod tests {
         let cursor = Cursor::encode(EventId::new());
         let q = inbox_query(Some(&format!("status=failed&type=user.*&limit=5&cursor={cursor}")))
             .unwrap();
-        assert_eq!(q.status, EventStatus::Failed);
+        assert_eq!(q.status, Some(EventStatus::Failed));
+        assert_eq!(inbox_query(Some("status=all")).unwrap().status, None);
         assert_eq!(q.type_glob.unwrap().as_str(), "user.*");
         assert_eq!(q.limit, 5);
         assert_eq!(q.cursor.as_deref(), Some(cursor.as_str()));
-        for bad in ["status=done", "limit=0", "limit=1001", "limit=x", "type=a%20b", "cursor=zz"] {
+        for bad in [
+            "status=done",
+            "limit=0",
+            "limit=1001",
+            "limit=x",
+            "type=a%20b",
+            "cursor=zz",
+            "offset=100",
+            "page=2",
+        ] {
             assert_eq!(inbox_query(Some(bad)).unwrap_err().code(), "invalid_query", "{bad}");
         }
     }

@@ -42,7 +42,7 @@ pub(crate) async fn dispatch<S: EventStore, D: Deliverer>(
         Route::WebhookDelete => webhooks::delete(app, ctx, req, id).await,
         Route::WebhookRotateSecret => webhooks::rotate_secret(app, ctx, req, id).await,
         Route::QueueStats => ops::stats(app, ctx, req).await,
-        Route::Health => Ok(ops::health()),
+        Route::Health | Route::Live => Ok(ops::health(app)),
         Route::Ready => ops::ready(app).await,
         Route::Metrics => ops::metrics(app, req).await,
         Route::OpenApi => Ok(ops::openapi(app)),

@@ -1,4 +1,5 @@
-//! `GET /api/queue/stats`, `/health`, `/health/ready`, `/metrics`, `/openapi.json`.
+//! `GET /api/queue/stats`, `/health`, `/health/live`, `/health/ready`, `/metrics`,
+//! `/openapi.json`.
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -19,14 +20,17 @@ pub(super) async fn stats<S: EventStore, D: Deliverer>(
     Ok(json_with(StatusCode::OK, &StatsBody::from(stats)))
 }
 
-pub(super) fn health() -> Response<Body> {
-    json_with(StatusCode::OK, &StatusOk { status: "ok" })
+/// `{status: "ok", timestamp}`: the process is up (`/health`, `/health/live`, and a ready
+/// `/health/ready`).
+pub(super) fn health<S: EventStore, D: Deliverer>(app: &App<S, D>) -> Response<Body> {
+    let timestamp = app.ingestor.config().clock.now();
+    json_with(StatusCode::OK, &StatusOk { status: "ok", timestamp })
 }
 
 /// A store round trip; any failure is 503 `store_unavailable`.
 pub(super) async fn ready<S: EventStore, D: Deliverer>(app: &App<S, D>) -> Res {
     match app.ingestor.ready().await {
-        Ok(()) => Ok(health()),
+        Ok(()) => Ok(health(app)),
         Err(e) => {
             let cause = match e {
                 triggers_core::Error::Store(triggers_core::StoreError::Unavailable(why)) => why,

@@ -166,7 +166,22 @@ fn operation(route: Route) -> Op {
             &[(200, Some("QueueStats"))],
             AUTH_ERRORS,
         ),
-        Route::Health => op("health", "Liveness", Auth::None, None, &[(200, Some("Health"))], &[]),
+        Route::Health => op(
+            "health",
+            "Liveness (the same as /health/live)",
+            Auth::None,
+            None,
+            &[(200, Some("Health"))],
+            &[],
+        ),
+        Route::Live => op(
+            "live",
+            "Liveness: the process is up",
+            Auth::None,
+            None,
+            &[(200, Some("Health"))],
+            &[],
+        ),
         Route::Ready => op(
             "ready",
             "Readiness: a store round trip",

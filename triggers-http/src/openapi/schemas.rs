@@ -63,8 +63,8 @@ pub(super) fn inbox_parameters() -> Value {
     json!([
         q(
             "status",
-            "Only events with this status",
-            json!({ "type": "string", "enum": ["pending", "delivered", "failed"],
+            "Only events with this status (`all`: every status)",
+            json!({ "type": "string", "enum": ["pending", "delivered", "failed", "all"],
                   "default": "pending" })
         ),
         q(
@@ -204,10 +204,23 @@ pub(super) fn components() -> Value {
                     "invalid_metrics_token", "metrics_forbidden", "host_not_allowed"] },
                 "field": { "type": "string", "description": "The invalid field (422 only)" },
             })),
-            "GenerateKeyRequest": object(&["organization_name"], json!({
-                "organization_name": { "type": "string", "minLength": 1, "maxLength": 255 },
-                "tier": { "allOf": [tier()], "default": "free" },
-            })),
+            "GenerateKeyRequest": {
+                "type": "object",
+                "description": "`org_name` is accepted instead of `organization_name` (the \
+                                original API's name); send one of them",
+                "properties": {
+                    "organization_name": { "type": "string", "minLength": 1, "maxLength": 255 },
+                    "org_name": { "type": "string", "minLength": 1, "maxLength": 255 },
+                    "tier": { "type": "string",
+                              "enum": ["free", "starter", "professional", "enterprise", "pro"],
+                              "default": "free",
+                              "description": "`pro` is an alias of `professional`" },
+                },
+                "oneOf": [
+                    { "required": ["organization_name"] },
+                    { "required": ["org_name"] },
+                ],
+            },
             "KeyCreated": object(&["api_key", "organization_id", "organization_name", "tier",
                                    "rate_limit_per_minute"], json!({
                 "api_key": { "type": "string" },
@@ -230,11 +243,13 @@ pub(super) fn components() -> Value {
                 "payload": { "description": "Any JSON value nested at most 100 levels deep" },
                 "dedup_id": { "type": "string", "minLength": 1, "maxLength": 255 },
             })),
-            "Accepted": object(&["id", "status", "type", "created_at"], json!({
+            "Accepted": object(&["id", "status", "type", "created_at", "message"], json!({
                 "id": uuid(),
                 "status": { "type": "string", "enum": ["accepted", "duplicate"] },
                 "type": event_type(),
                 "created_at": time(),
+                "message": { "type": "string",
+                             "description": "A sentence for people; clients read `status`" },
             })),
             "BatchRequest": object(&["events"], json!({
                 "events": { "type": "array", "minItems": 1, "maxItems": 1000,
@@ -309,7 +324,10 @@ pub(super) fn components() -> Value {
                 "delivered": { "type": "integer" },
                 "failed": { "type": "integer" },
             })),
-            "Health": object(&["status"], json!({ "status": { "type": "string", "const": "ok" } })),
+            "Health": object(&["status", "timestamp"], json!({
+                "status": { "type": "string", "const": "ok" },
+                "timestamp": time(),
+            })),
             "WebhookPatch": {
                 "type": "object",
                 "additionalProperties": false,

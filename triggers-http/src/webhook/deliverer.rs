@@ -38,10 +38,17 @@ struct Inner {
 
 /// A URL the deliverer can send to.
 #[derive(Debug)]
-struct Target {
+pub(super) struct Target {
     uri: Uri,
     host: String,
     port: u16,
+}
+
+impl Target {
+    /// The host as written in the URL (an IPv6 literal keeps its brackets).
+    pub(super) fn host(&self) -> &str {
+        &self.host
+    }
 }
 
 impl WebhookDeliverer {
@@ -189,7 +196,7 @@ async fn drain(mut body: Incoming, limit: usize) {
 }
 
 /// Parses an endpoint URL: absolute, http or https, with a host.
-fn parse_target(url: &str) -> Result<Target, String> {
+pub(super) fn parse_target(url: &str) -> Result<Target, String> {
     let uri: Uri = url.parse().map_err(|_| "invalid URL".to_owned())?;
     let default_port = match uri.scheme_str() {
         Some("http") => 80,

@@ -114,6 +114,46 @@ impl WebhookConfig {
             })
             .collect()
     }
+
+    /// The check a server runs when a webhook is configured (`ServerConfig::webhook_url_policy`):
+    /// a target this deliverer's SSRF policy is sure to refuse is refused at once (422) rather
+    /// than accepted and then failed on every delivery. That is a host that is an IP address
+    /// outside the global unicast range and not in [`allow`](Self::allow), or `localhost` /
+    /// `*.localhost` (which resolve to loopback, RFC 6761) when loopback is not allowed. Other
+    /// names are not resolved here — configuring a webhook makes no DNS query — and are
+    /// checked at each delivery, where DNS answers can change anyway.
+    ///
+    /// ```
+    /// use triggers_http::WebhookConfig;
+    /// let strict = WebhookConfig::default().url_policy();
+    /// assert!(strict("http://localhost:8888/hook").unwrap_err().contains("TRIGGERS_WEBHOOK_ALLOW"));
+    /// assert!(strict("http://10.1.2.3/hook").is_err());
+    /// assert!(strict("https://hooks.example.com/in").is_ok());
+    /// let local = WebhookConfig { allow: WebhookConfig::parse_allow("127.0.0.0/8").unwrap(), ..Default::default() };
+    /// assert!(local.url_policy()("http://localhost:8888/hook").is_ok());
+    /// ```
+    pub fn url_policy(&self) -> crate::UrlPolicy {
+        let policy = ssrf::AddressPolicy::new(self.allow.clone());
+        std::sync::Arc::new(move |url: &str| {
+            let target = deliverer::parse_target(url)?;
+            let host = target.host();
+            let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+            let lower = host.to_ascii_lowercase();
+            let ip = match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => ip,
+                Err(_) if lower == "localhost" || lower.ends_with(".localhost") => {
+                    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+                }
+                Err(_) => return Ok(()),
+            };
+            policy.check(ip).map_err(|refused| {
+                format!(
+                    "{refused}: deliveries to it would all fail; the server setting \
+                     TRIGGERS_WEBHOOK_ALLOW (WebhookConfig::allow) opens such addresses"
+                )
+            })
+        })
+    }
 }
 
 /// The deliverer could not be built from its configuration.

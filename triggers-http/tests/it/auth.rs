@@ -33,6 +33,8 @@ fn authenticated_routes(id: &str) -> Vec<(&'static str, String, Option<serde_jso
             format!("/api/webhooks/{id}/recover"),
             Some(json!({"since": "2026-01-01T00:00:00Z"})),
         ),
+        ("GET", format!("/api/webhooks/{id}/attempts"), None),
+        ("GET", "/api/deliveries".into(), None),
     ]
 }
 

@@ -3,6 +3,7 @@
 
 mod auth;
 mod child;
+mod compat;
 mod crash;
 mod dedup;
 mod diskfull;

@@ -250,10 +250,11 @@ async fn webhooks_deliver_and_show_attempts() {
 async fn health_ready_metrics_and_openapi() {
     let server = TestServer::default().await;
     let c = &server.client;
-    for path in ["/health", "/health/ready"] {
+    for path in ["/health", "/health/live", "/health/ready"] {
         let r = c.send("GET", path, None, None).await;
         assert_eq!(r.status, 200);
-        assert_eq!(r.json(), json!({"status": "ok"}));
+        assert_eq!(r.json()["status"], json!("ok"));
+        assert!(r.json()["timestamp"].is_string());
         assert_eq!(r.header("content-type"), "application/json");
     }
     let key = server.key("free").await;

@@ -194,7 +194,7 @@ pub(crate) fn endpoint_deliveries(
             })?;
             found.extend(rows);
         }
-        found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        found.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
         found.truncate(query.limit as usize);
         Ok(Some(found.into_iter().map(|(_, e)| e).collect()))
     })
