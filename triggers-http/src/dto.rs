@@ -38,9 +38,9 @@ pub(crate) struct AckMany {
 /// `POST /api/webhook/config`; `webhook_url` is an alias of `url`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct WebhookConfigRequest {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     pub(crate) url: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     pub(crate) webhook_url: Option<String>,
     #[serde(default)]
     pub(crate) event_type_filter: Option<String>,
@@ -261,11 +261,41 @@ pub(crate) struct WebhookPatch {
     #[serde(default, deserialize_with = "nullable")]
     pub(crate) headers: Option<Option<std::collections::BTreeMap<String, String>>>,
     #[serde(default, deserialize_with = "nullable")]
-    pub(crate) rate_limit: Option<Option<u32>>,
+    pub(crate) rate_limit: Option<Option<WholeNumber>>,
     #[serde(default, deserialize_with = "nullable")]
-    pub(crate) concurrency: Option<Option<u32>>,
+    pub(crate) concurrency: Option<Option<WholeNumber>>,
     #[serde(default, deserialize_with = "nullable")]
     pub(crate) description: Option<Option<String>>,
+}
+
+/// A field that may be absent (the `default` `None`) but not `null`.
+fn not_null<'de, D>(d: D) -> Result<Option<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    String::deserialize(d).map(Some)
+}
+
+/// A non-negative whole number that fits `u32`, written as JSON allows it: `5` or `5.0` (JSON
+/// Schema calls both integers, so the OpenAPI document's clients may send either).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WholeNumber(pub(crate) u32);
+
+impl<'de> Deserialize<'de> for WholeNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        let whole = n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= f64::from(u32::MAX))
+                .map(|f| f as u64)
+        });
+        whole.and_then(|w| u32::try_from(w).ok()).map(WholeNumber).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "expected a whole number from 0 to {}, got {n}",
+                u32::MAX
+            ))
+        })
+    }
 }
 
 /// A present field: `Some(None)` for `null`, `Some(Some(v))` for a value (absent fields get

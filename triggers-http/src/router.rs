@@ -126,41 +126,35 @@ fn fit<'a>(pattern: &str, path: &'a str) -> Option<Option<&'a str>> {
     }
 }
 
-/// Finds the route for `method` and `path` (without the query). Literal segments win over
-/// `{id}`: `POST /api/events/batch` is the batch route, `GET /api/events/batch` is the event
-/// route (and answers 404, since `batch` is not an id).
+/// Finds the route for `method` and `path` (without the query). A path that a literal route
+/// matches is that resource, whatever the parameter routes would say: `POST
+/// /api/events/batch` is the batch route, and `GET /api/events/batch` is 405 with `Allow:
+/// POST` (`batch` is not an event id). Otherwise the parameter routes decide. `Allow` lists
+/// exactly the methods of the routes that decided, so it matches the OpenAPI document.
 pub(crate) fn find<'a>(method: &Method, path: &'a str) -> Match<'a> {
+    let literal = ROUTES.iter().any(|info| !info.param && info.path == path);
     let mut allowed: Vec<&'static str> = Vec::new();
-    let mut found: Option<(Route, Option<&'a str>)> = None;
     for info in &ROUTES {
-        let param = if info.param {
-            match fit(info.path, path) {
+        let param = match (literal, info.param) {
+            (true, false) if info.path == path => None,
+            (false, true) => match fit(info.path, path) {
                 Some(param) => param,
                 None => continue,
-            }
-        } else if info.path == path {
-            None
-        } else {
-            continue;
+            },
+            _ => continue,
         };
         if info.method == method.as_str() {
-            // A literal match (no parameter) beats a parameter match.
-            match found {
-                Some((_, None)) => {}
-                _ => found = Some((info.route, param)),
-            }
-        } else if !allowed.contains(&info.method) {
+            return Match::Found(info.route, param);
+        }
+        if !allowed.contains(&info.method) {
             allowed.push(info.method);
         }
     }
-    match found {
-        Some((route, param)) => Match::Found(route, param),
-        None if allowed.is_empty() => Match::NotFound,
-        None => {
-            allowed.sort_unstable();
-            Match::MethodNotAllowed(allowed.join(", "))
-        }
+    if allowed.is_empty() {
+        return Match::NotFound;
     }
+    allowed.sort_unstable();
+    Match::MethodNotAllowed(allowed.join(", "))
 }
 
 #[cfg(test)]
@@ -175,17 +169,14 @@ mod tests {
             find(&Method::POST, "/api/events/batch"),
             Match::Found(Route::EventsBatch, None)
         );
-        assert_eq!(
-            find(&Method::GET, "/api/events/batch"),
-            Match::Found(Route::EventsShow, Some("batch"))
-        );
+        assert_eq!(find(&Method::GET, "/api/events/batch"), Match::MethodNotAllowed("POST".into()));
         assert_eq!(
             find(&Method::POST, "/api/events/abc/replay"),
             Match::Found(Route::EventsReplay, Some("abc"))
         );
         assert_eq!(
             find(&Method::DELETE, "/api/events/batch"),
-            Match::MethodNotAllowed("GET, POST".into())
+            Match::MethodNotAllowed("POST".into())
         );
         assert_eq!(
             find(&Method::PUT, "/api/webhook/config"),

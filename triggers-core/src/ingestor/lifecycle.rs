@@ -120,9 +120,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         since: Timestamp,
         until: Option<Timestamp>,
     ) -> Result<Recovered> {
-        if until.is_some_and(|u| u <= since) {
-            return Err(invalid("until", "must be after since"));
-        }
+        // `until <= since` is an empty window: nothing to queue (still 404 for a foreign id).
         let now = self.now();
         let allowance = self.rate_status(org);
         let batch = MAX_RECOVER.min(allowance.limit).min(allowance.remaining);

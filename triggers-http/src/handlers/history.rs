@@ -67,7 +67,7 @@ fn deliveries_query(query: Option<&str>) -> Result<DeliveriesQuery, ApiError> {
     let mut q = DeliveriesQuery::default();
     for (name, value) in body::query_pairs(query.unwrap_or(""))? {
         match name.as_ref() {
-            "endpoint_id" if !value.is_empty() => {
+            "endpoint_id" => {
                 let id =
                     value.parse::<EndpointId>().map_err(|_| bad("endpoint_id", "not a UUID"))?;
                 q.endpoint = Some(id);

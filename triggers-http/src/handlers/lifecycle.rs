@@ -52,8 +52,8 @@ pub(super) async fn patch<S: EventStore, D: Deliverer>(
         enabled: request.enabled,
         description: request.description,
         headers: request.headers.map(|h| h.unwrap_or_default().into_iter().collect()),
-        rate_limit: request.rate_limit,
-        concurrency: request.concurrency,
+        rate_limit: request.rate_limit.map(|o| o.map(|n| n.0)),
+        concurrency: request.concurrency.map(|o| o.map(|n| n.0)),
     };
     let endpoint =
         app.ingestor.update_endpoint(&org, id, &patch).await.map_err(named("webhook"))?;

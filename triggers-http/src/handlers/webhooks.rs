@@ -31,10 +31,10 @@ pub(super) async fn create<S: EventStore, D: Deliverer>(
     let request: WebhookConfigRequest = body::parse_object(&bytes)?;
     let invalid = |reason: String| ApiError::Invalid { field: "url".into(), reason };
     let url = match (request.url, request.webhook_url) {
-        (Some(a), Some(b)) if a != b => {
-            return Err(invalid("url and webhook_url differ; send one of them".into()))
+        (Some(_), Some(_)) => {
+            return Err(invalid("send one of url and webhook_url (an alias), not both".into()))
         }
-        (Some(u), _) | (None, Some(u)) => u,
+        (Some(u), None) | (None, Some(u)) => u,
         (None, None) => return Err(invalid("missing field `url`".into())),
     };
     validate_url(app, &url)?;

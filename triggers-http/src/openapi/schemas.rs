@@ -27,8 +27,12 @@ fn limit_parameter() -> Value {
     )
 }
 
-fn cursor_parameter() -> Value {
-    q("cursor", "The previous page's next_cursor", json!({ "type": "string" }))
+fn cursor_parameter(kind: Cursor) -> Value {
+    q(
+        "cursor",
+        "The previous page's next_cursor (opaque)",
+        json!({ "type": "string", "pattern": cursor_pattern(kind) }),
+    )
 }
 
 /// The query of `GET /api/webhooks/{id}/attempts`.
@@ -41,7 +45,7 @@ pub(super) fn attempts_parameters() -> Vec<Value> {
         ),
         q("since", "Only attempts that finished at or after this time", time()),
         limit_parameter(),
-        cursor_parameter(),
+        cursor_parameter(Cursor::Attempts),
     ]
 }
 
@@ -55,7 +59,7 @@ pub(super) fn deliveries_parameters() -> Vec<Value> {
             json!({ "type": "string", "enum": ["pending", "in_flight", "delivered", "failed"] }),
         ),
         limit_parameter(),
-        cursor_parameter(),
+        cursor_parameter(Cursor::Deliveries),
     ]
 }
 
@@ -67,17 +71,13 @@ pub(super) fn inbox_parameters() -> Value {
             json!({ "type": "string", "enum": ["pending", "delivered", "failed", "all"],
                   "default": "pending" })
         ),
-        q(
-            "type",
-            "Only events whose type matches this glob (`*` matches anything)",
-            json!({ "type": "string", "minLength": 1, "maxLength": 255 })
-        ),
+        q("type", "Only events whose type matches this glob (`*` matches anything)", type_glob()),
         q(
             "limit",
             "Page size",
             json!({ "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 })
         ),
-        q("cursor", "The previous page's next_cursor", json!({ "type": "string" })),
+        cursor_parameter(Cursor::Inbox),
     ])
 }
 
@@ -100,6 +100,47 @@ fn object(required: &[&str], properties: Value) -> Value {
     json!({ "type": "object", "required": required, "properties": properties })
 }
 
+/// Text of 1–`max` characters without control characters (C0, DEL, C1), as the server
+/// checks names, dedup ids and descriptions.
+fn plain_text(min: u32, max: u32) -> Value {
+    json!({ "type": "string", "minLength": min, "maxLength": max,
+            "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$" })
+}
+
+/// An organization name: like [`plain_text`], and not only white space (it is trimmed).
+fn org_name() -> Value {
+    json!({ "type": "string", "minLength": 1, "maxLength": 255,
+            "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
+            "description": "Leading and trailing white space is trimmed" })
+}
+
+/// A type filter: 1–255 characters of the event type alphabet and `*`.
+fn type_glob() -> Value {
+    json!({ "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[A-Za-z0-9._:*-]+$",
+            "description": "Glob over event types; `*` matches any run of characters" })
+}
+
+/// A cursor as the server hands them out: base64url (no padding) of exactly the bytes it
+/// encoded; empty means the first page. Anything else is 400 `invalid_query`.
+pub(super) fn cursor_pattern(kind: Cursor) -> &'static str {
+    match kind {
+        // 16 bytes: 22 characters, the last one carrying 2 bits and 4 zero bits.
+        Cursor::Inbox => "^(?:[A-Za-z0-9_-]{21}[AQgw])?$",
+        // The tag `a` then 16 bytes: 23 characters, the last with 2 zero bits.
+        Cursor::Attempts => "^(?:Y[Q-Za-f][A-Za-z0-9_-]{20}[AEIMQUYcgkosw048])?$",
+        // The tag `d` then 32 bytes: 44 characters.
+        Cursor::Deliveries => "^(?:Z[A-P][A-Za-z0-9_-]{42})?$",
+    }
+}
+
+/// Which list a cursor belongs to.
+#[derive(Clone, Copy)]
+pub(super) enum Cursor {
+    Inbox,
+    Attempts,
+    Deliveries,
+}
+
 fn tier() -> Value {
     json!({ "type": "string", "enum": ["free", "starter", "professional", "enterprise"] })
 }
@@ -116,11 +157,11 @@ fn webhook_properties() -> Value {
     json!({
         "id": uuid(),
         "url": { "type": "string", "format": "uri" },
-        "event_type_filter": nullable(json!({ "type": "string" })),
+        "event_type_filter": nullable(type_glob()),
         "enabled": { "type": "boolean" },
         "disabled_reason": nullable(json!({ "type": "string" })),
         "created_at": time(),
-        "description": nullable(json!({ "type": "string", "maxLength": 1024 })),
+        "description": nullable(plain_text(0, 1024)),
         "headers": headers(),
         "rate_limit": nullable(json!({ "type": "integer", "minimum": 1, "maximum": 10000,
             "description": "Deliveries per second to this endpoint at most" })),
@@ -130,19 +171,41 @@ fn webhook_properties() -> Value {
     })
 }
 
+/// A header name the server accepts: an HTTP token (RFC 9110) that is not one of the
+/// reserved names, in any letter case.
+fn header_name_pattern() -> String {
+    let any_case = |name: &str| -> String {
+        name.chars()
+            .map(|c| {
+                if c.is_ascii_alphabetic() {
+                    format!("[{}{}]", c.to_ascii_uppercase(), c.to_ascii_lowercase())
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    };
+    let reserved: Vec<String> =
+        triggers_core::domain::webhook::RESERVED_HEADERS.iter().map(|n| any_case(n)).collect();
+    format!("^(?!(?:{})$)[!#$%&'*+.^_`|~0-9A-Za-z-]{{1,256}}$", reserved.join("|"))
+}
+
 fn headers() -> Value {
     json!({
         "type": "object", "maxProperties": 20,
-        "additionalProperties": { "type": "string", "maxLength": 4096 },
+        "propertyNames": { "pattern": header_name_pattern() },
+        "additionalProperties": { "type": "string", "maxLength": 4096,
+                                  "pattern": "^(?:[!-~](?:[ \\t!-~]*[!-~])?)?$" },
         "description": "Static headers sent with every delivery. Names are HTTP tokens; \
             values visible ASCII without control characters. The webhook-* signature \
             headers, Host, Content-Length, Content-Type, Transfer-Encoding, Connection, \
-            User-Agent and TE cannot be set.",
+            User-Agent and TE cannot be set, and a name may be given once in any letter case \
+            (`X-A` and `x-a` together are 422).",
     })
 }
 
 fn ordering() -> Value {
-    json!({ "type": "string", "enum": ["parallel", "fifo"], "default": "parallel",
+    json!({ "type": ["string", "null"], "enum": ["parallel", "fifo", null], "default": "parallel",
             "description": "parallel: deliveries as they come due, several at once; fifo: \
                             one at a time in event order — event n+1 is not attempted before \
                             event n succeeded or finally failed, retries hold the line" })
@@ -209,12 +272,14 @@ pub(super) fn components() -> Value {
                 "description": "`org_name` is accepted instead of `organization_name` (the \
                                 original API's name); send one of them",
                 "properties": {
-                    "organization_name": { "type": "string", "minLength": 1, "maxLength": 255 },
-                    "org_name": { "type": "string", "minLength": 1, "maxLength": 255 },
-                    "tier": { "type": "string",
-                              "enum": ["free", "starter", "professional", "enterprise", "pro"],
+                    "organization_name": org_name(),
+                    "org_name": org_name(),
+                    "tier": { "type": ["string", "null"],
+                              "enum": ["free", "starter", "professional", "enterprise", "pro",
+                                       null],
                               "default": "free",
-                              "description": "`pro` is an alias of `professional`" },
+                              "description": "`pro` is an alias of `professional`; null or \
+                                              absent: free" },
                 },
                 "oneOf": [
                     { "required": ["organization_name"] },
@@ -240,8 +305,9 @@ pub(super) fn components() -> Value {
             "ApiKey": object(&["api_key"], json!({ "api_key": { "type": "string" } })),
             "NewEvent": object(&["type", "payload"], json!({
                 "type": event_type(),
-                "payload": { "description": "Any JSON value nested at most 100 levels deep" },
-                "dedup_id": { "type": "string", "minLength": 1, "maxLength": 255 },
+                "payload": { "description": "Any JSON value nested at most 100 levels deep; \
+                    its JSON text at most TRIGGERS_MAX_BODY bytes (default 262144)" },
+                "dedup_id": nullable(plain_text(1, 255)),
             })),
             "Accepted": object(&["id", "status", "type", "created_at", "message"], json!({
                 "id": uuid(),
@@ -253,7 +319,9 @@ pub(super) fn components() -> Value {
             })),
             "BatchRequest": object(&["events"], json!({
                 "events": { "type": "array", "minItems": 1, "maxItems": 1000,
-                            "items": { "$ref": "#/components/schemas/NewEvent" } },
+                            "items": { "description": "A NewEvent. Each item is checked on \
+                                its own: one that is not a valid NewEvent gets `{error}` in its \
+                                slot of the 200 answer, and the others are still ingested." } },
             })),
             "BatchResults": object(&["results"], json!({
                 "results": { "type": "array", "items": { "oneOf": [
@@ -290,14 +358,16 @@ pub(super) fn components() -> Value {
                 "properties": {
                     "url": { "type": "string", "format": "uri", "maxLength": 2048,
                              "description": "http or https, with a host, an optional port \
-                                             1-65535 and no user name or password" },
+                                             1-65535 and no user name or password; a target \
+                                             the server's address policy refuses (loopback, \
+                                             private, …) is 422 naming TRIGGERS_WEBHOOK_ALLOW" },
                     "webhook_url": { "type": "string", "format": "uri", "maxLength": 2048,
                                      "description": "Alias of url" },
-                    "event_type_filter": { "type": "string",
-                        "description": "Glob over event types; `*` matches anything" },
+                    "event_type_filter": nullable(type_glob()),
                     "ordering": ordering(),
                 },
-                "anyOf": [ { "required": ["url"] }, { "required": ["webhook_url"] } ],
+                "description": "Send one of url and webhook_url (an alias), not both",
+                "oneOf": [ { "required": ["url"] }, { "required": ["webhook_url"] } ],
             },
             "WebhookCreated": {
                 "type": "object",
@@ -333,16 +403,17 @@ pub(super) fn components() -> Value {
                 "additionalProperties": false,
                 "description": "Absent fields stay as they are; null clears an optional one.",
                 "properties": {
-                    "url": { "type": "string", "format": "uri",
-                             "description": "http or https; checked like on creation" },
-                    "event_type_filter": nullable(json!({ "type": "string" })),
-                    "enabled": { "type": "boolean", "description": "true re-enables a disabled \
-                        endpoint (clearing disabled_reason); false disables it and fails its \
-                        outstanding deliveries (recover them later)" },
+                    "url": nullable(json!({ "type": "string", "format": "uri",
+                             "description": "http or https; checked like on creation; null is \
+                                             the same as absent (the URL stays)" })),
+                    "event_type_filter": nullable(type_glob()),
+                    "enabled": { "type": ["boolean", "null"], "description": "true re-enables a \
+                        disabled endpoint (clearing disabled_reason); false disables it and \
+                        fails its outstanding deliveries (recover them later); null: unchanged" },
                     "headers": nullable(headers()),
                     "rate_limit": nullable(json!({ "type": "integer", "minimum": 1, "maximum": 10000 })),
                     "concurrency": nullable(json!({ "type": "integer", "minimum": 1, "maximum": 1000 })),
-                    "description": nullable(json!({ "type": "string", "maxLength": 1024 })),
+                    "description": nullable(plain_text(0, 1024)),
                 },
             },
             "EndpointAttempt": object(
@@ -399,10 +470,16 @@ pub(super) fn components() -> Value {
                 "next_cursor": nullable(json!({ "type": "string",
                     "description": "Set when older deliveries follow" })),
             })),
-            "RecoverRequest": object(&["since"], json!({
-                "since": time(),
-                "until": time(),
-            })),
+            "RecoverRequest": {
+                "type": "object",
+                "required": ["since"],
+                "additionalProperties": false,
+                "properties": {
+                    "since": time(),
+                    "until": nullable(json!({ "type": "string", "format": "date-time",
+                        "description": "Exclusive; not after since: an empty window" })),
+                },
+            },
             "Recovered": object(&["queued", "more"], json!({
                 "queued": { "type": "integer", "maximum": 10000,
                             "description": "Failed deliveries queued again by this call" },

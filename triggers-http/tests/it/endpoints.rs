@@ -194,11 +194,14 @@ async fn invalid_recovers_are_refused_and_change_nothing() {
         json!({}),
         json!({ "since": "yesterday" }),
         json!({ "since": 5 }),
-        json!({ "since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z" }),
         json!({ "since": "2026-01-01T00:00:00Z", "extra": 1 }),
     ] {
         s.client.post(&path, &key, body).await.problem(422, "invalid_field");
     }
+    // An empty window (until not after since) queues nothing.
+    let empty = json!({ "since": "2026-01-02T00:00:00Z", "until": "2000-01-01T00:00:00Z" });
+    let r = s.client.post(&path, &key, empty).await;
+    assert_eq!((r.status, r.json()), (202, json!({ "queued": 0, "more": false })));
     let body = json!({ "since": "2000-01-01T00:00:00Z" });
     s.client.post(&path, &other, body.clone()).await.problem(404, "not_found");
     s.client.post("/api/webhooks/nope/recover", &key, body).await.problem(404, "not_found");

@@ -267,12 +267,16 @@ pub fn pattern_of(method: &Method, path: &str) -> Option<&'static str> {
         p.len() == s.len()
             && p.iter().zip(&s).all(|(a, b)| a.starts_with('{') && !b.is_empty() || a == b)
     };
-    let candidates: Vec<_> = triggers_http::routes()
-        .iter()
-        .filter(|r| r.method == method.as_str() && fits(r.path))
-        .collect();
-    // A literal route wins over one with a parameter, as in the router.
-    candidates.iter().find(|r| !r.path.contains('{')).or(candidates.first()).map(|r| r.path)
+    let routes = triggers_http::routes();
+    // A path a literal route matches is that route's resource, as in the router: another
+    // method there is 405 (undocumented for this check), never the parameter route.
+    if routes.iter().any(|r| !r.path.contains('{') && r.path == path) {
+        return routes
+            .iter()
+            .find(|r| r.method == method.as_str() && r.path == path)
+            .map(|r| r.path);
+    }
+    routes.iter().find(|r| r.method == method.as_str() && fits(r.path)).map(|r| r.path)
 }
 
 /// Every answer of a served route must be a status the OpenAPI document lists for it.
