@@ -55,6 +55,8 @@ pub(crate) enum ApiError {
     RateLimited(RateDecision),
     /// 422 `limit_exceeded`: a per-organization limit is reached (which one, and its value).
     LimitExceeded { limit: &'static str, max: u64 },
+    /// 422 `idempotency_key_reused`: an `Idempotency-Key` seen before came with another body.
+    IdempotencyKeyReused,
     /// 503 `overloaded`.
     Overloaded(Duration),
     /// 503 `store_unavailable`, with the store's message; the response names only the kind
@@ -103,7 +105,9 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::LimitExceeded { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::LimitExceeded { .. } | Self::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::Overloaded(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -132,6 +136,7 @@ impl ApiError {
             Self::Invalid { .. } => "invalid_field",
             Self::RateLimited(_) => "rate_limited",
             Self::LimitExceeded { .. } => "limit_exceeded",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::Overloaded(_) => "overloaded",
             Self::Unavailable(_) => "store_unavailable",
             Self::Internal => "internal_error",
@@ -160,6 +165,7 @@ impl ApiError {
             Self::Invalid { .. } => "Invalid field",
             Self::RateLimited(_) => "Rate limit exceeded",
             Self::LimitExceeded { .. } => "Limit exceeded",
+            Self::IdempotencyKeyReused => "Idempotency key reused",
             Self::Overloaded(_) => "Overloaded",
             Self::Unavailable(_) => "Store unavailable",
             Self::Internal => "Internal error",
@@ -211,6 +217,9 @@ impl ApiError {
             Self::LimitExceeded { limit, max } => {
                 format!("the limit of {max} {limit} is reached")
             }
+            Self::IdempotencyKeyReused => "this Idempotency-Key was used with a different event \
+                (type or payload) within the dedup window; use a new key for a new event"
+                .to_owned(),
             Self::Unavailable(why) => {
                 format!("the store is unavailable ({}); retry later", public_cause(why))
             }

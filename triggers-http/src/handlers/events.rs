@@ -6,7 +6,7 @@ use std::time::Instant;
 use http::StatusCode;
 use triggers_core::{Deliverer, Error, EventId, EventStore, NewEvent, ValidationError};
 
-use super::{named, path_id};
+use super::{idempotency, named, path_id};
 use crate::app::{App, Ctx, Req, Res};
 use crate::body;
 use crate::dto::{Accepted, AttemptView, Batch, BatchItem, BatchResults, EventView, IdStatus};
@@ -29,16 +29,27 @@ pub(super) async fn create<S: EventStore, D: Deliverer>(
     req: Req,
 ) -> Res {
     let org = app.auth(req.headers(), ctx).await?;
+    let key = idempotency::key(req.headers())?;
     let bytes = app.read_json(req).await?;
-    let event: NewEvent = body::parse_object(&bytes).inspect_err(|_| {
+    let mut event: NewEvent = body::parse_object(&bytes).inspect_err(|_| {
         app.metrics.ingested("invalid", 1);
     })?;
+    let keyed = match key {
+        Some(key) => idempotency::apply(&mut event, key)?,
+        None => None,
+    };
     let started = Instant::now();
     let result = app.ingestor.ingest(&org, event).await;
     app.metrics.ingest_latency("single", started.elapsed());
     match result {
         Ok(ingested) => {
             ctx.rate = Some(ingested.rate);
+            if let (true, Some(keyed)) = (ingested.duplicate, &keyed) {
+                if !idempotency::same_event(app, &org, ingested.id, keyed).await? {
+                    app.metrics.ingested("invalid", 1);
+                    return Err(ApiError::IdempotencyKeyReused);
+                }
+            }
             let (status, outcome) = if ingested.duplicate {
                 (StatusCode::OK, "duplicate")
             } else {
@@ -60,6 +71,7 @@ pub(super) async fn batch<S: EventStore, D: Deliverer>(
     req: Req,
 ) -> Res {
     let org = app.auth(req.headers(), ctx).await?;
+    let key = idempotency::key(req.headers())?;
     let bytes = app.read_json(req).await?;
     let batch: Batch = body::parse_object(&bytes)?;
     let n = batch.events.len();
@@ -74,15 +86,26 @@ pub(super) async fn batch<S: EventStore, D: Deliverer>(
     // Parse each item on its own, so one bad item does not sink the others.
     let mut slots: Vec<Option<ApiError>> = Vec::with_capacity(n);
     let mut valid: Vec<NewEvent> = Vec::with_capacity(n);
-    for raw in &batch.events {
-        match body::parse_item::<NewEvent>(raw.get()) {
-            Ok(event) => {
+    // Per valid item: what to compare if its key-given dedup id finds an original.
+    let mut keyed: Vec<idempotency::Keyed> = Vec::with_capacity(n);
+    for (index, raw) in batch.events.iter().enumerate() {
+        let parsed = body::parse_item::<NewEvent>(raw.get()).and_then(|mut event| {
+            let given = match &key {
+                Some(key) => idempotency::apply(&mut event, idempotency::batch_dedup(key, index)?)?,
+                None => None,
+            };
+            Ok((event, given))
+        });
+        match parsed {
+            Ok((event, given)) => {
                 valid.push(event);
+                keyed.push(given);
                 slots.push(None);
             }
             Err(e) => slots.push(Some(e)),
         }
     }
+    let mut keyed = keyed.into_iter();
     let mut ingested = if valid.is_empty() {
         Vec::new().into_iter()
     } else {
@@ -94,30 +117,38 @@ pub(super) async fn batch<S: EventStore, D: Deliverer>(
         ctx.rate = Some(done.rate);
         done.results.into_iter()
     };
-    let results = slots
-        .into_iter()
-        .map(|slot| {
-            let item = match slot {
-                Some(parse_error) => Err(parse_error),
-                None => match ingested.next() {
-                    Some(Ok(i)) => Ok(i),
+    let mut results = Vec::with_capacity(n);
+    for slot in slots {
+        let item = match slot {
+            Some(parse_error) => Err(parse_error),
+            None => {
+                let given = keyed.next().flatten();
+                match ingested.next() {
+                    Some(Ok(i)) => match (&given, i.duplicate) {
+                        (Some(given), true)
+                            if !idempotency::same_event(app, &org, i.id, given).await? =>
+                        {
+                            Err(ApiError::IdempotencyKeyReused)
+                        }
+                        _ => Ok(i),
+                    },
                     Some(Err(v)) => Err(ApiError::from(v)),
                     None => Err(ApiError::Internal),
-                },
-            };
-            match item {
-                Ok(i) => {
-                    app.metrics.ingested(if i.duplicate { "duplicate" } else { "accepted" }, 1);
-                    BatchItem::Ok(Accepted::from(i))
-                }
-                Err(e) => {
-                    let outcome = if matches!(e, ApiError::Internal) { "error" } else { "invalid" };
-                    app.metrics.ingested(outcome, 1);
-                    BatchItem::Err { error: e.problem() }
                 }
             }
-        })
-        .collect();
+        };
+        results.push(match item {
+            Ok(i) => {
+                app.metrics.ingested(if i.duplicate { "duplicate" } else { "accepted" }, 1);
+                BatchItem::Ok(Accepted::from(i))
+            }
+            Err(e) => {
+                let outcome = if matches!(e, ApiError::Internal) { "error" } else { "invalid" };
+                app.metrics.ingested(outcome, 1);
+                BatchItem::Err { error: e.problem() }
+            }
+        });
+    }
     Ok(json_with(StatusCode::OK, &BatchResults { results }))
 }
 

@@ -2,6 +2,7 @@
 
 mod events;
 mod history;
+mod idempotency;
 mod inbox;
 mod keys;
 mod lifecycle;

@@ -390,6 +390,12 @@ fn operation_json(path: &str, route: Route) -> Value {
         Route::Deliveries => {
             o.insert("parameters".into(), Value::Array(schemas::deliveries_parameters()));
         }
+        Route::EventsCreate => {
+            o.insert("parameters".into(), json!([schemas::idempotency_key(255)]));
+        }
+        Route::EventsBatch => {
+            o.insert("parameters".into(), json!([schemas::idempotency_key(250)]));
+        }
         _ => {}
     }
     if let Some(name) = op.request {

@@ -49,6 +49,20 @@ pub(super) fn attempts_parameters() -> Vec<Value> {
     ]
 }
 
+/// The `Idempotency-Key` header (IETF httpapi draft), of at most `max` characters.
+pub(super) fn idempotency_key(max: u32) -> Value {
+    json!({
+        "name": "Idempotency-Key", "in": "header", "required": false,
+        "description": "Makes a retry safe: an event without a dedup_id takes the key as its \
+            dedup_id (in a batch, item i takes `{key}#{i}`). A key seen within the dedup window \
+            with the same event answers like a duplicate (200, the original's id); with another \
+            type or payload it is 422 idempotency_key_reused (in a batch, in that item's slot). \
+            A body dedup_id different from the key is 422.",
+        "schema": { "type": "string", "minLength": 1, "maxLength": max,
+                    "pattern": format!("^[!-~](?:[ -~]{{0,{}}}[!-~])?$", max - 2) },
+    })
+}
+
 /// The query of `GET /api/deliveries`.
 pub(super) fn deliveries_parameters() -> Vec<Value> {
     vec![
@@ -264,7 +278,8 @@ pub(super) fn components() -> Value {
                     "key_generation_disabled", "route_not_found", "not_found", "method_not_allowed", "request_timeout",
                     "body_too_large", "unsupported_media_type", "invalid_field", "rate_limited",
                     "overloaded", "store_unavailable", "internal_error", "limit_exceeded",
-                    "invalid_metrics_token", "metrics_forbidden", "host_not_allowed"] },
+                    "invalid_metrics_token", "metrics_forbidden", "host_not_allowed",
+                    "idempotency_key_reused"] },
                 "field": { "type": "string", "description": "The invalid field (422 only)" },
             })),
             "GenerateKeyRequest": {

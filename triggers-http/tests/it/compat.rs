@@ -160,3 +160,64 @@ async fn webhook_targets_the_policy_refuses_are_refused_when_configured() {
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_makes_retries_safe_and_refuses_reuse() {
+    let s = TestServer::default().await;
+    let key = s.key("enterprise").await;
+    let send = |idem: &'static str, body: Value| {
+        let req = http::Request::post(format!("http://{}/api/events", s.addr))
+            .header("X-API-Key", key.as_str())
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", idem)
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+            .unwrap();
+        s.client.request(req)
+    };
+    let order = json!({ "type": "order.paid", "payload": { "order": 7 } });
+    let first = send("retry-7", order.clone()).await;
+    assert_eq!(first.status, 202, "{}", first.text());
+    let again = send("retry-7", order.clone()).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["status"], json!("duplicate"));
+    assert_eq!(again.json()["id"], first.json()["id"]);
+    // The same key with another payload: refused, nothing stored.
+    let other = json!({ "type": "order.paid", "payload": { "order": 8 } });
+    send("retry-7", other.clone()).await.problem(422, "idempotency_key_reused");
+    let stats = s.client.get("/api/queue/stats", &key).await.json();
+    assert_eq!(stats["pending"], json!(1));
+    // A body dedup_id that differs from the key is ambiguous; an equal one is fine.
+    let own = json!({ "type": "t", "payload": 1, "dedup_id": "mine" });
+    let p = send("retry-9", own).await.problem(422, "invalid_field");
+    assert_eq!(p["field"], json!("Idempotency-Key"));
+    let same = json!({ "type": "t", "payload": 1, "dedup_id": "retry-10" });
+    assert_eq!(send("retry-10", same).await.status, 202);
+    // The key is a dedup id: no control characters (a tab is one).
+    send("a\tb", order.clone()).await.problem(422, "invalid_field");
+
+    // A batch: item i takes `{key}#{i}`; a retry answers duplicates, a changed item is
+    // refused in its slot while the others are answered as before.
+    let batch = |items: Value| {
+        let req = http::Request::post(format!("http://{}/api/events/batch", s.addr))
+            .header("X-API-Key", key.as_str())
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", "batch-1")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                json!({ "events": items }).to_string(),
+            )))
+            .unwrap();
+        s.client.request(req)
+    };
+    let items = json!([{ "type": "a", "payload": 1 }, { "type": "b", "payload": 2 }]);
+    let r = batch(items.clone()).await.json();
+    assert_eq!(r["results"][0]["status"], json!("accepted"));
+    let r2 = batch(items).await.json();
+    assert_eq!(r2["results"][0]["status"], json!("duplicate"));
+    assert_eq!(r2["results"][1]["id"], r["results"][1]["id"]);
+    let changed = json!([{ "type": "a", "payload": 1 }, { "type": "b", "payload": 3 }]);
+    let r3 = batch(changed).await.json();
+    assert_eq!(r3["results"][0]["status"], json!("duplicate"));
+    assert_eq!(r3["results"][1]["error"]["code"], json!("idempotency_key_reused"));
+    let stats = s.client.get("/api/queue/stats", &key).await.json();
+    assert_eq!(stats["pending"], json!(4), "order 7, retry-10, and the batch's two");
+}
