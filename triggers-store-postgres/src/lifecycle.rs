@@ -7,7 +7,7 @@
 //! after the lock re-check `enabled` once it is released and queue nothing for it.
 
 use sqlx::types::Uuid;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{PgConnection, Row};
 use triggers_core::store::{EndpointPatch, EndpointUpdate, RecoverQuery, Recovered, StoreResult};
 use triggers_core::{EndpointId, OrganizationId, Timestamp, TypeGlob, DISABLED_BY_REQUEST};
 
@@ -94,7 +94,7 @@ SELECT (SELECT count(*) FROM gone) AS queued, (SELECT count(*) FROM picked) AS p
 /// Fails the outstanding deliveries of `endpoints` (already locked or being disabled in
 /// this transaction) with their reasons; returns how many.
 pub(crate) async fn fail_outstanding(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     endpoints: &[(Uuid, String)],
     at: Timestamp,
 ) -> Result<u64, sqlx::Error> {
@@ -105,13 +105,13 @@ pub(crate) async fn fail_outstanding(
     ids.sort_unstable();
     sqlx::query("SELECT 1 FROM endpoints WHERE id = ANY($1) ORDER BY id FOR UPDATE")
         .bind(&ids)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     let row = sqlx::query(FAIL_OUTSTANDING_SQL)
         .bind(endpoints.iter().map(|e| e.0).collect::<Vec<_>>())
         .bind(endpoints.iter().map(|e| e.1.as_str()).collect::<Vec<_>>())
         .bind(endpoints.iter().map(|_| at).collect::<Vec<_>>())
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *tx)
         .await?;
     let n: i64 = row.try_get("n")?;
     Ok(u64::try_from(n).unwrap_or(0))

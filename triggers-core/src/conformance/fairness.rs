@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::domain::webhook::DeliveryOrdering;
 use crate::domain::{EventId, OrganizationId, WorkerId};
-use crate::store::{CompletionState, Delivery, EventStore};
+use crate::store::{
+    ClaimRequest, CompletedAndClaimed, Completion, CompletionState, Delivery, EventStore,
+};
 
 use super::support::{
     claim, claim_capped, complete, completion, endpoint, endpoint_with, insert, inserted, new_org,
@@ -95,6 +97,70 @@ pub async fn claims_respect_endpoint_concurrency_and_the_breaker<S: EventStore>(
     let healthy = claim_capped(store, w, 10, t(4), caps).await;
     assert_eq!(healthy.len(), 2);
     assert!(healthy.iter().all(|d| d.endpoint_failing_since.is_none()));
+}
+
+/// `complete_and_claim` with `completions` at `now`, caps `(org, endpoint)`, limit 10.
+async fn complete_and_claim<S: EventStore>(
+    store: &S,
+    completions: Vec<Completion>,
+    now: crate::clock::Timestamp,
+    (org_cap, endpoint_cap): (u32, u32),
+) -> (Vec<bool>, Vec<Delivery>) {
+    let req = ClaimRequest::new(WorkerId::new(), 10, LEASE, now).with_caps(org_cap, endpoint_cap);
+    let CompletedAndClaimed { applied, claimed } =
+        store.complete_and_claim(&completions, req).await.unwrap();
+    assert_eq!(applied.len(), completions.len(), "one flag per completion");
+    (applied, claimed.unwrap())
+}
+
+/// `complete_and_claim` records the completions, then claims as if the leases they ended
+/// were gone: an endpoint at its cap gets exactly its freed slot back, a stale completion
+/// frees nothing, a retry makes the endpoint failing (one lease) at once, and a FIFO line
+/// whose head finished offers its next delivery — the same as `complete`, then `claim`.
+pub async fn completing_and_claiming_takes_the_freed_places<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    let ep = endpoint(store, org, Some("fair.*"), t(0)).await;
+    let fifo = endpoint_with(store, org, Some("line.*"), DeliveryOrdering::Fifo, t(0)).await;
+    batch(store, org, 5, 0).await;
+    let records: Vec<_> = (0..3).map(|i| record(&format!("line.{i}"), t(0))).collect();
+    let line: Vec<EventId> = records.iter().map(|r| r.id).collect();
+    insert(store, org, records, t(0)).await;
+    let caps = (100, 2);
+
+    let first = claim_capped(store, WorkerId::new(), 10, t(1), caps).await;
+    let (parallel, heads): (Vec<Delivery>, Vec<Delivery>) =
+        first.into_iter().partition(|d| d.endpoint_id == ep.id);
+    assert_eq!((parallel.len(), heads.len()), (2, 1), "the endpoint cap and the line's head");
+    assert_eq!(heads[0].event_id, line[0]);
+
+    // One of the endpoint's two leases ends: exactly one delivery takes its place.
+    let done = completion(&parallel[0], CompletionState::Delivered, t(2));
+    let (applied, refill) = complete_and_claim(store, vec![done.clone()], t(2), caps).await;
+    assert_eq!(applied, vec![true]);
+    assert_eq!(refill.len(), 1, "the freed slot, no more: {refill:?}");
+    assert_eq!(refill[0].endpoint_id, ep.id);
+    assert!(refill[0].id != parallel[1].id && refill[0].id != parallel[0].id);
+
+    // A stale completion ends no lease: nothing to take.
+    let (applied, none) = complete_and_claim(store, vec![done], t(2), caps).await;
+    assert_eq!(applied, vec![false]);
+    assert!(none.is_empty(), "a stale completion freed a place: {none:?}");
+
+    // The line's head is delivered and a parallel attempt fails: the line's next delivery
+    // is claimed, while the endpoint, failing now, already holds its one lease.
+    let retry = CompletionState::Retry { at: t(10) };
+    let finished = vec![
+        completion(&heads[0], CompletionState::Delivered, t(3)),
+        completion(&parallel[1], retry, t(3)),
+    ];
+    let (applied, next) = complete_and_claim(store, finished, t(3), caps).await;
+    assert_eq!(applied, vec![true, true]);
+    assert_eq!(next.iter().map(|d| d.event_id).collect::<Vec<_>>(), vec![line[1]]);
+    assert_eq!(next[0].endpoint_id, fifo.id);
+
+    // With nothing to record it is a plain claim.
+    let (applied, nothing) = complete_and_claim(store, Vec::new(), t(3), caps).await;
+    assert!(applied.is_empty() && nothing.is_empty());
 }
 
 /// A FIFO endpoint never has two deliveries in flight, and they complete in event order:

@@ -21,9 +21,10 @@ use crate::domain::org::Organization;
 use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret};
 use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 use crate::store::{
-    AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointPatch, EndpointStore,
-    EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats,
-    RecoverQuery, Recovered, Retention, SecretRewrite, StoreError, StoreLimits, StoreResult,
+    AckOutcome, ClaimRequest, CompletedAndClaimed, Completion, Delivery, DeliveryQueue,
+    EndpointPatch, EndpointStore, EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint,
+    OrgStore, Page, QueueStats, RecoverQuery, Recovered, Retention, SecretRewrite, StoreError,
+    StoreLimits, StoreResult,
 };
 
 /// An [`EventStore`](crate::EventStore) that keeps everything in memory.
@@ -225,6 +226,17 @@ impl DeliveryQueue for MemoryStore {
 
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
         Ok(self.lock()?.complete(completions))
+    }
+
+    /// Both under one lock: no other call sees the completions without the claim.
+    async fn complete_and_claim(
+        &self,
+        completions: &[Completion],
+        req: ClaimRequest,
+    ) -> StoreResult<CompletedAndClaimed> {
+        let mut state = self.lock()?;
+        let applied = state.complete(completions);
+        Ok(CompletedAndClaimed { applied, claimed: Ok(state.claim(req)) })
     }
 
     async fn release(

@@ -8,9 +8,9 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointPatch, EndpointStore,
-    EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats,
-    RecoverQuery, Recovered, Retention, SecretRewrite, StoreResult,
+    AckOutcome, ClaimRequest, CompletedAndClaimed, Completion, Delivery, DeliveryQueue,
+    EndpointPatch, EndpointStore, EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint,
+    OrgStore, Page, QueueStats, RecoverQuery, Recovered, Retention, SecretRewrite, StoreResult,
 };
 use crate::clock::Timestamp;
 use crate::domain::event::{Event, EventDetail, EventRecord, EventStatus};
@@ -147,6 +147,13 @@ macro_rules! forward {
             }
             async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
                 (**self).complete(completions).await
+            }
+            async fn complete_and_claim(
+                &self,
+                completions: &[Completion],
+                req: ClaimRequest,
+            ) -> StoreResult<CompletedAndClaimed> {
+                (**self).complete_and_claim(completions, req).await
             }
             async fn release(
                 &self,

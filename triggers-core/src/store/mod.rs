@@ -30,9 +30,9 @@ use tokio::sync::Notify;
 
 pub use error::{StoreError, StoreResult};
 pub use types::{
-    page_item_size, AckOutcome, ClaimRequest, Completion, CompletionState, Delivery, EndpointPatch,
-    EndpointUpdate, InsertOutcome, ListQuery, NewEndpoint, Page, QueueStats, RecoverQuery,
-    Recovered, StoreLimits, DEFAULT_MAX_PAGE_BYTES, PAGE_ITEM_OVERHEAD,
+    page_item_size, AckOutcome, ClaimRequest, CompletedAndClaimed, Completion, CompletionState,
+    Delivery, EndpointPatch, EndpointUpdate, InsertOutcome, ListQuery, NewEndpoint, Page,
+    QueueStats, RecoverQuery, Recovered, StoreLimits, DEFAULT_MAX_PAGE_BYTES, PAGE_ITEM_OVERHEAD,
 };
 
 use crate::clock::Timestamp;
@@ -347,6 +347,37 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     ///
     /// Returns one flag per completion, in order.
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>>;
+
+    /// Records `completions` exactly as [`complete`](Self::complete) does, then claims
+    /// exactly as [`claim`](Self::claim) does with `req`, and the claim sees what the
+    /// completions did: a lease they ended no longer counts against its organization's share
+    /// or its endpoint's cap, an endpoint they made failing is held to one lease, a FIFO line
+    /// whose head they finished offers its next delivery. A stale completion ends nothing and
+    /// frees nothing.
+    ///
+    /// The worker pool calls it with every batch of finished attempts, so a slot freed under
+    /// a cap is taken again in the same round trip that frees it. A store should do both in
+    /// one transaction (one commit instead of two): that is the point of the method. The
+    /// rules of `claim` hold unchanged, also between nodes — the claim counts the leases
+    /// live after the completions, which is what a separate `claim` right after `complete`
+    /// would count.
+    ///
+    /// Errors: `Err` means nothing was recorded and nothing claimed (retry the completions).
+    /// A claim that fails after the completions were recorded is reported in
+    /// [`CompletedAndClaimed::claimed`]; the flags in `applied` are then still valid.
+    /// Durability: the completions are committed on return, the claim is as durable as
+    /// `claim`'s (or more).
+    ///
+    /// The default calls `complete`, then `claim` (two round trips, the same result).
+    async fn complete_and_claim(
+        &self,
+        completions: &[Completion],
+        req: ClaimRequest,
+    ) -> StoreResult<CompletedAndClaimed> {
+        let applied = self.complete(completions).await?;
+        let claimed = self.claim(req).await;
+        Ok(CompletedAndClaimed { applied, claimed })
+    }
 
     /// Gives a claimed delivery back unattempted: pending, lease cleared, attempt number
     /// restored (the next claim gets the same number again), nothing recorded. It is due

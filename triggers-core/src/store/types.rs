@@ -184,6 +184,18 @@ pub struct Completion {
     pub disable_endpoint: Option<String>,
 }
 
+/// What [`DeliveryQueue::complete_and_claim`](super::DeliveryQueue::complete_and_claim)
+/// returns: the completions' flags, and the claim made after them.
+#[derive(Debug)]
+pub struct CompletedAndClaimed {
+    /// One flag per completion, in order, exactly as
+    /// [`complete`](super::DeliveryQueue::complete) returns them.
+    pub applied: Vec<bool>,
+    /// The deliveries claimed once the completions were applied, or why that claim failed
+    /// (the completions are recorded either way).
+    pub claimed: super::StoreResult<Vec<Delivery>>,
+}
+
 /// Options for claiming.
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimRequest {

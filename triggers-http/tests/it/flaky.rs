@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use triggers_core::store::{
-    AckOutcome, ClaimRequest, Completion, Delivery, DeliveryQueue, EndpointPatch, EndpointStore,
-    EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats,
-    RecoverQuery, Recovered, Retention, StoreResult,
+    AckOutcome, ClaimRequest, CompletedAndClaimed, Completion, Delivery, DeliveryQueue,
+    EndpointPatch, EndpointStore, EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint,
+    OrgStore, Page, QueueStats, RecoverQuery, Recovered, Retention, StoreResult,
 };
 use triggers_core::{
     DeliveryId, Endpoint, EndpointId, Event, EventDetail, EventId, EventRecord, EventStatus,
@@ -191,6 +191,13 @@ impl DeliveryQueue for FlakyStore {
     }
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
         self.inner.complete(completions).await
+    }
+    async fn complete_and_claim(
+        &self,
+        completions: &[Completion],
+        req: ClaimRequest,
+    ) -> StoreResult<CompletedAndClaimed> {
+        self.inner.complete_and_claim(completions, req).await
     }
     async fn release(
         &self,
