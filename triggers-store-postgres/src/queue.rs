@@ -36,7 +36,8 @@ use crate::PgStore;
 ///    not the queue); `org_busy` sums them per organization.
 /// 2. `parallel`: due parallel deliveries (`deliveries_due` holds only those), earliest
 ///    first, passing over organizations and endpoints already at their cap — a failing
-///    endpoint's cap is 1 (the circuit breaker) — locked `SKIP LOCKED`.
+///    endpoint's cap is 1 (the circuit breaker), a healthy one's its own `concurrency` when
+///    lower than the claim's cap — locked `SKIP LOCKED`.
 /// 3. `heads`: the first delivery of each FIFO endpoint's line (by `fifo_seq, event_id`), if
 ///    it is due, its endpoint has nothing in flight and its organization is under its cap.
 ///    The head is chosen from the statement's snapshot *without* skipping locked rows (a
@@ -61,7 +62,8 @@ org_busy AS MATERIALIZED (
 ),
 parallel AS (
     SELECT d.id, d.due_at, d.organization_id, d.endpoint_id,
-           CASE WHEN ep.failing_since IS NULL THEN $6 ELSE 1 END AS cap
+           CASE WHEN ep.failing_since IS NULL
+                THEN GREATEST(1, LEAST(ep.concurrency, $6)) ELSE 1 END AS cap
     FROM deliveries d
     JOIN endpoints ep ON ep.id = d.endpoint_id AND ep.enabled
     WHERE d.due_at <= $1 AND d.fifo_seq IS NULL
@@ -70,7 +72,11 @@ parallel AS (
       -- estimate, so the plan stays an ordered walk of deliveries_due that stops after the
       -- LIMIT (`<> ALL (ARRAY(…))` or NOT EXISTS made the planner sort every due row).
       AND NOT (d.organization_id IN (SELECT organization_id FROM org_busy WHERE n >= $5))
-      AND NOT (d.endpoint_id IN (SELECT endpoint_id FROM busy WHERE n >= $6))
+      -- An endpoint's own concurrency counts when lower than the claim's cap (LEAST
+      -- ignores a NULL); still uncorrelated, so still one hashed subplan.
+      AND NOT (d.endpoint_id IN (
+          SELECT b.endpoint_id FROM busy b JOIN endpoints e ON e.id = b.endpoint_id
+          WHERE b.n >= GREATEST(1, LEAST(e.concurrency, $6))))
       AND (ep.failing_since IS NULL OR NOT (d.endpoint_id IN (SELECT endpoint_id FROM busy)))
     ORDER BY d.due_at
     LIMIT $2

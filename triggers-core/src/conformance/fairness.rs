@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use crate::domain::webhook::DeliveryOrdering;
 use crate::domain::{EventId, OrganizationId, WorkerId};
 use crate::store::{
-    ClaimRequest, CompletedAndClaimed, Completion, CompletionState, Delivery, EventStore,
+    ClaimRequest, CompletedAndClaimed, Completion, CompletionState, Delivery, EndpointPatch,
+    EventStore,
 };
 
 use super::support::{
@@ -161,6 +162,47 @@ pub async fn completing_and_claiming_takes_the_freed_places<S: EventStore>(store
     // With nothing to record it is a plain claim.
     let (applied, nothing) = complete_and_claim(store, Vec::new(), t(3), caps).await;
     assert!(applied.is_empty() && nothing.is_empty());
+}
+
+/// An endpoint's own concurrency limit (`EndpointPatch::concurrency`) caps it below the
+/// claim's endpoint cap, never above: the cap in effect is the smaller of the two. Other
+/// endpoints are not held back by it, and clearing it restores the claim's cap.
+pub async fn claims_respect_an_endpoints_own_concurrency<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    let own = endpoint(store, org, None, t(0)).await;
+    let other = endpoint(store, org, None, t(0)).await;
+    let limit = |n: Option<u32>| EndpointPatch { concurrency: Some(n), ..EndpointPatch::default() };
+    store.update_endpoint(org, own.id, &limit(Some(2)), t(0)).await.unwrap().unwrap();
+    batch(store, org, 8, 0).await;
+    let caps = (100, 4);
+    let w = WorkerId::new();
+    let per_endpoint = |got: &[Delivery]| {
+        let own_n = got.iter().filter(|d| d.endpoint_id == own.id).count();
+        (own_n, got.len() - own_n)
+    };
+
+    let first = claim_capped(store, w, 100, t(1), caps).await;
+    assert_eq!(per_endpoint(&first), (2, 4), "its own 2, the claim's 4 for the other");
+    assert!(first.iter().all(|d| d.endpoint_id == own.id || d.endpoint_id == other.id));
+    assert!(claim_capped(store, w, 100, t(1), caps).await.is_empty());
+
+    // A limit above the claim's cap does not raise it.
+    store.update_endpoint(org, own.id, &limit(Some(10)), t(2)).await.unwrap().unwrap();
+    let more = claim_capped(store, w, 100, t(2), caps).await;
+    assert_eq!(per_endpoint(&more), (2, 0), "up to the claim's 4, no further");
+
+    // A finished delivery frees a place under its own limit; clearing the limit restores
+    // the claim's cap.
+    store.update_endpoint(org, own.id, &limit(Some(1)), t(3)).await.unwrap().unwrap();
+    let own_done: Vec<&Delivery> =
+        first.iter().chain(&more).filter(|d| d.endpoint_id == own.id).collect();
+    for d in &own_done[..3] {
+        assert!(complete(store, completion(d, CompletionState::Delivered, t(3))).await);
+    }
+    assert!(claim_capped(store, w, 100, t(3), caps).await.is_empty(), "1 in flight, limit 1");
+    store.update_endpoint(org, own.id, &limit(None), t(4)).await.unwrap().unwrap();
+    let restored = claim_capped(store, w, 100, t(4), caps).await;
+    assert_eq!(per_endpoint(&restored), (3, 0), "back to the claim's cap of 4");
 }
 
 /// A FIFO endpoint never has two deliveries in flight, and they complete in event order:

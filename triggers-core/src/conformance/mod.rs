@@ -53,6 +53,7 @@ pub use events::{
     dedup_is_per_organization, events_round_trip_exactly,
 };
 pub use fairness::{
+    claims_respect_an_endpoints_own_concurrency,
     claims_respect_endpoint_concurrency_and_the_breaker, claims_respect_the_organization_share,
     completing_and_claiming_takes_the_freed_places, concurrent_claimers_keep_a_fifo_line,
     endpoint_ordering_can_be_switched, fifo_endpoints_deliver_one_at_a_time_in_event_order,
@@ -155,6 +156,7 @@ macro_rules! store_conformance_tests {
                 fifo_endpoints_deliver_one_at_a_time_in_event_order,
                 endpoint_ordering_can_be_switched,
                 completing_and_claiming_takes_the_freed_places,
+                claims_respect_an_endpoints_own_concurrency,
             ];
             shared: [
                 concurrent_dedup_has_exactly_one_winner,

@@ -300,7 +300,10 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     ///   leases, so one tenant's slow endpoints cannot take every worker while another tenant
     ///   has due deliveries;
     /// - **endpoint concurrency**: a parallel endpoint holds at most
-    ///   `req.endpoint_concurrency` live leases;
+    ///   `req.endpoint_concurrency` live leases, or its own limit
+    ///   ([`Endpoint::concurrency`], set through `update_endpoint`) when that is lower — an
+    ///   endpoint's own limit can lower the claim's cap, never raise it (a stored 0 counts as
+    ///   1). The same rule as the webhook deliverer's per-node check, so the two agree;
     /// - **circuit breaker**: a *failing* endpoint (its failing-since time is set: its latest
     ///   finished attempt failed — timeout, connection error, non-2xx — and none succeeded
     ///   since) holds at most one live lease. Its deliveries are tried one at a time, each a

@@ -210,8 +210,9 @@ pub struct ClaimRequest {
     /// Most live leases one organization may hold after the claim, counted over every
     /// claimer sharing the store (see [`DeliveryQueue::claim`](super::DeliveryQueue::claim)).
     pub org_concurrency: u32,
-    /// Most live leases one healthy parallel endpoint may hold after the claim; a failing
-    /// endpoint gets one, a FIFO endpoint always one.
+    /// Most live leases one healthy parallel endpoint may hold after the claim (less if the
+    /// endpoint's own `concurrency` is lower); a failing endpoint gets one, a FIFO endpoint
+    /// always one.
     pub endpoint_concurrency: u32,
 }
 
@@ -247,7 +248,8 @@ pub struct EndpointPatch {
     pub headers: Option<Vec<(String, String)>>,
     /// A new per-endpoint rate limit (deliveries per second).
     pub rate_limit: Option<Option<u32>>,
-    /// A new per-endpoint concurrency limit.
+    /// A new per-endpoint concurrency limit: claims hold the endpoint to it when it is
+    /// lower than their endpoint cap (see `DeliveryQueue::claim`).
     pub concurrency: Option<Option<u32>>,
 }
 
