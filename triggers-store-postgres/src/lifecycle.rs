@@ -9,7 +9,9 @@
 use sqlx::types::Uuid;
 use sqlx::{PgConnection, Row};
 use triggers_core::store::{EndpointPatch, EndpointUpdate, RecoverQuery, Recovered, StoreResult};
-use triggers_core::{EndpointId, OrganizationId, Timestamp, TypeGlob, DISABLED_BY_REQUEST};
+use triggers_core::{
+    DeliveryOrdering, EndpointId, OrganizationId, Timestamp, TypeGlob, DISABLED_BY_REQUEST,
+};
 
 use crate::error::{corrupt, map};
 use crate::rows::{self, ENDPOINT_COLUMNS};
@@ -78,8 +80,12 @@ gone AS (
 ),
 queued AS (
     INSERT INTO deliveries
-        (id, event_id, organization_id, endpoint_id, state, attempt, next_attempt_at, due_at)
-    SELECT triggers_delivery_id(event_id), event_id, organization_id, $1, 'pending', 0, $5, $5
+        (id, event_id, organization_id, endpoint_id, state, attempt, next_attempt_at, due_at,
+         fifo_seq)
+    SELECT triggers_delivery_id(event_id), event_id, organization_id, $1, 'pending', 0, $5, $5,
+           -- A FIFO endpoint's recovered deliveries join the end of its line: one sequence
+           -- value for the statement, so they follow each other in event id order.
+           CASE WHEN $7 THEN (SELECT nextval('deliveries_fifo_seq')) END
     FROM gone
 ),
 revived AS (
@@ -244,8 +250,10 @@ impl PgStore {
         now: Timestamp,
     ) -> StoreResult<Option<Recovered>> {
         let mut tx = self.pool().begin().await.map_err(map)?;
+        // The row lock also keeps the ordering read here until the commit.
         let found = sqlx::query(
-            "SELECT enabled FROM endpoints WHERE id = $1 AND organization_id = $2 FOR UPDATE",
+            "SELECT enabled, ordering FROM endpoints
+             WHERE id = $1 AND organization_id = $2 FOR UPDATE",
         )
         .bind(id.0)
         .bind(org.0)
@@ -256,6 +264,7 @@ impl PgStore {
         if !rows::get::<bool>(&found, "enabled")? {
             return Ok(Some(Recovered::default()));
         }
+        let fifo = rows::get::<String>(&found, "ordering")? == DeliveryOrdering::Fifo.as_str();
         let row = sqlx::query(RECOVER_SQL)
             .bind(id.0)
             .bind(query.since)
@@ -263,6 +272,7 @@ impl PgStore {
             .bind(i64::from(query.limit))
             .bind(now)
             .bind(self.channel())
+            .bind(fifo)
             .fetch_one(&mut *tx)
             .await
             .map_err(map)?;

@@ -9,7 +9,7 @@ use crate::domain::webhook::DeliveryOrdering;
 use crate::domain::{EventId, OrganizationId, WorkerId};
 use crate::store::{
     ClaimRequest, CompletedAndClaimed, Completion, CompletionState, Delivery, EndpointPatch,
-    EventStore,
+    EventStore, RecoverQuery,
 };
 
 use super::support::{
@@ -263,6 +263,40 @@ pub async fn fifo_endpoints_deliver_one_at_a_time_in_event_order<S: EventStore>(
         current = next.pop();
     }
     assert_eq!(seen, order, "every event once, in event order");
+}
+
+/// Failed deliveries of a FIFO endpoint that `recover` queues again join the end of its
+/// line, oldest event first: still one delivery of the endpoint at a time, in that order.
+pub async fn recovered_deliveries_join_the_fifo_line<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    let fifo = endpoint_with(store, org, None, DeliveryOrdering::Fifo, t(0)).await;
+    let events = batch(store, org, 4, 0).await;
+    let w = WorkerId::new();
+    let one = |got: Vec<Delivery>| -> Delivery {
+        assert_eq!(got.len(), 1, "one FIFO delivery at a time: {got:?}");
+        got.into_iter().next().unwrap()
+    };
+    // Events 0 and 1 fail for good; event 2 is in flight when they are recovered.
+    for (i, at) in [(0, 1), (1, 2)] {
+        let d = one(claim(store, w, 10, t(at)).await);
+        assert_eq!(d.event_id, events[i]);
+        assert!(complete(store, completion(&d, CompletionState::Failed, t(at))).await);
+    }
+    let head = one(claim(store, w, 10, t(3)).await);
+    assert_eq!(head.event_id, events[2]);
+    let query = RecoverQuery { since: t(0), until: None, limit: 10 };
+    let recovered = store.recover(org, fifo.id, query, t(4)).await.unwrap().unwrap();
+    assert_eq!((recovered.queued, recovered.more), (2, false));
+    assert!(claim(store, w, 10, t(4)).await.is_empty(), "the line's head is in flight");
+
+    let mut seen = Vec::new();
+    let mut current = head;
+    for now in 5..8 {
+        assert!(complete(store, completion(&current, CompletionState::Delivered, t(now))).await);
+        current = one(claim(store, w, 10, t(now)).await);
+        seen.push(current.event_id);
+    }
+    assert_eq!(seen, vec![events[3], events[0], events[1]], "behind the line, in event order");
 }
 
 /// Switching to parallel releases a line at once; switching to FIFO orders what is queued

@@ -127,7 +127,9 @@ pub trait EndpointStore: Send + Sync + 'static {
 
     /// Queues again, oldest event first, up to `query.limit` failed deliveries of the
     /// endpoint whose event was created in `[since, until)`: each becomes a new pending
-    /// delivery (attempt 0, due `now`) and is no longer failed; a `failed` event becomes
+    /// delivery (attempt 0, due `now`) and is no longer failed — for a FIFO endpoint an
+    /// ordered delivery joining the end of its line, so the recovered ones go one at a time,
+    /// in event order, after what was already waiting (like a fresh insert); a `failed` event becomes
     /// `pending` again (a `delivered` one stays delivered, as after an ack). `more` tells
     /// whether failed deliveries of the window remain. `None` for an unknown or foreign id;
     /// a disabled endpoint recovers nothing (`queued: 0`; its failed deliveries stay).
