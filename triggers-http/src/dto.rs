@@ -255,6 +255,9 @@ pub(crate) struct WebhookPatch {
     pub(crate) concurrency: Option<Option<u32>>,
     #[serde(default, deserialize_with = "nullable")]
     pub(crate) description: Option<Option<String>>,
+    /// `parallel` or `fifo`; `null` is refused (an ordering cannot be cleared).
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) ordering: Option<Option<String>>,
 }
 
 /// A present field: `Some(None)` for `null`, `Some(Some(v))` for a value (absent fields get

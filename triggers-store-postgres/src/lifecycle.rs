@@ -206,6 +206,9 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .map_err(map)?;
+        if let Some(ordering) = patch.ordering {
+            crate::orgs::set_ordering(&mut tx, id, ordering).await.map_err(map)?;
+        }
         let mut failed = 0;
         match patch.enabled {
             Some(true) if !was_enabled => {
@@ -237,6 +240,10 @@ impl PgStore {
         let row = sqlx::query(&sql).bind(id.0).fetch_one(&mut *tx).await.map_err(map)?;
         let endpoint = rows::endpoint(&row)?;
         tx.commit().await.map_err(map)?;
+        if patch.ordering.is_some() {
+            // A dissolved line's deliveries may be claimable now.
+            self.fire_local();
+        }
         Ok(Some(EndpointUpdate { endpoint, was_enabled, failed }))
     }
 

@@ -300,7 +300,8 @@ pub async fn recovered_deliveries_join_the_fifo_line<S: EventStore>(store: &S) {
 }
 
 /// Switching to parallel releases a line at once; switching to FIFO orders what is queued
-/// afterwards. Only the owner may switch.
+/// afterwards; both through `set_endpoint_ordering` and through `update_endpoint`. Only the
+/// owner may switch.
 pub async fn endpoint_ordering_can_be_switched<S: EventStore>(store: &S) {
     let (org, stranger) = (new_org(store).await, new_org(store).await);
     let ep = endpoint(store, org, None, t(0)).await;
@@ -318,6 +319,37 @@ pub async fn endpoint_ordering_can_be_switched<S: EventStore>(store: &S) {
     let mut ids: Vec<_> = rest.iter().map(|d| d.event_id).collect();
     ids.sort();
     assert_eq!(ids, ordered[1..].to_vec(), "the line's other deliveries are parallel now");
+
+    // The same through `update_endpoint`, together with another field, and only for the
+    // owner. (Nothing of the endpoint is in flight then: a line waits for that.)
+    for d in head.iter().chain(&rest) {
+        assert!(complete(store, completion(d, CompletionState::Delivered, t(2))).await);
+    }
+    let fifo = EndpointPatch {
+        ordering: Some(DeliveryOrdering::Fifo),
+        description: Some(Some("ordered".into())),
+        ..EndpointPatch::default()
+    };
+    assert_eq!(store.update_endpoint(stranger, ep.id, &fifo, t(2)).await.unwrap(), None);
+    assert_eq!(
+        store.endpoint(org, ep.id).await.unwrap().unwrap().ordering,
+        DeliveryOrdering::Parallel
+    );
+    let up = store.update_endpoint(org, ep.id, &fifo, t(2)).await.unwrap().unwrap();
+    assert_eq!(up.endpoint.ordering, DeliveryOrdering::Fifo);
+    assert_eq!(up.endpoint.description.as_deref(), Some("ordered"));
+    assert_eq!(store.endpoint(org, ep.id).await.unwrap(), Some(up.endpoint));
+    let line = batch(store, org, 3, 2).await;
+    let head = claim(store, w, 10, t(3)).await;
+    assert_eq!(head.iter().map(|d| d.event_id).collect::<Vec<_>>(), vec![line[0]]);
+    let parallel =
+        EndpointPatch { ordering: Some(DeliveryOrdering::Parallel), ..EndpointPatch::default() };
+    let up = store.update_endpoint(org, ep.id, &parallel, t(3)).await.unwrap().unwrap();
+    assert_eq!(up.endpoint.ordering, DeliveryOrdering::Parallel);
+    let rest = claim(store, w, 10, t(3)).await;
+    let mut ids: Vec<_> = rest.iter().map(|d| d.event_id).collect();
+    ids.sort();
+    assert_eq!(ids, line[1..].to_vec(), "patched to parallel: the line is released");
 }
 
 /// Four claimers on a FIFO line of 40 deliveries: never two in flight, delivered in order.

@@ -117,6 +117,8 @@ pub trait EndpointStore: Send + Sync + 'static {
     ///   becomes `failed`. `failed` counts them. Disabling a disabled endpoint keeps its
     ///   reason and fails nothing.
     /// - A new filter applies to events inserted from then on.
+    /// - A new `ordering` applies as [`set_endpoint_ordering`](Self::set_endpoint_ordering)
+    ///   describes.
     async fn update_endpoint(
         &self,
         org: OrganizationId,

@@ -251,6 +251,11 @@ pub struct EndpointPatch {
     /// A new per-endpoint concurrency limit: claims hold the endpoint to it when it is
     /// lower than their endpoint cap (see `DeliveryQueue::claim`).
     pub concurrency: Option<Option<u32>>,
+    /// A new delivery ordering, with the effect of
+    /// [`set_endpoint_ordering`](super::EndpointStore::set_endpoint_ordering) (switching to
+    /// parallel releases the line at once; switching to FIFO orders what is queued from then
+    /// on), in the same atomic change as the other fields.
+    pub ordering: Option<DeliveryOrdering>,
 }
 
 /// The result of [`EndpointStore::update_endpoint`](super::EndpointStore::update_endpoint).

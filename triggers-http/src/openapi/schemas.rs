@@ -283,6 +283,13 @@ pub(super) fn components() -> Value {
                     "rate_limit": nullable(json!({ "type": "integer", "minimum": 1, "maximum": 10000 })),
                     "concurrency": nullable(json!({ "type": "integer", "minimum": 1, "maximum": 1000 })),
                     "description": nullable(json!({ "type": "string", "maxLength": 1024 })),
+                    "ordering": {
+                        "type": "string", "enum": ["parallel", "fifo"],
+                        "description": "Switch the delivery ordering (see WebhookConfigRequest). \
+                            To parallel: the line's waiting deliveries are released at once. \
+                            To fifo: deliveries queued from then on form the line (those \
+                            already queued stay parallel). null is refused.",
+                    },
                 },
             },
             "RecoverRequest": object(&["since"], json!({

@@ -160,6 +160,9 @@ pub(crate) fn update_endpoint(
         patch.concurrency.flatten(),
     ])
     .store()?;
+    if let Some(ordering) = patch.ordering {
+        crate::ops::orgs::set_ordering(conn, org, id, ordering)?;
+    }
     let mut failed = 0;
     match patch.enabled {
         Some(true) if !was_enabled => {
