@@ -13,7 +13,8 @@ org_busy AS MATERIALIZED (
 ),
 parallel AS (
     SELECT d.id, d.due_at, d.organization_id, d.endpoint_id,
-           CASE WHEN ep.failing_since IS NULL THEN 2147483647::int8 ELSE 1 END AS cap
+           CASE WHEN ep.failing_since IS NULL
+                THEN GREATEST(1, LEAST(ep.concurrency, 2147483647::int8)) ELSE 1 END AS cap
     FROM deliveries d
     JOIN endpoints ep ON ep.id = d.endpoint_id AND ep.enabled
     WHERE d.due_at <= now() AND d.fifo_seq IS NULL
@@ -22,7 +23,11 @@ parallel AS (
       -- estimate, so the plan stays an ordered walk of deliveries_due that stops after the
       -- LIMIT (`<> ALL (ARRAY(…))` or NOT EXISTS made the planner sort every due row).
       AND NOT (d.organization_id IN (SELECT organization_id FROM org_busy WHERE n >= 2147483647))
-      AND NOT (d.endpoint_id IN (SELECT endpoint_id FROM busy WHERE n >= 2147483647))
+      -- An endpoint's own concurrency counts when lower than the claim's cap (LEAST
+      -- ignores a NULL); still uncorrelated, so still one hashed subplan.
+      AND NOT (d.endpoint_id IN (
+          SELECT b.endpoint_id FROM busy b JOIN endpoints e ON e.id = b.endpoint_id
+          WHERE b.n >= GREATEST(1, LEAST(e.concurrency, 2147483647))))
       AND (ep.failing_since IS NULL OR NOT (d.endpoint_id IN (SELECT endpoint_id FROM busy)))
     ORDER BY d.due_at
     LIMIT 64

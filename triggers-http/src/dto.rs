@@ -266,6 +266,9 @@ pub(crate) struct WebhookPatch {
     pub(crate) concurrency: Option<Option<WholeNumber>>,
     #[serde(default, deserialize_with = "nullable")]
     pub(crate) description: Option<Option<String>>,
+    /// `parallel` or `fifo`; `null` is refused (an ordering cannot be cleared).
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) ordering: Option<Option<String>>,
 }
 
 /// A field that may be absent (the `default` `None`) but not `null`.

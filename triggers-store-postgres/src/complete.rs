@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use sqlx::types::Uuid;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres};
 use triggers_core::store::{Completion, CompletionState, StoreResult};
 use triggers_core::Timestamp;
 
@@ -224,33 +224,91 @@ impl Singles {
     }
 }
 
-/// Applies `completions`; one flag per completion, in order.
+/// A batch of completions ready to apply: each delivery's first completion only (a second
+/// one would be stale), and whether the fast path applies.
+pub(crate) struct Batch<'c> {
+    all: &'c [Completion],
+    firsts: Vec<&'c Completion>,
+    fast: bool,
+    /// Attempts are trimmed to this many, including the one being inserted.
+    keep: i64,
+}
+
+impl<'c> Batch<'c> {
+    /// Prepares `completions`; forgets their deliveries in `singles` (see [`Singles`]).
+    pub(crate) fn new(singles: &Singles, completions: &'c [Completion], keep: u32) -> Self {
+        // A delivery named twice: only its first completion can apply (the first one ends
+        // the lease, so the second would be stale).
+        let mut seen = HashSet::new();
+        let firsts: Vec<&Completion> =
+            completions.iter().filter(|c| seen.insert(c.delivery_id)).collect();
+        let simple = firsts
+            .iter()
+            .all(|c| c.state == CompletionState::Delivered && c.disable_endpoint.is_none());
+        let fast = singles.take_all(&firsts) && simple;
+        Batch { all: completions, firsts, fast, keep: i64::from(keep.max(1)) }
+    }
+
+    /// Applies the batch on `conn`, which is inside a transaction (the caller's), including
+    /// the attempts of stale completions whose delivery a replay superseded; returns the ids
+    /// of the deliveries whose completion applied.
+    pub(crate) async fn apply_in(
+        &self,
+        conn: &mut PgConnection,
+    ) -> Result<HashSet<Uuid>, sqlx::Error> {
+        if self.firsts.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let applied = if self.fast {
+            complete_fast(&mut *conn, &self.firsts, self.keep).await?
+        } else {
+            complete_once(&mut *conn, &self.firsts, self.keep).await?
+        };
+        let stale = self.stale(&applied);
+        if !stale.is_empty() {
+            record_superseded(conn, &stale, self.keep).await?;
+        }
+        Ok(applied)
+    }
+
+    /// One flag per completion, in order: `applied` holds each delivery once.
+    pub(crate) fn flags(&self, mut applied: HashSet<Uuid>) -> Vec<bool> {
+        self.all.iter().map(|c| applied.remove(&c.delivery_id.0)).collect()
+    }
+
+    /// The completions that did not apply.
+    fn stale(&self, applied: &HashSet<Uuid>) -> Vec<&'c Completion> {
+        self.firsts.iter().copied().filter(|c| !applied.contains(&c.delivery_id.0)).collect()
+    }
+}
+
+/// Applies `completions`; one flag per completion, in order. The fast path is one
+/// autocommitted statement, the general path one transaction.
 pub(crate) async fn complete(
     pool: &PgPool,
     singles: &Singles,
     completions: &[Completion],
     keep: u32,
 ) -> StoreResult<Vec<bool>> {
-    // Attempts are trimmed to `keep` including the one being inserted.
-    let keep = i64::from(keep.max(1));
     if completions.is_empty() {
         return Ok(Vec::new());
     }
-    // A delivery named twice: only its first completion can apply (the first one ends the
-    // lease, so the second would be stale).
-    let mut seen = HashSet::new();
-    let firsts: Vec<&Completion> =
-        completions.iter().filter(|c| seen.insert(c.delivery_id)).collect();
-    let simple = firsts
-        .iter()
-        .all(|c| c.state == CompletionState::Delivered && c.disable_endpoint.is_none());
-    let fast = singles.take_all(&firsts) && simple;
+    let batch = Batch::new(singles, completions, keep);
     let mut attempt = 0;
     let applied = loop {
-        let run = if fast {
-            complete_fast(pool, &firsts, keep).await
+        let run = if batch.fast {
+            match pool.acquire().await {
+                Ok(mut conn) => complete_fast(&mut conn, &batch.firsts, batch.keep).await,
+                Err(e) => Err(e),
+            }
         } else {
-            complete_once(pool, &firsts, keep).await
+            async {
+                let mut tx = pool.begin().await?;
+                let applied = complete_once(&mut tx, &batch.firsts, batch.keep).await?;
+                tx.commit().await?;
+                Ok(applied)
+            }
+            .await
         };
         match run {
             Err(e) if is_retryable_conflict(&e) && attempt < 3 => {
@@ -261,22 +319,21 @@ pub(crate) async fn complete(
             other => break other.map_err(map)?,
         }
     };
-    let stale: Vec<&Completion> =
-        firsts.iter().copied().filter(|c| !applied.contains(&c.delivery_id.0)).collect();
+    let stale = batch.stale(&applied);
     if !stale.is_empty() {
-        record_superseded(pool, &stale, keep).await.map_err(map)?;
+        let mut conn = pool.acquire().await.map_err(map)?;
+        record_superseded(&mut conn, &stale, batch.keep).await.map_err(map)?;
     }
-    let mut applied_once = applied;
-    Ok(completions.iter().map(|c| applied_once.remove(&c.delivery_id.0)).collect())
+    Ok(batch.flags(applied))
 }
 
 /// Records the attempts of stale completions whose delivery a replay superseded.
 async fn record_superseded(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     stale: &[&Completion],
     keep: i64,
 ) -> Result<(), sqlx::Error> {
-    bind_attempts(sqlx::query(SUPERSEDED_SQL), stale).bind(keep).execute(pool).await?;
+    bind_attempts(sqlx::query(SUPERSEDED_SQL), stale).bind(keep).execute(conn).await?;
     Ok(())
 }
 
@@ -303,11 +360,11 @@ fn bind_attempts<'q>(
 
 /// The fast path: one statement; returns the ids of the deliveries whose completion applied.
 async fn complete_fast(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     firsts: &[&Completion],
     keep: i64,
 ) -> Result<HashSet<Uuid>, sqlx::Error> {
-    let rows = bind_attempts(sqlx::query(FAST_SQL), firsts).bind(keep).fetch_all(pool).await?;
+    let rows = bind_attempts(sqlx::query(FAST_SQL), firsts).bind(keep).fetch_all(conn).await?;
     let mut ids = HashSet::with_capacity(rows.len());
     for row in &rows {
         use sqlx::Row;
@@ -316,13 +373,13 @@ async fn complete_fast(
     Ok(ids)
 }
 
-/// One transaction; returns the ids of the deliveries whose completion applied.
+/// The general path, on `tx` (inside a transaction); returns the ids of the deliveries
+/// whose completion applied.
 async fn complete_once(
-    pool: &PgPool,
+    tx: &mut PgConnection,
     firsts: &[&Completion],
     keep: i64,
 ) -> Result<HashSet<Uuid>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
     let rows = sqlx::query(FINISH_SQL)
         .bind(firsts.iter().map(|c| c.delivery_id.0).collect::<Vec<_>>())
         .bind(firsts.iter().map(|c| c.lease_owner.0).collect::<Vec<_>>())
@@ -351,16 +408,15 @@ async fn complete_once(
         sqlx::query(LOCK_SQL).bind(&to_lock).execute(&mut *tx).await?;
     }
     if !done.is_empty() {
-        record(&mut tx, &done, keep).await?;
+        record(tx, &done, keep).await?;
     }
-    tx.commit().await?;
     Ok(applied.into_keys().collect())
 }
 
 /// Writes attempts, endpoint health and event status for the applied completions, in
 /// completion order (so "the last word" per endpoint and per event is the later one).
 async fn record(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     done: &[(&Completion, Uuid)],
     keep: i64,
 ) -> Result<(), sqlx::Error> {
@@ -424,7 +480,7 @@ async fn record(
         .bind(last_success.keys().copied().collect::<Vec<_>>())
         .bind(last_success.values().copied().collect::<Vec<_>>())
         .bind(keep)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
 
     // Issue 14: failed deliveries are remembered for `recover`, and disabling an endpoint
@@ -442,7 +498,7 @@ async fn record(
                     .collect::<Vec<_>>(),
             )
             .bind(failures.iter().map(|(c, _)| c.record.at).collect::<Vec<_>>())
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
     }
     let mut disabled: Vec<(Uuid, String)> = Vec::new();

@@ -7,9 +7,11 @@
 //! after the lock re-check `enabled` once it is released and queue nothing for it.
 
 use sqlx::types::Uuid;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{PgConnection, Row};
 use triggers_core::store::{EndpointPatch, EndpointUpdate, RecoverQuery, Recovered, StoreResult};
-use triggers_core::{EndpointId, OrganizationId, Timestamp, TypeGlob, DISABLED_BY_REQUEST};
+use triggers_core::{
+    DeliveryOrdering, EndpointId, OrganizationId, Timestamp, TypeGlob, DISABLED_BY_REQUEST,
+};
 
 use crate::error::{corrupt, map};
 use crate::rows::{self, ENDPOINT_COLUMNS};
@@ -78,8 +80,12 @@ gone AS (
 ),
 queued AS (
     INSERT INTO deliveries
-        (id, event_id, organization_id, endpoint_id, state, attempt, next_attempt_at, due_at)
-    SELECT triggers_delivery_id(event_id), event_id, organization_id, $1, 'pending', 0, $5, $5
+        (id, event_id, organization_id, endpoint_id, state, attempt, next_attempt_at, due_at,
+         fifo_seq)
+    SELECT triggers_delivery_id(event_id), event_id, organization_id, $1, 'pending', 0, $5, $5,
+           -- A FIFO endpoint's recovered deliveries join the end of its line: one sequence
+           -- value for the statement, so they follow each other in event id order.
+           CASE WHEN $7 THEN (SELECT nextval('deliveries_fifo_seq')) END
     FROM gone
 ),
 revived AS (
@@ -94,7 +100,7 @@ SELECT (SELECT count(*) FROM gone) AS queued, (SELECT count(*) FROM picked) AS p
 /// Fails the outstanding deliveries of `endpoints` (already locked or being disabled in
 /// this transaction) with their reasons; returns how many.
 pub(crate) async fn fail_outstanding(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     endpoints: &[(Uuid, String)],
     at: Timestamp,
 ) -> Result<u64, sqlx::Error> {
@@ -105,13 +111,13 @@ pub(crate) async fn fail_outstanding(
     ids.sort_unstable();
     sqlx::query("SELECT 1 FROM endpoints WHERE id = ANY($1) ORDER BY id FOR UPDATE")
         .bind(&ids)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     let row = sqlx::query(FAIL_OUTSTANDING_SQL)
         .bind(endpoints.iter().map(|e| e.0).collect::<Vec<_>>())
         .bind(endpoints.iter().map(|e| e.1.as_str()).collect::<Vec<_>>())
         .bind(endpoints.iter().map(|_| at).collect::<Vec<_>>())
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *tx)
         .await?;
     let n: i64 = row.try_get("n")?;
     Ok(u64::try_from(n).unwrap_or(0))
@@ -200,6 +206,9 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .map_err(map)?;
+        if let Some(ordering) = patch.ordering {
+            crate::orgs::set_ordering(&mut tx, id, ordering).await.map_err(map)?;
+        }
         let mut failed = 0;
         match patch.enabled {
             Some(true) if !was_enabled => {
@@ -231,6 +240,10 @@ impl PgStore {
         let row = sqlx::query(&sql).bind(id.0).fetch_one(&mut *tx).await.map_err(map)?;
         let endpoint = rows::endpoint(&row)?;
         tx.commit().await.map_err(map)?;
+        if patch.ordering.is_some() {
+            // A dissolved line's deliveries may be claimable now.
+            self.fire_local();
+        }
         Ok(Some(EndpointUpdate { endpoint, was_enabled, failed }))
     }
 
@@ -244,8 +257,10 @@ impl PgStore {
         now: Timestamp,
     ) -> StoreResult<Option<Recovered>> {
         let mut tx = self.pool().begin().await.map_err(map)?;
+        // The row lock also keeps the ordering read here until the commit.
         let found = sqlx::query(
-            "SELECT enabled FROM endpoints WHERE id = $1 AND organization_id = $2 FOR UPDATE",
+            "SELECT enabled, ordering FROM endpoints
+             WHERE id = $1 AND organization_id = $2 FOR UPDATE",
         )
         .bind(id.0)
         .bind(org.0)
@@ -256,6 +271,7 @@ impl PgStore {
         if !rows::get::<bool>(&found, "enabled")? {
             return Ok(Some(Recovered::default()));
         }
+        let fifo = rows::get::<String>(&found, "ordering")? == DeliveryOrdering::Fifo.as_str();
         let row = sqlx::query(RECOVER_SQL)
             .bind(id.0)
             .bind(query.since)
@@ -263,6 +279,7 @@ impl PgStore {
             .bind(i64::from(query.limit))
             .bind(now)
             .bind(self.channel())
+            .bind(fifo)
             .fetch_one(&mut *tx)
             .await
             .map_err(map)?;

@@ -217,21 +217,7 @@ impl EndpointStore for PgStore {
         if found.is_none() {
             return Ok(false);
         }
-        sqlx::query("UPDATE endpoints SET ordering = $2 WHERE id = $1")
-            .bind(id.0)
-            .bind(ordering.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.fail(e))?;
-        if ordering == DeliveryOrdering::Parallel {
-            sqlx::query(
-                "UPDATE deliveries SET fifo_seq = NULL WHERE endpoint_id = $1 AND fifo_seq IS NOT NULL",
-            )
-            .bind(id.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.fail(e))?;
-        }
+        set_ordering(&mut tx, id, ordering).await.map_err(|e| self.fail(e))?;
         tx.commit().await.map_err(|e| self.fail(e))?;
         self.fire_local();
         Ok(true)
@@ -311,4 +297,27 @@ impl EndpointStore for PgStore {
             tx.commit().await.map_err(|e| self.fail(e))?;
         }
     }
+}
+
+/// Sets an endpoint's ordering inside a transaction that holds its row lock. Switching to
+/// parallel dissolves the line: every ordered delivery of the endpoint becomes a parallel one.
+pub(crate) async fn set_ordering(
+    tx: &mut sqlx::PgConnection,
+    id: EndpointId,
+    ordering: DeliveryOrdering,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE endpoints SET ordering = $2 WHERE id = $1")
+        .bind(id.0)
+        .bind(ordering.as_str())
+        .execute(&mut *tx)
+        .await?;
+    if ordering == DeliveryOrdering::Parallel {
+        sqlx::query(
+            "UPDATE deliveries SET fifo_seq = NULL WHERE endpoint_id = $1 AND fifo_seq IS NOT NULL",
+        )
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }

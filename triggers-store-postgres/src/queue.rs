@@ -6,8 +6,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sqlx::postgres::PgRow;
 use sqlx::types::Uuid;
+use sqlx::PgConnection;
 use tokio::sync::Notify;
-use triggers_core::store::{ClaimRequest, Completion, Delivery, DeliveryQueue, StoreResult};
+use triggers_core::store::{
+    ClaimRequest, CompletedAndClaimed, Completion, Delivery, DeliveryQueue, StoreResult,
+};
 use triggers_core::{DeliveryId, Timestamp, WorkerId};
 
 use crate::rows::{self, get};
@@ -33,7 +36,8 @@ use crate::PgStore;
 ///    not the queue); `org_busy` sums them per organization.
 /// 2. `parallel`: due parallel deliveries (`deliveries_due` holds only those), earliest
 ///    first, passing over organizations and endpoints already at their cap — a failing
-///    endpoint's cap is 1 (the circuit breaker) — locked `SKIP LOCKED`.
+///    endpoint's cap is 1 (the circuit breaker), a healthy one's its own `concurrency` when
+///    lower than the claim's cap — locked `SKIP LOCKED`.
 /// 3. `heads`: the first delivery of each FIFO endpoint's line (by `fifo_seq, event_id`), if
 ///    it is due, its endpoint has nothing in flight and its organization is under its cap.
 ///    The head is chosen from the statement's snapshot *without* skipping locked rows (a
@@ -58,7 +62,8 @@ org_busy AS MATERIALIZED (
 ),
 parallel AS (
     SELECT d.id, d.due_at, d.organization_id, d.endpoint_id,
-           CASE WHEN ep.failing_since IS NULL THEN $6 ELSE 1 END AS cap
+           CASE WHEN ep.failing_since IS NULL
+                THEN GREATEST(1, LEAST(ep.concurrency, $6)) ELSE 1 END AS cap
     FROM deliveries d
     JOIN endpoints ep ON ep.id = d.endpoint_id AND ep.enabled
     WHERE d.due_at <= $1 AND d.fifo_seq IS NULL
@@ -67,7 +72,11 @@ parallel AS (
       -- estimate, so the plan stays an ordered walk of deliveries_due that stops after the
       -- LIMIT (`<> ALL (ARRAY(…))` or NOT EXISTS made the planner sort every due row).
       AND NOT (d.organization_id IN (SELECT organization_id FROM org_busy WHERE n >= $5))
-      AND NOT (d.endpoint_id IN (SELECT endpoint_id FROM busy WHERE n >= $6))
+      -- An endpoint's own concurrency counts when lower than the claim's cap (LEAST
+      -- ignores a NULL); still uncorrelated, so still one hashed subplan.
+      AND NOT (d.endpoint_id IN (
+          SELECT b.endpoint_id FROM busy b JOIN endpoints e ON e.id = b.endpoint_id
+          WHERE b.n >= GREATEST(1, LEAST(e.concurrency, $6))))
       AND (ep.failing_since IS NULL OR NOT (d.endpoint_id IN (SELECT endpoint_id FROM busy)))
     ORDER BY d.due_at
     LIMIT $2
@@ -129,35 +138,9 @@ impl DeliveryQueue for PgStore {
         if req.limit == 0 {
             return Ok(Vec::new());
         }
-        let until = triggers_core::clock::add(req.now, req.lease);
-        // Planned for each call (not a cached generic plan): the plan must follow the queue's
-        // size, or a plan made while it was small (bitmap scan + sort of every due row)
-        // would stay in use once it is large.
-        let found = sqlx::query(CLAIM_SQL)
-            .persistent(false)
-            .bind(req.now)
-            .bind(i64::from(req.limit))
-            .bind(req.owner.0)
-            .bind(until)
-            .bind(i64::from(req.org_concurrency))
-            .bind(i64::from(req.endpoint_concurrency))
-            .fetch_all(self.pool())
-            .await
-            .map_err(|e| self.fail(e))?;
-        let claimed = found
-            .iter()
-            .map(|row| delivery(row, req.owner, until, req.now))
-            .collect::<StoreResult<Vec<_>>>()?;
-        // Remember which claimed deliveries are their event's only outstanding delivery:
-        // completing those needs no event lock (see `complete`).
-        let mut singles = Vec::new();
-        for (row, d) in found.iter().zip(&claimed) {
-            if rows::count(row, "siblings")? == 1 {
-                singles.push(d.id);
-            }
-        }
-        self.singles().remember(&singles);
-        Ok(claimed)
+        let mut conn = self.pool().acquire().await.map_err(|e| self.fail(e))?;
+        let found = claim_rows(&mut conn, req).await.map_err(|e| self.fail(e))?;
+        self.claimed(&found, req)
     }
 
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
@@ -165,6 +148,44 @@ impl DeliveryQueue for PgStore {
         crate::complete::complete(self.pool(), self.singles(), completions, keep)
             .await
             .map_err(|e| self.explain(e))
+    }
+
+    /// One transaction: the completions' statements, then the claim statement, which sees
+    /// their effects. It commits synchronously (the completions must be durable), so the
+    /// claim's `synchronous_commit = off` is reset before the commit. A deadlock (a
+    /// concurrent replay of a completed event) rolls it back and runs it again.
+    async fn complete_and_claim(
+        &self,
+        completions: &[Completion],
+        req: ClaimRequest,
+    ) -> StoreResult<CompletedAndClaimed> {
+        let keep = self.limits().max_attempts_kept;
+        let batch = crate::complete::Batch::new(self.singles(), completions, keep);
+        let mut attempt = 0;
+        loop {
+            let run = async {
+                let mut tx = self.pool().begin().await?;
+                let applied = batch.apply_in(&mut tx).await?;
+                let found =
+                    if req.limit == 0 { Vec::new() } else { claim_rows(&mut tx, req).await? };
+                sqlx::query("SET LOCAL synchronous_commit TO DEFAULT").execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>((applied, found))
+            }
+            .await;
+            match run {
+                Err(e) if crate::error::is_retryable_conflict(&e) && attempt < 3 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, "completion + claim rolled back; running it again");
+                    tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
+                }
+                Err(e) => return Err(self.fail(e)),
+                Ok((applied, found)) => {
+                    let claimed = self.claimed(&found, req);
+                    return Ok(CompletedAndClaimed { applied: batch.flags(applied), claimed });
+                }
+            }
+        }
     }
 
     async fn release(
@@ -245,6 +266,44 @@ impl DeliveryQueue for PgStore {
 
     fn wakeups(&self) -> Option<Arc<Notify>> {
         self.listener_wakeups()
+    }
+}
+
+/// Runs the claim statement on `conn` (a pooled connection, or a transaction's).
+async fn claim_rows(conn: &mut PgConnection, req: ClaimRequest) -> Result<Vec<PgRow>, sqlx::Error> {
+    let until = triggers_core::clock::add(req.now, req.lease);
+    // Planned for each call (not a cached generic plan): the plan must follow the queue's
+    // size, or a plan made while it was small (bitmap scan + sort of every due row)
+    // would stay in use once it is large.
+    sqlx::query(CLAIM_SQL)
+        .persistent(false)
+        .bind(req.now)
+        .bind(i64::from(req.limit))
+        .bind(req.owner.0)
+        .bind(until)
+        .bind(i64::from(req.org_concurrency))
+        .bind(i64::from(req.endpoint_concurrency))
+        .fetch_all(conn)
+        .await
+}
+
+impl PgStore {
+    /// The deliveries of claimed rows; remembers which of them are their event's only
+    /// outstanding delivery: completing those needs no event lock (see `complete`).
+    fn claimed(&self, found: &[PgRow], req: ClaimRequest) -> StoreResult<Vec<Delivery>> {
+        let until = triggers_core::clock::add(req.now, req.lease);
+        let claimed = found
+            .iter()
+            .map(|row| delivery(row, req.owner, until, req.now))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let mut singles = Vec::new();
+        for (row, d) in found.iter().zip(&claimed) {
+            if rows::count(row, "siblings")? == 1 {
+                singles.push(d.id);
+            }
+        }
+        self.singles().remember(&singles);
+        Ok(claimed)
     }
 }
 

@@ -7,10 +7,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use triggers_core::domain::event::{Event, EventDetail, EventRecord, EventStatus};
 use triggers_core::store::{
-    AckOutcome, AttemptEntry, AttemptQuery, ClaimRequest, Completion, Delivery, DeliveryEntry,
-    DeliveryHistory, DeliveryQuery, DeliveryQueue, EndpointPatch, EndpointStore, EndpointUpdate,
-    EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, RecoverQuery,
-    Recovered, Retention, SecretRewrite, StoreResult,
+    AckOutcome, AttemptEntry, AttemptQuery, ClaimRequest, CompletedAndClaimed, Completion,
+    Delivery, DeliveryEntry, DeliveryHistory, DeliveryQuery, DeliveryQueue, EndpointPatch,
+    EndpointStore, EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page,
+    QueueStats, RecoverQuery, Recovered, Retention, SecretRewrite, StoreResult,
 };
 use triggers_core::{
     DeliveryId, DeliveryOrdering, Endpoint, EndpointId, EventId, KeyHash, Organization,
@@ -297,6 +297,24 @@ impl DeliveryQueue for SqliteStore {
         let completions = completions.to_vec();
         let keep = self.inner.config.limits.max_attempts_kept;
         self.write(move |c| queue::complete(c, &completions, keep)).await
+    }
+
+    /// One writer request, so both run in one transaction of the group commit: the
+    /// completions and the leases that take their places commit together (one fsync), and a
+    /// failure of either rolls back both.
+    async fn complete_and_claim(
+        &self,
+        completions: &[Completion],
+        req: ClaimRequest,
+    ) -> StoreResult<CompletedAndClaimed> {
+        let completions = completions.to_vec();
+        let keep = self.inner.config.limits.max_attempts_kept;
+        self.write(move |c| {
+            let applied = queue::complete(c, &completions, keep)?;
+            let claimed = if req.limit == 0 { Vec::new() } else { queue::claim(c, req)? };
+            Ok(CompletedAndClaimed { applied, claimed: Ok(claimed) })
+        })
+        .await
     }
 
     async fn release(

@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::domain::webhook::DeliveryOrdering;
 use crate::domain::{EventId, OrganizationId, WorkerId};
-use crate::store::{CompletionState, Delivery, EventStore};
+use crate::store::{
+    ClaimRequest, CompletedAndClaimed, Completion, CompletionState, Delivery, EndpointPatch,
+    EventStore, RecoverQuery,
+};
 
 use super::support::{
     claim, claim_capped, complete, completion, endpoint, endpoint_with, insert, inserted, new_org,
@@ -97,6 +100,111 @@ pub async fn claims_respect_endpoint_concurrency_and_the_breaker<S: EventStore>(
     assert!(healthy.iter().all(|d| d.endpoint_failing_since.is_none()));
 }
 
+/// `complete_and_claim` with `completions` at `now`, caps `(org, endpoint)`, limit 10.
+async fn complete_and_claim<S: EventStore>(
+    store: &S,
+    completions: Vec<Completion>,
+    now: crate::clock::Timestamp,
+    (org_cap, endpoint_cap): (u32, u32),
+) -> (Vec<bool>, Vec<Delivery>) {
+    let req = ClaimRequest::new(WorkerId::new(), 10, LEASE, now).with_caps(org_cap, endpoint_cap);
+    let CompletedAndClaimed { applied, claimed } =
+        store.complete_and_claim(&completions, req).await.unwrap();
+    assert_eq!(applied.len(), completions.len(), "one flag per completion");
+    (applied, claimed.unwrap())
+}
+
+/// `complete_and_claim` records the completions, then claims as if the leases they ended
+/// were gone: an endpoint at its cap gets exactly its freed slot back, a stale completion
+/// frees nothing, a retry makes the endpoint failing (one lease) at once, and a FIFO line
+/// whose head finished offers its next delivery — the same as `complete`, then `claim`.
+pub async fn completing_and_claiming_takes_the_freed_places<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    let ep = endpoint(store, org, Some("fair.*"), t(0)).await;
+    let fifo = endpoint_with(store, org, Some("line.*"), DeliveryOrdering::Fifo, t(0)).await;
+    batch(store, org, 5, 0).await;
+    let records: Vec<_> = (0..3).map(|i| record(&format!("line.{i}"), t(0))).collect();
+    let line: Vec<EventId> = records.iter().map(|r| r.id).collect();
+    insert(store, org, records, t(0)).await;
+    let caps = (100, 2);
+
+    let first = claim_capped(store, WorkerId::new(), 10, t(1), caps).await;
+    let (parallel, heads): (Vec<Delivery>, Vec<Delivery>) =
+        first.into_iter().partition(|d| d.endpoint_id == ep.id);
+    assert_eq!((parallel.len(), heads.len()), (2, 1), "the endpoint cap and the line's head");
+    assert_eq!(heads[0].event_id, line[0]);
+
+    // One of the endpoint's two leases ends: exactly one delivery takes its place.
+    let done = completion(&parallel[0], CompletionState::Delivered, t(2));
+    let (applied, refill) = complete_and_claim(store, vec![done.clone()], t(2), caps).await;
+    assert_eq!(applied, vec![true]);
+    assert_eq!(refill.len(), 1, "the freed slot, no more: {refill:?}");
+    assert_eq!(refill[0].endpoint_id, ep.id);
+    assert!(refill[0].id != parallel[1].id && refill[0].id != parallel[0].id);
+
+    // A stale completion ends no lease: nothing to take.
+    let (applied, none) = complete_and_claim(store, vec![done], t(2), caps).await;
+    assert_eq!(applied, vec![false]);
+    assert!(none.is_empty(), "a stale completion freed a place: {none:?}");
+
+    // The line's head is delivered and a parallel attempt fails: the line's next delivery
+    // is claimed, while the endpoint, failing now, already holds its one lease.
+    let retry = CompletionState::Retry { at: t(10) };
+    let finished = vec![
+        completion(&heads[0], CompletionState::Delivered, t(3)),
+        completion(&parallel[1], retry, t(3)),
+    ];
+    let (applied, next) = complete_and_claim(store, finished, t(3), caps).await;
+    assert_eq!(applied, vec![true, true]);
+    assert_eq!(next.iter().map(|d| d.event_id).collect::<Vec<_>>(), vec![line[1]]);
+    assert_eq!(next[0].endpoint_id, fifo.id);
+
+    // With nothing to record it is a plain claim.
+    let (applied, nothing) = complete_and_claim(store, Vec::new(), t(3), caps).await;
+    assert!(applied.is_empty() && nothing.is_empty());
+}
+
+/// An endpoint's own concurrency limit (`EndpointPatch::concurrency`) caps it below the
+/// claim's endpoint cap, never above: the cap in effect is the smaller of the two. Other
+/// endpoints are not held back by it, and clearing it restores the claim's cap.
+pub async fn claims_respect_an_endpoints_own_concurrency<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    let own = endpoint(store, org, None, t(0)).await;
+    let other = endpoint(store, org, None, t(0)).await;
+    let limit = |n: Option<u32>| EndpointPatch { concurrency: Some(n), ..EndpointPatch::default() };
+    store.update_endpoint(org, own.id, &limit(Some(2)), t(0)).await.unwrap().unwrap();
+    batch(store, org, 8, 0).await;
+    let caps = (100, 4);
+    let w = WorkerId::new();
+    let per_endpoint = |got: &[Delivery]| {
+        let own_n = got.iter().filter(|d| d.endpoint_id == own.id).count();
+        (own_n, got.len() - own_n)
+    };
+
+    let first = claim_capped(store, w, 100, t(1), caps).await;
+    assert_eq!(per_endpoint(&first), (2, 4), "its own 2, the claim's 4 for the other");
+    assert!(first.iter().all(|d| d.endpoint_id == own.id || d.endpoint_id == other.id));
+    assert!(claim_capped(store, w, 100, t(1), caps).await.is_empty());
+
+    // A limit above the claim's cap does not raise it.
+    store.update_endpoint(org, own.id, &limit(Some(10)), t(2)).await.unwrap().unwrap();
+    let more = claim_capped(store, w, 100, t(2), caps).await;
+    assert_eq!(per_endpoint(&more), (2, 0), "up to the claim's 4, no further");
+
+    // A finished delivery frees a place under its own limit; clearing the limit restores
+    // the claim's cap.
+    store.update_endpoint(org, own.id, &limit(Some(1)), t(3)).await.unwrap().unwrap();
+    let own_done: Vec<&Delivery> =
+        first.iter().chain(&more).filter(|d| d.endpoint_id == own.id).collect();
+    for d in &own_done[..3] {
+        assert!(complete(store, completion(d, CompletionState::Delivered, t(3))).await);
+    }
+    assert!(claim_capped(store, w, 100, t(3), caps).await.is_empty(), "1 in flight, limit 1");
+    store.update_endpoint(org, own.id, &limit(None), t(4)).await.unwrap().unwrap();
+    let restored = claim_capped(store, w, 100, t(4), caps).await;
+    assert_eq!(per_endpoint(&restored), (3, 0), "back to the claim's cap of 4");
+}
+
 /// A FIFO endpoint never has two deliveries in flight, and they complete in event order:
 /// a retry holds the line, an expired lease makes the same delivery due again first, and a
 /// final failure lets the next one go. A parallel endpoint of the same organization is not
@@ -157,8 +265,43 @@ pub async fn fifo_endpoints_deliver_one_at_a_time_in_event_order<S: EventStore>(
     assert_eq!(seen, order, "every event once, in event order");
 }
 
+/// Failed deliveries of a FIFO endpoint that `recover` queues again join the end of its
+/// line, oldest event first: still one delivery of the endpoint at a time, in that order.
+pub async fn recovered_deliveries_join_the_fifo_line<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    let fifo = endpoint_with(store, org, None, DeliveryOrdering::Fifo, t(0)).await;
+    let events = batch(store, org, 4, 0).await;
+    let w = WorkerId::new();
+    let one = |got: Vec<Delivery>| -> Delivery {
+        assert_eq!(got.len(), 1, "one FIFO delivery at a time: {got:?}");
+        got.into_iter().next().unwrap()
+    };
+    // Events 0 and 1 fail for good; event 2 is in flight when they are recovered.
+    for (i, at) in [(0, 1), (1, 2)] {
+        let d = one(claim(store, w, 10, t(at)).await);
+        assert_eq!(d.event_id, events[i]);
+        assert!(complete(store, completion(&d, CompletionState::Failed, t(at))).await);
+    }
+    let head = one(claim(store, w, 10, t(3)).await);
+    assert_eq!(head.event_id, events[2]);
+    let query = RecoverQuery { since: t(0), until: None, limit: 10 };
+    let recovered = store.recover(org, fifo.id, query, t(4)).await.unwrap().unwrap();
+    assert_eq!((recovered.queued, recovered.more), (2, false));
+    assert!(claim(store, w, 10, t(4)).await.is_empty(), "the line's head is in flight");
+
+    let mut seen = Vec::new();
+    let mut current = head;
+    for now in 5..8 {
+        assert!(complete(store, completion(&current, CompletionState::Delivered, t(now))).await);
+        current = one(claim(store, w, 10, t(now)).await);
+        seen.push(current.event_id);
+    }
+    assert_eq!(seen, vec![events[3], events[0], events[1]], "behind the line, in event order");
+}
+
 /// Switching to parallel releases a line at once; switching to FIFO orders what is queued
-/// afterwards. Only the owner may switch.
+/// afterwards; both through `set_endpoint_ordering` and through `update_endpoint`. Only the
+/// owner may switch.
 pub async fn endpoint_ordering_can_be_switched<S: EventStore>(store: &S) {
     let (org, stranger) = (new_org(store).await, new_org(store).await);
     let ep = endpoint(store, org, None, t(0)).await;
@@ -176,6 +319,37 @@ pub async fn endpoint_ordering_can_be_switched<S: EventStore>(store: &S) {
     let mut ids: Vec<_> = rest.iter().map(|d| d.event_id).collect();
     ids.sort();
     assert_eq!(ids, ordered[1..].to_vec(), "the line's other deliveries are parallel now");
+
+    // The same through `update_endpoint`, together with another field, and only for the
+    // owner. (Nothing of the endpoint is in flight then: a line waits for that.)
+    for d in head.iter().chain(&rest) {
+        assert!(complete(store, completion(d, CompletionState::Delivered, t(2))).await);
+    }
+    let fifo = EndpointPatch {
+        ordering: Some(DeliveryOrdering::Fifo),
+        description: Some(Some("ordered".into())),
+        ..EndpointPatch::default()
+    };
+    assert_eq!(store.update_endpoint(stranger, ep.id, &fifo, t(2)).await.unwrap(), None);
+    assert_eq!(
+        store.endpoint(org, ep.id).await.unwrap().unwrap().ordering,
+        DeliveryOrdering::Parallel
+    );
+    let up = store.update_endpoint(org, ep.id, &fifo, t(2)).await.unwrap().unwrap();
+    assert_eq!(up.endpoint.ordering, DeliveryOrdering::Fifo);
+    assert_eq!(up.endpoint.description.as_deref(), Some("ordered"));
+    assert_eq!(store.endpoint(org, ep.id).await.unwrap(), Some(up.endpoint));
+    let line = batch(store, org, 3, 2).await;
+    let head = claim(store, w, 10, t(3)).await;
+    assert_eq!(head.iter().map(|d| d.event_id).collect::<Vec<_>>(), vec![line[0]]);
+    let parallel =
+        EndpointPatch { ordering: Some(DeliveryOrdering::Parallel), ..EndpointPatch::default() };
+    let up = store.update_endpoint(org, ep.id, &parallel, t(3)).await.unwrap().unwrap();
+    assert_eq!(up.endpoint.ordering, DeliveryOrdering::Parallel);
+    let rest = claim(store, w, 10, t(3)).await;
+    let mut ids: Vec<_> = rest.iter().map(|d| d.event_id).collect();
+    ids.sort();
+    assert_eq!(ids, line[1..].to_vec(), "patched to parallel: the line is released");
 }
 
 /// Four claimers on a FIFO line of 40 deliveries: never two in flight, delivered in order.

@@ -42,6 +42,7 @@ pub async fn endpoints_are_found_and_patched<S: EventStore>(store: &S) {
         rate_limit: Some(Some(5)),
         concurrency: Some(Some(2)),
         enabled: None,
+        ordering: None,
     };
     assert_eq!(store.update_endpoint(other, ep.id, &patch, t(1)).await.unwrap(), None);
     assert_eq!(store.update_endpoint(org, EndpointId::new(), &patch, t(1)).await.unwrap(), None);

@@ -54,9 +54,11 @@ pub use events::{
     dedup_is_per_organization, events_round_trip_exactly,
 };
 pub use fairness::{
+    claims_respect_an_endpoints_own_concurrency,
     claims_respect_endpoint_concurrency_and_the_breaker, claims_respect_the_organization_share,
-    concurrent_claimers_keep_a_fifo_line, endpoint_ordering_can_be_switched,
-    fifo_endpoints_deliver_one_at_a_time_in_event_order,
+    completing_and_claiming_takes_the_freed_places, concurrent_claimers_keep_a_fifo_line,
+    endpoint_ordering_can_be_switched, fifo_endpoints_deliver_one_at_a_time_in_event_order,
+    recovered_deliveries_join_the_fifo_line,
 };
 pub use history::{attempt_history_pages_newest_first, delivery_listing_reports_each_status};
 pub use inbox::{
@@ -158,6 +160,9 @@ macro_rules! store_conformance_tests {
                 endpoint_ordering_can_be_switched,
                 attempt_history_pages_newest_first,
                 delivery_listing_reports_each_status,
+                completing_and_claiming_takes_the_freed_places,
+                claims_respect_an_endpoints_own_concurrency,
+                recovered_deliveries_join_the_fifo_line,
             ];
             shared: [
                 concurrent_dedup_has_exactly_one_winner,

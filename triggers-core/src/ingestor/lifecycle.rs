@@ -66,7 +66,8 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     }
 
     /// Changes an endpoint (see [`EndpointPatch`]); every field is validated as on creation
-    /// (`Invalid`, nothing changed). Enabling a disabled endpoint clears its reason; disabling
+    /// (`Invalid`, nothing changed). A new `ordering` takes effect like
+    /// [`set_endpoint_ordering`](Self::set_endpoint_ordering), in the same store write. Enabling a disabled endpoint clears its reason; disabling
     /// one fails its outstanding deliveries (recover them later with
     /// [`recover`](Self::recover)). Either change ingests an operational event
     /// ([`OPERATIONAL_ENABLED`] / [`OPERATIONAL_DISABLED`]) into the organization's stream;
@@ -92,6 +93,10 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             .await?
             .ok_or(Error::NotFound)?;
         let ep = &update.endpoint;
+        if patch.ordering.is_some() {
+            // Switching to parallel may release a line's deliveries.
+            self.inner.wake.notify_one();
+        }
         if update.was_enabled != ep.enabled {
             let reason = ep.disabled_reason.as_deref();
             tracing::info!(

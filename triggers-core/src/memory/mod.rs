@@ -22,10 +22,11 @@ use crate::domain::org::Organization;
 use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret};
 use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 use crate::store::{
-    AckOutcome, AttemptEntry, AttemptQuery, ClaimRequest, Completion, Delivery, DeliveryEntry,
-    DeliveryHistory, DeliveryQuery, DeliveryQueue, EndpointPatch, EndpointStore, EndpointUpdate,
-    EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, RecoverQuery,
-    Recovered, Retention, SecretRewrite, StoreError, StoreLimits, StoreResult,
+    AckOutcome, AttemptEntry, AttemptQuery, ClaimRequest, CompletedAndClaimed, Completion,
+    Delivery, DeliveryEntry, DeliveryHistory, DeliveryQuery, DeliveryQueue, EndpointPatch,
+    EndpointStore, EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page,
+    QueueStats, RecoverQuery, Recovered, Retention, SecretRewrite, StoreError, StoreLimits,
+    StoreResult,
 };
 
 /// An [`EventStore`](crate::EventStore) that keeps everything in memory.
@@ -227,6 +228,17 @@ impl DeliveryQueue for MemoryStore {
 
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
         Ok(self.lock()?.complete(completions))
+    }
+
+    /// Both under one lock: no other call sees the completions without the claim.
+    async fn complete_and_claim(
+        &self,
+        completions: &[Completion],
+        req: ClaimRequest,
+    ) -> StoreResult<CompletedAndClaimed> {
+        let mut state = self.lock()?;
+        let applied = state.complete(completions);
+        Ok(CompletedAndClaimed { applied, claimed: Ok(state.claim(req)) })
     }
 
     async fn release(

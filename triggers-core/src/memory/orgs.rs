@@ -148,6 +148,10 @@ impl State {
         patch: &EndpointPatch,
         now: Timestamp,
     ) -> Option<EndpointUpdate> {
+        self.own_endpoint(org, id)?;
+        if let Some(ordering) = patch.ordering {
+            self.set_endpoint_ordering(org, id, ordering);
+        }
         let row = self.own_endpoint(org, id)?;
         let was_enabled = row.endpoint.enabled;
         let ep = &mut row.endpoint;

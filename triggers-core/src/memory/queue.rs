@@ -39,7 +39,9 @@ impl State {
             let ep_cap = if d.seq.is_some() || endpoint.failing_since.is_some() {
                 1
             } else {
-                req.endpoint_concurrency
+                // Its own limit, if lower than the claim's cap (see `DeliveryQueue::claim`).
+                let own = endpoint.endpoint.concurrency.unwrap_or(u32::MAX).max(1);
+                own.min(req.endpoint_concurrency)
             };
             let org_n = org_busy.entry(d.org).or_default();
             let ep_n = endpoint_busy.entry(d.endpoint_id).or_default();

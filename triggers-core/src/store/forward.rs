@@ -8,10 +8,10 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    AckOutcome, AttemptEntry, AttemptQuery, ClaimRequest, Completion, Delivery, DeliveryEntry,
-    DeliveryHistory, DeliveryQuery, DeliveryQueue, EndpointPatch, EndpointStore, EndpointUpdate,
-    EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, RecoverQuery,
-    Recovered, Retention, SecretRewrite, StoreResult,
+    AckOutcome, AttemptEntry, AttemptQuery, ClaimRequest, CompletedAndClaimed, Completion,
+    Delivery, DeliveryEntry, DeliveryHistory, DeliveryQuery, DeliveryQueue, EndpointPatch,
+    EndpointStore, EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page,
+    QueueStats, RecoverQuery, Recovered, Retention, SecretRewrite, StoreResult,
 };
 use crate::clock::Timestamp;
 use crate::domain::event::{Event, EventDetail, EventRecord, EventStatus};
@@ -148,6 +148,13 @@ macro_rules! forward {
             }
             async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
                 (**self).complete(completions).await
+            }
+            async fn complete_and_claim(
+                &self,
+                completions: &[Completion],
+                req: ClaimRequest,
+            ) -> StoreResult<CompletedAndClaimed> {
+                (**self).complete_and_claim(completions, req).await
             }
             async fn release(
                 &self,

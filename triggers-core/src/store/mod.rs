@@ -31,9 +31,10 @@ use tokio::sync::Notify;
 pub use error::{StoreError, StoreResult};
 pub use types::{
     page_item_size, AckOutcome, AttemptEntry, AttemptPosition, AttemptQuery, ClaimRequest,
-    Completion, CompletionState, Delivery, DeliveryEntry, DeliveryQuery, DeliveryState,
-    DeliveryStatus, EndpointPatch, EndpointUpdate, InsertOutcome, ListQuery, NewEndpoint, Page,
-    QueueStats, RecoverQuery, Recovered, StoreLimits, DEFAULT_MAX_PAGE_BYTES, PAGE_ITEM_OVERHEAD,
+    CompletedAndClaimed, Completion, CompletionState, Delivery, DeliveryEntry, DeliveryQuery,
+    DeliveryState, DeliveryStatus, EndpointPatch, EndpointUpdate, InsertOutcome, ListQuery,
+    NewEndpoint, Page, QueueStats, RecoverQuery, Recovered, StoreLimits, DEFAULT_MAX_PAGE_BYTES,
+    PAGE_ITEM_OVERHEAD,
 };
 
 use crate::clock::Timestamp;
@@ -118,6 +119,8 @@ pub trait EndpointStore: Send + Sync + 'static {
     ///   becomes `failed`. `failed` counts them. Disabling a disabled endpoint keeps its
     ///   reason and fails nothing.
     /// - A new filter applies to events inserted from then on.
+    /// - A new `ordering` applies as [`set_endpoint_ordering`](Self::set_endpoint_ordering)
+    ///   describes.
     async fn update_endpoint(
         &self,
         org: OrganizationId,
@@ -128,7 +131,9 @@ pub trait EndpointStore: Send + Sync + 'static {
 
     /// Queues again, oldest event first, up to `query.limit` failed deliveries of the
     /// endpoint whose event was created in `[since, until)`: each becomes a new pending
-    /// delivery (attempt 0, due `now`) and is no longer failed; a `failed` event becomes
+    /// delivery (attempt 0, due `now`) and is no longer failed — for a FIFO endpoint an
+    /// ordered delivery joining the end of its line, so the recovered ones go one at a time,
+    /// in event order, after what was already waiting (like a fresh insert); a `failed` event becomes
     /// `pending` again (a `delivered` one stays delivered, as after an ack). `more` tells
     /// whether failed deliveries of the window remain. `None` for an unknown or foreign id;
     /// a disabled endpoint recovers nothing (`queued: 0`; its failed deliveries stay).
@@ -301,7 +306,10 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     ///   leases, so one tenant's slow endpoints cannot take every worker while another tenant
     ///   has due deliveries;
     /// - **endpoint concurrency**: a parallel endpoint holds at most
-    ///   `req.endpoint_concurrency` live leases;
+    ///   `req.endpoint_concurrency` live leases, or its own limit
+    ///   ([`Endpoint::concurrency`], set through `update_endpoint`) when that is lower — an
+    ///   endpoint's own limit can lower the claim's cap, never raise it (a stored 0 counts as
+    ///   1). The same rule as the webhook deliverer's per-node check, so the two agree;
     /// - **circuit breaker**: a *failing* endpoint (its failing-since time is set: its latest
     ///   finished attempt failed — timeout, connection error, non-2xx — and none succeeded
     ///   since) holds at most one live lease. Its deliveries are tried one at a time, each a
@@ -348,6 +356,37 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     ///
     /// Returns one flag per completion, in order.
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>>;
+
+    /// Records `completions` exactly as [`complete`](Self::complete) does, then claims
+    /// exactly as [`claim`](Self::claim) does with `req`, and the claim sees what the
+    /// completions did: a lease they ended no longer counts against its organization's share
+    /// or its endpoint's cap, an endpoint they made failing is held to one lease, a FIFO line
+    /// whose head they finished offers its next delivery. A stale completion ends nothing and
+    /// frees nothing.
+    ///
+    /// The worker pool calls it with every batch of finished attempts, so a slot freed under
+    /// a cap is taken again in the same round trip that frees it. A store should do both in
+    /// one transaction (one commit instead of two): that is the point of the method. The
+    /// rules of `claim` hold unchanged, also between nodes — the claim counts the leases
+    /// live after the completions, which is what a separate `claim` right after `complete`
+    /// would count.
+    ///
+    /// Errors: `Err` means nothing was recorded and nothing claimed (retry the completions).
+    /// A claim that fails after the completions were recorded is reported in
+    /// [`CompletedAndClaimed::claimed`]; the flags in `applied` are then still valid.
+    /// Durability: the completions are committed on return, the claim is as durable as
+    /// `claim`'s (or more).
+    ///
+    /// The default calls `complete`, then `claim` (two round trips, the same result).
+    async fn complete_and_claim(
+        &self,
+        completions: &[Completion],
+        req: ClaimRequest,
+    ) -> StoreResult<CompletedAndClaimed> {
+        let applied = self.complete(completions).await?;
+        let claimed = self.claim(req).await;
+        Ok(CompletedAndClaimed { applied, claimed })
+    }
 
     /// Gives a claimed delivery back unattempted: pending, lease cleared, attempt number
     /// restored (the next claim gets the same number again), nothing recorded. It is due

@@ -184,6 +184,18 @@ pub struct Completion {
     pub disable_endpoint: Option<String>,
 }
 
+/// What [`DeliveryQueue::complete_and_claim`](super::DeliveryQueue::complete_and_claim)
+/// returns: the completions' flags, and the claim made after them.
+#[derive(Debug)]
+pub struct CompletedAndClaimed {
+    /// One flag per completion, in order, exactly as
+    /// [`complete`](super::DeliveryQueue::complete) returns them.
+    pub applied: Vec<bool>,
+    /// The deliveries claimed once the completions were applied, or why that claim failed
+    /// (the completions are recorded either way).
+    pub claimed: super::StoreResult<Vec<Delivery>>,
+}
+
 /// Options for claiming.
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimRequest {
@@ -198,8 +210,9 @@ pub struct ClaimRequest {
     /// Most live leases one organization may hold after the claim, counted over every
     /// claimer sharing the store (see [`DeliveryQueue::claim`](super::DeliveryQueue::claim)).
     pub org_concurrency: u32,
-    /// Most live leases one healthy parallel endpoint may hold after the claim; a failing
-    /// endpoint gets one, a FIFO endpoint always one.
+    /// Most live leases one healthy parallel endpoint may hold after the claim (less if the
+    /// endpoint's own `concurrency` is lower); a failing endpoint gets one, a FIFO endpoint
+    /// always one.
     pub endpoint_concurrency: u32,
 }
 
@@ -235,8 +248,14 @@ pub struct EndpointPatch {
     pub headers: Option<Vec<(String, String)>>,
     /// A new per-endpoint rate limit (deliveries per second).
     pub rate_limit: Option<Option<u32>>,
-    /// A new per-endpoint concurrency limit.
+    /// A new per-endpoint concurrency limit: claims hold the endpoint to it when it is
+    /// lower than their endpoint cap (see `DeliveryQueue::claim`).
     pub concurrency: Option<Option<u32>>,
+    /// A new delivery ordering, with the effect of
+    /// [`set_endpoint_ordering`](super::EndpointStore::set_endpoint_ordering) (switching to
+    /// parallel releases the line at once; switching to FIFO orders what is queued from then
+    /// on), in the same atomic change as the other fields.
+    pub ordering: Option<DeliveryOrdering>,
 }
 
 /// The result of [`EndpointStore::update_endpoint`](super::EndpointStore::update_endpoint).

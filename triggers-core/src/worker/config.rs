@@ -34,8 +34,9 @@ pub struct WorkerConfig {
     /// `concurrency` (at least 1), so no fewer than four organizations with slow endpoints
     /// are needed to occupy every worker of a node.
     pub org_concurrency: Option<usize>,
-    /// Most deliveries one parallel endpoint may have in flight at once (all nodes); a
-    /// failing endpoint gets one (circuit breaker), a FIFO endpoint always one.
+    /// Most deliveries one parallel endpoint may have in flight at once (all nodes); an
+    /// endpoint's own, lower `concurrency` takes precedence, a failing endpoint gets one
+    /// (circuit breaker), a FIFO endpoint always one.
     pub endpoint_concurrency: usize,
 }
 

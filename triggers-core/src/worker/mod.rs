@@ -3,7 +3,12 @@
 //! One dispatcher task per [`Ingestor`](crate::Ingestor) claims due deliveries in batches
 //! (leased to this pool's [`WorkerId`](crate::domain::WorkerId)), runs each attempt in its own task (at most
 //! `concurrency` at once), and hands finished attempts to a completer task that records them
-//! in batches, fenced by `(lease owner, attempt)`.
+//! in batches, fenced by `(lease owner, attempt)`. The completer claims in the same store
+//! call ([`complete_and_claim`](crate::store::DeliveryQueue::complete_and_claim)) into the
+//! permits that are free, and hands those deliveries to the dispatcher: a slot that a
+//! completion frees under an organization's or endpoint's cap is taken again in the round
+//! trip that frees it. The dispatcher claims on its own when there is no completion to ride
+//! on: at start, on wake-ups (new events), after the poll interval.
 //!
 //! Crash behaviour: a process that dies simply stops renewing nothing — its leases run out
 //! after `lease`, and any worker (here or on another node) claims the deliveries again with
@@ -14,11 +19,13 @@
 //! [`node_id`](crate::store::DeliveryQueue::node_id)), the dispatcher first ends the leases
 //! that id still holds — a previous run's, which crashed — so they are due at once.
 //!
-//! Shutdown (`Ingestor::shutdown`, or dropping the last `Ingestor` handle): the dispatcher stops claiming, in-flight attempts get `shutdown_grace` to
-//! finish and be recorded; those still running are cancelled and their deliveries released
-//! (due again at once, attempt number restored).
+//! Shutdown (`Ingestor::shutdown`, or dropping the last `Ingestor` handle): the dispatcher
+//! and the completer stop claiming, in-flight attempts get `shutdown_grace` to finish and be
+//! recorded; those still running are cancelled and their deliveries released (due again at
+//! once, attempt number restored), like deliveries the completer claimed as the pool stopped.
 
 mod attempt;
+mod complete;
 mod config;
 
 use std::sync::Arc;
@@ -36,8 +43,7 @@ use crate::observe::{DeliveryResult, Observer};
 use crate::retry::RetryPolicy;
 use crate::store::{ClaimRequest, Completion, Delivery, EventStore};
 
-/// Most completions recorded in one store call.
-const COMPLETION_BATCH: usize = 256;
+use complete::{complete_loop, Refill, Refiller, COMPLETION_BATCH};
 
 /// A running pool of delivery workers.
 pub(crate) struct WorkerPool {
@@ -54,7 +60,8 @@ struct Shared<S, D> {
     clock: SharedClock,
     observer: Option<Arc<dyn Observer>>,
     /// Fired when leases of this pool end in the store (completions recorded, deferrals
-    /// released): they no longer count against their organization's and endpoint's caps.
+    /// released) and the completer did not claim in their places itself: they no longer
+    /// count against their organization's and endpoint's caps.
     freed: Arc<Notify>,
 }
 
@@ -123,17 +130,26 @@ async fn dispatch<S: EventStore, D: Deliverer>(
     }
     let permits = Arc::new(Semaphore::new(cfg.concurrency));
     let (done_tx, done_rx) = mpsc::channel::<Finished>(cfg.concurrency + COMPLETION_BATCH);
-    let completer = tokio::spawn(complete_loop(
-        shared.store.clone(),
-        done_rx,
-        shared.observer.clone(),
-        shared.freed.clone(),
-    ));
+    let org_cap = u32::try_from(cfg.effective_org_concurrency()).unwrap_or(u32::MAX);
+    let endpoint_cap = u32::try_from(cfg.endpoint_concurrency).unwrap_or(u32::MAX);
+    let (refill_tx, mut refills) = mpsc::unbounded_channel::<Refill>();
+    let refiller = Refiller {
+        permits: permits.clone(),
+        owner,
+        caps: (org_cap, endpoint_cap),
+        to_dispatcher: refill_tx,
+        stop: stop.clone(),
+    };
+    let completer = tokio::spawn(complete_loop(shared.clone(), done_rx, refiller));
     let (abort_tx, abort_rx) = watch::channel(false);
     let store_wake = shared.store.wakeups();
     let mut tasks = JoinSet::new();
-    let org_cap = u32::try_from(cfg.effective_org_concurrency()).unwrap_or(u32::MAX);
-    let endpoint_cap = u32::try_from(cfg.endpoint_concurrency).unwrap_or(u32::MAX);
+    let start = |tasks: &mut JoinSet<()>, refill: Refill| {
+        for (delivery, permit) in refill {
+            let (done, abort) = (done_tx.clone(), abort_rx.clone());
+            tasks.spawn(attempt_one(shared.clone(), delivery, permit, done, abort));
+        }
+    };
     tracing::debug!(%owner, concurrency = cfg.concurrency, org_cap, endpoint_cap,
         "delivery workers started");
 
@@ -143,6 +159,10 @@ async fn dispatch<S: EventStore, D: Deliverer>(
         while tasks.try_join_next().is_some() {}
         let first = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'run },
+            Some(refill) = refills.recv() => {
+                start(&mut tasks, refill);
+                continue 'run;
+            }
             _ = stop.changed() => break 'run,
         };
         let mut held = vec![first];
@@ -160,18 +180,19 @@ async fn dispatch<S: EventStore, D: Deliverer>(
             shared.clock.now(),
         )
         .with_caps(org_cap, endpoint_cap);
-        let got = match shared.store.claim(req).await {
+        // Deliveries the completer claims meanwhile start at once, not after this claim.
+        let claim = shared.store.claim(req);
+        tokio::pin!(claim);
+        let claimed = loop {
+            tokio::select! {
+                claimed = &mut claim => break claimed,
+                Some(refill) = refills.recv() => start(&mut tasks, refill),
+            }
+        };
+        let got = match claimed {
             Ok(deliveries) => {
                 let got = deliveries.len();
-                for (delivery, permit) in deliveries.into_iter().zip(held.drain(..)) {
-                    tasks.spawn(attempt_one(
-                        shared.clone(),
-                        delivery,
-                        permit,
-                        done_tx.clone(),
-                        abort_rx.clone(),
-                    ));
-                }
+                start(&mut tasks, deliveries.into_iter().zip(held.drain(..)).collect());
                 got
             }
             Err(e) => {
@@ -181,9 +202,14 @@ async fn dispatch<S: EventStore, D: Deliverer>(
                 failures = failures.saturating_add(1);
                 let wait = claim_backoff(cfg.poll_interval, failures);
                 tracing::warn!(error = %e, retry_in = ?wait, "claiming deliveries failed");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => continue 'run,
-                    _ = stop.changed() => break 'run,
+                let backoff = tokio::time::sleep(wait);
+                tokio::pin!(backoff);
+                loop {
+                    tokio::select! {
+                        _ = &mut backoff => continue 'run,
+                        Some(refill) = refills.recv() => start(&mut tasks, refill),
+                        _ = stop.changed() => break 'run,
+                    }
                 }
             }
         };
@@ -193,28 +219,35 @@ async fn dispatch<S: EventStore, D: Deliverer>(
             continue; // There may be more due right now.
         }
         // Fewer than wanted: nothing more is due, or the rest is held back by the fairness
-        // caps until one of this pool's attempts finishes (`freed`), a store wake-up (another
-        // node's), or the poll.
-        tokio::select! {
-            _ = shared.freed.notified() => {}
-            _ = wake.notified() => {}
-            _ = async {
-                match &store_wake {
-                    Some(n) => n.notified().await,
-                    None => std::future::pending().await,
-                }
-            } => {}
-            _ = tokio::time::sleep(cfg.poll_interval) => {}
-            _ = stop.changed() => break 'run,
+        // caps until one of this pool's attempts finishes (the completer claims in its place,
+        // or fires `freed`), a store wake-up (another node's), or the poll.
+        let poll = tokio::time::sleep(cfg.poll_interval);
+        tokio::pin!(poll);
+        loop {
+            tokio::select! {
+                Some(refill) = refills.recv() => start(&mut tasks, refill),
+                _ = shared.freed.notified() => break,
+                _ = wake.notified() => break,
+                _ = async {
+                    match &store_wake {
+                        Some(n) => n.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => break,
+                _ = &mut poll => break,
+                _ = stop.changed() => break 'run,
+            }
         }
     }
 
     // Shutdown: give in-flight attempts the grace period, then cancel and release the rest.
+    // Deliveries the completer claimed as the pool stopped are released at once.
     let grace = tokio::time::sleep(cfg.shutdown_grace);
     tokio::pin!(grace);
     loop {
         tokio::select! {
             next = tasks.join_next() => if next.is_none() { break },
+            Some(refill) = refills.recv() => release_unstarted(&*shared.store, refill).await,
             _ = &mut grace => {
                 let _ = abort_tx.send(true);
                 while tasks.join_next().await.is_some() {}
@@ -226,7 +259,22 @@ async fn dispatch<S: EventStore, D: Deliverer>(
     if let Err(e) = completer.await {
         tracing::error!(error = %e, "completion recorder ended abnormally");
     }
+    while let Ok(refill) = refills.try_recv() {
+        release_unstarted(&*shared.store, refill).await;
+    }
     tracing::debug!(%owner, "delivery workers stopped");
+}
+
+/// Gives back deliveries that were claimed but never started (the pool is stopping): due
+/// again at once, attempt number restored.
+async fn release_unstarted<S: EventStore>(store: &S, refill: Refill) {
+    for (d, _permit) in refill {
+        match store.release(d.id, d.lease_owner, d.attempt, None).await {
+            Ok(_) => tracing::debug!(delivery = %d.id, "released unstarted on shutdown"),
+            Err(e) => tracing::warn!(delivery = %d.id, error = %e,
+                "release failed; the lease will expire instead"),
+        }
+    }
 }
 
 /// Runs one attempt and queues its completion; on shutdown abort, releases the delivery.
@@ -304,49 +352,13 @@ async fn attempt_one<S: EventStore, D: Deliverer>(
     let _ = done.send((completion, result, latency, subject)).await;
 }
 
-/// Records finished attempts in batches.
-async fn complete_loop<S: EventStore>(
-    store: Arc<S>,
-    mut done: mpsc::Receiver<Finished>,
-    observer: Option<Arc<dyn Observer>>,
-    freed: Arc<Notify>,
-) {
-    let mut batch = Vec::with_capacity(COMPLETION_BATCH);
-    while done.recv_many(&mut batch, COMPLETION_BATCH).await > 0 {
-        let completions: Vec<Completion> = batch.iter().map(|(c, ..)| c.clone()).collect();
-        let mut tries = 0u32;
-        let applied = loop {
-            match store.complete(&completions).await {
-                Ok(flags) => break Some(flags),
-                Err(e) if tries < 5 => {
-                    tries += 1;
-                    tracing::warn!(error = %e, tries, "recording delivery outcomes failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(50 << tries)).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, count = completions.len(),
-                        "recording delivery outcomes failed; their leases will expire and they will be retried");
-                    break None;
-                }
-            }
-        };
-        if let Some(flags) = &applied {
-            announce_disabled(&*store, &batch, flags).await;
-        }
-        freed.notify_one();
-        if let (Some(flags), Some(observer)) = (applied, &observer) {
-            for ((_, result, latency, _), applied) in batch.iter().zip(flags) {
-                let result = if applied { *result } else { DeliveryResult::Stale };
-                observer.delivery(result, *latency);
-            }
-        }
-        batch.clear();
-    }
-}
-
 /// Ingests `triggers.endpoint.disabled` for each endpoint an applied completion of the batch
 /// disabled (once per endpoint and batch).
-async fn announce_disabled<S: EventStore>(store: &S, batch: &[Finished], applied: &[bool]) {
+pub(super) async fn announce_disabled<S: EventStore>(
+    store: &S,
+    batch: &[Finished],
+    applied: &[bool],
+) {
     let mut seen = Vec::new();
     for ((c, _, _, (org, url)), applied) in batch.iter().zip(applied) {
         let Some(reason) = &c.disable_endpoint else { continue };

@@ -2,6 +2,7 @@
 //! public API only.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod counting;
 mod embed;
 mod history;
 mod ingestor;

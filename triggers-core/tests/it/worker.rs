@@ -91,6 +91,30 @@ async fn delivers_in_process_exactly_once_each() {
     ing.shutdown().await;
 }
 
+/// An endpoint at its concurrency cap gets its freed slot taken again in the round trip that
+/// records the attempt that freed it: one queue call per delivery, not a completion and then
+/// a claim (issue #13: every refill of a capped endpoint waited for two commits, which
+/// halved the delivery rate to one endpoint). The poll interval is long, so a refill that
+/// nobody made would stall the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_endpoint_is_refilled_in_the_round_trip_that_frees_it() {
+    let store = crate::counting::Counting::default();
+    let mut config = config(&ManualClock::new(), policy(&[0]));
+    config.worker.endpoint_concurrency = 1;
+    config.worker.poll_interval = Duration::from_secs(30);
+    let deliverer = FnDeliverer::new(|_| async { Outcome::Delivered });
+    let ing = Ingestor::start(store.clone(), deliverer, config);
+    let (org, _) = ing.create_organization("acme", Tier::Enterprise).await.unwrap();
+    ing.create_endpoint(&org, "inproc://capped", None).await.unwrap();
+    let events = (0..40).map(|i| NewEvent::new("t", &json!(i))).collect();
+    ing.ingest_batch(&org, events).await.unwrap();
+    eventually("all 40 delivered", || async { ing.stats(&org).await.unwrap().delivered == 40 })
+        .await;
+    let calls = store.queue_calls();
+    assert!(calls <= 40 + 4, "{calls} queue round trips for 40 deliveries one at a time");
+    ing.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_happen_at_the_scheduled_times() {
     let clock = ManualClock::new();

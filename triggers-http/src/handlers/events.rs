@@ -34,10 +34,7 @@ pub(super) async fn create<S: EventStore, D: Deliverer>(
     let mut event: NewEvent = body::parse_object(&bytes).inspect_err(|_| {
         app.metrics.ingested("invalid", 1);
     })?;
-    let keyed = match key {
-        Some(key) => idempotency::apply(&mut event, key)?,
-        None => None,
-    };
+    let keyed = key.and_then(|key| idempotency::apply(&mut event, key));
     let started = Instant::now();
     let result = app.ingestor.ingest(&org, event).await;
     app.metrics.ingest_latency("single", started.elapsed());
@@ -71,7 +68,7 @@ pub(super) async fn batch<S: EventStore, D: Deliverer>(
     req: Req,
 ) -> Res {
     let org = app.auth(req.headers(), ctx).await?;
-    let key = idempotency::key(req.headers())?;
+    let key = idempotency::batch_key(req.headers())?;
     let bytes = app.read_json(req).await?;
     let batch: Batch = body::parse_object(&bytes)?;
     let n = batch.events.len();
@@ -89,12 +86,11 @@ pub(super) async fn batch<S: EventStore, D: Deliverer>(
     // Per valid item: what to compare if its key-given dedup id finds an original.
     let mut keyed: Vec<idempotency::Keyed> = Vec::with_capacity(n);
     for (index, raw) in batch.events.iter().enumerate() {
-        let parsed = body::parse_item::<NewEvent>(raw.get()).and_then(|mut event| {
-            let given = match &key {
-                Some(key) => idempotency::apply(&mut event, idempotency::batch_dedup(key, index)?)?,
-                None => None,
-            };
-            Ok((event, given))
+        let parsed = body::parse_item::<NewEvent>(raw.get()).map(|mut event| {
+            let given = key.as_deref().and_then(|key| {
+                idempotency::apply(&mut event, idempotency::batch_dedup(key, index))
+            });
+            (event, given)
         });
         match parsed {
             Ok((event, given)) => {

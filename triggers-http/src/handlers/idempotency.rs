@@ -4,9 +4,8 @@
 //! - The key (the header's value, verbatim: quotes included if the client sends the draft's
 //!   quoted form) is checked like a dedup id: 1–255 characters, no control characters.
 //! - An event without a `dedup_id` takes the key as its dedup id; in a batch, item `i` takes
-//!   `"{key}#{i}"` (so the key may have at most 250 characters there). An event whose own
-//!   `dedup_id` differs from the key is refused (422 on `Idempotency-Key`): which one is meant
-//!   would be a guess.
+//!   `"{key}#{i}"` (so the key may have at most 250 characters there). An event with its own
+//!   `dedup_id` keeps it: the key does not apply to that event.
 //! - When the key finds an earlier event (a duplicate within the dedup window), the request
 //!   must carry the same event: same type, same payload text. Then it is answered like any
 //!   duplicate (200, the original's id); otherwise 422 `idempotency_key_reused` (in a batch,
@@ -42,27 +41,30 @@ pub(super) fn key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// What the key did to one event: `Some((type, payload))` to compare with an original if the
-/// key became its dedup id, `None` if the event carries its own (equal) dedup id.
+/// key became its dedup id, `None` if the event carries its own dedup id.
 pub(super) type Keyed = Option<(String, Box<serde_json::value::RawValue>)>;
 
-/// Gives `event` the dedup id `dedup` unless it has its own (which must then equal it).
-pub(super) fn apply(event: &mut NewEvent, dedup: String) -> Result<Keyed, ApiError> {
-    match &event.dedup_id {
-        Some(own) if *own == dedup => Ok(None),
-        Some(_) => Err(invalid("differs from the body's dedup_id; send one of them")),
-        None => {
-            event.dedup_id = Some(dedup);
-            Ok(Some((event.event_type.clone(), event.payload.clone())))
-        }
+/// Gives `event` the dedup id `dedup` unless it has its own.
+pub(super) fn apply(event: &mut NewEvent, dedup: String) -> Keyed {
+    if event.dedup_id.is_some() {
+        return None;
     }
+    event.dedup_id = Some(dedup);
+    Some((event.event_type.clone(), event.payload.clone()))
+}
+
+/// The request's key, checked for a batch (at most 250 characters).
+pub(super) fn batch_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let key = key(headers)?;
+    if key.as_ref().is_some_and(|k| k.chars().count() > MAX_BATCH_KEY) {
+        return Err(invalid(format!("at most {MAX_BATCH_KEY} characters on a batch")));
+    }
+    Ok(key)
 }
 
 /// The dedup id item `index` of a batch takes from `key`.
-pub(super) fn batch_dedup(key: &str, index: usize) -> Result<String, ApiError> {
-    if key.chars().count() > MAX_BATCH_KEY {
-        return Err(invalid(format!("at most {MAX_BATCH_KEY} characters on a batch")));
-    }
-    Ok(format!("{key}#{index}"))
+pub(super) fn batch_dedup(key: &str, index: usize) -> String {
+    format!("{key}#{index}")
 }
 
 /// Whether the duplicate `original` found through the key is the event the request carries.

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use http::StatusCode;
 use triggers_core::store::EndpointPatch;
-use triggers_core::{Deliverer, EndpointId, EventStore, Timestamp, TypeGlob};
+use triggers_core::{Deliverer, DeliveryOrdering, EndpointId, EventStore, Timestamp, TypeGlob};
 
 use super::{named, path_id};
 use crate::app::{App, Ctx, Req, Res};
@@ -46,6 +46,15 @@ pub(super) async fn patch<S: EventStore, D: Deliverer>(
                 ApiError::Invalid { field: "event_type_filter".into(), reason }
             })?)),
         };
+    let ordering = match request.ordering {
+        None => None,
+        Some(value) => Some(
+            value
+                .ok_or_else(|| "must be \"parallel\" or \"fifo\", not null".to_owned())
+                .and_then(|o| DeliveryOrdering::parse(&o))
+                .map_err(|reason| ApiError::Invalid { field: "ordering".into(), reason })?,
+        ),
+    };
     let patch = EndpointPatch {
         url: request.url,
         event_type_filter: filter,
@@ -54,6 +63,7 @@ pub(super) async fn patch<S: EventStore, D: Deliverer>(
         headers: request.headers.map(|h| h.unwrap_or_default().into_iter().collect()),
         rate_limit: request.rate_limit.map(|o| o.map(|n| n.0)),
         concurrency: request.concurrency.map(|o| o.map(|n| n.0)),
+        ordering,
     };
     let endpoint =
         app.ingestor.update_endpoint(&org, id, &patch).await.map_err(named("webhook"))?;

@@ -57,7 +57,7 @@ pub(super) fn idempotency_key(max: u32) -> Value {
             dedup_id (in a batch, item i takes `{key}#{i}`). A key seen within the dedup window \
             with the same event answers like a duplicate (200, the original's id); with another \
             type or payload it is 422 idempotency_key_reused (in a batch, in that item's slot). \
-            A body dedup_id different from the key is 422.",
+            An event with its own dedup_id keeps it (the key does not apply to it).",
         "schema": { "type": "string", "minLength": 1, "maxLength": max,
                     "pattern": format!("^[!-~](?:[ -~]{{0,{}}}[!-~])?$", max - 2) },
     })
@@ -429,6 +429,13 @@ pub(super) fn components() -> Value {
                     "rate_limit": nullable(json!({ "type": "integer", "minimum": 1, "maximum": 10000 })),
                     "concurrency": nullable(json!({ "type": "integer", "minimum": 1, "maximum": 1000 })),
                     "description": nullable(plain_text(0, 1024)),
+                    "ordering": {
+                        "type": "string", "enum": ["parallel", "fifo"],
+                        "description": "Switch the delivery ordering (see WebhookConfigRequest). \
+                            To parallel: the line's waiting deliveries are released at once. \
+                            To fifo: deliveries queued from then on form the line (those \
+                            already queued stay parallel). null is refused.",
+                    },
                 },
             },
             "EndpointAttempt": object(

@@ -92,6 +92,53 @@ async fn webhooks_are_shown_and_patched_by_their_owner_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ordering_is_patched_and_a_bad_one_changes_nothing() {
+    let s = server().await;
+    let (key, other) = (s.key("free").await, s.key("free").await);
+    let id = webhook(&s, &key, Some("user.*")).await;
+    let path = format!("/api/webhooks/{id}");
+    let before = s.client.get(&path, &key).await.json();
+    assert_eq!(before["ordering"], json!("parallel"));
+
+    let refused = [
+        (json!({ "ordering": "sequential" }), "ordering"),
+        (json!({ "ordering": "FIFO" }), "ordering"),
+        (json!({ "ordering": null }), "ordering"),
+        (json!({ "ordering": 1 }), "body"),
+        // A valid ordering next to a bad field: nothing of the patch applies.
+        (json!({ "ordering": "fifo", "url": "ftp://example.com/x" }), "url"),
+        (json!({ "ordering": "fifo", "concurrency": 0 }), "concurrency"),
+    ];
+    for (body, field) in refused {
+        let r = patch(&s, &key, &id, body.clone()).await;
+        let detail = r.problem(422, "invalid_field").to_string();
+        assert!(detail.contains(field), "{body}: {detail}");
+        assert_eq!(s.client.get(&path, &key).await.json(), before, "{body} changed something");
+    }
+    patch(&s, &other, &id, json!({ "ordering": "fifo" })).await.problem(404, "not_found");
+    assert_eq!(s.client.get(&path, &key).await.json(), before);
+
+    let r = patch(&s, &key, &id, json!({ "ordering": "fifo" })).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let after = r.json();
+    assert_eq!(after["ordering"], json!("fifo"));
+    let mut expected = before.clone();
+    expected["ordering"] = json!("fifo");
+    assert_eq!(after, expected, "only the ordering changed");
+    assert_eq!(s.client.get(&path, &key).await.json(), after);
+    let listed = s.client.get("/api/webhook/config", &key).await.json();
+    assert_eq!(listed["webhooks"][0]["ordering"], json!("fifo"));
+
+    let r = patch(&s, &key, &id, json!({ "ordering": "parallel", "description": "x" })).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        (r.json()["ordering"].clone(), r.json()["description"].clone()),
+        (json!("parallel"), json!("x"))
+    );
+    assert_eq!(s.client.get(&path, &key).await.json()["ordering"], json!("parallel"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_patches_are_refused_and_change_nothing() {
     let s = server().await;
     let key = s.key("free").await;

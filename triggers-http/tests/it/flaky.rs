@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use triggers_core::store::{
-    AckOutcome, AttemptEntry, AttemptQuery, ClaimRequest, Completion, Delivery, DeliveryEntry,
-    DeliveryHistory, DeliveryQuery, DeliveryQueue, EndpointPatch, EndpointStore, EndpointUpdate,
-    EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, RecoverQuery,
-    Recovered, Retention, StoreResult,
+    AckOutcome, AttemptEntry, AttemptQuery, ClaimRequest, CompletedAndClaimed, Completion,
+    Delivery, DeliveryEntry, DeliveryHistory, DeliveryQuery, DeliveryQueue, EndpointPatch,
+    EndpointStore, EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page,
+    QueueStats, RecoverQuery, Recovered, Retention, StoreResult,
 };
 use triggers_core::{
     DeliveryId, Endpoint, EndpointId, Event, EventDetail, EventId, EventRecord, EventStatus,
@@ -192,6 +192,13 @@ impl DeliveryQueue for FlakyStore {
     }
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
         self.inner.complete(completions).await
+    }
+    async fn complete_and_claim(
+        &self,
+        completions: &[Completion],
+        req: ClaimRequest,
+    ) -> StoreResult<CompletedAndClaimed> {
+        self.inner.complete_and_claim(completions, req).await
     }
     async fn release(
         &self,

@@ -42,6 +42,28 @@ fn targets(conn: &Connection, org: &OrganizationId) -> StoreResult<Targets> {
     })
 }
 
+/// Queues one delivery of an event to an endpoint: pending, attempt 0, due `now`. With
+/// `fifo` (the endpoint's ordering is FIFO) it is an ordered delivery at the end of the
+/// endpoint's line; the writer is the only one, so "last place + 1" cannot race.
+pub(crate) fn queue_delivery(
+    conn: &Connection,
+    event_seq: i64,
+    endpoint_seq: i64,
+    now: i64,
+    fifo: bool,
+) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO deliveries (id, event_seq, endpoint_seq, state, attempt, due_at, line)
+         VALUES (?1, ?2, ?3, 0, 0, ?4, CASE WHEN ?5 THEN
+             (SELECT coalesce(max(line), 0) + 1 FROM deliveries
+              WHERE endpoint_seq = ?3 AND line IS NOT NULL) END)",
+    )
+    .store()?
+    .execute(params![DeliveryId::new().0.as_bytes(), event_seq, endpoint_seq, now, fifo])
+    .store()?;
+    Ok(())
+}
+
 /// Queues one delivery (attempt 0, due `now`) per enabled target (but `exclude`) whose
 /// filter matches `event_type`; a matching disabled target gets a failed delivery (which fails the event).
 /// Returns how many deliveries were queued.
@@ -65,18 +87,7 @@ fn fan_out(
             lifecycle::record_failed(conn, *endpoint_seq, event_seq, ENDPOINT_DISABLED, now)?;
             continue;
         }
-        // An ordered delivery joins the end of its endpoint's line (the writer is the only
-        // one, so "last place + 1" cannot race).
-        let mut stmt = conn
-            .prepare_cached(
-                "INSERT INTO deliveries (id, event_seq, endpoint_seq, state, attempt, due_at, line)
-                 VALUES (?1, ?2, ?3, 0, 0, ?4, CASE WHEN ?5 THEN
-                     (SELECT coalesce(max(line), 0) + 1 FROM deliveries
-                      WHERE endpoint_seq = ?3 AND line IS NOT NULL) END)",
-            )
-            .store()?;
-        stmt.execute(params![DeliveryId::new().0.as_bytes(), event_seq, endpoint_seq, now, fifo])
-            .store()?;
+        queue_delivery(conn, event_seq, *endpoint_seq, now, *fifo)?;
         n += 1;
     }
     Ok(n)

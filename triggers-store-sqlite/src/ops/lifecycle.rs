@@ -4,8 +4,8 @@
 use rusqlite::{params, Connection, Row};
 use triggers_core::store::{EndpointPatch, EndpointUpdate, RecoverQuery, Recovered, StoreResult};
 use triggers_core::{
-    DeliveryId, DeliveryOrdering, Endpoint, EndpointId, OrganizationId, Secret, Timestamp,
-    TypeGlob, DISABLED_BY_REQUEST,
+    DeliveryOrdering, Endpoint, EndpointId, OrganizationId, Secret, Timestamp, TypeGlob,
+    DISABLED_BY_REQUEST,
 };
 
 use crate::codec::{self, micros, query_opt, query_vec};
@@ -160,6 +160,9 @@ pub(crate) fn update_endpoint(
         patch.concurrency.flatten(),
     ])
     .store()?;
+    if let Some(ordering) = patch.ordering {
+        crate::ops::orgs::set_ordering(conn, org, id, ordering)?;
+    }
     let mut failed = 0;
     match patch.enabled {
         Some(true) if !was_enabled => {
@@ -196,13 +199,15 @@ pub(crate) fn recover(
     now: Timestamp,
 ) -> StoreResult<Option<Recovered>> {
     let mut find = conn
-        .prepare_cached("SELECT seq, enabled FROM endpoints WHERE id = ?1 AND org_id = ?2")
+        .prepare_cached(
+            "SELECT seq, enabled, ordering FROM endpoints WHERE id = ?1 AND org_id = ?2",
+        )
         .store()?;
     let found = query_opt(&mut find, params![id.0.as_bytes(), org.0.as_bytes()], |row| {
-        Ok((codec::int(row, 0)?, codec::int(row, 1)? != 0))
+        Ok((codec::int(row, 0)?, codec::int(row, 1)? != 0, codec::int(row, 2)? == 1))
     })?;
     drop(find);
-    let Some((seq, enabled)) = found else { return Ok(None) };
+    let Some((seq, enabled, fifo)) = found else { return Ok(None) };
     if !enabled {
         return Ok(Some(Recovered::default()));
     }
@@ -228,13 +233,8 @@ pub(crate) fn recover(
         .store()?
         .execute([seq, *event_seq])
         .store()?;
-        conn.prepare_cached(
-            "INSERT INTO deliveries (id, event_seq, endpoint_seq, state, attempt, due_at)
-             VALUES (?1, ?2, ?3, 0, 0, ?4)",
-        )
-        .store()?
-        .execute(params![DeliveryId::new().0.as_bytes(), event_seq, seq, now])
-        .store()?;
+        // Oldest first, so a FIFO endpoint's line gets them in event order, at its end.
+        crate::ops::events::queue_delivery(conn, *event_seq, seq, now, fifo)?;
         conn.prepare_cached("UPDATE events SET status = 0 WHERE seq = ?1 AND status = 2")
             .store()?
             .execute([event_seq])

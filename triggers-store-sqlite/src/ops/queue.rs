@@ -65,7 +65,8 @@ fn target(conn: &Connection, seq: i64, now: i64) -> StoreResult<Option<Target>> 
 ///    sums them per organization.
 /// 2. `parallel`: due parallel deliveries of enabled endpoints, earliest first, passing over
 ///    organizations and endpoints already at their cap (a failing endpoint's cap is 1: the
-///    circuit breaker). `heads`: the first delivery of each FIFO endpoint's line, if due and
+///    circuit breaker; a healthy one's is its own `concurrency` when that is lower than the
+///    claim's cap). `heads`: the first delivery of each FIFO endpoint's line, if due and
 ///    that endpoint has nothing in flight.
 /// 3. `ranked`: both together, numbered per organization and per endpoint in due order, so
 ///    this claim itself takes no more than each cap leaves; `due` keeps the first `limit`.
@@ -83,13 +84,15 @@ org_busy AS (
 ),
 parallel AS (
     SELECT d.id, d.due_at, p.org_id, d.endpoint_seq,
-           CASE WHEN p.failing_since IS NULL THEN ?6 ELSE 1 END AS cap
+           CASE WHEN p.failing_since IS NULL
+                THEN max(1, min(coalesce(p.concurrency, ?6), ?6)) ELSE 1 END AS cap
     FROM deliveries d INDEXED BY deliveries_due
     JOIN endpoints p ON p.seq = d.endpoint_seq
     WHERE d.due_at <= ?3 AND d.line IS NULL AND p.enabled = 1
       AND coalesce((SELECT n FROM org_busy o WHERE o.org_id = p.org_id), 0) < ?5
       AND coalesce((SELECT n FROM busy b WHERE b.endpoint_seq = d.endpoint_seq), 0)
-          < CASE WHEN p.failing_since IS NULL THEN ?6 ELSE 1 END
+          < CASE WHEN p.failing_since IS NULL
+                 THEN max(1, min(coalesce(p.concurrency, ?6), ?6)) ELSE 1 END
     ORDER BY d.due_at
     LIMIT ?4
 ),

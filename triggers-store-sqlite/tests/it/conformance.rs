@@ -6,10 +6,10 @@ use async_trait::async_trait;
 use tempfile::TempDir;
 use triggers_core::domain::event::{Event, EventDetail, EventRecord, EventStatus};
 use triggers_core::store::{
-    AckOutcome, AttemptEntry, AttemptQuery, ClaimRequest, Completion, Delivery, DeliveryEntry,
-    DeliveryHistory, DeliveryQuery, DeliveryQueue, EndpointPatch, EndpointStore, EndpointUpdate,
-    EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page, QueueStats, RecoverQuery,
-    Recovered, Retention, StoreResult,
+    AckOutcome, AttemptEntry, AttemptQuery, ClaimRequest, CompletedAndClaimed, Completion,
+    Delivery, DeliveryEntry, DeliveryHistory, DeliveryQuery, DeliveryQueue, EndpointPatch,
+    EndpointStore, EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page,
+    QueueStats, RecoverQuery, Recovered, Retention, StoreResult,
 };
 use triggers_core::{
     DeliveryId, DeliveryOrdering, Endpoint, EndpointId, EventId, KeyHash, Organization,
@@ -151,6 +151,13 @@ impl DeliveryQueue for TempStore {
     }
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
         self.store.complete(completions).await
+    }
+    async fn complete_and_claim(
+        &self,
+        completions: &[Completion],
+        req: ClaimRequest,
+    ) -> StoreResult<CompletedAndClaimed> {
+        self.store.complete_and_claim(completions, req).await
     }
     async fn release(
         &self,

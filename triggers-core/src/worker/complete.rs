@@ -1,0 +1,150 @@
+//! The completer: records finished attempts in batches and, in the same store call, claims
+//! the deliveries that take their places ([`DeliveryQueue::complete_and_claim`]).
+//!
+//! Why here and not in the dispatcher: a lease counts against its organization's share and
+//! its endpoint's cap until its completion is recorded. Claiming only after that commit
+//! returned cost every refill of a capped endpoint a second round trip (issue #13: one
+//! endpoint delivered half as fast as before the caps). Recording and claiming together
+//! frees and retakes the slot in one transaction, and the caps count exactly what they
+//! counted before.
+//!
+//! [`DeliveryQueue::complete_and_claim`]: crate::store::DeliveryQueue::complete_and_claim
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+
+use super::{Finished, Shared};
+use crate::deliver::Deliverer;
+use crate::domain::WorkerId;
+use crate::observe::DeliveryResult;
+use crate::store::{ClaimRequest, CompletedAndClaimed, Completion, Delivery, EventStore};
+
+/// Most completions recorded in one store call.
+pub(super) const COMPLETION_BATCH: usize = 256;
+
+/// Deliveries the completer claimed, each with the worker permit it runs under.
+pub(super) type Refill = Vec<(Delivery, OwnedSemaphorePermit)>;
+
+/// What the completer needs to claim: the pool's permits, lease owner and caps, the channel
+/// to the dispatcher (which starts the attempts), and the stop signal (no claims once set).
+pub(super) struct Refiller {
+    pub(super) permits: Arc<Semaphore>,
+    pub(super) owner: WorkerId,
+    pub(super) caps: (u32, u32),
+    /// Unbounded, but never holds more deliveries than the pool has permits.
+    pub(super) to_dispatcher: mpsc::UnboundedSender<Refill>,
+    pub(super) stop: watch::Receiver<bool>,
+}
+
+impl Refiller {
+    /// The free worker permits (at most one claim batch), unless the pool is stopping.
+    fn take_permits(&self, most: u32) -> Vec<OwnedSemaphorePermit> {
+        let mut held = Vec::new();
+        if *self.stop.borrow() {
+            return held;
+        }
+        while held.len() < most as usize {
+            match self.permits.clone().try_acquire_owned() {
+                Ok(p) => held.push(p),
+                Err(_) => break,
+            }
+        }
+        held
+    }
+}
+
+/// Records finished attempts in batches, claiming with each batch while permits are free.
+pub(super) async fn complete_loop<S: EventStore, D: Deliverer>(
+    shared: Arc<Shared<S, D>>,
+    mut done: mpsc::Receiver<Finished>,
+    refiller: Refiller,
+) {
+    let mut batch = Vec::with_capacity(COMPLETION_BATCH);
+    while done.recv_many(&mut batch, COMPLETION_BATCH).await > 0 {
+        let completions: Vec<Completion> = batch.iter().map(|(c, ..)| c.clone()).collect();
+        let applied = record_and_refill(&shared, &completions, &refiller).await;
+        if let Some(flags) = &applied {
+            super::announce_disabled(&*shared.store, &batch, flags).await;
+        }
+        if let (Some(flags), Some(observer)) = (applied, &shared.observer) {
+            for ((_, result, latency, _), applied) in batch.iter().zip(flags) {
+                let result = if applied { *result } else { DeliveryResult::Stale };
+                observer.delivery(result, *latency);
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// Records one batch and claims into the free permits; returns the applied flags (`None`
+/// if recording failed for good). Wakes the dispatcher (`freed`) whenever a claim may be
+/// worth making that this call did not make.
+async fn record_and_refill<S: EventStore, D: Deliverer>(
+    shared: &Shared<S, D>,
+    completions: &[Completion],
+    refiller: &Refiller,
+) -> Option<Vec<bool>> {
+    let cfg = &shared.config;
+    let held = refiller.take_permits(cfg.claim_batch);
+    if held.is_empty() {
+        let applied = record(&*shared.store, completions).await;
+        shared.freed.notify_one();
+        return applied;
+    }
+    let limit = u32::try_from(held.len()).unwrap_or(u32::MAX);
+    let req = ClaimRequest::new(refiller.owner, limit, cfg.lease, shared.clock.now())
+        .with_caps(refiller.caps.0, refiller.caps.1);
+    match shared.store.complete_and_claim(completions, req).await {
+        Ok(CompletedAndClaimed { applied, claimed }) => {
+            match claimed {
+                Ok(deliveries) => {
+                    // Every permit used: more may be due than this claim could take.
+                    if deliveries.len() == held.len() {
+                        shared.freed.notify_one();
+                    }
+                    if !deliveries.is_empty() {
+                        let refill: Refill = deliveries.into_iter().zip(held).collect();
+                        // The dispatcher outlives the completer, and releases what it gets
+                        // once stopping; a send fails only if it crashed, and then the
+                        // leases expire.
+                        let _ = refiller.to_dispatcher.send(refill);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming with the completions failed");
+                    shared.freed.notify_one();
+                }
+            }
+            Some(applied)
+        }
+        Err(e) => {
+            drop(held);
+            tracing::warn!(error = %e, "recording delivery outcomes failed; retrying");
+            let applied = record(&*shared.store, completions).await;
+            shared.freed.notify_one();
+            applied
+        }
+    }
+}
+
+/// Records completions, retrying a failed call a few times with a growing pause.
+async fn record<S: EventStore>(store: &S, completions: &[Completion]) -> Option<Vec<bool>> {
+    let mut tries = 0u32;
+    loop {
+        match store.complete(completions).await {
+            Ok(flags) => return Some(flags),
+            Err(e) if tries < 5 => {
+                tries += 1;
+                tracing::warn!(error = %e, tries, "recording delivery outcomes failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50 << tries)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, count = completions.len(),
+                    "recording delivery outcomes failed; their leases will expire and they will be retried");
+                return None;
+            }
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! A store that counts its delivery-queue round trips (`claim`, `complete`,
+//! `complete_and_claim`: each call one), forwarding everything to a [`MemoryStore`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use triggers_core::domain::event::EventRecord;
+use triggers_core::domain::WorkerId;
+use triggers_core::store::{
+    AckOutcome, AttemptEntry, AttemptQuery, ClaimRequest, CompletedAndClaimed, Completion,
+    Delivery, DeliveryEntry, DeliveryHistory, DeliveryQuery, DeliveryQueue, EndpointPatch,
+    EndpointStore, EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page,
+    QueueStats, RecoverQuery, Recovered, Retention, SecretRewrite, StoreResult,
+};
+use triggers_core::{
+    async_trait, DeliveryOrdering, Endpoint, EndpointId, Event, EventDetail, EventId, EventStatus,
+    KeyHash, MemoryStore, Organization, OrganizationId, Secret, Timestamp,
+};
+
+#[derive(Clone, Default)]
+pub(crate) struct Counting {
+    inner: MemoryStore,
+    queue_calls: Arc<AtomicU64>,
+}
+
+impl Counting {
+    /// `claim`, `complete` and `complete_and_claim` calls so far.
+    pub(crate) fn queue_calls(&self) -> u64 {
+        self.queue_calls.load(Ordering::SeqCst)
+    }
+
+    fn count(&self) {
+        self.queue_calls.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl OrgStore for Counting {
+    async fn create_organization(&self, org: &Organization, key: &KeyHash) -> StoreResult<()> {
+        self.inner.create_organization(org, key).await
+    }
+    async fn organization_by_key(&self, key: &KeyHash) -> StoreResult<Option<Organization>> {
+        self.inner.organization_by_key(key).await
+    }
+    async fn organization(&self, id: OrganizationId) -> StoreResult<Option<Organization>> {
+        self.inner.organization(id).await
+    }
+    async fn replace_key(&self, id: OrganizationId, key: &KeyHash) -> StoreResult<bool> {
+        self.inner.replace_key(id, key).await
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.inner.ping().await
+    }
+}
+
+#[async_trait]
+impl EndpointStore for Counting {
+    async fn create_endpoint(
+        &self,
+        org: OrganizationId,
+        endpoint: &NewEndpoint,
+    ) -> StoreResult<Endpoint> {
+        self.inner.create_endpoint(org, endpoint).await
+    }
+    async fn endpoints(&self, org: OrganizationId) -> StoreResult<Vec<Endpoint>> {
+        self.inner.endpoints(org).await
+    }
+    async fn endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<Option<Endpoint>> {
+        self.inner.endpoint(org, id).await
+    }
+    async fn update_endpoint(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        patch: &EndpointPatch,
+        now: Timestamp,
+    ) -> StoreResult<Option<EndpointUpdate>> {
+        self.inner.update_endpoint(org, id, patch, now).await
+    }
+    async fn recover(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        query: RecoverQuery,
+        now: Timestamp,
+    ) -> StoreResult<Option<Recovered>> {
+        self.inner.recover(org, id, query, now).await
+    }
+    async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
+        self.inner.delete_endpoint(org, id).await
+    }
+    async fn set_endpoint_ordering(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        ordering: DeliveryOrdering,
+    ) -> StoreResult<bool> {
+        self.inner.set_endpoint_ordering(org, id, ordering).await
+    }
+    async fn rotate_endpoint_secret(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        secret: &Secret,
+        previous_valid_until: Timestamp,
+    ) -> StoreResult<bool> {
+        self.inner.rotate_endpoint_secret(org, id, secret, previous_valid_until).await
+    }
+    async fn rewrite_secrets(&self, rewrite: SecretRewrite) -> StoreResult<u64> {
+        self.inner.rewrite_secrets(rewrite).await
+    }
+}
+
+#[async_trait]
+impl EventLog for Counting {
+    async fn insert_events(
+        &self,
+        org: OrganizationId,
+        events: Vec<EventRecord>,
+        dedup_window: Duration,
+        now: Timestamp,
+    ) -> StoreResult<Vec<InsertOutcome>> {
+        self.inner.insert_events(org, events, dedup_window, now).await
+    }
+    async fn event(&self, org: OrganizationId, id: EventId) -> StoreResult<Option<EventDetail>> {
+        self.inner.event(org, id).await
+    }
+    async fn list_events(
+        &self,
+        org: OrganizationId,
+        query: &ListQuery,
+    ) -> StoreResult<Page<Event>> {
+        self.inner.list_events(org, query).await
+    }
+    async fn ack(
+        &self,
+        org: OrganizationId,
+        ids: &[EventId],
+        now: Timestamp,
+    ) -> StoreResult<AckOutcome> {
+        self.inner.ack(org, ids, now).await
+    }
+    async fn replay(
+        &self,
+        org: OrganizationId,
+        id: EventId,
+        now: Timestamp,
+    ) -> StoreResult<Option<EventStatus>> {
+        self.inner.replay(org, id, now).await
+    }
+    async fn stats(&self, org: OrganizationId) -> StoreResult<QueueStats> {
+        self.inner.stats(org).await
+    }
+}
+
+#[async_trait]
+impl DeliveryQueue for Counting {
+    async fn claim(&self, req: ClaimRequest) -> StoreResult<Vec<Delivery>> {
+        self.count();
+        self.inner.claim(req).await
+    }
+    async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
+        self.count();
+        self.inner.complete(completions).await
+    }
+    async fn complete_and_claim(
+        &self,
+        completions: &[Completion],
+        req: ClaimRequest,
+    ) -> StoreResult<CompletedAndClaimed> {
+        self.count();
+        self.inner.complete_and_claim(completions, req).await
+    }
+    async fn release(
+        &self,
+        id: triggers_core::DeliveryId,
+        owner: WorkerId,
+        attempt: u32,
+        due_at: Option<Timestamp>,
+    ) -> StoreResult<bool> {
+        self.inner.release(id, owner, attempt, due_at).await
+    }
+    async fn extend_lease(
+        &self,
+        id: triggers_core::DeliveryId,
+        owner: WorkerId,
+        attempt: u32,
+        until: Timestamp,
+    ) -> StoreResult<bool> {
+        self.inner.extend_lease(id, owner, attempt, until).await
+    }
+    async fn queue_depth(&self) -> StoreResult<u64> {
+        self.inner.queue_depth().await
+    }
+    async fn reclaim_leases(&self, owner: WorkerId, now: Timestamp) -> StoreResult<u64> {
+        self.inner.reclaim_leases(owner, now).await
+    }
+}
+
+#[async_trait]
+impl Retention for Counting {
+    async fn purge_finished_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
+        self.inner.purge_finished_batch(before, batch).await
+    }
+    async fn purge_dedup_batch(&self, before: Timestamp, batch: u32) -> StoreResult<u64> {
+        self.inner.purge_dedup_batch(before, batch).await
+    }
+}
+
+#[async_trait]
+impl DeliveryHistory for Counting {
+    async fn endpoint_attempts(
+        &self,
+        org: OrganizationId,
+        endpoint: EndpointId,
+        query: &AttemptQuery,
+    ) -> StoreResult<Option<Vec<AttemptEntry>>> {
+        self.inner.endpoint_attempts(org, endpoint, query).await
+    }
+    async fn endpoint_deliveries(
+        &self,
+        org: OrganizationId,
+        endpoint: EndpointId,
+        query: &DeliveryQuery,
+    ) -> StoreResult<Option<Vec<DeliveryEntry>>> {
+        self.inner.endpoint_deliveries(org, endpoint, query).await
+    }
+}
