@@ -14,7 +14,9 @@
 //! organization is raised (the fuzzer creates hundreds, and the 422 at the limit is a correct
 //! answer it cannot foresee); the `ensure_resource_availability` check is off, because the
 //! link it follows from `POST /api/ack` to `POST /api/ack/{id}` is one the tool infers from
-//! the field name `ids` (the document has none, and acknowledging creates nothing).
+//! the field name `ids` (the document has none, and acknowledging creates nothing); and a hook
+//! (`tests/openapi_fuzz_hooks.py`) makes each valid `Idempotency-Key` it sends unique, since a
+//! key reused with another event is rightly 422 and the fuzzer cannot know its earlier keys.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -189,7 +191,9 @@ fn a_fuzzer_finds_the_server_and_its_document_in_agreement() {
         .ok()
         .and_then(|s| s.parse::<u32>().ok())
         .unwrap_or(FUZZ_SECONDS);
+    let hooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openapi_fuzz_hooks.py");
     let out = Command::new(venv.join("bin/schemathesis"))
+        .env("SCHEMATHESIS_HOOKS", &hooks)
         .args(["run", &format!("http://{}/openapi.json", server.addr)])
         .args(["--checks", "all", "--exclude-checks", "ensure_resource_availability"])
         .args(["--exclude-operation-id", "rotateKey"])
