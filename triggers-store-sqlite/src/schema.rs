@@ -24,6 +24,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_quotas.sql"),
     // Issue 15: the node id that lets a restart reclaim its own leases at once.
     include_str!("migrations/0005_embed.sql"),
+    // Issue 13, finished: claims find due deliveries per endpoint. (0006 belongs to the
+    // delivery-history change; whichever lands second goes after the other here.)
+    include_str!("migrations/0007_claim_by_endpoint.sql"),
 ];
 
 /// Marks a database as ours (`PRAGMA application_id`, "TRGS").
