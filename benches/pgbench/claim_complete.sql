@@ -2,7 +2,7 @@
 -- delivered (FAST_SQL of src/complete.rs), with pgbench variables for the bind parameters.
 -- Keep it in step with those two statements when they change. The caps are the bench's
 -- (none: u32::MAX), as in benches/postgres.rs.
-WITH busy AS MATERIALIZED (
+WITH RECURSIVE busy AS MATERIALIZED (
     SELECT b.endpoint_id, b.organization_id, count(*) AS n
     FROM deliveries b
     WHERE b.state = 'in_flight' AND b.due_at > now()
@@ -11,27 +11,46 @@ WITH busy AS MATERIALIZED (
 org_busy AS MATERIALIZED (
     SELECT organization_id, sum(n) AS n FROM busy GROUP BY organization_id
 ),
-parallel AS (
-    SELECT d.id, d.due_at, d.organization_id, d.endpoint_id,
+outstanding AS (
+    (SELECT endpoint_id, due_at FROM deliveries
+     WHERE fifo_seq IS NULL ORDER BY endpoint_id, due_at LIMIT 1)
+    UNION ALL
+    SELECT n.endpoint_id, n.due_at FROM outstanding o CROSS JOIN LATERAL (
+        SELECT l.endpoint_id, l.due_at FROM deliveries l
+        WHERE l.fifo_seq IS NULL AND l.endpoint_id > o.endpoint_id
+        ORDER BY l.endpoint_id, l.due_at LIMIT 1) n
+),
+capped AS (
+    SELECT o.endpoint_id, o.due_at AS first_due, ep.organization_id,
            CASE WHEN ep.failing_since IS NULL
-                THEN GREATEST(1, LEAST(ep.concurrency, 2147483647::int8)) ELSE 1 END AS cap
-    FROM deliveries d
-    JOIN endpoints ep ON ep.id = d.endpoint_id AND ep.enabled
-    WHERE d.due_at <= now() AND d.fifo_seq IS NULL
-      AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
-      -- NOT (… IN (subquery)): hashed subplans, computed once, with a neutral row
-      -- estimate, so the plan stays an ordered walk of deliveries_due that stops after the
-      -- LIMIT (`<> ALL (ARRAY(…))` or NOT EXISTS made the planner sort every due row).
-      AND NOT (d.organization_id IN (SELECT organization_id FROM org_busy WHERE n >= 2147483647))
-      -- An endpoint's own concurrency counts when lower than the claim's cap (LEAST
-      -- ignores a NULL); still uncorrelated, so still one hashed subplan.
-      AND NOT (d.endpoint_id IN (
-          SELECT b.endpoint_id FROM busy b JOIN endpoints e ON e.id = b.endpoint_id
-          WHERE b.n >= GREATEST(1, LEAST(e.concurrency, 2147483647))))
-      AND (ep.failing_since IS NULL OR NOT (d.endpoint_id IN (SELECT endpoint_id FROM busy)))
-    ORDER BY d.due_at
+                THEN GREATEST(1, LEAST(ep.concurrency, 2147483647::int8)) ELSE 1 END AS cap,
+           coalesce(ob.n, 0) AS org_n, coalesce(b.n, 0) AS ep_n
+    FROM outstanding o
+    JOIN endpoints ep ON ep.id = o.endpoint_id AND ep.enabled
+    LEFT JOIN org_busy ob ON ob.organization_id = ep.organization_id
+    LEFT JOIN busy b ON b.endpoint_id = o.endpoint_id
+    WHERE o.due_at <= now()
+),
+open AS (
+    SELECT * FROM (
+        SELECT c.*, row_number() OVER (PARTITION BY c.organization_id
+                                       ORDER BY c.first_due, c.endpoint_id) AS org_rank
+        FROM capped c
+        WHERE c.org_n < 2147483647 AND c.ep_n < c.cap
+    ) r
+    WHERE r.org_rank <= 2147483647 - r.org_n
+    ORDER BY r.first_due, r.endpoint_id
     LIMIT 64
-    FOR UPDATE OF d SKIP LOCKED
+),
+parallel AS (
+    SELECT d.id, d.due_at, e.organization_id, e.endpoint_id, e.cap
+    FROM open e CROSS JOIN LATERAL (
+        SELECT l.id, l.due_at FROM deliveries l
+        WHERE l.endpoint_id = e.endpoint_id AND l.fifo_seq IS NULL AND l.due_at <= now()
+        ORDER BY l.due_at
+        LIMIT LEAST(e.cap - e.ep_n, 64)
+        FOR UPDATE SKIP LOCKED
+    ) d
 ),
 heads AS (
     SELECT h.id FROM endpoints ep
@@ -63,14 +82,14 @@ ranked AS (
     LEFT JOIN busy b ON b.endpoint_id = c.endpoint_id
 ),
 due AS (
-    SELECT id, due_at FROM ranked
-    WHERE org_n <= 2147483647 AND ep_n <= cap ORDER BY due_at LIMIT 64
+    SELECT id, due_at FROM ranked WHERE org_n <= 2147483647 AND ep_n <= cap ORDER BY due_at LIMIT 64
 ),
 claimed AS (
     UPDATE deliveries d
     SET state = 'in_flight', attempt = d.attempt + 1, lease_owner = (lpad(:client_id::text, 32, '0'))::uuid,
         lease_expires_at = now() + interval '60 s', due_at = now() + interval '60 s'
     FROM due WHERE d.id = due.id
+      AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
     RETURNING d.id, d.attempt, d.event_id, d.endpoint_id, due.due_at AS was_due
 ),
 res AS (

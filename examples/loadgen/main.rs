@@ -28,6 +28,12 @@
 //!     cargo run --release --example server
 //! cargo run --release --example loadgen -- --webhook --connections 16 --duration 10s
 //! ```
+//!
+//! `--fifo` (with `--webhook`) registers the endpoint with `"ordering": "fifo"`: the rate is
+//! then that of one ordered line. Each event also carries its connection's number, and the
+//! receiver counts deliveries that overtook an earlier event of the same connection (a
+//! connection sends its next event only after the previous one was accepted, so a FIFO line
+//! holds them in that order); it must print `out_of_order=0`.
 
 mod receiver;
 
@@ -67,6 +73,7 @@ struct Args {
     threads: usize,
     get: Option<String>,
     webhook: bool,
+    fifo: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, Error> {
@@ -92,6 +99,7 @@ fn parse_args() -> Result<Args, Error> {
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         get: None,
         webhook: false,
+        fifo: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -111,12 +119,16 @@ fn parse_args() -> Result<Args, Error> {
             "--threads" => a.threads = value()?.parse()?,
             "--get" => a.get = Some(value()?),
             "--webhook" => a.webhook = true,
+            "--fifo" => a.fifo = true,
             "-h" | "--help" => {
                 out!("see the doc comment of examples/loadgen/main.rs for the options");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown option {other}").into()),
         }
+    }
+    if a.fifo && !a.webhook {
+        return Err("--fifo needs --webhook".into());
     }
     if a.webhook {
         if a.get.is_some() {
@@ -193,9 +205,11 @@ async fn create(
     Ok(v[field].as_str().ok_or_else(|| format!("no {field} in the answer"))?.to_owned())
 }
 
-/// Registers `url` as a webhook endpoint of the key's organization; returns its secret.
-async fn create_endpoint(host: &str, key: &str, url: &str) -> Result<String, Error> {
-    let body = format!(r#"{{"url":"{url}"}}"#);
+/// Registers `url` as a webhook endpoint of the key's organization (ordered with `fifo`);
+/// returns its secret.
+async fn create_endpoint(host: &str, key: &str, url: &str, fifo: bool) -> Result<String, Error> {
+    let ordering = if fifo { r#","ordering":"fifo""# } else { "" };
+    let body = format!(r#"{{"url":"{url}"{ordering}}}"#);
     create(host, "/api/webhook/config", &[("x-api-key", key)], body, "secret").await
 }
 
@@ -224,6 +238,8 @@ struct Shared {
     stop: AtomicBool,
     budget: Option<AtomicU64>,
     get: Option<String>,
+    /// Tag each event with its connection's number (`payload.c`), for the order check.
+    tag: bool,
 }
 
 async fn worker(shared: Arc<Shared>, id: usize) -> Tally {
@@ -258,8 +274,9 @@ async fn worker(shared: Arc<Shared>, id: usize) -> Tally {
         let result = match &shared.get {
             Some(path) => c.send("GET", path, &headers, String::new()).await,
             None => {
+                let tag = if shared.tag { format!(r#""c":{id},"#) } else { String::new() };
                 let body = format!(
-                    r#"{{"type":"load.test","dedup_id":"{}-{id}-{i}","payload":{{"n":{i},"pad":"{}"}}}}"#,
+                    r#"{{"type":"load.test","dedup_id":"{}-{id}-{i}","payload":{{{tag}"n":{i},"pad":"{}"}}}}"#,
                     shared.run, shared.padding
                 );
                 c.post("/api/events", &headers, body).await
@@ -308,7 +325,7 @@ async fn run(args: Args) -> Result<(), Error> {
         true => {
             let receiver = receiver::Receiver::start().await?;
             let url = format!("http://{}/hook", receiver.addr);
-            receiver.set_secret(&create_endpoint(&args.host, &key, &url).await?)?;
+            receiver.set_secret(&create_endpoint(&args.host, &key, &url, args.fifo).await?)?;
             Some(receiver)
         }
         false => None,
@@ -326,6 +343,7 @@ async fn run(args: Args) -> Result<(), Error> {
         stop: AtomicBool::new(false),
         budget: args.requests.map(AtomicU64::new),
         get: args.get.clone(),
+        tag: args.fifo,
     });
     let tasks: Vec<_> =
         (0..args.connections).map(|id| tokio::spawn(worker(shared.clone(), id))).collect();
@@ -403,11 +421,12 @@ async fn report_deliveries(receiver: &receiver::Receiver, accepted: u64, load_st
         t.last.saturating_sub(load_ended).as_secs_f64(),
     );
     out!(
-        "deliveries per whole second: median={} min={} max={} ({} seconds)",
+        "deliveries per whole second: median={} min={} max={} ({} seconds) out_of_order={}",
         full.get(full.len() / 2).copied().unwrap_or(0),
         full.first().copied().unwrap_or(0),
         full.last().copied().unwrap_or(0),
-        full.len()
+        full.len(),
+        t.out_of_order
     );
     if t.distinct < accepted {
         out!(

@@ -1,7 +1,7 @@
 //! A webhook receiver on loopback for the delivery benchmark: answers every POST with 200,
 //! checks each Standard Webhooks signature, and counts distinct `webhook-id`s over time.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,6 +27,10 @@ struct Seen {
     bad_signatures: u64,
     /// When each distinct id arrived, relative to `started`, in order.
     arrivals: Vec<Duration>,
+    /// Per load connection (`payload.c`), the last `payload.n` delivered for the first time.
+    last_n: HashMap<u64, u64>,
+    /// First deliveries whose `n` was below an earlier one of the same connection.
+    out_of_order: u64,
 }
 
 /// A running receiver. Its signing key is set once the endpoint is registered.
@@ -46,6 +50,9 @@ pub(crate) struct Tally {
     pub(crate) last: Duration,
     /// Distinct deliveries per whole second after the first one, in order.
     pub(crate) per_second: Vec<u64>,
+    /// First deliveries that overtook an earlier event of the same load connection (events
+    /// carrying `payload.c`, as `--fifo` sends them; 0 when no event does).
+    pub(crate) out_of_order: u64,
 }
 
 impl Receiver {
@@ -98,6 +105,12 @@ impl Receiver {
             seen.bad_signatures += 1;
         } else if seen.ids.insert(id) {
             seen.arrivals.push(at);
+            if let Some((c, n)) = connection_and_n(&body) {
+                match seen.last_n.insert(c, n) {
+                    Some(previous) if previous > n => seen.out_of_order += 1,
+                    _ => {}
+                }
+            }
         }
         Response::new(Full::new(Bytes::new()))
     }
@@ -131,6 +144,13 @@ impl Receiver {
             bad_signatures: seen.bad_signatures,
             last,
             per_second,
+            out_of_order: seen.out_of_order,
         }
     }
+}
+
+/// `payload.c` and `payload.n` of a webhook body, if it has both.
+fn connection_and_n(body: &[u8]) -> Option<(u64, u64)> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    Some((v["payload"]["c"].as_u64()?, v["payload"]["n"].as_u64()?))
 }

@@ -17,7 +17,8 @@ use crate::rows::{self, get};
 use crate::PgStore;
 
 /// Due = pending and `next_attempt_at <= now`, or in flight with `lease_expires_at <= now`;
-/// both are `due_at <= now` on the index `deliveries_due` (finished deliveries have no row).
+/// both are `due_at <= now` (finished deliveries have no row). Parallel deliveries are found
+/// per endpoint on the index `deliveries_endpoint_due` (endpoint, due time).
 ///
 /// The claim commits without waiting for its WAL flush (`synchronous_commit = off` for this
 /// transaction only): a lease is not worth an fsync. If the database crashes within the WAL
@@ -34,24 +35,31 @@ use crate::PgStore;
 /// 1. `busy`: live leases per endpoint and organization, from the partial index
 ///    `deliveries_in_flight` (it holds in-flight rows only, so this costs what is in flight,
 ///    not the queue); `org_busy` sums them per organization.
-/// 2. `parallel`: due parallel deliveries (`deliveries_due` holds only those), earliest
-///    first, passing over organizations and endpoints already at their cap — a failing
-///    endpoint's cap is 1 (the circuit breaker), a healthy one's its own `concurrency` when
-///    lower than the claim's cap — locked `SKIP LOCKED`.
-/// 3. `heads`: the first delivery of each FIFO endpoint's line (by `fifo_seq, event_id`), if
+/// 2. `outstanding`: every endpoint with outstanding parallel deliveries and its earliest
+///    `due_at` — a loose scan of `deliveries_endpoint_due`, one index probe per endpoint.
+///    The deliveries of an endpoint or organization at its cap are never walked, however
+///    many wait (walking the due queue in time order, as before, visited each of them on
+///    every claim, and a claim's `LIMIT` could fill with deliveries the caps then dropped).
+/// 3. `open`: those that are due, enabled and under their caps — a failing endpoint's cap is
+///    1 (the circuit breaker), a healthy one's its own `concurrency` when lower than the
+///    claim's —, per organization only as many, earliest first, as the organization has
+///    room for, then the `$2` earliest: no other endpoint can hold one of the `$2` earliest
+///    claimable deliveries. `parallel`: for each, its earliest due deliveries, no more than
+///    its room, locked `SKIP LOCKED`.
+/// 4. `heads`: the first delivery of each FIFO endpoint's line (by `fifo_seq, event_id`), if
 ///    it is due, its endpoint has nothing in flight and its organization is under its cap.
 ///    The head is chosen from the statement's snapshot *without* skipping locked rows (a
 ///    locked head is still the head), then locked `SKIP LOCKED` with its due time checked
 ///    again on the newest row version: a head another claimer just took is passed over, and
 ///    the next delivery of the line is never considered while the head exists. So at most one
 ///    delivery of a line is in flight, across nodes.
-/// 4. `ranked`/`due`: both kinds numbered per organization and endpoint in due order, so
+/// 5. `ranked`/`due`: both kinds numbered per organization and endpoint in due order, so
 ///    that the claim itself takes no more than each cap leaves, then the first `$2`. Rows
 ///    locked but not taken are left as they are.
 ///
 /// `benches/pgbench/claim_complete.sql` runs a copy of this statement: change both.
 const CLAIM_SQL: &str = r#"
-WITH busy AS MATERIALIZED (
+WITH RECURSIVE busy AS MATERIALIZED (
     SELECT b.endpoint_id, b.organization_id, count(*) AS n
     FROM deliveries b
     WHERE b.state = 'in_flight' AND b.due_at > $1
@@ -60,27 +68,46 @@ WITH busy AS MATERIALIZED (
 org_busy AS MATERIALIZED (
     SELECT organization_id, sum(n) AS n FROM busy GROUP BY organization_id
 ),
-parallel AS (
-    SELECT d.id, d.due_at, d.organization_id, d.endpoint_id,
+outstanding AS (
+    (SELECT endpoint_id, due_at FROM deliveries
+     WHERE fifo_seq IS NULL ORDER BY endpoint_id, due_at LIMIT 1)
+    UNION ALL
+    SELECT n.endpoint_id, n.due_at FROM outstanding o CROSS JOIN LATERAL (
+        SELECT l.endpoint_id, l.due_at FROM deliveries l
+        WHERE l.fifo_seq IS NULL AND l.endpoint_id > o.endpoint_id
+        ORDER BY l.endpoint_id, l.due_at LIMIT 1) n
+),
+capped AS (
+    SELECT o.endpoint_id, o.due_at AS first_due, ep.organization_id,
            CASE WHEN ep.failing_since IS NULL
-                THEN GREATEST(1, LEAST(ep.concurrency, $6)) ELSE 1 END AS cap
-    FROM deliveries d
-    JOIN endpoints ep ON ep.id = d.endpoint_id AND ep.enabled
-    WHERE d.due_at <= $1 AND d.fifo_seq IS NULL
-      AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
-      -- NOT (… IN (subquery)): hashed subplans, computed once, with a neutral row
-      -- estimate, so the plan stays an ordered walk of deliveries_due that stops after the
-      -- LIMIT (`<> ALL (ARRAY(…))` or NOT EXISTS made the planner sort every due row).
-      AND NOT (d.organization_id IN (SELECT organization_id FROM org_busy WHERE n >= $5))
-      -- An endpoint's own concurrency counts when lower than the claim's cap (LEAST
-      -- ignores a NULL); still uncorrelated, so still one hashed subplan.
-      AND NOT (d.endpoint_id IN (
-          SELECT b.endpoint_id FROM busy b JOIN endpoints e ON e.id = b.endpoint_id
-          WHERE b.n >= GREATEST(1, LEAST(e.concurrency, $6))))
-      AND (ep.failing_since IS NULL OR NOT (d.endpoint_id IN (SELECT endpoint_id FROM busy)))
-    ORDER BY d.due_at
+                THEN GREATEST(1, LEAST(ep.concurrency, $6)) ELSE 1 END AS cap,
+           coalesce(ob.n, 0) AS org_n, coalesce(b.n, 0) AS ep_n
+    FROM outstanding o
+    JOIN endpoints ep ON ep.id = o.endpoint_id AND ep.enabled
+    LEFT JOIN org_busy ob ON ob.organization_id = ep.organization_id
+    LEFT JOIN busy b ON b.endpoint_id = o.endpoint_id
+    WHERE o.due_at <= $1
+),
+open AS (
+    SELECT * FROM (
+        SELECT c.*, row_number() OVER (PARTITION BY c.organization_id
+                                       ORDER BY c.first_due, c.endpoint_id) AS org_rank
+        FROM capped c
+        WHERE c.org_n < $5 AND c.ep_n < c.cap
+    ) r
+    WHERE r.org_rank <= $5 - r.org_n
+    ORDER BY r.first_due, r.endpoint_id
     LIMIT $2
-    FOR UPDATE OF d SKIP LOCKED
+),
+parallel AS (
+    SELECT d.id, d.due_at, e.organization_id, e.endpoint_id, e.cap
+    FROM open e CROSS JOIN LATERAL (
+        SELECT l.id, l.due_at FROM deliveries l
+        WHERE l.endpoint_id = e.endpoint_id AND l.fifo_seq IS NULL AND l.due_at <= $1
+        ORDER BY l.due_at
+        LIMIT LEAST(e.cap - e.ep_n, $2)
+        FOR UPDATE SKIP LOCKED
+    ) d
 ),
 heads AS (
     SELECT h.id FROM endpoints ep
@@ -119,6 +146,7 @@ claimed AS (
     SET state = 'in_flight', attempt = d.attempt + 1, lease_owner = $3,
         lease_expires_at = $4, due_at = $4
     FROM due WHERE d.id = due.id
+      AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
     RETURNING d.id, d.attempt, d.event_id, d.endpoint_id, due.due_at AS was_due
 )
 SELECT c.id, c.attempt, c.event_id, c.endpoint_id, e.organization_id, e.event_type, e.payload, e.created_at,

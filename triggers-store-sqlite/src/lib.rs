@@ -35,7 +35,9 @@
 //!   restarts; an entry older than the window is taken over by the next insert.
 //! - **Delivery queue**: a table of outstanding deliveries. A claim is one
 //!   `UPDATE … WHERE id IN (SELECT … ORDER BY due_at LIMIT ?) RETURNING …` that takes a lease;
-//!   an expired lease makes the delivery due again for the same query. Completions, releases
+//!   an expired lease makes the delivery due again for the same query. Due deliveries are
+//!   found per endpoint (index on endpoint and due time), so the backlog of an endpoint at
+//!   its concurrency cap costs a claim nothing. Completions, releases
 //!   and heartbeats are fenced by `(lease_owner, attempt)`.
 //! - **Retention**: [`SqliteStore::purge`] (or [`SqliteStore::spawn_purge_task`]) deletes
 //!   delivered events older than [`SqliteConfig::retention`] and dedup ids older than

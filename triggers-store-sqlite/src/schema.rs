@@ -26,6 +26,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_embed.sql"),
     // Issue 14: delivery history by endpoint.
     include_str!("migrations/0006_history.sql"),
+    // Issue 13, finished: claims find due deliveries per endpoint.
+    include_str!("migrations/0007_claim_by_endpoint.sql"),
 ];
 
 /// Marks a database as ours (`PRAGMA application_id`, "TRGS").

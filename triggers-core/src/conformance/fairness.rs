@@ -67,6 +67,46 @@ pub async fn claims_respect_the_organization_share<S: EventStore>(store: &S) {
     assert_eq!(count_by_org(&again), HashMap::from([(noisy, 3), (quiet, 1)]));
 }
 
+/// Deliveries held back by the caps never take the place of claimable ones, however many of
+/// them come due first: a small claim still gets later deliveries of other endpoints and
+/// organizations (the backlog of an endpoint at its cap is passed over, not counted against
+/// the claim's limit).
+pub async fn held_back_deliveries_never_crowd_out_a_claim<S: EventStore>(store: &S) {
+    let (noisy, quiet) = (new_org(store).await, new_org(store).await);
+    let backlog = endpoint(store, noisy, Some("a.*"), t(0)).await;
+    let second = endpoint(store, noisy, Some("b.*"), t(0)).await;
+    let other = endpoint(store, quiet, None, t(0)).await;
+    let records = (0..20).map(|i| record(&format!("a.{i}"), t(0))).collect();
+    insert(store, noisy, records, t(0)).await;
+    insert(store, noisy, vec![record("b.0", t(1))], t(1)).await;
+    insert(store, quiet, vec![record("q.0", t(2))], t(2)).await;
+    let caps = (3, 2);
+    let w = WorkerId::new();
+    let per_endpoint = |got: &[Delivery]| {
+        let mut counts = HashMap::new();
+        for d in got {
+            *counts.entry(d.endpoint_id).or_insert(0) += 1;
+        }
+        counts
+    };
+
+    let first = claim_capped(store, w, 3, t(3), caps).await;
+    assert_eq!(
+        per_endpoint(&first),
+        HashMap::from([(backlog.id, 2), (second.id, 1)]),
+        "the endpoint cap of 2, then the next endpoint's delivery, within a limit of 3"
+    );
+    let next = claim_capped(store, w, 1, t(3), caps).await;
+    assert_eq!(per_endpoint(&next), HashMap::from([(other.id, 1)]), "the organization share");
+    assert!(claim_capped(store, w, 5, t(3), caps).await.is_empty());
+
+    // A finished delivery frees one place of the backlog's endpoint: exactly one more.
+    let done = first.iter().find(|d| d.endpoint_id == backlog.id).unwrap();
+    assert!(complete(store, completion(done, CompletionState::Delivered, t(4))).await);
+    let refill = claim_capped(store, w, 5, t(4), caps).await;
+    assert_eq!(per_endpoint(&refill), HashMap::from([(backlog.id, 1)]));
+}
+
 /// A parallel endpoint holds at most the endpoint cap; a failing endpoint only one lease
 /// (circuit breaker) until an attempt succeeds.
 pub async fn claims_respect_endpoint_concurrency_and_the_breaker<S: EventStore>(store: &S) {

@@ -63,16 +63,25 @@ fn target(conn: &Connection, seq: i64, now: i64) -> StoreResult<Option<Target>> 
 /// 1. `busy`: live leases per endpoint (in flight, lease not expired), found through the
 ///    partial index of leased rows, so it costs what is in flight, not the queue; `org_busy`
 ///    sums them per organization.
-/// 2. `parallel`: due parallel deliveries of enabled endpoints, earliest first, passing over
-///    organizations and endpoints already at their cap (a failing endpoint's cap is 1: the
-///    circuit breaker; a healthy one's is its own `concurrency` when that is lower than the
-///    claim's cap). `heads`: the first delivery of each FIFO endpoint's line, if due and
-///    that endpoint has nothing in flight.
-/// 3. `ranked`: both together, numbered per organization and per endpoint in due order, so
+/// 2. `outstanding`: every endpoint with outstanding parallel deliveries and its earliest
+///    `due_at` — a loose scan of `deliveries_endpoint_due` (endpoint, due time), one index
+///    probe per endpoint. The claim never walks the deliveries of an endpoint or organization
+///    at its cap: a backlog of any size behind a capped endpoint costs it nothing (walking
+///    the due queue in time order, as before, cost a visit per waiting delivery each claim).
+/// 3. `open`: those that are due, enabled and under their caps (an endpoint's cap: 1 while
+///    failing — the circuit breaker —, else its own `concurrency` when lower than the
+///    claim's); per organization only as many, earliest first, as the organization has room
+///    for; then the `limit` earliest. No other endpoint can hold one of the `limit` earliest
+///    claimable deliveries: each endpoint kept has a claimable delivery no later than its
+///    first one (its own, or an earlier one of its organization).
+/// 4. `parallel`: the earliest due deliveries of each open endpoint, from the same index.
+///    `heads`: the first delivery of each FIFO endpoint's line, if due and that endpoint has
+///    nothing in flight.
+/// 5. `ranked`: both together, numbered per organization and per endpoint in due order, so
 ///    this claim itself takes no more than each cap leaves; `due` keeps the first `limit`.
-/// 4. The `UPDATE` leases them.
+/// 6. The `UPDATE` leases them.
 const CLAIM_SQL: &str = r#"
-WITH busy AS (
+WITH RECURSIVE busy AS (
     SELECT l.endpoint_seq, count(*) AS n
     FROM deliveries l INDEXED BY deliveries_leased
     WHERE l.state = 1 AND l.due_at > ?3
@@ -82,19 +91,42 @@ org_busy AS (
     SELECT p.org_id, sum(b.n) AS n FROM busy b JOIN endpoints p ON p.seq = b.endpoint_seq
     GROUP BY p.org_id
 ),
-parallel AS (
-    SELECT d.id, d.due_at, p.org_id, d.endpoint_seq,
+outstanding(seq, first_due) AS (
+    SELECT * FROM (
+        SELECT endpoint_seq, due_at FROM deliveries INDEXED BY deliveries_endpoint_due
+        WHERE line IS NULL ORDER BY endpoint_seq, due_at LIMIT 1)
+    UNION ALL
+    SELECT n.endpoint_seq, n.due_at FROM outstanding o
+    JOIN deliveries n ON n.id = (
+        SELECT h.id FROM deliveries h INDEXED BY deliveries_endpoint_due
+        WHERE h.line IS NULL AND h.endpoint_seq > o.seq
+        ORDER BY h.endpoint_seq, h.due_at LIMIT 1)
+),
+capped AS (
+    SELECT o.seq, o.first_due, p.org_id,
            CASE WHEN p.failing_since IS NULL
-                THEN max(1, min(coalesce(p.concurrency, ?6), ?6)) ELSE 1 END AS cap
-    FROM deliveries d INDEXED BY deliveries_due
-    JOIN endpoints p ON p.seq = d.endpoint_seq
-    WHERE d.due_at <= ?3 AND d.line IS NULL AND p.enabled = 1
-      AND coalesce((SELECT n FROM org_busy o WHERE o.org_id = p.org_id), 0) < ?5
-      AND coalesce((SELECT n FROM busy b WHERE b.endpoint_seq = d.endpoint_seq), 0)
-          < CASE WHEN p.failing_since IS NULL
-                 THEN max(1, min(coalesce(p.concurrency, ?6), ?6)) ELSE 1 END
-    ORDER BY d.due_at
+                THEN max(1, min(coalesce(p.concurrency, ?6), ?6)) ELSE 1 END AS cap,
+           coalesce((SELECT n FROM org_busy x WHERE x.org_id = p.org_id), 0) AS org_n
+    FROM outstanding o CROSS JOIN endpoints p ON p.seq = o.seq
+    WHERE o.first_due <= ?3 AND p.enabled = 1
+),
+open AS (
+    SELECT seq, first_due, org_id, cap FROM (
+        SELECT c.*,
+               row_number() OVER (PARTITION BY c.org_id ORDER BY c.first_due, c.seq) AS org_rank
+        FROM capped c
+        WHERE c.org_n < ?5
+          AND coalesce((SELECT n FROM busy b WHERE b.endpoint_seq = c.seq), 0) < c.cap)
+    WHERE org_rank <= ?5 - org_n
+    ORDER BY first_due, seq
     LIMIT ?4
+),
+parallel AS (
+    SELECT d.id, d.due_at, e.org_id, d.endpoint_seq, e.cap
+    FROM open e CROSS JOIN deliveries d ON d.id IN (
+        SELECT h.id FROM deliveries h INDEXED BY deliveries_endpoint_due
+        WHERE h.endpoint_seq = e.seq AND h.line IS NULL AND h.due_at <= ?3
+        ORDER BY h.due_at LIMIT min(?4, ?6))
 ),
 heads AS (
     SELECT d.id, d.due_at, p.org_id, d.endpoint_seq, 1 AS cap
