@@ -97,11 +97,23 @@ impl Drop for Server {
 impl Server {
     fn start() -> Self {
         let bin = profile_dir().join("examples/server");
-        if !bin.exists() {
-            // `cargo test` builds the examples, `cargo test --test openapi_fuzz` does not.
+        {
+            // `cargo test` builds the examples, `cargo test --test openapi_fuzz` does not (and
+            // would fuzz a stale binary): make sure it is current (a no-op when it is).
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut build = Command::new(cargo);
-            build.args(["build", "--example", "server"]);
+            build.args(["build", "--example", "server", "--no-default-features"]);
+            // The features this test was built with: the same build of the example, no flip.
+            let features: Vec<&str> = [
+                ("sqlite", cfg!(feature = "sqlite")),
+                ("postgres", cfg!(feature = "postgres")),
+                ("http", cfg!(feature = "http")),
+                ("conformance", cfg!(feature = "conformance")),
+            ]
+            .into_iter()
+            .filter_map(|(name, on)| on.then_some(name))
+            .collect();
+            build.args(["--features", &features.join(",")]);
             if profile_dir().ends_with("release") {
                 build.arg("--release");
             }

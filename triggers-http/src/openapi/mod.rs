@@ -283,6 +283,30 @@ fn operation(route: Route) -> Op {
     }
 }
 
+/// The problem `code`s an error status carries (`ApiError::status` and `ApiError::code`, read
+/// the other way round). The document lists them per response, so a client knows which codes
+/// to expect and the fuzzer's response check holds the server to them.
+fn problem_codes(status: u16) -> &'static [&'static str] {
+    match status {
+        400 => &["malformed_json", "not_an_object", "invalid_query", "bad_request"],
+        401 => {
+            &["missing_api_key", "invalid_api_key", "invalid_admin_token", "invalid_metrics_token"]
+        }
+        403 => &["key_generation_disabled", "metrics_forbidden"],
+        404 => &["not_found", "route_not_found"],
+        405 => &["method_not_allowed"],
+        408 => &["request_timeout"],
+        413 => &["body_too_large"],
+        415 => &["unsupported_media_type"],
+        421 => &["host_not_allowed"],
+        422 => &["invalid_field", "limit_exceeded", "idempotency_key_reused"],
+        429 => &["rate_limited"],
+        500 => &["internal_error"],
+        503 => &["overloaded", "store_unavailable"],
+        _ => &[],
+    }
+}
+
 fn schema_ref(name: &str) -> Value {
     json!({ "$ref": format!("#/components/schemas/{name}") })
 }
@@ -293,7 +317,13 @@ fn header_ref(name: &str) -> Value {
 
 fn response(status: u16, schema: Option<&str>, auth: Auth) -> Value {
     let mut r = Map::new();
-    r.insert("description".into(), json!(reason(status)));
+    let codes = problem_codes(status);
+    let description = if status >= 400 && !codes.is_empty() {
+        format!("{}: code {}", reason(status), codes.join(", "))
+    } else {
+        reason(status).to_owned()
+    };
+    r.insert("description".into(), json!(description));
     let mut headers = Map::new();
     // Rate headers need a known organization: not on 401.
     if auth == Auth::ApiKey && status != 401 {
@@ -319,7 +349,16 @@ fn response(status: u16, schema: Option<&str>, auth: Auth) -> Value {
             "text/css": { "schema": { "type": "string" } }
         })),
         Some(name) if status >= 400 => {
-            Some(json!({ "application/problem+json": { "schema": schema_ref(name) } }))
+            let codes = problem_codes(status);
+            let schema = if codes.is_empty() {
+                schema_ref(name)
+            } else {
+                json!({ "allOf": [
+                    schema_ref(name),
+                    { "type": "object", "properties": { "code": { "enum": codes } } },
+                ] })
+            };
+            Some(json!({ "application/problem+json": { "schema": schema } }))
         }
         Some(name) => Some(json!({ "application/json": { "schema": schema_ref(name) } })),
     };
@@ -443,4 +482,58 @@ pub(crate) fn document_at(base_path: &str) -> Value {
 pub(crate) fn document_bytes() -> Bytes {
     static DOC: OnceLock<Bytes> = OnceLock::new();
     DOC.get_or_init(|| Bytes::from(document().to_string())).clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::problem_codes;
+    use crate::error::ApiError;
+
+    /// Every error the server can answer is listed under its status, and nowhere else.
+    #[test]
+    fn every_problem_code_is_listed_under_its_status() {
+        let rate = triggers_core::RateDecision {
+            allowed: false,
+            limit: 1,
+            remaining: 0,
+            reset: Duration::from_secs(1),
+            retry_after: Some(Duration::from_secs(1)),
+        };
+        let errors = [
+            ApiError::MalformedJson("x".into()),
+            ApiError::NotAnObject,
+            ApiError::InvalidQuery("x".into()),
+            ApiError::BadBody,
+            ApiError::MissingApiKey,
+            ApiError::InvalidApiKey,
+            ApiError::InvalidAdminToken,
+            ApiError::KeyGenerationDisabled,
+            ApiError::InvalidMetricsToken,
+            ApiError::MetricsForbidden,
+            ApiError::HostNotAllowed,
+            ApiError::RouteNotFound,
+            ApiError::NotFound("event"),
+            ApiError::MethodNotAllowed("GET".into()),
+            ApiError::BodyTimeout,
+            ApiError::BodyTooLarge(1),
+            ApiError::UnsupportedMediaType,
+            ApiError::Invalid { field: "x".into(), reason: "y".into() },
+            ApiError::RateLimited(rate),
+            ApiError::LimitExceeded { limit: "endpoints", max: 1 },
+            ApiError::IdempotencyKeyReused,
+            ApiError::Overloaded(Duration::from_secs(1)),
+            ApiError::Unavailable("x".into()),
+            ApiError::Internal,
+        ];
+        let mut listed = 0;
+        for e in &errors {
+            let status = e.status().as_u16();
+            assert!(problem_codes(status).contains(&e.code()), "{} under {status}", e.code());
+            listed += 1;
+        }
+        let all: usize = (400..600).map(|s| problem_codes(s).len()).sum();
+        assert_eq!(all, listed, "a listed code no error has");
+    }
 }

@@ -50,10 +50,10 @@ async fn every_route_is_documented_and_every_documented_operation_is_served() {
         assert!(responses.keys().any(|s| s.starts_with('2')), "{method} {path}");
         for (status, r) in responses {
             if status.starts_with('4') || status.starts_with('5') {
-                assert_eq!(
-                    r["content"]["application/problem+json"]["schema"]["$ref"],
-                    "#/components/schemas/Problem"
-                );
+                let schema = &r["content"]["application/problem+json"]["schema"];
+                assert_eq!(schema["allOf"][0]["$ref"], "#/components/schemas/Problem");
+                let codes = schema["allOf"][1]["properties"]["code"]["enum"].as_array().unwrap();
+                assert!(!codes.is_empty(), "{method} {path} {status}: the codes it may carry");
             }
         }
         if path.contains("{id}") {
