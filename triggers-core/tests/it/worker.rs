@@ -110,8 +110,10 @@ async fn a_capped_endpoint_is_refilled_in_the_round_trip_that_frees_it() {
     ing.ingest_batch(&org, events).await.unwrap();
     eventually("all 40 delivered", || async { ing.stats(&org).await.unwrap().delivered == 40 })
         .await;
+    // 40, plus a few claims of the dispatcher's own (at start, on the ingest's wake-up, or
+    // when it held the free permits as a batch came in); two per delivery before.
     let calls = store.queue_calls();
-    assert!(calls <= 40 + 4, "{calls} queue round trips for 40 deliveries one at a time");
+    assert!(calls <= 40 + 8, "{calls} queue round trips for 40 deliveries one at a time");
     ing.shutdown().await;
 }
 
