@@ -479,9 +479,11 @@ pub trait Retention: Send + Sync + 'static {
 /// and the status of each of its deliveries. Reads only.
 ///
 /// Both lists are scoped to one endpoint of one organization, answer `None` for an unknown
-/// or foreign endpoint, and page newest first with a keyset (`before`), so a page costs what
-/// it returns, not what the endpoint (or another organization) has accumulated: a backend
-/// reads them through an index on the endpoint.
+/// or foreign endpoint, and page newest first with a keyset (`before`). A backend reads them
+/// through an index that starts with the endpoint, so a page never walks another endpoint's
+/// or organization's rows. Without filters a page costs what it returns; a filter (a status,
+/// an outcome, `since` on an index ordered otherwise) may skip rows of the same endpoint that
+/// do not match, which bounds the cost by that endpoint's own history.
 #[async_trait]
 pub trait DeliveryHistory: Send + Sync + 'static {
     /// Up to `query.limit` attempt records of the endpoint, newest
