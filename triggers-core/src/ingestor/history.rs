@@ -199,11 +199,9 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         check_limit(query.limit)?;
         let after = query.cursor.as_deref().map(deliveries_key).transpose()?;
         let store = &self.inner.store;
+        // One endpoint: its first read says whether it is the organization's (no lookup first).
         let mut endpoints: Vec<EndpointId> = match query.endpoint {
-            Some(id) => {
-                store.endpoint(org.id, id).await?.ok_or(Error::NotFound)?;
-                vec![id]
-            }
+            Some(id) => vec![id],
             None => store.endpoints(org.id).await?.into_iter().map(|e| e.id).collect(),
         };
         endpoints.sort_unstable_by(|a, b| b.cmp(a));
@@ -221,7 +219,10 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             })
             .collect();
         for source in &mut sources {
-            self.refill(org, source, query.status, chunk).await?;
+            let found = self.refill(org, source, query.status, chunk).await?;
+            if !found && query.endpoint.is_some() {
+                return Err(Error::NotFound);
+            }
         }
         let mut page: Vec<DeliveryEntry> = Vec::with_capacity(wanted);
         while page.len() < wanted {
@@ -249,27 +250,27 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         Ok(DeliveriesPage { deliveries: page, next_cursor })
     }
 
-    /// Reads the next chunk of one endpoint's deliveries into its buffer.
+    /// Reads the next chunk of one endpoint's deliveries into its buffer; `false` when the
+    /// endpoint is unknown or foreign (then it has nothing to give: one deleted since the list
+    /// was read just ends).
     async fn refill(
         &self,
         org: &Organization,
         source: &mut Source,
         status: Option<DeliveryStatus>,
         chunk: u32,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let q = DeliveryQuery { status, before: source.before, limit: chunk };
-        // An endpoint deleted since the list was read has nothing more to give.
-        let got = self
-            .inner
-            .store
-            .endpoint_deliveries(org.id, source.endpoint, &q)
-            .await?
-            .unwrap_or_default();
+        let Some(got) = self.inner.store.endpoint_deliveries(org.id, source.endpoint, &q).await?
+        else {
+            source.exhausted = true;
+            return Ok(false);
+        };
         source.exhausted = got.len() < chunk as usize;
         if let Some(last) = got.last() {
             source.before = Some(last.position);
         }
         source.buffer.extend(got);
-        Ok(())
+        Ok(true)
     }
 }
