@@ -207,7 +207,11 @@ fn a_fuzzer_finds_the_server_and_its_document_in_agreement() {
     // never a coin toss); `TRIGGERS_FUZZ_SEED` explores others.
     let seed = std::env::var("TRIGGERS_FUZZ_SEED").unwrap_or_else(|_| "20261202".to_owned());
     let hooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openapi_fuzz_hooks.py");
+    // The fuzzer keeps a cache of earlier findings in its working directory: a fresh one per
+    // run, so no run replays another's and nothing lands in the source tree.
+    let workdir = tempfile::tempdir().unwrap();
     let out = Command::new(venv.join("bin/schemathesis"))
+        .current_dir(workdir.path())
         .env("SCHEMATHESIS_HOOKS", &hooks)
         .args(["run", &format!("http://{}/openapi.json", server.addr)])
         .args(["--checks", "all", "--exclude-checks", "ensure_resource_availability"])
