@@ -38,6 +38,14 @@ pub struct WorkerConfig {
     /// endpoint's own, lower `concurrency` takes precedence, a failing endpoint gets one
     /// (circuit breaker), a FIFO endpoint always one.
     pub endpoint_concurrency: usize,
+    /// Least time between a claim that took fewer deliveries than it asked for and the next
+    /// claim that a wake-up (new events) starts (default 2 ms). A wake-up after a longer
+    /// pause claims at once, so an idle system starts a new event's delivery without delay;
+    /// completions and the claims made with them are never held back. Under a steady stream
+    /// of events for endpoints at their caps, each wake-up would otherwise cost the store a
+    /// claim that finds nothing (measured: ≈ 650 such claims per second on SQLite at 8 000
+    /// events/s to one endpoint).
+    pub wake_coalesce: Duration,
 }
 
 impl WorkerConfig {
@@ -60,6 +68,7 @@ impl Default for WorkerConfig {
             node_id: None,
             org_concurrency: None,
             endpoint_concurrency: 16,
+            wake_coalesce: Duration::from_millis(2),
         }
     }
 }

@@ -8,7 +8,8 @@
 //! permits that are free, and hands those deliveries to the dispatcher: a slot that a
 //! completion frees under an organization's or endpoint's cap is taken again in the round
 //! trip that frees it. The dispatcher claims on its own when there is no completion to ride
-//! on: at start, on wake-ups (new events), after the poll interval.
+//! on: at start, on wake-ups (new events), after the poll interval. Wake-ups that follow a
+//! short claim by less than [`WorkerConfig::wake_coalesce`] wait out the rest of it.
 //!
 //! Crash behaviour: a process that dies simply stops renewing nothing — its leases run out
 //! after `lease`, and any worker (here or on another node) claims the deliveries again with
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant as TokioInstant;
 
 pub use config::WorkerConfig;
 
@@ -189,6 +191,7 @@ async fn dispatch<S: EventStore, D: Deliverer>(
                 Some(refill) = refills.recv() => start(&mut tasks, refill),
             }
         };
+        let claimed_at = TokioInstant::now();
         let got = match claimed {
             Ok(deliveries) => {
                 let got = deliveries.len();
@@ -223,19 +226,32 @@ async fn dispatch<S: EventStore, D: Deliverer>(
         // or fires `freed`), a store wake-up (another node's), or the poll.
         let poll = tokio::time::sleep(cfg.poll_interval);
         tokio::pin!(poll);
-        loop {
+        let woken = loop {
             tokio::select! {
                 Some(refill) = refills.recv() => start(&mut tasks, refill),
-                _ = shared.freed.notified() => break,
-                _ = wake.notified() => break,
+                _ = shared.freed.notified() => break false,
+                _ = wake.notified() => break true,
                 _ = async {
                     match &store_wake {
                         Some(n) => n.notified().await,
                         None => std::future::pending().await,
                     }
-                } => break,
-                _ = &mut poll => break,
+                } => break true,
+                _ = &mut poll => break false,
                 _ = stop.changed() => break 'run,
+            }
+        };
+        if woken {
+            // New events right after a short claim: let more of them gather first.
+            let gap = tokio::time::sleep_until(claimed_at + cfg.wake_coalesce);
+            tokio::pin!(gap);
+            loop {
+                tokio::select! {
+                    Some(refill) = refills.recv() => start(&mut tasks, refill),
+                    _ = shared.freed.notified() => break,
+                    _ = &mut gap => break,
+                    _ = stop.changed() => break 'run,
+                }
             }
         }
     }

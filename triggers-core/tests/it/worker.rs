@@ -117,6 +117,55 @@ async fn a_capped_endpoint_is_refilled_in_the_round_trip_that_frees_it() {
     ing.shutdown().await;
 }
 
+/// A stream of events for an endpoint at its cap: each event wakes the dispatcher, but a
+/// wake-up within `wake_coalesce` of the last short claim waits, so the store sees at most
+/// one claim per interval instead of one per event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wake_ups_for_an_endpoint_at_its_cap_do_not_claim_once_per_event() {
+    let store = crate::counting::Counting::default();
+    let mut config = config(&ManualClock::new(), policy(&[0]));
+    config.worker.endpoint_concurrency = 1;
+    config.worker.poll_interval = Duration::from_secs(30);
+    config.worker.wake_coalesce = Duration::from_millis(20);
+    let coalesce = config.worker.wake_coalesce;
+    // The endpoint's one attempt hangs until the test ends: it stays at its cap.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let g = gate.clone();
+    let deliverer = FnDeliverer::new(move |_| {
+        let g = g.clone();
+        async move {
+            g.notified().await;
+            Outcome::Delivered
+        }
+    });
+    let ing = Ingestor::start(store.clone(), deliverer, config);
+    let (org, _) = ing.create_organization("acme", Tier::Enterprise).await.unwrap();
+    ing.create_endpoint(&org, "inproc://capped", None).await.unwrap();
+    ing.ingest(&org, NewEvent::new("t", &json!(0))).await.unwrap();
+    eventually("the first attempt runs", || async {
+        ing.stats(&org).await.unwrap().in_flight == 1
+    })
+    .await;
+
+    let before = store.queue_calls();
+    let started = std::time::Instant::now();
+    // An event about every millisecond: each wakes the dispatcher after its last claim ended.
+    for i in 1..=100 {
+        ing.ingest(&org, NewEvent::new("t", &json!(i))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = started.elapsed();
+    let claims = store.queue_calls() - before;
+    // A claim a wake-up starts begins at least WAKE_COALESCE after the previous one ended:
+    // at most one per interval, plus the ones in progress at either end. (Without the rule,
+    // about one per event.)
+    let intervals = elapsed.as_micros() / coalesce.as_micros();
+    let bound = u64::try_from(intervals).unwrap_or(u64::MAX).saturating_add(2);
+    assert!(claims <= bound.min(50), "{claims} claims for 100 events in {elapsed:?}");
+    gate.notify_waiters();
+    ing.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_happen_at_the_scheduled_times() {
     let clock = ManualClock::new();
