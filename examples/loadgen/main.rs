@@ -29,6 +29,10 @@
 //! cargo run --release --example loadgen -- --webhook --connections 16 --duration 10s
 //! ```
 //!
+//! `--batch N` sends `POST /api/events/batch` with N events per request instead (each event
+//! as above) and also prints events per second; with `--webhook` every event of an accepted
+//! batch is expected at the receiver.
+//!
 //! `--fifo` (with `--webhook`) registers the endpoint with `"ordering": "fifo"`: the rate is
 //! then that of one ordered line. Each event also carries its connection's number, and the
 //! receiver counts deliveries that overtook an earlier event of the same connection (a
@@ -74,6 +78,7 @@ struct Args {
     get: Option<String>,
     webhook: bool,
     fifo: bool,
+    batch: Option<usize>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, Error> {
@@ -100,6 +105,7 @@ fn parse_args() -> Result<Args, Error> {
         get: None,
         webhook: false,
         fifo: false,
+        batch: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -120,6 +126,7 @@ fn parse_args() -> Result<Args, Error> {
             "--get" => a.get = Some(value()?),
             "--webhook" => a.webhook = true,
             "--fifo" => a.fifo = true,
+            "--batch" => a.batch = Some(value()?.parse()?),
             "-h" | "--help" => {
                 out!("see the doc comment of examples/loadgen/main.rs for the options");
                 std::process::exit(0);
@@ -135,6 +142,12 @@ fn parse_args() -> Result<Args, Error> {
             return Err("--webhook and --get exclude each other".into());
         }
         a.warmup = Duration::ZERO; // Every accepted event must be delivered and counted.
+    }
+    if matches!(a.batch, Some(n) if n == 0 || n > 1000) {
+        return Err("--batch takes 1 to 1000 events".into());
+    }
+    if a.batch.is_some() && a.get.is_some() {
+        return Err("--batch and --get exclude each other".into());
     }
     if a.connections == 0 {
         return Err("--connections must be at least 1".into());
@@ -240,6 +253,8 @@ struct Shared {
     get: Option<String>,
     /// Tag each event with its connection's number (`payload.c`), for the order check.
     tag: bool,
+    /// Events per `POST /api/events/batch`, if batching.
+    batch: Option<usize>,
 }
 
 async fn worker(shared: Arc<Shared>, id: usize) -> Tally {
@@ -271,15 +286,20 @@ async fn worker(shared: Arc<Shared>, id: usize) -> Tally {
         }
         let Some(c) = conn.as_mut() else { continue };
         let started = Instant::now();
-        let result = match &shared.get {
-            Some(path) => c.send("GET", path, &headers, String::new()).await,
-            None => {
-                let tag = if shared.tag { format!(r#""c":{id},"#) } else { String::new() };
-                let body = format!(
-                    r#"{{"type":"load.test","dedup_id":"{}-{id}-{i}","payload":{{{tag}"n":{i},"pad":"{}"}}}}"#,
-                    shared.run, shared.padding
-                );
-                c.post("/api/events", &headers, body).await
+        let tag = if shared.tag { format!(r#""c":{id},"#) } else { String::new() };
+        let event = |j: usize| {
+            format!(
+                r#"{{"type":"load.test","dedup_id":"{}-{id}-{i}-{j}","payload":{{{tag}"n":{i},"pad":"{}"}}}}"#,
+                shared.run, shared.padding
+            )
+        };
+        let result = match (&shared.get, shared.batch) {
+            (Some(path), _) => c.send("GET", path, &headers, String::new()).await,
+            (None, None) => c.post("/api/events", &headers, event(0)).await,
+            (None, Some(n)) => {
+                let items: Vec<String> = (0..n).map(event).collect();
+                let body = format!(r#"{{"events":[{}]}}"#, items.join(","));
+                c.post("/api/events/batch", &headers, body).await
             }
         };
         let elapsed = started.elapsed();
@@ -344,6 +364,7 @@ async fn run(args: Args) -> Result<(), Error> {
         budget: args.requests.map(AtomicU64::new),
         get: args.get.clone(),
         tag: args.fifo,
+        batch: args.batch,
     });
     let tasks: Vec<_> =
         (0..args.connections).map(|id| tokio::spawn(worker(shared.clone(), id))).collect();
@@ -382,10 +403,14 @@ async fn run(args: Args) -> Result<(), Error> {
         percentile(l, 99.9),
         percentile(l, 100.0)
     );
+    if let Some(per) = args.batch {
+        out!("events={} rate={:.0} events/s", n * per, (n * per) as f64 / elapsed.as_secs_f64());
+    }
     let statuses: Vec<String> = total.statuses.iter().map(|(s, n)| format!("{s}={n}")).collect();
     out!("status: {} connection_errors={}", statuses.join(" "), total.errors);
     if let (Some(receiver), Some(load_started)) = (receiver, load_started) {
-        let accepted = total.statuses.get(&202).copied().unwrap_or(0);
+        let accepted =
+            total.statuses.get(&202).copied().unwrap_or(0) * args.batch.map_or(1, |n| n as u64);
         report_deliveries(&receiver, accepted, load_started).await;
     }
     Ok(())
