@@ -18,10 +18,11 @@ use triggers_core::{
 };
 
 use crate::codec::micros;
-use crate::config::SqliteConfig;
+use crate::config::{SqliteConfig, Synchronous};
 use crate::ops::{events, history, lifecycle, orgs, purge, queue, reads};
 use crate::readers::Readers;
 use crate::schema;
+use crate::writer::sync::{SyncWal, WalFile};
 use crate::writer::Writer;
 
 /// An [`EventStore`](triggers_core::EventStore) in one SQLite database file.
@@ -61,11 +62,26 @@ impl SqliteStore {
     /// [`SqliteError::ReadOnly`](crate::SqliteError::ReadOnly) source if the file cannot be
     /// written; `Unavailable` if another process holds the write lock past `busy_timeout`.
     pub fn open(path: impl AsRef<Path>, config: SqliteConfig) -> StoreResult<Self> {
-        let path = path.as_ref().to_path_buf();
+        Self::open_with(path.as_ref(), config, None)
+    }
+
+    /// [`open`](Self::open); with `Synchronous::Full`, `sync` (if given) stands in for the
+    /// sync of the real WAL file: tests inject one that blocks.
+    pub(crate) fn open_with(
+        path: &Path,
+        config: SqliteConfig,
+        sync: Option<Box<dyn SyncWal>>,
+    ) -> StoreResult<Self> {
+        let path = path.to_path_buf();
         let conn = schema::open_writer(&path, &config)?;
         let node = schema::node_id(&conn)?;
         let readers = Readers::open(&path, &config)?;
-        let writer = Writer::start(conn, config.writer_queue, config.max_batch)?;
+        let wal: Option<Box<dyn SyncWal>> = match (config.synchronous, sync) {
+            (Synchronous::Full, Some(sync)) => Some(sync),
+            (Synchronous::Full, None) => WalFile::of(&conn)?.map(|w| Box::new(w) as _),
+            (Synchronous::Normal, _) => None,
+        };
+        let writer = Writer::start(conn, config.writer_queue, config.max_batch, wal)?;
         tracing::debug!(path = %path.display(), "opened sqlite store");
         Ok(Self { inner: Arc::new(Inner { readers, writer, config, path, node }) })
     }
@@ -87,6 +103,17 @@ impl SqliteStore {
         F: FnMut(&rusqlite::Connection) -> StoreResult<T> + Send + 'static,
     {
         self.inner.writer.call(f).await
+    }
+
+    /// Runs lease bookkeeping on the writer: the reply is sent at `COMMIT`, before the batch
+    /// is synced, unless `durable` says otherwise for the result (see [`Writer::call_with`]
+    /// and the crate docs on durability).
+    pub(crate) async fn write_lease<T, F>(&self, f: F, durable: fn(&T) -> bool) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&rusqlite::Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.inner.writer.call_with(f, durable).await
     }
 
     pub(crate) async fn read<T, F>(&self, f: F) -> StoreResult<T>
@@ -287,7 +314,8 @@ impl DeliveryQueue for SqliteStore {
         if req.limit == 0 {
             return Ok(Vec::new());
         }
-        self.write(move |c| queue::claim(c, req)).await
+        let claimed = self.write_lease(move |c| queue::claim(c, req), |c| c.hands_out_a_line_head);
+        Ok(claimed.await?.deliveries)
     }
 
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
@@ -296,12 +324,13 @@ impl DeliveryQueue for SqliteStore {
         }
         let completions = completions.to_vec();
         let keep = self.inner.config.limits.max_attempts_kept;
-        self.write(move |c| queue::complete(c, &completions, keep)).await
+        self.write_lease(move |c| queue::complete(c, &completions, keep), |_| false).await
     }
 
     /// One writer request, so both run in one transaction of the group commit: the
-    /// completions and the leases that take their places commit together (one fsync), and a
-    /// failure of either rolls back both.
+    /// completions and the leases that take their places commit together, and a failure of
+    /// either rolls back both. Answered at `COMMIT` unless it hands out the head of a FIFO
+    /// line (see `queue::Claimed`).
     async fn complete_and_claim(
         &self,
         completions: &[Completion],
@@ -309,12 +338,21 @@ impl DeliveryQueue for SqliteStore {
     ) -> StoreResult<CompletedAndClaimed> {
         let completions = completions.to_vec();
         let keep = self.inner.config.limits.max_attempts_kept;
-        self.write(move |c| {
-            let applied = queue::complete(c, &completions, keep)?;
-            let claimed = if req.limit == 0 { Vec::new() } else { queue::claim(c, req)? };
-            Ok(CompletedAndClaimed { applied, claimed: Ok(claimed) })
-        })
-        .await
+        let (applied, claimed) = self
+            .write_lease(
+                move |c| {
+                    let applied = queue::complete(c, &completions, keep)?;
+                    let claimed = if req.limit == 0 {
+                        queue::Claimed::default()
+                    } else {
+                        queue::claim(c, req)?
+                    };
+                    Ok((applied, claimed))
+                },
+                |(_, c)| c.hands_out_a_line_head,
+            )
+            .await?;
+        Ok(CompletedAndClaimed { applied, claimed: Ok(claimed.deliveries) })
     }
 
     async fn release(
@@ -324,7 +362,7 @@ impl DeliveryQueue for SqliteStore {
         attempt: u32,
         due_at: Option<Timestamp>,
     ) -> StoreResult<bool> {
-        self.write(move |c| queue::release(c, id, owner, attempt, due_at)).await
+        self.write_lease(move |c| queue::release(c, id, owner, attempt, due_at), |_| false).await
     }
 
     async fn extend_lease(
@@ -334,7 +372,8 @@ impl DeliveryQueue for SqliteStore {
         attempt: u32,
         until: Timestamp,
     ) -> StoreResult<bool> {
-        self.write(move |c| queue::extend_lease(c, id, owner, attempt, until)).await
+        self.write_lease(move |c| queue::extend_lease(c, id, owner, attempt, until), |_| false)
+            .await
     }
 
     async fn queue_depth(&self) -> StoreResult<u64> {

@@ -11,7 +11,13 @@
 //!   rows. A foreign id behaves exactly like an unknown id.
 //! - **Durability**: a method that returns `Ok` has committed its writes (a process crash right
 //!   after the return loses nothing). Writes may be batched with other callers' writes (group
-//!   commit), but the reply comes only after the commit.
+//!   commit), but the reply comes only after the commit. What must also survive a power loss
+//!   or OS crash before the reply: everything except lease bookkeeping ([`DeliveryQueue`]'s
+//!   `claim`, `complete`, `complete_and_claim`, `release`, `extend_lease`), which a store may
+//!   answer earlier because losing it only makes a delivery due again (a repeat, never a
+//!   loss) — with one exception: the head of a FIFO line is handed out only once its
+//!   predecessor's completion would survive a power loss, so the line never moves past a
+//!   delivery that a power loss could make outstanding again.
 //! - **Atomicity**: a method either applies all its writes or none; on `Err` nothing changed.
 //! - **Time**: stores never read the clock. `now` is always passed in.
 //! - **Errors**: see [`StoreError`]; transient failures are `Unavailable` / `Overloaded`.
@@ -377,8 +383,8 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     /// Errors: `Err` means nothing was recorded and nothing claimed (retry the completions).
     /// A claim that fails after the completions were recorded is reported in
     /// [`CompletedAndClaimed::claimed`]; the flags in `applied` are then still valid.
-    /// Durability: the completions are committed on return, the claim is as durable as
-    /// `claim`'s (or more).
+    /// Durability: the completions are committed on return (see the module's durability rule
+    /// for power loss), the claim is as durable as `claim`'s (or more).
     ///
     /// The default calls `complete`, then `claim` (two round trips, the same result).
     async fn complete_and_claim(

@@ -153,11 +153,23 @@ due AS (
 UPDATE deliveries
 SET state = 1, attempt = attempt + 1, lease_owner = ?1, claimed_due = due_at, due_at = ?2
 WHERE id IN (SELECT id FROM due)
-RETURNING id, attempt, event_seq, endpoint_seq, claimed_due
+RETURNING id, attempt, event_seq, endpoint_seq, claimed_due, line IS NOT NULL
 "#;
 
+/// What a claim took.
+#[derive(Default)]
+pub(crate) struct Claimed {
+    /// The leased deliveries, earliest due first.
+    pub(crate) deliveries: Vec<Delivery>,
+    /// Whether one of them is the head of a FIFO endpoint's line. Such a claim is answered
+    /// only once it is on the disk: its predecessor's completion committed before it, so
+    /// after a power loss the line can never have moved on while its predecessor is still
+    /// outstanding. Other claims are answered at `COMMIT` (a lost lease is only a repeat).
+    pub(crate) hands_out_a_line_head: bool,
+}
+
 /// `DeliveryQueue::claim`.
-pub(crate) fn claim(conn: &Connection, req: ClaimRequest) -> StoreResult<Vec<Delivery>> {
+pub(crate) fn claim(conn: &Connection, req: ClaimRequest) -> StoreResult<Claimed> {
     let now = micros(req.now);
     let lease_until = add(req.now, req.lease);
     let mut stmt = conn.prepare_cached(CLAIM_SQL).store()?;
@@ -176,8 +188,10 @@ pub(crate) fn claim(conn: &Connection, req: ClaimRequest) -> StoreResult<Vec<Del
             codec::int(row, 2)?,
             codec::int(row, 3)?,
             codec::int(row, 4)?,
+            codec::int(row, 5)? != 0,
         ))
     })?;
+    let hands_out_a_line_head = claimed.iter().any(|c| c.5);
     // RETURNING has no defined order: earliest due first, as the contract asks.
     claimed.sort_by_key(|c| (c.4, c.0));
 
@@ -188,7 +202,7 @@ pub(crate) fn claim(conn: &Connection, req: ClaimRequest) -> StoreResult<Vec<Del
         .store()?;
     let mut targets: HashMap<i64, Option<Target>> = HashMap::new();
     let mut out = Vec::with_capacity(claimed.len());
-    for (id, attempt, event_seq, endpoint_seq, _) in claimed {
+    for (id, attempt, event_seq, endpoint_seq, _, _) in claimed {
         let ev = query_opt(&mut event, [event_seq], |row| {
             Ok((
                 EventId(codec::uuid(row, 0)?),
@@ -236,7 +250,7 @@ pub(crate) fn claim(conn: &Connection, req: ClaimRequest) -> StoreResult<Vec<Del
             endpoint_concurrency: t.concurrency,
         });
     }
-    Ok(out)
+    Ok(Claimed { deliveries: out, hands_out_a_line_head })
 }
 
 /// `DeliveryQueue::complete`.
