@@ -7,17 +7,11 @@ use triggers_core::store::StoreLimits;
 /// How hard SQLite works to make each commit durable (`PRAGMA synchronous`).
 ///
 /// The store runs in WAL mode. The trade-off:
-/// - [`Full`](Self::Full) (the default): the write-ahead log is fsynced before a write is
-///   acknowledged. An acknowledged event survives a process crash **and** a power loss or OS
-///   crash. Group commit keeps this affordable (one fsync covers every request in a batch),
-///   and the fsync is pipelined: the writer commits with SQLite's `synchronous = NORMAL` and
-///   goes on with the next batch while a sync thread `fdatasync`s the log and then answers
-///   the batches that committed before the sync began. Why that is as durable as SQLite's
-///   own `FULL`: a batch's log frames are written before the sync that releases its replies
-///   starts; SQLite syncs the log itself before any checkpoint copies frames into the
-///   database (and the database after it), so a frame is never overwritten before it is on
-///   the disk somewhere; and a new log file's directory entry is synced once. Lease
-///   bookkeeping of the delivery queue is answered at `COMMIT` (see the crate docs).
+/// - [`Full`](Self::Full) (the default): every commit fsyncs the write-ahead log before the
+///   writer replies. An acknowledged event survives a process crash **and** a power loss or OS
+///   crash. Group commit keeps this affordable: one fsync covers every request in a batch.
+///   Lease bookkeeping of the delivery queue is the exception: it commits without an fsync
+///   (losing it to a power loss only makes a delivery due again; see the crate docs).
 /// - [`Normal`](Self::Normal): commits are written to the WAL but fsynced only at checkpoints.
 ///   An acknowledged event survives a process crash (`kill -9`), but the last commits before a
 ///   power loss or OS crash may be lost. The database is never corrupted either way. Faster

@@ -21,16 +21,13 @@
 //!   request in its own `SAVEPOINT`, so one failing request is rolled back alone), commits,
 //!   and only then replies to each caller: **group commit**, one fsync per batch. A method
 //!   that returned `Ok` has committed.
-//! - **Pipelined commits** (with [`Synchronous::Full`], the default): the writer does not wait
-//!   for the fsync. A sync thread `fdatasync`s the write-ahead log and then replies to every
-//!   batch that committed before that sync began, while the writer already runs the next
-//!   batch. So a method that returned `Ok` is on the disk, and the writer's time goes to
-//!   statements, not to waiting. Lease bookkeeping (claims, completions, releases,
-//!   heartbeats) is answered at `COMMIT`, before its sync: a process crash loses none of it,
-//!   and a power loss can only make a delivery due again (at-least-once), except that a
-//!   claim that hands out the head of a FIFO line waits for its sync, so a line never moves
-//!   past a delivery whose completion is not on the disk. The durability argument is in the
-//!   `writer::sync` module's docs (and [`Synchronous`]).
+//! - **Lease bookkeeping skips the fsync** (with [`Synchronous::Full`], the default): claims,
+//!   completions, heartbeats and releases of a batch run first, in a transaction of their own
+//!   that commits with `synchronous = NORMAL`, and are answered at once; the batch's other
+//!   requests follow in the durable transaction. A process crash loses none of it; a power
+//!   loss can only make a delivery due again (at-least-once). A claim that hands out the head
+//!   of a FIFO line is synced before it is answered, so a line never moves past a completion
+//!   a power loss could undo. The argument is in the `writer::sync` module's docs.
 //! - **Backpressure**: when [`SqliteConfig::writer_queue`] requests are already waiting, a
 //!   write fails at once with `StoreError::Overloaded`, which the Ingestor answers with 503.
 //! - **Readers**: a pool of [`SqliteConfig::readers`] connections with `PRAGMA query_only`

@@ -13,12 +13,15 @@
 //! alone and gets its own error while the others commit. Requests are therefore closures that
 //! can run more than once; only the last run's writes are ever committed.
 //!
-//! When the store runs with [`Synchronous::Full`](crate::Synchronous::Full), commits are
-//! pipelined ([`pipeline`]): `COMMIT` does not wait for the disk, the batch's waiters go to
-//! the sync thread ([`sync`]), which replies after the write-ahead log is synced, and this
-//! thread already runs the next requests meanwhile. Lease bookkeeping (claims, completions,
-//! heartbeats, releases) is answered at `COMMIT` instead ([`Writer::call_with`]): losing it to
-//! a power loss only makes a delivery due again.
+//! Lease bookkeeping (claims, completions, heartbeats, releases; [`Writer::call_with`]) does
+//! not need to survive a power loss: losing it only makes a delivery due again. When the store
+//! runs with [`Synchronous::Full`](crate::Synchronous::Full), the lease requests of a batch
+//! therefore run first, in a transaction of their own that commits with `synchronous =
+//! NORMAL` (no fsync), and are answered at once; the other requests follow in the usual
+//! durable transaction. A worker refilling an endpoint's slots then waits neither for the
+//! disk nor for a batch of inserts. The one lease result that must survive a power loss (a
+//! claim that hands out the head of a FIFO line) is synced before it is answered; see
+//! [`sync`].
 //!
 //! A full channel is refused at once with `StoreError::Overloaded`: the caller sees
 //! backpressure instead of an unbounded queue.
@@ -33,20 +36,18 @@
 
 mod batch;
 mod job;
-mod pipeline;
 pub(crate) mod sync;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
 use crate::health::WriteHealth;
 use batch::{exec, run_batch};
 use job::{BatchFailure, FailureKind, Job, Task};
-use sync::{SyncWal, Syncer};
+use sync::{not_durable, SyncWal};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -56,46 +57,35 @@ use triggers_core::StoreError;
 /// The handle through which the store sends write requests. Dropping the last one stops the
 /// thread after it has finished the requests already queued.
 pub(crate) struct Writer {
-    tx: Option<Sender<Box<dyn Job>>>,
+    tx: Option<SyncSender<Box<dyn Job>>>,
     thread: Option<JoinHandle<()>>,
     alive: Arc<AtomicBool>,
     health: Arc<WriteHealth>,
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`. With `wal`, commits are pipelined: the connection
-    /// switches to `synchronous = NORMAL` and a sync thread answers durable requests after
-    /// `wal` has synced their batch (see [`sync`]). Without it, every reply is sent at
-    /// `COMMIT` (which is then as durable as the connection's `synchronous` makes it).
+    /// Starts the writer thread on `conn`. With `wal` (a `synchronous = FULL` connection in
+    /// WAL mode), lease bookkeeping commits in transactions of its own without an fsync, and
+    /// `wal` syncs the few lease results that must be durable (see [`sync`]). Without it,
+    /// every request runs in the one batch transaction, as durable as the connection's
+    /// `synchronous` makes it.
     pub(crate) fn start(
         conn: Connection,
         queue: usize,
         max_batch: usize,
         wal: Option<Box<dyn SyncWal>>,
     ) -> Result<Self, StoreError> {
-        let (tx, rx) = bounded::<Box<dyn Job>>(queue.max(1));
+        let (tx, rx) = sync_channel::<Box<dyn Job>>(queue.max(1));
         let alive = Arc::new(AtomicBool::new(true));
         let flag = AliveGuard(alive.clone());
         let health = Arc::new(WriteHealth::default());
-        let syncer = match wal {
-            Some(wal) => {
-                conn.execute_batch("PRAGMA synchronous = NORMAL").map_err(|e| {
-                    StoreError::Unavailable(format!("cannot set up pipelined commits: {e}"))
-                })?;
-                Some(Syncer::start(wal, health.clone())?)
-            }
-            None => None,
-        };
         let thread_health = health.clone();
         let max_batch = max_batch.max(1);
         let thread = std::thread::Builder::new()
             .name("triggers-sqlite-writer".into())
             .spawn(move || {
                 let _flag = flag;
-                match syncer {
-                    Some(syncer) => pipeline::run(&conn, &rx, max_batch, &thread_health, syncer),
-                    None => run(&conn, &rx, max_batch, &thread_health),
-                }
+                run(&conn, &rx, max_batch, &thread_health, wal);
                 // Refresh the query planner's statistics where useful before the connection
                 // closes.
                 if let Err(e) = conn.execute_batch("PRAGMA optimize") {
@@ -133,12 +123,10 @@ impl Writer {
         self.submit(Task::new(f, |_| true, false)).await
     }
 
-    /// Lease bookkeeping: [`call`](Self::call), but a successful result for which `durable`
-    /// says `false` is sent at `COMMIT`, before the batch is synced (its loss to a power
-    /// failure only makes a delivery due again; a process crash loses neither kind once
-    /// committed). With pipelined commits, a lease request also commits its transaction at
-    /// once instead of waiting for the sync in progress (see [`pipeline`]): a worker waiting
-    /// to refill an endpoint's slots does not wait for the disk.
+    /// Lease bookkeeping: [`call`](Self::call), but the request runs ahead of the other
+    /// requests waiting with it, and a successful result for which `durable` says `false` is
+    /// sent once committed without an fsync (its loss to a power failure only makes a
+    /// delivery due again; a process crash loses nothing that committed).
     pub(crate) async fn call_with<T, F>(&self, f: F, durable: fn(&T) -> bool) -> StoreResult<T>
     where
         T: Send + 'static,
@@ -195,10 +183,17 @@ impl Drop for AliveGuard {
     }
 }
 
-/// The loop without pipelining: each batch commits (with whatever sync the connection's
-/// `synchronous` does) and is answered at once.
-fn run(conn: &Connection, rx: &Receiver<Box<dyn Job>>, max_batch: usize, health: &WriteHealth) {
+/// Serves requests until every sender is gone.
+fn run(
+    conn: &Connection,
+    rx: &Receiver<Box<dyn Job>>,
+    max_batch: usize,
+    health: &WriteHealth,
+    mut wal: Option<Box<dyn SyncWal>>,
+) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(max_batch);
+    let mut leases: Vec<Box<dyn Job>> = Vec::new();
+    let mut others: Vec<Box<dyn Job>> = Vec::with_capacity(max_batch);
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < max_batch {
@@ -207,74 +202,108 @@ fn run(conn: &Connection, rx: &Receiver<Box<dyn Job>>, max_batch: usize, health:
                 Err(_) => break,
             }
         }
-        let served = catch_unwind(AssertUnwindSafe(|| {
-            let failure = run_batch(conn, &mut batch);
-            settle(&mut batch, failure, health, None);
-        }));
-        if served.is_err() {
-            abandon(conn, &mut batch);
+        if let Some(wal) = wal.as_deref_mut() {
+            if batch.iter().any(|job| job.is_lease()) {
+                for job in batch.drain(..) {
+                    match job.is_lease() {
+                        true => leases.push(job),
+                        false => others.push(job),
+                    }
+                }
+                std::mem::swap(&mut batch, &mut others);
+                guarded(conn, &mut leases, |jobs| serve_leases(conn, jobs, health, wal));
+            }
+        }
+        if !batch.is_empty() {
+            let full = wal.is_some();
+            guarded(conn, &mut batch, |jobs| serve(conn, jobs, health, full));
         }
     }
 }
 
-/// After a panic outside the requests: rolls back what is open and drops the batch. Not
-/// logged: logging may be what panicked. The waiters get `Unavailable` (their reply channels
-/// close); a batch that committed before the panic stays committed (the waiters may retry:
-/// dedup ids make that safe).
-fn abandon(conn: &Connection, batch: &mut Vec<Box<dyn Job>>) {
-    if !conn.is_autocommit() {
-        let _ = exec(conn, "ROLLBACK");
+/// Runs `serve` on `batch`, surviving a panic outside the requests: what is open is rolled
+/// back and the batch dropped. Not logged: logging may be what panicked. The waiters get
+/// `Unavailable` (their reply channels close); a batch that committed before the panic stays
+/// committed (the waiters may retry: dedup ids make that safe).
+fn guarded(
+    conn: &Connection,
+    batch: &mut Vec<Box<dyn Job>>,
+    serve: impl FnOnce(&mut Vec<Box<dyn Job>>),
+) {
+    if catch_unwind(AssertUnwindSafe(|| serve(batch))).is_err() {
+        if !conn.is_autocommit() {
+            let _ = exec(conn, "ROLLBACK");
+        }
+        batch.clear();
     }
-    batch.clear();
+}
+
+/// Runs one batch in one transaction and answers it. `full`: make sure the connection is at
+/// `synchronous = FULL` first (a lease transaction lowered it); if that fails, nothing runs.
+fn serve(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, health: &WriteHealth, full: bool) {
+    let failure = match full {
+        true => set_synchronous(conn, "FULL").err().or_else(|| run_batch(conn, batch)),
+        false => run_batch(conn, batch),
+    };
+    record(batch, failure.as_ref(), health);
+    for job in batch.drain(..) {
+        job.finish(failure.as_ref());
+    }
+}
+
+/// Runs lease bookkeeping in a transaction of its own, committed without an fsync, and
+/// answers it; a result that must be durable (see [`Job::needs_sync`]) is answered after
+/// `wal` synced it.
+fn serve_leases(
+    conn: &Connection,
+    batch: &mut Vec<Box<dyn Job>>,
+    health: &WriteHealth,
+    wal: &mut dyn SyncWal,
+) {
+    // If lowering fails, the transaction simply commits with an fsync.
+    let _ = set_synchronous(conn, "NORMAL");
+    let failure = run_batch(conn, batch);
+    record(batch, failure.as_ref(), health);
+    let mut unsynced = None;
+    if failure.is_none() && batch.iter().any(|job| job.needs_sync()) {
+        if let Err(e) = wal.sync() {
+            let f = not_durable(&format!("syncing the write-ahead log failed: {e}"));
+            tracing::error!(error = %e, "sqlite WAL sync failed");
+            health.failed(&f.message);
+            unsynced = Some(f);
+        }
+    }
+    for job in batch.drain(..) {
+        match (&failure, &unsynced) {
+            (Some(f), _) => job.finish(Some(f)),
+            (None, Some(f)) if job.needs_sync() => job.finish(Some(f)),
+            (None, _) => job.finish(None),
+        }
+    }
+}
+
+fn set_synchronous(conn: &Connection, level: &str) -> Result<(), BatchFailure> {
+    conn.execute_batch(&format!("PRAGMA synchronous = {level}"))
+        .map_err(|e| BatchFailure::from_sql("PRAGMA synchronous", &e))
 }
 
 /// Records whether writes work after a batch ended (`failure`: nothing of it committed, else
-/// it committed), and replies to every waiter — or, with a sync thread, hands the durable
-/// successes to it. Returns whether it handed any over.
-fn settle(
-    batch: &mut Vec<Box<dyn Job>>,
-    failure: Option<BatchFailure>,
-    health: &WriteHealth,
-    syncer: Option<&Syncer>,
-) -> bool {
-    match &failure {
+/// it committed).
+fn record(batch: &[Box<dyn Job>], failure: Option<&BatchFailure>, health: &WriteHealth) {
+    match failure {
         Some(f) => {
             tracing::warn!(error = %f.message, requests = batch.len(), "sqlite write batch failed");
             if let FailureKind::Fault(what) = f.kind {
                 health.failed(&format!("{what} ({})", f.message));
             }
         }
-        // With a sync thread, writes work once a sync succeeded; it records that.
-        None if batch.iter().any(|job| job.succeeded()) => {
-            if syncer.is_none() {
-                health.succeeded();
-            }
-        }
+        None if batch.iter().any(|job| job.succeeded()) => health.succeeded(),
         None => {
             if batch.iter().any(|job| job.write_fault()) {
                 health.failed(DISK_FULL_OR_IO);
             }
         }
     }
-    let Some(syncer) = syncer.filter(|_| failure.is_none()) else {
-        for job in batch.drain(..) {
-            job.finish(failure.as_ref());
-        }
-        return false;
-    };
-    let mut durable = Vec::new();
-    for job in batch.drain(..) {
-        if job.needs_sync() {
-            durable.push(job);
-        } else {
-            // Failed alone (rolled back) or lease bookkeeping: nothing to wait for.
-            job.finish(None);
-        }
-    }
-    if durable.is_empty() {
-        return false;
-    }
-    syncer.after_commit(durable)
 }
 
 /// The fault recorded when a request (not the commit) failed for lack of space or an I/O
