@@ -58,11 +58,13 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
 }
 
 /// A trimmed organization name of 1–255 characters without control characters. The limit
-/// applies to the name as sent (as the OpenAPI document says), before trimming.
+/// and the control characters apply to the name as sent (as the OpenAPI document says),
+/// before trimming: a trailing newline is refused, not trimmed away.
 pub(super) fn checked_name(name: &str) -> Result<&str> {
     let sent = name.chars().count();
+    let controls = name.chars().any(char::is_control);
     let name = name.trim();
-    if name.is_empty() || sent > 255 || name.chars().any(char::is_control) {
+    if name.is_empty() || sent > 255 || controls {
         return Err(ValidationError::Field {
             field: "organization_name",
             reason: "must have 1 to 255 characters and no control characters".into(),

@@ -105,6 +105,13 @@ async fn malformed_bodies_are_400_wrong_types_415_invalid_fields_422() {
     c.send("POST", "/api/keys/generate", None, Some(json!({"organization_name": "  "})))
         .await
         .problem(422, "invalid_field");
+    // A control character is refused wherever it is, also where trimming would drop it (as
+    // the OpenAPI pattern says; found by the fuzzer).
+    for name in ["acme\n", "\tacme", "ac\u{85}me", "acme\u{85}"] {
+        c.send("POST", "/api/keys/generate", None, Some(json!({"org_name": name})))
+            .await
+            .problem(422, "invalid_field");
+    }
     c.send("POST", "/api/keys/generate", None, Some(json!({"tier": "free"})))
         .await
         .problem(422, "invalid_field");
