@@ -105,9 +105,9 @@ impl SqliteStore {
         self.inner.writer.call(f).await
     }
 
-    /// Runs lease bookkeeping on the writer: the reply is sent at `COMMIT`, before the batch
-    /// is synced, unless `durable` says otherwise for the result (see [`Writer::call_with`]
-    /// and the crate docs on durability).
+    /// Runs lease bookkeeping on the writer: committed without an fsync and answered at
+    /// once, unless `durable` says the result must be on the disk first (see
+    /// [`Writer::call_with`] and the crate docs on durability).
     pub(crate) async fn write_lease<T, F>(&self, f: F, durable: fn(&T) -> bool) -> StoreResult<T>
     where
         T: Send + 'static,

@@ -108,13 +108,12 @@ impl Writer {
     }
 
     /// Runs `f` on the writer connection inside a group-committed transaction and returns its
-    /// result once the transaction has committed and is on the disk. `f` may run more than
-    /// once (after a rollback caused by another request); only its last run's writes are
-    /// committed.
+    /// result once the transaction has committed (with the connection's `synchronous`
+    /// level). `f` may run more than once (after a rollback caused by another request); only
+    /// its last run's writes are committed.
     ///
     /// Errors: `Overloaded` at once if the queue is full, `Unavailable` if the writer stopped,
-    /// `f`'s own error (its writes rolled back), the batch's commit failure, or (committed but
-    /// not synced) the sync's failure.
+    /// `f`'s own error (its writes rolled back), or the batch's commit failure.
     pub(crate) async fn call<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
@@ -123,10 +122,12 @@ impl Writer {
         self.submit(Task::new(f, |_| true, false)).await
     }
 
-    /// Lease bookkeeping: [`call`](Self::call), but the request runs ahead of the other
-    /// requests waiting with it, and a successful result for which `durable` says `false` is
-    /// sent once committed without an fsync (its loss to a power failure only makes a
-    /// delivery due again; a process crash loses nothing that committed).
+    /// Lease bookkeeping: [`call`](Self::call), but with `wal` (see [`start`](Self::start))
+    /// the request runs ahead of the other requests waiting with it, in a transaction
+    /// committed without an fsync (its loss to a power failure only makes a delivery due
+    /// again; a process crash loses nothing that committed). A successful result for which
+    /// `durable` says `true` is answered only after `wal` synced it; if that sync fails, with
+    /// `Unavailable`.
     pub(crate) async fn call_with<T, F>(&self, f: F, durable: fn(&T) -> bool) -> StoreResult<T>
     where
         T: Send + 'static,
