@@ -551,8 +551,13 @@ impl Settings {
             "Serves the Triggers API over HTTP.\n\nUsage: server [--help]\n\n\
              Settings (environment variables):\n",
         );
+        // One column for the names, as wide as the longest.
+        let width = VARIABLES.iter().map(|(name, _, _)| name.len()).max().unwrap_or(0);
         for (name, default, meaning) in VARIABLES {
-            s.push_str(&format!("  {name:<24} {meaning}\n  {:<24} default: {default}\n", ""));
+            s.push_str(&format!(
+                "  {name:<width$} {meaning}\n  {:<width$} default: {default}\n",
+                ""
+            ));
         }
         s
     }
@@ -782,5 +787,25 @@ mod tests {
         for (name, default, _) in VARIABLES {
             assert!(help.contains(name) && help.contains(default), "{name}");
         }
+    }
+
+    #[test]
+    fn help_aligns_every_description_in_one_column() {
+        let help = Settings::help();
+        let columns: std::collections::BTreeSet<usize> = help
+            .lines()
+            .filter(|line| line.starts_with("  "))
+            .map(|line| {
+                let text = line.trim_start();
+                let indent = line.len() - text.len();
+                if text.starts_with("default:") {
+                    return indent; // the line under a description
+                }
+                let after_name = text.find(' ').unwrap_or(text.len());
+                let gap = text[after_name..].len() - text[after_name..].trim_start().len();
+                indent + after_name + gap
+            })
+            .collect();
+        assert_eq!(columns.len(), 1, "descriptions start at columns {columns:?}:\n{help}");
     }
 }
