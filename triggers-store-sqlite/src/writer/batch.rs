@@ -43,7 +43,7 @@ pub(super) fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Option
     failure
 }
 
-pub(super) fn rollback(conn: &Connection) {
+fn rollback(conn: &Connection) {
     if !conn.is_autocommit() {
         if let Err(e) = exec(conn, "ROLLBACK") {
             tracing::error!(error = %e, "sqlite ROLLBACK failed");
@@ -52,19 +52,13 @@ pub(super) fn rollback(conn: &Connection) {
 }
 
 /// Runs every request of `batch` in its own savepoint, in the open transaction.
-pub(super) fn run_isolated(
-    conn: &Connection,
-    batch: &mut [Box<dyn Job>],
-) -> Result<(), BatchFailure> {
+fn run_isolated(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), BatchFailure> {
     batch.iter_mut().try_for_each(|job| run_one_isolated(conn, job))
 }
 
 /// Runs one request in a savepoint of the open transaction: if it fails, its writes alone are
 /// rolled back. `Err` if the transaction itself is lost.
-pub(super) fn run_one_isolated(
-    conn: &Connection,
-    job: &mut Box<dyn Job>,
-) -> Result<(), BatchFailure> {
+fn run_one_isolated(conn: &Connection, job: &mut Box<dyn Job>) -> Result<(), BatchFailure> {
     let sql = |stage: &'static str| move |e: rusqlite::Error| BatchFailure::from_sql(stage, &e);
     exec(conn, "SAVEPOINT request").map_err(sql("SAVEPOINT"))?;
     if job.run(conn) {
