@@ -195,6 +195,8 @@ fn run(
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(max_batch);
     let mut leases: Vec<Box<dyn Job>> = Vec::new();
     let mut others: Vec<Box<dyn Job>> = Vec::with_capacity(max_batch);
+    // Whether a lease transaction left the connection at `synchronous = NORMAL`.
+    let mut lowered = false;
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < max_batch {
@@ -212,12 +214,13 @@ fn run(
                     }
                 }
                 std::mem::swap(&mut batch, &mut others);
+                // If lowering fails, the transaction simply commits with an fsync.
+                lowered |= set_synchronous(conn, SYNC_NORMAL).is_ok();
                 guarded(conn, &mut leases, |jobs| serve_leases(conn, jobs, health, wal));
             }
         }
         if !batch.is_empty() {
-            let full = wal.is_some();
-            guarded(conn, &mut batch, |jobs| serve(conn, jobs, health, full));
+            guarded(conn, &mut batch, |jobs| serve(conn, jobs, health, &mut lowered));
         }
     }
 }
@@ -239,30 +242,35 @@ fn guarded(
     }
 }
 
-/// Runs one batch in one transaction and answers it. `full`: make sure the connection is at
-/// `synchronous = FULL` first (a lease transaction lowered it); if that fails, nothing runs.
-fn serve(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, health: &WriteHealth, full: bool) {
-    let failure = match full {
-        true => set_synchronous(conn, "FULL").err().or_else(|| run_batch(conn, batch)),
-        false => run_batch(conn, batch),
+/// Runs one batch in one transaction and answers it. If a lease transaction `lowered` the
+/// connection's `synchronous` level, it is raised back to `FULL` first; if that fails,
+/// nothing runs (a durable batch never commits without its fsync).
+fn serve(
+    conn: &Connection,
+    batch: &mut Vec<Box<dyn Job>>,
+    health: &WriteHealth,
+    lowered: &mut bool,
+) {
+    let raised = match *lowered {
+        true => set_synchronous(conn, SYNC_FULL).map(|()| *lowered = false),
+        false => Ok(()),
     };
+    let failure = raised.err().or_else(|| run_batch(conn, batch));
     record(batch, failure.as_ref(), health);
     for job in batch.drain(..) {
         job.finish(failure.as_ref());
     }
 }
 
-/// Runs lease bookkeeping in a transaction of its own, committed without an fsync, and
-/// answers it; a result that must be durable (see [`Job::needs_sync`]) is answered after
-/// `wal` synced it.
+/// Runs lease bookkeeping in a transaction of its own (the caller lowered the connection to
+/// `synchronous = NORMAL`, so it commits without an fsync) and answers it; a result that must
+/// be durable (see [`Job::needs_sync`]) is answered after `wal` synced it.
 fn serve_leases(
     conn: &Connection,
     batch: &mut Vec<Box<dyn Job>>,
     health: &WriteHealth,
     wal: &mut dyn SyncWal,
 ) {
-    // If lowering fails, the transaction simply commits with an fsync.
-    let _ = set_synchronous(conn, "NORMAL");
     let failure = run_batch(conn, batch);
     record(batch, failure.as_ref(), health);
     let mut unsynced = None;
@@ -283,9 +291,11 @@ fn serve_leases(
     }
 }
 
-fn set_synchronous(conn: &Connection, level: &str) -> Result<(), BatchFailure> {
-    conn.execute_batch(&format!("PRAGMA synchronous = {level}"))
-        .map_err(|e| BatchFailure::from_sql("PRAGMA synchronous", &e))
+const SYNC_FULL: &str = "PRAGMA synchronous = FULL";
+const SYNC_NORMAL: &str = "PRAGMA synchronous = NORMAL";
+
+fn set_synchronous(conn: &Connection, pragma: &str) -> Result<(), BatchFailure> {
+    exec(conn, pragma).map_err(|e| BatchFailure::from_sql("PRAGMA synchronous", &e))
 }
 
 /// Records whether writes work after a batch ended (`failure`: nothing of it committed, else
