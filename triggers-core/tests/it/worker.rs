@@ -91,6 +91,15 @@ async fn delivers_in_process_exactly_once_each() {
     ing.shutdown().await;
 }
 
+/// One delivery at a time per endpoint, and a poll interval so long that only wake-ups and
+/// completions can start a claim during a test.
+fn capped_config() -> IngestorConfig {
+    let mut config = config(&ManualClock::new(), policy(&[0]));
+    config.worker.endpoint_concurrency = 1;
+    config.worker.poll_interval = Duration::from_secs(30);
+    config
+}
+
 /// An endpoint at its concurrency cap gets its freed slot taken again in the round trip that
 /// records the attempt that freed it: one queue call per delivery, not a completion and then
 /// a claim (issue #13: every refill of a capped endpoint waited for two commits, which
@@ -99,9 +108,7 @@ async fn delivers_in_process_exactly_once_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capped_endpoint_is_refilled_in_the_round_trip_that_frees_it() {
     let store = crate::counting::Counting::default();
-    let mut config = config(&ManualClock::new(), policy(&[0]));
-    config.worker.endpoint_concurrency = 1;
-    config.worker.poll_interval = Duration::from_secs(30);
+    let config = capped_config();
     let deliverer = FnDeliverer::new(|_| async { Outcome::Delivered });
     let ing = Ingestor::start(store.clone(), deliverer, config);
     let (org, _) = ing.create_organization("acme", Tier::Enterprise).await.unwrap();
@@ -123,9 +130,7 @@ async fn a_capped_endpoint_is_refilled_in_the_round_trip_that_frees_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wake_ups_for_an_endpoint_at_its_cap_do_not_claim_once_per_event() {
     let store = crate::counting::Counting::default();
-    let mut config = config(&ManualClock::new(), policy(&[0]));
-    config.worker.endpoint_concurrency = 1;
-    config.worker.poll_interval = Duration::from_secs(30);
+    let mut config = capped_config();
     config.worker.wake_coalesce = Duration::from_millis(20);
     let coalesce = config.worker.wake_coalesce;
     // The endpoint's one attempt hangs until the test ends: it stays at its cap.
