@@ -19,7 +19,7 @@ use triggers_core::{
 
 use crate::codec::micros;
 use crate::config::{SqliteConfig, Synchronous};
-use crate::ops::{events, history, lifecycle, orgs, purge, queue, reads};
+use crate::ops::{claim, events, history, lifecycle, orgs, purge, queue, reads};
 use crate::readers::Readers;
 use crate::schema;
 use crate::writer::sync::{SyncWal, WalFile};
@@ -314,7 +314,7 @@ impl DeliveryQueue for SqliteStore {
         if req.limit == 0 {
             return Ok(Vec::new());
         }
-        let claimed = self.write_lease(move |c| queue::claim(c, req), |c| c.hands_out_a_line_head);
+        let claimed = self.write_lease(move |c| claim::claim(c, req), |c| c.hands_out_a_line_head);
         Ok(claimed.await?.deliveries)
     }
 
@@ -330,7 +330,7 @@ impl DeliveryQueue for SqliteStore {
     /// One writer request, so both run in one transaction of the group commit: the
     /// completions and the leases that take their places commit together, and a failure of
     /// either rolls back both. Answered at `COMMIT` unless it hands out the head of a FIFO
-    /// line (see `queue::Claimed`).
+    /// line (see `claim::Claimed`).
     async fn complete_and_claim(
         &self,
         completions: &[Completion],
@@ -343,9 +343,9 @@ impl DeliveryQueue for SqliteStore {
                 move |c| {
                     let applied = queue::complete(c, &completions, keep)?;
                     let claimed = if req.limit == 0 {
-                        queue::Claimed::default()
+                        claim::Claimed::default()
                     } else {
-                        queue::claim(c, req)?
+                        claim::claim(c, req)?
                     };
                     Ok((applied, claimed))
                 },

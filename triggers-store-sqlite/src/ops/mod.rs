@@ -1,5 +1,6 @@
 //! The SQL behind each store method, as plain functions over a connection.
 
+pub(crate) mod claim;
 pub(crate) mod events;
 pub(crate) mod history;
 pub(crate) mod lifecycle;
