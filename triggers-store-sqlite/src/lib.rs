@@ -40,12 +40,15 @@
 //!   database written by a newer version is refused with `StoreError::Corrupt`.
 //! - **Dedup** lives in a table keyed by `(organization, dedup_id)`, so it holds across
 //!   restarts; an entry older than the window is taken over by the next insert.
-//! - **Delivery queue**: a table of outstanding deliveries. A claim is one
-//!   `UPDATE … WHERE id IN (SELECT … ORDER BY due_at LIMIT ?) RETURNING …` that takes a lease;
-//!   an expired lease makes the delivery due again for the same query. Due deliveries are
-//!   found per endpoint (index on endpoint and due time), so the backlog of an endpoint at
-//!   its concurrency cap costs a claim nothing. Completions, releases
-//!   and heartbeats are fenced by `(lease_owner, attempt)`.
+//! - **Delivery queue**: a table of outstanding deliveries. A claim reads the live leases and
+//!   the due deliveries of each endpoint under its caps through small indexed statements,
+//!   chooses in Rust, and leases its choice by id; an expired lease makes the delivery due
+//!   again. All of a claim runs in one transaction of the single writer connection, so it is
+//!   as atomic as one statement would be: two claims never see the same free place (the
+//!   "one statement per claim" of the PostgreSQL store, where claimers run concurrently).
+//!   Due deliveries are found per endpoint (index on endpoint and due time), so the backlog
+//!   of an endpoint at its concurrency cap costs a claim nothing. Completions, releases and
+//!   heartbeats are fenced by `(lease_owner, attempt)`.
 //! - **Retention**: [`SqliteStore::purge`] (or [`SqliteStore::spawn_purge_task`]) deletes
 //!   delivered events older than [`SqliteConfig::retention`] and dedup ids older than
 //!   [`SqliteConfig::dedup_retention`], in small batches.
