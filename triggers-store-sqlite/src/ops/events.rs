@@ -20,14 +20,15 @@ use crate::ops::orgs::require_org;
 /// The endpoints of an organization: `(seq, filter, enabled, id, fifo)`.
 type Targets = Vec<(i64, Option<TypeGlob>, bool, uuid::Uuid, bool)>;
 
-/// Loads the organization's endpoints, for fan-out.
+/// Loads the organization's endpoints in creation order, for fan-out.
 fn targets(conn: &Connection, org: &OrganizationId) -> StoreResult<Targets> {
+    // Sorted here: an `ORDER BY seq` would open a sorter for every insert request.
     let mut stmt = conn
         .prepare_cached(
-            "SELECT seq, type_filter, enabled, id, ordering FROM endpoints WHERE org_id = ?1 ORDER BY seq",
+            "SELECT seq, type_filter, enabled, id, ordering FROM endpoints WHERE org_id = ?1",
         )
         .store()?;
-    query_vec(&mut stmt, [org.0.as_bytes()], |row| {
+    let mut targets = query_vec(&mut stmt, [org.0.as_bytes()], |row| {
         let filter = match codec::opt_text(row, 1)? {
             Some(g) => Some(TypeGlob::parse(&g).map_err(corrupt)?),
             None => None,
@@ -39,7 +40,9 @@ fn targets(conn: &Connection, org: &OrganizationId) -> StoreResult<Targets> {
             codec::uuid(row, 3)?,
             codec::int(row, 4)? == 1,
         ))
-    })
+    })?;
+    targets.sort_unstable_by_key(|t| t.0);
+    Ok(targets)
 }
 
 /// Queues one delivery of an event to an endpoint: pending, attempt 0, due `now`. With

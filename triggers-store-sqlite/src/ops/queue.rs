@@ -48,14 +48,26 @@ fn record_attempt(
         r.error
     ])
     .store()?;
-    conn.prepare_cached(
-        "DELETE FROM attempts WHERE seq IN (
-             SELECT seq FROM attempts WHERE event_seq = ?1 AND endpoint_id = ?2
-             ORDER BY seq DESC LIMIT -1 OFFSET ?3)",
-    )
-    .store()?
-    .execute(params![event_seq, r.endpoint_id.0.as_bytes(), keep.max(1)])
-    .store()?;
+    // The newest record beyond `keep`, then it and everything older: two plain statements
+    // (a `DELETE … WHERE seq IN (SELECT …)` builds a temporary table each time), and the
+    // usual case, nothing beyond `keep`, is one index probe.
+    let endpoint = r.endpoint_id.0.as_bytes();
+    let mut beyond = conn
+        .prepare_cached(
+            "SELECT seq FROM attempts WHERE event_seq = ?1 AND endpoint_id = ?2
+             ORDER BY seq DESC LIMIT 1 OFFSET ?3",
+        )
+        .store()?;
+    let first_dropped =
+        query_opt(&mut beyond, params![event_seq, endpoint, keep.max(1)], |r| codec::int(r, 0))?;
+    if let Some(seq) = first_dropped {
+        conn.prepare_cached(
+            "DELETE FROM attempts WHERE event_seq = ?1 AND endpoint_id = ?2 AND seq <= ?3",
+        )
+        .store()?
+        .execute(params![event_seq, endpoint, seq])
+        .store()?;
+    }
     Ok(())
 }
 
@@ -64,14 +76,18 @@ fn record_attempt(
 fn record_superseded(conn: &Connection, c: &Completion, keep: u32) -> StoreResult<()> {
     let mut stmt = conn
         .prepare_cached(
-            "DELETE FROM superseded_deliveries WHERE id = ?1 AND lease_owner = ?2 AND attempt = ?3
-             RETURNING event_seq",
+            "SELECT event_seq FROM superseded_deliveries
+             WHERE id = ?1 AND lease_owner = ?2 AND attempt = ?3",
         )
         .store()?;
     let fence = params![c.delivery_id.0.as_bytes(), c.lease_owner.0.as_bytes(), c.attempt];
     let found = query_opt(&mut stmt, fence, |r| codec::int(r, 0))?;
     drop(stmt);
     if let Some(event_seq) = found {
+        conn.prepare_cached("DELETE FROM superseded_deliveries WHERE id = ?1")
+            .store()?
+            .execute([c.delivery_id.0.as_bytes()])
+            .store()?;
         let mut exists = conn.prepare_cached("SELECT 1 FROM events WHERE seq = ?1").store()?;
         if query_opt(&mut exists, [event_seq], |_| Ok(()))?.is_some() {
             record_attempt(conn, event_seq, &c.record, keep)?;
@@ -81,31 +97,34 @@ fn record_superseded(conn: &Connection, c: &Completion, keep: u32) -> StoreResul
 }
 
 fn complete_one(conn: &Connection, c: &Completion, keep: u32) -> StoreResult<bool> {
-    let fence = params![c.delivery_id.0.as_bytes(), c.lease_owner.0.as_bytes(), c.attempt];
-    let mut stmt = match &c.state {
-        CompletionState::Delivered | CompletionState::Failed => conn.prepare_cached(
-            "DELETE FROM deliveries WHERE id = ?1 AND state = 1 AND lease_owner = ?2
-             AND attempt = ?3 RETURNING event_seq, endpoint_seq",
-        ),
-        CompletionState::Retry { .. } => conn.prepare_cached(
-            "UPDATE deliveries SET state = 0, due_at = ?4, lease_owner = NULL
-             WHERE id = ?1 AND state = 1 AND lease_owner = ?2 AND attempt = ?3
-             RETURNING event_seq, endpoint_seq",
-        ),
-    }
-    .store()?;
-    let applied = match &c.state {
-        CompletionState::Retry { at } => {
-            let p = params![fence[0], fence[1], fence[2], micros(*at)];
-            query_opt(&mut stmt, p, |r| Ok((codec::int(r, 0)?, codec::int(r, 1)?)))?
-        }
-        _ => query_opt(&mut stmt, fence, |r| Ok((codec::int(r, 0)?, codec::int(r, 1)?)))?,
-    };
-    drop(stmt);
+    // The fence check, then the write by primary key: plain statements (`RETURNING` builds
+    // a temporary table each time); the writer's transaction keeps the two together.
+    let id = c.delivery_id.0.as_bytes();
+    let mut held = conn
+        .prepare_cached(
+            "SELECT event_seq, endpoint_seq FROM deliveries
+             WHERE id = ?1 AND state = 1 AND lease_owner = ?2 AND attempt = ?3",
+        )
+        .store()?;
+    let fence = params![id, c.lease_owner.0.as_bytes(), c.attempt];
+    let applied = query_opt(&mut held, fence, |r| Ok((codec::int(r, 0)?, codec::int(r, 1)?)))?;
+    drop(held);
     let Some((event_seq, endpoint_seq)) = applied else {
         record_superseded(conn, c, keep)?;
         return Ok(false);
     };
+    match &c.state {
+        CompletionState::Delivered | CompletionState::Failed => {
+            conn.prepare_cached("DELETE FROM deliveries WHERE id = ?1").store()?.execute([id])
+        }
+        CompletionState::Retry { at } => conn
+            .prepare_cached(
+                "UPDATE deliveries SET state = 0, due_at = ?2, lease_owner = NULL WHERE id = ?1",
+            )
+            .store()?
+            .execute(params![id, micros(*at)]),
+    }
+    .store()?;
 
     let r = &c.record;
     record_attempt(conn, event_seq, r, keep)?;
