@@ -116,36 +116,55 @@ pub(crate) fn insert(
              VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
         )
         .store()?;
+    let mut put_dedup = conn
+        .prepare_cached(
+            "INSERT INTO dedup (org_id, dedup_id, event_id, event_type, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (org_id, dedup_id) DO NOTHING",
+        )
+        .store()?;
+    let mut find_dedup = conn
+        .prepare_cached(
+            "SELECT event_id, event_type, created_at FROM dedup WHERE org_id = ?1 AND dedup_id = ?2",
+        )
+        .store()?;
+    let mut take_over_dedup = conn
+        .prepare_cached(
+            "INSERT OR REPLACE INTO dedup (org_id, dedup_id, event_id, event_type, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .store()?;
 
     let mut out = Vec::with_capacity(events.len());
     for e in events {
         let created = micros(e.created_at);
         if let Some(dedup_id) = &e.dedup_id {
-            let mut find_dedup = conn
-                .prepare_cached(
-                    "SELECT event_id, event_type, created_at FROM dedup
-                     WHERE org_id = ?1 AND dedup_id = ?2",
-                )
-                .store()?;
-            let original = query_opt(&mut find_dedup, params![org_id, dedup_id], |row| {
-                Ok((codec::uuid(row, 0)?, codec::text(row, 1)?, codec::int(row, 2)?))
-            })?;
-            if let Some((id, event_type, at)) = original {
-                if at > cutoff {
-                    let meta =
-                        EventMeta { id: EventId(id), event_type, created_at: codec::ts_from(at)? };
-                    out.push(InsertOutcome::Duplicate(meta));
-                    continue;
+            // The usual case, a new dedup id, is one statement; an id already recorded is
+            // looked up only then.
+            let new_id = put_dedup
+                .execute(params![org_id, dedup_id, e.id.0.as_bytes(), e.event_type, created])
+                .store()?
+                > 0;
+            if !new_id {
+                let original = query_opt(&mut find_dedup, params![org_id, dedup_id], |row| {
+                    Ok((codec::uuid(row, 0)?, codec::text(row, 1)?, codec::int(row, 2)?))
+                })?;
+                if let Some((id, event_type, at)) = original {
+                    if at > cutoff {
+                        let meta = EventMeta {
+                            id: EventId(id),
+                            event_type,
+                            created_at: codec::ts_from(at)?,
+                        };
+                        out.push(InsertOutcome::Duplicate(meta));
+                        continue;
+                    }
                 }
+                // The old entry is outside the window: this event takes the id over (with a
+                // new, larger seq; see the `dedup` table).
+                take_over_dedup
+                    .execute(params![org_id, dedup_id, e.id.0.as_bytes(), e.event_type, created])
+                    .store()?;
             }
-            // New, or the old entry is outside the window: this event takes the id over.
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO dedup (org_id, dedup_id, event_id, event_type, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .store()?
-            .execute(params![org_id, dedup_id, e.id.0.as_bytes(), e.event_type, created])
-            .store()?;
         }
         put_event
             .execute(params![
