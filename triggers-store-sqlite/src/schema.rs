@@ -82,9 +82,11 @@ pub(crate) fn open_writer(path: &Path, config: &SqliteConfig) -> Result<Connecti
     }
     conn.execute_batch(&format!(
         "PRAGMA synchronous = {};
-         PRAGMA journal_size_limit = {};",
+         PRAGMA journal_size_limit = {};
+         PRAGMA wal_autocheckpoint = {};",
         config.synchronous.pragma_value(),
-        config.journal_size_limit
+        config.journal_size_limit,
+        config.checkpoint_pages.max(1)
     ))
     .store()?;
     migrate(&conn).map_err(|e| match e {

@@ -60,6 +60,31 @@ async fn dedup_holds_within_the_window_and_across_reopen_then_expires() {
     drop(dir);
 }
 
+/// The write-ahead log's largest size after `n` single-event commits with `checkpoint_pages`.
+async fn wal_size_after_commits(checkpoint_pages: u32, n: usize) -> u64 {
+    let (_dir, path) = temp_db();
+    let config = SqliteConfig { checkpoint_pages, ..SqliteConfig::default() };
+    let store = SqliteStore::open(&path, config).unwrap();
+    let org = new_org(&store).await;
+    for i in 0..n {
+        let rec = record("t", &format!("{{\"n\":{i}}}"), Some(&i.to_string()), t(0));
+        store.insert_events(org, vec![rec], WINDOW, t(0)).await.unwrap();
+    }
+    let mut wal = path.into_os_string();
+    wal.push("-wal");
+    std::fs::metadata(wal).unwrap().len()
+}
+
+#[tokio::test]
+async fn the_log_is_checkpointed_at_checkpoint_pages() {
+    // Each commit writes a few pages; a checkpoint lets the log start over from the top, so
+    // its file never grows much beyond `checkpoint_pages`.
+    let small = wal_size_after_commits(8, 400).await;
+    let default = wal_size_after_commits(SqliteConfig::default().checkpoint_pages, 400).await;
+    assert!(small < 64 * 4096, "with 8 pages the log reached {small} bytes");
+    assert!(default > 4 * small, "with the default the log reached only {default} bytes");
+}
+
 #[tokio::test]
 async fn concurrent_identical_dedup_ids_store_one_event() {
     let (_dir, store) = fresh();
