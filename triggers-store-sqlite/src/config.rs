@@ -69,11 +69,12 @@ pub struct SqliteConfig {
     /// (`PRAGMA journal_size_limit`). Default 64 MiB.
     pub journal_size_limit: u64,
     /// The writer copies the write-ahead log into the database file once the log holds this
-    /// many pages (`PRAGMA wal_autocheckpoint`; a page is 4 KiB). Fewer, larger checkpoints
-    /// copy a page written by many commits once and cost the writer less per write (+6 %
-    /// batch ingest, +5 % end-to-end delivery against SQLite's 1000 in BENCHMARKS.md, "Issue
-    /// #17"); the batch that runs one waits longer (≈ +1 ms p99 at 64 connections). At least
-    /// 1 (0 counts as 1: the log must not grow without bound). Default 4000 (≈ 16 MiB).
+    /// many pages (`PRAGMA wal_autocheckpoint`; a page is 4 KiB). Larger values mean fewer,
+    /// larger checkpoints, which copy a page written by many commits once and cost the writer
+    /// less per write, but the batch that runs one waits longer: 4000 measured +6 % batch
+    /// ingest and +5 % end-to-end delivery, and ≈ +1 ms p99 at 64 connections, which took it
+    /// past 10 ms on a noisy day (BENCHMARKS.md, "Issue #17, second sitting"). At least 1 (0
+    /// counts as 1: the log must not grow without bound). Default 1000 (≈ 4 MiB, SQLite's own).
     pub checkpoint_pages: u32,
     /// Largest string or blob SQLite accepts, in bytes (`SQLITE_LIMIT_LENGTH`); larger values
     /// fail with `StoreError::InvalidInput`. `None` keeps SQLite's limit (1 GB). Default `None`.
@@ -104,7 +105,7 @@ impl Default for SqliteConfig {
             cache_size_kib: 32 * 1024,
             busy_timeout: Duration::from_secs(5),
             journal_size_limit: 64 * 1024 * 1024,
-            checkpoint_pages: 4000,
+            checkpoint_pages: 1000,
             max_value_len: None,
             retention: None,
             dedup_retention: Duration::from_secs(7 * 24 * 3600),
