@@ -294,7 +294,6 @@ fn pick(conn: &Connection, req: &ClaimRequest, now: i64) -> StoreResult<Vec<Cand
         while let Some(row) = rows.next().store()? {
             let (id, due_at, event_seq, attempt) = candidate(row)?;
             let endpoint_seq = seq;
-            let head = false;
             candidates.push(Candidate {
                 id,
                 due_at,
@@ -303,7 +302,7 @@ fn pick(conn: &Connection, req: &ClaimRequest, now: i64) -> StoreResult<Vec<Cand
                 attempt,
                 org,
                 cap,
-                head,
+                head: false,
             });
         }
     }
