@@ -205,9 +205,10 @@ fn claim_complete(c: &mut Criterion) {
 
     // The real worker pool (claim loop, 256 concurrent attempts, batched completer) with an
     // in-process deliverer that accepts at once: time until the queue is empty. With the
-    // default caps the one endpoint has at most 16 deliveries in flight; `_uncapped` lets it
-    // have all 256 (as before fair claiming), which measures the claim machinery alone.
-    for (name, endpoint_cap) in [
+    // default caps the one endpoint has at most 16 deliveries in flight; `_uncapped` sets the
+    // endpoint and organization caps to 256, so it may have all of them in flight (as before
+    // fair claiming), which measures the claim machinery alone.
+    for (name, wide_caps) in [
         ("worker_pool_instant_deliverer", None),
         ("worker_pool_instant_deliverer_uncapped", Some(256)),
     ] {
@@ -221,9 +222,9 @@ fn claim_complete(c: &mut Criterion) {
                             concurrency: 256,
                             claim_batch: 128,
                             poll_interval: Duration::from_millis(5),
-                            endpoint_concurrency: endpoint_cap
+                            endpoint_concurrency: wide_caps
                                 .unwrap_or(defaults.endpoint_concurrency),
-                            org_concurrency: endpoint_cap.or(defaults.org_concurrency),
+                            org_concurrency: wide_caps.or(defaults.org_concurrency),
                             ..defaults
                         },
                         ..IngestorConfig::default()
