@@ -72,7 +72,7 @@ pub struct SqliteConfig {
     /// many pages (`PRAGMA wal_autocheckpoint`; a page is 4 KiB). Larger values mean fewer,
     /// larger checkpoints, which copy a page written by many commits once and cost the writer
     /// less per write, but the batch that runs one waits longer: 4000 measured +6 % batch
-    /// ingest and +5 % end-to-end delivery, and ≈ +1 ms p99 at 64 connections, which took it
+    /// ingest and +10 % end-to-end delivery, and ≈ +1 ms p99 at 64 connections, which took it
     /// past 10 ms on a noisy day (BENCHMARKS.md, "Issue #17, second sitting"). At least 1 (0
     /// counts as 1: the log must not grow without bound). Default 1000 (≈ 4 MiB, SQLite's own).
     pub checkpoint_pages: u32,
