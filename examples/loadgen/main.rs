@@ -403,14 +403,17 @@ async fn run(args: Args) -> Result<(), Error> {
         percentile(l, 99.9),
         percentile(l, 100.0)
     );
-    if let Some(per) = args.batch {
-        out!("events={} rate={:.0} events/s", n * per, (n * per) as f64 / elapsed.as_secs_f64());
+    // Accepted: `202` for one event, `200` for a batch (whose events are all valid).
+    let succeeded: u64 =
+        total.statuses.iter().filter(|(s, _)| (200..300).contains(*s)).map(|(_, n)| n).sum();
+    let per_request = args.batch.map_or(1, |n| n as u64);
+    let accepted = succeeded * per_request;
+    if args.batch.is_some() {
+        out!("events={accepted} rate={:.0} events/s", accepted as f64 / elapsed.as_secs_f64());
     }
     let statuses: Vec<String> = total.statuses.iter().map(|(s, n)| format!("{s}={n}")).collect();
     out!("status: {} connection_errors={}", statuses.join(" "), total.errors);
     if let (Some(receiver), Some(load_started)) = (receiver, load_started) {
-        let accepted =
-            total.statuses.get(&202).copied().unwrap_or(0) * args.batch.map_or(1, |n| n as u64);
         report_deliveries(&receiver, accepted, load_started).await;
     }
     Ok(())
