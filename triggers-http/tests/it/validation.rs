@@ -108,9 +108,11 @@ async fn malformed_bodies_are_400_wrong_types_415_invalid_fields_422() {
     // A control character is refused wherever it is, also where trimming would drop it (as
     // the OpenAPI pattern says; found by the fuzzer).
     for name in ["acme\n", "\tacme", "ac\u{85}me", "acme\u{85}"] {
-        c.send("POST", "/api/keys/generate", None, Some(json!({"org_name": name})))
+        let p = c
+            .send("POST", "/api/keys/generate", None, Some(json!({"org_name": name})))
             .await
             .problem(422, "invalid_field");
+        assert_eq!(p["field"], "organization_name", "{name:?}");
     }
     c.send("POST", "/api/keys/generate", None, Some(json!({"tier": "free"})))
         .await
