@@ -84,12 +84,16 @@ ranked AS (
 due AS (
     SELECT id, due_at FROM ranked WHERE org_n <= 2147483647 AND ep_n <= cap ORDER BY due_at LIMIT 64
 ),
+commit_mode AS (
+    SELECT set_config('synchronous_commit',
+        CASE WHEN EXISTS (SELECT 1 FROM due JOIN head_locked h ON h.id = due.id)
+             THEN current_setting('synchronous_commit') ELSE 'off' END, true) AS mode
+),
 claimed AS (
     UPDATE deliveries d
     SET state = 'in_flight', attempt = d.attempt + 1, lease_owner = (lpad(:client_id::text, 32, '0'))::uuid,
         lease_expires_at = now() + interval '60 s', due_at = now() + interval '60 s'
-    FROM due WHERE d.id = due.id
-      AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
+    FROM due WHERE d.id = due.id AND (SELECT mode FROM commit_mode) IS NOT NULL
     RETURNING d.id, d.attempt, d.event_id, d.endpoint_id, due.due_at AS was_due
 ),
 res AS (
@@ -118,13 +122,16 @@ attempts_in AS (
 ),
 trimmed AS (
     DELETE FROM attempts a
-    USING (
-        SELECT b.event_id, b.seq,
-               row_number() OVER (PARTITION BY b.event_id, b.endpoint_id ORDER BY b.seq DESC) AS rn
-        FROM attempts b
-        JOIN (SELECT DISTINCT event_id, endpoint_id FROM fin) p ON b.event_id = p.event_id AND b.endpoint_id = p.endpoint_id
+    USING (SELECT DISTINCT event_id, endpoint_id FROM fin) p
+    CROSS JOIN LATERAL (
+        SELECT x.seq
+        FROM (SELECT b.seq, b.endpoint_id FROM attempts b
+              WHERE b.event_id = p.event_id OFFSET 0) x
+        WHERE x.endpoint_id = p.endpoint_id
+        ORDER BY x.seq DESC
+        OFFSET greatest(100 - 1, 0)
     ) old
-    WHERE a.event_id = old.event_id AND a.seq = old.seq AND old.rn >= 100
+    WHERE a.event_id = p.event_id AND a.seq = old.seq
 ),
 healthy AS (
     UPDATE endpoints e SET failing_since = NULL
@@ -134,7 +141,6 @@ delivered AS (
     UPDATE events e SET status = 'delivered', delivered_at = fin.at
     FROM fin
     WHERE e.id = fin.event_id AND e.status = 'pending'
-
 )
-SELECT count(*) AS done FROM fin
+SELECT count(*) AS done FROM fin WHERE (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
 \gset

@@ -374,8 +374,10 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     /// frees nothing.
     ///
     /// The worker pool calls it with every batch of finished attempts, so a slot freed under
-    /// a cap is taken again in the same round trip that frees it. A store should do both in
-    /// one transaction (one commit instead of two): that is the point of the method. The
+    /// a cap is taken again in the same round trip that frees it. A store should make it
+    /// cheaper than the two calls — one transaction and one commit (the SQLite store), or
+    /// one connection and two commits that wait for no flush (the PostgreSQL store): that is
+    /// the point of the method. The
     /// rules of `claim` hold unchanged, also between nodes — the claim counts the leases
     /// live after the completions, which is what a separate `claim` right after `complete`
     /// would count.
