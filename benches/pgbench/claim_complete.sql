@@ -93,8 +93,11 @@ claimed AS (
     UPDATE deliveries d
     SET state = 'in_flight', attempt = d.attempt + 1, lease_owner = (lpad(:client_id::text, 32, '0'))::uuid,
         lease_expires_at = now() + interval '60 s', due_at = now() + interval '60 s'
-    FROM due WHERE d.id = due.id AND (SELECT mode FROM commit_mode) IS NOT NULL
-    RETURNING d.id, d.attempt, d.event_id, d.endpoint_id, due.due_at AS was_due
+    -- By primary key, as an array: joined with `due`, the planner may walk the whole
+    -- primary key index instead (it did once statistics said the table was nearly empty,
+    -- visiting every dead row version the queue's churn leaves behind).
+    WHERE d.id = ANY (ARRAY(SELECT id FROM due)) AND (SELECT mode FROM commit_mode) IS NOT NULL
+    RETURNING d.id, d.attempt, d.event_id, d.endpoint_id
 ),
 res AS (
 SELECT c.id, c.attempt, c.event_id, c.endpoint_id, e.organization_id, e.event_type, e.payload, e.created_at,
@@ -102,9 +105,10 @@ SELECT c.id, c.attempt, c.event_id, c.endpoint_id, e.organization_id, e.event_ty
        ep.headers, ep.rate_limit, ep.concurrency,
        (SELECT count(*) FROM deliveries o WHERE o.event_id = c.event_id) AS siblings
 FROM claimed c
+JOIN due ON due.id = c.id
 JOIN events e ON e.id = c.event_id
 JOIN endpoints ep ON ep.id = c.endpoint_id
-ORDER BY c.was_due, c.id)
+ORDER BY due.due_at, c.id)
 SELECT coalesce(array_agg(id), '{}') AS ids, coalesce(array_agg(attempt), '{}') AS atts, coalesce(array_agg(endpoint_id),'{}') AS eps, sum(length(payload)) AS bytes, count(*) AS n FROM res
 \gset
 WITH fin AS (

@@ -74,6 +74,12 @@ pub struct PgConfig {
     /// The per-organization bounds the store keeps (most endpoints, attempts kept per event
     /// and endpoint). Default [`StoreLimits::default`].
     pub limits: StoreLimits,
+    /// How often the store checks whether the delivery queue's table needs a vacuum, and
+    /// vacuums it if so (more than 2 000 dead row versions and a fifth of its live rows).
+    /// Autovacuum comes at most once a minute by default, and every delivery leaves dead row
+    /// versions that the next claims step over. `None` leaves the table to autovacuum.
+    /// Default 1 s.
+    pub vacuum_interval: Option<Duration>,
 }
 
 impl Default for PgConfig {
@@ -96,6 +102,7 @@ impl Default for PgConfig {
             test_before_acquire: true,
             start_unreachable: false,
             limits: StoreLimits::default(),
+            vacuum_interval: Some(Duration::from_secs(1)),
         }
     }
 }

@@ -18,6 +18,7 @@ mod rows;
 mod store;
 #[doc(hidden)]
 pub mod testing;
+mod vacuum;
 
 pub use config::PgConfig;
 pub use limiter::PgRateLimiter;

@@ -157,8 +157,11 @@ claimed AS (
     UPDATE deliveries d
     SET state = 'in_flight', attempt = d.attempt + 1, lease_owner = $3,
         lease_expires_at = $4, due_at = $4
-    FROM due WHERE d.id = due.id AND (SELECT mode FROM commit_mode) IS NOT NULL
-    RETURNING d.id, d.attempt, d.event_id, d.endpoint_id, due.due_at AS was_due
+    -- By primary key, as an array: joined with `due`, the planner may walk the whole
+    -- primary key index instead (it did once statistics said the table was nearly empty,
+    -- visiting every dead row version the queue's churn leaves behind).
+    WHERE d.id = ANY (ARRAY(SELECT id FROM due)) AND (SELECT mode FROM commit_mode) IS NOT NULL
+    RETURNING d.id, d.attempt, d.event_id, d.endpoint_id
 )
 SELECT c.id, c.attempt, c.event_id, c.endpoint_id, e.organization_id, e.event_type, e.payload, e.created_at,
        ep.url, ep.secret, ep.previous_secret, ep.previous_valid_until, ep.failing_since,
@@ -166,9 +169,10 @@ SELECT c.id, c.attempt, c.event_id, c.endpoint_id, e.organization_id, e.event_ty
        ep.headers, ep.rate_limit, ep.concurrency,
        (SELECT count(*) FROM deliveries o WHERE o.event_id = c.event_id) AS siblings
 FROM claimed c
+JOIN due ON due.id = c.id
 JOIN events e ON e.id = c.event_id
 JOIN endpoints ep ON ep.id = c.endpoint_id
-ORDER BY c.was_due, c.id
+ORDER BY due.due_at, c.id
 "#;
 
 #[async_trait]

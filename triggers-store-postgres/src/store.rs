@@ -40,6 +40,7 @@ struct Inner {
     limits: triggers_core::store::StoreLimits,
     stats: Arc<ListenerStats>,
     listener: Option<tokio::task::JoinHandle<()>>,
+    vacuum: Option<tokio::task::JoinHandle<()>>,
     probe: Arc<ConnectProbe>,
     acquire_timeout: std::time::Duration,
     /// Whether the database was reached and migrated (see `PgConfig::start_unreachable`).
@@ -53,6 +54,9 @@ impl Drop for Inner {
             task.abort();
         }
         if let Some(task) = self.listener.take() {
+            task.abort();
+        }
+        if let Some(task) = self.vacuum.take() {
             task.abort();
         }
     }
@@ -146,6 +150,10 @@ impl PgStore {
         let listener = config
             .listen
             .then(|| listener::spawn(options, channel.clone(), wake.clone(), stats.clone()));
+        let vacuum = config
+            .vacuum_interval
+            .filter(|every| !every.is_zero())
+            .map(|every| crate::vacuum::spawn(pool.clone(), every));
         Ok(PgStore {
             inner: Arc::new(Inner {
                 pool,
@@ -157,6 +165,7 @@ impl PgStore {
                 limits: config.limits,
                 stats,
                 listener,
+                vacuum,
                 probe,
                 acquire_timeout: config.acquire_timeout,
                 ready,
