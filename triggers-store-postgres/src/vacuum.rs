@@ -10,9 +10,10 @@
 //! then ≈ 600 deliveries a second on a database reused after a few runs, where a claim read
 //! ≈ 2 500 index pages (BENCHMARKS.md, "Issue #17, third sitting").
 //!
-//! So the store looks at the table's statistics every [`PgConfig::vacuum_interval`]
-//! (crate::PgConfig::vacuum_interval) and runs `VACUUM (SKIP_LOCKED) deliveries` once the
-//! dead row versions exceed [`DEAD_MIN`] plus a fifth of the live rows: the share keeps a
+//! So the store looks at the table's statistics every
+//! [`PgConfig::vacuum_interval`](crate::PgConfig::vacuum_interval) and runs `VACUUM
+//! (SKIP_LOCKED) deliveries` once the dead row versions exceed [`DEAD_MIN`] plus a fifth of
+//! the live rows: the share keeps a
 //! large backlog (whose indexes each vacuum reads in full) from being vacuumed every turn.
 //! `SKIP_LOCKED`: when autovacuum or another node is already at it, this turn is skipped.
 //! A vacuum blocks no reads or writes. A role that does not own the table makes the vacuum
