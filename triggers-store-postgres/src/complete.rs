@@ -244,7 +244,7 @@ impl Singles {
 
 /// A batch of completions ready to apply: each delivery's first completion only (a second
 /// one would be stale), and whether the fast path applies.
-pub(crate) struct Batch<'c> {
+struct Batch<'c> {
     all: &'c [Completion],
     firsts: Vec<&'c Completion>,
     fast: bool,
@@ -254,7 +254,7 @@ pub(crate) struct Batch<'c> {
 
 impl<'c> Batch<'c> {
     /// Prepares `completions`; forgets their deliveries in `singles` (see [`Singles`]).
-    pub(crate) fn new(singles: &Singles, completions: &'c [Completion], keep: u32) -> Self {
+    fn new(singles: &Singles, completions: &'c [Completion], keep: u32) -> Self {
         // A delivery named twice: only its first completion can apply (the first one ends
         // the lease, so the second would be stale).
         let mut seen = HashSet::new();
@@ -268,7 +268,7 @@ impl<'c> Batch<'c> {
     }
 
     /// One flag per completion, in order: `applied` holds each delivery once.
-    pub(crate) fn flags(&self, mut applied: HashSet<Uuid>) -> Vec<bool> {
+    fn flags(&self, mut applied: HashSet<Uuid>) -> Vec<bool> {
         self.all.iter().map(|c| applied.remove(&c.delivery_id.0)).collect()
     }
 

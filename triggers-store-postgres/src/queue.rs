@@ -300,7 +300,9 @@ impl DeliveryQueue for PgStore {
     }
 }
 
-/// Runs the claim statement on `conn` (a pooled connection, or a transaction's).
+/// Runs the claim statement on `conn`, autocommitted: its commit mode follows the session's
+/// setting (see `CLAIM_SQL`), which an earlier statement of an open transaction may have
+/// changed.
 async fn claim_rows(conn: &mut PgConnection, req: ClaimRequest) -> Result<Vec<PgRow>, sqlx::Error> {
     let until = triggers_core::clock::add(req.now, req.lease);
     // A prepared statement: after its fifth run PostgreSQL keeps a generic plan, and planning
