@@ -578,4 +578,51 @@ mod tests {
         drop((conn, store));
         db.drop_database().await.unwrap();
     }
+
+    /// Completions are lease bookkeeping: both paths commit without waiting for the flush
+    /// (the module's "Durability"). Checked inside an open transaction, where the setting
+    /// the statements made is still visible.
+    #[tokio::test]
+    async fn completions_commit_without_a_flush() {
+        use triggers_core::domain::event::AttemptRecord;
+        use triggers_core::store::{Completion, CompletionState};
+        use triggers_core::{DeliveryId, EndpointId, WorkerId};
+
+        if std::env::var_os(SKIP_VAR).is_some() {
+            assert!(std::env::var_os("CI").is_none(), "{SKIP_VAR} is set, but CI is");
+            return;
+        }
+        let db = TestDatabase::create(&testing::server_url()).await.expect("a test database");
+        let store = PgStore::connect_with(db.options.clone(), PgConfig::default()).await.unwrap();
+        let mut conn = PgConnection::connect_with(&db.options).await.unwrap();
+        let completion = Completion {
+            delivery_id: DeliveryId::new(),
+            lease_owner: WorkerId::new(),
+            attempt: 1,
+            state: CompletionState::Delivered,
+            record: AttemptRecord {
+                endpoint_id: EndpointId::new(),
+                at: sqlx::types::chrono::Utc::now(),
+                status_code: Some(200),
+                latency_ms: 1,
+                error: None,
+            },
+            disable_endpoint: None,
+        };
+        for fast in [true, false] {
+            let mut tx = conn.begin().await.unwrap();
+            let applied = if fast {
+                super::complete_fast(&mut tx, &[&completion], 20).await.unwrap()
+            } else {
+                super::complete_once(&mut tx, &[&completion], 20).await.unwrap()
+            };
+            assert!(applied.is_empty(), "no such delivery: stale");
+            let mode: String =
+                sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&mut *tx).await.unwrap();
+            assert_eq!(mode, "off", "fast path: {fast}");
+            tx.rollback().await.unwrap();
+        }
+        drop((conn, store));
+        db.drop_database().await.unwrap();
+    }
 }

@@ -16,38 +16,76 @@
 //! the live rows: the share keeps a
 //! large backlog (whose indexes each vacuum reads in full) from being vacuumed every turn.
 //! `SKIP_LOCKED`: when autovacuum or another node is already at it, this turn is skipped.
-//! A vacuum blocks no reads or writes. A role that does not own the table makes the vacuum
-//! a no-op (PostgreSQL skips it with a warning); autovacuum still works then.
+//! A vacuum blocks no reads or writes, and runs without the store's `statement_timeout`
+//! (cancelled half-way, it would start over at the next turn). After a failure the task
+//! waits twice as long before the next turn, up to a minute.
+//!
+//! Only the table's owner (or a superuser) may vacuum it. A store whose role is not (the
+//! migrations ran under another role) ends the task at its first turn and leaves the table
+//! to autovacuum, instead of drawing PostgreSQL's "skipping" warning every second.
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{Executor, PgConnection, PgPool};
 
 /// Dead row versions below which `deliveries` is never vacuumed by this task.
 pub(crate) const DEAD_MIN: i64 = 2_000;
 
-/// Starts the task; it runs until aborted.
+/// The longest pause after failures.
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// Starts the task; it runs until aborted (or finds it may not vacuum the table).
 pub(crate) fn spawn(pool: PgPool, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut failing = false;
+        let mut pause = every;
+        let mut owner_checked = false;
         loop {
-            tokio::time::sleep(every).await;
+            tokio::time::sleep(pause).await;
+            if !owner_checked {
+                match may_vacuum(&pool).await {
+                    Ok(true) => owner_checked = true,
+                    Ok(false) => {
+                        tracing::info!(
+                            "this role does not own the deliveries table: vacuuming it is left to autovacuum"
+                        );
+                        return;
+                    }
+                    // Not reachable or not migrated yet (`PgConfig::start_unreachable`).
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot look at the deliveries table yet");
+                        pause = (pause * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
+                }
+            }
             match vacuum_if_needed(&pool).await {
-                Ok(_) if failing => {
-                    failing = false;
+                Ok(_) if pause > every => {
+                    pause = every;
                     tracing::info!("vacuuming the delivery queue works again");
                 }
                 Ok(_) => {}
-                // Once per run of failures (the database away, a statement timeout): the
-                // queue only gets slower meanwhile, and every other call reports the cause.
-                Err(e) if !failing => {
-                    failing = true;
-                    tracing::warn!(error = %e, "vacuuming the delivery queue failed");
+                // Logged once per run of failures (the database away, say): the queue only
+                // gets slower meanwhile, and every other call reports the cause.
+                Err(e) => {
+                    if pause == every {
+                        tracing::warn!(error = %e, "vacuuming the delivery queue failed");
+                    }
+                    pause = (pause * 2).min(BACKOFF_MAX);
                 }
-                Err(_) => {}
             }
         }
     })
+}
+
+/// Whether this store's role may vacuum `deliveries` (owns it, by membership, or is a
+/// superuser).
+async fn may_vacuum(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT pg_has_role(current_user, c.relowner, 'USAGE')
+         FROM pg_class c WHERE c.oid = 'deliveries'::regclass",
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// Vacuums `deliveries` if its dead row versions call for it; whether it did.
@@ -63,8 +101,24 @@ pub(crate) async fn vacuum_if_needed(pool: &PgPool) -> Result<bool, sqlx::Error>
         return Ok(false);
     }
     tracing::debug!(dead, live, "vacuuming deliveries");
-    sqlx::raw_sql("VACUUM (SKIP_LOCKED) deliveries").execute(pool).await?;
+    let mut conn = pool.acquire().await?;
+    let vacuumed = without_timeout(&mut conn).await;
+    // Back to the connection's own timeout, whatever the vacuum did; a connection that
+    // cannot be reset is not returned to the pool.
+    if let Err(e) = conn.execute("RESET statement_timeout").await {
+        conn.detach();
+        return Err(e);
+    }
+    vacuumed?;
     Ok(true)
+}
+
+/// The vacuum itself, without a statement timeout. Sent as plain text, each statement runs
+/// on its own, outside any transaction (where `VACUUM` refuses to run).
+async fn without_timeout(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    conn.execute("SET statement_timeout = 0").await?;
+    conn.execute("VACUUM (SKIP_LOCKED) deliveries").await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -122,5 +176,34 @@ mod tests {
         }
         drop(store);
         db.drop_database().await.unwrap();
+    }
+
+    /// A role that does not own the table may not vacuum it: the task ends at once instead
+    /// of asking PostgreSQL every second.
+    #[tokio::test]
+    async fn a_role_that_does_not_own_the_queue_leaves_it_to_autovacuum() {
+        if std::env::var_os(SKIP_VAR).is_some() {
+            assert!(std::env::var_os("CI").is_none(), "{SKIP_VAR} is set, but CI is");
+            return;
+        }
+        let db = TestDatabase::create(&testing::server_url()).await.expect("a test database");
+        let store = PgStore::connect_with(db.options.clone(), PgConfig::default()).await.unwrap();
+        let role = format!("{}_guest", db.name);
+        let mut admin = db.admin().await.unwrap();
+        sqlx::query(&format!("CREATE ROLE {role} LOGIN")).execute(&mut admin).await.unwrap();
+        let guest = sqlx::PgPool::connect_with(db.options.clone().username(&role)).await.unwrap();
+
+        assert!(super::may_vacuum(store.pool()).await.unwrap(), "the owner may");
+        assert!(!super::may_vacuum(&guest).await.unwrap(), "a guest may not");
+        let task = super::spawn(guest.clone(), Duration::from_millis(10));
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the task ends by itself")
+            .unwrap();
+
+        guest.close().await;
+        drop(store);
+        db.drop_database().await.unwrap();
+        sqlx::query(&format!("DROP ROLE {role}")).execute(&mut admin).await.unwrap();
     }
 }
