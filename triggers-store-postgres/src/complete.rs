@@ -535,20 +535,15 @@ mod tests {
     use sqlx::types::Uuid;
     use sqlx::{Connection, Executor, PgConnection};
 
-    use crate::testing::{self, TestDatabase, SKIP_VAR};
-    use crate::{PgConfig, PgStore};
+    use crate::testing;
+    use crate::PgConfig;
 
     /// A fresh database has no statistics until autovacuum first analyzes it; the trim must
     /// not depend on them (see `trim_attempts_cte!`). Generic plan, as for the store's
     /// prepared statements after their fifth run.
     #[tokio::test]
     async fn trimming_attempts_reads_one_events_attempts_without_statistics() {
-        if std::env::var_os(SKIP_VAR).is_some() {
-            assert!(std::env::var_os("CI").is_none(), "{SKIP_VAR} is set, but CI is");
-            return;
-        }
-        let db = TestDatabase::create(&testing::server_url()).await.expect("a test database");
-        let store = PgStore::connect_with(db.options.clone(), PgConfig::default()).await.unwrap();
+        let Some((db, store)) = testing::fresh_store(PgConfig::default()).await else { return };
         let mut conn = PgConnection::connect_with(&db.options).await.unwrap();
         let endpoint = Uuid::new_v4();
         sqlx::query(
@@ -588,12 +583,7 @@ mod tests {
         use triggers_core::store::{Completion, CompletionState};
         use triggers_core::{DeliveryId, EndpointId, WorkerId};
 
-        if std::env::var_os(SKIP_VAR).is_some() {
-            assert!(std::env::var_os("CI").is_none(), "{SKIP_VAR} is set, but CI is");
-            return;
-        }
-        let db = TestDatabase::create(&testing::server_url()).await.expect("a test database");
-        let store = PgStore::connect_with(db.options.clone(), PgConfig::default()).await.unwrap();
+        let Some((db, store)) = testing::fresh_store(PgConfig::default()).await else { return };
         let mut conn = PgConnection::connect_with(&db.options).await.unwrap();
         let completion = Completion {
             delivery_id: DeliveryId::new(),

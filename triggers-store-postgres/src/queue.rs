@@ -393,17 +393,12 @@ mod tests {
     use triggers_core::WorkerId;
 
     use super::claim_rows;
-    use crate::testing::{self, TestDatabase, SKIP_VAR};
+    use crate::testing::{self, TestDatabase};
     use crate::{PgConfig, PgStore};
 
     /// A fresh database with the store's schema (the store is returned to keep it open).
     async fn database() -> Option<(TestDatabase, PgStore, PgConnection)> {
-        if std::env::var_os(SKIP_VAR).is_some() {
-            assert!(std::env::var_os("CI").is_none(), "{SKIP_VAR} is set, but CI is");
-            return None;
-        }
-        let db = TestDatabase::create(&testing::server_url()).await.expect("a test database");
-        let store = PgStore::connect_with(db.options.clone(), PgConfig::default()).await.unwrap();
+        let (db, store) = testing::fresh_store(PgConfig::default()).await?;
         let conn = PgConnection::connect_with(&db.options).await.unwrap();
         Some((db, store, conn))
     }

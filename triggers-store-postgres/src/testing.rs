@@ -86,3 +86,16 @@ async fn drop_stale(conn: &mut PgConnection) {
         }
     }
 }
+
+/// For this crate's unit tests: a fresh database and a store on it with `config`, or `None`
+/// when [`SKIP_VAR`] is set (refused under `CI`, where the tests must run).
+#[cfg(test)]
+pub(crate) async fn fresh_store(config: crate::PgConfig) -> Option<(TestDatabase, crate::PgStore)> {
+    if std::env::var_os(SKIP_VAR).is_some() {
+        assert!(std::env::var_os("CI").is_none(), "{SKIP_VAR} is set, but CI is");
+        return None;
+    }
+    let db = TestDatabase::create(&server_url()).await.expect("a test database");
+    let store = crate::PgStore::connect_with(db.options.clone(), config).await.expect("a store");
+    Some((db, store))
+}

@@ -127,21 +127,16 @@ mod tests {
 
     use sqlx::{Connection, PgConnection};
 
-    use crate::testing::{self, TestDatabase, SKIP_VAR};
-    use crate::{PgConfig, PgStore};
+    use crate::testing;
+    use crate::PgConfig;
 
     /// Deliveries finished by the thousand leave dead row versions; the store vacuums them
     /// away by itself, long before autovacuum's next visit.
     #[tokio::test]
     async fn a_churned_queue_is_vacuumed_by_the_store() {
-        if std::env::var_os(SKIP_VAR).is_some() {
-            assert!(std::env::var_os("CI").is_none(), "{SKIP_VAR} is set, but CI is");
-            return;
-        }
-        let db = TestDatabase::create(&testing::server_url()).await.expect("a test database");
         let config =
             PgConfig { vacuum_interval: Some(Duration::from_millis(50)), ..Default::default() };
-        let store = PgStore::connect_with(db.options.clone(), config).await.unwrap();
+        let Some((db, store)) = testing::fresh_store(config).await else { return };
         assert!(!super::vacuum_if_needed(store.pool()).await.unwrap(), "nothing to vacuum yet");
 
         // 5 000 deliveries queued and finished; the connection's end reports its statistics.
@@ -182,12 +177,7 @@ mod tests {
     /// of asking PostgreSQL every second.
     #[tokio::test]
     async fn a_role_that_does_not_own_the_queue_leaves_it_to_autovacuum() {
-        if std::env::var_os(SKIP_VAR).is_some() {
-            assert!(std::env::var_os("CI").is_none(), "{SKIP_VAR} is set, but CI is");
-            return;
-        }
-        let db = TestDatabase::create(&testing::server_url()).await.expect("a test database");
-        let store = PgStore::connect_with(db.options.clone(), PgConfig::default()).await.unwrap();
+        let Some((db, store)) = testing::fresh_store(PgConfig::default()).await else { return };
         let role = format!("{}_guest", db.name);
         let mut admin = db.admin().await.unwrap();
         sqlx::query(&format!("CREATE ROLE {role} LOGIN")).execute(&mut admin).await.unwrap();
