@@ -11,7 +11,7 @@ use crate::app::{App, Ctx, Req, Res};
 use crate::body;
 use crate::dto::{Accepted, AttemptView, Batch, BatchItem, BatchResults, EventView, IdStatus};
 use crate::error::ApiError;
-use crate::respond::json_with;
+use crate::respond::{json_sized, json_with};
 
 /// The metrics label of a failed ingest call.
 fn failure_outcome(e: &Error) -> &'static str {
@@ -145,7 +145,8 @@ pub(super) async fn batch<S: EventStore, D: Deliverer>(
             }
         });
     }
-    Ok(json_with(StatusCode::OK, &BatchResults { results }))
+    // ≈ 170 bytes per accepted item: reserved up front rather than grown a dozen times.
+    Ok(json_sized(StatusCode::OK, &BatchResults { results }, 64 + n * 192))
 }
 
 pub(super) async fn show<S: EventStore, D: Deliverer>(
