@@ -13,8 +13,8 @@
 //! So the store looks at the table's statistics every
 //! [`PgConfig::vacuum_interval`](crate::PgConfig::vacuum_interval) and runs `VACUUM
 //! (SKIP_LOCKED) deliveries` once the dead row versions exceed [`DEAD_MIN`] plus a fifth of
-//! the live rows: the share keeps a
-//! large backlog (whose indexes each vacuum reads in full) from being vacuumed every turn.
+//! the live rows: the share keeps a large backlog (whose indexes each vacuum reads in full)
+//! from being vacuumed every turn.
 //! `SKIP_LOCKED`: when autovacuum or another node is already at it, this turn is skipped.
 //! A vacuum blocks no reads or writes, and runs without the store's `statement_timeout`
 //! (cancelled half-way, it would start over at the next turn). After a failure the task
@@ -39,11 +39,15 @@ pub(crate) fn spawn(pool: PgPool, every: Duration) -> tokio::task::JoinHandle<()
     tokio::spawn(async move {
         let mut pause = every;
         let mut owner_checked = false;
+        let mut failing = false;
         loop {
             tokio::time::sleep(pause).await;
             if !owner_checked {
                 match may_vacuum(&pool).await {
-                    Ok(true) => owner_checked = true,
+                    Ok(true) => {
+                        owner_checked = true;
+                        pause = every;
+                    }
                     Ok(false) => {
                         tracing::info!(
                             "this role does not own the deliveries table: vacuuming it is left to autovacuum"
@@ -59,17 +63,20 @@ pub(crate) fn spawn(pool: PgPool, every: Duration) -> tokio::task::JoinHandle<()
                 }
             }
             match vacuum_if_needed(&pool).await {
-                Ok(_) if pause > every => {
+                Ok(_) => {
+                    if failing {
+                        tracing::info!("vacuuming the delivery queue works again");
+                    }
+                    failing = false;
                     pause = every;
-                    tracing::info!("vacuuming the delivery queue works again");
                 }
-                Ok(_) => {}
                 // Logged once per run of failures (the database away, say): the queue only
                 // gets slower meanwhile, and every other call reports the cause.
                 Err(e) => {
-                    if pause == every {
+                    if !failing {
                         tracing::warn!(error = %e, "vacuuming the delivery queue failed");
                     }
+                    failing = true;
                     pause = (pause * 2).min(BACKOFF_MAX);
                 }
             }
