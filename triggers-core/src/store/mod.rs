@@ -338,9 +338,10 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     /// exceeded by what overlapping claims take (never more than one claim batch each).
     ///
     /// A claim need not be durable: if the store itself crashes, a store may forget recent
-    /// leases (the PostgreSQL store commits claims asynchronously). Such a delivery is due
-    /// again and claimed anew with the same attempt number; the first holder's completion is
-    /// then stale. A duplicate attempt at worst, never a lost delivery.
+    /// leases (the PostgreSQL store commits claims and completions asynchronously). Such a
+    /// delivery is due again and claimed anew with the same attempt number; the first
+    /// holder's completion is then stale. A duplicate attempt at worst, never a lost
+    /// delivery.
     async fn claim(&self, req: ClaimRequest) -> StoreResult<Vec<Delivery>>;
 
     /// Records finished attempts. Each completion applies only if the delivery is still in
