@@ -378,10 +378,9 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     /// a cap is taken again in the same round trip that frees it. A store should make it
     /// cheaper than the two calls — one transaction and one commit (the SQLite store), or
     /// one connection and two commits that wait for no flush (the PostgreSQL store): that is
-    /// the point of the method. The
-    /// rules of `claim` hold unchanged, also between nodes — the claim counts the leases
-    /// live after the completions, which is what a separate `claim` right after `complete`
-    /// would count.
+    /// the point of the method. The rules of `claim` hold unchanged, also between nodes —
+    /// the claim counts the leases live after the completions, which is what a separate
+    /// `claim` right after `complete` would count.
     ///
     /// Errors: `Err` means nothing was recorded and nothing claimed (retry the completions).
     /// A claim that fails after the completions were recorded is reported in
