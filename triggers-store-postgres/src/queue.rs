@@ -193,11 +193,12 @@ impl DeliveryQueue for PgStore {
             .map_err(|e| self.explain(e))
     }
 
-    /// Two autocommitted steps on one connection: the completions (`complete`), then the
-    /// claim statement, which sees their effects. Neither waits for a WAL flush (unless the
-    /// claim hands out a FIFO line's next delivery), so two commits cost two round trips and
-    /// no fsync — where one transaction cost four round trips (`BEGIN`, completions, claim,
-    /// `COMMIT`) and a flush of the completions.
+    /// Two commits on one connection: the completions (`complete`: one autocommitted
+    /// statement on the fast path, a transaction of their own otherwise), then the claim
+    /// statement, autocommitted, which sees their effects. Neither waits for a WAL flush
+    /// (unless the claim hands out a FIFO line's next delivery), so the common case costs
+    /// two round trips and no fsync — where one transaction cost five (`BEGIN`,
+    /// completions, claim, `SET LOCAL synchronous_commit`, `COMMIT`) and a flush.
     async fn complete_and_claim(
         &self,
         completions: &[Completion],
