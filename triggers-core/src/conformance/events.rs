@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use crate::domain::event::{Event, EventDetail, EventMeta, EventStatus};
-use crate::domain::EventId;
-use crate::store::{EventStore, InsertOutcome};
+use crate::domain::event::{Event, EventDetail, EventMeta, EventRecord, EventStatus};
+use crate::domain::{EventId, WorkerId};
+use crate::store::{CompletionState, EventStore, InsertOutcome};
 
 use super::support::{
-    dedup_record, detail, insert, inserted, just_before, list_all, new_org, plus, record_with,
-    sorted, t, WINDOW,
+    claim, complete, completion, dedup_record, detail, endpoint, insert, inserted, just_before,
+    list_all, new_org, plus, record_with, sorted, t, WINDOW,
 };
 
 /// Inserted events come back exactly: payload text byte for byte (spacing, key order, escapes
@@ -130,6 +130,98 @@ pub async fn dedup_applies_inside_one_batch<S: EventStore>(store: &S) {
     assert_eq!(store.event(org, c).await.unwrap(), None);
     assert_eq!(store.event(org, f).await.unwrap(), None);
     assert_eq!(list_all(store, org, EventStatus::Pending, None).await, sorted(vec![a, b, d1, d2]));
+}
+
+/// A batch of 100 events is decided exactly as 100 single inserts in order would be, however
+/// a store groups its writes: repeated dedup ids far apart, ids recorded before the batch
+/// (inside and outside the window), events without an id; and each stored event gets its own
+/// payload and its own deliveries.
+pub async fn a_large_batch_is_decided_like_single_inserts<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    endpoint(store, org, Some("hook.*"), t(0)).await;
+    let now = plus(t(0), WINDOW);
+    insert(store, org, vec![dedup_record("expired", "old", t(0))], t(0)).await;
+    let recorded = dedup_record("live", "live", just_before(now));
+    let live =
+        EventMeta { id: recorded.id, event_type: "live".into(), created_at: just_before(now) };
+    insert(store, org, vec![recorded], just_before(now)).await;
+
+    let batch: Vec<EventRecord> = (0..100)
+        .map(|i| {
+            let dedup_id = match i {
+                _ if i % 10 == 0 => None,
+                _ if i % 10 == 1 => Some("live".to_owned()),
+                41 | 77 => Some("old".to_owned()),
+                _ if i % 7 == 3 => Some(format!("repeat-{}", i % 3)),
+                _ => Some(format!("unique-{i}")),
+            };
+            let ty = if i % 2 == 0 { format!("hook.{i}") } else { format!("other.{i}") };
+            record_with(&ty, &format!(r#"{{"i":{i}}}"#), dedup_id.as_deref(), now)
+        })
+        .collect();
+
+    // The reference: one by one, in order.
+    let mut seen = std::collections::HashMap::from([("live".to_owned(), live.clone())]);
+    let expected: Vec<InsertOutcome> = batch
+        .iter()
+        .map(|e| {
+            let meta = EventMeta { id: e.id, event_type: e.event_type.clone(), created_at: now };
+            if let Some(key) = &e.dedup_id {
+                if let Some(original) = seen.get(key) {
+                    return InsertOutcome::Duplicate(original.clone());
+                }
+                seen.insert(key.clone(), meta.clone());
+            }
+            let deliveries = u32::from(e.event_type.starts_with("hook."));
+            InsertOutcome::Inserted { meta, deliveries }
+        })
+        .collect();
+    let payloads: std::collections::HashMap<EventId, String> =
+        batch.iter().map(|e| (e.id, e.payload.get().to_owned())).collect();
+    let outcomes = insert(store, org, batch, now).await;
+    assert_eq!(outcomes, expected);
+    assert!(expected.iter().any(|o| matches!(o, InsertOutcome::Duplicate(m) if m.id == live.id)));
+
+    let stored: Vec<EventId> = expected
+        .iter()
+        .filter_map(|o| match o {
+            InsertOutcome::Inserted { meta, .. } => Some(meta.id),
+            InsertOutcome::Duplicate(_) => None,
+        })
+        .collect();
+    for id in payloads.keys() {
+        let found = store.event(org, *id).await.unwrap();
+        match stored.contains(id) {
+            true => assert_eq!(
+                found.map(|d| d.event.payload.get().to_owned()),
+                Some(payloads[id].clone())
+            ),
+            false => assert!(found.is_none(), "a duplicate was stored"),
+        }
+    }
+
+    // Every delivery carries its own event: claimed and completed until none is left.
+    let mut delivered = Vec::new();
+    loop {
+        let got = claim(store, WorkerId::new(), 100, now).await;
+        if got.is_empty() {
+            break;
+        }
+        for d in got {
+            assert_eq!(d.payload.get(), payloads[&d.event_id], "the delivery of another event");
+            assert!(d.event_type.starts_with("hook."));
+            assert!(complete(store, completion(&d, CompletionState::Delivered, now)).await);
+            delivered.push(d.event_id);
+        }
+    }
+    let hooks: Vec<EventId> = expected
+        .iter()
+        .filter_map(|o| match o {
+            InsertOutcome::Inserted { meta, deliveries: 1 } => Some(meta.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sorted(delivered), sorted(hooks));
 }
 
 /// Dedup is per organization: the same dedup id in two organizations stores two events.

@@ -49,9 +49,10 @@ pub use endpoints::{
     rotated_secrets_sign_during_the_grace_period,
 };
 pub use events::{
-    concurrent_dedup_has_exactly_one_winner, dedup_applies_inside_one_batch,
-    dedup_entry_outside_the_window_is_taken_over, dedup_inside_the_window_returns_the_original,
-    dedup_is_per_organization, events_round_trip_exactly,
+    a_large_batch_is_decided_like_single_inserts, concurrent_dedup_has_exactly_one_winner,
+    dedup_applies_inside_one_batch, dedup_entry_outside_the_window_is_taken_over,
+    dedup_inside_the_window_returns_the_original, dedup_is_per_organization,
+    events_round_trip_exactly,
 };
 pub use fairness::{
     claims_respect_an_endpoints_own_concurrency,
@@ -116,6 +117,7 @@ macro_rules! store_conformance_tests {
                 dedup_inside_the_window_returns_the_original,
                 dedup_entry_outside_the_window_is_taken_over,
                 dedup_applies_inside_one_batch,
+                a_large_batch_is_decided_like_single_inserts,
                 dedup_is_per_organization,
                 inbox_pages_visit_every_event_once,
                 inbox_filters_by_status_and_type_glob,
