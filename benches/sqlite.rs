@@ -1,4 +1,5 @@
-//! SQLite store benchmarks: durable ingest through the Ingestor, single-caller latency, and
+//! SQLite store benchmarks: durable ingest through the Ingestor (single events and batches of
+//! 100), single-caller latency, and
 //! delivery claim + complete throughput.
 //!
 //! Run: `cargo bench --bench sqlite -- --warm-up-time 1 --measurement-time 3`
@@ -7,6 +8,7 @@
 //! (`synchronous = FULL`, WAL): each commit is fsynced.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,6 +100,46 @@ fn ingest(c: &mut Criterion) {
         });
         rt.block_on(ing.shutdown());
     }
+    group.finish();
+
+    // Batches of 100 events with unique dedup ids (as `POST /api/events/batch` sends them),
+    // four callers: the writer's work per event when the fsync is shared by hundreds.
+    let mut group = c.benchmark_group("sqlite_ingest_batch");
+    group.throughput(Throughput::Elements(100));
+    let (_dir, store) = store(Synchronous::Full);
+    let ing = rt.block_on(async { ingestor(store) });
+    let (org, _) = rt.block_on(ing.create_organization("bench", Tier::Enterprise)).unwrap();
+    let org = Arc::new(org);
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    group.bench_function("100_events_4_callers", |b| {
+        b.iter_custom(|iters| {
+            let per_task = iters.div_ceil(4).max(1);
+            rt.block_on(async {
+                let start = Instant::now();
+                let handles: Vec<_> = (0..4)
+                    .map(|_| {
+                        let (ing, org, next) = (ing.clone(), org.clone(), next.clone());
+                        tokio::spawn(async move {
+                            for _ in 0..per_task {
+                                let events = (0..100)
+                                    .map(|_| {
+                                        let n = next.fetch_add(1, Ordering::Relaxed);
+                                        event().with_dedup_id(format!("bench-{n}"))
+                                    })
+                                    .collect();
+                                ing.ingest_batch(&org, events).await.unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    h.await.unwrap();
+                }
+                start.elapsed().mul_f64(iters as f64 / (per_task * 4) as f64)
+            })
+        })
+    });
+    rt.block_on(ing.shutdown());
     group.finish();
 }
 
