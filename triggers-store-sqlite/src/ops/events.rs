@@ -2,6 +2,7 @@
 //! writer connection inside the batch transaction (and its own savepoint).
 
 use std::collections::HashSet;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use rusqlite::{params, Connection};
@@ -96,7 +97,78 @@ fn fan_out(
     Ok(n)
 }
 
+/// Rows per multi-row `INSERT`, largest first: `n` events are written by `n / 32` statements
+/// of 32 rows, then statements of 8, 4 and single rows (a batch of 100: four statements per
+/// table). One statement execution has a fixed cost (cursors opened on the table and each
+/// index, parameters, reset) that a batch of events would otherwise pay per event; each size
+/// is one cached statement per table.
+const ROWS_PER_INSERT: [usize; 4] = [32, 8, 4, 1];
+
+/// How many of `left` rows the next multi-row statement takes.
+fn next_chunk(left: usize) -> usize {
+    ROWS_PER_INSERT.into_iter().find(|&k| k <= left).unwrap_or(1)
+}
+
+/// The multi-row statements, one per [`ROWS_PER_INSERT`] size.
+struct MultiRowSql {
+    /// `?1` the organization; per row: id, type, payload, dedup id, created.
+    events: [String; ROWS_PER_INSERT.len()],
+    /// `?1` the organization; per row: dedup id, event id, type, created. A dedup id already
+    /// recorded (or repeated within the statement) is skipped, not an error.
+    dedup: [String; ROWS_PER_INSERT.len()],
+}
+
+/// Per-row parameters of [`MultiRowSql::events`] and [`MultiRowSql::dedup`].
+const EVENT_PARAMS: usize = 5;
+const DEDUP_PARAMS: usize = 4;
+
+/// `k` value tuples, the `r`th made by `row` from its first parameter number (`?1` is shared,
+/// so row `r` starts at `2 + r * per_row`).
+fn values(k: usize, per_row: usize, row: impl Fn(usize) -> String) -> String {
+    (0..k).map(|r| row(2 + r * per_row)).collect::<Vec<_>>().join(", ")
+}
+
+fn multi_row_sql() -> &'static MultiRowSql {
+    static SQL: OnceLock<MultiRowSql> = OnceLock::new();
+    SQL.get_or_init(|| MultiRowSql {
+        events: ROWS_PER_INSERT.map(|k| {
+            let rows = values(k, EVENT_PARAMS, |p| {
+                format!("(?{p}, ?1, ?{}, ?{}, ?{}, 0, ?{})", p + 1, p + 2, p + 3, p + 4)
+            });
+            format!(
+                "INSERT INTO events (id, org_id, event_type, payload, dedup_id, status, created_at)
+                 VALUES {rows}"
+            )
+        }),
+        dedup: ROWS_PER_INSERT.map(|k| {
+            let rows = values(k, DEDUP_PARAMS, |p| {
+                format!("(?1, ?{p}, ?{}, ?{}, ?{})", p + 1, p + 2, p + 3)
+            });
+            format!(
+                "INSERT INTO dedup (org_id, dedup_id, event_id, event_type, created_at)
+                 VALUES {rows} ON CONFLICT (org_id, dedup_id) DO NOTHING"
+            )
+        }),
+    })
+}
+
+/// The cached statement of `k` rows among `by_size` (one per [`ROWS_PER_INSERT`] entry).
+fn multi_row<'c>(
+    conn: &'c Connection,
+    by_size: &[String],
+    k: usize,
+) -> StoreResult<rusqlite::CachedStatement<'c>> {
+    let i = ROWS_PER_INSERT.iter().position(|&n| n == k).unwrap_or(ROWS_PER_INSERT.len() - 1);
+    conn.prepare_cached(&by_size[i]).store()
+}
+
 /// `EventLog::insert_events`.
+///
+/// Two passes over the batch, each with multi-row statements: first the dedup entries of the
+/// events that carry a dedup id, then the events that are not duplicates, each followed by its
+/// fan-out. The outcome is the one of inserting the events one by one in order: a chunk whose
+/// dedup entries all went in has no duplicate; otherwise its events are decided one by one
+/// ([`settle_dedup`]), in order, so an earlier event of the batch is seen by a later one.
 pub(crate) fn insert(
     conn: &Connection,
     org: OrganizationId,
@@ -110,79 +182,132 @@ pub(crate) fn insert(
     let cutoff = now_us.saturating_sub(duration_micros(dedup_window));
     require_org(conn, &org)?;
     let targets = targets(conn, &org)?;
-    let mut put_event = conn
-        .prepare_cached(
-            "INSERT INTO events (id, org_id, event_type, payload, dedup_id, status, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
-        )
-        .store()?;
-    let mut put_dedup = conn
-        .prepare_cached(
-            "INSERT INTO dedup (org_id, dedup_id, event_id, event_type, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (org_id, dedup_id) DO NOTHING",
-        )
-        .store()?;
-    let mut find_dedup = conn
+    let sql = multi_row_sql();
+
+    // 1. Dedup entries: `duplicates[i]` is the original of a duplicate.
+    let mut duplicates: Vec<Option<EventMeta>> = vec![None; events.len()];
+    let with_dedup: Vec<usize> =
+        (0..events.len()).filter(|&i| events[i].dedup_id.is_some()).collect();
+    let mut rest = &with_dedup[..];
+    while !rest.is_empty() {
+        let (chunk, after) = rest.split_at(next_chunk(rest.len()));
+        rest = after;
+        let mut stmt = multi_row(conn, &sql.dedup, chunk.len())?;
+        stmt.raw_bind_parameter(1, org_id).store()?;
+        for (r, &i) in chunk.iter().enumerate() {
+            let (e, p) = (&events[i], 2 + r * DEDUP_PARAMS);
+            stmt.raw_bind_parameter(p, e.dedup_id.as_deref()).store()?;
+            stmt.raw_bind_parameter(p + 1, e.id.0.as_bytes()).store()?;
+            stmt.raw_bind_parameter(p + 2, e.event_type.as_str()).store()?;
+            stmt.raw_bind_parameter(p + 3, micros(e.created_at)).store()?;
+        }
+        if stmt.raw_execute().store()? < chunk.len() {
+            drop(stmt);
+            for &i in chunk {
+                duplicates[i] = settle_dedup(conn, org_id, &events[i], cutoff)?;
+            }
+        }
+    }
+
+    // 2. The events that are not duplicates, and their deliveries.
+    let fresh: Vec<usize> = (0..events.len()).filter(|&i| duplicates[i].is_none()).collect();
+    let mut deliveries = vec![0u32; events.len()];
+    let mut rest = &fresh[..];
+    while !rest.is_empty() {
+        let (chunk, after) = rest.split_at(next_chunk(rest.len()));
+        rest = after;
+        let mut stmt = multi_row(conn, &sql.events, chunk.len())?;
+        stmt.raw_bind_parameter(1, org_id).store()?;
+        for (r, &i) in chunk.iter().enumerate() {
+            let (e, p) = (&events[i], 2 + r * EVENT_PARAMS);
+            stmt.raw_bind_parameter(p, e.id.0.as_bytes()).store()?;
+            stmt.raw_bind_parameter(p + 1, e.event_type.as_str()).store()?;
+            stmt.raw_bind_parameter(p + 2, e.payload.get()).store()?;
+            stmt.raw_bind_parameter(p + 3, e.dedup_id.as_deref()).store()?;
+            stmt.raw_bind_parameter(p + 4, micros(e.created_at)).store()?;
+        }
+        stmt.raw_execute().store()?;
+        drop(stmt);
+        if targets.is_empty() {
+            continue;
+        }
+        let first = first_seq(conn, &events[chunk[0]], chunk.len())?;
+        for (&i, seq) in chunk.iter().zip(first..) {
+            let e = &events[i];
+            deliveries[i] =
+                fan_out(conn, &targets, seq, &e.event_type, e.exclude_endpoint, now_us)?;
+        }
+    }
+
+    let outcomes =
+        events.iter().zip(duplicates).zip(deliveries).map(|((e, duplicate), n)| match duplicate {
+            Some(original) => InsertOutcome::Duplicate(original),
+            None => InsertOutcome::Inserted {
+                meta: EventMeta {
+                    id: e.id,
+                    event_type: e.event_type.clone(),
+                    created_at: e.created_at,
+                },
+                deliveries: n,
+            },
+        });
+    Ok(outcomes.collect())
+}
+
+/// Decides whether `e`, whose dedup entry did not go in with its chunk's (or did, next to a
+/// repeated id), is a duplicate: its own entry is there (inserted by the chunk), an entry of
+/// another event inside the window makes it a duplicate of that event, and one outside the
+/// window is taken over (with a new, larger seq; see the `dedup` table).
+fn settle_dedup(
+    conn: &Connection,
+    org_id: &[u8; 16],
+    e: &EventRecord,
+    cutoff: i64,
+) -> StoreResult<Option<EventMeta>> {
+    let dedup_id = e.dedup_id.as_deref();
+    let mut find = conn
         .prepare_cached(
             "SELECT event_id, event_type, created_at FROM dedup WHERE org_id = ?1 AND dedup_id = ?2",
         )
         .store()?;
-    let mut take_over_dedup = conn
-        .prepare_cached(
-            "INSERT OR REPLACE INTO dedup (org_id, dedup_id, event_id, event_type, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .store()?;
-
-    let mut out = Vec::with_capacity(events.len());
-    for e in events {
-        let created = micros(e.created_at);
-        if let Some(dedup_id) = &e.dedup_id {
-            // The usual case, a new dedup id, is one statement; an id already recorded is
-            // looked up only then.
-            let new_id = put_dedup
-                .execute(params![org_id, dedup_id, e.id.0.as_bytes(), e.event_type, created])
-                .store()?
-                > 0;
-            if !new_id {
-                let original = query_opt(&mut find_dedup, params![org_id, dedup_id], |row| {
-                    Ok((codec::uuid(row, 0)?, codec::text(row, 1)?, codec::int(row, 2)?))
-                })?;
-                if let Some((id, event_type, at)) = original {
-                    if at > cutoff {
-                        let meta = EventMeta {
-                            id: EventId(id),
-                            event_type,
-                            created_at: codec::ts_from(at)?,
-                        };
-                        out.push(InsertOutcome::Duplicate(meta));
-                        continue;
-                    }
-                }
-                // The old entry is outside the window: this event takes the id over (with a
-                // new, larger seq; see the `dedup` table).
-                take_over_dedup
-                    .execute(params![org_id, dedup_id, e.id.0.as_bytes(), e.event_type, created])
-                    .store()?;
-            }
+    let entry = query_opt(&mut find, params![org_id, dedup_id], |row| {
+        Ok((codec::uuid(row, 0)?, codec::text(row, 1)?, codec::int(row, 2)?))
+    })?;
+    match entry {
+        Some((id, _, _)) if id == e.id.0 => return Ok(None),
+        Some((id, event_type, at)) if at > cutoff => {
+            let meta = EventMeta { id: EventId(id), event_type, created_at: codec::ts_from(at)? };
+            return Ok(Some(meta));
         }
-        put_event
-            .execute(params![
-                e.id.0.as_bytes(),
-                org_id,
-                e.event_type,
-                e.payload.get(),
-                e.dedup_id,
-                created
-            ])
-            .store()?;
-        let seq = conn.last_insert_rowid();
-        let deliveries = fan_out(conn, &targets, seq, &e.event_type, e.exclude_endpoint, now_us)?;
-        let meta =
-            EventMeta { id: e.id, event_type: e.event_type.clone(), created_at: e.created_at };
-        out.push(InsertOutcome::Inserted { meta, deliveries });
+        _ => {}
     }
-    Ok(out)
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO dedup (org_id, dedup_id, event_id, event_type, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .store()?
+    .execute(params![org_id, dedup_id, e.id.0.as_bytes(), e.event_type, micros(e.created_at)])
+    .store()?;
+    Ok(None)
+}
+
+/// The seq of the first of the `k` events an `INSERT` just wrote, `first` among them.
+/// SQLite gives each new row the table's largest rowid + 1, so the `k` seqs are consecutive
+/// and end at `last_insert_rowid()` (the one exception, a table whose largest rowid is
+/// `i64::MAX`, cannot arise from seqs counted up from 1). For more than one row this is
+/// checked against `first`'s id all the same: a wrong seq would queue deliveries for another
+/// event.
+fn first_seq(conn: &Connection, first: &EventRecord, k: usize) -> StoreResult<i64> {
+    let last = conn.last_insert_rowid();
+    if k == 1 {
+        return Ok(last);
+    }
+    let seq = last - (i64::try_from(k).map_err(corrupt)? - 1);
+    let mut stmt = conn.prepare_cached("SELECT id FROM events WHERE seq = ?1").store()?;
+    match query_opt(&mut stmt, [seq], |row| codec::uuid(row, 0))? {
+        Some(id) if id == first.id.0 => Ok(seq),
+        _ => Err(corrupt(format!("the events just inserted do not start at seq {seq}"))),
+    }
 }
 
 /// `EventLog::ack`.
