@@ -104,9 +104,10 @@ fn fan_out(
 /// is one cached statement per table.
 const ROWS_PER_INSERT: [usize; 4] = [32, 8, 4, 1];
 
-/// How many of `left` rows the next multi-row statement takes.
-fn next_chunk(left: usize) -> usize {
-    ROWS_PER_INSERT.into_iter().find(|&k| k <= left).unwrap_or(1)
+/// The size of the next multi-row statement for `left` rows, as an index into
+/// [`ROWS_PER_INSERT`] (the largest size not above `left`; the last size is 1).
+fn next_size(left: usize) -> usize {
+    ROWS_PER_INSERT.iter().position(|&k| k <= left).unwrap_or(ROWS_PER_INSERT.len() - 1)
 }
 
 /// The multi-row statements, one per [`ROWS_PER_INSERT`] size.
@@ -152,16 +153,6 @@ fn multi_row_sql() -> &'static MultiRowSql {
     })
 }
 
-/// The cached statement of `k` rows among `by_size` (one per [`ROWS_PER_INSERT`] entry).
-fn multi_row<'c>(
-    conn: &'c Connection,
-    by_size: &[String],
-    k: usize,
-) -> StoreResult<rusqlite::CachedStatement<'c>> {
-    let i = ROWS_PER_INSERT.iter().position(|&n| n == k).unwrap_or(ROWS_PER_INSERT.len() - 1);
-    conn.prepare_cached(&by_size[i]).store()
-}
-
 /// `EventLog::insert_events`.
 ///
 /// Two passes over the batch, each with multi-row statements: first the dedup entries of the
@@ -190,9 +181,10 @@ pub(crate) fn insert(
         (0..events.len()).filter(|&i| events[i].dedup_id.is_some()).collect();
     let mut rest = &with_dedup[..];
     while !rest.is_empty() {
-        let (chunk, after) = rest.split_at(next_chunk(rest.len()));
+        let size = next_size(rest.len());
+        let (chunk, after) = rest.split_at(ROWS_PER_INSERT[size]);
         rest = after;
-        let mut stmt = multi_row(conn, &sql.dedup, chunk.len())?;
+        let mut stmt = conn.prepare_cached(&sql.dedup[size]).store()?;
         stmt.raw_bind_parameter(1, org_id).store()?;
         for (r, &i) in chunk.iter().enumerate() {
             let (e, p) = (&events[i], 2 + r * DEDUP_PARAMS);
@@ -214,9 +206,10 @@ pub(crate) fn insert(
     let mut deliveries = vec![0u32; events.len()];
     let mut rest = &fresh[..];
     while !rest.is_empty() {
-        let (chunk, after) = rest.split_at(next_chunk(rest.len()));
+        let size = next_size(rest.len());
+        let (chunk, after) = rest.split_at(ROWS_PER_INSERT[size]);
         rest = after;
-        let mut stmt = multi_row(conn, &sql.events, chunk.len())?;
+        let mut stmt = conn.prepare_cached(&sql.events[size]).store()?;
         stmt.raw_bind_parameter(1, org_id).store()?;
         for (r, &i) in chunk.iter().enumerate() {
             let (e, p) = (&events[i], 2 + r * EVENT_PARAMS);
