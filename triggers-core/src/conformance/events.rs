@@ -3,12 +3,13 @@
 use std::sync::Arc;
 
 use crate::domain::event::{Event, EventDetail, EventMeta, EventRecord, EventStatus};
+use crate::domain::webhook::DeliveryOrdering;
 use crate::domain::{EventId, WorkerId};
 use crate::store::{CompletionState, EventStore, InsertOutcome};
 
 use super::support::{
-    claim, complete, completion, dedup_record, detail, endpoint, insert, inserted, just_before,
-    list_all, new_org, plus, record_with, sorted, t, WINDOW,
+    claim, complete, completion, dedup_record, detail, endpoint, endpoint_with, insert, inserted,
+    just_before, list_all, new_org, plus, record_with, sorted, t, WINDOW,
 };
 
 /// Inserted events come back exactly: payload text byte for byte (spacing, key order, escapes
@@ -135,10 +136,11 @@ pub async fn dedup_applies_inside_one_batch<S: EventStore>(store: &S) {
 /// A batch of 100 events is decided exactly as 100 single inserts in order would be, however
 /// a store groups its writes: repeated dedup ids far apart, ids recorded before the batch
 /// (inside and outside the window), events without an id; and each stored event gets its own
-/// payload and its own deliveries.
+/// payload and its own deliveries, to a parallel and a FIFO endpoint (in event order).
 pub async fn a_large_batch_is_decided_like_single_inserts<S: EventStore>(store: &S) {
     let org = new_org(store).await;
     endpoint(store, org, Some("hook.*"), t(0)).await;
+    let fifo = endpoint_with(store, org, Some("hook.*"), DeliveryOrdering::Fifo, t(0)).await.id;
     let now = plus(t(0), WINDOW);
     insert(store, org, vec![dedup_record("expired", "old", t(0))], t(0)).await;
     let recorded = dedup_record("live", "live", just_before(now));
@@ -174,7 +176,7 @@ pub async fn a_large_batch_is_decided_like_single_inserts<S: EventStore>(store: 
                 }
                 seen.insert(key.clone(), meta.clone());
             }
-            let deliveries = u32::from(e.event_type.starts_with("hook."));
+            let deliveries = if e.event_type.starts_with("hook.") { 2 } else { 0 };
             InsertOutcome::Inserted { meta, deliveries }
         })
         .collect();
@@ -207,7 +209,7 @@ pub async fn a_large_batch_is_decided_like_single_inserts<S: EventStore>(store: 
     }
 
     // Every delivery carries its own event: claimed and completed until none is left.
-    let mut delivered = Vec::new();
+    let (mut delivered, mut in_line) = (Vec::new(), Vec::new());
     loop {
         let got = claim(store, WorkerId::new(), 100, now).await;
         if got.is_empty() {
@@ -217,17 +219,21 @@ pub async fn a_large_batch_is_decided_like_single_inserts<S: EventStore>(store: 
             assert_eq!(d.payload.get(), payloads[&d.event_id], "the delivery of another event");
             assert!(d.event_type.starts_with("hook."));
             assert!(complete(store, completion(&d, CompletionState::Delivered, now)).await);
+            if d.endpoint_id == fifo {
+                in_line.push(d.event_id);
+            }
             delivered.push(d.event_id);
         }
     }
     let hooks: Vec<EventId> = expected
         .iter()
         .filter_map(|o| match o {
-            InsertOutcome::Inserted { meta, deliveries: 1 } => Some(meta.id),
+            InsertOutcome::Inserted { meta, deliveries: 2 } => Some(meta.id),
             _ => None,
         })
         .collect();
-    assert_eq!(sorted(delivered), sorted(hooks));
+    assert_eq!(in_line, hooks, "the FIFO endpoint's line is in event order");
+    assert_eq!(sorted(delivered), sorted([hooks.clone(), hooks].concat()));
 }
 
 /// Dedup is per organization: the same dedup id in two organizations stores two events.
