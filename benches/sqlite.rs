@@ -8,7 +8,7 @@
 //! (`synchronous = FULL`, WAL): each commit is fsynced.
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -103,44 +103,68 @@ fn ingest(c: &mut Criterion) {
     group.finish();
 
     // Batches of 100 events with unique dedup ids (as `POST /api/events/batch` sends them),
-    // four callers: the writer's work per event when the fsync is shared by hundreds.
+    // four callers: the writer's work per event when the fsync is shared by hundreds. Without
+    // an endpoint, and with one that takes every event (its deliveries queue up: no workers).
     let mut group = c.benchmark_group("sqlite_ingest_batch");
     group.throughput(Throughput::Elements(100));
-    let (_dir, store) = store(Synchronous::Full);
-    let ing = rt.block_on(async { ingestor(store) });
-    let (org, _) = rt.block_on(ing.create_organization("bench", Tier::Enterprise)).unwrap();
-    let org = Arc::new(org);
-    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    group.bench_function("100_events_4_callers", |b| {
-        b.iter_custom(|iters| {
-            let per_task = iters.div_ceil(4).max(1);
-            rt.block_on(async {
-                let start = Instant::now();
-                let handles: Vec<_> = (0..4)
-                    .map(|_| {
-                        let (ing, org, next) = (ing.clone(), org.clone(), next.clone());
-                        tokio::spawn(async move {
-                            for _ in 0..per_task {
-                                let events = (0..100)
-                                    .map(|_| {
-                                        let n = next.fetch_add(1, Ordering::Relaxed);
-                                        event().with_dedup_id(format!("bench-{n}"))
-                                    })
-                                    .collect();
-                                ing.ingest_batch(&org, events).await.unwrap();
-                            }
-                        })
-                    })
-                    .collect();
-                for h in handles {
-                    h.await.unwrap();
-                }
-                start.elapsed().mul_f64(iters as f64 / (per_task * 4) as f64)
-            })
-        })
-    });
-    rt.block_on(ing.shutdown());
+    for endpoints in [0, 1] {
+        let (_dir, store) = store(Synchronous::Full);
+        let ing = rt.block_on(async { ingestor(store) });
+        let (org, _) = rt.block_on(ing.create_organization("bench", Tier::Enterprise)).unwrap();
+        for _ in 0..endpoints {
+            let endpoint = NewEndpoint {
+                id: EndpointId::new(),
+                url: "inproc://bench".into(),
+                event_type_filter: None,
+                secret: Secret::generate(),
+                created_at: SystemClock.now(),
+                ordering: Default::default(),
+            };
+            rt.block_on(ing.store().create_endpoint(org.id, &endpoint)).unwrap();
+        }
+        let org = Arc::new(org);
+        let next = Arc::new(AtomicU64::new(0));
+        group.bench_function(format!("100_events_4_callers_{endpoints}_endpoints"), |b| {
+            b.iter_custom(|iters| ingest_batches(&rt, &ing, &org, &next, iters))
+        });
+        rt.block_on(ing.shutdown());
+    }
     group.finish();
+}
+
+/// Four tasks share `iters` batches of 100 events with fresh dedup ids; returns the time per
+/// batch.
+fn ingest_batches(
+    rt: &Runtime,
+    ing: &Ingestor<SqliteStore, NoDeliverer>,
+    org: &Arc<Organization>,
+    next: &Arc<AtomicU64>,
+    iters: u64,
+) -> Duration {
+    let per_task = iters.div_ceil(4).max(1);
+    rt.block_on(async {
+        let start = Instant::now();
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (ing, org, next) = (ing.clone(), org.clone(), next.clone());
+                tokio::spawn(async move {
+                    for _ in 0..per_task {
+                        let events = (0..100)
+                            .map(|_| {
+                                let n = next.fetch_add(1, Ordering::Relaxed);
+                                event().with_dedup_id(format!("bench-{n}"))
+                            })
+                            .collect();
+                        ing.ingest_batch(&org, events).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.await.unwrap();
+        }
+        start.elapsed().mul_f64(iters as f64 / (per_task * 4) as f64)
+    })
 }
 
 /// Queues `n` deliveries (one endpoint, `n` events); not timed.
