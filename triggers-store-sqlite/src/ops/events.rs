@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use rusqlite::{params, Connection};
+use rusqlite::types::ToSql;
+use rusqlite::{params, Connection, Statement};
 use triggers_core::domain::event::EventMeta;
 use triggers_core::store::{AckOutcome, InsertOutcome, StoreResult};
 use triggers_core::{
@@ -69,8 +70,10 @@ pub(crate) fn queue_delivery(
 }
 
 /// Queues one delivery (attempt 0, due `now`) per enabled target (but `exclude`) whose
-/// filter matches `event_type`; a matching disabled target gets a failed delivery (which fails the event).
-/// Returns how many deliveries were queued.
+/// filter matches `event_type`; a matching disabled target gets a failed delivery (which fails
+/// the event). Deliveries to FIFO endpoints are queued at once (each takes the next place in
+/// its line); parallel ones are added to `parallel` as `(event seq, endpoint seq)`, for
+/// [`queue_parallel`]. Returns how many deliveries were queued or added.
 fn fan_out(
     conn: &Connection,
     targets: &Targets,
@@ -78,6 +81,7 @@ fn fan_out(
     event_type: &str,
     exclude: Option<EndpointId>,
     now: i64,
+    parallel: &mut Vec<(i64, i64)>,
 ) -> StoreResult<u32> {
     let mut n = 0;
     for (endpoint_seq, filter, enabled, id, fifo) in targets {
@@ -91,10 +95,27 @@ fn fan_out(
             lifecycle::record_failed(conn, *endpoint_seq, event_seq, ENDPOINT_DISABLED, now)?;
             continue;
         }
-        queue_delivery(conn, event_seq, *endpoint_seq, now, *fifo)?;
+        match fifo {
+            true => queue_delivery(conn, event_seq, *endpoint_seq, now, true)?,
+            false => parallel.push((event_seq, *endpoint_seq)),
+        }
         n += 1;
     }
     Ok(n)
+}
+
+/// Queues the parallel deliveries `rows` (`(event seq, endpoint seq)`, from [`fan_out`]):
+/// pending, attempt 0, due `now`, several per statement.
+fn queue_parallel(conn: &Connection, rows: &[(i64, i64)], now: i64) -> StoreResult<()> {
+    let sql = multi_row_sql();
+    for (size, chunk) in chunks(rows) {
+        insert_rows(conn, &sql.deliveries[size], now, chunk, DELIVERY_PARAMS, |stmt, p, row| {
+            stmt.raw_bind_parameter(p, DeliveryId::new().0.as_bytes())?;
+            stmt.raw_bind_parameter(p + 1, row.0)?;
+            stmt.raw_bind_parameter(p + 2, row.1)
+        })?;
+    }
+    Ok(())
 }
 
 /// Rows per multi-row `INSERT`, largest first: `n` events are written by `n / 32` statements
@@ -104,10 +125,40 @@ fn fan_out(
 /// is one cached statement per table.
 const ROWS_PER_INSERT: [usize; 4] = [32, 8, 4, 1];
 
-/// The size of the next multi-row statement for `left` rows, as an index into
-/// [`ROWS_PER_INSERT`] (the largest size not above `left`; the last size is 1).
-fn next_size(left: usize) -> usize {
-    ROWS_PER_INSERT.iter().position(|&k| k <= left).unwrap_or(ROWS_PER_INSERT.len() - 1)
+/// `rows` cut into chunks of the [`ROWS_PER_INSERT`] sizes, largest first, each with the
+/// index of its size.
+fn chunks<T>(mut rows: &[T]) -> impl Iterator<Item = (usize, &[T])> {
+    std::iter::from_fn(move || {
+        if rows.is_empty() {
+            return None;
+        }
+        let size = ROWS_PER_INSERT
+            .iter()
+            .position(|&k| k <= rows.len())
+            .unwrap_or(ROWS_PER_INSERT.len() - 1);
+        let (chunk, rest) = rows.split_at(ROWS_PER_INSERT[size]);
+        rows = rest;
+        Some((size, chunk))
+    })
+}
+
+/// Runs the multi-row statement `sql` (of `chunk.len()` rows, `per_row` parameters each) for
+/// `chunk`: `?1` is `shared`, and `bind` binds a row from its first parameter number. Returns
+/// how many rows went in.
+fn insert_rows<T>(
+    conn: &Connection,
+    sql: &str,
+    shared: impl ToSql,
+    chunk: &[T],
+    per_row: usize,
+    bind: impl Fn(&mut Statement<'_>, usize, &T) -> rusqlite::Result<()>,
+) -> StoreResult<usize> {
+    let mut stmt = conn.prepare_cached(sql).store()?;
+    stmt.raw_bind_parameter(1, shared).store()?;
+    for (r, row) in chunk.iter().enumerate() {
+        bind(&mut stmt, 2 + r * per_row, row).store()?;
+    }
+    stmt.raw_execute().store()
 }
 
 /// The multi-row statements, one per [`ROWS_PER_INSERT`] size.
@@ -117,11 +168,15 @@ struct MultiRowSql {
     /// `?1` the organization; per row: dedup id, event id, type, created. A dedup id already
     /// recorded (or repeated within the statement) is skipped, not an error.
     dedup: [String; ROWS_PER_INSERT.len()],
+    /// `?1` the due time; per row: delivery id, event seq, endpoint seq. Parallel deliveries
+    /// only (a FIFO one takes its place in its line, one by one).
+    deliveries: [String; ROWS_PER_INSERT.len()],
 }
 
-/// Per-row parameters of [`MultiRowSql::events`] and [`MultiRowSql::dedup`].
+/// Per-row parameters of the [`MultiRowSql`] statements.
 const EVENT_PARAMS: usize = 5;
 const DEDUP_PARAMS: usize = 4;
+const DELIVERY_PARAMS: usize = 3;
 
 /// `k` value tuples, the `r`th made by `row` from its first parameter number (`?1` is shared,
 /// so row `r` starts at `2 + r * per_row`).
@@ -150,14 +205,23 @@ fn multi_row_sql() -> &'static MultiRowSql {
                  VALUES {rows} ON CONFLICT (org_id, dedup_id) DO NOTHING"
             )
         }),
+        deliveries: ROWS_PER_INSERT.map(|k| {
+            let rows = values(k, DELIVERY_PARAMS, |p| {
+                format!("(?{p}, ?{}, ?{}, 0, 0, ?1, NULL)", p + 1, p + 2)
+            });
+            format!(
+                "INSERT INTO deliveries (id, event_seq, endpoint_seq, state, attempt, due_at, line)
+                 VALUES {rows}"
+            )
+        }),
     })
 }
 
 /// `EventLog::insert_events`.
 ///
-/// Two passes over the batch, each with multi-row statements: first the dedup entries of the
-/// events that carry a dedup id, then the events that are not duplicates, each followed by its
-/// fan-out. The outcome is the one of inserting the events one by one in order: a chunk whose
+/// Passes over the batch with multi-row statements: first the dedup entries of the events
+/// that carry a dedup id, then the events that are not duplicates, then their parallel
+/// deliveries ([`fan_out`] queues those to FIFO endpoints one by one). The outcome is the one of inserting the events one by one in order: a chunk whose
 /// dedup entries all went in has no duplicate; otherwise its events are decided one by one
 /// ([`settle_dedup`]), in order, so an earlier event of the batch is seen by a later one.
 pub(crate) fn insert(
@@ -179,58 +243,53 @@ pub(crate) fn insert(
     let mut duplicates: Vec<Option<EventMeta>> = vec![None; events.len()];
     let with_dedup: Vec<usize> =
         (0..events.len()).filter(|&i| events[i].dedup_id.is_some()).collect();
-    let mut rest = &with_dedup[..];
-    while !rest.is_empty() {
-        let size = next_size(rest.len());
-        let (chunk, after) = rest.split_at(ROWS_PER_INSERT[size]);
-        rest = after;
-        let mut stmt = conn.prepare_cached(&sql.dedup[size]).store()?;
-        stmt.raw_bind_parameter(1, org_id).store()?;
-        for (r, &i) in chunk.iter().enumerate() {
-            let (e, p) = (&events[i], 2 + r * DEDUP_PARAMS);
-            stmt.raw_bind_parameter(p, e.dedup_id.as_deref()).store()?;
-            stmt.raw_bind_parameter(p + 1, e.id.0.as_bytes()).store()?;
-            stmt.raw_bind_parameter(p + 2, e.event_type.as_str()).store()?;
-            stmt.raw_bind_parameter(p + 3, micros(e.created_at)).store()?;
-        }
-        if stmt.raw_execute().store()? < chunk.len() {
-            drop(stmt);
+    for (size, chunk) in chunks(&with_dedup) {
+        let inserted =
+            insert_rows(conn, &sql.dedup[size], org_id, chunk, DEDUP_PARAMS, |stmt, p, &i| {
+                let e = &events[i];
+                stmt.raw_bind_parameter(p, e.dedup_id.as_deref())?;
+                stmt.raw_bind_parameter(p + 1, e.id.0.as_bytes())?;
+                stmt.raw_bind_parameter(p + 2, e.event_type.as_str())?;
+                stmt.raw_bind_parameter(p + 3, micros(e.created_at))
+            })?;
+        if inserted < chunk.len() {
             for &i in chunk {
                 duplicates[i] = settle_dedup(conn, org_id, &events[i], cutoff)?;
             }
         }
     }
 
-    // 2. The events that are not duplicates, and their deliveries.
+    // 2. The events that are not duplicates, then their deliveries.
     let fresh: Vec<usize> = (0..events.len()).filter(|&i| duplicates[i].is_none()).collect();
     let mut deliveries = vec![0u32; events.len()];
-    let mut rest = &fresh[..];
-    while !rest.is_empty() {
-        let size = next_size(rest.len());
-        let (chunk, after) = rest.split_at(ROWS_PER_INSERT[size]);
-        rest = after;
-        let mut stmt = conn.prepare_cached(&sql.events[size]).store()?;
-        stmt.raw_bind_parameter(1, org_id).store()?;
-        for (r, &i) in chunk.iter().enumerate() {
-            let (e, p) = (&events[i], 2 + r * EVENT_PARAMS);
-            stmt.raw_bind_parameter(p, e.id.0.as_bytes()).store()?;
-            stmt.raw_bind_parameter(p + 1, e.event_type.as_str()).store()?;
-            stmt.raw_bind_parameter(p + 2, e.payload.get()).store()?;
-            stmt.raw_bind_parameter(p + 3, e.dedup_id.as_deref()).store()?;
-            stmt.raw_bind_parameter(p + 4, micros(e.created_at)).store()?;
-        }
-        stmt.raw_execute().store()?;
-        drop(stmt);
+    let mut parallel = Vec::new();
+    for (size, chunk) in chunks(&fresh) {
+        insert_rows(conn, &sql.events[size], org_id, chunk, EVENT_PARAMS, |stmt, p, &i| {
+            let e = &events[i];
+            stmt.raw_bind_parameter(p, e.id.0.as_bytes())?;
+            stmt.raw_bind_parameter(p + 1, e.event_type.as_str())?;
+            stmt.raw_bind_parameter(p + 2, e.payload.get())?;
+            stmt.raw_bind_parameter(p + 3, e.dedup_id.as_deref())?;
+            stmt.raw_bind_parameter(p + 4, micros(e.created_at))
+        })?;
         if targets.is_empty() {
             continue;
         }
         let first = first_seq(conn, &events[chunk[0]], chunk.len())?;
         for (&i, seq) in chunk.iter().zip(first..) {
             let e = &events[i];
-            deliveries[i] =
-                fan_out(conn, &targets, seq, &e.event_type, e.exclude_endpoint, now_us)?;
+            deliveries[i] = fan_out(
+                conn,
+                &targets,
+                seq,
+                &e.event_type,
+                e.exclude_endpoint,
+                now_us,
+                &mut parallel,
+            )?;
         }
     }
+    queue_parallel(conn, &parallel, now_us)?;
 
     let outcomes =
         events.iter().zip(duplicates).zip(deliveries).map(|((e, duplicate), n)| match duplicate {
@@ -377,7 +436,9 @@ pub(crate) fn replay(
         .execute([seq])
         .store()?;
     let targets = targets(conn, &org)?;
-    fan_out(conn, &targets, seq, &event_type, None, now_us)?;
+    let mut parallel = Vec::new();
+    fan_out(conn, &targets, seq, &event_type, None, now_us, &mut parallel)?;
+    queue_parallel(conn, &parallel, now_us)?;
     let mut status = conn.prepare_cached("SELECT status FROM events WHERE seq = ?1").store()?;
     query_opt(&mut status, [seq], |row| codec::status(row, 0))
 }
