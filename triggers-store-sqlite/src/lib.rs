@@ -41,8 +41,9 @@
 //! - **Dedup** lives in a table keyed by `(organization, dedup_id)`, so it holds across
 //!   restarts; an entry older than the window is taken over by the next insert.
 //! - **Batches** of events are written with multi-row `INSERT`s (up to 32 rows per
-//!   statement, dedup entries first, then the events that are not duplicates): a batch of
-//!   100 is a handful of statement executions instead of 200. Where a chunk's dedup entries
+//!   statement: dedup entries first, then the events that are not duplicates, then their
+//!   deliveries to parallel endpoints): a batch of 100 is a handful of statement executions
+//!   instead of one or more per event. Where a chunk's dedup entries
 //!   did not all go in, its events are decided one by one, so a batch answers exactly as the
 //!   same events inserted singly in order.
 //! - **Delivery queue**: a table of outstanding deliveries. A claim reads the live leases and
