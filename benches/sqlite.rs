@@ -112,15 +112,7 @@ fn ingest(c: &mut Criterion) {
         let ing = rt.block_on(async { ingestor(store) });
         let (org, _) = rt.block_on(ing.create_organization("bench", Tier::Enterprise)).unwrap();
         for _ in 0..endpoints {
-            let endpoint = NewEndpoint {
-                id: EndpointId::new(),
-                url: "inproc://bench".into(),
-                event_type_filter: None,
-                secret: Secret::generate(),
-                created_at: SystemClock.now(),
-                ordering: Default::default(),
-            };
-            rt.block_on(ing.store().create_endpoint(org.id, &endpoint)).unwrap();
+            rt.block_on(ing.store().create_endpoint(org.id, &every_event())).unwrap();
         }
         let org = Arc::new(org);
         let next = Arc::new(AtomicU64::new(0));
@@ -222,21 +214,26 @@ async fn claim_complete_loop(store: SqliteStore) {
     }
 }
 
-/// A store with an organization and one endpoint that receives every event.
-fn queue_store(rt: &Runtime) -> (tempfile::TempDir, SqliteStore, Organization) {
-    let (dir, store) = store(Synchronous::Full);
-    let org = Organization::new("bench", Tier::Enterprise, SystemClock.now());
-    let endpoint = NewEndpoint {
+/// A parallel endpoint that receives every event (never called: the benches run no workers
+/// or complete deliveries themselves).
+fn every_event() -> NewEndpoint {
+    NewEndpoint {
         id: EndpointId::new(),
         url: "inproc://bench".into(),
         event_type_filter: None,
         secret: Secret::generate(),
         created_at: SystemClock.now(),
         ordering: Default::default(),
-    };
+    }
+}
+
+/// A store with an organization and one endpoint that receives every event.
+fn queue_store(rt: &Runtime) -> (tempfile::TempDir, SqliteStore, Organization) {
+    let (dir, store) = store(Synchronous::Full);
+    let org = Organization::new("bench", Tier::Enterprise, SystemClock.now());
     rt.block_on(async {
         store.create_organization(&org, &triggers_core::ApiKey::generate().hash()).await.unwrap();
-        store.create_endpoint(org.id, &endpoint).await.unwrap();
+        store.create_endpoint(org.id, &every_event()).await.unwrap();
     });
     (dir, store, org)
 }
