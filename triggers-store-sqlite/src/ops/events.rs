@@ -118,11 +118,11 @@ fn queue_parallel(conn: &Connection, rows: &[(i64, i64)], now: i64) -> StoreResu
     Ok(())
 }
 
-/// Rows per multi-row `INSERT`, largest first: `n` events are written by `n / 32` statements
-/// of 32 rows, then statements of 8, 4 and single rows (a batch of 100: four statements per
-/// table). One statement execution has a fixed cost (cursors opened on the table and each
-/// index, parameters, reset) that a batch of events would otherwise pay per event; each size
-/// is one cached statement per table.
+/// Rows per multi-row `INSERT`, largest first: `n` rows are written by `n / 32` statements of
+/// 32 rows, then statements of 8, 4 and single rows (a batch of 100 events: four statements
+/// per table). One statement execution has a fixed cost (cursors opened on the table and each
+/// index, parameters, reset) that a batch would otherwise pay per row; each size is one cached
+/// statement per table.
 const ROWS_PER_INSERT: [usize; 4] = [32, 8, 4, 1];
 
 /// `rows` cut into chunks of the [`ROWS_PER_INSERT`] sizes, largest first, each with the
