@@ -1,6 +1,5 @@
 //! SQLite store benchmarks: durable ingest through the Ingestor (single events and batches of
-//! 100), single-caller latency, and
-//! delivery claim + complete throughput.
+//! 100), single-caller latency, and delivery claim + complete throughput.
 //!
 //! Run: `cargo bench --bench sqlite -- --warm-up-time 1 --measurement-time 3`
 //!
