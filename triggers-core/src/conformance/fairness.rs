@@ -140,6 +140,46 @@ pub async fn claims_respect_endpoint_concurrency_and_the_breaker<S: EventStore>(
     assert!(healthy.iter().all(|d| d.endpoint_failing_since.is_none()));
 }
 
+/// An expired lease is claimable again like a pending delivery due at its lease expiry: taken
+/// in due order with the endpoint's pending deliveries, within its cap, by the new owner with
+/// the next attempt number; a live lease still counts against the cap.
+pub async fn expired_leases_are_claimed_in_due_order_within_the_caps<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    endpoint(store, org, None, t(0)).await;
+    let first = batch(store, org, 2, 0).await;
+    let caps = (100, 2);
+    let (w1, w2) = (WorkerId::new(), WorkerId::new());
+    let leased = claim_capped(store, w1, 10, t(0), caps).await;
+    assert_eq!(leased.len(), 2);
+    // Due before the leases expire (t(30)), so first in line once they have.
+    let early = batch(store, org, 1, 20).await;
+    // Due after they expire.
+    let late = batch(store, org, 1, 35).await;
+
+    let now = t(40);
+    let got = claim_capped(store, w2, 10, now, caps).await;
+    assert_eq!(got.len(), 2, "the cap counts expired leases as free places");
+    assert_eq!(got[0].event_id, early[0], "due first");
+    assert!(first.contains(&got[1].event_id), "an expired lease, due at its expiry");
+    assert_eq!((got[1].attempt, got[1].lease_owner), (2, w2));
+    assert!(claim_capped(store, w2, 10, now, caps).await.is_empty(), "two live leases: full");
+
+    // A finished delivery frees a place: the other expired lease (due t(30)) goes before the
+    // pending delivery due at t(35).
+    assert!(complete(store, completion(&got[0], CompletionState::Delivered, now)).await);
+    let next = claim_capped(store, w2, 10, now, caps).await;
+    assert_eq!(next.len(), 1);
+    assert!(first.contains(&next[0].event_id) && next[0].event_id != got[1].event_id);
+    assert_eq!(next[0].attempt, 2);
+    // The first owner's leases are stale.
+    for old in &leased {
+        assert!(!complete(store, completion(old, CompletionState::Delivered, now)).await);
+    }
+    assert!(complete(store, completion(&next[0], CompletionState::Delivered, now)).await);
+    let last = claim_capped(store, w2, 10, now, caps).await;
+    assert_eq!(last.iter().map(|d| d.event_id).collect::<Vec<_>>(), late);
+}
+
 /// `complete_and_claim` with `completions` at `now`, caps `(org, endpoint)`, limit 10.
 async fn complete_and_claim<S: EventStore>(
     store: &S,

@@ -58,7 +58,8 @@ pub use fairness::{
     claims_respect_an_endpoints_own_concurrency,
     claims_respect_endpoint_concurrency_and_the_breaker, claims_respect_the_organization_share,
     completing_and_claiming_takes_the_freed_places, concurrent_claimers_keep_a_fifo_line,
-    endpoint_ordering_can_be_switched, fifo_endpoints_deliver_one_at_a_time_in_event_order,
+    endpoint_ordering_can_be_switched, expired_leases_are_claimed_in_due_order_within_the_caps,
+    fifo_endpoints_deliver_one_at_a_time_in_event_order,
     held_back_deliveries_never_crowd_out_a_claim, recovered_deliveries_join_the_fifo_line,
 };
 pub use history::{attempt_history_pages_newest_first, delivery_listing_reports_each_status};
@@ -166,6 +167,7 @@ macro_rules! store_conformance_tests {
                 claims_respect_an_endpoints_own_concurrency,
                 recovered_deliveries_join_the_fifo_line,
                 held_back_deliveries_never_crowd_out_a_claim,
+                expired_leases_are_claimed_in_due_order_within_the_caps,
             ];
             shared: [
                 concurrent_dedup_has_exactly_one_winner,
