@@ -28,6 +28,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_history.sql"),
     // Issue 13, finished: claims find due deliveries per endpoint.
     include_str!("migrations/0007_claim_by_endpoint.sql"),
+    // Issue 17: leases leave the claim index.
+    include_str!("migrations/0008_pending_due.sql"),
 ];
 
 /// Marks a database as ours (`PRAGMA application_id`, "TRGS").

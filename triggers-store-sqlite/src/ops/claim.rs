@@ -10,9 +10,13 @@
 //! Top down:
 //! 1. `busy`: the live leases (in flight, lease not expired) per endpoint and per
 //!    organization, found through the partial index of leased rows, so they cost what is in
-//!    flight, not the queue.
+//!    flight, not the queue. The same walk collects the expired leases of parallel
+//!    deliveries: claimable again, and not in the pending index of step 2 (a leased row
+//!    leaves it, so that neither the claim nor the completion moves an index entry there;
+//!    migration 0008).
 //! 2. `open`: every endpoint with outstanding parallel deliveries and its earliest `due_at`
-//!    (a loose scan of `deliveries_endpoint_due`, one index probe per endpoint), kept if it is
+//!    (a loose scan of `deliveries_pending_due`, one index probe per endpoint, and its
+//!    expired leases), kept if it is
 //!    due, enabled and under its caps (an endpoint's cap: 1 while failing — the circuit
 //!    breaker —, else its own `concurrency` when lower than the claim's); per organization
 //!    only as many, earliest first, as the organization has room for; then the `limit`
@@ -20,14 +24,14 @@
 //!    each endpoint kept has a claimable delivery no later than its first one (its own, or an
 //!    earlier one of its organization). The deliveries of an endpoint or organization at its
 //!    cap are never walked, however many wait.
-//! 3. Candidates: the earliest due deliveries of each open endpoint, as many as its cap leaves
-//!    room for, and the first delivery of each FIFO endpoint's line if it is due and that
+//! 3. Candidates: the earliest due pending deliveries of each open endpoint, as many as its
+//!    cap leaves room for, its expired leases, and the first delivery of each FIFO endpoint's line if it is due and that
 //!    endpoint has nothing in flight.
 //! 4. The candidates in due order, each taken while its organization and endpoint have room,
 //!    up to `limit`; those are leased.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::{params, Connection};
 use triggers_core::clock::add;
@@ -145,6 +149,14 @@ struct Candidate {
     head: bool,
 }
 
+/// A lease that has expired: its delivery may be claimed again.
+struct Expired {
+    id: Uuid,
+    due_at: i64,
+    event_seq: i64,
+    attempt: u32,
+}
+
 /// Live leases per endpoint and per organization.
 #[derive(Default)]
 struct Busy {
@@ -217,17 +229,29 @@ fn pick(conn: &Connection, req: &ClaimRequest, now: i64) -> StoreResult<Vec<Cand
     let claim_cap = u64::from(req.endpoint_concurrency);
     let mut endpoints = Endpoints::default();
 
-    // 1. busy
+    // 1. busy, and the expired leases of parallel deliveries (claimable again)
     let mut busy = Busy::default();
+    let mut expired: HashMap<i64, Vec<Expired>> = HashMap::new();
     let mut leased = conn
         .prepare_cached(
-            "SELECT endpoint_seq FROM deliveries INDEXED BY deliveries_leased
-             WHERE state = 1 AND due_at > ?1",
+            "SELECT endpoint_seq, due_at, id, event_seq, attempt, line IS NULL
+             FROM deliveries INDEXED BY deliveries_leased WHERE state = 1",
         )
         .store()?;
-    let mut rows = leased.query([now]).store()?;
+    let mut rows = leased.query([]).store()?;
     while let Some(row) = rows.next().store()? {
-        *busy.endpoints.entry(codec::int(row, 0)?).or_default() += 1;
+        let (seq, due_at) = (codec::int(row, 0)?, codec::int(row, 1)?);
+        if due_at > now {
+            *busy.endpoints.entry(seq).or_default() += 1;
+        } else if codec::int(row, 5)? != 0 {
+            // (An expired head of a FIFO line is found through its line in step 3.)
+            expired.entry(seq).or_default().push(Expired {
+                id: codec::uuid(row, 2)?,
+                due_at,
+                event_seq: codec::int(row, 3)?,
+                attempt: codec::unsigned(row, 4)?,
+            });
+        }
     }
     drop(rows);
     for (&seq, &n) in &busy.endpoints {
@@ -236,19 +260,29 @@ fn pick(conn: &Connection, req: &ClaimRequest, now: i64) -> StoreResult<Vec<Cand
         }
     }
 
-    // 2. open: (first due, endpoint, organization, cap)
+    // 2. open: (first due, endpoint, organization, cap). An endpoint's first due delivery is
+    // its earliest pending one or its earliest expired lease.
+    let mut first: BTreeMap<i64, i64> = BTreeMap::new();
     let mut next = conn
         .prepare_cached(
-            "SELECT endpoint_seq, due_at FROM deliveries INDEXED BY deliveries_endpoint_due
-             WHERE line IS NULL AND endpoint_seq > ?1 ORDER BY endpoint_seq, due_at LIMIT 1",
+            "SELECT endpoint_seq, due_at FROM deliveries INDEXED BY deliveries_pending_due
+             WHERE line IS NULL AND state = 0 AND endpoint_seq > ?1
+             ORDER BY endpoint_seq, due_at LIMIT 1",
         )
         .store()?;
-    let mut open = Vec::new();
     let mut after = i64::MIN;
     while let Some((seq, first_due)) =
         query_opt(&mut next, [after], |r| Ok((codec::int(r, 0)?, codec::int(r, 1)?)))?
     {
         after = seq;
+        first.insert(seq, first_due);
+    }
+    for (&seq, leases) in &expired {
+        let earliest = leases.iter().map(|l| l.due_at).min().unwrap_or(now);
+        first.entry(seq).and_modify(|d| *d = (*d).min(earliest)).or_insert(earliest);
+    }
+    let mut open = Vec::new();
+    for (seq, first_due) in first {
         if first_due > now {
             continue;
         }
@@ -274,8 +308,8 @@ fn pick(conn: &Connection, req: &ClaimRequest, now: i64) -> StoreResult<Vec<Cand
     let mut parallel = conn
         .prepare_cached(
             "SELECT d.id, d.due_at, d.event_seq, d.attempt
-             FROM deliveries d INDEXED BY deliveries_endpoint_due
-             WHERE d.endpoint_seq = ?1 AND d.line IS NULL AND d.due_at <= ?2
+             FROM deliveries d INDEXED BY deliveries_pending_due
+             WHERE d.endpoint_seq = ?1 AND d.line IS NULL AND d.state = 0 AND d.due_at <= ?2
              ORDER BY d.due_at LIMIT ?3",
         )
         .store()?;
@@ -300,6 +334,19 @@ fn pick(conn: &Connection, req: &ClaimRequest, now: i64) -> StoreResult<Vec<Cand
                 event_seq,
                 endpoint_seq,
                 attempt,
+                org,
+                cap,
+                head: false,
+            });
+        }
+        drop(rows);
+        for l in expired.remove(&seq).unwrap_or_default() {
+            candidates.push(Candidate {
+                id: l.id,
+                due_at: l.due_at,
+                event_seq: l.event_seq,
+                endpoint_seq: seq,
+                attempt: l.attempt,
                 org,
                 cap,
                 head: false,

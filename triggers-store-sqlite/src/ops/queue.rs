@@ -3,7 +3,9 @@
 //!
 //! The `deliveries` table holds outstanding deliveries only. `due_at` is the next attempt's
 //! time while a delivery is pending and its lease expiry while it is in flight, so "due" is
-//! simply `due_at <= now` for both. A finished delivery is deleted.
+//! simply `due_at <= now` for both (a claim finds pending ones through
+//! `deliveries_pending_due` and leased ones through `deliveries_leased`). A finished delivery
+//! is deleted.
 
 use rusqlite::{params, Connection};
 use triggers_core::store::{Completion, CompletionState, StoreResult};
