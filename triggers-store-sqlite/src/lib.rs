@@ -46,15 +46,17 @@
 //!   instead of one or more per event. Where a chunk's dedup entries
 //!   did not all go in, its events are decided one by one, so a batch answers exactly as the
 //!   same events inserted singly in order.
-//! - **Delivery queue**: a table of outstanding deliveries. A claim reads the live leases and
-//!   the due deliveries of each endpoint under its caps through small indexed statements,
-//!   chooses in Rust, and leases its choice by id; an expired lease makes the delivery due
-//!   again. All of a claim runs in one transaction of the single writer connection, so it is
+//! - **Delivery queue**: a table of outstanding deliveries, keyed by endpoint and event (a
+//!   delivery's id carries that key and a random tag, so every write after the claim finds
+//!   the row by primary key). A claim reads the leases and
+//!   the due pending deliveries of each endpoint under its caps through small indexed
+//!   statements, chooses in Rust, and leases its choice; an expired lease makes the delivery
+//!   due again. All of a claim runs in one transaction of the single writer connection, so it is
 //!   as atomic as one statement would be: two claims never see the same free place (the
 //!   "one statement per claim" of the PostgreSQL store, where claimers run concurrently).
 //!   Due deliveries are found per endpoint (index on endpoint and due time), so the backlog
 //!   of an endpoint at its concurrency cap costs a claim nothing. Completions, releases and
-//!   heartbeats are fenced by `(lease_owner, attempt)`.
+//!   heartbeats are fenced by the whole id and `(lease_owner, attempt)`.
 //! - **Retention**: [`SqliteStore::purge`] (or [`SqliteStore::spawn_purge_task`]) deletes
 //!   delivered events older than [`SqliteConfig::retention`] and dedup ids older than
 //!   [`SqliteConfig::dedup_retention`], in small batches.

@@ -30,6 +30,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_claim_by_endpoint.sql"),
     // Issue 17: leases leave the claim index.
     include_str!("migrations/0008_pending_due.sql"),
+    // Issue 17: deliveries keyed by endpoint and event.
+    include_str!("migrations/0009_deliveries_by_key.sql"),
 ];
 
 /// Marks a database as ours (`PRAGMA application_id`, "TRGS").

@@ -67,7 +67,7 @@ pub(crate) fn claim(conn: &Connection, req: ClaimRequest) -> StoreResult<Claimed
             "UPDATE deliveries
              SET state = 1, attempt = attempt + 1, lease_owner = ?2, claimed_due = due_at,
                  due_at = ?3
-             WHERE id = ?1",
+             WHERE endpoint_seq = ?1 AND event_seq = ?4",
         )
         .store()?;
     let mut event = conn
@@ -79,7 +79,12 @@ pub(crate) fn claim(conn: &Connection, req: ClaimRequest) -> StoreResult<Claimed
     let mut out = Vec::with_capacity(picked.len());
     for c in picked {
         let leased = lease
-            .execute(params![c.id.as_bytes(), req.owner.0.as_bytes(), micros(lease_until)])
+            .execute(params![
+                c.endpoint_seq,
+                req.owner.0.as_bytes(),
+                micros(lease_until),
+                c.event_seq
+            ])
             .store()?;
         if leased == 0 {
             continue;
@@ -106,10 +111,12 @@ pub(crate) fn claim(conn: &Connection, req: ClaimRequest) -> StoreResult<Claimed
             // Cannot happen through this store's own writes; drop the orphan so it cannot
             // block the queue.
             tracing::warn!(delivery = %c.id, "dropping a delivery whose event or endpoint is gone");
-            conn.prepare_cached("DELETE FROM deliveries WHERE id = ?1")
-                .store()?
-                .execute([c.id.as_bytes()])
-                .store()?;
+            conn.prepare_cached(
+                "DELETE FROM deliveries WHERE endpoint_seq = ?1 AND event_seq = ?2",
+            )
+            .store()?
+            .execute([c.endpoint_seq, c.event_seq])
+            .store()?;
             continue;
         };
         out.push(Delivery {

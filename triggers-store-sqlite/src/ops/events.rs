@@ -16,8 +16,8 @@ use triggers_core::{
 
 use crate::codec::{self, duration_micros, micros, query_opt, query_vec};
 use crate::error::{corrupt, SqlResultExt};
-use crate::ops::lifecycle;
 use crate::ops::orgs::require_org;
+use crate::ops::{delivery_key, lifecycle};
 
 /// The endpoints of an organization: `(seq, filter, enabled, id, fifo)`.
 type Targets = Vec<(i64, Option<TypeGlob>, bool, uuid::Uuid, bool)>;
@@ -64,7 +64,13 @@ pub(crate) fn queue_delivery(
               WHERE endpoint_seq = ?3 AND line IS NOT NULL) END)",
     )
     .store()?
-    .execute(params![DeliveryId::new().0.as_bytes(), event_seq, endpoint_seq, now, fifo])
+    .execute(params![
+        delivery_key::new_id(endpoint_seq, event_seq)?.0.as_bytes(),
+        event_seq,
+        endpoint_seq,
+        now,
+        fifo
+    ])
     .store()?;
     Ok(())
 }
@@ -72,7 +78,7 @@ pub(crate) fn queue_delivery(
 /// Queues one delivery (attempt 0, due `now`) per enabled target (but `exclude`) whose
 /// filter matches `event_type`; a matching disabled target gets a failed delivery (which fails
 /// the event). Deliveries to FIFO endpoints are queued at once (each takes the next place in
-/// its line); parallel ones are added to `parallel` as `(event seq, endpoint seq)`, for
+/// its line); parallel ones are added to `parallel` as `(event seq, endpoint seq, id)`, for
 /// [`queue_parallel`]. Returns how many deliveries were queued or added.
 fn fan_out(
     conn: &Connection,
@@ -81,7 +87,7 @@ fn fan_out(
     event_type: &str,
     exclude: Option<EndpointId>,
     now: i64,
-    parallel: &mut Vec<(i64, i64)>,
+    parallel: &mut Vec<(i64, i64, DeliveryId)>,
 ) -> StoreResult<u32> {
     let mut n = 0;
     for (endpoint_seq, filter, enabled, id, fifo) in targets {
@@ -97,20 +103,24 @@ fn fan_out(
         }
         match fifo {
             true => queue_delivery(conn, event_seq, *endpoint_seq, now, true)?,
-            false => parallel.push((event_seq, *endpoint_seq)),
+            false => parallel.push((
+                event_seq,
+                *endpoint_seq,
+                delivery_key::new_id(*endpoint_seq, event_seq)?,
+            )),
         }
         n += 1;
     }
     Ok(n)
 }
 
-/// Queues the parallel deliveries `rows` (`(event seq, endpoint seq)`, from [`fan_out`]):
+/// Queues the parallel deliveries `rows` (`(event seq, endpoint seq, id)`, from [`fan_out`]):
 /// pending, attempt 0, due `now`, several per statement.
-fn queue_parallel(conn: &Connection, rows: &[(i64, i64)], now: i64) -> StoreResult<()> {
+fn queue_parallel(conn: &Connection, rows: &[(i64, i64, DeliveryId)], now: i64) -> StoreResult<()> {
     let sql = multi_row_sql();
     for (size, chunk) in chunks(rows) {
         insert_rows(conn, &sql.deliveries[size], now, chunk, DELIVERY_PARAMS, |stmt, p, row| {
-            stmt.raw_bind_parameter(p, DeliveryId::new().0.as_bytes())?;
+            stmt.raw_bind_parameter(p, row.2 .0.as_bytes())?;
             stmt.raw_bind_parameter(p + 1, row.0)?;
             stmt.raw_bind_parameter(p + 2, row.1)
         })?;

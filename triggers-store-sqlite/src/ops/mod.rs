@@ -1,6 +1,7 @@
 //! The SQL behind each store method, as plain functions over a connection.
 
 pub(crate) mod claim;
+pub(crate) mod delivery_key;
 pub(crate) mod events;
 pub(crate) mod history;
 pub(crate) mod lifecycle;

@@ -13,7 +13,7 @@ use triggers_core::{AttemptRecord, DeliveryId, Timestamp, WorkerId};
 
 use crate::codec::{self, micros, query_opt};
 use crate::error::SqlResultExt;
-use crate::ops::lifecycle;
+use crate::ops::{delivery_key, lifecycle};
 
 /// `DeliveryQueue::complete`.
 /// `keep` is [`StoreLimits::max_attempts_kept`](triggers_core::store::StoreLimits).
@@ -99,32 +99,42 @@ fn record_superseded(conn: &Connection, c: &Completion, keep: u32) -> StoreResul
 }
 
 fn complete_one(conn: &Connection, c: &Completion, keep: u32) -> StoreResult<bool> {
-    // The fence check, then the write by primary key: plain statements (`RETURNING` builds
-    // a temporary table each time); the writer's transaction keeps the two together.
-    let id = c.delivery_id.0.as_bytes();
+    // The fence check, then the write by primary key (the id carries it: `delivery_key`):
+    // plain statements (`RETURNING` builds a temporary table each time); the writer's
+    // transaction keeps the two together.
+    let (endpoint_seq, event_seq) = delivery_key::key(c.delivery_id);
     let mut held = conn
         .prepare_cached(
-            "SELECT event_seq, endpoint_seq FROM deliveries
-             WHERE id = ?1 AND state = 1 AND lease_owner = ?2 AND attempt = ?3",
+            "SELECT 1 FROM deliveries
+             WHERE endpoint_seq = ?1 AND event_seq = ?2
+               AND id = ?3 AND state = 1 AND lease_owner = ?4 AND attempt = ?5",
         )
         .store()?;
-    let fence = params![id, c.lease_owner.0.as_bytes(), c.attempt];
-    let applied = query_opt(&mut held, fence, |r| Ok((codec::int(r, 0)?, codec::int(r, 1)?)))?;
+    let fence = params![
+        endpoint_seq,
+        event_seq,
+        c.delivery_id.0.as_bytes(),
+        c.lease_owner.0.as_bytes(),
+        c.attempt
+    ];
+    let applied = query_opt(&mut held, fence, |_| Ok(()))?;
     drop(held);
-    let Some((event_seq, endpoint_seq)) = applied else {
+    if applied.is_none() {
         record_superseded(conn, c, keep)?;
         return Ok(false);
-    };
+    }
     match &c.state {
-        CompletionState::Delivered | CompletionState::Failed => {
-            conn.prepare_cached("DELETE FROM deliveries WHERE id = ?1").store()?.execute([id])
-        }
+        CompletionState::Delivered | CompletionState::Failed => conn
+            .prepare_cached("DELETE FROM deliveries WHERE endpoint_seq = ?1 AND event_seq = ?2")
+            .store()?
+            .execute([endpoint_seq, event_seq]),
         CompletionState::Retry { at } => conn
             .prepare_cached(
-                "UPDATE deliveries SET state = 0, due_at = ?2, lease_owner = NULL WHERE id = ?1",
+                "UPDATE deliveries SET state = 0, due_at = ?3, lease_owner = NULL
+                 WHERE endpoint_seq = ?1 AND event_seq = ?2",
             )
             .store()?
-            .execute(params![id, micros(*at)]),
+            .execute(params![endpoint_seq, event_seq, micros(*at)]),
     }
     .store()?;
 
@@ -186,15 +196,24 @@ pub(crate) fn release(
     attempt: u32,
     due_at: Option<Timestamp>,
 ) -> StoreResult<bool> {
+    let (endpoint_seq, event_seq) = delivery_key::key(id);
     let n = conn
         .prepare_cached(
             "UPDATE deliveries
              SET state = 0, attempt = attempt - 1, lease_owner = NULL,
                  due_at = coalesce(?4, claimed_due, due_at)
-             WHERE id = ?1 AND state = 1 AND lease_owner = ?2 AND attempt = ?3",
+             WHERE endpoint_seq = ?5 AND event_seq = ?6
+               AND id = ?1 AND state = 1 AND lease_owner = ?2 AND attempt = ?3",
         )
         .store()?
-        .execute(params![id.0.as_bytes(), owner.0.as_bytes(), attempt, due_at.map(micros)])
+        .execute(params![
+            id.0.as_bytes(),
+            owner.0.as_bytes(),
+            attempt,
+            due_at.map(micros),
+            endpoint_seq,
+            event_seq
+        ])
         .store()?;
     Ok(n > 0)
 }
@@ -207,13 +226,22 @@ pub(crate) fn extend_lease(
     attempt: u32,
     until: Timestamp,
 ) -> StoreResult<bool> {
+    let (endpoint_seq, event_seq) = delivery_key::key(id);
     let n = conn
         .prepare_cached(
             "UPDATE deliveries SET due_at = ?4
-             WHERE id = ?1 AND state = 1 AND lease_owner = ?2 AND attempt = ?3",
+             WHERE endpoint_seq = ?5 AND event_seq = ?6
+               AND id = ?1 AND state = 1 AND lease_owner = ?2 AND attempt = ?3",
         )
         .store()?
-        .execute(params![id.0.as_bytes(), owner.0.as_bytes(), attempt, micros(until)])
+        .execute(params![
+            id.0.as_bytes(),
+            owner.0.as_bytes(),
+            attempt,
+            micros(until),
+            endpoint_seq,
+            event_seq
+        ])
         .store()?;
     Ok(n > 0)
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use triggers_core::store::{ClaimRequest, DeliveryQueue, EndpointStore, EventLog};
 use triggers_core::WorkerId;
 
-use crate::{insert_one, new_endpoint, new_org, open, t, temp_db};
+use crate::{insert_one, new_endpoint, new_org, open, raw, t, temp_db};
 
 #[tokio::test]
 async fn deliveries_and_leases_survive_a_reopen_and_expired_leases_are_reclaimed() {
@@ -85,4 +85,90 @@ async fn a_restart_delivers_the_crashed_runs_leases_at_once() {
     let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap();
     assert_eq!(got, Some((id, 2, node)), "the next attempt, under the same node id");
     ingestor.shutdown().await;
+}
+
+/// A database written before deliveries were keyed by endpoint and event (schema version 7:
+/// random delivery ids, the claim index holding leases) keeps its outstanding deliveries and
+/// their leases through the upgrade: the pending ones are claimed and delivered, the live
+/// lease still counts, and once it expires its delivery is claimed again with the next
+/// attempt number.
+#[tokio::test]
+async fn outstanding_deliveries_of_a_version_7_database_survive_the_upgrade() {
+    use triggers_core::store::{Completion, CompletionState};
+    use triggers_core::{AttemptRecord, EventStatus};
+
+    let (_dir, path) = temp_db();
+    let store = open(&path);
+    let org = new_org(&store).await;
+    let endpoint = new_endpoint(None, t(0));
+    store.create_endpoint(org, &endpoint).await.unwrap();
+    let ids = [
+        insert_one(&store, org, "a", t(0)).await,
+        insert_one(&store, org, "b", t(1)).await,
+        insert_one(&store, org, "c", t(2)).await,
+    ];
+    let lease = Duration::from_secs(30);
+    let dead = WorkerId::new();
+    assert_eq!(store.claim(ClaimRequest::new(dead, 1, lease, t(3))).await.unwrap().len(), 1);
+    drop(store);
+
+    // Back to version 7's deliveries table, ids random as they were then.
+    raw(&path)
+        .execute_batch(
+            "BEGIN;
+             CREATE TABLE v7 (
+                 id BLOB PRIMARY KEY NOT NULL, event_seq INTEGER NOT NULL,
+                 endpoint_seq INTEGER NOT NULL, state INTEGER NOT NULL,
+                 attempt INTEGER NOT NULL, due_at INTEGER NOT NULL, claimed_due INTEGER,
+                 lease_owner BLOB, line INTEGER) WITHOUT ROWID;
+             INSERT INTO v7 SELECT randomblob(16), event_seq, endpoint_seq, state, attempt,
+                 due_at, claimed_due, lease_owner, line FROM deliveries;
+             DROP TABLE deliveries;
+             ALTER TABLE v7 RENAME TO deliveries;
+             CREATE INDEX deliveries_by_event ON deliveries (event_seq);
+             CREATE INDEX deliveries_leased ON deliveries (event_seq) WHERE state = 1;
+             CREATE INDEX deliveries_line ON deliveries (endpoint_seq, line)
+                 WHERE line IS NOT NULL;
+             CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_seq, event_seq);
+             CREATE INDEX deliveries_endpoint_due ON deliveries (endpoint_seq, due_at)
+                 WHERE line IS NULL;
+             PRAGMA user_version = 7;
+             COMMIT;",
+        )
+        .unwrap();
+
+    let store = open(&path);
+    let version: i64 = raw(&path).query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, triggers_store_sqlite::SCHEMA_VERSION);
+    assert_eq!(store.queue_depth().await.unwrap(), 3);
+    assert_eq!(store.stats(org).await.unwrap().in_flight, 1);
+    let w = WorkerId::new();
+    let delivered = |d: &triggers_core::store::Delivery, at| Completion {
+        delivery_id: d.id,
+        lease_owner: d.lease_owner,
+        attempt: d.attempt,
+        state: CompletionState::Delivered,
+        record: AttemptRecord {
+            endpoint_id: endpoint.id,
+            at,
+            status_code: Some(200),
+            latency_ms: 1,
+            error: None,
+        },
+        disable_endpoint: None,
+    };
+    let got = store.claim(ClaimRequest::new(w, 10, lease, t(10))).await.unwrap();
+    assert_eq!(got.iter().map(|d| d.event_id).collect::<Vec<_>>(), vec![ids[1], ids[2]]);
+    let done: Vec<_> = got.iter().map(|d| delivered(d, t(11))).collect();
+    assert_eq!(store.complete(&done).await.unwrap(), vec![true, true]);
+
+    let again = store.claim(ClaimRequest::new(w, 10, lease, t(40))).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].event_id, again[0].attempt), (ids[0], 2));
+    assert_eq!(store.complete(&[delivered(&again[0], t(41))]).await.unwrap(), vec![true]);
+    for id in ids {
+        let event = store.event(org, id).await.unwrap().unwrap();
+        assert_eq!(event.event.status, EventStatus::Delivered);
+    }
+    assert_eq!(store.queue_depth().await.unwrap(), 0);
 }
