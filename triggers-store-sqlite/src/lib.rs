@@ -48,11 +48,11 @@
 //!   same events inserted singly in order.
 //! - **Delivery queue**: a table of outstanding deliveries, keyed by endpoint and event (a
 //!   delivery's id carries that key and a random tag, so every write after the claim finds
-//!   the row by primary key). A claim reads the leases and
-//!   the due pending deliveries of each endpoint under its caps through small indexed
-//!   statements, chooses in Rust, and leases its choice; an expired lease makes the delivery
-//!   due again. All of a claim runs in one transaction of the single writer connection, so it is
-//!   as atomic as one statement would be: two claims never see the same free place (the
+//!   the row by primary key). A claim reads the leases and the due pending deliveries of
+//!   each endpoint under its caps through small indexed statements, chooses in Rust, and
+//!   leases its choice; an expired lease makes the delivery due again. All of a claim runs
+//!   in one transaction of the single writer connection, so it is as atomic as one statement
+//!   would be: two claims never see the same free place (the
 //!   "one statement per claim" of the PostgreSQL store, where claimers run concurrently).
 //!   Due deliveries are found per endpoint (index on endpoint and due time), so the backlog
 //!   of an endpoint at its concurrency cap costs a claim nothing. Completions, releases and

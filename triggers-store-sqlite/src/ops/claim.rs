@@ -16,17 +16,16 @@
 //!    migration 0008).
 //! 2. `open`: every endpoint with outstanding parallel deliveries and its earliest `due_at`
 //!    (a loose scan of `deliveries_pending_due`, one index probe per endpoint, and its
-//!    expired leases), kept if it is
-//!    due, enabled and under its caps (an endpoint's cap: 1 while failing — the circuit
-//!    breaker —, else its own `concurrency` when lower than the claim's); per organization
-//!    only as many, earliest first, as the organization has room for; then the `limit`
-//!    earliest. No other endpoint can hold one of the `limit` earliest claimable deliveries:
-//!    each endpoint kept has a claimable delivery no later than its first one (its own, or an
-//!    earlier one of its organization). The deliveries of an endpoint or organization at its
-//!    cap are never walked, however many wait.
+//!    expired leases), kept if it is due, enabled and under its caps (an endpoint's cap: 1
+//!    while failing — the circuit breaker —, else its own `concurrency` when lower than the
+//!    claim's); per organization only as many, earliest first, as the organization has room
+//!    for; then the `limit` earliest. No other endpoint can hold one of the `limit` earliest
+//!    claimable deliveries: each endpoint kept has a claimable delivery no later than its
+//!    first one (its own, or an earlier one of its organization). The deliveries of an
+//!    endpoint or organization at its cap are never walked, however many wait.
 //! 3. Candidates: the earliest due pending deliveries of each open endpoint, as many as its
-//!    cap leaves room for, its expired leases, and the first delivery of each FIFO endpoint's line if it is due and that
-//!    endpoint has nothing in flight.
+//!    cap leaves room for, its expired leases, and the first delivery of each FIFO
+//!    endpoint's line if it is due and that endpoint has nothing in flight.
 //! 4. The candidates in due order, each taken while its organization and endpoint have room,
 //!    up to `limit`; those are leased.
 
