@@ -52,11 +52,11 @@
 //!   each endpoint under its caps through small indexed statements, chooses in Rust, and
 //!   leases its choice; an expired lease makes the delivery due again. All of a claim runs
 //!   in one transaction of the single writer connection, so it is as atomic as one statement
-//!   would be: two claims never see the same free place (the
-//!   "one statement per claim" of the PostgreSQL store, where claimers run concurrently).
-//!   Due deliveries are found per endpoint (index on endpoint and due time), so the backlog
-//!   of an endpoint at its concurrency cap costs a claim nothing. Completions, releases and
-//!   heartbeats are fenced by the whole id and `(lease_owner, attempt)`.
+//!   would be: two claims never see the same free place (the "one statement per claim" of
+//!   the PostgreSQL store, where claimers run concurrently). Due deliveries are found per
+//!   endpoint (index on endpoint and due time), so the backlog of an endpoint at its
+//!   concurrency cap costs a claim nothing. Completions, releases and heartbeats are fenced
+//!   by the whole id and `(lease_owner, attempt)`.
 //! - **Retention**: [`SqliteStore::purge`] (or [`SqliteStore::spawn_purge_task`]) deletes
 //!   delivered events older than [`SqliteConfig::retention`] and dedup ids older than
 //!   [`SqliteConfig::dedup_retention`], in small batches.

@@ -231,9 +231,10 @@ fn multi_row_sql() -> &'static MultiRowSql {
 ///
 /// Passes over the batch with multi-row statements: first the dedup entries of the events
 /// that carry a dedup id, then the events that are not duplicates, then their parallel
-/// deliveries ([`fan_out`] queues those to FIFO endpoints one by one). The outcome is the one of inserting the events one by one in order: a chunk whose
-/// dedup entries all went in has no duplicate; otherwise its events are decided one by one
-/// ([`settle_dedup`]), in order, so an earlier event of the batch is seen by a later one.
+/// deliveries ([`fan_out`] queues those to FIFO endpoints one by one). The outcome is the one
+/// of inserting the events one by one in order: a chunk whose dedup entries all went in has
+/// no duplicate; otherwise its events are decided one by one ([`settle_dedup`]), in order,
+/// so an earlier event of the batch is seen by a later one.
 pub(crate) fn insert(
     conn: &Connection,
     org: OrganizationId,
