@@ -162,3 +162,43 @@ async fn one_bad_request_in_a_batch_fails_alone() {
     drop(store);
     db.drop_database().await.unwrap();
 }
+
+/// A batch runs first as if none of its event ids were stored (the fast form of the
+/// statement). One that is stored — an earlier run of the batch committed it before its
+/// answer was lost — makes that form fail, and the batch runs again in the idempotent form:
+/// the stored event is not inserted or fanned out twice, and the rest of the batch goes in.
+#[tokio::test]
+async fn a_batch_with_an_event_id_already_stored_runs_again_and_writes_each_event_once() {
+    let Some(db) = support::database("batch_with_a_stored_event_id").await else { return };
+    let store = support::connect(&db, support::config()).await;
+    let org = support::org(&store, "acme").await;
+    support::endpoint(&store, &org, None).await;
+    let stored = support::record("t", None, at(1));
+    let first = store.insert_events(org.id, vec![stored.clone()], DAY, at(1)).await.unwrap();
+    assert!(matches!(first[0], InsertOutcome::Inserted { deliveries: 1, .. }), "{first:?}");
+
+    let fresh = support::record("t", Some("fresh"), at(2));
+    let again =
+        store.insert_events(org.id, vec![stored.clone(), fresh.clone()], DAY, at(2)).await.unwrap();
+    for (outcome, record) in again.iter().zip([&stored, &fresh]) {
+        match outcome {
+            InsertOutcome::Inserted { meta, deliveries: 1 } => assert_eq!(meta.id, record.id),
+            other => panic!("expected an insert with one delivery, got {other:?}"),
+        }
+    }
+    let mut conn = sqlx::PgConnection::connect_with(&db.options).await.unwrap();
+    for record in [&stored, &fresh] {
+        let (events, deliveries): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM events WHERE id = $1),
+                    (SELECT count(*) FROM deliveries WHERE event_id = $1)",
+        )
+        .bind(record.id.0)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!((events, deliveries), (1, 1), "event {}", record.id);
+    }
+    conn.close().await.unwrap();
+    drop(store);
+    db.drop_database().await.unwrap();
+}
