@@ -99,44 +99,34 @@ fn record_superseded(conn: &Connection, c: &Completion, keep: u32) -> StoreResul
 }
 
 fn complete_one(conn: &Connection, c: &Completion, keep: u32) -> StoreResult<bool> {
-    // The fence check, then the write by primary key (the id carries it: `delivery_key`):
-    // plain statements (`RETURNING` builds a temporary table each time); the writer's
-    // transaction keeps the two together.
+    // One write by primary key (the id carries it: `delivery_key`) that also checks the
+    // fence; it changes no row when the lease is no longer this completion's.
     let (endpoint_seq, event_seq) = delivery_key::key(c.delivery_id);
-    let mut held = conn
-        .prepare_cached(
-            "SELECT 1 FROM deliveries
-             WHERE endpoint_seq = ?1 AND event_seq = ?2
-               AND id = ?3 AND state = 1 AND lease_owner = ?4 AND attempt = ?5",
-        )
-        .store()?;
-    let fence = params![
-        endpoint_seq,
-        event_seq,
-        c.delivery_id.0.as_bytes(),
-        c.lease_owner.0.as_bytes(),
-        c.attempt
-    ];
-    let applied = query_opt(&mut held, fence, |_| Ok(()))?;
-    drop(held);
-    if applied.is_none() {
+    let id = c.delivery_id.0.as_bytes();
+    let owner = c.lease_owner.0.as_bytes();
+    let changed = match &c.state {
+        CompletionState::Delivered | CompletionState::Failed => conn
+            .prepare_cached(
+                "DELETE FROM deliveries
+                 WHERE endpoint_seq = ?1 AND event_seq = ?2
+                   AND id = ?3 AND state = 1 AND lease_owner = ?4 AND attempt = ?5",
+            )
+            .store()?
+            .execute(params![endpoint_seq, event_seq, id, owner, c.attempt]),
+        CompletionState::Retry { at } => conn
+            .prepare_cached(
+                "UPDATE deliveries SET state = 0, due_at = ?6, lease_owner = NULL
+                 WHERE endpoint_seq = ?1 AND event_seq = ?2
+                   AND id = ?3 AND state = 1 AND lease_owner = ?4 AND attempt = ?5",
+            )
+            .store()?
+            .execute(params![endpoint_seq, event_seq, id, owner, c.attempt, micros(*at)]),
+    }
+    .store()?;
+    if changed == 0 {
         record_superseded(conn, c, keep)?;
         return Ok(false);
     }
-    match &c.state {
-        CompletionState::Delivered | CompletionState::Failed => conn
-            .prepare_cached("DELETE FROM deliveries WHERE endpoint_seq = ?1 AND event_seq = ?2")
-            .store()?
-            .execute([endpoint_seq, event_seq]),
-        CompletionState::Retry { at } => conn
-            .prepare_cached(
-                "UPDATE deliveries SET state = 0, due_at = ?3, lease_owner = NULL
-                 WHERE endpoint_seq = ?1 AND event_seq = ?2",
-            )
-            .store()?
-            .execute(params![endpoint_seq, event_seq, micros(*at)]),
-    }
-    .store()?;
 
     let r = &c.record;
     record_attempt(conn, event_seq, r, keep)?;
