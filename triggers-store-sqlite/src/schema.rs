@@ -135,7 +135,7 @@ pub(crate) fn checkpoint_truncate(
 /// Opens one read-only reader connection (`PRAGMA query_only`).
 pub(crate) fn open_reader(path: &Path, config: &SqliteConfig) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(path, open_flags()).store()?;
-    common_pragmas(&conn, config, (config.cache_size_kib / 4).max(64))?;
+    common_pragmas(&conn, config, config.cache_size_kib.max(64))?;
     conn.execute_batch("PRAGMA query_only = ON;").store()?;
     Ok(conn)
 }
