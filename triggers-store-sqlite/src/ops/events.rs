@@ -172,6 +172,15 @@ fn insert_rows<T>(
 }
 
 /// The multi-row statements, one per [`ROWS_PER_INSERT`] size.
+///
+/// They are `INSERT OR FAIL`: a row that breaks a constraint ends the statement with the
+/// error and leaves the rows before it in place, where the default (`ABORT`) undoes the
+/// statement. That undo is what the writer already does for the whole request — every error
+/// of a request rolls back its transaction, or its savepoint when it shares one
+/// (`writer::batch`) — and it is not free: for a multi-row statement that may abort, SQLite
+/// copies every page the statement touches into a statement journal first (≈ 8 % of the
+/// writer's time in batch ingest; BENCHMARKS.md, "Issue #17, seventh sitting"). The test
+/// `a_batch_failing_inside_a_multi_row_insert_stores_nothing` holds the two together.
 struct MultiRowSql {
     /// `?1` the organization; per row: id, type, payload, dedup id, created.
     events: [String; ROWS_PER_INSERT.len()],
@@ -202,7 +211,7 @@ fn multi_row_sql() -> &'static MultiRowSql {
                 format!("(?{p}, ?1, ?{}, ?{}, ?{}, 0, ?{})", p + 1, p + 2, p + 3, p + 4)
             });
             format!(
-                "INSERT INTO events (id, org_id, event_type, payload, dedup_id, status, created_at)
+                "INSERT OR FAIL INTO events (id, org_id, event_type, payload, dedup_id, status, created_at)
                  VALUES {rows}"
             )
         }),
@@ -211,7 +220,7 @@ fn multi_row_sql() -> &'static MultiRowSql {
                 format!("(?1, ?{p}, ?{}, ?{}, ?{})", p + 1, p + 2, p + 3)
             });
             format!(
-                "INSERT INTO dedup (org_id, dedup_id, event_id, event_type, created_at)
+                "INSERT OR FAIL INTO dedup (org_id, dedup_id, event_id, event_type, created_at)
                  VALUES {rows} ON CONFLICT (org_id, dedup_id) DO NOTHING"
             )
         }),
@@ -220,7 +229,7 @@ fn multi_row_sql() -> &'static MultiRowSql {
                 format!("(?{p}, ?{}, ?{}, 0, 0, ?1, NULL)", p + 1, p + 2)
             });
             format!(
-                "INSERT INTO deliveries (id, event_seq, endpoint_seq, state, attempt, due_at, line)
+                "INSERT OR FAIL INTO deliveries (id, event_seq, endpoint_seq, state, attempt, due_at, line)
                  VALUES {rows}"
             )
         }),

@@ -4,9 +4,13 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
-use triggers_core::store::{EndpointStore, EventLog, ListQuery, OrgStore};
-use triggers_core::{EventStatus, StoreError};
+use triggers_core::domain::event::EventRecord;
+use triggers_core::store::{
+    ClaimRequest, DeliveryQueue, EndpointStore, EventLog, InsertOutcome, ListQuery, OrgStore,
+};
+use triggers_core::{EventStatus, StoreError, WorkerId};
 use triggers_store_sqlite::{SqliteConfig, SqliteError, SqliteStore, SCHEMA_VERSION};
 
 use crate::{fresh, insert_one, new_endpoint, new_org, open, raw, record, t, temp_db, WINDOW};
@@ -57,6 +61,66 @@ async fn unknown_organizations_and_taken_ids_are_typed_errors() {
     store.insert_events(org.id, vec![rec.clone()], WINDOW, t(0)).await.unwrap();
     let r = store.insert_events(org.id, vec![rec], WINDOW, t(0)).await;
     assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+}
+
+/// A batch of 40 events with dedup ids (multi-row statements of 32 and 8 rows) whose 20th
+/// event has an id already stored.
+fn batch_with_a_taken_id(taken: &EventRecord, tag: &str) -> Vec<EventRecord> {
+    (0..40)
+        .map(|i| match i {
+            19 => taken.clone(),
+            _ => record("t", "1", Some(&format!("{tag}-{i}")), t(1)),
+        })
+        .collect()
+}
+
+/// The multi-row inserts run `INSERT OR FAIL` (no statement journal): a statement that fails
+/// half-way keeps its earlier rows, and only the writer's rollback of the whole request
+/// (the transaction, or the request's savepoint when it shares a transaction) removes them.
+/// Both ways, a batch that fails in a multi-row chunk leaves nothing: no event, no dedup id,
+/// no delivery.
+#[tokio::test]
+async fn a_batch_failing_inside_a_multi_row_insert_stores_nothing() {
+    let (_dir, store) = fresh();
+    let org = new_org(&store).await;
+    store.create_endpoint(org, &new_endpoint(None, t(0))).await.unwrap();
+    let taken = record("t", "1", None, t(0));
+    store.insert_events(org, vec![taken.clone()], WINDOW, t(0)).await.unwrap();
+
+    // Alone in its transaction.
+    let r = store.insert_events(org, batch_with_a_taken_id(&taken, "a"), WINDOW, t(1)).await;
+    assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+    // Beside a good batch, in as many transactions as the writer makes of them.
+    let good: Vec<EventRecord> =
+        (0..40).map(|i| record("t", "1", Some(&format!("g-{i}")), t(1))).collect();
+    let (bad, ok) = tokio::join!(
+        store.insert_events(org, batch_with_a_taken_id(&taken, "b"), WINDOW, t(1)),
+        store.insert_events(org, good, WINDOW, t(1)),
+    );
+    assert!(matches!(bad, Err(StoreError::Conflict(_))), "{bad:?}");
+    assert_eq!(ok.unwrap().len(), 40);
+
+    let stats = store.stats(org).await.unwrap();
+    assert_eq!(stats.pending, 41, "the taken event and the good batch only: {stats:?}");
+    // The failed batches' dedup ids were not recorded: the same ids are new events now.
+    let again: Vec<EventRecord> = ["a-0", "a-31", "a-39", "b-0", "b-18", "b-39"]
+        .iter()
+        .map(|d| record("t", "1", Some(d), t(2)))
+        .collect();
+    let out = store.insert_events(org, again, WINDOW, t(2)).await.unwrap();
+    assert!(
+        out.iter().all(|o| matches!(o, InsertOutcome::Inserted { deliveries: 1, .. })),
+        "{out:?}"
+    );
+    // Every stored event has exactly its one delivery: none left over from the failed batches.
+    let claimed = store
+        .claim(
+            ClaimRequest::new(WorkerId::new(), 1000, Duration::from_secs(60), t(3))
+                .with_caps(1000, 1000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 47);
 }
 
 #[tokio::test]
