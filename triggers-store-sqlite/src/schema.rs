@@ -53,11 +53,8 @@ pub(crate) fn probe_write(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// Settings every connection gets.
-fn common_pragmas(
-    conn: &Connection,
-    config: &SqliteConfig,
-    cache_kib: u32,
-) -> Result<(), StoreError> {
+fn common_pragmas(conn: &Connection, config: &SqliteConfig) -> Result<(), StoreError> {
+    let cache_kib = config.cache_size_kib.max(64);
     conn.busy_timeout(config.busy_timeout).store()?;
     if let Some(max) = config.max_value_len {
         conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, i32::try_from(max).unwrap_or(i32::MAX));
@@ -76,7 +73,7 @@ fn common_pragmas(
 /// migrations, and checks that the database is ours, current and writable.
 pub(crate) fn open_writer(path: &Path, config: &SqliteConfig) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(path, open_flags()).store()?;
-    common_pragmas(&conn, config, config.cache_size_kib.max(64))?;
+    common_pragmas(&conn, config)?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).store()?;
     if conn.is_readonly(DatabaseName::Main).store()? {
         return Err(read_only(path));
@@ -135,7 +132,7 @@ pub(crate) fn checkpoint_truncate(
 /// Opens one read-only reader connection (`PRAGMA query_only`).
 pub(crate) fn open_reader(path: &Path, config: &SqliteConfig) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(path, open_flags()).store()?;
-    common_pragmas(&conn, config, config.cache_size_kib.max(64))?;
+    common_pragmas(&conn, config)?;
     conn.execute_batch("PRAGMA query_only = ON;").store()?;
     Ok(conn)
 }
