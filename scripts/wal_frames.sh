@@ -39,7 +39,8 @@ time.sleep(600)
 EOF
 for _ in $(seq 100); do [ -f $dir/pinned ] && break; sleep 0.1; done
 [ -f $dir/pinned ] || { echo "the reader did not start" >&2; exit 1; }
-"${LOADGEN:-./target/release/examples/loadgen}" --url http://127.0.0.1:$port "${args[@]}" | head -1
+"${LOADGEN:-./target/release/examples/loadgen}" --url http://127.0.0.1:$port "${args[@]}" > $dir/out
+head -1 $dir/out
 kill -9 $pid; wait $pid 2>/dev/null || true
 kill $reader; wait $reader 2>/dev/null || true; reader=""
 cp $dir/t.db-wal $dir/round.wal
