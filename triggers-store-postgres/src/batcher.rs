@@ -2,15 +2,16 @@
 //!
 //! `insert_events` puts its request into a bounded channel (full → `Overloaded`, the
 //! backpressure) and awaits the reply. Each of `writers` tasks takes the channel's receiver
-//! in turn, collects requests until the batch holds `batch_max_events` events or
-//! `batch_max_bytes` payload bytes or `batch_max_wait` has passed since the first, releases
-//! the receiver (so the next writer collects while this one writes), writes the batch
+//! in turn, collects requests (see [`collect`]: while another writer is writing, until that
+//! write is done), releases the receiver (so the next writer collects while this one writes),
+//! writes the batch
 //! ([`crate::insert`]) and answers every waiter after the commit. A failed batch answers its
 //! waiters with the error; the task lives on and serves the next batch. The tasks end when
 //! the last [`PgStore`](crate::PgStore) handle is dropped (the channel closes).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::mpsc::error::TryRecvError;
@@ -38,16 +39,43 @@ pub(crate) fn spawn(
     probe: Arc<ConnectProbe>,
 ) {
     let rx = Arc::new(Mutex::new(rx));
+    let writing = Arc::new(Writing::default());
     for _ in 0..writers.max(1) {
-        let (pool, rx, limits, channel, wake, probe) = (
+        let (pool, rx, limits, channel, wake, probe, writing) = (
             pool.clone(),
             rx.clone(),
             limits.clone(),
             channel.clone(),
             wake.clone(),
             probe.clone(),
+            writing.clone(),
         );
-        tokio::spawn(async move { run(pool, rx, limits, channel, wake, probe).await });
+        tokio::spawn(async move { run(pool, rx, limits, channel, wake, probe, writing).await });
+    }
+}
+
+/// How many writers are writing a batch, and a signal when one is done.
+#[derive(Default)]
+struct Writing {
+    count: AtomicUsize,
+    done: Notify,
+}
+
+impl Writing {
+    /// Counts the caller as writing until the guard is dropped (also when the write panics).
+    fn start(&self) -> WritingGuard<'_> {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        WritingGuard(self)
+    }
+}
+
+/// See [`Writing::start`].
+struct WritingGuard<'a>(&'a Writing);
+
+impl Drop for WritingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.done.notify_waiters();
     }
 }
 
@@ -58,16 +86,19 @@ async fn run(
     channel: Arc<str>,
     wake: Arc<Notify>,
     probe: Arc<ConnectProbe>,
+    writing: Arc<Writing>,
 ) {
     loop {
         let jobs = {
             let mut rx = rx.lock().await;
-            match collect(&mut rx, &limits).await {
+            match collect(&mut rx, &limits, &writing).await {
                 Some(jobs) => jobs,
                 None => return,
             }
         };
+        let guard = writing.start();
         let written = insert::write(&pool, &jobs, &channel).await;
+        drop(guard);
         if written.deliveries {
             crate::listener::fire(&wake);
         }
@@ -86,11 +117,18 @@ fn expired() -> triggers_core::StoreError {
     ))
 }
 
-/// Waits for one request, then takes more until a limit is reached. `None`: the channel is
-/// closed and empty.
+/// Waits for one request, then takes whatever else is queued, up to the batch limits. While
+/// another writer is writing its batch, this one keeps collecting until that write is done
+/// or `max_wait` has passed since the first request (zero: never waits): requests arriving
+/// meanwhile would queue for the database anyway, and one statement for all of them is
+/// cheaper than several. When no other batch is being written, what is queued is written at
+/// once — waiting would only add latency. Nothing spins: the waits are on the channel, the
+/// other writer's signal and a timer (the runtime's, 1 ms granularity, so a `max_wait` below
+/// 1 ms can last up to 1 ms). `None`: the channel is closed and empty.
 async fn collect(
     rx: &mut mpsc::Receiver<InsertJob>,
     limits: &BatchLimits,
+    writing: &Writing,
 ) -> Option<Vec<InsertJob>> {
     let first = loop {
         let job = rx.recv().await?;
@@ -103,23 +141,107 @@ async fn collect(
     let mut events = first.events.len();
     let mut bytes = first.bytes();
     let mut jobs = vec![first];
-    let deadline = Instant::now() + limits.max_wait;
+    let timer = tokio::time::sleep(limits.max_wait);
+    tokio::pin!(timer);
     while events < limits.max_events && bytes < limits.max_bytes {
-        match rx.try_recv() {
-            Ok(job) if job.deadline <= tokio::time::Instant::now() => {
-                let _ = job.reply.send(Err(expired()));
+        let job = match rx.try_recv() {
+            Ok(job) => job,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                // Registered before the count is read, so a write ending in between still
+                // wakes this wait.
+                let done = writing.done.notified();
+                tokio::pin!(done);
+                done.as_mut().enable();
+                if writing.count.load(Ordering::Acquire) == 0 || limits.max_wait.is_zero() {
+                    break;
+                }
+                tokio::select! {
+                    job = rx.recv() => match job {
+                        Some(job) => job,
+                        None => break,
+                    },
+                    () = &mut done => break,
+                    () = &mut timer => break,
+                }
             }
-            Ok(job) => {
-                events += job.events.len();
-                bytes += job.bytes();
-                jobs.push(job);
-            }
-            Err(TryRecvError::Empty) if Instant::now() < deadline => {
-                // Sub-millisecond waits are below the timer's resolution: yield instead.
-                tokio::task::yield_now().await;
-            }
-            Err(_) => break,
+        };
+        if job.deadline <= tokio::time::Instant::now() {
+            let _ = job.reply.send(Err(expired()));
+            continue;
         }
+        events += job.events.len();
+        bytes += job.bytes();
+        jobs.push(job);
     }
     Some(jobs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use triggers_core::{Clock, OrganizationId, SystemClock};
+
+    fn job() -> InsertJob {
+        InsertJob {
+            org: OrganizationId::named("acme"),
+            events: Vec::new(),
+            window: Duration::ZERO,
+            now: SystemClock.now(),
+            deadline: tokio::time::Instant::now() + Duration::from_secs(600),
+            reply: tokio::sync::oneshot::channel().0,
+        }
+    }
+
+    fn limits(max_wait: Duration) -> BatchLimits {
+        BatchLimits { max_events: 100, max_bytes: 1 << 20, max_wait }
+    }
+
+    /// A generous bound for waits that must end long before it (never a speed assertion).
+    const SOON: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn with_no_batch_being_written_what_is_queued_is_written_at_once() {
+        let (tx, mut rx) = mpsc::channel(8);
+        tx.send(job()).await.unwrap();
+        let writing = Writing::default();
+        // A wait of an hour would outlast the bound: collecting must not wait at all.
+        let limits = limits(Duration::from_secs(3600));
+        let collected = collect(&mut rx, &limits, &writing);
+        let jobs = tokio::time::timeout(SOON, collected).await.unwrap().unwrap();
+        assert_eq!(jobs.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn while_another_batch_is_written_requests_are_collected_until_it_is_done() {
+        let (tx, mut rx) = mpsc::channel(8);
+        tx.send(job()).await.unwrap();
+        let writing = Writing::default();
+        let other = writing.start();
+        let limits = limits(Duration::from_secs(3600));
+        let collected = collect(&mut rx, &limits, &writing);
+        let meanwhile = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.send(job()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.send(job()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(other);
+        };
+        let (jobs, ()) =
+            tokio::time::timeout(SOON, async { tokio::join!(collected, meanwhile) }).await.unwrap();
+        assert_eq!(jobs.unwrap().len(), 3, "the requests sent during the other write join");
+    }
+
+    #[tokio::test]
+    async fn collecting_ends_after_max_wait_even_if_the_other_write_does_not() {
+        let (tx, mut rx) = mpsc::channel(8);
+        tx.send(job()).await.unwrap();
+        let writing = Writing::default();
+        let _stuck = writing.start();
+        let limits = limits(Duration::from_millis(20));
+        let collected = collect(&mut rx, &limits, &writing);
+        let jobs = tokio::time::timeout(SOON, collected).await.unwrap().unwrap();
+        assert_eq!(jobs.len(), 1);
+    }
 }
