@@ -123,8 +123,7 @@ fn expired() -> triggers_core::StoreError {
 /// meanwhile would queue for the database anyway, and one statement for all of them is
 /// cheaper than several. When no other batch is being written, what is queued is written at
 /// once — waiting would only add latency. Nothing spins: the waits are on the channel, the
-/// other writer's signal and a timer (the runtime's, 1 ms granularity, so a `max_wait` below
-/// 1 ms can last up to 1 ms). `None`: the channel is closed and empty.
+/// other writer's signal and a timer. `None`: the channel is closed and empty.
 async fn collect(
     rx: &mut mpsc::Receiver<InsertJob>,
     limits: &BatchLimits,
@@ -141,7 +140,10 @@ async fn collect(
     let mut events = first.events.len();
     let mut bytes = first.bytes();
     let mut jobs = vec![first];
-    let timer = tokio::time::sleep(limits.max_wait);
+    // The timer is the runtime's (1 ms granularity): it only ends a wait in which nothing
+    // arrives. While requests keep arriving, `until` ends it on time.
+    let until = tokio::time::Instant::now() + limits.max_wait;
+    let timer = tokio::time::sleep_until(until);
     tokio::pin!(timer);
     while events < limits.max_events && bytes < limits.max_bytes {
         let job = match rx.try_recv() {
@@ -153,7 +155,9 @@ async fn collect(
                 let done = writing.done.notified();
                 tokio::pin!(done);
                 done.as_mut().enable();
-                if writing.count.load(Ordering::Acquire) == 0 || limits.max_wait.is_zero() {
+                if writing.count.load(Ordering::Acquire) == 0
+                    || tokio::time::Instant::now() >= until
+                {
                     break;
                 }
                 tokio::select! {

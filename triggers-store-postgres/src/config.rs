@@ -45,7 +45,7 @@ pub struct PgConfig {
     /// Group commit: how long a writer keeps collecting requests after the first one while
     /// another writer's batch is being written (it writes as soon as that write is done, and
     /// at once when no other batch is being written). Zero writes whatever is queued at once.
-    /// Waits use the runtime's timer (1 ms granularity). Default 200 µs.
+    /// Default 200 µs.
     pub batch_max_wait: Duration,
     /// Group commit: writer tasks, each writing one batch at a time on its own connection,
     /// so one batch is being collected while another commits. Default 2.
