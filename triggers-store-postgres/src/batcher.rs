@@ -4,10 +4,9 @@
 //! backpressure) and awaits the reply. Each of `writers` tasks takes the channel's receiver
 //! in turn, collects requests (see [`collect`]: while another writer is writing, until that
 //! write is done), releases the receiver (so the next writer collects while this one writes),
-//! writes the batch
-//! ([`crate::insert`]) and answers every waiter after the commit. A failed batch answers its
-//! waiters with the error; the task lives on and serves the next batch. The tasks end when
-//! the last [`PgStore`](crate::PgStore) handle is dropped (the channel closes).
+//! writes the batch ([`crate::insert`]) and answers every waiter after the commit. A failed
+//! batch answers its waiters with the error; the task lives on and serves the next batch. The
+//! tasks end when the last [`PgStore`](crate::PgStore) handle is dropped (the channel closes).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
