@@ -203,26 +203,37 @@ mod tests {
     /// A generous bound for waits that must end long before it (never a speed assertion).
     const SOON: Duration = Duration::from_secs(30);
 
+    /// A channel with one request queued. Keep the sender: a closed channel ends collecting.
+    fn one_queued() -> (mpsc::Sender<InsertJob>, mpsc::Receiver<InsertJob>) {
+        let (tx, rx) = mpsc::channel(8);
+        tx.try_send(job()).unwrap();
+        (tx, rx)
+    }
+
+    /// [`collect`] with `max_wait`; it must end within [`SOON`].
+    async fn collect_soon(
+        rx: &mut mpsc::Receiver<InsertJob>,
+        max_wait: Duration,
+        writing: &Writing,
+    ) -> Vec<InsertJob> {
+        let limits = limits(max_wait);
+        tokio::time::timeout(SOON, collect(rx, &limits, writing)).await.unwrap().unwrap()
+    }
+
     #[tokio::test]
     async fn with_no_batch_being_written_what_is_queued_is_written_at_once() {
-        let (tx, mut rx) = mpsc::channel(8);
-        tx.send(job()).await.unwrap();
+        let (_tx, mut rx) = one_queued();
         let writing = Writing::default();
         // A wait of an hour would outlast the bound: collecting must not wait at all.
-        let limits = limits(Duration::from_secs(3600));
-        let collected = collect(&mut rx, &limits, &writing);
-        let jobs = tokio::time::timeout(SOON, collected).await.unwrap().unwrap();
-        assert_eq!(jobs.len(), 1);
+        assert_eq!(collect_soon(&mut rx, Duration::from_secs(3600), &writing).await.len(), 1);
     }
 
     #[tokio::test]
     async fn while_another_batch_is_written_requests_are_collected_until_it_is_done() {
-        let (tx, mut rx) = mpsc::channel(8);
-        tx.send(job()).await.unwrap();
+        let (tx, mut rx) = one_queued();
         let writing = Writing::default();
         let other = writing.start();
-        let limits = limits(Duration::from_secs(3600));
-        let collected = collect(&mut rx, &limits, &writing);
+        let collected = collect_soon(&mut rx, Duration::from_secs(3600), &writing);
         let meanwhile = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
             tx.send(job()).await.unwrap();
@@ -231,20 +242,15 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
             drop(other);
         };
-        let (jobs, ()) =
-            tokio::time::timeout(SOON, async { tokio::join!(collected, meanwhile) }).await.unwrap();
-        assert_eq!(jobs.unwrap().len(), 3, "the requests sent during the other write join");
+        let (jobs, ()) = tokio::join!(collected, meanwhile);
+        assert_eq!(jobs.len(), 3, "the requests sent during the other write join");
     }
 
     #[tokio::test]
     async fn collecting_ends_after_max_wait_even_if_the_other_write_does_not() {
-        let (tx, mut rx) = mpsc::channel(8);
-        tx.send(job()).await.unwrap();
+        let (_tx, mut rx) = one_queued();
         let writing = Writing::default();
         let _stuck = writing.start();
-        let limits = limits(Duration::from_millis(20));
-        let collected = collect(&mut rx, &limits, &writing);
-        let jobs = tokio::time::timeout(SOON, collected).await.unwrap().unwrap();
-        assert_eq!(jobs.len(), 1);
+        assert_eq!(collect_soon(&mut rx, Duration::from_millis(20), &writing).await.len(), 1);
     }
 }
