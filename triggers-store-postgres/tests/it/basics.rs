@@ -130,10 +130,28 @@ use sqlx::Connection;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_bad_request_in_a_batch_fails_alone() {
     let Some(db) = support::database("one_bad_request_in_a_batch").await else { return };
-    // One writer: the requests that queue while it writes the first one form its next batch.
+    // One writer, held in its first batch (an insert waiting for a lock on `events`), so
+    // that the requests below queue behind it and form its next batch.
     let config = PgConfig { writers: 1, ..support::config() };
     let store = support::connect(&db, config).await;
     let org = support::org(&store, "acme").await;
+    let mut side = sqlx::PgConnection::connect_with(&db.options).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut side).await.unwrap();
+    sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE").execute(&mut side).await.unwrap();
+    let blocker = {
+        let store = store.clone();
+        let first = vec![support::record("t", None, at(1))];
+        tokio::spawn(async move { store.insert_events(org.id, first, DAY, at(1)).await })
+    };
+    let waiting = "SELECT count(*) FROM pg_stat_activity
+                   WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    for _ in 0..300 {
+        let n: i64 = sqlx::query_scalar(waiting).fetch_one(&mut side).await.unwrap();
+        if n > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..20 {
         let store = store.clone();
@@ -147,6 +165,10 @@ async fn one_bad_request_in_a_batch_fails_alone() {
             (i, out)
         });
     }
+    // Time for the calls to queue (the assertions below hold however they are batched).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("COMMIT").execute(&mut side).await.unwrap();
+    assert!(matches!(&blocker.await.unwrap().unwrap()[0], InsertOutcome::Inserted { .. }));
     let mut ok = 0;
     while let Some(done) = calls.join_next().await {
         match done.unwrap() {
