@@ -145,13 +145,16 @@ async fn one_bad_request_in_a_batch_fails_alone() {
     };
     let waiting = "SELECT count(*) FROM pg_stat_activity
                    WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    let mut held = false;
     for _ in 0..300 {
         let n: i64 = sqlx::query_scalar(waiting).fetch_one(&mut side).await.unwrap();
-        if n > 0 {
+        held = n > 0;
+        if held {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(held, "the first insert never waited for the lock: the batch below is not pinned");
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..20 {
         let store = store.clone();
