@@ -389,7 +389,7 @@ mod tests {
 
     use sqlx::types::chrono::Utc;
     use sqlx::types::Uuid;
-    use sqlx::{Connection, Executor, PgConnection};
+    use sqlx::{Connection, PgConnection};
     use triggers_core::store::ClaimRequest;
     use triggers_core::WorkerId;
 
@@ -451,18 +451,16 @@ mod tests {
         let Some((db, store, mut conn)) = database().await else { return };
         queue(&mut conn, "parallel", 20_000).await;
         queue(&mut conn, "fifo", 20_000).await;
-        conn.execute("SET plan_cache_mode = force_generic_plan").await.unwrap();
-        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", super::CLAIM_SQL))
-            .bind(Utc::now())
-            .bind(8_i64)
-            .bind(Uuid::new_v4())
-            .bind(Utc::now())
-            .bind(64_i64)
-            .bind(16_i64)
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
-        let plan = plan.join("\n");
+        let now = format!("'{}'", Utc::now().to_rfc3339());
+        let args = [
+            now.clone(),
+            "8".into(),
+            format!("'{}'", Uuid::new_v4()),
+            now,
+            "64".into(),
+            "16".into(),
+        ];
+        let plan = testing::generic_plan(&mut conn, "", super::CLAIM_SQL, &args).await;
         assert!(!plan.contains("Seq Scan on deliveries"), "{plan}");
         assert!(plan.contains("deliveries_endpoint_due"), "{plan}");
         assert!(plan.contains("deliveries_line"), "{plan}");

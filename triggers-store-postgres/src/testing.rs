@@ -99,3 +99,27 @@ pub(crate) async fn fresh_store(config: crate::PgConfig) -> Option<(TestDatabase
     let store = crate::PgStore::connect_with(db.options.clone(), config).await.expect("a store");
     Some((db, store))
 }
+
+/// For this crate's unit tests: `EXPLAIN {options} ` of `sql` as the store runs it, a
+/// prepared statement after its fifth run — with the generic plan PostgreSQL then keeps.
+/// `args` are SQL literals for its parameters. (An `EXPLAIN` with bound parameters would
+/// show a plan made for those values instead.) Runs on `conn`, inside its transaction if it
+/// has one; with `ANALYZE` the statement runs, so roll that transaction back.
+#[cfg(test)]
+pub(crate) async fn generic_plan(
+    conn: &mut PgConnection,
+    options: &str,
+    sql: &str,
+    args: &[String],
+) -> String {
+    use sqlx::Executor;
+    conn.execute("SET plan_cache_mode = force_generic_plan").await.expect("set the plan mode");
+    conn.execute(format!("PREPARE generic_plan_check AS {sql}").as_str())
+        .await
+        .expect("prepare the statement");
+    let explain = format!("EXPLAIN {options} EXECUTE generic_plan_check({})", args.join(", "));
+    let lines: Vec<String> =
+        sqlx::query_scalar(&explain).fetch_all(&mut *conn).await.expect("explain the statement");
+    conn.execute("DEALLOCATE generic_plan_check").await.expect("deallocate the statement");
+    lines.join("\n")
+}
