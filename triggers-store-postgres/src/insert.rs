@@ -6,13 +6,16 @@
 //!    ON CONFLICT DO NOTHING RETURNING …` (sorted, so concurrent batches lock keys in one
 //!    order and cannot deadlock each other);
 //! 2. inserts the events that have no dedup id or won theirs (event ids are assigned before
-//!    the batch; a batch runs first as if none of them were stored, and if one is — an
-//!    earlier run of the batch committed it — it runs again with `ON CONFLICT (id) DO
-//!    NOTHING`, which makes re-running a batch idempotent);
-//! 3. fans out: one delivery per enabled, matching endpoint (`LIKE filter ESCAPE '\'`),
-//!    locking those endpoints `FOR KEY SHARE` so a concurrent delete waits for the batch,
-//!    and one failed delivery per disabled, matching endpoint (the event is then `failed`);
-//!    deliveries to FIFO endpoints join their line (see the claim in `queue.rs`);
+//!    the batch; a batch runs as if none of them were stored — without a conflict clause
+//!    PostgreSQL inserts them directly instead of by speculative insertion, 16 % less time
+//!    for a 1 000-event statement (BENCHMARKS.md, "Issue #17, sixth sitting") — and if one
+//!    is — an earlier run of the batch committed it — the statement fails with nothing
+//!    written, and the batch runs again without the stored ones, which are then resolved
+//!    below: re-running a batch is idempotent);
+//! 3. fans out those same events: one delivery per enabled, matching endpoint (`LIKE filter
+//!    ESCAPE '\'`), locking those endpoints `FOR KEY SHARE` so a concurrent delete waits for
+//!    the batch, and one failed delivery per disabled, matching endpoint (the event is then
+//!    `failed`); deliveries to FIFO endpoints join their line (see the claim in `queue.rs`);
 //! 4. calls `pg_notify` once if any delivery was created.
 //!
 //! Items the statement did not insert are then resolved with a fresh snapshot: an event row
@@ -21,8 +24,19 @@
 //! `ON CONFLICT` waits for the other to commit or abort, so the winner is always a committed
 //! row. A dedup row older than the caller's window is deleted (only if it is still expired)
 //! and the item is tried again, so exactly one of several racing callers takes it over.
+//!
+//! The statement is prepared, so after its fifth run on a connection PostgreSQL keeps a
+//! generic plan, which assumes a handful of rows for each `UNNEST` whatever the batch holds
+//! (up to `PgConfig::batch_max_events`). It therefore never joins two of its own row sets
+//! with each other: expecting few rows, a generic plan joined them by nested loop, and a
+//! batch of n events with a matching endpoint compared n × n rows (2 000 events: four
+//! million, ≈ 1.6 s holding a writer; BENCHMARKS.md, "Issue #17, tenth sitting"). The
+//! events to insert are one set (`todo`) that the insert and the fan-out read alike, with the
+//! dedup winners found by a hashed lookup, and the delivery counts are summed by a grouping,
+//! not a join.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use sqlx::types::Uuid;
@@ -59,11 +73,10 @@ const MAX_ROUNDS: usize = 4;
 const RETRY_DELAYS: [Duration; 3] =
     [Duration::from_millis(10), Duration::from_millis(100), Duration::from_millis(400)];
 
-/// [`INSERT_SQL`] with `$on_conflict` as the events' conflict clause.
-macro_rules! insert_sql {
-    ($on_conflict:literal) => {
-        concat!(
-            r#"
+/// The batch statement: `$1` – `$6` the events' columns, `$7` the wake-up channel, `$8` each
+/// event's excluded endpoint (see the module docs for why `todo` is read three times rather
+/// than joined).
+const INSERT_SQL: &str = r#"
 WITH input AS (
     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
                          $6::timestamptz[], $8::uuid[])
@@ -77,68 +90,59 @@ claimed AS (
     ON CONFLICT (organization_id, dedup_id) DO NOTHING
     RETURNING event_id
 ),
+-- The events to insert. (The `OR` keeps the membership test a hashed lookup: PostgreSQL
+-- turns a bare `IN (subquery)` into a join, which a generic plan may make a nested loop.)
+todo AS (
+    SELECT * FROM input i WHERE i.dedup_id IS NULL OR i.id IN (SELECT event_id FROM claimed)
+),
 ev AS (
     INSERT INTO events (id, organization_id, event_type, payload, dedup_id, status, created_at)
-    SELECT i.id, i.organization_id, i.event_type, i.payload, i.dedup_id,
+    SELECT t.id, t.organization_id, t.event_type, t.payload, t.dedup_id,
            -- A matching disabled endpoint gets a failed delivery (`dead`), which fails the event.
            CASE WHEN EXISTS (
                SELECT 1 FROM endpoints ep
-               WHERE ep.organization_id = i.organization_id AND NOT ep.enabled
-                 AND ep.id IS DISTINCT FROM i.exclude
-                 AND (ep.filter_like IS NULL OR i.event_type LIKE ep.filter_like ESCAPE '\')
+               WHERE ep.organization_id = t.organization_id AND NOT ep.enabled
+                 AND ep.id IS DISTINCT FROM t.exclude
+                 AND (ep.filter_like IS NULL OR t.event_type LIKE ep.filter_like ESCAPE '\')
            ) THEN 'failed' ELSE 'pending' END,
-           i.created_at
-    FROM input i
-    WHERE i.dedup_id IS NULL OR i.id IN (SELECT event_id FROM claimed)
-    "#,
-            $on_conflict,
-            r#"
-    RETURNING id, organization_id, event_type, created_at
+           t.created_at
+    FROM todo t
+    RETURNING id
 ),
+-- Every row of `todo` is inserted (a stored id fails the whole statement), so the fan-out
+-- reads `todo` too.
 fanout AS (
     INSERT INTO deliveries
         (id, event_id, organization_id, endpoint_id, state, attempt, next_attempt_at, due_at,
          fifo_seq)
-    SELECT triggers_delivery_id(ev.id), ev.id, ev.organization_id, ep.id, 'pending', 0,
-           ev.created_at, ev.created_at,
+    SELECT triggers_delivery_id(t.id), t.id, t.organization_id, ep.id, 'pending', 0,
+           t.created_at, t.created_at,
            -- One sequence value per statement, drawn only if a FIFO endpoint matched.
            CASE WHEN ep.ordering = 'fifo' THEN (SELECT nextval('deliveries_fifo_seq')) END
-    FROM ev JOIN input i ON i.id = ev.id JOIN endpoints ep
-        ON ep.organization_id = ev.organization_id AND ep.enabled
-       AND ep.id IS DISTINCT FROM i.exclude
-       AND (ep.filter_like IS NULL OR ev.event_type LIKE ep.filter_like ESCAPE '\')
+    FROM todo t JOIN endpoints ep
+        ON ep.organization_id = t.organization_id AND ep.enabled
+       AND ep.id IS DISTINCT FROM t.exclude
+       AND (ep.filter_like IS NULL OR t.event_type LIKE ep.filter_like ESCAPE '\')
     FOR KEY SHARE OF ep
     RETURNING event_id
 ),
 dead AS (
     INSERT INTO failed_deliveries (endpoint_id, event_id, organization_id, reason, failed_at)
-    SELECT ep.id, ev.id, ev.organization_id, 'endpoint_disabled', ev.created_at
-    FROM ev JOIN input i ON i.id = ev.id JOIN endpoints ep
-        ON ep.organization_id = ev.organization_id AND NOT ep.enabled
-       AND ep.id IS DISTINCT FROM i.exclude
-       AND (ep.filter_like IS NULL OR ev.event_type LIKE ep.filter_like ESCAPE '\')
+    SELECT ep.id, t.id, t.organization_id, 'endpoint_disabled', t.created_at
+    FROM todo t JOIN endpoints ep
+        ON ep.organization_id = t.organization_id AND NOT ep.enabled
+       AND ep.id IS DISTINCT FROM t.exclude
+       AND (ep.filter_like IS NULL OR t.event_type LIKE ep.filter_like ESCAPE '\')
     ON CONFLICT (endpoint_id, event_id) DO NOTHING
 ),
-counts AS (SELECT event_id, count(*) AS n FROM fanout GROUP BY event_id),
 wake AS (SELECT pg_notify($7, '') FROM (SELECT 1 FROM fanout LIMIT 1) one)
-SELECT ev.id, coalesce(counts.n, 0) AS deliveries, (SELECT count(*) FROM wake) AS woke
-FROM ev LEFT JOIN counts ON counts.event_id = ev.id
-"#
-        )
-    };
-}
+SELECT id, sum(n)::int8 AS deliveries, (SELECT count(*) FROM wake) AS woke
+FROM (SELECT id, 0 AS n FROM ev UNION ALL SELECT event_id, 1 FROM fanout) x
+GROUP BY id
+"#;
 
-/// The batch statement that may run again: an event whose id is already stored (an earlier
-/// run of this batch committed it) is skipped, and found again by [`RESOLVE_SQL`].
-const INSERT_SQL: &str = insert_sql!("ON CONFLICT (id) DO NOTHING");
-
-/// The batch statement for events whose ids are not stored yet — the usual case: ids are
-/// new, and the batch has not run before. Without the conflict clause PostgreSQL inserts the
-/// events directly instead of by speculative insertion (a check of the id index, a
-/// speculative token, then the insert): 16 % less time for the statement of a 1000-event
-/// batch (BENCHMARKS.md, "Issue #17, sixth sitting"). A stored id makes it fail, as one
-/// statement, with nothing written; the batch then runs [`INSERT_SQL`].
-const INSERT_NEW_SQL: &str = insert_sql!("");
+/// Which of the batch's event ids are stored already (`$1`).
+const STORED_SQL: &str = "SELECT id FROM events WHERE id = ANY($1::uuid[])";
 
 const RESOLVE_SQL: &str = r#"
 SELECT i.ord, e.id IS NOT NULL AS mine,
@@ -372,35 +376,55 @@ fn inserted_outcome(event: &EventRecord, deliveries: i64) -> InsertOutcome {
     }
 }
 
-/// Runs [`INSERT_NEW_SQL`], or [`INSERT_SQL`] when an event id is already stored; returns the
-/// inserted event ids with their delivery counts.
+/// Runs [`INSERT_SQL`]; returns the inserted event ids with their delivery counts. Where an
+/// event id is stored already (an earlier run of this batch committed it: the statement then
+/// failed with nothing written), the batch runs again without the stored ones, which the
+/// caller resolves as its own.
 async fn insert(
     conn: &mut PgConnection,
     items: &[Item<'_>],
     channel: &str,
 ) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
-    match run_insert(conn, INSERT_NEW_SQL, items, channel).await {
-        Err(sqlx::Error::Database(db))
-            if db.code().as_deref() == Some(UNIQUE_VIOLATION)
-                && db.constraint() == Some("events_pkey") =>
-        {
-            run_insert(conn, INSERT_SQL, items, channel).await
+    // Borrowed: the usual run has no stored id and copies nothing.
+    let mut rest = Cow::Borrowed(items);
+    let mut rounds = 0;
+    loop {
+        if rest.is_empty() {
+            return Ok(HashMap::new());
         }
-        other => other,
+        match run_insert(conn, &rest, channel).await {
+            Err(sqlx::Error::Database(db))
+                if db.code().as_deref() == Some(UNIQUE_VIOLATION)
+                    && db.constraint() == Some("events_pkey")
+                    && rounds < MAX_ROUNDS =>
+            {
+                // Stored ids come from an earlier run of this batch; one that was still
+                // committing when we looked makes the next run fail again, and is seen then.
+                rounds += 1;
+                let ids: Vec<Uuid> = rest.iter().map(|i| i.event.id.0).collect();
+                let stored: HashSet<Uuid> = sqlx::query_scalar(STORED_SQL)
+                    .bind(ids)
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .into_iter()
+                    .collect();
+                rest.to_mut().retain(|i| !stored.contains(&i.event.id.0));
+            }
+            other => return other,
+        }
     }
 }
 
 /// SQLSTATE `unique_violation`.
 const UNIQUE_VIOLATION: &str = "23505";
 
-/// Runs one form of the batch statement (see [`insert`]).
+/// Runs [`INSERT_SQL`] once for `items`.
 async fn run_insert(
     conn: &mut PgConnection,
-    sql: &'static str,
     items: &[Item<'_>],
     channel: &str,
 ) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
-    let rows = sqlx::query(sql)
+    let rows = sqlx::query(INSERT_SQL)
         .bind(items.iter().map(|i| i.event.id.0).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.org).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.event.event_type.as_str()).collect::<Vec<_>>())
@@ -464,4 +488,95 @@ async fn delete_expired(conn: &mut PgConnection, items: &[Item<'_>]) -> Result<(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::types::chrono::Utc;
+    use sqlx::{Connection, PgConnection};
+    use triggers_core::store::{EndpointStore, NewEndpoint, OrgStore};
+    use triggers_core::{ApiKey, EndpointId, Organization, Secret, Tier};
+
+    use crate::testing;
+    use crate::PgConfig;
+
+    /// Rows a plan's nodes produced (`actual rows` × `loops`) plus the rows its filters
+    /// removed, from `EXPLAIN (ANALYZE, TIMING off)` text.
+    fn rows_handled(plan: &str) -> u64 {
+        let number = |s: &str| -> u64 {
+            s.chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap_or(0)
+        };
+        let mut total = 0;
+        for line in plan.lines() {
+            if let Some(at) = line.find("actual rows=") {
+                let rest = &line[at + "actual rows=".len()..];
+                let rows = number(rest);
+                let loops = rest.find("loops=").map_or(1, |l| number(&rest[l + "loops=".len()..]));
+                total += rows * loops;
+            }
+            if let Some(at) = line.find("Rows Removed by") {
+                let rest = &line[at..];
+                total += rest.find(": ").map_or(0, |c| number(&rest[c + 2..]));
+            }
+        }
+        total
+    }
+
+    /// The batch statement is prepared: after its fifth run it keeps a generic plan, which
+    /// assumes a handful of rows per `UNNEST`. That plan must handle a large batch with a
+    /// matching enabled and a matching disabled endpoint in work proportional to the batch
+    /// (it used to compare every inserted event with every input row).
+    #[tokio::test]
+    async fn the_batch_statements_generic_plan_is_linear_in_the_batch() {
+        let Some((db, store)) = testing::fresh_store(PgConfig::default()).await else { return };
+        let org = Organization::new("acme", Tier::Enterprise, Utc::now());
+        store.create_organization(&org, &ApiKey::generate().hash()).await.unwrap();
+        let mut endpoints = Vec::new();
+        for _ in 0..2 {
+            let new = NewEndpoint {
+                id: EndpointId::new(),
+                url: "http://127.0.0.1:9/hook".into(),
+                event_type_filter: None,
+                secret: Secret::generate(),
+                created_at: Utc::now(),
+                ordering: Default::default(),
+            };
+            endpoints.push(store.create_endpoint(org.id, &new).await.unwrap().id);
+        }
+        let mut conn = PgConnection::connect_with(&db.options).await.unwrap();
+        sqlx::query("UPDATE endpoints SET enabled = false WHERE id = $1")
+            .bind(endpoints[1].0)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let n = 500;
+        let array = |items: Vec<String>| format!("'{{{}}}'", items.join(","));
+        let dedup = (0..n).map(|i| if i % 2 == 0 { format!("d-{i}") } else { "NULL".into() });
+        let args = [
+            array((0..n).map(|_| triggers_core::EventId::new().0.to_string()).collect()),
+            array(vec![org.id.0.to_string(); n]),
+            array(vec!["order.created".into(); n]),
+            array(vec!["1".into(); n]),
+            array(dedup.collect()),
+            array(vec![format!("\"{}\"", Utc::now().to_rfc3339()); n]),
+            "'triggers_test_wake'".into(),
+            array(vec!["NULL".into(); n]),
+        ];
+        let mut tx = conn.begin().await.unwrap();
+        let plan =
+            testing::generic_plan(&mut tx, "(ANALYZE, TIMING off)", super::INSERT_SQL, &args).await;
+        let (deliveries, failed): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM deliveries), (SELECT count(*) FROM failed_deliveries)",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        assert_eq!((deliveries, failed), (n as i64, n as i64), "{plan}");
+        tx.rollback().await.unwrap();
+        // About twenty passes over the batch (21 n); comparing every pair would be n × n.
+        let handled = rows_handled(&plan);
+        assert!(handled < 40 * n as u64, "{handled} rows for {n} events:\n{plan}");
+        drop((conn, store));
+        db.drop_database().await.unwrap();
+    }
 }

@@ -187,10 +187,10 @@ async fn one_bad_request_in_a_batch_fails_alone() {
     db.drop_database().await.unwrap();
 }
 
-/// A batch runs first as if none of its event ids were stored (the fast form of the
-/// statement). One that is stored — an earlier run of the batch committed it before its
-/// answer was lost — makes that form fail, and the batch runs again in the idempotent form:
-/// the stored event is not inserted or fanned out twice, and the rest of the batch goes in.
+/// A batch runs as if none of its event ids were stored. One that is stored — an earlier
+/// run of the batch committed it before its answer was lost — makes the statement fail, and
+/// the batch runs again without it: the stored event is not inserted or fanned out twice,
+/// it is answered as inserted, and the rest of the batch goes in.
 #[tokio::test]
 async fn a_batch_with_an_event_id_already_stored_runs_again_and_writes_each_event_once() {
     let Some(db) = support::database("batch_with_a_stored_event_id").await else { return };
