@@ -67,7 +67,8 @@ impl InsertJob {
     }
 }
 
-/// How often the dedup take-over / resolution loop may run before giving up on an item.
+/// How often the dedup take-over / resolution loop may run before giving up on an item, and
+/// how often [`insert`] may run the batch again without event ids it found stored.
 const MAX_ROUNDS: usize = 4;
 /// Delays before re-running a batch that failed with a transient error.
 const RETRY_DELAYS: [Duration; 3] =
