@@ -20,13 +20,21 @@ use crate::rows::{self, get, EVENT_COLUMNS};
 use crate::PgStore;
 
 /// Runs after the event's failed deliveries were forgotten (same transaction). A matching
-/// disabled endpoint gets a failed delivery again, and the event is then `failed`.
+/// disabled endpoint gets a failed delivery again, and the event is then `failed`. The
+/// organization's endpoints are locked first and read as they are once locked (as in the
+/// insert batch, `insert.rs`): an endpoint disabled while the replay waited for its lock
+/// gets a failed delivery, not nothing.
 const REPLAY_SQL: &str = r#"
-WITH ev AS (
+WITH eps AS MATERIALIZED (
+    SELECT ep.id, ep.enabled, ep.filter_like, ep.ordering FROM endpoints ep
+    WHERE ep.organization_id = $1
+    FOR KEY SHARE
+),
+ev AS (
     UPDATE events e SET delivered_at = NULL,
         status = CASE WHEN EXISTS (
-            SELECT 1 FROM endpoints ep
-            WHERE ep.organization_id = e.organization_id AND NOT ep.enabled
+            SELECT 1 FROM eps ep
+            WHERE NOT ep.enabled
               AND (ep.filter_like IS NULL OR e.event_type LIKE ep.filter_like ESCAPE '\')
         ) THEN 'failed' ELSE 'pending' END
     WHERE organization_id = $1 AND id = $2
@@ -35,8 +43,8 @@ WITH ev AS (
 dead AS (
     INSERT INTO failed_deliveries (endpoint_id, event_id, organization_id, reason, failed_at)
     SELECT ep.id, ev.id, ev.organization_id, 'endpoint_disabled', $3
-    FROM ev JOIN endpoints ep
-        ON ep.organization_id = ev.organization_id AND NOT ep.enabled
+    FROM ev JOIN eps ep
+        ON NOT ep.enabled
        AND (ep.filter_like IS NULL OR ev.event_type LIKE ep.filter_like ESCAPE '\')
     ON CONFLICT (endpoint_id, event_id) DO NOTHING
 ),
@@ -63,10 +71,9 @@ fanout AS (
     SELECT triggers_delivery_id(ev.id), ev.id, ev.organization_id, ep.id, 'pending', 0, $3, $3,
            -- A FIFO endpoint's fresh delivery joins the end of its line.
            CASE WHEN ep.ordering = 'fifo' THEN (SELECT nextval('deliveries_fifo_seq')) END
-    FROM ev JOIN endpoints ep
-        ON ep.organization_id = ev.organization_id AND ep.enabled
+    FROM ev JOIN eps ep
+        ON ep.enabled
        AND (ep.filter_like IS NULL OR ev.event_type LIKE ep.filter_like ESCAPE '\')
-    FOR KEY SHARE OF ep
     RETURNING 1
 ),
 wake AS (SELECT pg_notify($4, '') FROM (SELECT 1 FROM fanout LIMIT 1) one)

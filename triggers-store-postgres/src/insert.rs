@@ -13,9 +13,16 @@
 //!    written, and the batch runs again without the stored ones, which are then resolved
 //!    below: re-running a batch is idempotent);
 //! 3. fans out those same events: one delivery per enabled, matching endpoint (`LIKE filter
-//!    ESCAPE '\'`), locking those endpoints `FOR KEY SHARE` so a concurrent delete waits for
-//!    the batch, and one failed delivery per disabled, matching endpoint (the event is then
-//!    `failed`); deliveries to FIFO endpoints join their line (see the claim in `queue.rs`);
+//!    ESCAPE '\'`) and one failed delivery per disabled, matching endpoint (the event is then
+//!    `failed`); deliveries to FIFO endpoints join their line (see the claim in `queue.rs`).
+//!    The organizations' endpoints are locked `FOR KEY SHARE` first, once each: a concurrent
+//!    delete, disable or ordering switch (which lock the endpoint `FOR UPDATE`) waits for the
+//!    batch, and a batch that had to wait for one reads the endpoint as that change left it
+//!    — deleted: nothing; disabled: a failed delivery. The status, the deliveries and the
+//!    failed deliveries all read that one locked set. (They used to read the endpoints
+//!    separately, the status and the failed deliveries as of the statement's start: an
+//!    endpoint disabled while the batch waited got neither a delivery nor a failed one, and
+//!    the event could stay `pending` with nothing outstanding.);
 //! 4. calls `pg_notify` once if any delivery was created.
 //!
 //! Items the statement did not insert are then resolved with a fresh snapshot: an event row
@@ -96,16 +103,29 @@ claimed AS (
 todo AS (
     SELECT * FROM input i WHERE i.dedup_id IS NULL OR i.id IN (SELECT event_id FROM claimed)
 ),
+-- The endpoints of the batch's organizations, locked once each and read as they are once
+-- locked (a disable that committed while the batch waited for its lock is seen), so that
+-- the status, the deliveries and the failed deliveries all agree on which are enabled.
+eps AS MATERIALIZED (
+    SELECT ep.id, ep.organization_id, ep.enabled, ep.filter_like, ep.ordering
+    FROM endpoints ep
+    -- By index, as an array (a join with `input` may become a scan of every endpoint).
+    WHERE ep.organization_id = ANY (ARRAY(SELECT DISTINCT organization_id FROM input))
+    FOR KEY SHARE
+),
+-- Each inserted event with each matching disabled endpoint: a failed delivery.
+disabled AS MATERIALIZED (
+    SELECT t.id AS event_id, t.organization_id, t.created_at, ep.id AS endpoint_id
+    FROM todo t JOIN eps ep
+        ON ep.organization_id = t.organization_id AND NOT ep.enabled
+       AND ep.id IS DISTINCT FROM t.exclude
+       AND (ep.filter_like IS NULL OR t.event_type LIKE ep.filter_like ESCAPE '\')
+),
 ev AS (
     INSERT INTO events (id, organization_id, event_type, payload, dedup_id, status, created_at)
     SELECT t.id, t.organization_id, t.event_type, t.payload, t.dedup_id,
-           -- A matching disabled endpoint gets a failed delivery (`dead`), which fails the event.
-           CASE WHEN EXISTS (
-               SELECT 1 FROM endpoints ep
-               WHERE ep.organization_id = t.organization_id AND NOT ep.enabled
-                 AND ep.id IS DISTINCT FROM t.exclude
-                 AND (ep.filter_like IS NULL OR t.event_type LIKE ep.filter_like ESCAPE '\')
-           ) THEN 'failed' ELSE 'pending' END,
+           -- A failed delivery (`dead`) fails the event. (A hashed lookup, as above.)
+           CASE WHEN t.id IN (SELECT event_id FROM disabled) THEN 'failed' ELSE 'pending' END,
            t.created_at
     FROM todo t
     RETURNING id
@@ -120,20 +140,16 @@ fanout AS (
            t.created_at, t.created_at,
            -- One sequence value per statement, drawn only if a FIFO endpoint matched.
            CASE WHEN ep.ordering = 'fifo' THEN (SELECT nextval('deliveries_fifo_seq')) END
-    FROM todo t JOIN endpoints ep
+    FROM todo t JOIN eps ep
         ON ep.organization_id = t.organization_id AND ep.enabled
        AND ep.id IS DISTINCT FROM t.exclude
        AND (ep.filter_like IS NULL OR t.event_type LIKE ep.filter_like ESCAPE '\')
-    FOR KEY SHARE OF ep
     RETURNING event_id
 ),
 dead AS (
     INSERT INTO failed_deliveries (endpoint_id, event_id, organization_id, reason, failed_at)
-    SELECT ep.id, t.id, t.organization_id, 'endpoint_disabled', t.created_at
-    FROM todo t JOIN endpoints ep
-        ON ep.organization_id = t.organization_id AND NOT ep.enabled
-       AND ep.id IS DISTINCT FROM t.exclude
-       AND (ep.filter_like IS NULL OR t.event_type LIKE ep.filter_like ESCAPE '\')
+    SELECT endpoint_id, event_id, organization_id, 'endpoint_disabled', created_at
+    FROM disabled
     ON CONFLICT (endpoint_id, event_id) DO NOTHING
 ),
 wake AS (SELECT pg_notify($7, '') FROM (SELECT 1 FROM fanout LIMIT 1) one)
@@ -493,10 +509,15 @@ async fn delete_expired(conn: &mut PgConnection, items: &[Item<'_>]) -> Result<(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use sqlx::types::chrono::Utc;
     use sqlx::{Connection, PgConnection};
-    use triggers_core::store::{EndpointStore, NewEndpoint, OrgStore};
-    use triggers_core::{ApiKey, EndpointId, Organization, Secret, Tier};
+    use triggers_core::store::{EndpointStore, EventLog, InsertOutcome, NewEndpoint, OrgStore};
+    use triggers_core::{
+        ApiKey, EndpointId, EventId, EventRecord, EventStatus, Organization, OrganizationId,
+        Secret, Tier,
+    };
 
     use crate::testing;
     use crate::PgConfig;
@@ -578,6 +599,134 @@ mod tests {
         let handled = rows_handled(&plan);
         assert!(handled < 40 * n as u64, "{handled} rows for {n} events:\n{plan}");
         drop((conn, store));
+        db.drop_database().await.unwrap();
+    }
+
+    /// An organization with one enabled endpoint, on a fresh store.
+    async fn org_with_endpoint(store: &crate::PgStore) -> (OrganizationId, EndpointId) {
+        let org = Organization::new("acme", Tier::Enterprise, Utc::now());
+        store.create_organization(&org, &ApiKey::generate().hash()).await.unwrap();
+        let new = NewEndpoint {
+            id: EndpointId::new(),
+            url: "http://127.0.0.1:9/hook".into(),
+            event_type_filter: None,
+            secret: Secret::generate(),
+            created_at: Utc::now(),
+            ordering: Default::default(),
+        };
+        (org.id, store.create_endpoint(org.id, &new).await.unwrap().id)
+    }
+
+    /// Disables `endpoint` the way `update_endpoint` does (locks it `FOR UPDATE`, then
+    /// updates it) in a transaction on a connection of its own, runs `work` while that
+    /// transaction is open, waits until `work` is blocked on a lock, then commits. `work`
+    /// therefore starts before the disable commits and reaches the endpoint after.
+    async fn while_disabling<T>(
+        db: &testing::TestDatabase,
+        endpoint: EndpointId,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let mut conn = PgConnection::connect_with(&db.options).await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM endpoints WHERE id = $1 FOR UPDATE")
+            .bind(endpoint.0)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query(
+            "UPDATE endpoints SET enabled = false, disabled_reason = 'disabled_by_request'
+             WHERE id = $1",
+        )
+        .bind(endpoint.0)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        let mut watcher = PgConnection::connect_with(&db.options).await.unwrap();
+        let commit = async {
+            for _ in 0..1000 {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .fetch_one(&mut watcher)
+                .await
+                .unwrap();
+                if waiting > 0 {
+                    return tx.commit().await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the work never waited for the endpoint's lock");
+        };
+        tokio::join!(work, commit).0
+    }
+
+    /// A failed delivery of the event to the endpoint, and no queued one.
+    async fn failed_not_queued(db: &testing::TestDatabase, endpoint: EndpointId, event: EventId) {
+        let mut conn = PgConnection::connect_with(&db.options).await.unwrap();
+        let (failed, queued): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM failed_deliveries
+                     WHERE endpoint_id = $1 AND event_id = $2 AND reason = 'endpoint_disabled'),
+                    (SELECT count(*) FROM deliveries WHERE event_id = $2)",
+        )
+        .bind(endpoint.0)
+        .bind(event.0)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!((failed, queued), (1, 0));
+    }
+
+    /// A batch that started before a disable committed, and reached the endpoint after,
+    /// reads the endpoint as the disable left it: the event gets a failed delivery and is
+    /// `failed`. (It used to get neither a delivery nor a failed one, and stayed `pending`
+    /// with nothing outstanding.)
+    #[tokio::test]
+    async fn an_endpoint_disabled_while_a_batch_waits_for_it_fails_the_batchs_events() {
+        let Some((db, store)) = testing::fresh_store(PgConfig::default()).await else { return };
+        let (org, endpoint) = org_with_endpoint(&store).await;
+        let now = Utc::now();
+        let event = EventRecord {
+            id: EventId::new(),
+            event_type: "order.created".into(),
+            payload: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            dedup_id: Some("d-1".into()),
+            created_at: now,
+            exclude_endpoint: None,
+        };
+        let id = event.id;
+        let insert = store.insert_events(org, vec![event], Duration::from_secs(60), now);
+        let outcomes = while_disabling(&db, endpoint, insert).await.unwrap();
+        assert!(matches!(outcomes[..], [InsertOutcome::Inserted { deliveries: 0, .. }]));
+        let detail = store.event(org, id).await.unwrap().unwrap();
+        assert_eq!(detail.event.status, EventStatus::Failed);
+        failed_not_queued(&db, endpoint, id).await;
+        drop(store);
+        db.drop_database().await.unwrap();
+    }
+
+    /// The same for a replay: the endpoint disabled while the replay waits for it gets a
+    /// failed delivery, and the replayed event is `failed`.
+    #[tokio::test]
+    async fn an_endpoint_disabled_while_a_replay_waits_for_it_fails_the_event() {
+        let Some((db, store)) = testing::fresh_store(PgConfig::default()).await else { return };
+        let (org, endpoint) = org_with_endpoint(&store).await;
+        let now = Utc::now();
+        let event = EventRecord {
+            id: EventId::new(),
+            event_type: "order.created".into(),
+            payload: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            dedup_id: None,
+            created_at: now,
+            exclude_endpoint: None,
+        };
+        let id = event.id;
+        store.insert_events(org, vec![event], Duration::from_secs(60), now).await.unwrap();
+        let replay = store.replay(org, id, Utc::now());
+        let status = while_disabling(&db, endpoint, replay).await.unwrap();
+        assert_eq!(status, Some(EventStatus::Failed));
+        failed_not_queued(&db, endpoint, id).await;
+        drop(store);
         db.drop_database().await.unwrap();
     }
 }

@@ -4,7 +4,8 @@
 //! Disabling locks the endpoint row `FOR UPDATE` before failing its deliveries: that waits
 //! for insert batches that are fanning out to it (they hold `FOR KEY SHARE`), and the sweep
 //! then runs with a snapshot that sees their deliveries. Batches that reach the endpoint
-//! after the lock re-check `enabled` once it is released and queue nothing for it.
+//! after the lock read it once it is released, disabled, and give their events a failed
+//! delivery for it instead (`insert.rs`).
 
 use sqlx::types::Uuid;
 use sqlx::{PgConnection, Row};

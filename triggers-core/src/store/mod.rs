@@ -220,6 +220,10 @@ pub trait EventLog: Send + Sync + 'static {
     /// `recover` can queue once the endpoint is enabled again; `InsertOutcome::deliveries`
     /// counts only the queued ones.
     /// An event's [`exclude_endpoint`](EventRecord::exclude_endpoint) gets neither.
+    /// Concurrent endpoint changes: every matching endpoint that exists when the insert
+    /// commits gets exactly one of the two, by the state the insert saw it in, whatever
+    /// `update_endpoint` or `delete_endpoint` runs at the same time (a store that locks must
+    /// read an endpoint it waited for as that change left it); `replay` likewise.
     ///
     /// Inserted events have status `pending`, or `failed` when a matching endpoint is
     /// disabled (a failed delivery fails its event, as always). Errors: `Overloaded` when the intake is full;
