@@ -29,6 +29,11 @@
 //! cargo run --release --example loadgen -- --webhook --connections 16 --duration 10s
 //! ```
 //!
+//! `--endpoints N` (with `--webhook`, default 1) registers N endpoints of the organization at
+//! the receiver (up to the server's `TRIGGERS_MAX_ENDPOINTS`, 50 by default): every event
+//! fans out to all of them, and the run waits for N deliveries per accepted event. It
+//! measures what fan-out costs the ingest and the delivery path.
+//!
 //! `--batch N` sends `POST /api/events/batch` with N events per request instead (each event
 //! as above) and also prints events per second; with `--webhook` every event of an accepted
 //! batch is expected at the receiver.
@@ -78,6 +83,7 @@ struct Args {
     get: Option<String>,
     webhook: bool,
     fifo: bool,
+    endpoints: usize,
     batch: Option<usize>,
 }
 
@@ -105,6 +111,7 @@ fn parse_args() -> Result<Args, Error> {
         get: None,
         webhook: false,
         fifo: false,
+        endpoints: 1,
         batch: None,
     };
     let mut args = std::env::args().skip(1);
@@ -126,6 +133,7 @@ fn parse_args() -> Result<Args, Error> {
             "--get" => a.get = Some(value()?),
             "--webhook" => a.webhook = true,
             "--fifo" => a.fifo = true,
+            "--endpoints" => a.endpoints = value()?.parse()?,
             "--batch" => a.batch = Some(value()?.parse()?),
             "-h" | "--help" => {
                 out!("see the doc comment of examples/loadgen/main.rs for the options");
@@ -136,6 +144,12 @@ fn parse_args() -> Result<Args, Error> {
     }
     if a.fifo && !a.webhook {
         return Err("--fifo needs --webhook".into());
+    }
+    if a.endpoints != 1 && !a.webhook {
+        return Err("--endpoints needs --webhook".into());
+    }
+    if a.endpoints == 0 {
+        return Err("--endpoints must be at least 1".into());
     }
     if a.webhook {
         if a.get.is_some() {
@@ -344,8 +358,10 @@ async fn run(args: Args) -> Result<(), Error> {
     let receiver = match args.webhook {
         true => {
             let receiver = receiver::Receiver::start().await?;
-            let url = format!("http://{}/hook", receiver.addr);
-            receiver.set_secret(&create_endpoint(&args.host, &key, &url, args.fifo).await?)?;
+            for i in 0..args.endpoints {
+                let secret = create_endpoint(&args.host, &key, &receiver.url(i), args.fifo).await?;
+                receiver.set_secret(i, &secret)?;
+            }
             Some(receiver)
         }
         false => None,
@@ -414,18 +430,19 @@ async fn run(args: Args) -> Result<(), Error> {
     let statuses: Vec<String> = total.statuses.iter().map(|(s, n)| format!("{s}={n}")).collect();
     out!("status: {} connection_errors={}", statuses.join(" "), total.errors);
     if let (Some(receiver), Some(load_started)) = (receiver, load_started) {
-        report_deliveries(&receiver, accepted, load_started).await;
+        let expected = accepted * args.endpoints as u64;
+        report_deliveries(&receiver, expected, load_started).await;
     }
     Ok(())
 }
 
-/// Waits until `accepted` distinct deliveries arrived (or none for 30 s) and prints the rate.
-async fn report_deliveries(receiver: &receiver::Receiver, accepted: u64, load_started: Duration) {
+/// Waits until `expected` distinct deliveries arrived (or none for 30 s) and prints the rate.
+async fn report_deliveries(receiver: &receiver::Receiver, expected: u64, load_started: Duration) {
     let load_ended = receiver.elapsed();
     let (mut last_count, mut last_progress) = (0, Instant::now());
     loop {
         let n = receiver.distinct();
-        if n >= accepted || last_progress.elapsed() > Duration::from_secs(30) {
+        if n >= expected || last_progress.elapsed() > Duration::from_secs(30) {
             break;
         }
         if n != last_count {
@@ -439,7 +456,7 @@ async fn report_deliveries(receiver: &receiver::Receiver, accepted: u64, load_st
         t.per_second.iter().copied().take(t.per_second.len().saturating_sub(1)).collect();
     full.sort_unstable();
     out!(
-        "deliveries: {} of {accepted} accepted events (requests={} bad_signatures={}) \
+        "deliveries: {} of {expected} expected (requests={} bad_signatures={}) \
          in {span:.2}s from the first request: rate={:.0} deliveries/s; \
          queue drained {:.2}s after the last request",
         t.distinct,
@@ -456,10 +473,10 @@ async fn report_deliveries(receiver: &receiver::Receiver, accepted: u64, load_st
         full.len(),
         t.out_of_order
     );
-    if t.distinct < accepted {
+    if t.distinct < expected {
         out!(
-            "MISSING: {} accepted events were not delivered within 30 s of the last",
-            accepted - t.distinct
+            "MISSING: {} deliveries of accepted events did not arrive within 30 s of the last",
+            expected - t.distinct
         );
     }
 }

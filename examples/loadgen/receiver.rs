@@ -1,5 +1,7 @@
 //! A webhook receiver on loopback for the delivery benchmark: answers every POST with 200,
-//! checks each Standard Webhooks signature, and counts distinct `webhook-id`s over time.
+//! checks each Standard Webhooks signature, and counts distinct deliveries over time. Endpoint
+//! `i` of the run is the path `/hook/{i}` with its own secret; a delivery is distinct by
+//! (endpoint, `webhook-id`).
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -22,22 +24,23 @@ use crate::Error;
 /// What the receiver has seen so far.
 #[derive(Default)]
 struct Seen {
-    ids: HashSet<String>,
+    ids: HashSet<(usize, String)>,
     requests: u64,
     bad_signatures: u64,
     /// When each distinct id arrived, relative to `started`, in order.
     arrivals: Vec<Duration>,
-    /// Per load connection (`payload.c`), the last `payload.n` delivered for the first time.
-    last_n: HashMap<u64, u64>,
+    /// Per endpoint and load connection (`payload.c`), the last `payload.n` delivered for the
+    /// first time.
+    last_n: HashMap<(usize, u64), u64>,
     /// First deliveries whose `n` was below an earlier one of the same connection.
     out_of_order: u64,
 }
 
-/// A running receiver. Its signing key is set once the endpoint is registered.
+/// A running receiver. The signing key of each endpoint is set once it is registered.
 pub(crate) struct Receiver {
     pub(crate) addr: SocketAddr,
     started: Instant,
-    key: Mutex<Option<Vec<u8>>>,
+    keys: Mutex<Vec<Option<Vec<u8>>>>,
     seen: Mutex<Seen>,
 }
 
@@ -50,8 +53,9 @@ pub(crate) struct Tally {
     pub(crate) last: Duration,
     /// Distinct deliveries per whole second after the first one, in order.
     pub(crate) per_second: Vec<u64>,
-    /// First deliveries that overtook an earlier event of the same load connection (events
-    /// carrying `payload.c`, as `--fifo` sends them; 0 when no event does).
+    /// First deliveries that overtook an earlier event of the same load connection at the
+    /// same endpoint (events carrying `payload.c`, as `--fifo` sends them; 0 when no event
+    /// does).
     pub(crate) out_of_order: u64,
 }
 
@@ -62,7 +66,7 @@ impl Receiver {
         let receiver = Arc::new(Self {
             addr: listener.local_addr()?,
             started: Instant::now(),
-            key: Mutex::new(None),
+            keys: Mutex::new(Vec::new()),
             seen: Mutex::new(Seen::default()),
         });
         let r = receiver.clone();
@@ -83,10 +87,19 @@ impl Receiver {
         Ok(receiver)
     }
 
-    /// Sets the endpoint's `whsec_…` secret, which every delivery must be signed with.
-    pub(crate) fn set_secret(&self, secret: &str) -> Result<(), Error> {
+    /// The URL of endpoint `i` of the run.
+    pub(crate) fn url(&self, i: usize) -> String {
+        format!("http://{}/hook/{i}", self.addr)
+    }
+
+    /// Sets endpoint `i`'s `whsec_…` secret, which every delivery to it must be signed with.
+    pub(crate) fn set_secret(&self, i: usize, secret: &str) -> Result<(), Error> {
         let key = standard_webhooks::secret_key(secret)?;
-        *self.key.lock().unwrap_or_else(PoisonError::into_inner) = Some(key);
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if keys.len() <= i {
+            keys.resize(i + 1, None);
+        }
+        keys[i] = Some(key);
         Ok(())
     }
 
@@ -96,17 +109,19 @@ impl Receiver {
         };
         let (id, ts, signatures) =
             (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"));
+        let endpoint = req.uri().path().strip_prefix("/hook/").and_then(|i| i.parse().ok());
         let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        let valid = self.signed(&id, &ts, &body, &signatures);
+        let endpoint = endpoint.unwrap_or(usize::MAX);
+        let valid = self.signed(endpoint, &id, &ts, &body, &signatures);
         let at = self.started.elapsed();
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         seen.requests += 1;
         if !valid {
             seen.bad_signatures += 1;
-        } else if seen.ids.insert(id) {
+        } else if seen.ids.insert((endpoint, id)) {
             seen.arrivals.push(at);
             if let Some((c, n)) = connection_and_n(&body) {
-                match seen.last_n.insert(c, n) {
+                match seen.last_n.insert((endpoint, c), n) {
                     Some(previous) if previous > n => seen.out_of_order += 1,
                     _ => {}
                 }
@@ -115,9 +130,10 @@ impl Receiver {
         Response::new(Full::new(Bytes::new()))
     }
 
-    fn signed(&self, id: &str, ts: &str, body: &[u8], signatures: &str) -> bool {
-        let key = self.key.lock().unwrap_or_else(PoisonError::into_inner);
-        key.as_deref().is_some_and(|key| standard_webhooks::verify(key, id, ts, body, signatures))
+    fn signed(&self, endpoint: usize, id: &str, ts: &str, body: &[u8], signatures: &str) -> bool {
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = keys.get(endpoint).and_then(Option::as_deref);
+        key.is_some_and(|key| standard_webhooks::verify(key, id, ts, body, signatures))
     }
 
     /// Distinct deliveries so far.
