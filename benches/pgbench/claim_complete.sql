@@ -117,7 +117,7 @@ WITH fin AS (
                  array_fill(now(), ARRAY[:n]), array_fill(200, ARRAY[:n]), array_fill(1::int8, ARRAY[:n]), array_fill(NULL::text, ARRAY[:n]))
         WITH ORDINALITY AS c(id, owner, attempt, endpoint_id, at, status_code, latency_ms, error, ord)
     WHERE d.id = c.id AND d.state = 'in_flight' AND d.lease_owner = c.owner
-      AND d.attempt = c.attempt
+      AND d.attempt = c.attempt AND NOT d.shared
     RETURNING d.id, d.event_id, c.endpoint_id, c.at, c.status_code, c.latency_ms, c.error, c.ord
 ),
 attempts_in AS (

@@ -25,6 +25,12 @@
 //! Nor does it look for the event's other outstanding deliveries: a single delivery whose
 //! fenced delete applied was the last one (the argument of step 2), and probing
 //! `deliveries_event` for each of them cost ≈ 20 % of the claim + complete throughput.
+//! Deliveries are added to an event with outstanding ones by `replay`, which deletes those
+//! first (their completions are then stale), and by `recover`, which first marks them
+//! `shared` (migration 0008): the fast path's fence refuses a shared delivery, and the
+//! completions it did not apply go down the general path, which decides whether each is
+//! stale. A recover that comes after a fast completion committed finds its event decided
+//! (`delivered` stays delivered, as the store contract says).
 //!
 //! **Durability.** Both paths commit with `synchronous_commit = off` (their first statement
 //! sets it for its transaction): a completion is lease bookkeeping, which the store contract
@@ -117,7 +123,7 @@ WITH fin AS (
                 $6::int4[], $7::int8[], $8::text[])
         WITH ORDINALITY AS c(id, owner, attempt, endpoint_id, at, status_code, latency_ms, error, ord)
     WHERE d.id = c.id AND d.state = 'in_flight' AND d.lease_owner = c.owner
-      AND d.attempt = c.attempt
+      AND d.attempt = c.attempt AND NOT d.shared
     RETURNING d.id, d.event_id, c.endpoint_id, c.at, c.status_code, c.latency_ms, c.error, c.ord
 ),
 attempts_in AS (
@@ -305,14 +311,38 @@ pub(crate) async fn complete_on(
         return Ok(Vec::new());
     }
     let batch = Batch::new(singles, completions, keep);
+    let mut applied = apply(conn, &batch.firsts, batch.fast, batch.keep).await?;
+    if batch.fast {
+        // Not applied on the fast path: stale, or `shared` since the claim (a `recover`
+        // queued another delivery of the event); the general path decides which.
+        let rest = batch.stale(&applied);
+        if !rest.is_empty() {
+            applied.extend(apply(conn, &rest, false, batch.keep).await?);
+        }
+    }
+    let stale = batch.stale(&applied);
+    if !stale.is_empty() {
+        record_superseded(conn, &stale, batch.keep).await.map_err(map)?;
+    }
+    Ok(batch.flags(applied))
+}
+
+/// Applies `firsts` on the fast path or the general path, running a batch that was rolled
+/// back (a deadlock) again; returns the ids of the deliveries whose completion applied.
+async fn apply(
+    conn: &mut PgConnection,
+    firsts: &[&Completion],
+    fast: bool,
+    keep: i64,
+) -> StoreResult<HashSet<Uuid>> {
     let mut attempt = 0;
-    let applied = loop {
-        let run = if batch.fast {
-            complete_fast(&mut *conn, &batch.firsts, batch.keep).await
+    loop {
+        let run = if fast {
+            complete_fast(&mut *conn, firsts, keep).await
         } else {
             async {
                 let mut tx = conn.begin().await?;
-                let applied = complete_once(&mut tx, &batch.firsts, batch.keep).await?;
+                let applied = complete_once(&mut tx, firsts, keep).await?;
                 tx.commit().await?;
                 Ok(applied)
             }
@@ -324,14 +354,9 @@ pub(crate) async fn complete_on(
                 tracing::debug!(error = %e, "completion batch rolled back; running it again");
                 tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
             }
-            other => break other.map_err(map)?,
+            other => return other.map_err(map),
         }
-    };
-    let stale = batch.stale(&applied);
-    if !stale.is_empty() {
-        record_superseded(conn, &stale, batch.keep).await.map_err(map)?;
     }
-    Ok(batch.flags(applied))
 }
 
 /// Records the attempts of stale completions whose delivery a replay superseded.

@@ -93,6 +93,13 @@ revived AS (
     UPDATE events SET status = 'pending'
     WHERE id IN (SELECT event_id FROM gone) AND status = 'failed'
 ),
+-- The events' other outstanding deliveries are no longer their only one: their completions
+-- must not take the fast path (`complete.rs`). Locking them waits for a fast completion
+-- already under way, which then decided before this recover, as if it had come first.
+shared AS (
+    UPDATE deliveries d SET shared = true
+    WHERE d.event_id IN (SELECT event_id FROM gone) AND NOT d.shared
+),
 wake AS (SELECT pg_notify($6, '') FROM (SELECT 1 FROM gone LIMIT 1) one)
 SELECT (SELECT count(*) FROM gone) AS queued, (SELECT count(*) FROM picked) AS picked,
        (SELECT count(*) FROM wake) AS woke

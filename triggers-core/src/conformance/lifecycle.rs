@@ -130,6 +130,36 @@ pub async fn disabling_an_endpoint_fails_its_outstanding_deliveries<S: EventStor
     assert_eq!(store.queue_depth().await.unwrap(), 1, "enabling queues nothing by itself");
 }
 
+/// An event is `delivered` only once its last outstanding delivery succeeded, also when
+/// `recover` queued another delivery of it while one was in flight: that one's success
+/// leaves the event `pending`, and the recovered delivery's final failure fails it.
+pub async fn a_recovered_delivery_keeps_its_event_open<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    let a = endpoint(store, org, None, t(0)).await;
+    let b = endpoint(store, org, None, t(0)).await;
+    let event = insert_one(store, org, "x", t(1)).await;
+    // b is disabled: its delivery fails, and so does the event.
+    store.update_endpoint(org, b.id, &disable(), t(2)).await.unwrap().unwrap();
+    assert_eq!(status(store, org, event).await, EventStatus::Failed);
+    // a's delivery, now the event's only outstanding one, goes out ...
+    let w = WorkerId::new();
+    let to_a = claim_one(store, w, t(3)).await;
+    assert_eq!(to_a.endpoint_id, a.id);
+    // ... while b comes back and its failed delivery is queued again.
+    store.update_endpoint(org, b.id, &enable(), t(4)).await.unwrap().unwrap();
+    let recovered = store.recover(org, b.id, window(0, None, 10), t(4)).await.unwrap().unwrap();
+    assert_eq!(recovered.queued, 1);
+    assert_eq!(status(store, org, event).await, EventStatus::Pending);
+    // a's success does not finish the event: b's delivery is outstanding.
+    assert!(complete(store, completion(&to_a, CompletionState::Delivered, t(5))).await);
+    assert_eq!(status(store, org, event).await, EventStatus::Pending);
+    // b's delivery fails for good: the event is failed.
+    let to_b = claim_one(store, w, t(6)).await;
+    assert_eq!((to_b.event_id, to_b.endpoint_id), (event, b.id));
+    assert!(complete(store, completion(&to_b, CompletionState::Failed, t(7))).await);
+    assert_eq!(status(store, org, event).await, EventStatus::Failed);
+}
+
 /// `recover` queues the failed deliveries of an enabled endpoint whose event lies in the
 /// window, oldest first, at most `limit` per call with `more` telling whether some remain;
 /// failed events become `pending` again and are delivered by the queued deliveries.

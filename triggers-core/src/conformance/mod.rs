@@ -70,6 +70,7 @@ pub use inbox::{
     stats_count_events_and_in_flight_deliveries,
 };
 pub use lifecycle::{
+    a_recovered_delivery_keeps_its_event_open,
     disabling_an_endpoint_fails_its_outstanding_deliveries, endpoints_are_found_and_patched,
     excluded_endpoints_get_nothing, recover_requeues_failed_deliveries,
 };
@@ -149,6 +150,7 @@ macro_rules! store_conformance_tests {
                 endpoints_are_found_and_patched,
                 disabling_an_endpoint_fails_its_outstanding_deliveries,
                 recover_requeues_failed_deliveries,
+                a_recovered_delivery_keeps_its_event_open,
                 excluded_endpoints_get_nothing,
                 endpoints_per_organization_are_capped,
                 attempts_beyond_the_cap_drop_the_oldest,

@@ -140,7 +140,9 @@ pub trait EndpointStore: Send + Sync + 'static {
     /// delivery (attempt 0, due `now`) and is no longer failed — for a FIFO endpoint an
     /// ordered delivery joining the end of its line, so the recovered ones go one at a time,
     /// in event order, after what was already waiting (like a fresh insert); a `failed` event becomes
-    /// `pending` again (a `delivered` one stays delivered, as after an ack). `more` tells
+    /// `pending` again (a `delivered` one stays delivered, as after an ack) and is not
+    /// `delivered` before the recovered delivery succeeds, also when another delivery of it
+    /// was in flight during the recover and succeeds first. `more` tells
     /// whether failed deliveries of the window remain. `None` for an unknown or foreign id;
     /// a disabled endpoint recovers nothing (`queued: 0`; its failed deliveries stay).
     async fn recover(
