@@ -28,6 +28,7 @@ const REPLAY_SQL: &str = r#"
 WITH eps AS MATERIALIZED (
     SELECT ep.id, ep.enabled, ep.filter_like, ep.ordering FROM endpoints ep
     WHERE ep.organization_id = $1
+    ORDER BY ep.id
     FOR KEY SHARE
 ),
 ev AS (

@@ -111,6 +111,8 @@ eps AS MATERIALIZED (
     FROM endpoints ep
     -- By index, as an array (a join with `input` may become a scan of every endpoint).
     WHERE ep.organization_id = ANY (ARRAY(SELECT DISTINCT organization_id FROM input))
+    -- In id order, as `lifecycle::fail_outstanding` locks several: no deadlock between them.
+    ORDER BY ep.id
     FOR KEY SHARE
 ),
 -- Each inserted event with each matching disabled endpoint: a failed delivery.
