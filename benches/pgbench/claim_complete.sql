@@ -32,7 +32,8 @@ capped AS (
     WHERE o.due_at <= now()
 ),
 open AS (
-    SELECT * FROM (
+    SELECT r.*, row_number() OVER (ORDER BY r.first_due, r.endpoint_id) AS claim_rank
+    FROM (
         SELECT c.*, row_number() OVER (PARTITION BY c.organization_id
                                        ORDER BY c.first_due, c.endpoint_id) AS org_rank
         FROM capped c
@@ -48,7 +49,7 @@ parallel AS (
         SELECT l.id, l.due_at FROM deliveries l
         WHERE l.endpoint_id = e.endpoint_id AND l.fifo_seq IS NULL AND l.due_at <= now()
         ORDER BY l.due_at
-        LIMIT LEAST(e.cap - e.ep_n, 64)
+        LIMIT LEAST(e.cap - e.ep_n, 2147483647 - e.org_n, 64 - e.claim_rank + 1)
         FOR UPDATE SKIP LOCKED
     ) d
 ),
@@ -103,7 +104,8 @@ res AS (
 SELECT c.id, c.attempt, c.event_id, c.endpoint_id, e.organization_id, e.event_type, e.payload, e.created_at,
        ep.url, ep.secret, ep.previous_secret, ep.previous_valid_until, ep.failing_since,
        ep.headers, ep.rate_limit, ep.concurrency,
-       (SELECT count(*) FROM deliveries o WHERE o.event_id = c.event_id) AS siblings
+       (SELECT count(*) FROM (SELECT 1 FROM deliveries o WHERE o.event_id = c.event_id
+                              LIMIT 2) o) AS siblings
 FROM claimed c
 JOIN due ON due.id = c.id
 JOIN events e ON e.id = c.event_id

@@ -34,9 +34,11 @@ use crate::PgStore;
 /// always runs in a transaction of its own (autocommitted), so `current_setting` reads the
 /// session's value, not one an earlier statement of the transaction set.
 ///
-/// `siblings` counts the event's other outstanding deliveries as of the statement's snapshot
-/// (finished ones are deleted): 1 means every other delivery of the event has finished and
-/// committed, so nobody else can decide the event's status (see `complete`).
+/// `siblings` counts the event's outstanding deliveries, this one included, as of the
+/// statement's snapshot (finished ones are deleted), up to two: 1 means every other delivery
+/// of the event has finished and committed, so nobody else can decide the event's status
+/// (see `complete`). Counting stops at two, as only 1 matters (an event with 50 endpoints
+/// cost 50 index entries per claimed delivery).
 ///
 /// Fairness (the rules of `DeliveryQueue::claim`), reading the statement top down:
 /// 1. `busy`: live leases per endpoint and organization, from the partial index
@@ -52,7 +54,13 @@ use crate::PgStore;
 ///    claim's —, per organization only as many, earliest first, as the organization has
 ///    room for, then the `$2` earliest: no other endpoint can hold one of the `$2` earliest
 ///    claimable deliveries. `parallel`: for each, its earliest due deliveries, no more than
-///    its room, locked `SKIP LOCKED`.
+///    its room, its organization's room, and `$2 - k + 1` for the `k`-th of them (by first
+///    due time): each of the `k - 1` before it puts a delivery due no later than this one's
+///    first into the claim (its own first, or, if its organization's cap drops that, the
+///    organization's earlier ones, at least as many as it has endpoints here), so the `k`-th
+///    can place at most `$2 - k + 1` (ties in due time aside, which any order may break).
+///    With 16 endpoints open, a claim of 16 locks 136 rows instead of 256 (≈ 25 % less time
+///    with 50 endpoints; BENCHMARKS.md, "Issue #17, eleventh sitting"). Locked `SKIP LOCKED`.
 /// 4. `heads`: the first delivery of each FIFO endpoint's line (by `fifo_seq, event_id`), if
 ///    it is due, its endpoint has nothing in flight and its organization is under its cap.
 ///    The head is chosen from the statement's snapshot *without* skipping locked rows (a
@@ -96,7 +104,8 @@ capped AS (
     WHERE o.due_at <= $1
 ),
 open AS (
-    SELECT * FROM (
+    SELECT r.*, row_number() OVER (ORDER BY r.first_due, r.endpoint_id) AS claim_rank
+    FROM (
         SELECT c.*, row_number() OVER (PARTITION BY c.organization_id
                                        ORDER BY c.first_due, c.endpoint_id) AS org_rank
         FROM capped c
@@ -112,7 +121,7 @@ parallel AS (
         SELECT l.id, l.due_at FROM deliveries l
         WHERE l.endpoint_id = e.endpoint_id AND l.fifo_seq IS NULL AND l.due_at <= $1
         ORDER BY l.due_at
-        LIMIT LEAST(e.cap - e.ep_n, $2)
+        LIMIT LEAST(e.cap - e.ep_n, $5 - e.org_n, $2 - e.claim_rank + 1)
         FOR UPDATE SKIP LOCKED
     ) d
 ),
@@ -167,7 +176,9 @@ SELECT c.id, c.attempt, c.event_id, c.endpoint_id, e.organization_id, e.event_ty
        ep.url, ep.secret, ep.previous_secret, ep.previous_valid_until, ep.failing_since,
        -- Issue 14: the endpoint's custom headers and limits travel with each delivery.
        ep.headers, ep.rate_limit, ep.concurrency,
-       (SELECT count(*) FROM deliveries o WHERE o.event_id = c.event_id) AS siblings
+       -- 1: the event's only outstanding delivery (more are not counted).
+       (SELECT count(*) FROM (SELECT 1 FROM deliveries o WHERE o.event_id = c.event_id
+                              LIMIT 2) o) AS siblings
 FROM claimed c
 JOIN due ON due.id = c.id
 JOIN events e ON e.id = c.event_id
