@@ -19,10 +19,9 @@
 //!    delete, disable or ordering switch (which lock the endpoint `FOR UPDATE`) waits for the
 //!    batch, and a batch that had to wait for one reads the endpoint as that change left it
 //!    — deleted: nothing; disabled: a failed delivery. The status, the deliveries and the
-//!    failed deliveries all read that one locked set. (They used to read the endpoints
-//!    separately, the status and the failed deliveries as of the statement's start: an
-//!    endpoint disabled while the batch waited got neither a delivery nor a failed one, and
-//!    the event could stay `pending` with nothing outstanding.);
+//!    failed deliveries all read that one locked set (read apart, an endpoint disabled while
+//!    the batch waited got neither, and its event could stay `pending` with nothing
+//!    outstanding);
 //! 4. calls `pg_notify` once if any delivery was created.
 //!
 //! Items the statement did not insert are then resolved with a fresh snapshot: an event row
