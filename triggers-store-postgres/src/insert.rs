@@ -618,6 +618,21 @@ mod tests {
         (org.id, store.create_endpoint(org.id, &new).await.unwrap().id)
     }
 
+    /// A new `order.created` event with an empty payload.
+    fn order_created(
+        dedup_id: Option<&str>,
+        now: sqlx::types::chrono::DateTime<Utc>,
+    ) -> EventRecord {
+        EventRecord {
+            id: EventId::new(),
+            event_type: "order.created".into(),
+            payload: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            dedup_id: dedup_id.map(str::to_owned),
+            created_at: now,
+            exclude_endpoint: None,
+        }
+    }
+
     /// Disables `endpoint` the way `update_endpoint` does (locks it `FOR UPDATE`, then
     /// updates it) in a transaction on a connection of its own, runs `work` while that
     /// transaction is open, waits until `work` is blocked on a lock, then commits. `work`
@@ -687,14 +702,7 @@ mod tests {
         let Some((db, store)) = testing::fresh_store(PgConfig::default()).await else { return };
         let (org, endpoint) = org_with_endpoint(&store).await;
         let now = Utc::now();
-        let event = EventRecord {
-            id: EventId::new(),
-            event_type: "order.created".into(),
-            payload: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
-            dedup_id: Some("d-1".into()),
-            created_at: now,
-            exclude_endpoint: None,
-        };
+        let event = order_created(Some("d-1"), now);
         let id = event.id;
         let insert = store.insert_events(org, vec![event], Duration::from_secs(60), now);
         let outcomes = while_disabling(&db, endpoint, insert).await.unwrap();
@@ -713,14 +721,7 @@ mod tests {
         let Some((db, store)) = testing::fresh_store(PgConfig::default()).await else { return };
         let (org, endpoint) = org_with_endpoint(&store).await;
         let now = Utc::now();
-        let event = EventRecord {
-            id: EventId::new(),
-            event_type: "order.created".into(),
-            payload: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
-            dedup_id: None,
-            created_at: now,
-            exclude_endpoint: None,
-        };
+        let event = order_created(None, now);
         let id = event.id;
         store.insert_events(org, vec![event], Duration::from_secs(60), now).await.unwrap();
         let replay = store.replay(org, id, Utc::now());
