@@ -552,20 +552,7 @@ mod tests {
     #[tokio::test]
     async fn the_batch_statements_generic_plan_is_linear_in_the_batch() {
         let Some((db, store)) = testing::fresh_store(PgConfig::default()).await else { return };
-        let org = Organization::new("acme", Tier::Enterprise, Utc::now());
-        store.create_organization(&org, &ApiKey::generate().hash()).await.unwrap();
-        let mut endpoints = Vec::new();
-        for _ in 0..2 {
-            let new = NewEndpoint {
-                id: EndpointId::new(),
-                url: "http://127.0.0.1:9/hook".into(),
-                event_type_filter: None,
-                secret: Secret::generate(),
-                created_at: Utc::now(),
-                ordering: Default::default(),
-            };
-            endpoints.push(store.create_endpoint(org.id, &new).await.unwrap().id);
-        }
+        let (org, endpoints) = org_with_endpoints(&store, 2).await;
         let mut conn = PgConnection::connect_with(&db.options).await.unwrap();
         sqlx::query("UPDATE endpoints SET enabled = false WHERE id = $1")
             .bind(endpoints[1].0)
@@ -577,7 +564,7 @@ mod tests {
         let dedup = (0..n).map(|i| if i % 2 == 0 { format!("d-{i}") } else { "NULL".into() });
         let args = [
             array((0..n).map(|_| triggers_core::EventId::new().0.to_string()).collect()),
-            array(vec![org.id.0.to_string(); n]),
+            array(vec![org.0.to_string(); n]),
             array(vec!["order.created".into(); n]),
             array(vec!["1".into(); n]),
             array(dedup.collect()),
@@ -603,26 +590,30 @@ mod tests {
         db.drop_database().await.unwrap();
     }
 
-    /// An organization with one enabled endpoint, on a fresh store.
-    async fn org_with_endpoint(store: &crate::PgStore) -> (OrganizationId, EndpointId) {
+    /// A new organization with `n` enabled endpoints that match every event.
+    async fn org_with_endpoints(
+        store: &crate::PgStore,
+        n: usize,
+    ) -> (OrganizationId, Vec<EndpointId>) {
         let org = Organization::new("acme", Tier::Enterprise, Utc::now());
         store.create_organization(&org, &ApiKey::generate().hash()).await.unwrap();
-        let new = NewEndpoint {
-            id: EndpointId::new(),
-            url: "http://127.0.0.1:9/hook".into(),
-            event_type_filter: None,
-            secret: Secret::generate(),
-            created_at: Utc::now(),
-            ordering: Default::default(),
-        };
-        (org.id, store.create_endpoint(org.id, &new).await.unwrap().id)
+        let mut endpoints = Vec::new();
+        for _ in 0..n {
+            let new = NewEndpoint {
+                id: EndpointId::new(),
+                url: "http://127.0.0.1:9/hook".into(),
+                event_type_filter: None,
+                secret: Secret::generate(),
+                created_at: Utc::now(),
+                ordering: Default::default(),
+            };
+            endpoints.push(store.create_endpoint(org.id, &new).await.unwrap().id);
+        }
+        (org.id, endpoints)
     }
 
     /// A new `order.created` event with an empty payload.
-    fn order_created(
-        dedup_id: Option<&str>,
-        now: sqlx::types::chrono::DateTime<Utc>,
-    ) -> EventRecord {
+    fn order_created(dedup_id: Option<&str>, now: triggers_core::Timestamp) -> EventRecord {
         EventRecord {
             id: EventId::new(),
             event_type: "order.created".into(),
@@ -700,7 +691,8 @@ mod tests {
     #[tokio::test]
     async fn an_endpoint_disabled_while_a_batch_waits_for_it_fails_the_batchs_events() {
         let Some((db, store)) = testing::fresh_store(PgConfig::default()).await else { return };
-        let (org, endpoint) = org_with_endpoint(&store).await;
+        let (org, endpoints) = org_with_endpoints(&store, 1).await;
+        let endpoint = endpoints[0];
         let now = Utc::now();
         let event = order_created(Some("d-1"), now);
         let id = event.id;
@@ -719,7 +711,8 @@ mod tests {
     #[tokio::test]
     async fn an_endpoint_disabled_while_a_replay_waits_for_it_fails_the_event() {
         let Some((db, store)) = testing::fresh_store(PgConfig::default()).await else { return };
-        let (org, endpoint) = org_with_endpoint(&store).await;
+        let (org, endpoints) = org_with_endpoints(&store, 1).await;
+        let endpoint = endpoints[0];
         let now = Utc::now();
         let event = order_created(None, now);
         let id = event.id;
