@@ -58,7 +58,9 @@ use crate::PgStore;
 ///    due time): each of the `k - 1` before it puts a delivery due no later than this one's
 ///    first into the claim (its own first, or, if its organization's cap drops that, the
 ///    organization's earlier ones, at least as many as it has endpoints here), so the `k`-th
-///    can place at most `$2 - k + 1` (ties in due time aside, which any order may break).
+///    can place at most `$2 - k + 1` (ties in due time aside, which any order may break;
+///    a first delivery another claimer holds is skipped, so with several claimers at once a
+///    claim may take fewer than it could, and the next claim takes the rest).
 ///    With 16 endpoints open, a claim of 16 locks 136 rows instead of 256 (≈ 25 % less time
 ///    with 50 endpoints; BENCHMARKS.md, "Issue #17, eleventh sitting"). Locked `SKIP LOCKED`.
 /// 4. `heads`: the first delivery of each FIFO endpoint's line (by `fifo_seq, event_id`), if
