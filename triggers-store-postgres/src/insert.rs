@@ -563,7 +563,7 @@ mod tests {
         let array = |items: Vec<String>| format!("'{{{}}}'", items.join(","));
         let dedup = (0..n).map(|i| if i % 2 == 0 { format!("d-{i}") } else { "NULL".into() });
         let args = [
-            array((0..n).map(|_| triggers_core::EventId::new().0.to_string()).collect()),
+            array((0..n).map(|_| EventId::new().0.to_string()).collect()),
             array(vec![org.0.to_string(); n]),
             array(vec!["order.created".into(); n]),
             array(vec!["1".into(); n]),
@@ -583,7 +583,7 @@ mod tests {
         .unwrap();
         assert_eq!((deliveries, failed), (n as i64, n as i64), "{plan}");
         tx.rollback().await.unwrap();
-        // About twenty passes over the batch (21 n); comparing every pair would be n × n.
+        // About twenty passes over the batch (≈ 22 n); comparing every pair would be n × n.
         let handled = rows_handled(&plan);
         assert!(handled < 40 * n as u64, "{handled} rows for {n} events:\n{plan}");
         drop((conn, store));
