@@ -25,6 +25,7 @@ pub mod deliver;
 pub mod domain;
 pub mod error;
 pub mod ingestor;
+pub mod lanes;
 pub mod limiter;
 pub mod memory;
 pub mod observe;
