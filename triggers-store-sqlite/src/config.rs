@@ -57,6 +57,16 @@ pub struct SqliteConfig {
     /// At most this many queued write requests are committed together in one transaction
     /// (group commit). Default 256.
     pub max_batch: usize,
+    /// The predicted work one transaction of several requests stays within; a request
+    /// predicted to take longer runs in a transaction of its own. Every request of a
+    /// transaction waits for all of it, so this bounds how long one organization's requests
+    /// can make another's wait: requests queue per organization, a transaction takes them
+    /// round-robin, and an organization whose requests run alone takes turns with
+    /// transactions of everyone else (see the crate docs, "Fair writes"). Predictions are
+    /// the measured time per event (per request for other writes) of each organization's
+    /// recent requests. Smaller values split heavy traffic into more transactions (one
+    /// fsync each). Default 20 ms.
+    pub batch_budget: Duration,
     /// Read-only connections for lookups, the inbox and stats (at least 1). Default 4.
     pub readers: usize,
     /// Page cache of each connection (the writer and every reader), in KiB (`PRAGMA
@@ -109,6 +119,7 @@ impl Default for SqliteConfig {
             synchronous: Synchronous::Full,
             writer_queue: 1024,
             max_batch: 256,
+            batch_budget: Duration::from_millis(20),
             readers: 4,
             cache_size_kib: 4 * 1024,
             busy_timeout: Duration::from_secs(5),

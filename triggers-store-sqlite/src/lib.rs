@@ -15,8 +15,8 @@
 //!
 //! # How it works
 //! - **One writer thread** owns the only writing connection. Every write (event inserts,
-//!   claims, completions, acks, endpoint and organization changes, purges) is a request on a
-//!   bounded channel. The writer drains up to [`SqliteConfig::max_batch`] queued requests,
+//!   claims, completions, acks, endpoint and organization changes, purges) is a request in a
+//!   bounded queue. The writer takes up to [`SqliteConfig::max_batch`] queued requests,
 //!   runs them in one `BEGIN IMMEDIATE` transaction with cached prepared statements (each
 //!   request in its own `SAVEPOINT`, so one failing request is rolled back alone), commits,
 //!   and only then replies to each caller: **group commit**, one fsync per batch. A method
@@ -28,6 +28,14 @@
 //!   loss can only make a delivery due again (at-least-once). A claim that hands out the head
 //!   of a FIFO line is synced before it is answered, so a line never moves past a completion
 //!   a power loss could undo. The argument is in the `writer::sync` module's docs.
+//! - **Fair writes**: every request of a batch waits for the whole batch, so one
+//!   organization's heavy writes (a batch of 1 000 events fanning out to 50 endpoints writes
+//!   51 000 rows) must not share it with everyone else's. Requests queue per organization
+//!   (those of no organization, such as claims, in the store's own lane); a batch takes them
+//!   round-robin and stays within [`SqliteConfig::batch_budget`] of predicted work, a request
+//!   predicted to take longer runs alone, and the lanes take turns, so another organization's
+//!   request waits for at most one such request. Predictions are the measured time per event
+//!   of each organization's recent requests ([`triggers_core::lanes`]).
 //! - **Backpressure**: when [`SqliteConfig::writer_queue`] requests are already waiting, a
 //!   write fails at once with `StoreError::Overloaded`, which the Ingestor answers with 503.
 //! - **Readers**: a pool of [`SqliteConfig::readers`] connections with `PRAGMA query_only`

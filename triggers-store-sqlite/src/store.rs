@@ -23,7 +23,7 @@ use crate::ops::{claim, events, history, lifecycle, orgs, purge, queue, reads};
 use crate::readers::Readers;
 use crate::schema;
 use crate::writer::sync::{SyncWal, WalFile};
-use crate::writer::Writer;
+use crate::writer::{Lane, Writer};
 
 /// An [`EventStore`](triggers_core::EventStore) in one SQLite database file.
 ///
@@ -81,7 +81,8 @@ impl SqliteStore {
             (Synchronous::Full, None) => WalFile::of(&conn)?.map(|w| Box::new(w) as _),
             (Synchronous::Normal, _) => None,
         };
-        let writer = Writer::start(conn, config.writer_queue, config.max_batch, wal)?;
+        let writer =
+            Writer::start(conn, config.writer_queue, config.max_batch, config.batch_budget, wal)?;
         tracing::debug!(path = %path.display(), "opened sqlite store");
         Ok(Self { inner: Arc::new(Inner { readers, writer, config, path, node }) })
     }
@@ -96,13 +97,29 @@ impl SqliteStore {
         &self.inner.config
     }
 
-    /// Runs `f` on the writer (possibly more than once; see [`Writer::call`]).
+    /// Runs `f` on the writer in the store's own lane (possibly more than once; see
+    /// [`Writer::call`]).
     pub(crate) async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnMut(&rusqlite::Connection) -> StoreResult<T> + Send + 'static,
     {
-        self.inner.writer.call(f).await
+        self.inner.writer.call(Lane::STORE, f).await
+    }
+
+    /// [`write`](Self::write) for `org`, in its lane, as `units` units of cost (events for an
+    /// insert; see the writer's docs on fairness).
+    pub(crate) async fn write_for<T, F>(
+        &self,
+        org: OrganizationId,
+        units: usize,
+        f: F,
+    ) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&rusqlite::Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.inner.writer.call(Lane { org: Some(org), units }, f).await
     }
 
     /// Runs lease bookkeeping on the writer: committed without an fsync and answered at
@@ -143,7 +160,7 @@ impl OrgStore for SqliteStore {
 
     async fn replace_key(&self, id: OrganizationId, key: &KeyHash) -> StoreResult<bool> {
         let key = *key;
-        self.write(move |c| orgs::replace_key(c, id, &key)).await
+        self.write_for(id, 1, move |c| orgs::replace_key(c, id, &key)).await
     }
 
     /// A read round trip; while writes fail (disk full, I/O errors) `Unavailable` with the
@@ -172,7 +189,7 @@ impl EndpointStore for SqliteStore {
     ) -> StoreResult<Endpoint> {
         let endpoint = endpoint.clone();
         let max = self.inner.config.limits.max_endpoints;
-        self.write(move |c| orgs::create_endpoint(c, org, &endpoint, max)).await
+        self.write_for(org, 1, move |c| orgs::create_endpoint(c, org, &endpoint, max)).await
     }
 
     async fn endpoints(&self, org: OrganizationId) -> StoreResult<Vec<Endpoint>> {
@@ -191,7 +208,7 @@ impl EndpointStore for SqliteStore {
         now: Timestamp,
     ) -> StoreResult<Option<EndpointUpdate>> {
         let patch = patch.clone();
-        self.write(move |c| lifecycle::update_endpoint(c, org, id, &patch, now)).await
+        self.write_for(org, 1, move |c| lifecycle::update_endpoint(c, org, id, &patch, now)).await
     }
 
     async fn recover(
@@ -201,11 +218,11 @@ impl EndpointStore for SqliteStore {
         query: RecoverQuery,
         now: Timestamp,
     ) -> StoreResult<Option<Recovered>> {
-        self.write(move |c| lifecycle::recover(c, org, id, query, now)).await
+        self.write_for(org, 1, move |c| lifecycle::recover(c, org, id, query, now)).await
     }
 
     async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
-        self.write(move |c| orgs::delete_endpoint(c, org, id)).await
+        self.write_for(org, 1, move |c| orgs::delete_endpoint(c, org, id)).await
     }
 
     async fn set_endpoint_ordering(
@@ -214,7 +231,7 @@ impl EndpointStore for SqliteStore {
         id: EndpointId,
         ordering: DeliveryOrdering,
     ) -> StoreResult<bool> {
-        self.write(move |c| orgs::set_ordering(c, org, id, ordering)).await
+        self.write_for(org, 1, move |c| orgs::set_ordering(c, org, id, ordering)).await
     }
 
     async fn rotate_endpoint_secret(
@@ -225,7 +242,10 @@ impl EndpointStore for SqliteStore {
         previous_valid_until: Timestamp,
     ) -> StoreResult<bool> {
         let secret = secret.clone();
-        self.write(move |c| orgs::rotate_secret(c, org, id, &secret, previous_valid_until)).await
+        self.write_for(org, 1, move |c| {
+            orgs::rotate_secret(c, org, id, &secret, previous_valid_until)
+        })
+        .await
     }
 
     async fn rewrite_secrets(&self, rewrite: SecretRewrite) -> StoreResult<u64> {
@@ -265,7 +285,9 @@ impl EventLog for SqliteStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(move |c| events::insert(c, org, &events, dedup_window, now)).await
+        let units = events.len();
+        self.write_for(org, units, move |c| events::insert(c, org, &events, dedup_window, now))
+            .await
     }
 
     async fn event(&self, org: OrganizationId, id: EventId) -> StoreResult<Option<EventDetail>> {
@@ -291,7 +313,8 @@ impl EventLog for SqliteStore {
             return Ok(AckOutcome::default());
         }
         let ids = ids.to_vec();
-        self.write(move |c| events::ack(c, org, &ids, now)).await
+        let units = ids.len();
+        self.write_for(org, units, move |c| events::ack(c, org, &ids, now)).await
     }
 
     async fn replay(
@@ -300,7 +323,7 @@ impl EventLog for SqliteStore {
         id: EventId,
         now: Timestamp,
     ) -> StoreResult<Option<EventStatus>> {
-        self.write(move |c| events::replay(c, org, id, now)).await
+        self.write_for(org, 1, move |c| events::replay(c, org, id, now)).await
     }
 
     async fn stats(&self, org: OrganizationId) -> StoreResult<QueueStats> {

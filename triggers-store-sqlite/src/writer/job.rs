@@ -1,11 +1,13 @@
 //! A queued write request and how a failed batch is reported to it.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
+use triggers_core::lanes::Laned;
 use triggers_core::store::StoreResult;
-use triggers_core::StoreError;
+use triggers_core::{OrganizationId, StoreError};
 
 use crate::error::{is_write_fault, DISK_FULL, IO_ERROR};
 
@@ -24,6 +26,36 @@ pub(crate) trait Job: Send {
     fn needs_sync(&self) -> bool;
     /// Whether this is lease bookkeeping (see `Writer::call_with`).
     fn is_lease(&self) -> bool;
+    /// Whose request this is and how big (see `Writer::call_for`).
+    fn lane(&self) -> &Lane;
+    /// How long the last run took.
+    fn elapsed(&self) -> Duration;
+}
+
+/// The lane a request waits in: its organization's (`None`: the store's own lane, for
+/// requests of no organization or of all of them) and its size in units of cost (events
+/// for an insert, else 1).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lane {
+    pub(crate) org: Option<OrganizationId>,
+    pub(crate) units: usize,
+}
+
+impl Lane {
+    /// The store's own lane.
+    pub(crate) const STORE: Lane = Lane { org: None, units: 1 };
+}
+
+impl Laned for Box<dyn Job> {
+    type Key = Option<OrganizationId>;
+
+    fn lane(&self) -> Self::Key {
+        Job::lane(&**self).org
+    }
+
+    fn units(&self) -> usize {
+        Job::lane(&**self).units
+    }
 }
 
 /// Why a whole batch failed: nothing of it was committed, or (`NotDurable`) it was committed
@@ -85,6 +117,8 @@ pub(super) struct Task<T, F> {
     /// Whether a successful result must be on the disk before it is sent.
     durable: fn(&T) -> bool,
     lease: bool,
+    lane: Lane,
+    elapsed: Duration,
 }
 
 impl<T, F> Task<T, F> {
@@ -94,9 +128,10 @@ impl<T, F> Task<T, F> {
         f: F,
         durable: fn(&T) -> bool,
         lease: bool,
+        lane: Lane,
     ) -> (Self, oneshot::Receiver<StoreResult<T>>) {
         let (reply, rx) = oneshot::channel();
-        (Self { f, out: None, reply, durable, lease }, rx)
+        (Self { f, out: None, reply, durable, lease, lane, elapsed: Duration::ZERO }, rx)
     }
 }
 
@@ -107,10 +142,12 @@ where
 {
     fn run(&mut self, conn: &Connection) -> bool {
         let f = &mut self.f;
+        let started = Instant::now();
         let out = catch_unwind(AssertUnwindSafe(|| f(conn))).unwrap_or_else(|_| {
             tracing::error!("a sqlite write request panicked; it was rolled back");
             Err(StoreError::Unavailable("the write request failed unexpectedly".into()))
         });
+        self.elapsed = started.elapsed();
         let ok = out.is_ok();
         self.out = Some(out);
         ok
@@ -142,5 +179,13 @@ where
 
     fn is_lease(&self) -> bool {
         self.lease
+    }
+
+    fn lane(&self) -> &Lane {
+        &self.lane
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.elapsed
     }
 }
