@@ -47,6 +47,14 @@ pub struct PgConfig {
     /// at once when no other batch is being written). Zero writes whatever is queued at once.
     /// Default 200 µs.
     pub batch_max_wait: Duration,
+    /// Group commit: the predicted statement time a batch of several requests stays within;
+    /// a request predicted to take longer is written alone. Every request of a batch waits
+    /// for the whole statement, so this bounds how long one organization's inserts can make
+    /// another's wait: requests queue per organization, a batch takes them round-robin, an
+    /// organization whose requests are written alone takes turns with batches of everyone
+    /// else, and never on two writers at once. Predictions are the measured statement time
+    /// per event of each organization's recent batches. Default 20 ms.
+    pub batch_budget: Duration,
     /// Group commit: writer tasks, each writing one batch at a time on its own connection,
     /// so one batch is being collected while another commits. Default 2.
     pub writers: usize,
@@ -95,6 +103,7 @@ impl Default for PgConfig {
             batch_max_events: 2000,
             batch_max_bytes: 8 << 20,
             batch_max_wait: Duration::from_micros(200),
+            batch_budget: Duration::from_millis(20),
             writers: 2,
             channel_capacity: 4096,
             notify_channel: "triggers_deliveries".to_owned(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::types::Uuid;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use triggers_core::store::{
     AckOutcome, EventLog, InsertOutcome, ListQuery, Page, QueueStats, StoreError, StoreResult,
     PAGE_ITEM_OVERHEAD,
@@ -138,14 +138,7 @@ impl EventLog for PgStore {
         let (reply, answer) = oneshot::channel();
         let deadline = tokio::time::Instant::now() + self.acquire_timeout();
         let job = InsertJob { org, events, window: dedup_window, now, deadline, reply };
-        self.intake().try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                StoreError::Overloaded("the insert queue is full".into())
-            }
-            mpsc::error::TrySendError::Closed(_) => {
-                StoreError::Unavailable("the insert writers have stopped".into())
-            }
-        })?;
+        self.intake().push(job)?;
         answer.await.map_err(|_| StoreError::Unavailable("the insert writer stopped".into()))?
     }
 

@@ -201,39 +201,40 @@ enum Failure {
     Unresolved,
 }
 
-/// What one batch wrote: one result per job, and whether any delivery was created.
+/// What one batch wrote: one result per job, whether any delivery was created, and how long
+/// its statements ran (not counting waits for a connection or between retries).
 pub(crate) struct Written {
     pub(crate) results: Vec<StoreResult<Vec<InsertOutcome>>>,
     pub(crate) deliveries: bool,
+    pub(crate) busy: Duration,
 }
 
 /// Writes `jobs` as one batch, re-running it on transient failures (safe: see the module
 /// docs). Returns one result per job. A non-transient failure of a batch of several jobs is
 /// retried job by job, so one bad request cannot fail the others.
 pub(crate) async fn write(pool: &PgPool, jobs: &[InsertJob], channel: &str) -> Written {
-    match write_retrying(pool, jobs, channel).await {
+    let mut busy = Duration::ZERO;
+    match write_retrying(pool, jobs, channel, &mut busy).await {
         Ok((outcomes, deliveries)) => {
-            Written { results: outcomes.into_iter().map(Ok).collect(), deliveries }
+            Written { results: outcomes.into_iter().map(Ok).collect(), deliveries, busy }
         }
         Err(e) if jobs.len() > 1 && !e.is_transient() => {
             tracing::warn!(error = %e, jobs = jobs.len(), "batch insert failed; writing its jobs one by one");
-            let mut written =
-                Written { results: Vec::with_capacity(jobs.len()), deliveries: false };
+            let mut results = Vec::with_capacity(jobs.len());
+            let mut deliveries = false;
             for job in jobs {
-                let one = write_retrying(pool, std::slice::from_ref(job), channel).await;
-                written.results.push(one.map(|(mut outcomes, deliveries)| {
-                    written.deliveries |= deliveries;
+                let one = write_retrying(pool, std::slice::from_ref(job), channel, &mut busy).await;
+                results.push(one.map(|(mut outcomes, created)| {
+                    deliveries |= created;
                     outcomes.pop().unwrap_or_default()
                 }));
             }
-            written
+            Written { results, deliveries, busy }
         }
         Err(e) => {
             tracing::warn!(error = %e, jobs = jobs.len(), "batch insert failed");
-            Written {
-                results: jobs.iter().map(|_| Err(replicate(&e))).collect(),
-                deliveries: false,
-            }
+            let results = jobs.iter().map(|_| Err(replicate(&e))).collect();
+            Written { results, deliveries: false, busy }
         }
     }
 }
@@ -252,7 +253,13 @@ pub(crate) fn replicate(e: &StoreError) -> StoreError {
 
 type Outcomes = (Vec<Vec<InsertOutcome>>, bool);
 
-async fn write_retrying(pool: &PgPool, jobs: &[InsertJob], channel: &str) -> StoreResult<Outcomes> {
+/// [`write`]'s batch, re-run on transient failures; adds the statements' time to `busy`.
+async fn write_retrying(
+    pool: &PgPool,
+    jobs: &[InsertJob],
+    channel: &str,
+    busy: &mut Duration,
+) -> StoreResult<Outcomes> {
     let mut delays = RETRY_DELAYS.iter();
     let deadline = jobs.iter().map(|j| j.deadline).min().unwrap_or_else(Instant::now);
     loop {
@@ -263,7 +270,10 @@ async fn write_retrying(pool: &PgPool, jobs: &[InsertJob], channel: &str) -> Sto
                 Ok(conn) => conn?,
                 Err(_) => return Err(Failure::Sql(sqlx::Error::PoolTimedOut)),
             };
-            write_once(&mut conn, jobs, channel).await
+            let started = Instant::now();
+            let written = write_once(&mut conn, jobs, channel).await;
+            *busy += started.elapsed();
+            written
         };
         match attempt.await {
             Ok(done) => return Ok(done),

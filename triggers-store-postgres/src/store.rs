@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use triggers_core::store::{StoreError, StoreResult};
 
-use crate::batcher::{self, BatchLimits};
+use crate::batcher::{self, BatchLimits, Intake};
 use crate::config::PgConfig;
 use crate::error::{map, map_migrate, NO_CONNECTION};
 use crate::health::ConnectProbe;
-use crate::insert::InsertJob;
 use crate::limiter::PgRateLimiter;
 use crate::listener::{self, ListenerStats};
 
@@ -32,7 +31,7 @@ pub struct PgStore {
 
 struct Inner {
     pool: PgPool,
-    intake: mpsc::Sender<InsertJob>,
+    intake: Arc<Intake>,
     channel: Arc<str>,
     wake: Arc<Notify>,
     listening: bool,
@@ -50,6 +49,8 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // The writers finish what is queued, then end.
+        self.intake.close();
         if let Some(task) = self.startup.take() {
             task.abort();
         }
@@ -132,7 +133,7 @@ impl PgStore {
         let channel: Arc<str> = config.notify_channel.as_str().into();
         let wake = Arc::new(Notify::new());
         let stats = Arc::new(ListenerStats::default());
-        let (intake, rx) = mpsc::channel(config.channel_capacity.max(1));
+        let intake = Arc::new(Intake::new(config.channel_capacity, config.batch_budget));
         let limits = BatchLimits {
             max_events: config.batch_max_events.max(1),
             max_bytes: config.batch_max_bytes.max(1),
@@ -141,7 +142,7 @@ impl PgStore {
         batcher::spawn(
             config.writers,
             pool.clone(),
-            rx,
+            intake.clone(),
             limits,
             channel.clone(),
             wake.clone(),
@@ -231,7 +232,7 @@ impl PgStore {
         Ok(done.rows_affected())
     }
 
-    pub(crate) fn intake(&self) -> &mpsc::Sender<InsertJob> {
+    pub(crate) fn intake(&self) -> &Intake {
         &self.inner.intake
     }
 
