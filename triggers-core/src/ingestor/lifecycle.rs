@@ -62,6 +62,7 @@ fn check_patch(patch: &EndpointPatch) -> Result<()> {
 impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     /// One endpoint of the organization.
     pub async fn endpoint(&self, org: &Organization, id: EndpointId) -> Result<Endpoint> {
+        let _turn = self.inner.reads.enter(org.id).await;
         self.inner.store.endpoint(org.id, id).await?.ok_or(Error::NotFound)
     }
 

@@ -3,6 +3,7 @@
 mod auth;
 mod config;
 mod cursor;
+mod gate;
 mod history;
 mod inbox;
 mod lifecycle;
@@ -130,6 +131,8 @@ struct Inner<S> {
     config: IngestorConfig,
     limiter: RateLimiter,
     auth: auth::AuthCache,
+    /// At most `config.org_read_concurrency` reads of one organization at once.
+    reads: gate::ReadGate,
     wake: Arc<Notify>,
 }
 
@@ -154,6 +157,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             store,
             limiter: RateLimiter::new(),
             auth: auth::AuthCache::new(config.auth_cache_ttl),
+            reads: gate::ReadGate::new(config.org_read_concurrency),
             config,
             wake,
         });
@@ -332,6 +336,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
 
     /// One event with its delivery attempts.
     pub async fn event(&self, org: &Organization, id: EventId) -> Result<EventDetail> {
+        let _turn = self.inner.reads.enter(org.id).await;
         self.inner.store.event(org.id, id).await?.ok_or(Error::NotFound)
     }
 
@@ -348,6 +353,8 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         }
         let after = query.cursor.as_deref().map(Cursor::decode).transpose()?;
         let max_bytes = self.inner.config.max_page_bytes;
+        let _turn = self.inner.reads.enter(org.id).await;
+
         let Some(status) = query.status else {
             return inbox::every_status(&self.inner.store, org.id, query, after, max_bytes).await;
         };
@@ -425,6 +432,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
 
     /// Event counts by status, and in-flight deliveries.
     pub async fn stats(&self, org: &Organization) -> Result<QueueStats> {
+        let _turn = self.inner.reads.enter(org.id).await;
         Ok(self.inner.store.stats(org.id).await?)
     }
 
@@ -493,7 +501,10 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     /// The organization's endpoints, oldest first. Sealed secrets are opened; one that
     /// cannot be (its key is not configured) is left sealed.
     pub async fn endpoints(&self, org: &Organization) -> Result<Vec<Endpoint>> {
-        let mut endpoints = self.inner.store.endpoints(org.id).await?;
+        let mut endpoints = {
+            let _turn = self.inner.reads.enter(org.id).await;
+            self.inner.store.endpoints(org.id).await?
+        };
         for e in &mut endpoints {
             if e.secret.is_sealed() {
                 let cipher = self.inner.config.secret_cipher.as_deref();

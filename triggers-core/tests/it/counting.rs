@@ -1,8 +1,10 @@
 //! A store that counts its delivery-queue round trips (`claim`, `complete`,
-//! `complete_and_claim`: each call one), forwarding everything to a [`MemoryStore`].
+//! `complete_and_claim`: each call one) and the `stats` reads running per organization (which
+//! it can hold), forwarding everything to a [`MemoryStore`].
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use triggers_core::domain::event::EventRecord;
@@ -22,9 +24,38 @@ use triggers_core::{
 pub(crate) struct Counting {
     inner: MemoryStore,
     queue_calls: Arc<AtomicU64>,
+    reads: Arc<Reads>,
+}
+
+/// `stats` calls per organization: running now, and the most ever running at once; and
+/// whether they are held (wait until released).
+struct Reads {
+    running: Mutex<HashMap<OrganizationId, (u32, u32)>>,
+    held: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Reads {
+    fn default() -> Self {
+        Self { running: Mutex::default(), held: tokio::sync::watch::channel(false).0 }
+    }
 }
 
 impl Counting {
+    /// Makes `stats` calls wait (once counted as running) until [`release_reads`](Self::release_reads).
+    pub(crate) fn hold_reads(&self) {
+        self.reads.held.send_replace(true);
+    }
+
+    /// Lets held `stats` calls go on.
+    pub(crate) fn release_reads(&self) {
+        self.reads.held.send_replace(false);
+    }
+
+    /// `(running now, most at once)` of `org`'s `stats` calls.
+    pub(crate) fn reads_of(&self, org: OrganizationId) -> (u32, u32) {
+        self.reads.running.lock().unwrap().get(&org).copied().unwrap_or_default()
+    }
+
     /// `claim`, `complete` and `complete_and_claim` calls so far.
     pub(crate) fn queue_calls(&self) -> u64 {
         self.queue_calls.load(Ordering::SeqCst)
@@ -150,7 +181,18 @@ impl EventLog for Counting {
         self.inner.replay(org, id, now).await
     }
     async fn stats(&self, org: OrganizationId) -> StoreResult<QueueStats> {
-        self.inner.stats(org).await
+        let change = |d: i32| {
+            let mut running = self.reads.running.lock().unwrap();
+            let (now, most) = running.entry(org).or_default();
+            *now = now.saturating_add_signed(d);
+            *most = (*most).max(*now);
+        };
+        change(1);
+        let mut held = self.reads.held.subscribe();
+        let _ = held.wait_for(|held| !*held).await;
+        let stats = self.inner.stats(org).await;
+        change(-1);
+        stats
     }
 }
 

@@ -1,6 +1,8 @@
 use serde_json::json;
 use triggers_core::*;
 
+use crate::eventually;
+
 fn config(clock: &ManualClock) -> IngestorConfig {
     IngestorConfig {
         clock: std::sync::Arc::new(clock.clone()),
@@ -205,4 +207,39 @@ async fn inbox_of_every_status_merges_by_id_within_the_budget() {
             .collect();
         assert_eq!(seen, expected, "limit {limit}");
     }
+}
+
+/// One organization's reads beyond `org_read_concurrency` wait in its own queue: they never
+/// reach the store together, and another organization's read goes through meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_organizations_many_reads_wait_their_turn_and_not_anothers() {
+    let store = crate::counting::Counting::default();
+    let config = IngestorConfig { org_read_concurrency: 2, ..IngestorConfig::default() };
+    let ing = Ingestor::start(store.clone(), NoDeliverer, config);
+    let (busy, _) = ing.create_organization("busy", Tier::Free).await.unwrap();
+    let (other, _) = ing.create_organization("other", Tier::Free).await.unwrap();
+    store.hold_reads();
+    let reads: Vec<_> = (0..6)
+        .map(|_| {
+            let (ing, busy) = (ing.clone(), busy.clone());
+            tokio::spawn(async move { ing.stats(&busy).await })
+        })
+        .collect();
+    let running = |org: OrganizationId| store.reads_of(org).0;
+    eventually("two of busy's reads reach the store", || async { running(busy.id) == 2 }).await;
+    let theirs = {
+        let (ing, other) = (ing.clone(), other.clone());
+        tokio::spawn(async move { ing.stats(&other).await })
+    };
+    eventually("the other organization's read reaches the store", || async {
+        running(other.id) == 1
+    })
+    .await;
+    store.release_reads();
+    theirs.await.unwrap().unwrap();
+    for read in reads {
+        read.await.unwrap().unwrap();
+    }
+    assert_eq!(store.reads_of(busy.id), (0, 2), "never more than two of busy's reads at once");
+    ing.shutdown().await;
 }
