@@ -26,7 +26,8 @@
 //! is bounded by the number of queued requests plus that.
 //!
 //! The queue is bounded too: [`Lanes::push`] refuses a request once `capacity` requests are
-//! queued — the store's backpressure.
+//! queued — the store's backpressure — and once its lane holds half of that, so that one
+//! organization filling the queue leaves the other half to everyone else ([`Refused`]).
 //!
 //! ```
 //! use std::time::Duration;
@@ -93,6 +94,15 @@ impl Default for Limits {
     }
 }
 
+/// Why [`Lanes::push`] refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue holds `capacity` requests.
+    Full,
+    /// The request's lane holds half of `capacity`: its organization's share.
+    LaneFull,
+}
+
 /// How many lanes' cost averages are remembered before they are all forgotten.
 pub const REMEMBERED: usize = 4096;
 
@@ -141,13 +151,16 @@ impl<J: Laned> Lanes<J> {
     }
 
     /// Queues `request` at the end of its lane; gives it back if `capacity` requests are
-    /// queued already.
-    pub fn push(&mut self, request: J) -> Result<(), J> {
+    /// queued already, or half of that (rounded up) in its lane.
+    pub fn push(&mut self, request: J) -> Result<(), (J, Refused)> {
         if self.len >= self.capacity {
-            return Err(request);
+            return Err((request, Refused::Full));
         }
         let key = request.lane();
         let lane = self.lanes.entry(key.clone()).or_default();
+        if lane.len() >= self.capacity.div_ceil(2) {
+            return Err((request, Refused::LaneFull));
+        }
         if lane.is_empty() {
             self.order.push_back(key);
         }
@@ -394,9 +407,20 @@ mod tests {
     fn a_full_queue_gives_the_request_back() {
         let mut lanes = lanes(2);
         queue(&mut lanes, &[(1, 1), (2, 1)]);
-        let refused = lanes.push(R { org: 3, n: 1, seq: 9 }).unwrap_err();
-        assert_eq!((refused.seq, lanes.len(), lanes.units()), (9, 2, 2));
+        let (refused, why) = lanes.push(R { org: 3, n: 1, seq: 9 }).unwrap_err();
+        assert_eq!((refused.seq, why, lanes.len(), lanes.units()), (9, Refused::Full, 2, 2));
         lanes.next(&limits());
         assert!(lanes.push(refused).is_ok());
+    }
+
+    #[test]
+    fn one_lane_holds_at_most_half_the_queue() {
+        let mut lanes = lanes(5);
+        queue(&mut lanes, &[(1, 1), (1, 1), (1, 1)]);
+        let (_, why) = lanes.push(R { org: 1, n: 1, seq: 9 }).unwrap_err();
+        assert_eq!((why, lanes.len()), (Refused::LaneFull, 3));
+        // The rest is everyone else's.
+        queue(&mut lanes, &[(2, 1), (3, 1)]);
+        assert_eq!(lanes.len(), 5);
     }
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use triggers_core::lanes::{Laned, Lanes, Limits};
+use triggers_core::lanes::{Laned, Lanes, Limits, Refused};
 use triggers_core::store::{StoreError, StoreResult};
 use triggers_core::OrganizationId;
 
@@ -84,16 +84,24 @@ impl Intake {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues `job` for a writer. `Overloaded` if the queue is full, `Unavailable` once
-    /// closed.
+    /// Queues `job` for a writer. `Overloaded` if the queue is full or its organization has
+    /// half of it, `Unavailable` once closed.
     pub(crate) fn push(&self, job: InsertJob) -> StoreResult<()> {
         {
             let mut queued = self.lock();
             if queued.closed {
                 return Err(StoreError::Unavailable("the insert writers have stopped".into()));
             }
-            if queued.lanes.push(job).is_err() {
-                return Err(StoreError::Overloaded("the insert queue is full".into()));
+            match queued.lanes.push(job) {
+                Ok(()) => {}
+                Err((_, Refused::Full)) => {
+                    return Err(StoreError::Overloaded("the insert queue is full".into()))
+                }
+                Err((_, Refused::LaneFull)) => {
+                    return Err(StoreError::Overloaded(
+                        "the organization's share of the insert queue (half of it) is full".into(),
+                    ))
+                }
             }
         }
         // One writer is enough to take it (a waiting one, or the next to look: the permit
@@ -443,9 +451,13 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_is_overloaded() {
-        let intake = Intake::new(1, BUDGET);
-        intake.push(job()).unwrap();
-        assert!(matches!(intake.push(job()), Err(StoreError::Overloaded(_))));
+    fn one_organization_fills_half_the_queue_and_a_full_queue_is_overloaded() {
+        let intake = Intake::new(2, BUDGET);
+        intake.push(job_of("a")).unwrap();
+        let share = intake.push(job_of("a"));
+        assert!(matches!(share, Err(StoreError::Overloaded(m)) if m.contains("share")));
+        intake.push(job_of("b")).unwrap();
+        let full = intake.push(job_of("c"));
+        assert!(matches!(full, Err(StoreError::Overloaded(m)) if m.contains("queue is full")));
     }
 }

@@ -34,7 +34,8 @@
 //! [`sync`].
 //!
 //! A full queue is refused at once with `StoreError::Overloaded`: the caller sees
-//! backpressure instead of an unbounded queue.
+//! backpressure instead of an unbounded queue. So is a request whose organization already
+//! has half of the queue's places: one organization cannot fill it for everyone.
 //!
 //! Faults (disk full, I/O errors) end no more than the batch they hit: its requests fail
 //! with `Unavailable`, the fault is recorded in [`WriteHealth`] (which the health check
@@ -62,7 +63,7 @@ use sync::{not_durable, SyncWal};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
-use triggers_core::lanes::{Lanes, Limits};
+use triggers_core::lanes::{Lanes, Limits, Refused};
 use triggers_core::store::StoreResult;
 use triggers_core::StoreError;
 
@@ -169,8 +170,17 @@ impl Writer {
             if queued.closed {
                 return Err(StoreError::Unavailable("the sqlite writer has stopped".into()));
             }
-            if queued.lanes.push(Box::new(task)).is_err() {
-                return Err(StoreError::Overloaded("the sqlite write queue is full".into()));
+            match queued.lanes.push(Box::new(task)) {
+                Ok(()) => {}
+                Err((_, Refused::Full)) => {
+                    return Err(StoreError::Overloaded("the sqlite write queue is full".into()))
+                }
+                Err((_, Refused::LaneFull)) => {
+                    return Err(StoreError::Overloaded(
+                        "the organization's share of the sqlite write queue (half of it) is full"
+                            .into(),
+                    ))
+                }
             }
         }
         self.intake.ready.notify_one();
@@ -388,7 +398,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use triggers_core::OrganizationId;
+    use triggers_core::{OrganizationId, StoreError};
 
     use super::{Lane, Writer};
 
@@ -452,18 +462,26 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_full_queue_is_refused_at_once() {
+    async fn one_organization_fills_half_the_queue_and_a_full_queue_is_refused_at_once() {
         let (writer, hold, _) = held_writer();
+        let lane = |name| Lane { org: Some(OrganizationId::named(name)), units: 1 };
         let mut calls = Vec::new();
-        for _ in 0..16 {
-            let w = writer.clone();
-            calls.push(tokio::spawn(async move { w.call(Lane::STORE, |_| Ok(())).await }));
+        for org in ["a", "b"] {
+            for _ in 0..8 {
+                let w = writer.clone();
+                calls.push(tokio::spawn(async move { w.call(lane(org), |_| Ok(())).await }));
+            }
+            while writer.intake.lock().lanes.len() < calls.len() {
+                tokio::task::yield_now().await;
+            }
+            if org == "a" {
+                // `a` holds half of the 16 places: its share.
+                let refused = writer.call(lane("a"), |_| Ok(())).await;
+                assert!(matches!(refused, Err(StoreError::Overloaded(m)) if m.contains("share")));
+            }
         }
-        while writer.intake.lock().lanes.len() < 16 {
-            tokio::task::yield_now().await;
-        }
-        let refused = writer.call(Lane::STORE, |_| Ok(())).await;
-        assert!(matches!(refused, Err(triggers_core::StoreError::Overloaded(_))));
+        let refused = writer.call(lane("c"), |_| Ok(())).await;
+        assert!(matches!(refused, Err(StoreError::Overloaded(m)) if m.contains("queue is full")));
         drop(hold);
         for call in calls {
             call.await.unwrap().unwrap();
