@@ -112,9 +112,10 @@ pub const VARIABLES: [(&str, &str, &str); 26] = [
         "how long a delivery to an endpoint at its cap waits before it is tried again",
     ),
     (
-        "TRIGGERS_ORG_READ_CONCURRENCY",
-        "2",
-        "reads one organization may have running at once on this node; more wait their turn",
+        "TRIGGERS_STORE_CONCURRENCY",
+        "4",
+        "organization requests other than ingestion at the store at once on this node; \
+         one organization may hold all but one",
     ),
 ];
 
@@ -216,8 +217,8 @@ pub struct Settings {
     pub endpoint_concurrency: usize,
     /// `TRIGGERS_ENDPOINT_DEFER`.
     pub endpoint_defer: Duration,
-    /// `TRIGGERS_ORG_READ_CONCURRENCY`.
-    pub org_read_concurrency: usize,
+    /// `TRIGGERS_STORE_CONCURRENCY`.
+    pub store_concurrency: usize,
 }
 
 impl fmt::Debug for Settings {
@@ -245,7 +246,7 @@ impl fmt::Debug for Settings {
             .field("max_connections_per_peer", &self.max_connections_per_peer)
             .field("org_concurrency", &self.org_concurrency)
             .field("endpoint_concurrency", &self.endpoint_concurrency)
-            .field("org_read_concurrency", &self.org_read_concurrency)
+            .field("store_concurrency", &self.store_concurrency)
             .field("endpoint_defer", &self.endpoint_defer)
             .finish()
     }
@@ -518,8 +519,8 @@ impl Settings {
         let org_concurrency = count("TRIGGERS_ORG_CONCURRENCY")?;
         let endpoint_concurrency = count("TRIGGERS_ENDPOINT_CONCURRENCY")?
             .unwrap_or(WorkerConfig::default().endpoint_concurrency);
-        let org_read_concurrency = count("TRIGGERS_ORG_READ_CONCURRENCY")?
-            .unwrap_or(IngestorConfig::default().org_read_concurrency);
+        let store_concurrency = count("TRIGGERS_STORE_CONCURRENCY")?
+            .unwrap_or(IngestorConfig::default().store_concurrency);
         const DEFER: &str = "TRIGGERS_ENDPOINT_DEFER";
         let endpoint_defer = match get(DEFER) {
             None => Duration::from_secs(1),
@@ -552,7 +553,7 @@ impl Settings {
             org_concurrency,
             endpoint_concurrency,
             endpoint_defer,
-            org_read_concurrency,
+            store_concurrency,
         })
     }
 
@@ -598,7 +599,7 @@ impl Settings {
                     .clamp(Duration::from_secs(1), Duration::from_secs(60)),
             ),
             max_page_bytes: self.max_page_bytes,
-            org_read_concurrency: self.org_read_concurrency,
+            store_concurrency: self.store_concurrency,
             ..defaults
         }
     }
@@ -683,10 +684,10 @@ mod tests {
             ("TRIGGERS_ORG_CONCURRENCY", "3"),
             ("TRIGGERS_ENDPOINT_CONCURRENCY", "2"),
             ("TRIGGERS_ENDPOINT_DEFER", "250ms"),
-            ("TRIGGERS_ORG_READ_CONCURRENCY", "5"),
+            ("TRIGGERS_STORE_CONCURRENCY", "5"),
         ])
         .unwrap();
-        assert_eq!(s.ingestor_config().org_read_concurrency, 5);
+        assert_eq!(s.ingestor_config().store_concurrency, 5);
         let worker = s.ingestor_config().worker;
         assert_eq!((worker.effective_org_concurrency(), worker.endpoint_concurrency), (3, 2));
         assert_eq!(s.webhook_config().endpoint_concurrency, 2);
@@ -698,10 +699,10 @@ mod tests {
         assert_eq!(var(&[("TRIGGERS_ENDPOINT_CONCURRENCY", "x")]), "TRIGGERS_ENDPOINT_CONCURRENCY");
         assert_eq!(var(&[("TRIGGERS_ENDPOINT_DEFER", "1ms")]), "TRIGGERS_ENDPOINT_DEFER");
         assert_eq!(var(&[("TRIGGERS_ENDPOINT_DEFER", "soon")]), "TRIGGERS_ENDPOINT_DEFER");
-        let reads = "TRIGGERS_ORG_READ_CONCURRENCY";
-        assert_eq!(var(&[(reads, "0")]), reads);
-        assert_eq!(var(&[(reads, "many")]), reads);
-        assert_eq!(parse(&[]).unwrap().ingestor_config().org_read_concurrency, 2);
+        let store = "TRIGGERS_STORE_CONCURRENCY";
+        assert_eq!(var(&[(store, "0")]), store);
+        assert_eq!(var(&[(store, "many")]), store);
+        assert_eq!(parse(&[]).unwrap().ingestor_config().store_concurrency, 4);
     }
 
     #[test]

@@ -57,12 +57,14 @@ pub struct IngestorConfig {
     /// would exceed it (always at least one event), see
     /// [`ListQuery::max_bytes`](crate::store::ListQuery::max_bytes).
     pub max_page_bytes: u64,
-    /// How many reads of one organization (inbox pages, event and history lookups, endpoint
-    /// lists, stats) reach the store at once on this node (default 2, at least 1); its
-    /// further reads wait their turn in a queue of their own. The store serves reads from a
-    /// small shared pool, so this keeps one organization's heavy reading from making
-    /// everyone else's reads wait.
-    pub org_read_concurrency: usize,
+    /// How many organization requests other than ingestion (inbox pages, event and history
+    /// lookups, acks, replays, endpoint and key changes) reach the store at once on this node
+    /// (default 4, at least 1). One organization may hold all places but one, which is kept
+    /// for the others; once requests wait, a freed place goes to the waiting organization
+    /// with the fewest running. So one organization's heavy use of the store's small shared
+    /// pools never makes another's request queue behind it. Ingestion is queued fairly by
+    /// the stores themselves.
+    pub store_concurrency: usize,
 }
 
 impl Default for IngestorConfig {
@@ -83,7 +85,7 @@ impl Default for IngestorConfig {
             purge_interval: None,
             secret_cipher: None,
             max_page_bytes: crate::store::DEFAULT_MAX_PAGE_BYTES,
-            org_read_concurrency: 2,
+            store_concurrency: 4,
         }
     }
 }
@@ -104,7 +106,7 @@ impl std::fmt::Debug for IngestorConfig {
             .field("purge_interval", &self.purge_interval)
             .field("secret_cipher", &self.secret_cipher.as_ref().map(|c| c.key_id().to_owned()))
             .field("max_page_bytes", &self.max_page_bytes)
-            .field("org_read_concurrency", &self.org_read_concurrency)
+            .field("store_concurrency", &self.store_concurrency)
             .finish_non_exhaustive()
     }
 }

@@ -1,79 +1,165 @@
-//! How many of one organization's reads run at once on this node.
+//! How the organizations share the store's request capacity on this node.
 //!
-//! The store serves reads from a small shared pool (SQLite: a few reader connections;
-//! PostgreSQL: the connection pool it shares with writes and claims), first come, first
-//! served. Without a bound, one organization that keeps many large inbox pages in flight
-//! fills the pool, and every other organization's read queues behind all of them
-//! (BENCHMARKS.md measured a small inbox read going from 0.3 ms to 265 ms). [`ReadGate`] lets
-//! at most [`IngestorConfig::org_read_concurrency`](super::IngestorConfig) reads of one
-//! organization reach the store at once; its further reads wait for their turn in that
-//! organization's own queue (first come, first served), where nobody else waits.
+//! The store serves requests from small shared pools (SQLite: a few reader connections;
+//! PostgreSQL: the connection pool that writes and claims use too), first come, first served.
+//! Without a gate, one organization that keeps many large inbox pages (or acks, or endpoint
+//! changes) in flight fills the pool, and every other organization's request queues behind
+//! all of them (BENCHMARKS.md measured a small inbox read going from 0.3 ms to 265 ms).
 //!
-//! The gate holds one small entry per organization with reads running or waiting, removed by
-//! the last read to finish (a read abandoned while it waited may leave its organization's
-//! entry until that organization's next read finishes: at most one per organization).
+//! [`StoreGate`] lets at most [`IngestorConfig::store_concurrency`](super::IngestorConfig)
+//! organization requests reach the store at once. One organization may hold all of these
+//! places but one: the last is kept for everyone else, so another organization's request
+//! finds a place at once however busy the first one is. Once requests wait, a place that
+//! frees goes to the waiting organization with the fewest requests running (ties: the one
+//! waiting longest), and each organization's requests keep their order. (With one place,
+//! nothing is kept back.) Ingestion does not pass the gate: the stores queue inserts fairly
+//! themselves (`triggers_core::lanes`).
+//!
+//! The gate holds one small entry per organization with requests running or waiting.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::oneshot;
 
 use crate::domain::OrganizationId;
 
-/// Per-organization read concurrency; see the module docs.
-pub(super) struct ReadGate {
+/// Shares `places` among organizations; see the module docs.
+pub(super) struct StoreGate {
+    state: Mutex<State>,
+    /// The most places one organization may hold.
     per_org: usize,
-    orgs: Mutex<HashMap<OrganizationId, Arc<Semaphore>>>,
 }
 
-impl ReadGate {
-    /// A gate that lets `per_org` reads of one organization run at once (at least one).
-    pub(super) fn new(per_org: usize) -> Self {
-        Self { per_org: per_org.max(1), orgs: Mutex::new(HashMap::new()) }
+struct State {
+    free: usize,
+    /// Requests running per organization (no entry: none).
+    running: HashMap<OrganizationId, usize>,
+    /// Each waiting organization's requests, oldest first; a sender hands over a place.
+    waiting: HashMap<OrganizationId, VecDeque<oneshot::Sender<()>>>,
+    /// The waiting organizations, longest waiting first.
+    order: VecDeque<OrganizationId>,
+}
+
+impl StoreGate {
+    /// A gate with `places` places (at least one).
+    pub(super) fn new(places: usize) -> Self {
+        let places = places.max(1);
+        let state = State {
+            free: places,
+            running: HashMap::new(),
+            waiting: HashMap::new(),
+            order: VecDeque::new(),
+        };
+        Self { state: Mutex::new(state), per_org: (places - 1).max(1) }
     }
 
-    fn orgs(&self) -> MutexGuard<'_, HashMap<OrganizationId, Arc<Semaphore>>> {
-        // Every change under the lock is one map operation: a poisoned map is still whole.
-        self.orgs.lock().unwrap_or_else(PoisonError::into_inner)
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every change under the lock is completed before it is released, except by a panic
+        // in the standard collections; the state is then as consistent as they left it.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits until `org` may run one more read; the read runs while the turn is held.
-    pub(super) async fn enter(&self, org: OrganizationId) -> ReadTurn<'_> {
-        let slots = self
-            .orgs()
-            .entry(org)
-            .or_insert_with(|| Arc::new(Semaphore::new(self.per_org)))
-            .clone();
-        // The semaphore is never closed, so acquiring cannot fail; if it did, the read would
-        // simply run unbounded.
-        let permit = slots.clone().acquire_owned().await.ok();
-        ReadTurn { gate: self, org, slots, permit }
+    /// Waits for a place for one request of `org`; the request runs while the turn is held.
+    pub(super) async fn enter(&self, org: OrganizationId) -> Turn<'_> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut s = self.state();
+            let queue = s.waiting.entry(org).or_default();
+            queue.push_back(tx);
+            if queue.len() == 1 {
+                s.order.push_back(org);
+            }
+            self.dispatch(&mut s);
+        }
+        let mut waiting = Waiting { gate: self, org, rx: Some(rx) };
+        if let Some(rx) = waiting.rx.as_mut() {
+            // Only `dispatch` drops a sender, after a send; a failed send means this
+            // receiver had closed, which it does only when dropped. So this is `Ok`.
+            let _ = rx.await;
+        }
+        waiting.rx = None;
+        Turn { gate: self, org }
     }
 
-    /// Organizations with reads running or waiting (for tests).
+    /// A place of `org` freed.
+    fn leave(&self, org: OrganizationId) {
+        let mut s = self.state();
+        if let Some(n) = s.running.get_mut(&org) {
+            *n -= 1;
+            if *n == 0 {
+                s.running.remove(&org);
+            }
+        }
+        s.free += 1;
+        self.dispatch(&mut s);
+    }
+
+    /// Hands the free places to waiting organizations below their share, the one with the
+    /// fewest requests running first.
+    fn dispatch(&self, s: &mut State) {
+        while s.free > 0 {
+            let running = |o: &OrganizationId| s.running.get(o).copied().unwrap_or(0);
+            let next = s
+                .order
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| running(o) < self.per_org)
+                .min_by_key(|(at, o)| (running(o), *at))
+                .map(|(at, o)| (at, *o));
+            let Some((at, next)) = next else { return };
+            let tx = s.waiting.get_mut(&next).and_then(VecDeque::pop_front);
+            if s.waiting.get(&next).map_or(true, VecDeque::is_empty) {
+                s.waiting.remove(&next);
+                s.order.remove(at);
+            }
+            // A waiter that left (its request was dropped) is skipped.
+            if tx.is_some_and(|tx| tx.send(()).is_ok()) {
+                s.free -= 1;
+                *s.running.entry(next).or_default() += 1;
+            }
+        }
+    }
+
+    /// Organizations with requests running or waiting (for tests).
     #[cfg(test)]
     fn tracked(&self) -> usize {
-        self.orgs().len()
+        let s = self.state();
+        let mut orgs: std::collections::HashSet<_> = s.running.keys().collect();
+        orgs.extend(s.waiting.keys());
+        orgs.len()
     }
 }
 
-/// One running read of an organization; see [`ReadGate::enter`].
-pub(super) struct ReadTurn<'a> {
-    gate: &'a ReadGate,
+/// A request waiting for a place. Dropped before it got one, it gives back a place handed
+/// over in the meantime.
+struct Waiting<'a> {
+    gate: &'a StoreGate,
     org: OrganizationId,
-    slots: Arc<Semaphore>,
-    permit: Option<OwnedSemaphorePermit>,
+    rx: Option<oneshot::Receiver<()>>,
 }
 
-impl Drop for ReadTurn<'_> {
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        drop(self.permit.take());
-        let mut orgs = self.gate.orgs();
-        // Held by the map and this turn only: no other read of the organization runs or
-        // waits (one that does holds a clone, taken under this lock).
-        if Arc::strong_count(&self.slots) == 2 {
-            orgs.remove(&self.org);
+        if let Some(mut rx) = self.rx.take() {
+            // No place is handed over after this; one handed over before is this org's.
+            rx.close();
+            if rx.try_recv().is_ok() {
+                self.gate.leave(self.org);
+            }
         }
+    }
+}
+
+/// One request of an organization at the store; see [`StoreGate::enter`].
+pub(super) struct Turn<'a> {
+    gate: &'a StoreGate,
+    org: OrganizationId,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.gate.leave(self.org);
     }
 }
 
@@ -81,45 +167,114 @@ impl Drop for ReadTurn<'_> {
 mod tests {
     use std::future::Future;
     use std::pin::Pin;
-    use std::task::{Context, Waker};
-    use std::time::Duration;
+    use std::sync::Arc;
+    use std::task::{Context, Wake, Waker};
 
     use super::*;
 
-    /// Polls `f` once: whether it is still waiting.
+    struct NoWake;
+
+    impl Wake for NoWake {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    /// Polls `f` once: its output, if it is done.
+    fn poll_once<F: Future>(f: Pin<&mut F>) -> Option<F::Output> {
+        let waker = Waker::from(Arc::new(NoWake));
+        match f.poll(&mut Context::from_waker(&waker)) {
+            std::task::Poll::Ready(out) => Some(out),
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    /// Polls `f` once: whether it is still waiting (a turn it got is given back at once).
     fn waits<F: Future>(f: Pin<&mut F>) -> bool {
-        f.poll(&mut Context::from_waker(Waker::noop())).is_pending()
+        poll_once(f).is_none()
+    }
+
+    fn org(name: &str) -> OrganizationId {
+        OrganizationId::named(name)
     }
 
     #[tokio::test]
-    async fn an_organization_past_its_reads_waits_and_others_do_not() {
-        let gate = ReadGate::new(2);
-        let (a, b) = (OrganizationId::named("a"), OrganizationId::named("b"));
-        let first = gate.enter(a).await;
-        let _second = gate.enter(a).await;
-        let third = gate.enter(a);
-        tokio::pin!(third);
-        // `a`'s third read waits (polled once: it is queued, not running) …
-        assert!(waits(third.as_mut()));
-        // … while `b` reads at once.
-        let b_turn = tokio::time::timeout(Duration::from_secs(30), gate.enter(b)).await;
-        assert!(b_turn.is_ok());
-        drop(first);
-        assert!(tokio::time::timeout(Duration::from_secs(30), third).await.is_ok());
+    async fn one_organization_may_hold_every_place_but_one() {
+        let gate = StoreGate::new(3);
+        let _turns = [gate.enter(org("a")).await, gate.enter(org("a")).await];
+        let a3 = gate.enter(org("a"));
+        tokio::pin!(a3);
+        assert!(waits(a3.as_mut()), "the last place is kept for the others");
+        let b1 = gate.enter(org("b"));
+        tokio::pin!(b1);
+        assert!(poll_once(b1.as_mut()).is_some(), "another organization gets it at once");
     }
 
     #[tokio::test]
-    async fn an_organization_without_reads_leaves_nothing_behind() {
-        let gate = ReadGate::new(1);
-        let a = OrganizationId::named("a");
-        let one = gate.enter(a).await;
-        let two = gate.enter(a);
+    async fn a_freed_place_goes_to_the_organization_with_the_fewest_running() {
+        let gate = StoreGate::new(3);
+        let a1 = gate.enter(org("a")).await;
+        let _a2 = gate.enter(org("a")).await;
+        let _b1 = gate.enter(org("b")).await;
+        let (a3, b2, c1) = (gate.enter(org("a")), gate.enter(org("b")), gate.enter(org("c")));
+        tokio::pin!(a3, b2, c1);
+        assert!(waits(a3.as_mut()) && waits(b2.as_mut()) && waits(c1.as_mut()));
+        drop(a1);
+        // `a` and `b` waited longer, but have requests running and `c` none.
+        let _c1 = poll_once(c1.as_mut()).expect("c got the place");
+        assert!(waits(a3.as_mut()) && waits(b2.as_mut()));
+    }
+
+    #[tokio::test]
+    async fn with_one_place_nothing_is_kept_back() {
+        let gate = StoreGate::new(1);
+        let a1 = gate.enter(org("a"));
+        tokio::pin!(a1);
+        assert!(poll_once(a1.as_mut()).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_leaves_passes_its_place_on() {
+        let gate = StoreGate::new(1);
+        let a1 = gate.enter(org("a")).await;
+        {
+            let b1 = gate.enter(org("b"));
+            tokio::pin!(b1);
+            assert!(waits(b1.as_mut()));
+            // `b1` is dropped while it waits.
+        }
+        let c1 = gate.enter(org("c"));
+        tokio::pin!(c1);
+        assert!(waits(c1.as_mut()));
+        drop(a1);
+        assert!(!waits(c1.as_mut()), "the place skipped the waiter that left");
+    }
+
+    #[tokio::test]
+    async fn a_place_handed_to_a_waiter_that_then_leaves_is_not_lost() {
+        let gate = StoreGate::new(1);
+        let a1 = gate.enter(org("a")).await;
+        let b1 = gate.enter(org("b"));
+        let mut b1 = Box::pin(b1);
+        assert!(waits(b1.as_mut()));
+        let c1 = gate.enter(org("c"));
+        tokio::pin!(c1);
+        assert!(waits(c1.as_mut()));
+        drop(a1); // handed to `b1`, which has not looked yet …
+        drop(b1); // … and leaves: the place goes on to `c1`.
+        assert!(!waits(c1.as_mut()));
+    }
+
+    #[tokio::test]
+    async fn an_organization_without_requests_leaves_nothing_behind() {
+        let gate = StoreGate::new(1);
+        let one = gate.enter(org("a")).await;
+        let two = gate.enter(org("a"));
         tokio::pin!(two);
         assert!(waits(two.as_mut()));
+        assert_eq!(gate.tracked(), 1);
         drop(one);
         let two = two.await;
-        assert_eq!(gate.tracked(), 1);
         drop(two);
         assert_eq!(gate.tracked(), 0);
+        assert_eq!(gate.state().free, 1);
     }
 }

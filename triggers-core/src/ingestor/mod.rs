@@ -131,8 +131,8 @@ struct Inner<S> {
     config: IngestorConfig,
     limiter: RateLimiter,
     auth: auth::AuthCache,
-    /// At most `config.org_read_concurrency` reads of one organization at once.
-    reads: gate::ReadGate,
+    /// Shares `config.store_concurrency` places at the store among the organizations.
+    gate: gate::StoreGate,
     wake: Arc<Notify>,
 }
 
@@ -157,7 +157,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             store,
             limiter: RateLimiter::new(),
             auth: auth::AuthCache::new(config.auth_cache_ttl),
-            reads: gate::ReadGate::new(config.org_read_concurrency),
+            gate: gate::StoreGate::new(config.store_concurrency),
             config,
             wake,
         });
@@ -223,6 +223,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     /// other nodes within `auth_cache_ttl`).
     pub async fn rotate_key(&self, org: &Organization) -> Result<ApiKey> {
         let key = ApiKey::generate();
+        let _turn = self.inner.gate.enter(org.id).await;
         if !self.inner.store.replace_key(org.id, &key.hash()).await? {
             return Err(Error::NotFound);
         }
@@ -336,7 +337,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
 
     /// One event with its delivery attempts.
     pub async fn event(&self, org: &Organization, id: EventId) -> Result<EventDetail> {
-        let _turn = self.inner.reads.enter(org.id).await;
+        let _turn = self.inner.gate.enter(org.id).await;
         self.inner.store.event(org.id, id).await?.ok_or(Error::NotFound)
     }
 
@@ -353,7 +354,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         }
         let after = query.cursor.as_deref().map(Cursor::decode).transpose()?;
         let max_bytes = self.inner.config.max_page_bytes;
-        let _turn = self.inner.reads.enter(org.id).await;
+        let _turn = self.inner.gate.enter(org.id).await;
 
         let Some(status) = query.status else {
             return inbox::every_status(&self.inner.store, org.id, query, after, max_bytes).await;
@@ -366,6 +367,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
 
     /// Acknowledges one event (idempotent); `NotFound` for unknown or foreign ids.
     pub async fn ack(&self, org: &Organization, id: EventId) -> Result<()> {
+        let _turn = self.inner.gate.enter(org.id).await;
         let outcome = self.inner.store.ack(org.id, &[id], self.now()).await?;
         if outcome.acknowledged.is_empty() {
             Err(Error::NotFound)
@@ -386,6 +388,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         if ids.is_empty() {
             return Ok(AckOutcome::default());
         }
+        let _turn = self.inner.gate.enter(org.id).await;
         Ok(self.inner.store.ack(org.id, ids, self.now()).await?)
     }
 
@@ -398,6 +401,8 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     /// between the count and the replay may get a delivery that was not charged.
     pub async fn replay(&self, org: &Organization, id: EventId) -> Result<Replayed> {
         let now = self.now();
+        let _turn = self.inner.gate.enter(org.id).await;
+
         let detail = self.inner.store.event(org.id, id).await?.ok_or(Error::NotFound)?;
         let deliveries = self
             .inner
@@ -432,7 +437,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
 
     /// Event counts by status, and in-flight deliveries.
     pub async fn stats(&self, org: &Organization) -> Result<QueueStats> {
-        let _turn = self.inner.reads.enter(org.id).await;
+        let _turn = self.inner.gate.enter(org.id).await;
         Ok(self.inner.store.stats(org.id).await?)
     }
 
@@ -476,7 +481,10 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             created_at: self.now(),
             ordering,
         };
-        let mut created = self.inner.store.create_endpoint(org.id, &endpoint).await?;
+        let mut created = {
+            let _turn = self.inner.gate.enter(org.id).await;
+            self.inner.store.create_endpoint(org.id, &endpoint).await?
+        };
         created.secret = secret;
         Ok(created)
     }
@@ -490,6 +498,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         id: EndpointId,
         ordering: DeliveryOrdering,
     ) -> Result<()> {
+        let _turn = self.inner.gate.enter(org.id).await;
         if self.inner.store.set_endpoint_ordering(org.id, id, ordering).await? {
             self.inner.wake.notify_one();
             Ok(())
@@ -502,7 +511,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     /// cannot be (its key is not configured) is left sealed.
     pub async fn endpoints(&self, org: &Organization) -> Result<Vec<Endpoint>> {
         let mut endpoints = {
-            let _turn = self.inner.reads.enter(org.id).await;
+            let _turn = self.inner.gate.enter(org.id).await;
             self.inner.store.endpoints(org.id).await?
         };
         for e in &mut endpoints {
@@ -544,6 +553,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
 
     /// Deletes an endpoint and cancels its outstanding deliveries.
     pub async fn delete_endpoint(&self, org: &Organization, id: EndpointId) -> Result<()> {
+        let _turn = self.inner.gate.enter(org.id).await;
         if self.inner.store.delete_endpoint(org.id, id).await? {
             Ok(())
         } else {
@@ -561,6 +571,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         let secret = Secret::generate();
         let grace_until = clock::add(self.now(), self.inner.config.secret_grace);
         let stored = self.seal(id, &secret);
+        let _turn = self.inner.gate.enter(org.id).await;
         if self.inner.store.rotate_endpoint_secret(org.id, id, &stored, grace_until).await? {
             Ok(secret)
         } else {

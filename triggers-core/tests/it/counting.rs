@@ -27,28 +27,34 @@ pub(crate) struct Counting {
     reads: Arc<Reads>,
 }
 
-/// `stats` calls per organization: running now, and the most ever running at once; and
-/// whether they are held (wait until released).
+/// `stats` calls per organization: running now, and the most ever running at once; and,
+/// while they are held, the permits that let them finish.
 struct Reads {
     running: Mutex<HashMap<OrganizationId, (u32, u32)>>,
-    held: tokio::sync::watch::Sender<bool>,
+    held: std::sync::atomic::AtomicBool,
+    permits: tokio::sync::Semaphore,
 }
 
 impl Default for Reads {
     fn default() -> Self {
-        Self { running: Mutex::default(), held: tokio::sync::watch::channel(false).0 }
+        Self {
+            running: Mutex::default(),
+            held: std::sync::atomic::AtomicBool::new(false),
+            permits: tokio::sync::Semaphore::new(0),
+        }
     }
 }
 
 impl Counting {
-    /// Makes `stats` calls wait (once counted as running) until [`release_reads`](Self::release_reads).
+    /// Makes `stats` calls wait (once counted as running) for a permit:
+    /// [`release_reads`](Self::release_reads) gives one.
     pub(crate) fn hold_reads(&self) {
-        self.reads.held.send_replace(true);
+        self.reads.held.store(true, Ordering::SeqCst);
     }
 
-    /// Lets held `stats` calls go on.
-    pub(crate) fn release_reads(&self) {
-        self.reads.held.send_replace(false);
+    /// Lets `n` held `stats` calls finish.
+    pub(crate) fn release_reads(&self, n: usize) {
+        self.reads.permits.add_permits(n);
     }
 
     /// `(running now, most at once)` of `org`'s `stats` calls.
@@ -188,8 +194,11 @@ impl EventLog for Counting {
             *most = (*most).max(*now);
         };
         change(1);
-        let mut held = self.reads.held.subscribe();
-        let _ = held.wait_for(|held| !*held).await;
+        if self.reads.held.load(Ordering::SeqCst) {
+            if let Ok(permit) = self.reads.permits.acquire().await {
+                permit.forget();
+            }
+        }
         let stats = self.inner.stats(org).await;
         change(-1);
         stats
