@@ -59,7 +59,8 @@ pub struct PgConfig {
     /// so one batch is being collected while another commits. Default 2.
     pub writers: usize,
     /// Group commit: insert requests that may wait for a writer; when full, inserts fail at
-    /// once with `Overloaded` (HTTP 503). Default 4096.
+    /// once with `Overloaded` (HTTP 503). One organization may hold half of the places;
+    /// past that its own inserts fail so. Default 4096.
     pub channel_capacity: usize,
     /// The `LISTEN`/`NOTIFY` channel name. Nodes sharing a database must use the same one.
     /// Default `triggers_deliveries`.

@@ -52,7 +52,8 @@ pub struct SqliteConfig {
     pub synchronous: Synchronous,
     /// How many write requests may wait for the writer thread. When the queue is full, writes
     /// fail at once with `StoreError::Overloaded` (the Ingestor answers HTTP 503) instead of
-    /// queueing without bound. Default 1024.
+    /// queueing without bound; so do an organization's writes once it holds half of the
+    /// places. Default 1024.
     pub writer_queue: usize,
     /// At most this many queued write requests are committed together in one transaction
     /// (group commit). Default 256.

@@ -36,8 +36,9 @@
 //!   predicted to take longer runs alone, and the lanes take turns, so another organization's
 //!   request waits for at most one such request. Predictions are the measured time per event
 //!   of each organization's recent requests ([`triggers_core::lanes`]).
-//! - **Backpressure**: when [`SqliteConfig::writer_queue`] requests are already waiting, a
-//!   write fails at once with `StoreError::Overloaded`, which the Ingestor answers with 503.
+//! - **Backpressure**: when [`SqliteConfig::writer_queue`] requests are already waiting (or
+//!   half of them are one organization's, and the write is that organization's), a write
+//!   fails at once with `StoreError::Overloaded`, which the Ingestor answers with 503.
 //! - **Readers**: a pool of [`SqliteConfig::readers`] connections with `PRAGMA query_only`
 //!   serves event lookups, the inbox, stats and health checks on tokio's blocking threads.
 //!   WAL mode lets them run concurrently with the writer.
