@@ -62,16 +62,25 @@ impl StoreGate {
 
     /// Waits for a place for one request of `org`; the request runs while the turn is held.
     pub(super) async fn enter(&self, org: OrganizationId) -> Turn<'_> {
-        let (tx, rx) = oneshot::channel();
-        {
+        let rx = {
             let mut s = self.state();
+            // Nobody waits and a place is free: take it (what `dispatch` would do) without
+            // queueing.
+            let running = s.running.get(&org).copied().unwrap_or(0);
+            if s.order.is_empty() && s.free > 0 && running < self.per_org {
+                s.free -= 1;
+                *s.running.entry(org).or_default() += 1;
+                return Turn { gate: self, org };
+            }
+            let (tx, rx) = oneshot::channel();
             let queue = s.waiting.entry(org).or_default();
             queue.push_back(tx);
             if queue.len() == 1 {
                 s.order.push_back(org);
             }
             self.dispatch(&mut s);
-        }
+            rx
+        };
         let mut waiting = Waiting { gate: self, org, rx: Some(rx) };
         if let Some(rx) = waiting.rx.as_mut() {
             // Only `dispatch` drops a sender, after a send; a failed send means this
