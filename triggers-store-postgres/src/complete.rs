@@ -28,11 +28,20 @@
 //! Deliveries are added to an event with outstanding ones by `replay`, which deletes those
 //! first (their completions are then stale), and by `recover`, which first marks them
 //! `shared` (migration 0008): the fast path's fence refuses a shared delivery, and the
-//! completions it did not apply go down the general path, which decides whether each is
+//! completions it did not apply go down the successes path, which decides whether each is
 //! stale. A recover that comes after a fast completion committed finds its event decided
 //! (`delivered` stays delivered, as the store contract says).
 //!
-//! **Durability.** Both paths commit with `synchronous_commit = off` (their first statement
+//! **Successes path.** A batch of successes that disable nothing, of which some delivery may
+//! have a sibling (an event with two or more endpoints), runs steps 1 – 3 inside one
+//! database function, `triggers_complete_successes` (migration 0009), in one autocommitted
+//! statement: the finish, the lock of the events in id order, then the decision with a
+//! snapshot taken after the lock (a volatile function takes one per statement it runs). The
+//! same argument as the general path's, in one round trip instead of five (fan-out
+//! deliveries on PostgreSQL were 20 – 40 % slower than one endpoint's; BENCHMARKS.md,
+//! "Issue #17, thirteenth sitting").
+//!
+//! **Durability.** Every path commits with `synchronous_commit = off` (their first statement
 //! sets it for its transaction): a completion is lease bookkeeping, which the store contract
 //! lets a crash of the database undo — the delivery is then due again and attempted once
 //! more, never lost. A committed completion is visible at once, to every node; only its
@@ -61,6 +70,9 @@ use crate::queue::attempt_i32;
 /// minute) had the planner walk every attempt of the endpoint (`attempts_by_endpoint`) on
 /// each completion — 10 – 20 ms per completion with 20 000 attempts, and end-to-end delivery
 /// at ≈ 800 a second (BENCHMARKS.md, "Issue #17, second sitting").
+///
+/// Migration 0009's `triggers_complete_successes` runs a copy of this CTE: a change here
+/// needs a migration that replaces the function.
 macro_rules! trim_attempts_cte {
     ($src:literal, $keep_param:literal) => {
         concat!(
@@ -145,6 +157,11 @@ delivered AS (
 SELECT id FROM fin WHERE (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
 "#
 );
+
+/// The successes path (the module docs): the function finishes, locks and decides.
+const SUCCESSES_SQL: &str =
+    "SELECT id FROM triggers_complete_successes($1, $2, $3, $4, $5, $6, $7, \
+                             $8, $9) AS f(id)";
 
 const LOCK_SQL: &str = r#"
 SELECT id FROM events WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE
@@ -248,12 +265,23 @@ impl Singles {
     }
 }
 
+/// Which statements apply a batch (the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// Successes of deliveries claimed as their event's only outstanding one: `FAST_SQL`.
+    Fast,
+    /// Successes that disable nothing: `triggers_complete_successes`, one statement.
+    Successes,
+    /// Anything else: a transaction of `FINISH_SQL`, `LOCK_SQL` and `RECORD_SQL`.
+    General,
+}
+
 /// A batch of completions ready to apply: each delivery's first completion only (a second
-/// one would be stale), and whether the fast path applies.
+/// one would be stale), and the path that applies it.
 struct Batch<'c> {
     all: &'c [Completion],
     firsts: Vec<&'c Completion>,
-    fast: bool,
+    path: Path,
     /// Attempts are trimmed to this many, including the one being inserted.
     keep: i64,
 }
@@ -269,8 +297,13 @@ impl<'c> Batch<'c> {
         let simple = firsts
             .iter()
             .all(|c| c.state == CompletionState::Delivered && c.disable_endpoint.is_none());
-        let fast = singles.take_all(&firsts) && simple;
-        Batch { all: completions, firsts, fast, keep: i64::from(keep.max(1)) }
+        let single = singles.take_all(&firsts);
+        let path = match (simple, single) {
+            (true, true) => Path::Fast,
+            (true, false) => Path::Successes,
+            (false, _) => Path::General,
+        };
+        Batch { all: completions, firsts, path, keep: i64::from(keep.max(1)) }
     }
 
     /// One flag per completion, in order: `applied` holds each delivery once.
@@ -299,7 +332,8 @@ pub(crate) async fn complete(
 }
 
 /// Applies `completions` on `conn` (not inside a transaction); one flag per completion, in
-/// order. The fast path is one autocommitted statement, the general path one transaction;
+/// order. The fast and successes paths are one autocommitted statement each, the general
+/// path one transaction;
 /// neither waits for the WAL flush (the module's "Durability").
 pub(crate) async fn complete_on(
     conn: &mut PgConnection,
@@ -311,13 +345,13 @@ pub(crate) async fn complete_on(
         return Ok(Vec::new());
     }
     let batch = Batch::new(singles, completions, keep);
-    let mut applied = apply(conn, &batch.firsts, batch.fast, batch.keep).await?;
-    if batch.fast {
+    let mut applied = apply(conn, &batch.firsts, batch.path, batch.keep).await?;
+    if batch.path == Path::Fast {
         // Not applied on the fast path: stale, or `shared` since the claim (a `recover`
-        // queued another delivery of the event); the general path decides which.
+        // queued another delivery of the event); the successes path decides which.
         let rest = batch.stale(&applied);
         if !rest.is_empty() {
-            applied.extend(apply(conn, &rest, false, batch.keep).await?);
+            applied.extend(apply(conn, &rest, Path::Successes, batch.keep).await?);
         }
     }
     let stale = batch.stale(&applied);
@@ -327,26 +361,28 @@ pub(crate) async fn complete_on(
     Ok(batch.flags(applied))
 }
 
-/// Applies `firsts` on the fast path or the general path, running a batch that was rolled
-/// back (a deadlock) again; returns the ids of the deliveries whose completion applied.
+/// Applies `firsts` on `path`, running a batch that was rolled back (a deadlock) again;
+/// returns the ids of the deliveries whose completion applied.
 async fn apply(
     conn: &mut PgConnection,
     firsts: &[&Completion],
-    fast: bool,
+    path: Path,
     keep: i64,
 ) -> StoreResult<HashSet<Uuid>> {
     let mut attempt = 0;
     loop {
-        let run = if fast {
-            complete_fast(&mut *conn, firsts, keep).await
-        } else {
-            async {
-                let mut tx = conn.begin().await?;
-                let applied = complete_once(&mut tx, firsts, keep).await?;
-                tx.commit().await?;
-                Ok(applied)
+        let run = match path {
+            Path::Fast => complete_fast(&mut *conn, firsts, keep).await,
+            Path::Successes => complete_successes(&mut *conn, firsts, keep).await,
+            Path::General => {
+                async {
+                    let mut tx = conn.begin().await?;
+                    let applied = complete_once(&mut tx, firsts, keep).await?;
+                    tx.commit().await?;
+                    Ok(applied)
+                }
+                .await
             }
-            .await
         };
         match run {
             Err(e) if is_retryable_conflict(&e) && attempt < 3 => {
@@ -396,7 +432,26 @@ async fn complete_fast(
     firsts: &[&Completion],
     keep: i64,
 ) -> Result<HashSet<Uuid>, sqlx::Error> {
-    let rows = bind_attempts(sqlx::query(FAST_SQL), firsts).bind(keep).fetch_all(conn).await?;
+    applied_ids(bind_attempts(sqlx::query(FAST_SQL), firsts).bind(keep), conn).await
+}
+
+/// The successes path: one statement calling `triggers_complete_successes` (migration
+/// 0009), whose arguments are `FAST_SQL`'s; returns the ids of the deliveries whose
+/// completion applied.
+async fn complete_successes(
+    conn: &mut PgConnection,
+    firsts: &[&Completion],
+    keep: i64,
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    applied_ids(bind_attempts(sqlx::query(SUCCESSES_SQL), firsts).bind(keep), conn).await
+}
+
+/// Runs `query`, whose rows are one delivery id each.
+async fn applied_ids(
+    query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+    conn: &mut PgConnection,
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    let rows = query.fetch_all(conn).await?;
     let mut ids = HashSet::with_capacity(rows.len());
     for row in &rows {
         use sqlx::Row;

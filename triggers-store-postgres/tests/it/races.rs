@@ -1,11 +1,14 @@
-//! Races the database decides: a dedup id held by an uncommitted transaction, and a full
-//! intake queue.
+//! Races the database decides: a dedup id held by an uncommitted transaction, a full
+//! intake queue, and the last two deliveries of an event completed at once.
 
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
-use triggers_core::store::{EventLog, InsertOutcome, StoreError};
-use triggers_core::{EventId, OrganizationId};
+use triggers_core::domain::event::{AttemptRecord, EventStatus};
+use triggers_core::store::{
+    ClaimRequest, Completion, CompletionState, DeliveryQueue, EventLog, InsertOutcome, StoreError,
+};
+use triggers_core::{EventId, OrganizationId, WorkerId};
 use triggers_store_postgres::{testing::TestDatabase, PgConfig, PgStore};
 
 use crate::support::{self, at, DAY};
@@ -31,7 +34,12 @@ async fn hold_dedup(db: &TestDatabase, org: OrganizationId, key: &str) -> (PgCon
 
 /// Waits until some session of `store` waits for a lock.
 async fn writer_blocked(store: &PgStore) {
-    support::eventually("the writer waits for the lock", Duration::from_secs(30), || async {
+    sessions_blocked(store, 1).await;
+}
+
+/// Waits until at least `n` sessions of `store`'s database wait for a lock.
+async fn sessions_blocked(store: &PgStore, n: i64) {
+    support::eventually("sessions wait for a lock", Duration::from_secs(30), || async {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
              WHERE datname = current_database() AND wait_event_type = 'Lock'",
@@ -39,7 +47,7 @@ async fn writer_blocked(store: &PgStore) {
         .fetch_one(store.pool())
         .await
         .unwrap();
-        waiting > 0
+        waiting >= n
     })
     .await;
 }
@@ -121,6 +129,105 @@ async fn a_dedup_id_held_by_a_transaction_that_aborts_is_taken() {
     // The store keeps serving.
     let after = store.insert_events(org.id, vec![support::record("t", None, at(2))], DAY, at(2));
     assert!(matches!(&after.await.unwrap()[0], InsertOutcome::Inserted { .. }));
+    drop(store);
+    db.drop_database().await.unwrap();
+}
+
+fn delivered(d: &triggers_core::store::Delivery, secs: i64) -> Completion {
+    Completion {
+        delivery_id: d.id,
+        lease_owner: d.lease_owner,
+        attempt: d.attempt,
+        state: CompletionState::Delivered,
+        record: AttemptRecord {
+            endpoint_id: d.endpoint_id,
+            at: at(secs),
+            status_code: Some(200),
+            latency_ms: 3,
+            error: None,
+        },
+        disable_endpoint: None,
+    }
+}
+
+/// An event with two endpoints whose deliveries succeed in two batches at once (two workers
+/// or two nodes): each batch finishes its delivery and then decides whether it was the
+/// event's last. Both deletes are held back by a lock on the event until both batches wait,
+/// so each batch's own snapshot still sees the other's delivery: the one that decides last
+/// must decide after the other's commit, or the event stays `pending` with nothing left to
+/// deliver. (Successes of a delivery that had a sibling at its claim take one statement,
+/// `triggers_complete_successes`; this is its race.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_two_deliveries_of_an_event_completed_at_once_deliver_it() {
+    let Some(db) = support::database("last_two_deliveries_at_once").await else { return };
+    let store = support::connect(&db, support::config()).await;
+    let org = support::org(&store, "acme").await;
+    support::endpoint(&store, &org, None).await;
+    support::endpoint(&store, &org, None).await;
+    let record = support::record("t", None, at(1));
+    let event = record.id;
+    store.insert_events(org.id, vec![record], DAY, at(1)).await.unwrap();
+    let claimed = store
+        .claim(ClaimRequest::new(WorkerId::new(), 10, Duration::from_secs(60), at(2)))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2, "one delivery per endpoint");
+
+    let mut holder = PgConnection::connect_with(&db.options).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT 1 FROM events WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(event.0)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let batches: Vec<_> = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let (s, c) = (store.clone(), delivered(d, 3 + i as i64));
+            tokio::spawn(async move { s.complete(&[c]).await })
+        })
+        .collect();
+    sessions_blocked(&store, 2).await;
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    for batch in batches {
+        assert_eq!(batch.await.unwrap().unwrap(), vec![true]);
+    }
+
+    let detail = store.event(org.id, event).await.unwrap().unwrap();
+    assert_eq!(detail.event.status, EventStatus::Delivered);
+    assert_eq!(detail.attempts.len(), 2);
+    assert_eq!(store.queue_depth().await.unwrap(), 0);
+    drop(store);
+    db.drop_database().await.unwrap();
+}
+
+/// Both deliveries of an event succeed in one batch: the batch's own deletes leave nothing
+/// outstanding, so it delivers the event (latest success time); a repeat is stale.
+#[tokio::test]
+async fn an_events_deliveries_completed_in_one_batch_deliver_it() {
+    let Some(db) = support::database("deliveries_in_one_batch").await else { return };
+    let store = support::connect(&db, support::config()).await;
+    let org = support::org(&store, "acme").await;
+    support::endpoint(&store, &org, None).await;
+    support::endpoint(&store, &org, None).await;
+    let record = support::record("t", None, at(1));
+    let event = record.id;
+    store.insert_events(org.id, vec![record], DAY, at(1)).await.unwrap();
+    let claimed = store
+        .claim(ClaimRequest::new(WorkerId::new(), 10, Duration::from_secs(60), at(2)))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    let batch = [delivered(&claimed[0], 5), delivered(&claimed[1], 4)];
+    assert_eq!(store.complete(&batch).await.unwrap(), vec![true, true]);
+    let detail = store.event(org.id, event).await.unwrap().unwrap();
+    assert_eq!(
+        (detail.event.status, detail.event.delivered_at),
+        (EventStatus::Delivered, Some(at(4)))
+    );
+    assert_eq!(store.complete(&batch).await.unwrap(), vec![false, false], "stale");
+    assert_eq!(store.event(org.id, event).await.unwrap().unwrap().attempts.len(), 2);
     drop(store);
     db.drop_database().await.unwrap();
 }
