@@ -1,11 +1,70 @@
-//! The inbox across every status (`status=all`): the store lists one status at a time, in
-//! id order, so one page of each is merged by id.
+//! The inbox: an organization's events page by page, oldest first, by status or across
+//! every status (`status=all`: the store lists one status at a time, in id order, so one
+//! page of each is merged by id).
 
-use super::{Cursor, InboxPage, InboxQuery};
+use super::{Cursor, Ingestor};
+use crate::deliver::Deliverer;
 use crate::domain::event::{Event, EventStatus};
+use crate::domain::org::Organization;
+use crate::domain::validate::ValidationError;
+use crate::domain::webhook::TypeGlob;
 use crate::domain::{EventId, OrganizationId};
 use crate::error::Result;
 use crate::store::{page_item_size, EventStore, ListQuery, Page};
+
+/// What to list from the inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxQuery {
+    /// Only events with this status (default `pending`); `None`: every status.
+    pub status: Option<EventStatus>,
+    /// Only events whose type matches this glob.
+    pub type_glob: Option<TypeGlob>,
+    /// Page size, 1–1000 (default 100).
+    pub limit: u32,
+    /// Where to continue: the previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+impl Default for InboxQuery {
+    fn default() -> Self {
+        Self { status: Some(EventStatus::Pending), type_glob: None, limit: 100, cursor: None }
+    }
+}
+
+/// One inbox page, oldest event first.
+#[derive(Debug, Clone)]
+pub struct InboxPage {
+    /// The events, in ascending id (= creation) order.
+    pub events: Vec<Event>,
+    /// The cursor for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
+    /// A page of the inbox, oldest first; follow `next_cursor` for the next page. Paging
+    /// visits every matching event exactly once, also while new events arrive. A page holds
+    /// at most `query.limit` events and ends early at `IngestorConfig::max_page_bytes`.
+    pub async fn inbox(&self, org: &Organization, query: InboxQuery) -> Result<InboxPage> {
+        if !(1..=1000).contains(&query.limit) {
+            return Err(ValidationError::Field {
+                field: "limit",
+                reason: "must be between 1 and 1000".into(),
+            }
+            .into());
+        }
+        let after = query.cursor.as_deref().map(Cursor::decode).transpose()?;
+        let max_bytes = self.inner.config.max_page_bytes;
+        let _turn = self.inner.gate.enter(org.id).await;
+
+        let Some(status) = query.status else {
+            return every_status(&self.inner.store, org.id, query, after, max_bytes).await;
+        };
+        let list =
+            ListQuery { status, type_glob: query.type_glob, limit: query.limit, after, max_bytes };
+        let page = self.inner.store.list_events(org.id, &list).await?;
+        Ok(InboxPage { events: page.items, next_cursor: page.next_after.map(Cursor::encode) })
+    }
+}
 
 /// A page of `org`'s events of every status after `after`, ascending id, with the inbox's
 /// guarantees: at most `query.limit` events, at most `max_bytes` (but at least one event),
@@ -15,7 +74,7 @@ use crate::store::{page_item_size, EventStore, ListQuery, Page};
 /// more than one page would. The merge stops at the first point where a status page ended
 /// with more to come (its next event could sort before the others' remaining ones): the
 /// cursor is then the last event taken, and the next call reads on from there.
-pub(super) async fn every_status<S: EventStore>(
+async fn every_status<S: EventStore>(
     store: &S,
     org: OrganizationId,
     query: InboxQuery,

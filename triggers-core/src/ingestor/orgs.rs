@@ -1,4 +1,5 @@
-//! Organizations an embedding application finds again on every start.
+//! Organizations and their API keys: created over HTTP with a key, or found again by an
+//! embedding application on every start.
 
 use super::Ingestor;
 use crate::deliver::Deliverer;
@@ -10,6 +11,49 @@ use crate::error::{Error, Result};
 use crate::store::EventStore;
 
 impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
+    /// Creates an organization (with a fresh random id) and its first API key. The key is
+    /// returned only here. Every call creates another organization; an application that
+    /// wants the same one on every run uses [`organization_or_create`](Self::organization_or_create).
+    pub async fn create_organization(
+        &self,
+        name: &str,
+        tier: Tier,
+    ) -> Result<(Organization, ApiKey)> {
+        let name = checked_name(name)?;
+        let org = Organization::new(name, tier, self.now());
+        let key = ApiKey::generate();
+        self.inner.store.create_organization(&org, &key.hash()).await?;
+        Ok((org, key))
+    }
+
+    /// The organization an API key belongs to; `Unauthorized` for unknown or rotated keys.
+    /// Results are cached for `auth_cache_ttl`.
+    pub async fn authenticate(&self, api_key: &str) -> Result<Organization> {
+        let hash = crate::domain::key::KeyHash::of(api_key);
+        if let Some(org) = self.inner.auth.get(&hash) {
+            return Ok(org);
+        }
+        match self.inner.store.organization_by_key(&hash).await? {
+            Some(org) => {
+                self.inner.auth.insert(hash, org.clone());
+                Ok(org)
+            }
+            None => Err(Error::Unauthorized),
+        }
+    }
+
+    /// Issues a new key for `org`; the old one stops working at once on this node (and on
+    /// other nodes within `auth_cache_ttl`).
+    pub async fn rotate_key(&self, org: &Organization) -> Result<ApiKey> {
+        let key = ApiKey::generate();
+        let _turn = self.inner.gate.enter(org.id).await;
+        if !self.inner.store.replace_key(org.id, &key.hash()).await? {
+            return Err(Error::NotFound);
+        }
+        self.inner.auth.forget(org.id);
+        Ok(key)
+    }
+
     /// The organization with this id; `NotFound` if there is none.
     pub async fn organization(&self, id: OrganizationId) -> Result<Organization> {
         self.inner.store.organization(id).await?.ok_or(Error::NotFound)
