@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
-use triggers_core::domain::event::{AttemptRecord, EventStatus};
+use triggers_core::domain::event::EventStatus;
 use triggers_core::store::{
-    ClaimRequest, Completion, CompletionState, DeliveryQueue, EventLog, InsertOutcome, StoreError,
+    ClaimRequest, Completion, Delivery, DeliveryQueue, EventLog, InsertOutcome, StoreError,
 };
 use triggers_core::{EventId, OrganizationId, WorkerId};
 use triggers_store_postgres::{testing::TestDatabase, PgConfig, PgStore};
@@ -133,21 +133,24 @@ async fn a_dedup_id_held_by_a_transaction_that_aborts_is_taken() {
     db.drop_database().await.unwrap();
 }
 
-fn delivered(d: &triggers_core::store::Delivery, secs: i64) -> Completion {
-    Completion {
-        delivery_id: d.id,
-        lease_owner: d.lease_owner,
-        attempt: d.attempt,
-        state: CompletionState::Delivered,
-        record: AttemptRecord {
-            endpoint_id: d.endpoint_id,
-            at: at(secs),
-            status_code: Some(200),
-            latency_ms: 3,
-            error: None,
-        },
-        disable_endpoint: None,
-    }
+/// An organization with two endpoints, one event, and its two deliveries claimed.
+async fn event_with_two_deliveries(store: &PgStore) -> (OrganizationId, EventId, Vec<Delivery>) {
+    let org = support::org(store, "acme").await;
+    support::endpoint(store, &org, None).await;
+    support::endpoint(store, &org, None).await;
+    let record = support::record("t", None, at(1));
+    let event = record.id;
+    store.insert_events(org.id, vec![record], DAY, at(1)).await.unwrap();
+    let claimed = store
+        .claim(ClaimRequest::new(WorkerId::new(), 10, Duration::from_secs(60), at(2)))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2, "one delivery per endpoint");
+    (org.id, event, claimed)
+}
+
+fn delivered(d: &Delivery, secs: i64) -> Completion {
+    support::delivered(d, d.lease_owner, secs)
 }
 
 /// An event with two endpoints whose deliveries succeed in two batches at once (two workers
@@ -161,17 +164,7 @@ fn delivered(d: &triggers_core::store::Delivery, secs: i64) -> Completion {
 async fn the_last_two_deliveries_of_an_event_completed_at_once_deliver_it() {
     let Some(db) = support::database("last_two_deliveries_at_once").await else { return };
     let store = support::connect(&db, support::config()).await;
-    let org = support::org(&store, "acme").await;
-    support::endpoint(&store, &org, None).await;
-    support::endpoint(&store, &org, None).await;
-    let record = support::record("t", None, at(1));
-    let event = record.id;
-    store.insert_events(org.id, vec![record], DAY, at(1)).await.unwrap();
-    let claimed = store
-        .claim(ClaimRequest::new(WorkerId::new(), 10, Duration::from_secs(60), at(2)))
-        .await
-        .unwrap();
-    assert_eq!(claimed.len(), 2, "one delivery per endpoint");
+    let (org, event, claimed) = event_with_two_deliveries(&store).await;
 
     let mut holder = PgConnection::connect_with(&db.options).await.unwrap();
     sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
@@ -194,7 +187,7 @@ async fn the_last_two_deliveries_of_an_event_completed_at_once_deliver_it() {
         assert_eq!(batch.await.unwrap().unwrap(), vec![true]);
     }
 
-    let detail = store.event(org.id, event).await.unwrap().unwrap();
+    let detail = store.event(org, event).await.unwrap().unwrap();
     assert_eq!(detail.event.status, EventStatus::Delivered);
     assert_eq!(detail.attempts.len(), 2);
     assert_eq!(store.queue_depth().await.unwrap(), 0);
@@ -208,26 +201,16 @@ async fn the_last_two_deliveries_of_an_event_completed_at_once_deliver_it() {
 async fn an_events_deliveries_completed_in_one_batch_deliver_it() {
     let Some(db) = support::database("deliveries_in_one_batch").await else { return };
     let store = support::connect(&db, support::config()).await;
-    let org = support::org(&store, "acme").await;
-    support::endpoint(&store, &org, None).await;
-    support::endpoint(&store, &org, None).await;
-    let record = support::record("t", None, at(1));
-    let event = record.id;
-    store.insert_events(org.id, vec![record], DAY, at(1)).await.unwrap();
-    let claimed = store
-        .claim(ClaimRequest::new(WorkerId::new(), 10, Duration::from_secs(60), at(2)))
-        .await
-        .unwrap();
-    assert_eq!(claimed.len(), 2);
+    let (org, event, claimed) = event_with_two_deliveries(&store).await;
     let batch = [delivered(&claimed[0], 5), delivered(&claimed[1], 4)];
     assert_eq!(store.complete(&batch).await.unwrap(), vec![true, true]);
-    let detail = store.event(org.id, event).await.unwrap().unwrap();
+    let detail = store.event(org, event).await.unwrap().unwrap();
     assert_eq!(
         (detail.event.status, detail.event.delivered_at),
         (EventStatus::Delivered, Some(at(4)))
     );
     assert_eq!(store.complete(&batch).await.unwrap(), vec![false, false], "stale");
-    assert_eq!(store.event(org.id, event).await.unwrap().unwrap().attempts.len(), 2);
+    assert_eq!(store.event(org, event).await.unwrap().unwrap().attempts.len(), 2);
     drop(store);
     db.drop_database().await.unwrap();
 }

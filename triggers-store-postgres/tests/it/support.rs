@@ -3,10 +3,13 @@
 use std::io::Write;
 use std::time::Duration;
 
-use triggers_core::store::{EndpointStore, NewEndpoint, OrgStore};
+use triggers_core::domain::event::AttemptRecord;
+use triggers_core::store::{
+    Completion, CompletionState, Delivery, EndpointStore, NewEndpoint, OrgStore,
+};
 use triggers_core::{
     ApiKey, Endpoint, EndpointId, EventId, EventRecord, Organization, Secret, Tier, Timestamp,
-    TypeGlob,
+    TypeGlob, WorkerId,
 };
 use triggers_store_postgres::testing::{self, TestDatabase, SKIP_VAR, URL_VAR};
 use triggers_store_postgres::{PgConfig, PgStore};
@@ -80,6 +83,24 @@ pub fn record(event_type: &str, dedup: Option<&str>, now: Timestamp) -> EventRec
         dedup_id: dedup.map(str::to_owned),
         created_at: now,
         exclude_endpoint: None,
+    }
+}
+
+/// A successful attempt of `d` at `at(secs)`, completed by `owner`.
+pub fn delivered(d: &Delivery, owner: WorkerId, secs: i64) -> Completion {
+    Completion {
+        delivery_id: d.id,
+        lease_owner: owner,
+        attempt: d.attempt,
+        state: CompletionState::Delivered,
+        record: AttemptRecord {
+            endpoint_id: d.endpoint_id,
+            at: at(secs),
+            status_code: Some(200),
+            latency_ms: 1,
+            error: None,
+        },
+        disable_endpoint: None,
     }
 }
 

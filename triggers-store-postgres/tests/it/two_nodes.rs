@@ -4,13 +4,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use triggers_core::store::{
-    ClaimRequest, Completion, CompletionState, DeliveryQueue, EventLog, InsertOutcome,
-};
+use triggers_core::store::{ClaimRequest, Completion, DeliveryQueue, EventLog, InsertOutcome};
 use triggers_core::worker::WorkerConfig;
 use triggers_core::{
-    AttemptRecord, DeliveryId, EndpointId, EventId, FnDeliverer, Ingestor, IngestorConfig,
-    NewEvent, Outcome, Tier, TierLimits, WorkerId,
+    DeliveryId, EndpointId, EventId, FnDeliverer, Ingestor, IngestorConfig, NewEvent, Outcome,
+    Tier, TierLimits, WorkerId,
 };
 use triggers_store_postgres::PgStore;
 
@@ -121,23 +119,6 @@ fn claim(owner: WorkerId, limit: u32, secs: i64) -> ClaimRequest {
     ClaimRequest::new(owner, limit, Duration::from_secs(30), at(secs))
 }
 
-fn delivered(d: &triggers_core::store::Delivery, owner: WorkerId, secs: i64) -> Completion {
-    Completion {
-        delivery_id: d.id,
-        lease_owner: owner,
-        attempt: d.attempt,
-        state: CompletionState::Delivered,
-        record: AttemptRecord {
-            endpoint_id: d.endpoint_id,
-            at: at(secs),
-            status_code: Some(200),
-            latency_ms: 1,
-            error: None,
-        },
-        disable_endpoint: None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_of_a_node_that_died_are_reclaimed_by_the_other() {
     let Some(db) = support::database("dead_node_leases").await else { return };
@@ -163,12 +144,13 @@ async fn leases_of_a_node_that_died_are_reclaimed_by_the_other() {
     assert_eq!(ids, lost, "exactly the dead node's deliveries come back");
     assert!(reclaimed.iter().all(|d| d.attempt == 2));
 
-    let all: Vec<_> = rest.iter().chain(&reclaimed).map(|d| delivered(d, alive, 32)).collect();
+    let all: Vec<_> =
+        rest.iter().chain(&reclaimed).map(|d| support::delivered(d, alive, 32)).collect();
     assert!(b.complete(&all).await.unwrap().iter().all(|ok| *ok));
     // The dead node's late completion is stale.
     let late: Vec<_> = reclaimed
         .iter()
-        .map(|d| Completion { lease_owner: dead, attempt: 1, ..delivered(d, dead, 33) })
+        .map(|d| Completion { lease_owner: dead, attempt: 1, ..support::delivered(d, dead, 33) })
         .collect();
     assert!(b.complete(&late).await.unwrap().iter().all(|ok| !*ok));
     assert_eq!(b.queue_depth().await.unwrap(), 0);
@@ -200,7 +182,8 @@ async fn claimers_on_two_nodes_share_one_queue_exactly_once() {
                     if got.is_empty() {
                         return mine;
                     }
-                    let done: Vec<_> = got.iter().map(|d| delivered(d, owner, 11)).collect();
+                    let done: Vec<_> =
+                        got.iter().map(|d| support::delivered(d, owner, 11)).collect();
                     let applied = store.complete(&done).await.unwrap();
                     assert!(applied.iter().all(|ok| *ok), "our own fresh leases complete");
                     mine.extend(got.iter().map(|d| (d.id, d.attempt)));
@@ -236,8 +219,10 @@ async fn nodes_finishing_the_last_deliveries_of_an_event_together_deliver_it() {
     // Node a finishes every event's first delivery, node b its second, at the same time.
     let (to_a, to_b): (Vec<_>, Vec<_>) = claimed.iter().partition(|d| d.endpoint_id == first.id);
     let run = |store: PgStore, mine: Vec<&triggers_core::store::Delivery>| {
-        let chunks: Vec<Vec<Completion>> =
-            mine.chunks(10).map(|c| c.iter().map(|d| delivered(d, owner, 2)).collect()).collect();
+        let chunks: Vec<Vec<Completion>> = mine
+            .chunks(10)
+            .map(|c| c.iter().map(|d| support::delivered(d, owner, 2)).collect())
+            .collect();
         tokio::spawn(async move {
             for chunk in chunks {
                 assert!(store.complete(&chunk).await.unwrap().iter().all(|ok| *ok));
