@@ -1,5 +1,6 @@
 //! PostgreSQL store benchmarks: durable ingest through the Ingestor with 64 concurrent
-//! callers, delivery claim + complete throughput, and the shared rate limiter's cost.
+//! callers, delivery claim + complete throughput (events with one endpoint, and with two:
+//! fan-out, whose completions take the successes path), and the shared rate limiter's cost.
 //!
 //! Run: `cargo bench --features postgres --bench postgres -- --warm-up-time 1 --measurement-time 3`
 //!
@@ -117,7 +118,7 @@ fn record(now: triggers_core::Timestamp) -> EventRecord {
     }
 }
 
-/// Queues `n` events with one delivery each (not timed).
+/// Queues `n` events, each with a delivery per endpoint of `org` (not timed).
 async fn fill(store: &PgStore, org: &Organization, n: u64) {
     let mut left = n;
     while left > 0 {
@@ -185,30 +186,42 @@ async fn drain(store: &PgStore, n: u64, workers: usize, batch: u32) -> Duration 
     start.elapsed()
 }
 
-fn claim_complete(c: &mut Criterion, rt: &Runtime, db: &TestDatabase) {
+/// Claim + complete on `db`, whose queue holds only this bench's deliveries: events of an
+/// organization with `endpoints` endpoints. With one, each delivery is its event's only one
+/// (the completion fast path); with two or more, completions take the successes path.
+fn claim_complete(c: &mut Criterion, rt: &Runtime, db: &TestDatabase, endpoints: u64) {
     let store = rt.block_on(PgStore::connect_with(db.options.clone(), config())).unwrap();
     let org = Organization::new("queue", Tier::Enterprise, SystemClock.now());
     rt.block_on(async {
         store.create_organization(&org, &triggers_core::ApiKey::generate().hash()).await.unwrap();
-        let endpoint = NewEndpoint {
-            id: EndpointId::new(),
-            url: "inproc://bench".into(),
-            event_type_filter: None,
-            secret: Secret::generate(),
-            created_at: SystemClock.now(),
-            ordering: Default::default(),
-        };
-        store.create_endpoint(org.id, &endpoint).await.unwrap();
+        for _ in 0..endpoints {
+            let endpoint = NewEndpoint {
+                id: EndpointId::new(),
+                url: "inproc://bench".into(),
+                event_type_filter: None,
+                secret: Secret::generate(),
+                created_at: SystemClock.now(),
+                ordering: Default::default(),
+            };
+            store.create_endpoint(org.id, &endpoint).await.unwrap();
+        }
     });
-    // The standing backlog: two full claims per worker, queued once, never drained.
-    rt.block_on(fill(&store, &org, 2 * WORKERS as u64 * u64::from(BATCH)));
+    // The standing backlog: two full claims per worker, queued once, never drained. Each
+    // round queues at least the deliveries it drains (a few more with two endpoints: they
+    // join the backlog).
+    let events = |deliveries: u64| deliveries.div_ceil(endpoints);
+    rt.block_on(fill(&store, &org, events(2 * WORKERS as u64 * u64::from(BATCH))));
     let mut group = c.benchmark_group("postgres_claim_complete");
     group.throughput(Throughput::Elements(1));
-    group.bench_function(format!("{WORKERS}_workers_batch_{BATCH}"), |b| {
+    let name = match endpoints {
+        1 => format!("{WORKERS}_workers_batch_{BATCH}"),
+        n => format!("{WORKERS}_workers_batch_{BATCH}_{n}_endpoints"),
+    };
+    group.bench_function(name, |b| {
         b.to_async(rt).iter_custom(|iters| {
             let (store, org) = (store.clone(), org.clone());
             async move {
-                fill(&store, &org, iters).await;
+                fill(&store, &org, events(iters)).await;
                 drain(&store, iters, WORKERS, BATCH).await
             }
         })
@@ -265,9 +278,13 @@ fn benches(c: &mut Criterion) {
         panic!("the postgres bench needs a server at {url} (set {URL_VAR}): {e}")
     });
     ingest(c, &rt, &db);
-    claim_complete(c, &rt, &db);
+    claim_complete(c, &rt, &db, 1);
     shared_limiter(c, &rt, &db);
     rt.block_on(db.drop_database()).unwrap();
+    // Fan-out in a database of its own: the queue holds only its deliveries.
+    let fan_out = rt.block_on(TestDatabase::create(&url)).unwrap();
+    claim_complete(c, &rt, &fan_out, 2);
+    rt.block_on(fan_out.drop_database()).unwrap();
 }
 
 criterion_group!(postgres, benches);
