@@ -370,8 +370,8 @@ async fn apply(
     let mut attempt = 0;
     loop {
         let run = match path {
-            Path::Fast => complete_fast(&mut *conn, firsts, keep).await,
-            Path::Successes => complete_successes(&mut *conn, firsts, keep).await,
+            Path::Fast => complete_in_one(&mut *conn, FAST_SQL, firsts, keep).await,
+            Path::Successes => complete_in_one(&mut *conn, SUCCESSES_SQL, firsts, keep).await,
             Path::General => {
                 async {
                     let mut tx = conn.begin().await?;
@@ -424,32 +424,16 @@ fn bind_attempts<'q>(
         .bind(firsts.iter().map(|c| c.record.error.clone()).collect::<Vec<_>>())
 }
 
-/// The fast path: one statement; returns the ids of the deliveries whose completion applied.
-async fn complete_fast(
+/// The fast path (`FAST_SQL`) or the successes path (`SUCCESSES_SQL`, which calls
+/// `triggers_complete_successes` of migration 0009 with `FAST_SQL`'s arguments): one
+/// statement; returns the ids of the deliveries whose completion applied.
+async fn complete_in_one(
     conn: &mut PgConnection,
+    sql: &'static str,
     firsts: &[&Completion],
     keep: i64,
 ) -> Result<HashSet<Uuid>, sqlx::Error> {
-    applied_ids(bind_attempts(sqlx::query(FAST_SQL), firsts).bind(keep), conn).await
-}
-
-/// The successes path: one statement calling `triggers_complete_successes` (migration
-/// 0009), whose arguments are `FAST_SQL`'s; returns the ids of the deliveries whose
-/// completion applied.
-async fn complete_successes(
-    conn: &mut PgConnection,
-    firsts: &[&Completion],
-    keep: i64,
-) -> Result<HashSet<Uuid>, sqlx::Error> {
-    applied_ids(bind_attempts(sqlx::query(SUCCESSES_SQL), firsts).bind(keep), conn).await
-}
-
-/// Runs `query`, whose rows are one delivery id each.
-async fn applied_ids(
-    query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
-    conn: &mut PgConnection,
-) -> Result<HashSet<Uuid>, sqlx::Error> {
-    let rows = query.fetch_all(conn).await?;
+    let rows = bind_attempts(sqlx::query(sql), firsts).bind(keep).fetch_all(conn).await?;
     let mut ids = HashSet::with_capacity(rows.len());
     for row in &rows {
         use sqlx::Row;
@@ -674,8 +658,12 @@ mod tests {
             let mut tx = conn.begin().await.unwrap();
             let batch = [&completion];
             let applied = match path {
-                super::Path::Fast => super::complete_fast(&mut tx, &batch, 20).await,
-                super::Path::Successes => super::complete_successes(&mut tx, &batch, 20).await,
+                super::Path::Fast => {
+                    super::complete_in_one(&mut tx, super::FAST_SQL, &batch, 20).await
+                }
+                super::Path::Successes => {
+                    super::complete_in_one(&mut tx, super::SUCCESSES_SQL, &batch, 20).await
+                }
                 super::Path::General => super::complete_once(&mut tx, &batch, 20).await,
             };
             assert!(applied.unwrap().is_empty(), "no such delivery: stale");
