@@ -1,5 +1,6 @@
-//! Core benchmarks: the ingest path over MemoryStore, the rate limiter, dedup, and the JSON
-//! nesting scan every request body and payload goes through.
+//! Core benchmarks: the ingest path over MemoryStore, the rate limiter, dedup, the JSON
+//! nesting scan every request body and payload goes through, and MemoryStore claims behind
+//! an endpoint's backlog at its cap.
 //!
 //! Run: `cargo bench --bench core`
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -129,5 +130,61 @@ fn json_depth(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, ingest, limiter, dedup, json_depth);
+/// A claim while one endpoint has `backlog` due deliveries and is at its cap of 16: it takes
+/// nothing, and should cost the same whatever the backlog (`DeliveryQueue::claim`).
+fn claim_behind_backlog(c: &mut Criterion) {
+    use std::time::Duration;
+    use triggers::store::{
+        ClaimRequest, DeliveryQueue, EndpointStore, EventLog, NewEndpoint, OrgStore,
+    };
+    use triggers::{ApiKey, EndpointId, EventId, EventRecord, Organization, Secret, WorkerId};
+
+    let rt = runtime();
+    let mut group = c.benchmark_group("memory_queue");
+    for backlog in [1_000usize, 20_000] {
+        let store = MemoryStore::new();
+        let now = SystemClock.now();
+        let org = Organization::new("bench", Tier::Enterprise, now);
+        let endpoint = NewEndpoint {
+            id: EndpointId::new(),
+            url: "inproc://bench".into(),
+            event_type_filter: None,
+            secret: Secret::generate(),
+            created_at: now,
+            ordering: Default::default(),
+        };
+        let payload = serde_json::value::to_raw_value(&json!({"n": 1})).unwrap();
+        let events: Vec<EventRecord> = (0..backlog)
+            .map(|_| EventRecord {
+                id: EventId::new(),
+                event_type: "user.created".into(),
+                payload: payload.clone(),
+                dedup_id: None,
+                created_at: now,
+                exclude_endpoint: None,
+            })
+            .collect();
+        let claim = |limit| {
+            let req = ClaimRequest::new(WorkerId::new(), limit, Duration::from_secs(3600), now);
+            req.with_caps(1000, 16)
+        };
+        rt.block_on(async {
+            store.create_organization(&org, &ApiKey::generate().hash()).await.unwrap();
+            store.create_endpoint(org.id, &endpoint).await.unwrap();
+            for chunk in events.chunks(1000) {
+                store.insert_events(org.id, chunk.to_vec(), Duration::ZERO, now).await.unwrap();
+            }
+            assert_eq!(store.claim(claim(100)).await.unwrap().len(), 16);
+        });
+        group.bench_function(format!("claim_behind_capped_backlog_{backlog}"), |b| {
+            b.iter(|| {
+                let got = rt.block_on(store.claim(claim(16))).unwrap();
+                assert!(got.is_empty());
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, ingest, limiter, dedup, json_depth, claim_behind_backlog);
 criterion_main!(benches);

@@ -34,7 +34,7 @@ mod lifecycle;
 mod orgs;
 mod queue;
 mod quotas;
-mod support;
+pub(crate) mod support;
 
 pub use completion::{
     acknowledged_events_keep_their_status, completions_can_disable_an_endpoint,

@@ -77,8 +77,9 @@ impl State {
                 states.insert(*event_id, state);
             }
         }
-        for row in self.queue.deliveries.values() {
-            if row.endpoint_id != endpoint || !below(&row.event_id) {
+        let outstanding = self.queue.by_endpoint.get(&endpoint).into_iter().flat_map(|q| q.ids());
+        for row in outstanding.filter_map(|id| self.queue.deliveries.get(&id)) {
+            if !below(&row.event_id) {
                 continue;
             }
             let state = match row.lease {

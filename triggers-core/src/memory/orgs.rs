@@ -119,14 +119,8 @@ impl State {
         if let Some(tenant) = self.orgs.get_mut(&org) {
             tenant.endpoints.retain(|e| *e != id);
         }
-        // Deleting an endpoint is rare: a scan of the outstanding deliveries is fine.
-        let cancelled: Vec<_> = self
-            .queue
-            .deliveries
-            .iter()
-            .filter(|(_, d)| d.endpoint_id == id)
-            .map(|(delivery_id, _)| *delivery_id)
-            .collect();
+        let cancelled: Vec<_> =
+            self.queue.by_endpoint.get(&id).map(|q| q.ids().collect()).unwrap_or_default();
         for delivery_id in cancelled {
             self.remove_delivery(delivery_id);
         }
@@ -244,9 +238,17 @@ impl State {
         row.endpoint.ordering = ordering;
         if ordering == DeliveryOrdering::Parallel {
             // The line dissolves: its deliveries become parallel ones.
-            for (_, delivery) in self.queue.lines.remove(&id).unwrap_or_default() {
+            let line: Vec<_> = self
+                .queue
+                .by_endpoint
+                .get(&id)
+                .map(|q| q.line.iter().map(|k| k.1).collect())
+                .unwrap_or_default();
+            for delivery in line {
                 if let Some(d) = self.queue.deliveries.get_mut(&delivery) {
+                    self.queue.by_endpoint.remove(delivery, d);
                     d.seq = None;
+                    self.queue.by_endpoint.insert(delivery, d);
                 }
             }
         }

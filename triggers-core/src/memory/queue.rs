@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use super::state::{set_status, DeliveryRow, FailedRow, Lease, State};
 use crate::clock::{self, Timestamp};
 use crate::domain::event::EventStatus;
-use crate::domain::{DeliveryId, EndpointId, OrganizationId, WorkerId};
+use crate::domain::{DeliveryId, OrganizationId, WorkerId};
 use crate::store::{ClaimRequest, Completion, CompletionState, Delivery};
 
 impl State {
@@ -14,60 +14,16 @@ impl State {
         if limit == 0 {
             return Vec::new();
         }
-        // Live leases per organization and endpoint (the fairness rules count them).
-        let mut org_busy: HashMap<OrganizationId, u32> = HashMap::new();
-        let mut endpoint_busy: HashMap<EndpointId, u32> = HashMap::new();
-        for row in self.queue.deliveries.values() {
-            if row.lease.is_some_and(|l| l.expires_at > req.now) {
-                *org_busy.entry(row.org).or_default() += 1;
-                *endpoint_busy.entry(row.endpoint_id).or_default() += 1;
-            }
-        }
-        // The due index is ordered by due time, so the first due entries are the earliest.
-        // Deliveries of disabled endpoints stay queued but are skipped, and so are those the
-        // fairness rules hold back.
-        let mut picked: Vec<(Timestamp, DeliveryId)> = Vec::new();
-        for &(at, id) in &self.queue.due {
-            if at > req.now || picked.len() == limit {
-                break;
-            }
-            let Some(d) = self.queue.deliveries.get(&id) else { continue };
-            let Some(endpoint) = self.endpoints.get(&d.endpoint_id) else { continue };
-            if !endpoint.endpoint.enabled {
-                continue;
-            }
-            let ep_cap = if d.seq.is_some() || endpoint.failing_since.is_some() {
-                1
-            } else {
-                // Its own limit, if lower than the claim's cap (see `DeliveryQueue::claim`).
-                let own = endpoint.endpoint.concurrency.unwrap_or(u32::MAX).max(1);
-                own.min(req.endpoint_concurrency)
-            };
-            let org_n = org_busy.entry(d.org).or_default();
-            let ep_n = endpoint_busy.entry(d.endpoint_id).or_default();
-            if *org_n >= req.org_concurrency || *ep_n >= ep_cap {
-                continue;
-            }
-            if let Some(seq) = d.seq {
-                let head = self.queue.lines.get(&d.endpoint_id).and_then(|l| l.first());
-                if head.map(|h| h.0) != Some(seq) {
-                    continue;
-                }
-            }
-            *org_n += 1;
-            *ep_n += 1;
-            picked.push((at, id));
-        }
+        let picked = self.pick(&req, limit);
         let expires_at = clock::add(req.now, req.lease);
         let mut claimed = Vec::with_capacity(picked.len());
-        for key in picked {
-            let id = key.1;
+        for id in picked {
             let Some(row) = self.queue.deliveries.get_mut(&id) else { continue };
-            self.queue.due.remove(&key);
+            self.queue.by_endpoint.remove(id, row);
             let was_in_flight = row.lease.is_some();
             row.attempt += 1;
             row.lease = Some(Lease { owner: req.owner, expires_at });
-            self.queue.due.insert(row.due_key(id));
+            self.queue.by_endpoint.insert(id, row);
             let row: &DeliveryRow = row;
             let Some(tenant) = self.orgs.get_mut(&row.org) else { continue };
             if !was_in_flight {
@@ -106,6 +62,90 @@ impl State {
         claimed
     }
 
+    /// The deliveries a claim takes (`DeliveryQueue::claim`'s rules), earliest due first.
+    ///
+    /// Per endpoint, its due deliveries in due order — its parallel ones merged with the
+    /// head of its line — as long as its cap leaves room: the backlog of an endpoint at its
+    /// cap, and the rest of a FIFO line, are never visited. Then across endpoints in due
+    /// order, within each organization's share. The same choice as walking every due
+    /// delivery in due order and passing over the held-back ones: an endpoint's picks are a
+    /// prefix of its due deliveries, and an organization's share, once full, holds back all
+    /// of its later ones.
+    fn pick(&self, req: &ClaimRequest, limit: usize) -> Vec<DeliveryId> {
+        let now = req.now;
+        // Live leases per organization (the fairness rules count them).
+        let mut org_busy: HashMap<OrganizationId, u32> = HashMap::new();
+        for (_, q) in self.queue.by_endpoint.iter() {
+            *org_busy.entry(q.org).or_default() += q.live_leases(now);
+        }
+        let mut candidates: Vec<((Timestamp, DeliveryId), OrganizationId)> = Vec::new();
+        for (endpoint_id, q) in self.queue.by_endpoint.iter() {
+            // Deliveries of disabled (or deleted) endpoints stay queued but are skipped.
+            let Some(endpoint) = self.endpoints.get(endpoint_id) else { continue };
+            let full = org_busy.get(&q.org).is_some_and(|n| *n >= req.org_concurrency);
+            if !endpoint.endpoint.enabled || full {
+                continue;
+            }
+            let parallel_cap = if endpoint.failing_since.is_some() {
+                1
+            } else {
+                // Its own limit, if lower than the claim's cap (see `DeliveryQueue::claim`).
+                let own = endpoint.endpoint.concurrency.unwrap_or(u32::MAX).max(1);
+                own.min(req.endpoint_concurrency)
+            };
+            let mut head = q.line.first().and_then(|&(_, id)| {
+                let key = self.queue.deliveries.get(&id)?.due_key(id);
+                (key.0 <= now).then_some(key)
+            });
+            let mut due = q.parallel.iter().take_while(|(at, _)| *at <= now).peekable();
+            let mut busy = q.live_leases(now);
+            let mut taken = 0;
+            // Whether a later parallel delivery may still fit.
+            let mut parallel_open = true;
+            while taken < limit {
+                let next_parallel = if parallel_open { due.peek().copied() } else { None };
+                let head_first = match (next_parallel, head) {
+                    (Some(&parallel), Some(h)) => h < parallel,
+                    (Some(_), None) => false,
+                    (None, _) => true,
+                };
+                let (key, ordered) = match head_first {
+                    true => match head.take() {
+                        Some(h) => (h, true),
+                        None => break,
+                    },
+                    false => match due.next() {
+                        Some(&p) => (p, false),
+                        None => break,
+                    },
+                };
+                #[cfg(test)]
+                self.visited.set(self.visited.get() + 1);
+                if busy >= if ordered { 1 } else { parallel_cap } {
+                    // Passed over. If a parallel delivery does not fit, no later one does.
+                    parallel_open &= ordered;
+                    continue;
+                }
+                busy += 1;
+                taken += 1;
+                candidates.push((key, q.org));
+            }
+        }
+        candidates.sort_unstable_by_key(|c| c.0);
+        let mut picked = Vec::with_capacity(limit.min(candidates.len()));
+        for ((_, id), org) in candidates {
+            if picked.len() == limit {
+                break;
+            }
+            let n = org_busy.entry(org).or_default();
+            if *n < req.org_concurrency {
+                *n += 1;
+                picked.push(id);
+            }
+        }
+        picked
+    }
+
     pub(super) fn complete(&mut self, completions: &[Completion]) -> Vec<bool> {
         completions.iter().map(|c| self.complete_one(c)).collect()
     }
@@ -138,10 +178,10 @@ impl State {
         match c.state {
             CompletionState::Retry { at } => {
                 if let Some(row) = self.queue.deliveries.get_mut(&c.delivery_id) {
-                    self.queue.due.remove(&row.due_key(c.delivery_id));
+                    self.queue.by_endpoint.remove(c.delivery_id, row);
                     row.lease = None;
                     row.next_attempt_at = at;
-                    self.queue.due.insert(row.due_key(c.delivery_id));
+                    self.queue.by_endpoint.insert(c.delivery_id, row);
                 }
                 if let Some(tenant) = self.orgs.get_mut(&org) {
                     tenant.counts.in_flight = tenant.counts.in_flight.saturating_sub(1);
@@ -208,14 +248,14 @@ impl State {
         if !row.held_by(owner, attempt) {
             return false;
         }
-        self.queue.due.remove(&row.due_key(id));
+        self.queue.by_endpoint.remove(id, row);
         row.lease = None;
         row.attempt = row.attempt.saturating_sub(1);
         // `next_attempt_at` is still the time it was due when claimed.
         if let Some(at) = due_at {
             row.next_attempt_at = at;
         }
-        self.queue.due.insert(row.due_key(id));
+        self.queue.by_endpoint.insert(id, row);
         if let Some(tenant) = self.orgs.get_mut(&row.org) {
             tenant.counts.in_flight = tenant.counts.in_flight.saturating_sub(1);
         }
@@ -233,22 +273,29 @@ impl State {
         if !row.held_by(owner, attempt) {
             return false;
         }
-        self.queue.due.remove(&row.due_key(id));
+        self.queue.by_endpoint.remove(id, row);
         row.lease = Some(Lease { owner, expires_at: until });
-        self.queue.due.insert(row.due_key(id));
+        self.queue.by_endpoint.insert(id, row);
         true
     }
 
     pub(super) fn reclaim_leases(&mut self, owner: WorkerId, now: Timestamp) -> u64 {
+        let live: Vec<DeliveryId> = self
+            .queue
+            .by_endpoint
+            .iter()
+            .flat_map(|(_, q)| q.leased.iter().rev().take_while(|(at, _)| *at > now))
+            .map(|(_, id)| *id)
+            .collect();
         let mut ended = 0;
-        for (id, row) in &mut self.queue.deliveries {
-            let Some(lease) = &mut row.lease else { continue };
-            if lease.owner != owner || lease.expires_at <= now {
+        for id in live {
+            let Some(row) = self.queue.deliveries.get_mut(&id) else { continue };
+            if row.lease.map_or(true, |l| l.owner != owner) {
                 continue;
             }
-            self.queue.due.remove(&(lease.expires_at, *id));
-            lease.expires_at = now;
-            self.queue.due.insert((now, *id));
+            self.queue.by_endpoint.remove(id, row);
+            row.lease = row.lease.map(|l| Lease { expires_at: now, ..l });
+            self.queue.by_endpoint.insert(id, row);
             ended += 1;
         }
         ended

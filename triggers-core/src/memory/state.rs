@@ -27,6 +27,10 @@ pub(super) struct State {
     pub(super) failed: BTreeMap<(EndpointId, EventId), FailedRow>,
     /// The sequence number the next recorded attempt gets (its history position's `seq`).
     pub(super) next_attempt_seq: u64,
+    /// How many queued deliveries claims have looked at, for the tests that hold claims to
+    /// what they can take.
+    #[cfg(test)]
+    pub(super) visited: std::cell::Cell<u64>,
 }
 
 /// A failed delivery, remembered so that `recover` can queue it again. The reason and time
@@ -47,17 +51,93 @@ pub(super) struct Queue {
     /// Outstanding (pending or in-flight) deliveries only: finished and cancelled ones are
     /// removed, so a completion for them finds nothing and is stale.
     pub(super) deliveries: HashMap<DeliveryId, DeliveryRow>,
-    /// Every outstanding delivery keyed by when it is due: `next_attempt_at` while pending,
-    /// the lease expiry while in flight.
-    pub(super) due: BTreeSet<(Timestamp, DeliveryId)>,
-    /// The ordered deliveries of each FIFO line (endpoint), by queue sequence: the first is
-    /// the head, the only one that may be claimed.
-    pub(super) lines: HashMap<EndpointId, BTreeSet<(u64, DeliveryId)>>,
+    /// The same deliveries per endpoint, indexed for claims: kept in step with `deliveries`
+    /// by [`Queues::insert`] and [`Queues::remove`] around every change of a row.
+    pub(super) by_endpoint: Queues,
     /// The next queue sequence number of an ordered delivery.
     pub(super) next_seq: u64,
     /// In-flight deliveries cancelled by a replay, until their worker completes them (the
     /// attempt is then still recorded) or their lease expires.
     pub(super) superseded: HashMap<DeliveryId, Superseded>,
+}
+
+/// The outstanding deliveries of every endpoint that has any.
+///
+/// A claim looks per endpoint (as the SQL stores do): it counts an endpoint's live leases
+/// and takes only as many of its due deliveries as its cap leaves room for, so the backlog
+/// of an endpoint at its cap is never visited (`DeliveryQueue::claim`'s fairness rules).
+#[derive(Default)]
+pub(super) struct Queues(HashMap<EndpointId, EndpointQueue>);
+
+/// One endpoint's outstanding deliveries.
+pub(super) struct EndpointQueue {
+    /// The organization that owns the endpoint.
+    pub(super) org: OrganizationId,
+    /// Its parallel deliveries by [`DeliveryRow::due_key`]: the due ones come first.
+    pub(super) parallel: BTreeSet<(Timestamp, DeliveryId)>,
+    /// Its ordered deliveries (its FIFO line) by queue sequence: the first is the head, the
+    /// only one that may be claimed.
+    pub(super) line: BTreeSet<(u64, DeliveryId)>,
+    /// Its in-flight deliveries, parallel and ordered, by lease expiry: the live leases are
+    /// the last ones.
+    pub(super) leased: BTreeSet<(Timestamp, DeliveryId)>,
+}
+
+impl EndpointQueue {
+    /// How many of its leases are live at `now` (`expires_at > now`).
+    pub(super) fn live_leases(&self, now: Timestamp) -> u32 {
+        let live = self.leased.iter().rev().take_while(|(at, _)| *at > now).count();
+        u32::try_from(live).unwrap_or(u32::MAX)
+    }
+
+    /// Every outstanding delivery of the endpoint.
+    pub(super) fn ids(&self) -> impl Iterator<Item = DeliveryId> + '_ {
+        self.parallel.iter().map(|k| k.1).chain(self.line.iter().map(|k| k.1))
+    }
+}
+
+impl Queues {
+    /// Indexes the delivery `id` as `row` has it now.
+    pub(super) fn insert(&mut self, id: DeliveryId, row: &DeliveryRow) {
+        let q = self.0.entry(row.endpoint_id).or_insert_with(|| EndpointQueue {
+            org: row.org,
+            parallel: BTreeSet::new(),
+            line: BTreeSet::new(),
+            leased: BTreeSet::new(),
+        });
+        match row.seq {
+            Some(seq) => q.line.insert((seq, id)),
+            None => q.parallel.insert(row.due_key(id)),
+        };
+        if let Some(lease) = row.lease {
+            q.leased.insert((lease.expires_at, id));
+        }
+    }
+
+    /// Forgets the delivery `id` as `row` has it now (before the row changes or goes).
+    pub(super) fn remove(&mut self, id: DeliveryId, row: &DeliveryRow) {
+        let Some(q) = self.0.get_mut(&row.endpoint_id) else { return };
+        match row.seq {
+            Some(seq) => q.line.remove(&(seq, id)),
+            None => q.parallel.remove(&row.due_key(id)),
+        };
+        if let Some(lease) = row.lease {
+            q.leased.remove(&(lease.expires_at, id));
+        }
+        if q.parallel.is_empty() && q.line.is_empty() && q.leased.is_empty() {
+            self.0.remove(&row.endpoint_id);
+        }
+    }
+
+    /// The outstanding deliveries of `endpoint`, if it has any.
+    pub(super) fn get(&self, endpoint: &EndpointId) -> Option<&EndpointQueue> {
+        self.0.get(endpoint)
+    }
+
+    /// Every endpoint with outstanding deliveries.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&EndpointId, &EndpointQueue)> {
+        self.0.iter()
+    }
 }
 
 /// A cancelled delivery whose worker may still report an attempt.
@@ -138,7 +218,8 @@ pub(super) struct Lease {
 }
 
 impl DeliveryRow {
-    /// The key of this delivery in [`State::due`].
+    /// When this delivery is due (the next attempt's time while pending, the lease expiry
+    /// while in flight), with its id: its key in [`EndpointQueue::parallel`].
     pub(super) fn due_key(&self, id: DeliveryId) -> (Timestamp, DeliveryId) {
         (self.lease.map_or(self.next_attempt_at, |l| l.expires_at), id)
     }
@@ -219,7 +300,6 @@ impl Queue {
         let id = DeliveryId::new();
         let seq = fifo.then(|| {
             self.next_seq += 1;
-            self.lines.entry(endpoint_id).or_default().insert((self.next_seq, id));
             self.next_seq
         });
         let row = DeliveryRow {
@@ -231,7 +311,7 @@ impl Queue {
             lease: None,
             seq,
         };
-        self.due.insert(row.due_key(id));
+        self.by_endpoint.insert(id, &row);
         self.deliveries.insert(id, row);
         id
     }
@@ -268,15 +348,7 @@ impl State {
     /// event's outstanding list, and from the in-flight count. Returns the removed row.
     pub(super) fn remove_delivery(&mut self, id: DeliveryId) -> Option<DeliveryRow> {
         let row = self.queue.deliveries.remove(&id)?;
-        self.queue.due.remove(&row.due_key(id));
-        if let Some(seq) = row.seq {
-            if let Some(line) = self.queue.lines.get_mut(&row.endpoint_id) {
-                line.remove(&(seq, id));
-                if line.is_empty() {
-                    self.queue.lines.remove(&row.endpoint_id);
-                }
-            }
-        }
+        self.queue.by_endpoint.remove(id, &row);
         if let Some(tenant) = self.orgs.get_mut(&row.org) {
             if row.lease.is_some() {
                 tenant.counts.in_flight = tenant.counts.in_flight.saturating_sub(1);
@@ -310,20 +382,15 @@ impl State {
     }
 
     /// Fails every outstanding delivery of an endpoint (it was just disabled); returns how
-    /// many. A scan of the queue: disabling is rare.
+    /// many.
     pub(super) fn fail_outstanding(
         &mut self,
         endpoint_id: EndpointId,
         reason: &str,
         at: Timestamp,
     ) -> u64 {
-        let doomed: Vec<DeliveryId> = self
-            .queue
-            .deliveries
-            .iter()
-            .filter(|(_, d)| d.endpoint_id == endpoint_id)
-            .map(|(id, _)| *id)
-            .collect();
+        let doomed: Vec<DeliveryId> =
+            self.queue.by_endpoint.get(&endpoint_id).map(|q| q.ids().collect()).unwrap_or_default();
         let n = doomed.len() as u64;
         for id in doomed {
             if let Some(row) = self.remove_delivery(id) {
