@@ -33,7 +33,11 @@ use crate::store::{
 ///
 /// It follows the whole store contract (and passes the conformance kit) except durability:
 /// everything is lost when the last clone is dropped. Clones share the same data. Every call
-/// takes one mutex for a few microseconds and never waits while holding it.
+/// takes one mutex and never waits while holding it. Inserts, claims (which look per endpoint,
+/// never at a capped endpoint's backlog) and completions hold it for microseconds; the
+/// history reads, filtered inbox pages and the retention purges walk the stored events
+/// under it (a purge: every organization's), so they grow with what is stored — fine for
+/// tests and small embedded uses, not for large backlogs.
 ///
 /// Where the contract is silent it behaves like a database with foreign keys: inserting
 /// events or creating endpoints for an organization that was never created fails with
