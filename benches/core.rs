@@ -134,54 +134,44 @@ fn json_depth(c: &mut Criterion) {
 /// nothing, and should cost the same whatever the backlog (`DeliveryQueue::claim`).
 fn claim_behind_backlog(c: &mut Criterion) {
     use std::time::Duration;
-    use triggers::store::{
-        ClaimRequest, DeliveryQueue, EndpointStore, EventLog, NewEndpoint, OrgStore,
-    };
-    use triggers::{ApiKey, EndpointId, EventId, EventRecord, Organization, Secret, WorkerId};
+    use triggers::store::{ClaimRequest, DeliveryQueue, EndpointStore, NewEndpoint};
+    use triggers::{EndpointId, Secret, WorkerId};
 
     let rt = runtime();
     let mut group = c.benchmark_group("memory_queue");
     for backlog in [1_000usize, 20_000] {
-        let store = MemoryStore::new();
-        let now = SystemClock.now();
-        let org = Organization::new("bench", Tier::Enterprise, now);
+        // An Ingestor without workers, so that the deliveries stay queued.
+        let ing = rt.block_on(async { ingestor() });
+        let (org, _) = rt.block_on(ing.create_organization("bench", Tier::Enterprise)).unwrap();
         let endpoint = NewEndpoint {
             id: EndpointId::new(),
             url: "inproc://bench".into(),
             event_type_filter: None,
             secret: Secret::generate(),
-            created_at: now,
+            created_at: SystemClock.now(),
             ordering: Default::default(),
         };
-        let payload = serde_json::value::to_raw_value(&json!({"n": 1})).unwrap();
-        let events: Vec<EventRecord> = (0..backlog)
-            .map(|_| EventRecord {
-                id: EventId::new(),
-                event_type: "user.created".into(),
-                payload: payload.clone(),
-                dedup_id: None,
-                created_at: now,
-                exclude_endpoint: None,
-            })
-            .collect();
+        let store = ing.store();
+        rt.block_on(async {
+            store.create_endpoint(org.id, &endpoint).await.unwrap();
+            for _ in 0..backlog / 100 {
+                ing.ingest_batch(&org, (0..100).map(|_| payload()).collect()).await.unwrap();
+            }
+        });
+        // Every delivery is due now; the first claim fills the endpoint's 16 places.
+        let now = SystemClock.now();
         let claim = |limit| {
             let req = ClaimRequest::new(WorkerId::new(), limit, Duration::from_secs(3600), now);
             req.with_caps(1000, 16)
         };
-        rt.block_on(async {
-            store.create_organization(&org, &ApiKey::generate().hash()).await.unwrap();
-            store.create_endpoint(org.id, &endpoint).await.unwrap();
-            for chunk in events.chunks(1000) {
-                store.insert_events(org.id, chunk.to_vec(), Duration::ZERO, now).await.unwrap();
-            }
-            assert_eq!(store.claim(claim(100)).await.unwrap().len(), 16);
-        });
+        assert_eq!(rt.block_on(store.claim(claim(100))).unwrap().len(), 16);
         group.bench_function(format!("claim_behind_capped_backlog_{backlog}"), |b| {
             b.iter(|| {
                 let got = rt.block_on(store.claim(claim(16))).unwrap();
                 assert!(got.is_empty());
             })
         });
+        rt.block_on(ing.shutdown());
     }
     group.finish();
 }
