@@ -134,8 +134,8 @@ fn json_depth(c: &mut Criterion) {
 /// nothing, and should cost the same whatever the backlog (`DeliveryQueue::claim`).
 fn claim_behind_backlog(c: &mut Criterion) {
     use std::time::Duration;
-    use triggers::store::{ClaimRequest, DeliveryQueue, EndpointStore, NewEndpoint};
-    use triggers::{EndpointId, Secret, WorkerId};
+    use triggers::store::{ClaimRequest, DeliveryQueue};
+    use triggers::WorkerId;
 
     let rt = runtime();
     let mut group = c.benchmark_group("memory_queue");
@@ -143,17 +143,10 @@ fn claim_behind_backlog(c: &mut Criterion) {
         // An Ingestor without workers, so that the deliveries stay queued.
         let ing = rt.block_on(async { ingestor() });
         let (org, _) = rt.block_on(ing.create_organization("bench", Tier::Enterprise)).unwrap();
-        let endpoint = NewEndpoint {
-            id: EndpointId::new(),
-            url: "inproc://bench".into(),
-            event_type_filter: None,
-            secret: Secret::generate(),
-            created_at: SystemClock.now(),
-            ordering: Default::default(),
-        };
         let store = ing.store();
         rt.block_on(async {
-            store.create_endpoint(org.id, &endpoint).await.unwrap();
+            // Never called: the Ingestor runs no workers.
+            ing.create_endpoint(&org, "http://127.0.0.1:9/hook", None).await.unwrap();
             for _ in 0..backlog / 100 {
                 ing.ingest_batch(&org, (0..100).map(|_| payload()).collect()).await.unwrap();
             }
