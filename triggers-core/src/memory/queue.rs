@@ -71,7 +71,7 @@ impl State {
     /// delivery in due order and passing over the held-back ones: an endpoint's picks are a
     /// prefix of its due deliveries, and an organization's share, once full, holds back all
     /// of its later ones.
-    fn pick(&self, req: &ClaimRequest, limit: usize) -> Vec<DeliveryId> {
+    pub(super) fn pick(&self, req: &ClaimRequest, limit: usize) -> Vec<DeliveryId> {
         let now = req.now;
         // Live leases per organization (the fairness rules count them).
         let mut org_busy: HashMap<OrganizationId, u32> = HashMap::new();
