@@ -73,13 +73,15 @@ impl State {
     /// of its later ones.
     pub(super) fn pick(&self, req: &ClaimRequest, limit: usize) -> Vec<DeliveryId> {
         let now = req.now;
-        // Live leases per organization (the fairness rules count them).
+        // Live leases per endpoint and organization (the fairness rules count them).
+        let queues: Vec<_> =
+            self.queue.by_endpoint.iter().map(|(id, q)| (id, q, q.live_leases(now))).collect();
         let mut org_busy: HashMap<OrganizationId, u32> = HashMap::new();
-        for (_, q) in self.queue.by_endpoint.iter() {
-            *org_busy.entry(q.org).or_default() += q.live_leases(now);
+        for (_, q, live) in &queues {
+            *org_busy.entry(q.org).or_default() += live;
         }
         let mut candidates: Vec<((Timestamp, DeliveryId), OrganizationId)> = Vec::new();
-        for (endpoint_id, q) in self.queue.by_endpoint.iter() {
+        for (endpoint_id, q, live) in queues {
             // Deliveries of disabled (or deleted) endpoints stay queued but are skipped.
             let Some(endpoint) = self.endpoints.get(endpoint_id) else { continue };
             let full = org_busy.get(&q.org).is_some_and(|n| *n >= req.org_concurrency);
@@ -98,7 +100,7 @@ impl State {
                 (key.0 <= now).then_some(key)
             });
             let mut due = q.parallel.iter().take_while(|(at, _)| *at <= now).peekable();
-            let mut busy = q.live_leases(now);
+            let mut busy = live;
             let mut taken = 0;
             // Whether a later parallel delivery may still fit.
             let mut parallel_open = true;

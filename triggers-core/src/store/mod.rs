@@ -313,10 +313,11 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     /// others are claimed instead — a claim never stops at the first one held back, and
     /// held-back deliveries never count against `req.limit`, however many come first) when
     /// taking it would break one of these rules. A store should find claimable deliveries
-    /// without visiting every held-back one (this project's three stores look per endpoint): one endpoint's
-    /// backlog at its cap must not make every claim slower. They count *live* leases (`lease_expires_at
-    /// > now`) of every claimer sharing the store, including the deliveries this claim takes;
-    /// an expired lease counts for nothing, its delivery being due again:
+    /// without visiting every held-back one (this project's three stores look per
+    /// endpoint): one endpoint's backlog at its cap must not make every claim slower. They
+    /// count *live* leases (`lease_expires_at > now`) of every claimer sharing the store,
+    /// including the deliveries this claim takes; an expired lease counts for nothing, its
+    /// delivery being due again:
     /// - **organization share**: an organization holds at most `req.org_concurrency` live
     ///   leases, so one tenant's slow endpoints cannot take every worker while another tenant
     ///   has due deliveries;
