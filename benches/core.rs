@@ -1,6 +1,6 @@
 //! Core benchmarks: the ingest path over MemoryStore, the rate limiter, dedup, the JSON
-//! nesting scan every request body and payload goes through, and MemoryStore claims behind
-//! an endpoint's backlog at its cap.
+//! nesting scan every request body and payload goes through, MemoryStore claims behind
+//! an endpoint's backlog at its cap, and MemoryStore retention rounds over a full store.
 //!
 //! Run: `cargo bench --bench core`
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -169,5 +169,77 @@ fn claim_behind_backlog(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, ingest, limiter, dedup, json_depth, claim_behind_backlog);
+/// A retention round over a store holding `events` delivered events with dedup ids, none
+/// of them old enough yet: what every other organization waits for behind the store's
+/// mutex while the round runs (it should not grow with the store).
+fn retention_over_full_store(c: &mut Criterion) {
+    use triggers::store::Retention;
+
+    let rt = runtime();
+    let mut group = c.benchmark_group("memory_retention");
+    for events in [1_000usize, 100_000] {
+        let ing = rt.block_on(async { ingestor() });
+        let (org, _) = rt.block_on(ing.create_organization("bench", Tier::Enterprise)).unwrap();
+        let start = SystemClock.now();
+        rt.block_on(fill_delivered(&ing, &org, events));
+        let store = ing.store();
+        group.bench_function(format!("round_with_nothing_due_{events}"), |b| {
+            b.iter(|| {
+                let purged = rt.block_on(store.purge_finished_batch(start, 500)).unwrap();
+                let forgotten = rt.block_on(store.purge_dedup_batch(start, 500)).unwrap();
+                assert_eq!((purged, forgotten), (0, 0));
+            })
+        });
+        rt.block_on(ing.shutdown());
+    }
+    // Every event old enough: a whole purge in the Ingestor's batches of 500.
+    group.sample_size(10);
+    group.bench_function("drain_100000_in_batches_of_500", |b| {
+        b.iter_batched(
+            || {
+                let ing = rt.block_on(async { ingestor() });
+                let (org, _) =
+                    rt.block_on(ing.create_organization("bench", Tier::Enterprise)).unwrap();
+                rt.block_on(fill_delivered(&ing, &org, 100_000));
+                (ing, SystemClock.now())
+            },
+            |(ing, before)| {
+                let store = ing.store();
+                let mut purged = 0;
+                while let n @ 1.. = rt.block_on(store.purge_finished_batch(before, 500)).unwrap() {
+                    purged += n;
+                }
+                while rt.block_on(store.purge_dedup_batch(before, 500)).unwrap() > 0 {}
+                assert_eq!(purged, 100_000);
+                ing
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+/// Stores `events` events with dedup ids and acknowledges them (delivered).
+async fn fill_delivered(
+    ing: &Ingestor<MemoryStore, NoDeliverer>,
+    org: &triggers::Organization,
+    events: usize,
+) {
+    for b in 0..events / 100 {
+        let batch = (0..100).map(|i| payload().with_dedup_id(format!("{b}-{i}"))).collect();
+        let done = ing.ingest_batch(org, batch).await.unwrap();
+        let ids: Vec<_> = done.results.iter().map(|r| r.as_ref().unwrap().id).collect();
+        ing.ack_many(org, &ids).await.unwrap();
+    }
+}
+
+criterion_group!(
+    benches,
+    ingest,
+    limiter,
+    dedup,
+    json_depth,
+    claim_behind_backlog,
+    retention_over_full_store
+);
 criterion_main!(benches);

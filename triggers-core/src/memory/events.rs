@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::ops::Bound;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::state::{set_status, EventRow, State, Superseded};
@@ -21,7 +22,7 @@ impl State {
         dedup_window: Duration,
         now: Timestamp,
     ) -> StoreResult<Vec<InsertOutcome>> {
-        let State { orgs, endpoints, queue, .. } = self;
+        let State { orgs, endpoints, queue, dedup_expiry, .. } = self;
         let Some(tenant) = orgs.get_mut(&org) else {
             return Err(StoreError::InvalidInput(format!("no organization {org}")));
         };
@@ -36,7 +37,7 @@ impl State {
         let mut failed = Vec::new();
         for record in events {
             if let Some(dedup_id) = &record.dedup_id {
-                if let Some(original) = tenant.dedup.get(dedup_id) {
+                if let Some(original) = tenant.dedup.get(dedup_id.as_str()) {
                     if clock::add(original.created_at, dedup_window) > now {
                         outcomes.push(InsertOutcome::Duplicate(original.clone()));
                         continue;
@@ -59,7 +60,9 @@ impl State {
             failed.extend(disabled.into_iter().map(|endpoint| (record.id, endpoint)));
             let deliveries = u32::try_from(outstanding.len()).unwrap_or(u32::MAX);
             if let Some(dedup_id) = &record.dedup_id {
-                tenant.dedup.insert(dedup_id.clone(), meta.clone());
+                let key: Arc<str> = Arc::from(dedup_id.as_str());
+                let previous = tenant.dedup.insert(Arc::clone(&key), meta.clone());
+                dedup_expiry.file(org, &key, &meta, previous.as_ref());
             }
             let event = Event {
                 id: record.id,
@@ -137,12 +140,9 @@ impl State {
             match tenant.events.get_mut(&id) {
                 Some(row) => {
                     if row.event.status != EventStatus::Delivered {
-                        set_status(
-                            &mut tenant.counts,
-                            &mut row.event,
-                            EventStatus::Delivered,
-                            Some(now),
-                        );
+                        let (counts, finished) = (&mut tenant.counts, &mut self.finished);
+                        let delivered = EventStatus::Delivered;
+                        set_status(counts, finished, &mut row.event, delivered, Some(now));
                     }
                     outcome.acknowledged.push(id);
                 }
@@ -168,11 +168,13 @@ impl State {
                 self.queue.superseded.insert(delivery_id, kept);
             }
         }
-        self.failed.retain(|(_, event), _| *event != id);
-        let State { orgs, endpoints, queue, .. } = self;
+        let State { orgs, endpoints, queue, failed, finished, .. } = self;
         let tenant = orgs.get_mut(&org)?;
+        for endpoint in &tenant.endpoints {
+            failed.remove(&(*endpoint, id));
+        }
         let row = tenant.events.get_mut(&id)?;
-        set_status(&mut tenant.counts, &mut row.event, EventStatus::Pending, None);
+        set_status(&mut tenant.counts, finished, &mut row.event, EventStatus::Pending, None);
         let (outstanding, disabled) = queue.fan_out(
             endpoints,
             &tenant.endpoints,

@@ -34,10 +34,11 @@ use crate::store::{
 /// It follows the whole store contract (and passes the conformance kit) except durability:
 /// everything is lost when the last clone is dropped. Clones share the same data. Every call
 /// takes one mutex and never waits while holding it. Inserts, claims (which look per endpoint,
-/// never at a capped endpoint's backlog) and completions hold it for microseconds; the
-/// history reads, filtered inbox pages and the retention purges walk the stored events
-/// under it (a purge: every organization's), so they grow with what is stored — fine for
-/// tests and small embedded uses, not for large backlogs.
+/// never at a capped endpoint's backlog), completions and retention purges (which take the
+/// oldest finished events and dedup entries from indexes kept in step with every change, so
+/// a batch costs what it deletes) hold it for microseconds; the history reads and filtered
+/// inbox pages walk the organization's stored events under it, so they grow with what that
+/// organization stores — fine for tests and small embedded uses, not for large backlogs.
 ///
 /// Where the contract is silent it behaves like a database with foreign keys: inserting
 /// events or creating endpoints for an organization that was never created fails with

@@ -124,7 +124,11 @@ impl State {
         for delivery_id in cancelled {
             self.remove_delivery(delivery_id);
         }
-        self.failed.retain(|(endpoint, _), _| *endpoint != id);
+        let recorded = (id, EventId(uuid::Uuid::nil()))..=(id, EventId(uuid::Uuid::max()));
+        let failed: Vec<_> = self.failed.range(recorded).map(|(key, _)| *key).collect();
+        for key in failed {
+            self.failed.remove(&key);
+        }
         true
     }
 
@@ -214,14 +218,15 @@ impl State {
         let more = picked.len() > limit;
         picked.truncate(limit);
         let fifo = self.own_endpoint(org, id)?.endpoint.ordering == DeliveryOrdering::Fifo;
-        let State { orgs, queue, failed, .. } = self;
+        let State { orgs, queue, failed, finished, .. } = self;
         let tenant = orgs.get_mut(&org)?;
         for event_id in &picked {
             failed.remove(&(id, *event_id));
             let Some(row) = tenant.events.get_mut(event_id) else { continue };
             row.outstanding.push(queue.push(org, *event_id, id, fifo, now));
             if row.event.status == EventStatus::Failed {
-                set_status(&mut tenant.counts, &mut row.event, EventStatus::Pending, None);
+                let pending = EventStatus::Pending;
+                set_status(&mut tenant.counts, finished, &mut row.event, pending, None);
             }
         }
         let queued = u32::try_from(picked.len()).unwrap_or(u32::MAX);

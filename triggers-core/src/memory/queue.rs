@@ -201,13 +201,14 @@ impl State {
                 if event.event.status == EventStatus::Pending {
                     match c.state {
                         CompletionState::Delivered if event.outstanding.is_empty() => {
-                            let at = Some(c.record.at);
-                            let delivered = EventStatus::Delivered;
-                            set_status(&mut tenant.counts, &mut event.event, delivered, at);
+                            let (at, delivered) = (Some(c.record.at), EventStatus::Delivered);
+                            let (counts, finished) = (&mut tenant.counts, &mut self.finished);
+                            set_status(counts, finished, &mut event.event, delivered, at);
                         }
                         CompletionState::Failed => {
+                            let (counts, finished) = (&mut tenant.counts, &mut self.finished);
                             let failed = EventStatus::Failed;
-                            set_status(&mut tenant.counts, &mut event.event, failed, None);
+                            set_status(counts, finished, &mut event.event, failed, None);
                         }
                         _ => {}
                     }

@@ -1,6 +1,7 @@
 //! The in-memory tables, and bookkeeping shared by the operations.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use crate::clock::Timestamp;
 use crate::domain::event::{AttemptRecord, Event, EventMeta, EventStatus};
@@ -27,6 +28,10 @@ pub(super) struct State {
     pub(super) failed: BTreeMap<(EndpointId, EventId), FailedRow>,
     /// The sequence number the next recorded attempt gets (its history position's `seq`).
     pub(super) next_attempt_seq: u64,
+    /// Finished events of every organization, oldest first, for retention.
+    pub(super) finished: Finished,
+    /// Dedup entries of every organization, oldest first, for retention.
+    pub(super) dedup_expiry: DedupExpiry,
     /// How many queued deliveries claims have looked at, for the tests that hold claims to
     /// what they can take.
     #[cfg(test)]
@@ -157,8 +162,9 @@ pub(super) struct Tenant {
     /// Its events by id: UUID v7, so in creation order, which keyset paging relies on.
     pub(super) events: BTreeMap<EventId, EventRow>,
     /// The latest event per dedup id (an entry may be older than the window: then it is
-    /// taken over by the next insert with that id).
-    pub(super) dedup: HashMap<String, EventMeta>,
+    /// taken over by the next insert with that id). Each entry is also in
+    /// [`State::dedup_expiry`], which shares its key.
+    pub(super) dedup: HashMap<Arc<str>, EventMeta>,
     /// Events per status and in-flight deliveries, kept up to date on every change.
     pub(super) counts: QueueStats,
 }
@@ -230,13 +236,95 @@ impl DeliveryRow {
     }
 }
 
-/// Moves an event to `status`, keeping the organization's counters right.
+/// The finished (`delivered` or `failed`) events of every organization by creation time, so
+/// that a purge takes the oldest ones without walking any stored event: kept in step by
+/// [`set_status`] and by the purge itself.
+#[derive(Default)]
+pub(super) struct Finished(BTreeSet<(Timestamp, OrganizationId, EventId)>);
+
+impl Finished {
+    /// Files `event` under the status it moves to.
+    fn update(&mut self, event: &Event, status: EventStatus) {
+        let key = (event.created_at, event.organization_id, event.id);
+        if status == EventStatus::Pending {
+            self.0.remove(&key);
+        } else {
+            self.0.insert(key);
+        }
+    }
+
+    /// Takes out up to `n` of the oldest finished events created before `before`.
+    pub(super) fn take_oldest(
+        &mut self,
+        before: Timestamp,
+        n: usize,
+    ) -> Vec<(Timestamp, OrganizationId, EventId)> {
+        let mut oldest = Vec::new();
+        while oldest.len() < n && self.0.first().is_some_and(|k| k.0 < before) {
+            oldest.extend(self.0.pop_first());
+        }
+        oldest
+    }
+
+    /// Every indexed event, for the tests that hold the index to the events.
+    #[cfg(test)]
+    pub(super) fn keys(&self) -> BTreeSet<(Timestamp, OrganizationId, EventId)> {
+        self.0.clone()
+    }
+}
+
+/// The dedup entries of every organization by creation time, so that a purge forgets the
+/// expired ones without walking the maps: an entry is filed when inserted and unfiled when
+/// taken over or forgotten. The key is shared with [`Tenant::dedup`], not copied.
+#[derive(Default)]
+pub(super) struct DedupExpiry(BTreeSet<(Timestamp, OrganizationId, Arc<str>)>);
+
+impl DedupExpiry {
+    /// Records that `org`'s entry `dedup_id` now names `meta`, replacing `previous` (the
+    /// entry it took over, if any).
+    pub(super) fn file(
+        &mut self,
+        org: OrganizationId,
+        dedup_id: &Arc<str>,
+        meta: &EventMeta,
+        previous: Option<&EventMeta>,
+    ) {
+        if let Some(old) = previous {
+            self.0.remove(&(old.created_at, org, Arc::clone(dedup_id)));
+        }
+        self.0.insert((meta.created_at, org, Arc::clone(dedup_id)));
+    }
+
+    /// Takes out up to `n` of the oldest entries created before `before`.
+    pub(super) fn take_oldest(
+        &mut self,
+        before: Timestamp,
+        n: usize,
+    ) -> Vec<(Timestamp, OrganizationId, Arc<str>)> {
+        let mut oldest = Vec::new();
+        while oldest.len() < n && self.0.first().is_some_and(|k| k.0 < before) {
+            oldest.extend(self.0.pop_first());
+        }
+        oldest
+    }
+
+    /// Every indexed entry, for the tests that hold the index to the maps.
+    #[cfg(test)]
+    pub(super) fn keys(&self) -> BTreeSet<(Timestamp, OrganizationId, Arc<str>)> {
+        self.0.clone()
+    }
+}
+
+/// Moves an event to `status`, keeping the organization's counters and the index of finished
+/// events right.
 pub(super) fn set_status(
     counts: &mut QueueStats,
+    finished: &mut Finished,
     event: &mut Event,
     status: EventStatus,
     delivered_at: Option<Timestamp>,
 ) {
+    finished.update(event, status);
     *status_count(counts, event.status) -= 1;
     *status_count(counts, status) += 1;
     event.status = status;
@@ -375,7 +463,8 @@ impl State {
         if let Some(tenant) = self.orgs.get_mut(&org) {
             if let Some(event) = tenant.events.get_mut(&event_id) {
                 if event.event.status == EventStatus::Pending {
-                    set_status(&mut tenant.counts, &mut event.event, EventStatus::Failed, None);
+                    let (counts, finished) = (&mut tenant.counts, &mut self.finished);
+                    set_status(counts, finished, &mut event.event, EventStatus::Failed, None);
                 }
             }
         }

@@ -188,3 +188,156 @@ async fn claims_pick_what_walking_every_due_delivery_picks() {
     }
     assert!(compared > 50, "only {compared} claims took anything: the scenario tests too little");
 }
+
+/// Walks the whole state and checks the retention indexes against it: the finished index
+/// holds exactly the delivered and failed events, the dedup expiry index exactly the dedup
+/// entries, and no failed delivery outlives its event.
+fn assert_retention_indexes(state: &super::state::State, step: i64) {
+    use crate::domain::event::EventStatus;
+    use std::collections::BTreeSet;
+    let mut finished = BTreeSet::new();
+    let mut dedup = BTreeSet::new();
+    for (org, tenant) in &state.orgs {
+        for row in tenant.events.values().filter(|r| r.event.status != EventStatus::Pending) {
+            finished.insert((row.event.created_at, *org, row.event.id));
+        }
+        for (id, meta) in &tenant.dedup {
+            dedup.insert((meta.created_at, *org, std::sync::Arc::clone(id)));
+        }
+    }
+    assert_eq!(state.finished.keys(), finished, "step {step}: the finished index");
+    assert_eq!(state.dedup_expiry.keys(), dedup, "step {step}: the dedup expiry index");
+    for (endpoint, event) in state.failed.keys() {
+        let org = state.endpoints.get(endpoint).map(|e| e.endpoint.organization_id);
+        let kept = org.and_then(|org| state.orgs.get(&org)).map(|t| t.events.contains_key(event));
+        assert_eq!(kept, Some(true), "step {step}: a failed delivery of a deleted event");
+    }
+}
+
+/// Retention takes the oldest finished events and dedup entries from indexes that every
+/// change keeps in step, over random histories: inserts with dedup ids taken over once their
+/// window is over, deliveries that succeed, retry and fail, acks, replays, recovers, deleted
+/// endpoints, and purges in batches. After each step the indexes match a walk of the state,
+/// and each purge deletes exactly the oldest finished events the walk finds.
+#[tokio::test]
+async fn retention_indexes_stay_in_step_with_the_events() {
+    use crate::conformance::support::{claim, completion, endpoint, new_org, plus, record_with, t};
+    use crate::domain::event::EventStatus;
+    use crate::store::Retention;
+    use crate::store::{CompletionState, DeliveryQueue, EndpointStore, EventLog, RecoverQuery};
+    use crate::WorkerId;
+    use std::time::Duration;
+
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let store = MemoryStore::new();
+    let mut orgs = Vec::new();
+    for _ in 0..3 {
+        let org = new_org(&store).await;
+        let endpoints = vec![
+            endpoint(&store, org, Some("a.*"), t(0)).await.id,
+            endpoint(&store, org, None, t(0)).await.id,
+        ];
+        orgs.push((org, endpoints));
+    }
+    let window = Duration::from_secs(20);
+    let worker = WorkerId::new();
+    let (mut purged, mut forgotten) = (0, 0);
+    for step in 0..1_500i64 {
+        let now = plus(t(step), Duration::from_millis(rand(900)));
+        let (org, endpoints) = &mut orgs[rand(3) as usize];
+        let org = *org;
+        match rand(16) {
+            0..=4 => {
+                let records = (0..1 + rand(4))
+                    .map(|_| {
+                        let kind = ["a.x", "b.y"][rand(2) as usize];
+                        let dedup = format!("d{}", rand(40));
+                        record_with(kind, "{}", (rand(3) > 0).then_some(dedup.as_str()), now)
+                    })
+                    .collect();
+                store.insert_events(org, records, window, now).await.unwrap();
+            }
+            5..=8 => {
+                for d in claim(&store, worker, 1 + rand(8) as u32, now).await {
+                    let state = match rand(5) {
+                        0 => CompletionState::Retry { at: plus(now, Duration::from_secs(2)) },
+                        1 | 2 => CompletionState::Failed,
+                        _ => CompletionState::Delivered,
+                    };
+                    store.complete(&[completion(&d, state, now)]).await.unwrap();
+                }
+            }
+            9 | 10 => {
+                let ids: Vec<_> = store.lock().unwrap().orgs[&org].events.keys().copied().collect();
+                if !ids.is_empty() {
+                    let id = ids[rand(ids.len() as u64) as usize];
+                    if rand(2) == 0 {
+                        store.ack(org, &[id], now).await.unwrap();
+                    } else {
+                        store.replay(org, id, now).await.unwrap();
+                    }
+                }
+            }
+            11 => {
+                if let Some(&id) = endpoints.get(rand(2) as usize) {
+                    let query =
+                        RecoverQuery { since: t(0), until: None, limit: 1 + rand(5) as u32 };
+                    store.recover(org, id, query, now).await.unwrap();
+                }
+            }
+            12 if step % 300 == 12 => {
+                // Now and then an endpoint goes, and a new one takes its place.
+                let gone = endpoints.remove(0);
+                assert!(store.delete_endpoint(org, gone).await.unwrap());
+                endpoints.push(endpoint(&store, org, None, now).await.id);
+            }
+            13 | 14 => {
+                let before = plus(t(step - 30 - rand(60) as i64), Duration::ZERO);
+                let batch = 1 + rand(8) as u32;
+                let expected: Vec<_> = {
+                    let state = store.lock().unwrap();
+                    let mut old: Vec<_> = state
+                        .orgs
+                        .values()
+                        .flat_map(|tenant| tenant.events.values())
+                        .map(|row| &row.event)
+                        .filter(|e| e.status != EventStatus::Pending && e.created_at < before)
+                        .map(|e| (e.created_at, e.organization_id, e.id))
+                        .collect();
+                    old.sort_unstable();
+                    old.truncate(batch as usize);
+                    old
+                };
+                let n = store.purge_finished_batch(before, batch).await.unwrap();
+                assert_eq!(n, expected.len() as u64, "step {step}: purged");
+                let state = store.lock().unwrap();
+                for (_, org, id) in &expected {
+                    assert!(!state.orgs[org].events.contains_key(id), "step {step}: not purged");
+                }
+                purged += n;
+            }
+            _ => {
+                let before = plus(t(step - rand(40) as i64), Duration::ZERO);
+                let batch = 1 + rand(10) as u32;
+                let expired = |store: &MemoryStore| {
+                    let state = store.lock().unwrap();
+                    let tenants = state.orgs.values();
+                    tenants.flat_map(|t| t.dedup.values()).filter(|m| m.created_at < before).count()
+                };
+                let left = expired(&store) as u64;
+                let n = store.purge_dedup_batch(before, batch).await.unwrap();
+                assert_eq!(n, left.min(u64::from(batch)), "step {step}: forgotten");
+                assert_eq!(expired(&store) as u64, left - n, "step {step}: expired entries left");
+                forgotten += n;
+            }
+        }
+        assert_retention_indexes(&store.lock().unwrap(), step);
+    }
+    assert!(purged > 100 && forgotten > 50, "purged {purged}, forgot {forgotten}: too little");
+}
