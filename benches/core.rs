@@ -1,6 +1,7 @@
 //! Core benchmarks: the ingest path over MemoryStore, the rate limiter, dedup, the JSON
 //! nesting scan every request body and payload goes through, MemoryStore claims behind
-//! an endpoint's backlog at its cap, and MemoryStore retention rounds over a full store.
+//! an endpoint's backlog at its cap, MemoryStore retention rounds over a full store, and a
+//! MemoryStore inbox page behind many acknowledged events.
 //!
 //! Run: `cargo bench --bench core`
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -233,6 +234,40 @@ async fn fill_delivered(
     }
 }
 
+/// The first page of `pending` events (the inbox) of an organization whose older
+/// `delivered` events number 1 000 or 100 000: it should not grow with them.
+fn inbox_behind_delivered(c: &mut Criterion) {
+    use triggers::store::{EventLog, ListQuery, DEFAULT_MAX_PAGE_BYTES};
+    use triggers::EventStatus;
+
+    let rt = runtime();
+    let mut group = c.benchmark_group("memory_inbox");
+    for delivered in [1_000usize, 100_000] {
+        let ing = rt.block_on(async { ingestor() });
+        let (org, _) = rt.block_on(ing.create_organization("bench", Tier::Enterprise)).unwrap();
+        rt.block_on(async {
+            fill_delivered(&ing, &org, delivered).await;
+            ing.ingest_batch(&org, (0..100).map(|_| payload()).collect()).await.unwrap();
+        });
+        let query = ListQuery {
+            status: EventStatus::Pending,
+            type_glob: None,
+            limit: 100,
+            after: None,
+            max_bytes: DEFAULT_MAX_PAGE_BYTES,
+        };
+        let store = ing.store();
+        group.bench_function(format!("pending_page_behind_{delivered}_delivered"), |b| {
+            b.iter(|| {
+                let page = rt.block_on(store.list_events(org.id, &query)).unwrap();
+                assert_eq!(page.items.len(), 100);
+            })
+        });
+        rt.block_on(ing.shutdown());
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     ingest,
@@ -240,6 +275,7 @@ criterion_group!(
     dedup,
     json_depth,
     claim_behind_backlog,
-    retention_over_full_store
+    retention_over_full_store,
+    inbox_behind_delivered
 );
 criterion_main!(benches);

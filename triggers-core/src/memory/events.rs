@@ -75,7 +75,7 @@ impl State {
                 delivered_at: None,
             };
             tenant.events.insert(record.id, EventRow { event, attempts: Vec::new(), outstanding });
-            tenant.counts.pending += 1;
+            tenant.by_status.ids_mut(EventStatus::Pending).insert(record.id);
             outcomes.push(InsertOutcome::Inserted { meta, deliveries });
         }
         for (event_id, endpoint_id) in failed {
@@ -97,10 +97,11 @@ impl State {
         let limit = query.limit.clamp(1, 1000) as usize;
         let from = query.after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut matching = tenant
-            .events
+            .by_status
+            .ids(query.status)
             .range((from, Bound::Unbounded))
-            .map(|(_, row)| &row.event)
-            .filter(|e| e.status == query.status)
+            .filter_map(|id| tenant.events.get(id))
+            .map(|row| &row.event)
             .filter(|e| query.type_glob.as_ref().map_or(true, |g| g.matches(&e.event_type)));
         let mut items: Vec<Event> = Vec::new();
         let mut bytes = 0u64;
@@ -140,7 +141,7 @@ impl State {
             match tenant.events.get_mut(&id) {
                 Some(row) => {
                     if row.event.status != EventStatus::Delivered {
-                        let (counts, finished) = (&mut tenant.counts, &mut self.finished);
+                        let (counts, finished) = (&mut tenant.by_status, &mut self.finished);
                         let delivered = EventStatus::Delivered;
                         set_status(counts, finished, &mut row.event, delivered, Some(now));
                     }
@@ -174,7 +175,7 @@ impl State {
             failed.remove(&(*endpoint, id));
         }
         let row = tenant.events.get_mut(&id)?;
-        set_status(&mut tenant.counts, finished, &mut row.event, EventStatus::Pending, None);
+        set_status(&mut tenant.by_status, finished, &mut row.event, EventStatus::Pending, None);
         let (outstanding, disabled) = queue.fan_out(
             endpoints,
             &tenant.endpoints,
@@ -191,6 +192,13 @@ impl State {
     }
 
     pub(super) fn stats(&self, org: OrganizationId) -> QueueStats {
-        self.orgs.get(&org).map(|t| t.counts).unwrap_or_default()
+        let Some(tenant) = self.orgs.get(&org) else { return QueueStats::default() };
+        let count = |status| tenant.by_status.ids(status).len() as u64;
+        QueueStats {
+            pending: count(EventStatus::Pending),
+            in_flight: tenant.in_flight,
+            delivered: count(EventStatus::Delivered),
+            failed: count(EventStatus::Failed),
+        }
     }
 }

@@ -34,11 +34,13 @@ use crate::store::{
 /// It follows the whole store contract (and passes the conformance kit) except durability:
 /// everything is lost when the last clone is dropped. Clones share the same data. Every call
 /// takes one mutex and never waits while holding it. Inserts, claims (which look per endpoint,
-/// never at a capped endpoint's backlog), completions and retention purges (which take the
-/// oldest finished events and dedup entries from indexes kept in step with every change, so
-/// a batch costs what it deletes) hold it for microseconds; the history reads and filtered
-/// inbox pages walk the organization's stored events under it, so they grow with what that
-/// organization stores — fine for tests and small embedded uses, not for large backlogs.
+/// never at a capped endpoint's backlog), completions, inbox pages (which read the ids of
+/// the status they list) and retention purges (which take the oldest finished events and
+/// dedup entries from indexes kept in step with every change, so a batch costs what it
+/// deletes) hold it for microseconds. A page filtered by type walks past the listed
+/// status's events of other types, and the history reads walk the organization's stored
+/// events under the mutex, so they grow with what that organization stores — fine for tests
+/// and small embedded uses, not for large backlogs.
 ///
 /// Where the contract is silent it behaves like a database with foreign keys: inserting
 /// events or creating endpoints for an organization that was never created fails with

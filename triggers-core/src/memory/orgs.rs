@@ -226,7 +226,7 @@ impl State {
             row.outstanding.push(queue.push(org, *event_id, id, fifo, now));
             if row.event.status == EventStatus::Failed {
                 let pending = EventStatus::Pending;
-                set_status(&mut tenant.counts, finished, &mut row.event, pending, None);
+                set_status(&mut tenant.by_status, finished, &mut row.event, pending, None);
             }
         }
         let queued = u32::try_from(picked.len()).unwrap_or(u32::MAX);

@@ -27,7 +27,7 @@ impl State {
             let row: &DeliveryRow = row;
             let Some(tenant) = self.orgs.get_mut(&row.org) else { continue };
             if !was_in_flight {
-                tenant.counts.in_flight += 1;
+                tenant.in_flight += 1;
             }
             let (Some(event), Some(endpoint)) =
                 (tenant.events.get(&row.event_id), self.endpoints.get(&row.endpoint_id))
@@ -186,7 +186,7 @@ impl State {
                     self.queue.by_endpoint.insert(c.delivery_id, row);
                 }
                 if let Some(tenant) = self.orgs.get_mut(&org) {
-                    tenant.counts.in_flight = tenant.counts.in_flight.saturating_sub(1);
+                    tenant.in_flight = tenant.in_flight.saturating_sub(1);
                 }
             }
             CompletionState::Delivered | CompletionState::Failed => {
@@ -202,11 +202,11 @@ impl State {
                     match c.state {
                         CompletionState::Delivered if event.outstanding.is_empty() => {
                             let (at, delivered) = (Some(c.record.at), EventStatus::Delivered);
-                            let (counts, finished) = (&mut tenant.counts, &mut self.finished);
+                            let (counts, finished) = (&mut tenant.by_status, &mut self.finished);
                             set_status(counts, finished, &mut event.event, delivered, at);
                         }
                         CompletionState::Failed => {
-                            let (counts, finished) = (&mut tenant.counts, &mut self.finished);
+                            let (counts, finished) = (&mut tenant.by_status, &mut self.finished);
                             let failed = EventStatus::Failed;
                             set_status(counts, finished, &mut event.event, failed, None);
                         }
@@ -260,7 +260,7 @@ impl State {
         }
         self.queue.by_endpoint.insert(id, row);
         if let Some(tenant) = self.orgs.get_mut(&row.org) {
-            tenant.counts.in_flight = tenant.counts.in_flight.saturating_sub(1);
+            tenant.in_flight = tenant.in_flight.saturating_sub(1);
         }
         true
     }

@@ -5,7 +5,7 @@
 //! batch costs what it deletes, never a walk of the stored events or dedup maps: retention
 //! over a large store does not stall the other organizations behind the store's mutex.
 
-use super::state::{status_count, State};
+use super::state::State;
 use crate::clock::Timestamp;
 use crate::domain::{EventId, OrganizationId};
 
@@ -35,7 +35,7 @@ impl State {
         }
         if let Some(tenant) = self.orgs.get_mut(&org) {
             if let Some(row) = tenant.events.remove(&id) {
-                *status_count(&mut tenant.counts, row.event.status) -= 1;
+                tenant.by_status.ids_mut(row.event.status).remove(&id);
             }
         }
     }

@@ -9,7 +9,7 @@ use crate::domain::key::KeyHash;
 use crate::domain::org::Organization;
 use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret};
 use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
-use crate::store::{QueueStats, StoreLimits};
+use crate::store::StoreLimits;
 
 /// Everything a [`MemoryStore`](super::MemoryStore) holds, behind one mutex.
 #[derive(Default)]
@@ -165,8 +165,39 @@ pub(super) struct Tenant {
     /// taken over by the next insert with that id). Each entry is also in
     /// [`State::dedup_expiry`], which shares its key.
     pub(super) dedup: HashMap<Arc<str>, EventMeta>,
-    /// Events per status and in-flight deliveries, kept up to date on every change.
-    pub(super) counts: QueueStats,
+    /// Its event ids per status, kept up to date on every change.
+    pub(super) by_status: ByStatus,
+    /// Its deliveries in the in-flight state.
+    pub(super) in_flight: u64,
+}
+
+/// An organization's event ids per status: an inbox page reads the ids of the status it
+/// lists (never walking past the other statuses' events), and the counts are their lengths.
+#[derive(Default)]
+pub(super) struct ByStatus {
+    pending: BTreeSet<EventId>,
+    delivered: BTreeSet<EventId>,
+    failed: BTreeSet<EventId>,
+}
+
+impl ByStatus {
+    /// The ids of the events with `status`, in creation order.
+    pub(super) fn ids(&self, status: EventStatus) -> &BTreeSet<EventId> {
+        match status {
+            EventStatus::Pending => &self.pending,
+            EventStatus::Delivered => &self.delivered,
+            EventStatus::Failed => &self.failed,
+        }
+    }
+
+    /// The ids of the events with `status`, to change.
+    pub(super) fn ids_mut(&mut self, status: EventStatus) -> &mut BTreeSet<EventId> {
+        match status {
+            EventStatus::Pending => &mut self.pending,
+            EventStatus::Delivered => &mut self.delivered,
+            EventStatus::Failed => &mut self.failed,
+        }
+    }
 }
 
 impl Tenant {
@@ -177,7 +208,8 @@ impl Tenant {
             endpoints: Vec::new(),
             events: BTreeMap::new(),
             dedup: HashMap::new(),
-            counts: QueueStats::default(),
+            by_status: ByStatus::default(),
+            in_flight: 0,
         }
     }
 }
@@ -315,29 +347,20 @@ impl DedupExpiry {
     }
 }
 
-/// Moves an event to `status`, keeping the organization's counters and the index of finished
-/// events right.
+/// Moves an event to `status`, keeping its organization's ids per status and the index of
+/// finished events right.
 pub(super) fn set_status(
-    counts: &mut QueueStats,
+    by_status: &mut ByStatus,
     finished: &mut Finished,
     event: &mut Event,
     status: EventStatus,
     delivered_at: Option<Timestamp>,
 ) {
     finished.update(event, status);
-    *status_count(counts, event.status) -= 1;
-    *status_count(counts, status) += 1;
+    by_status.ids_mut(event.status).remove(&event.id);
+    by_status.ids_mut(status).insert(event.id);
     event.status = status;
     event.delivered_at = delivered_at;
-}
-
-/// The counter of events with `status`.
-pub(super) fn status_count(counts: &mut QueueStats, status: EventStatus) -> &mut u64 {
-    match status {
-        EventStatus::Pending => &mut counts.pending,
-        EventStatus::Delivered => &mut counts.delivered,
-        EventStatus::Failed => &mut counts.failed,
-    }
 }
 
 impl Queue {
@@ -439,7 +462,7 @@ impl State {
         self.queue.by_endpoint.remove(id, &row);
         if let Some(tenant) = self.orgs.get_mut(&row.org) {
             if row.lease.is_some() {
-                tenant.counts.in_flight = tenant.counts.in_flight.saturating_sub(1);
+                tenant.in_flight = tenant.in_flight.saturating_sub(1);
             }
             if let Some(event) = tenant.events.get_mut(&row.event_id) {
                 event.outstanding.retain(|d| *d != id);
@@ -463,7 +486,7 @@ impl State {
         if let Some(tenant) = self.orgs.get_mut(&org) {
             if let Some(event) = tenant.events.get_mut(&event_id) {
                 if event.event.status == EventStatus::Pending {
-                    let (counts, finished) = (&mut tenant.counts, &mut self.finished);
+                    let (counts, finished) = (&mut tenant.by_status, &mut self.finished);
                     set_status(counts, finished, &mut event.event, EventStatus::Failed, None);
                 }
             }
