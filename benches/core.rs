@@ -1,7 +1,8 @@
 //! Core benchmarks: the ingest path over MemoryStore, the rate limiter, dedup, the JSON
 //! nesting scan every request body and payload goes through, MemoryStore claims behind
-//! an endpoint's backlog at its cap, MemoryStore retention rounds over a full store, and a
-//! MemoryStore inbox page behind many acknowledged events.
+//! an endpoint's backlog at its cap, MemoryStore retention rounds over a full store, a
+//! MemoryStore inbox page behind many acknowledged events, and an endpoint's newest history
+//! pages in a MemoryStore that has delivered many events.
 //!
 //! Run: `cargo bench --bench core`
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -268,6 +269,70 @@ fn inbox_behind_delivered(c: &mut Criterion) {
     group.finish();
 }
 
+/// The newest page of an endpoint's attempts and of its deliveries, after 1 000 or 100 000
+/// events were delivered to it: it should not grow with them.
+fn history_after_many_deliveries(c: &mut Criterion) {
+    use std::time::Duration;
+    use triggers::store::{
+        AttemptQuery, ClaimRequest, Completion, CompletionState, DeliveryHistory, DeliveryQuery,
+        DeliveryQueue,
+    };
+    use triggers::{AttemptRecord, WorkerId};
+
+    let rt = runtime();
+    let mut group = c.benchmark_group("memory_history");
+    for delivered in [1_000usize, 100_000] {
+        let ing = rt.block_on(async { ingestor() });
+        let (org, _) = rt.block_on(ing.create_organization("bench", Tier::Enterprise)).unwrap();
+        let store = ing.store();
+        let endpoint = rt.block_on(async {
+            // Never called: the bench completes the deliveries itself.
+            let endpoint = ing.create_endpoint(&org, "http://127.0.0.1:9/hook", None).await;
+            for _ in 0..delivered / 100 {
+                ing.ingest_batch(&org, (0..100).map(|_| payload()).collect()).await.unwrap();
+                let now = SystemClock.now();
+                let req = ClaimRequest::new(WorkerId::new(), 100, Duration::from_secs(60), now);
+                let claimed = store.claim(req.with_caps(1000, 1000)).await.unwrap();
+                let done: Vec<_> = claimed
+                    .iter()
+                    .map(|d| Completion {
+                        delivery_id: d.id,
+                        lease_owner: d.lease_owner,
+                        attempt: d.attempt,
+                        state: CompletionState::Delivered,
+                        record: AttemptRecord {
+                            endpoint_id: d.endpoint_id,
+                            at: now,
+                            status_code: Some(200),
+                            latency_ms: 3,
+                            error: None,
+                        },
+                        disable_endpoint: None,
+                    })
+                    .collect();
+                assert_eq!(store.complete(&done).await.unwrap().len(), 100);
+            }
+            endpoint.unwrap().id
+        });
+        group.bench_function(format!("attempts_page_after_{delivered}"), |b| {
+            let query = AttemptQuery { success: None, since: None, before: None, limit: 50 };
+            b.iter(|| {
+                let page = rt.block_on(store.endpoint_attempts(org.id, endpoint, &query));
+                assert_eq!(page.unwrap().unwrap().len(), 50);
+            })
+        });
+        group.bench_function(format!("deliveries_page_after_{delivered}"), |b| {
+            let query = DeliveryQuery { status: None, before: None, limit: 50 };
+            b.iter(|| {
+                let page = rt.block_on(store.endpoint_deliveries(org.id, endpoint, &query));
+                assert_eq!(page.unwrap().unwrap().len(), 50);
+            })
+        });
+        rt.block_on(ing.shutdown());
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     ingest,
@@ -276,6 +341,7 @@ criterion_group!(
     json_depth,
     claim_behind_backlog,
     retention_over_full_store,
-    inbox_behind_delivered
+    inbox_behind_delivered,
+    history_after_many_deliveries
 );
 criterion_main!(benches);

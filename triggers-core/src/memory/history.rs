@@ -1,17 +1,18 @@
 //! Delivery history: an endpoint's attempts and deliveries, read from the tables in memory.
 //!
-//! The memory store keeps no index by endpoint: a history call walks the organization's
-//! events (and, for outstanding deliveries, the queue). That is fine for the tests, examples
-//! and embedded uses this store is for; the database stores read through indexes. An event's
-//! position is its id (UUID v7) as a number.
+//! Attempts are read from the index of each endpoint's attempt records, newest first, so a
+//! page costs what it lists (plus the records a `success` filter skips). Deliveries are
+//! read by walking the organization's events newest first from the cursor and working out
+//! each one's state for the endpoint, until the page is full: a page costs the events it
+//! walks, which is what it lists for an endpoint that receives most of them, and more for
+//! one whose type filter matches few. The database stores read both through indexes. An
+//! event's position is its id (UUID v7) as a number.
 
-use std::collections::BTreeMap;
+use std::ops::Bound;
 
-use super::state::State;
+use super::state::{EventRow, State};
 use crate::domain::{EndpointId, EventId, OrganizationId};
-use crate::store::{
-    AttemptEntry, AttemptPosition, AttemptQuery, DeliveryEntry, DeliveryQuery, DeliveryState,
-};
+use crate::store::{AttemptEntry, AttemptQuery, DeliveryEntry, DeliveryQuery, DeliveryState};
 
 impl State {
     pub(super) fn endpoint_attempts(
@@ -22,23 +23,28 @@ impl State {
     ) -> Option<Vec<AttemptEntry>> {
         self.endpoint(org, endpoint)?;
         let tenant = self.orgs.get(&org)?;
-        let mut found: Vec<AttemptEntry> = tenant
-            .events
-            .values()
-            .flat_map(|row| row.attempts.iter().map(move |(seq, a)| (row, *seq, a)))
-            .filter(|(_, _, a)| a.endpoint_id == endpoint)
+        let Some(index) = self.attempts.of(endpoint) else { return Some(Vec::new()) };
+        let upper = query.before.map_or(Bound::Unbounded, |before| {
+            Bound::Excluded((before, EventId(uuid::Uuid::nil())))
+        });
+        let found = index
+            .range((Bound::Unbounded, upper))
+            .rev()
+            .take_while(|(position, _)| query.since.map_or(true, |since| position.at >= since))
+            .filter_map(|&(position, event_id)| {
+                let row = tenant.events.get(&event_id)?;
+                let (_, record) = row.attempts.iter().find(|(seq, _)| *seq == position.seq)?;
+                Some((position, row, record))
+            })
             .filter(|(_, _, a)| query.success.map_or(true, |ok| a.error.is_none() == ok))
-            .filter(|(_, _, a)| query.since.map_or(true, |since| a.at >= since))
-            .map(|(row, seq, a)| AttemptEntry {
-                position: AttemptPosition { at: a.at, seq },
+            .map(|(position, row, record)| AttemptEntry {
+                position,
                 event_id: row.event.id,
                 event_type: row.event.event_type.clone(),
-                record: a.clone(),
+                record: record.clone(),
             })
-            .filter(|e| query.before.map_or(true, |before| e.position < before))
+            .take(query.limit as usize)
             .collect();
-        found.sort_unstable_by_key(|e| std::cmp::Reverse(e.position));
-        found.truncate(query.limit as usize);
         Some(found)
     }
 
@@ -50,67 +56,61 @@ impl State {
     ) -> Option<Vec<DeliveryEntry>> {
         self.endpoint(org, endpoint)?;
         let tenant = self.orgs.get(&org)?;
-        let below = |id: &EventId| query.before.map_or(true, |before| id.0.as_u128() < before);
-        // The state of each listed event, most specific first: outstanding, failed, delivered.
-        let mut states: BTreeMap<EventId, DeliveryState> = BTreeMap::new();
-        for (event_id, row) in &tenant.events {
-            if !below(event_id) {
-                continue;
-            }
-            let success = row
-                .attempts
-                .iter()
-                .filter(|(_, a)| a.endpoint_id == endpoint && a.error.is_none())
-                .map(|(_, a)| a.at)
-                .max();
-            if let Some(at) = success {
-                states.insert(*event_id, DeliveryState::Delivered { at });
-            }
-        }
-        for ((ep, event_id), failed) in self.failed.range((endpoint, EventId(uuid::Uuid::nil()))..)
-        {
-            if *ep != endpoint {
-                break;
-            }
-            if below(event_id) {
-                let state = DeliveryState::Failed { at: failed.at, reason: failed.reason.clone() };
-                states.insert(*event_id, state);
-            }
-        }
-        let outstanding = self.queue.by_endpoint.get(&endpoint).into_iter().flat_map(|q| q.ids());
-        for row in outstanding.filter_map(|id| self.queue.deliveries.get(&id)) {
-            if !below(&row.event_id) {
-                continue;
-            }
-            let state = match row.lease {
-                Some(lease) => DeliveryState::InFlight {
-                    attempt: row.attempt,
-                    lease_expires_at: lease.expires_at,
-                },
-                None => DeliveryState::Pending {
-                    attempts: row.attempt,
-                    next_attempt_at: row.next_attempt_at,
-                },
-            };
-            states.insert(row.event_id, state);
-        }
-        let listed = states
-            .into_iter()
+        let upper = query.before.map_or(Bound::Unbounded, |before| {
+            Bound::Excluded(EventId(uuid::Uuid::from_u128(before)))
+        });
+        let listed = tenant
+            .events
+            .range((Bound::Unbounded, upper))
             .rev()
-            .filter(|(_, state)| query.status.map_or(true, |s| state.status() == s))
-            .filter_map(|(event_id, state)| {
-                let event = &tenant.events.get(&event_id)?.event;
-                Some(DeliveryEntry {
-                    position: event_id.0.as_u128(),
-                    event_id,
-                    event_type: event.event_type.clone(),
-                    event_created_at: event.created_at,
-                    endpoint_id: endpoint,
-                    state,
-                })
+            .filter_map(|(event_id, row)| {
+                Some((*event_id, row, self.delivery_state(endpoint, row)?))
+            })
+            .filter(|(_, _, state)| query.status.map_or(true, |s| state.status() == s))
+            .map(|(event_id, row, state)| DeliveryEntry {
+                position: event_id.0.as_u128(),
+                event_id,
+                event_type: row.event.event_type.clone(),
+                event_created_at: row.event.created_at,
+                endpoint_id: endpoint,
+                state,
             })
             .take(query.limit as usize)
             .collect();
         Some(listed)
+    }
+
+    /// The state of an event's delivery to `endpoint`, most specific first: outstanding
+    /// (pending or in flight), failed, delivered (its latest successful attempt); `None` if
+    /// it has none of these.
+    fn delivery_state(&self, endpoint: EndpointId, row: &EventRow) -> Option<DeliveryState> {
+        // At most one: a new delivery to the endpoint is queued only by a replay (which
+        // cancels the outstanding ones first) or by recovering a failed one.
+        let outstanding = row
+            .outstanding
+            .iter()
+            .filter_map(|id| self.queue.deliveries.get(id))
+            .find(|d| d.endpoint_id == endpoint);
+        if let Some(d) = outstanding {
+            return Some(match d.lease {
+                Some(lease) => DeliveryState::InFlight {
+                    attempt: d.attempt,
+                    lease_expires_at: lease.expires_at,
+                },
+                None => DeliveryState::Pending {
+                    attempts: d.attempt,
+                    next_attempt_at: d.next_attempt_at,
+                },
+            });
+        }
+        if let Some(failed) = self.failed.get(&(endpoint, row.event.id)) {
+            return Some(DeliveryState::Failed { at: failed.at, reason: failed.reason.clone() });
+        }
+        row.attempts
+            .iter()
+            .filter(|(_, a)| a.endpoint_id == endpoint && a.error.is_none())
+            .map(|(_, a)| a.at)
+            .max()
+            .map(|at| DeliveryState::Delivered { at })
     }
 }

@@ -35,12 +35,15 @@ use crate::store::{
 /// everything is lost when the last clone is dropped. Clones share the same data. Every call
 /// takes one mutex and never waits while holding it. Inserts, claims (which look per endpoint,
 /// never at a capped endpoint's backlog), completions, inbox pages (which read the ids of
-/// the status they list) and retention purges (which take the oldest finished events and
-/// dedup entries from indexes kept in step with every change, so a batch costs what it
-/// deletes) hold it for microseconds. A page filtered by type walks past the listed
-/// status's events of other types, and the history reads walk the organization's stored
-/// events under the mutex, so they grow with what that organization stores — fine for tests
-/// and small embedded uses, not for large backlogs.
+/// the status they list), attempt history pages (which read the endpoint's own attempts)
+/// and retention purges (which take the oldest finished events and dedup entries from
+/// indexes kept in step with every change, so a batch costs what it deletes) hold it for
+/// microseconds. Three reads walk past what they skip, under the mutex: an inbox page
+/// filtered by type (the listed status's events of other types), a delivery history page
+/// (the organization's events newest first, until the page is full: few for an endpoint
+/// that receives most events, many for one that receives few) and either history page with
+/// a filter that matches rarely. Fine for tests and embedded uses; the SQL stores read all
+/// of these through indexes.
 ///
 /// Where the contract is silent it behaves like a database with foreign keys: inserting
 /// events or creating endpoints for an organization that was never created fails with

@@ -124,6 +124,7 @@ impl State {
         for delivery_id in cancelled {
             self.remove_delivery(delivery_id);
         }
+        self.attempts.forget_endpoint(id);
         let recorded = (id, EventId(uuid::Uuid::nil()))..=(id, EventId(uuid::Uuid::max()));
         let failed: Vec<_> = self.failed.range(recorded).map(|(key, _)| *key).collect();
         for key in failed {

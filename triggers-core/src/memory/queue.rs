@@ -193,11 +193,9 @@ impl State {
                 self.remove_delivery(c.delivery_id);
             }
         }
-        let keep = self.limits.max_attempts_kept;
-        let seq = self.take_attempt_seq();
+        self.record_attempt(org, event_id, c.record.clone());
         if let Some(tenant) = self.orgs.get_mut(&org) {
             if let Some(event) = tenant.events.get_mut(&event_id) {
-                event.record_attempt(seq, c.record.clone(), keep);
                 if event.event.status == EventStatus::Pending {
                     match c.state {
                         CompletionState::Delivered if event.outstanding.is_empty() => {
@@ -233,11 +231,7 @@ impl State {
             return;
         }
         let Some(s) = self.queue.superseded.remove(&c.delivery_id) else { return };
-        let keep = self.limits.max_attempts_kept;
-        let seq = self.take_attempt_seq();
-        if let Some(event) = self.orgs.get_mut(&s.org).and_then(|t| t.events.get_mut(&s.event_id)) {
-            event.record_attempt(seq, c.record.clone(), keep);
-        }
+        self.record_attempt(s.org, s.event_id, c.record.clone());
     }
 
     pub(super) fn release(

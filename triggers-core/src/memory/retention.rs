@@ -36,6 +36,9 @@ impl State {
         if let Some(tenant) = self.orgs.get_mut(&org) {
             if let Some(row) = tenant.events.remove(&id) {
                 tenant.by_status.ids_mut(row.event.status).remove(&id);
+                for (seq, record) in &row.attempts {
+                    self.attempts.remove(id, *seq, record);
+                }
             }
         }
     }

@@ -9,7 +9,7 @@ use crate::domain::key::KeyHash;
 use crate::domain::org::Organization;
 use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret};
 use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
-use crate::store::StoreLimits;
+use crate::store::{AttemptPosition, StoreLimits};
 
 /// Everything a [`MemoryStore`](super::MemoryStore) holds, behind one mutex.
 #[derive(Default)]
@@ -32,6 +32,8 @@ pub(super) struct State {
     pub(super) finished: Finished,
     /// Dedup entries of every organization, oldest first, for retention.
     pub(super) dedup_expiry: DedupExpiry,
+    /// Every kept attempt record by endpoint, for the attempt history.
+    pub(super) attempts: AttemptIndex,
     /// How many queued deliveries claims have looked at, for the tests that hold claims to
     /// what they can take.
     #[cfg(test)]
@@ -347,6 +349,45 @@ impl DedupExpiry {
     }
 }
 
+/// Every kept attempt record by endpoint and position, so that an endpoint's attempt history
+/// reads its own entries, newest first, instead of every event's attempts: an entry is added
+/// when an attempt is recorded and removed when the record is dropped (beyond the kept
+/// number, or with its event); a deleted endpoint's entries go with it.
+#[derive(Default)]
+pub(super) struct AttemptIndex(HashMap<EndpointId, BTreeSet<(AttemptPosition, EventId)>>);
+
+impl AttemptIndex {
+    /// The position of the record `seq` of an attempt made at `record.at`.
+    fn key(event: EventId, seq: u64, record: &AttemptRecord) -> (AttemptPosition, EventId) {
+        (AttemptPosition { at: record.at, seq }, event)
+    }
+
+    fn insert(&mut self, event: EventId, seq: u64, record: &AttemptRecord) {
+        let entries = self.0.entry(record.endpoint_id).or_default();
+        entries.insert(Self::key(event, seq, record));
+    }
+
+    /// Forgets the record `seq` of `event`.
+    pub(super) fn remove(&mut self, event: EventId, seq: u64, record: &AttemptRecord) {
+        if let Some(entries) = self.0.get_mut(&record.endpoint_id) {
+            entries.remove(&Self::key(event, seq, record));
+            if entries.is_empty() {
+                self.0.remove(&record.endpoint_id);
+            }
+        }
+    }
+
+    /// The attempts of `endpoint` by position, oldest first.
+    pub(super) fn of(&self, endpoint: EndpointId) -> Option<&BTreeSet<(AttemptPosition, EventId)>> {
+        self.0.get(&endpoint)
+    }
+
+    /// Forgets every attempt of a deleted endpoint.
+    pub(super) fn forget_endpoint(&mut self, endpoint: EndpointId) {
+        self.0.remove(&endpoint);
+    }
+}
+
 /// Moves an event to `status`, keeping its organization's ids per status and the index of
 /// finished events right.
 pub(super) fn set_status(
@@ -430,25 +471,52 @@ impl Queue {
 
 impl EventRow {
     /// Appends an attempt record with its sequence number, then drops the oldest of its
-    /// endpoint beyond `keep`.
-    pub(super) fn record_attempt(&mut self, seq: u64, record: AttemptRecord, keep: u32) {
+    /// endpoint beyond `keep`; returns the dropped ones.
+    fn record_attempt(
+        &mut self,
+        seq: u64,
+        record: AttemptRecord,
+        keep: u32,
+    ) -> Vec<(u64, AttemptRecord)> {
         let endpoint = record.endpoint_id;
         self.attempts.push((seq, record));
         let kept = self.attempts.iter().filter(|(_, a)| a.endpoint_id == endpoint).count();
         let mut excess = kept.saturating_sub(keep.max(1) as usize);
-        if excess > 0 {
-            self.attempts.retain(|(_, a)| {
-                let drop = excess > 0 && a.endpoint_id == endpoint;
-                if drop {
-                    excess -= 1;
-                }
-                !drop
-            });
+        let mut dropped = Vec::with_capacity(excess);
+        let mut i = 0;
+        while excess > 0 && i < self.attempts.len() {
+            if self.attempts[i].1.endpoint_id == endpoint {
+                dropped.push(self.attempts.remove(i));
+                excess -= 1;
+            } else {
+                i += 1;
+            }
         }
+        dropped
     }
 }
 
 impl State {
+    /// Records an attempt on `org`'s event `event_id`, if it is still stored: with the next
+    /// sequence number, dropping the oldest of its endpoint beyond
+    /// [`StoreLimits::max_attempts_kept`], and keeping the attempt index in step.
+    pub(super) fn record_attempt(
+        &mut self,
+        org: OrganizationId,
+        event_id: EventId,
+        record: AttemptRecord,
+    ) {
+        let keep = self.limits.max_attempts_kept;
+        let seq = self.take_attempt_seq();
+        let Some(event) = self.orgs.get_mut(&org).and_then(|t| t.events.get_mut(&event_id)) else {
+            return;
+        };
+        self.attempts.insert(event_id, seq, &record);
+        for (seq, dropped) in event.record_attempt(seq, record, keep) {
+            self.attempts.remove(event_id, seq, &dropped);
+        }
+    }
+
     /// The sequence number for the next recorded attempt.
     pub(super) fn take_attempt_seq(&mut self) -> u64 {
         self.next_attempt_seq += 1;

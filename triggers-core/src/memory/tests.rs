@@ -214,6 +214,18 @@ fn assert_event_indexes(state: &super::state::State, step: i64) {
             dedup.insert((meta.created_at, *org, std::sync::Arc::clone(id)));
         }
     }
+    for id in state.endpoints.keys() {
+        let walked: BTreeSet<_> = state
+            .orgs
+            .values()
+            .flat_map(|tenant| tenant.events.values())
+            .flat_map(|row| row.attempts.iter().map(move |(seq, a)| (row.event.id, *seq, a)))
+            .filter(|(_, _, a)| a.endpoint_id == *id)
+            .map(|(event, seq, a)| (crate::store::AttemptPosition { at: a.at, seq }, event))
+            .collect();
+        let indexed = state.attempts.of(*id).cloned().unwrap_or_default();
+        assert_eq!(indexed, walked, "step {step}: the attempt index of an endpoint");
+    }
     assert_eq!(state.finished.keys(), finished, "step {step}: the finished index");
     assert_eq!(state.dedup_expiry.keys(), dedup, "step {step}: the dedup expiry index");
     for (endpoint, event) in state.failed.keys() {
@@ -233,6 +245,7 @@ async fn event_indexes_stay_in_step_with_the_events() {
     use crate::conformance::support::{claim, completion, endpoint, new_org, plus, record_with, t};
     use crate::domain::event::EventStatus;
     use crate::store::Retention;
+    use crate::store::{AttemptQuery, DeliveryQuery, DeliveryStatus};
     use crate::store::{CompletionState, DeliveryQueue, EndpointStore, EventLog, RecoverQuery};
     use crate::WorkerId;
     use std::time::Duration;
@@ -244,7 +257,10 @@ async fn event_indexes_stay_in_step_with_the_events() {
         seed ^= seed << 17;
         seed % n
     };
-    let store = MemoryStore::new();
+    // Few attempts kept per endpoint, so that records are dropped from events (and from
+    // the attempt index) as retries pile up.
+    let limits = crate::store::StoreLimits { max_attempts_kept: 2, ..Default::default() };
+    let store = MemoryStore::with_limits(limits);
     let mut orgs = Vec::new();
     for _ in 0..3 {
         let org = new_org(&store).await;
@@ -256,7 +272,7 @@ async fn event_indexes_stay_in_step_with_the_events() {
     }
     let window = Duration::from_secs(20);
     let worker = WorkerId::new();
-    let (mut purged, mut forgotten) = (0, 0);
+    let (mut purged, mut forgotten, mut histories) = (0, 0, 0);
     for step in 0..1_500i64 {
         let now = plus(t(step), Duration::from_millis(rand(900)));
         let (org, endpoints) = &mut orgs[rand(3) as usize];
@@ -273,7 +289,7 @@ async fn event_indexes_stay_in_step_with_the_events() {
                 store.insert_events(org, records, window, now).await.unwrap();
             }
             5..=8 => {
-                for d in claim(&store, worker, 1 + rand(8) as u32, now).await {
+                for d in claim(&store, worker, 1 + rand(24) as u32, now).await {
                     let state = match rand(5) {
                         0 => CompletionState::Retry { at: plus(now, Duration::from_secs(2)) },
                         1 | 2 => CompletionState::Failed,
@@ -300,14 +316,45 @@ async fn event_indexes_stay_in_step_with_the_events() {
                     store.recover(org, id, query, now).await.unwrap();
                 }
             }
-            12 if step % 300 == 12 => {
-                // Now and then an endpoint goes, and a new one takes its place.
-                let gone = endpoints.remove(0);
-                assert!(store.delete_endpoint(org, gone).await.unwrap());
-                endpoints.push(endpoint(&store, org, None, now).await.id);
+            12 => {
+                // The histories of one endpoint, compared with the walk they replaced.
+                let Some(&endpoint) = endpoints.get(rand(2) as usize) else { continue };
+                let state = store.lock().unwrap();
+                let success = [None, Some(true), Some(false)][rand(3) as usize];
+                let since = (rand(2) == 0).then(|| t(step - rand(200) as i64));
+                let limit = 1 + rand(12) as u32;
+                let mut query = AttemptQuery { success, since, before: None, limit };
+                for page in 0..3 {
+                    let walked = walked_history::attempts_by_walking(&state, org, endpoint, &query);
+                    let read = state.endpoint_attempts(org, endpoint, &query);
+                    assert_eq!(read, walked, "step {step}, attempts page {page}: {query:?}");
+                    match walked.and_then(|entries| entries.last().map(|e| e.position)) {
+                        Some(position) => query.before = Some(position),
+                        None => break,
+                    }
+                }
+                let status = [
+                    None,
+                    Some(DeliveryStatus::Pending),
+                    Some(DeliveryStatus::InFlight),
+                    Some(DeliveryStatus::Delivered),
+                    Some(DeliveryStatus::Failed),
+                ][rand(5) as usize];
+                let mut query = DeliveryQuery { status, before: None, limit };
+                for page in 0..3 {
+                    let walked =
+                        walked_history::deliveries_by_walking(&state, org, endpoint, &query);
+                    let read = state.endpoint_deliveries(org, endpoint, &query);
+                    assert_eq!(read, walked, "step {step}, deliveries page {page}: {query:?}");
+                    histories += usize::from(read.is_some_and(|entries| !entries.is_empty()));
+                    match walked.and_then(|entries| entries.last().map(|e| e.position)) {
+                        Some(position) => query.before = Some(position),
+                        None => break,
+                    }
+                }
             }
             13 | 14 => {
-                let before = plus(t(step - 30 - rand(60) as i64), Duration::ZERO);
+                let before = plus(t(step - 150 - rand(150) as i64), Duration::ZERO);
                 let batch = 1 + rand(8) as u32;
                 let expected: Vec<_> = {
                     let state = store.lock().unwrap();
@@ -346,7 +393,131 @@ async fn event_indexes_stay_in_step_with_the_events() {
                 forgotten += n;
             }
         }
+        if step % 300 == 150 {
+            // Now and then an endpoint goes, and a new one takes its place.
+            let (org, endpoints) = &mut orgs[rand(3) as usize];
+            let gone = endpoints.remove(0);
+            assert!(store.delete_endpoint(*org, gone).await.unwrap());
+            endpoints.push(endpoint(&store, *org, None, now).await.id);
+        }
         assert_event_indexes(&store.lock().unwrap(), step);
     }
-    assert!(purged > 100 && forgotten > 50, "purged {purged}, forgot {forgotten}: too little");
+    assert!(
+        purged > 100 && forgotten > 50 && histories > 50,
+        "purged {purged}, forgot {forgotten}, {histories} history pages: too little"
+    );
+}
+
+/// The attempt and delivery histories as the memory store read them before it kept an
+/// attempt index and walked events newest first: every event of the organization, every
+/// attempt, the failed deliveries and the queue. The reference the randomized test holds
+/// the reads to.
+mod walked_history {
+    use std::collections::BTreeMap;
+
+    use super::super::state::State;
+    use crate::domain::{EndpointId, EventId, OrganizationId};
+    use crate::store::{
+        AttemptEntry, AttemptPosition, AttemptQuery, DeliveryEntry, DeliveryQuery, DeliveryState,
+    };
+
+    pub(super) fn attempts_by_walking(
+        state: &State,
+        org: OrganizationId,
+        endpoint: EndpointId,
+        query: &AttemptQuery,
+    ) -> Option<Vec<AttemptEntry>> {
+        state.endpoint(org, endpoint)?;
+        let tenant = state.orgs.get(&org)?;
+        let mut found: Vec<AttemptEntry> = tenant
+            .events
+            .values()
+            .flat_map(|row| row.attempts.iter().map(move |(seq, a)| (row, *seq, a)))
+            .filter(|(_, _, a)| a.endpoint_id == endpoint)
+            .filter(|(_, _, a)| query.success.map_or(true, |ok| a.error.is_none() == ok))
+            .filter(|(_, _, a)| query.since.map_or(true, |since| a.at >= since))
+            .map(|(row, seq, a)| AttemptEntry {
+                position: AttemptPosition { at: a.at, seq },
+                event_id: row.event.id,
+                event_type: row.event.event_type.clone(),
+                record: a.clone(),
+            })
+            .filter(|e| query.before.map_or(true, |before| e.position < before))
+            .collect();
+        found.sort_unstable_by_key(|e| std::cmp::Reverse(e.position));
+        found.truncate(query.limit as usize);
+        Some(found)
+    }
+
+    pub(super) fn deliveries_by_walking(
+        state: &State,
+        org: OrganizationId,
+        endpoint: EndpointId,
+        query: &DeliveryQuery,
+    ) -> Option<Vec<DeliveryEntry>> {
+        state.endpoint(org, endpoint)?;
+        let tenant = state.orgs.get(&org)?;
+        let below = |id: &EventId| query.before.map_or(true, |before| id.0.as_u128() < before);
+        // The state of each listed event, most specific first: outstanding, failed, delivered.
+        let mut states: BTreeMap<EventId, DeliveryState> = BTreeMap::new();
+        for (event_id, row) in &tenant.events {
+            if !below(event_id) {
+                continue;
+            }
+            let success = row
+                .attempts
+                .iter()
+                .filter(|(_, a)| a.endpoint_id == endpoint && a.error.is_none())
+                .map(|(_, a)| a.at)
+                .max();
+            if let Some(at) = success {
+                states.insert(*event_id, DeliveryState::Delivered { at });
+            }
+        }
+        for ((ep, event_id), failed) in state.failed.range((endpoint, EventId(uuid::Uuid::nil()))..)
+        {
+            if *ep != endpoint {
+                break;
+            }
+            if below(event_id) {
+                let state = DeliveryState::Failed { at: failed.at, reason: failed.reason.clone() };
+                states.insert(*event_id, state);
+            }
+        }
+        let outstanding = state.queue.by_endpoint.get(&endpoint).into_iter().flat_map(|q| q.ids());
+        for row in outstanding.filter_map(|id| state.queue.deliveries.get(&id)) {
+            if !below(&row.event_id) {
+                continue;
+            }
+            let state = match row.lease {
+                Some(lease) => DeliveryState::InFlight {
+                    attempt: row.attempt,
+                    lease_expires_at: lease.expires_at,
+                },
+                None => DeliveryState::Pending {
+                    attempts: row.attempt,
+                    next_attempt_at: row.next_attempt_at,
+                },
+            };
+            states.insert(row.event_id, state);
+        }
+        let listed = states
+            .into_iter()
+            .rev()
+            .filter(|(_, state)| query.status.map_or(true, |s| state.status() == s))
+            .filter_map(|(event_id, state)| {
+                let event = &tenant.events.get(&event_id)?.event;
+                Some(DeliveryEntry {
+                    position: event_id.0.as_u128(),
+                    event_id,
+                    event_type: event.event_type.clone(),
+                    event_created_at: event.created_at,
+                    endpoint_id: endpoint,
+                    state,
+                })
+            })
+            .take(query.limit as usize)
+            .collect();
+        Some(listed)
+    }
 }
