@@ -180,12 +180,25 @@ impl EndpointStore for PgStore {
         if deleted.rows_affected() == 0 {
             return Ok(false);
         }
-        // Cancelled = deleted: a worker holding a lease finds no row to complete.
-        sqlx::query("DELETE FROM deliveries WHERE endpoint_id = $1")
-            .bind(id.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.fail(e))?;
+        // Cancelled = deleted: a worker holding a lease finds no row to complete. An
+        // in-flight one is remembered, so that its attempt is still recorded when it ends
+        // (as after a replay).
+        sqlx::query(
+            "WITH cancelled AS (
+                 DELETE FROM deliveries WHERE endpoint_id = $1
+                 RETURNING id, event_id, state, lease_owner, attempt, lease_expires_at
+             )
+             INSERT INTO superseded_deliveries
+                 (id, event_id, lease_owner, attempt, lease_expires_at)
+             SELECT id, event_id, lease_owner, attempt, lease_expires_at FROM cancelled
+             WHERE state = 'in_flight' AND lease_owner IS NOT NULL
+               AND lease_expires_at IS NOT NULL
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.fail(e))?;
         sqlx::query("DELETE FROM failed_deliveries WHERE endpoint_id = $1")
             .bind(id.0)
             .execute(&mut *tx)

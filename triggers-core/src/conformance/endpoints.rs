@@ -163,7 +163,8 @@ pub async fn disabled_endpoints_get_no_deliveries<S: EventStore>(store: &S) {
 }
 
 /// Deleting an endpoint cancels its outstanding deliveries: they leave the queue, an
-/// in-flight one's completion is stale, and events keep their status.
+/// in-flight one's completion is stale (its attempt, really made, is still recorded, once),
+/// and events keep their status.
 pub async fn deleting_an_endpoint_cancels_its_deliveries<S: EventStore>(store: &S) {
     let org = new_org(store).await;
     let doomed = endpoint(store, org, None, t(0)).await;
@@ -183,9 +184,16 @@ pub async fn deleting_an_endpoint_cancels_its_deliveries<S: EventStore>(store: &
     assert_eq!(store.queue_depth().await.unwrap(), 2);
     assert_eq!(store.stats(org).await.unwrap().in_flight, 1);
     let stale = claimed.iter().find(|d| d.event_id == e1 && d.endpoint_id == doomed.id).unwrap();
-    assert!(!complete(store, completion(stale, CompletionState::Delivered, t(3))).await);
+    let mut wrong = completion(stale, CompletionState::Delivered, t(3));
+    wrong.lease_owner = WorkerId::new();
+    assert!(!complete(store, wrong).await);
+    assert!(detail(store, org, e1).await.attempts.is_empty(), "a wrong fence records nothing");
+    let late = completion(stale, CompletionState::Delivered, t(3));
+    assert!(!complete(store, late.clone()).await);
+    assert!(!complete(store, late.clone()).await, "recorded once");
     let d1 = detail(store, org, e1).await;
-    assert_eq!((d1.event.status, d1.attempts.len()), (EventStatus::Pending, 0));
+    assert_eq!(d1.attempts, vec![late.record], "the attempt made before the delete");
+    assert_eq!(d1.event.status, EventStatus::Pending, "a cancelled success delivers nothing");
     assert_eq!(status(store, org, e2).await, EventStatus::Pending);
 
     let again = claim(store, w, 10, t(2)).await;

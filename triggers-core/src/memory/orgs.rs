@@ -1,6 +1,6 @@
 //! Organizations, keys and endpoints.
 
-use super::state::{set_status, EndpointRow, State, Tenant};
+use super::state::{set_status, EndpointRow, State, Superseded, Tenant};
 use crate::clock::Timestamp;
 use crate::domain::event::EventStatus;
 use crate::domain::key::KeyHash;
@@ -122,7 +122,12 @@ impl State {
         let cancelled: Vec<_> =
             self.queue.by_endpoint.get(&id).map(|q| q.ids().collect()).unwrap_or_default();
         for delivery_id in cancelled {
-            self.remove_delivery(delivery_id);
+            // An in-flight one is remembered, so that its attempt is still recorded.
+            let Some(row) = self.remove_delivery(delivery_id) else { continue };
+            if let Some(lease) = row.lease {
+                let kept = Superseded { org, event_id: row.event_id, attempt: row.attempt, lease };
+                self.queue.superseded.insert(delivery_id, kept);
+            }
         }
         self.attempts.forget_endpoint(id);
         let recorded = (id, EventId(uuid::Uuid::nil()))..=(id, EventId(uuid::Uuid::max()));

@@ -154,8 +154,12 @@ pub trait EndpointStore: Send + Sync + 'static {
     ) -> StoreResult<Option<Recovered>>;
 
     /// Deletes an endpoint and cancels its outstanding (pending or in-flight) deliveries; a
-    /// worker still holding a lease on one finds its completion stale. Its failed deliveries
-    /// are forgotten. Events keep their status. `false` if no such endpoint belongs to `org`.
+    /// worker still holding a lease on one finds its completion stale, but its attempt is
+    /// still recorded in the event's history, as for a delivery a
+    /// [`replay`](EventLog::replay) supersedes (the same memory, fenced the same way, dropped
+    /// when the completion arrives or by the first replay after the lease expired). Attempts
+    /// already recorded stay. Its failed deliveries are forgotten. Events keep their status.
+    /// `false` if no such endpoint belongs to `org`.
     async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool>;
 
     /// Sets how the endpoint's deliveries are scheduled (see

@@ -447,3 +447,45 @@ async fn fan_out_follows_filters() {
     assert_eq!(per_url["inproc://orders"], 1);
     ing.shutdown().await;
 }
+
+/// An endpoint deleted while a worker is delivering to it: the request was really sent, so
+/// its attempt still lands in the event's history when it ends (the completion itself is
+/// stale and decides nothing), and nothing is delivered to the endpoint again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_in_flight_when_its_endpoint_is_deleted_is_recorded() {
+    let clock = ManualClock::new();
+    let (started, release) =
+        (Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Notify::new()));
+    let calls = Arc::new(AtomicU32::new(0));
+    let held = {
+        let (started, release, calls) = (started.clone(), release.clone(), calls.clone());
+        FnDeliverer::new(move |_d| {
+            let (started, release) = (started.clone(), release.clone());
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                started.notify_one();
+                release.notified().await;
+                Outcome::Delivered
+            }
+        })
+    };
+    let ing = Ingestor::start(MemoryStore::new(), held, config(&clock, policy(&[0])));
+    let (org, _) = ing.create_organization("acme", Tier::Enterprise).await.unwrap();
+    let endpoint = ing.create_endpoint(&org, "inproc://doomed", None).await.unwrap();
+    let id = ing.ingest(&org, NewEvent::new("t", &json!(1))).await.unwrap().id;
+    tokio::time::timeout(Duration::from_secs(10), started.notified()).await.unwrap();
+
+    ing.delete_endpoint(&org, endpoint.id).await.unwrap();
+    assert!(attempts(&ing, &org, id).await.is_empty(), "nothing recorded before it ends");
+    release.notify_one();
+    eventually("the attempt recorded", || async { attempts(&ing, &org, id).await.len() == 1 })
+        .await;
+    let recorded = attempts(&ing, &org, id).await;
+    assert_eq!(recorded[0].endpoint_id, endpoint.id);
+    assert_eq!(recorded[0].error, None);
+    let stats = ing.stats(&org).await.unwrap();
+    assert_eq!((stats.pending, stats.in_flight), (1, 0), "the event keeps its status");
+    quiet().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "delivered to a deleted endpoint again");
+    ing.shutdown().await;
+}

@@ -144,7 +144,7 @@ fn operation(route: Route) -> Op {
         ),
         Route::WebhookDelete => op(
             "deleteWebhook",
-            "Delete a webhook endpoint and cancel its outstanding deliveries",
+            "Delete a webhook endpoint and cancel its outstanding deliveries (an attempt in flight is still recorded when it ends)",
             Auth::ApiKey,
             None,
             &[(204, None)],

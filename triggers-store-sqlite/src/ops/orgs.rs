@@ -126,8 +126,17 @@ pub(crate) fn delete_endpoint(
     else {
         return Ok(false);
     };
-    // No index on `endpoint_seq`: deleting an endpoint is rare, and the table holds only
-    // outstanding deliveries, so a scan beats taxing every insert with another index.
+    // Cancelled = deleted (the key starts with `endpoint_seq`, migration 0009): a worker
+    // holding one finds its completion stale. An in-flight one is remembered, so that its
+    // attempt is still recorded when it ends (as after a replay).
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO superseded_deliveries (id, event_seq, lease_owner, attempt, lease_until)
+         SELECT id, event_seq, lease_owner, attempt, due_at FROM deliveries
+         WHERE endpoint_seq = ?1 AND state = 1 AND lease_owner IS NOT NULL",
+    )
+    .store()?
+    .execute([seq])
+    .store()?;
     conn.prepare_cached("DELETE FROM deliveries WHERE endpoint_seq = ?1")
         .store()?
         .execute([seq])
