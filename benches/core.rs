@@ -7,6 +7,8 @@
 //! Run: `cargo bench --bench core`
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -274,10 +276,9 @@ fn inbox_behind_delivered(c: &mut Criterion) {
 fn history_after_many_deliveries(c: &mut Criterion) {
     use std::time::Duration;
     use triggers::store::{
-        AttemptQuery, ClaimRequest, Completion, CompletionState, DeliveryHistory, DeliveryQuery,
-        DeliveryQueue,
+        AttemptQuery, ClaimRequest, DeliveryHistory, DeliveryQuery, DeliveryQueue,
     };
-    use triggers::{AttemptRecord, WorkerId};
+    use triggers::WorkerId;
 
     let rt = runtime();
     let mut group = c.benchmark_group("memory_history");
@@ -293,23 +294,7 @@ fn history_after_many_deliveries(c: &mut Criterion) {
                 let now = SystemClock.now();
                 let req = ClaimRequest::new(WorkerId::new(), 100, Duration::from_secs(60), now);
                 let claimed = store.claim(req.with_caps(1000, 1000)).await.unwrap();
-                let done: Vec<_> = claimed
-                    .iter()
-                    .map(|d| Completion {
-                        delivery_id: d.id,
-                        lease_owner: d.lease_owner,
-                        attempt: d.attempt,
-                        state: CompletionState::Delivered,
-                        record: AttemptRecord {
-                            endpoint_id: d.endpoint_id,
-                            at: now,
-                            status_code: Some(200),
-                            latency_ms: 3,
-                            error: None,
-                        },
-                        disable_endpoint: None,
-                    })
-                    .collect();
+                let done: Vec<_> = claimed.iter().map(|d| common::delivered(d, now)).collect();
                 assert_eq!(store.complete(&done).await.unwrap().len(), 100);
             }
             endpoint.unwrap().id

@@ -10,6 +10,8 @@
 //! they are (`synchronous_commit = on`: every commit is flushed to disk before the reply).
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,13 +20,12 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
 use tokio::runtime::Runtime;
 use triggers_core::store::{
-    ClaimRequest, Completion, CompletionState, DeliveryQueue, EndpointStore, EventLog, NewEndpoint,
-    OrgStore,
+    ClaimRequest, DeliveryQueue, EndpointStore, EventLog, NewEndpoint, OrgStore,
 };
 use triggers_core::{
-    AttemptRecord, ChunkedLimiter, Clock, EndpointId, EventId, EventRecord, Ingestor,
-    IngestorConfig, NewEvent, NoDeliverer, Organization, OrganizationId, Secret, SharedRateLimiter,
-    SystemClock, Tier, TierLimits, WorkerConfig, WorkerId,
+    ChunkedLimiter, Clock, EndpointId, EventId, EventRecord, Ingestor, IngestorConfig, NewEvent,
+    NoDeliverer, Organization, OrganizationId, Secret, SharedRateLimiter, SystemClock, Tier,
+    TierLimits, WorkerConfig, WorkerId,
 };
 use triggers_store_postgres::testing::{TestDatabase, URL_VAR};
 use triggers_store_postgres::{PgConfig, PgStore};
@@ -156,23 +157,7 @@ async fn drain(store: &PgStore, n: u64, workers: usize, batch: u32) -> Duration 
                 let req = ClaimRequest::new(owner, limit, Duration::from_secs(60), now);
                 let got = store.claim(req).await.unwrap();
                 assert_eq!(got.len() as u64, take, "the standing backlog keeps claims full");
-                let completions: Vec<_> = got
-                    .iter()
-                    .map(|d| Completion {
-                        delivery_id: d.id,
-                        lease_owner: owner,
-                        attempt: d.attempt,
-                        state: CompletionState::Delivered,
-                        record: AttemptRecord {
-                            endpoint_id: d.endpoint_id,
-                            at: now,
-                            status_code: Some(200),
-                            latency_ms: 1,
-                            error: None,
-                        },
-                        disable_endpoint: None,
-                    })
-                    .collect();
+                let completions: Vec<_> = got.iter().map(|d| common::delivered(d, now)).collect();
                 let applied = store.complete(&completions).await.unwrap();
                 done += applied.iter().filter(|ok| **ok).count() as u64;
             }

@@ -7,6 +7,8 @@
 //! (`synchronous = FULL`, WAL): each commit is fsynced.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,13 +17,12 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
 use tokio::runtime::Runtime;
 use triggers_core::store::{
-    ClaimRequest, Completion, CompletionState, DeliveryQueue, EndpointStore, EventLog, NewEndpoint,
-    OrgStore,
+    ClaimRequest, Completion, DeliveryQueue, EndpointStore, EventLog, NewEndpoint, OrgStore,
 };
 use triggers_core::{
-    AttemptRecord, Clock, EndpointId, EventId, EventRecord, FnDeliverer, Ingestor, IngestorConfig,
-    NewEvent, NoDeliverer, Organization, Outcome, Secret, SystemClock, Tier, TierLimits,
-    WorkerConfig, WorkerId,
+    Clock, EndpointId, EventId, EventRecord, FnDeliverer, Ingestor, IngestorConfig, NewEvent,
+    NoDeliverer, Organization, Outcome, Secret, SystemClock, Tier, TierLimits, WorkerConfig,
+    WorkerId,
 };
 use triggers_store_sqlite::{SqliteConfig, SqliteStore, Synchronous};
 
@@ -191,23 +192,8 @@ async fn claim_complete_loop(store: SqliteStore) {
         if claimed.is_empty() {
             return;
         }
-        let completions: Vec<Completion> = claimed
-            .iter()
-            .map(|d| Completion {
-                delivery_id: d.id,
-                lease_owner: d.lease_owner,
-                attempt: d.attempt,
-                state: CompletionState::Delivered,
-                record: AttemptRecord {
-                    endpoint_id: d.endpoint_id,
-                    at: now,
-                    status_code: Some(200),
-                    latency_ms: 3,
-                    error: None,
-                },
-                disable_endpoint: None,
-            })
-            .collect();
+        let completions: Vec<Completion> =
+            claimed.iter().map(|d| common::delivered(d, now)).collect();
         let flags = store.complete(&completions).await.unwrap();
         assert!(flags.iter().all(|f| *f));
     }
