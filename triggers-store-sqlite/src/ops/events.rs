@@ -435,14 +435,7 @@ pub(crate) fn replay(
         .store()?
         .execute([now_us])
         .store()?;
-    conn.prepare_cached(
-        "INSERT OR REPLACE INTO superseded_deliveries (id, event_seq, lease_owner, attempt, lease_until)
-         SELECT id, event_seq, lease_owner, attempt, due_at FROM deliveries
-         WHERE event_seq = ?1 AND state = 1 AND lease_owner IS NOT NULL",
-    )
-    .store()?
-    .execute([seq])
-    .store()?;
+    remember_in_flight(conn, Cancelling::OfEvent(seq))?;
     conn.prepare_cached("DELETE FROM deliveries WHERE event_seq = ?1")
         .store()?
         .execute([seq])
@@ -461,4 +454,35 @@ pub(crate) fn replay(
     queue_parallel(conn, &parallel, now_us)?;
     let mut status = conn.prepare_cached("SELECT status FROM events WHERE seq = ?1").store()?;
     query_opt(&mut status, [seq], |row| codec::status(row, 0))
+}
+
+/// Whose outstanding deliveries are about to be cancelled.
+pub(crate) enum Cancelling {
+    /// Every delivery of the event with this `seq` (a replay).
+    OfEvent(i64),
+    /// Every delivery to the endpoint with this `seq` (its deletion).
+    ToEndpoint(i64),
+}
+
+/// Remembers the in-flight deliveries among those about to be cancelled
+/// (`superseded_deliveries`), so that their attempts are still recorded when they end.
+pub(crate) fn remember_in_flight(conn: &Connection, cancelling: Cancelling) -> StoreResult<()> {
+    macro_rules! remember_where {
+        ($column:literal) => {
+            concat!(
+                "INSERT OR REPLACE INTO superseded_deliveries
+                     (id, event_seq, lease_owner, attempt, lease_until)
+                 SELECT id, event_seq, lease_owner, attempt, due_at FROM deliveries
+                 WHERE ",
+                $column,
+                " = ?1 AND state = 1 AND lease_owner IS NOT NULL"
+            )
+        };
+    }
+    let (sql, seq) = match cancelling {
+        Cancelling::OfEvent(seq) => (remember_where!("event_seq"), seq),
+        Cancelling::ToEndpoint(seq) => (remember_where!("endpoint_seq"), seq),
+    };
+    conn.prepare_cached(sql).store()?.execute([seq]).store()?;
+    Ok(())
 }

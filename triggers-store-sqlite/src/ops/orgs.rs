@@ -9,6 +9,7 @@ use triggers_core::{
 
 use crate::codec::{self, micros, query_opt, query_vec};
 use crate::error::{corrupt, SqlResultExt};
+use crate::ops::events::{remember_in_flight, Cancelling};
 use crate::ops::lifecycle::{endpoint_row, ENDPOINT_COLUMNS};
 
 /// `OrgStore::create_organization`. A taken id or key hash is a `Conflict`.
@@ -129,14 +130,7 @@ pub(crate) fn delete_endpoint(
     // Cancelled = deleted (the key starts with `endpoint_seq`, migration 0009): a worker
     // holding one finds its completion stale. An in-flight one is remembered, so that its
     // attempt is still recorded when it ends (as after a replay).
-    conn.prepare_cached(
-        "INSERT OR REPLACE INTO superseded_deliveries (id, event_seq, lease_owner, attempt, lease_until)
-         SELECT id, event_seq, lease_owner, attempt, due_at FROM deliveries
-         WHERE endpoint_seq = ?1 AND state = 1 AND lease_owner IS NOT NULL",
-    )
-    .store()?
-    .execute([seq])
-    .store()?;
+    remember_in_flight(conn, Cancelling::ToEndpoint(seq))?;
     conn.prepare_cached("DELETE FROM deliveries WHERE endpoint_seq = ?1")
         .store()?
         .execute([seq])
