@@ -117,11 +117,21 @@ fn json_error(e: serde_json::Error) -> ApiError {
 /// One decoded `name=value` query parameter.
 pub(crate) type Pair<'a> = (Cow<'a, str>, Cow<'a, str>);
 
+/// At most this many parameters in one query string: no route takes more than a handful, and
+/// the check for repeated names compares each with those before it.
+pub(crate) const MAX_QUERY_PARAMS: usize = 32;
+
 /// The `name=value` pairs of a query string, percent-decoded (`+` is a space). Each name may
-/// appear once; a malformed escape, non-UTF-8 text or a repeated name is 400 `invalid_query`.
+/// appear once; a malformed escape, non-UTF-8 text, a repeated name or more than
+/// [`MAX_QUERY_PARAMS`] parameters is 400 `invalid_query`.
 pub(crate) fn query_pairs(query: &str) -> Result<Vec<Pair<'_>>, ApiError> {
     let mut pairs: Vec<Pair<'_>> = Vec::new();
     for part in query.split('&').filter(|p| !p.is_empty()) {
+        if pairs.len() == MAX_QUERY_PARAMS {
+            return Err(ApiError::InvalidQuery(format!(
+                "a query string holds at most {MAX_QUERY_PARAMS} parameters"
+            )));
+        }
         let (name, value) = part.split_once('=').unwrap_or((part, ""));
         let (name, value) = (decode(name)?, decode(value)?);
         if pairs.iter().any(|(n, _)| *n == name) {
@@ -224,5 +234,8 @@ mod tests {
         assert!(query_pairs("a=%2").is_err());
         assert!(query_pairs("a=%ff").is_err());
         assert!(query_pairs("a=1&a=2").is_err());
+        let most: Vec<String> = (0..MAX_QUERY_PARAMS).map(|i| format!("p{i}=1")).collect();
+        assert_eq!(query_pairs(&most.join("&")).unwrap().len(), MAX_QUERY_PARAMS);
+        assert!(query_pairs(&format!("{}&more=1", most.join("&"))).is_err());
     }
 }

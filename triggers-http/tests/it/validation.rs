@@ -141,6 +141,13 @@ async fn bad_queries_are_400_and_bad_ids_404() {
         c.get(&format!("/api/inbox?{q}"), key).await.problem(400, "invalid_query");
     }
     assert_eq!(c.get("/api/inbox?unknown=1&cursor=", key).await.status, 200);
+    // Unknown parameters are ignored, but not without end: each name is checked against the
+    // ones before it.
+    let many: Vec<String> = (0..33).map(|i| format!("p{i}=1")).collect();
+    let body =
+        c.get(&format!("/api/inbox?{}", many.join("&")), key).await.problem(400, "invalid_query");
+    assert!(body["detail"].as_str().unwrap().contains("at most 32 parameters"), "{body}");
+    assert_eq!(c.get(&format!("/api/inbox?{}", many[..32].join("&")), key).await.status, 200);
     // `batch` names the batch resource (405 for GET, checked with the other 405s).
     for id in ["not-a-uuid", "123", "%00"] {
         c.get(&format!("/api/events/{id}"), key).await.problem(404, "not_found");
