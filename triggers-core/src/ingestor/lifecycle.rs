@@ -116,11 +116,13 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
 
     /// Queues again the failed deliveries of an (enabled) endpoint whose event was created in
     /// `[since, until)`, oldest first (`more` says whether some remain). Charged like a
-    /// replay, one unit per delivery it queues: a call queues at most [`MAX_RECOVER`], the
-    /// tier's per-minute limit and what the organization's allowance has left, and is refused
-    /// with `RateLimited` before anything changes when nothing is left. The units are charged
-    /// for what was queued; with a shared limiter the allowance read first is this node's
-    /// view, so several nodes may overshoot by at most one call each.
+    /// replay, one unit per delivery it queues, and at least one per call (a call that finds
+    /// nothing still had the store look): a call queues at most [`MAX_RECOVER`], the tier's
+    /// per-minute limit and what the organization's allowance has left, and is refused with
+    /// `RateLimited` before anything changes when nothing is left. The first unit is paid
+    /// before the store is asked, and its answer (from the shared limiter, when there is one)
+    /// sizes the call; the rest is charged for what was queued, so concurrent calls (also on
+    /// other nodes) may overshoot the allowance by at most one call's batch each.
     pub async fn recover(
         &self,
         org: &Organization,
@@ -132,16 +134,14 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         let now = self.now();
         let _turn = self.inner.gate.enter(org.id).await;
 
-        let allowance = self.rate_status(org);
-        let batch = MAX_RECOVER.min(allowance.limit).min(allowance.remaining);
-        if batch == 0 {
-            // Spent: 429 with the limiter's headers (or, refilled meanwhile, one unit paid).
-            self.charge(org, 1, now).await?;
-        }
-        let query = RecoverQuery { since, until, limit: batch.max(1) };
+        // Spent: 429 with the limiter's headers. (Not `rate_status`: with a shared limiter,
+        // this node's own limiter is never charged and would always look full.)
+        let paid = self.charge(org, 1, now).await?;
+        let batch = MAX_RECOVER.min(paid.limit).min(paid.remaining.saturating_add(1));
+        let query = RecoverQuery { since, until, limit: batch };
         let recovered =
             self.inner.store.recover(org.id, id, query, now).await?.ok_or(Error::NotFound)?;
-        let owed = recovered.queued.saturating_sub(u32::from(batch == 0));
+        let owed = recovered.queued.saturating_sub(1);
         if owed > 0 {
             if let Err(e) = self.charge(org, owed, now).await {
                 // Only when another request spent the allowance in between (or another node,

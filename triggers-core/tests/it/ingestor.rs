@@ -1,4 +1,5 @@
 use serde_json::json;
+use triggers_core::store::{EndpointPatch, StoreResult};
 use triggers_core::*;
 
 use crate::eventually;
@@ -239,4 +240,61 @@ async fn a_busy_organization_leaves_a_place_at_the_store_for_the_others() {
     }
     assert_eq!(store.reads_of(busy.id), (0, 2), "never more than two of busy's reads at once");
     ing.shutdown().await;
+}
+
+/// A shared limiter kept in this process: what a store-backed one decides, without the store.
+struct InProcessShared(RateLimiter);
+
+#[async_trait::async_trait]
+impl SharedRateLimiter for InProcessShared {
+    async fn check(
+        &self,
+        org: OrganizationId,
+        limit_per_minute: u32,
+        cost: u32,
+        now: Timestamp,
+    ) -> StoreResult<RateDecision> {
+        Ok(self.0.check(org, limit_per_minute, cost, now))
+    }
+}
+
+/// With a shared limiter (the PostgreSQL default), this node's own limiter is never charged:
+/// a recover sized by it saw a full allowance on every call and re-queued up to the tier's
+/// whole limit each time. It is sized by what the shared limiter says is left.
+#[tokio::test]
+async fn a_recover_with_a_shared_limiter_queues_no_more_than_the_allowance() {
+    let clock = ManualClock::new();
+    let config = IngestorConfig {
+        shared_limiter: Some(std::sync::Arc::new(InProcessShared(RateLimiter::new()))),
+        ..config(&clock)
+    };
+    let ing = Ingestor::start(MemoryStore::new(), NoDeliverer, config);
+    // Free tier here: 5 per minute. Disable (1), two events with a failed delivery each (2),
+    // enable (1): one unit is left, so the recover queues one of the two and says more.
+    let (org, _) = ing.create_organization("acme", Tier::Free).await.unwrap();
+    let id = ing.create_endpoint(&org, "inproc://down", None).await.unwrap().id;
+    let toggle = |enabled| EndpointPatch { enabled: Some(enabled), ..EndpointPatch::default() };
+    ing.update_endpoint(&org, id, &toggle(false)).await.unwrap();
+    for _ in 0..2 {
+        ing.ingest(&org, ev("order.paid")).await.unwrap();
+    }
+    ing.update_endpoint(&org, id, &toggle(true)).await.unwrap();
+    let recovered = ing.recover(&org, id, Timestamp::UNIX_EPOCH, None).await.unwrap();
+    assert_eq!((recovered.queued, recovered.more), (1, true));
+    assert!(matches!(
+        ing.recover(&org, id, Timestamp::UNIX_EPOCH, None).await,
+        Err(Error::RateLimited(_))
+    ));
+    // A minute later the allowance is full again, and a call that finds nothing costs one.
+    clock.advance(std::time::Duration::from_secs(60));
+    let recovered = ing.recover(&org, id, Timestamp::UNIX_EPOCH, None).await.unwrap();
+    assert_eq!((recovered.queued, recovered.more), (1, false));
+    for _ in 0..4 {
+        let empty = ing.recover(&org, id, Timestamp::UNIX_EPOCH, None).await.unwrap();
+        assert_eq!(empty.queued, 0);
+    }
+    assert!(matches!(
+        ing.recover(&org, id, Timestamp::UNIX_EPOCH, None).await,
+        Err(Error::RateLimited(_))
+    ));
 }

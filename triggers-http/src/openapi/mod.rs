@@ -222,7 +222,7 @@ fn operation(route: Route) -> Op {
             "recoverWebhook",
             "Queue again the failed deliveries of an endpoint whose event was created in \
              [since, until); per call at most 10000, the tier's per-minute limit and the \
-             remaining allowance, one rate-limit unit each",
+             remaining allowance, one rate-limit unit each and at least one per call",
             Auth::ApiKey,
             Some("RecoverRequest"),
             &[(202, Some("Recovered"))],
