@@ -39,11 +39,12 @@ ev AS (
               AND (ep.filter_like IS NULL OR e.event_type LIKE ep.filter_like ESCAPE '\')
         ) THEN 'failed' ELSE 'pending' END
     WHERE organization_id = $1 AND id = $2
-    RETURNING id, organization_id, event_type, status
+    RETURNING id, organization_id, event_type, status, created_at
 ),
 dead AS (
-    INSERT INTO failed_deliveries (endpoint_id, event_id, organization_id, reason, failed_at)
-    SELECT ep.id, ev.id, ev.organization_id, 'endpoint_disabled', $3
+    INSERT INTO failed_deliveries
+        (endpoint_id, event_id, organization_id, reason, failed_at, event_created_at)
+    SELECT ep.id, ev.id, ev.organization_id, 'endpoint_disabled', $3, ev.created_at
     FROM ev JOIN eps ep
         ON NOT ep.enabled
        AND (ep.filter_like IS NULL OR ev.event_type LIKE ep.filter_like ESCAPE '\')

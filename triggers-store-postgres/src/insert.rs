@@ -148,8 +148,9 @@ fanout AS (
     RETURNING event_id
 ),
 dead AS (
-    INSERT INTO failed_deliveries (endpoint_id, event_id, organization_id, reason, failed_at)
-    SELECT endpoint_id, event_id, organization_id, 'endpoint_disabled', created_at
+    INSERT INTO failed_deliveries
+        (endpoint_id, event_id, organization_id, reason, failed_at, event_created_at)
+    SELECT endpoint_id, event_id, organization_id, 'endpoint_disabled', created_at, created_at
     FROM disabled
     ON CONFLICT (endpoint_id, event_id) DO NOTHING
 ),

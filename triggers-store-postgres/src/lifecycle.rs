@@ -30,8 +30,10 @@ gone AS (
     RETURNING d.event_id, d.endpoint_id, d.organization_id, x.reason, x.at
 ),
 remembered AS (
-    INSERT INTO failed_deliveries (endpoint_id, event_id, organization_id, reason, failed_at)
-    SELECT endpoint_id, event_id, organization_id, reason, at FROM gone
+    INSERT INTO failed_deliveries
+        (endpoint_id, event_id, organization_id, reason, failed_at, event_created_at)
+    SELECT g.endpoint_id, g.event_id, g.organization_id, g.reason, g.at, e.created_at
+    FROM gone g JOIN events e ON e.id = g.event_id
     ON CONFLICT (endpoint_id, event_id)
         DO UPDATE SET reason = excluded.reason, failed_at = excluded.failed_at
 ),
@@ -44,8 +46,9 @@ SELECT count(*) AS n FROM gone
 
 /// Remembers failed deliveries (`$1` endpoint ids, `$2` event ids, `$3` reasons, `$4` times).
 pub(crate) const RECORD_FAILED_SQL: &str = r#"
-INSERT INTO failed_deliveries (endpoint_id, event_id, organization_id, reason, failed_at)
-SELECT x.endpoint_id, x.event_id, e.organization_id, x.reason, x.at
+INSERT INTO failed_deliveries
+    (endpoint_id, event_id, organization_id, reason, failed_at, event_created_at)
+SELECT x.endpoint_id, x.event_id, e.organization_id, x.reason, x.at, e.created_at
 FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[])
     AS x(endpoint_id, event_id, reason, at)
 JOIN events e ON e.id = x.event_id
@@ -66,14 +69,15 @@ WHERE id = $1
 "#;
 
 const RECOVER_SQL: &str = r#"
+-- A range of `failed_deliveries_by_age`: the window, oldest first, and nothing else.
 WITH picked AS (
-    SELECT f.event_id FROM failed_deliveries f JOIN events e ON e.id = f.event_id
-    WHERE f.endpoint_id = $1 AND e.created_at >= $2
-      AND ($3::timestamptz IS NULL OR e.created_at < $3)
-    ORDER BY f.event_id
+    SELECT f.event_id, f.event_created_at FROM failed_deliveries f
+    WHERE f.endpoint_id = $1 AND f.event_created_at >= $2
+      AND ($3::timestamptz IS NULL OR f.event_created_at < $3)
+    ORDER BY f.event_created_at, f.event_id
     LIMIT $4 + 1
 ),
-taken AS (SELECT event_id FROM picked ORDER BY event_id LIMIT $4),
+taken AS (SELECT event_id FROM picked ORDER BY event_created_at, event_id LIMIT $4),
 gone AS (
     DELETE FROM failed_deliveries f USING taken
     WHERE f.endpoint_id = $1 AND f.event_id = taken.event_id

@@ -32,6 +32,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0008_pending_due.sql"),
     // Issue 17: deliveries keyed by endpoint and event.
     include_str!("migrations/0009_deliveries_by_key.sql"),
+    // Hostile-tenant review: recover seeks its window of failed deliveries.
+    include_str!("migrations/0010_failed_by_age.sql"),
 ];
 
 /// Marks a database as ours (`PRAGMA application_id`, "TRGS").

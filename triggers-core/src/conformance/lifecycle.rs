@@ -160,6 +160,33 @@ pub async fn a_recovered_delivery_keeps_its_event_open<S: EventStore>(store: &S)
     assert_eq!(status(store, org, event).await, EventStatus::Failed);
 }
 
+/// Recover takes the oldest events by creation time, also when they were stored after newer
+/// ones (records carry their own `created_at`), and a window that holds nothing queues
+/// nothing whatever lies outside it.
+pub async fn recover_takes_the_oldest_by_creation_time<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    let ep = endpoint(store, org, None, t(0)).await;
+    store.update_endpoint(org, ep.id, &disable(), t(1)).await.unwrap().unwrap();
+    // Stored in this order, created at 30, 10, 20: each gets a failed delivery.
+    let late = insert_one(store, org, "x", t(30)).await;
+    let early = insert_one(store, org, "x", t(10)).await;
+    let middle = insert_one(store, org, "x", t(20)).await;
+    store.update_endpoint(org, ep.id, &enable(), t(31)).await.unwrap().unwrap();
+
+    for (since, until) in [(31, None), (0, Some(10)), (11, Some(20)), (25, Some(25))] {
+        let q = window(since, until, 10);
+        let none = store.recover(org, ep.id, q, t(32)).await.unwrap().unwrap();
+        assert_eq!((none.queued, none.more), (0, false), "window {since}..{until:?}");
+    }
+    let w = WorkerId::new();
+    for (expected, more) in [(early, true), (middle, true), (late, false)] {
+        let one = store.recover(org, ep.id, window(0, None, 1), t(33)).await.unwrap().unwrap();
+        assert_eq!((one.queued, one.more), (1, more));
+        let got = claim(store, w, 10, t(33)).await;
+        assert_eq!(got.iter().map(|d| d.event_id).collect::<Vec<_>>(), vec![expected]);
+    }
+}
+
 /// `recover` queues the failed deliveries of an enabled endpoint whose event lies in the
 /// window, oldest first, at most `limit` per call with `more` telling whether some remain;
 /// failed events become `pending` again and are delivered by the queued deliveries.

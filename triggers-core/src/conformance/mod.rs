@@ -73,6 +73,7 @@ pub use lifecycle::{
     a_recovered_delivery_keeps_its_event_open,
     disabling_an_endpoint_fails_its_outstanding_deliveries, endpoints_are_found_and_patched,
     excluded_endpoints_get_nothing, recover_requeues_failed_deliveries,
+    recover_takes_the_oldest_by_creation_time,
 };
 pub use orgs::{
     concurrent_creations_of_one_id_have_one_winner, duplicate_organizations_conflict,
@@ -150,6 +151,7 @@ macro_rules! store_conformance_tests {
                 endpoints_are_found_and_patched,
                 disabling_an_endpoint_fails_its_outstanding_deliveries,
                 recover_requeues_failed_deliveries,
+                recover_takes_the_oldest_by_creation_time,
                 a_recovered_delivery_keeps_its_event_open,
                 excluded_endpoints_get_nothing,
                 endpoints_per_organization_are_capped,

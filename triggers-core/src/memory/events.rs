@@ -172,7 +172,7 @@ impl State {
         let State { orgs, endpoints, queue, failed, finished, .. } = self;
         let tenant = orgs.get_mut(&org)?;
         for endpoint in &tenant.endpoints {
-            failed.remove(&(*endpoint, id));
+            failed.remove(*endpoint, id);
         }
         let row = tenant.events.get_mut(&id)?;
         set_status(&mut tenant.by_status, finished, &mut row.event, EventStatus::Pending, None);

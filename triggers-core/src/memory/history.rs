@@ -103,7 +103,7 @@ impl State {
                 },
             });
         }
-        if let Some(failed) = self.failed.get(&(endpoint, row.event.id)) {
+        if let Some(failed) = self.failed.get(endpoint, row.event.id) {
             return Some(DeliveryState::Failed { at: failed.at, reason: failed.reason.clone() });
         }
         row.attempts

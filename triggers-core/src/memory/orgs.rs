@@ -130,11 +130,7 @@ impl State {
             }
         }
         self.attempts.forget_endpoint(id);
-        let recorded = (id, EventId(uuid::Uuid::nil()))..=(id, EventId(uuid::Uuid::max()));
-        let failed: Vec<_> = self.failed.range(recorded).map(|(key, _)| *key).collect();
-        for key in failed {
-            self.failed.remove(&key);
-        }
+        self.failed.remove_endpoint(id);
         true
     }
 
@@ -206,28 +202,16 @@ impl State {
         if !self.own_endpoint(org, id)?.endpoint.enabled {
             return Some(Recovered::default());
         }
-        let Self { failed, orgs, .. } = &*self;
-        let tenant = orgs.get(&org)?;
-        let in_window = |event: &EventId| {
-            tenant.events.get(event).is_some_and(|row| {
-                let at = row.event.created_at;
-                at >= query.since && query.until.map_or(true, |until| at < until)
-            })
-        };
         let limit = query.limit as usize;
-        let mut picked: Vec<EventId> = failed
-            .range((id, EventId(uuid::Uuid::nil()))..=(id, EventId(uuid::Uuid::max())))
-            .map(|((_, event), _)| *event)
-            .filter(in_window)
-            .take(limit + 1)
-            .collect();
+        let mut picked: Vec<EventId> =
+            self.failed.window(id, query.since, query.until).take(limit + 1).collect();
         let more = picked.len() > limit;
         picked.truncate(limit);
         let fifo = self.own_endpoint(org, id)?.endpoint.ordering == DeliveryOrdering::Fifo;
         let State { orgs, queue, failed, finished, .. } = self;
         let tenant = orgs.get_mut(&org)?;
         for event_id in &picked {
-            failed.remove(&(id, *event_id));
+            failed.remove(id, *event_id);
             let Some(row) = tenant.events.get_mut(event_id) else { continue };
             row.outstanding.push(queue.push(org, *event_id, id, fifo, now));
             if row.event.status == EventStatus::Failed {

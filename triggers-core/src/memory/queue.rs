@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::state::{set_status, DeliveryRow, FailedRow, Lease, State};
+use super::state::{set_status, DeliveryRow, Lease, State};
 use crate::clock::{self, Timestamp};
 use crate::domain::event::EventStatus;
 use crate::domain::{DeliveryId, OrganizationId, WorkerId};
@@ -174,8 +174,8 @@ impl State {
             }
         }
         if c.state == CompletionState::Failed {
-            let reason = c.record.error.clone().unwrap_or_else(|| "failed".to_owned());
-            self.failed.insert((endpoint_id, event_id), FailedRow { org, reason, at: c.record.at });
+            let reason = c.record.error.as_deref().unwrap_or("failed");
+            self.remember_failed(org, event_id, endpoint_id, reason, c.record.at);
         }
         match c.state {
             CompletionState::Retry { at } => {

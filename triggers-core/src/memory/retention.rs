@@ -28,7 +28,7 @@ impl State {
             .map(|row| std::mem::take(&mut row.outstanding))
             .unwrap_or_default();
         for endpoint in &tenant.endpoints {
-            self.failed.remove(&(*endpoint, id));
+            self.failed.remove(*endpoint, id);
         }
         for delivery in outstanding {
             self.remove_delivery(delivery);

@@ -24,8 +24,8 @@ pub(super) struct State {
     pub(super) queue: Queue,
     /// The bounds this store keeps.
     pub(super) limits: StoreLimits,
-    /// Failed deliveries by (endpoint, event), until recovered, replayed or deleted.
-    pub(super) failed: BTreeMap<(EndpointId, EventId), FailedRow>,
+    /// Failed deliveries, until recovered, replayed or deleted.
+    pub(super) failed: FailedDeliveries,
     /// The sequence number the next recorded attempt gets (its history position's `seq`).
     pub(super) next_attempt_seq: u64,
     /// Finished events of every organization, oldest first, for retention.
@@ -50,6 +50,85 @@ pub(super) struct FailedRow {
     pub(super) reason: String,
     /// When it failed.
     pub(super) at: Timestamp,
+    /// When its event was created: its place in [`FailedDeliveries`]' window index.
+    pub(super) event_created_at: Timestamp,
+}
+
+/// The failed deliveries by (endpoint, event), and by (endpoint, event creation time) so
+/// that `recover` seeks its window instead of walking the endpoint's failed deliveries.
+#[derive(Default)]
+pub(super) struct FailedDeliveries {
+    rows: BTreeMap<(EndpointId, EventId), FailedRow>,
+    by_age: BTreeSet<(EndpointId, Timestamp, EventId)>,
+}
+
+impl FailedDeliveries {
+    /// Remembers (or replaces) the failed delivery of `event` to `endpoint`.
+    pub(super) fn insert(&mut self, endpoint: EndpointId, event: EventId, row: FailedRow) {
+        let key = (endpoint, row.event_created_at, event);
+        if let Some(old) = self.rows.insert((endpoint, event), row) {
+            self.by_age.remove(&(endpoint, old.event_created_at, event));
+        }
+        self.by_age.insert(key);
+    }
+
+    /// Forgets the failed delivery of `event` to `endpoint`, if there is one.
+    pub(super) fn remove(&mut self, endpoint: EndpointId, event: EventId) -> Option<FailedRow> {
+        let row = self.rows.remove(&(endpoint, event))?;
+        self.by_age.remove(&(endpoint, row.event_created_at, event));
+        Some(row)
+    }
+
+    /// The failed delivery of `event` to `endpoint`.
+    pub(super) fn get(&self, endpoint: EndpointId, event: EventId) -> Option<&FailedRow> {
+        self.rows.get(&(endpoint, event))
+    }
+
+    /// Every failed delivery to `endpoint`, by event id.
+    pub(super) fn of_endpoint(
+        &self,
+        endpoint: EndpointId,
+    ) -> impl Iterator<Item = (EventId, &FailedRow)> + '_ {
+        let all = (endpoint, EventId(uuid::Uuid::nil()))..=(endpoint, EventId(uuid::Uuid::max()));
+        self.rows.range(all).map(|((_, event), row)| (*event, row))
+    }
+
+    /// Forgets every failed delivery to `endpoint`.
+    pub(super) fn remove_endpoint(&mut self, endpoint: EndpointId) {
+        let events: Vec<EventId> = self.of_endpoint(endpoint).map(|(event, _)| event).collect();
+        for event in events {
+            self.remove(endpoint, event);
+        }
+    }
+
+    /// The events of the failed deliveries to `endpoint` whose event was created in
+    /// `[since, until)`, oldest first (by creation time, then id): a seek, not a walk.
+    pub(super) fn window(
+        &self,
+        endpoint: EndpointId,
+        since: Timestamp,
+        until: Option<Timestamp>,
+    ) -> impl Iterator<Item = EventId> + '_ {
+        let from = (endpoint, since, EventId(uuid::Uuid::nil()));
+        self.by_age
+            .range(from..)
+            .take_while(move |(ep, at, _)| *ep == endpoint && until.map_or(true, |u| *at < u))
+            .map(|(_, _, event)| *event)
+    }
+
+    /// Every remembered (endpoint, event), for the tests that hold the index to the rows.
+    #[cfg(test)]
+    pub(super) fn check_index(&self) {
+        let indexed: BTreeSet<_> =
+            self.rows.iter().map(|((ep, ev), row)| (*ep, row.event_created_at, *ev)).collect();
+        assert_eq!(indexed, self.by_age, "the failed deliveries' window index");
+    }
+
+    /// Every remembered (endpoint, event).
+    #[cfg(test)]
+    pub(super) fn keys(&self) -> impl Iterator<Item = &(EndpointId, EventId)> {
+        self.rows.keys()
+    }
 }
 
 /// The outstanding deliveries.
@@ -549,8 +628,7 @@ impl State {
         reason: &str,
         at: Timestamp,
     ) {
-        let row = FailedRow { org, reason: reason.to_owned(), at };
-        self.failed.insert((endpoint_id, event_id), row);
+        self.remember_failed(org, event_id, endpoint_id, reason, at);
         if let Some(tenant) = self.orgs.get_mut(&org) {
             if let Some(event) = tenant.events.get_mut(&event_id) {
                 if event.event.status == EventStatus::Pending {
@@ -559,6 +637,22 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Remembers a failed delivery of `event_id` to `endpoint_id` (replacing an older one),
+    /// if the event is still stored.
+    pub(super) fn remember_failed(
+        &mut self,
+        org: OrganizationId,
+        event_id: EventId,
+        endpoint_id: EndpointId,
+        reason: &str,
+        at: Timestamp,
+    ) {
+        let event = self.orgs.get(&org).and_then(|t| t.events.get(&event_id));
+        let Some(event_created_at) = event.map(|row| row.event.created_at) else { return };
+        let row = FailedRow { org, reason: reason.to_owned(), at, event_created_at };
+        self.failed.insert(endpoint_id, event_id, row);
     }
 
     /// Fails every outstanding delivery of an endpoint (it was just disabled); returns how

@@ -228,6 +228,7 @@ fn assert_event_indexes(state: &super::state::State, step: i64) {
     }
     assert_eq!(state.finished.keys(), finished, "step {step}: the finished index");
     assert_eq!(state.dedup_expiry.keys(), dedup, "step {step}: the dedup expiry index");
+    state.failed.check_index();
     for (endpoint, event) in state.failed.keys() {
         let org = state.endpoints.get(endpoint).map(|e| e.endpoint.organization_id);
         let kept = org.and_then(|org| state.orgs.get(&org)).map(|t| t.events.contains_key(event));
@@ -474,14 +475,10 @@ mod walked_history {
                 states.insert(*event_id, DeliveryState::Delivered { at });
             }
         }
-        for ((ep, event_id), failed) in state.failed.range((endpoint, EventId(uuid::Uuid::nil()))..)
-        {
-            if *ep != endpoint {
-                break;
-            }
-            if below(event_id) {
+        for (event_id, failed) in state.failed.of_endpoint(endpoint) {
+            if below(&event_id) {
                 let state = DeliveryState::Failed { at: failed.at, reason: failed.reason.clone() };
-                states.insert(*event_id, state);
+                states.insert(event_id, state);
             }
         }
         let outstanding = state.queue.by_endpoint.get(&endpoint).into_iter().flat_map(|q| q.ids());

@@ -135,8 +135,11 @@ pub trait EndpointStore: Send + Sync + 'static {
         now: Timestamp,
     ) -> StoreResult<Option<EndpointUpdate>>;
 
-    /// Queues again, oldest event first, up to `query.limit` failed deliveries of the
-    /// endpoint whose event was created in `[since, until)`: each becomes a new pending
+    /// Queues again, oldest event first (by creation time, then event order), up to
+    /// `query.limit` failed deliveries of the endpoint whose event was created in
+    /// `[since, until)`, **finding them without walking the endpoint's failed deliveries
+    /// outside the window** (a call is charged one unit however many it finds, so a window
+    /// that holds nothing must cost little): each becomes a new pending
     /// delivery (attempt 0, due `now`) and is no longer failed — for a FIFO endpoint an
     /// ordered delivery joining the end of its line, so the recovered ones go one at a time,
     /// in event order, after what was already waiting (like a fresh insert); a `failed` event becomes

@@ -132,6 +132,8 @@ async fn outstanding_deliveries_of_a_version_7_database_survive_the_upgrade() {
              CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_seq, event_seq);
              CREATE INDEX deliveries_endpoint_due ON deliveries (endpoint_seq, due_at)
                  WHERE line IS NULL;
+             DROP INDEX failed_deliveries_by_age;
+             ALTER TABLE failed_deliveries DROP COLUMN event_created_at;
              PRAGMA user_version = 7;
              COMMIT;",
         )
@@ -171,4 +173,55 @@ async fn outstanding_deliveries_of_a_version_7_database_survive_the_upgrade() {
         assert_eq!(event.event.status, EventStatus::Delivered);
     }
     assert_eq!(store.queue_depth().await.unwrap(), 0);
+}
+
+/// Failed deliveries stored by version 9 (without their event's creation time) are found by
+/// a recover after the upgrade that indexes them by it, in their windows, oldest first.
+#[tokio::test]
+async fn failed_deliveries_of_a_version_9_database_are_recovered_by_their_window() {
+    use triggers_core::store::{EndpointPatch, RecoverQuery};
+
+    let (_dir, path) = temp_db();
+    let store = open(&path);
+    let org = new_org(&store).await;
+    let endpoint = new_endpoint(None, t(0));
+    store.create_endpoint(org, &endpoint).await.unwrap();
+    let off = EndpointPatch { enabled: Some(false), ..EndpointPatch::default() };
+    store.update_endpoint(org, endpoint.id, &off, t(0)).await.unwrap().unwrap();
+    // Each gets a failed delivery (the endpoint is disabled); created at 20, 10, 30.
+    let ids = [
+        insert_one(&store, org, "a", t(20)).await,
+        insert_one(&store, org, "b", t(10)).await,
+        insert_one(&store, org, "c", t(30)).await,
+    ];
+    let on = EndpointPatch { enabled: Some(true), ..EndpointPatch::default() };
+    store.update_endpoint(org, endpoint.id, &on, t(31)).await.unwrap().unwrap();
+    drop(store);
+    raw(&path)
+        .execute_batch(
+            "BEGIN;
+             DROP INDEX failed_deliveries_by_age;
+             ALTER TABLE failed_deliveries DROP COLUMN event_created_at;
+             PRAGMA user_version = 9;
+             COMMIT;",
+        )
+        .unwrap();
+
+    let store = open(&path);
+    let version: i64 = raw(&path).query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, triggers_store_sqlite::SCHEMA_VERSION);
+    let window =
+        |since, until, limit| RecoverQuery { since: t(since), until: Some(t(until)), limit };
+    let r = store.recover(org, endpoint.id, window(11, 20, 10), t(32)).await.unwrap().unwrap();
+    assert_eq!((r.queued, r.more), (0, false), "nothing was created in [11, 20)");
+    let r = store.recover(org, endpoint.id, window(0, 100, 2), t(32)).await.unwrap().unwrap();
+    assert_eq!((r.queued, r.more), (2, true));
+    let got = store.claim(ClaimRequest::new(WorkerId::new(), 10, Duration::from_secs(30), t(32)));
+    let mut got: Vec<_> = got.await.unwrap().iter().map(|d| d.event_id).collect();
+    got.sort();
+    let mut oldest = vec![ids[1], ids[0]];
+    oldest.sort();
+    assert_eq!(got, oldest, "the two created first");
+    let r = store.recover(org, endpoint.id, window(0, 100, 2), t(33)).await.unwrap().unwrap();
+    assert_eq!((r.queued, r.more), (1, false));
 }
