@@ -62,8 +62,9 @@ pub struct IngestorConfig {
     /// (default 4, at least 1). One organization may hold all places but one, which is kept
     /// for the others; once requests wait, a freed place goes to the waiting organization
     /// with the fewest running. So one organization's heavy use of the store's small shared
-    /// pools never makes another's request queue behind it. Ingestion is queued fairly by
-    /// the stores themselves.
+    /// pools never makes another's request queue behind it. At most 64 requests of one
+    /// organization wait at once; more fail at once with [`Error::Overloaded`](crate::Error).
+    /// Ingestion is queued fairly by the stores themselves.
     pub store_concurrency: usize,
 }
 

@@ -53,7 +53,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             ordering,
         };
         let mut created = {
-            let _turn = self.inner.gate.enter(org.id).await;
+            let _turn = self.inner.gate.enter(org.id).await?;
             self.inner.store.create_endpoint(org.id, &endpoint).await?
         };
         created.secret = secret;
@@ -69,7 +69,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         id: EndpointId,
         ordering: DeliveryOrdering,
     ) -> Result<()> {
-        let _turn = self.inner.gate.enter(org.id).await;
+        let _turn = self.inner.gate.enter(org.id).await?;
         if self.inner.store.set_endpoint_ordering(org.id, id, ordering).await? {
             self.inner.wake.notify_one();
             Ok(())
@@ -82,7 +82,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     /// cannot be (its key is not configured) is left sealed.
     pub async fn endpoints(&self, org: &Organization) -> Result<Vec<Endpoint>> {
         let mut endpoints = {
-            let _turn = self.inner.gate.enter(org.id).await;
+            let _turn = self.inner.gate.enter(org.id).await?;
             self.inner.store.endpoints(org.id).await?
         };
         for e in &mut endpoints {
@@ -124,7 +124,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
 
     /// Deletes an endpoint and cancels its outstanding deliveries.
     pub async fn delete_endpoint(&self, org: &Organization, id: EndpointId) -> Result<()> {
-        let _turn = self.inner.gate.enter(org.id).await;
+        let _turn = self.inner.gate.enter(org.id).await?;
         if self.inner.store.delete_endpoint(org.id, id).await? {
             Ok(())
         } else {
@@ -142,7 +142,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         let secret = Secret::generate();
         let grace_until = clock::add(self.now(), self.inner.config.secret_grace);
         let stored = self.seal(id, &secret);
-        let _turn = self.inner.gate.enter(org.id).await;
+        let _turn = self.inner.gate.enter(org.id).await?;
         if self.inner.store.rotate_endpoint_secret(org.id, id, &stored, grace_until).await? {
             Ok(secret)
         } else {

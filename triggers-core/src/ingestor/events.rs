@@ -25,13 +25,13 @@ pub struct Replayed {
 impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     /// One event with its delivery attempts.
     pub async fn event(&self, org: &Organization, id: EventId) -> Result<EventDetail> {
-        let _turn = self.inner.gate.enter(org.id).await;
+        let _turn = self.inner.gate.enter(org.id).await?;
         self.inner.store.event(org.id, id).await?.ok_or(Error::NotFound)
     }
 
     /// Acknowledges one event (idempotent); `NotFound` for unknown or foreign ids.
     pub async fn ack(&self, org: &Organization, id: EventId) -> Result<()> {
-        let _turn = self.inner.gate.enter(org.id).await;
+        let _turn = self.inner.gate.enter(org.id).await?;
         let outcome = self.inner.store.ack(org.id, &[id], self.now()).await?;
         if outcome.acknowledged.is_empty() {
             Err(Error::NotFound)
@@ -52,7 +52,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         if ids.is_empty() {
             return Ok(AckOutcome::default());
         }
-        let _turn = self.inner.gate.enter(org.id).await;
+        let _turn = self.inner.gate.enter(org.id).await?;
         Ok(self.inner.store.ack(org.id, ids, self.now()).await?)
     }
 
@@ -65,7 +65,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     /// between the count and the replay may get a delivery that was not charged.
     pub async fn replay(&self, org: &Organization, id: EventId) -> Result<Replayed> {
         let now = self.now();
-        let _turn = self.inner.gate.enter(org.id).await;
+        let _turn = self.inner.gate.enter(org.id).await?;
 
         let detail = self.inner.store.event(org.id, id).await?.ok_or(Error::NotFound)?;
         let deliveries = self
@@ -88,7 +88,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
 
     /// Event counts by status, and in-flight deliveries.
     pub async fn stats(&self, org: &Organization) -> Result<QueueStats> {
-        let _turn = self.inner.gate.enter(org.id).await;
+        let _turn = self.inner.gate.enter(org.id).await?;
         Ok(self.inner.store.stats(org.id).await?)
     }
 }

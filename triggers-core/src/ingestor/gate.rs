@@ -15,6 +15,11 @@
 //! nothing is kept back.) Ingestion does not pass the gate: the stores queue inserts fairly
 //! themselves (`triggers_core::lanes`).
 //!
+//! An organization may have at most [`MAX_WAITING_PER_ORG`] requests waiting: more are
+//! refused at once with [`Error::Overloaded`] (HTTP 503 `overloaded` and `Retry-After`),
+//! so one organization's flood cannot park an unbounded number of requests (and the
+//! connections they hold) behind its own slow ones.
+//!
 //! The gate holds one small entry per organization with requests running or waiting.
 
 use std::collections::{HashMap, VecDeque};
@@ -23,6 +28,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use tokio::sync::oneshot;
 
 use crate::domain::OrganizationId;
+use crate::error::Error;
+
+/// The most requests of one organization that wait for a place at once.
+pub(super) const MAX_WAITING_PER_ORG: usize = 64;
 
 /// Shares `places` among organizations; see the module docs.
 pub(super) struct StoreGate {
@@ -61,7 +70,8 @@ impl StoreGate {
     }
 
     /// Waits for a place for one request of `org`; the request runs while the turn is held.
-    pub(super) async fn enter(&self, org: OrganizationId) -> Turn<'_> {
+    /// `Overloaded` at once if [`MAX_WAITING_PER_ORG`] of its requests wait already.
+    pub(super) async fn enter(&self, org: OrganizationId) -> Result<Turn<'_>, Error> {
         let rx = {
             let mut s = self.state();
             // Nobody waits and a place is free: take it (what `dispatch` would do) without
@@ -70,7 +80,15 @@ impl StoreGate {
             if s.order.is_empty() && s.free > 0 && running < self.per_org {
                 s.free -= 1;
                 *s.running.entry(org).or_default() += 1;
-                return Turn { gate: self, org };
+                return Ok(Turn { gate: self, org });
+            }
+            if let Some(queue) = s.waiting.get_mut(&org) {
+                // Waiters whose request was dropped leave their sender behind; they do not
+                // count.
+                queue.retain(|tx| !tx.is_closed());
+                if queue.len() >= MAX_WAITING_PER_ORG {
+                    return Err(Error::Overloaded(std::time::Duration::from_secs(1)));
+                }
             }
             let (tx, rx) = oneshot::channel();
             let queue = s.waiting.entry(org).or_default();
@@ -88,7 +106,7 @@ impl StoreGate {
             let _ = rx.await;
         }
         waiting.rx = None;
-        Turn { gate: self, org }
+        Ok(Turn { gate: self, org })
     }
 
     /// A place of `org` freed.
@@ -214,7 +232,7 @@ mod tests {
         assert!(waits(a3.as_mut()), "the last place is kept for the others");
         let b1 = gate.enter(org("b"));
         tokio::pin!(b1);
-        assert!(poll_once(b1.as_mut()).is_some(), "another organization gets it at once");
+        assert!(matches!(poll_once(b1.as_mut()), Some(Ok(_))), "another gets it at once");
     }
 
     #[tokio::test]
@@ -228,7 +246,7 @@ mod tests {
         assert!(waits(a3.as_mut()) && waits(b2.as_mut()) && waits(c1.as_mut()));
         drop(a1);
         // `a` and `b` waited longer, but have requests running and `c` none.
-        let _c1 = poll_once(c1.as_mut()).expect("c got the place");
+        let _c1 = poll_once(c1.as_mut()).expect("c got the place").unwrap();
         assert!(waits(a3.as_mut()) && waits(b2.as_mut()));
     }
 
@@ -237,7 +255,7 @@ mod tests {
         let gate = StoreGate::new(1);
         let a1 = gate.enter(org("a"));
         tokio::pin!(a1);
-        assert!(poll_once(a1.as_mut()).is_some());
+        assert!(matches!(poll_once(a1.as_mut()), Some(Ok(_))));
     }
 
     #[tokio::test]
@@ -285,5 +303,27 @@ mod tests {
         drop(two);
         assert_eq!(gate.tracked(), 0);
         assert_eq!(gate.state().free, 1);
+    }
+
+    #[tokio::test]
+    async fn an_organization_waits_with_at_most_its_share_of_requests() {
+        let gate = StoreGate::new(2);
+        let _a1 = gate.enter(org("a")).await.unwrap();
+        let mut waiting: Vec<_> =
+            (0..MAX_WAITING_PER_ORG).map(|_| Box::pin(gate.enter(org("a")))).collect();
+        assert!(waiting.iter_mut().all(|w| waits(w.as_mut())));
+        let refused = gate.enter(org("a"));
+        tokio::pin!(refused);
+        let refused = poll_once(refused.as_mut());
+        assert!(matches!(refused, Some(Err(Error::Overloaded(_)))), "one more is refused at once");
+        // Another organization is not: it takes the place kept for the others.
+        let b1 = gate.enter(org("b"));
+        tokio::pin!(b1);
+        assert!(matches!(poll_once(b1.as_mut()), Some(Ok(_))));
+        // A waiter that gives up makes room for another.
+        waiting.pop();
+        let again = gate.enter(org("a"));
+        tokio::pin!(again);
+        assert!(waits(again.as_mut()), "waits, not refused");
     }
 }

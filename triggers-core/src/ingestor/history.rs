@@ -166,7 +166,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     ) -> Result<AttemptsPage> {
         check_limit(query.limit)?;
         let before = query.cursor.as_deref().map(attempts_position).transpose()?;
-        let _turn = self.inner.gate.enter(org.id).await;
+        let _turn = self.inner.gate.enter(org.id).await?;
         let store_query = AttemptQuery {
             success: query.success,
             since: query.since,
@@ -199,7 +199,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     ) -> Result<DeliveriesPage> {
         check_limit(query.limit)?;
         let after = query.cursor.as_deref().map(deliveries_key).transpose()?;
-        let _turn = self.inner.gate.enter(org.id).await;
+        let _turn = self.inner.gate.enter(org.id).await?;
         let store = &self.inner.store;
         // One endpoint: its first read says whether it is the organization's (no lookup first).
         let mut endpoints: Vec<EndpointId> = match query.endpoint {

@@ -54,7 +54,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         }
         let after = query.cursor.as_deref().map(Cursor::decode).transpose()?;
         let max_bytes = self.inner.config.max_page_bytes;
-        let _turn = self.inner.gate.enter(org.id).await;
+        let _turn = self.inner.gate.enter(org.id).await?;
 
         let Some(status) = query.status else {
             return every_status(&self.inner.store, org.id, query, after, max_bytes).await;

@@ -62,7 +62,7 @@ fn check_patch(patch: &EndpointPatch) -> Result<()> {
 impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     /// One endpoint of the organization.
     pub async fn endpoint(&self, org: &Organization, id: EndpointId) -> Result<Endpoint> {
-        let _turn = self.inner.gate.enter(org.id).await;
+        let _turn = self.inner.gate.enter(org.id).await?;
         self.inner.store.endpoint(org.id, id).await?.ok_or(Error::NotFound)
     }
 
@@ -82,7 +82,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     ) -> Result<Endpoint> {
         check_patch(patch)?;
         let now = self.now();
-        let _turn = self.inner.gate.enter(org.id).await;
+        let _turn = self.inner.gate.enter(org.id).await?;
 
         if patch.enabled.is_some() {
             // A state change ingests an operational event: it costs one unit, like any
@@ -132,7 +132,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     ) -> Result<Recovered> {
         // `until <= since` is an empty window: nothing to queue (still 404 for a foreign id).
         let now = self.now();
-        let _turn = self.inner.gate.enter(org.id).await;
+        let _turn = self.inner.gate.enter(org.id).await?;
 
         // Spent: 429 with the limiter's headers. (Not `rate_status`: with a shared limiter,
         // this node's own limiter is never charged and would always look full.)

@@ -46,7 +46,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     /// other nodes within `auth_cache_ttl`).
     pub async fn rotate_key(&self, org: &Organization) -> Result<ApiKey> {
         let key = ApiKey::generate();
-        let _turn = self.inner.gate.enter(org.id).await;
+        let _turn = self.inner.gate.enter(org.id).await?;
         if !self.inner.store.replace_key(org.id, &key.hash()).await? {
             return Err(Error::NotFound);
         }
