@@ -58,7 +58,8 @@ pub const VARIABLES: [(&str, &str, &str); 26] = [
     (
         "TRIGGERS_MAX_ATTEMPTS_KEPT",
         "100",
-        "attempt records kept per event and endpoint; the oldest are dropped (1 to 100000)",
+        "attempt records kept per event and endpoint (deleted endpoints' count as one's); the \
+         oldest are dropped (1 to 100000)",
     ),
     (
         "TRIGGERS_RETENTION",

@@ -291,6 +291,22 @@ impl PgStore {
             .bind(org.0)
             .execute(&mut *tx)
             .await?;
+        // The attempts of deleted endpoints count together
+        // (`StoreLimits::max_attempts_kept`): the oldest beyond it go.
+        let keep = i64::from(self.limits().max_attempts_kept.max(1));
+        sqlx::query(
+            "DELETE FROM attempts WHERE event_id = $1 AND seq IN (
+                 SELECT a.seq FROM attempts a
+                 WHERE a.event_id = $1
+                   AND EXISTS (SELECT 1 FROM events e WHERE e.id = $1 AND e.organization_id = $2)
+                   AND NOT EXISTS (SELECT 1 FROM endpoints ep WHERE ep.id = a.endpoint_id)
+                 ORDER BY a.seq DESC OFFSET $3)",
+        )
+        .bind(id.0)
+        .bind(org.0)
+        .bind(keep)
+        .execute(&mut *tx)
+        .await?;
         let row = sqlx::query(REPLAY_SQL)
             .bind(org.0)
             .bind(id.0)

@@ -323,7 +323,8 @@ impl EventLog for SqliteStore {
         id: EventId,
         now: Timestamp,
     ) -> StoreResult<Option<EventStatus>> {
-        self.write_for(org, 1, move |c| events::replay(c, org, id, now)).await
+        let keep = self.inner.config.limits.max_attempts_kept;
+        self.write_for(org, 1, move |c| events::replay(c, org, id, now, keep)).await
     }
 
     async fn stats(&self, org: OrganizationId) -> StoreResult<QueueStats> {

@@ -88,7 +88,8 @@ pub use queue::{
 pub use quotas::{
     attempts_beyond_the_cap_drop_the_oldest, endpoints_per_organization_are_capped,
     purge_deletes_old_finished_events_only, purge_forgets_expired_dedup_entries,
-    sealed_secrets_round_trip_and_are_rewritten, superseded_attempts_are_recorded,
+    replays_trim_the_attempts_of_deleted_endpoints, sealed_secrets_round_trip_and_are_rewritten,
+    superseded_attempts_are_recorded,
 };
 
 /// Expands into one `#[test]` per conformance case, each running on its own multi-thread
@@ -157,6 +158,7 @@ macro_rules! store_conformance_tests {
                 endpoints_per_organization_are_capped,
                 attempts_beyond_the_cap_drop_the_oldest,
                 superseded_attempts_are_recorded,
+                replays_trim_the_attempts_of_deleted_endpoints,
                 purge_deletes_old_finished_events_only,
                 purge_forgets_expired_dedup_entries,
                 sealed_secrets_round_trip_and_are_rewritten,

@@ -75,6 +75,61 @@ pub async fn attempts_beyond_the_cap_drop_the_oldest<S: EventStore>(store: &S) {
     assert_eq!(detail.attempts.len(), keep + 1);
 }
 
+/// The attempts of deleted endpoints count together: a replay keeps the newest
+/// `max_attempts_kept` of them, so deleting and recreating endpoints between replays cannot
+/// grow one event's history without bound. Live endpoints keep theirs.
+pub async fn replays_trim_the_attempts_of_deleted_endpoints<S: EventStore>(store: &S) {
+    let keep = StoreLimits::default().max_attempts_kept as usize;
+    let org = new_org(store).await;
+    let live = endpoint(store, org, Some("kept.*"), t(0)).await;
+    let id = insert_one(store, org, "kept.x", t(0)).await;
+    let first = claim_one(store, WorkerId::new(), t(0)).await;
+    let live_c = completion(&first, CompletionState::Delivered, t(0));
+    assert!(complete(store, live_c.clone()).await);
+
+    // Three endpoints in turn, each given the event by a replay, failing 40 times, deleted.
+    let mut gone = Vec::new();
+    let mut at = 1;
+    for round in 0..3 {
+        let doomed = endpoint(store, org, Some("kept.*"), t(at)).await;
+        assert_eq!(store.replay(org, id, t(at)).await.unwrap(), Some(EventStatus::Pending));
+        // The live endpoint's fresh delivery succeeds; the doomed one retries.
+        for d in claim(store, WorkerId::new(), 10, t(at)).await {
+            let state = if d.endpoint_id == live.id {
+                CompletionState::Delivered
+            } else {
+                CompletionState::Retry { at: t(at) }
+            };
+            let c = completion(&d, state, t(at));
+            if d.endpoint_id != live.id {
+                gone.push(c.record.clone());
+            }
+            assert!(complete(store, c).await);
+        }
+        for _ in 1..40 {
+            at += 1;
+            let d = claim_one(store, WorkerId::new(), t(at)).await;
+            assert_eq!(d.endpoint_id, doomed.id, "round {round}");
+            let c = completion(&d, CompletionState::Retry { at: t(at) }, t(at));
+            gone.push(c.record.clone());
+            assert!(complete(store, c).await);
+        }
+        assert!(store.delete_endpoint(org, doomed.id).await.unwrap());
+        at += 1;
+    }
+    let before = detail(store, org, id).await.attempts;
+    assert_eq!(before.iter().filter(|a| a.endpoint_id != live.id).count(), 120);
+
+    assert_eq!(store.replay(org, id, t(at)).await.unwrap(), Some(EventStatus::Pending));
+    let after = detail(store, org, id).await.attempts;
+    let of_gone: Vec<_> = after.iter().filter(|a| a.endpoint_id != live.id).cloned().collect();
+    assert_eq!(of_gone.len(), keep, "the deleted endpoints' attempts are trimmed");
+    assert!(of_gone == gone[gone.len() - keep..], "the newest, oldest first");
+    let of_live: Vec<_> = after.iter().filter(|a| a.endpoint_id == live.id).collect();
+    assert_eq!(of_live.len(), 4, "the live endpoint keeps all of its own");
+    assert_eq!(of_live[0], &live_c.record);
+}
+
 /// A delivery in flight when a replay supersedes it: its completion is stale but its attempt
 /// is recorded (once; a wrong fence records nothing), and it decides nothing.
 pub async fn superseded_attempts_are_recorded<S: EventStore>(store: &S) {

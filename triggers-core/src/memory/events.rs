@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use super::state::{set_status, EventRow, State, Superseded};
 use crate::clock::{self, Timestamp};
-use crate::domain::event::{Event, EventDetail, EventMeta, EventRecord, EventStatus};
+use crate::domain::event::{
+    AttemptRecord, Event, EventDetail, EventMeta, EventRecord, EventStatus,
+};
 use crate::domain::webhook::ENDPOINT_DISABLED;
 use crate::domain::{EventId, OrganizationId};
 use crate::store::{
@@ -169,12 +171,17 @@ impl State {
                 self.queue.superseded.insert(delivery_id, kept);
             }
         }
-        let State { orgs, endpoints, queue, failed, finished, .. } = self;
+        let State { orgs, endpoints, queue, failed, finished, attempts, limits, .. } = self;
         let tenant = orgs.get_mut(&org)?;
         for endpoint in &tenant.endpoints {
             failed.remove(*endpoint, id);
         }
         let row = tenant.events.get_mut(&id)?;
+        // The attempts of deleted endpoints count together (`StoreLimits::max_attempts_kept`).
+        let gone = |a: &AttemptRecord| !endpoints.contains_key(&a.endpoint_id);
+        for (seq, dropped) in row.trim(limits.max_attempts_kept, gone) {
+            attempts.remove(id, seq, &dropped);
+        }
         set_status(&mut tenant.by_status, finished, &mut row.event, EventStatus::Pending, None);
         let (outstanding, disabled) = queue.fan_out(
             endpoints,

@@ -559,12 +559,22 @@ impl EventRow {
     ) -> Vec<(u64, AttemptRecord)> {
         let endpoint = record.endpoint_id;
         self.attempts.push((seq, record));
-        let kept = self.attempts.iter().filter(|(_, a)| a.endpoint_id == endpoint).count();
+        self.trim(keep, |a| a.endpoint_id == endpoint)
+    }
+
+    /// Drops the oldest of the attempts that `counted` selects beyond `keep` (at least 1);
+    /// returns the dropped ones.
+    pub(super) fn trim(
+        &mut self,
+        keep: u32,
+        counted: impl Fn(&AttemptRecord) -> bool,
+    ) -> Vec<(u64, AttemptRecord)> {
+        let kept = self.attempts.iter().filter(|(_, a)| counted(a)).count();
         let mut excess = kept.saturating_sub(keep.max(1) as usize);
         let mut dropped = Vec::with_capacity(excess);
         let mut i = 0;
         while excess > 0 && i < self.attempts.len() {
-            if self.attempts[i].1.endpoint_id == endpoint {
+            if counted(&self.attempts[i].1) {
                 dropped.push(self.attempts.remove(i));
                 excess -= 1;
             } else {

@@ -276,7 +276,9 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Delivers an event again: sets it `pending` (clearing `delivered_at`), cancels its
     /// outstanding deliveries (an in-flight worker's completion becomes stale), forgets its
-    /// failed deliveries, and fans out afresh like an insert: one fresh delivery (attempt 0,
+    /// failed deliveries, drops the oldest attempts of endpoints that no longer exist beyond
+    /// [`StoreLimits::max_attempts_kept`] (they count together), and fans out afresh like an
+    /// insert: one fresh delivery (attempt 0,
     /// due `now`) per enabled endpoint matching its type, a failed one per matching disabled
     /// endpoint (then the event is `failed` again); a FIFO endpoint's fresh delivery joins
     /// the end of its line. Returns the new status (`pending`, or

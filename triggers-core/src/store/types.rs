@@ -299,7 +299,12 @@ pub struct StoreLimits {
     pub max_endpoints: u32,
     /// Most attempt records kept per event and endpoint (default 100, at least 1): when a
     /// completion records one more, the oldest of that event and endpoint are dropped. Bounds
-    /// an event's history across any number of replays and retries.
+    /// an event's history across any number of replays and retries. The attempts of
+    /// endpoints that no longer exist count together, as one endpoint's: a replay (the only
+    /// way an old event reaches endpoints created after it) drops the oldest of them beyond
+    /// this number. So deleting and recreating endpoints between replays cannot grow one
+    /// event's history without bound: it holds at most this number per live endpoint, once
+    /// more for the deleted ones, and what endpoints deleted since its last replay left.
     pub max_attempts_kept: u32,
 }
 

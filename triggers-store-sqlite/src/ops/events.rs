@@ -418,6 +418,7 @@ pub(crate) fn replay(
     org: OrganizationId,
     id: EventId,
     now: Timestamp,
+    keep: u32,
 ) -> StoreResult<Option<EventStatus>> {
     let mut find = conn
         .prepare_cached("SELECT seq, event_type FROM events WHERE id = ?1 AND org_id = ?2")
@@ -448,6 +449,18 @@ pub(crate) fn replay(
         .store()?
         .execute([seq])
         .store()?;
+    // The attempts of deleted endpoints count together (`StoreLimits::max_attempts_kept`):
+    // the oldest beyond `keep` go.
+    conn.prepare_cached(
+        "DELETE FROM attempts WHERE seq IN (
+             SELECT a.seq FROM attempts a
+             WHERE a.event_seq = ?1
+               AND NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.id = a.endpoint_id)
+             ORDER BY a.seq DESC LIMIT -1 OFFSET ?2)",
+    )
+    .store()?
+    .execute([seq, i64::from(keep.max(1))])
+    .store()?;
     let targets = targets(conn, &org)?;
     let mut parallel = Vec::new();
     fan_out(conn, &targets, seq, &event_type, None, now_us, &mut parallel)?;
