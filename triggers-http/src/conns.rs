@@ -1,6 +1,7 @@
-//! The server's table of live connections: a cap per peer address, and which connections are
-//! idle, so that at the global cap an idle keep-alive connection is closed before a new
-//! connection is refused.
+//! The server's table of live connections: a cap per peer, and which connections are idle,
+//! so that at the global cap an idle keep-alive connection is closed before a new connection
+//! is refused. A peer is an IPv4 address or an IPv6 /64 network ([`peer_of`]): one client
+//! usually holds a whole /64, so counting IPv6 addresses one by one would give it no cap.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -70,8 +71,10 @@ impl ConnTable {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Registers a new connection from `peer`, or `None` if that peer already holds its cap.
-    pub(crate) fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<ConnGuard> {
+    /// Registers a new connection from `addr`, or `None` if its peer ([`peer_of`]) already
+    /// holds its cap.
+    pub(crate) fn admit(self: &Arc<Self>, addr: IpAddr) -> Option<ConnGuard> {
+        let peer = peer_of(addr);
         let state = Arc::new(ConnState {
             busy: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(self.now_ms()),
@@ -112,10 +115,10 @@ impl ConnTable {
         }
     }
 
-    /// Connections currently held by `peer`.
+    /// Connections currently held by the peer of `addr`.
     #[cfg(test)]
-    fn held_by(&self, peer: IpAddr) -> usize {
-        self.lock().per_peer.get(&peer).copied().unwrap_or(0)
+    fn held_by(&self, addr: IpAddr) -> usize {
+        self.lock().per_peer.get(&peer_of(addr)).copied().unwrap_or(0)
     }
 }
 
@@ -147,10 +150,36 @@ impl Drop for ConnGuard {
     }
 }
 
+/// The peer a connection from `addr` counts against: an IPv4 address (also when written as
+/// an IPv4-mapped IPv6 address), or the /64 network of an IPv6 address.
+pub(crate) fn peer_of(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => addr,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_peers_are_counted_by_their_64_network() {
+        let table = ConnTable::new(2);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _one = table.admit(ip("2001:db8:1:2::1")).unwrap();
+        let _two = table.admit(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")).unwrap();
+        assert!(table.admit(ip("2001:db8:1:2::7")).is_none(), "the same /64");
+        assert!(table.admit(ip("2001:db8:1:3::1")).is_some(), "the next /64");
+        let _v4 = table.admit(ip("192.0.2.1")).unwrap();
+        let _mapped = table.admit(ip("::ffff:192.0.2.1")).unwrap();
+        assert!(table.admit(ip("192.0.2.1")).is_none(), "a mapped address is its IPv4 address");
+        assert!(table.admit(ip("192.0.2.2")).is_some());
+    }
 
     #[test]
     fn peers_are_capped_and_released() {

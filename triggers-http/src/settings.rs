@@ -96,7 +96,11 @@ pub const VARIABLES: [(&str, &str, &str); 26] = [
         "unset",
         "bearer token for GET /metrics (unset: /metrics is served on loopback binds only)",
     ),
-    ("TRIGGERS_MAX_CONNECTIONS_PER_PEER", "256", "connections one client IP address may hold"),
+    (
+        "TRIGGERS_MAX_CONNECTIONS_PER_PEER",
+        "256",
+        "connections one client IPv4 address (or IPv6 /64) may hold",
+    ),
     (
         "TRIGGERS_ORG_CONCURRENCY",
         "a quarter of TRIGGERS_WORKERS (at least 1)",
