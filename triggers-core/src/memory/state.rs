@@ -116,7 +116,7 @@ impl FailedDeliveries {
             .map(|(_, _, event)| *event)
     }
 
-    /// Every remembered (endpoint, event), for the tests that hold the index to the rows.
+    /// Panics unless the window index holds exactly the remembered rows (for the tests).
     #[cfg(test)]
     pub(super) fn check_index(&self) {
         let indexed: BTreeSet<_> =
