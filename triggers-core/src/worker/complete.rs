@@ -62,12 +62,25 @@ pub(super) async fn complete_loop<S: EventStore, D: Deliverer>(
     refiller: Refiller,
 ) {
     let mut batch = Vec::with_capacity(COMPLETION_BATCH);
+    // Announcements of disabled endpoints, each an insert in its organization's own write
+    // queue, which that organization may keep long: the completer records every
+    // organization's attempts and never waits for one of them. (At most one task per batch
+    // that disabled an endpoint; finished ones are reaped each round, the rest awaited at
+    // the end.)
+    let mut announcing = tokio::task::JoinSet::new();
     while done.recv_many(&mut batch, COMPLETION_BATCH).await > 0 {
         let completions: Vec<Completion> = batch.iter().map(|(c, ..)| c.clone()).collect();
         let applied = record_and_refill(&shared, &completions, &refiller).await;
         if let Some(flags) = &applied {
-            super::announce_disabled(&*shared.store, &batch, flags).await;
+            let disabled = super::disabled_by(&batch, flags);
+            if !disabled.is_empty() {
+                let shared = shared.clone();
+                announcing.spawn(async move {
+                    super::announce_disabled(&*shared.store, disabled).await;
+                });
+            }
         }
+        while announcing.try_join_next().is_some() {}
         if let (Some(flags), Some(observer)) = (applied, &shared.observer) {
             for ((_, result, latency, _), applied) in batch.iter().zip(flags) {
                 let result = if applied { *result } else { DeliveryResult::Stale };
@@ -76,6 +89,7 @@ pub(super) async fn complete_loop<S: EventStore, D: Deliverer>(
         }
         batch.clear();
     }
+    while announcing.join_next().await.is_some() {}
 }
 
 /// Records one batch and claims into the free permits; returns the applied flags (`None`

@@ -368,30 +368,44 @@ async fn attempt_one<S: EventStore, D: Deliverer>(
     let _ = done.send((completion, result, latency, subject)).await;
 }
 
-/// Ingests `triggers.endpoint.disabled` for each endpoint an applied completion of the batch
-/// disabled (once per endpoint and batch).
-pub(super) async fn announce_disabled<S: EventStore>(
-    store: &S,
-    batch: &[Finished],
-    applied: &[bool],
-) {
-    let mut seen = Vec::new();
+/// An endpoint an applied completion disabled, to announce in its organization's stream.
+pub(super) struct Disabled {
+    org: OrganizationId,
+    endpoint: crate::domain::EndpointId,
+    url: String,
+    reason: String,
+    at: crate::clock::Timestamp,
+}
+
+/// The endpoints the applied completions of the batch disabled (once per endpoint and
+/// batch), logged.
+pub(super) fn disabled_by(batch: &[Finished], applied: &[bool]) -> Vec<Disabled> {
+    let mut disabled: Vec<Disabled> = Vec::new();
     for ((c, _, _, (org, url)), applied) in batch.iter().zip(applied) {
         let Some(reason) = &c.disable_endpoint else { continue };
-        if !applied || seen.contains(&c.record.endpoint_id) {
+        let endpoint = c.record.endpoint_id;
+        if !applied || disabled.iter().any(|d| d.endpoint == endpoint) {
             continue;
         }
-        seen.push(c.record.endpoint_id);
-        tracing::warn!(organization_id = %org, endpoint_id = %c.record.endpoint_id, reason,
+        tracing::warn!(organization_id = %org, endpoint_id = %endpoint, reason,
             "endpoint disabled");
+        let (url, reason) = (url.clone(), reason.clone());
+        disabled.push(Disabled { org: *org, endpoint, url, reason, at: c.record.at });
+    }
+    disabled
+}
+
+/// Ingests `triggers.endpoint.disabled` for each of `disabled`.
+pub(super) async fn announce_disabled<S: EventStore>(store: &S, disabled: Vec<Disabled>) {
+    for d in disabled {
         let subject = crate::ingestor::Subject {
-            org: *org,
-            endpoint: c.record.endpoint_id,
-            url,
+            org: d.org,
+            endpoint: d.endpoint,
+            url: &d.url,
             enabled: false,
-            reason: Some(reason),
+            reason: Some(&d.reason),
         };
-        crate::ingestor::ingest_operational(store, subject, c.record.at).await;
+        crate::ingestor::ingest_operational(store, subject, d.at).await;
     }
 }
 

@@ -1,6 +1,7 @@
 //! A store that counts its delivery-queue round trips (`claim`, `complete`,
 //! `complete_and_claim`: each call one) and the `stats` reads running per organization (which
-//! it can hold), forwarding everything to a [`MemoryStore`].
+//! it can hold), and can hold the inserts of operational events (`triggers.endpoint.*`),
+//! forwarding everything to a [`MemoryStore`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +26,22 @@ pub(crate) struct Counting {
     inner: MemoryStore,
     queue_calls: Arc<AtomicU64>,
     reads: Arc<Reads>,
+    operational: Arc<Held>,
+}
+
+/// Inserts of operational events wait for a permit while held.
+struct Held {
+    held: std::sync::atomic::AtomicBool,
+    permits: tokio::sync::Semaphore,
+}
+
+impl Default for Held {
+    fn default() -> Self {
+        Self {
+            held: std::sync::atomic::AtomicBool::new(false),
+            permits: tokio::sync::Semaphore::new(0),
+        }
+    }
 }
 
 /// `stats` calls per organization: running now, and the most ever running at once; and,
@@ -55,6 +72,17 @@ impl Counting {
     /// Lets `n` held `stats` calls finish.
     pub(crate) fn release_reads(&self, n: usize) {
         self.reads.permits.add_permits(n);
+    }
+
+    /// Makes inserts of operational events (`triggers.endpoint.*`) wait for a permit:
+    /// [`release_operational`](Self::release_operational) gives one.
+    pub(crate) fn hold_operational(&self) {
+        self.operational.held.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets `n` held operational inserts go on.
+    pub(crate) fn release_operational(&self, n: usize) {
+        self.operational.permits.add_permits(n);
     }
 
     /// `(running now, most at once)` of `org`'s `stats` calls.
@@ -158,6 +186,12 @@ impl EventLog for Counting {
         dedup_window: Duration,
         now: Timestamp,
     ) -> StoreResult<Vec<InsertOutcome>> {
+        let operational = events.iter().any(|e| e.event_type.starts_with("triggers.endpoint."));
+        if operational && self.operational.held.load(Ordering::SeqCst) {
+            if let Ok(permit) = self.operational.permits.acquire().await {
+                permit.forget();
+            }
+        }
         self.inner.insert_events(org, events, dedup_window, now).await
     }
     async fn event(&self, org: OrganizationId, id: EventId) -> StoreResult<Option<EventDetail>> {
