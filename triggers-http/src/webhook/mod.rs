@@ -46,7 +46,9 @@ pub use sign::{signature_header, webhook_body, Signer};
 /// Settings of the [`WebhookDeliverer`].
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
-    /// Time allowed to establish a TCP connection (default 5 s).
+    /// Time allowed to establish a connection: the DNS lookup, TCP connect and TLS handshake
+    /// together (default 5 s). It also bounds a connection the pool finishes in the
+    /// background after the attempt that started it took another one.
     pub connect_timeout: Duration,
     /// Time allowed for a whole attempt: DNS, connect, TLS, request and response (default 15 s).
     pub timeout: Duration,
