@@ -85,6 +85,23 @@ async fn during_rotation_each_secret_has_its_own_valid_signature() {
     assert!(verify(previous.expose(), req));
 }
 
+/// A secret that cannot sign (sealed, which the Ingestor opens before it gets here) is
+/// never replaced by an empty key, which anyone could forge: nothing is sent, and the attempt
+/// is retried.
+#[tokio::test]
+async fn a_secret_that_cannot_sign_sends_nothing() {
+    let receiver = Receiver::answering(200).await;
+    let sealed = Secret::parse("tsec1:k1:c2VhbGVk").unwrap();
+    let d = delivery(&receiver.url(), vec![Secret::generate(), sealed]);
+    let attempt = deliverer(local_config()).deliver(&d).await;
+    assert!(
+        matches!(&attempt.outcome, Outcome::Retry { reason, .. } if reason.contains("signing secret")),
+        "{attempt:?}"
+    );
+    assert_eq!(attempt.status_code, None);
+    assert!(receiver.seen().is_empty(), "a request was sent");
+}
+
 // ---------------------------------------------------------------------------------------------
 // What answers mean.
 

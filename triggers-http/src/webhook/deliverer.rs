@@ -128,6 +128,13 @@ impl Inner {
 
     /// Checks the target's addresses, sends, and reads (a bounded part of) the answer.
     async fn attempt(&self, delivery: &Delivery, target: Target) -> Attempt {
+        // Never sign with a key that is not there: a sealed secret (the Ingestor opens them
+        // before they get here) or one that does not decode would sign with an empty key,
+        // which anyone can forge. Retried like the Ingestor's own unsealing failures.
+        if delivery.secrets.iter().any(|s| s.is_sealed() || s.key_bytes().is_empty()) {
+            let reason = "signing secret unavailable (sealed or not decodable)".to_owned();
+            return Outcome::Retry { after: None, reason }.into();
+        }
         match self.policy.resolve(&target.host, target.port).await {
             Ok(_) => {}
             Err(ResolveError::Refused(refused)) => {

@@ -2,8 +2,9 @@
 //! receiver cannot occupy every delivery worker.
 //!
 //! A delivery that cannot get a slot within a short wait is not queued here: it returns
-//! `Retry` with a small hint and goes back to the store, freeing its worker for other
-//! endpoints. (That counts as an attempt on the retry schedule, like any other `Retry`.)
+//! `Deferred` and goes back to the store, due again after the endpoint's defer time (at the
+//! concurrency cap) or when the rate allows it, freeing its worker for other endpoints. No
+//! attempt is recorded or used up.
 //!
 //! The rate is a tiny GCRA per endpoint (burst = one second's worth, at least one delivery),
 //! a dozen lines over a `Mutex<Instant>` that is never held across an await; a rate-limiter
