@@ -23,7 +23,7 @@ outstanding AS (
 capped AS (
     SELECT o.endpoint_id, o.due_at AS first_due, ep.organization_id,
            CASE WHEN ep.failing_since IS NULL
-                THEN GREATEST(1, LEAST(ep.concurrency, 2147483647::int8)) ELSE 1 END AS cap,
+                THEN GREATEST(1, LEAST(ep.concurrency, 2 * ep.rate_limit, 2147483647::int8)) ELSE 1 END AS cap,
            coalesce(ob.n, 0) AS org_n, coalesce(b.n, 0) AS ep_n
     FROM outstanding o
     JOIN endpoints ep ON ep.id = o.endpoint_id AND ep.enabled

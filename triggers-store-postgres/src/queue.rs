@@ -50,8 +50,8 @@ use crate::PgStore;
 ///    many wait (walking the due queue in time order, as before, visited each of them on
 ///    every claim, and a claim's `LIMIT` could fill with deliveries the caps then dropped).
 /// 3. `open`: those that are due, enabled and under their caps — a failing endpoint's cap is
-///    1 (the circuit breaker), a healthy one's its own `concurrency` when lower than the
-///    claim's —, per organization only as many, earliest first, as the organization has
+///    1 (the circuit breaker), a healthy one's its own `concurrency`, or twice its own
+///    `rate_limit`, when lower than the claim's —, per organization only as many, earliest first, as the organization has
 ///    room for, then the `$2` earliest: no other endpoint can hold one of the `$2` earliest
 ///    claimable deliveries. `parallel`: for each, its earliest due deliveries, no more than
 ///    its room, its organization's room, and `$2 - k + 1` for the `k`-th of them (by first
@@ -97,7 +97,7 @@ outstanding AS (
 capped AS (
     SELECT o.endpoint_id, o.due_at AS first_due, ep.organization_id,
            CASE WHEN ep.failing_since IS NULL
-                THEN GREATEST(1, LEAST(ep.concurrency, $6)) ELSE 1 END AS cap,
+                THEN GREATEST(1, LEAST(ep.concurrency, 2 * ep.rate_limit, $6)) ELSE 1 END AS cap,
            coalesce(ob.n, 0) AS org_n, coalesce(b.n, 0) AS ep_n
     FROM outstanding o
     JOIN endpoints ep ON ep.id = o.endpoint_id AND ep.enabled

@@ -285,6 +285,28 @@ pub async fn claims_respect_an_endpoints_own_concurrency<S: EventStore>(store: &
     assert_eq!(per_endpoint(&restored), (3, 0), "back to the claim's cap of 4");
 }
 
+/// An endpoint with a delivery rate of its own holds at most twice its rate in flight (at
+/// least 1), below its concurrency and the claim's cap: its backlog is not claimed only to
+/// be put back.
+pub async fn claims_hold_a_rate_limited_endpoint_to_twice_its_rate<S: EventStore>(store: &S) {
+    let org = new_org(store).await;
+    let slow = endpoint(store, org, None, t(0)).await;
+    let rate = |n: Option<u32>| EndpointPatch { rate_limit: Some(n), ..EndpointPatch::default() };
+    store.update_endpoint(org, slow.id, &rate(Some(1)), t(0)).await.unwrap().unwrap();
+    batch(store, org, 20, 0).await;
+    let (caps, w) = ((100, 16), WorkerId::new());
+    assert_eq!(claim_capped(store, w, 100, t(1), caps).await.len(), 2, "twice 1 per second");
+    assert!(claim_capped(store, w, 100, t(1), caps).await.is_empty());
+
+    store.update_endpoint(org, slow.id, &rate(Some(3)), t(2)).await.unwrap().unwrap();
+    assert_eq!(claim_capped(store, w, 100, t(2), caps).await.len(), 4, "6 in all");
+    // A rate above half the claim's cap leaves the claim's cap (and its own concurrency).
+    store.update_endpoint(org, slow.id, &rate(Some(100)), t(3)).await.unwrap().unwrap();
+    assert_eq!(claim_capped(store, w, 100, t(3), caps).await.len(), 10, "16 in all");
+    store.update_endpoint(org, slow.id, &rate(None), t(4)).await.unwrap().unwrap();
+    assert!(claim_capped(store, w, 100, t(4), caps).await.is_empty(), "still 16 in flight");
+}
+
 /// A FIFO endpoint never has two deliveries in flight, and they complete in event order:
 /// a retry holds the line, an expired lease makes the same delivery due again first, and a
 /// final failure lets the next one go. A parallel endpoint of the same organization is not

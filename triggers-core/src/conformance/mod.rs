@@ -55,6 +55,7 @@ pub use events::{
     events_round_trip_exactly,
 };
 pub use fairness::{
+    claims_hold_a_rate_limited_endpoint_to_twice_its_rate,
     claims_respect_an_endpoints_own_concurrency,
     claims_respect_endpoint_concurrency_and_the_breaker, claims_respect_the_organization_share,
     completing_and_claiming_takes_the_freed_places, concurrent_claimers_keep_a_fifo_line,
@@ -171,6 +172,7 @@ macro_rules! store_conformance_tests {
                 delivery_listing_reports_each_status,
                 completing_and_claiming_takes_the_freed_places,
                 claims_respect_an_endpoints_own_concurrency,
+                claims_hold_a_rate_limited_endpoint_to_twice_its_rate,
                 recovered_deliveries_join_the_fifo_line,
                 held_back_deliveries_never_crowd_out_a_claim,
                 expired_leases_are_claimed_in_due_order_within_the_caps,

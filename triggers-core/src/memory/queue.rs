@@ -91,9 +91,11 @@ impl State {
             let parallel_cap = if endpoint.failing_since.is_some() {
                 1
             } else {
-                // Its own limit, if lower than the claim's cap (see `DeliveryQueue::claim`).
+                // Its own limit, and twice its own rate, if lower than the claim's cap (see
+                // `DeliveryQueue::claim`).
                 let own = endpoint.endpoint.concurrency.unwrap_or(u32::MAX).max(1);
-                own.min(req.endpoint_concurrency)
+                let paced = endpoint.endpoint.rate_limit.map_or(u32::MAX, |r| r.saturating_mul(2));
+                own.min(paced.max(1)).min(req.endpoint_concurrency)
             };
             let mut head = q.line.first().and_then(|&(_, id)| {
                 let key = self.queue.deliveries.get(&id)?.due_key(id);

@@ -75,7 +75,9 @@ fn pick_by_walking(
         let cap = if d.seq.is_some() || endpoint.failing_since.is_some() {
             1
         } else {
-            endpoint.endpoint.concurrency.unwrap_or(u32::MAX).max(1).min(req.endpoint_concurrency)
+            let paced = endpoint.endpoint.rate_limit.map_or(u32::MAX, |r| r.saturating_mul(2));
+            let own = endpoint.endpoint.concurrency.unwrap_or(u32::MAX).max(1);
+            own.min(paced.max(1)).min(req.endpoint_concurrency)
         };
         let org_n = org_busy.entry(d.org).or_insert(0);
         let ep_n = endpoint_busy.entry(d.endpoint_id).or_insert(0);
@@ -131,6 +133,8 @@ async fn claims_pick_what_walking_every_due_delivery_picks() {
         // A lower limit of its own on one endpoint; another disabled later on.
         let mut state = store.lock().unwrap();
         state.endpoints.get_mut(&endpoints[0]).unwrap().endpoint.concurrency = Some(2);
+        // A rate of its own on another: twice it caps its leases.
+        state.endpoints.get_mut(&endpoints[3]).unwrap().endpoint.rate_limit = Some(1);
     }
     let workers = [WorkerId::new(), WorkerId::new()];
     let mut held = Vec::new();

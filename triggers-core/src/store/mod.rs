@@ -334,7 +334,11 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     ///   `req.endpoint_concurrency` live leases, or its own limit
     ///   ([`Endpoint::concurrency`], set through `update_endpoint`) when that is lower — an
     ///   endpoint's own limit can lower the claim's cap, never raise it (a stored 0 counts as
-    ///   1). The same rule as the webhook deliverer's per-node check, so the two agree;
+    ///   1). The same rule as the webhook deliverer's per-node check, so the two agree. An
+    ///   endpoint with a delivery rate of its own ([`Endpoint::rate_limit`], per second)
+    ///   holds at most twice its rate (at least 1) when that is lower still: what its rate
+    ///   does not let it send, the deliverer would only put back, and a low rate over a large
+    ///   backlog would keep the workers claiming and releasing it;
     /// - **circuit breaker**: a *failing* endpoint (its failing-since time is set: its latest
     ///   finished attempt failed — timeout, connection error, non-2xx — and none succeeded
     ///   since) holds at most one live lease. Its deliveries are tried one at a time, each a

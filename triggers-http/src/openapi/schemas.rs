@@ -178,7 +178,8 @@ fn webhook_properties() -> Value {
         "description": nullable(plain_text(0, 1024)),
         "headers": headers(),
         "rate_limit": nullable(json!({ "type": "integer", "minimum": 1, "maximum": 10000,
-            "description": "Deliveries per second to this endpoint at most" })),
+            "description": "Deliveries per second to this endpoint at most; it also holds \
+                            the endpoint to twice that many deliveries in flight" })),
         "concurrency": nullable(json!({ "type": "integer", "minimum": 1, "maximum": 1000,
             "description": "Deliveries in flight to this endpoint at most (the server's \
                             TRIGGERS_ENDPOINT_CONCURRENCY caps it)" })),

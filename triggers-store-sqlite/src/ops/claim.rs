@@ -17,8 +17,8 @@
 //! 2. `open`: every endpoint with outstanding parallel deliveries and its earliest `due_at`
 //!    (a loose scan of `deliveries_pending_due`, one index probe per endpoint, and its
 //!    expired leases), kept if it is due, enabled and under its caps (an endpoint's cap: 1
-//!    while failing — the circuit breaker —, else its own `concurrency` when lower than the
-//!    claim's); per organization only as many, earliest first, as the organization has room
+//!    while failing — the circuit breaker —, else its own `concurrency`, or twice its own
+//!    `rate_limit`, when lower than the claim's); per organization only as many, earliest first, as the organization has room
 //!    for; then the `limit` earliest. No other endpoint can hold one of the `limit` earliest
 //!    claimable deliveries: each endpoint kept has a claimable delivery no later than its
 //!    first one (its own, or an earlier one of its organization). The deliveries of an
@@ -186,6 +186,7 @@ struct EndpointCaps {
     enabled: bool,
     failing: bool,
     concurrency: Option<i64>,
+    rate_limit: Option<i64>,
 }
 
 impl EndpointCaps {
@@ -195,7 +196,10 @@ impl EndpointCaps {
             return 1;
         }
         let own = self.concurrency.map_or(claim_cap, |c| u64::try_from(c).unwrap_or(0));
-        own.min(claim_cap).max(1)
+        // Twice its own rate (`DeliveryQueue::claim`): more would only be put back.
+        let paced =
+            self.rate_limit.map_or(claim_cap, |r| u64::try_from(r).unwrap_or(0).saturating_mul(2));
+        own.min(paced).min(claim_cap).max(1)
     }
 }
 
@@ -210,7 +214,8 @@ impl Endpoints {
             Entry::Vacant(new) => {
                 let mut stmt = conn
                     .prepare_cached(
-                        "SELECT org_id, enabled, failing_since IS NOT NULL, concurrency
+                        "SELECT org_id, enabled, failing_since IS NOT NULL, concurrency,
+                                rate_limit
                          FROM endpoints WHERE seq = ?1",
                     )
                     .store()?;
@@ -220,6 +225,7 @@ impl Endpoints {
                         enabled: codec::int(row, 1)? != 0,
                         failing: codec::int(row, 2)? != 0,
                         concurrency: codec::opt_int(row, 3)?,
+                        rate_limit: codec::opt_int(row, 4)?,
                     })
                 })?)
             }
