@@ -143,9 +143,9 @@ impl State {
             match tenant.events.get_mut(&id) {
                 Some(row) => {
                     if row.event.status != EventStatus::Delivered {
-                        let (counts, finished) = (&mut tenant.by_status, &mut self.finished);
+                        let (by_status, finished) = (&mut tenant.by_status, &mut self.finished);
                         let delivered = EventStatus::Delivered;
-                        set_status(counts, finished, &mut row.event, delivered, Some(now));
+                        set_status(by_status, finished, &mut row.event, delivered, Some(now));
                     }
                     outcome.acknowledged.push(id);
                 }

@@ -202,13 +202,13 @@ impl State {
                     match c.state {
                         CompletionState::Delivered if event.outstanding.is_empty() => {
                             let (at, delivered) = (Some(c.record.at), EventStatus::Delivered);
-                            let (counts, finished) = (&mut tenant.by_status, &mut self.finished);
-                            set_status(counts, finished, &mut event.event, delivered, at);
+                            let (by_status, finished) = (&mut tenant.by_status, &mut self.finished);
+                            set_status(by_status, finished, &mut event.event, delivered, at);
                         }
                         CompletionState::Failed => {
-                            let (counts, finished) = (&mut tenant.by_status, &mut self.finished);
+                            let (by_status, finished) = (&mut tenant.by_status, &mut self.finished);
                             let failed = EventStatus::Failed;
-                            set_status(counts, finished, &mut event.event, failed, None);
+                            set_status(by_status, finished, &mut event.event, failed, None);
                         }
                         _ => {}
                     }

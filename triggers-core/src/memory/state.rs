@@ -642,8 +642,8 @@ impl State {
         if let Some(tenant) = self.orgs.get_mut(&org) {
             if let Some(event) = tenant.events.get_mut(&event_id) {
                 if event.event.status == EventStatus::Pending {
-                    let (counts, finished) = (&mut tenant.by_status, &mut self.finished);
-                    set_status(counts, finished, &mut event.event, EventStatus::Failed, None);
+                    let (by_status, finished) = (&mut tenant.by_status, &mut self.finished);
+                    set_status(by_status, finished, &mut event.event, EventStatus::Failed, None);
                 }
             }
         }
