@@ -121,15 +121,21 @@ impl WebhookConfig {
     /// a target this deliverer's SSRF policy is sure to refuse is refused at once (422) rather
     /// than accepted and then failed on every delivery. That is a host that is an IP address
     /// outside the global unicast range and not in [`allow`](Self::allow), or `localhost` /
-    /// `*.localhost` (which resolve to loopback, RFC 6761) when loopback is not allowed. Other
-    /// names are not resolved here — configuring a webhook makes no DNS query — and are
-    /// checked at each delivery, where DNS answers can change anyway.
+    /// `*.localhost` (which resolve to loopback, RFC 6761) when loopback is not allowed. IPv4
+    /// addresses are read the way resolvers read them (`127.1`, `2130706433`, `0x7f.0.0.1`
+    /// are all 127.0.0.1), and a trailing dot changes nothing. Other names are not resolved
+    /// here — configuring a webhook makes no DNS query — and are checked at each delivery,
+    /// where DNS answers can change anyway.
     ///
     /// ```
     /// use triggers_http::WebhookConfig;
     /// let strict = WebhookConfig::default().url_policy();
     /// assert!(strict("http://localhost:8888/hook").unwrap_err().contains("TRIGGERS_WEBHOOK_ALLOW"));
     /// assert!(strict("http://10.1.2.3/hook").is_err());
+    /// assert!(strict("http://2130706433/hook").is_err()); // 127.0.0.1
+    /// assert!(strict("http://127.1/hook").is_err());
+    /// assert!(strict("http://localhost./hook").is_err());
+    /// assert!(strict("https://123.example.com/in").is_ok());
     /// assert!(strict("https://hooks.example.com/in").is_ok());
     /// let local = WebhookConfig { allow: WebhookConfig::parse_allow("127.0.0.0/8").unwrap(), ..Default::default() };
     /// assert!(local.url_policy()("http://localhost:8888/hook").is_ok());
@@ -140,13 +146,18 @@ impl WebhookConfig {
             let target = deliverer::parse_target(url)?;
             let host = target.host();
             let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-            let lower = host.to_ascii_lowercase();
+            let lower = host.trim_end_matches('.').to_ascii_lowercase();
             let ip = match host.parse::<std::net::IpAddr>() {
                 Ok(ip) => ip,
-                Err(_) if lower == "localhost" || lower.ends_with(".localhost") => {
-                    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
-                }
-                Err(_) => return Ok(()),
+                // The URL standard's IPv4 forms (`127.1`, `2130706433`, `0x7f.0.0.1`), which
+                // resolvers accept too.
+                Err(_) => match url::Host::parse(host) {
+                    Ok(url::Host::Ipv4(v4)) => std::net::IpAddr::V4(v4),
+                    _ if lower == "localhost" || lower.ends_with(".localhost") => {
+                        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+                    }
+                    _ => return Ok(()),
+                },
             };
             policy.check(ip).map_err(|refused| {
                 format!(

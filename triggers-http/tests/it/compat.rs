@@ -122,6 +122,11 @@ async fn webhook_targets_the_policy_refuses_are_refused_when_configured() {
         "http://10.0.0.7/hook",
         "http://[::1]:8080/hook",
         "http://169.254.169.254/latest/meta-data",
+        // Other spellings resolvers read as 127.0.0.1 or loopback names.
+        "http://2130706433/hook",
+        "http://127.1/hook",
+        "http://0x7f.0.0.1/hook",
+        "http://localhost./hook",
     ] {
         let r = s.client.post("/api/webhook/config", &key, json!({ "url": url })).await;
         let p = r.problem(422, "invalid_field");
