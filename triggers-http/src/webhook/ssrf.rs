@@ -113,6 +113,10 @@ fn v4_kind(ip: Ipv4Addr) -> Option<&'static str> {
         (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => "documentation",
         (192, 88, 99) => "6to4 relay",
         (198, 18..=19, _) => "benchmarking",
+        // Azure's WireServer (host agent and platform DNS) answers every VM at this global
+        // address; no receiver of ours is there. (The other clouds' metadata services sit
+        // in link-local or shared space, refused above.)
+        _ if ip == Ipv4Addr::new(168, 63, 129, 16) => "cloud platform service",
         (224..=239, ..) => "multicast",
         (240..=255, ..) => "reserved",
         _ => return None,
@@ -216,6 +220,8 @@ mod tests {
             "172.31.255.255",
             "192.168.1.1",
             "169.254.169.254",
+            "168.63.129.16",
+            "::ffff:168.63.129.16",
             "100.64.0.1",
             "100.127.255.254",
             "0.0.0.0",
