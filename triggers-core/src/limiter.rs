@@ -151,6 +151,22 @@ impl RateLimiter {
         summary(true, limit, interval, tat, now_n, None)
     }
 
+    /// Takes over a decision made elsewhere (by a [`SharedRateLimiter`]) as `org`'s state, so
+    /// that [`peek`](Self::peek) reports what is left from it, refilling as time passes.
+    pub fn mirror(&self, org: OrganizationId, decision: &RateDecision, now: Timestamp) {
+        if decision.limit == crate::TierLimits::UNLIMITED {
+            return;
+        }
+        let used = i64::try_from(decision.reset.as_nanos()).unwrap_or(MINUTE_NANOS);
+        let tat = nanos(now).saturating_add(used);
+        match self.tat.get(&org) {
+            Some(cell) => cell.store(tat, Ordering::Release),
+            None => {
+                self.tat.insert(org, AtomicI64::new(tat));
+            }
+        }
+    }
+
     /// Drops the state of organizations whose allowance is full again (they are
     /// indistinguishable from new ones), so memory stays bounded by recently active keys.
     pub fn sweep(&self, now: Timestamp) {

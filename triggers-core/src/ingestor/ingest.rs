@@ -36,7 +36,9 @@ pub struct BatchIngested {
 }
 
 impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
-    /// The organization's rate-limit state, without charging anything.
+    /// The organization's rate-limit state, without charging anything. With a shared limiter,
+    /// the state its last answer to this node left, refilled since (other nodes' charges
+    /// since then are not seen).
     pub fn rate_status(&self, org: &Organization) -> RateDecision {
         let limit = self.inner.config.tier_limits.per_minute(org.tier);
         self.inner.limiter.peek(org.id, limit, self.now())
@@ -52,7 +54,12 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         let decision = match &self.inner.config.shared_limiter {
             // No limit: no store round trip either.
             _ if limit == crate::TierLimits::UNLIMITED => RateDecision::unlimited(),
-            Some(shared) => shared.check(org.id, limit, cost, now).await?,
+            Some(shared) => {
+                let decision = shared.check(org.id, limit, cost, now).await?;
+                // This node's view, for the headers of responses that charge nothing.
+                self.inner.limiter.mirror(org.id, &decision, now);
+                decision
+            }
             None => self.inner.limiter.check(org.id, limit, cost, now),
         };
         if decision.allowed {

@@ -298,3 +298,24 @@ async fn a_recover_with_a_shared_limiter_queues_no_more_than_the_allowance() {
         Err(Error::RateLimited(_))
     ));
 }
+
+/// With a shared limiter, the state reported for responses that charge nothing (the
+/// `X-RateLimit-*` headers of other routes) is what the shared limiter last said, not this
+/// node's own limiter, which that mode never charges.
+#[tokio::test]
+async fn rate_status_follows_the_shared_limiter() {
+    let clock = ManualClock::new();
+    let config = IngestorConfig {
+        shared_limiter: Some(std::sync::Arc::new(InProcessShared(RateLimiter::new()))),
+        ..config(&clock)
+    };
+    let ing = Ingestor::start(MemoryStore::new(), NoDeliverer, config);
+    let (org, _) = ing.create_organization("acme", Tier::Free).await.unwrap();
+    assert_eq!(ing.rate_status(&org).remaining, 5);
+    for _ in 0..3 {
+        ing.ingest(&org, ev("t")).await.unwrap();
+    }
+    assert_eq!(ing.rate_status(&org).remaining, 2, "free tier here: 5 a minute, 3 spent");
+    clock.advance(std::time::Duration::from_secs(24));
+    assert_eq!(ing.rate_status(&org).remaining, 4, "two units refilled");
+}
