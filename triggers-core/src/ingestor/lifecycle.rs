@@ -135,7 +135,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         let _turn = self.inner.gate.enter(org.id).await?;
 
         // Spent: 429 with the limiter's headers. (Not `rate_status`: with a shared limiter,
-        // this node's own limiter is never charged and would always look full.)
+        // that is only this node's last view, blind to other nodes' charges since.)
         let paid = self.charge(org, 1, now).await?;
         let batch = MAX_RECOVER.min(paid.limit).min(paid.remaining.saturating_add(1));
         let query = RecoverQuery { since, until, limit: batch };
