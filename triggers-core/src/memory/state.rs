@@ -372,11 +372,7 @@ impl Finished {
         before: Timestamp,
         n: usize,
     ) -> Vec<(Timestamp, OrganizationId, EventId)> {
-        let mut oldest = Vec::new();
-        while oldest.len() < n && self.0.first().is_some_and(|k| k.0 < before) {
-            oldest.extend(self.0.pop_first());
-        }
-        oldest
+        take_before(&mut self.0, before, n)
     }
 
     /// Every indexed event, for the tests that hold the index to the events.
@@ -384,6 +380,19 @@ impl Finished {
     pub(super) fn keys(&self) -> BTreeSet<(Timestamp, OrganizationId, EventId)> {
         self.0.clone()
     }
+}
+
+/// Takes out of a set ordered by time up to `n` of its first entries, those before `before`.
+fn take_before<K: Ord>(
+    set: &mut BTreeSet<(Timestamp, OrganizationId, K)>,
+    before: Timestamp,
+    n: usize,
+) -> Vec<(Timestamp, OrganizationId, K)> {
+    let mut oldest = Vec::new();
+    while oldest.len() < n && set.first().is_some_and(|k| k.0 < before) {
+        oldest.extend(set.pop_first());
+    }
+    oldest
 }
 
 /// The dedup entries of every organization by creation time, so that a purge forgets the
@@ -414,11 +423,7 @@ impl DedupExpiry {
         before: Timestamp,
         n: usize,
     ) -> Vec<(Timestamp, OrganizationId, Arc<str>)> {
-        let mut oldest = Vec::new();
-        while oldest.len() < n && self.0.first().is_some_and(|k| k.0 < before) {
-            oldest.extend(self.0.pop_first());
-        }
-        oldest
+        take_before(&mut self.0, before, n)
     }
 
     /// Every indexed entry, for the tests that hold the index to the maps.

@@ -29,7 +29,7 @@ pub(crate) struct Counting {
     operational: Arc<Held>,
 }
 
-/// Inserts of operational events wait for a permit while held.
+/// Calls that, once held, wait for a permit each.
 struct Held {
     held: std::sync::atomic::AtomicBool,
     permits: tokio::sync::Semaphore,
@@ -44,45 +44,54 @@ impl Default for Held {
     }
 }
 
-/// `stats` calls per organization: running now, and the most ever running at once; and,
-/// while they are held, the permits that let them finish.
-struct Reads {
-    running: Mutex<HashMap<OrganizationId, (u32, u32)>>,
-    held: std::sync::atomic::AtomicBool,
-    permits: tokio::sync::Semaphore,
-}
+impl Held {
+    fn hold(&self) {
+        self.held.store(true, Ordering::SeqCst);
+    }
 
-impl Default for Reads {
-    fn default() -> Self {
-        Self {
-            running: Mutex::default(),
-            held: std::sync::atomic::AtomicBool::new(false),
-            permits: tokio::sync::Semaphore::new(0),
+    fn release(&self, n: usize) {
+        self.permits.add_permits(n);
+    }
+
+    /// Returns at once unless held; then once a permit is given.
+    async fn pass(&self) {
+        if self.held.load(Ordering::SeqCst) {
+            if let Ok(permit) = self.permits.acquire().await {
+                permit.forget();
+            }
         }
     }
+}
+
+/// `stats` calls per organization: running now, and the most ever running at once; and
+/// their hold.
+#[derive(Default)]
+struct Reads {
+    running: Mutex<HashMap<OrganizationId, (u32, u32)>>,
+    gate: Held,
 }
 
 impl Counting {
     /// Makes `stats` calls wait (once counted as running) for a permit:
     /// [`release_reads`](Self::release_reads) gives one.
     pub(crate) fn hold_reads(&self) {
-        self.reads.held.store(true, Ordering::SeqCst);
+        self.reads.gate.hold();
     }
 
     /// Lets `n` held `stats` calls finish.
     pub(crate) fn release_reads(&self, n: usize) {
-        self.reads.permits.add_permits(n);
+        self.reads.gate.release(n);
     }
 
     /// Makes inserts of operational events (`triggers.endpoint.*`) wait for a permit:
     /// [`release_operational`](Self::release_operational) gives one.
     pub(crate) fn hold_operational(&self) {
-        self.operational.held.store(true, Ordering::SeqCst);
+        self.operational.hold();
     }
 
     /// Lets `n` held operational inserts go on.
     pub(crate) fn release_operational(&self, n: usize) {
-        self.operational.permits.add_permits(n);
+        self.operational.release(n);
     }
 
     /// `(running now, most at once)` of `org`'s `stats` calls.
@@ -187,10 +196,8 @@ impl EventLog for Counting {
         now: Timestamp,
     ) -> StoreResult<Vec<InsertOutcome>> {
         let operational = events.iter().any(|e| e.event_type.starts_with("triggers.endpoint."));
-        if operational && self.operational.held.load(Ordering::SeqCst) {
-            if let Ok(permit) = self.operational.permits.acquire().await {
-                permit.forget();
-            }
+        if operational {
+            self.operational.pass().await;
         }
         self.inner.insert_events(org, events, dedup_window, now).await
     }
@@ -228,11 +235,7 @@ impl EventLog for Counting {
             *most = (*most).max(*now);
         };
         change(1);
-        if self.reads.held.load(Ordering::SeqCst) {
-            if let Ok(permit) = self.reads.permits.acquire().await {
-                permit.forget();
-            }
-        }
+        self.reads.gate.pass().await;
         let stats = self.inner.stats(org).await;
         change(-1);
         stats

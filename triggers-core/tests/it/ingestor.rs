@@ -258,17 +258,20 @@ impl SharedRateLimiter for InProcessShared {
     }
 }
 
+/// An Ingestor like [`start`]'s, rate-limited by an [`InProcessShared`] limiter.
+fn start_shared(clock: &ManualClock) -> Ingestor<MemoryStore, NoDeliverer> {
+    let shared = std::sync::Arc::new(InProcessShared(RateLimiter::new()));
+    let config = IngestorConfig { shared_limiter: Some(shared), ..config(clock) };
+    Ingestor::start(MemoryStore::new(), NoDeliverer, config)
+}
+
 /// With a shared limiter (the PostgreSQL default), this node's own limiter is never charged:
 /// a recover sized by it saw a full allowance on every call and re-queued up to the tier's
 /// whole limit each time. It is sized by what the shared limiter says is left.
 #[tokio::test]
 async fn a_recover_with_a_shared_limiter_queues_no_more_than_the_allowance() {
     let clock = ManualClock::new();
-    let config = IngestorConfig {
-        shared_limiter: Some(std::sync::Arc::new(InProcessShared(RateLimiter::new()))),
-        ..config(&clock)
-    };
-    let ing = Ingestor::start(MemoryStore::new(), NoDeliverer, config);
+    let ing = start_shared(&clock);
     // Free tier here: 5 per minute. Disable (1), two events with a failed delivery each (2),
     // enable (1): one unit is left, so the recover queues one of the two and says more.
     let (org, _) = ing.create_organization("acme", Tier::Free).await.unwrap();
@@ -305,11 +308,7 @@ async fn a_recover_with_a_shared_limiter_queues_no_more_than_the_allowance() {
 #[tokio::test]
 async fn rate_status_follows_the_shared_limiter() {
     let clock = ManualClock::new();
-    let config = IngestorConfig {
-        shared_limiter: Some(std::sync::Arc::new(InProcessShared(RateLimiter::new()))),
-        ..config(&clock)
-    };
-    let ing = Ingestor::start(MemoryStore::new(), NoDeliverer, config);
+    let ing = start_shared(&clock);
     let (org, _) = ing.create_organization("acme", Tier::Free).await.unwrap();
     assert_eq!(ing.rate_status(&org).remaining, 5);
     for _ in 0..3 {
