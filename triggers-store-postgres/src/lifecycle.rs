@@ -9,7 +9,9 @@
 
 use sqlx::types::Uuid;
 use sqlx::{PgConnection, Row};
-use triggers_core::store::{EndpointPatch, EndpointUpdate, RecoverQuery, Recovered, StoreResult};
+use triggers_core::store::{
+    EndpointPatch, EndpointUpdate, RecoverQuery, Recovered, StoreResult, DISABLE_BATCH,
+};
 use triggers_core::{
     DeliveryOrdering, EndpointId, OrganizationId, Timestamp, TypeGlob, DISABLED_BY_REQUEST,
 };
@@ -18,16 +20,23 @@ use crate::error::{corrupt, map};
 use crate::rows::{self, ENDPOINT_COLUMNS};
 use crate::PgStore;
 
-/// Fails every outstanding delivery of the given endpoints: `$1` endpoint ids, `$2` reasons,
-/// `$3` times.
+/// Fails at most `$4` outstanding deliveries of each of the given endpoints: `$1` endpoint
+/// ids, `$2` reasons, `$3` times. Each endpoint's pick is a range of
+/// `deliveries_by_endpoint`.
 const FAIL_OUTSTANDING_SQL: &str = r#"
 WITH x AS (
     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS x(endpoint_id, reason, at)
 ),
+picked AS (
+    SELECT p.id, x.reason, x.at FROM x
+    CROSS JOIN LATERAL (
+        SELECT d.id FROM deliveries d WHERE d.endpoint_id = x.endpoint_id LIMIT $4
+    ) p
+),
 gone AS (
-    DELETE FROM deliveries d USING x
-    WHERE d.endpoint_id = x.endpoint_id
-    RETURNING d.event_id, d.endpoint_id, d.organization_id, x.reason, x.at
+    DELETE FROM deliveries d USING picked
+    WHERE d.id = picked.id
+    RETURNING d.event_id, d.endpoint_id, d.organization_id, picked.reason, picked.at
 ),
 remembered AS (
     INSERT INTO failed_deliveries
@@ -109,8 +118,8 @@ SELECT (SELECT count(*) FROM gone) AS queued, (SELECT count(*) FROM picked) AS p
        (SELECT count(*) FROM wake) AS woke
 "#;
 
-/// Fails the outstanding deliveries of `endpoints` (already locked or being disabled in
-/// this transaction) with their reasons; returns how many.
+/// Fails at most [`DISABLE_BATCH`] outstanding deliveries of each of `endpoints` (being
+/// disabled in this transaction, or disabled) with their reasons; returns how many.
 pub(crate) async fn fail_outstanding(
     tx: &mut PgConnection,
     endpoints: &[(Uuid, String)],
@@ -129,11 +138,43 @@ pub(crate) async fn fail_outstanding(
         .bind(endpoints.iter().map(|e| e.0).collect::<Vec<_>>())
         .bind(endpoints.iter().map(|e| e.1.as_str()).collect::<Vec<_>>())
         .bind(endpoints.iter().map(|_| at).collect::<Vec<_>>())
+        .bind(i64::try_from(DISABLE_BATCH).unwrap_or(i64::MAX))
         .fetch_one(&mut *tx)
         .await?;
     let n: i64 = row.try_get("n")?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
+
+/// One step of `EndpointStore::finish_disabling`, inside `tx`: locks the endpoint if it is
+/// disabled and fails at most [`DISABLE_BATCH`] of its outstanding deliveries with its
+/// reason; 0 for an enabled, unknown or foreign one.
+pub(crate) async fn fail_left_behind(
+    tx: &mut PgConnection,
+    org: OrganizationId,
+    id: EndpointId,
+    at: Timestamp,
+) -> Result<u64, sqlx::Error> {
+    let found = sqlx::query(
+        // Locked and read again after any wait: an enable that committed meanwhile (having
+        // failed what was left first) leaves nothing to do.
+        "SELECT coalesce(disabled_reason, $3) AS reason FROM endpoints
+         WHERE id = $1 AND organization_id = $2 AND NOT enabled FOR UPDATE",
+    )
+    .bind(id.0)
+    .bind(org.0)
+    .bind(DISABLED_BY_REQUEST)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(found) = found else { return Ok(0) };
+    let reason: String = found.try_get("reason")?;
+    fail_outstanding(tx, &[(id.0, reason)], at).await
+}
+
+/// `EndpointStore::unfinished_disables`: each disabled endpoint is one probe of
+/// `deliveries_by_endpoint`.
+pub(crate) const UNFINISHED_DISABLES_SQL: &str = "
+SELECT e.organization_id, e.id FROM endpoints e
+WHERE NOT e.enabled AND EXISTS (SELECT 1 FROM deliveries d WHERE d.endpoint_id = e.id)";
 
 fn encode_headers(headers: &[(String, String)]) -> StoreResult<Option<String>> {
     if headers.is_empty() {
@@ -221,32 +262,29 @@ impl PgStore {
         if let Some(ordering) = patch.ordering {
             crate::orgs::set_ordering(&mut tx, id, ordering).await.map_err(map)?;
         }
-        let mut failed = 0;
-        match patch.enabled {
-            Some(true) if !was_enabled => {
-                sqlx::query(
-                    "UPDATE endpoints SET enabled = true, disabled_reason = NULL,
-                         failing_since = NULL
-                     WHERE id = $1",
-                )
-                .bind(id.0)
-                .execute(&mut *tx)
-                .await
-                .map_err(map)?;
-            }
-            Some(false) if was_enabled => {
-                sqlx::query(
-                    "UPDATE endpoints SET enabled = false, disabled_reason = $2 WHERE id = $1",
-                )
+        if patch.enabled == Some(false) && was_enabled {
+            sqlx::query("UPDATE endpoints SET enabled = false, disabled_reason = $2 WHERE id = $1")
                 .bind(id.0)
                 .bind(DISABLED_BY_REQUEST)
                 .execute(&mut *tx)
                 .await
                 .map_err(map)?;
-                let doomed = [(id.0, DISABLED_BY_REQUEST.to_owned())];
-                failed = fail_outstanding(&mut tx, &doomed, now).await.map_err(map)?;
-            }
-            _ => {}
+        }
+        // Disabling, or enabling over what a disable left behind: at most one batch here,
+        // the rest in transactions of their own (`triggers_core::store::update_in_batches`).
+        let failed = match patch.enabled {
+            Some(_) => fail_left_behind(&mut tx, org, id, now).await.map_err(map)?,
+            None => 0,
+        };
+        if patch.enabled == Some(true) && !was_enabled {
+            sqlx::query(
+                "UPDATE endpoints SET enabled = true, disabled_reason = NULL, failing_since = NULL
+                 WHERE id = $1",
+            )
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(map)?;
         }
         let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE id = $1");
         let row = sqlx::query(&sql).bind(id.0).fetch_one(&mut *tx).await.map_err(map)?;
@@ -257,6 +295,19 @@ impl PgStore {
             self.fire_local();
         }
         Ok(Some(EndpointUpdate { endpoint, was_enabled, failed }))
+    }
+
+    /// One step of `EndpointStore::finish_disabling`: a transaction of its own.
+    pub(crate) async fn fail_left_behind(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let mut tx = self.pool().begin().await.map_err(|e| self.fail(e))?;
+        let failed = fail_left_behind(&mut tx, org, id, now).await.map_err(|e| self.fail(e))?;
+        tx.commit().await.map_err(|e| self.fail(e))?;
+        Ok(failed)
     }
 
     /// `EndpointStore::recover`: one transaction; the endpoint's row lock serializes it with

@@ -153,7 +153,36 @@ impl EndpointStore for PgStore {
         patch: &EndpointPatch,
         now: Timestamp,
     ) -> StoreResult<Option<EndpointUpdate>> {
-        self.patch_endpoint(org, id, patch, now).await
+        // The endpoint's change is one transaction, failing its backlog more transactions of
+        // at most `DISABLE_BATCH` deliveries each, so the endpoint's lock is never held for
+        // the whole backlog.
+        let update = || self.patch_endpoint(org, id, patch, now);
+        let batch = || self.fail_left_behind(org, id, now);
+        triggers_core::store::update_in_batches(patch.enabled == Some(true), update, batch).await
+    }
+
+    async fn finish_disabling(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        triggers_core::store::fail_in_batches(|| self.fail_left_behind(org, id, now)).await
+    }
+
+    async fn unfinished_disables(&self) -> StoreResult<Vec<(OrganizationId, EndpointId)>> {
+        let found = sqlx::query(crate::lifecycle::UNFINISHED_DISABLES_SQL)
+            .fetch_all(self.pool())
+            .await
+            .map_err(|e| self.fail(e))?;
+        found
+            .iter()
+            .map(|row| {
+                let org: sqlx::types::Uuid = crate::rows::get(row, "organization_id")?;
+                let id: sqlx::types::Uuid = crate::rows::get(row, "id")?;
+                Ok((OrganizationId(org), EndpointId(id)))
+            })
+            .collect()
     }
 
     async fn recover(

@@ -207,8 +207,31 @@ impl EndpointStore for SqliteStore {
         patch: &EndpointPatch,
         now: Timestamp,
     ) -> StoreResult<Option<EndpointUpdate>> {
+        // The endpoint's change is one write, failing its backlog more writes of at most
+        // `DISABLE_BATCH` deliveries each: other organizations' writes run between them.
+        let enabling = patch.enabled == Some(true);
         let patch = patch.clone();
-        self.write_for(org, 1, move |c| lifecycle::update_endpoint(c, org, id, &patch, now)).await
+        let update =
+            || self.write_for(org, 1, move |c| lifecycle::update_endpoint(c, org, id, &patch, now));
+        let batch =
+            || self.write_for(org, 1, move |c| lifecycle::fail_left_behind(c, org, id, now));
+        triggers_core::store::update_in_batches(enabling, update, batch).await
+    }
+
+    async fn finish_disabling(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        triggers_core::store::fail_in_batches(|| {
+            self.write_for(org, 1, move |c| lifecycle::fail_left_behind(c, org, id, now))
+        })
+        .await
+    }
+
+    async fn unfinished_disables(&self) -> StoreResult<Vec<(OrganizationId, EndpointId)>> {
+        self.read(lifecycle::unfinished_disables).await
     }
 
     async fn recover(

@@ -7,8 +7,8 @@ use crate::domain::{EndpointId, WorkerId};
 use crate::store::{CompletionState, EndpointPatch, EventStore, InsertOutcome, RecoverQuery};
 
 use super::support::{
-    claim, claim_one, complete, completion, detail, endpoint, glob, insert, insert_one, new_org,
-    record, status, t,
+    claim, claim_one, complete, completion, detail, endpoint, glob, insert, insert_one, inserted,
+    new_org, record, status, t,
 };
 
 fn disable() -> EndpointPatch {
@@ -281,4 +281,95 @@ pub async fn excluded_endpoints_get_nothing<S: EventStore>(store: &S) {
     store.update_endpoint(org, subject.id, &enable(), t(4)).await.unwrap().unwrap();
     let none = store.recover(org, subject.id, window(0, None, 10), t(5)).await.unwrap().unwrap();
     assert_eq!(none.queued, 0);
+}
+
+/// Disabling fails a backlog larger than [`DISABLE_BATCH`](crate::store::DISABLE_BATCH)
+/// entirely, through `update_endpoint`. A completion that disables an endpoint fails at most
+/// one batch: the rest stays outstanding, is never claimed, is listed by
+/// `unfinished_disables`, and `finish_disabling` fails it with the completion's reason.
+/// Enabling over such a rest fails it first (nothing queued before the disable is delivered
+/// after it). `finish_disabling` changes nothing for an enabled, foreign or finished
+/// endpoint.
+pub async fn disabling_fails_a_large_backlog_in_batches<S: EventStore>(store: &S) {
+    use crate::store::{DeliveryQuery, DeliveryState, DeliveryStatus, DISABLE_BATCH};
+    let n = DISABLE_BATCH + 7;
+    let (org, stranger) = (new_org(store).await, new_org(store).await);
+    let gone = endpoint(store, org, Some("a.*"), t(0)).await;
+    let patched = endpoint(store, org, Some("b.*"), t(0)).await;
+    let revived = endpoint(store, org, Some("c.*"), t(0)).await;
+    let bystander = endpoint(store, org, Some("d.*"), t(0)).await;
+    let mut events = std::collections::HashMap::new();
+    for (ty, at) in [("a.x", 1), ("b.x", 2), ("c.x", 2)] {
+        let mut ids = Vec::with_capacity(n);
+        for chunk in 0..n.div_ceil(100) {
+            let count = (n - chunk * 100).min(100);
+            let records = (0..count).map(|_| record(ty, t(at))).collect();
+            ids.extend(insert(store, org, records, t(at)).await.iter().map(inserted));
+        }
+        events.insert(ty, ids);
+    }
+    let kept = insert_one(store, org, "d.x", t(2)).await;
+    assert_eq!(store.queue_depth().await.unwrap(), 3 * n as u64 + 1);
+
+    // A completion disables `gone` (its own delivery retried): one batch at most is failed.
+    let w = WorkerId::new();
+    let first = claim_one(store, w, t(1)).await;
+    assert_eq!(first.endpoint_id, gone.id, "only `a.x` deliveries are due at t(1)");
+    let mut c = completion(&first, CompletionState::Retry { at: t(50) }, t(3));
+    c.disable_endpoint = Some("410 Gone".into());
+    assert!(complete(store, c).await);
+    let left = store.queue_depth().await.unwrap() - (2 * n as u64 + 1);
+    assert!(left >= (n - DISABLE_BATCH) as u64, "at most one batch failed: {left} left");
+    let unfinished = store.unfinished_disables().await.unwrap();
+    assert_eq!(unfinished, vec![(org, gone.id)]);
+    let claimed = claim(store, w, 100, t(100)).await;
+    assert!(claimed.iter().all(|d| d.endpoint_id != gone.id), "a disabled endpoint was claimed");
+    for d in &claimed {
+        let released = store.release(d.id, d.lease_owner, d.attempt, None).await.unwrap();
+        assert!(released);
+    }
+
+    assert_eq!(store.finish_disabling(stranger, gone.id, t(4)).await.unwrap(), 0, "foreign");
+    assert_eq!(store.queue_depth().await.unwrap(), 2 * n as u64 + 1 + left, "nothing changed");
+    assert_eq!(store.finish_disabling(org, gone.id, t(4)).await.unwrap(), left);
+    assert_eq!(store.finish_disabling(org, gone.id, t(5)).await.unwrap(), 0, "finished");
+    assert_eq!(store.finish_disabling(org, bystander.id, t(5)).await.unwrap(), 0, "enabled");
+    assert_eq!(store.queue_depth().await.unwrap(), 2 * n as u64 + 1);
+    assert_eq!(store.unfinished_disables().await.unwrap(), vec![]);
+    for id in [events["a.x"][0], events["a.x"][n - 1]] {
+        assert_eq!(status(store, org, id).await, EventStatus::Failed);
+    }
+    let query = DeliveryQuery { status: Some(DeliveryStatus::Failed), before: None, limit: 2000 };
+    let failed = store.endpoint_deliveries(org, gone.id, &query).await.unwrap().unwrap();
+    assert_eq!(failed.len(), n, "every delivery of `gone` is failed");
+    for entry in &failed {
+        let DeliveryState::Failed { reason, .. } = &entry.state else { panic!("{entry:?}") };
+        assert_eq!(reason, "410 Gone", "the completion's reason, also for the later batches");
+    }
+
+    // Disabling through `update_endpoint` fails the whole backlog before it returns.
+    let up = store.update_endpoint(org, patched.id, &disable(), t(6)).await.unwrap().unwrap();
+    assert_eq!((up.was_enabled, up.failed), (true, n as u64));
+    assert_eq!(store.queue_depth().await.unwrap(), n as u64 + 1);
+    assert_eq!(status(store, org, events["b.x"][n - 1]).await, EventStatus::Failed);
+
+    // Enabling over what a completion's disable left: failed first, then enabled.
+    let second = claim(store, w, 100, t(7)).await;
+    let to_revived = second.iter().find(|d| d.endpoint_id == revived.id).unwrap();
+    let mut c = completion(to_revived, CompletionState::Failed, t(7));
+    c.disable_endpoint = Some("failing for too long".into());
+    assert!(complete(store, c).await);
+    for d in second.iter().filter(|d| d.endpoint_id != revived.id) {
+        assert!(store.release(d.id, d.lease_owner, d.attempt, None).await.unwrap());
+    }
+    let rest = store.queue_depth().await.unwrap() - 1;
+    assert!(rest > 0, "a completion fails one batch at most");
+    let back = store.update_endpoint(org, revived.id, &enable(), t(8)).await.unwrap().unwrap();
+    assert!(!back.was_enabled && back.endpoint.enabled);
+    assert_eq!(back.failed, rest, "enabling failed what the disable left");
+    assert_eq!(store.queue_depth().await.unwrap(), 1, "only the bystander's delivery");
+    assert_eq!(status(store, org, events["c.x"][n - 1]).await, EventStatus::Failed);
+    let last = claim(store, w, 100, t(200)).await;
+    assert_eq!(last.len(), 1);
+    assert_eq!((last[0].endpoint_id, last[0].event_id), (bystander.id, kept));
 }

@@ -72,7 +72,8 @@ pub use inbox::{
 };
 pub use lifecycle::{
     a_recovered_delivery_keeps_its_event_open,
-    disabling_an_endpoint_fails_its_outstanding_deliveries, endpoints_are_found_and_patched,
+    disabling_an_endpoint_fails_its_outstanding_deliveries,
+    disabling_fails_a_large_backlog_in_batches, endpoints_are_found_and_patched,
     excluded_endpoints_get_nothing, recover_requeues_failed_deliveries,
     recover_takes_the_oldest_by_creation_time,
 };
@@ -152,6 +153,7 @@ macro_rules! store_conformance_tests {
                 reclaimed_leases_are_due_at_once,
                 endpoints_are_found_and_patched,
                 disabling_an_endpoint_fails_its_outstanding_deliveries,
+                disabling_fails_a_large_backlog_in_batches,
                 recover_requeues_failed_deliveries,
                 recover_takes_the_oldest_by_creation_time,
                 a_recovered_delivery_keeps_its_event_open,

@@ -142,7 +142,26 @@ impl EndpointStore for MemoryStore {
         patch: &EndpointPatch,
         now: Timestamp,
     ) -> StoreResult<Option<EndpointUpdate>> {
-        Ok(self.lock()?.update_endpoint(org, id, patch, now))
+        // The mutex is let go between batches: one endpoint's backlog does not stop every
+        // organization's calls for as long as failing all of it takes.
+        let enabling = patch.enabled == Some(true);
+        let update = || async { Ok(self.lock()?.update_endpoint(org, id, patch, now)) };
+        let batch = || async { Ok(self.lock()?.fail_left_behind(org, id, now)) };
+        crate::store::update_in_batches(enabling, update, batch).await
+    }
+
+    async fn finish_disabling(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        crate::store::fail_in_batches(|| async { Ok(self.lock()?.fail_left_behind(org, id, now)) })
+            .await
+    }
+
+    async fn unfinished_disables(&self) -> StoreResult<Vec<(OrganizationId, EndpointId)>> {
+        Ok(self.lock()?.unfinished_disables())
     }
 
     async fn recover(

@@ -173,23 +173,54 @@ impl State {
         if let Some(concurrency) = patch.concurrency {
             ep.concurrency = concurrency;
         }
-        let mut disable = false;
-        match patch.enabled {
-            Some(true) if !was_enabled => {
-                ep.enabled = true;
-                ep.disabled_reason = None;
-                row.failing_since = None;
-            }
-            Some(false) if was_enabled => {
-                ep.enabled = false;
-                ep.disabled_reason = Some(DISABLED_BY_REQUEST.to_owned());
-                disable = true;
-            }
-            _ => {}
+        if patch.enabled == Some(false) && was_enabled {
+            ep.enabled = false;
+            ep.disabled_reason = Some(DISABLED_BY_REQUEST.to_owned());
         }
-        let endpoint = ep.clone();
-        let failed = if disable { self.fail_outstanding(id, DISABLED_BY_REQUEST, now) } else { 0 };
+        // Disabling, or enabling over what a disable left behind: at most one batch here,
+        // the rest in writes of their own (`store::update_in_batches`).
+        let failed = match patch.enabled {
+            Some(_) if !self.own_endpoint(org, id)?.endpoint.enabled => {
+                self.fail_left_behind(org, id, now)
+            }
+            _ => 0,
+        };
+        let row = self.own_endpoint(org, id)?;
+        if patch.enabled == Some(true) && !was_enabled {
+            row.endpoint.enabled = true;
+            row.endpoint.disabled_reason = None;
+            row.failing_since = None;
+        }
+        let endpoint = row.endpoint.clone();
         Some(EndpointUpdate { endpoint, was_enabled, failed })
+    }
+
+    /// One batch of `EndpointStore::finish_disabling`: fails at most
+    /// [`DISABLE_BATCH`](crate::store::DISABLE_BATCH) outstanding deliveries of a disabled
+    /// endpoint with its reason; 0 for an enabled, unknown or foreign one.
+    pub(super) fn fail_left_behind(
+        &mut self,
+        org: OrganizationId,
+        id: EndpointId,
+        now: Timestamp,
+    ) -> u64 {
+        let Some(row) = self.own_endpoint(org, id) else { return 0 };
+        if row.endpoint.enabled {
+            return 0;
+        }
+        let reason = row.endpoint.disabled_reason.clone();
+        self.fail_outstanding(id, reason.as_deref().unwrap_or(DISABLED_BY_REQUEST), now)
+    }
+
+    /// `EndpointStore::unfinished_disables`.
+    pub(super) fn unfinished_disables(&self) -> Vec<(OrganizationId, EndpointId)> {
+        let has_backlog =
+            |id| self.queue.by_endpoint.get(id).is_some_and(|q| q.ids().next().is_some());
+        self.endpoints
+            .iter()
+            .filter(|(id, row)| !row.endpoint.enabled && has_backlog(*id))
+            .map(|(id, row)| (row.endpoint.organization_id, *id))
+            .collect()
     }
 
     pub(super) fn recover(

@@ -163,6 +163,7 @@ impl State {
             return false;
         }
         let (org, event_id, endpoint_id) = (row.org, row.event_id, row.endpoint_id);
+        let mut disabled_now = false;
         if let Some(endpoint) = self.endpoints.get_mut(&endpoint_id) {
             match c.state {
                 CompletionState::Delivered => endpoint.failing_since = None,
@@ -171,6 +172,7 @@ impl State {
                 }
             }
             if let Some(reason) = &c.disable_endpoint {
+                disabled_now = endpoint.endpoint.enabled;
                 endpoint.endpoint.enabled = false;
                 endpoint.endpoint.disabled_reason = Some(reason.clone());
             }
@@ -215,7 +217,8 @@ impl State {
                 }
             }
         }
-        if let Some(reason) = &c.disable_endpoint {
+        // One batch, by the completion that disabled it (see `store::DISABLE_BATCH`).
+        if let (Some(reason), true) = (&c.disable_endpoint, disabled_now) {
             self.fail_outstanding(endpoint_id, reason, c.record.at);
         }
         true

@@ -670,16 +670,20 @@ impl State {
         self.failed.insert(endpoint_id, event_id, row);
     }
 
-    /// Fails every outstanding delivery of an endpoint (it was just disabled); returns how
-    /// many.
+    /// Fails at most [`DISABLE_BATCH`](crate::store::DISABLE_BATCH) outstanding deliveries of
+    /// a disabled endpoint; returns how many.
     pub(super) fn fail_outstanding(
         &mut self,
         endpoint_id: EndpointId,
         reason: &str,
         at: Timestamp,
     ) -> u64 {
-        let doomed: Vec<DeliveryId> =
-            self.queue.by_endpoint.get(&endpoint_id).map(|q| q.ids().collect()).unwrap_or_default();
+        let doomed: Vec<DeliveryId> = self
+            .queue
+            .by_endpoint
+            .get(&endpoint_id)
+            .map(|q| q.ids().take(crate::store::DISABLE_BATCH).collect())
+            .unwrap_or_default();
         let n = doomed.len() as u64;
         for id in doomed {
             if let Some(row) = self.remove_delivery(id) {

@@ -74,6 +74,17 @@ macro_rules! forward {
             ) -> StoreResult<Option<Recovered>> {
                 (**self).recover(org, id, query, now).await
             }
+            async fn finish_disabling(
+                &self,
+                org: OrganizationId,
+                id: EndpointId,
+                now: Timestamp,
+            ) -> StoreResult<u64> {
+                (**self).finish_disabling(org, id, now).await
+            }
+            async fn unfinished_disables(&self) -> StoreResult<Vec<(OrganizationId, EndpointId)>> {
+                (**self).unfinished_disables().await
+            }
             async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
                 (**self).delete_endpoint(org, id).await
             }

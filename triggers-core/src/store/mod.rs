@@ -19,6 +19,9 @@
 //!   predecessor's completion would survive a power loss, so the line never moves past a
 //!   delivery that a power loss could make outstanding again.
 //! - **Atomicity**: a method either applies all its writes or none; on `Err` nothing changed.
+//!   The one exception is failing a disabled endpoint's backlog, which is done in bounded
+//!   batches (see [`DISABLE_BATCH`]): each batch is atomic, and what an interrupted disable
+//!   leaves is never claimed and is failed by the next call that touches it.
 //! - **Time**: stores never read the clock. `now` is always passed in.
 //! - **Errors**: see [`StoreError`]; transient failures are `Unavailable` / `Overloaded`.
 //! - **Limits**: every store is configured with [`StoreLimits`] (default
@@ -49,6 +52,72 @@ use crate::domain::key::KeyHash;
 use crate::domain::org::Organization;
 use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret};
 use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
+
+/// Most outstanding deliveries of one endpoint that one write fails when the endpoint is
+/// disabled.
+///
+/// One endpoint's backlog is bounded only by its organization's rate limit times the retry
+/// schedule, so failing all of it in one write could hold a store's writer (SQLite), an
+/// endpoint lock and a completion batch shared with other organizations (PostgreSQL) or the
+/// store's mutex (memory) for seconds. Disabling therefore takes effect in one write — from
+/// then on no delivery of the endpoint is claimed and inserts give it failed deliveries — and
+/// its outstanding deliveries are failed in writes of at most this many each, other
+/// organizations' writes running between them:
+/// - [`EndpointStore::update_endpoint`] returns once none is left;
+/// - [`DeliveryQueue::complete`] fails at most this many itself (its batch is shared with
+///   other organizations' completions) and leaves the rest, unclaimed, to
+///   [`EndpointStore::finish_disabling`] (the worker pool calls it right after);
+/// - if a disable stops half-way (an error, a crash), what is left is never claimed and is
+///   failed by `finish_disabling`, by the next disable of the endpoint, or by enabling it
+///   (which fails it first, so nothing queued before the disable is delivered after it).
+///   The SQLite and PostgreSQL stores also finish every such endpoint when they open.
+pub const DISABLE_BATCH: usize = 1_000;
+
+/// Runs `batch` — one write that fails at most [`DISABLE_BATCH`] outstanding deliveries of a
+/// disabled endpoint and returns how many it failed — until a run fails fewer; returns how
+/// many were failed in all. What every store's [`EndpointStore::finish_disabling`] is made of.
+///
+/// It ends: a disabled endpoint gets no new outstanding deliveries (inserts and replays give
+/// it failed ones, claims and recovers pass it over), so every full batch shrinks a finite set.
+pub async fn fail_in_batches<B, F>(mut batch: B) -> StoreResult<u64>
+where
+    B: FnMut() -> F,
+    F: std::future::Future<Output = StoreResult<u64>>,
+{
+    let mut total = 0;
+    loop {
+        let failed = batch().await?;
+        total += failed;
+        if failed < DISABLE_BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+/// [`EndpointStore::update_endpoint`] in batches, for a store whose `update` write applies the
+/// patch and fails at most [`DISABLE_BATCH`] outstanding deliveries when the endpoint is (or
+/// becomes) disabled, or is enabled over what a disable left behind, and whose `batch` write
+/// is one step of [`EndpointStore::finish_disabling`]: an enable first fails what is left in
+/// batches, then runs `update`; a disable runs `update`, then fails the rest in batches.
+pub async fn update_in_batches<U, FU, B, FB>(
+    enabling: bool,
+    update: U,
+    mut batch: B,
+) -> StoreResult<Option<EndpointUpdate>>
+where
+    U: FnOnce() -> FU,
+    FU: std::future::Future<Output = StoreResult<Option<EndpointUpdate>>>,
+    B: FnMut() -> FB,
+    FB: std::future::Future<Output = StoreResult<u64>>,
+{
+    let before = if enabling { fail_in_batches(&mut batch).await? } else { 0 };
+    let Some(mut update) = update().await? else { return Ok(None) };
+    if !update.endpoint.enabled && update.failed >= DISABLE_BATCH as u64 {
+        update.failed += fail_in_batches(batch).await?;
+    }
+    update.failed += before;
+    Ok(Some(update))
+}
 
 /// Organizations and their API key hashes, plus the store's health check.
 #[async_trait]
@@ -117,13 +186,19 @@ pub trait EndpointStore: Send + Sync + 'static {
     /// whether it was enabled before; `None` for an unknown or foreign id (nothing changed).
     ///
     /// - `enabled: Some(true)` enables it, clears `disabled_reason` and its failing-since
-    ///   time; deliveries failed while it was disabled stay failed (see `recover`).
+    ///   time; deliveries failed while it was disabled stay failed (see `recover`). Outstanding
+    ///   deliveries a disable left behind (see [`DISABLE_BATCH`]) are failed first, with the
+    ///   disabled reason, and counted in `failed`.
     /// - `enabled: Some(false)` on an enabled endpoint disables it with reason
     ///   [`DISABLED_BY_REQUEST`](crate::domain::webhook::DISABLED_BY_REQUEST) and fails every
     ///   outstanding delivery of it (pending or in flight, whose worker then finds its
     ///   completion stale) with that reason: no attempt is recorded, a `pending` event
     ///   becomes `failed`. `failed` counts them. Disabling a disabled endpoint keeps its
-    ///   reason and fails nothing.
+    ///   reason and fails only what a disable left behind, with that reason.
+    /// - The endpoint's own change (and the disable) is one write; failing its outstanding
+    ///   deliveries takes writes of at most [`DISABLE_BATCH`] each (for an enable, before the
+    ///   write that enables it), so other organizations' writes are not held up by one
+    ///   endpoint's backlog.
     /// - A new filter applies to events inserted from then on.
     /// - A new `ordering` applies as [`set_endpoint_ordering`](Self::set_endpoint_ordering)
     ///   describes.
@@ -155,6 +230,27 @@ pub trait EndpointStore: Send + Sync + 'static {
         query: RecoverQuery,
         now: Timestamp,
     ) -> StoreResult<Option<Recovered>>;
+
+    /// Fails the outstanding deliveries a *disabled* endpoint still has — those a
+    /// [`complete`](DeliveryQueue::complete) that disabled it left, or a disable that stopped
+    /// half-way — with its disabled reason, in writes of at most [`DISABLE_BATCH`] each, as
+    /// disabling through `update_endpoint` would have; returns how many. An enabled, unknown
+    /// or foreign endpoint: nothing changes, `0`.
+    ///
+    /// The worker pool calls it for every endpoint its completions disabled, and at start-up
+    /// for every endpoint [`unfinished_disables`](Self::unfinished_disables) names.
+    async fn finish_disabling(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        now: Timestamp,
+    ) -> StoreResult<u64>;
+
+    /// The disabled endpoints, of every organization, that still have outstanding deliveries
+    /// (left by a completion that disabled them, or by a disable that stopped half-way, for
+    /// instance in a crash), for [`finish_disabling`](Self::finish_disabling). Work in the
+    /// number of disabled endpoints, not in their deliveries.
+    async fn unfinished_disables(&self) -> StoreResult<Vec<(OrganizationId, EndpointId)>>;
 
     /// Deletes an endpoint and cancels its outstanding (pending or in-flight) deliveries; a
     /// worker still holding a lease on one finds its completion stale, but its attempt is
@@ -381,8 +477,10 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     ///   own time, not the time of the call) if it was not failing already; a later failure
     ///   keeps the earlier time;
     /// - `disable_endpoint: Some(reason)` disables the endpoint with that reason and then
-    ///   fails every outstanding delivery of it with that reason (also this one after a
-    ///   `Retry`), exactly like disabling through `update_endpoint`.
+    ///   fails its outstanding deliveries with that reason (also this one after a `Retry`),
+    ///   like disabling through `update_endpoint` — but at most [`DISABLE_BATCH`] of them per
+    ///   endpoint and call, however many of its completions disable it: the rest stay
+    ///   outstanding, are never claimed, and are failed by [`EndpointStore::finish_disabling`].
     ///
     /// Returns one flag per completion, in order.
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>>;

@@ -68,6 +68,13 @@ pub(super) async fn complete_loop<S: EventStore, D: Deliverer>(
     // that disabled an endpoint; finished ones are reaped each round, the rest awaited at
     // the end.)
     let mut announcing = tokio::task::JoinSet::new();
+    // Disables a previous run left half-way (a crash between a completion that disabled an
+    // endpoint and the end of its follow-up, see `store::DISABLE_BATCH`).
+    let starting = shared.clone();
+    announcing.spawn(async move {
+        let now = starting.clock.now();
+        super::finish_unfinished_disables(&*starting.store, now).await;
+    });
     while done.recv_many(&mut batch, COMPLETION_BATCH).await > 0 {
         let completions: Vec<Completion> = batch.iter().map(|(c, ..)| c.clone()).collect();
         let applied = record_and_refill(&shared, &completions, &refiller).await;

@@ -395,9 +395,16 @@ pub(super) fn disabled_by(batch: &[Finished], applied: &[bool]) -> Vec<Disabled>
     disabled
 }
 
-/// Ingests `triggers.endpoint.disabled` for each of `disabled`.
+/// Fails what the completions that disabled each of `disabled` left outstanding (they fail
+/// at most [`DISABLE_BATCH`](crate::store::DISABLE_BATCH) each), then ingests
+/// `triggers.endpoint.disabled` for it.
 pub(super) async fn announce_disabled<S: EventStore>(store: &S, disabled: Vec<Disabled>) {
     for d in disabled {
+        if let Err(e) = store.finish_disabling(d.org, d.endpoint, d.at).await {
+            tracing::warn!(organization_id = %d.org, endpoint_id = %d.endpoint, error = %e,
+                "failing a disabled endpoint's deliveries stopped; the rest are failed at the \
+                 next start or when the endpoint is enabled");
+        }
         let subject = crate::ingestor::Subject {
             org: d.org,
             endpoint: d.endpoint,
@@ -406,6 +413,26 @@ pub(super) async fn announce_disabled<S: EventStore>(store: &S, disabled: Vec<Di
             reason: Some(&d.reason),
         };
         crate::ingestor::ingest_operational(store, subject, d.at).await;
+    }
+}
+
+/// Finishes every disable the store reports unfinished
+/// ([`EndpointStore::unfinished_disables`](crate::store::EndpointStore::unfinished_disables)).
+pub(super) async fn finish_unfinished_disables<S: EventStore>(store: &S, now: clock::Timestamp) {
+    let unfinished = match store.unfinished_disables().await {
+        Ok(unfinished) => unfinished,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing unfinished endpoint disables failed");
+            return;
+        }
+    };
+    for (org, endpoint) in unfinished {
+        match store.finish_disabling(org, endpoint, now).await {
+            Ok(n) => tracing::info!(organization_id = %org, endpoint_id = %endpoint, failed = n,
+                "finished failing a disabled endpoint's deliveries"),
+            Err(e) => tracing::warn!(organization_id = %org, endpoint_id = %endpoint,
+                error = %e, "failing a disabled endpoint's deliveries stopped"),
+        }
     }
 }
 

@@ -27,6 +27,7 @@ pub(crate) struct Counting {
     queue_calls: Arc<AtomicU64>,
     reads: Arc<Reads>,
     operational: Arc<Held>,
+    refuse_finishing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Calls that, once held, wait for a permit each.
@@ -92,6 +93,12 @@ impl Counting {
     /// Lets `n` held operational inserts go on.
     pub(crate) fn release_operational(&self, n: usize) {
         self.operational.release(n);
+    }
+
+    /// Makes `finish_disabling` fail (`Unavailable`, nothing changed) while `refuse` holds,
+    /// as if the process stopped before finishing a disable.
+    pub(crate) fn refuse_finishing(&self, refuse: bool) {
+        self.refuse_finishing.store(refuse, Ordering::SeqCst);
     }
 
     /// `(running now, most at once)` of `org`'s `stats` calls.
@@ -163,6 +170,20 @@ impl EndpointStore for Counting {
     }
     async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
         self.inner.delete_endpoint(org, id).await
+    }
+    async fn finish_disabling(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        if self.refuse_finishing.load(Ordering::SeqCst) {
+            return Err(triggers_core::StoreError::Unavailable("refused by the test".into()));
+        }
+        self.inner.finish_disabling(org, id, now).await
+    }
+    async fn unfinished_disables(&self) -> StoreResult<Vec<(OrganizationId, EndpointId)>> {
+        self.inner.unfinished_disables().await
     }
     async fn set_endpoint_ordering(
         &self,

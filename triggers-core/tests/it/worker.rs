@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use triggers_core::store::{ClaimRequest, DeliveryQueue};
+use triggers_core::store::{ClaimRequest, DeliveryQueue, EndpointStore};
 use triggers_core::*;
 
 use crate::eventually;
@@ -419,6 +419,67 @@ async fn gone_and_long_failing_endpoints_are_disabled() {
     assert!(!eps[0].enabled);
     assert!(eps[0].disabled_reason.as_deref().unwrap().contains("410"));
     ing.shutdown().await;
+}
+
+/// A completion that disables an endpoint fails at most one batch of its backlog in the
+/// completion batch it shares with other organizations; the workers fail the rest in writes
+/// of their own right after. If that stops (here: refused, as in a crash), the rest waits,
+/// never delivered, and the next start of the workers finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_endpoints_whole_backlog_is_failed_also_after_a_restart() {
+    let n = store::DISABLE_BATCH + 30;
+    // Each attempt waits until every event is in, so the backlog is whole when the first
+    // completion disables the endpoint.
+    let (open, opened) = tokio::sync::watch::channel(false);
+    let gone = move || {
+        let opened = opened.clone();
+        FnDeliverer::new(move |_| {
+            let mut opened = opened.clone();
+            async move {
+                let _ = opened.wait_for(|open| *open).await;
+                Outcome::Gone("410 Gone".into())
+            }
+        })
+    };
+    let clock = ManualClock::new();
+    for refused in [false, true] {
+        open.send_replace(false);
+        let store = crate::counting::Counting::default();
+        store.refuse_finishing(refused);
+        let ing = Ingestor::start(store.clone(), gone(), config(&clock, policy(&[0])));
+        let (org, _) = ing.create_organization("acme", Tier::Enterprise).await.unwrap();
+        ing.create_endpoint(&org, "inproc://gone", Some("t")).await.unwrap();
+        for chunk in 0..n.div_ceil(100) {
+            let count = (n - chunk * 100).min(100);
+            let events = (0..count).map(|i| NewEvent::new("t", &json!(i))).collect();
+            ing.ingest_batch(&org, events).await.unwrap();
+        }
+        open.send_replace(true);
+        eventually("disabled", || async { !ing.endpoints(&org).await.unwrap()[0].enabled }).await;
+        if refused {
+            quiet().await;
+            let left = store.queue_depth().await.unwrap();
+            // `concurrency` (8) attempts were in flight: each completion ends its own.
+            assert!(left >= 30 - 8, "one batch at most failed by the completion: {left} left");
+            assert_eq!(store.unfinished_disables().await.unwrap().len(), 1);
+            ing.shutdown().await;
+            store.refuse_finishing(false);
+            let ing = Ingestor::start(store.clone(), gone(), config(&clock, policy(&[0])));
+            eventually("finished at the next start", || async {
+                store.queue_depth().await.unwrap() == 0
+            })
+            .await;
+            assert_eq!(ing.stats(&org).await.unwrap().failed, n as u64);
+            ing.shutdown().await;
+        } else {
+            eventually("every event failed", || async {
+                ing.stats(&org).await.unwrap().failed == n as u64
+            })
+            .await;
+            assert_eq!(store.queue_depth().await.unwrap(), 0);
+            ing.shutdown().await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

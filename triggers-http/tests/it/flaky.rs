@@ -86,6 +86,19 @@ impl EndpointStore for FlakyStore {
         self.check()?;
         self.inner.delete_endpoint(org, id).await
     }
+    async fn finish_disabling(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        self.check()?;
+        self.inner.finish_disabling(org, id, now).await
+    }
+    async fn unfinished_disables(&self) -> StoreResult<Vec<(OrganizationId, EndpointId)>> {
+        self.check()?;
+        self.inner.unfinished_disables().await
+    }
     async fn set_endpoint_ordering(
         &self,
         org: OrganizationId,

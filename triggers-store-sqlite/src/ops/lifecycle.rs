@@ -2,7 +2,9 @@
 //! recovering failed deliveries. Writes run on the writer inside the batch transaction.
 
 use rusqlite::{params, Connection, Row};
-use triggers_core::store::{EndpointPatch, EndpointUpdate, RecoverQuery, Recovered, StoreResult};
+use triggers_core::store::{
+    EndpointPatch, EndpointUpdate, RecoverQuery, Recovered, StoreResult, DISABLE_BATCH,
+};
 use triggers_core::{
     DeliveryOrdering, Endpoint, EndpointId, OrganizationId, Secret, Timestamp, TypeGlob,
     DISABLED_BY_REQUEST,
@@ -97,19 +99,24 @@ pub(crate) fn record_failed(
     Ok(())
 }
 
-/// Fails every outstanding delivery of a (just disabled) endpoint; returns how many.
+/// Fails at most [`DISABLE_BATCH`] outstanding deliveries of a disabled endpoint; returns
+/// how many. A range of the deliveries' key, which starts with `endpoint_seq` (migration
+/// 0009).
 pub(crate) fn fail_outstanding(
     conn: &Connection,
     endpoint_seq: i64,
     reason: &str,
     at: i64,
 ) -> StoreResult<u64> {
-    // No index on `endpoint_seq`: disabling is rare and the table holds only outstanding
-    // deliveries (as for deletion).
     let mut stmt = conn
-        .prepare_cached("DELETE FROM deliveries WHERE endpoint_seq = ?1 RETURNING event_seq")
+        .prepare_cached(
+            "DELETE FROM deliveries WHERE endpoint_seq = ?1 AND event_seq IN
+                 (SELECT event_seq FROM deliveries WHERE endpoint_seq = ?1 LIMIT ?2)
+             RETURNING event_seq",
+        )
         .store()?;
-    let events = query_vec(&mut stmt, [endpoint_seq], |row| codec::int(row, 0))?;
+    let batch = i64::try_from(DISABLE_BATCH).unwrap_or(i64::MAX);
+    let events = query_vec(&mut stmt, [endpoint_seq, batch], |row| codec::int(row, 0))?;
     for event_seq in &events {
         record_failed(conn, endpoint_seq, *event_seq, reason, at)?;
     }
@@ -164,31 +171,68 @@ pub(crate) fn update_endpoint(
     if let Some(ordering) = patch.ordering {
         crate::ops::orgs::set_ordering(conn, org, id, ordering)?;
     }
-    let mut failed = 0;
-    match patch.enabled {
-        Some(true) if !was_enabled => {
-            conn.prepare_cached(
-                "UPDATE endpoints SET enabled = 1, disabled_reason = NULL, failing_since = NULL
-                 WHERE seq = ?1",
-            )
-            .store()?
-            .execute([seq])
-            .store()?;
-        }
-        Some(false) if was_enabled => {
-            conn.prepare_cached(
-                "UPDATE endpoints SET enabled = 0, disabled_reason = ?2 WHERE seq = ?1",
-            )
-            .store()?
-            .execute(params![seq, DISABLED_BY_REQUEST])
-            .store()?;
-            failed = fail_outstanding(conn, seq, DISABLED_BY_REQUEST, micros(now))?;
-        }
-        _ => {}
+    if patch.enabled == Some(false) && was_enabled {
+        conn.prepare_cached(
+            "UPDATE endpoints SET enabled = 0, disabled_reason = ?2 WHERE seq = ?1",
+        )
+        .store()?
+        .execute(params![seq, DISABLED_BY_REQUEST])
+        .store()?;
+    }
+    // Disabling, or enabling over what a disable left behind: at most one batch here, the
+    // rest in writes of their own (`triggers_core::store::update_in_batches`).
+    let failed = if patch.enabled.is_some() { fail_left_behind(conn, org, id, now)? } else { 0 };
+    if patch.enabled == Some(true) && !was_enabled {
+        conn.prepare_cached(
+            "UPDATE endpoints SET enabled = 1, disabled_reason = NULL, failing_since = NULL
+             WHERE seq = ?1",
+        )
+        .store()?
+        .execute([seq])
+        .store()?;
     }
     let endpoint = endpoint(conn, org, id)?
         .ok_or_else(|| triggers_core::StoreError::Corrupt("updated endpoint vanished".into()))?;
     Ok(Some(EndpointUpdate { endpoint, was_enabled, failed }))
+}
+
+/// One write of `EndpointStore::finish_disabling`: fails at most [`DISABLE_BATCH`]
+/// outstanding deliveries of a disabled endpoint with its reason; 0 for an enabled, unknown
+/// or foreign one.
+pub(crate) fn fail_left_behind(
+    conn: &Connection,
+    org: OrganizationId,
+    id: EndpointId,
+    now: Timestamp,
+) -> StoreResult<u64> {
+    let mut find = conn
+        .prepare_cached(
+            "SELECT seq, disabled_reason FROM endpoints
+             WHERE id = ?1 AND org_id = ?2 AND enabled = 0",
+        )
+        .store()?;
+    let found = query_opt(&mut find, params![id.0.as_bytes(), org.0.as_bytes()], |row| {
+        Ok((codec::int(row, 0)?, codec::opt_text(row, 1)?))
+    })?;
+    drop(find);
+    let Some((seq, reason)) = found else { return Ok(0) };
+    fail_outstanding(conn, seq, reason.as_deref().unwrap_or(DISABLED_BY_REQUEST), micros(now))
+}
+
+/// `EndpointStore::unfinished_disables`: each disabled endpoint is one probe of the
+/// deliveries' key.
+pub(crate) fn unfinished_disables(
+    conn: &Connection,
+) -> StoreResult<Vec<(OrganizationId, EndpointId)>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT org_id, id FROM endpoints e
+             WHERE enabled = 0 AND EXISTS (SELECT 1 FROM deliveries WHERE endpoint_seq = e.seq)",
+        )
+        .store()?;
+    query_vec(&mut stmt, [], |row| {
+        Ok((OrganizationId(codec::uuid(row, 0)?), EndpointId(codec::uuid(row, 1)?)))
+    })
 }
 
 /// The failed deliveries of endpoint `?1` whose event was created in `[?2, ?3)`, oldest first,

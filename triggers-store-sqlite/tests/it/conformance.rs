@@ -60,6 +60,17 @@ impl EndpointStore for TempStore {
     async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
         self.store.delete_endpoint(org, id).await
     }
+    async fn finish_disabling(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        self.store.finish_disabling(org, id, now).await
+    }
+    async fn unfinished_disables(&self) -> StoreResult<Vec<(OrganizationId, EndpointId)>> {
+        self.store.unfinished_disables().await
+    }
     async fn set_endpoint_ordering(
         &self,
         org: OrganizationId,
