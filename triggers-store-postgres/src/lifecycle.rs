@@ -10,7 +10,7 @@
 use sqlx::types::Uuid;
 use sqlx::{PgConnection, Row};
 use triggers_core::store::{
-    EndpointPatch, EndpointUpdate, RecoverQuery, Recovered, StoreResult, DISABLE_BATCH,
+    EndpointPatch, EndpointUpdate, RecoverQuery, Recovered, StoreResult, BACKLOG_BATCH,
 };
 use triggers_core::{
     DeliveryOrdering, EndpointId, OrganizationId, Timestamp, TypeGlob, DISABLED_BY_REQUEST,
@@ -118,7 +118,7 @@ SELECT (SELECT count(*) FROM gone) AS queued, (SELECT count(*) FROM picked) AS p
        (SELECT count(*) FROM wake) AS woke
 "#;
 
-/// Fails at most [`DISABLE_BATCH`] outstanding deliveries of each of `endpoints` (being
+/// Fails at most [`BACKLOG_BATCH`] outstanding deliveries of each of `endpoints` (being
 /// disabled in this transaction, or disabled) with their reasons; returns how many.
 pub(crate) async fn fail_outstanding(
     tx: &mut PgConnection,
@@ -138,7 +138,7 @@ pub(crate) async fn fail_outstanding(
         .bind(endpoints.iter().map(|e| e.0).collect::<Vec<_>>())
         .bind(endpoints.iter().map(|e| e.1.as_str()).collect::<Vec<_>>())
         .bind(endpoints.iter().map(|_| at).collect::<Vec<_>>())
-        .bind(i64::try_from(DISABLE_BATCH).unwrap_or(i64::MAX))
+        .bind(i64::try_from(BACKLOG_BATCH).unwrap_or(i64::MAX))
         .fetch_one(&mut *tx)
         .await?;
     let n: i64 = row.try_get("n")?;
@@ -146,7 +146,7 @@ pub(crate) async fn fail_outstanding(
 }
 
 /// One step of `EndpointStore::finish_disabling`, inside `tx`: locks the endpoint if it is
-/// disabled and fails at most [`DISABLE_BATCH`] of its outstanding deliveries with its
+/// disabled and fails at most [`BACKLOG_BATCH`] of its outstanding deliveries with its
 /// reason; 0 for an enabled, unknown or foreign one.
 pub(crate) async fn fail_left_behind(
     tx: &mut PgConnection,

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use sqlx::types::Uuid;
 use triggers_core::store::{
     EndpointPatch, EndpointStore, EndpointUpdate, NewEndpoint, OrgStore, RecoverQuery, Recovered,
-    SecretRewrite, StoreResult,
+    SecretRewrite, StoreResult, BACKLOG_BATCH,
 };
 use triggers_core::{
     DeliveryOrdering, Endpoint, EndpointId, KeyHash, Organization, OrganizationId, Secret,
@@ -154,8 +154,11 @@ impl EndpointStore for PgStore {
         now: Timestamp,
     ) -> StoreResult<Option<EndpointUpdate>> {
         // The endpoint's change is one transaction, failing its backlog more transactions of
-        // at most `DISABLE_BATCH` deliveries each, so the endpoint's lock is never held for
+        // at most `BACKLOG_BATCH` deliveries each, so the endpoint's lock is never held for
         // the whole backlog.
+        if patch.ordering == Some(DeliveryOrdering::Parallel) {
+            self.shorten_line(org, id).await?;
+        }
         let update = || self.patch_endpoint(org, id, patch, now);
         let batch = || self.fail_left_behind(org, id, now);
         triggers_core::store::update_in_batches(patch.enabled == Some(true), update, batch).await
@@ -167,7 +170,7 @@ impl EndpointStore for PgStore {
         id: EndpointId,
         now: Timestamp,
     ) -> StoreResult<u64> {
-        triggers_core::store::fail_in_batches(|| self.fail_left_behind(org, id, now)).await
+        triggers_core::store::in_batches(|| self.fail_left_behind(org, id, now)).await
     }
 
     async fn unfinished_disables(&self) -> StoreResult<Vec<(OrganizationId, EndpointId)>> {
@@ -199,6 +202,9 @@ impl EndpointStore for PgStore {
     /// batch that is fanning out to this endpoint (those lock it `FOR KEY SHARE`); the
     /// cancellation then runs with a fresh snapshot and also sees their deliveries.
     async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
+        // A large backlog first, in transactions of `BACKLOG_BATCH` each.
+        triggers_core::store::in_batches(|| self.backlog_batch(CANCEL_BACKLOG_SQL, org, id))
+            .await?;
         let mut tx = self.pool().begin().await.map_err(|e| self.fail(e))?;
         let deleted = sqlx::query("DELETE FROM endpoints WHERE id = $1 AND organization_id = $2")
             .bind(id.0)
@@ -247,6 +253,9 @@ impl EndpointStore for PgStore {
         id: EndpointId,
         ordering: DeliveryOrdering,
     ) -> StoreResult<bool> {
+        if ordering == DeliveryOrdering::Parallel {
+            self.shorten_line(org, id).await?;
+        }
         let mut tx = self.pool().begin().await.map_err(|e| self.fail(e))?;
         let found = sqlx::query(
             "SELECT 1 AS found FROM endpoints WHERE id = $1 AND organization_id = $2 FOR UPDATE",
@@ -338,6 +347,71 @@ impl EndpointStore for PgStore {
             }
             tx.commit().await.map_err(|e| self.fail(e))?;
         }
+    }
+}
+
+/// One transaction before a delete on a large backlog: cancels at most `$3` pending
+/// deliveries of endpoint `$1` of organization `$2` and forgets at most as many failed ones.
+/// In-flight deliveries are left to the delete, which remembers them (the outer `state`
+/// test is read again on a row a claim changed meanwhile).
+const CANCEL_BACKLOG_SQL: &str = "
+WITH ep AS (SELECT id FROM endpoints WHERE id = $1 AND organization_id = $2),
+cancelled AS (
+    DELETE FROM deliveries
+    WHERE id IN (SELECT d.id FROM deliveries d JOIN ep ON d.endpoint_id = ep.id
+                 WHERE d.state = 'pending' LIMIT $3)
+      AND state = 'pending'
+    RETURNING 1
+),
+forgotten AS (
+    DELETE FROM failed_deliveries f
+    USING (SELECT x.event_id FROM failed_deliveries x JOIN ep ON x.endpoint_id = ep.id
+           LIMIT $3) picked
+    WHERE f.endpoint_id = $1 AND f.event_id = picked.event_id
+    RETURNING 1
+)
+SELECT greatest((SELECT count(*) FROM cancelled), (SELECT count(*) FROM forgotten)) AS n";
+
+/// One transaction before a switch to parallel on a long line, holding the endpoint's row
+/// lock like the switch: turns at most `$3` ordered deliveries of endpoint `$1` of
+/// organization `$2`, oldest first, into parallel ones (a range of `deliveries_line`).
+const SHORTEN_LINE_SQL: &str = "
+WITH ep AS (SELECT id FROM endpoints WHERE id = $1 AND organization_id = $2 FOR UPDATE),
+made AS (
+    UPDATE deliveries SET fifo_seq = NULL
+    WHERE id IN (SELECT d.id FROM deliveries d JOIN ep ON d.endpoint_id = ep.id
+                 WHERE d.fifo_seq IS NOT NULL ORDER BY d.fifo_seq, d.event_id LIMIT $3)
+    RETURNING 1
+)
+SELECT count(*) AS n FROM made";
+
+impl PgStore {
+    /// Runs one of the backlog batches above for endpoint `id` of `org`; how many it changed.
+    async fn backlog_batch(
+        &self,
+        sql: &'static str,
+        org: OrganizationId,
+        id: EndpointId,
+    ) -> StoreResult<u64> {
+        let row = sqlx::query(sql)
+            .bind(id.0)
+            .bind(org.0)
+            .bind(i64::try_from(BACKLOG_BATCH).unwrap_or(i64::MAX))
+            .fetch_one(self.pool())
+            .await
+            .map_err(|e| self.fail(e))?;
+        let n: i64 = rows::get(&row, "n")?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Before a switch to parallel: the endpoint's line made parallel in transactions of
+    /// `BACKLOG_BATCH` each, oldest first, while it is still FIFO.
+    pub(crate) async fn shorten_line(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+    ) -> StoreResult<u64> {
+        triggers_core::store::in_batches(|| self.backlog_batch(SHORTEN_LINE_SQL, org, id)).await
     }
 }
 

@@ -133,6 +133,15 @@ impl SqliteStore {
         self.inner.writer.call_with(f, durable).await
     }
 
+    /// Before a switch to parallel: the endpoint's line made parallel in writes of
+    /// `BACKLOG_BATCH` each, oldest first, while it is still FIFO.
+    async fn shorten_line(&self, org: OrganizationId, id: EndpointId) -> StoreResult<u64> {
+        triggers_core::store::in_batches(|| {
+            self.write_for(org, 1, move |c| orgs::shorten_line(c, org, id))
+        })
+        .await
+    }
+
     pub(crate) async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
@@ -208,7 +217,10 @@ impl EndpointStore for SqliteStore {
         now: Timestamp,
     ) -> StoreResult<Option<EndpointUpdate>> {
         // The endpoint's change is one write, failing its backlog more writes of at most
-        // `DISABLE_BATCH` deliveries each: other organizations' writes run between them.
+        // `BACKLOG_BATCH` deliveries each: other organizations' writes run between them.
+        if patch.ordering == Some(DeliveryOrdering::Parallel) {
+            self.shorten_line(org, id).await?;
+        }
         let enabling = patch.enabled == Some(true);
         let patch = patch.clone();
         let update =
@@ -224,7 +236,7 @@ impl EndpointStore for SqliteStore {
         id: EndpointId,
         now: Timestamp,
     ) -> StoreResult<u64> {
-        triggers_core::store::fail_in_batches(|| {
+        triggers_core::store::in_batches(|| {
             self.write_for(org, 1, move |c| lifecycle::fail_left_behind(c, org, id, now))
         })
         .await
@@ -245,6 +257,11 @@ impl EndpointStore for SqliteStore {
     }
 
     async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
+        // A large backlog first, in writes of `BACKLOG_BATCH` each.
+        triggers_core::store::in_batches(|| {
+            self.write_for(org, 1, move |c| orgs::cancel_backlog(c, org, id))
+        })
+        .await?;
         self.write_for(org, 1, move |c| orgs::delete_endpoint(c, org, id)).await
     }
 
@@ -254,6 +271,9 @@ impl EndpointStore for SqliteStore {
         id: EndpointId,
         ordering: DeliveryOrdering,
     ) -> StoreResult<bool> {
+        if ordering == DeliveryOrdering::Parallel {
+            self.shorten_line(org, id).await?;
+        }
         self.write_for(org, 1, move |c| orgs::set_ordering(c, org, id, ordering)).await
     }
 

@@ -7,8 +7,8 @@ use crate::domain::{EndpointId, WorkerId};
 use crate::store::{CompletionState, EndpointPatch, EventStore, InsertOutcome, RecoverQuery};
 
 use super::support::{
-    claim, claim_one, complete, completion, detail, endpoint, glob, insert, insert_one, inserted,
-    new_org, record, status, t,
+    claim, claim_capped, claim_one, complete, completion, detail, endpoint, glob, insert,
+    insert_one, inserted, new_org, record, status, t,
 };
 
 fn disable() -> EndpointPatch {
@@ -283,7 +283,7 @@ pub async fn excluded_endpoints_get_nothing<S: EventStore>(store: &S) {
     assert_eq!(none.queued, 0);
 }
 
-/// Disabling fails a backlog larger than [`DISABLE_BATCH`](crate::store::DISABLE_BATCH)
+/// Disabling fails a backlog larger than [`BACKLOG_BATCH`](crate::store::BACKLOG_BATCH)
 /// entirely, through `update_endpoint`. A completion that disables an endpoint fails at most
 /// one batch: the rest stays outstanding, is never claimed, is listed by
 /// `unfinished_disables`, and `finish_disabling` fails it with the completion's reason.
@@ -291,8 +291,8 @@ pub async fn excluded_endpoints_get_nothing<S: EventStore>(store: &S) {
 /// after it). `finish_disabling` changes nothing for an enabled, foreign or finished
 /// endpoint.
 pub async fn disabling_fails_a_large_backlog_in_batches<S: EventStore>(store: &S) {
-    use crate::store::{DeliveryQuery, DeliveryState, DeliveryStatus, DISABLE_BATCH};
-    let n = DISABLE_BATCH + 7;
+    use crate::store::{DeliveryQuery, DeliveryState, DeliveryStatus, BACKLOG_BATCH};
+    let n = BACKLOG_BATCH + 7;
     let (org, stranger) = (new_org(store).await, new_org(store).await);
     let gone = endpoint(store, org, Some("a.*"), t(0)).await;
     let patched = endpoint(store, org, Some("b.*"), t(0)).await;
@@ -319,7 +319,7 @@ pub async fn disabling_fails_a_large_backlog_in_batches<S: EventStore>(store: &S
     c.disable_endpoint = Some("410 Gone".into());
     assert!(complete(store, c).await);
     let left = store.queue_depth().await.unwrap() - (2 * n as u64 + 1);
-    assert!(left >= (n - DISABLE_BATCH) as u64, "at most one batch failed: {left} left");
+    assert!(left >= (n - BACKLOG_BATCH) as u64, "at most one batch failed: {left} left");
     let unfinished = store.unfinished_disables().await.unwrap();
     assert_eq!(unfinished, vec![(org, gone.id)]);
     let claimed = claim(store, w, 100, t(100)).await;
@@ -372,4 +372,103 @@ pub async fn disabling_fails_a_large_backlog_in_batches<S: EventStore>(store: &S
     let last = claim(store, w, 100, t(200)).await;
     assert_eq!(last.len(), 1);
     assert_eq!((last[0].endpoint_id, last[0].event_id), (bystander.id, kept));
+}
+
+/// Inserts `n` events of `event_type` at `at`, in inserts of at most 100; returns their ids.
+async fn insert_many<S: EventStore>(
+    store: &S,
+    org: crate::domain::OrganizationId,
+    event_type: &str,
+    n: usize,
+    at: i64,
+) -> Vec<crate::domain::EventId> {
+    let mut ids = Vec::with_capacity(n);
+    for chunk in 0..n.div_ceil(100) {
+        let count = (n - chunk * 100).min(100);
+        let records = (0..count).map(|_| record(event_type, t(at))).collect();
+        ids.extend(insert(store, org, records, t(at)).await.iter().map(inserted));
+    }
+    ids
+}
+
+/// Deleting an endpoint whose backlog is larger than
+/// [`BACKLOG_BATCH`](crate::store::BACKLOG_BATCH) (pending deliveries, failed ones and one in
+/// flight) cancels and forgets all of it; events keep their status; the in-flight attempt is
+/// still recorded when it ends; another endpoint keeps its deliveries; a foreign delete
+/// changes nothing.
+pub async fn deleting_cancels_a_large_backlog<S: EventStore>(store: &S) {
+    use crate::store::BACKLOG_BATCH;
+    let n = BACKLOG_BATCH + 7;
+    let (org, stranger) = (new_org(store).await, new_org(store).await);
+    let doomed = endpoint(store, org, Some("a.*"), t(0)).await;
+    let kept = endpoint(store, org, Some("b.*"), t(0)).await;
+    let failed = insert_many(store, org, "a.x", n, 1).await;
+    store.update_endpoint(org, doomed.id, &disable(), t(2)).await.unwrap();
+    store.update_endpoint(org, doomed.id, &enable(), t(2)).await.unwrap();
+    let pending = insert_many(store, org, "a.x", n, 3).await;
+    let other = insert_one(store, org, "b.x", t(4)).await;
+    let w = WorkerId::new();
+    let flying = claim_one(store, w, t(3)).await;
+    assert_eq!(flying.endpoint_id, doomed.id);
+    assert_eq!(store.queue_depth().await.unwrap(), n as u64 + 1);
+
+    assert!(!store.delete_endpoint(stranger, doomed.id).await.unwrap(), "foreign");
+    assert_eq!(store.queue_depth().await.unwrap(), n as u64 + 1, "nothing changed");
+    assert!(store.delete_endpoint(org, doomed.id).await.unwrap());
+    assert_eq!(store.queue_depth().await.unwrap(), 1, "only the other endpoint's delivery");
+    assert_eq!(store.endpoints(org).await.unwrap(), vec![kept.clone()]);
+    assert_eq!(status(store, org, pending[n - 1]).await, EventStatus::Pending);
+    assert_eq!(status(store, org, failed[n - 1]).await, EventStatus::Failed);
+    let late = completion(&flying, CompletionState::Delivered, t(5));
+    assert!(!complete(store, late.clone()).await, "cancelled");
+    assert_eq!(detail(store, org, flying.event_id).await.attempts, vec![late.record]);
+    let rest = claim(store, w, 100, t(10)).await;
+    assert_eq!(rest.len(), 1);
+    assert_eq!((rest[0].event_id, rest[0].endpoint_id), (other, kept.id));
+}
+
+/// Switching a FIFO endpoint whose line is longer than
+/// [`BACKLOG_BATCH`](crate::store::BACKLOG_BATCH) to parallel — through
+/// `set_endpoint_ordering` and through `update_endpoint` — turns all of its line into
+/// parallel deliveries: the whole backlog is claimable at once, beside the head in flight.
+pub async fn switching_a_long_line_to_parallel<S: EventStore>(store: &S) {
+    use crate::domain::webhook::DeliveryOrdering;
+    use crate::store::BACKLOG_BATCH;
+    let n = BACKLOG_BATCH + 7;
+    let (org, stranger) = (new_org(store).await, new_org(store).await);
+    let mut lines = Vec::new();
+    for (filter, ty, at) in [("a.*", "a.x", 1), ("b.*", "b.x", 2)] {
+        let ep = endpoint(store, org, Some(filter), t(0)).await;
+        let fifo = DeliveryOrdering::Fifo;
+        assert!(store.set_endpoint_ordering(org, ep.id, fifo).await.unwrap());
+        let ids = insert_many(store, org, ty, n, at).await;
+        lines.push((ep, ids));
+    }
+    let w = WorkerId::new();
+    let heads = claim(store, w, 100, t(5)).await;
+    assert_eq!(heads.len(), 2, "one head per line");
+    assert!(claim(store, w, 100, t(5)).await.is_empty(), "the lines wait for their heads");
+
+    let parallel = DeliveryOrdering::Parallel;
+    let (set, patched) = (&lines[0].0, &lines[1].0);
+    assert!(!store.set_endpoint_ordering(stranger, set.id, parallel).await.unwrap(), "foreign");
+    assert!(claim(store, w, 100, t(5)).await.is_empty(), "nothing changed");
+    assert!(store.set_endpoint_ordering(org, set.id, parallel).await.unwrap());
+    let patch = EndpointPatch { ordering: Some(parallel), ..EndpointPatch::default() };
+    let up = store.update_endpoint(org, patched.id, &patch, t(5)).await.unwrap().unwrap();
+    assert_eq!(up.endpoint.ordering, parallel);
+
+    // Every delivery of both lines is claimable now, the first and the last alike.
+    let mut claimed = std::collections::HashSet::new();
+    loop {
+        let got = claim_capped(store, w, 500, t(6), (u32::MAX, u32::MAX)).await;
+        if got.is_empty() {
+            break;
+        }
+        claimed.extend(got.iter().map(|d| (d.endpoint_id, d.event_id)));
+    }
+    assert_eq!(claimed.len(), 2 * (n - 1), "all but the two heads in flight");
+    for (ep, ids) in &lines {
+        assert!(claimed.contains(&(ep.id, ids[1])) && claimed.contains(&(ep.id, ids[n - 1])));
+    }
 }

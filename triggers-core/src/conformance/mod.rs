@@ -71,11 +71,11 @@ pub use inbox::{
     stats_count_events_and_in_flight_deliveries,
 };
 pub use lifecycle::{
-    a_recovered_delivery_keeps_its_event_open,
+    a_recovered_delivery_keeps_its_event_open, deleting_cancels_a_large_backlog,
     disabling_an_endpoint_fails_its_outstanding_deliveries,
     disabling_fails_a_large_backlog_in_batches, endpoints_are_found_and_patched,
     excluded_endpoints_get_nothing, recover_requeues_failed_deliveries,
-    recover_takes_the_oldest_by_creation_time,
+    recover_takes_the_oldest_by_creation_time, switching_a_long_line_to_parallel,
 };
 pub use orgs::{
     concurrent_creations_of_one_id_have_one_winner, duplicate_organizations_conflict,
@@ -154,6 +154,8 @@ macro_rules! store_conformance_tests {
                 endpoints_are_found_and_patched,
                 disabling_an_endpoint_fails_its_outstanding_deliveries,
                 disabling_fails_a_large_backlog_in_batches,
+                deleting_cancels_a_large_backlog,
+                switching_a_long_line_to_parallel,
                 recover_requeues_failed_deliveries,
                 recover_takes_the_oldest_by_creation_time,
                 a_recovered_delivery_keeps_its_event_open,

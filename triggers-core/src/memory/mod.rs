@@ -144,6 +144,9 @@ impl EndpointStore for MemoryStore {
     ) -> StoreResult<Option<EndpointUpdate>> {
         // The mutex is let go between batches: one endpoint's backlog does not stop every
         // organization's calls for as long as failing all of it takes.
+        if patch.ordering == Some(DeliveryOrdering::Parallel) {
+            crate::store::in_batches(|| async { Ok(self.lock()?.shorten_line(org, id)) }).await?;
+        }
         let enabling = patch.enabled == Some(true);
         let update = || async { Ok(self.lock()?.update_endpoint(org, id, patch, now)) };
         let batch = || async { Ok(self.lock()?.fail_left_behind(org, id, now)) };
@@ -156,8 +159,7 @@ impl EndpointStore for MemoryStore {
         id: EndpointId,
         now: Timestamp,
     ) -> StoreResult<u64> {
-        crate::store::fail_in_batches(|| async { Ok(self.lock()?.fail_left_behind(org, id, now)) })
-            .await
+        crate::store::in_batches(|| async { Ok(self.lock()?.fail_left_behind(org, id, now)) }).await
     }
 
     async fn unfinished_disables(&self) -> StoreResult<Vec<(OrganizationId, EndpointId)>> {
@@ -175,6 +177,7 @@ impl EndpointStore for MemoryStore {
     }
 
     async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
+        crate::store::in_batches(|| async { Ok(self.lock()?.cancel_backlog(org, id)) }).await?;
         Ok(self.lock()?.delete_endpoint(org, id))
     }
 
@@ -184,6 +187,9 @@ impl EndpointStore for MemoryStore {
         id: EndpointId,
         ordering: DeliveryOrdering,
     ) -> StoreResult<bool> {
+        if ordering == DeliveryOrdering::Parallel {
+            crate::store::in_batches(|| async { Ok(self.lock()?.shorten_line(org, id)) }).await?;
+        }
         Ok(self.lock()?.set_endpoint_ordering(org, id, ordering))
     }
 

@@ -6,9 +6,10 @@ use crate::domain::event::EventStatus;
 use crate::domain::key::KeyHash;
 use crate::domain::org::Organization;
 use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret, DISABLED_BY_REQUEST};
-use crate::domain::{EndpointId, EventId, OrganizationId};
+use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId};
 use crate::store::{
     EndpointPatch, EndpointUpdate, NewEndpoint, RecoverQuery, Recovered, StoreError, StoreResult,
+    BACKLOG_BATCH,
 };
 
 /// The error of one endpoint too many.
@@ -134,6 +135,54 @@ impl State {
         true
     }
 
+    /// One batch before `delete_endpoint` deletes a large backlog's endpoint: cancels at most
+    /// [`BACKLOG_BATCH`] pending deliveries and forgets at most as many failed ones; returns
+    /// the larger count (0 for an unknown or foreign endpoint).
+    pub(super) fn cancel_backlog(&mut self, org: OrganizationId, id: EndpointId) -> u64 {
+        if self.own_endpoint(org, id).is_none() {
+            return 0;
+        }
+        let pending: Vec<DeliveryId> = self.queue.by_endpoint.get(&id).map_or_else(Vec::new, |q| {
+            let leased: std::collections::HashSet<_> = q.leased.iter().map(|k| k.1).collect();
+            q.ids().filter(|d| !leased.contains(d)).take(BACKLOG_BATCH).collect()
+        });
+        for delivery in &pending {
+            self.remove_delivery(*delivery);
+        }
+        let failed: Vec<EventId> =
+            self.failed.of_endpoint(id).map(|(event, _)| event).take(BACKLOG_BATCH).collect();
+        for event in &failed {
+            self.failed.remove(id, *event);
+        }
+        pending.len().max(failed.len()) as u64
+    }
+
+    /// One batch before a switch to parallel dissolves a long line: turns at most
+    /// [`BACKLOG_BATCH`] of the endpoint's ordered deliveries, oldest first, into parallel
+    /// ones; returns how many (0 for an unknown or foreign endpoint).
+    pub(super) fn shorten_line(&mut self, org: OrganizationId, id: EndpointId) -> u64 {
+        if self.own_endpoint(org, id).is_none() {
+            return 0;
+        }
+        let line: Vec<DeliveryId> =
+            self.queue.by_endpoint.get(&id).map_or_else(Vec::new, |q| {
+                q.line.iter().map(|k| k.1).take(BACKLOG_BATCH).collect()
+            });
+        self.make_parallel(&line);
+        line.len() as u64
+    }
+
+    /// Turns the ordered deliveries `line` into parallel ones.
+    fn make_parallel(&mut self, line: &[DeliveryId]) {
+        for delivery in line {
+            if let Some(d) = self.queue.deliveries.get_mut(delivery) {
+                self.queue.by_endpoint.remove(*delivery, d);
+                d.seq = None;
+                self.queue.by_endpoint.insert(*delivery, d);
+            }
+        }
+    }
+
     pub(super) fn endpoint(&self, org: OrganizationId, id: EndpointId) -> Option<Endpoint> {
         self.endpoints
             .get(&id)
@@ -196,7 +245,7 @@ impl State {
     }
 
     /// One batch of `EndpointStore::finish_disabling`: fails at most
-    /// [`DISABLE_BATCH`](crate::store::DISABLE_BATCH) outstanding deliveries of a disabled
+    /// [`BACKLOG_BATCH`](crate::store::BACKLOG_BATCH) outstanding deliveries of a disabled
     /// endpoint with its reason; 0 for an enabled, unknown or foreign one.
     pub(super) fn fail_left_behind(
         &mut self,
@@ -270,13 +319,7 @@ impl State {
                 .get(&id)
                 .map(|q| q.line.iter().map(|k| k.1).collect())
                 .unwrap_or_default();
-            for delivery in line {
-                if let Some(d) = self.queue.deliveries.get_mut(&delivery) {
-                    self.queue.by_endpoint.remove(delivery, d);
-                    d.seq = None;
-                    self.queue.by_endpoint.insert(delivery, d);
-                }
-            }
+            self.make_parallel(&line);
         }
         true
     }

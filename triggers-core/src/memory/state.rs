@@ -670,7 +670,7 @@ impl State {
         self.failed.insert(endpoint_id, event_id, row);
     }
 
-    /// Fails at most [`DISABLE_BATCH`](crate::store::DISABLE_BATCH) outstanding deliveries of
+    /// Fails at most [`BACKLOG_BATCH`](crate::store::BACKLOG_BATCH) outstanding deliveries of
     /// a disabled endpoint; returns how many.
     pub(super) fn fail_outstanding(
         &mut self,
@@ -682,7 +682,7 @@ impl State {
             .queue
             .by_endpoint
             .get(&endpoint_id)
-            .map(|q| q.ids().take(crate::store::DISABLE_BATCH).collect())
+            .map(|q| q.ids().take(crate::store::BACKLOG_BATCH).collect())
             .unwrap_or_default();
         let n = doomed.len() as u64;
         for id in doomed {

@@ -19,9 +19,9 @@
 //!   predecessor's completion would survive a power loss, so the line never moves past a
 //!   delivery that a power loss could make outstanding again.
 //! - **Atomicity**: a method either applies all its writes or none; on `Err` nothing changed.
-//!   The one exception is failing a disabled endpoint's backlog, which is done in bounded
-//!   batches (see [`DISABLE_BATCH`]): each batch is atomic, and what an interrupted disable
-//!   leaves is never claimed and is failed by the next call that touches it.
+//!   The exceptions are the calls that change an endpoint's whole backlog (disabling,
+//!   deleting, switching to parallel): they work in bounded batches (see [`BACKLOG_BATCH`]),
+//!   each atomic, and say what a call that stops half-way leaves.
 //! - **Time**: stores never read the clock. `now` is always passed in.
 //! - **Errors**: see [`StoreError`]; transient failures are `Unavailable` / `Overloaded`.
 //! - **Limits**: every store is configured with [`StoreLimits`] (default
@@ -53,49 +53,66 @@ use crate::domain::org::Organization;
 use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret};
 use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 
-/// Most outstanding deliveries of one endpoint that one write fails when the endpoint is
-/// disabled.
+/// Most deliveries of one endpoint that one write changes when the endpoint is disabled,
+/// deleted or switched to parallel.
 ///
 /// One endpoint's backlog is bounded only by its organization's rate limit times the retry
-/// schedule, so failing all of it in one write could hold a store's writer (SQLite), an
+/// schedule, so changing all of it in one write could hold a store's writer (SQLite), an
 /// endpoint lock and a completion batch shared with other organizations (PostgreSQL) or the
-/// store's mutex (memory) for seconds. Disabling therefore takes effect in one write — from
-/// then on no delivery of the endpoint is claimed and inserts give it failed deliveries — and
-/// its outstanding deliveries are failed in writes of at most this many each, other
-/// organizations' writes running between them:
-/// - [`EndpointStore::update_endpoint`] returns once none is left;
-/// - [`DeliveryQueue::complete`] fails at most this many itself (its batch is shared with
-///   other organizations' completions) and leaves the rest, unclaimed, to
-///   [`EndpointStore::finish_disabling`] (the worker pool calls it right after);
-/// - if a disable stops half-way (an error, a crash), what is left is never claimed and is
-///   failed by `finish_disabling`, by the next disable of the endpoint, or by enabling it
-///   (which fails it first, so nothing queued before the disable is delivered after it).
-///   The SQLite and PostgreSQL stores also finish every such endpoint when they open.
-pub const DISABLE_BATCH: usize = 1_000;
-
-/// Runs `batch` — one write that fails at most [`DISABLE_BATCH`] outstanding deliveries of a
-/// disabled endpoint and returns how many it failed — until a run fails fewer; returns how
-/// many were failed in all. What every store's [`EndpointStore::finish_disabling`] is made of.
+/// store's mutex (memory) for seconds. These calls therefore change the backlog in writes of
+/// at most this many deliveries each, other organizations' writes running between them:
+/// - **disabling** takes effect in one write — from then on no delivery of the endpoint is
+///   claimed and inserts give it failed deliveries — and its outstanding deliveries are
+///   failed in batches after it. [`EndpointStore::update_endpoint`] returns once none is
+///   left; [`DeliveryQueue::complete`] fails at most one batch itself (its write is shared
+///   with other organizations' completions) and leaves the rest, unclaimed, to
+///   [`EndpointStore::finish_disabling`], which the worker pool calls right after. If a
+///   disable stops half-way (an error, a crash), what is left is never claimed and is failed
+///   by `finish_disabling` (the worker pool calls it at start-up for every endpoint
+///   [`EndpointStore::unfinished_disables`] names), by the next disable of the endpoint, or
+///   by enabling it (which fails it first, so nothing queued before the disable is
+///   delivered after it);
+/// - **deleting** ([`EndpointStore::delete_endpoint`]) first cancels the endpoint's pending
+///   deliveries and forgets its failed ones in batches, then deletes it with what is left
+///   (its in-flight deliveries and what arrived meanwhile) in one write. So its pending
+///   deliveries may vanish a moment before the endpoint does; a delete that stops half-way
+///   leaves the endpoint with the part of its backlog not yet cancelled (delete it again);
+/// - **switching to parallel** ([`EndpointStore::set_endpoint_ordering`], or an `ordering`
+///   in a patch) first turns the endpoint's ordered deliveries into parallel ones in batches,
+///   oldest first, while the endpoint is still FIFO (ones turned parallel may run beside
+///   the rest of the line, as after a switch to FIFO), then switches it with what is left in
+///   one write. A switch that stops half-way leaves a FIFO endpoint whose line is shorter.
 ///
-/// It ends: a disabled endpoint gets no new outstanding deliveries (inserts and replays give
-/// it failed ones, claims and recovers pass it over), so every full batch shrinks a finite set.
-pub async fn fail_in_batches<B, F>(mut batch: B) -> StoreResult<u64>
+/// The batches of a delete or a switch stop once one finds fewer than this many; they catch
+/// up with the endpoint's new deliveries as long as the organization's inserts add fewer than
+/// a batch per write (its rate limit is far below that), and the last write takes the rest.
+pub const BACKLOG_BATCH: usize = 1_000;
+
+/// Runs `batch` — one write that changes at most [`BACKLOG_BATCH`] deliveries of one
+/// endpoint and returns how many it changed — until a run changes fewer; returns how many
+/// were changed in all. What every store's [`EndpointStore::finish_disabling`], and the
+/// batches before a delete or a switch to parallel, are made of.
+///
+/// For a disable it ends: a disabled endpoint gets no new outstanding deliveries (inserts and
+/// replays give it failed ones, claims and recovers pass it over), so every full batch
+/// shrinks a finite set. For the others, see [`BACKLOG_BATCH`].
+pub async fn in_batches<B, F>(mut batch: B) -> StoreResult<u64>
 where
     B: FnMut() -> F,
     F: std::future::Future<Output = StoreResult<u64>>,
 {
     let mut total = 0;
     loop {
-        let failed = batch().await?;
-        total += failed;
-        if failed < DISABLE_BATCH as u64 {
+        let changed = batch().await?;
+        total += changed;
+        if changed < BACKLOG_BATCH as u64 {
             return Ok(total);
         }
     }
 }
 
 /// [`EndpointStore::update_endpoint`] in batches, for a store whose `update` write applies the
-/// patch and fails at most [`DISABLE_BATCH`] outstanding deliveries when the endpoint is (or
+/// patch and fails at most [`BACKLOG_BATCH`] outstanding deliveries when the endpoint is (or
 /// becomes) disabled, or is enabled over what a disable left behind, and whose `batch` write
 /// is one step of [`EndpointStore::finish_disabling`]: an enable first fails what is left in
 /// batches, then runs `update`; a disable runs `update`, then fails the rest in batches.
@@ -110,10 +127,10 @@ where
     B: FnMut() -> FB,
     FB: std::future::Future<Output = StoreResult<u64>>,
 {
-    let before = if enabling { fail_in_batches(&mut batch).await? } else { 0 };
+    let before = if enabling { in_batches(&mut batch).await? } else { 0 };
     let Some(mut update) = update().await? else { return Ok(None) };
-    if !update.endpoint.enabled && update.failed >= DISABLE_BATCH as u64 {
-        update.failed += fail_in_batches(batch).await?;
+    if !update.endpoint.enabled && update.failed >= BACKLOG_BATCH as u64 {
+        update.failed += in_batches(batch).await?;
     }
     update.failed += before;
     Ok(Some(update))
@@ -187,7 +204,7 @@ pub trait EndpointStore: Send + Sync + 'static {
     ///
     /// - `enabled: Some(true)` enables it, clears `disabled_reason` and its failing-since
     ///   time; deliveries failed while it was disabled stay failed (see `recover`). Outstanding
-    ///   deliveries a disable left behind (see [`DISABLE_BATCH`]) are failed first, with the
+    ///   deliveries a disable left behind (see [`BACKLOG_BATCH`]) are failed first, with the
     ///   disabled reason, and counted in `failed`.
     /// - `enabled: Some(false)` on an enabled endpoint disables it with reason
     ///   [`DISABLED_BY_REQUEST`](crate::domain::webhook::DISABLED_BY_REQUEST) and fails every
@@ -196,7 +213,7 @@ pub trait EndpointStore: Send + Sync + 'static {
     ///   becomes `failed`. `failed` counts them. Disabling a disabled endpoint keeps its
     ///   reason and fails only what a disable left behind, with that reason.
     /// - The endpoint's own change (and the disable) is one write; failing its outstanding
-    ///   deliveries takes writes of at most [`DISABLE_BATCH`] each (for an enable, before the
+    ///   deliveries takes writes of at most [`BACKLOG_BATCH`] each (for an enable, before the
     ///   write that enables it), so other organizations' writes are not held up by one
     ///   endpoint's backlog.
     /// - A new filter applies to events inserted from then on.
@@ -233,7 +250,7 @@ pub trait EndpointStore: Send + Sync + 'static {
 
     /// Fails the outstanding deliveries a *disabled* endpoint still has — those a
     /// [`complete`](DeliveryQueue::complete) that disabled it left, or a disable that stopped
-    /// half-way — with its disabled reason, in writes of at most [`DISABLE_BATCH`] each, as
+    /// half-way — with its disabled reason, in writes of at most [`BACKLOG_BATCH`] each, as
     /// disabling through `update_endpoint` would have; returns how many. An enabled, unknown
     /// or foreign endpoint: nothing changes, `0`.
     ///
@@ -252,7 +269,8 @@ pub trait EndpointStore: Send + Sync + 'static {
     /// number of disabled endpoints, not in their deliveries.
     async fn unfinished_disables(&self) -> StoreResult<Vec<(OrganizationId, EndpointId)>>;
 
-    /// Deletes an endpoint and cancels its outstanding (pending or in-flight) deliveries; a
+    /// Deletes an endpoint and cancels its outstanding (pending or in-flight) deliveries (a
+    /// large backlog in batches first, see [`BACKLOG_BATCH`]); a
     /// worker still holding a lease on one finds its completion stale, but its attempt is
     /// still recorded in the event's history, as for a delivery a
     /// [`replay`](EventLog::replay) supersedes (the same memory, fenced the same way, dropped
@@ -264,7 +282,8 @@ pub trait EndpointStore: Send + Sync + 'static {
     /// Sets how the endpoint's deliveries are scheduled (see
     /// [`DeliveryOrdering`]): deliveries queued
     /// from the return on follow the new ordering. Switching to `Parallel` also turns every
-    /// outstanding ordered delivery of the endpoint into a parallel one; switching to `Fifo`
+    /// outstanding ordered delivery of the endpoint into a parallel one (a long line in
+    /// batches first, see [`BACKLOG_BATCH`]); switching to `Fifo`
     /// orders only deliveries queued afterwards (ones already queued stay parallel and may run
     /// beside the line). `false` if no such endpoint belongs to `org`.
     async fn set_endpoint_ordering(
@@ -478,7 +497,7 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     ///   keeps the earlier time;
     /// - `disable_endpoint: Some(reason)` disables the endpoint with that reason and then
     ///   fails its outstanding deliveries with that reason (also this one after a `Retry`),
-    ///   like disabling through `update_endpoint` — but at most [`DISABLE_BATCH`] of them per
+    ///   like disabling through `update_endpoint` — but at most [`BACKLOG_BATCH`] of them per
     ///   endpoint and call, however many of its completions disable it: the rest stay
     ///   outstanding, are never claimed, and are failed by [`EndpointStore::finish_disabling`].
     ///

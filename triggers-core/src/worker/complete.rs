@@ -69,7 +69,7 @@ pub(super) async fn complete_loop<S: EventStore, D: Deliverer>(
     // the end.)
     let mut announcing = tokio::task::JoinSet::new();
     // Disables a previous run left half-way (a crash between a completion that disabled an
-    // endpoint and the end of its follow-up, see `store::DISABLE_BATCH`).
+    // endpoint and the end of its follow-up, see `store::BACKLOG_BATCH`).
     let starting = shared.clone();
     announcing.spawn(async move {
         let now = starting.clock.now();

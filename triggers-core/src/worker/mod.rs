@@ -396,7 +396,7 @@ pub(super) fn disabled_by(batch: &[Finished], applied: &[bool]) -> Vec<Disabled>
 }
 
 /// Fails what the completions that disabled each of `disabled` left outstanding (they fail
-/// at most [`DISABLE_BATCH`](crate::store::DISABLE_BATCH) each), then ingests
+/// at most [`BACKLOG_BATCH`](crate::store::BACKLOG_BATCH) each), then ingests
 /// `triggers.endpoint.disabled` for it.
 pub(super) async fn announce_disabled<S: EventStore>(store: &S, disabled: Vec<Disabled>) {
     for d in disabled {

@@ -427,7 +427,7 @@ async fn gone_and_long_failing_endpoints_are_disabled() {
 /// never delivered, and the next start of the workers finishes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disabled_endpoints_whole_backlog_is_failed_also_after_a_restart() {
-    let n = store::DISABLE_BATCH + 30;
+    let n = store::BACKLOG_BATCH + 30;
     // Each attempt waits until every event is in, so the backlog is whole when the first
     // completion disables the endpoint.
     let (open, opened) = tokio::sync::watch::channel(false);

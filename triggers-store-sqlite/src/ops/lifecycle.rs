@@ -3,7 +3,7 @@
 
 use rusqlite::{params, Connection, Row};
 use triggers_core::store::{
-    EndpointPatch, EndpointUpdate, RecoverQuery, Recovered, StoreResult, DISABLE_BATCH,
+    EndpointPatch, EndpointUpdate, RecoverQuery, Recovered, StoreResult, BACKLOG_BATCH,
 };
 use triggers_core::{
     DeliveryOrdering, Endpoint, EndpointId, OrganizationId, Secret, Timestamp, TypeGlob,
@@ -99,7 +99,7 @@ pub(crate) fn record_failed(
     Ok(())
 }
 
-/// Fails at most [`DISABLE_BATCH`] outstanding deliveries of a disabled endpoint; returns
+/// Fails at most [`BACKLOG_BATCH`] outstanding deliveries of a disabled endpoint; returns
 /// how many. A range of the deliveries' key, which starts with `endpoint_seq` (migration
 /// 0009).
 pub(crate) fn fail_outstanding(
@@ -115,7 +115,7 @@ pub(crate) fn fail_outstanding(
              RETURNING event_seq",
         )
         .store()?;
-    let batch = i64::try_from(DISABLE_BATCH).unwrap_or(i64::MAX);
+    let batch = i64::try_from(BACKLOG_BATCH).unwrap_or(i64::MAX);
     let events = query_vec(&mut stmt, [endpoint_seq, batch], |row| codec::int(row, 0))?;
     for event_seq in &events {
         record_failed(conn, endpoint_seq, *event_seq, reason, at)?;
@@ -196,7 +196,7 @@ pub(crate) fn update_endpoint(
     Ok(Some(EndpointUpdate { endpoint, was_enabled, failed }))
 }
 
-/// One write of `EndpointStore::finish_disabling`: fails at most [`DISABLE_BATCH`]
+/// One write of `EndpointStore::finish_disabling`: fails at most [`BACKLOG_BATCH`]
 /// outstanding deliveries of a disabled endpoint with its reason; 0 for an enabled, unknown
 /// or foreign one.
 pub(crate) fn fail_left_behind(

@@ -1,7 +1,7 @@
 //! Organizations and endpoints. Writes run on the writer; `endpoints` on a reader.
 
 use rusqlite::{params, Connection};
-use triggers_core::store::{NewEndpoint, StoreResult};
+use triggers_core::store::{NewEndpoint, StoreResult, BACKLOG_BATCH};
 use triggers_core::{
     DeliveryOrdering, Endpoint, EndpointId, KeyHash, Organization, OrganizationId, Secret,
     StoreError, Timestamp, TypeGlob,
@@ -141,6 +141,73 @@ pub(crate) fn delete_endpoint(
         .store()?;
     conn.prepare_cached("DELETE FROM endpoints WHERE seq = ?1").store()?.execute([seq]).store()?;
     Ok(true)
+}
+
+/// The endpoint's row number, if `org` owns it.
+fn own_endpoint(
+    conn: &Connection,
+    org: OrganizationId,
+    id: EndpointId,
+) -> StoreResult<Option<i64>> {
+    let mut find =
+        conn.prepare_cached("SELECT seq FROM endpoints WHERE id = ?1 AND org_id = ?2").store()?;
+    query_opt(&mut find, params![id.0.as_bytes(), org.0.as_bytes()], |row| codec::int(row, 0))
+}
+
+/// [`BACKLOG_BATCH`] as a statement parameter.
+fn backlog_batch() -> i64 {
+    i64::try_from(BACKLOG_BATCH).unwrap_or(i64::MAX)
+}
+
+/// One write before [`delete_endpoint`] on a large backlog: cancels at most
+/// [`BACKLOG_BATCH`] pending deliveries of the endpoint and forgets at most as many failed
+/// ones (ranges of both tables' keys, which start with `endpoint_seq`); returns the larger
+/// count, 0 for an unknown or foreign endpoint. In-flight deliveries are left to the delete,
+/// which remembers them.
+pub(crate) fn cancel_backlog(
+    conn: &Connection,
+    org: OrganizationId,
+    id: EndpointId,
+) -> StoreResult<u64> {
+    let Some(seq) = own_endpoint(conn, org, id)? else { return Ok(0) };
+    let cancelled = conn
+        .prepare_cached(
+            "DELETE FROM deliveries WHERE endpoint_seq = ?1 AND event_seq IN
+                 (SELECT event_seq FROM deliveries WHERE endpoint_seq = ?1 AND state = 0 LIMIT ?2)",
+        )
+        .store()?
+        .execute([seq, backlog_batch()])
+        .store()?;
+    let forgotten = conn
+        .prepare_cached(
+            "DELETE FROM failed_deliveries WHERE endpoint_seq = ?1 AND event_seq IN
+                 (SELECT event_seq FROM failed_deliveries WHERE endpoint_seq = ?1 LIMIT ?2)",
+        )
+        .store()?
+        .execute([seq, backlog_batch()])
+        .store()?;
+    Ok(cancelled.max(forgotten) as u64)
+}
+
+/// One write before a switch to parallel on a long line: turns at most [`BACKLOG_BATCH`] of
+/// the endpoint's ordered deliveries, oldest first, into parallel ones (a range of
+/// `deliveries_line`); returns how many, 0 for an unknown or foreign endpoint.
+pub(crate) fn shorten_line(
+    conn: &Connection,
+    org: OrganizationId,
+    id: EndpointId,
+) -> StoreResult<u64> {
+    let Some(seq) = own_endpoint(conn, org, id)? else { return Ok(0) };
+    let n = conn
+        .prepare_cached(
+            "UPDATE deliveries SET line = NULL WHERE endpoint_seq = ?1 AND event_seq IN
+                 (SELECT event_seq FROM deliveries WHERE endpoint_seq = ?1 AND line IS NOT NULL
+                  ORDER BY line LIMIT ?2)",
+        )
+        .store()?
+        .execute([seq, backlog_batch()])
+        .store()?;
+    Ok(n as u64)
 }
 
 /// The stored code of an ordering: 0 parallel, 1 fifo.

@@ -156,40 +156,61 @@ async fn delete_and_rotate_endpoints() {
     assert_eq!(store.stats(org).await.unwrap().pending, 2, "events keep their status");
 }
 
-/// Disabling an endpoint with a large backlog fails it in writes of `DISABLE_BATCH`
-/// deliveries each, and another organization's writes run between them: while one
-/// `update_endpoint` fails 30 000 deliveries, a stream of another organization's single
-/// inserts keeps completing. (In one write, the whole disable held the writer: an insert
-/// queued behind it waited for all of it: three finished meanwhile, against 30 or so now.)
+/// Disabling, deleting or switching to parallel an endpoint with a large backlog changes it
+/// in writes of `BACKLOG_BATCH` deliveries each, and another organization's writes run
+/// between them: while one call changes 30 000 deliveries, a stream of another
+/// organization's single inserts keeps completing. (In one write, the whole change held the
+/// writer: an insert queued behind it waited for all of it; three finished meanwhile
+/// against 30 or so now.)
 #[tokio::test]
-async fn a_large_disable_lets_other_organizations_write_between_its_batches() {
-    use triggers_core::store::{EndpointPatch, DISABLE_BATCH};
-    let (_dir, store) = fresh();
-    let (busy, other) = (new_org(&store).await, new_org(&store).await);
-    let ep = store.create_endpoint(busy, &new_endpoint(None, t(0))).await.unwrap();
-    let n = 30 * DISABLE_BATCH;
-    for _ in 0..n / 1000 {
-        let records =
-            (0..1000).map(|_| crate::record("t", r#"{"n":1}"#, None, t(1))).collect::<Vec<_>>();
-        store.insert_events(busy, records, crate::WINDOW, t(1)).await.unwrap();
-    }
-    assert_eq!(store.queue_depth().await.unwrap(), n as u64);
+async fn endpoint_wide_changes_let_other_organizations_write_between_their_batches() {
+    use triggers_core::store::{EndpointPatch, BACKLOG_BATCH};
+    use triggers_core::DeliveryOrdering;
+    for change in ["disable", "delete", "switch to parallel"] {
+        let (_dir, store) = fresh();
+        let (busy, other) = (new_org(&store).await, new_org(&store).await);
+        let ep = store.create_endpoint(busy, &new_endpoint(None, t(0))).await.unwrap();
+        if change == "switch to parallel" {
+            let fifo = DeliveryOrdering::Fifo;
+            assert!(store.set_endpoint_ordering(busy, ep.id, fifo).await.unwrap());
+        }
+        let n = 30 * BACKLOG_BATCH;
+        for _ in 0..n / 1000 {
+            let records =
+                (0..1000).map(|_| crate::record("t", r#"{"n":1}"#, None, t(1))).collect::<Vec<_>>();
+            store.insert_events(busy, records, crate::WINDOW, t(1)).await.unwrap();
+        }
+        assert_eq!(store.queue_depth().await.unwrap(), n as u64);
 
-    let disabling = {
-        let store = store.clone();
-        let patch = EndpointPatch { enabled: Some(false), ..EndpointPatch::default() };
-        tokio::spawn(async move { store.update_endpoint(busy, ep.id, &patch, t(2)).await })
-    };
-    let mut finished_meanwhile = 0;
-    while !disabling.is_finished() {
-        insert_one(&store, other, "t", t(2)).await;
-        finished_meanwhile += 1;
+        let running = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                match change {
+                    "disable" => {
+                        let patch =
+                            EndpointPatch { enabled: Some(false), ..EndpointPatch::default() };
+                        let up = store.update_endpoint(busy, ep.id, &patch, t(2)).await;
+                        assert_eq!(up.unwrap().unwrap().failed, n as u64);
+                    }
+                    "delete" => assert!(store.delete_endpoint(busy, ep.id).await.unwrap()),
+                    _ => {
+                        let parallel = DeliveryOrdering::Parallel;
+                        assert!(store.set_endpoint_ordering(busy, ep.id, parallel).await.unwrap());
+                    }
+                }
+            })
+        };
+        let mut finished_meanwhile = 0;
+        while !running.is_finished() {
+            insert_one(&store, other, "t", t(2)).await;
+            finished_meanwhile += 1;
+        }
+        running.await.unwrap();
+        let left = if change == "switch to parallel" { n as u64 } else { 0 };
+        assert_eq!(store.queue_depth().await.unwrap(), left, "{change}");
+        assert!(
+            finished_meanwhile >= 10,
+            "{change}: only {finished_meanwhile} inserts of another organization finished meanwhile"
+        );
     }
-    let up = disabling.await.unwrap().unwrap().unwrap();
-    assert_eq!(up.failed, n as u64);
-    assert_eq!(store.queue_depth().await.unwrap(), 0);
-    assert!(
-        finished_meanwhile >= 10,
-        "only {finished_meanwhile} inserts of another organization finished during the disable"
-    );
 }
