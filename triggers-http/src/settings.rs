@@ -16,7 +16,7 @@ use triggers_core::{IngestorConfig, RetryPolicy, TierLimits, WorkerConfig};
 use crate::config::ServerConfig;
 
 /// Every variable: name, default, meaning.
-pub const VARIABLES: [(&str, &str, &str); 26] = [
+pub const VARIABLES: [(&str, &str, &str); 27] = [
     ("TRIGGERS_LISTEN", "127.0.0.1:8080", "address to bind (IP:port)"),
     ("DATABASE_URL", "sqlite://triggers.db", "sqlite://PATH or postgres://…"),
     (
@@ -46,6 +46,12 @@ pub const VARIABLES: [(&str, &str, &str); 26] = [
         "unset",
         "CIDRs webhooks may target although private/loopback (e.g. 127.0.0.0/8); \
          others are refused when configured",
+    ),
+    (
+        "TRIGGERS_WEBHOOK_MAX_CONNECTIONS",
+        "512",
+        "outbound webhook connections open at once, over every host; a new one closes the \
+         idle one used least recently (1 to 100000)",
     ),
     ("RUST_LOG", "info", "log filter"),
     ("TRIGGERS_UI", "on", "serve the dashboard at /ui and the API docs at /docs (on or off)"),
@@ -222,6 +228,8 @@ pub struct Settings {
     pub endpoint_concurrency: usize,
     /// `TRIGGERS_ENDPOINT_DEFER`.
     pub endpoint_defer: Duration,
+    /// `TRIGGERS_WEBHOOK_MAX_CONNECTIONS`.
+    pub webhook_max_connections: usize,
     /// `TRIGGERS_STORE_CONCURRENCY`.
     pub store_concurrency: usize,
 }
@@ -253,6 +261,7 @@ impl fmt::Debug for Settings {
             .field("endpoint_concurrency", &self.endpoint_concurrency)
             .field("store_concurrency", &self.store_concurrency)
             .field("endpoint_defer", &self.endpoint_defer)
+            .field("webhook_max_connections", &self.webhook_max_connections)
             .finish()
     }
 }
@@ -522,6 +531,8 @@ impl Settings {
                 .transpose()
         };
         let org_concurrency = count("TRIGGERS_ORG_CONCURRENCY")?;
+        let webhook_max_connections = count("TRIGGERS_WEBHOOK_MAX_CONNECTIONS")?
+            .unwrap_or(crate::WebhookConfig::default().max_connections);
         let endpoint_concurrency = count("TRIGGERS_ENDPOINT_CONCURRENCY")?
             .unwrap_or(WorkerConfig::default().endpoint_concurrency);
         let store_concurrency = count("TRIGGERS_STORE_CONCURRENCY")?
@@ -558,6 +569,7 @@ impl Settings {
             org_concurrency,
             endpoint_concurrency,
             endpoint_defer,
+            webhook_max_connections,
             store_concurrency,
         })
     }
@@ -630,6 +642,7 @@ impl Settings {
             allow: self.webhook_allow.clone(),
             endpoint_concurrency: self.endpoint_concurrency,
             endpoint_defer: self.endpoint_defer,
+            max_connections: self.webhook_max_connections,
             ..Default::default()
         }
     }
@@ -680,6 +693,7 @@ mod tests {
         assert_eq!(s.ingestor_config().worker.endpoint_concurrency, 16);
         assert_eq!(s.webhook_config().endpoint_concurrency, 16);
         assert_eq!(s.webhook_config().endpoint_defer, Duration::from_secs(1));
+        assert_eq!(s.webhook_config().max_connections, 512);
     }
 
     #[test]
@@ -690,8 +704,10 @@ mod tests {
             ("TRIGGERS_ENDPOINT_CONCURRENCY", "2"),
             ("TRIGGERS_ENDPOINT_DEFER", "250ms"),
             ("TRIGGERS_STORE_CONCURRENCY", "5"),
+            ("TRIGGERS_WEBHOOK_MAX_CONNECTIONS", "40"),
         ])
         .unwrap();
+        assert_eq!(s.webhook_config().max_connections, 40);
         assert_eq!(s.ingestor_config().store_concurrency, 5);
         let worker = s.ingestor_config().worker;
         assert_eq!((worker.effective_org_concurrency(), worker.endpoint_concurrency), (3, 2));
@@ -704,6 +720,9 @@ mod tests {
         assert_eq!(var(&[("TRIGGERS_ENDPOINT_CONCURRENCY", "x")]), "TRIGGERS_ENDPOINT_CONCURRENCY");
         assert_eq!(var(&[("TRIGGERS_ENDPOINT_DEFER", "1ms")]), "TRIGGERS_ENDPOINT_DEFER");
         assert_eq!(var(&[("TRIGGERS_ENDPOINT_DEFER", "soon")]), "TRIGGERS_ENDPOINT_DEFER");
+        let outbound = "TRIGGERS_WEBHOOK_MAX_CONNECTIONS";
+        assert_eq!(var(&[(outbound, "0")]), outbound);
+        assert_eq!(var(&[(outbound, "lots")]), outbound);
         let store = "TRIGGERS_STORE_CONCURRENCY";
         assert_eq!(var(&[(store, "0")]), store);
         assert_eq!(var(&[(store, "many")]), store);

@@ -316,6 +316,43 @@ async fn a_busy_endpoint_does_not_hold_up_others() {
     assert_eq!(again.await.unwrap().outcome, Outcome::Delivered, "permits come back");
 }
 
+/// With every outbound connection the budget allows waiting for an answer, a delivery to
+/// another host is deferred (no attempt used up, the endpoint not blamed) instead of opening
+/// one more socket; once the answer came, that connection is idle and makes room.
+#[tokio::test]
+async fn a_full_connection_budget_defers_deliveries_to_other_hosts() {
+    let gate = Arc::new(Semaphore::new(0));
+    let gate2 = gate.clone();
+    let slow = Receiver::start(move || {
+        let gate = gate2.clone();
+        async move {
+            gate.acquire().await.unwrap().forget();
+            status_response(200)
+        }
+    })
+    .await;
+    let other = Receiver::answering(200).await;
+    let d = deliverer(WebhookConfig { max_connections: 1, ..local_config() });
+
+    let waiting = {
+        let (d, delivery) = (d.clone(), delivery(&slow.url(), vec![Secret::generate()]));
+        tokio::spawn(async move { d.deliver(&delivery).await })
+    };
+    slow.wait_for(1).await;
+    let deferred = d.deliver(&delivery(&other.url(), vec![Secret::generate()])).await;
+    assert!(
+        matches!(&deferred.outcome, Outcome::Deferred { after, reason }
+            if *after == Duration::from_secs(1) && reason.contains("TRIGGERS_WEBHOOK_MAX_CONNECTIONS")),
+        "{deferred:?}"
+    );
+    assert!(other.seen().is_empty(), "nothing was sent");
+
+    gate.add_permits(1);
+    assert_eq!(waiting.await.unwrap().outcome, Outcome::Delivered);
+    let later = d.deliver(&delivery(&other.url(), vec![Secret::generate()])).await;
+    assert_eq!(later.outcome, Outcome::Delivered, "the idle connection made room");
+}
+
 #[tokio::test]
 async fn https_targets_go_through_tls() {
     // A plain-HTTP receiver cannot complete a TLS handshake: the https path is taken (and its

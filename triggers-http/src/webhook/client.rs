@@ -1,5 +1,6 @@
 //! The pooled HTTP(S) client: hyper-util's legacy client over rustls (ring, webpki roots),
-//! with the SSRF-checking resolver under the TLS layer, and a deadline over both.
+//! with the SSRF-checking resolver and the connection budget ([`Budget`]) under the TLS
+//! layer, and a deadline over all of it.
 //!
 //! Why the deadline: the TCP connect has its own timeout, the TLS handshake and the DNS
 //! lookup have none, and when a pooled connection frees up while a new one is still being
@@ -21,12 +22,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::budget::{Budget, Budgeted};
 use super::ssrf::{AddressPolicy, PolicyResolver};
 use super::{WebhookConfig, WebhookError};
 
 /// The client type the deliverer sends with.
 pub(crate) type HttpsClient =
-    Client<Deadline<HttpsConnector<HttpConnector<PolicyResolver>>>, Full<Bytes>>;
+    Client<Deadline<HttpsConnector<Budgeted<HttpConnector<PolicyResolver>>>>, Full<Bytes>>;
 
 /// A connector whose connection attempts fail after `limit`, wherever they are polled.
 #[derive(Clone)]
@@ -68,10 +70,11 @@ where
     }
 }
 
-/// Builds the client. Nothing here touches the network.
+/// Builds the client, its connections counted in `budget`. Nothing here touches the network.
 pub(crate) fn build(
     config: &WebhookConfig,
     policy: AddressPolicy,
+    budget: Arc<Budget>,
 ) -> Result<HttpsClient, WebhookError> {
     let mut http = HttpConnector::new_with_resolver(PolicyResolver::new(policy));
     // The TLS layer decides between http and https; this layer only makes TCP connections.
@@ -88,7 +91,7 @@ pub(crate) fn build(
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(Budgeted { inner: http, budget });
     let connector = Deadline { inner: https, limit: config.connect_timeout };
 
     Ok(Client::builder(TokioExecutor::new())
@@ -118,7 +121,7 @@ mod tests {
             ..WebhookConfig::default()
         };
         let policy = AddressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
-        let client = build(&config, policy).unwrap();
+        let client = build(&config, policy, Budget::new(8)).unwrap();
         let request = http::Request::post(format!("https://127.0.0.1:{port}/hook"))
             .body(Full::new(Bytes::from_static(b"{}")))
             .unwrap();

@@ -55,7 +55,8 @@ impl WebhookDeliverer {
     /// A deliverer with `config`. Makes no connection yet.
     pub fn new(config: WebhookConfig) -> Result<Self, WebhookError> {
         let policy = AddressPolicy::new(config.allow.clone());
-        let client = client::build(&config, policy.clone())?;
+        let budget = super::budget::Budget::new(config.max_connections);
+        let client = client::build(&config, policy.clone(), budget)?;
         let limits = EndpointLimits::new(
             config.endpoint_concurrency,
             config.endpoint_rate,
@@ -174,7 +175,7 @@ impl Inner {
 
         let response = match self.client.request(request).await {
             Ok(response) => response,
-            Err(err) => return outcome::from_client_error(&err).into(),
+            Err(err) => return outcome::from_client_error(&err, self.config.endpoint_defer).into(),
         };
         let status = response.status();
         let outcome = outcome::from_status(status, response.headers(), chrono::Utc::now());

@@ -29,6 +29,7 @@
 //! # let _ = deliverer; Ok(()) }
 //! ```
 
+mod budget;
 mod client;
 mod deliverer;
 mod limit;
@@ -56,6 +57,13 @@ pub struct WebhookConfig {
     pub pool_max_idle_per_host: usize,
     /// How long an idle pooled connection is kept (default 90 s).
     pub pool_idle_timeout: Duration,
+    /// Outbound connections open at once at most, over every host (default 512,
+    /// `TRIGGERS_WEBHOOK_MAX_CONNECTIONS`). A new one over it closes the idle connection used
+    /// least recently; when every one waits for an answer, the attempt is retried later.
+    /// The pool's own limits are per host, so without this one an organization pointing its
+    /// endpoints at many hosts or ports could make the process hold idle sockets until it
+    /// runs out of file descriptors. Give it at least the number of workers.
+    pub max_connections: usize,
     /// The `User-Agent` header (default `triggers-webhooks/<version>`).
     pub user_agent: String,
     /// At most this much of a response body is read (to reuse the connection); a longer body
@@ -86,6 +94,7 @@ impl Default for WebhookConfig {
             timeout: Duration::from_secs(15),
             pool_max_idle_per_host: 32,
             pool_idle_timeout: Duration::from_secs(90),
+            max_connections: 512,
             user_agent: concat!("triggers-webhooks/", env!("CARGO_PKG_VERSION")).to_owned(),
             max_response_body: 64 * 1024,
             allow: Vec::new(),

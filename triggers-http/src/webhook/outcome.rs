@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use http::{HeaderMap, StatusCode};
 use triggers_core::Outcome;
 
+use super::budget::BudgetFull;
 use super::ssrf::{Refused, ResolveError};
 
 /// Reasons stored with an attempt are at most this long.
@@ -48,7 +49,17 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Dur
 }
 
 /// The outcome of a request that got no usable response.
-pub(crate) fn from_client_error(err: &hyper_util::client::legacy::Error) -> Outcome {
+///
+/// A connection the budget could not make room for (every outbound connection waits for an
+/// answer) is the server's shortage, not the receiver's fault: `Deferred` by `defer`, no
+/// attempt used up and the endpoint not marked failing.
+pub(crate) fn from_client_error(
+    err: &hyper_util::client::legacy::Error,
+    defer: Duration,
+) -> Outcome {
+    if let Some(full) = find::<BudgetFull>(err) {
+        return Outcome::Deferred { after: defer, reason: full.to_string() };
+    }
     if let Some(refused) = find::<Refused>(err) {
         return Outcome::Permanent(short(refused.to_string()));
     }
