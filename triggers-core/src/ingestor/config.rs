@@ -64,7 +64,9 @@ pub struct IngestorConfig {
     /// with the fewest running. So one organization's heavy use of the store's small shared
     /// pools never makes another's request queue behind it. At most 64 requests of one
     /// organization wait at once; more fail at once with [`Error::Overloaded`](crate::Error).
-    /// Ingestion is queued fairly by the stores themselves.
+    /// Ingestion is queued fairly by the stores themselves. API-key lookups that miss the
+    /// cache belong to no organization: at most half this many (at least 1) run at once, so
+    /// a flood of invented keys waits for itself.
     pub store_concurrency: usize,
 }
 

@@ -94,7 +94,8 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         let inner = Arc::new(Inner {
             store,
             limiter: RateLimiter::new(),
-            auth: auth::AuthCache::new(config.auth_cache_ttl),
+            // Key lookups that miss the cache: half the organizations' places (at least 1).
+            auth: auth::AuthCache::new(config.auth_cache_ttl, config.store_concurrency / 2),
             gate: gate::StoreGate::new(config.store_concurrency),
             config,
             wake,

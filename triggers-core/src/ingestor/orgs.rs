@@ -27,12 +27,15 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     }
 
     /// The organization an API key belongs to; `Unauthorized` for unknown or rotated keys.
-    /// Results are cached for `auth_cache_ttl`.
+    /// Results are cached for `auth_cache_ttl`; lookups that miss the cache belong to no
+    /// organization, and at most half of `store_concurrency` of them (at least 1) reach the
+    /// store at once.
     pub async fn authenticate(&self, api_key: &str) -> Result<Organization> {
         let hash = crate::domain::key::KeyHash::of(api_key);
         if let Some(org) = self.inner.auth.get(&hash) {
             return Ok(org);
         }
+        let _turn = self.inner.auth.lookup_turn().await;
         match self.inner.store.organization_by_key(&hash).await? {
             Some(org) => {
                 self.inner.auth.insert(hash, org.clone());

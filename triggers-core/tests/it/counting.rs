@@ -1,7 +1,7 @@
 //! A store that counts its delivery-queue round trips (`claim`, `complete`,
-//! `complete_and_claim`: each call one) and the `stats` reads running per organization (which
-//! it can hold), and can hold the inserts of operational events (`triggers.endpoint.*`),
-//! forwarding everything to a [`MemoryStore`].
+//! `complete_and_claim`: each call one), the `stats` reads running per organization and the
+//! API-key lookups running (both of which it can hold), and can hold the inserts of
+//! operational events (`triggers.endpoint.*`), forwarding everything to a [`MemoryStore`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +28,14 @@ pub(crate) struct Counting {
     reads: Arc<Reads>,
     operational: Arc<Held>,
     refuse_finishing: Arc<std::sync::atomic::AtomicBool>,
+    key_lookups: Arc<KeyLookups>,
+}
+
+/// `organization_by_key` calls running now and the most at once, and their hold.
+#[derive(Default)]
+struct KeyLookups {
+    running: Mutex<(u32, u32)>,
+    gate: Held,
 }
 
 /// Calls that, once held, wait for a permit each.
@@ -101,6 +109,22 @@ impl Counting {
         self.refuse_finishing.store(refuse, Ordering::SeqCst);
     }
 
+    /// Makes `organization_by_key` calls wait (once counted as running) for a permit:
+    /// [`release_key_lookups`](Self::release_key_lookups) gives one.
+    pub(crate) fn hold_key_lookups(&self) {
+        self.key_lookups.gate.hold();
+    }
+
+    /// Lets `n` held key lookups finish.
+    pub(crate) fn release_key_lookups(&self, n: usize) {
+        self.key_lookups.gate.release(n);
+    }
+
+    /// `(running now, most at once)` of the `organization_by_key` calls.
+    pub(crate) fn key_lookups(&self) -> (u32, u32) {
+        *self.key_lookups.running.lock().unwrap()
+    }
+
     /// `(running now, most at once)` of `org`'s `stats` calls.
     pub(crate) fn reads_of(&self, org: OrganizationId) -> (u32, u32) {
         self.reads.running.lock().unwrap().get(&org).copied().unwrap_or_default()
@@ -122,7 +146,16 @@ impl OrgStore for Counting {
         self.inner.create_organization(org, key).await
     }
     async fn organization_by_key(&self, key: &KeyHash) -> StoreResult<Option<Organization>> {
-        self.inner.organization_by_key(key).await
+        let change = |d: i32| {
+            let mut running = self.key_lookups.running.lock().unwrap();
+            running.0 = running.0.saturating_add_signed(d);
+            running.1 = running.1.max(running.0);
+        };
+        change(1);
+        self.key_lookups.gate.pass().await;
+        let found = self.inner.organization_by_key(key).await;
+        change(-1);
+        found
     }
     async fn organization(&self, id: OrganizationId) -> StoreResult<Option<Organization>> {
         self.inner.organization(id).await

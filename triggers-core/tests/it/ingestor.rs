@@ -242,6 +242,34 @@ async fn a_busy_organization_leaves_a_place_at_the_store_for_the_others() {
     ing.shutdown().await;
 }
 
+/// Key lookups that miss the cache belong to no organization: a flood of invented keys
+/// reaches the store at most half of `store_concurrency` at a time (here 2 of 4), waits for
+/// itself, and an organization's read still reaches the store meanwhile. Every invented key
+/// is refused, a real one accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invented_keys_reach_the_store_a_few_at_a_time() {
+    let store = crate::counting::Counting::default();
+    let config = IngestorConfig { store_concurrency: 4, ..IngestorConfig::default() };
+    let ing = Ingestor::start(store.clone(), NoDeliverer, config);
+    let (org, key) = ing.create_organization("acme", Tier::Free).await.unwrap();
+    store.hold_key_lookups();
+    let flood: Vec<_> = (0..20)
+        .map(|i| {
+            let ing = ing.clone();
+            tokio::spawn(async move { ing.authenticate(&format!("tk_invented_{i}")).await })
+        })
+        .collect();
+    eventually("two lookups reach the store", || async { store.key_lookups().0 == 2 }).await;
+    ing.stats(&org).await.unwrap();
+    store.release_key_lookups(100);
+    for attempt in flood {
+        assert!(matches!(attempt.await.unwrap(), Err(Error::Unauthorized)));
+    }
+    assert_eq!(store.key_lookups(), (0, 2), "never more than two at once");
+    assert_eq!(ing.authenticate(key.expose()).await.unwrap().id, org.id);
+    ing.shutdown().await;
+}
+
 /// A shared limiter kept in this process: what a store-backed one decides, without the store.
 struct InProcessShared(RateLimiter);
 
