@@ -26,7 +26,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use atomic_waker::AtomicWaker;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -42,7 +41,8 @@ pub(crate) struct BudgetFull(usize);
 /// The count of open outbound connections and the ones that may be closed.
 pub(crate) struct Budget {
     max: usize,
-    epoch: Instant,
+    /// Counts uses of every connection: the order of last uses (a clock would tie).
+    uses: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -57,7 +57,7 @@ struct State {
 
 /// What the budget knows of one open connection.
 struct Slot {
-    /// When it last moved bytes, in milliseconds since the budget's epoch.
+    /// When it last moved bytes: the budget's use count then.
     last_used: AtomicU64,
     /// It wrote a request and has not read from the answer yet.
     awaiting: AtomicBool,
@@ -70,15 +70,16 @@ struct Slot {
 impl Budget {
     /// A budget of `max` connections (at least 1).
     pub(crate) fn new(max: usize) -> Arc<Self> {
-        Arc::new(Self { max: max.max(1), epoch: Instant::now(), state: Mutex::default() })
+        Arc::new(Self { max: max.max(1), uses: AtomicU64::new(0), state: Mutex::default() })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    /// The next use's place in the order of uses.
+    fn tick(&self) -> u64 {
+        self.uses.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Connections open or being opened now.
@@ -119,7 +120,7 @@ impl Ticket {
     /// Counts `io`, a connection just made, in the budget.
     pub(crate) fn attach<T>(mut self, io: T) -> Counted<T> {
         let slot = Arc::new(Slot {
-            last_used: AtomicU64::new(self.budget.now()),
+            last_used: AtomicU64::new(self.budget.tick()),
             // A new connection is made to send a request.
             awaiting: AtomicBool::new(true),
             evicted: AtomicBool::new(false),
@@ -154,7 +155,7 @@ pub(crate) struct Counted<T> {
 
 impl<T> Counted<T> {
     fn used(&self) {
-        self.slot.last_used.store(self._ticket.budget.now(), Ordering::Release);
+        self.slot.last_used.store(self._ticket.budget.tick(), Ordering::Release);
     }
 
     /// After a write: bytes sent mean a request waiting for its answer.
