@@ -16,7 +16,7 @@ use triggers_core::{IngestorConfig, RetryPolicy, TierLimits, WorkerConfig};
 use crate::config::ServerConfig;
 
 /// Every variable: name, default, meaning.
-pub const VARIABLES: [(&str, &str, &str); 27] = [
+pub const VARIABLES: [(&str, &str, &str); 28] = [
     ("TRIGGERS_LISTEN", "127.0.0.1:8080", "address to bind (IP:port)"),
     ("DATABASE_URL", "sqlite://triggers.db", "sqlite://PATH or postgres://…"),
     (
@@ -46,6 +46,12 @@ pub const VARIABLES: [(&str, &str, &str); 27] = [
         "unset",
         "CIDRs webhooks may target although private/loopback (e.g. 127.0.0.0/8); \
          others are refused when configured",
+    ),
+    (
+        "TRIGGERS_WEBHOOK_DENY",
+        "unset",
+        "CIDRs webhooks may never target, global or allowed (e.g. the deployment's own \
+         public addresses); refused when configured and at every delivery",
     ),
     (
         "TRIGGERS_WEBHOOK_MAX_CONNECTIONS",
@@ -200,6 +206,8 @@ pub struct Settings {
     pub retry: RetryPolicy,
     /// `TRIGGERS_WEBHOOK_ALLOW`.
     pub webhook_allow: Vec<IpNet>,
+    /// `TRIGGERS_WEBHOOK_DENY`.
+    pub webhook_deny: Vec<IpNet>,
     /// `RUST_LOG`.
     pub log_filter: String,
     /// `TRIGGERS_UI`.
@@ -246,6 +254,7 @@ impl fmt::Debug for Settings {
             .field("workers", &self.workers)
             .field("retry", &self.retry)
             .field("webhook_allow", &self.webhook_allow)
+            .field("webhook_deny", &self.webhook_deny)
             .field("log_filter", &self.log_filter)
             .field("ui", &self.ui)
             .field("db_acquire_timeout", &self.db_acquire_timeout)
@@ -375,20 +384,25 @@ impl Settings {
             }
         };
 
-        const ALLOW: &str = "TRIGGERS_WEBHOOK_ALLOW";
-        let webhook_allow = match get(ALLOW) {
-            None => Vec::new(),
-            Some(v) => v
-                .split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    p.parse::<IpNet>()
-                        .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
-                        .map_err(|_| bad(ALLOW, p, "expected CIDRs such as 127.0.0.0/8,10.0.0.0/8"))
-                })
-                .collect::<Result<_, _>>()?,
+        let networks = |var: &'static str| -> Result<Vec<IpNet>, SettingsError> {
+            match get(var) {
+                None => Ok(Vec::new()),
+                Some(v) => v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        p.parse::<IpNet>()
+                            .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
+                            .map_err(|_| {
+                                bad(var, p, "expected CIDRs such as 127.0.0.0/8,10.0.0.0/8")
+                            })
+                    })
+                    .collect(),
+            }
         };
+        let webhook_allow = networks("TRIGGERS_WEBHOOK_ALLOW")?;
+        let webhook_deny = networks("TRIGGERS_WEBHOOK_DENY")?;
 
         let log_filter = get("RUST_LOG").unwrap_or("info").to_owned();
 
@@ -555,6 +569,7 @@ impl Settings {
             workers,
             retry,
             webhook_allow,
+            webhook_deny,
             log_filter,
             ui,
             db_acquire_timeout,
@@ -640,6 +655,7 @@ impl Settings {
     pub fn webhook_config(&self) -> crate::WebhookConfig {
         crate::WebhookConfig {
             allow: self.webhook_allow.clone(),
+            deny: self.webhook_deny.clone(),
             endpoint_concurrency: self.endpoint_concurrency,
             endpoint_defer: self.endpoint_defer,
             max_connections: self.webhook_max_connections,
@@ -673,7 +689,7 @@ mod tests {
         assert!(policy("http://localhost:8080/hook").is_err(), "loopback refused by default");
         assert_eq!(s.workers, 64);
         assert_eq!(s.retry, RetryPolicy::default());
-        assert!(s.webhook_allow.is_empty());
+        assert!(s.webhook_allow.is_empty() && s.webhook_deny.is_empty());
         assert_eq!(s.log_filter, "info");
         assert!(s.ui && s.server_config().ui);
         assert!(s.secret_cipher.is_none());
@@ -741,6 +757,7 @@ mod tests {
             ("TRIGGERS_WORKERS", "0"),
             ("TRIGGERS_RETRY_SCHEDULE", "0s,1s"),
             ("TRIGGERS_WEBHOOK_ALLOW", "127.0.0.0/8, ::1"),
+            ("TRIGGERS_WEBHOOK_DENY", "198.51.99.0/24"),
             ("RUST_LOG", "debug"),
             ("TRIGGERS_UI", "OFF"),
             ("TRIGGERS_MAX_ENDPOINTS", "3"),
@@ -778,6 +795,8 @@ mod tests {
         assert_eq!(s.retry.max_attempts(), 2);
         assert_eq!(s.webhook_allow.len(), 2);
         assert_eq!(s.webhook_config().allow, s.webhook_allow);
+        assert_eq!(s.webhook_config().deny, s.webhook_deny);
+        assert_eq!(s.webhook_deny, vec!["198.51.99.0/24".parse::<IpNet>().unwrap()]);
         assert_eq!(s.server_config().admin_token.as_deref(), Some("s3cret"));
         assert!(!s.ui && !s.server_config().ui);
         let sqlite = parse(&[("DATABASE_URL", "sqlite:///var/lib/t.db")]).unwrap();
@@ -798,6 +817,7 @@ mod tests {
         assert_eq!(var(&[("TRIGGERS_WORKERS", "many")]), "TRIGGERS_WORKERS");
         assert_eq!(var(&[("TRIGGERS_RETRY_SCHEDULE", "5x")]), "TRIGGERS_RETRY_SCHEDULE");
         assert_eq!(var(&[("TRIGGERS_WEBHOOK_ALLOW", "10.0.0.0/33")]), "TRIGGERS_WEBHOOK_ALLOW");
+        assert_eq!(var(&[("TRIGGERS_WEBHOOK_DENY", "me")]), "TRIGGERS_WEBHOOK_DENY");
         assert_eq!(var(&[("TRIGGERS_UI", "yes")]), "TRIGGERS_UI");
         assert_eq!(var(&[("TRIGGERS_MAX_ENDPOINTS", "0")]), "TRIGGERS_MAX_ENDPOINTS");
         assert_eq!(var(&[("TRIGGERS_MAX_ATTEMPTS_KEPT", "lots")]), "TRIGGERS_MAX_ATTEMPTS_KEPT");

@@ -243,6 +243,28 @@ async fn loopback_needs_the_allow_list() {
     assert_eq!(receiver.seen().len(), 1);
 }
 
+/// The deny-list wins over the allow-list, for a literal and for a name that resolves into
+/// it, and nothing reaches the denied receiver; an allowed neighbour still is delivered to.
+#[tokio::test]
+async fn the_deny_list_refuses_before_any_connection() {
+    let receiver = Receiver::answering(200).await;
+    let d = deliverer(WebhookConfig {
+        allow: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+        deny: vec!["127.0.0.1/32".parse().unwrap(), "::1/128".parse().unwrap()],
+        ..WebhookConfig::default()
+    });
+    let a = d.deliver(&delivery(&receiver.url(), vec![Secret::generate()])).await;
+    assert!(permanent_reason(&a).contains("127.0.0.1 is in the webhook deny-list"), "{a:?}");
+    let by_name = format!("http://localhost:{}/hook", receiver.addr.port());
+    let a = d.deliver(&delivery(&by_name, vec![Secret::generate()])).await;
+    assert!(permanent_reason(&a).contains("deny-list"), "{a:?}");
+    assert!(receiver.seen().is_empty(), "nothing may reach a denied target");
+
+    let neighbour = Receiver::answering_on("127.0.0.2", 200).await;
+    let a = d.deliver(&delivery(&neighbour.url(), vec![Secret::generate()])).await;
+    assert_eq!(a.outcome, Outcome::Delivered);
+}
+
 #[tokio::test]
 async fn private_literals_are_refused_before_any_connection() {
     // Long timeouts: had a connection been attempted, the outcome would be a (late) Retry.

@@ -54,7 +54,7 @@ impl Target {
 impl WebhookDeliverer {
     /// A deliverer with `config`. Makes no connection yet.
     pub fn new(config: WebhookConfig) -> Result<Self, WebhookError> {
-        let policy = AddressPolicy::new(config.allow.clone());
+        let policy = AddressPolicy::new(config.allow.clone()).with_deny(config.deny.clone());
         let budget = super::budget::Budget::new(config.max_connections);
         let client = client::build(&config, policy.clone(), budget)?;
         let limits = EndpointLimits::new(

@@ -72,6 +72,10 @@ pub struct WebhookConfig {
     /// Networks that may be targeted although they are private, loopback or otherwise not
     /// global (default none). For tests and local development, e.g. `127.0.0.0/8`.
     pub allow: Vec<IpNet>,
+    /// Networks that may never be targeted, global or allowed alike (default none,
+    /// `TRIGGERS_WEBHOOK_DENY`): the deployment's own public addresses, or a neighbouring
+    /// service on a global address that tenants must not reach.
+    pub deny: Vec<IpNet>,
     /// Deliveries in flight to one endpoint at most (default 16).
     pub endpoint_concurrency: usize,
     /// Deliveries per second to one endpoint at most, with bursts of one second's worth
@@ -98,6 +102,7 @@ impl Default for WebhookConfig {
             user_agent: concat!("triggers-webhooks/", env!("CARGO_PKG_VERSION")).to_owned(),
             max_response_body: 64 * 1024,
             allow: Vec::new(),
+            deny: Vec::new(),
             endpoint_concurrency: 16,
             endpoint_rate: None,
             endpoint_wait: Duration::from_millis(100),
@@ -108,7 +113,8 @@ impl Default for WebhookConfig {
 
 impl WebhookConfig {
     /// Parses an allow-list such as `127.0.0.0/8, ::1/128` (comma- or space-separated CIDRs;
-    /// a bare address means just that address), as in `TRIGGERS_WEBHOOK_ALLOW`.
+    /// a bare address means just that address), as in `TRIGGERS_WEBHOOK_ALLOW` — and a
+    /// deny-list (`TRIGGERS_WEBHOOK_DENY`), written the same way.
     ///
     /// ```
     /// let allow = triggers_http::WebhookConfig::parse_allow("127.0.0.0/8, ::1").unwrap();
@@ -129,7 +135,8 @@ impl WebhookConfig {
     /// The check a server runs when a webhook is configured (`ServerConfig::webhook_url_policy`):
     /// a target this deliverer's SSRF policy is sure to refuse is refused at once (422) rather
     /// than accepted and then failed on every delivery. That is a host that is an IP address
-    /// outside the global unicast range and not in [`allow`](Self::allow), or `localhost` /
+    /// in [`deny`](Self::deny), or outside the global unicast range and not in
+    /// [`allow`](Self::allow), or `localhost` /
     /// `*.localhost` (which resolve to loopback, RFC 6761) when loopback is not allowed. IPv4
     /// addresses are read the way resolvers read them (`127.1`, `2130706433`, `0x7f.0.0.1`
     /// are all 127.0.0.1), and a trailing dot changes nothing. Other names are not resolved
@@ -148,9 +155,12 @@ impl WebhookConfig {
     /// assert!(strict("https://hooks.example.com/in").is_ok());
     /// let local = WebhookConfig { allow: WebhookConfig::parse_allow("127.0.0.0/8").unwrap(), ..Default::default() };
     /// assert!(local.url_policy()("http://localhost:8888/hook").is_ok());
+    /// let fenced = WebhookConfig { deny: WebhookConfig::parse_allow("198.51.99.0/24").unwrap(), ..Default::default() };
+    /// assert!(fenced.url_policy()("https://198.51.99.7/hook").unwrap_err().contains("TRIGGERS_WEBHOOK_DENY"));
+    /// assert!(fenced.url_policy()("https://198.51.98.7/hook").is_ok());
     /// ```
     pub fn url_policy(&self) -> crate::UrlPolicy {
-        let policy = ssrf::AddressPolicy::new(self.allow.clone());
+        let policy = ssrf::AddressPolicy::new(self.allow.clone()).with_deny(self.deny.clone());
         std::sync::Arc::new(move |url: &str| {
             let target = deliverer::parse_target(url)?;
             let host = target.host();
@@ -169,10 +179,17 @@ impl WebhookConfig {
                 },
             };
             policy.check(ip).map_err(|refused| {
-                format!(
-                    "{refused}: deliveries to it would all fail; the server setting \
-                     TRIGGERS_WEBHOOK_ALLOW (WebhookConfig::allow) opens such addresses"
-                )
+                if refused.denied() {
+                    format!(
+                        "{refused}: the server setting TRIGGERS_WEBHOOK_DENY \
+                         (WebhookConfig::deny) refuses it as a webhook target"
+                    )
+                } else {
+                    format!(
+                        "{refused}: deliveries to it would all fail; the server setting \
+                         TRIGGERS_WEBHOOK_ALLOW (WebhookConfig::allow) opens such addresses"
+                    )
+                }
             })
         })
     }

@@ -19,18 +19,35 @@ use std::task::{Context, Poll};
 use hyper_util::client::legacy::connect::dns::Name;
 use ipnet::IpNet;
 
-/// Which addresses webhooks may target: every global unicast address, plus the allow-list.
+/// Which addresses webhooks may target: every global unicast address, plus the allow-list,
+/// minus the deny-list (which wins over both).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct AddressPolicy {
     allow: Arc<[IpNet]>,
+    deny: Arc<[IpNet]>,
 }
 
 /// A target address was refused by the SSRF policy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("refused: {ip} is a {kind} address (not in the webhook allow-list)")]
+#[error("refused: {ip} {}", self.why())]
 pub(crate) struct Refused {
     ip: IpAddr,
-    kind: &'static str,
+    /// The kind of non-global address, or `None`: in the deny-list.
+    kind: Option<&'static str>,
+}
+
+impl Refused {
+    fn why(&self) -> String {
+        match self.kind {
+            Some(kind) => format!("is a {kind} address (not in the webhook allow-list)"),
+            None => "is in the webhook deny-list".to_owned(),
+        }
+    }
+
+    /// Whether the deny-list refused it (rather than its kind).
+    pub(crate) fn denied(&self) -> bool {
+        self.kind.is_none()
+    }
 }
 
 /// Resolving a webhook host failed or was refused.
@@ -49,21 +66,30 @@ pub(crate) enum ResolveError {
 
 impl AddressPolicy {
     pub(crate) fn new(allow: Vec<IpNet>) -> Self {
-        Self { allow: allow.into() }
+        Self { allow: allow.into(), deny: Arc::new([]) }
+    }
+
+    /// The same policy, refusing `deny` too, whatever the allow-list says.
+    pub(crate) fn with_deny(self, deny: Vec<IpNet>) -> Self {
+        Self { deny: deny.into(), ..self }
     }
 
     /// Ok if `ip` may be targeted.
     pub(crate) fn check(&self, ip: IpAddr) -> Result<(), Refused> {
-        let Some(kind) = non_global_kind(ip) else { return Ok(()) };
         let mapped = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
             IpAddr::V4(_) => None,
         };
-        let allowed = |ip: IpAddr| self.allow.iter().any(|net| net.contains(&ip));
-        if allowed(ip) || mapped.is_some_and(allowed) {
-            Ok(())
-        } else {
-            Err(Refused { ip, kind })
+        let listed = |list: &[IpNet]| {
+            let contains = |ip: IpAddr| list.iter().any(|net| net.contains(&ip));
+            contains(ip) || mapped.is_some_and(contains)
+        };
+        if listed(&self.deny) {
+            return Err(Refused { ip, kind: None });
+        }
+        match non_global_kind(ip) {
+            Some(kind) if !listed(&self.allow) => Err(Refused { ip, kind: Some(kind) }),
+            _ => Ok(()),
         }
     }
 
@@ -283,6 +309,19 @@ mod tests {
             err.to_string(),
             "refused: 10.0.0.1 is a private address (not in the webhook allow-list)"
         );
+    }
+
+    #[test]
+    fn the_deny_list_wins_over_the_allow_list_and_over_global_addresses() {
+        let policy = AddressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()])
+            .with_deny(vec!["127.0.0.2/32".parse().unwrap(), "203.0.114.0/24".parse().unwrap()]);
+        assert!(policy.check("127.0.0.1".parse().unwrap()).is_ok());
+        for ip in ["127.0.0.2", "::ffff:127.0.0.2", "203.0.114.7", "::ffff:203.0.114.7"] {
+            let err = policy.check(ip.parse().unwrap()).unwrap_err();
+            assert!(err.denied(), "{ip}");
+            assert_eq!(err.to_string(), format!("refused: {ip} is in the webhook deny-list"));
+        }
+        assert!(policy.check("203.0.115.7".parse().unwrap()).is_ok(), "a global neighbour");
     }
 
     #[tokio::test]

@@ -164,6 +164,27 @@ async fn webhook_targets_the_policy_refuses_are_refused_when_configured() {
         .post("/api/webhook/config", &key, json!({ "url": "http://localhost:8888/hook" }))
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
+
+    // The deny-list refuses what it names, global or allowed, and nothing else.
+    let fenced = WebhookConfig {
+        allow: WebhookConfig::parse_allow("127.0.0.0/8").unwrap(),
+        deny: WebhookConfig::parse_allow("127.0.0.2, 198.51.99.0/24").unwrap(),
+        ..WebhookConfig::default()
+    };
+    let fenced = TestServer::start(with_policy(fenced)).await;
+    let key = fenced.key("enterprise").await;
+    for url in
+        ["http://127.0.0.2:8888/hook", "https://198.51.99.7/in", "http://[::ffff:127.0.0.2]/"]
+    {
+        let r = fenced.client.post("/api/webhook/config", &key, json!({ "url": url })).await;
+        let p = r.problem(422, "invalid_field");
+        assert!(p["detail"].as_str().unwrap().contains("TRIGGERS_WEBHOOK_DENY"), "{url}: {p}");
+    }
+    assert_eq!(fenced.client.get("/api/webhook/config", &key).await.json()["webhooks"], json!([]));
+    for url in ["http://127.0.0.1:8888/hook", "https://198.51.98.7/in"] {
+        let r = fenced.client.post("/api/webhook/config", &key, json!({ "url": url })).await;
+        assert_eq!(r.status, 201, "{url}: {}", r.text());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,7 +47,16 @@ impl Receiver {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1", reply).await
+    }
+
+    /// [`start`](Self::start) on the loopback address `ip` (any of 127.0.0.0/8 on Linux).
+    pub(crate) async fn start_on<F, Fut>(ip: &str, reply: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let arrived = Arc::new(Notify::new());
@@ -84,6 +93,11 @@ impl Receiver {
     /// A receiver that always answers `status`.
     pub(crate) async fn answering(status: u16) -> Self {
         Self::start(move || async move { status_response(status) }).await
+    }
+
+    /// [`answering`](Self::answering) on the loopback address `ip`.
+    pub(crate) async fn answering_on(ip: &str, status: u16) -> Self {
+        Self::start_on(ip, move || async move { status_response(status) }).await
     }
 
     pub(crate) fn url(&self) -> String {
