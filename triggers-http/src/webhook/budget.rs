@@ -26,6 +26,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use atomic_waker::AtomicWaker;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -43,6 +44,9 @@ pub(crate) struct Budget {
     max: usize,
     /// Counts uses of every connection: the order of last uses (a clock would tie).
     uses: AtomicU64,
+    started: Instant,
+    /// When [`warn_full`](Self::warn_full) last warned, in seconds since `started` (0: never).
+    warned: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -70,11 +74,34 @@ struct Slot {
 impl Budget {
     /// A budget of `max` connections (at least 1).
     pub(crate) fn new(max: usize) -> Arc<Self> {
-        Arc::new(Self { max: max.max(1), uses: AtomicU64::new(0), state: Mutex::default() })
+        Arc::new(Self {
+            max: max.max(1),
+            uses: AtomicU64::new(0),
+            started: Instant::now(),
+            warned: AtomicU64::new(0),
+            state: Mutex::default(),
+        })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Says that the budget is full of busy connections, at most once a minute (a flood of
+    /// deferrals must not flood the log).
+    fn warn_full(&self) {
+        let now = self.started.elapsed().as_secs().max(1);
+        let last = self.warned.load(Ordering::Relaxed);
+        let due = last == 0 || now >= last + 60;
+        if due
+            && self.warned.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            tracing::warn!(
+                max = self.max,
+                "every outbound webhook connection waits for an answer: \
+                new connections are deferred (TRIGGERS_WEBHOOK_MAX_CONNECTIONS)"
+            );
+        }
     }
 
     /// The next use's place in the order of uses.
@@ -100,9 +127,17 @@ impl Budget {
                     !s.awaiting.load(Ordering::Acquire) && !s.evicted.load(Ordering::Acquire)
                 })
                 .min_by_key(|s| s.last_used.load(Ordering::Acquire));
-            let Some(idle) = idle else { return Err(BudgetFull(self.max)) };
+            let Some(idle) = idle else {
+                drop(state);
+                self.warn_full();
+                return Err(BudgetFull(self.max));
+            };
             idle.evicted.store(true, Ordering::Release);
             idle.reader.wake();
+            tracing::debug!(
+                max = self.max,
+                "outbound connection budget: closed the idle connection used least recently"
+            );
         }
         state.open += 1;
         Ok(Ticket { budget: self.clone(), slot: None })
