@@ -130,15 +130,24 @@ impl EndpointLimits {
         slot
     }
 
-    /// Drops the state of endpoints nobody is using. A slot in use is held by a [`Pass`] or
-    /// by a caller between lookup and acquisition, so its reference count is above one; the
-    /// shard lock `retain` holds keeps new clones from appearing meanwhile.
+    /// Drops the state of endpoints nobody is using and whose rate holds nothing back any
+    /// more. A slot in use is held by a [`Pass`] or by a caller between lookup and
+    /// acquisition, so its reference count is above one; the shard lock `retain` holds keeps
+    /// new clones from appearing meanwhile. A slot whose rate's theoretical arrival time is
+    /// still ahead is kept too: dropping it would give its endpoint a fresh burst, so one
+    /// organization churning through endpoints could make another's receiver get more than
+    /// its rate. (Once that time has passed, a fresh slot behaves exactly like the old one.)
     fn maybe_sweep(&self) {
         let len = self.slots.len();
         if len <= self.sweep_above.load(Ordering::Relaxed) {
             return;
         }
-        self.slots.retain(|_, slot| Arc::strong_count(slot) > 1);
+        let now = Instant::now();
+        self.slots.retain(|_, slot| {
+            let pacing =
+                slot.tat.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| t > now);
+            Arc::strong_count(slot) > 1 || pacing
+        });
         let next = (self.slots.len() * 2).max(SWEEP_FLOOR);
         self.sweep_above.store(next, Ordering::Relaxed);
     }
@@ -240,5 +249,28 @@ mod tests {
         assert!(limits.slots.contains_key(&busy));
         assert_eq!(limits.acquire(busy, Own::default()).await.unwrap_err(), Busy::Concurrency);
         drop(held);
+    }
+
+    /// An idle endpoint whose rate still holds deliveries back survives a sweep: it gets no
+    /// fresh burst. Once its rate has caught up, it is swept like any idle endpoint.
+    #[tokio::test(start_paused = true)]
+    async fn a_sweep_keeps_the_rate_of_an_endpoint_it_still_paces() {
+        let limits = EndpointLimits::new(8, None, Duration::from_millis(10));
+        let paced = EndpointId::new();
+        let own = Own { concurrency: None, rate: Some(2) };
+        drop(limits.acquire(paced, own).await.unwrap());
+        drop(limits.acquire(paced, own).await.unwrap());
+        assert!(matches!(limits.acquire(paced, own).await, Err(Busy::Rate(_))), "burst used up");
+        for _ in 0..SWEEP_FLOOR {
+            drop(limits.acquire(EndpointId::new(), Own::default()).await.unwrap());
+        }
+        assert!(limits.slots.contains_key(&paced), "kept by the sweep");
+        assert!(matches!(limits.acquire(paced, own).await, Err(Busy::Rate(_))), "no new burst");
+
+        tokio::time::advance(Duration::from_secs(2)).await;
+        for _ in 0..2 * SWEEP_FLOOR {
+            drop(limits.acquire(EndpointId::new(), Own::default()).await.unwrap());
+        }
+        assert!(!limits.slots.contains_key(&paced), "swept once its rate caught up");
     }
 }
