@@ -185,7 +185,9 @@ endpoints_up AS (
     SET failing_since = CASE x.mode WHEN 1 THEN NULL WHEN 2 THEN x.at
                                     ELSE coalesce(e.failing_since, x.at) END,
         enabled = e.enabled AND x.disable IS NULL,
-        disabled_reason = coalesce(x.disable, e.disabled_reason)
+        -- An endpoint already disabled keeps its reason.
+        disabled_reason = CASE WHEN e.enabled AND x.disable IS NOT NULL THEN x.disable
+                               ELSE e.disabled_reason END
     FROM UNNEST($7::uuid[], $8::int2[], $9::timestamptz[], $10::text[])
         AS x(id, mode, at, disable)
     -- Only rows that change: a healthy endpoint's row is not locked by every success.

@@ -10,7 +10,7 @@
 use sqlx::types::Uuid;
 use sqlx::{PgConnection, Row};
 use triggers_core::store::{
-    EndpointPatch, EndpointUpdate, RecoverQuery, Recovered, StoreResult, BACKLOG_BATCH,
+    Batch, EndpointPatch, EndpointUpdate, RecoverQuery, Recovered, StoreResult, BACKLOG_BATCH,
 };
 use triggers_core::{
     DeliveryOrdering, EndpointId, OrganizationId, Timestamp, TypeGlob, DISABLED_BY_REQUEST,
@@ -50,7 +50,7 @@ failed AS (
     UPDATE events SET status = 'failed'
     WHERE id IN (SELECT event_id FROM gone) AND status = 'pending'
 )
-SELECT count(*) AS n FROM gone
+SELECT (SELECT count(*) FROM gone) AS n, (SELECT count(*) FROM picked) AS found
 "#;
 
 /// Remembers failed deliveries (`$1` endpoint ids, `$2` event ids, `$3` reasons, `$4` times).
@@ -119,14 +119,15 @@ SELECT (SELECT count(*) FROM gone) AS queued, (SELECT count(*) FROM picked) AS p
 "#;
 
 /// Fails at most [`BACKLOG_BATCH`] outstanding deliveries of each of `endpoints` (being
-/// disabled in this transaction, or disabled) with their reasons; returns how many.
+/// disabled in this transaction, or disabled) with their reasons: how many it failed, and
+/// (for one endpoint) whether it found a whole batch.
 pub(crate) async fn fail_outstanding(
     tx: &mut PgConnection,
     endpoints: &[(Uuid, String)],
     at: Timestamp,
-) -> Result<u64, sqlx::Error> {
+) -> Result<Batch, sqlx::Error> {
     if endpoints.is_empty() {
-        return Ok(0);
+        return Ok(Batch { changed: 0, more: false });
     }
     let mut ids: Vec<Uuid> = endpoints.iter().map(|e| e.0).collect();
     ids.sort_unstable();
@@ -141,8 +142,9 @@ pub(crate) async fn fail_outstanding(
         .bind(i64::try_from(BACKLOG_BATCH).unwrap_or(i64::MAX))
         .fetch_one(&mut *tx)
         .await?;
-    let n: i64 = row.try_get("n")?;
-    Ok(u64::try_from(n).unwrap_or(0))
+    let (n, found): (i64, i64) = (row.try_get("n")?, row.try_get("found")?);
+    let changed = u64::try_from(n).unwrap_or(0);
+    Ok(Batch { changed, more: u64::try_from(found).unwrap_or(0) >= BACKLOG_BATCH as u64 })
 }
 
 /// One step of `EndpointStore::finish_disabling`, inside `tx`: locks the endpoint if it is
@@ -153,7 +155,7 @@ pub(crate) async fn fail_left_behind(
     org: OrganizationId,
     id: EndpointId,
     at: Timestamp,
-) -> Result<u64, sqlx::Error> {
+) -> Result<Batch, sqlx::Error> {
     let found = sqlx::query(
         // Locked and read again after any wait: an enable that committed meanwhile (having
         // failed what was left first) leaves nothing to do.
@@ -165,7 +167,7 @@ pub(crate) async fn fail_left_behind(
     .bind(DISABLED_BY_REQUEST)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(found) = found else { return Ok(0) };
+    let Some(found) = found else { return Ok(Batch { changed: 0, more: false }) };
     let reason: String = found.try_get("reason")?;
     fail_outstanding(tx, &[(id.0, reason)], at).await
 }
@@ -273,7 +275,7 @@ impl PgStore {
         // Disabling, or enabling over what a disable left behind: at most one batch here,
         // the rest in transactions of their own (`triggers_core::store::update_in_batches`).
         let failed = match patch.enabled {
-            Some(_) => fail_left_behind(&mut tx, org, id, now).await.map_err(map)?,
+            Some(_) => fail_left_behind(&mut tx, org, id, now).await.map_err(map)?.changed,
             None => 0,
         };
         if patch.enabled == Some(true) && !was_enabled {
@@ -303,7 +305,7 @@ impl PgStore {
         org: OrganizationId,
         id: EndpointId,
         now: Timestamp,
-    ) -> StoreResult<u64> {
+    ) -> StoreResult<Batch> {
         let mut tx = self.pool().begin().await.map_err(|e| self.fail(e))?;
         let failed = fail_left_behind(&mut tx, org, id, now).await.map_err(|e| self.fail(e))?;
         tx.commit().await.map_err(|e| self.fail(e))?;

@@ -3,8 +3,8 @@
 use async_trait::async_trait;
 use sqlx::types::Uuid;
 use triggers_core::store::{
-    EndpointPatch, EndpointStore, EndpointUpdate, NewEndpoint, OrgStore, RecoverQuery, Recovered,
-    SecretRewrite, StoreResult, BACKLOG_BATCH,
+    Batch, EndpointPatch, EndpointStore, EndpointUpdate, NewEndpoint, OrgStore, RecoverQuery,
+    Recovered, SecretRewrite, StoreResult, BACKLOG_BATCH,
 };
 use triggers_core::{
     DeliveryOrdering, Endpoint, EndpointId, KeyHash, Organization, OrganizationId, Secret,
@@ -161,7 +161,7 @@ impl EndpointStore for PgStore {
         }
         let update = || self.patch_endpoint(org, id, patch, now);
         let batch = || self.fail_left_behind(org, id, now);
-        triggers_core::store::update_in_batches(patch.enabled == Some(true), update, batch).await
+        triggers_core::store::update_in_batches(patch.enabled, update, batch).await
     }
 
     async fn finish_disabling(
@@ -356,43 +356,50 @@ impl EndpointStore for PgStore {
 /// test is read again on a row a claim changed meanwhile).
 const CANCEL_BACKLOG_SQL: &str = "
 WITH ep AS (SELECT id FROM endpoints WHERE id = $1 AND organization_id = $2),
+pending AS (
+    SELECT d.id FROM deliveries d JOIN ep ON d.endpoint_id = ep.id
+    WHERE d.state = 'pending' LIMIT $3
+),
+failed AS (
+    SELECT x.event_id FROM failed_deliveries x JOIN ep ON x.endpoint_id = ep.id LIMIT $3
+),
 cancelled AS (
-    DELETE FROM deliveries
-    WHERE id IN (SELECT d.id FROM deliveries d JOIN ep ON d.endpoint_id = ep.id
-                 WHERE d.state = 'pending' LIMIT $3)
-      AND state = 'pending'
+    DELETE FROM deliveries WHERE id IN (SELECT id FROM pending) AND state = 'pending'
     RETURNING 1
 ),
 forgotten AS (
-    DELETE FROM failed_deliveries f
-    USING (SELECT x.event_id FROM failed_deliveries x JOIN ep ON x.endpoint_id = ep.id
-           LIMIT $3) picked
-    WHERE f.endpoint_id = $1 AND f.event_id = picked.event_id
+    DELETE FROM failed_deliveries f USING failed
+    WHERE f.endpoint_id = $1 AND f.event_id = failed.event_id
     RETURNING 1
 )
-SELECT greatest((SELECT count(*) FROM cancelled), (SELECT count(*) FROM forgotten)) AS n";
+SELECT greatest((SELECT count(*) FROM cancelled), (SELECT count(*) FROM forgotten)) AS n,
+       greatest((SELECT count(*) FROM pending), (SELECT count(*) FROM failed)) AS found";
 
 /// One transaction before a switch to parallel on a long line, holding the endpoint's row
 /// lock like the switch: turns at most `$3` ordered deliveries of endpoint `$1` of
 /// organization `$2`, oldest first, into parallel ones (a range of `deliveries_line`).
 const SHORTEN_LINE_SQL: &str = "
 WITH ep AS (SELECT id FROM endpoints WHERE id = $1 AND organization_id = $2 FOR UPDATE),
+picked AS (
+    SELECT d.id FROM deliveries d JOIN ep ON d.endpoint_id = ep.id
+    WHERE d.fifo_seq IS NOT NULL ORDER BY d.fifo_seq, d.event_id LIMIT $3
+),
 made AS (
-    UPDATE deliveries SET fifo_seq = NULL
-    WHERE id IN (SELECT d.id FROM deliveries d JOIN ep ON d.endpoint_id = ep.id
-                 WHERE d.fifo_seq IS NOT NULL ORDER BY d.fifo_seq, d.event_id LIMIT $3)
+    UPDATE deliveries SET fifo_seq = NULL WHERE id IN (SELECT id FROM picked)
     RETURNING 1
 )
-SELECT count(*) AS n FROM made";
+SELECT (SELECT count(*) FROM made) AS n, (SELECT count(*) FROM picked) AS found";
 
 impl PgStore {
-    /// Runs one of the backlog batches above for endpoint `id` of `org`; how many it changed.
+    /// Runs one of the backlog batches above for endpoint `id` of `org`: how many it changed,
+    /// and whether it found a whole batch (rows a concurrent completion or claim took between
+    /// the pick and the change do not end the loop early).
     async fn backlog_batch(
         &self,
         sql: &'static str,
         org: OrganizationId,
         id: EndpointId,
-    ) -> StoreResult<u64> {
+    ) -> StoreResult<Batch> {
         let row = sqlx::query(sql)
             .bind(id.0)
             .bind(org.0)
@@ -400,8 +407,9 @@ impl PgStore {
             .fetch_one(self.pool())
             .await
             .map_err(|e| self.fail(e))?;
-        let n: i64 = rows::get(&row, "n")?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        let (n, found): (i64, i64) = (rows::get(&row, "n")?, rows::get(&row, "found")?);
+        let changed = u64::try_from(n).unwrap_or(0);
+        Ok(Batch { changed, more: u64::try_from(found).unwrap_or(0) >= BACKLOG_BATCH as u64 })
     }
 
     /// Before a switch to parallel: the endpoint's line made parallel in transactions of

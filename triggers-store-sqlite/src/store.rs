@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use triggers_core::domain::event::{Event, EventDetail, EventRecord, EventStatus};
 use triggers_core::store::{
-    AckOutcome, AttemptEntry, AttemptQuery, ClaimRequest, CompletedAndClaimed, Completion,
+    AckOutcome, AttemptEntry, AttemptQuery, Batch, ClaimRequest, CompletedAndClaimed, Completion,
     Delivery, DeliveryEntry, DeliveryHistory, DeliveryQuery, DeliveryQueue, EndpointPatch,
     EndpointStore, EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page,
     QueueStats, RecoverQuery, Recovered, Retention, SecretRewrite, StoreResult,
@@ -137,7 +137,7 @@ impl SqliteStore {
     /// `BACKLOG_BATCH` each, oldest first, while it is still FIFO.
     async fn shorten_line(&self, org: OrganizationId, id: EndpointId) -> StoreResult<u64> {
         triggers_core::store::in_batches(|| {
-            self.write_for(org, 1, move |c| orgs::shorten_line(c, org, id))
+            self.write_for(org, 1, move |c| orgs::shorten_line(c, org, id).map(Batch::of))
         })
         .await
     }
@@ -221,13 +221,16 @@ impl EndpointStore for SqliteStore {
         if patch.ordering == Some(DeliveryOrdering::Parallel) {
             self.shorten_line(org, id).await?;
         }
-        let enabling = patch.enabled == Some(true);
+        let enabled = patch.enabled;
         let patch = patch.clone();
         let update =
             || self.write_for(org, 1, move |c| lifecycle::update_endpoint(c, org, id, &patch, now));
-        let batch =
-            || self.write_for(org, 1, move |c| lifecycle::fail_left_behind(c, org, id, now));
-        triggers_core::store::update_in_batches(enabling, update, batch).await
+        let batch = || {
+            self.write_for(org, 1, move |c| {
+                lifecycle::fail_left_behind(c, org, id, now).map(Batch::of)
+            })
+        };
+        triggers_core::store::update_in_batches(enabled, update, batch).await
     }
 
     async fn finish_disabling(
@@ -237,7 +240,9 @@ impl EndpointStore for SqliteStore {
         now: Timestamp,
     ) -> StoreResult<u64> {
         triggers_core::store::in_batches(|| {
-            self.write_for(org, 1, move |c| lifecycle::fail_left_behind(c, org, id, now))
+            self.write_for(org, 1, move |c| {
+                lifecycle::fail_left_behind(c, org, id, now).map(Batch::of)
+            })
         })
         .await
     }
@@ -259,7 +264,7 @@ impl EndpointStore for SqliteStore {
     async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
         // A large backlog first, in writes of `BACKLOG_BATCH` each.
         triggers_core::store::in_batches(|| {
-            self.write_for(org, 1, move |c| orgs::cancel_backlog(c, org, id))
+            self.write_for(org, 1, move |c| orgs::cancel_backlog(c, org, id).map(Batch::of))
         })
         .await?;
         self.write_for(org, 1, move |c| orgs::delete_endpoint(c, org, id)).await

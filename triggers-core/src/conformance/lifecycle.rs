@@ -472,3 +472,36 @@ pub async fn switching_a_long_line_to_parallel<S: EventStore>(store: &S) {
         assert!(claimed.contains(&(ep.id, ids[1])) && claimed.contains(&(ep.id, ids[n - 1])));
     }
 }
+
+/// A completion that disables an endpoint which another completion already disabled (its
+/// delivery still outstanding, left by the first one's batch) keeps the first reason.
+pub async fn a_disabled_endpoint_keeps_its_first_reason<S: EventStore>(store: &S) {
+    use crate::store::{DeliveryQuery, DeliveryStatus, BACKLOG_BATCH};
+    let n = BACKLOG_BATCH + 10;
+    let org = new_org(store).await;
+    let ep = endpoint(store, org, None, t(0)).await;
+    insert_many(store, org, "x", n, 1).await;
+    let w = WorkerId::new();
+    let mut flying = Vec::new();
+    loop {
+        let got = claim_capped(store, w, 500, t(2), (u32::MAX, u32::MAX)).await;
+        if got.is_empty() {
+            break;
+        }
+        flying.extend(got);
+    }
+    assert_eq!(flying.len(), n, "all in flight");
+    let mut first = completion(&flying[0], CompletionState::Failed, t(3));
+    first.disable_endpoint = Some("410 Gone".into());
+    assert!(complete(store, first).await);
+
+    // At most one batch was failed: some in-flight deliveries are still outstanding.
+    let query = DeliveryQuery { status: Some(DeliveryStatus::InFlight), before: None, limit: 10 };
+    let left = store.endpoint_deliveries(org, ep.id, &query).await.unwrap().unwrap();
+    let survivor = flying.iter().find(|d| left.iter().any(|e| e.event_id == d.event_id));
+    let mut second = completion(survivor.unwrap(), CompletionState::Failed, t(4));
+    second.disable_endpoint = Some("failing for too long".into());
+    assert!(complete(store, second).await, "its delivery was still outstanding");
+    let now = store.endpoint(org, ep.id).await.unwrap().unwrap();
+    assert_eq!(now.disabled_reason.as_deref(), Some("410 Gone"), "the first reason stays");
+}

@@ -71,8 +71,8 @@ pub use inbox::{
     stats_count_events_and_in_flight_deliveries,
 };
 pub use lifecycle::{
-    a_recovered_delivery_keeps_its_event_open, deleting_cancels_a_large_backlog,
-    disabling_an_endpoint_fails_its_outstanding_deliveries,
+    a_disabled_endpoint_keeps_its_first_reason, a_recovered_delivery_keeps_its_event_open,
+    deleting_cancels_a_large_backlog, disabling_an_endpoint_fails_its_outstanding_deliveries,
     disabling_fails_a_large_backlog_in_batches, endpoints_are_found_and_patched,
     excluded_endpoints_get_nothing, recover_requeues_failed_deliveries,
     recover_takes_the_oldest_by_creation_time, switching_a_long_line_to_parallel,
@@ -155,6 +155,7 @@ macro_rules! store_conformance_tests {
                 disabling_an_endpoint_fails_its_outstanding_deliveries,
                 disabling_fails_a_large_backlog_in_batches,
                 deleting_cancels_a_large_backlog,
+                a_disabled_endpoint_keeps_its_first_reason,
                 switching_a_long_line_to_parallel,
                 recover_requeues_failed_deliveries,
                 recover_takes_the_oldest_by_creation_time,

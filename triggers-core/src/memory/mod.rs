@@ -22,7 +22,7 @@ use crate::domain::org::Organization;
 use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret};
 use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 use crate::store::{
-    AckOutcome, AttemptEntry, AttemptQuery, ClaimRequest, CompletedAndClaimed, Completion,
+    AckOutcome, AttemptEntry, AttemptQuery, Batch, ClaimRequest, CompletedAndClaimed, Completion,
     Delivery, DeliveryEntry, DeliveryHistory, DeliveryQuery, DeliveryQueue, EndpointPatch,
     EndpointStore, EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page,
     QueueStats, RecoverQuery, Recovered, Retention, SecretRewrite, StoreError, StoreLimits,
@@ -145,12 +145,14 @@ impl EndpointStore for MemoryStore {
         // The mutex is let go between batches: one endpoint's backlog does not stop every
         // organization's calls for as long as failing all of it takes.
         if patch.ordering == Some(DeliveryOrdering::Parallel) {
-            crate::store::in_batches(|| async { Ok(self.lock()?.shorten_line(org, id)) }).await?;
+            crate::store::in_batches(|| async {
+                Ok(Batch::of(self.lock()?.shorten_line(org, id)))
+            })
+            .await?;
         }
-        let enabling = patch.enabled == Some(true);
         let update = || async { Ok(self.lock()?.update_endpoint(org, id, patch, now)) };
-        let batch = || async { Ok(self.lock()?.fail_left_behind(org, id, now)) };
-        crate::store::update_in_batches(enabling, update, batch).await
+        let batch = || async { Ok(Batch::of(self.lock()?.fail_left_behind(org, id, now))) };
+        crate::store::update_in_batches(patch.enabled, update, batch).await
     }
 
     async fn finish_disabling(
@@ -159,7 +161,10 @@ impl EndpointStore for MemoryStore {
         id: EndpointId,
         now: Timestamp,
     ) -> StoreResult<u64> {
-        crate::store::in_batches(|| async { Ok(self.lock()?.fail_left_behind(org, id, now)) }).await
+        crate::store::in_batches(|| async {
+            Ok(Batch::of(self.lock()?.fail_left_behind(org, id, now)))
+        })
+        .await
     }
 
     async fn unfinished_disables(&self) -> StoreResult<Vec<(OrganizationId, EndpointId)>> {
@@ -177,7 +182,8 @@ impl EndpointStore for MemoryStore {
     }
 
     async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
-        crate::store::in_batches(|| async { Ok(self.lock()?.cancel_backlog(org, id)) }).await?;
+        crate::store::in_batches(|| async { Ok(Batch::of(self.lock()?.cancel_backlog(org, id))) })
+            .await?;
         Ok(self.lock()?.delete_endpoint(org, id))
     }
 
@@ -188,7 +194,10 @@ impl EndpointStore for MemoryStore {
         ordering: DeliveryOrdering,
     ) -> StoreResult<bool> {
         if ordering == DeliveryOrdering::Parallel {
-            crate::store::in_batches(|| async { Ok(self.lock()?.shorten_line(org, id)) }).await?;
+            crate::store::in_batches(|| async {
+                Ok(Batch::of(self.lock()?.shorten_line(org, id)))
+            })
+            .await?;
         }
         Ok(self.lock()?.set_endpoint_ordering(org, id, ordering))
     }

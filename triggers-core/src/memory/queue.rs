@@ -171,8 +171,8 @@ impl State {
                     endpoint.failing_since.get_or_insert(c.record.at);
                 }
             }
-            if let Some(reason) = &c.disable_endpoint {
-                disabled_now = endpoint.endpoint.enabled;
+            if let (Some(reason), true) = (&c.disable_endpoint, endpoint.endpoint.enabled) {
+                disabled_now = true;
                 endpoint.endpoint.enabled = false;
                 endpoint.endpoint.disabled_reason = Some(reason.clone());
             }

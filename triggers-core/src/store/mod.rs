@@ -88,10 +88,30 @@ use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId, WorkerId};
 /// a batch per write (its rate limit is far below that), and the last write takes the rest.
 pub const BACKLOG_BATCH: usize = 1_000;
 
+/// What one batch write of an endpoint-wide change did (see [`BACKLOG_BATCH`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batch {
+    /// How many deliveries it changed.
+    pub changed: u64,
+    /// Whether it found a whole batch to change, so more may be left. A store whose pick
+    /// can lose rows to concurrent writers (PostgreSQL) says what it *found*: counting what
+    /// it changed would end the loop early whenever a row was completed or claimed between
+    /// the pick and the change.
+    pub more: bool,
+}
+
+impl Batch {
+    /// A batch of a store whose pick and change are one (SQLite's writer, the memory store's
+    /// mutex): more may be left when it changed a whole batch.
+    pub fn of(changed: u64) -> Self {
+        Self { changed, more: changed >= BACKLOG_BATCH as u64 }
+    }
+}
+
 /// Runs `batch` — one write that changes at most [`BACKLOG_BATCH`] deliveries of one
-/// endpoint and returns how many it changed — until a run changes fewer; returns how many
-/// were changed in all. What every store's [`EndpointStore::finish_disabling`], and the
-/// batches before a delete or a switch to parallel, are made of.
+/// endpoint — until one finds no more; returns how many were changed in all. What every
+/// store's [`EndpointStore::finish_disabling`], and the batches before a delete or a switch
+/// to parallel, are made of.
 ///
 /// For a disable it ends: a disabled endpoint gets no new outstanding deliveries (inserts and
 /// replays give it failed ones, claims and recovers pass it over), so every full batch
@@ -99,13 +119,13 @@ pub const BACKLOG_BATCH: usize = 1_000;
 pub async fn in_batches<B, F>(mut batch: B) -> StoreResult<u64>
 where
     B: FnMut() -> F,
-    F: std::future::Future<Output = StoreResult<u64>>,
+    F: std::future::Future<Output = StoreResult<Batch>>,
 {
     let mut total = 0;
     loop {
-        let changed = batch().await?;
-        total += changed;
-        if changed < BACKLOG_BATCH as u64 {
+        let done = batch().await?;
+        total += done.changed;
+        if !done.more {
             return Ok(total);
         }
     }
@@ -114,10 +134,11 @@ where
 /// [`EndpointStore::update_endpoint`] in batches, for a store whose `update` write applies the
 /// patch and fails at most [`BACKLOG_BATCH`] outstanding deliveries when the endpoint is (or
 /// becomes) disabled, or is enabled over what a disable left behind, and whose `batch` write
-/// is one step of [`EndpointStore::finish_disabling`]: an enable first fails what is left in
-/// batches, then runs `update`; a disable runs `update`, then fails the rest in batches.
+/// is one step of [`EndpointStore::finish_disabling`]: an enable (`enabled: Some(true)`)
+/// first fails what is left in batches, then runs `update`; a disable runs `update`, then
+/// the batches until none is left.
 pub async fn update_in_batches<U, FU, B, FB>(
-    enabling: bool,
+    enabled: Option<bool>,
     update: U,
     mut batch: B,
 ) -> StoreResult<Option<EndpointUpdate>>
@@ -125,11 +146,13 @@ where
     U: FnOnce() -> FU,
     FU: std::future::Future<Output = StoreResult<Option<EndpointUpdate>>>,
     B: FnMut() -> FB,
-    FB: std::future::Future<Output = StoreResult<u64>>,
+    FB: std::future::Future<Output = StoreResult<Batch>>,
 {
-    let before = if enabling { in_batches(&mut batch).await? } else { 0 };
+    let before = if enabled == Some(true) { in_batches(&mut batch).await? } else { 0 };
     let Some(mut update) = update().await? else { return Ok(None) };
-    if !update.endpoint.enabled && update.failed >= BACKLOG_BATCH as u64 {
+    if enabled == Some(false) && !update.endpoint.enabled {
+        // Always at least one more batch: what `update` failed says nothing certain about
+        // what is left when its pick can lose rows to concurrent writers.
         update.failed += in_batches(batch).await?;
     }
     update.failed += before;
@@ -495,7 +518,8 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     /// - `Retry`/`Failed` set the endpoint's failing-since time to `record.at` (the attempt's
     ///   own time, not the time of the call) if it was not failing already; a later failure
     ///   keeps the earlier time;
-    /// - `disable_endpoint: Some(reason)` disables the endpoint with that reason and then
+    /// - `disable_endpoint: Some(reason)` disables the endpoint with that reason (one already
+    ///   disabled — by request, or by an earlier completion — keeps its reason) and then
     ///   fails its outstanding deliveries with that reason (also this one after a `Retry`),
     ///   like disabling through `update_endpoint` — but at most [`BACKLOG_BATCH`] of them per
     ///   endpoint and call, however many of its completions disable it: the rest stay
@@ -700,3 +724,33 @@ impl<T> EventStore for T where
 pub type DynStore = Arc<dyn EventStore>;
 
 mod forward;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod batch_tests {
+    use super::*;
+
+    /// The loop goes on while a batch *found* a whole batch, also when it changed fewer (rows
+    /// a concurrent writer took between its pick and its change), and adds up what changed.
+    #[tokio::test]
+    async fn batches_go_on_while_one_found_a_whole_batch() {
+        let mut script = vec![
+            Batch { changed: 998, more: true },
+            Batch { changed: 1000, more: true },
+            Batch { changed: 7, more: false },
+            Batch { changed: 1000, more: true },
+        ]
+        .into_iter();
+        let mut calls = 0;
+        let total = in_batches(|| {
+            calls += 1;
+            let next = script.next().unwrap();
+            async move { Ok(next) }
+        })
+        .await
+        .unwrap();
+        assert_eq!((total, calls), (2005, 3));
+        assert_eq!(Batch::of(999), Batch { changed: 999, more: false });
+        assert_eq!(Batch::of(1000), Batch { changed: 1000, more: true });
+    }
+}

@@ -166,22 +166,20 @@ fn complete_one(conn: &Connection, c: &Completion, keep: u32) -> StoreResult<boo
         }
     }
     if let Some(reason) = &c.disable_endpoint {
-        let was_enabled = conn
-            .prepare_cached("SELECT enabled FROM endpoints WHERE seq = ?1")
+        // An endpoint already disabled keeps its reason.
+        let disabled_now = conn
+            .prepare_cached(
+                "UPDATE endpoints SET enabled = 0, disabled_reason = ?2
+                 WHERE seq = ?1 AND enabled = 1",
+            )
             .store()?
-            .query_row([endpoint_seq], |row| row.get::<_, i64>(0))
+            .execute(params![endpoint_seq, reason])
             .store()?
-            != 0;
-        conn.prepare_cached(
-            "UPDATE endpoints SET enabled = 0, disabled_reason = ?2 WHERE seq = ?1",
-        )
-        .store()?
-        .execute(params![endpoint_seq, reason])
-        .store()?;
+            == 1;
         // One batch, by the completion that disabled it: the batch of completions is shared
         // with other organizations, and the workers fail the rest right after
         // (`EndpointStore::finish_disabling`).
-        if was_enabled {
+        if disabled_now {
             lifecycle::fail_outstanding(conn, endpoint_seq, reason, at)?;
         }
     }
