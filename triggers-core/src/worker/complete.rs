@@ -68,10 +68,13 @@ pub(super) async fn complete_loop<S: EventStore, D: Deliverer>(
     // that disabled an endpoint; finished ones are reaped each round, the rest awaited at
     // the end.)
     let mut announcing = tokio::task::JoinSet::new();
-    // Disables a previous run left half-way (a crash between a completion that disabled an
-    // endpoint and the end of its follow-up, see `store::BACKLOG_BATCH`).
+    // Failing what the disabling completions left outstanding (see `store::BACKLOG_BATCH`),
+    // and at start what a previous run left half-way: as long as the backlogs, so these are
+    // cut off at shutdown, not awaited — the next start finishes them
+    // (`EndpointStore::unfinished_disables`), and meanwhile nothing of theirs is claimed.
+    let mut finishing = tokio::task::JoinSet::new();
     let starting = shared.clone();
-    announcing.spawn(async move {
+    finishing.spawn(async move {
         let now = starting.clock.now();
         super::finish_unfinished_disables(&*starting.store, now).await;
     });
@@ -81,6 +84,10 @@ pub(super) async fn complete_loop<S: EventStore, D: Deliverer>(
         if let Some(flags) = &applied {
             let disabled = super::disabled_by(&batch, flags);
             if !disabled.is_empty() {
+                let (to_finish, store) = (super::finish_targets(&disabled), shared.clone());
+                finishing.spawn(async move {
+                    super::finish_disabling(&*store.store, to_finish).await;
+                });
                 let shared = shared.clone();
                 announcing.spawn(async move {
                     super::announce_disabled(&*shared.store, disabled).await;
@@ -88,6 +95,7 @@ pub(super) async fn complete_loop<S: EventStore, D: Deliverer>(
             }
         }
         while announcing.try_join_next().is_some() {}
+        while finishing.try_join_next().is_some() {}
         if let (Some(flags), Some(observer)) = (applied, &shared.observer) {
             for ((_, result, latency, _), applied) in batch.iter().zip(flags) {
                 let result = if applied { *result } else { DeliveryResult::Stale };
@@ -96,6 +104,7 @@ pub(super) async fn complete_loop<S: EventStore, D: Deliverer>(
         }
         batch.clear();
     }
+    finishing.shutdown().await;
     while announcing.join_next().await.is_some() {}
 }
 

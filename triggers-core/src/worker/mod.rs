@@ -395,16 +395,31 @@ pub(super) fn disabled_by(batch: &[Finished], applied: &[bool]) -> Vec<Disabled>
     disabled
 }
 
-/// Fails what the completions that disabled each of `disabled` left outstanding (they fail
-/// at most [`BACKLOG_BATCH`](crate::store::BACKLOG_BATCH) each), then ingests
-/// `triggers.endpoint.disabled` for it.
-pub(super) async fn announce_disabled<S: EventStore>(store: &S, disabled: Vec<Disabled>) {
-    for d in disabled {
-        if let Err(e) = store.finish_disabling(d.org, d.endpoint, d.at).await {
-            tracing::warn!(organization_id = %d.org, endpoint_id = %d.endpoint, error = %e,
+/// What to finish for each of `disabled`: organization, endpoint, time of the disable.
+pub(super) fn finish_targets(
+    disabled: &[Disabled],
+) -> Vec<(OrganizationId, crate::domain::EndpointId, clock::Timestamp)> {
+    disabled.iter().map(|d| (d.org, d.endpoint, d.at)).collect()
+}
+
+/// Fails what the completions that disabled these endpoints left outstanding (they fail at
+/// most [`BACKLOG_BATCH`](crate::store::BACKLOG_BATCH) each).
+pub(super) async fn finish_disabling<S: EventStore>(
+    store: &S,
+    targets: Vec<(OrganizationId, crate::domain::EndpointId, clock::Timestamp)>,
+) {
+    for (org, endpoint, at) in targets {
+        if let Err(e) = store.finish_disabling(org, endpoint, at).await {
+            tracing::warn!(organization_id = %org, endpoint_id = %endpoint, error = %e,
                 "failing a disabled endpoint's deliveries stopped; the rest are failed at the \
                  next start or when the endpoint is enabled");
         }
+    }
+}
+
+/// Ingests `triggers.endpoint.disabled` for each of `disabled`.
+pub(super) async fn announce_disabled<S: EventStore>(store: &S, disabled: Vec<Disabled>) {
+    for d in disabled {
         let subject = crate::ingestor::Subject {
             org: d.org,
             endpoint: d.endpoint,

@@ -28,6 +28,8 @@ pub(crate) struct Counting {
     reads: Arc<Reads>,
     operational: Arc<Held>,
     refuse_finishing: Arc<std::sync::atomic::AtomicBool>,
+    finishing: Arc<Held>,
+    finish_calls: Arc<AtomicU64>,
     key_lookups: Arc<KeyLookups>,
 }
 
@@ -125,6 +127,22 @@ impl Counting {
         *self.key_lookups.running.lock().unwrap()
     }
 
+    /// A store over the same data with counters and holds of its own.
+    pub(crate) fn sharing_data(&self) -> Self {
+        Self { inner: self.inner.clone(), ..Self::default() }
+    }
+
+    /// Makes `finish_disabling` calls wait for a permit (never given: they wait until
+    /// dropped), as a backlog that takes long to fail would.
+    pub(crate) fn hold_finishing(&self) {
+        self.finishing.hold();
+    }
+
+    /// `finish_disabling` calls so far.
+    pub(crate) fn finish_calls(&self) -> u64 {
+        self.finish_calls.load(Ordering::SeqCst)
+    }
+
     /// `(running now, most at once)` of `org`'s `stats` calls.
     pub(crate) fn reads_of(&self, org: OrganizationId) -> (u32, u32) {
         self.reads.running.lock().unwrap().get(&org).copied().unwrap_or_default()
@@ -210,6 +228,8 @@ impl EndpointStore for Counting {
         id: EndpointId,
         now: Timestamp,
     ) -> StoreResult<u64> {
+        self.finish_calls.fetch_add(1, Ordering::SeqCst);
+        self.finishing.pass().await;
         if self.refuse_finishing.load(Ordering::SeqCst) {
             return Err(triggers_core::StoreError::Unavailable("refused by the test".into()));
         }

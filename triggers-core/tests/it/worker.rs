@@ -464,6 +464,15 @@ async fn a_disabled_endpoints_whole_backlog_is_failed_also_after_a_restart() {
             assert_eq!(store.unfinished_disables().await.unwrap().len(), 1);
             ing.shutdown().await;
             store.refuse_finishing(false);
+            // A start whose finishing takes long (held here) still shuts down at once: the
+            // work is cut off, and the next start does it.
+            let held = store.sharing_data();
+            held.hold_finishing();
+            let calls = held.finish_calls();
+            let ing = Ingestor::start(held.clone(), gone(), config(&clock, policy(&[0])));
+            eventually("finishing started", || async { held.finish_calls() > calls }).await;
+            tokio::time::timeout(Duration::from_secs(10), ing.shutdown()).await.unwrap();
+            assert!(store.queue_depth().await.unwrap() > 0, "cut off, not finished");
             let ing = Ingestor::start(store.clone(), gone(), config(&clock, policy(&[0])));
             eventually("finished at the next start", || async {
                 store.queue_depth().await.unwrap() == 0
