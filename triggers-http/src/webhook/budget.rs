@@ -7,13 +7,18 @@
 //! out of file descriptors: then no tenant's request is even accepted.
 //!
 //! [`Budgeted`] counts every connection the deliverer has open or is opening. A connection
-//! over the budget first closes the *idle* connection used least recently — one whose last
-//! I/O read a response; a connection that sent a request and waits for its answer is never
-//! closed — so the count stays within the budget plus the connections being opened at that
-//! moment. When every counted connection waits for an answer, the attempt fails at once (a
-//! `Retry`) instead of opening one more. The connections that get closed are the ones used
-//! least recently: a busy endpoint keeps its connections, and an organization that scatters
-//! its deliveries over many hosts mostly closes its own.
+//! over the budget first closes the *idle* connection used least recently, so the count
+//! stays within the budget plus the connections being opened at that moment. Idle means
+//! known to carry no request: the deliverer marks a connection in use ([`send`]) from the
+//! moment the pool hands it out until the answer's body is read, and a connection made less
+//! than [`FRESH`] ago that has not carried a request yet is left alone (it was made for one).
+//! Nothing the receiver sends or makes the client send (pings, TLS key updates, session
+//! tickets) changes that, so a receiver can neither pin its connections nor get another's
+//! closed in the middle of a request. When every counted connection is in use, the attempt is
+//! deferred (`Deferred`: no attempt used up, the endpoint not blamed) instead of opening one
+//! more. The connections that get closed are the ones used least recently: a busy endpoint
+//! keeps its connections, and an organization that scatters its deliveries over many hosts
+//! mostly closes its own.
 //!
 //! Closing works through the connection's reads: an evicted connection's next read (the
 //! pool's connection task keeps one pending on every idle connection, to notice the peer
@@ -23,13 +28,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
-use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::connect::{CaptureConnection, Connected, Connection};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -59,16 +64,34 @@ struct State {
     slots: HashMap<u64, Arc<Slot>>,
 }
 
+/// How long a new connection that has not carried a request yet is kept from eviction: it
+/// was made for a request, which the pool is about to hand it (or it went to the pool idle
+/// because another connection freed up first).
+pub(crate) const FRESH: Duration = Duration::from_secs(1);
+
 /// What the budget knows of one open connection.
 struct Slot {
-    /// When it last moved bytes: the budget's use count then.
+    /// When a request last started or ended on it: the budget's use count then.
     last_used: AtomicU64,
-    /// It wrote a request and has not read from the answer yet.
-    awaiting: AtomicBool,
+    /// Requests on it now (marked by [`send`]).
+    requests: AtomicUsize,
+    /// It has carried a request: no longer fresh.
+    served: AtomicBool,
+    /// When it was made.
+    made: Instant,
     /// The budget closed it: its reads end the stream.
     evicted: AtomicBool,
     /// The task reading it, woken when it is evicted.
     reader: AtomicWaker,
+}
+
+impl Slot {
+    /// Whether the budget may close it now.
+    fn idle(&self) -> bool {
+        !self.evicted.load(Ordering::Acquire)
+            && self.requests.load(Ordering::Acquire) == 0
+            && (self.served.load(Ordering::Acquire) || self.made.elapsed() >= FRESH)
+    }
 }
 
 impl Budget {
@@ -123,9 +146,7 @@ impl Budget {
             let idle = state
                 .slots
                 .values()
-                .filter(|s| {
-                    !s.awaiting.load(Ordering::Acquire) && !s.evicted.load(Ordering::Acquire)
-                })
+                .filter(|s| s.idle())
                 .min_by_key(|s| s.last_used.load(Ordering::Acquire));
             let Some(idle) = idle else {
                 drop(state);
@@ -156,8 +177,9 @@ impl Ticket {
     pub(crate) fn attach<T>(mut self, io: T) -> Counted<T> {
         let slot = Arc::new(Slot {
             last_used: AtomicU64::new(self.budget.tick()),
-            // A new connection is made to send a request.
-            awaiting: AtomicBool::new(true),
+            requests: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
+            made: Instant::now(),
             evicted: AtomicBool::new(false),
             reader: AtomicWaker::new(),
         });
@@ -188,20 +210,6 @@ pub(crate) struct Counted<T> {
     _ticket: Ticket,
 }
 
-impl<T> Counted<T> {
-    fn used(&self) {
-        self.slot.last_used.store(self._ticket.budget.tick(), Ordering::Release);
-    }
-
-    /// After a write: bytes sent mean a request waiting for its answer.
-    fn wrote(&self, written: &Poll<io::Result<usize>>) {
-        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
-            self.slot.awaiting.store(true, Ordering::Release);
-            self.used();
-        }
-    }
-}
-
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -213,13 +221,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         if this.slot.evicted.load(Ordering::Acquire) {
             return Poll::Ready(Ok(())); // the end of the stream: hyper closes the connection
         }
-        let before = buf.filled().len();
-        let read = Pin::new(&mut this.io).poll_read(cx, buf);
-        if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.slot.awaiting.store(false, Ordering::Release);
-            this.used();
-        }
-        read
+        Pin::new(&mut this.io).poll_read(cx, buf)
     }
 }
 
@@ -233,9 +235,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         if this.slot.evicted.load(Ordering::Acquire) {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        let written = Pin::new(&mut this.io).poll_write(cx, data);
-        this.wrote(&written);
-        written
+        Pin::new(&mut this.io).poll_write(cx, data)
     }
 
     fn poll_write_vectored(
@@ -247,9 +247,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         if this.slot.evicted.load(Ordering::Acquire) {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        let written = Pin::new(&mut this.io).poll_write_vectored(cx, data);
-        this.wrote(&written);
-        written
+        Pin::new(&mut this.io).poll_write_vectored(cx, data)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -267,7 +265,66 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 
 impl<T: Connection> Connection for Counted<T> {
     fn connected(&self) -> Connected {
-        self.io.connected()
+        // The pool hands this to whoever captures the connection a request gets ([`send`]).
+        let slot = SlotRef { slot: self.slot.clone(), budget: self._ticket.budget.clone() };
+        self.io.connected().extra(slot)
+    }
+}
+
+/// A counted connection, as its [`Connected`] carries it.
+#[derive(Clone)]
+struct SlotRef {
+    slot: Arc<Slot>,
+    budget: Arc<Budget>,
+}
+
+/// A request on a counted connection: the connection is not closed for another while this
+/// lives (hold it until the answer's body is read).
+pub(crate) struct InUse {
+    slot: Arc<Slot>,
+    budget: Arc<Budget>,
+}
+
+impl InUse {
+    /// Marks the connection `connected` describes in use, if it is a counted one.
+    fn of(connected: &Connected) -> Option<Self> {
+        let mut extras = http::Extensions::new();
+        connected.get_extras(&mut extras);
+        let SlotRef { slot, budget } = extras.get::<SlotRef>()?.clone();
+        slot.requests.fetch_add(1, Ordering::AcqRel);
+        slot.served.store(true, Ordering::Release);
+        slot.last_used.store(budget.tick(), Ordering::Release);
+        Some(Self { slot, budget })
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.slot.last_used.store(self.budget.tick(), Ordering::Release);
+        self.slot.requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Runs `sending` (a request the client is making with `captured` from
+/// [`capture_connection`](hyper_util::client::legacy::connect::capture_connection)) and
+/// marks the connection the pool hands it in use as soon as it is handed out. Returns the
+/// request's result and the mark, to hold until the answer's body is read.
+pub(crate) async fn send<F: Future>(
+    sending: F,
+    captured: &mut CaptureConnection,
+) -> (F::Output, Option<InUse>) {
+    tokio::pin!(sending);
+    let mut in_use = None;
+    let mut waiting = true;
+    loop {
+        tokio::select! {
+            biased;
+            connected = captured.wait_for_connection_metadata(), if waiting => {
+                in_use = connected.as_ref().and_then(InUse::of);
+                waiting = false;
+            }
+            done = &mut sending => return (done, in_use),
+        }
     }
 }
 
@@ -316,7 +373,8 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use http_body_util::Full;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::connect::capture_connection;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
     use tokio::sync::Notify;
@@ -387,6 +445,11 @@ mod tests {
                 buf.drain(..body_start + length);
                 self.requests.fetch_add(1, Ordering::SeqCst);
                 if let Some(hold) = &self.hold {
+                    // An interim answer first: bytes arrive on the connection while the
+                    // request still waits for its answer.
+                    if socket.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+                        return;
+                    }
                     hold.notified().await;
                 }
                 let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
@@ -397,12 +460,18 @@ mod tests {
         }
     }
 
+    /// One request as the deliverer makes it: the connection in use until the body is read.
     async fn post(client: &HttpsClient, port: u16) -> Result<u16, String> {
-        let request = http::Request::post(format!("http://127.0.0.1:{port}/hook"))
+        let mut request = http::Request::post(format!("http://127.0.0.1:{port}/hook"))
             .body(Full::new(Bytes::from_static(b"{}")))
             .unwrap();
-        let response = client.request(request).await.map_err(|e| format!("{e:?}"))?;
-        Ok(response.status().as_u16())
+        let mut captured = capture_connection(&mut request);
+        let (sent, in_use) = send(client.request(request), &mut captured).await;
+        let response = sent.map_err(|e| format!("{e:?}"))?;
+        assert!(in_use.is_some(), "the connection is marked in use");
+        let status = response.status().as_u16();
+        response.into_body().collect().await.unwrap();
+        Ok(status)
     }
 
     async fn eventually(what: &str, check: impl Fn() -> bool) {
@@ -446,9 +515,10 @@ mod tests {
         assert_eq!(a.requests.load(Ordering::SeqCst), 3);
     }
 
-    /// A connection waiting for its answer is never closed for another: with every place
-    /// taken by one, a new host's attempt fails at once (the delivery is retried later),
-    /// and the waiting request still gets its answer.
+    /// A connection waiting for its answer is never closed for another, also when bytes
+    /// arrived on it meanwhile (an interim `100 Continue` here; a TLS session ticket or an
+    /// HTTP/2 ping in the wild): with every place taken by one, a new host's attempt fails
+    /// at once (the deliverer defers it), and the waiting request still gets its answer.
     #[tokio::test]
     async fn a_connection_waiting_for_its_answer_is_never_closed() {
         let (client, budget) = client(1);

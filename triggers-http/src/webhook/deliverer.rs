@@ -8,9 +8,11 @@ use http::header::{CONTENT_TYPE, USER_AGENT};
 use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::capture_connection;
 use triggers_core::store::Delivery;
 use triggers_core::{Attempt, Deliverer, Outcome};
 
+use super::budget;
 use super::client::{self, HttpsClient};
 use super::limit::{Busy, EndpointLimits, Own};
 use super::outcome::{self, short};
@@ -168,12 +170,16 @@ impl Inner {
             .header("webhook-timestamp", timestamp)
             .header("webhook-signature", signature)
             .body(Full::new(Bytes::from(body)));
-        let request = match request {
+        let mut request = match request {
             Ok(request) => request,
             Err(err) => return Outcome::Permanent(short(format!("invalid request: {err}"))).into(),
         };
 
-        let response = match self.client.request(request).await {
+        // The connection is marked in use from the moment the pool hands it out until the
+        // answer is read: the connection budget never closes it meanwhile.
+        let mut captured = capture_connection(&mut request);
+        let (sent, _in_use) = budget::send(self.client.request(request), &mut captured).await;
+        let response = match sent {
             Ok(response) => response,
             Err(err) => return outcome::from_client_error(&err, self.config.endpoint_defer).into(),
         };

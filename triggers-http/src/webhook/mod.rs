@@ -59,7 +59,8 @@ pub struct WebhookConfig {
     pub pool_idle_timeout: Duration,
     /// Outbound connections open at once at most, over every host (default 512,
     /// `TRIGGERS_WEBHOOK_MAX_CONNECTIONS`). A new one over it closes the idle connection used
-    /// least recently; when every one waits for an answer, the attempt is retried later.
+    /// least recently (never one carrying a request); when every one carries a request, the
+    /// attempt is deferred by `endpoint_defer` (no attempt used up).
     /// The pool's own limits are per host, so without this one an organization pointing its
     /// endpoints at many hosts or ports could make the process hold idle sockets until it
     /// runs out of file descriptors. Give it at least the number of workers.
