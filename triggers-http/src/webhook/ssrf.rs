@@ -76,13 +76,15 @@ impl AddressPolicy {
 
     /// Ok if `ip` may be targeted.
     pub(crate) fn check(&self, ip: IpAddr) -> Result<(), Refused> {
-        let mapped = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+        // An IPv6 address that carries an IPv4 address (mapped, NAT64, 6to4) reaches that
+        // address: the lists apply to it as well, as the kind check does.
+        let embedded = match ip {
+            IpAddr::V6(v6) => embedded_v4(v6).map(IpAddr::V4),
             IpAddr::V4(_) => None,
         };
         let listed = |list: &[IpNet]| {
             let contains = |ip: IpAddr| list.iter().any(|net| net.contains(&ip));
-            contains(ip) || mapped.is_some_and(contains)
+            contains(ip) || embedded.is_some_and(contains)
         };
         if listed(&self.deny) {
             return Err(Refused { ip, kind: None });
@@ -159,16 +161,8 @@ fn v6_kind(ip: Ipv6Addr) -> Option<&'static str> {
         return Some("loopback");
     }
     // Addresses that embed an IPv4 address are as good as that address.
-    if let Some(v4) = ip.to_ipv4_mapped() {
+    if let Some(v4) = embedded_v4(ip) {
         return v4_kind(v4);
-    }
-    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        // NAT64 well-known prefix 64:ff9b::/96.
-        return v4_kind(embedded_v4(seg[6], seg[7]));
-    }
-    if seg[0] == 0x2002 {
-        // 6to4 2002::/16 carries the IPv4 address in the next 32 bits.
-        return v4_kind(embedded_v4(seg[1], seg[2]));
     }
     let kind = match seg[0] {
         0xff00..=0xffff => "multicast",
@@ -187,8 +181,20 @@ fn v6_kind(ip: Ipv6Addr) -> Option<&'static str> {
     Some(kind)
 }
 
-fn embedded_v4(hi: u16, lo: u16) -> Ipv4Addr {
-    Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo))
+/// The IPv4 address an IPv6 address carries and reaches: IPv4-mapped `::ffff:0:0/96`, the
+/// NAT64 well-known prefix `64:ff9b::/96`, or 6to4 `2002::/16` (the next 32 bits).
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let seg = ip.segments();
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        Some(v4)
+    } else if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        Some(v4(seg[6], seg[7]))
+    } else if seg[0] == 0x2002 {
+        Some(v4(seg[1], seg[2]))
+    } else {
+        None
+    }
 }
 
 /// The DNS resolver of the webhook client's connector: resolves with the system resolver
@@ -316,7 +322,15 @@ mod tests {
         let policy = AddressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()])
             .with_deny(vec!["127.0.0.2/32".parse().unwrap(), "203.0.114.0/24".parse().unwrap()]);
         assert!(policy.check("127.0.0.1".parse().unwrap()).is_ok());
-        for ip in ["127.0.0.2", "::ffff:127.0.0.2", "203.0.114.7", "::ffff:203.0.114.7"] {
+        // Also as NAT64 (64:ff9b::cb00:7207) and 6to4 (2002:cb00:7207::1) addresses.
+        for ip in [
+            "127.0.0.2",
+            "::ffff:127.0.0.2",
+            "203.0.114.7",
+            "::ffff:203.0.114.7",
+            "64:ff9b::cb00:7207",
+            "2002:cb00:7207::1",
+        ] {
             let err = policy.check(ip.parse().unwrap()).unwrap_err();
             assert!(err.denied(), "{ip}");
             assert_eq!(err.to_string(), format!("refused: {ip} is in the webhook deny-list"));
