@@ -1,10 +1,13 @@
 //! A short-lived cache of authenticated keys, so the hot path does not hit the store, and a
 //! bound on the lookups that miss it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use moka::sync::Cache;
 use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::error::Error;
 
 use crate::domain::key::KeyHash;
 use crate::domain::org::Organization;
@@ -15,12 +18,22 @@ use crate::domain::OrganizationId;
 ///
 /// A lookup that misses (an unknown key, or a known one after `ttl`) belongs to no
 /// organization, so the store gate cannot share it out: instead at most `lookups` of them
-/// reach the store at once. A flood of invented keys then waits for itself (each lookup is
-/// one indexed read) and leaves the store's small pools to the organizations' requests.
+/// reach the store at once, at most [`MAX_WAITING_LOOKUPS`] wait for a turn, none for longer
+/// than [`LOOKUP_WAIT`]; the rest are `Overloaded` at once. A flood of invented keys then
+/// leaves the store's small pools to the organizations' requests, and a valid key that
+/// misses the cache waits behind at most that many lookups (each one indexed read) or is
+/// told to come back.
 pub(super) struct AuthCache {
     cache: Cache<[u8; 32], Organization>,
     lookups: Semaphore,
+    waiting: AtomicUsize,
 }
+
+/// Most key lookups waiting for a turn at once.
+pub(super) const MAX_WAITING_LOOKUPS: usize = 64;
+
+/// Longest wait of a key lookup for its turn.
+pub(super) const LOOKUP_WAIT: Duration = Duration::from_secs(1);
 
 impl AuthCache {
     pub(super) fn new(ttl: Duration, lookups: usize) -> Self {
@@ -29,13 +42,28 @@ impl AuthCache {
             .time_to_live(ttl)
             .support_invalidation_closures()
             .build();
-        Self { cache, lookups: Semaphore::new(lookups.max(1)) }
+        Self { cache, lookups: Semaphore::new(lookups.max(1)), waiting: AtomicUsize::new(0) }
     }
 
-    /// A turn to look a key up in the store (waits while `lookups` others run).
-    pub(super) async fn lookup_turn(&self) -> Option<SemaphorePermit<'_>> {
-        // The semaphore is never closed; `None` would only mean it was.
-        self.lookups.acquire().await.ok()
+    /// A turn to look a key up in the store: at once if one is free, else after waiting
+    /// (at most [`LOOKUP_WAIT`], behind at most [`MAX_WAITING_LOOKUPS`] others), else
+    /// `Overloaded`.
+    pub(super) async fn lookup_turn(&self) -> Result<SemaphorePermit<'_>, Error> {
+        let overloaded = Error::Overloaded(Duration::from_secs(1));
+        if let Ok(turn) = self.lookups.try_acquire() {
+            return Ok(turn);
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING_LOOKUPS {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(overloaded);
+        }
+        let turn = tokio::time::timeout(LOOKUP_WAIT, self.lookups.acquire()).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        match turn {
+            Ok(Ok(turn)) => Ok(turn),
+            // Timed out, or the semaphore closed (it never is).
+            _ => Err(overloaded),
+        }
     }
 
     pub(super) fn get(&self, hash: &KeyHash) -> Option<Organization> {
@@ -50,5 +78,43 @@ impl AuthCache {
     pub(super) fn forget(&self, org: OrganizationId) {
         // Only fails if closures were not enabled at build time, which they are.
         let _ = self.cache.invalidate_entries_if(move |_, o| o.id == org);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// With every turn taken, at most `MAX_WAITING_LOOKUPS` lookups wait (one more is
+    /// refused at once), they get their turns in order as turns end, and a wait ends after
+    /// `LOOKUP_WAIT` at the latest.
+    #[tokio::test(start_paused = true)]
+    async fn lookups_wait_in_a_bounded_room_for_a_bounded_time() {
+        let auth = Arc::new(AuthCache::new(Duration::from_secs(60), 1));
+        let held = auth.lookup_turn().await.unwrap();
+        let waiters: Vec<_> = (0..MAX_WAITING_LOOKUPS)
+            .map(|_| {
+                let auth = auth.clone();
+                tokio::spawn(async move { auth.lookup_turn().await.map(drop) })
+            })
+            .collect();
+        while auth.waiting.load(Ordering::Acquire) < MAX_WAITING_LOOKUPS {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(auth.lookup_turn().await, Err(Error::Overloaded(_))), "room full");
+        drop(held);
+        for waiter in waiters {
+            assert!(waiter.await.unwrap().is_ok(), "each waiter gets its turn");
+        }
+
+        let held = auth.lookup_turn().await.unwrap();
+        let start = tokio::time::Instant::now();
+        assert!(matches!(auth.lookup_turn().await, Err(Error::Overloaded(_))), "waited too long");
+        assert_eq!(start.elapsed(), LOOKUP_WAIT);
+        drop(held);
+        assert!(auth.lookup_turn().await.is_ok());
     }
 }

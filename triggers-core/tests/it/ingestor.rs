@@ -243,9 +243,10 @@ async fn a_busy_organization_leaves_a_place_at_the_store_for_the_others() {
 }
 
 /// Key lookups that miss the cache belong to no organization: a flood of invented keys
-/// reaches the store at most half of `store_concurrency` at a time (here 2 of 4), waits for
-/// itself, and an organization's read still reaches the store meanwhile. Every invented key
-/// is refused, a real one accepted.
+/// reaches the store at most half of `store_concurrency` at a time (here 2 of 4), at most
+/// 64 more wait (each at most a second), the rest are refused at once with `Overloaded`, and
+/// an organization's read still reaches the store meanwhile. Every invented key is refused,
+/// a real one accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invented_keys_reach_the_store_a_few_at_a_time() {
     let store = crate::counting::Counting::default();
@@ -253,18 +254,26 @@ async fn invented_keys_reach_the_store_a_few_at_a_time() {
     let ing = Ingestor::start(store.clone(), NoDeliverer, config);
     let (org, key) = ing.create_organization("acme", Tier::Free).await.unwrap();
     store.hold_key_lookups();
-    let flood: Vec<_> = (0..20)
+    let flood: Vec<_> = (0..80)
         .map(|i| {
             let ing = ing.clone();
             tokio::spawn(async move { ing.authenticate(&format!("tk_invented_{i}")).await })
         })
         .collect();
     eventually("two lookups reach the store", || async { store.key_lookups().0 == 2 }).await;
+    let finished = || flood.iter().filter(|f| f.is_finished()).count();
+    eventually("those beyond 64 waiting are refused at once", || async { finished() >= 14 }).await;
     ing.stats(&org).await.unwrap();
-    store.release_key_lookups(100);
+    store.release_key_lookups(1000);
+    let (mut refused, mut unknown) = (0, 0);
     for attempt in flood {
-        assert!(matches!(attempt.await.unwrap(), Err(Error::Unauthorized)));
+        match attempt.await.unwrap() {
+            Err(Error::Overloaded(_)) => refused += 1,
+            Err(Error::Unauthorized) => unknown += 1,
+            other => panic!("an invented key got {other:?}"),
+        }
     }
+    assert!(refused >= 14 && refused + unknown == 80, "{refused} refused, {unknown} unknown");
     assert_eq!(store.key_lookups(), (0, 2), "never more than two at once");
     assert_eq!(ing.authenticate(key.expose()).await.unwrap().id, org.id);
     ing.shutdown().await;
