@@ -11,20 +11,10 @@ use triggers_core::store::{
 };
 use triggers_core::{EndpointId, EventId, OrganizationId};
 
-use crate::codec::{self, query_opt, query_vec};
+use crate::codec::{self, query_vec};
 use crate::error::{corrupt, SqlResultExt};
+use crate::ops::orgs::endpoint_seq;
 use crate::ops::reads::snapshot;
-
-/// The endpoint's row number, if it belongs to `org`.
-fn endpoint_seq(
-    conn: &Connection,
-    org: OrganizationId,
-    id: EndpointId,
-) -> StoreResult<Option<i64>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT seq FROM endpoints WHERE id = ?1 AND org_id = ?2").store()?;
-    query_opt(&mut stmt, params![id.0.as_bytes(), org.0.as_bytes()], |row| codec::int(row, 0))
-}
 
 /// A position or row number from the API side, clamped into SQLite's integer range.
 fn clamp(n: impl TryInto<i64>) -> i64 {

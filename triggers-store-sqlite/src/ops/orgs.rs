@@ -120,13 +120,7 @@ pub(crate) fn delete_endpoint(
     org: OrganizationId,
     id: EndpointId,
 ) -> StoreResult<bool> {
-    let mut find =
-        conn.prepare_cached("SELECT seq FROM endpoints WHERE id = ?1 AND org_id = ?2").store()?;
-    let Some(seq) =
-        query_opt(&mut find, params![id.0.as_bytes(), org.0.as_bytes()], |row| codec::int(row, 0))?
-    else {
-        return Ok(false);
-    };
+    let Some(seq) = endpoint_seq(conn, org, id)? else { return Ok(false) };
     // Cancelled = deleted (the key starts with `endpoint_seq`, migration 0009): a worker
     // holding one finds its completion stale. An in-flight one is remembered, so that its
     // attempt is still recorded when it ends (as after a replay).
@@ -143,8 +137,8 @@ pub(crate) fn delete_endpoint(
     Ok(true)
 }
 
-/// The endpoint's row number, if `org` owns it.
-fn own_endpoint(
+/// The endpoint's row number, if it belongs to `org`.
+pub(crate) fn endpoint_seq(
     conn: &Connection,
     org: OrganizationId,
     id: EndpointId,
@@ -169,7 +163,7 @@ pub(crate) fn cancel_backlog(
     org: OrganizationId,
     id: EndpointId,
 ) -> StoreResult<u64> {
-    let Some(seq) = own_endpoint(conn, org, id)? else { return Ok(0) };
+    let Some(seq) = endpoint_seq(conn, org, id)? else { return Ok(0) };
     let cancelled = conn
         .prepare_cached(
             "DELETE FROM deliveries WHERE endpoint_seq = ?1 AND event_seq IN
@@ -197,7 +191,7 @@ pub(crate) fn shorten_line(
     org: OrganizationId,
     id: EndpointId,
 ) -> StoreResult<u64> {
-    let Some(seq) = own_endpoint(conn, org, id)? else { return Ok(0) };
+    let Some(seq) = endpoint_seq(conn, org, id)? else { return Ok(0) };
     let n = conn
         .prepare_cached(
             "UPDATE deliveries SET line = NULL WHERE endpoint_seq = ?1 AND event_seq IN
@@ -226,13 +220,7 @@ pub(crate) fn set_ordering(
     id: EndpointId,
     ordering: DeliveryOrdering,
 ) -> StoreResult<bool> {
-    let mut find =
-        conn.prepare_cached("SELECT seq FROM endpoints WHERE id = ?1 AND org_id = ?2").store()?;
-    let Some(seq) =
-        query_opt(&mut find, params![id.0.as_bytes(), org.0.as_bytes()], |row| codec::int(row, 0))?
-    else {
-        return Ok(false);
-    };
+    let Some(seq) = endpoint_seq(conn, org, id)? else { return Ok(false) };
     conn.prepare_cached("UPDATE endpoints SET ordering = ?2 WHERE seq = ?1")
         .store()?
         .execute(params![seq, ordering_code(ordering)])
