@@ -132,7 +132,7 @@ pub const VARIABLES: [(&str, &str, &str); 28] = [
         "TRIGGERS_STORE_CONCURRENCY",
         "4",
         "organization requests other than ingestion at the store at once on this node; \
-         one organization may hold all but one; API-key lookups missing the cache: half",
+         one organization may hold all but one; lookups of never-seen API keys: half",
     ),
 ];
 

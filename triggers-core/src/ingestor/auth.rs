@@ -16,18 +16,24 @@ use crate::domain::OrganizationId;
 /// Key hash → organization, each entry living `ttl`. Only successful lookups are cached, so
 /// guessing keys cannot fill it; it is bounded anyway.
 ///
-/// A lookup that misses (an unknown key, or a known one after `ttl`) belongs to no
-/// organization, so the store gate cannot share it out: instead at most `lookups` of them
-/// reach the store at once, at most [`MAX_WAITING_LOOKUPS`] wait for a turn, none for longer
-/// than [`LOOKUP_WAIT`]; the rest are `Overloaded` at once. A flood of invented keys then
-/// leaves the store's small pools to the organizations' requests, and a valid key that
-/// misses the cache waits behind at most that many lookups (each one indexed read) or is
-/// told to come back.
+/// A lookup of a key never seen valid on this node (an invented key, or a new one) belongs
+/// to no organization, so the store gate cannot share it out: instead at most `lookups` of
+/// them reach the store at once, at most [`MAX_WAITING_LOOKUPS`] wait for a turn, none for
+/// longer than [`LOOKUP_WAIT`]; the rest are `Overloaded` at once. A flood of invented keys
+/// then leaves the store's small pools to the organizations' requests. A key seen valid in
+/// the last [`KNOWN_FOR`] (remembered apart, its hash only: [`is_known`](Self::is_known))
+/// is looked up without a turn when its cache entry has expired, as before, so neither a
+/// flood nor a slow store (each lookup then waits for a connection) makes valid keys wait
+/// for turns.
 pub(super) struct AuthCache {
     cache: Cache<[u8; 32], Organization>,
+    known: Cache<[u8; 32], ()>,
     lookups: Semaphore,
     waiting: AtomicUsize,
 }
+
+/// How long a key seen valid is looked up without a turn.
+pub(super) const KNOWN_FOR: Duration = Duration::from_secs(24 * 3600);
 
 /// Most key lookups waiting for a turn at once.
 pub(super) const MAX_WAITING_LOOKUPS: usize = 64;
@@ -42,7 +48,15 @@ impl AuthCache {
             .time_to_live(ttl)
             .support_invalidation_closures()
             .build();
-        Self { cache, lookups: Semaphore::new(lookups.max(1)), waiting: AtomicUsize::new(0) }
+        let known = Cache::builder().max_capacity(100_000).time_to_live(KNOWN_FOR).build();
+        let lookups = Semaphore::new(lookups.max(1));
+        Self { cache, known, lookups, waiting: AtomicUsize::new(0) }
+    }
+
+    /// Whether `hash` was a valid key on this node in the last [`KNOWN_FOR`] (its lookup
+    /// takes no turn; a rotated key stays known, which only spares its lookups the turn).
+    pub(super) fn is_known(&self, hash: &KeyHash) -> bool {
+        self.known.contains_key(hash.as_bytes())
     }
 
     /// A turn to look a key up in the store: at once if one is free, else after waiting
@@ -71,6 +85,7 @@ impl AuthCache {
     }
 
     pub(super) fn insert(&self, hash: KeyHash, org: Organization) {
+        self.known.insert(hash.0, ());
         self.cache.insert(hash.0, org);
     }
 

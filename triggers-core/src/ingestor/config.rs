@@ -64,10 +64,10 @@ pub struct IngestorConfig {
     /// with the fewest running. So one organization's heavy use of the store's small shared
     /// pools never makes another's request queue behind it. At most 64 requests of one
     /// organization wait at once; more fail at once with [`Error::Overloaded`](crate::Error).
-    /// Ingestion is queued fairly by the stores themselves. API-key lookups that miss the
-    /// cache belong to no organization: at most half this many (at least 1) run at once and
-    /// at most 64 wait, each at most a second (then `Overloaded`), so a flood of invented
-    /// keys cannot take the store's pools.
+    /// Ingestion is queued fairly by the stores themselves. Lookups of API keys not seen
+    /// valid on this node in the last day belong to no organization: at most half this many
+    /// (at least 1) run at once and at most 64 wait, each at most a second (then
+    /// `Overloaded`), so a flood of invented keys cannot take the store's pools.
     pub store_concurrency: usize,
 }
 

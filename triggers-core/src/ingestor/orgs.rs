@@ -27,16 +27,20 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     }
 
     /// The organization an API key belongs to; `Unauthorized` for unknown or rotated keys.
-    /// Results are cached for `auth_cache_ttl`; lookups that miss the cache belong to no
-    /// organization, and at most half of `store_concurrency` of them (at least 1) reach the
-    /// store at once. At most 64 wait for a turn, each at most a second: otherwise
-    /// `Overloaded` (HTTP 503 with `Retry-After`).
+    /// Results are cached for `auth_cache_ttl`. Lookups of keys not seen valid on this node
+    /// in the last day (invented keys) belong to no organization: at most half of
+    /// `store_concurrency` of them (at least 1) reach the store at once, at most 64 wait for
+    /// a turn, each at most a second, otherwise `Overloaded` (HTTP 503 with `Retry-After`).
     pub async fn authenticate(&self, api_key: &str) -> Result<Organization> {
         let hash = crate::domain::key::KeyHash::of(api_key);
         if let Some(org) = self.inner.auth.get(&hash) {
             return Ok(org);
         }
-        let _turn = self.inner.auth.lookup_turn().await?;
+        let _turn = if self.inner.auth.is_known(&hash) {
+            None
+        } else {
+            Some(self.inner.auth.lookup_turn().await?)
+        };
         match self.inner.store.organization_by_key(&hash).await? {
             Some(org) => {
                 self.inner.auth.insert(hash, org.clone());

@@ -242,17 +242,24 @@ async fn a_busy_organization_leaves_a_place_at_the_store_for_the_others() {
     ing.shutdown().await;
 }
 
-/// Key lookups that miss the cache belong to no organization: a flood of invented keys
+/// Lookups of keys never seen valid belong to no organization: a flood of invented keys
 /// reaches the store at most half of `store_concurrency` at a time (here 2 of 4), at most
 /// 64 more wait (each at most a second), the rest are refused at once with `Overloaded`, and
-/// an organization's read still reaches the store meanwhile. Every invented key is refused,
-/// a real one accepted.
+/// an organization's read still reaches the store meanwhile. A key seen valid before whose
+/// cache entry expired is looked up beside them, without a turn. Every invented key is
+/// refused, the real one accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invented_keys_reach_the_store_a_few_at_a_time() {
     let store = crate::counting::Counting::default();
-    let config = IngestorConfig { store_concurrency: 4, ..IngestorConfig::default() };
+    let config = IngestorConfig {
+        store_concurrency: 4,
+        auth_cache_ttl: std::time::Duration::from_millis(1),
+        ..IngestorConfig::default()
+    };
     let ing = Ingestor::start(store.clone(), NoDeliverer, config);
     let (org, key) = ing.create_organization("acme", Tier::Free).await.unwrap();
+    assert_eq!(ing.authenticate(key.expose()).await.unwrap().id, org.id, "seen valid");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     store.hold_key_lookups();
     let flood: Vec<_> = (0..80)
         .map(|i| {
@@ -264,7 +271,14 @@ async fn invented_keys_reach_the_store_a_few_at_a_time() {
     let finished = || flood.iter().filter(|f| f.is_finished()).count();
     eventually("those beyond 64 waiting are refused at once", || async { finished() >= 14 }).await;
     ing.stats(&org).await.unwrap();
+    let known = {
+        let (ing, key) = (ing.clone(), key.expose().to_owned());
+        tokio::spawn(async move { ing.authenticate(&key).await })
+    };
+    eventually("the known key's lookup runs beside them", || async { store.key_lookups().0 == 3 })
+        .await;
     store.release_key_lookups(1000);
+    assert_eq!(known.await.unwrap().unwrap().id, org.id);
     let (mut refused, mut unknown) = (0, 0);
     for attempt in flood {
         match attempt.await.unwrap() {
@@ -274,7 +288,7 @@ async fn invented_keys_reach_the_store_a_few_at_a_time() {
         }
     }
     assert!(refused >= 14 && refused + unknown == 80, "{refused} refused, {unknown} unknown");
-    assert_eq!(store.key_lookups(), (0, 2), "never more than two at once");
+    assert_eq!(store.key_lookups(), (0, 3), "never more than two turns, and the known key");
     assert_eq!(ing.authenticate(key.expose()).await.unwrap().id, org.id);
     ing.shutdown().await;
 }
