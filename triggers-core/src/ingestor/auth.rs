@@ -27,7 +27,7 @@ use crate::domain::OrganizationId;
 /// for turns.
 pub(super) struct AuthCache {
     cache: Cache<[u8; 32], Organization>,
-    known: Cache<[u8; 32], ()>,
+    known: Cache<[u8; 32], OrganizationId>,
     lookups: Semaphore,
     waiting: AtomicUsize,
 }
@@ -48,13 +48,17 @@ impl AuthCache {
             .time_to_live(ttl)
             .support_invalidation_closures()
             .build();
-        let known = Cache::builder().max_capacity(100_000).time_to_live(KNOWN_FOR).build();
+        let known = Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(KNOWN_FOR)
+            .support_invalidation_closures()
+            .build();
         let lookups = Semaphore::new(lookups.max(1));
         Self { cache, known, lookups, waiting: AtomicUsize::new(0) }
     }
 
-    /// Whether `hash` was a valid key on this node in the last [`KNOWN_FOR`] (its lookup
-    /// takes no turn; a rotated key stays known, which only spares its lookups the turn).
+    /// Whether `hash` was a valid key on this node in the last [`KNOWN_FOR`] and was not
+    /// rotated out here since (its lookup takes no turn).
     pub(super) fn is_known(&self, hash: &KeyHash) -> bool {
         self.known.contains_key(hash.as_bytes())
     }
@@ -85,14 +89,16 @@ impl AuthCache {
     }
 
     pub(super) fn insert(&self, hash: KeyHash, org: Organization) {
-        self.known.insert(hash.0, ());
+        self.known.insert(hash.0, org.id);
         self.cache.insert(hash.0, org);
     }
 
-    /// Forgets every cached key of `org` (after rotation).
+    /// Forgets every cached key of `org` (after rotation): a rotated-out key is neither
+    /// accepted nor known any more.
     pub(super) fn forget(&self, org: OrganizationId) {
         // Only fails if closures were not enabled at build time, which they are.
         let _ = self.cache.invalidate_entries_if(move |_, o| o.id == org);
+        let _ = self.known.invalidate_entries_if(move |_, o| *o == org);
     }
 }
 
@@ -102,6 +108,19 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    /// A key seen valid is known until its organization's keys are rotated here.
+    #[test]
+    fn a_rotated_out_key_is_no_longer_known() {
+        let auth = AuthCache::new(Duration::from_secs(60), 1);
+        let org = Organization::new("acme", crate::domain::org::Tier::Free, chrono::Utc::now());
+        let (hash, other) = (KeyHash::of("tk_one"), KeyHash::of("tk_two"));
+        assert!(!auth.is_known(&hash));
+        auth.insert(hash, org.clone());
+        assert!(auth.is_known(&hash) && !auth.is_known(&other));
+        auth.forget(org.id);
+        assert!(!auth.is_known(&hash) && auth.get(&hash).is_none());
+    }
 
     /// With every turn taken, at most `MAX_WAITING_LOOKUPS` lookups wait (one more is
     /// refused at once), they get their turns in order as turns end, and a wait ends after
