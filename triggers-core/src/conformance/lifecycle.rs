@@ -283,6 +283,23 @@ pub async fn excluded_endpoints_get_nothing<S: EventStore>(store: &S) {
     assert_eq!(none.queued, 0);
 }
 
+/// Inserts `n` events of `event_type` at `at`, in inserts of at most 100; returns their ids.
+async fn insert_many<S: EventStore>(
+    store: &S,
+    org: crate::domain::OrganizationId,
+    event_type: &str,
+    n: usize,
+    at: i64,
+) -> Vec<crate::domain::EventId> {
+    let mut ids = Vec::with_capacity(n);
+    for chunk in 0..n.div_ceil(100) {
+        let count = (n - chunk * 100).min(100);
+        let records = (0..count).map(|_| record(event_type, t(at))).collect();
+        ids.extend(insert(store, org, records, t(at)).await.iter().map(inserted));
+    }
+    ids
+}
+
 /// Disabling fails a backlog larger than [`BACKLOG_BATCH`](crate::store::BACKLOG_BATCH)
 /// entirely, through `update_endpoint`. A completion that disables an endpoint fails at most
 /// one batch: the rest stays outstanding, is never claimed, is listed by
@@ -300,13 +317,7 @@ pub async fn disabling_fails_a_large_backlog_in_batches<S: EventStore>(store: &S
     let bystander = endpoint(store, org, Some("d.*"), t(0)).await;
     let mut events = std::collections::HashMap::new();
     for (ty, at) in [("a.x", 1), ("b.x", 2), ("c.x", 2)] {
-        let mut ids = Vec::with_capacity(n);
-        for chunk in 0..n.div_ceil(100) {
-            let count = (n - chunk * 100).min(100);
-            let records = (0..count).map(|_| record(ty, t(at))).collect();
-            ids.extend(insert(store, org, records, t(at)).await.iter().map(inserted));
-        }
-        events.insert(ty, ids);
+        events.insert(ty, insert_many(store, org, ty, n, at).await);
     }
     let kept = insert_one(store, org, "d.x", t(2)).await;
     assert_eq!(store.queue_depth().await.unwrap(), 3 * n as u64 + 1);
@@ -372,23 +383,6 @@ pub async fn disabling_fails_a_large_backlog_in_batches<S: EventStore>(store: &S
     let last = claim(store, w, 100, t(200)).await;
     assert_eq!(last.len(), 1);
     assert_eq!((last[0].endpoint_id, last[0].event_id), (bystander.id, kept));
-}
-
-/// Inserts `n` events of `event_type` at `at`, in inserts of at most 100; returns their ids.
-async fn insert_many<S: EventStore>(
-    store: &S,
-    org: crate::domain::OrganizationId,
-    event_type: &str,
-    n: usize,
-    at: i64,
-) -> Vec<crate::domain::EventId> {
-    let mut ids = Vec::with_capacity(n);
-    for chunk in 0..n.div_ceil(100) {
-        let count = (n - chunk * 100).min(100);
-        let records = (0..count).map(|_| record(event_type, t(at))).collect();
-        ids.extend(insert(store, org, records, t(at)).await.iter().map(inserted));
-    }
-    ids
 }
 
 /// Deleting an endpoint whose backlog is larger than
