@@ -16,7 +16,7 @@ use triggers_core::{IngestorConfig, RetryPolicy, TierLimits, WorkerConfig};
 use crate::config::ServerConfig;
 
 /// Every variable: name, default, meaning.
-pub const VARIABLES: [(&str, &str, &str); 28] = [
+pub const VARIABLES: [(&str, &str, &str); 29] = [
     ("TRIGGERS_LISTEN", "127.0.0.1:8080", "address to bind (IP:port)"),
     ("DATABASE_URL", "sqlite://triggers.db", "sqlite://PATH or postgres://…"),
     (
@@ -52,6 +52,12 @@ pub const VARIABLES: [(&str, &str, &str); 28] = [
         "unset",
         "CIDRs webhooks may never target, global or allowed (e.g. the deployment's own \
          public addresses); refused when configured and at every delivery",
+    ),
+    (
+        "TRIGGERS_WEBHOOK_DNS_SERVERS",
+        "unset",
+        "DNS servers webhook hosts are looked up at (IP or IP:port, comma-separated); unset: \
+         the system's /etc/resolv.conf",
     ),
     (
         "TRIGGERS_WEBHOOK_MAX_CONNECTIONS",
@@ -208,6 +214,8 @@ pub struct Settings {
     pub webhook_allow: Vec<IpNet>,
     /// `TRIGGERS_WEBHOOK_DENY`.
     pub webhook_deny: Vec<IpNet>,
+    /// `TRIGGERS_WEBHOOK_DNS_SERVERS` (empty: the system's).
+    pub webhook_dns_servers: Vec<std::net::SocketAddr>,
     /// `RUST_LOG`.
     pub log_filter: String,
     /// `TRIGGERS_UI`.
@@ -255,6 +263,7 @@ impl fmt::Debug for Settings {
             .field("retry", &self.retry)
             .field("webhook_allow", &self.webhook_allow)
             .field("webhook_deny", &self.webhook_deny)
+            .field("webhook_dns_servers", &self.webhook_dns_servers)
             .field("log_filter", &self.log_filter)
             .field("ui", &self.ui)
             .field("db_acquire_timeout", &self.db_acquire_timeout)
@@ -403,6 +412,18 @@ impl Settings {
         };
         let webhook_allow = networks("TRIGGERS_WEBHOOK_ALLOW")?;
         let webhook_deny = networks("TRIGGERS_WEBHOOK_DENY")?;
+        const DNS: &str = "TRIGGERS_WEBHOOK_DNS_SERVERS";
+        let webhook_dns_servers = match get(DNS) {
+            None => Vec::new(),
+            Some(v) => crate::WebhookConfig::parse_dns_servers(v).map_err(|err| match err {
+                crate::webhook::WebhookError::DnsServer(entry) => bad(
+                    DNS,
+                    &entry,
+                    "expected IP addresses, with or without a port, such as 10.0.0.2,[fd00::53]:5353",
+                ),
+                other => bad(DNS, v, other),
+            })?,
+        };
 
         let log_filter = get("RUST_LOG").unwrap_or("info").to_owned();
 
@@ -570,6 +591,7 @@ impl Settings {
             retry,
             webhook_allow,
             webhook_deny,
+            webhook_dns_servers,
             log_filter,
             ui,
             db_acquire_timeout,
@@ -656,6 +678,7 @@ impl Settings {
         crate::WebhookConfig {
             allow: self.webhook_allow.clone(),
             deny: self.webhook_deny.clone(),
+            dns_servers: self.webhook_dns_servers.clone(),
             endpoint_concurrency: self.endpoint_concurrency,
             endpoint_defer: self.endpoint_defer,
             max_connections: self.webhook_max_connections,
@@ -758,6 +781,7 @@ mod tests {
             ("TRIGGERS_RETRY_SCHEDULE", "0s,1s"),
             ("TRIGGERS_WEBHOOK_ALLOW", "127.0.0.0/8, ::1"),
             ("TRIGGERS_WEBHOOK_DENY", "198.51.99.0/24"),
+            ("TRIGGERS_WEBHOOK_DNS_SERVERS", "127.0.0.1:5353, ::1"),
             ("RUST_LOG", "debug"),
             ("TRIGGERS_UI", "OFF"),
             ("TRIGGERS_MAX_ENDPOINTS", "3"),
@@ -797,6 +821,10 @@ mod tests {
         assert_eq!(s.webhook_config().allow, s.webhook_allow);
         assert_eq!(s.webhook_config().deny, s.webhook_deny);
         assert_eq!(s.webhook_deny, vec!["198.51.99.0/24".parse::<IpNet>().unwrap()]);
+        let dns: Vec<std::net::SocketAddr> =
+            vec!["127.0.0.1:5353".parse().unwrap(), "[::1]:53".parse().unwrap()];
+        assert_eq!((&s.webhook_dns_servers, &s.webhook_config().dns_servers), (&dns, &dns));
+        assert!(parse(&[]).unwrap().webhook_config().dns_servers.is_empty(), "the system's");
         assert_eq!(s.server_config().admin_token.as_deref(), Some("s3cret"));
         assert!(!s.ui && !s.server_config().ui);
         let sqlite = parse(&[("DATABASE_URL", "sqlite:///var/lib/t.db")]).unwrap();
@@ -818,6 +846,9 @@ mod tests {
         assert_eq!(var(&[("TRIGGERS_RETRY_SCHEDULE", "5x")]), "TRIGGERS_RETRY_SCHEDULE");
         assert_eq!(var(&[("TRIGGERS_WEBHOOK_ALLOW", "10.0.0.0/33")]), "TRIGGERS_WEBHOOK_ALLOW");
         assert_eq!(var(&[("TRIGGERS_WEBHOOK_DENY", "me")]), "TRIGGERS_WEBHOOK_DENY");
+        let dns = parse(&[("TRIGGERS_WEBHOOK_DNS_SERVERS", "10.0.0.2, dns.internal")]).unwrap_err();
+        assert_eq!(dns.var, "TRIGGERS_WEBHOOK_DNS_SERVERS");
+        assert!(dns.to_string().contains("\"dns.internal\""), "{dns}");
         assert_eq!(var(&[("TRIGGERS_UI", "yes")]), "TRIGGERS_UI");
         assert_eq!(var(&[("TRIGGERS_MAX_ENDPOINTS", "0")]), "TRIGGERS_MAX_ENDPOINTS");
         assert_eq!(var(&[("TRIGGERS_MAX_ATTEMPTS_KEPT", "lots")]), "TRIGGERS_MAX_ATTEMPTS_KEPT");

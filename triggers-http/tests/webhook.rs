@@ -7,6 +7,8 @@
 //! they are refused before any connection is made.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+#[path = "webhook/dns.rs"]
+mod dns;
 #[path = "webhook/e2e.rs"]
 mod e2e;
 #[path = "webhook/lifecycle.rs"]

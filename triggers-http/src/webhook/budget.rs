@@ -381,7 +381,7 @@ mod tests {
 
     use super::*;
     use crate::webhook::client::{build, HttpsClient};
-    use crate::webhook::ssrf::AddressPolicy;
+    use crate::webhook::ssrf::{AddressPolicy, PolicyResolver};
     use crate::webhook::WebhookConfig;
 
     /// A keep-alive HTTP/1.1 receiver on loopback that counts its connections, requests
@@ -487,7 +487,8 @@ mod tests {
     fn client(max: usize) -> (HttpsClient, Arc<Budget>) {
         let policy = AddressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
         let budget = Budget::new(max);
-        (build(&WebhookConfig::default(), policy, budget.clone()).unwrap(), budget)
+        let resolver = PolicyResolver::without_dns(policy);
+        (build(&WebhookConfig::default(), resolver, budget.clone()).unwrap(), budget)
     }
 
     /// With two connections allowed, a third host closes the idle connection used least

@@ -2,8 +2,8 @@
 //! with the SSRF-checking resolver and the connection budget ([`Budget`]) under the TLS
 //! layer, and a deadline over all of it.
 //!
-//! Why the deadline: the TCP connect has its own timeout, the TLS handshake and the DNS
-//! lookup have none, and when a pooled connection frees up while a new one is still being
+//! Why the deadline: the TCP connect and the DNS lookup have their own timeouts, the TLS
+//! handshake has none, and when a pooled connection frees up while a new one is still being
 //! made, hyper-util finishes the new one in a background task that no attempt's timeout
 //! covers. A receiver that accepts TCP and never answers the handshake would then keep a
 //! socket and a task for ever, per connection it was asked for. [`Deadline`] ends every
@@ -23,7 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::budget::{Budget, Budgeted};
-use super::ssrf::{AddressPolicy, PolicyResolver};
+use super::ssrf::PolicyResolver;
 use super::{WebhookConfig, WebhookError};
 
 /// The client type the deliverer sends with.
@@ -70,13 +70,14 @@ where
     }
 }
 
-/// Builds the client, its connections counted in `budget`. Nothing here touches the network.
+/// Builds the client, resolving new connections' hosts with `resolver` and counting its
+/// connections in `budget`. Nothing here touches the network.
 pub(crate) fn build(
     config: &WebhookConfig,
-    policy: AddressPolicy,
+    resolver: PolicyResolver,
     budget: Arc<Budget>,
 ) -> Result<HttpsClient, WebhookError> {
-    let mut http = HttpConnector::new_with_resolver(PolicyResolver::new(policy));
+    let mut http = HttpConnector::new_with_resolver(resolver);
     // The TLS layer decides between http and https; this layer only makes TCP connections.
     http.enforce_http(false);
     http.set_connect_timeout(Some(config.connect_timeout));
@@ -108,6 +109,7 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
+    use crate::webhook::ssrf::AddressPolicy;
 
     /// A receiver that accepts TCP and never answers the TLS handshake: the connection
     /// attempt ends after the connect timeout (no other timeout is in play here), and the
@@ -121,7 +123,8 @@ mod tests {
             ..WebhookConfig::default()
         };
         let policy = AddressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
-        let client = build(&config, policy, Budget::new(8)).unwrap();
+        let resolver = PolicyResolver::without_dns(policy);
+        let client = build(&config, resolver, Budget::new(8)).unwrap();
         let request = http::Request::post(format!("https://127.0.0.1:{port}/hook"))
             .body(Full::new(Bytes::from_static(b"{}")))
             .unwrap();

@@ -14,10 +14,11 @@ use triggers_core::{Attempt, Deliverer, Outcome};
 
 use super::budget;
 use super::client::{self, HttpsClient};
+use super::dns::Dns;
 use super::limit::{Busy, EndpointLimits, Own};
 use super::outcome::{self, short};
 use super::sign::{signature_header, webhook_body};
-use super::ssrf::{AddressPolicy, ResolveError};
+use super::ssrf::{AddressPolicy, PolicyResolver, ResolveError};
 use super::{WebhookConfig, WebhookError};
 
 /// Delivers events to webhook endpoints over HTTP(S), signed with Standard Webhooks.
@@ -33,7 +34,7 @@ pub struct WebhookDeliverer {
 struct Inner {
     config: WebhookConfig,
     client: HttpsClient,
-    policy: AddressPolicy,
+    resolver: PolicyResolver,
     limits: EndpointLimits,
     user_agent: HeaderValue,
 }
@@ -57,8 +58,10 @@ impl WebhookDeliverer {
     /// A deliverer with `config`. Makes no connection yet.
     pub fn new(config: WebhookConfig) -> Result<Self, WebhookError> {
         let policy = AddressPolicy::new(config.allow.clone()).with_deny(config.deny.clone());
+        let resolver =
+            PolicyResolver::new(policy, Dns::new(&config.dns_servers, config.connect_timeout));
         let budget = super::budget::Budget::new(config.max_connections);
-        let client = client::build(&config, policy.clone(), budget)?;
+        let client = client::build(&config, resolver.clone(), budget)?;
         let limits = EndpointLimits::new(
             config.endpoint_concurrency,
             config.endpoint_rate,
@@ -66,7 +69,7 @@ impl WebhookDeliverer {
         );
         let user_agent =
             HeaderValue::from_str(&config.user_agent).map_err(|_| WebhookError::UserAgent)?;
-        Ok(Self { inner: Arc::new(Inner { config, client, policy, limits, user_agent }) })
+        Ok(Self { inner: Arc::new(Inner { config, client, resolver, limits, user_agent }) })
     }
 
     /// The configuration in use.
@@ -138,7 +141,9 @@ impl Inner {
             let reason = "signing secret unavailable (sealed or not decodable)".to_owned();
             return Outcome::Retry { after: None, reason }.into();
         }
-        match self.policy.resolve(&target.host, target.port).await {
+        // Answered from the cache while the name's answer is fresh; the connector asks the
+        // same resolver for a new connection, and checks again what it connects to.
+        match self.resolver.resolve(&target.host, target.port).await {
             Ok(_) => {}
             Err(ResolveError::Refused(refused)) => {
                 return Outcome::Permanent(short(refused.to_string())).into()

@@ -11,7 +11,7 @@
 //! | 410 | `Gone` (the worker disables the endpoint) |
 //! | 429, 502, 503, 504 | `Retry`, with `Retry-After` (seconds or HTTP-date) as the hint |
 //! | any other status, 3xx included (redirects are never followed) | `Retry` on the schedule |
-//! | timeout, connection or TLS error, DNS failure | `Retry` |
+//! | timeout, connection or TLS error, DNS failure (no answer within `connect_timeout`, no address) | `Retry` |
 //! | endpoint at its concurrency cap or rate for longer than `endpoint_wait` | `Deferred`: back to the queue for `endpoint_defer` (cap, default 1 s) or until the rate allows, no attempt used up |
 //! | target address refused by the SSRF policy, invalid URL, scheme not http(s), no secret | `Permanent` |
 //!
@@ -32,6 +32,7 @@
 mod budget;
 mod client;
 mod deliverer;
+mod dns;
 mod limit;
 mod outcome;
 mod sign;
@@ -77,6 +78,11 @@ pub struct WebhookConfig {
     /// `TRIGGERS_WEBHOOK_DENY`): the deployment's own public addresses, or a neighbouring
     /// service on a global address that tenants must not reach.
     pub deny: Vec<IpNet>,
+    /// DNS servers webhook hosts are looked up at (default none: the system's
+    /// `/etc/resolv.conf`; `TRIGGERS_WEBHOOK_DNS_SERVERS`). `/etc/hosts` is read first either
+    /// way. A lookup has `connect_timeout`, and its answers are cached for their TTL; see
+    /// [`WebhookConfig::parse_dns_servers`].
+    pub dns_servers: Vec<std::net::SocketAddr>,
     /// Deliveries in flight to one endpoint at most (default 16).
     pub endpoint_concurrency: usize,
     /// Deliveries per second to one endpoint at most, with bursts of one second's worth
@@ -104,6 +110,7 @@ impl Default for WebhookConfig {
             max_response_body: 64 * 1024,
             allow: Vec::new(),
             deny: Vec::new(),
+            dns_servers: Vec::new(),
             endpoint_concurrency: 16,
             endpoint_rate: None,
             endpoint_wait: Duration::from_millis(100),
@@ -129,6 +136,29 @@ impl WebhookConfig {
                 part.parse::<IpNet>()
                     .or_else(|_| part.parse::<std::net::IpAddr>().map(IpNet::from))
                     .map_err(|_| WebhookError::AllowList(part.to_owned()))
+            })
+            .collect()
+    }
+
+    /// Parses a list of DNS servers such as `10.0.0.2, [fd00::53]:5353` (comma- or
+    /// space-separated; an address without a port means port 53), as in
+    /// `TRIGGERS_WEBHOOK_DNS_SERVERS`.
+    ///
+    /// ```
+    /// use triggers_http::WebhookConfig;
+    /// let servers = WebhookConfig::parse_dns_servers("10.0.0.2, 127.0.0.1:5353 ::1").unwrap();
+    /// assert_eq!(servers[0], "10.0.0.2:53".parse().unwrap());
+    /// assert_eq!(servers[1], "127.0.0.1:5353".parse().unwrap());
+    /// assert_eq!(servers[2], "[::1]:53".parse().unwrap());
+    /// assert!(WebhookConfig::parse_dns_servers("dns.example.com").is_err());
+    /// ```
+    pub fn parse_dns_servers(s: &str) -> Result<Vec<std::net::SocketAddr>, WebhookError> {
+        s.split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<std::net::SocketAddr>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+                    .map_err(|_| WebhookError::DnsServer(p.to_owned()))
             })
             .collect()
     }
@@ -209,4 +239,7 @@ pub enum WebhookError {
     /// An allow-list entry is neither a CIDR nor an IP address.
     #[error("invalid webhook allow-list entry {0:?}: expected a CIDR such as 127.0.0.0/8")]
     AllowList(String),
+    /// A DNS server entry is neither an IP address nor an IP address with a port.
+    #[error("invalid DNS server {0:?}: expected an IP address, with or without a port")]
+    DnsServer(String),
 }

@@ -10,7 +10,6 @@
 //!    changes between the two (DNS rebinding) cannot slip a private address through.
 
 use std::future::Future;
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,6 +17,8 @@ use std::task::{Context, Poll};
 
 use hyper_util::client::legacy::connect::dns::Name;
 use ipnet::IpNet;
+
+use super::dns::Dns;
 
 /// Which addresses webhooks may target: every global unicast address, plus the allow-list,
 /// minus the deny-list (which wins over both).
@@ -56,12 +57,16 @@ pub(crate) enum ResolveError {
     /// An address is not allowed.
     #[error(transparent)]
     Refused(#[from] Refused),
-    /// The lookup itself failed.
+    /// The lookup itself failed (the name's servers answered with an error, or could not be
+    /// reached).
     #[error("dns lookup failed: {0}")]
-    Lookup(#[source] io::Error),
-    /// The lookup found nothing.
+    Lookup(#[source] hickory_resolver::ResolveError),
+    /// The lookup found no address (no such name, or no A or AAAA record).
     #[error("dns lookup found no address")]
     NoAddress,
+    /// The lookup got no answer in time.
+    #[error("dns lookup got no answer within {0:?}")]
+    TimedOut(std::time::Duration),
 }
 
 impl AddressPolicy {
@@ -93,29 +98,6 @@ impl AddressPolicy {
             Some(kind) if !listed(&self.allow) => Err(Refused { ip, kind: Some(kind) }),
             _ => Ok(()),
         }
-    }
-
-    /// Resolves `host` (a DNS name or an IP literal, IPv6 with or without brackets) and checks
-    /// every address. Port 0 is fine when only the addresses matter.
-    pub(crate) async fn resolve(
-        &self,
-        host: &str,
-        port: u16,
-    ) -> Result<Vec<SocketAddr>, ResolveError> {
-        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => {
-                tokio::net::lookup_host((host, port)).await.map_err(ResolveError::Lookup)?.collect()
-            }
-        };
-        if addrs.is_empty() {
-            return Err(ResolveError::NoAddress);
-        }
-        for addr in &addrs {
-            self.check(addr.ip())?;
-        }
-        Ok(addrs)
     }
 }
 
@@ -197,16 +179,50 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     }
 }
 
-/// The DNS resolver of the webhook client's connector: resolves with the system resolver
-/// and fails with a refusal unless every address passes the [`AddressPolicy`].
+/// The checking resolver: looks a host up ([`Dns`]) and fails with a refusal unless every
+/// address passes the [`AddressPolicy`]. The deliverer's check before each attempt and the
+/// connector (as its DNS resolver) use one, so they share one cache.
 #[derive(Debug, Clone)]
 pub(crate) struct PolicyResolver {
     policy: AddressPolicy,
+    dns: Dns,
 }
 
 impl PolicyResolver {
-    pub(crate) fn new(policy: AddressPolicy) -> Self {
-        Self { policy }
+    pub(crate) fn new(policy: AddressPolicy, dns: Dns) -> Self {
+        Self { policy, dns }
+    }
+
+    /// Resolves `host` (a DNS name or an IP literal, IPv6 with or without brackets) and checks
+    /// every address. Port 0 is fine when only the addresses matter.
+    pub(crate) async fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, ResolveError> {
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            self.policy.check(ip)?;
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let ips = self.dns.lookup(host).await?;
+        if ips.is_empty() {
+            return Err(ResolveError::NoAddress);
+        }
+        for &ip in &ips {
+            self.policy.check(ip)?;
+        }
+        Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect())
+    }
+}
+
+#[cfg(test)]
+impl PolicyResolver {
+    /// For tests: `policy`, with a DNS server that is never there (a closed port on
+    /// loopback), so only IP literals and `localhost` resolve and no query leaves the host.
+    pub(crate) fn without_dns(policy: AddressPolicy) -> Self {
+        let nowhere = SocketAddr::from(([127, 0, 0, 1], 9));
+        Self::new(policy, Dns::new(&[nowhere], std::time::Duration::from_secs(30)))
     }
 }
 
@@ -223,10 +239,10 @@ impl tower_service::Service<Name> for PolicyResolver {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
-        let policy = self.policy.clone();
+        let this = self.clone();
         Box::pin(async move {
             // The connector sets the real port afterwards.
-            policy.resolve(name.as_str(), 0).await.map(Vec::into_iter)
+            this.resolve(name.as_str(), 0).await.map(Vec::into_iter)
         })
     }
 }
@@ -338,30 +354,31 @@ mod tests {
         assert!(policy.check("203.0.115.7".parse().unwrap()).is_ok(), "a global neighbour");
     }
 
+    fn resolver(policy: AddressPolicy) -> PolicyResolver {
+        PolicyResolver::without_dns(policy)
+    }
+
     #[tokio::test]
     async fn literals_are_checked_without_lookup_and_brackets_are_stripped() {
-        let policy = AddressPolicy::default();
-        assert!(matches!(policy.resolve("10.0.0.1", 80).await, Err(ResolveError::Refused(_))));
-        assert!(matches!(policy.resolve("[::1]", 80).await, Err(ResolveError::Refused(_))));
-        let open = AddressPolicy::new(vec!["::1/128".parse().unwrap()]);
+        let closed = resolver(AddressPolicy::default());
+        assert!(matches!(closed.resolve("10.0.0.1", 80).await, Err(ResolveError::Refused(_))));
+        assert!(matches!(closed.resolve("[::1]", 80).await, Err(ResolveError::Refused(_))));
+        let open = resolver(AddressPolicy::new(vec!["::1/128".parse().unwrap()]));
         let addrs = open.resolve("[::1]", 8080).await.unwrap();
         assert_eq!(addrs, vec!["[::1]:8080".parse().unwrap()]);
     }
 
     #[tokio::test]
     async fn the_connector_resolver_refuses_names_that_resolve_privately() {
-        // `localhost` resolves locally (hosts file) to loopback addresses only.
-        let mut closed = PolicyResolver::new(AddressPolicy::default());
+        // `localhost` resolves locally (RFC 6761, no query) to loopback addresses only.
+        let mut closed = resolver(AddressPolicy::default());
         let err = closed.call(Name::from_str("localhost").unwrap()).await.unwrap_err();
         assert!(matches!(err, ResolveError::Refused(_)), "{err}");
 
         let open =
             AddressPolicy::new(vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]);
-        let addrs: Vec<_> = PolicyResolver::new(open)
-            .call(Name::from_str("localhost").unwrap())
-            .await
-            .unwrap()
-            .collect();
+        let addrs: Vec<_> =
+            resolver(open).call(Name::from_str("localhost").unwrap()).await.unwrap().collect();
         assert!(!addrs.is_empty());
         assert!(addrs.iter().all(|a| a.ip().is_loopback()));
     }

@@ -1,0 +1,260 @@
+//! Named webhook hosts, looked up at a DNS server of the test's own on 127.0.0.1
+//! (`WebhookConfig::dns_servers`): answers are cached for their TTL, a server that never
+//! answers costs an attempt the connect timeout and nothing more, and every address an
+//! answer names is checked by the SSRF policy.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, SOA};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use triggers_core::{Deliverer, EventStatus, Outcome, Secret, Tier};
+use triggers_http::WebhookConfig;
+
+use super::e2e::{until, world};
+use super::support::*;
+
+/// What the test server answers for a name.
+#[derive(Clone)]
+enum Answer {
+    /// These addresses, with this TTL (seconds); no address of the other family.
+    Addrs(Vec<IpAddr>, u32),
+    /// Nothing, ever (a black hole).
+    Silent,
+    /// No such name.
+    NxDomain,
+}
+
+/// A DNS server on 127.0.0.1 (UDP, and TCP on the same port) that answers from a fixed table
+/// and counts the questions it is asked per name.
+struct DnsServer {
+    addr: SocketAddr,
+    asked: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl DnsServer {
+    async fn start(table: &[(&str, Answer)]) -> Self {
+        let table: Arc<HashMap<String, Answer>> =
+            Arc::new(table.iter().map(|(name, a)| (format!("{name}."), a.clone())).collect());
+        let asked = Arc::new(Mutex::new(HashMap::new()));
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        // A client falls back to TCP on the same port; there it finds the same table.
+        let tcp = TcpListener::bind(addr).await.unwrap();
+        let (t, a) = (table.clone(), asked.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let Ok((n, peer)) = udp.recv_from(&mut buf).await else { return };
+                if let Some(reply) = answer(&t, &a, &buf[..n]) {
+                    let _ = udp.send_to(&reply, peer).await;
+                }
+            }
+        });
+        let (t, a) = (table, asked.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = tcp.accept().await else { return };
+                let (t, a) = (t.clone(), a.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let Ok(len) = socket.read_u16().await else { return };
+                        let mut query = vec![0u8; usize::from(len)];
+                        if socket.read_exact(&mut query).await.is_err() {
+                            return;
+                        }
+                        match answer(&t, &a, &query) {
+                            Some(reply) => {
+                                let len = u16::try_from(reply.len()).unwrap();
+                                let _ = socket.write_u16(len).await;
+                                let _ = socket.write_all(&reply).await;
+                            }
+                            // Silent: hold the connection open and never answer.
+                            None => std::future::pending::<()>().await,
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, asked }
+    }
+
+    /// Questions asked about `name` so far (any record type, both transports).
+    fn asked(&self, name: &str) -> usize {
+        self.asked.lock().unwrap().get(&format!("{name}.")).copied().unwrap_or(0)
+    }
+
+    /// Loopback receivers allowed, hosts looked up here, connections within `connect`.
+    fn config(&self, connect: Duration) -> WebhookConfig {
+        WebhookConfig { dns_servers: vec![self.addr], connect_timeout: connect, ..local_config() }
+    }
+}
+
+/// The reply to one query, or `None` to stay silent.
+fn answer(
+    table: &HashMap<String, Answer>,
+    asked: &Mutex<HashMap<String, usize>>,
+    query: &[u8],
+) -> Option<Vec<u8>> {
+    let query = Message::from_vec(query).ok()?;
+    let question = query.queries().first()?.clone();
+    let name = question.name().to_ascii().to_ascii_lowercase();
+    *asked.lock().unwrap().entry(name.clone()).or_default() += 1;
+    let mut reply = Message::new();
+    reply
+        .set_id(query.id())
+        .set_message_type(MessageType::Response)
+        .set_recursion_desired(query.recursion_desired())
+        .set_recursion_available(true)
+        .set_authoritative(true)
+        .add_query(question.clone());
+    let owner = question.name().clone();
+    // Negative answers carry a zone's SOA, so resolvers may keep them for its minimum TTL.
+    let soa = |ttl: u32| {
+        let zone = Name::from_ascii("test.").unwrap();
+        let rdata = SOA::new(zone.clone(), zone.clone(), 1, 60, 60, 60, ttl);
+        Record::from_rdata(zone, ttl, RData::SOA(rdata))
+    };
+    match table.get(&name).cloned().unwrap_or(Answer::NxDomain) {
+        Answer::Silent => return None,
+        Answer::NxDomain => {
+            reply.set_response_code(ResponseCode::NXDomain).add_name_server(soa(60));
+        }
+        Answer::Addrs(ips, ttl) => {
+            let mut any = false;
+            for ip in ips {
+                let rdata = match (ip, question.query_type()) {
+                    (IpAddr::V4(v4), RecordType::A) => RData::A(A(v4)),
+                    (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(AAAA(v6)),
+                    _ => continue,
+                };
+                reply.add_answer(Record::from_rdata(owner.clone(), ttl, rdata));
+                any = true;
+            }
+            if !any {
+                reply.add_name_server(soa(ttl));
+            }
+        }
+    }
+    reply.to_vec().ok()
+}
+
+fn localhost() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+
+/// Four deliveries to one named host ask its server once (an A and an AAAA question): the
+/// deliverer's check and the connector share the cached answer while its TTL lasts.
+#[tokio::test]
+async fn a_named_host_is_asked_for_once_while_its_answer_is_fresh() {
+    let receiver = Receiver::answering(200).await;
+    let dns = DnsServer::start(&[("hooks.test", Answer::Addrs(vec![localhost()], 300))]).await;
+    let d = deliverer(dns.config(Duration::from_secs(5)));
+    let url = format!("http://hooks.test:{}/hook", receiver.addr.port());
+
+    let first = d.deliver(&delivery(&url, vec![Secret::generate()])).await;
+    assert_eq!(first.outcome, Outcome::Delivered, "{first:?}");
+    let asked = dns.asked("hooks.test");
+    assert!((1..=2).contains(&asked), "one question per record type, got {asked}");
+    for _ in 0..3 {
+        let a = d.deliver(&delivery(&url, vec![Secret::generate()])).await;
+        assert_eq!(a.outcome, Outcome::Delivered, "{a:?}");
+    }
+    assert_eq!(receiver.seen().len(), 4);
+    assert_eq!(dns.asked("hooks.test"), asked, "answered from the cache");
+}
+
+/// A name whose server never answers ends its attempt at the connect timeout, as a retry
+/// naming the lookup, long before the attempt's own timeout; meanwhile a clone of the same
+/// deliverer delivers to a name that resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_whose_server_never_answers_costs_the_connect_timeout_only() {
+    let receiver = Receiver::answering(200).await;
+    let dns = DnsServer::start(&[
+        ("blackhole.test", Answer::Silent),
+        ("hooks.test", Answer::Addrs(vec![localhost()], 300)),
+    ])
+    .await;
+    let d = deliverer(WebhookConfig {
+        timeout: Duration::from_secs(120),
+        ..dns.config(Duration::from_millis(400))
+    });
+    let port = receiver.addr.port();
+    let hole = delivery(&format!("http://blackhole.test:{port}/hook"), vec![Secret::generate()]);
+    let stuck = tokio::spawn({
+        let d = d.clone();
+        async move { d.deliver(&hole).await }
+    });
+    let good = delivery(&format!("http://hooks.test:{port}/hook"), vec![Secret::generate()]);
+    assert_eq!(d.deliver(&good).await.outcome, Outcome::Delivered);
+
+    // Far below the attempt's 120 s: had the lookup not ended, this would give up first.
+    let a = tokio::time::timeout(Duration::from_secs(30), stuck).await.unwrap().unwrap();
+    assert!(retry_reason(&a).contains("dns lookup got no answer within 400ms"), "{a:?}");
+    assert!(dns.asked("blackhole.test") >= 1, "the question was sent");
+    assert_eq!(receiver.seen().len(), 1, "only the resolvable host was reached");
+}
+
+/// Every address an answer names is checked: one private address among allowed ones refuses
+/// the host before any connection; a name that does not exist is retried.
+#[tokio::test]
+async fn answers_are_checked_by_the_address_policy_and_missing_names_retried() {
+    let receiver = Receiver::answering(200).await;
+    let dns = DnsServer::start(&[
+        ("inside.test", Answer::Addrs(vec![IpAddr::from([10, 0, 0, 5])], 300)),
+        ("mixed.test", Answer::Addrs(vec![localhost(), "fd00::5".parse().unwrap()], 300)),
+    ])
+    .await;
+    let d = deliverer(dns.config(Duration::from_secs(5)));
+    let port = receiver.addr.port();
+    let at = |host: &str| delivery(&format!("http://{host}:{port}/hook"), vec![Secret::generate()]);
+
+    let a = d.deliver(&at("inside.test")).await;
+    assert!(permanent_reason(&a).contains("10.0.0.5 is a private address"), "{a:?}");
+    let a = d.deliver(&at("mixed.test")).await;
+    assert!(permanent_reason(&a).contains("fd00::5 is a unique-local"), "{a:?}");
+    let a = d.deliver(&at("missing.test")).await;
+    assert_eq!(retry_reason(&a), "dns lookup found no address");
+    assert!(receiver.seen().is_empty(), "nothing may reach a refused or missing host");
+}
+
+/// Through the Ingestor's workers: one organization's eight endpoints at names whose server
+/// never answers keep their lookups waiting, and another organization's named endpoint is
+/// delivered to meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_hole_names_of_one_organization_delay_no_other() {
+    let receiver = Receiver::answering(200).await;
+    let mut table: Vec<(String, Answer)> =
+        (0..8).map(|i| (format!("hole{i}.test"), Answer::Silent)).collect();
+    table.push(("hooks.test".into(), Answer::Addrs(vec![localhost()], 300)));
+    let table: Vec<(&str, Answer)> = table.iter().map(|(n, a)| (n.as_str(), a.clone())).collect();
+    let dns = DnsServer::start(&table).await;
+    let w = world(&[0, 5], dns.config(Duration::from_secs(10))).await;
+    let port = receiver.addr.port();
+    for i in 0..8 {
+        let url = format!("http://hole{i}.test:{port}/hook");
+        w.ingestor.create_endpoint(&w.org, &url, None).await.unwrap();
+    }
+    for _ in 0..3 {
+        w.ingest("noisy").await;
+    }
+    until("the black-hole lookups", || async { (dns.asked("hole0.test") > 0).then_some(()) }).await;
+
+    let (other, _key) = w.ingestor.create_organization("other", Tier::Enterprise).await.unwrap();
+    let url = format!("http://hooks.test:{port}/hook");
+    w.ingestor.create_endpoint(&other, &url, None).await.unwrap();
+    let event = triggers_core::NewEvent::new("quiet", &serde_json::json!({"n": 1}));
+    let id = w.ingestor.ingest(&other, event).await.unwrap().id;
+    until("the other organization's delivery", || async {
+        let detail = w.ingestor.event(&other, id).await.unwrap();
+        (detail.event.status == EventStatus::Delivered).then_some(())
+    })
+    .await;
+    assert_eq!(receiver.seen().len(), 1, "no black-hole endpoint was reached");
+    w.ingestor.shutdown().await;
+}
