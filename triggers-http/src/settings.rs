@@ -57,7 +57,7 @@ pub const VARIABLES: [(&str, &str, &str); 29] = [
         "TRIGGERS_WEBHOOK_DNS_SERVERS",
         "unset",
         "DNS servers webhook hosts are looked up at (IP or IP:port, comma-separated); unset: \
-         the system's /etc/resolv.conf",
+         the nameservers of /etc/resolv.conf (/etc/hosts first either way)",
     ),
     (
         "TRIGGERS_WEBHOOK_MAX_CONNECTIONS",

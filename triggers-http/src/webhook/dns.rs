@@ -1,5 +1,5 @@
-//! Name lookups for webhook hosts: hickory's asynchronous resolver, with a cache and a time
-//! limit.
+//! Name lookups for webhook hosts: hickory's asynchronous resolver, behind a small cache of
+//! our own, with a time limit.
 //!
 //! Why not the system's `getaddrinfo` (what `tokio::net::lookup_host` runs): it blocks one of
 //! tokio's blocking threads, the pool SQLite's readers use too, until the system resolver gives
@@ -7,40 +7,67 @@
 //! servers never answer kept threads busy past every attempt's timeout. It also knows no TTL,
 //! so every attempt to a named host asked again.
 //!
-//! Here a lookup holds no thread, ends after `WebhookConfig::connect_timeout` (the attempt then
-//! ends as a `Retry`), and its answers are kept for their TTL in one LRU cache
-//! ([`CACHE_ENTRIES`]) shared by the deliverer's check and the connector: while an answer is
-//! fresh, a delivery to that host sends no query. Failed lookups are not kept (a name with no
-//! address is, for its negative TTL). What one organization's names can make the server hold
-//! is bounded by its share of the delivery workers: one lookup per attempt, at most.
+//! Here a lookup holds no thread and ends after `WebhookConfig::connect_timeout` (the attempt
+//! then ends as a `Retry`); inside it, each question is asked up to three times, each time for
+//! a quarter of the limit, so one lost datagram costs a retry and not the attempt, and a name
+//! server that never answers AAAA (or A) still lets the other family's addresses through. An
+//! answer is kept until its TTL ends, as at most [`MAX_ADDRESSES`] addresses, in one cache of
+//! at most [`CACHE_ENTRIES`] names shared by the deliverer's check and the connector: while an
+//! answer is fresh, a delivery to that host sends no query. Failures are not kept. What one
+//! organization's names can make the server hold is bounded by its share of the delivery
+//! workers (one lookup per attempt at a time) and by the cache's size in entries and
+//! addresses, whatever its name servers answer (hickory's own cache is off: it counts
+//! answers, not bytes, and an answer can hold thousands of records).
 //!
 //! Where the servers come from: `WebhookConfig::dns_servers` (`TRIGGERS_WEBHOOK_DNS_SERVERS`)
-//! when set; otherwise the system's `/etc/resolv.conf` (servers, search domains, `ndots`,
-//! timeouts), and if that cannot be read, 127.0.0.1:53, as the C library does. `/etc/hosts`
-//! is read first in both cases, and `localhost` is always loopback (RFC 6761).
+//! when set; otherwise the `nameserver`s of the system's `/etc/resolv.conf` (its timeout, if
+//! shorter than a quarter of the limit, and its other options where hickory reads them), and
+//! 127.0.0.1:53 when it names none or is missing, as the C library does. Names are looked up
+//! as written: a webhook host is a public name, so the system's search domains are not
+//! appended (they would let a tenant's `db` reach the operator's `db.internal`). `/etc/hosts`
+//! is read once, when the deliverer is built, and consulted first. `localhost` names never get
+//! here (see `PolicyResolver::resolve`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, NameServerConfigGroup, ResolveHosts, ResolverConfig,
     ResolverOpts,
 };
 use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::xfer::Protocol;
-use hickory_resolver::TokioResolver;
+use hickory_resolver::proto::ProtoErrorKind;
+use hickory_resolver::{Name, TokioResolver};
 
 use super::ssrf::ResolveError;
 
-/// Answers (one per name and record type) the cache keeps at most, least recently used first
-/// out. An organization churning through many names only makes other names be asked again.
-pub(crate) const CACHE_ENTRIES: usize = 4096;
+/// Names whose answers the cache keeps at most (moka's admission and eviction decide which).
+/// An organization churning through many names only makes other names be asked again.
+pub(crate) const CACHE_ENTRIES: u64 = 4096;
+
+/// Addresses kept (and connected to) per name at most: the first ones of the answer, A
+/// records before AAAA. With the name itself (≤ 253 bytes) this bounds the cache to a few
+/// MiB, whatever a tenant's name servers answer.
+pub(crate) const MAX_ADDRESSES: usize = 32;
+
+/// The system's resolver configuration, read when the system's servers are used.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// One cached answer: its addresses, until its TTL ends.
+#[derive(Debug)]
+struct Answer {
+    addrs: Arc<[IpAddr]>,
+    until: Instant,
+}
 
 /// The webhook client's resolver. Cheap to clone: clones share one cache.
 #[derive(Clone)]
 pub(crate) struct Dns {
     resolver: Arc<TokioResolver>,
+    cache: moka::sync::Cache<String, Arc<Answer>>,
     limit: Duration,
 }
 
@@ -48,6 +75,7 @@ impl std::fmt::Debug for Dns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dns")
             .field("servers", &self.resolver.config().name_servers().len())
+            .field("cached", &self.cache.entry_count())
             .field("limit", &self.limit)
             .finish()
     }
@@ -55,31 +83,72 @@ impl std::fmt::Debug for Dns {
 
 impl Dns {
     /// A resolver asking `servers` (the system's when empty); each lookup ends after `limit`.
-    /// Sends nothing yet.
+    /// Reads `/etc/hosts` (and `/etc/resolv.conf` for the system's servers); sends nothing.
     pub(crate) fn new(servers: &[SocketAddr], limit: Duration) -> Self {
-        let (config, mut options) = if servers.is_empty() {
-            system()
-        } else {
-            (ResolverConfig::from_parts(None, Vec::new(), group(servers)), ResolverOpts::default())
-        };
-        // Every address a name has, so the SSRF check sees all of them (as getaddrinfo did).
+        let (servers, mut options) =
+            if servers.is_empty() { system() } else { (group(servers), ResolverOpts::default()) };
+        let config = ResolverConfig::from_parts(None, Vec::new(), servers);
+        // Every address a name has, so the SSRF check sees all of them (as getaddrinfo did);
+        // if one family's question fails, the other's addresses are the answer.
         options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        options.cache_size = CACHE_ENTRIES;
+        options.timeout = options.timeout.min(limit / 4);
+        options.attempts = 2;
+        options.cache_size = 0;
         options.use_hosts_file = ResolveHosts::Always;
+        // Answers up to 1 232 bytes over UDP rather than TCP above 512.
+        options.edns0 = true;
         let resolver =
             TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
                 .with_options(options)
                 .build();
-        Self { resolver: Arc::new(resolver), limit }
+        let cache = moka::sync::Cache::builder().max_capacity(CACHE_ENTRIES).build();
+        Self { resolver: Arc::new(resolver), cache, limit }
     }
 
-    /// The addresses of `host`, a DNS name (not an IP literal: those need no lookup).
-    pub(crate) async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
-        match tokio::time::timeout(self.limit, self.resolver.lookup_ip(host)).await {
-            Err(_) => Err(ResolveError::TimedOut(self.limit)),
-            Ok(Err(err)) if err.is_no_records_found() => Err(ResolveError::NoAddress),
-            Ok(Err(err)) => Err(ResolveError::Lookup(err)),
-            Ok(Ok(found)) => Ok(found.iter().collect()),
+    /// The addresses of `host`, a DNS name (not an IP literal: those need no lookup), from
+    /// the cache while its answer is fresh.
+    pub(crate) async fn lookup(&self, host: &str) -> Result<Arc<[IpAddr]>, ResolveError> {
+        if let Some(hit) = self.cache.get(host) {
+            if hit.until > Instant::now() {
+                return Ok(hit.addrs.clone());
+            }
+        }
+        // As written (ASCII, which a URL's host is): IDNA rules would refuse names such as
+        // `my_hooks.example.com` that resolvers serve.
+        let name = Name::from_ascii(host).map_err(|_| ResolveError::NoAddress("not a DNS name"))?;
+        let found = match tokio::time::timeout(self.limit, self.resolver.lookup_ip(name)).await {
+            Err(_) => return Err(ResolveError::TimedOut(self.limit)),
+            Ok(Err(err)) => return Err(self.failure(host, err)),
+            Ok(Ok(found)) => found,
+        };
+        let addrs: Arc<[IpAddr]> = found.iter().take(MAX_ADDRESSES).collect();
+        if addrs.is_empty() {
+            return Err(ResolveError::NoAddress("no A or AAAA record"));
+        }
+        let answer = Arc::new(Answer { addrs: addrs.clone(), until: found.valid_until() });
+        self.cache.insert(host.to_owned(), answer);
+        Ok(addrs)
+    }
+}
+
+impl Dns {
+    /// What a failed lookup tells the organization: the kind of failure in fixed words. The
+    /// resolver's own message may name the operator's name servers; it goes to the debug log.
+    fn failure(&self, host: &str, err: hickory_resolver::ResolveError) -> ResolveError {
+        tracing::debug!(host, error = %err, "webhook host lookup failed");
+        match err.proto().map(|p| p.kind()) {
+            // Every try timed out: within the limit, as the tries fit in it.
+            Some(ProtoErrorKind::Timeout) => ResolveError::TimedOut(self.limit),
+            Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => {
+                ResolveError::NoAddress(match *response_code {
+                    ResponseCode::NXDomain => "no such name",
+                    ResponseCode::NoError => "no A or AAAA record",
+                    ResponseCode::ServFail => "the name's servers failed",
+                    ResponseCode::Refused => "the name server refused",
+                    _ => "the name server answered with an error",
+                })
+            }
+            _ => ResolveError::Lookup,
         }
     }
 }
@@ -94,19 +163,50 @@ fn group(servers: &[SocketAddr]) -> NameServerConfigGroup {
     group
 }
 
-/// The system's configuration, or the C library's fallback when it cannot be read. Never
-/// hickory's own default, which names public resolvers.
-fn system() -> (ResolverConfig, ResolverOpts) {
-    match hickory_resolver::system_conf::read_system_conf() {
-        Ok(conf) => conf,
-        Err(err) => {
-            tracing::warn!(
-                error = %err,
-                "cannot read the system's DNS configuration; webhook hosts are looked up at \
-                 127.0.0.1:53 (set TRIGGERS_WEBHOOK_DNS_SERVERS to choose)"
-            );
-            let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 53);
-            (ResolverConfig::from_parts(None, Vec::new(), group(&[local])), ResolverOpts::default())
+/// The system's name servers and options; never hickory's default servers, which are public
+/// resolvers. When hickory cannot parse the file (an option it does not know makes it refuse
+/// the whole file), its `nameserver` lines are read here, with default options.
+fn system() -> (NameServerConfigGroup, ResolverOpts) {
+    if let Ok((config, options)) = hickory_resolver::system_conf::read_system_conf() {
+        if !config.name_servers().is_empty() {
+            return (config.name_servers().to_vec().into(), options);
         }
+    }
+    let text = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
+    let mut servers = nameservers(&text);
+    if servers.is_empty() {
+        tracing::warn!(
+            "{RESOLV_CONF} names no usable name server; webhook hosts are looked up at \
+             127.0.0.1:53 (set TRIGGERS_WEBHOOK_DNS_SERVERS to choose)"
+        );
+        servers.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 53));
+    }
+    (group(&servers), ResolverOpts::default())
+}
+
+/// The `nameserver` lines of a resolv.conf text, on port 53 (an IPv6 zone is dropped).
+fn nameservers(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("nameserver")).then(|| words.next()).flatten()
+        })
+        .filter_map(|ip| ip.split('%').next()?.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nameserver_lines_are_read_when_hickory_refuses_the_file() {
+        let text = "# generated\nsearch corp.internal\nnameserver 10.0.0.2\n\
+                    options strict-error\nnameserver fe80::1%eth0\nnameserver nonsense\n";
+        let servers = nameservers(text);
+        assert_eq!(servers, ["10.0.0.2:53".parse().unwrap(), "[fe80::1]:53".parse().unwrap()]);
+        assert!(nameservers("").is_empty());
     }
 }

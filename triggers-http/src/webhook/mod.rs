@@ -78,10 +78,11 @@ pub struct WebhookConfig {
     /// `TRIGGERS_WEBHOOK_DENY`): the deployment's own public addresses, or a neighbouring
     /// service on a global address that tenants must not reach.
     pub deny: Vec<IpNet>,
-    /// DNS servers webhook hosts are looked up at (default none: the system's
-    /// `/etc/resolv.conf`; `TRIGGERS_WEBHOOK_DNS_SERVERS`). `/etc/hosts` is read first either
-    /// way. A lookup has `connect_timeout`, and its answers are cached for their TTL; see
-    /// [`WebhookConfig::parse_dns_servers`].
+    /// DNS servers webhook hosts are looked up at (default none: the `nameserver`s of the
+    /// system's `/etc/resolv.conf`; `TRIGGERS_WEBHOOK_DNS_SERVERS`). `/etc/hosts`, read when
+    /// the deliverer is built, is consulted first either way; names are looked up as written
+    /// (no search domains). A lookup has `connect_timeout`, and its answers are cached for
+    /// their TTL; see [`WebhookConfig::parse_dns_servers`].
     pub dns_servers: Vec<std::net::SocketAddr>,
     /// Deliveries in flight to one endpoint at most (default 16).
     pub endpoint_concurrency: usize,
@@ -146,18 +147,21 @@ impl WebhookConfig {
     ///
     /// ```
     /// use triggers_http::WebhookConfig;
-    /// let servers = WebhookConfig::parse_dns_servers("10.0.0.2, 127.0.0.1:5353 ::1").unwrap();
+    /// let servers = WebhookConfig::parse_dns_servers("10.0.0.2, 127.0.0.1:5353 ::1 [fd00::53]")
+    ///     .unwrap();
     /// assert_eq!(servers[0], "10.0.0.2:53".parse().unwrap());
     /// assert_eq!(servers[1], "127.0.0.1:5353".parse().unwrap());
     /// assert_eq!(servers[2], "[::1]:53".parse().unwrap());
+    /// assert_eq!(servers[3], "[fd00::53]:53".parse().unwrap());
     /// assert!(WebhookConfig::parse_dns_servers("dns.example.com").is_err());
     /// ```
     pub fn parse_dns_servers(s: &str) -> Result<Vec<std::net::SocketAddr>, WebhookError> {
         s.split(|c: char| c == ',' || c.is_whitespace())
             .filter(|p| !p.is_empty())
             .map(|p| {
+                let bare = p.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(p);
                 p.parse::<std::net::SocketAddr>()
-                    .or_else(|_| p.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+                    .or_else(|_| bare.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
                     .map_err(|_| WebhookError::DnsServer(p.to_owned()))
             })
             .collect()
@@ -167,8 +171,8 @@ impl WebhookConfig {
     /// a target this deliverer's SSRF policy is sure to refuse is refused at once (422) rather
     /// than accepted and then failed on every delivery. That is a host that is an IP address
     /// in [`deny`](Self::deny), or outside the global unicast range and not in
-    /// [`allow`](Self::allow), or `localhost` /
-    /// `*.localhost` (which resolve to loopback, RFC 6761) when loopback is not allowed. IPv4
+    /// [`allow`](Self::allow), or `localhost` / `*.localhost` (loopback, RFC 6761: delivered
+    /// to 127.0.0.1 or ::1, whichever is allowed) when neither is allowed. IPv4
     /// addresses are read the way resolvers read them (`127.1`, `2130706433`, `0x7f.0.0.1`
     /// are all 127.0.0.1), and a trailing dot changes nothing. Other names are not resolved
     /// here — configuring a webhook makes no DNS query — and are checked at each delivery,
@@ -196,20 +200,14 @@ impl WebhookConfig {
             let target = deliverer::parse_target(url)?;
             let host = target.host();
             let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-            let lower = host.trim_end_matches('.').to_ascii_lowercase();
-            let ip = match host.parse::<std::net::IpAddr>() {
-                Ok(ip) => ip,
-                // The URL standard's IPv4 forms (`127.1`, `2130706433`, `0x7f.0.0.1`), which
-                // resolvers accept too.
-                Err(_) => match url::Host::parse(host) {
-                    Ok(url::Host::Ipv4(v4)) => std::net::IpAddr::V4(v4),
-                    _ if lower == "localhost" || lower.ends_with(".localhost") => {
-                        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
-                    }
-                    _ => return Ok(()),
-                },
+            let checked = if let Some(ip) = ssrf::ip_literal(host) {
+                policy.check(ip)
+            } else if ssrf::is_localhost(host) {
+                policy.loopback().map(drop)
+            } else {
+                return Ok(());
             };
-            policy.check(ip).map_err(|refused| {
+            checked.map_err(|refused| {
                 if refused.denied() {
                     format!(
                         "{refused}: the server setting TRIGGERS_WEBHOOK_DENY \

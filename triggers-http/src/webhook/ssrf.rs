@@ -57,13 +57,15 @@ pub(crate) enum ResolveError {
     /// An address is not allowed.
     #[error(transparent)]
     Refused(#[from] Refused),
-    /// The lookup itself failed (the name's servers answered with an error, or could not be
-    /// reached).
-    #[error("dns lookup failed: {0}")]
-    Lookup(#[source] hickory_resolver::ResolveError),
-    /// The lookup found no address (no such name, or no A or AAAA record).
-    #[error("dns lookup found no address")]
-    NoAddress,
+    /// The lookup failed without an answer (the name's servers could not be reached, or sent
+    /// nothing usable). Fixed words: the resolver's own message may name the operator's name
+    /// servers (it is logged at debug level instead).
+    #[error("dns lookup failed: no usable answer from the name's servers")]
+    Lookup,
+    /// The lookup found no address, and why (no such name, no A or AAAA record, the name
+    /// server failed or refused).
+    #[error("dns lookup found no address: {0}")]
+    NoAddress(&'static str),
     /// The lookup got no answer in time.
     #[error("dns lookup got no answer within {0:?}")]
     TimedOut(std::time::Duration),
@@ -77,6 +79,18 @@ impl AddressPolicy {
     /// The same policy, refusing `deny` too, whatever the allow-list says.
     pub(crate) fn with_deny(self, deny: Vec<IpNet>) -> Self {
         Self { deny: deny.into(), ..self }
+    }
+
+    /// The loopback addresses (127.0.0.1, ::1) this policy allows, or the refusal of
+    /// 127.0.0.1 when it allows neither.
+    pub(crate) fn loopback(&self) -> Result<Vec<IpAddr>, Refused> {
+        let v4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let both = [v4, IpAddr::V6(Ipv6Addr::LOCALHOST)];
+        let allowed: Vec<IpAddr> = both.into_iter().filter(|&ip| self.check(ip).is_ok()).collect();
+        match self.check(v4) {
+            Err(refused) if allowed.is_empty() => Err(refused),
+            _ => Ok(allowed),
+        }
     }
 
     /// Ok if `ip` may be targeted.
@@ -194,25 +208,59 @@ impl PolicyResolver {
     }
 
     /// Resolves `host` (a DNS name or an IP literal, IPv6 with or without brackets) and checks
-    /// every address. Port 0 is fine when only the addresses matter.
+    /// every address: one refused address refuses the host. Port 0 is fine when only the
+    /// addresses matter.
+    ///
+    /// `localhost` and `*.localhost` (RFC 6761) are loopback without a query: 127.0.0.1 and
+    /// ::1, whichever the policy allows (both loopback, so either reaches the same host); the
+    /// host is refused when it allows neither. So `TRIGGERS_WEBHOOK_ALLOW=127.0.0.0/8` is
+    /// enough for `http://localhost:…`, as [`WebhookConfig::url_policy`] tells at
+    /// configuration.
+    ///
+    /// [`WebhookConfig::url_policy`]: super::WebhookConfig::url_policy
     pub(crate) async fn resolve(
         &self,
         host: &str,
         port: u16,
     ) -> Result<Vec<SocketAddr>, ResolveError> {
         let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-        if let Ok(ip) = host.parse::<IpAddr>() {
+        if let Some(ip) = ip_literal(host) {
             self.policy.check(ip)?;
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
-        let ips = self.dns.lookup(host).await?;
-        if ips.is_empty() {
-            return Err(ResolveError::NoAddress);
+        if is_localhost(host) {
+            let ips = self.policy.loopback()?;
+            return Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect());
         }
-        for &ip in &ips {
+        let ips = self.dns.lookup(host).await?;
+        for &ip in ips.iter() {
             self.policy.check(ip)?;
         }
-        Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect())
+        Ok(ips.iter().map(|&ip| SocketAddr::new(ip, port)).collect())
+    }
+}
+
+/// Whether `host` is `localhost` or a name under it (RFC 6761: always loopback), in any case,
+/// with or without a trailing dot.
+pub(crate) fn is_localhost(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    host == "localhost" || host.ends_with(".localhost")
+}
+
+/// The address `host` spells, if it is an IP literal: also the IPv4 forms resolvers (and the
+/// URL standard) read as addresses, `127.1`, `2130706433`, `0x7f.0.0.1`, which are not
+/// names to look up.
+pub(crate) fn ip_literal(host: &str) -> Option<IpAddr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    let numeric = |c: char| c.is_ascii_hexdigit() || matches!(c, '.' | 'x' | 'X');
+    if !host.chars().all(numeric) {
+        return None;
+    }
+    match url::Host::parse(host) {
+        Ok(url::Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
+        _ => None,
     }
 }
 
@@ -366,6 +414,49 @@ mod tests {
         let open = resolver(AddressPolicy::new(vec!["::1/128".parse().unwrap()]));
         let addrs = open.resolve("[::1]", 8080).await.unwrap();
         assert_eq!(addrs, vec!["[::1]:8080".parse().unwrap()]);
+    }
+
+    #[test]
+    fn localhost_names_and_numeric_ipv4_forms_are_recognised() {
+        for host in ["localhost", "LocalHost.", "api.localhost", "a.b.LOCALHOST."] {
+            assert!(is_localhost(host), "{host}");
+        }
+        for host in ["localhost.example.com", "notlocalhost", "localhost..", "xlocalhost"] {
+            assert!(!is_localhost(host), "{host}");
+        }
+        let v4 = |s: &str| ip_literal(s).map(|ip| ip.to_string());
+        assert_eq!(v4("127.1").as_deref(), Some("127.0.0.1"));
+        assert_eq!(v4("2130706433").as_deref(), Some("127.0.0.1"));
+        assert_eq!(v4("0x7f.0.0.1").as_deref(), Some("127.0.0.1"));
+        assert_eq!(v4("::1").as_deref(), Some("::1"));
+        assert_eq!(v4("deadbeef.example"), None);
+        assert_eq!(v4("hooks.example.com"), None);
+    }
+
+    /// Loopback names resolve without a query to the loopback addresses the policy allows.
+    #[tokio::test]
+    async fn localhost_is_whichever_loopback_address_is_allowed() {
+        let v4_only = resolver(AddressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]));
+        let addrs = v4_only.resolve("localhost", 80).await.unwrap();
+        assert_eq!(addrs, vec!["127.0.0.1:80".parse().unwrap()]);
+        let both = resolver(AddressPolicy::new(vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "::1/128".parse().unwrap(),
+        ]));
+        assert_eq!(both.resolve("api.localhost.", 80).await.unwrap().len(), 2);
+        let fenced = resolver(
+            AddressPolicy::new(vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()])
+                .with_deny(vec!["127.0.0.1/32".parse().unwrap()]),
+        );
+        assert_eq!(
+            fenced.resolve("localhost", 80).await.unwrap(),
+            vec!["[::1]:80".parse().unwrap()]
+        );
+        let err = resolver(AddressPolicy::default()).resolve("localhost", 80).await.unwrap_err();
+        assert!(err.to_string().contains("127.0.0.1 is a loopback address"), "{err}");
+        // Numeric IPv4 forms are addresses, not names.
+        let addrs = v4_only.resolve("127.1", 80).await.unwrap();
+        assert_eq!(addrs, vec!["127.0.0.1:80".parse().unwrap()]);
     }
 
     #[tokio::test]

@@ -26,6 +26,8 @@ enum Answer {
     Addrs(Vec<IpAddr>, u32),
     /// Nothing, ever (a black hole).
     Silent,
+    /// This IPv4 address; AAAA questions are never answered.
+    V4Only(std::net::Ipv4Addr),
     /// No such name.
     NxDomain,
 }
@@ -42,10 +44,15 @@ impl DnsServer {
         let table: Arc<HashMap<String, Answer>> =
             Arc::new(table.iter().map(|(name, a)| (format!("{name}."), a.clone())).collect());
         let asked = Arc::new(Mutex::new(HashMap::new()));
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        // A client falls back to TCP on the same port; there it finds the same table.
-        let tcp = TcpListener::bind(addr).await.unwrap();
+        // A client falls back to TCP on the same port; there it finds the same table. (The
+        // port UDP got may be taken for TCP, by another test's connection: then again.)
+        let (udp, tcp, addr) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            if let Ok(tcp) = TcpListener::bind(addr).await {
+                break (udp, tcp, addr);
+            }
+        };
         let (t, a) = (table.clone(), asked.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
@@ -122,6 +129,10 @@ fn answer(
     };
     match table.get(&name).cloned().unwrap_or(Answer::NxDomain) {
         Answer::Silent => return None,
+        Answer::V4Only(_) if question.query_type() != RecordType::A => return None,
+        Answer::V4Only(v4) => {
+            reply.add_answer(Record::from_rdata(owner.clone(), 300, RData::A(A(v4))));
+        }
         Answer::NxDomain => {
             reply.set_response_code(ResponseCode::NXDomain).add_name_server(soa(60));
         }
@@ -192,6 +203,7 @@ async fn a_name_whose_server_never_answers_costs_the_connect_timeout_only() {
     });
     let good = delivery(&format!("http://hooks.test:{port}/hook"), vec![Secret::generate()]);
     assert_eq!(d.deliver(&good).await.outcome, Outcome::Delivered);
+    assert!(!stuck.is_finished(), "delivered while the other lookup was still waiting");
 
     // Far below the attempt's 120 s: had the lookup not ended, this would give up first.
     let a = tokio::time::timeout(Duration::from_secs(30), stuck).await.unwrap().unwrap();
@@ -219,7 +231,7 @@ async fn answers_are_checked_by_the_address_policy_and_missing_names_retried() {
     let a = d.deliver(&at("mixed.test")).await;
     assert!(permanent_reason(&a).contains("fd00::5 is a unique-local"), "{a:?}");
     let a = d.deliver(&at("missing.test")).await;
-    assert_eq!(retry_reason(&a), "dns lookup found no address");
+    assert_eq!(retry_reason(&a), "dns lookup found no address: no such name");
     assert!(receiver.seen().is_empty(), "nothing may reach a refused or missing host");
 }
 
@@ -257,4 +269,71 @@ async fn black_hole_names_of_one_organization_delay_no_other() {
     .await;
     assert_eq!(receiver.seen().len(), 1, "no black-hole endpoint was reached");
     w.ingestor.shutdown().await;
+}
+
+/// What resolvers serve resolves: a label with an underscore (refused by IDNA rules, served
+/// by DNS), and a name whose server never answers AAAA — its A answer arrives within the
+/// limit, as each question is asked for a quarter of it.
+#[tokio::test]
+async fn underscores_and_names_without_aaaa_answers_resolve() {
+    let receiver = Receiver::answering(200).await;
+    let dns = DnsServer::start(&[
+        ("my_hooks.test", Answer::Addrs(vec![localhost()], 300)),
+        ("v4only.test", Answer::V4Only([127, 0, 0, 1].into())),
+    ])
+    .await;
+    let d = deliverer(WebhookConfig {
+        timeout: Duration::from_secs(120),
+        ..dns.config(Duration::from_millis(800))
+    });
+    let port = receiver.addr.port();
+    for host in ["my_hooks.test", "v4only.test"] {
+        let d1 = delivery(&format!("http://{host}:{port}/hook"), vec![Secret::generate()]);
+        assert_eq!(d.deliver(&d1).await.outcome, Outcome::Delivered, "{host}");
+    }
+    assert!(dns.asked("v4only.test") >= 2, "A and AAAA were asked");
+    assert_eq!(receiver.seen().len(), 2);
+}
+
+/// An answer is kept for its TTL only: after it ends, the next delivery asks again.
+#[tokio::test]
+async fn an_answer_is_asked_for_again_once_its_ttl_ends() {
+    let receiver = Receiver::answering(200).await;
+    let dns = DnsServer::start(&[("short.test", Answer::Addrs(vec![localhost()], 1))]).await;
+    let d = deliverer(dns.config(Duration::from_secs(5)));
+    let url = format!("http://short.test:{}/hook", receiver.addr.port());
+    assert_eq!(
+        d.deliver(&delivery(&url, vec![Secret::generate()])).await.outcome,
+        Outcome::Delivered
+    );
+    let asked = dns.asked("short.test");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        d.deliver(&delivery(&url, vec![Secret::generate()])).await.outcome,
+        Outcome::Delivered
+    );
+    assert!(dns.asked("short.test") > asked, "the expired answer was asked for again");
+}
+
+/// Of a long answer, only the first `MAX_ADDRESSES` (32) addresses are kept, checked and
+/// connected to: the cache stays small whatever a tenant's name server answers, and what
+/// lies past them is never reached (here a private address that would refuse the host).
+#[tokio::test]
+async fn only_the_first_32_addresses_of_an_answer_count() {
+    let receiver = Receiver::answering(200).await;
+    // 127.0.0.1 first (the receiver), then other loopback addresses, then a private one.
+    let loopback = |n: u8| (1..=n).map(|i| IpAddr::from([127, 0, 0, i]));
+    let long: Vec<IpAddr> = loopback(32).chain([IpAddr::from([10, 0, 0, 9])]).collect();
+    let within: Vec<IpAddr> = loopback(31).chain([IpAddr::from([10, 0, 0, 9])]).collect();
+    let dns = DnsServer::start(&[
+        ("long.test", Answer::Addrs(long, 300)),
+        ("within.test", Answer::Addrs(within, 300)),
+    ])
+    .await;
+    let d = deliverer(dns.config(Duration::from_secs(5)));
+    let port = receiver.addr.port();
+    let at = |host: &str| delivery(&format!("http://{host}:{port}/hook"), vec![Secret::generate()]);
+    assert_eq!(d.deliver(&at("long.test")).await.outcome, Outcome::Delivered);
+    let a = d.deliver(&at("within.test")).await;
+    assert!(permanent_reason(&a).contains("10.0.0.9 is a private address"), "{a:?}");
 }
