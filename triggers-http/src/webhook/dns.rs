@@ -25,8 +25,9 @@
 //! 127.0.0.1:53 when it names none or is missing, as the C library does. Names are looked up
 //! as written: a webhook host is a public name, so the system's search domains are not
 //! appended (they would let a tenant's `db` reach the operator's `db.internal`). `/etc/hosts`
-//! is read once, when the deliverer is built, and consulted first. `localhost` names never get
-//! here (see `PolicyResolver::resolve`).
+//! is read once, when the deliverer is built, and consulted first: a name it lists gets its
+//! addresses only (no query for the other family). `localhost` names never get here (see
+//! `PolicyResolver::resolve`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -37,10 +38,11 @@ use hickory_resolver::config::{
     ResolverOpts,
 };
 use hickory_resolver::name_server::TokioConnectionProvider;
-use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::op::{Query, ResponseCode};
+use hickory_resolver::proto::rr::RecordType;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::proto::ProtoErrorKind;
-use hickory_resolver::{Name, TokioResolver};
+use hickory_resolver::{Hosts, Name, TokioResolver};
 
 use super::ssrf::ResolveError;
 
@@ -67,6 +69,7 @@ struct Answer {
 #[derive(Clone)]
 pub(crate) struct Dns {
     resolver: Arc<TokioResolver>,
+    hosts: Arc<Hosts>,
     cache: moka::sync::Cache<String, Arc<Answer>>,
     limit: Duration,
 }
@@ -85,6 +88,11 @@ impl Dns {
     /// A resolver asking `servers` (the system's when empty); each lookup ends after `limit`.
     /// Reads `/etc/hosts` (and `/etc/resolv.conf` for the system's servers); sends nothing.
     pub(crate) fn new(servers: &[SocketAddr], limit: Duration) -> Self {
+        Self::with_hosts(servers, limit, Hosts::from_system().unwrap_or_default())
+    }
+
+    /// [`new`](Self::new), with `hosts` in place of `/etc/hosts`.
+    fn with_hosts(servers: &[SocketAddr], limit: Duration, hosts: Hosts) -> Self {
         let (servers, mut options) =
             if servers.is_empty() { system() } else { (group(servers), ResolverOpts::default()) };
         let config = ResolverConfig::from_parts(None, Vec::new(), servers);
@@ -94,7 +102,9 @@ impl Dns {
         options.timeout = options.timeout.min(limit / 4);
         options.attempts = 2;
         options.cache_size = 0;
-        options.use_hosts_file = ResolveHosts::Always;
+        // `/etc/hosts` is read here instead (`pinned_in_hosts`): hickory would ask DNS for the
+        // family a hosts entry lacks, and merge its answer into the pinned one.
+        options.use_hosts_file = ResolveHosts::Never;
         // Answers up to 1 232 bytes over UDP rather than TCP above 512.
         options.edns0 = true;
         let resolver =
@@ -102,7 +112,7 @@ impl Dns {
                 .with_options(options)
                 .build();
         let cache = moka::sync::Cache::builder().max_capacity(CACHE_ENTRIES).build();
-        Self { resolver: Arc::new(resolver), cache, limit }
+        Self { resolver: Arc::new(resolver), hosts: Arc::new(hosts), cache, limit }
     }
 
     /// The addresses of `host`, a DNS name (not an IP literal: those need no lookup), from
@@ -116,6 +126,9 @@ impl Dns {
         // As written (ASCII, which a URL's host is): IDNA rules would refuse names such as
         // `my_hooks.example.com` that resolvers serve.
         let name = Name::from_ascii(host).map_err(|_| ResolveError::NoAddress("not a DNS name"))?;
+        if let Some(pinned) = self.pinned_in_hosts(&name) {
+            return Ok(pinned);
+        }
         let found = match tokio::time::timeout(self.limit, self.resolver.lookup_ip(name)).await {
             Err(_) => return Err(ResolveError::TimedOut(self.limit)),
             Ok(Err(err)) => return Err(self.failure(host, err)),
@@ -132,6 +145,18 @@ impl Dns {
 }
 
 impl Dns {
+    /// The addresses `/etc/hosts` gives `name`, if it names it: then they are the whole
+    /// answer, as with the C library's `files` before `dns`.
+    fn pinned_in_hosts(&self, name: &Name) -> Option<Arc<[IpAddr]>> {
+        let of = |kind| self.hosts.lookup_static_host(&Query::query(name.clone(), kind));
+        let (a, aaaa) = (of(RecordType::A), of(RecordType::AAAA));
+        if a.is_none() && aaaa.is_none() {
+            return None;
+        }
+        let ips = a.iter().chain(aaaa.iter()).flat_map(|found| found.iter());
+        Some(ips.filter_map(|rdata| rdata.ip_addr()).take(MAX_ADDRESSES).collect())
+    }
+
     /// What a failed lookup tells the organization: the kind of failure in fixed words. The
     /// resolver's own message may name the operator's name servers; it goes to the debug log.
     fn failure(&self, host: &str, err: hickory_resolver::ResolveError) -> ResolveError {
@@ -208,5 +233,25 @@ mod tests {
         let servers = nameservers(text);
         assert_eq!(servers, ["10.0.0.2:53".parse().unwrap(), "[fe80::1]:53".parse().unwrap()]);
         assert!(nameservers("").is_empty());
+    }
+
+    /// A name `/etc/hosts` lists gets its addresses only: no question goes out, not even for
+    /// the family the file does not give.
+    #[tokio::test]
+    async fn a_name_in_the_hosts_file_is_answered_without_a_query() {
+        let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut hosts = Hosts::default();
+        hosts.read_hosts_conf("127.0.0.7 pinned.test\n".as_bytes()).unwrap();
+        let dns = Dns::with_hosts(&[server.local_addr().unwrap()], Duration::from_secs(2), hosts);
+        let found = dns.lookup("pinned.test").await.unwrap();
+        assert_eq!(&*found, &[IpAddr::from([127, 0, 0, 7])]);
+        // Any question would have arrived by now (the lookup waited for no answer).
+        let mut buf = [0u8; 512];
+        assert!(server.try_recv(&mut buf).is_err(), "a question was sent");
+        // Names it does not list are asked for.
+        let asked = tokio::spawn(async move { dns.lookup("other.test").await });
+        let question = tokio::time::timeout(Duration::from_secs(5), server.recv(&mut buf)).await;
+        assert!(question.is_ok(), "no question for a name outside the hosts file");
+        asked.abort();
     }
 }
