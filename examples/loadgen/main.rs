@@ -34,6 +34,10 @@
 //! fans out to all of them, and the run waits for N deliveries per accepted event. It
 //! measures what fan-out costs the ingest and the delivery path.
 //!
+//! `--receiver-host NAME` (with `--webhook`) registers the receiver as `http://NAME:PORT/…`
+//! instead of `http://127.0.0.1:PORT/…`, e.g. `localhost`: the server then looks the name up
+//! for its deliveries, which measures what that costs.
+//!
 //! `--batch N` sends `POST /api/events/batch` with N events per request instead (each event
 //! as above) and also prints events per second; with `--webhook` every event of an accepted
 //! batch is expected at the receiver.
@@ -85,6 +89,7 @@ struct Args {
     fifo: bool,
     endpoints: usize,
     batch: Option<usize>,
+    receiver_host: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, Error> {
@@ -113,6 +118,7 @@ fn parse_args() -> Result<Args, Error> {
         fifo: false,
         endpoints: 1,
         batch: None,
+        receiver_host: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -135,6 +141,7 @@ fn parse_args() -> Result<Args, Error> {
             "--fifo" => a.fifo = true,
             "--endpoints" => a.endpoints = value()?.parse()?,
             "--batch" => a.batch = Some(value()?.parse()?),
+            "--receiver-host" => a.receiver_host = Some(value()?),
             "-h" | "--help" => {
                 out!("see the doc comment of examples/loadgen/main.rs for the options");
                 std::process::exit(0);
@@ -147,6 +154,9 @@ fn parse_args() -> Result<Args, Error> {
     }
     if a.endpoints != 1 && !a.webhook {
         return Err("--endpoints needs --webhook".into());
+    }
+    if a.receiver_host.is_some() && !a.webhook {
+        return Err("--receiver-host needs --webhook".into());
     }
     if a.endpoints == 0 {
         return Err("--endpoints must be at least 1".into());
@@ -359,7 +369,13 @@ async fn run(args: Args) -> Result<(), Error> {
         true => {
             let receiver = receiver::Receiver::start().await?;
             for i in 0..args.endpoints {
-                let secret = create_endpoint(&args.host, &key, &receiver.url(i), args.fifo).await?;
+                let secret = create_endpoint(
+                    &args.host,
+                    &key,
+                    &receiver.url(i, args.receiver_host.as_deref()),
+                    args.fifo,
+                )
+                .await?;
                 receiver.set_secret(i, &secret)?;
             }
             Some(receiver)

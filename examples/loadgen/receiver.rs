@@ -87,9 +87,13 @@ impl Receiver {
         Ok(receiver)
     }
 
-    /// The URL of endpoint `i` of the run.
-    pub(crate) fn url(&self, i: usize) -> String {
-        format!("http://{}/hook/{i}", self.addr)
+    /// The URL of endpoint `i` of the run: at this receiver's address, or at `host` (a name
+    /// for it) and its port.
+    pub(crate) fn url(&self, i: usize, host: Option<&str>) -> String {
+        match host {
+            None => format!("http://{}/hook/{i}", self.addr),
+            Some(host) => format!("http://{host}:{}/hook/{i}", self.addr.port()),
+        }
     }
 
     /// Sets endpoint `i`'s `whsec_…` secret, which every delivery to it must be signed with.
