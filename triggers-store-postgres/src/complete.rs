@@ -55,6 +55,7 @@ use std::time::Duration;
 use sqlx::types::Uuid;
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use triggers_core::store::{Completion, CompletionState, StoreResult};
+use triggers_core::EndpointId;
 use triggers_core::Timestamp;
 
 use crate::error::{is_retryable_conflict, map};
@@ -329,51 +330,57 @@ pub(crate) async fn complete(
         return Ok(Vec::new());
     }
     let mut conn = pool.acquire().await.map_err(map)?;
-    complete_on(&mut conn, singles, completions, keep).await
+    Ok(complete_on(&mut conn, singles, completions, keep).await?.0)
 }
 
 /// Applies `completions` on `conn` (not inside a transaction); one flag per completion, in
-/// order. The fast and successes paths are one autocommitted statement each, the general
-/// path one transaction; none waits for the WAL flush (the module's "Durability").
+/// order, and the endpoints they disabled (`CompletedAndClaimed::disabled`). The fast and
+/// successes paths are one autocommitted statement each, the general path one transaction;
+/// none waits for the WAL flush (the module's "Durability").
 pub(crate) async fn complete_on(
     conn: &mut PgConnection,
     singles: &Singles,
     completions: &[Completion],
     keep: u32,
-) -> StoreResult<Vec<bool>> {
+) -> StoreResult<(Vec<bool>, Vec<EndpointId>)> {
     if completions.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let batch = Batch::new(singles, completions, keep);
-    let mut applied = apply(conn, &batch.firsts, batch.path, batch.keep).await?;
+    let (mut applied, disabled) = apply(conn, &batch.firsts, batch.path, batch.keep).await?;
     if batch.path == Path::Fast {
         // Not applied on the fast path: stale, or `shared` since the claim (a `recover`
         // queued another delivery of the event); the successes path decides which.
         let rest = batch.stale(&applied);
         if !rest.is_empty() {
-            applied.extend(apply(conn, &rest, Path::Successes, batch.keep).await?);
+            applied.extend(apply(conn, &rest, Path::Successes, batch.keep).await?.0);
         }
     }
     let stale = batch.stale(&applied);
     if !stale.is_empty() {
         record_superseded(conn, &stale, batch.keep).await.map_err(map)?;
     }
-    Ok(batch.flags(applied))
+    Ok((batch.flags(applied), disabled.into_iter().map(EndpointId).collect()))
 }
 
 /// Applies `firsts` on `path`, running a batch that was rolled back (a deadlock) again;
-/// returns the ids of the deliveries whose completion applied.
+/// returns the ids of the deliveries whose completion applied, and of the endpoints they
+/// disabled (only the general path disables).
 async fn apply(
     conn: &mut PgConnection,
     firsts: &[&Completion],
     path: Path,
     keep: i64,
-) -> StoreResult<HashSet<Uuid>> {
+) -> StoreResult<(HashSet<Uuid>, Vec<Uuid>)> {
     let mut attempt = 0;
     loop {
         let run = match path {
-            Path::Fast => complete_in_one(&mut *conn, FAST_SQL, firsts, keep).await,
-            Path::Successes => complete_in_one(&mut *conn, SUCCESSES_SQL, firsts, keep).await,
+            Path::Fast => {
+                complete_in_one(&mut *conn, FAST_SQL, firsts, keep).await.map(|a| (a, Vec::new()))
+            }
+            Path::Successes => complete_in_one(&mut *conn, SUCCESSES_SQL, firsts, keep)
+                .await
+                .map(|a| (a, Vec::new())),
             Path::General => {
                 async {
                     let mut tx = conn.begin().await?;
@@ -445,12 +452,12 @@ async fn complete_in_one(
 }
 
 /// The general path, on `tx` (inside a transaction); returns the ids of the deliveries
-/// whose completion applied.
+/// whose completion applied, and of the endpoints they disabled.
 async fn complete_once(
     tx: &mut PgConnection,
     firsts: &[&Completion],
     keep: i64,
-) -> Result<HashSet<Uuid>, sqlx::Error> {
+) -> Result<(HashSet<Uuid>, Vec<Uuid>), sqlx::Error> {
     let rows = sqlx::query(FINISH_SQL)
         .bind(firsts.iter().map(|c| c.delivery_id.0).collect::<Vec<_>>())
         .bind(firsts.iter().map(|c| c.lease_owner.0).collect::<Vec<_>>())
@@ -478,10 +485,38 @@ async fn complete_once(
         to_lock.dedup();
         sqlx::query(LOCK_SQL).bind(&to_lock).execute(&mut *tx).await?;
     }
+    let disabled = disabling(tx, &done).await?;
     if !done.is_empty() {
         record(tx, &done, keep).await?;
     }
-    Ok(applied.into_keys().collect())
+    Ok((applied.into_keys().collect(), disabled))
+}
+
+/// The endpoints that the disabling completions among `done` disable now: those still
+/// enabled, locked (in id order) until the transaction ends, so a concurrent batch on any
+/// node that disables one of them waits and then finds it disabled. In the order of their
+/// first disabling completion. No statement when nothing disables (the usual case).
+async fn disabling(
+    tx: &mut PgConnection,
+    done: &[(&Completion, Uuid)],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let mut asked: Vec<Uuid> = Vec::new();
+    for (c, _) in done.iter().filter(|(c, _)| c.disable_endpoint.is_some()) {
+        if !asked.contains(&c.record.endpoint_id.0) {
+            asked.push(c.record.endpoint_id.0);
+        }
+    }
+    if asked.is_empty() {
+        return Ok(asked);
+    }
+    let enabled: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM endpoints WHERE id = ANY($1) AND enabled ORDER BY id FOR UPDATE",
+    )
+    .bind(&asked)
+    .fetch_all(&mut *tx)
+    .await?;
+    asked.retain(|id| enabled.contains(id));
+    Ok(asked)
 }
 
 /// Writes attempts, endpoint health and event status for the applied completions, in
@@ -666,7 +701,9 @@ mod tests {
                 super::Path::Successes => {
                     super::complete_in_one(&mut tx, super::SUCCESSES_SQL, &batch, 20).await
                 }
-                super::Path::General => super::complete_once(&mut tx, &batch, 20).await,
+                super::Path::General => {
+                    super::complete_once(&mut tx, &batch, 20).await.map(|(applied, _)| applied)
+                }
             };
             assert!(applied.unwrap().is_empty(), "no such delivery: stale");
             let mode: String =

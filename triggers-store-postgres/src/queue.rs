@@ -219,9 +219,10 @@ impl DeliveryQueue for PgStore {
     ) -> StoreResult<CompletedAndClaimed> {
         let keep = self.limits().max_attempts_kept;
         let mut conn = self.pool().acquire().await.map_err(|e| self.fail(e))?;
-        let applied = crate::complete::complete_on(&mut conn, self.singles(), completions, keep)
-            .await
-            .map_err(|e| self.explain(e))?;
+        let (applied, disabled) =
+            crate::complete::complete_on(&mut conn, self.singles(), completions, keep)
+                .await
+                .map_err(|e| self.explain(e))?;
         let claimed = if req.limit == 0 {
             Ok(Vec::new())
         } else {
@@ -230,7 +231,7 @@ impl DeliveryQueue for PgStore {
                 Err(e) => Err(self.fail(e)),
             }
         };
-        Ok(CompletedAndClaimed { applied, claimed })
+        Ok(CompletedAndClaimed { applied, disabled, claimed })
     }
 
     async fn release(

@@ -396,7 +396,8 @@ impl DeliveryQueue for SqliteStore {
         }
         let completions = completions.to_vec();
         let keep = self.inner.config.limits.max_attempts_kept;
-        self.write_lease(move |c| queue::complete(c, &completions, keep), |_| false).await
+        let done = self.write_lease(move |c| queue::complete(c, &completions, keep), |_| false);
+        Ok(done.await?.0)
     }
 
     /// One writer request, so both run in one transaction of the group commit: the
@@ -410,21 +411,21 @@ impl DeliveryQueue for SqliteStore {
     ) -> StoreResult<CompletedAndClaimed> {
         let completions = completions.to_vec();
         let keep = self.inner.config.limits.max_attempts_kept;
-        let (applied, claimed) = self
+        let ((applied, disabled), claimed) = self
             .write_lease(
                 move |c| {
-                    let applied = queue::complete(c, &completions, keep)?;
+                    let done = queue::complete(c, &completions, keep)?;
                     let claimed = if req.limit == 0 {
                         claim::Claimed::default()
                     } else {
                         claim::claim(c, req)?
                     };
-                    Ok((applied, claimed))
+                    Ok((done, claimed))
                 },
                 |(_, c)| c.hands_out_a_line_head,
             )
             .await?;
-        Ok(CompletedAndClaimed { applied, claimed: Ok(claimed.deliveries) })
+        Ok(CompletedAndClaimed { applied, disabled, claimed: Ok(claimed.deliveries) })
     }
 
     async fn release(

@@ -188,9 +188,12 @@ async fn complete_and_claim<S: EventStore>(
     (org_cap, endpoint_cap): (u32, u32),
 ) -> (Vec<bool>, Vec<Delivery>) {
     let req = ClaimRequest::new(WorkerId::new(), 10, LEASE, now).with_caps(org_cap, endpoint_cap);
-    let CompletedAndClaimed { applied, claimed } =
+    let CompletedAndClaimed { applied, disabled, claimed } =
         store.complete_and_claim(&completions, req).await.unwrap();
     assert_eq!(applied.len(), completions.len(), "one flag per completion");
+    if completions.iter().all(|c| c.disable_endpoint.is_none()) {
+        assert!(disabled.is_empty(), "nothing disabled: {disabled:?}");
+    }
     (applied, claimed.unwrap())
 }
 

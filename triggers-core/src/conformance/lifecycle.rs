@@ -4,11 +4,13 @@
 use crate::domain::event::EventStatus;
 use crate::domain::webhook::DISABLED_BY_REQUEST;
 use crate::domain::{EndpointId, WorkerId};
-use crate::store::{CompletionState, EndpointPatch, EventStore, InsertOutcome, RecoverQuery};
+use crate::store::{
+    ClaimRequest, CompletionState, EndpointPatch, EventStore, InsertOutcome, RecoverQuery,
+};
 
 use super::support::{
     claim, claim_capped, claim_one, complete, completion, detail, endpoint, glob, insert,
-    insert_one, inserted, new_org, record, status, t,
+    insert_one, inserted, new_org, record, status, t, LEASE,
 };
 
 fn disable() -> EndpointPatch {
@@ -468,7 +470,9 @@ pub async fn switching_a_long_line_to_parallel<S: EventStore>(store: &S) {
 }
 
 /// A completion that disables an endpoint which another completion already disabled (its
-/// delivery still outstanding, left by the first one's batch) keeps the first reason.
+/// delivery still outstanding, left by the first one's batch) keeps the first reason, and
+/// only the first call reports the endpoint as disabled by it
+/// (`CompletedAndClaimed::disabled`, through `complete_and_claim` with an empty claim).
 pub async fn a_disabled_endpoint_keeps_its_first_reason<S: EventStore>(store: &S) {
     use crate::store::{DeliveryQuery, DeliveryStatus, BACKLOG_BATCH};
     let n = BACKLOG_BATCH + 10;
@@ -485,9 +489,12 @@ pub async fn a_disabled_endpoint_keeps_its_first_reason<S: EventStore>(store: &S
         flying.extend(got);
     }
     assert_eq!(flying.len(), n, "all in flight");
+    let nothing = ClaimRequest::new(WorkerId::new(), 0, LEASE, t(3));
     let mut first = completion(&flying[0], CompletionState::Failed, t(3));
     first.disable_endpoint = Some("410 Gone".into());
-    assert!(complete(store, first).await);
+    let done = store.complete_and_claim(&[first], nothing).await.unwrap();
+    assert_eq!((done.applied, done.disabled), (vec![true], vec![ep.id]), "this call disabled it");
+    assert!(done.claimed.unwrap().is_empty(), "an empty claim claims nothing");
 
     // At most one batch was failed: some in-flight deliveries are still outstanding.
     let query = DeliveryQuery { status: Some(DeliveryStatus::InFlight), before: None, limit: 10 };
@@ -495,7 +502,9 @@ pub async fn a_disabled_endpoint_keeps_its_first_reason<S: EventStore>(store: &S
     let survivor = flying.iter().find(|d| left.iter().any(|e| e.event_id == d.event_id));
     let mut second = completion(survivor.unwrap(), CompletionState::Failed, t(4));
     second.disable_endpoint = Some("failing for too long".into());
-    assert!(complete(store, second).await, "its delivery was still outstanding");
+    let done = store.complete_and_claim(&[second], nothing).await.unwrap();
+    assert_eq!(done.applied, vec![true], "its delivery was still outstanding");
+    assert_eq!(done.disabled, vec![], "already disabled: not this call's disable");
     let now = store.endpoint(org, ep.id).await.unwrap().unwrap();
     assert_eq!(now.disabled_reason.as_deref(), Some("410 Gone"), "the first reason stays");
 }

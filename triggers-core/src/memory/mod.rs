@@ -271,7 +271,7 @@ impl DeliveryQueue for MemoryStore {
     }
 
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
-        Ok(self.lock()?.complete(completions))
+        Ok(self.lock()?.complete(completions).0)
     }
 
     /// Both under one lock: no other call sees the completions without the claim.
@@ -281,8 +281,9 @@ impl DeliveryQueue for MemoryStore {
         req: ClaimRequest,
     ) -> StoreResult<CompletedAndClaimed> {
         let mut state = self.lock()?;
-        let applied = state.complete(completions);
-        Ok(CompletedAndClaimed { applied, claimed: Ok(state.claim(req)) })
+        let (applied, disabled) = state.complete(completions);
+        let claimed = if req.limit == 0 { Vec::new() } else { state.claim(req) };
+        Ok(CompletedAndClaimed { applied, disabled, claimed: Ok(claimed) })
     }
 
     async fn release(

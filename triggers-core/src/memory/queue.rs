@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use super::state::{set_status, DeliveryRow, Lease, State};
 use crate::clock::{self, Timestamp};
 use crate::domain::event::EventStatus;
-use crate::domain::{DeliveryId, OrganizationId, WorkerId};
+use crate::domain::{DeliveryId, EndpointId, OrganizationId, WorkerId};
 use crate::store::{ClaimRequest, Completion, CompletionState, Delivery};
 
 impl State {
@@ -150,17 +150,31 @@ impl State {
         picked
     }
 
-    pub(super) fn complete(&mut self, completions: &[Completion]) -> Vec<bool> {
-        completions.iter().map(|c| self.complete_one(c)).collect()
+    /// One flag per completion, and the endpoints they disabled (each once; see
+    /// `CompletedAndClaimed::disabled`).
+    pub(super) fn complete(&mut self, completions: &[Completion]) -> (Vec<bool>, Vec<EndpointId>) {
+        let mut disabled = Vec::new();
+        let applied = completions
+            .iter()
+            .map(|c| {
+                let (applied, disabled_now) = self.complete_one(c);
+                if disabled_now {
+                    disabled.push(c.record.endpoint_id);
+                }
+                applied
+            })
+            .collect();
+        (applied, disabled)
     }
 
-    fn complete_one(&mut self, c: &Completion) -> bool {
+    /// Whether `c` applied, and whether it disabled its endpoint.
+    fn complete_one(&mut self, c: &Completion) -> (bool, bool) {
         let Some(row) = self.queue.deliveries.get(&c.delivery_id) else {
             self.record_superseded(c);
-            return false;
+            return (false, false);
         };
         if !row.held_by(c.lease_owner, c.attempt) {
-            return false;
+            return (false, false);
         }
         let (org, event_id, endpoint_id) = (row.org, row.event_id, row.endpoint_id);
         let mut disabled_now = false;
@@ -221,7 +235,7 @@ impl State {
         if let (Some(reason), true) = (&c.disable_endpoint, disabled_now) {
             self.fail_outstanding(endpoint_id, reason, c.record.at);
         }
-        true
+        (true, disabled_now)
     }
 
     /// The attempt of a delivery a replay cancelled while it was in flight: recorded in the

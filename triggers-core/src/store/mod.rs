@@ -524,6 +524,8 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     ///   like disabling through `update_endpoint` — but at most [`BACKLOG_BATCH`] of them per
     ///   endpoint and call, however many of its completions disable it: the rest stay
     ///   outstanding, are never claimed, and are failed by [`EndpointStore::finish_disabling`].
+    ///   Which call disabled the endpoint (it was enabled until then) is reported by
+    ///   [`complete_and_claim`](Self::complete_and_claim) ([`CompletedAndClaimed::disabled`]).
     ///
     /// Returns one flag per completion, in order.
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>>;
@@ -549,15 +551,27 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     /// Durability: the completions are committed on return (see the module's durability rule
     /// for power loss), the claim is as durable as `claim`'s (or more).
     ///
-    /// The default calls `complete`, then `claim` (two round trips, the same result).
+    /// With `req.limit == 0` it claims nothing (and makes no claim round trip): the worker
+    /// pool records completions this way when it has no free worker, to learn which
+    /// endpoints they disabled ([`CompletedAndClaimed::disabled`]).
+    ///
+    /// The default calls `complete`, then `claim` (two round trips, the same result), and
+    /// reports as disabled every endpoint an applied completion asked to disable.
     async fn complete_and_claim(
         &self,
         completions: &[Completion],
         req: ClaimRequest,
     ) -> StoreResult<CompletedAndClaimed> {
         let applied = self.complete(completions).await?;
-        let claimed = self.claim(req).await;
-        Ok(CompletedAndClaimed { applied, claimed })
+        let mut disabled: Vec<EndpointId> = Vec::new();
+        for (c, _) in completions.iter().zip(&applied).filter(|(_, applied)| **applied) {
+            let endpoint = c.record.endpoint_id;
+            if c.disable_endpoint.is_some() && !disabled.contains(&endpoint) {
+                disabled.push(endpoint);
+            }
+        }
+        let claimed = if req.limit == 0 { Ok(Vec::new()) } else { self.claim(req).await };
+        Ok(CompletedAndClaimed { applied, disabled, claimed })
     }
 
     /// Gives a claimed delivery back unattempted: pending, lease cleared, attempt number

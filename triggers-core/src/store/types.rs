@@ -191,6 +191,14 @@ pub struct CompletedAndClaimed {
     /// One flag per completion, in order, exactly as
     /// [`complete`](super::DeliveryQueue::complete) returns them.
     pub applied: Vec<bool>,
+    /// The endpoints these completions disabled: enabled before the call and disabled by one
+    /// of its applied completions (`disable_endpoint`), each once, in the order of their
+    /// first such completion. An endpoint already disabled — by request, or by an earlier
+    /// call's completion, also on another node — is not in it: exactly one call reports each
+    /// disable, and the worker pool announces it (`triggers.endpoint.disabled`) once. The
+    /// default [`complete_and_claim`](super::DeliveryQueue::complete_and_claim) cannot tell
+    /// and reports every endpoint an applied completion asked to disable.
+    pub disabled: Vec<EndpointId>,
     /// The deliveries claimed once the completions were applied, or why that claim failed
     /// (the completions are recorded either way).
     pub claimed: super::StoreResult<Vec<Delivery>>,

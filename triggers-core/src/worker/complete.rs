@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::{Finished, Shared};
 use crate::deliver::Deliverer;
-use crate::domain::WorkerId;
+use crate::domain::{EndpointId, WorkerId};
 use crate::observe::DeliveryResult;
 use crate::store::{ClaimRequest, CompletedAndClaimed, Completion, Delivery, EventStore};
 
@@ -80,24 +80,30 @@ pub(super) async fn complete_loop<S: EventStore, D: Deliverer>(
     });
     while done.recv_many(&mut batch, COMPLETION_BATCH).await > 0 {
         let completions: Vec<Completion> = batch.iter().map(|(c, ..)| c.clone()).collect();
-        let applied = record_and_refill(&shared, &completions, &refiller).await;
-        if let Some(flags) = &applied {
+        let recorded = record_and_refill(&shared, &completions, &refiller).await;
+        let applied = recorded.as_ref().map(|(flags, _)| flags);
+        if let Some((flags, reported)) = &recorded {
             let disabled = super::disabled_by(&batch, flags);
             if !disabled.is_empty() {
+                // Finished by every node that saw a disabling answer (the calls are cheap
+                // when nothing is left); announced by the one whose call turned it off.
                 let (to_finish, store) = (super::finish_targets(&disabled), shared.clone());
                 finishing.spawn(async move {
                     super::finish_disabling(&*store.store, to_finish).await;
                 });
-                let shared = shared.clone();
-                announcing.spawn(async move {
-                    super::announce_disabled(&*shared.store, disabled).await;
-                });
+                let announce = super::to_announce(&disabled, reported);
+                if !announce.is_empty() {
+                    let shared = shared.clone();
+                    announcing.spawn(async move {
+                        super::announce_disabled(&*shared.store, announce).await;
+                    });
+                }
             }
         }
         while announcing.try_join_next().is_some() {}
         while finishing.try_join_next().is_some() {}
         if let (Some(flags), Some(observer)) = (applied, &shared.observer) {
-            for ((_, result, latency, _), applied) in batch.iter().zip(flags) {
+            for ((_, result, latency, _), &applied) in batch.iter().zip(flags) {
                 let result = if applied { *result } else { DeliveryResult::Stale };
                 observer.delivery(result, *latency);
             }
@@ -108,26 +114,32 @@ pub(super) async fn complete_loop<S: EventStore, D: Deliverer>(
     while announcing.join_next().await.is_some() {}
 }
 
-/// Records one batch and claims into the free permits; returns the applied flags (`None`
-/// if recording failed for good). Wakes the dispatcher (`freed`) whenever a claim may be
-/// worth making that this call did not make.
+/// What one batch's recording reported: the applied flags, and the endpoints it disabled.
+type Recorded = (Vec<bool>, Vec<EndpointId>);
+
+/// Records one batch and claims into the free permits; returns what the store reported
+/// (`None` if recording failed for good). Wakes the dispatcher (`freed`) whenever a claim
+/// may be worth making that this call did not make.
 async fn record_and_refill<S: EventStore, D: Deliverer>(
     shared: &Shared<S, D>,
     completions: &[Completion],
     refiller: &Refiller,
-) -> Option<Vec<bool>> {
+) -> Option<Recorded> {
     let cfg = &shared.config;
     let held = refiller.take_permits(cfg.claim_batch);
+    // Without a free permit, the same call with an empty claim: it records, and reports
+    // the endpoints it disabled.
+    let nothing = ClaimRequest::new(refiller.owner, 0, cfg.lease, shared.clock.now());
     if held.is_empty() {
-        let applied = record(&*shared.store, completions).await;
+        let recorded = record(&*shared.store, completions, nothing).await;
         shared.freed.notify_one();
-        return applied;
+        return recorded;
     }
     let limit = u32::try_from(held.len()).unwrap_or(u32::MAX);
     let req = ClaimRequest::new(refiller.owner, limit, cfg.lease, shared.clock.now())
         .with_caps(refiller.caps.0, refiller.caps.1);
     match shared.store.complete_and_claim(completions, req).await {
-        Ok(CompletedAndClaimed { applied, claimed }) => {
+        Ok(CompletedAndClaimed { applied, disabled, claimed }) => {
             match claimed {
                 Ok(deliveries) => {
                     // Every permit used: more may be due than this claim could take.
@@ -147,24 +159,29 @@ async fn record_and_refill<S: EventStore, D: Deliverer>(
                     shared.freed.notify_one();
                 }
             }
-            Some(applied)
+            Some((applied, disabled))
         }
         Err(e) => {
             drop(held);
             tracing::warn!(error = %e, "recording delivery outcomes failed; retrying");
-            let applied = record(&*shared.store, completions).await;
+            let recorded = record(&*shared.store, completions, nothing).await;
             shared.freed.notify_one();
-            applied
+            recorded
         }
     }
 }
 
-/// Records completions, retrying a failed call a few times with a growing pause.
-async fn record<S: EventStore>(store: &S, completions: &[Completion]) -> Option<Vec<bool>> {
+/// Records completions (`nothing`: a claim of no delivery), retrying a failed call a few
+/// times with a growing pause.
+async fn record<S: EventStore>(
+    store: &S,
+    completions: &[Completion],
+    nothing: ClaimRequest,
+) -> Option<Recorded> {
     let mut tries = 0u32;
     loop {
-        match store.complete(completions).await {
-            Ok(flags) => return Some(flags),
+        match store.complete_and_claim(completions, nothing).await {
+            Ok(done) => return Some((done.applied, done.disabled)),
             Err(e) if tries < 5 => {
                 tries += 1;
                 tracing::warn!(error = %e, tries, "recording delivery outcomes failed; retrying");

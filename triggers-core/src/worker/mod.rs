@@ -368,7 +368,8 @@ async fn attempt_one<S: EventStore, D: Deliverer>(
     let _ = done.send((completion, result, latency, subject)).await;
 }
 
-/// An endpoint an applied completion disabled, to announce in its organization's stream.
+/// An endpoint an applied completion asked to disable: finished, and announced in its
+/// organization's stream if the store reports this call disabled it.
 pub(super) struct Disabled {
     org: OrganizationId,
     endpoint: crate::domain::EndpointId,
@@ -377,8 +378,8 @@ pub(super) struct Disabled {
     at: crate::clock::Timestamp,
 }
 
-/// The endpoints the applied completions of the batch disabled (once per endpoint and
-/// batch), logged.
+/// The endpoints the applied completions of the batch asked to disable (once per endpoint
+/// and batch), each with its first such completion.
 pub(super) fn disabled_by(batch: &[Finished], applied: &[bool]) -> Vec<Disabled> {
     let mut disabled: Vec<Disabled> = Vec::new();
     for ((c, _, _, (org, url)), applied) in batch.iter().zip(applied) {
@@ -387,12 +388,27 @@ pub(super) fn disabled_by(batch: &[Finished], applied: &[bool]) -> Vec<Disabled>
         if !applied || disabled.iter().any(|d| d.endpoint == endpoint) {
             continue;
         }
-        tracing::warn!(organization_id = %org, endpoint_id = %endpoint, reason,
-            "endpoint disabled");
         let (url, reason) = (url.clone(), reason.clone());
         disabled.push(Disabled { org: *org, endpoint, url, reason, at: c.record.at });
     }
     disabled
+}
+
+/// Of `disabled`, the endpoints the store reports this call turned off
+/// (`CompletedAndClaimed::disabled`: only those enabled until then), logged: each disable is
+/// announced once, whichever node or batch sees the endpoint's other answers.
+pub(super) fn to_announce(
+    disabled: &[Disabled],
+    reported: &[crate::domain::EndpointId],
+) -> Vec<Disabled> {
+    let announced = disabled.iter().filter(|d| reported.contains(&d.endpoint));
+    announced
+        .map(|d| {
+            tracing::warn!(organization_id = %d.org, endpoint_id = %d.endpoint,
+                reason = %d.reason, "endpoint disabled");
+            Disabled { url: d.url.clone(), reason: d.reason.clone(), ..*d }
+        })
+        .collect()
 }
 
 /// What to finish for each of `disabled`: organization, endpoint, time of the disable.
@@ -473,5 +489,47 @@ mod backoff_tests {
         assert_eq!(claim_backoff(poll, 4), Duration::from_secs(4));
         assert_eq!(claim_backoff(poll, 6), CLAIM_BACKOFF_MAX);
         assert_eq!(claim_backoff(poll, u32::MAX), CLAIM_BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod announcement_tests {
+    use super::*;
+    use crate::domain::event::AttemptRecord;
+    use crate::domain::{DeliveryId, EndpointId, WorkerId};
+    use crate::store::CompletionState;
+
+    fn finished(endpoint: EndpointId, disable: Option<&str>) -> Finished {
+        let completion = Completion {
+            delivery_id: DeliveryId::new(),
+            lease_owner: WorkerId::new(),
+            attempt: 1,
+            state: CompletionState::Failed,
+            record: AttemptRecord {
+                endpoint_id: endpoint,
+                at: chrono::DateTime::UNIX_EPOCH,
+                status_code: Some(410),
+                latency_ms: 1,
+                error: Some("HTTP 410".into()),
+            },
+            disable_endpoint: disable.map(str::to_owned),
+        };
+        let target = (OrganizationId::new(), "http://hooks.test/".to_owned());
+        (completion, DeliveryResult::Failed, Duration::ZERO, target)
+    }
+
+    /// Only what the store reports as disabled by the call is announced, once per endpoint:
+    /// a disabling completion for an endpoint an earlier call (or node) disabled is not.
+    #[test]
+    fn only_the_disables_the_store_reports_are_announced() {
+        let (a, b) = (EndpointId::new(), EndpointId::new());
+        let batch = [finished(a, Some("410")), finished(a, Some("410")), finished(b, Some("410"))];
+        let asked = disabled_by(&batch, &[true, true, true]);
+        let endpoints = |d: &[Disabled]| d.iter().map(|d| d.endpoint).collect::<Vec<_>>();
+        assert_eq!(endpoints(&asked), [a, b], "both are finished, once each");
+        assert_eq!(endpoints(&to_announce(&asked, &[a])), [a]);
+        assert!(to_announce(&asked, &[]).is_empty());
+        // A stale completion disables nothing, reported or not.
+        assert!(to_announce(&disabled_by(&batch[2..], &[false]), &[b]).is_empty());
     }
 }

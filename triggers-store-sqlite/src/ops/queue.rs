@@ -9,24 +9,30 @@
 
 use rusqlite::{params, Connection};
 use triggers_core::store::{Completion, CompletionState, StoreResult};
-use triggers_core::{AttemptRecord, DeliveryId, Timestamp, WorkerId};
+use triggers_core::{AttemptRecord, DeliveryId, EndpointId, Timestamp, WorkerId};
 
 use crate::codec::{self, micros, query_opt};
 use crate::error::SqlResultExt;
 use crate::ops::{delivery_key, lifecycle};
 
-/// `DeliveryQueue::complete`.
+/// `DeliveryQueue::complete`: one flag per completion, and the endpoints they disabled (each
+/// once; `CompletedAndClaimed::disabled`).
 /// `keep` is [`StoreLimits::max_attempts_kept`](triggers_core::store::StoreLimits).
 pub(crate) fn complete(
     conn: &Connection,
     completions: &[Completion],
     keep: u32,
-) -> StoreResult<Vec<bool>> {
-    let mut out = Vec::with_capacity(completions.len());
+) -> StoreResult<(Vec<bool>, Vec<EndpointId>)> {
+    let mut applied = Vec::with_capacity(completions.len());
+    let mut disabled = Vec::new();
     for c in completions {
-        out.push(complete_one(conn, c, keep)?);
+        let (done, disabled_now) = complete_one(conn, c, keep)?;
+        applied.push(done);
+        if disabled_now {
+            disabled.push(c.record.endpoint_id);
+        }
     }
-    Ok(out)
+    Ok((applied, disabled))
 }
 
 /// Appends an attempt record, then drops the oldest of its event and endpoint beyond `keep`.
@@ -98,7 +104,8 @@ fn record_superseded(conn: &Connection, c: &Completion, keep: u32) -> StoreResul
     Ok(())
 }
 
-fn complete_one(conn: &Connection, c: &Completion, keep: u32) -> StoreResult<bool> {
+/// Whether `c` applied, and whether it disabled its endpoint (which was enabled until then).
+fn complete_one(conn: &Connection, c: &Completion, keep: u32) -> StoreResult<(bool, bool)> {
     // One write by primary key (the id carries it: `delivery_key`) that also checks the
     // fence; it changes no row when the lease is no longer this completion's.
     let (endpoint_seq, event_seq) = delivery_key::key(c.delivery_id);
@@ -125,7 +132,7 @@ fn complete_one(conn: &Connection, c: &Completion, keep: u32) -> StoreResult<boo
     .store()?;
     if changed == 0 {
         record_superseded(conn, c, keep)?;
-        return Ok(false);
+        return Ok((false, false));
     }
 
     let r = &c.record;
@@ -165,9 +172,10 @@ fn complete_one(conn: &Connection, c: &Completion, keep: u32) -> StoreResult<boo
             .store()?;
         }
     }
+    let mut disabled_now = false;
     if let Some(reason) = &c.disable_endpoint {
         // An endpoint already disabled keeps its reason.
-        let disabled_now = conn
+        disabled_now = conn
             .prepare_cached(
                 "UPDATE endpoints SET enabled = 0, disabled_reason = ?2
                  WHERE seq = ?1 AND enabled = 1",
@@ -183,7 +191,7 @@ fn complete_one(conn: &Connection, c: &Completion, keep: u32) -> StoreResult<boo
             lifecycle::fail_outstanding(conn, endpoint_seq, reason, at)?;
         }
     }
-    Ok(true)
+    Ok((true, disabled_now))
 }
 
 /// `DeliveryQueue::release`: pending again, due when it was due before the claim (so at
