@@ -14,7 +14,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use triggers_core::{Deliverer, EventStatus, Outcome, Secret, Tier};
-use triggers_http::WebhookConfig;
+use triggers_http::{WebhookConfig, WebhookDeliverer};
 
 use super::e2e::{until, world};
 use super::support::*;
@@ -159,14 +159,21 @@ fn localhost() -> IpAddr {
     IpAddr::from([127, 0, 0, 1])
 }
 
+/// A receiver, a DNS server naming it `name` (127.0.0.1, with `ttl`), a deliverer asking
+/// that server, and the receiver's URL by that name.
+async fn named(name: &str, ttl: u32) -> (Receiver, DnsServer, WebhookDeliverer, String) {
+    let receiver = Receiver::answering(200).await;
+    let dns = DnsServer::start(&[(name, Answer::Addrs(vec![localhost()], ttl))]).await;
+    let d = deliverer(dns.config(Duration::from_secs(5)));
+    let url = format!("http://{name}:{}/hook", receiver.addr.port());
+    (receiver, dns, d, url)
+}
+
 /// Four deliveries to one named host ask its server once (an A and an AAAA question): the
 /// deliverer's check and the connector share the cached answer while its TTL lasts.
 #[tokio::test]
 async fn a_named_host_is_asked_for_once_while_its_answer_is_fresh() {
-    let receiver = Receiver::answering(200).await;
-    let dns = DnsServer::start(&[("hooks.test", Answer::Addrs(vec![localhost()], 300))]).await;
-    let d = deliverer(dns.config(Duration::from_secs(5)));
-    let url = format!("http://hooks.test:{}/hook", receiver.addr.port());
+    let (receiver, dns, d, url) = named("hooks.test", 300).await;
 
     let first = d.deliver(&delivery(&url, vec![Secret::generate()])).await;
     assert_eq!(first.outcome, Outcome::Delivered, "{first:?}");
@@ -298,10 +305,7 @@ async fn underscores_and_names_without_aaaa_answers_resolve() {
 /// An answer is kept for its TTL only: after it ends, the next delivery asks again.
 #[tokio::test]
 async fn an_answer_is_asked_for_again_once_its_ttl_ends() {
-    let receiver = Receiver::answering(200).await;
-    let dns = DnsServer::start(&[("short.test", Answer::Addrs(vec![localhost()], 1))]).await;
-    let d = deliverer(dns.config(Duration::from_secs(5)));
-    let url = format!("http://short.test:{}/hook", receiver.addr.port());
+    let (_receiver, dns, d, url) = named("short.test", 1).await;
     assert_eq!(
         d.deliver(&delivery(&url, vec![Secret::generate()])).await.outcome,
         Outcome::Delivered
