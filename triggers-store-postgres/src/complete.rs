@@ -549,7 +549,8 @@ async fn record(
                 }
             }
         }
-        if let Some(reason) = &c.disable_endpoint {
+        // The first disabling completion's reason, as in the other stores and as announced.
+        if let (Some(reason), None) = (&c.disable_endpoint, &entry.3) {
             entry.3 = Some(reason.clone());
         }
         match c.state {
@@ -611,8 +612,9 @@ async fn record(
     let mut last_at = None;
     for (c, _) in done {
         if let Some(reason) = &c.disable_endpoint {
-            disabled.retain(|(id, _)| *id != c.record.endpoint_id.0);
-            disabled.push((c.record.endpoint_id.0, reason.clone()));
+            if !disabled.iter().any(|(id, _)| *id == c.record.endpoint_id.0) {
+                disabled.push((c.record.endpoint_id.0, reason.clone()));
+            }
             last_at = Some(c.record.at);
         }
     }

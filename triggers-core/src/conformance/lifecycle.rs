@@ -469,6 +469,53 @@ pub async fn switching_a_long_line_to_parallel<S: EventStore>(store: &S) {
     }
 }
 
+/// `CompletedAndClaimed::disabled` names an endpoint once, in the call that turns it off:
+/// not for a stale completion; once for two disabling completions in one call, whose first
+/// reason is kept (as across calls); and anew once it was enabled and is disabled again. An
+/// empty claim (`limit` 0) claims nothing, not even a due delivery.
+pub async fn disables_are_reported_by_the_call_that_makes_them<S: EventStore>(store: &S) {
+    use crate::store::{Completion, Delivery};
+    let org = new_org(store).await;
+    let ep = endpoint(store, org, Some("x"), t(0)).await;
+    let other = endpoint(store, org, Some("y"), t(0)).await;
+    insert_one(store, org, "x", t(1)).await;
+    insert_one(store, org, "x", t(1)).await;
+    let w = WorkerId::new();
+    let flying = claim(store, w, 10, t(2)).await;
+    assert_eq!(flying.len(), 2);
+    let waiting = insert_one(store, org, "y", t(3)).await;
+    let nothing = ClaimRequest::new(WorkerId::new(), 0, LEASE, t(4));
+    let disabling = |d: &Delivery, reason: &str, at: i64| -> Completion {
+        let mut c = completion(d, CompletionState::Failed, t(at));
+        c.disable_endpoint = Some(reason.into());
+        c
+    };
+
+    let mut stale = disabling(&flying[0], "stale", 4);
+    stale.lease_owner = WorkerId::new();
+    let done = store.complete_and_claim(&[stale], nothing).await.unwrap();
+    assert_eq!((done.applied, done.disabled), (vec![false], vec![]), "a stale completion");
+    assert!(store.endpoint(org, ep.id).await.unwrap().unwrap().enabled);
+
+    let both = [disabling(&flying[0], "first", 4), disabling(&flying[1], "second", 4)];
+    let done = store.complete_and_claim(&both, nothing).await.unwrap();
+    assert!(done.applied[0]);
+    assert_eq!(done.disabled, vec![ep.id], "reported once");
+    assert!(done.claimed.unwrap().is_empty(), "an empty claim claims nothing");
+    let now = store.endpoint(org, ep.id).await.unwrap().unwrap();
+    assert_eq!((now.enabled, now.disabled_reason.as_deref()), (false, Some("first")));
+    let due = claim(store, w, 10, t(5)).await;
+    assert_eq!(due.len(), 1, "the due delivery was left for a real claim");
+    assert_eq!((due[0].event_id, due[0].endpoint_id), (waiting, other.id));
+
+    store.update_endpoint(org, ep.id, &enable(), t(6)).await.unwrap().unwrap();
+    insert_one(store, org, "x", t(7)).await;
+    let again = claim(store, w, 10, t(8)).await;
+    assert_eq!(again.len(), 1);
+    let done = store.complete_and_claim(&[disabling(&again[0], "again", 9)], nothing).await;
+    assert_eq!(done.unwrap().disabled, vec![ep.id], "a new disable is reported anew");
+}
+
 /// A completion that disables an endpoint which another completion already disabled (its
 /// delivery still outstanding, left by the first one's batch) keeps the first reason, and
 /// only the first call reports the endpoint as disabled by it

@@ -191,11 +191,12 @@ pub struct CompletedAndClaimed {
     /// One flag per completion, in order, exactly as
     /// [`complete`](super::DeliveryQueue::complete) returns them.
     pub applied: Vec<bool>,
-    /// The endpoints these completions disabled: enabled before the call and disabled by one
-    /// of its applied completions (`disable_endpoint`), each once, in the order of their
+    /// The endpoints these completions disabled: enabled until one of this call's applied
+    /// completions (`disable_endpoint`) turned it off, each once, in the order of their
     /// first such completion. An endpoint already disabled — by request, or by an earlier
-    /// call's completion, also on another node — is not in it: exactly one call reports each
-    /// disable, and the worker pool announces it (`triggers.endpoint.disabled`) once. The
+    /// call's completion, also on another node — is not in it: at most one call reports each
+    /// disable, and the worker pool announces it (`triggers.endpoint.disabled`) once. (A
+    /// call that fails after its commit, or a crash before the announcement, loses it.) The
     /// default [`complete_and_claim`](super::DeliveryQueue::complete_and_claim) cannot tell
     /// and reports every endpoint an applied completion asked to disable.
     pub disabled: Vec<EndpointId>,
