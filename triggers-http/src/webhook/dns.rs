@@ -50,9 +50,9 @@ use super::ssrf::ResolveError;
 /// An organization churning through many names only makes other names be asked again.
 pub(crate) const CACHE_ENTRIES: u64 = 4096;
 
-/// Addresses kept (and connected to) per name at most: the first ones of the answer, A
-/// records before AAAA. With the name itself (≤ 253 bytes) this bounds the cache to a few
-/// MiB, whatever a tenant's name servers answer.
+/// Addresses kept (and connected to) per name at most: the first ones of the answer (the
+/// family whose answer came first, then the other). With the name itself (≤ 253 bytes) this
+/// bounds the cache to a few MiB, whatever a tenant's name servers answer.
 pub(crate) const MAX_ADDRESSES: usize = 32;
 
 /// The system's resolver configuration, read when the system's servers are used.
