@@ -491,6 +491,67 @@ async fn a_disabled_endpoints_whole_backlog_is_failed_also_after_a_restart() {
     }
 }
 
+/// Two deliveries of one endpoint in flight answer 410 in different completion batches:
+/// the first completion disables the endpoint (and fails a batch of its backlog, which the
+/// second, still in flight, is not in; the follow-up that fails the rest is refused here,
+/// as by a store fault), the second applies too — and the disable is announced once, by the
+/// call the store reports turned it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disable_is_announced_once_however_many_answers_say_so() {
+    let n = store::BACKLOG_BATCH + 30;
+    let (open, opened) = tokio::sync::watch::channel(false);
+    let (second, second_go) = tokio::sync::watch::channel(false);
+    let calls = Arc::new(AtomicU32::new(0));
+    let attempted = Arc::new(Mutex::new(Vec::new()));
+    let deliverer = {
+        let (calls, attempted) = (calls.clone(), attempted.clone());
+        FnDeliverer::new(move |d: store::Delivery| {
+            let (mut opened, mut second_go) = (opened.clone(), second_go.clone());
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            attempted.lock().unwrap().push(d.event_id);
+            async move {
+                // Every attempt waits until the whole backlog is in; the second one also
+                // until the first one's disable is recorded.
+                let _ = opened.wait_for(|open| *open).await;
+                if call > 0 {
+                    let _ = second_go.wait_for(|go| *go).await;
+                }
+                Outcome::Gone("410 Gone".into())
+            }
+        })
+    };
+    let store = crate::counting::Counting::default();
+    store.refuse_finishing(true);
+    let ing = Ingestor::start(store.clone(), deliverer, config(&ManualClock::new(), policy(&[0])));
+    let (org, _) = ing.create_organization("acme", Tier::Enterprise).await.unwrap();
+    let ep = ing.create_endpoint(&org, "inproc://gone", Some("t")).await.unwrap();
+    for chunk in 0..n.div_ceil(100) {
+        let count = (n - chunk * 100).min(100);
+        let events = (0..count).map(|i| NewEvent::new("t", &json!(i))).collect();
+        ing.ingest_batch(&org, events).await.unwrap();
+    }
+    eventually("two attempts in flight", || async { calls.load(Ordering::SeqCst) == 2 }).await;
+    open.send_replace(true);
+    eventually("disabled", || async { !ing.endpoint(&org, ep.id).await.unwrap().enabled }).await;
+    second.send_replace(true);
+    // Both answers were recorded: the second completion applied after the disable.
+    let ids: Vec<EventId> = attempted.lock().unwrap().clone();
+    for id in ids {
+        eventually("its attempt recorded", || async { attempts(&ing, &org, id).await.len() == 1 })
+            .await;
+    }
+    let announced = || async {
+        let glob = TypeGlob::parse("triggers.endpoint.disabled").unwrap();
+        let query = InboxQuery { type_glob: Some(glob), ..InboxQuery::default() };
+        ing.inbox(&org, query).await.unwrap().events.len()
+    };
+    eventually("the announcement", || async { announced().await >= 1 }).await;
+    quiet().await;
+    assert_eq!(announced().await, 1, "one disable, one announcement");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "no other attempt was made");
+    ing.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_follows_filters() {
     let clock = ManualClock::new();
