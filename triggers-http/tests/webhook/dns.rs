@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
@@ -28,6 +28,8 @@ enum Answer {
     Silent,
     /// This IPv4 address; AAAA questions are never answered.
     V4Only(std::net::Ipv4Addr),
+    /// A CNAME to this name, with its answer (as a recursive resolver gives it).
+    Alias(&'static str),
     /// No such name.
     NxDomain,
 }
@@ -58,7 +60,7 @@ impl DnsServer {
             let mut buf = vec![0u8; 4096];
             loop {
                 let Ok((n, peer)) = udp.recv_from(&mut buf).await else { return };
-                if let Some(reply) = answer(&t, &a, &buf[..n]) {
+                if let Some(reply) = answer(&t, &a, &buf[..n], true) {
                     let _ = udp.send_to(&reply, peer).await;
                 }
             }
@@ -75,7 +77,7 @@ impl DnsServer {
                         if socket.read_exact(&mut query).await.is_err() {
                             return;
                         }
-                        match answer(&t, &a, &query) {
+                        match answer(&t, &a, &query, false) {
                             Some(reply) => {
                                 let len = u16::try_from(reply.len()).unwrap();
                                 let _ = socket.write_u16(len).await;
@@ -102,11 +104,16 @@ impl DnsServer {
     }
 }
 
-/// The reply to one query, or `None` to stay silent.
+/// Addresses a UDP answer carries at most here: a longer one is sent truncated (no records,
+/// the TC bit set), so the client asks again over TCP, as with a real server's size limit.
+const UDP_ADDRESSES: usize = 8;
+
+/// The reply to one query (over UDP if `udp`), or `None` to stay silent.
 fn answer(
     table: &HashMap<String, Answer>,
     asked: &Mutex<HashMap<String, usize>>,
     query: &[u8],
+    udp: bool,
 ) -> Option<Vec<u8>> {
     let query = Message::from_vec(query).ok()?;
     let question = query.queries().first()?.clone();
@@ -120,15 +127,27 @@ fn answer(
         .set_recursion_available(true)
         .set_authoritative(true)
         .add_query(question.clone());
-    let owner = question.name().clone();
+    let mut owner = question.name().clone();
     // Negative answers carry a zone's SOA, so resolvers may keep them for its minimum TTL.
     let soa = |ttl: u32| {
         let zone = Name::from_ascii("test.").unwrap();
         let rdata = SOA::new(zone.clone(), zone.clone(), 1, 60, 60, 60, ttl);
         Record::from_rdata(zone, ttl, RData::SOA(rdata))
     };
-    match table.get(&name).cloned().unwrap_or(Answer::NxDomain) {
+    let mut entry = table.get(&name).cloned().unwrap_or(Answer::NxDomain);
+    if let Answer::Alias(target) = entry {
+        let target = Name::from_ascii(format!("{target}.")).unwrap();
+        let cname = RData::CNAME(CNAME(target.clone()));
+        reply.add_answer(Record::from_rdata(owner.clone(), 300, cname));
+        entry = table.get(&target.to_ascii()).cloned().unwrap_or(Answer::NxDomain);
+        owner = target;
+    }
+    match entry {
         Answer::Silent => return None,
+        Answer::Alias(_) => return None,
+        Answer::Addrs(ips, _) if udp && ips.len() > UDP_ADDRESSES => {
+            reply.set_truncated(true);
+        }
         Answer::V4Only(_) if question.query_type() != RecordType::A => return None,
         Answer::V4Only(v4) => {
             reply.add_answer(Record::from_rdata(owner.clone(), 300, RData::A(A(v4))));
@@ -340,4 +359,40 @@ async fn only_the_first_32_addresses_of_an_answer_count() {
     assert_eq!(d.deliver(&at("long.test")).await.outcome, Outcome::Delivered);
     let a = d.deliver(&at("within.test")).await;
     assert!(permanent_reason(&a).contains("10.0.0.9 is a private address"), "{a:?}");
+}
+
+/// A CNAME is followed, and the addresses it leads to are checked like any others: an alias
+/// of a private name is refused, an alias of a loopback one (allowed here) delivered.
+#[tokio::test]
+async fn aliases_are_followed_and_their_addresses_checked() {
+    let receiver = Receiver::answering(200).await;
+    let dns = DnsServer::start(&[
+        ("inside.test", Answer::Addrs(vec![IpAddr::from([10, 0, 0, 5])], 300)),
+        ("alias.test", Answer::Alias("inside.test")),
+        ("hooks.test", Answer::Addrs(vec![localhost()], 300)),
+        ("www.hooks.test", Answer::Alias("hooks.test")),
+    ])
+    .await;
+    let d = deliverer(dns.config(Duration::from_secs(5)));
+    let port = receiver.addr.port();
+    let at = |host: &str| delivery(&format!("http://{host}:{port}/hook"), vec![Secret::generate()]);
+    let a = d.deliver(&at("alias.test")).await;
+    assert!(permanent_reason(&a).contains("10.0.0.5 is a private address"), "{a:?}");
+    assert_eq!(d.deliver(&at("www.hooks.test")).await.outcome, Outcome::Delivered);
+    assert_eq!(receiver.seen().len(), 1, "only the alias of an allowed address was reached");
+}
+
+/// An answer too long for the server's datagrams comes truncated over UDP; the resolver asks
+/// again over TCP and gets all of it.
+#[tokio::test]
+async fn a_truncated_answer_is_asked_for_again_over_tcp() {
+    let receiver = Receiver::answering(200).await;
+    let many: Vec<IpAddr> = (1..=12).map(|i| IpAddr::from([127, 0, 0, i])).collect();
+    let dns = DnsServer::start(&[("many.test", Answer::Addrs(many, 300))]).await;
+    let d = deliverer(dns.config(Duration::from_secs(5)));
+    let url = format!("http://many.test:{}/hook", receiver.addr.port());
+    let a = d.deliver(&delivery(&url, vec![Secret::generate()])).await;
+    assert_eq!(a.outcome, Outcome::Delivered, "{a:?}");
+    // A over UDP (truncated) and TCP, AAAA over UDP at least.
+    assert!(dns.asked("many.test") >= 3, "asked {} times", dns.asked("many.test"));
 }
