@@ -16,14 +16,12 @@ mod lifecycle;
 #[path = "webhook/support.rs"]
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
 use http_body_util::Full;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use triggers_core::{Attempt, Deliverer, EndpointId, Outcome, Secret};
 use triggers_http::{WebhookConfig, WebhookDeliverer};
 
@@ -294,16 +292,7 @@ async fn private_literals_are_refused_before_any_connection() {
 
 #[tokio::test]
 async fn a_busy_endpoint_does_not_hold_up_others() {
-    let gate = Arc::new(Semaphore::new(0));
-    let gate2 = gate.clone();
-    let blocking = Receiver::start(move || {
-        let gate = gate2.clone();
-        async move {
-            gate.acquire().await.unwrap().forget();
-            status_response(200)
-        }
-    })
-    .await;
+    let (blocking, gate) = Receiver::gated().await;
     let fast = Receiver::answering(200).await;
     let d = deliverer(WebhookConfig {
         endpoint_concurrency: 2,
@@ -345,16 +334,7 @@ async fn a_busy_endpoint_does_not_hold_up_others() {
 /// one more socket; once the answer came, that connection is idle and makes room.
 #[tokio::test]
 async fn a_full_connection_budget_defers_deliveries_to_other_hosts() {
-    let gate = Arc::new(Semaphore::new(0));
-    let gate2 = gate.clone();
-    let slow = Receiver::start(move || {
-        let gate = gate2.clone();
-        async move {
-            gate.acquire().await.unwrap().forget();
-            status_response(200)
-        }
-    })
-    .await;
+    let (slow, gate) = Receiver::gated().await;
     let other = Receiver::answering(200).await;
     let d = deliverer(WebhookConfig { max_connections: 1, ..local_config() });
 

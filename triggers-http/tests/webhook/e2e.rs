@@ -112,18 +112,7 @@ async fn a_busy_endpoint_defers_deliveries_without_using_up_their_attempts() {
         ..local_config()
     };
     let w = world(&[0, 3600], webhook).await;
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let receiver = Receiver::start({
-        let gate = gate.clone();
-        move || {
-            let gate = gate.clone();
-            async move {
-                gate.acquire().await.unwrap().forget();
-                status_response(200)
-            }
-        }
-    })
-    .await;
+    let (receiver, gate) = Receiver::gated().await;
     let endpoint = w.ingestor.create_endpoint(&w.org, &receiver.url(), None).await.unwrap();
     let ids =
         [w.ingest("order.paid").await, w.ingest("order.paid").await, w.ingest("order.paid").await];

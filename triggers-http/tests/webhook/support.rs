@@ -95,6 +95,22 @@ impl Receiver {
         Self::start(move || async move { status_response(status) }).await
     }
 
+    /// A receiver that answers 200 to each request only once the returned gate gives it a
+    /// permit (`add_permits`): requests wait at the receiver until the test lets them through.
+    pub(crate) async fn gated() -> (Self, Arc<tokio::sync::Semaphore>) {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let held = gate.clone();
+        let receiver = Self::start(move || {
+            let gate = held.clone();
+            async move {
+                gate.acquire().await.unwrap().forget();
+                status_response(200)
+            }
+        })
+        .await;
+        (receiver, gate)
+    }
+
     /// [`answering`](Self::answering) on the loopback address `ip`.
     pub(crate) async fn answering_on(ip: &str, status: u16) -> Self {
         Self::start_on(ip, move || async move { status_response(status) }).await
