@@ -243,8 +243,12 @@ impl PolicyResolver {
 /// Whether `host` is `localhost` or a name under it (RFC 6761: always loopback), in any case,
 /// with or without a trailing dot.
 pub(crate) fn is_localhost(host: &str) -> bool {
-    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-    host == "localhost" || host.ends_with(".localhost")
+    // Without allocating: it runs before every named host's cache lookup.
+    const NAME: &str = "localhost";
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let Some(at) = host.len().checked_sub(NAME.len()) else { return false };
+    let ends = host.get(at..).is_some_and(|tail| tail.eq_ignore_ascii_case(NAME));
+    ends && (at == 0 || host.as_bytes()[at - 1] == b'.')
 }
 
 /// The address `host` spells, if it is an IP literal: also the IPv4 forms resolvers (and the
