@@ -11,13 +11,22 @@
 //! then ends as a `Retry`); inside it, each question is asked up to three times, each time for
 //! a quarter of the limit, so one lost datagram costs a retry and not the attempt, and a name
 //! server that never answers AAAA (or A) still lets the other family's addresses through. An
-//! answer is kept until its TTL ends, as at most [`MAX_ADDRESSES`] addresses, in one cache of
+//! answer is kept until its TTL ends (a day at most), as at most [`MAX_ADDRESSES`] addresses, in one cache of
 //! at most [`CACHE_ENTRIES`] names shared by the deliverer's check and the connector: while an
-//! answer is fresh, a delivery to that host sends no query. Failures are not kept. What one
-//! organization's names can make the server hold is bounded by its share of the delivery
-//! workers (one lookup per attempt at a time) and by the cache's size in entries and
+//! answer is fresh, a delivery to that host sends no query, and attempts that find no
+//! fresh answer for a name wait for one lookup together. An answer is kept at least
+//! [`MIN_TTL`] (a tenant's name server answering with TTL 0 would otherwise be asked at every
+//! attempt, through the operator's resolver), and "no such name" or "no A or AAAA record" is
+//! kept too, for its zone's negative TTL within [`MIN_TTL`] ..= [`MAX_NEGATIVE_TTL`] (an
+//! endpoint at a missing name would otherwise send a question per delivery of its backlog).
+//! Other failures (a server failing, refusing or silent) are not kept: they may pass. So a
+//! name whose servers answer is asked at most about once per [`MIN_TTL`] per node, however
+//! many deliveries go to it. What one organization's names can make the server hold is bounded by its share of the
+//! delivery workers (one lookup per attempt at a time) and by the cache's size in entries and
 //! addresses, whatever its name servers answer (hickory's own cache is off: it counts
-//! answers, not bytes, and an answer can hold thousands of records).
+//! answers, not bytes, and an answer can hold thousands of records). A trailing dot is
+//! dropped before the cache is asked (`hooks.test.` and `hooks.test` are one entry); the URL
+//! parser has already lowercased the name.
 //!
 //! Where the servers come from: `WebhookConfig::dns_servers` (`TRIGGERS_WEBHOOK_DNS_SERVERS`)
 //! when set; otherwise the `nameserver`s of the system's `/etc/resolv.conf` (its timeout, if
@@ -55,14 +64,39 @@ pub(crate) const CACHE_ENTRIES: u64 = 4096;
 /// bounds the cache to a few MiB, whatever a tenant's name servers answer.
 pub(crate) const MAX_ADDRESSES: usize = 32;
 
+/// Shortest time an answer is kept, whatever TTL its server gave.
+pub(crate) const MIN_TTL: Duration = Duration::from_secs(1);
+
+/// Longest time an answer is kept (as resolvers cap TTLs: hickory's own cache, a day too).
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Longest time a negative answer ("no such name", "no A or AAAA record") is kept: a name
+/// that was just created is found within this.
+pub(crate) const MAX_NEGATIVE_TTL: Duration = Duration::from_secs(30);
+
 /// The system's resolver configuration, read when the system's servers are used.
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 
-/// One cached answer: its addresses, until its TTL ends.
+/// What the cache keeps for a name, for `ttl` after it was asked.
 #[derive(Debug)]
 struct Answer {
-    addrs: Arc<[IpAddr]>,
-    until: Instant,
+    /// Its first addresses, or why it has none (fixed words).
+    found: Result<Arc<[IpAddr]>, &'static str>,
+    ttl: Duration,
+}
+
+/// Entries expire when their answer's TTL (as kept) ends.
+struct AnswerTtl;
+
+impl moka::Expiry<String, Arc<Answer>> for AnswerTtl {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        answer: &Arc<Answer>,
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(answer.ttl)
+    }
 }
 
 /// The webhook client's resolver. Cheap to clone: clones share one cache.
@@ -70,7 +104,7 @@ struct Answer {
 pub(crate) struct Dns {
     resolver: Arc<TokioResolver>,
     hosts: Arc<Hosts>,
-    cache: moka::sync::Cache<String, Arc<Answer>>,
+    cache: moka::future::Cache<String, Arc<Answer>>,
     limit: Duration,
 }
 
@@ -111,36 +145,51 @@ impl Dns {
             TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
                 .with_options(options)
                 .build();
-        let cache = moka::sync::Cache::builder().max_capacity(CACHE_ENTRIES).build();
+        let cache = moka::future::Cache::builder()
+            .max_capacity(CACHE_ENTRIES)
+            .expire_after(AnswerTtl)
+            .build();
         Self { resolver: Arc::new(resolver), hosts: Arc::new(hosts), cache, limit }
     }
 
     /// The addresses of `host`, a DNS name (not an IP literal: those need no lookup), from
-    /// the cache while its answer is fresh.
+    /// the cache while its answer is fresh; concurrent callers missing it share one lookup.
     pub(crate) async fn lookup(&self, host: &str) -> Result<Arc<[IpAddr]>, ResolveError> {
-        if let Some(hit) = self.cache.get(host) {
-            if hit.until > Instant::now() {
-                return Ok(hit.addrs.clone());
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let answer = match self.cache.get(host).await {
+            Some(hit) => hit,
+            None => {
+                // As written (ASCII, which a URL's host is): IDNA rules would refuse names
+                // such as `my_hooks.example.com` that resolvers serve.
+                let name = Name::from_ascii(host)
+                    .map_err(|_| ResolveError::NoAddress("not a DNS name"))?;
+                if let Some(pinned) = self.pinned_in_hosts(&name) {
+                    return Ok(pinned);
+                }
+                let asked = self.cache.try_get_with(host.to_owned(), self.ask(name));
+                asked.await.map_err(|shared| (*shared).clone())?
             }
-        }
-        // As written (ASCII, which a URL's host is): IDNA rules would refuse names such as
-        // `my_hooks.example.com` that resolvers serve.
-        let name = Name::from_ascii(host).map_err(|_| ResolveError::NoAddress("not a DNS name"))?;
-        if let Some(pinned) = self.pinned_in_hosts(&name) {
-            return Ok(pinned);
-        }
-        let found = match tokio::time::timeout(self.limit, self.resolver.lookup_ip(name)).await {
+        };
+        answer.found.clone().map_err(ResolveError::NoAddress)
+    }
+
+    /// One lookup of `name` at its servers, within the limit: the answer to keep, or a
+    /// failure not to keep.
+    async fn ask(&self, name: Name) -> Result<Arc<Answer>, ResolveError> {
+        let asked = self.resolver.lookup_ip(name.clone());
+        let found = match tokio::time::timeout(self.limit, asked).await {
             Err(_) => return Err(ResolveError::TimedOut(self.limit)),
-            Ok(Err(err)) => return Err(self.failure(host, err)),
+            Ok(Err(err)) => return self.failure(&name, err).map(Arc::new),
             Ok(Ok(found)) => found,
         };
         let addrs: Arc<[IpAddr]> = found.iter().take(MAX_ADDRESSES).collect();
         if addrs.is_empty() {
-            return Err(ResolveError::NoAddress("no A or AAAA record"));
+            let ttl = MIN_TTL;
+            return Ok(Arc::new(Answer { found: Err("no A or AAAA record"), ttl }));
         }
-        let answer = Arc::new(Answer { addrs: addrs.clone(), until: found.valid_until() });
-        self.cache.insert(host.to_owned(), answer);
-        Ok(addrs)
+        let ttl = found.valid_until().saturating_duration_since(Instant::now());
+        let ttl = ttl.clamp(MIN_TTL, MAX_TTL);
+        Ok(Arc::new(Answer { found: Ok(addrs), ttl }))
     }
 }
 
@@ -157,24 +206,37 @@ impl Dns {
         Some(ips.filter_map(|rdata| rdata.ip_addr()).take(MAX_ADDRESSES).collect())
     }
 
-    /// What a failed lookup tells the organization: the kind of failure in fixed words. The
-    /// resolver's own message may name the operator's name servers; it goes to the debug log.
-    fn failure(&self, host: &str, err: hickory_resolver::ResolveError) -> ResolveError {
-        tracing::debug!(host, error = %err, "webhook host lookup failed");
-        match err.proto().map(|p| p.kind()) {
+    /// What a failed lookup tells the organization, in fixed words: a negative answer to
+    /// keep (no such name, no A or AAAA record: for the zone's negative TTL, within
+    /// [`MIN_TTL`] ..= [`MAX_NEGATIVE_TTL`]), or a failure that may pass. The resolver's own
+    /// message may name the operator's name servers; it goes to the debug log.
+    fn failure(
+        &self,
+        name: &Name,
+        err: hickory_resolver::ResolveError,
+    ) -> Result<Answer, ResolveError> {
+        tracing::debug!(host = %name, error = %err, "webhook host lookup failed");
+        let Some(kind) = err.proto().map(|p| p.kind()) else { return Err(ResolveError::Lookup) };
+        let (response_code, negative_ttl) = match kind {
             // Every try timed out: within the limit, as the tries fit in it.
-            Some(ProtoErrorKind::Timeout) => ResolveError::TimedOut(self.limit),
-            Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => {
-                ResolveError::NoAddress(match *response_code {
-                    ResponseCode::NXDomain => "no such name",
-                    ResponseCode::NoError => "no A or AAAA record",
-                    ResponseCode::ServFail => "the name's servers failed",
-                    ResponseCode::Refused => "the name server refused",
-                    _ => "the name server answered with an error",
-                })
+            ProtoErrorKind::Timeout => return Err(ResolveError::TimedOut(self.limit)),
+            ProtoErrorKind::NoRecordsFound { response_code, negative_ttl, .. } => {
+                (*response_code, *negative_ttl)
             }
-            _ => ResolveError::Lookup,
+            _ => return Err(ResolveError::Lookup),
+        };
+        let why = match response_code {
+            ResponseCode::NXDomain => "no such name",
+            ResponseCode::NoError => "no A or AAAA record",
+            ResponseCode::ServFail => "the name's servers failed",
+            ResponseCode::Refused => "the name server refused",
+            _ => "the name server answered with an error",
+        };
+        if !matches!(response_code, ResponseCode::NXDomain | ResponseCode::NoError) {
+            return Err(ResolveError::NoAddress(why));
         }
+        let ttl = Duration::from_secs(negative_ttl.unwrap_or(0).into());
+        Ok(Answer { found: Err(why), ttl: ttl.clamp(MIN_TTL, MAX_NEGATIVE_TTL) })
     }
 }
 

@@ -82,7 +82,8 @@ pub struct WebhookConfig {
     /// system's `/etc/resolv.conf`; `TRIGGERS_WEBHOOK_DNS_SERVERS`). `/etc/hosts`, read when
     /// the deliverer is built, is consulted first either way; names are looked up as written
     /// (no search domains). A lookup has `connect_timeout`, and its answers are cached for
-    /// their TTL; see [`WebhookConfig::parse_dns_servers`].
+    /// their TTL (at least a second; "no such name" for at most 30 s); see
+    /// [`WebhookConfig::parse_dns_servers`].
     pub dns_servers: Vec<std::net::SocketAddr>,
     /// Deliveries in flight to one endpoint at most (default 16).
     pub endpoint_concurrency: usize,

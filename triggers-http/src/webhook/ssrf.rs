@@ -52,7 +52,7 @@ impl Refused {
 }
 
 /// Resolving a webhook host failed or was refused.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum ResolveError {
     /// An address is not allowed.
     #[error(transparent)]

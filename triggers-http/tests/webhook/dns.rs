@@ -32,6 +32,8 @@ enum Answer {
     Alias(&'static str),
     /// No such name.
     NxDomain,
+    /// The name's servers failed (SERVFAIL).
+    ServFail,
 }
 
 /// A DNS server on 127.0.0.1 (UDP, and TCP on the same port) that answers from a fixed table
@@ -154,6 +156,9 @@ fn answer(
         }
         Answer::NxDomain => {
             reply.set_response_code(ResponseCode::NXDomain).add_name_server(soa(60));
+        }
+        Answer::ServFail => {
+            reply.set_response_code(ResponseCode::ServFail);
         }
         Answer::Addrs(ips, ttl) => {
             let mut any = false;
@@ -381,4 +386,65 @@ async fn a_truncated_answer_is_asked_for_again_over_tcp() {
     assert_eq!(a.outcome, Outcome::Delivered, "{a:?}");
     // A over UDP (truncated) and TCP, AAAA over UDP at least.
     assert!(dns.asked("many.test") >= 3, "asked {} times", dns.asked("many.test"));
+}
+
+/// A name answered with TTL 0 is kept for a second anyway, and deliveries that find no fresh
+/// answer wait for one lookup together: eight at once to a cold name, then four more one
+/// after another, ask its server once (an A and an AAAA question), not once per attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_is_asked_once_however_many_deliveries_go_to_it() {
+    let (receiver, dns, d, url) = named("zero.test", 0).await;
+    let at_once: Vec<_> = (0..8)
+        .map(|_| {
+            let (d, url) = (d.clone(), url.clone());
+            tokio::spawn(async move { d.deliver(&delivery(&url, vec![Secret::generate()])).await })
+        })
+        .collect();
+    for attempt in at_once {
+        assert_eq!(attempt.await.unwrap().outcome, Outcome::Delivered);
+    }
+    for _ in 0..4 {
+        let a = d.deliver(&delivery(&url, vec![Secret::generate()])).await;
+        assert_eq!(a.outcome, Outcome::Delivered, "{a:?}");
+    }
+    assert_eq!(receiver.seen().len(), 12);
+    assert!(dns.asked("zero.test") <= 2, "asked {} times", dns.asked("zero.test"));
+    // With a trailing dot it is the same name, and the same entry.
+    let dotted = url.replacen("zero.test", "zero.test.", 1);
+    let a = d.deliver(&delivery(&dotted, vec![Secret::generate()])).await;
+    assert_eq!(a.outcome, Outcome::Delivered, "{a:?}");
+    assert!(dns.asked("zero.test") <= 2, "asked {} times", dns.asked("zero.test"));
+}
+
+/// "No such name" and "no A or AAAA record" are kept (for the zone's negative TTL, at most
+/// 30 s): an endpoint at a missing name does not send a question per delivery. A server
+/// failure is not kept: the next attempt asks again.
+#[tokio::test]
+async fn missing_names_are_kept_and_server_failures_asked_again() {
+    let dns = DnsServer::start(&[
+        ("empty.test", Answer::Addrs(Vec::new(), 300)),
+        ("broken.test", Answer::ServFail),
+    ])
+    .await;
+    let d = deliverer(dns.config(Duration::from_secs(5)));
+    let at = |host: &str| delivery(&format!("http://{host}:9/hook"), vec![Secret::generate()]);
+
+    for (host, why) in [("missing.test", "no such name"), ("empty.test", "no A or AAAA record")] {
+        let a = d.deliver(&at(host)).await;
+        assert_eq!(retry_reason(&a), format!("dns lookup found no address: {why}"));
+        let asked = dns.asked(host);
+        assert!(asked >= 1);
+        for _ in 0..3 {
+            let a = d.deliver(&at(host)).await;
+            assert_eq!(retry_reason(&a), format!("dns lookup found no address: {why}"));
+        }
+        assert_eq!(dns.asked(host), asked, "{host}: the negative answer was kept");
+    }
+
+    let a = d.deliver(&at("broken.test")).await;
+    assert_eq!(retry_reason(&a), "dns lookup found no address: the name's servers failed");
+    let asked = dns.asked("broken.test");
+    let a = d.deliver(&at("broken.test")).await;
+    assert_eq!(retry_reason(&a), "dns lookup found no address: the name's servers failed");
+    assert!(dns.asked("broken.test") > asked, "a server failure is asked about again");
 }
