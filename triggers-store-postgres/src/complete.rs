@@ -47,16 +47,19 @@
 //! more, never lost. A committed completion is visible at once, to every node; only its
 //! flush to disk is left to the WAL writer (≈ 200 ms at most), or to the next synchronous
 //! commit, whichever comes first. The one claim that must not outrun that flush, a FIFO
-//! line's next delivery, commits synchronously (see `queue.rs`).
+//! line's next delivery, commits synchronously (see `queue.rs`), and so does a general-path
+//! transaction that disables an endpoint: it also inserts the disable's announcement
+//! (`store::operational`), an event, which must survive a crash of the database as every
+//! insert does.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use sqlx::types::Uuid;
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
-use triggers_core::store::{Completion, CompletionState, StoreResult};
-use triggers_core::EndpointId;
+use triggers_core::store::{operational, Completion, CompletionState, StoreResult};
 use triggers_core::Timestamp;
+use triggers_core::{EndpointId, OrganizationId};
 
 use crate::error::{is_retryable_conflict, map};
 use crate::queue::attempt_i32;
@@ -325,35 +328,39 @@ pub(crate) async fn complete(
     singles: &Singles,
     completions: &[Completion],
     keep: u32,
+    channel: &str,
 ) -> StoreResult<Vec<bool>> {
     if completions.is_empty() {
         return Ok(Vec::new());
     }
     let mut conn = pool.acquire().await.map_err(map)?;
-    Ok(complete_on(&mut conn, singles, completions, keep).await?.0)
+    Ok(complete_on(&mut conn, singles, completions, keep, channel).await?.0)
 }
 
 /// Applies `completions` on `conn` (not inside a transaction); one flag per completion, in
 /// order, and the endpoints they disabled (`CompletedAndClaimed::disabled`). The fast and
 /// successes paths are one autocommitted statement each, the general path one transaction;
-/// none waits for the WAL flush (the module's "Durability").
+/// none waits for the WAL flush (the module's "Durability") unless it disables an endpoint.
+/// The announcements of disables notify `channel`, as inserts do.
 pub(crate) async fn complete_on(
     conn: &mut PgConnection,
     singles: &Singles,
     completions: &[Completion],
     keep: u32,
+    channel: &str,
 ) -> StoreResult<(Vec<bool>, Vec<EndpointId>)> {
     if completions.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
     let batch = Batch::new(singles, completions, keep);
-    let (mut applied, disabled) = apply(conn, &batch.firsts, batch.path, batch.keep).await?;
+    let (mut applied, disabled) =
+        apply(conn, &batch.firsts, batch.path, batch.keep, channel).await?;
     if batch.path == Path::Fast {
         // Not applied on the fast path: stale, or `shared` since the claim (a `recover`
         // queued another delivery of the event); the successes path decides which.
         let rest = batch.stale(&applied);
         if !rest.is_empty() {
-            applied.extend(apply(conn, &rest, Path::Successes, batch.keep).await?.0);
+            applied.extend(apply(conn, &rest, Path::Successes, batch.keep, channel).await?.0);
         }
     }
     let stale = batch.stale(&applied);
@@ -371,6 +378,7 @@ async fn apply(
     firsts: &[&Completion],
     path: Path,
     keep: i64,
+    channel: &str,
 ) -> StoreResult<(HashSet<Uuid>, Vec<Uuid>)> {
     let mut attempt = 0;
     loop {
@@ -384,7 +392,7 @@ async fn apply(
             Path::General => {
                 async {
                     let mut tx = conn.begin().await?;
-                    let applied = complete_once(&mut tx, firsts, keep).await?;
+                    let applied = complete_once(&mut tx, firsts, keep, channel).await?;
                     tx.commit().await?;
                     Ok(applied)
                 }
@@ -452,11 +460,14 @@ async fn complete_in_one(
 }
 
 /// The general path, on `tx` (inside a transaction); returns the ids of the deliveries
-/// whose completion applied, and of the endpoints they disabled.
+/// whose completion applied, and of the endpoints they disabled. A disable is announced in
+/// the same transaction (`store::operational`), which then commits synchronously: what it
+/// announced must not be lost to a crash of the database once delivered or read.
 async fn complete_once(
     tx: &mut PgConnection,
     firsts: &[&Completion],
     keep: i64,
+    channel: &str,
 ) -> Result<(HashSet<Uuid>, Vec<Uuid>), sqlx::Error> {
     let rows = sqlx::query(FINISH_SQL)
         .bind(firsts.iter().map(|c| c.delivery_id.0).collect::<Vec<_>>())
@@ -489,7 +500,42 @@ async fn complete_once(
     if !done.is_empty() {
         record(tx, &done, keep).await?;
     }
-    Ok((applied.into_keys().collect(), disabled))
+    if !disabled.is_empty() {
+        announce(tx, &done, &disabled, channel).await?;
+    }
+    Ok((applied.into_keys().collect(), disabled.into_iter().map(|d| d.id).collect()))
+}
+
+/// Inserts the announcement of each of `disabled` (`store::operational`): its first
+/// disabling completion's reason and time, as `record` stored them; and makes the
+/// transaction commit synchronously.
+async fn announce(
+    tx: &mut PgConnection,
+    done: &[(&Completion, Uuid)],
+    disabled: &[Disabling],
+    channel: &str,
+) -> Result<(), sqlx::Error> {
+    let mut events = Vec::with_capacity(disabled.len());
+    for d in disabled {
+        let first = done.iter().find_map(|(c, _)| {
+            let reason = c.disable_endpoint.as_deref()?;
+            (c.record.endpoint_id.0 == d.id).then_some((reason, c.record.at))
+        });
+        let Some((reason, at)) = first else { continue };
+        let event =
+            operational::endpoint_changed(EndpointId(d.id), &d.url, false, Some(reason), at)
+                .map_err(|e| sqlx::Error::Encode(e.into()))?;
+        events.push((OrganizationId(d.org), event));
+    }
+    sqlx::query("SET LOCAL synchronous_commit TO DEFAULT").execute(&mut *tx).await?;
+    crate::insert::insert_in(tx, &events, channel).await
+}
+
+/// An endpoint a completion of the batch disables: enabled until now, locked.
+struct Disabling {
+    id: Uuid,
+    org: Uuid,
+    url: String,
 }
 
 /// The endpoints that the disabling completions among `done` disable now: those still
@@ -499,7 +545,7 @@ async fn complete_once(
 async fn disabling(
     tx: &mut PgConnection,
     done: &[(&Completion, Uuid)],
-) -> Result<Vec<Uuid>, sqlx::Error> {
+) -> Result<Vec<Disabling>, sqlx::Error> {
     let mut asked: Vec<Uuid> = Vec::new();
     for (c, _) in done.iter().filter(|(c, _)| c.disable_endpoint.is_some()) {
         if !asked.contains(&c.record.endpoint_id.0) {
@@ -507,16 +553,20 @@ async fn disabling(
         }
     }
     if asked.is_empty() {
-        return Ok(asked);
+        return Ok(Vec::new());
     }
-    let enabled: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM endpoints WHERE id = ANY($1) AND enabled ORDER BY id FOR UPDATE",
+    let enabled: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+        "SELECT id, organization_id, url FROM endpoints WHERE id = ANY($1) AND enabled
+         ORDER BY id FOR UPDATE",
     )
     .bind(&asked)
     .fetch_all(&mut *tx)
     .await?;
-    asked.retain(|id| enabled.contains(id));
-    Ok(asked)
+    let disabling = asked.iter().filter_map(|id| {
+        let (_, org, url) = enabled.iter().find(|(e, _, _)| e == id)?;
+        Some(Disabling { id: *id, org: *org, url: url.clone() })
+    });
+    Ok(disabling.collect())
 }
 
 /// Writes attempts, endpoint health and event status for the applied completions, in
@@ -704,7 +754,9 @@ mod tests {
                     super::complete_in_one(&mut tx, super::SUCCESSES_SQL, &batch, 20).await
                 }
                 super::Path::General => {
-                    super::complete_once(&mut tx, &batch, 20).await.map(|(applied, _)| applied)
+                    let channel = "triggers_deliveries";
+                    let once = super::complete_once(&mut tx, &batch, 20, channel).await;
+                    once.map(|(applied, _)| applied)
                 }
             };
             assert!(applied.unwrap().is_empty(), "no such delivery: stale");
@@ -713,6 +765,66 @@ mod tests {
             assert_eq!(mode, "off", "{path:?}");
             tx.rollback().await.unwrap();
         }
+        drop((conn, store));
+        db.drop_database().await.unwrap();
+    }
+
+    /// The one exception: a completion that disables an endpoint writes its announcement
+    /// (`store::operational`) in the same transaction, which commits synchronously, so
+    /// nothing it announced can be lost to a crash of the database.
+    #[tokio::test]
+    async fn a_disabling_completion_commits_its_announcement_with_a_flush() {
+        use sqlx::types::chrono::Utc;
+        use std::time::Duration;
+        use triggers_core::store::{
+            ClaimRequest, Completion, CompletionState, DeliveryQueue, EventLog,
+        };
+        use triggers_core::{EventId, WorkerId};
+
+        let Some((db, store)) = testing::fresh_store(PgConfig::default()).await else { return };
+        let (org, endpoints) = testing::org_with_endpoints(&store, 1).await;
+        let event = triggers_core::EventRecord {
+            id: EventId::new(),
+            event_type: "x".into(),
+            payload: serde_json::value::RawValue::from_string("1".into()).unwrap(),
+            dedup_id: None,
+            created_at: Utc::now(),
+            exclude_endpoint: None,
+        };
+        store.insert_events(org, vec![event], Duration::ZERO, Utc::now()).await.unwrap();
+        let req = ClaimRequest::new(WorkerId::new(), 1, Duration::from_secs(60), Utc::now());
+        let claimed = store.claim(req).await.unwrap();
+        let completion = Completion {
+            delivery_id: claimed[0].id,
+            lease_owner: claimed[0].lease_owner,
+            attempt: claimed[0].attempt,
+            state: CompletionState::Failed,
+            record: triggers_core::AttemptRecord {
+                endpoint_id: endpoints[0],
+                at: Utc::now(),
+                status_code: Some(410),
+                latency_ms: 1,
+                error: Some("HTTP 410".into()),
+            },
+            disable_endpoint: Some("410 Gone".into()),
+        };
+
+        let mut conn = PgConnection::connect_with(&db.options).await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        let (applied, disabled) =
+            super::complete_once(&mut tx, &[&completion], 20, "triggers_test_wake").await.unwrap();
+        assert_eq!((applied.len(), disabled), (1, vec![endpoints[0].0]));
+        let announced: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE event_type = 'triggers.endpoint.disabled'",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        assert_eq!(announced, 1, "announced in the same transaction");
+        let mode: String =
+            sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&mut *tx).await.unwrap();
+        assert_eq!(mode, "on", "the server's own setting, not off");
+        tx.rollback().await.unwrap();
         drop((conn, store));
         db.drop_database().await.unwrap();
     }

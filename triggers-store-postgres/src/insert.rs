@@ -444,6 +444,30 @@ async fn insert(
     }
 }
 
+/// Inserts `events` (operational events: no dedup ids, fresh ids) on `conn`, inside the
+/// caller's transaction, fanned out and notified like any batch (`store::operational`).
+pub(crate) async fn insert_in(
+    conn: &mut PgConnection,
+    events: &[(OrganizationId, EventRecord)],
+    channel: &str,
+) -> Result<(), sqlx::Error> {
+    let items: Vec<Item<'_>> = events
+        .iter()
+        .enumerate()
+        .map(|(pos, (org, event))| Item {
+            job: 0,
+            pos,
+            org: org.0,
+            event,
+            threshold: event.created_at,
+        })
+        .collect();
+    if !items.is_empty() {
+        run_insert(conn, &items, channel).await?;
+    }
+    Ok(())
+}
+
 /// SQLSTATE `unique_violation`.
 const UNIQUE_VIOLATION: &str = "23505";
 
@@ -525,11 +549,8 @@ mod tests {
 
     use sqlx::types::chrono::Utc;
     use sqlx::{Connection, PgConnection};
-    use triggers_core::store::{EndpointStore, EventLog, InsertOutcome, NewEndpoint, OrgStore};
-    use triggers_core::{
-        ApiKey, EndpointId, EventId, EventRecord, EventStatus, Organization, OrganizationId,
-        Secret, Tier,
-    };
+    use triggers_core::store::{EventLog, InsertOutcome};
+    use triggers_core::{EndpointId, EventId, EventRecord, EventStatus};
 
     use crate::testing;
     use crate::PgConfig;
@@ -563,7 +584,7 @@ mod tests {
     #[tokio::test]
     async fn the_batch_statements_generic_plan_is_linear_in_the_batch() {
         let Some((db, store)) = testing::fresh_store(PgConfig::default()).await else { return };
-        let (org, endpoints) = org_with_endpoints(&store, 2).await;
+        let (org, endpoints) = testing::org_with_endpoints(&store, 2).await;
         let mut conn = PgConnection::connect_with(&db.options).await.unwrap();
         sqlx::query("UPDATE endpoints SET enabled = false WHERE id = $1")
             .bind(endpoints[1].0)
@@ -599,28 +620,6 @@ mod tests {
         assert!(handled < 40 * n as u64, "{handled} rows for {n} events:\n{plan}");
         drop((conn, store));
         db.drop_database().await.unwrap();
-    }
-
-    /// A new organization with `n` enabled endpoints that match every event.
-    async fn org_with_endpoints(
-        store: &crate::PgStore,
-        n: usize,
-    ) -> (OrganizationId, Vec<EndpointId>) {
-        let org = Organization::new("acme", Tier::Enterprise, Utc::now());
-        store.create_organization(&org, &ApiKey::generate().hash()).await.unwrap();
-        let mut endpoints = Vec::new();
-        for _ in 0..n {
-            let new = NewEndpoint {
-                id: EndpointId::new(),
-                url: "http://127.0.0.1:9/hook".into(),
-                event_type_filter: None,
-                secret: Secret::generate(),
-                created_at: Utc::now(),
-                ordering: Default::default(),
-            };
-            endpoints.push(store.create_endpoint(org.id, &new).await.unwrap().id);
-        }
-        (org.id, endpoints)
     }
 
     /// A new `order.created` event with an empty payload.
@@ -702,7 +701,7 @@ mod tests {
     #[tokio::test]
     async fn an_endpoint_disabled_while_a_batch_waits_for_it_fails_the_batchs_events() {
         let Some((db, store)) = testing::fresh_store(PgConfig::default()).await else { return };
-        let (org, endpoints) = org_with_endpoints(&store, 1).await;
+        let (org, endpoints) = testing::org_with_endpoints(&store, 1).await;
         let endpoint = endpoints[0];
         let now = Utc::now();
         let event = order_created(Some("d-1"), now);
@@ -722,7 +721,7 @@ mod tests {
     #[tokio::test]
     async fn an_endpoint_disabled_while_a_replay_waits_for_it_fails_the_event() {
         let Some((db, store)) = testing::fresh_store(PgConfig::default()).await else { return };
-        let (org, endpoints) = org_with_endpoints(&store, 1).await;
+        let (org, endpoints) = testing::org_with_endpoints(&store, 1).await;
         let endpoint = endpoints[0];
         let now = Utc::now();
         let event = order_created(None, now);

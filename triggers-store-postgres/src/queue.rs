@@ -201,7 +201,7 @@ impl DeliveryQueue for PgStore {
 
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
         let keep = self.limits().max_attempts_kept;
-        crate::complete::complete(self.pool(), self.singles(), completions, keep)
+        crate::complete::complete(self.pool(), self.singles(), completions, keep, self.channel())
             .await
             .map_err(|e| self.explain(e))
     }
@@ -219,10 +219,15 @@ impl DeliveryQueue for PgStore {
     ) -> StoreResult<CompletedAndClaimed> {
         let keep = self.limits().max_attempts_kept;
         let mut conn = self.pool().acquire().await.map_err(|e| self.fail(e))?;
-        let (applied, disabled) =
-            crate::complete::complete_on(&mut conn, self.singles(), completions, keep)
-                .await
-                .map_err(|e| self.explain(e))?;
+        let (applied, disabled) = crate::complete::complete_on(
+            &mut conn,
+            self.singles(),
+            completions,
+            keep,
+            self.channel(),
+        )
+        .await
+        .map_err(|e| self.explain(e))?;
         let claimed = if req.limit == 0 {
             Ok(Vec::new())
         } else {

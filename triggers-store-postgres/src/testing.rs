@@ -123,3 +123,30 @@ pub(crate) async fn generic_plan(
     conn.execute("DEALLOCATE generic_plan_check").await.expect("deallocate the statement");
     lines.join("\n")
 }
+
+/// A new organization with `n` enabled endpoints that match every event.
+#[cfg(test)]
+pub(crate) async fn org_with_endpoints(
+    store: &crate::PgStore,
+    n: usize,
+) -> (triggers_core::OrganizationId, Vec<triggers_core::EndpointId>) {
+    use sqlx::types::chrono::Utc;
+    use triggers_core::store::{EndpointStore, NewEndpoint, OrgStore};
+    use triggers_core::{ApiKey, EndpointId, Organization, Secret, Tier};
+
+    let org = Organization::new("acme", Tier::Enterprise, Utc::now());
+    store.create_organization(&org, &ApiKey::generate().hash()).await.unwrap();
+    let mut endpoints = Vec::new();
+    for _ in 0..n {
+        let new = NewEndpoint {
+            id: EndpointId::new(),
+            url: "http://127.0.0.1:9/hook".into(),
+            event_type_filter: None,
+            secret: Secret::generate(),
+            created_at: Utc::now(),
+            ordering: Default::default(),
+        };
+        endpoints.push(store.create_endpoint(org.id, &new).await.unwrap().id);
+    }
+    (org.id, endpoints)
+}

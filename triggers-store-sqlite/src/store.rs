@@ -396,7 +396,11 @@ impl DeliveryQueue for SqliteStore {
         }
         let completions = completions.to_vec();
         let keep = self.inner.config.limits.max_attempts_kept;
-        let done = self.write_lease(move |c| queue::complete(c, &completions, keep), |_| false);
+        // A disable (and its announcement) is answered once it would survive a power loss.
+        let done = self.write_lease(
+            move |c| queue::complete(c, &completions, keep),
+            |(_, disabled)| !disabled.is_empty(),
+        );
         Ok(done.await?.0)
     }
 
@@ -422,7 +426,7 @@ impl DeliveryQueue for SqliteStore {
                     };
                     Ok((done, claimed))
                 },
-                |(_, c)| c.hands_out_a_line_head,
+                |((_, disabled), c)| c.hands_out_a_line_head || !disabled.is_empty(),
             )
             .await?;
         Ok(CompletedAndClaimed { applied, disabled, claimed: Ok(claimed.deliveries) })

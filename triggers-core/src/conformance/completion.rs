@@ -160,17 +160,19 @@ pub async fn completions_can_disable_an_endpoint<S: EventStore>(store: &S) {
     assert_eq!(find(sick.id).disabled_reason.as_deref(), Some("failing for too long"));
     assert_eq!(find(healthy.id), &healthy);
 
-    // The retried delivery was outstanding: disabling failed it, and so its event.
-    assert_eq!(store.queue_depth().await.unwrap(), 1, "only the healthy delivery is left");
+    // The retried delivery was outstanding: disabling failed it, and so its event. Left:
+    // the healthy endpoint's delivery of it, and of the disable's announcement.
+    assert_eq!(store.queue_depth().await.unwrap(), 2, "only the healthy deliveries are left");
     assert_eq!(detail(store, org, first).await.event.status, EventStatus::Failed);
     assert_eq!(detail(store, org, first).await.attempts.len(), 1);
 
     let second = insert_one(store, org, "b", t(2)).await;
     let later = claim(store, w, 10, t(100)).await;
     assert!(later.iter().all(|d| d.endpoint_id == healthy.id), "a disabled endpoint was claimed");
+    let announced = later.iter().find(|d| d.event_type == "triggers.endpoint.disabled");
     let mut events: Vec<_> = later.iter().map(|d| d.event_id).collect();
     events.sort();
-    let mut expected = vec![first, second];
+    let mut expected = vec![first, second, announced.expect("the announcement").event_id];
     expected.sort();
     assert_eq!(events, expected);
     assert_eq!(detail(store, org, second).await.event.status, EventStatus::Failed);

@@ -155,8 +155,11 @@ pub async fn disabled_endpoints_get_no_deliveries<S: EventStore>(store: &S) {
     let later = later[0].meta().id;
     assert_eq!(status(store, org, later).await, EventStatus::Failed, "matched a disabled one");
     let rest = claim(store, WorkerId::new(), 10, t(1000)).await;
-    // `keep`'s delivery of `first` (lease expired), of `queued` and of the new event.
-    assert_eq!(rest.len(), 3);
+    // `keep`'s delivery of `first` (lease expired), of `queued`, of the new event, and of
+    // the announcement of the disable (`triggers.endpoint.disabled`; none to `gone` itself).
+    assert_eq!(rest.len(), 4);
+    let announced = rest.iter().filter(|d| d.event_type == "triggers.endpoint.disabled").count();
+    assert_eq!(announced, 1);
     assert!(rest.iter().all(|d| d.endpoint_id == keep.id), "a disabled endpoint was claimed");
     assert!(rest.iter().any(|d| d.event_id == queued));
     assert_eq!(detail(store, org, later).await.attempts.len(), 0, "no attempt was made");

@@ -137,8 +137,8 @@ pub async fn disabling_an_endpoint_fails_its_outstanding_deliveries<S: EventStor
 /// leaves the event `pending`, and the recovered delivery's final failure fails it.
 pub async fn a_recovered_delivery_keeps_its_event_open<S: EventStore>(store: &S) {
     let org = new_org(store).await;
-    let a = endpoint(store, org, None, t(0)).await;
-    let b = endpoint(store, org, None, t(0)).await;
+    let a = endpoint(store, org, Some("x"), t(0)).await;
+    let b = endpoint(store, org, Some("x"), t(0)).await;
     let event = insert_one(store, org, "x", t(1)).await;
     // b is disabled: its delivery fails, and so does the event.
     store.update_endpoint(org, b.id, &disable(), t(2)).await.unwrap().unwrap();
@@ -554,4 +554,103 @@ pub async fn a_disabled_endpoint_keeps_its_first_reason<S: EventStore>(store: &S
     assert_eq!(done.disabled, vec![], "already disabled: not this call's disable");
     let now = store.endpoint(org, ep.id).await.unwrap().unwrap();
     assert_eq!(now.disabled_reason.as_deref(), Some("410 Gone"), "the first reason stays");
+    let made = announcements(store, org).await;
+    assert_eq!(made.len(), 1, "announced by the first only: {made:?}");
+    assert_eq!(made[0].1["reason"], "410 Gone");
+}
+
+/// The operational events of `org` (`triggers.endpoint.*`), oldest first: type, payload
+/// fields `endpoint_id`, `enabled`, `reason`, and creation time.
+async fn announcements<S: EventStore>(
+    store: &S,
+    org: crate::domain::OrganizationId,
+) -> Vec<(String, serde_json::Value, crate::clock::Timestamp)> {
+    let mut found = Vec::new();
+    for status in [EventStatus::Pending, EventStatus::Delivered, EventStatus::Failed] {
+        for id in super::support::list_all(store, org, status, Some("triggers.endpoint.*")).await {
+            let event = detail(store, org, id).await.event;
+            let payload: serde_json::Value = serde_json::from_str(event.payload.get()).unwrap();
+            assert_eq!(event.status, EventStatus::Pending, "{payload}: excluded from its subject");
+            found.push((event.event_type, payload, event.created_at));
+        }
+    }
+    found.sort_by_key(|(_, _, at)| *at);
+    found
+}
+
+/// Operational events (`store::operational`): the write that changes an endpoint's
+/// `enabled` inserts one event about it — a completion that disables it, a patch that
+/// disables or enables it — into the organization's inbox and to its other matching
+/// endpoints, never to the endpoint itself (one matching everything: otherwise, disabled, it
+/// would make the event `failed`). A stale completion, a second disabling completion, a
+/// disabling completion for an endpoint already disabled and a patch that leaves `enabled`
+/// as it was insert none.
+pub async fn endpoint_changes_are_announced_by_the_write_that_makes_them<S: EventStore>(store: &S) {
+    use crate::store::operational::{OPERATIONAL_DISABLED, OPERATIONAL_ENABLED};
+    use crate::store::{Completion, Delivery};
+    let org = new_org(store).await;
+    let ep = endpoint(store, org, None, t(0)).await;
+    let watcher = endpoint(store, org, Some("triggers.endpoint.*"), t(0)).await;
+    insert_one(store, org, "x", t(1)).await;
+    insert_one(store, org, "x", t(1)).await;
+    insert_one(store, org, "x", t(1)).await;
+    let w = WorkerId::new();
+    let flying = claim(store, w, 10, t(2)).await;
+    assert_eq!(flying.len(), 3);
+    let nothing = ClaimRequest::new(WorkerId::new(), 0, LEASE, t(3));
+    let disabling = |d: &Delivery, reason: &str, at: i64| -> Completion {
+        let mut c = completion(d, CompletionState::Failed, t(at));
+        c.disable_endpoint = Some(reason.into());
+        c
+    };
+    let id = serde_json::json!(ep.id);
+
+    let mut stale = disabling(&flying[0], "stale", 3);
+    stale.lease_owner = WorkerId::new();
+    assert_eq!(store.complete(&[stale]).await.unwrap(), [false]);
+    assert!(announcements(store, org).await.is_empty(), "a stale completion announces nothing");
+
+    let both = [disabling(&flying[0], "first", 4), disabling(&flying[1], "second", 4)];
+    assert!(store.complete_and_claim(&both, nothing).await.unwrap().applied[0]);
+    let made = announcements(store, org).await;
+    assert_eq!(made.len(), 1, "one announcement per disable: {made:?}");
+    assert_eq!(made[0].0, OPERATIONAL_DISABLED);
+    assert_eq!(made[0].1["endpoint_id"], id);
+    assert_eq!((&made[0].1["enabled"], &made[0].1["reason"]), (&false.into(), &"first".into()));
+    assert_eq!(made[0].1["url"], serde_json::json!(ep.url));
+    assert_eq!(made[0].2, t(4), "created at the attempt's time");
+    // The third delivery's answer comes after the disable (the disable failed it: stale).
+    store.complete(&[disabling(&flying[2], "late", 5)]).await.unwrap();
+    assert_eq!(announcements(store, org).await.len(), 1, "already disabled: no announcement");
+    let told = claim(store, w, 10, t(6)).await;
+    let targets: Vec<EndpointId> = told.iter().map(|d| d.endpoint_id).collect();
+    assert_eq!(targets, [watcher.id], "delivered to the watcher only");
+    assert_eq!(told[0].event_type, OPERATIONAL_DISABLED);
+
+    let rename = EndpointPatch {
+        url: Some("https://hooks.test/renamed".into()),
+        ..EndpointPatch::default()
+    };
+    store.update_endpoint(org, ep.id, &rename, t(7)).await.unwrap().unwrap();
+    store.update_endpoint(org, ep.id, &disable(), t(7)).await.unwrap().unwrap();
+    assert_eq!(announcements(store, org).await.len(), 1, "no change of `enabled`");
+
+    store.update_endpoint(org, ep.id, &enable(), t(8)).await.unwrap().unwrap();
+    store.update_endpoint(org, ep.id, &enable(), t(9)).await.unwrap().unwrap();
+    store.update_endpoint(org, ep.id, &disable(), t(10)).await.unwrap().unwrap();
+    let made = announcements(store, org).await;
+    let kinds: Vec<(&str, &serde_json::Value)> =
+        made.iter().map(|(kind, p, _)| (kind.as_str(), &p["reason"])).collect();
+    let by_request = serde_json::json!(DISABLED_BY_REQUEST);
+    assert_eq!(
+        kinds,
+        [
+            (OPERATIONAL_DISABLED, &"first".into()),
+            (OPERATIONAL_ENABLED, &serde_json::Value::Null),
+            (OPERATIONAL_DISABLED, &by_request),
+        ]
+    );
+    assert_eq!((made[1].2, made[2].2), (t(8), t(10)));
+    assert_eq!(made[1].1["url"], "https://hooks.test/renamed", "the endpoint as it is now");
+    assert!(made.iter().all(|(_, p, _)| p["endpoint_id"] == id));
 }

@@ -74,7 +74,8 @@ pub use lifecycle::{
     a_disabled_endpoint_keeps_its_first_reason, a_recovered_delivery_keeps_its_event_open,
     deleting_cancels_a_large_backlog, disables_are_reported_by_the_call_that_makes_them,
     disabling_an_endpoint_fails_its_outstanding_deliveries,
-    disabling_fails_a_large_backlog_in_batches, endpoints_are_found_and_patched,
+    disabling_fails_a_large_backlog_in_batches,
+    endpoint_changes_are_announced_by_the_write_that_makes_them, endpoints_are_found_and_patched,
     excluded_endpoints_get_nothing, recover_requeues_failed_deliveries,
     recover_takes_the_oldest_by_creation_time, switching_a_long_line_to_parallel,
 };
@@ -157,6 +158,7 @@ macro_rules! store_conformance_tests {
                 disabling_fails_a_large_backlog_in_batches,
                 deleting_cancels_a_large_backlog,
                 a_disabled_endpoint_keeps_its_first_reason,
+                endpoint_changes_are_announced_by_the_write_that_makes_them,
                 disables_are_reported_by_the_call_that_makes_them,
                 switching_a_long_line_to_parallel,
                 recover_requeues_failed_deliveries,

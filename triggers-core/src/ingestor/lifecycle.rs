@@ -1,28 +1,21 @@
 //! Endpoint lifecycle on the [`Ingestor`]: lookup, patching (with re-enabling and
-//! disabling), recovering failed deliveries, and the operational events that tell an
-//! organization about it.
-
-use serde_json::value::RawValue;
+//! disabling), and recovering failed deliveries. (The operational events that tell an
+//! organization about a change are written by the store with it: `store::operational`.)
 
 use super::{check_endpoint_url, Ingestor};
 use crate::clock::Timestamp;
 use crate::deliver::Deliverer;
-use crate::domain::event::EventRecord;
 use crate::domain::org::Organization;
 use crate::domain::validate::ValidationError;
 use crate::domain::webhook::{check_headers, Endpoint};
-use crate::domain::{EndpointId, EventId, OrganizationId};
+use crate::domain::EndpointId;
 use crate::error::{Error, Result};
 use crate::store::{EndpointPatch, EventStore, RecoverQuery, Recovered};
 
 /// At most this many failed deliveries are queued again by one recover call.
 pub const MAX_RECOVER: u32 = 10_000;
 
-/// The type of the event ingested when one of the organization's endpoints is disabled.
-pub const OPERATIONAL_DISABLED: &str = "triggers.endpoint.disabled";
-
-/// The type of the event ingested when one of the organization's endpoints is enabled again.
-pub const OPERATIONAL_ENABLED: &str = "triggers.endpoint.enabled";
+pub use crate::store::operational::{OPERATIONAL_DISABLED, OPERATIONAL_ENABLED};
 
 /// Per-endpoint rate limits accepted: deliveries per second.
 const RATE_RANGE: std::ops::RangeInclusive<u32> = 1..=10_000;
@@ -70,10 +63,10 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     /// (`Invalid`, nothing changed). A new `ordering` takes effect like
     /// [`set_endpoint_ordering`](Self::set_endpoint_ordering), in the same store write. Enabling a disabled endpoint clears its reason; disabling
     /// one fails its outstanding deliveries (recover them later with
-    /// [`recover`](Self::recover)). Either change ingests an operational event
-    /// ([`OPERATIONAL_ENABLED`] / [`OPERATIONAL_DISABLED`]) into the organization's stream;
-    /// a patch with `enabled` therefore costs one unit of the rate limit (`RateLimited`
-    /// before anything changes).
+    /// [`recover`](Self::recover)). Either change writes an operational event
+    /// ([`OPERATIONAL_ENABLED`] / [`OPERATIONAL_DISABLED`]) into the organization's stream,
+    /// in the store write that makes the change; a patch with `enabled` therefore costs one
+    /// unit of the rate limit (`RateLimited` before anything changes).
     pub async fn update_endpoint(
         &self,
         org: &Organization,
@@ -101,14 +94,11 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             self.inner.wake.notify_one();
         }
         if update.was_enabled != ep.enabled {
-            let reason = ep.disabled_reason.as_deref();
+            // The store wrote the operational event with the change.
             tracing::info!(
                 organization_id = %org.id, endpoint_id = %id, enabled = ep.enabled,
                 failed = update.failed, "endpoint enabled state changed"
             );
-            let subject =
-                Subject { org: org.id, endpoint: id, url: &ep.url, enabled: ep.enabled, reason };
-            ingest_operational(&*self.inner.store, subject, now).await;
             self.inner.wake.notify_one();
         }
         Ok(update.endpoint)
@@ -154,52 +144,5 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             self.inner.wake.notify_one();
         }
         Ok(recovered)
-    }
-}
-
-/// What an operational event is about.
-pub(crate) struct Subject<'a> {
-    pub(crate) org: OrganizationId,
-    pub(crate) endpoint: EndpointId,
-    pub(crate) url: &'a str,
-    pub(crate) enabled: bool,
-    pub(crate) reason: Option<&'a str>,
-}
-
-/// Ingests `triggers.endpoint.enabled` / `.disabled` about an endpoint into its
-/// organization's stream: the inbox, and every matching endpoint but the subject itself.
-/// Not rate-limited (the organization did not send it); a failure is logged and otherwise
-/// ignored, since the change itself has been made.
-pub(crate) async fn ingest_operational<S: EventStore>(
-    store: &S,
-    subject: Subject<'_>,
-    now: Timestamp,
-) {
-    let event_type = if subject.enabled { OPERATIONAL_ENABLED } else { OPERATIONAL_DISABLED };
-    let payload = serde_json::json!({
-        "endpoint_id": subject.endpoint,
-        "url": subject.url,
-        "enabled": subject.enabled,
-        "reason": subject.reason,
-    });
-    let payload = match RawValue::from_string(payload.to_string()) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not encode an operational event");
-            return;
-        }
-    };
-    let record = EventRecord {
-        id: EventId::new(),
-        event_type: event_type.to_owned(),
-        payload,
-        dedup_id: None,
-        created_at: now,
-        exclude_endpoint: Some(subject.endpoint),
-    };
-    // No dedup id, so the window does not matter.
-    let window = std::time::Duration::ZERO;
-    if let Err(e) = store.insert_events(subject.org, vec![record], window, now).await {
-        tracing::warn!(organization_id = %subject.org, error = %e, "operational event not stored");
     }
 }

@@ -26,7 +26,6 @@ pub use events::Replayed;
 pub use history::{AttemptsPage, AttemptsQuery, DeliveriesPage, DeliveriesQuery};
 pub use inbox::{InboxPage, InboxQuery};
 pub use ingest::{BatchIngested, Ingested};
-pub(crate) use lifecycle::{ingest_operational, Subject};
 pub use lifecycle::{MAX_RECOVER, OPERATIONAL_DISABLED, OPERATIONAL_ENABLED};
 
 use crate::clock::Timestamp;

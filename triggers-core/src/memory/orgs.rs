@@ -8,8 +8,8 @@ use crate::domain::org::Organization;
 use crate::domain::webhook::{DeliveryOrdering, Endpoint, Secret, DISABLED_BY_REQUEST};
 use crate::domain::{DeliveryId, EndpointId, EventId, OrganizationId};
 use crate::store::{
-    EndpointPatch, EndpointUpdate, NewEndpoint, RecoverQuery, Recovered, StoreError, StoreResult,
-    BACKLOG_BATCH,
+    operational, EndpointPatch, EndpointUpdate, NewEndpoint, RecoverQuery, Recovered, StoreError,
+    StoreResult, BACKLOG_BATCH,
 };
 
 /// The error of one endpoint too many.
@@ -241,7 +241,26 @@ impl State {
             row.failing_since = None;
         }
         let endpoint = row.endpoint.clone();
+        if endpoint.enabled != was_enabled {
+            self.announce(org, id, now);
+        }
         Some(EndpointUpdate { endpoint, was_enabled, failed })
+    }
+
+    /// Inserts the operational event about endpoint `id` as it is now
+    /// (`store::operational`), in the same hold of the lock as the change it announces.
+    pub(super) fn announce(&mut self, org: OrganizationId, id: EndpointId, at: Timestamp) {
+        let Some(row) = self.endpoints.get(&id) else { return };
+        let ep = &row.endpoint;
+        let reason = ep.disabled_reason.as_deref();
+        let event = operational::endpoint_changed(id, &ep.url, ep.enabled, reason, at);
+        let inserted =
+            event.and_then(|e| self.insert_events(org, vec![e], std::time::Duration::ZERO, at));
+        if let Err(e) = inserted {
+            // Only for an organization that is gone, which has no endpoint either.
+            tracing::warn!(organization_id = %org, endpoint_id = %id, error = %e,
+                "operational event not stored");
+        }
     }
 
     /// One batch of `EndpointStore::finish_disabling`: fails at most

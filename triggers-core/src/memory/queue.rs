@@ -234,6 +234,7 @@ impl State {
         // One batch, by the completion that disabled it (see `store::BACKLOG_BATCH`).
         if let (Some(reason), true) = (&c.disable_endpoint, disabled_now) {
             self.fail_outstanding(endpoint_id, reason, c.record.at);
+            self.announce(org, endpoint_id, c.record.at);
         }
         (true, disabled_now)
     }

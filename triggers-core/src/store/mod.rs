@@ -15,9 +15,11 @@
 //!   or OS crash before the reply: everything except lease bookkeeping ([`DeliveryQueue`]'s
 //!   `claim`, `complete`, `complete_and_claim`, `release`, `extend_lease`), which a store may
 //!   answer earlier because losing it only makes a delivery due again (a repeat, never a
-//!   loss) — with one exception: the head of a FIFO line is handed out only once its
+//!   loss) — with two exceptions: the head of a FIFO line is handed out only once its
 //!   predecessor's completion would survive a power loss, so the line never moves past a
-//!   delivery that a power loss could make outstanding again.
+//!   delivery that a power loss could make outstanding again; and a completion that
+//!   disables an endpoint, which writes an event (its announcement), is answered only once
+//!   it would survive a power loss, like every insert.
 //! - **Atomicity**: a method either applies all its writes or none; on `Err` nothing changed.
 //!   The exceptions are the calls that change an endpoint's whole backlog (disabling,
 //!   deleting, switching to parallel): they work in bounded batches (see [`BACKLOG_BATCH`]),
@@ -30,6 +32,7 @@
 //!   and endpoint ([`DeliveryQueue::complete`]).
 
 mod error;
+pub mod operational;
 mod types;
 
 use std::sync::Arc;
@@ -225,6 +228,12 @@ pub trait EndpointStore: Send + Sync + 'static {
     /// Applies `patch` (already validated) to one endpoint and returns it as it is now, with
     /// whether it was enabled before; `None` for an unknown or foreign id (nothing changed).
     ///
+    /// - A change of `enabled` (enabled until now and disabled, or the reverse) inserts the
+    ///   operational event [`operational::endpoint_changed`] about the endpoint as it is
+    ///   after the patch (`now`; into the organization's inbox and to its other matching
+    ///   endpoints, as [`EventLog::insert_events`] would) **in the write that makes the
+    ///   change**: a change is announced once, and never without the other. A patch that
+    ///   changes nothing of `enabled` inserts none.
     /// - `enabled: Some(true)` enables it, clears `disabled_reason` and its failing-since
     ///   time; deliveries failed while it was disabled stay failed (see `recover`). Outstanding
     ///   deliveries a disable left behind (see [`BACKLOG_BATCH`]) are failed first, with the
@@ -526,6 +535,14 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     ///   outstanding, are never claimed, and are failed by [`EndpointStore::finish_disabling`].
     ///   Which call disabled the endpoint (it was enabled until then) is reported by
     ///   [`complete_and_claim`](Self::complete_and_claim) ([`CompletedAndClaimed::disabled`]).
+    ///   The completion that disables it (only that one: the endpoint was enabled until
+    ///   then) also inserts, in the same write, the operational event
+    ///   [`operational::endpoint_changed`] (`triggers.endpoint.disabled`, its reason, created
+    ///   at `record.at`; into the organization's inbox and to its other matching endpoints,
+    ///   as [`EventLog::insert_events`] would). So each disable is announced exactly once:
+    ///   an error or a crash after the write cannot lose the announcement, and a retry
+    ///   finds the completion stale. A call with such a completion is answered only once its
+    ///   write would survive a power loss (see "Durability" above).
     ///
     /// Returns one flag per completion, in order.
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>>;

@@ -195,10 +195,11 @@ pub struct CompletedAndClaimed {
     /// completions (`disable_endpoint`) turned it off, each once, in the order of their
     /// first such completion. An endpoint already disabled — by request, or by an earlier
     /// call's completion, also on another node — is not in it: at most one call reports each
-    /// disable, and the worker pool announces it (`triggers.endpoint.disabled`) once. (A
-    /// call that fails after its commit, or a crash before the announcement, loses it.) The
-    /// default [`complete_and_claim`](super::DeliveryQueue::complete_and_claim) cannot tell
-    /// and reports every endpoint an applied completion asked to disable.
+    /// disable, and the worker pool logs it once. (The announcement in the organization's
+    /// stream does not depend on it: [`complete`](super::DeliveryQueue::complete) writes it
+    /// with the disable.) The default
+    /// [`complete_and_claim`](super::DeliveryQueue::complete_and_claim) cannot tell and
+    /// reports every endpoint an applied completion asked to disable.
     pub disabled: Vec<EndpointId>,
     /// The deliveries claimed once the completions were applied, or why that claim failed
     /// (the completions are recorded either way).

@@ -62,12 +62,6 @@ pub(super) async fn complete_loop<S: EventStore, D: Deliverer>(
     refiller: Refiller,
 ) {
     let mut batch = Vec::with_capacity(COMPLETION_BATCH);
-    // Announcements of disabled endpoints, each an insert in its organization's own write
-    // queue, which that organization may keep long: the completer records every
-    // organization's attempts and never waits for one of them. (At most one task per batch
-    // that disabled an endpoint; finished ones are reaped each round, the rest awaited at
-    // the end.)
-    let mut announcing = tokio::task::JoinSet::new();
     // Failing what the disabling completions left outstanding (see `store::BACKLOG_BATCH`),
     // and at start what a previous run left half-way: as long as the backlogs, so these are
     // cut off at shutdown, not awaited — the next start finishes them
@@ -86,21 +80,15 @@ pub(super) async fn complete_loop<S: EventStore, D: Deliverer>(
             let disabled = super::disabled_by(&batch, flags);
             if !disabled.is_empty() {
                 // Finished by every node that saw a disabling answer (the calls are cheap
-                // when nothing is left); announced by the one whose call turned it off.
+                // when nothing is left); logged by the one whose call turned it off (its
+                // store write also announced it: `store::operational`).
                 let (to_finish, store) = (super::finish_targets(&disabled), shared.clone());
                 finishing.spawn(async move {
                     super::finish_disabling(&*store.store, to_finish).await;
                 });
-                let announce = super::to_announce(&disabled, reported);
-                if !announce.is_empty() {
-                    let shared = shared.clone();
-                    announcing.spawn(async move {
-                        super::announce_disabled(&*shared.store, announce).await;
-                    });
-                }
+                super::log_disabled(&disabled, reported);
             }
         }
-        while announcing.try_join_next().is_some() {}
         while finishing.try_join_next().is_some() {}
         if let (Some(flags), Some(observer)) = (applied, &shared.observer) {
             for ((_, result, latency, _), &applied) in batch.iter().zip(flags) {
@@ -111,7 +99,6 @@ pub(super) async fn complete_loop<S: EventStore, D: Deliverer>(
         batch.clear();
     }
     finishing.shutdown().await;
-    while announcing.join_next().await.is_some() {}
 }
 
 /// What one batch's recording reported: the applied flags, and the endpoints it disabled.

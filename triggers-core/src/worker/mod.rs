@@ -67,9 +67,9 @@ struct Shared<S, D> {
     freed: Arc<Notify>,
 }
 
-/// A finished attempt: its completion, result and latency, and the organization and URL of
-/// its endpoint (for the operational event when the completion disables the endpoint).
-type Finished = (Completion, DeliveryResult, Duration, (OrganizationId, String));
+/// A finished attempt: its completion, result and latency, and its endpoint's organization
+/// (for the log when the completion disables the endpoint).
+type Finished = (Completion, DeliveryResult, Duration, OrganizationId);
 
 impl WorkerPool {
     /// Starts the dispatcher and completer.
@@ -364,16 +364,14 @@ async fn attempt_one<S: EventStore, D: Deliverer>(
     drop(permit);
     // The completer outlives every attempt task, so this only fails if it crashed; then the
     // lease expires and the delivery is retried.
-    let subject = (delivery.organization_id, delivery.url.clone());
-    let _ = done.send((completion, result, latency, subject)).await;
+    let _ = done.send((completion, result, latency, delivery.organization_id)).await;
 }
 
-/// An endpoint an applied completion asked to disable: finished, and announced in its
-/// organization's stream if the store reports this call disabled it.
+/// An endpoint an applied completion asked to disable: finished, and logged if the store
+/// reports this call disabled it (the store wrote its announcement with the disable).
 pub(super) struct Disabled {
     org: OrganizationId,
     endpoint: crate::domain::EndpointId,
-    url: String,
     reason: String,
     at: crate::clock::Timestamp,
 }
@@ -382,33 +380,31 @@ pub(super) struct Disabled {
 /// and batch), each with its first such completion.
 pub(super) fn disabled_by(batch: &[Finished], applied: &[bool]) -> Vec<Disabled> {
     let mut disabled: Vec<Disabled> = Vec::new();
-    for ((c, _, _, (org, url)), applied) in batch.iter().zip(applied) {
+    for ((c, _, _, org), applied) in batch.iter().zip(applied) {
         let Some(reason) = &c.disable_endpoint else { continue };
         let endpoint = c.record.endpoint_id;
         if !applied || disabled.iter().any(|d| d.endpoint == endpoint) {
             continue;
         }
-        let (url, reason) = (url.clone(), reason.clone());
-        disabled.push(Disabled { org: *org, endpoint, url, reason, at: c.record.at });
+        disabled.push(Disabled { org: *org, endpoint, reason: reason.clone(), at: c.record.at });
     }
     disabled
 }
 
-/// Of `disabled`, the endpoints the store reports this call turned off
-/// (`CompletedAndClaimed::disabled`: only those enabled until then), logged: each disable is
-/// announced once, whichever node or batch sees the endpoint's other answers.
-pub(super) fn to_announce(
-    disabled: &[Disabled],
+/// Logs the endpoints of `disabled` that the store reports this call turned off
+/// (`CompletedAndClaimed::disabled`: only those enabled until then), so each disable is
+/// logged once, whichever node or batch sees the endpoint's other answers; returns them.
+pub(super) fn log_disabled<'d>(
+    disabled: &'d [Disabled],
     reported: &[crate::domain::EndpointId],
-) -> Vec<Disabled> {
-    let announced = disabled.iter().filter(|d| reported.contains(&d.endpoint));
-    announced
-        .map(|d| {
-            tracing::warn!(organization_id = %d.org, endpoint_id = %d.endpoint,
-                reason = %d.reason, "endpoint disabled");
-            Disabled { url: d.url.clone(), reason: d.reason.clone(), ..*d }
-        })
-        .collect()
+) -> Vec<&'d Disabled> {
+    let logged: Vec<&Disabled> =
+        disabled.iter().filter(|d| reported.contains(&d.endpoint)).collect();
+    for d in &logged {
+        tracing::warn!(organization_id = %d.org, endpoint_id = %d.endpoint,
+            reason = %d.reason, "endpoint disabled");
+    }
+    logged
 }
 
 /// What to finish for each of `disabled`: organization, endpoint, time of the disable.
@@ -430,20 +426,6 @@ pub(super) async fn finish_disabling<S: EventStore>(
                 "failing a disabled endpoint's deliveries stopped; the rest are failed at the \
                  next start or when the endpoint is enabled");
         }
-    }
-}
-
-/// Ingests `triggers.endpoint.disabled` for each of `disabled`.
-pub(super) async fn announce_disabled<S: EventStore>(store: &S, disabled: Vec<Disabled>) {
-    for d in disabled {
-        let subject = crate::ingestor::Subject {
-            org: d.org,
-            endpoint: d.endpoint,
-            url: &d.url,
-            enabled: false,
-            reason: Some(&d.reason),
-        };
-        crate::ingestor::ingest_operational(store, subject, d.at).await;
     }
 }
 
@@ -493,7 +475,7 @@ mod backoff_tests {
 }
 
 #[cfg(test)]
-mod announcement_tests {
+mod disabled_tests {
     use super::*;
     use crate::domain::event::AttemptRecord;
     use crate::domain::{DeliveryId, EndpointId, WorkerId};
@@ -514,22 +496,23 @@ mod announcement_tests {
             },
             disable_endpoint: disable.map(str::to_owned),
         };
-        let target = (OrganizationId::new(), "http://hooks.test/".to_owned());
-        (completion, DeliveryResult::Failed, Duration::ZERO, target)
+        (completion, DeliveryResult::Failed, Duration::ZERO, OrganizationId::new())
     }
 
-    /// Only what the store reports as disabled by the call is announced, once per endpoint:
-    /// a disabling completion for an endpoint an earlier call (or node) disabled is not.
+    /// Only what the store reports as disabled by the call is logged, once per endpoint: a
+    /// disabling completion for an endpoint an earlier call (or node) disabled is not.
     #[test]
-    fn only_the_disables_the_store_reports_are_announced() {
+    fn only_the_disables_the_store_reports_are_logged() {
         let (a, b) = (EndpointId::new(), EndpointId::new());
         let batch = [finished(a, Some("410")), finished(a, Some("410")), finished(b, Some("410"))];
         let asked = disabled_by(&batch, &[true, true, true]);
         let endpoints = |d: &[Disabled]| d.iter().map(|d| d.endpoint).collect::<Vec<_>>();
         assert_eq!(endpoints(&asked), [a, b], "both are finished, once each");
-        assert_eq!(endpoints(&to_announce(&asked, &[a])), [a]);
-        assert!(to_announce(&asked, &[]).is_empty());
+        let logged: Vec<EndpointId> =
+            log_disabled(&asked, &[a]).iter().map(|d| d.endpoint).collect();
+        assert_eq!(logged, [a]);
+        assert!(log_disabled(&asked, &[]).is_empty());
         // A stale completion disables nothing, reported or not.
-        assert!(to_announce(&disabled_by(&batch[2..], &[false]), &[b]).is_empty());
+        assert!(log_disabled(&disabled_by(&batch[2..], &[false]), &[b]).is_empty());
     }
 }

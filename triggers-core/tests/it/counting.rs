@@ -1,7 +1,7 @@
 //! A store that counts its delivery-queue round trips (`claim`, `complete`,
 //! `complete_and_claim`: each call one), the `stats` reads running per organization and the
-//! API-key lookups running (both of which it can hold), and can hold the inserts of
-//! operational events (`triggers.endpoint.*`), forwarding everything to a [`MemoryStore`].
+//! API-key lookups running (both of which it can hold), and can refuse `finish_disabling`,
+//! forwarding everything to a [`MemoryStore`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +14,7 @@ use triggers_core::store::{
     AckOutcome, AttemptEntry, AttemptQuery, ClaimRequest, CompletedAndClaimed, Completion,
     Delivery, DeliveryEntry, DeliveryHistory, DeliveryQuery, DeliveryQueue, EndpointPatch,
     EndpointStore, EndpointUpdate, EventLog, InsertOutcome, ListQuery, NewEndpoint, OrgStore, Page,
-    QueueStats, RecoverQuery, Recovered, Retention, SecretRewrite, StoreResult,
+    QueueStats, RecoverQuery, Recovered, Retention, SecretRewrite, StoreError, StoreResult,
 };
 use triggers_core::{
     async_trait, DeliveryOrdering, Endpoint, EndpointId, Event, EventDetail, EventId, EventStatus,
@@ -26,8 +26,8 @@ pub(crate) struct Counting {
     inner: MemoryStore,
     queue_calls: Arc<AtomicU64>,
     reads: Arc<Reads>,
-    operational: Arc<Held>,
     refuse_finishing: Arc<std::sync::atomic::AtomicBool>,
+    fail_after_commit: Arc<std::sync::atomic::AtomicU32>,
     finishing: Arc<Held>,
     finish_calls: Arc<AtomicU64>,
     key_lookups: Arc<KeyLookups>,
@@ -94,21 +94,16 @@ impl Counting {
         self.reads.gate.release(n);
     }
 
-    /// Makes inserts of operational events (`triggers.endpoint.*`) wait for a permit:
-    /// [`release_operational`](Self::release_operational) gives one.
-    pub(crate) fn hold_operational(&self) {
-        self.operational.hold();
-    }
-
-    /// Lets `n` held operational inserts go on.
-    pub(crate) fn release_operational(&self, n: usize) {
-        self.operational.release(n);
-    }
-
     /// Makes `finish_disabling` fail (`Unavailable`, nothing changed) while `refuse` holds,
     /// as if the process stopped before finishing a disable.
     pub(crate) fn refuse_finishing(&self, refuse: bool) {
         self.refuse_finishing.store(refuse, Ordering::SeqCst);
+    }
+
+    /// Makes the next `n` `complete_and_claim` calls fail (`Unavailable`) after they were
+    /// applied, as a store whose connection breaks after its commit.
+    pub(crate) fn fail_after_commit(&self, n: u32) {
+        self.fail_after_commit.store(n, Ordering::SeqCst);
     }
 
     /// Makes `organization_by_key` calls wait (once counted as running) for a permit:
@@ -269,10 +264,6 @@ impl EventLog for Counting {
         dedup_window: Duration,
         now: Timestamp,
     ) -> StoreResult<Vec<InsertOutcome>> {
-        let operational = events.iter().any(|e| e.event_type.starts_with("triggers.endpoint."));
-        if operational {
-            self.operational.pass().await;
-        }
         self.inner.insert_events(org, events, dedup_window, now).await
     }
     async fn event(&self, org: OrganizationId, id: EventId) -> StoreResult<Option<EventDetail>> {
@@ -332,7 +323,13 @@ impl DeliveryQueue for Counting {
         req: ClaimRequest,
     ) -> StoreResult<CompletedAndClaimed> {
         self.count();
-        self.inner.complete_and_claim(completions, req).await
+        let done = self.inner.complete_and_claim(completions, req).await?;
+        let failing = |n: u32| n.checked_sub(1);
+        if self.fail_after_commit.fetch_update(Ordering::SeqCst, Ordering::SeqCst, failing).is_ok()
+        {
+            return Err(StoreError::Unavailable("connection lost after the commit".into()));
+        }
+        Ok(done)
     }
     async fn release(
         &self,

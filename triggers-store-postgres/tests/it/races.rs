@@ -214,3 +214,53 @@ async fn an_events_deliveries_completed_in_one_batch_deliver_it() {
     drop(store);
     db.drop_database().await.unwrap();
 }
+
+/// A patch that disables an endpoint inserts its announcement in its own transaction,
+/// locking the organization's other endpoints `FOR KEY SHARE` while it holds this one `FOR
+/// UPDATE`. Another transaction holding a second endpoint (as another patch or a disabling
+/// completion does) and then asking for the first makes a deadlock, which PostgreSQL breaks
+/// by rolling one back: the patch runs again, and the change is made and announced once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_that_loses_a_deadlock_runs_again() {
+    use triggers_core::store::{EndpointPatch, EndpointStore};
+    let Some(db) = support::database("patch_deadlock").await else { return };
+    let store = support::connect(&db, support::config()).await;
+    let org = support::org(&store, "acme").await;
+    let x = support::endpoint(&store, &org, None).await;
+    let y = support::endpoint(&store, &org, None).await;
+
+    let mut other = PgConnection::connect_with(&db.options).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT 1 FROM endpoints WHERE id = $1 FOR UPDATE")
+        .bind(y.id.0)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let s = store.clone();
+    let patch = tokio::spawn(async move {
+        let disable = EndpointPatch { enabled: Some(false), ..EndpointPatch::default() };
+        s.update_endpoint(org.id, x.id, &disable, at(1)).await
+    });
+    writer_blocked(&store).await;
+    // The other transaction now asks for `x`: a cycle. Whichever is rolled back, the patch
+    // ends with the change made.
+    let asked = sqlx::query("SELECT 1 FROM endpoints WHERE id = $1 FOR KEY SHARE")
+        .bind(x.id.0)
+        .execute(&mut other)
+        .await;
+    sqlx::query(if asked.is_ok() { "COMMIT" } else { "ROLLBACK" })
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let update = patch.await.unwrap().expect("the patch succeeds").unwrap();
+    assert!(!update.endpoint.enabled);
+    let announced: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE event_type = 'triggers.endpoint.disabled'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(announced, 1);
+    drop(store);
+    db.drop_database().await.unwrap();
+}

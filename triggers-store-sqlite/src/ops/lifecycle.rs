@@ -3,7 +3,7 @@
 
 use rusqlite::{params, Connection, Row};
 use triggers_core::store::{
-    EndpointPatch, EndpointUpdate, RecoverQuery, Recovered, StoreResult, BACKLOG_BATCH,
+    operational, EndpointPatch, EndpointUpdate, RecoverQuery, Recovered, StoreResult, BACKLOG_BATCH,
 };
 use triggers_core::{
     DeliveryOrdering, Endpoint, EndpointId, OrganizationId, Secret, Timestamp, TypeGlob,
@@ -73,6 +73,24 @@ pub(crate) fn endpoint(
     let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE id = ?1 AND org_id = ?2");
     let mut stmt = conn.prepare_cached(&sql).store()?;
     query_opt(&mut stmt, params![id.0.as_bytes(), org.0.as_bytes()], endpoint_row)
+}
+
+/// The endpoint with this row number, if it exists.
+pub(crate) fn endpoint_at(conn: &Connection, seq: i64) -> StoreResult<Option<Endpoint>> {
+    let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE seq = ?1");
+    let mut stmt = conn.prepare_cached(&sql).store()?;
+    query_opt(&mut stmt, [seq], endpoint_row)
+}
+
+/// Inserts the operational event about `ep` as it is now
+/// ([`triggers_core::store::operational`]), in the caller's write: the one that changed its
+/// `enabled`.
+pub(crate) fn announce(conn: &Connection, ep: &Endpoint, at: Timestamp) -> StoreResult<()> {
+    let reason = ep.disabled_reason.as_deref();
+    let event = operational::endpoint_changed(ep.id, &ep.url, ep.enabled, reason, at)?;
+    let window = std::time::Duration::ZERO;
+    crate::ops::events::insert(conn, ep.organization_id, std::slice::from_ref(&event), window, at)?;
+    Ok(())
 }
 
 /// Remembers a failed delivery (replacing an older record of the same pair) and fails the
@@ -193,6 +211,9 @@ pub(crate) fn update_endpoint(
     }
     let endpoint = endpoint(conn, org, id)?
         .ok_or_else(|| triggers_core::StoreError::Corrupt("updated endpoint vanished".into()))?;
+    if endpoint.enabled != was_enabled {
+        announce(conn, &endpoint, now)?;
+    }
     Ok(Some(EndpointUpdate { endpoint, was_enabled, failed }))
 }
 

@@ -186,9 +186,13 @@ fn complete_one(conn: &Connection, c: &Completion, keep: u32) -> StoreResult<(bo
             == 1;
         // One batch, by the completion that disabled it: the batch of completions is shared
         // with other organizations, and the workers fail the rest right after
-        // (`EndpointStore::finish_disabling`).
+        // (`EndpointStore::finish_disabling`). The announcement goes with the disable.
         if disabled_now {
             lifecycle::fail_outstanding(conn, endpoint_seq, reason, at)?;
+            let endpoint = lifecycle::endpoint_at(conn, endpoint_seq)?.ok_or_else(|| {
+                triggers_core::StoreError::Corrupt("a disabled endpoint vanished".into())
+            })?;
+            lifecycle::announce(conn, &endpoint, r.at)?;
         }
     }
     Ok((true, disabled_now))

@@ -202,6 +202,42 @@ mod tests {
         assert_eq!(head[0].event_type, "f");
     }
 
+    /// A completion is answered at COMMIT, unless it disables its endpoint: its write then
+    /// holds the disable's announcement, an event, answered once on the disk like any insert.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_a_completion_that_disables_waits_for_a_sync() {
+        use triggers_core::store::{Completion, CompletionState, Delivery};
+        let sync = Controlled::default();
+        let (_dir, store, req) = store_with_both(sync.clone()).await;
+        let p = store.claim(req).await.unwrap().remove(0);
+        let f = store.claim(req).await.unwrap().remove(0);
+        let failed = |d: &Delivery, disable: Option<&str>| Completion {
+            delivery_id: d.id,
+            lease_owner: d.lease_owner,
+            attempt: d.attempt,
+            state: CompletionState::Failed,
+            record: triggers_core::AttemptRecord {
+                endpoint_id: d.endpoint_id,
+                at: req.now,
+                status_code: Some(410),
+                latency_ms: 1,
+                error: Some("HTTP 410".into()),
+            },
+            disable_endpoint: disable.map(str::to_owned),
+        };
+        sync.paused.store(true, Ordering::Release);
+        let plain =
+            tokio::time::timeout(Duration::from_secs(10), store.complete(&[failed(&p, None)]))
+                .await
+                .expect("answered without a sync");
+        assert_eq!(plain.unwrap(), [true]);
+        let (s, c) = (store.clone(), failed(&f, Some("410 Gone")));
+        let mut disabling = tokio::spawn(async move { s.complete(&[c]).await });
+        assert!(tokio::time::timeout(Duration::from_millis(300), &mut disabling).await.is_err());
+        sync.paused.store(false, Ordering::Release);
+        assert_eq!(disabling.await.unwrap().unwrap(), [true]);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fifo_head_whose_sync_fails_is_not_handed_out() {
         let sync = Controlled::default();
