@@ -48,9 +48,9 @@
 //! flush to disk is left to the WAL writer (≈ 200 ms at most), or to the next synchronous
 //! commit, whichever comes first. The one claim that must not outrun that flush, a FIFO
 //! line's next delivery, commits synchronously (see `queue.rs`), and so does a general-path
-//! transaction that disables an endpoint: it also inserts the disable's announcement
-//! (`store::operational`), an event, which must survive a crash of the database as every
-//! insert does.
+//! transaction that disables an endpoint: it also records the disable's announcement
+//! (`store::operational`) in the outbox (`announce.rs`), an event to be, which must survive
+//! a crash of the database as every insert does.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -341,7 +341,8 @@ pub(crate) async fn complete(
 /// order, and the endpoints they disabled (`CompletedAndClaimed::disabled`). The fast and
 /// successes paths are one autocommitted statement each, the general path one transaction;
 /// none waits for the WAL flush (the module's "Durability") unless it disables an endpoint.
-/// The announcements of disables notify `channel`, as inserts do.
+/// Then it publishes the disables' announcements from the outbox (`announce.rs`), notifying
+/// `channel` as inserts do.
 pub(crate) async fn complete_on(
     conn: &mut PgConnection,
     singles: &Singles,
@@ -353,21 +354,25 @@ pub(crate) async fn complete_on(
         return Ok((Vec::new(), Vec::new()));
     }
     let batch = Batch::new(singles, completions, keep);
-    let (mut applied, disabled) =
-        apply(conn, &batch.firsts, batch.path, batch.keep, channel).await?;
+    let (mut applied, disabled) = apply(conn, &batch.firsts, batch.path, batch.keep).await?;
     if batch.path == Path::Fast {
         // Not applied on the fast path: stale, or `shared` since the claim (a `recover`
         // queued another delivery of the event); the successes path decides which.
         let rest = batch.stale(&applied);
         if !rest.is_empty() {
-            applied.extend(apply(conn, &rest, Path::Successes, batch.keep, channel).await?.0);
+            applied.extend(apply(conn, &rest, Path::Successes, batch.keep).await?.0);
         }
+    }
+    let disabled: Vec<EndpointId> = disabled.into_iter().map(EndpointId).collect();
+    if !disabled.is_empty() {
+        // Their announcements, recorded in the outbox with the disables (`announce.rs`).
+        crate::announce::publish(conn, &disabled, channel).await;
     }
     let stale = batch.stale(&applied);
     if !stale.is_empty() {
         record_superseded(conn, &stale, batch.keep).await.map_err(map)?;
     }
-    Ok((batch.flags(applied), disabled.into_iter().map(EndpointId).collect()))
+    Ok((batch.flags(applied), disabled))
 }
 
 /// Applies `firsts` on `path`, running a batch that was rolled back (a deadlock) again;
@@ -378,7 +383,6 @@ async fn apply(
     firsts: &[&Completion],
     path: Path,
     keep: i64,
-    channel: &str,
 ) -> StoreResult<(HashSet<Uuid>, Vec<Uuid>)> {
     let mut attempt = 0;
     loop {
@@ -392,7 +396,7 @@ async fn apply(
             Path::General => {
                 async {
                     let mut tx = conn.begin().await?;
-                    let applied = complete_once(&mut tx, firsts, keep, channel).await?;
+                    let applied = complete_once(&mut tx, firsts, keep).await?;
                     tx.commit().await?;
                     Ok(applied)
                 }
@@ -460,14 +464,13 @@ async fn complete_in_one(
 }
 
 /// The general path, on `tx` (inside a transaction); returns the ids of the deliveries
-/// whose completion applied, and of the endpoints they disabled. A disable is announced in
-/// the same transaction (`store::operational`), which then commits synchronously: what it
-/// announced must not be lost to a crash of the database once delivered or read.
+/// whose completion applied, and of the endpoints they disabled. A disable's announcement is
+/// recorded in the outbox in the same transaction (`announce.rs`), which then commits
+/// synchronously: the announcement must survive a crash of the database, as every event.
 async fn complete_once(
     tx: &mut PgConnection,
     firsts: &[&Completion],
     keep: i64,
-    channel: &str,
 ) -> Result<(HashSet<Uuid>, Vec<Uuid>), sqlx::Error> {
     let rows = sqlx::query(FINISH_SQL)
         .bind(firsts.iter().map(|c| c.delivery_id.0).collect::<Vec<_>>())
@@ -501,19 +504,18 @@ async fn complete_once(
         record(tx, &done, keep).await?;
     }
     if !disabled.is_empty() {
-        announce(tx, &done, &disabled, channel).await?;
+        announce(tx, &done, &disabled).await?;
     }
     Ok((applied.into_keys().collect(), disabled.into_iter().map(|d| d.id).collect()))
 }
 
-/// Inserts the announcement of each of `disabled` (`store::operational`): its first
-/// disabling completion's reason and time, as `record` stored them; and makes the
-/// transaction commit synchronously.
+/// Records the announcement of each of `disabled` in the outbox (`store::operational`,
+/// `announce.rs`): its first disabling completion's reason and time, as `record` stored
+/// them; and makes the transaction commit synchronously.
 async fn announce(
     tx: &mut PgConnection,
     done: &[(&Completion, Uuid)],
     disabled: &[Disabling],
-    channel: &str,
 ) -> Result<(), sqlx::Error> {
     let mut events = Vec::with_capacity(disabled.len());
     for d in disabled {
@@ -528,7 +530,7 @@ async fn announce(
         events.push((OrganizationId(d.org), event));
     }
     sqlx::query("SET LOCAL synchronous_commit TO DEFAULT").execute(&mut *tx).await?;
-    crate::insert::insert_in(tx, &events, channel).await
+    crate::announce::record(tx, &events).await
 }
 
 /// An endpoint a completion of the batch disables: enabled until now, locked.
@@ -555,15 +557,18 @@ async fn disabling(
     if asked.is_empty() {
         return Ok(Vec::new());
     }
-    let enabled: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
-        "SELECT id, organization_id, url FROM endpoints WHERE id = ANY($1) AND enabled
+    // Every one of them, enabled or not: a row the WHERE clause passed over would stay
+    // unlocked, and a concurrent enable could commit before `record` disables it again —
+    // unannounced and unreported.
+    let locked: Vec<(Uuid, Uuid, String, bool)> = sqlx::query_as(
+        "SELECT id, organization_id, url, enabled FROM endpoints WHERE id = ANY($1)
          ORDER BY id FOR UPDATE",
     )
     .bind(&asked)
     .fetch_all(&mut *tx)
     .await?;
     let disabling = asked.iter().filter_map(|id| {
-        let (_, org, url) = enabled.iter().find(|(e, _, _)| e == id)?;
+        let (_, org, url, _) = locked.iter().find(|(e, _, _, enabled)| e == id && *enabled)?;
         Some(Disabling { id: *id, org: *org, url: url.clone() })
     });
     Ok(disabling.collect())
@@ -754,9 +759,7 @@ mod tests {
                     super::complete_in_one(&mut tx, super::SUCCESSES_SQL, &batch, 20).await
                 }
                 super::Path::General => {
-                    let channel = "triggers_deliveries";
-                    let once = super::complete_once(&mut tx, &batch, 20, channel).await;
-                    once.map(|(applied, _)| applied)
+                    super::complete_once(&mut tx, &batch, 20).await.map(|(applied, _)| applied)
                 }
             };
             assert!(applied.unwrap().is_empty(), "no such delivery: stale");
@@ -811,16 +814,15 @@ mod tests {
 
         let mut conn = PgConnection::connect_with(&db.options).await.unwrap();
         let mut tx = conn.begin().await.unwrap();
-        let (applied, disabled) =
-            super::complete_once(&mut tx, &[&completion], 20, "triggers_test_wake").await.unwrap();
+        let (applied, disabled) = super::complete_once(&mut tx, &[&completion], 20).await.unwrap();
         assert_eq!((applied.len(), disabled), (1, vec![endpoints[0].0]));
-        let announced: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM events WHERE event_type = 'triggers.endpoint.disabled'",
+        let recorded: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM announcements WHERE event_type = 'triggers.endpoint.disabled'",
         )
         .fetch_one(&mut *tx)
         .await
         .unwrap();
-        assert_eq!(announced, 1, "announced in the same transaction");
+        assert_eq!(recorded, 1, "recorded in the outbox in the same transaction");
         let mode: String =
             sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&mut *tx).await.unwrap();
         assert_eq!(mode, "on", "the server's own setting, not off");

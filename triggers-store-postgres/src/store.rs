@@ -40,6 +40,8 @@ struct Inner {
     stats: Arc<ListenerStats>,
     listener: Option<tokio::task::JoinHandle<()>>,
     vacuum: Option<tokio::task::JoinHandle<()>>,
+    /// Publishes endpoint announcements left in the outbox (`announce.rs`).
+    sweep: Option<tokio::task::JoinHandle<()>>,
     probe: Arc<ConnectProbe>,
     acquire_timeout: std::time::Duration,
     /// Whether the database was reached and migrated (see `PgConfig::start_unreachable`).
@@ -58,6 +60,9 @@ impl Drop for Inner {
             task.abort();
         }
         if let Some(task) = self.vacuum.take() {
+            task.abort();
+        }
+        if let Some(task) = self.sweep.take() {
             task.abort();
         }
     }
@@ -155,6 +160,7 @@ impl PgStore {
             .vacuum_interval
             .filter(|every| !every.is_zero())
             .map(|every| crate::vacuum::spawn(pool.clone(), every));
+        let sweep = Some(crate::announce::spawn(pool.clone(), channel.clone()));
         Ok(PgStore {
             inner: Arc::new(Inner {
                 pool,
@@ -167,6 +173,7 @@ impl PgStore {
                 stats,
                 listener,
                 vacuum,
+                sweep,
                 probe,
                 acquire_timeout: config.acquire_timeout,
                 ready,

@@ -233,7 +233,11 @@ pub trait EndpointStore: Send + Sync + 'static {
     ///   after the patch (`now`; into the organization's inbox and to its other matching
     ///   endpoints, as [`EventLog::insert_events`] would) **in the write that makes the
     ///   change**: a change is announced once, and never without the other. A patch that
-    ///   changes nothing of `enabled` inserts none.
+    ///   changes nothing of `enabled` inserts none. (A store whose insert would take locks
+    ///   the change's write must not wait for may instead record the event in an outbox in
+    ///   that write and insert it from there once it commits — before the call returns,
+    ///   and, if that fails, soon after by itself: exactly once either way. The PostgreSQL
+    ///   store does.)
     /// - `enabled: Some(true)` enables it, clears `disabled_reason` and its failing-since
     ///   time; deliveries failed while it was disabled stay failed (see `recover`). Outstanding
     ///   deliveries a disable left behind (see [`BACKLOG_BATCH`]) are failed first, with the
@@ -539,10 +543,11 @@ pub trait DeliveryQueue: Send + Sync + 'static {
     ///   then) also inserts, in the same write, the operational event
     ///   [`operational::endpoint_changed`] (`triggers.endpoint.disabled`, its reason, created
     ///   at `record.at`; into the organization's inbox and to its other matching endpoints,
-    ///   as [`EventLog::insert_events`] would). So each disable is announced exactly once:
-    ///   an error or a crash after the write cannot lose the announcement, and a retry
-    ///   finds the completion stale. A call with such a completion is answered only once its
-    ///   write would survive a power loss (see "Durability" above).
+    ///   as [`EventLog::insert_events`] would; or through an outbox, as `update_endpoint`
+    ///   allows). So each disable is announced exactly once: an error or a crash after the
+    ///   write cannot lose the announcement, and a retry finds the completion stale. A call
+    ///   with such a completion is answered only once its write would survive a power loss
+    ///   (see "Durability" above).
     ///
     /// Returns one flag per completion, in order.
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>>;

@@ -4,8 +4,9 @@
 //! A store writes one in the same write as the change it announces
 //! ([`EndpointStore::update_endpoint`](super::EndpointStore::update_endpoint) when it
 //! enables or disables, [`DeliveryQueue::complete`](super::DeliveryQueue::complete) when a
-//! completion disables), so each change is announced exactly when it is made: never twice,
-//! and never lost to a crash or an error between the change and its announcement.
+//! completion disables) — or records it there in an outbox and inserts it from there — so
+//! each change is announced exactly once: never twice, and never lost to a crash or an
+//! error between the change and its announcement.
 
 use serde::Serialize;
 

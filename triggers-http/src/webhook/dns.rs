@@ -16,10 +16,11 @@
 //! answer is fresh, a delivery to that host sends no query, and attempts that find no
 //! fresh answer for a name wait for one lookup together. An answer is kept at least
 //! [`MIN_TTL`] (a tenant's name server answering with TTL 0 would otherwise be asked at every
-//! attempt, through the operator's resolver), and "no such name" or "no A or AAAA record" is
-//! kept too, for its zone's negative TTL within [`MIN_TTL`] ..= [`MAX_NEGATIVE_TTL`] (an
-//! endpoint at a missing name would otherwise send a question per delivery of its backlog).
-//! Other failures (a server failing, refusing or silent) are not kept: they may pass. So a
+//! attempt, through the operator's resolver), and "no such name" is kept too, for its zone's
+//! negative TTL within [`MIN_TTL`] ..= [`MAX_NEGATIVE_TTL`] (an endpoint at a missing name
+//! would otherwise send a question per delivery of its backlog). Other failures are not
+//! kept: a server failing, refusing or silent may pass, and "no A or AAAA record" may be one
+//! family's answer while the other's failed (the resolver reports whichever came first). So a
 //! name whose servers answer is asked at most about once per [`MIN_TTL`] per node, however
 //! many deliveries go to it. What one organization's names can make the server hold is bounded by its share of the
 //! delivery workers (one lookup per attempt at a time) and by the cache's size in entries and
@@ -70,8 +71,7 @@ pub(crate) const MIN_TTL: Duration = Duration::from_secs(1);
 /// Longest time an answer is kept (as resolvers cap TTLs: hickory's own cache, a day too).
 pub(crate) const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Longest time a negative answer ("no such name", "no A or AAAA record") is kept: a name
-/// that was just created is found within this.
+/// Longest time "no such name" is kept: a name that was just created is found within this.
 pub(crate) const MAX_NEGATIVE_TTL: Duration = Duration::from_secs(30);
 
 /// The system's resolver configuration, read when the system's servers are used.
@@ -184,8 +184,7 @@ impl Dns {
         };
         let addrs: Arc<[IpAddr]> = found.iter().take(MAX_ADDRESSES).collect();
         if addrs.is_empty() {
-            let ttl = MIN_TTL;
-            return Ok(Arc::new(Answer { found: Err("no A or AAAA record"), ttl }));
+            return Err(ResolveError::NoAddress("no A or AAAA record"));
         }
         let ttl = found.valid_until().saturating_duration_since(Instant::now());
         let ttl = ttl.clamp(MIN_TTL, MAX_TTL);
@@ -206,10 +205,11 @@ impl Dns {
         Some(ips.filter_map(|rdata| rdata.ip_addr()).take(MAX_ADDRESSES).collect())
     }
 
-    /// What a failed lookup tells the organization, in fixed words: a negative answer to
-    /// keep (no such name, no A or AAAA record: for the zone's negative TTL, within
-    /// [`MIN_TTL`] ..= [`MAX_NEGATIVE_TTL`]), or a failure that may pass. The resolver's own
-    /// message may name the operator's name servers; it goes to the debug log.
+    /// What a failed lookup tells the organization, in fixed words: "no such name", to keep
+    /// for the zone's negative TTL (within [`MIN_TTL`] ..= [`MAX_NEGATIVE_TTL`]), or a
+    /// failure that may pass. NXDOMAIN is about the name, whatever the record type; an empty
+    /// answer may be one family's while the other's failed, so it is not kept. The
+    /// resolver's own message may name the operator's name servers; it goes to the debug log.
     fn failure(
         &self,
         name: &Name,
@@ -232,7 +232,7 @@ impl Dns {
             ResponseCode::Refused => "the name server refused",
             _ => "the name server answered with an error",
         };
-        if !matches!(response_code, ResponseCode::NXDomain | ResponseCode::NoError) {
+        if response_code != ResponseCode::NXDomain {
             return Err(ResolveError::NoAddress(why));
         }
         let ttl = Duration::from_secs(negative_ttl.unwrap_or(0).into());

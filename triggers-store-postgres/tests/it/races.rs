@@ -215,15 +215,16 @@ async fn an_events_deliveries_completed_in_one_batch_deliver_it() {
     db.drop_database().await.unwrap();
 }
 
-/// A patch that disables an endpoint inserts its announcement in its own transaction,
-/// locking the organization's other endpoints `FOR KEY SHARE` while it holds this one `FOR
-/// UPDATE`. Another transaction holding a second endpoint (as another patch or a disabling
-/// completion does) and then asking for the first makes a deadlock, which PostgreSQL breaks
-/// by rolling one back: the patch runs again, and the change is made and announced once.
+/// The announcement of a patch's change is recorded in the outbox with the change and
+/// published after the commit (`announce.rs`): the patch's transaction holds no other
+/// endpoint of the organization. Another transaction holding a second endpoint (as another
+/// patch or a disabling completion does) and then asking for the first one gets it at once —
+/// inserting the announcement inside the patch's transaction made that a deadlock — and the
+/// announcement follows once the second endpoint is free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_patch_that_loses_a_deadlock_runs_again() {
+async fn a_patch_holds_no_other_endpoint_while_it_announces() {
     use triggers_core::store::{EndpointPatch, EndpointStore};
-    let Some(db) = support::database("patch_deadlock").await else { return };
+    let Some(db) = support::database("patch_announce_locks").await else { return };
     let store = support::connect(&db, support::config()).await;
     let org = support::org(&store, "acme").await;
     let x = support::endpoint(&store, &org, None).await;
@@ -241,26 +242,124 @@ async fn a_patch_that_loses_a_deadlock_runs_again() {
         let disable = EndpointPatch { enabled: Some(false), ..EndpointPatch::default() };
         s.update_endpoint(org.id, x.id, &disable, at(1)).await
     });
+    // The announcement waits for `y` (its fan-out reads every endpoint of the organization).
     writer_blocked(&store).await;
-    // The other transaction now asks for `x`: a cycle. Whichever is rolled back, the patch
-    // ends with the change made.
     let asked = sqlx::query("SELECT 1 FROM endpoints WHERE id = $1 FOR KEY SHARE")
         .bind(x.id.0)
         .execute(&mut other)
         .await;
-    sqlx::query(if asked.is_ok() { "COMMIT" } else { "ROLLBACK" })
-        .execute(&mut other)
-        .await
-        .unwrap();
+    assert!(asked.is_ok(), "the patch's change was committed, `x` is free: {asked:?}");
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
     let update = patch.await.unwrap().expect("the patch succeeds").unwrap();
     assert!(!update.endpoint.enabled);
-    let announced: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE event_type = 'triggers.endpoint.disabled'",
+    let pool = store.pool().clone();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+            n
+        }
+    };
+    let events = "SELECT count(*) FROM events WHERE event_type = 'triggers.endpoint.disabled'";
+    assert_eq!(count(events).await, 1, "announced once");
+    assert_eq!(count("SELECT count(*) FROM announcements").await, 0, "the outbox is empty");
+    drop(store);
+    db.drop_database().await.unwrap();
+}
+
+/// An announcement left in the outbox (its call failed after the commit, or the process
+/// died) is published by the store's sweep, once, within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announcement_left_in_the_outbox_is_published_by_the_sweep() {
+    let Some(db) = support::database("outbox_sweep").await else { return };
+    let store = support::connect(&db, support::config()).await;
+    let org = support::org(&store, "acme").await;
+    let watcher = support::endpoint(&store, &org, None).await;
+    let subject = support::endpoint(&store, &org, None).await;
+    let id = EventId::new();
+    sqlx::query(
+        "INSERT INTO announcements (id, organization_id, endpoint_id, event_type, payload, created_at)
+         VALUES ($1, $2, $3, 'triggers.endpoint.disabled', '{\"enabled\":false}', $4)",
     )
-    .fetch_one(store.pool())
+    .bind(id.0)
+    .bind(org.id.0)
+    .bind(subject.id.0)
+    .bind(at(1))
+    .execute(store.pool())
     .await
     .unwrap();
-    assert_eq!(announced, 1);
+    support::eventually("the sweep publishes it", Duration::from_secs(30), || async {
+        store.event(org.id, id).await.unwrap().is_some()
+    })
+    .await;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM announcements")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    // Delivered to the watcher only, never to the endpoint it is about.
+    let targets: Vec<sqlx::types::Uuid> =
+        sqlx::query_scalar("SELECT endpoint_id FROM deliveries WHERE event_id = $1")
+            .bind(id.0)
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(targets, [watcher.id.0]);
+    drop(store);
+    db.drop_database().await.unwrap();
+}
+
+/// A disabling completion for an endpoint that is disabled when the completion starts (an
+/// earlier disable left this delivery in flight) while a transaction is enabling it: the
+/// completion waits for that transaction, finds the endpoint enabled, and disables it again
+/// — announced and reported, not silently (it used to lock only endpoints it read as
+/// enabled, so the enable could commit under it unseen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disable_racing_an_enable_is_announced() {
+    use triggers_core::store::CompletionState;
+    let Some(db) = support::database("disable_races_enable").await else { return };
+    let store = support::connect(&db, support::config()).await;
+    let org = support::org(&store, "acme").await;
+    let ep = support::endpoint(&store, &org, None).await;
+    store.insert_events(org.id, vec![support::record("t", None, at(1))], DAY, at(1)).await.unwrap();
+    let owner = WorkerId::new();
+    let req = ClaimRequest::new(owner, 1, Duration::from_secs(600), at(2));
+    let flying = store.claim(req).await.unwrap().remove(0);
+    // An earlier disable that left this delivery outstanding.
+    sqlx::query("UPDATE endpoints SET enabled = false, disabled_reason = 'first' WHERE id = $1")
+        .bind(ep.id.0)
+        .execute(store.pool())
+        .await
+        .unwrap();
+
+    let mut enabling = PgConnection::connect_with(&db.options).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut enabling).await.unwrap();
+    sqlx::query("UPDATE endpoints SET enabled = true, disabled_reason = NULL WHERE id = $1")
+        .bind(ep.id.0)
+        .execute(&mut enabling)
+        .await
+        .unwrap();
+    let mut c = support::delivered(&flying, owner, 3);
+    c.state = CompletionState::Failed;
+    c.disable_endpoint = Some("second".into());
+    let s = store.clone();
+    let done = tokio::spawn(async move {
+        let nothing = ClaimRequest::new(WorkerId::new(), 0, Duration::from_secs(60), at(3));
+        s.complete_and_claim(&[c], nothing).await
+    });
+    writer_blocked(&store).await;
+    sqlx::query("COMMIT").execute(&mut enabling).await.unwrap();
+
+    let done = done.await.unwrap().unwrap();
+    assert_eq!((done.applied, done.disabled), (vec![true], vec![ep.id]), "this call disabled it");
+    let reasons: Vec<String> = sqlx::query_scalar(
+        "SELECT payload FROM events WHERE event_type = 'triggers.endpoint.disabled'",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(reasons.len(), 1, "announced: {reasons:?}");
+    assert!(reasons[0].contains(r#""reason":"second""#), "{reasons:?}");
     drop(store);
     db.drop_database().await.unwrap();
 }
