@@ -75,8 +75,18 @@ pub(super) async fn complete_loop<S: EventStore, D: Deliverer>(
     while done.recv_many(&mut batch, COMPLETION_BATCH).await > 0 {
         let completions: Vec<Completion> = batch.iter().map(|(c, ..)| c.clone()).collect();
         let recorded = record_and_refill(&shared, &completions, &refiller).await;
-        let applied = recorded.as_ref().map(|(flags, _)| flags);
-        if let Some((flags, reported)) = &recorded {
+        let applied = recorded.as_ref().map(|r| &r.applied);
+        let disabling = || completions.iter().any(|c| c.disable_endpoint.is_some());
+        if recorded.as_ref().map_or(true, |r| r.after_failure) && disabling() {
+            // A failed call may have committed a disable that no call reports: finish
+            // whatever disable is unfinished, as at start.
+            let store = shared.clone();
+            finishing.spawn(async move {
+                let now = store.clock.now();
+                super::finish_unfinished_disables(&*store.store, now).await;
+            });
+        }
+        if let Some(Recorded { applied: flags, disabled: reported, .. }) = &recorded {
             let disabled = super::disabled_by(&batch, flags);
             if !disabled.is_empty() {
                 // Finished by every node that saw a disabling answer (the calls are cheap
@@ -101,8 +111,16 @@ pub(super) async fn complete_loop<S: EventStore, D: Deliverer>(
     finishing.shutdown().await;
 }
 
-/// What one batch's recording reported: the applied flags, and the endpoints it disabled.
-type Recorded = (Vec<bool>, Vec<EndpointId>);
+/// What one batch's recording reported.
+struct Recorded {
+    /// The applied flags.
+    applied: Vec<bool>,
+    /// The endpoints the call that recorded it disabled.
+    disabled: Vec<EndpointId>,
+    /// Whether an earlier call failed: it may have committed (a connection lost after the
+    /// commit), and then the endpoints it disabled are reported by no call.
+    after_failure: bool,
+}
 
 /// Records one batch and claims into the free permits; returns what the store reported
 /// (`None` if recording failed for good). Wakes the dispatcher (`freed`) whenever a claim
@@ -146,14 +164,14 @@ async fn record_and_refill<S: EventStore, D: Deliverer>(
                     shared.freed.notify_one();
                 }
             }
-            Some((applied, disabled))
+            Some(Recorded { applied, disabled, after_failure: false })
         }
         Err(e) => {
             drop(held);
             tracing::warn!(error = %e, "recording delivery outcomes failed; retrying");
             let recorded = record(&*shared.store, completions, nothing).await;
             shared.freed.notify_one();
-            recorded
+            recorded.map(|r| Recorded { after_failure: true, ..r })
         }
     }
 }
@@ -168,7 +186,10 @@ async fn record<S: EventStore>(
     let mut tries = 0u32;
     loop {
         match store.complete_and_claim(completions, nothing).await {
-            Ok(done) => return Some((done.applied, done.disabled)),
+            Ok(done) => {
+                let (applied, disabled) = (done.applied, done.disabled);
+                return Some(Recorded { applied, disabled, after_failure: tries > 0 });
+            }
             Err(e) if tries < 5 => {
                 tries += 1;
                 tracing::warn!(error = %e, tries, "recording delivery outcomes failed; retrying");

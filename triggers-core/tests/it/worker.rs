@@ -578,6 +578,45 @@ async fn a_disable_is_announced_when_its_store_call_fails_after_the_commit() {
     ing.shutdown().await;
 }
 
+/// The store call that disables an endpoint with a backlog fails after its commit: no call
+/// reports the disable, and still its whole backlog is failed without a restart (after such
+/// a failure the worker finishes every unfinished disable, as at start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disable_whose_store_call_failed_after_the_commit_is_finished() {
+    let n = store::BACKLOG_BATCH + 30;
+    let (open, opened) = tokio::sync::watch::channel(false);
+    let deliverer = FnDeliverer::new(move |_: store::Delivery| {
+        let mut opened = opened.clone();
+        async move {
+            let _ = opened.wait_for(|open| *open).await;
+            Outcome::Gone("410 Gone".into())
+        }
+    });
+    let store = crate::counting::Counting::default();
+    let ing = Ingestor::start(store.clone(), deliverer, config(&ManualClock::new(), policy(&[0])));
+    let (org, _) = ing.create_organization("acme", Tier::Enterprise).await.unwrap();
+    let ep = ing.create_endpoint(&org, "inproc://gone", Some("t")).await.unwrap();
+    // One delivery in flight at a time: no later answer of the endpoint's (applied, and
+    // disabling too) can start the finishing instead.
+    let one = store::EndpointPatch { concurrency: Some(Some(1)), ..Default::default() };
+    ing.update_endpoint(&org, ep.id, &one).await.unwrap();
+    for chunk in 0..n.div_ceil(100) {
+        let count = (n - chunk * 100).min(100);
+        let events = (0..count).map(|i| NewEvent::new("t", &json!(i))).collect();
+        ing.ingest_batch(&org, events).await.unwrap();
+    }
+    store.fail_after_commit(1);
+    open.send_replace(true);
+    eventually("disabled", || async { !ing.endpoint(&org, ep.id).await.unwrap().enabled }).await;
+    eventually("the whole backlog failed", || async {
+        let stats = ing.stats(&org).await.unwrap();
+        // The backlog, and the announcement (pending in the inbox).
+        (stats.failed, stats.pending) == (n as u64, 1)
+    })
+    .await;
+    ing.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_follows_filters() {
     let clock = ManualClock::new();
