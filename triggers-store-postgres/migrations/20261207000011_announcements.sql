@@ -8,5 +8,10 @@ CREATE TABLE announcements (
     endpoint_id     uuid        NOT NULL,
     event_type      text        NOT NULL,
     payload         text        NOT NULL,
-    created_at      timestamptz NOT NULL
+    -- The change's time (the event's `created_at`).
+    created_at      timestamptz NOT NULL,
+    -- The database's time of the recording: the sweep leaves young rows to their own call.
+    recorded_at     timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX announcements_by_endpoint ON announcements (endpoint_id, created_at);
+CREATE INDEX announcements_by_age ON announcements (recorded_at);

@@ -3,8 +3,10 @@
 //! The write that changes an endpoint's `enabled` — a patch, or a completion that disables
 //! it — records its announcement in the `announcements` table, in that write's own
 //! transaction ([`record`]). Once that commits, the same call moves it into the
-//! organization's stream ([`publish`]): one transaction deletes the outbox row and runs the
-//! batch insert statement (`insert.rs`) for it, so whoever moves it, it is inserted once.
+//! organization's stream ([`publish`]): one transaction deletes the outbox rows of the
+//! endpoint and runs the batch insert statement (`insert.rs`) for them, so whoever moves a
+//! row, it is inserted once. The event gets its id when it is moved, oldest change first, so
+//! ids follow the order events appear in (an inbox reader paging by id misses none).
 //!
 //! Why not insert it in the change's own transaction, as the other stores do: the insert
 //! locks every endpoint of the organization `FOR KEY SHARE` (so that its fan-out reads one
@@ -15,26 +17,48 @@
 //! deletes, switches to parallel, patches), and one tenant could provoke them: endpoints that
 //! answer 410 and patches that enable them again.
 //!
-//! If moving it fails (a connection lost after the commit, a crash), the row stays, and the
-//! store's sweep ([`spawn`]) moves what is left at start and every [`SWEEP_EVERY`] after, on
-//! every node (`FOR UPDATE SKIP LOCKED`: nodes never wait for each other's rows). So an
-//! announcement is never lost and never inserted twice; it reaches the stream with the call
-//! that made the change, or within seconds after a failure.
+//! The completer moves its announcements on its own connection, between recording a batch
+//! and claiming the next: there it waits for no lock longer than [`COMPLETER_LOCK_WAIT`]
+//! ([`Wait::Briefly`]), so an organization that keeps one of its endpoints locked (a
+//! recover, a delete, a patch) delays every organization's completions by that much at most;
+//! what it could not move is left to the sweep. A patch, the organization's own request,
+//! waits as long as it must ([`Wait::AsNeeded`]).
+//!
+//! What a call could not move (a lock held too long, a connection lost after the commit, a
+//! crash) stays in the outbox. Every node's sweep ([`spawn`]) moves rows older than
+//! [`SWEEP_MIN_AGE`] (younger ones are their own call's), at start and every
+//! [`SWEEP_EVERY`] after, one endpoint per transaction (skipping rows another node is
+//! moving), each waiting at most [`SWEEP_LOCK_WAIT`] for a lock. So an announcement is never
+//! lost and never inserted twice; it reaches the stream with the call that made the change,
+//! or within about [`SWEEP_MIN_AGE`] + [`SWEEP_EVERY`] after that call failed (at the next
+//! start, if no node is running).
 
 use std::time::Duration;
 
 use serde_json::value::RawValue;
 use sqlx::types::Uuid;
 use sqlx::{Acquire, PgConnection, PgPool, Row};
-use triggers_core::{EndpointId, EventId, EventRecord, OrganizationId};
+use triggers_core::{EndpointId, EventId, EventRecord, OrganizationId, Timestamp};
 
 use crate::error::is_retryable_conflict;
 
 /// How often each node moves what is left in the outbox.
 pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// Rows one sweep transaction moves at most.
-const SWEEP_BATCH: i64 = 100;
+/// Rows younger than this are left to the call that recorded them.
+pub(crate) const SWEEP_MIN_AGE: Duration = Duration::from_secs(5);
+
+/// Longest wait for a lock when the completer moves its announcements.
+pub(crate) const COMPLETER_LOCK_WAIT: Duration = Duration::from_millis(50);
+
+/// Longest wait for a lock when the sweep moves one endpoint's announcements.
+pub(crate) const SWEEP_LOCK_WAIT: Duration = Duration::from_secs(1);
+
+/// Endpoints one sweep pass looks at, at most.
+const SWEEP_ENDPOINTS: i64 = 100;
+
+/// SQLSTATE `lock_not_available`: `lock_timeout` expired.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 const RECORD_SQL: &str = r#"
 INSERT INTO announcements (id, organization_id, endpoint_id, event_type, payload, created_at)
@@ -42,7 +66,34 @@ SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
                      $6::timestamptz[])
 "#;
 
-const COLUMNS: &str = "id, organization_id, endpoint_id, event_type, payload, created_at";
+/// Takes (deletes and returns) the outbox rows of the endpoints `$1`: the publisher's own.
+const TAKE_SQL: &str = r#"
+DELETE FROM announcements WHERE endpoint_id = ANY($1)
+RETURNING organization_id, endpoint_id, event_type, payload, created_at, id
+"#;
+
+/// Takes one endpoint's rows that no other node is moving: the sweep's.
+const SWEEP_TAKE_SQL: &str = r#"
+DELETE FROM announcements WHERE id IN (
+    SELECT id FROM announcements WHERE endpoint_id = $1 FOR UPDATE SKIP LOCKED)
+RETURNING organization_id, endpoint_id, event_type, payload, created_at, id
+"#;
+
+/// The endpoints with rows older than `$1` seconds, oldest first.
+const LEFT_SQL: &str = r#"
+SELECT endpoint_id FROM announcements
+WHERE recorded_at < now() - make_interval(secs => $1)
+GROUP BY endpoint_id ORDER BY min(recorded_at) LIMIT $2
+"#;
+
+/// How long moving announcements may wait for a lock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    /// At most [`COMPLETER_LOCK_WAIT`]: the completer, shared by every organization.
+    Briefly,
+    /// The store's `statement_timeout`: a request of the organization itself.
+    AsNeeded,
+}
 
 /// Records `events` (operational events, each about its `exclude_endpoint`) in the outbox,
 /// inside the caller's transaction.
@@ -66,25 +117,39 @@ pub(crate) async fn record(
     Ok(())
 }
 
-/// Moves the outbox rows about `endpoints` into their organizations' streams, on `conn`
-/// (not inside a transaction); a deadlock or serialization failure is run again (at most
-/// three times). A failure is logged and left to the sweep: the change it announces is
-/// committed either way.
-pub(crate) async fn publish(conn: &mut PgConnection, endpoints: &[EndpointId], channel: &str) {
+/// Moves the outbox rows of `endpoints` into their organizations' streams, on `conn` (not
+/// inside a transaction), waiting for locks as `wait` says; a deadlock or serialization
+/// failure is run again (at most three times). What it cannot move is left to the sweep:
+/// the change it announces is committed either way.
+pub(crate) async fn publish(
+    conn: &mut PgConnection,
+    endpoints: &[EndpointId],
+    channel: &str,
+    wait: Wait,
+) {
     let ids: Vec<Uuid> = endpoints.iter().map(|e| e.0).collect();
-    let sql = format!("DELETE FROM announcements WHERE endpoint_id = ANY($1) RETURNING {COLUMNS}");
+    let limit = match wait {
+        Wait::Briefly => Some(COMPLETER_LOCK_WAIT),
+        Wait::AsNeeded => None,
+    };
     let mut attempt = 0;
     loop {
-        let take = sqlx::query(&sql).bind(&ids);
-        match move_rows(conn, take, channel).await {
+        match move_rows(conn, sqlx::query(TAKE_SQL).bind(&ids), channel, limit).await {
             Ok(_) => return,
             Err(e) if attempt < 3 && is_retryable_conflict(&e) => {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
             }
+            Err(e) if is_lock_timeout(&e) => {
+                tracing::debug!(
+                    "an endpoint announcement waits for a lock; the outbox sweep \
+                    publishes it"
+                );
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "publishing an endpoint announcement failed; the \
-                    outbox sweep publishes it within seconds");
+                    outbox sweep publishes it");
                 return;
             }
         }
@@ -94,25 +159,44 @@ pub(crate) async fn publish(conn: &mut PgConnection, endpoints: &[EndpointId], c
 /// [`publish`] on a connection of `pool`.
 pub(crate) async fn publish_on(pool: &PgPool, endpoints: &[EndpointId], channel: &str) {
     match pool.acquire().await {
-        Ok(mut conn) => publish(&mut conn, endpoints, channel).await,
+        Ok(mut conn) => publish(&mut conn, endpoints, channel, Wait::AsNeeded).await,
         Err(e) => tracing::warn!(error = %e, "publishing an endpoint announcement failed; \
-            the outbox sweep publishes it within seconds"),
+            the outbox sweep publishes it"),
     }
 }
 
-/// Moves every outbox row no other node is moving, oldest first; returns how many.
-pub(crate) async fn sweep(pool: &PgPool, channel: &str) -> Result<usize, sqlx::Error> {
-    let sql = format!(
-        "DELETE FROM announcements WHERE id IN (
-             SELECT id FROM announcements ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-         RETURNING {COLUMNS}"
-    );
+/// Moves the rows older than `min_age` that no other node is moving, one endpoint per
+/// transaction; returns how many. An endpoint whose move fails is logged and left for the
+/// next sweep; the others are moved.
+pub(crate) async fn sweep(
+    pool: &PgPool,
+    channel: &str,
+    min_age: Duration,
+) -> Result<usize, sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let mut moved = 0;
     loop {
-        let n = move_rows(&mut conn, sqlx::query(&sql).bind(SWEEP_BATCH), channel).await?;
-        moved += n;
-        if i64::try_from(n).unwrap_or(i64::MAX) < SWEEP_BATCH {
+        let endpoints: Vec<Uuid> = sqlx::query_scalar(LEFT_SQL)
+            .bind(min_age.as_secs_f64())
+            .bind(SWEEP_ENDPOINTS)
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut failed = 0;
+        for endpoint in &endpoints {
+            let take = sqlx::query(SWEEP_TAKE_SQL).bind(endpoint);
+            match move_rows(&mut conn, take, channel, Some(SWEEP_LOCK_WAIT)).await {
+                Ok(n) => moved += n,
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(endpoint_id = %endpoint, error = %e,
+                        "publishing endpoint announcements left in the outbox failed; \
+                         the next sweep tries again");
+                }
+            }
+        }
+        // A full pass may have left more behind; one that failed somewhere would only find
+        // the same rows again.
+        if failed > 0 || i64::try_from(endpoints.len()).unwrap_or(i64::MAX) < SWEEP_ENDPOINTS {
             return Ok(moved);
         }
     }
@@ -122,13 +206,15 @@ pub(crate) async fn sweep(pool: &PgPool, channel: &str) -> Result<usize, sqlx::E
 pub(crate) fn spawn(pool: PgPool, channel: std::sync::Arc<str>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            match sweep(&pool, &channel).await {
+            match sweep(&pool, &channel, SWEEP_MIN_AGE).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(
                     published = n,
                     "published endpoint announcements left \
                     in the outbox"
                 ),
+                // The database is unreachable, or not migrated yet: the store says so
+                // elsewhere (its health check, its calls).
                 Err(e) => tracing::debug!(error = %e, "sweeping the announcement outbox failed"),
             }
             tokio::time::sleep(SWEEP_EVERY).await;
@@ -137,31 +223,56 @@ pub(crate) fn spawn(pool: PgPool, channel: std::sync::Arc<str>) -> tokio::task::
 }
 
 /// One transaction: `take` deletes outbox rows (returning them), and they are inserted as
-/// events, fanned out and notified like any batch. Returns how many.
+/// events — ids given now, oldest change first — fanned out and notified like any batch.
+/// With `lock_wait`, a lock not granted within it fails the transaction
+/// ([`is_lock_timeout`]). Returns how many.
 async fn move_rows(
     conn: &mut PgConnection,
     take: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
     channel: &str,
+    lock_wait: Option<Duration>,
 ) -> Result<usize, sqlx::Error> {
     let mut tx = conn.begin().await?;
+    if let Some(wait) = lock_wait {
+        // `SET LOCAL` takes no parameters; the value is ours.
+        let ms = wait.as_millis();
+        sqlx::query(&format!("SET LOCAL lock_timeout = '{ms}ms'")).execute(&mut *tx).await?;
+    }
     let rows = take.fetch_all(&mut *tx).await?;
-    let events = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+    let mut taken = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+    taken.sort_by_key(|(at, outbox_id, _)| (*at, *outbox_id));
+    let events: Vec<(OrganizationId, EventRecord)> = taken
+        .into_iter()
+        .map(|(_, _, (org, mut event))| {
+            event.id = EventId::new();
+            (org, event)
+        })
+        .collect();
     crate::insert::insert_in(&mut tx, &events, channel).await?;
     tx.commit().await?;
     Ok(events.len())
 }
 
-/// An outbox row as the event it announces.
-fn decode(row: &sqlx::postgres::PgRow) -> Result<(OrganizationId, EventRecord), sqlx::Error> {
+/// Whether `e` is a lock wait that `lock_timeout` ended.
+fn is_lock_timeout(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(LOCK_NOT_AVAILABLE))
+}
+
+/// An outbox row: the change's time, the row's id, and the event it announces (its id still
+/// the row's).
+fn decode(
+    row: &sqlx::postgres::PgRow,
+) -> Result<(Timestamp, Uuid, (OrganizationId, EventRecord)), sqlx::Error> {
     let payload: String = row.try_get("payload")?;
     let payload = RawValue::from_string(payload).map_err(|e| sqlx::Error::Decode(e.into()))?;
+    let (id, created_at): (Uuid, Timestamp) = (row.try_get("id")?, row.try_get("created_at")?);
     let event = EventRecord {
-        id: EventId(row.try_get("id")?),
+        id: EventId(id),
         event_type: row.try_get("event_type")?,
         payload,
         dedup_id: None,
-        created_at: row.try_get("created_at")?,
+        created_at,
         exclude_endpoint: Some(EndpointId(row.try_get("endpoint_id")?)),
     };
-    Ok((OrganizationId(row.try_get("organization_id")?), event))
+    Ok((created_at, id, (OrganizationId(row.try_get("organization_id")?), event)))
 }

@@ -366,7 +366,7 @@ pub(crate) async fn complete_on(
     let disabled: Vec<EndpointId> = disabled.into_iter().map(EndpointId).collect();
     if !disabled.is_empty() {
         // Their announcements, recorded in the outbox with the disables (`announce.rs`).
-        crate::announce::publish(conn, &disabled, channel).await;
+        crate::announce::publish(conn, &disabled, channel, crate::announce::Wait::Briefly).await;
     }
     let stale = batch.stale(&applied);
     if !stale.is_empty() {

@@ -24,6 +24,35 @@ pub(crate) fn is_retryable_conflict(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01")))
 }
 
+/// Why one run of a transaction failed: a database error, which may be worth running again
+/// ([`is_retryable_conflict`]), or the store's own.
+pub(crate) enum TxError {
+    Sql(sqlx::Error),
+    Store(StoreError),
+}
+
+impl TxError {
+    /// The error to answer: a database error classified by [`map`].
+    pub(crate) fn into_store(self) -> StoreError {
+        match self {
+            TxError::Sql(e) => map(e),
+            TxError::Store(e) => e,
+        }
+    }
+}
+
+impl From<sqlx::Error> for TxError {
+    fn from(e: sqlx::Error) -> Self {
+        TxError::Sql(e)
+    }
+}
+
+impl From<StoreError> for TxError {
+    fn from(e: StoreError) -> Self {
+        TxError::Store(e)
+    }
+}
+
 /// Whether running the same (idempotent) operation again on a fresh connection may succeed.
 pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
     match e {

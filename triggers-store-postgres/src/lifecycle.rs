@@ -17,7 +17,7 @@ use triggers_core::{
     DeliveryOrdering, EndpointId, OrganizationId, Timestamp, TypeGlob, DISABLED_BY_REQUEST,
 };
 
-use crate::error::{corrupt, map};
+use crate::error::{corrupt, is_retryable_conflict, map, TxError};
 use crate::rows::{self, ENDPOINT_COLUMNS};
 use crate::PgStore;
 
@@ -224,9 +224,12 @@ impl PgStore {
         row.as_ref().map(rows::endpoint).transpose()
     }
 
-    /// `EndpointStore::update_endpoint`: one transaction that locks the endpoint first. A
-    /// change of `enabled` records its announcement in the outbox in that transaction, and
-    /// publishes it once committed (`crate::announce`).
+    /// `EndpointStore::update_endpoint`: one transaction that locks the endpoint first, run
+    /// again (at most three times) when the database broke a deadlock by rolling it back — a
+    /// disable fails the endpoint's in-flight deliveries while holding it, and a disabling
+    /// completion that holds one of them may be waiting for the endpoint. A change of
+    /// `enabled` records its announcement in the outbox in that transaction and publishes it
+    /// once committed (`crate::announce`).
     pub(crate) async fn patch_endpoint(
         &self,
         org: OrganizationId,
@@ -234,16 +237,46 @@ impl PgStore {
         patch: &EndpointPatch,
         now: Timestamp,
     ) -> StoreResult<Option<EndpointUpdate>> {
+        let mut attempt = 0;
+        let update = loop {
+            match self.patch_once(org, id, patch, now).await {
+                Err(TxError::Sql(e)) if attempt < 3 && is_retryable_conflict(&e) => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, "endpoint patch rolled back; running it again");
+                    tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
+                }
+                other => break other.map_err(TxError::into_store)?,
+            }
+        };
+        if let Some(update) = &update {
+            if update.endpoint.enabled != update.was_enabled {
+                crate::announce::publish_on(self.pool(), &[id], self.channel()).await;
+            }
+        }
+        if patch.ordering.is_some() {
+            // A dissolved line's deliveries may be claimable now.
+            self.fire_local();
+        }
+        Ok(update)
+    }
+
+    /// One run of [`patch_endpoint`](Self::patch_endpoint)'s transaction.
+    async fn patch_once(
+        &self,
+        org: OrganizationId,
+        id: EndpointId,
+        patch: &EndpointPatch,
+        now: Timestamp,
+    ) -> Result<Option<EndpointUpdate>, TxError> {
         let headers = patch.headers.as_deref().map(encode_headers).transpose()?;
-        let mut tx = self.pool().begin().await.map_err(map)?;
+        let mut tx = self.pool().begin().await?;
         let found = sqlx::query(
             "SELECT enabled FROM endpoints WHERE id = $1 AND organization_id = $2 FOR UPDATE",
         )
         .bind(id.0)
         .bind(org.0)
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(map)?;
+        .await?;
         let Some(found) = found else { return Ok(None) };
         let was_enabled: bool = rows::get(&found, "enabled")?;
         let filter = patch.event_type_filter.as_ref();
@@ -262,23 +295,21 @@ impl PgStore {
             .bind(patch.concurrency.is_some())
             .bind(limit_i32(patch.concurrency.flatten()))
             .execute(&mut *tx)
-            .await
-            .map_err(map)?;
+            .await?;
         if let Some(ordering) = patch.ordering {
-            crate::orgs::set_ordering(&mut tx, id, ordering).await.map_err(map)?;
+            crate::orgs::set_ordering(&mut tx, id, ordering).await?;
         }
         if patch.enabled == Some(false) && was_enabled {
             sqlx::query("UPDATE endpoints SET enabled = false, disabled_reason = $2 WHERE id = $1")
                 .bind(id.0)
                 .bind(DISABLED_BY_REQUEST)
                 .execute(&mut *tx)
-                .await
-                .map_err(map)?;
+                .await?;
         }
         // Disabling, or enabling over what a disable left behind: at most one batch here,
         // the rest in transactions of their own (`triggers_core::store::update_in_batches`).
         let failed = match patch.enabled {
-            Some(_) => fail_left_behind(&mut tx, org, id, now).await.map_err(map)?.changed,
+            Some(_) => fail_left_behind(&mut tx, org, id, now).await?.changed,
             None => 0,
         };
         if patch.enabled == Some(true) && !was_enabled {
@@ -288,27 +319,18 @@ impl PgStore {
             )
             .bind(id.0)
             .execute(&mut *tx)
-            .await
-            .map_err(map)?;
+            .await?;
         }
         let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE id = $1");
-        let row = sqlx::query(&sql).bind(id.0).fetch_one(&mut *tx).await.map_err(map)?;
+        let row = sqlx::query(&sql).bind(id.0).fetch_one(&mut *tx).await?;
         let endpoint = rows::endpoint(&row)?;
-        let changed = endpoint.enabled != was_enabled;
-        if changed {
+        if endpoint.enabled != was_enabled {
             let reason = endpoint.disabled_reason.as_deref();
             let event =
                 operational::endpoint_changed(id, &endpoint.url, endpoint.enabled, reason, now)?;
-            crate::announce::record(&mut tx, &[(org, event)]).await.map_err(map)?;
+            crate::announce::record(&mut tx, &[(org, event)]).await?;
         }
-        tx.commit().await.map_err(map)?;
-        if changed {
-            crate::announce::publish_on(self.pool(), &[id], self.channel()).await;
-        }
-        if patch.ordering.is_some() {
-            // A dissolved line's deliveries may be claimable now.
-            self.fire_local();
-        }
+        tx.commit().await?;
         Ok(Some(EndpointUpdate { endpoint, was_enabled, failed }))
     }
 

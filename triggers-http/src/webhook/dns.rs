@@ -18,9 +18,10 @@
 //! [`MIN_TTL`] (a tenant's name server answering with TTL 0 would otherwise be asked at every
 //! attempt, through the operator's resolver), and "no such name" is kept too, for its zone's
 //! negative TTL within [`MIN_TTL`] ..= [`MAX_NEGATIVE_TTL`] (an endpoint at a missing name
-//! would otherwise send a question per delivery of its backlog). Other failures are not
-//! kept: a server failing, refusing or silent may pass, and "no A or AAAA record" may be one
-//! family's answer while the other's failed (the resolver reports whichever came first). So a
+//! would otherwise send a question per delivery of its backlog). "No A or AAAA record" is
+//! kept for [`MIN_TTL`] only: it may be one family's answer while the other's failed (the
+//! resolver reports whichever came first when both fail). Other failures are not kept: a
+//! server failing, refusing or silent may pass. So a
 //! name whose servers answer is asked at most about once per [`MIN_TTL`] per node, however
 //! many deliveries go to it. What one organization's names can make the server hold is bounded by its share of the
 //! delivery workers (one lookup per attempt at a time) and by the cache's size in entries and
@@ -184,7 +185,8 @@ impl Dns {
         };
         let addrs: Arc<[IpAddr]> = found.iter().take(MAX_ADDRESSES).collect();
         if addrs.is_empty() {
-            return Err(ResolveError::NoAddress("no A or AAAA record"));
+            let ttl = MIN_TTL;
+            return Ok(Arc::new(Answer { found: Err("no A or AAAA record"), ttl }));
         }
         let ttl = found.valid_until().saturating_duration_since(Instant::now());
         let ttl = ttl.clamp(MIN_TTL, MAX_TTL);
@@ -206,10 +208,11 @@ impl Dns {
     }
 
     /// What a failed lookup tells the organization, in fixed words: "no such name", to keep
-    /// for the zone's negative TTL (within [`MIN_TTL`] ..= [`MAX_NEGATIVE_TTL`]), or a
-    /// failure that may pass. NXDOMAIN is about the name, whatever the record type; an empty
-    /// answer may be one family's while the other's failed, so it is not kept. The
-    /// resolver's own message may name the operator's name servers; it goes to the debug log.
+    /// for the zone's negative TTL (within [`MIN_TTL`] ..= [`MAX_NEGATIVE_TTL`]); "no A or
+    /// AAAA record", to keep for [`MIN_TTL`] (it may be one family's answer while the
+    /// other's failed); or a failure that may pass. NXDOMAIN is about the name, whatever the
+    /// record type. The resolver's own message may name the operator's name servers; it goes
+    /// to the debug log.
     fn failure(
         &self,
         name: &Name,
@@ -232,10 +235,11 @@ impl Dns {
             ResponseCode::Refused => "the name server refused",
             _ => "the name server answered with an error",
         };
-        if response_code != ResponseCode::NXDomain {
-            return Err(ResolveError::NoAddress(why));
-        }
-        let ttl = Duration::from_secs(negative_ttl.unwrap_or(0).into());
+        let ttl = match response_code {
+            ResponseCode::NXDomain => Duration::from_secs(negative_ttl.unwrap_or(0).into()),
+            ResponseCode::NoError => MIN_TTL,
+            _ => return Err(ResolveError::NoAddress(why)),
+        };
         Ok(Answer { found: Err(why), ttl: ttl.clamp(MIN_TTL, MAX_NEGATIVE_TTL) })
     }
 }

@@ -288,10 +288,23 @@ async fn an_announcement_left_in_the_outbox_is_published_by_the_sweep() {
     .execute(store.pool())
     .await
     .unwrap();
+    let published = || async {
+        let ids: Vec<sqlx::types::Uuid> = sqlx::query_scalar(
+            "SELECT id FROM events WHERE event_type = 'triggers.endpoint.disabled'",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        ids
+    };
     support::eventually("the sweep publishes it", Duration::from_secs(30), || async {
-        store.event(org.id, id).await.unwrap().is_some()
+        !published().await.is_empty()
     })
     .await;
+    let ids = published().await;
+    assert_eq!(ids.len(), 1, "once");
+    assert_ne!(ids[0], id.0, "with an id given when it is published");
+    let id = EventId(ids[0]);
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM announcements")
         .fetch_one(store.pool())
         .await
@@ -360,6 +373,105 @@ async fn a_disable_racing_an_enable_is_announced() {
     .unwrap();
     assert_eq!(reasons.len(), 1, "announced: {reasons:?}");
     assert!(reasons[0].contains(r#""reason":"second""#), "{reasons:?}");
+    drop(store);
+    db.drop_database().await.unwrap();
+}
+
+/// The delivery workers move a disable's announcement out of the outbox on the completer's
+/// connection, shared by every organization: they wait for the organization's endpoint locks
+/// at most briefly (`announce::COMPLETER_LOCK_WAIT`), so an organization keeping one of its
+/// endpoints locked (a recover, a delete, a patch) cannot hold every organization's
+/// completions up. The announcement stays in the outbox, and the sweep moves it later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_waits_briefly_for_an_organizations_locks() {
+    use triggers_core::store::CompletionState;
+    let Some(db) = support::database("completion_lock_wait").await else { return };
+    let store = support::connect(&db, support::config()).await;
+    let org = support::org(&store, "acme").await;
+    let x = support::endpoint(&store, &org, Some("t")).await;
+    let held = support::endpoint(&store, &org, Some("other")).await;
+    store.insert_events(org.id, vec![support::record("t", None, at(1))], DAY, at(1)).await.unwrap();
+    let owner = WorkerId::new();
+    let flying = store.claim(ClaimRequest::new(owner, 1, DAY, at(2))).await.unwrap().remove(0);
+
+    let mut other = PgConnection::connect_with(&db.options).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT 1 FROM endpoints WHERE id = $1 FOR UPDATE")
+        .bind(held.id.0)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let mut c = support::delivered(&flying, owner, 3);
+    c.state = CompletionState::Failed;
+    c.disable_endpoint = Some("410 Gone".into());
+    let nothing = ClaimRequest::new(WorkerId::new(), 0, DAY, at(3));
+    let done =
+        tokio::time::timeout(Duration::from_secs(20), store.complete_and_claim(&[c], nothing))
+            .await
+            .expect("the completer is not held by one organization's lock")
+            .unwrap();
+    assert_eq!(done.disabled, vec![x.id]);
+    let count = |sql: &'static str| {
+        let pool = store.pool().clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+            n
+        }
+    };
+    let events = "SELECT count(*) FROM events WHERE event_type = 'triggers.endpoint.disabled'";
+    assert_eq!(count(events).await, 0, "not published yet");
+    assert_eq!(count("SELECT count(*) FROM announcements").await, 1, "left in the outbox");
+
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    support::eventually("the sweep publishes it", Duration::from_secs(30), || async {
+        count(events).await == 1
+    })
+    .await;
+    assert_eq!(count("SELECT count(*) FROM announcements").await, 0);
+    drop(store);
+    db.drop_database().await.unwrap();
+}
+
+/// A patch that disables an endpoint fails its in-flight deliveries while holding it; a
+/// disabling completion holding one of them and then asking for the endpoint closes a
+/// deadlock, which PostgreSQL breaks by rolling the patch back (it waited first). The patch
+/// runs again, and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_that_loses_a_deadlock_runs_again() {
+    use triggers_core::store::{EndpointPatch, EndpointStore};
+    let Some(db) = support::database("patch_deadlock").await else { return };
+    let store = support::connect(&db, support::config()).await;
+    let org = support::org(&store, "acme").await;
+    let x = support::endpoint(&store, &org, None).await;
+    store.insert_events(org.id, vec![support::record("t", None, at(1))], DAY, at(1)).await.unwrap();
+    let flying = store.claim(ClaimRequest::new(WorkerId::new(), 1, DAY, at(2))).await.unwrap();
+
+    // The completion's side: it holds the delivery ...
+    let mut completion = PgConnection::connect_with(&db.options).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut completion).await.unwrap();
+    sqlx::query("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE")
+        .bind(flying[0].id.0)
+        .execute(&mut completion)
+        .await
+        .unwrap();
+    let s = store.clone();
+    let patch = tokio::spawn(async move {
+        let disable = EndpointPatch { enabled: Some(false), ..EndpointPatch::default() };
+        s.update_endpoint(org.id, x.id, &disable, at(3)).await
+    });
+    writer_blocked(&store).await;
+    // ... and asks for the endpoint the patch holds, once the patch has waited a while (its
+    // deadlock check comes first: it is the one rolled back).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let asked = sqlx::query("SELECT 1 FROM endpoints WHERE id = $1 FOR UPDATE")
+        .bind(x.id.0)
+        .execute(&mut completion)
+        .await;
+    assert!(asked.is_ok(), "the patch was rolled back, not this: {asked:?}");
+    sqlx::query("COMMIT").execute(&mut completion).await.unwrap();
+    let update = patch.await.unwrap().expect("the patch ran again and succeeded").unwrap();
+    assert!(!update.endpoint.enabled);
+    assert_eq!(update.failed, 1, "its delivery failed");
     drop(store);
     db.drop_database().await.unwrap();
 }
