@@ -10,8 +10,12 @@ CREATE TABLE announcements (
     payload         text        NOT NULL,
     -- The change's time (the event's `created_at`).
     created_at      timestamptz NOT NULL,
-    -- The database's time of the recording: the sweep leaves young rows to their own call.
-    recorded_at     timestamptz NOT NULL DEFAULT now()
+    -- The order of the changes of one endpoint: drawn while the change holds the endpoint
+    -- `FOR UPDATE`, so it follows their commits (their own times may not).
+    seq             bigserial   NOT NULL,
+    -- When the row was written (the clock, not the transaction's start): the sweep leaves
+    -- young rows to the call that wrote them.
+    recorded_at     timestamptz NOT NULL DEFAULT clock_timestamp()
 );
-CREATE INDEX announcements_by_endpoint ON announcements (endpoint_id, created_at);
+CREATE INDEX announcements_by_endpoint ON announcements (endpoint_id, seq);
 CREATE INDEX announcements_by_age ON announcements (recorded_at);

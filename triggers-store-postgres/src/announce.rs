@@ -5,8 +5,10 @@
 //! transaction ([`record`]). Once that commits, the same call moves it into the
 //! organization's stream ([`publish`]): one transaction deletes the outbox rows of the
 //! endpoint and runs the batch insert statement (`insert.rs`) for them, so whoever moves a
-//! row, it is inserted once. The event gets its id when it is moved, oldest change first, so
-//! ids follow the order events appear in (an inbox reader paging by id misses none).
+//! row, it is inserted once. Every mover takes all of an endpoint's rows, waiting for rows
+//! another mover holds, so one endpoint's announcements are inserted in the order of its
+//! changes (`seq`, drawn while the change holds the endpoint), and each event gets its id
+//! when it is moved, in that order.
 //!
 //! Why not insert it in the change's own transaction, as the other stores do: the insert
 //! locks every endpoint of the organization `FOR KEY SHARE` (so that its fan-out reads one
@@ -18,27 +20,28 @@
 //! answer 410 and patches that enable them again.
 //!
 //! The completer moves its announcements on its own connection, between recording a batch
-//! and claiming the next: there it waits for no lock longer than [`COMPLETER_LOCK_WAIT`]
-//! ([`Wait::Briefly`]), so an organization that keeps one of its endpoints locked (a
-//! recover, a delete, a patch) delays every organization's completions by that much at most;
-//! what it could not move is left to the sweep. A patch, the organization's own request,
-//! waits as long as it must ([`Wait::AsNeeded`]).
+//! and claiming the next, one organization per transaction: there each lock is waited for
+//! at most [`COMPLETER_LOCK_WAIT`] ([`Wait::Briefly`]), and the completer stops moving once
+//! [`COMPLETER_BUDGET`] has passed, so an organization that keeps one of its endpoints
+//! locked (a recover, a delete, a patch) holds the shared completer up briefly and leaves
+//! only its own announcements to the sweep. A patch, the organization's own request, waits
+//! as long as it must ([`Wait::AsNeeded`]).
 //!
 //! What a call could not move (a lock held too long, a connection lost after the commit, a
-//! crash) stays in the outbox. Every node's sweep ([`spawn`]) moves rows older than
-//! [`SWEEP_MIN_AGE`] (younger ones are their own call's), at start and every
-//! [`SWEEP_EVERY`] after, one endpoint per transaction (skipping rows another node is
-//! moving), each waiting at most [`SWEEP_LOCK_WAIT`] for a lock. So an announcement is never
-//! lost and never inserted twice; it reaches the stream with the call that made the change,
-//! or within about [`SWEEP_MIN_AGE`] + [`SWEEP_EVERY`] after that call failed (at the next
-//! start, if no node is running).
+//! crash) stays in the outbox. Every node's sweep ([`spawn`]) moves the rows of endpoints
+//! that have one older than [`SWEEP_MIN_AGE`] (younger ones are usually being moved by
+//! their own call), at start and every [`SWEEP_EVERY`] after, one endpoint per transaction,
+//! each lock waited for at most [`SWEEP_LOCK_WAIT`] (an endpoint another mover holds is
+//! left for the next sweep). So an announcement is never lost and never inserted twice; it
+//! reaches the stream with the call that made the change or, after that call failed, with a
+//! sweep some seconds later (at the next start, if no node is running).
 
 use std::time::Duration;
 
 use serde_json::value::RawValue;
 use sqlx::types::Uuid;
 use sqlx::{Acquire, PgConnection, PgPool, Row};
-use triggers_core::{EndpointId, EventId, EventRecord, OrganizationId, Timestamp};
+use triggers_core::{EndpointId, EventId, EventRecord, OrganizationId};
 
 use crate::error::is_retryable_conflict;
 
@@ -48,10 +51,13 @@ pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Rows younger than this are left to the call that recorded them.
 pub(crate) const SWEEP_MIN_AGE: Duration = Duration::from_secs(5);
 
-/// Longest wait for a lock when the completer moves its announcements.
+/// Longest wait for one lock when the completer moves its announcements.
 pub(crate) const COMPLETER_LOCK_WAIT: Duration = Duration::from_millis(50);
 
-/// Longest wait for a lock when the sweep moves one endpoint's announcements.
+/// The completer moves no further organization's announcements once this has passed.
+pub(crate) const COMPLETER_BUDGET: Duration = Duration::from_millis(200);
+
+/// Longest wait for one lock when the sweep moves one endpoint's announcements.
 pub(crate) const SWEEP_LOCK_WAIT: Duration = Duration::from_secs(1);
 
 /// Endpoints one sweep pass looks at, at most.
@@ -66,17 +72,11 @@ SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
                      $6::timestamptz[])
 "#;
 
-/// Takes (deletes and returns) the outbox rows of the endpoints `$1`: the publisher's own.
+/// Takes (deletes and returns) every outbox row of the endpoints `$1`. Rows another mover
+/// holds are waited for (and then gone): never a newer row of an endpoint before an older.
 const TAKE_SQL: &str = r#"
 DELETE FROM announcements WHERE endpoint_id = ANY($1)
-RETURNING organization_id, endpoint_id, event_type, payload, created_at, id
-"#;
-
-/// Takes one endpoint's rows that no other node is moving: the sweep's.
-const SWEEP_TAKE_SQL: &str = r#"
-DELETE FROM announcements WHERE id IN (
-    SELECT id FROM announcements WHERE endpoint_id = $1 FOR UPDATE SKIP LOCKED)
-RETURNING organization_id, endpoint_id, event_type, payload, created_at, id
+RETURNING organization_id, endpoint_id, event_type, payload, created_at, seq
 "#;
 
 /// The endpoints with rows older than `$1` seconds, oldest first.
@@ -117,10 +117,10 @@ pub(crate) async fn record(
     Ok(())
 }
 
-/// Moves the outbox rows of `endpoints` into their organizations' streams, on `conn` (not
-/// inside a transaction), waiting for locks as `wait` says; a deadlock or serialization
-/// failure is run again (at most three times). What it cannot move is left to the sweep:
-/// the change it announces is committed either way.
+/// Moves the outbox rows of `endpoints` (all of one organization) into its stream, on
+/// `conn` (not inside a transaction), waiting for locks as `wait` says; a deadlock or
+/// serialization failure is run again (at most three times). What it cannot move is left to
+/// the sweep: the change it announces is committed either way.
 pub(crate) async fn publish(
     conn: &mut PgConnection,
     endpoints: &[EndpointId],
@@ -181,22 +181,23 @@ pub(crate) async fn sweep(
             .bind(SWEEP_ENDPOINTS)
             .fetch_all(&mut *conn)
             .await?;
-        let mut failed = 0;
+        let mut stuck = false;
         for endpoint in &endpoints {
-            let take = sqlx::query(SWEEP_TAKE_SQL).bind(endpoint);
+            let take = sqlx::query(TAKE_SQL).bind(std::slice::from_ref(endpoint));
             match move_rows(&mut conn, take, channel, Some(SWEEP_LOCK_WAIT)).await {
                 Ok(n) => moved += n,
+                Err(e) if is_lock_timeout(&e) => stuck = true,
                 Err(e) => {
-                    failed += 1;
+                    stuck = true;
                     tracing::warn!(endpoint_id = %endpoint, error = %e,
                         "publishing endpoint announcements left in the outbox failed; \
                          the next sweep tries again");
                 }
             }
         }
-        // A full pass may have left more behind; one that failed somewhere would only find
-        // the same rows again.
-        if failed > 0 || i64::try_from(endpoints.len()).unwrap_or(i64::MAX) < SWEEP_ENDPOINTS {
+        // A full pass may have left more behind; one that could not move something would
+        // only find the same rows again.
+        if stuck || i64::try_from(endpoints.len()).unwrap_or(i64::MAX) < SWEEP_ENDPOINTS {
             return Ok(moved);
         }
     }
@@ -223,7 +224,8 @@ pub(crate) fn spawn(pool: PgPool, channel: std::sync::Arc<str>) -> tokio::task::
 }
 
 /// One transaction: `take` deletes outbox rows (returning them), and they are inserted as
-/// events — ids given now, oldest change first — fanned out and notified like any batch.
+/// events — ids given now, in the order of the changes — fanned out and notified like any
+/// batch.
 /// With `lock_wait`, a lock not granted within it fails the transaction
 /// ([`is_lock_timeout`]). Returns how many.
 async fn move_rows(
@@ -240,10 +242,11 @@ async fn move_rows(
     }
     let rows = take.fetch_all(&mut *tx).await?;
     let mut taken = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-    taken.sort_by_key(|(at, outbox_id, _)| (*at, *outbox_id));
+    taken.sort_by_key(|(seq, _)| *seq);
     let events: Vec<(OrganizationId, EventRecord)> = taken
         .into_iter()
-        .map(|(_, _, (org, mut event))| {
+        .map(|(_, (org, mut event))| {
+            // Drawn in the order of the changes (`decode` leaves the nil id).
             event.id = EventId::new();
             (org, event)
         })
@@ -258,21 +261,20 @@ fn is_lock_timeout(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(LOCK_NOT_AVAILABLE))
 }
 
-/// An outbox row: the change's time, the row's id, and the event it announces (its id still
-/// the row's).
+/// An outbox row: its place in the order of changes, and the event it announces (its id
+/// given by the mover).
 fn decode(
     row: &sqlx::postgres::PgRow,
-) -> Result<(Timestamp, Uuid, (OrganizationId, EventRecord)), sqlx::Error> {
+) -> Result<(i64, (OrganizationId, EventRecord)), sqlx::Error> {
     let payload: String = row.try_get("payload")?;
     let payload = RawValue::from_string(payload).map_err(|e| sqlx::Error::Decode(e.into()))?;
-    let (id, created_at): (Uuid, Timestamp) = (row.try_get("id")?, row.try_get("created_at")?);
     let event = EventRecord {
-        id: EventId(id),
+        id: EventId(Uuid::nil()),
         event_type: row.try_get("event_type")?,
         payload,
         dedup_id: None,
-        created_at,
+        created_at: row.try_get("created_at")?,
         exclude_endpoint: Some(EndpointId(row.try_get("endpoint_id")?)),
     };
-    Ok((created_at, id, (OrganizationId(row.try_get("organization_id")?), event)))
+    Ok((row.try_get("seq")?, (OrganizationId(row.try_get("organization_id")?), event)))
 }

@@ -363,11 +363,10 @@ pub(crate) async fn complete_on(
             applied.extend(apply(conn, &rest, Path::Successes, batch.keep).await?.0);
         }
     }
-    let disabled: Vec<EndpointId> = disabled.into_iter().map(EndpointId).collect();
     if !disabled.is_empty() {
-        // Their announcements, recorded in the outbox with the disables (`announce.rs`).
-        crate::announce::publish(conn, &disabled, channel, crate::announce::Wait::Briefly).await;
+        publish_disables(conn, &disabled, channel).await;
     }
+    let disabled: Vec<EndpointId> = disabled.into_iter().map(|(id, _)| EndpointId(id)).collect();
     let stale = batch.stale(&applied);
     if !stale.is_empty() {
         record_superseded(conn, &stale, batch.keep).await.map_err(map)?;
@@ -383,7 +382,7 @@ async fn apply(
     firsts: &[&Completion],
     path: Path,
     keep: i64,
-) -> StoreResult<(HashSet<Uuid>, Vec<Uuid>)> {
+) -> StoreResult<(HashSet<Uuid>, Vec<(Uuid, Uuid)>)> {
     let mut attempt = 0;
     loop {
         let run = match path {
@@ -471,7 +470,7 @@ async fn complete_once(
     tx: &mut PgConnection,
     firsts: &[&Completion],
     keep: i64,
-) -> Result<(HashSet<Uuid>, Vec<Uuid>), sqlx::Error> {
+) -> Result<(HashSet<Uuid>, Vec<(Uuid, Uuid)>), sqlx::Error> {
     let rows = sqlx::query(FINISH_SQL)
         .bind(firsts.iter().map(|c| c.delivery_id.0).collect::<Vec<_>>())
         .bind(firsts.iter().map(|c| c.lease_owner.0).collect::<Vec<_>>())
@@ -506,7 +505,29 @@ async fn complete_once(
     if !disabled.is_empty() {
         announce(tx, &done, &disabled).await?;
     }
-    Ok((applied.into_keys().collect(), disabled.into_iter().map(|d| d.id).collect()))
+    Ok((applied.into_keys().collect(), disabled.into_iter().map(|d| (d.id, d.org)).collect()))
+}
+
+/// Moves the announcements of the `(endpoint, organization)` pairs disabled by a batch out
+/// of the outbox (`announce.rs`): one organization per transaction, each lock waited for
+/// briefly, and none after [`announce::COMPLETER_BUDGET`](crate::announce::COMPLETER_BUDGET)
+/// — the completer is every organization's, and what is left goes to the sweep.
+async fn publish_disables(conn: &mut PgConnection, disabled: &[(Uuid, Uuid)], channel: &str) {
+    let started = std::time::Instant::now();
+    let mut orgs: Vec<Uuid> = disabled.iter().map(|(_, org)| *org).collect();
+    orgs.sort_unstable();
+    orgs.dedup();
+    for org in orgs {
+        if started.elapsed() > crate::announce::COMPLETER_BUDGET {
+            tracing::debug!(
+                "announcements left to the outbox sweep: the completer's budget is spent"
+            );
+            return;
+        }
+        let endpoints: Vec<EndpointId> =
+            disabled.iter().filter(|(_, o)| *o == org).map(|(id, _)| EndpointId(*id)).collect();
+        crate::announce::publish(conn, &endpoints, channel, crate::announce::Wait::Briefly).await;
+    }
 }
 
 /// Records the announcement of each of `disabled` in the outbox (`store::operational`,
@@ -815,7 +836,7 @@ mod tests {
         let mut conn = PgConnection::connect_with(&db.options).await.unwrap();
         let mut tx = conn.begin().await.unwrap();
         let (applied, disabled) = super::complete_once(&mut tx, &[&completion], 20).await.unwrap();
-        assert_eq!((applied.len(), disabled), (1, vec![endpoints[0].0]));
+        assert_eq!((applied.len(), disabled), (1, vec![(endpoints[0].0, org.0)]));
         let recorded: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM announcements WHERE event_type = 'triggers.endpoint.disabled'",
         )

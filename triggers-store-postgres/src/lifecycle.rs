@@ -334,17 +334,34 @@ impl PgStore {
         Ok(Some(EndpointUpdate { endpoint, was_enabled, failed }))
     }
 
-    /// One step of `EndpointStore::finish_disabling`: a transaction of its own.
+    /// One step of `EndpointStore::finish_disabling`: a transaction of its own, run again (at
+    /// most three times) when the database broke a deadlock by rolling it back — it holds the
+    /// endpoint while it fails the deliveries, and a disabling completion holding one of them
+    /// may be waiting for the endpoint (as for [`patch_endpoint`](Self::patch_endpoint)).
     pub(crate) async fn fail_left_behind(
         &self,
         org: OrganizationId,
         id: EndpointId,
         now: Timestamp,
     ) -> StoreResult<Batch> {
-        let mut tx = self.pool().begin().await.map_err(|e| self.fail(e))?;
-        let failed = fail_left_behind(&mut tx, org, id, now).await.map_err(|e| self.fail(e))?;
-        tx.commit().await.map_err(|e| self.fail(e))?;
-        Ok(failed)
+        let once = || async {
+            let mut tx = self.pool().begin().await?;
+            let failed = fail_left_behind(&mut tx, org, id, now).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(failed)
+        };
+        let mut attempt = 0;
+        loop {
+            match once().await {
+                Err(e) if attempt < 3 && is_retryable_conflict(&e) => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, "failing a disabled endpoint's deliveries rolled \
+                        back; running it again");
+                    tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
+                }
+                other => return other.map_err(|e| self.fail(e)),
+            }
+        }
     }
 
     /// `EndpointStore::recover`: one transaction; the endpoint's row lock serializes it with

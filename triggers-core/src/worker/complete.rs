@@ -76,15 +76,17 @@ pub(super) async fn complete_loop<S: EventStore, D: Deliverer>(
         let completions: Vec<Completion> = batch.iter().map(|(c, ..)| c.clone()).collect();
         let recorded = record_and_refill(&shared, &completions, &refiller).await;
         let applied = recorded.as_ref().map(|r| &r.applied);
-        let disabling = || completions.iter().any(|c| c.disable_endpoint.is_some());
-        if recorded.as_ref().map_or(true, |r| r.after_failure) && disabling() {
-            // A failed call may have committed a disable that no call reports: finish
-            // whatever disable is unfinished, as at start.
-            let store = shared.clone();
-            finishing.spawn(async move {
-                let now = store.clock.now();
-                super::finish_unfinished_disables(&*store.store, now).await;
-            });
+        if recorded.as_ref().map_or(true, |r| r.after_failure) {
+            // A failed call may have committed a disable that no call reports: finish every
+            // disable this batch asked for (nothing for an endpoint still enabled), until the
+            // store answers.
+            let asked = super::disabled_by(&batch, &vec![true; batch.len()]);
+            if !asked.is_empty() {
+                let (targets, store) = (super::finish_targets(&asked), shared.clone());
+                finishing.spawn(async move {
+                    super::finish_disabling_until_done(&*store.store, targets).await;
+                });
+            }
         }
         if let Some(Recorded { applied: flags, disabled: reported, .. }) = &recorded {
             let disabled = super::disabled_by(&batch, flags);

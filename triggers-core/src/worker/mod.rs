@@ -429,6 +429,34 @@ pub(super) async fn finish_disabling<S: EventStore>(
     }
 }
 
+/// [`finish_disabling`] for targets that may or may not be disabled, after a store call
+/// failed: each is tried again while the store fails (1 s, doubling, up to a minute apart,
+/// eight times), and given up (logged) after that — the next start finishes it.
+pub(super) async fn finish_disabling_until_done<S: EventStore>(
+    store: &S,
+    targets: Vec<(OrganizationId, crate::domain::EndpointId, clock::Timestamp)>,
+) {
+    for (org, endpoint, at) in targets {
+        let mut pause = Duration::from_secs(1);
+        for tries in 1.. {
+            match store.finish_disabling(org, endpoint, at).await {
+                Ok(_) => break,
+                Err(e) if tries < 8 => {
+                    tracing::debug!(organization_id = %org, endpoint_id = %endpoint,
+                        error = %e, "finishing a disable failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(60));
+                }
+                Err(e) => {
+                    tracing::warn!(organization_id = %org, endpoint_id = %endpoint,
+                        error = %e, "finishing a disable failed; the next start finishes it");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Finishes every disable the store reports unfinished
 /// ([`EndpointStore::unfinished_disables`](crate::store::EndpointStore::unfinished_disables)).
 pub(super) async fn finish_unfinished_disables<S: EventStore>(store: &S, now: clock::Timestamp) {

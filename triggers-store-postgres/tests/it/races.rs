@@ -267,57 +267,71 @@ async fn a_patch_holds_no_other_endpoint_while_it_announces() {
     db.drop_database().await.unwrap();
 }
 
-/// An announcement left in the outbox (its call failed after the commit, or the process
-/// died) is published by the store's sweep, once, within seconds.
+/// Announcements left in the outbox (their call failed after the commit, or the process
+/// died) are published by the store's sweep, once each, within seconds, in the order of the
+/// changes (`seq`) whatever times the changes carry, each with an id given when it is
+/// published, and delivered to the other endpoints only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_announcement_left_in_the_outbox_is_published_by_the_sweep() {
+async fn announcements_left_in_the_outbox_are_published_by_the_sweep() {
     let Some(db) = support::database("outbox_sweep").await else { return };
     let store = support::connect(&db, support::config()).await;
     let org = support::org(&store, "acme").await;
     let watcher = support::endpoint(&store, &org, None).await;
     let subject = support::endpoint(&store, &org, None).await;
-    let id = EventId::new();
-    sqlx::query(
-        "INSERT INTO announcements (id, organization_id, endpoint_id, event_type, payload, created_at)
-         VALUES ($1, $2, $3, 'triggers.endpoint.disabled', '{\"enabled\":false}', $4)",
-    )
-    .bind(id.0)
-    .bind(org.id.0)
-    .bind(subject.id.0)
-    .bind(at(1))
-    .execute(store.pool())
-    .await
-    .unwrap();
+    // A disable, then an enable whose change carries an earlier time (another node's clock).
+    let left = [
+        (EventId::new(), "triggers.endpoint.disabled", r#"{"enabled":false}"#, at(5)),
+        (EventId::new(), "triggers.endpoint.enabled", r#"{"enabled":true}"#, at(1)),
+    ];
+    for (id, kind, payload, created) in &left {
+        sqlx::query(
+            "INSERT INTO announcements (id, organization_id, endpoint_id, event_type, payload, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id.0)
+        .bind(org.id.0)
+        .bind(subject.id.0)
+        .bind(kind)
+        .bind(payload)
+        .bind(created)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
     let published = || async {
-        let ids: Vec<sqlx::types::Uuid> = sqlx::query_scalar(
-            "SELECT id FROM events WHERE event_type = 'triggers.endpoint.disabled'",
+        let rows: Vec<(sqlx::types::Uuid, String)> = sqlx::query_as(
+            "SELECT id, event_type FROM events WHERE event_type LIKE 'triggers.endpoint.%'
+             ORDER BY id",
         )
         .fetch_all(store.pool())
         .await
         .unwrap();
-        ids
+        rows
     };
-    support::eventually("the sweep publishes it", Duration::from_secs(30), || async {
-        !published().await.is_empty()
+    support::eventually("the sweep publishes them", Duration::from_secs(30), || async {
+        published().await.len() == 2
     })
     .await;
-    let ids = published().await;
-    assert_eq!(ids.len(), 1, "once");
-    assert_ne!(ids[0], id.0, "with an id given when it is published");
-    let id = EventId(ids[0]);
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM announcements")
+    let rows = published().await;
+    let kinds: Vec<&str> = rows.iter().map(|(_, kind)| kind.as_str()).collect();
+    assert_eq!(kinds, [left[0].1, left[1].1], "in the order of the changes");
+    assert!(rows.iter().all(|(id, _)| left.iter().all(|l| l.0 .0 != *id)), "ids given anew");
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM announcements")
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert_eq!(left, 0);
+    assert_eq!(outbox, 0);
     // Delivered to the watcher only, never to the endpoint it is about.
     let targets: Vec<sqlx::types::Uuid> =
-        sqlx::query_scalar("SELECT endpoint_id FROM deliveries WHERE event_id = $1")
-            .bind(id.0)
+        sqlx::query_scalar("SELECT endpoint_id FROM deliveries WHERE event_id = ANY($1)")
+            .bind(rows.iter().map(|(id, _)| *id).collect::<Vec<_>>())
             .fetch_all(store.pool())
             .await
             .unwrap();
-    assert_eq!(targets, [watcher.id.0]);
+    assert_eq!(targets, [watcher.id.0, watcher.id.0]);
+    // Still once each a sweep later.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(published().await, rows, "once each");
     drop(store);
     db.drop_database().await.unwrap();
 }
@@ -472,6 +486,48 @@ async fn a_patch_that_loses_a_deadlock_runs_again() {
     let update = patch.await.unwrap().expect("the patch ran again and succeeded").unwrap();
     assert!(!update.endpoint.enabled);
     assert_eq!(update.failed, 1, "its delivery failed");
+    drop(store);
+    db.drop_database().await.unwrap();
+}
+
+/// Finishing a disable fails the endpoint's outstanding deliveries while holding it: the
+/// same deadlock as a patch's with a disabling completion that holds one of them, and the
+/// same answer — the step runs again, and finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finishing_a_disable_that_loses_a_deadlock_runs_again() {
+    use triggers_core::store::EndpointStore;
+    let Some(db) = support::database("finish_deadlock").await else { return };
+    let store = support::connect(&db, support::config()).await;
+    let org = support::org(&store, "acme").await;
+    let x = support::endpoint(&store, &org, None).await;
+    store.insert_events(org.id, vec![support::record("t", None, at(1))], DAY, at(1)).await.unwrap();
+    let flying = store.claim(ClaimRequest::new(WorkerId::new(), 1, DAY, at(2))).await.unwrap();
+    // Disabled by a completion whose one batch left this delivery outstanding.
+    sqlx::query("UPDATE endpoints SET enabled = false, disabled_reason = '410' WHERE id = $1")
+        .bind(x.id.0)
+        .execute(store.pool())
+        .await
+        .unwrap();
+
+    let mut completion = PgConnection::connect_with(&db.options).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut completion).await.unwrap();
+    sqlx::query("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE")
+        .bind(flying[0].id.0)
+        .execute(&mut completion)
+        .await
+        .unwrap();
+    let s = store.clone();
+    let finishing = tokio::spawn(async move { s.finish_disabling(org.id, x.id, at(3)).await });
+    writer_blocked(&store).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let asked = sqlx::query("SELECT 1 FROM endpoints WHERE id = $1 FOR UPDATE")
+        .bind(x.id.0)
+        .execute(&mut completion)
+        .await;
+    assert!(asked.is_ok(), "the finishing step was rolled back, not this: {asked:?}");
+    sqlx::query("COMMIT").execute(&mut completion).await.unwrap();
+    let failed = finishing.await.unwrap().expect("the step ran again and succeeded");
+    assert_eq!(failed, 1, "its delivery failed");
     drop(store);
     db.drop_database().await.unwrap();
 }
