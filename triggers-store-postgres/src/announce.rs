@@ -20,21 +20,30 @@
 //! answer 410 and patches that enable them again.
 //!
 //! The completer moves its announcements on its own connection, between recording a batch
-//! and claiming the next, one organization per transaction: there each lock is waited for
-//! at most [`COMPLETER_LOCK_WAIT`] ([`Wait::Briefly`]), and the completer stops moving once
-//! [`COMPLETER_BUDGET`] has passed, so an organization that keeps one of its endpoints
-//! locked (a recover, a delete, a patch) holds the shared completer up briefly and leaves
-//! only its own announcements to the sweep. A patch, the organization's own request, waits
-//! as long as it must ([`Wait::AsNeeded`]).
+//! and claiming the next, one organization per transaction (starting at a different one
+//! each time): there each lock is waited for at most [`COMPLETER_LOCK_WAIT`], and no
+//! statement runs past [`COMPLETER_BUDGET`] from the first ([`Wait::Briefly`]), so an
+//! organization that keeps one of its endpoints locked (a recover, a delete, a patch) holds
+//! the shared completer up briefly and leaves mostly its own announcements to the sweep. A
+//! patch, the organization's own request, waits as long as it must ([`Wait::AsNeeded`]).
+//! The limits are lifted before the commit, whose notification may wait for other
+//! transactions' commits.
 //!
 //! What a call could not move (a lock held too long, a connection lost after the commit, a
 //! crash) stays in the outbox. Every node's sweep ([`spawn`]) moves the rows of endpoints
 //! that have one older than [`SWEEP_MIN_AGE`] (younger ones are usually being moved by
 //! their own call), at start and every [`SWEEP_EVERY`] after, one endpoint per transaction,
-//! each lock waited for at most [`SWEEP_LOCK_WAIT`] (an endpoint another mover holds is
-//! left for the next sweep). So an announcement is never lost and never inserted twice; it
-//! reaches the stream with the call that made the change or, after that call failed, with a
-//! sweep some seconds later (at the next start, if no node is running).
+//! each lock waited for at most [`SWEEP_LOCK_WAIT`]; after a lock wait ran out, the
+//! organization's other endpoints wait for the next sweep, so one organization keeping its
+//! endpoints locked costs each pass about a second. So an announcement is never lost and
+//! never inserted twice; it reaches the stream with the call that made the change or, after
+//! that call failed, with a sweep some seconds later (at the next start, if no node is
+//! running).
+//!
+//! Order: one endpoint's announcements enter the stream in the order of its changes. The
+//! events' ids come from the moving node's clock, so with two nodes whose clocks disagree,
+//! the inbox (ordered by id) may list a later change of an endpoint first, as it may any two
+//! events inserted on different nodes.
 
 use std::time::Duration;
 
@@ -61,10 +70,13 @@ pub(crate) const COMPLETER_BUDGET: Duration = Duration::from_millis(200);
 pub(crate) const SWEEP_LOCK_WAIT: Duration = Duration::from_secs(1);
 
 /// Endpoints one sweep pass looks at, at most.
-const SWEEP_ENDPOINTS: i64 = 100;
+const SWEEP_ENDPOINTS: i64 = 1_000;
 
 /// SQLSTATE `lock_not_available`: `lock_timeout` expired.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// SQLSTATE `query_canceled`: `statement_timeout` expired.
+const QUERY_CANCELED: &str = "57014";
 
 const RECORD_SQL: &str = r#"
 INSERT INTO announcements (id, organization_id, endpoint_id, event_type, payload, created_at)
@@ -72,27 +84,40 @@ SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
                      $6::timestamptz[])
 "#;
 
-/// Takes (deletes and returns) every outbox row of the endpoints `$1`. Rows another mover
-/// holds are waited for (and then gone): never a newer row of an endpoint before an older.
+/// Takes (deletes and returns) every outbox row of the endpoints `$1`, locked in one order
+/// (two movers of overlapping endpoints cannot wait for each other in a cycle). Rows another
+/// mover holds are waited for (and then gone): never a newer row of an endpoint before an
+/// older.
 const TAKE_SQL: &str = r#"
-DELETE FROM announcements WHERE endpoint_id = ANY($1)
+DELETE FROM announcements WHERE id IN (
+    SELECT id FROM announcements WHERE endpoint_id = ANY($1)
+    ORDER BY endpoint_id, seq FOR UPDATE)
 RETURNING organization_id, endpoint_id, event_type, payload, created_at, seq
 "#;
 
-/// The endpoints with rows older than `$1` seconds, oldest first.
+/// The endpoints (with their organizations) that have a row older than `$1` seconds,
+/// oldest first.
 const LEFT_SQL: &str = r#"
-SELECT endpoint_id FROM announcements
+SELECT endpoint_id, organization_id FROM announcements
 WHERE recorded_at < now() - make_interval(secs => $1)
-GROUP BY endpoint_id ORDER BY min(recorded_at) LIMIT $2
+GROUP BY endpoint_id, organization_id ORDER BY min(recorded_at) LIMIT $2
 "#;
 
-/// How long moving announcements may wait for a lock.
+/// How long moving announcements may wait.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Wait {
-    /// At most [`COMPLETER_LOCK_WAIT`]: the completer, shared by every organization.
-    Briefly,
+    /// Each lock at most [`COMPLETER_LOCK_WAIT`], and no statement past this instant: the
+    /// completer, shared by every organization.
+    Briefly(std::time::Instant),
     /// The store's `statement_timeout`: a request of the organization itself.
     AsNeeded,
+}
+
+/// The limits of one move's statements (lifted for its commit).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    lock: Duration,
+    statement: Option<Duration>,
 }
 
 /// Records `events` (operational events, each about its `exclude_endpoint`) in the outbox,
@@ -128,19 +153,29 @@ pub(crate) async fn publish(
     wait: Wait,
 ) {
     let ids: Vec<Uuid> = endpoints.iter().map(|e| e.0).collect();
-    let limit = match wait {
-        Wait::Briefly => Some(COMPLETER_LOCK_WAIT),
-        Wait::AsNeeded => None,
-    };
     let mut attempt = 0;
     loop {
-        match move_rows(conn, sqlx::query(TAKE_SQL).bind(&ids), channel, limit).await {
+        let limits = match wait {
+            Wait::AsNeeded => None,
+            Wait::Briefly(deadline) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left < Duration::from_millis(1) {
+                    tracing::debug!(
+                        "the completer's time for announcements is spent; the \
+                        outbox sweep publishes the rest"
+                    );
+                    return;
+                }
+                Some(Limits { lock: left.min(COMPLETER_LOCK_WAIT), statement: Some(left) })
+            }
+        };
+        match move_rows(conn, sqlx::query(TAKE_SQL).bind(&ids), channel, limits).await {
             Ok(_) => return,
             Err(e) if attempt < 3 && is_retryable_conflict(&e) => {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
             }
-            Err(e) if is_lock_timeout(&e) => {
+            Err(e) if is_timeout(&e) => {
                 tracing::debug!(
                     "an endpoint announcement waits for a lock; the outbox sweep \
                     publishes it"
@@ -175,18 +210,27 @@ pub(crate) async fn sweep(
 ) -> Result<usize, sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let mut moved = 0;
+    let limits = Some(Limits { lock: SWEEP_LOCK_WAIT, statement: None });
     loop {
-        let endpoints: Vec<Uuid> = sqlx::query_scalar(LEFT_SQL)
+        let endpoints: Vec<(Uuid, Uuid)> = sqlx::query_as(LEFT_SQL)
             .bind(min_age.as_secs_f64())
             .bind(SWEEP_ENDPOINTS)
             .fetch_all(&mut *conn)
             .await?;
         let mut stuck = false;
-        for endpoint in &endpoints {
+        // Organizations whose lock wait ran out in this pass: their other endpoints wait.
+        let mut held: Vec<Uuid> = Vec::new();
+        for (endpoint, org) in &endpoints {
+            if held.contains(org) {
+                continue;
+            }
             let take = sqlx::query(TAKE_SQL).bind(std::slice::from_ref(endpoint));
-            match move_rows(&mut conn, take, channel, Some(SWEEP_LOCK_WAIT)).await {
+            match move_rows(&mut conn, take, channel, limits).await {
                 Ok(n) => moved += n,
-                Err(e) if is_lock_timeout(&e) => stuck = true,
+                Err(e) if is_timeout(&e) => {
+                    stuck = true;
+                    held.push(*org);
+                }
                 Err(e) => {
                     stuck = true;
                     tracing::warn!(endpoint_id = %endpoint, error = %e,
@@ -225,20 +269,25 @@ pub(crate) fn spawn(pool: PgPool, channel: std::sync::Arc<str>) -> tokio::task::
 
 /// One transaction: `take` deletes outbox rows (returning them), and they are inserted as
 /// events — ids given now, in the order of the changes — fanned out and notified like any
-/// batch.
-/// With `lock_wait`, a lock not granted within it fails the transaction
-/// ([`is_lock_timeout`]). Returns how many.
+/// batch. With `limits`, a lock not granted or a statement not done within them fails the
+/// transaction ([`is_timeout`]); they are lifted for the commit. Returns how many.
 async fn move_rows(
     conn: &mut PgConnection,
     take: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
     channel: &str,
-    lock_wait: Option<Duration>,
+    limits: Option<Limits>,
 ) -> Result<usize, sqlx::Error> {
     let mut tx = conn.begin().await?;
-    if let Some(wait) = lock_wait {
-        // `SET LOCAL` takes no parameters; the value is ours.
-        let ms = wait.as_millis();
-        sqlx::query(&format!("SET LOCAL lock_timeout = '{ms}ms'")).execute(&mut *tx).await?;
+    if let Some(limits) = limits {
+        // `SET` takes no parameters; the values are ours.
+        let lock = limits.lock.as_millis().max(1);
+        let set = format!("SET LOCAL lock_timeout = '{lock}ms'");
+        sqlx::query(&set).execute(&mut *tx).await?;
+        if let Some(statement) = limits.statement {
+            let ms = statement.as_millis().max(1);
+            let set = format!("SET LOCAL statement_timeout = '{ms}ms'");
+            sqlx::query(&set).execute(&mut *tx).await?;
+        }
     }
     let rows = take.fetch_all(&mut *tx).await?;
     let mut taken = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
@@ -252,13 +301,20 @@ async fn move_rows(
         })
         .collect();
     crate::insert::insert_in(&mut tx, &events, channel).await?;
+    if limits.is_some() {
+        // The commit's notification waits for other notifying commits: not a lock to give
+        // up on once the work is done.
+        sqlx::query("SET LOCAL lock_timeout = 0").execute(&mut *tx).await?;
+        sqlx::query("SET LOCAL statement_timeout TO DEFAULT").execute(&mut *tx).await?;
+    }
     tx.commit().await?;
     Ok(events.len())
 }
 
-/// Whether `e` is a lock wait that `lock_timeout` ended.
-fn is_lock_timeout(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(LOCK_NOT_AVAILABLE))
+/// Whether `e` is a wait that `lock_timeout` or `statement_timeout` ended.
+fn is_timeout(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if matches!(db.code().as_deref(), Some(LOCK_NOT_AVAILABLE | QUERY_CANCELED)))
 }
 
 /// An outbox row: its place in the order of changes, and the event it announces (its id

@@ -509,24 +509,25 @@ async fn complete_once(
 }
 
 /// Moves the announcements of the `(endpoint, organization)` pairs disabled by a batch out
-/// of the outbox (`announce.rs`): one organization per transaction, each lock waited for
-/// briefly, and none after [`announce::COMPLETER_BUDGET`](crate::announce::COMPLETER_BUDGET)
-/// — the completer is every organization's, and what is left goes to the sweep.
+/// of the outbox (`announce.rs`): one organization per transaction, starting at a different
+/// one each time, each lock waited for briefly, and no statement past
+/// [`announce::COMPLETER_BUDGET`](crate::announce::COMPLETER_BUDGET) — the completer is
+/// every organization's, and what is left goes to the sweep.
 async fn publish_disables(conn: &mut PgConnection, disabled: &[(Uuid, Uuid)], channel: &str) {
-    let started = std::time::Instant::now();
+    let deadline = std::time::Instant::now() + crate::announce::COMPLETER_BUDGET;
     let mut orgs: Vec<Uuid> = disabled.iter().map(|(_, org)| *org).collect();
     orgs.sort_unstable();
     orgs.dedup();
+    // A different first organization each time, so that the same ones are not always the
+    // ones past the budget (the clock's nanoseconds are random enough for that).
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    let first = nanos.map_or(0, |d| d.subsec_nanos() as usize) % orgs.len().max(1);
+    orgs.rotate_left(first);
     for org in orgs {
-        if started.elapsed() > crate::announce::COMPLETER_BUDGET {
-            tracing::debug!(
-                "announcements left to the outbox sweep: the completer's budget is spent"
-            );
-            return;
-        }
         let endpoints: Vec<EndpointId> =
             disabled.iter().filter(|(_, o)| *o == org).map(|(id, _)| EndpointId(*id)).collect();
-        crate::announce::publish(conn, &endpoints, channel, crate::announce::Wait::Briefly).await;
+        let wait = crate::announce::Wait::Briefly(deadline);
+        crate::announce::publish(conn, &endpoints, channel, wait).await;
     }
 }
 

@@ -78,8 +78,8 @@ pub(super) async fn complete_loop<S: EventStore, D: Deliverer>(
         let applied = recorded.as_ref().map(|r| &r.applied);
         if recorded.as_ref().map_or(true, |r| r.after_failure) {
             // A failed call may have committed a disable that no call reports: finish every
-            // disable this batch asked for (nothing for an endpoint still enabled), until the
-            // store answers.
+            // disable this batch asked for (nothing for an endpoint still enabled), trying
+            // again while the store fails.
             let asked = super::disabled_by(&batch, &vec![true; batch.len()]);
             if !asked.is_empty() {
                 let (targets, store) = (super::finish_targets(&asked), shared.clone());

@@ -430,30 +430,32 @@ pub(super) async fn finish_disabling<S: EventStore>(
 }
 
 /// [`finish_disabling`] for targets that may or may not be disabled, after a store call
-/// failed: each is tried again while the store fails (1 s, doubling, up to a minute apart,
-/// eight times), and given up (logged) after that — the next start finishes it.
+/// failed: in rounds over those not finished yet, 1 s apart and doubling up to a minute,
+/// eight rounds at most; what is still left is logged, and the next start finishes it.
 pub(super) async fn finish_disabling_until_done<S: EventStore>(
     store: &S,
-    targets: Vec<(OrganizationId, crate::domain::EndpointId, clock::Timestamp)>,
+    mut targets: Vec<(OrganizationId, crate::domain::EndpointId, clock::Timestamp)>,
 ) {
-    for (org, endpoint, at) in targets {
-        let mut pause = Duration::from_secs(1);
-        for tries in 1.. {
-            match store.finish_disabling(org, endpoint, at).await {
-                Ok(_) => break,
-                Err(e) if tries < 8 => {
-                    tracing::debug!(organization_id = %org, endpoint_id = %endpoint,
-                        error = %e, "finishing a disable failed; trying again");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(60));
-                }
-                Err(e) => {
-                    tracing::warn!(organization_id = %org, endpoint_id = %endpoint,
-                        error = %e, "finishing a disable failed; the next start finishes it");
-                    break;
-                }
+    let mut pause = Duration::from_secs(1);
+    for round in 1..=8 {
+        let mut left = Vec::new();
+        for (org, endpoint, at) in targets {
+            if let Err(e) = store.finish_disabling(org, endpoint, at).await {
+                tracing::debug!(organization_id = %org, endpoint_id = %endpoint, error = %e,
+                    round, "finishing a disable failed; trying again");
+                left.push((org, endpoint, at));
             }
         }
+        if left.is_empty() {
+            return;
+        }
+        targets = left;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(60));
+    }
+    for (org, endpoint, _) in targets {
+        tracing::warn!(organization_id = %org, endpoint_id = %endpoint,
+            "finishing a disable kept failing; the next start finishes it");
     }
 }
 

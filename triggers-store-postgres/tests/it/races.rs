@@ -531,3 +531,72 @@ async fn finishing_a_disable_that_loses_a_deadlock_runs_again() {
     drop(store);
     db.drop_database().await.unwrap();
 }
+
+/// One batch disables endpoints of two organizations while one of them keeps another of its
+/// endpoints locked: the other organization's announcement is published with the call (one
+/// organization per move), and only the locked one's waits for the sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_organizations_lock_leaves_only_its_own_announcement_to_the_sweep() {
+    use triggers_core::store::CompletionState;
+    let Some(db) = support::database("completion_lock_per_org").await else { return };
+    let store = support::connect(&db, support::config()).await;
+    let (busy, calm) = (support::org(&store, "busy").await, support::org(&store, "calm").await);
+    let busy_ep = support::endpoint(&store, &busy, Some("t")).await;
+    let held = support::endpoint(&store, &busy, Some("other")).await;
+    support::endpoint(&store, &calm, Some("t")).await;
+    for org in [&busy, &calm] {
+        let record = support::record("t", None, at(1));
+        store.insert_events(org.id, vec![record], DAY, at(1)).await.unwrap();
+    }
+    let owner = WorkerId::new();
+    let flying = store.claim(ClaimRequest::new(owner, 10, DAY, at(2))).await.unwrap();
+    assert_eq!(flying.len(), 2);
+
+    let mut other = PgConnection::connect_with(&db.options).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT 1 FROM endpoints WHERE id = $1 FOR UPDATE")
+        .bind(held.id.0)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let completions: Vec<_> = flying
+        .iter()
+        .map(|d| {
+            let mut c = support::delivered(d, owner, 3);
+            c.state = CompletionState::Failed;
+            c.disable_endpoint = Some("410 Gone".into());
+            c
+        })
+        .collect();
+    let nothing = ClaimRequest::new(WorkerId::new(), 0, DAY, at(3));
+    let done = store.complete_and_claim(&completions, nothing).await.unwrap();
+    assert_eq!(done.disabled.len(), 2);
+    let announced = |org: triggers_core::OrganizationId| {
+        let pool = store.pool().clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM events
+                 WHERE organization_id = $1 AND event_type = 'triggers.endpoint.disabled'",
+            )
+            .bind(org.0)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            n
+        }
+    };
+    assert_eq!(announced(calm.id).await, 1, "the calm organization's is published at once");
+    assert_eq!(announced(busy.id).await, 0, "the busy one's waits for its lock");
+    let left: Vec<sqlx::types::Uuid> = sqlx::query_scalar("SELECT endpoint_id FROM announcements")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, [busy_ep.id.0]);
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    support::eventually("the sweep publishes it", Duration::from_secs(30), || async {
+        announced(busy.id).await == 1
+    })
+    .await;
+    drop(store);
+    db.drop_database().await.unwrap();
+}
