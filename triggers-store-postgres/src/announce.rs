@@ -22,7 +22,8 @@
 //! The completer moves its announcements on its own connection, between recording a batch
 //! and claiming the next, one organization per transaction (starting at a different one
 //! each time): there each lock is waited for at most [`COMPLETER_LOCK_WAIT`], and no
-//! statement runs past [`COMPLETER_BUDGET`] from the first ([`Wait::Briefly`]), so an
+//! statement runs past [`COMPLETER_BUDGET`] from the first move's start ([`Wait::Briefly`];
+//! only each commit may end later), so an
 //! organization that keeps one of its endpoints locked (a recover, a delete, a patch) holds
 //! the shared completer up briefly and leaves mostly its own announcements to the sweep. A
 //! patch, the organization's own request, waits as long as it must ([`Wait::AsNeeded`]).
@@ -33,9 +34,10 @@
 //! crash) stays in the outbox. Every node's sweep ([`spawn`]) moves the rows of endpoints
 //! that have one older than [`SWEEP_MIN_AGE`] (younger ones are usually being moved by
 //! their own call), at start and every [`SWEEP_EVERY`] after, one endpoint per transaction,
-//! each lock waited for at most [`SWEEP_LOCK_WAIT`]; after a lock wait ran out, the
-//! organization's other endpoints wait for the next sweep, so one organization keeping its
-//! endpoints locked costs each pass about a second. So an announcement is never lost and
+//! each lock waited for at most [`SWEEP_LOCK_WAIT`]; after a move of an organization failed,
+//! its other endpoints wait for the next sweep and the sweep looks past them, so one
+//! organization keeping its endpoints locked costs a sweep about a second and never keeps
+//! the others' rows from being reached. So an announcement is never lost and
 //! never inserted twice; it reaches the stream with the call that made the change or, after
 //! that call failed, with a sweep some seconds later (at the next start, if no node is
 //! running).
@@ -96,10 +98,10 @@ RETURNING organization_id, endpoint_id, event_type, payload, created_at, seq
 "#;
 
 /// The endpoints (with their organizations) that have a row older than `$1` seconds,
-/// oldest first.
+/// oldest first, at most `$2`, of no organization in `$3`.
 const LEFT_SQL: &str = r#"
 SELECT endpoint_id, organization_id FROM announcements
-WHERE recorded_at < now() - make_interval(secs => $1)
+WHERE recorded_at < now() - make_interval(secs => $1) AND organization_id <> ALL($3)
 GROUP BY endpoint_id, organization_id ORDER BY min(recorded_at) LIMIT $2
 "#;
 
@@ -113,12 +115,20 @@ pub(crate) enum Wait {
     AsNeeded,
 }
 
-/// The limits of one move's statements (lifted for its commit).
+/// The limits of one move (lifted for its commit): each lock waited for at most `lock`,
+/// and no statement running past `deadline`.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     lock: Duration,
-    statement: Option<Duration>,
+    deadline: Option<std::time::Instant>,
 }
+
+/// Sets the transaction's `lock_timeout` (`$1`) and, unless `$2` is null, its
+/// `statement_timeout`: bound values, so one prepared statement whatever they are.
+const LIMIT_SQL: &str = r#"
+SELECT set_config('lock_timeout', $1, true),
+       set_config('statement_timeout', coalesce($2, current_setting('statement_timeout')), true)
+"#;
 
 /// Records `events` (operational events, each about its `exclude_endpoint`) in the outbox,
 /// inside the caller's transaction.
@@ -166,7 +176,7 @@ pub(crate) async fn publish(
                     );
                     return;
                 }
-                Some(Limits { lock: left.min(COMPLETER_LOCK_WAIT), statement: Some(left) })
+                Some(Limits { lock: left.min(COMPLETER_LOCK_WAIT), deadline: Some(deadline) })
             }
         };
         match move_rows(conn, sqlx::query(TAKE_SQL).bind(&ids), channel, limits).await {
@@ -176,10 +186,8 @@ pub(crate) async fn publish(
                 tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
             }
             Err(e) if is_timeout(&e) => {
-                tracing::debug!(
-                    "an endpoint announcement waits for a lock; the outbox sweep \
-                    publishes it"
-                );
+                tracing::debug!(error = %e, "an endpoint announcement waits for a lock or ran \
+                    out of time; the outbox sweep publishes it");
                 return;
             }
             Err(e) => {
@@ -210,16 +218,19 @@ pub(crate) async fn sweep(
 ) -> Result<usize, sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let mut moved = 0;
-    let limits = Some(Limits { lock: SWEEP_LOCK_WAIT, statement: None });
+    let limits = Some(Limits { lock: SWEEP_LOCK_WAIT, deadline: None });
+    // Organizations whose move failed in this sweep: their endpoints wait for the next one,
+    // and the passes after it look past them (one organization keeping its endpoints locked
+    // costs a sweep about a second, and never keeps the others' rows from being reached).
+    let mut held: Vec<Uuid> = Vec::new();
     loop {
         let endpoints: Vec<(Uuid, Uuid)> = sqlx::query_as(LEFT_SQL)
             .bind(min_age.as_secs_f64())
             .bind(SWEEP_ENDPOINTS)
+            .bind(&held)
             .fetch_all(&mut *conn)
             .await?;
-        let mut stuck = false;
-        // Organizations whose lock wait ran out in this pass: their other endpoints wait.
-        let mut held: Vec<Uuid> = Vec::new();
+        let held_before = held.len();
         for (endpoint, org) in &endpoints {
             if held.contains(org) {
                 continue;
@@ -227,21 +238,27 @@ pub(crate) async fn sweep(
             let take = sqlx::query(TAKE_SQL).bind(std::slice::from_ref(endpoint));
             match move_rows(&mut conn, take, channel, limits).await {
                 Ok(n) => moved += n,
-                Err(e) if is_timeout(&e) => {
-                    stuck = true;
-                    held.push(*org);
-                }
                 Err(e) => {
-                    stuck = true;
-                    tracing::warn!(endpoint_id = %endpoint, error = %e,
-                        "publishing endpoint announcements left in the outbox failed; \
-                         the next sweep tries again");
+                    held.push(*org);
+                    let level_warn = !is_timeout(&e);
+                    if level_warn {
+                        tracing::warn!(endpoint_id = %endpoint, error = %e,
+                            "publishing endpoint announcements left in the outbox failed; \
+                             the next sweep tries again");
+                    } else {
+                        tracing::debug!(endpoint_id = %endpoint, error = %e,
+                            "announcements left in the outbox wait for a lock");
+                    }
                 }
             }
         }
-        // A full pass may have left more behind; one that could not move something would
-        // only find the same rows again.
-        if stuck || i64::try_from(endpoints.len()).unwrap_or(i64::MAX) < SWEEP_ENDPOINTS {
+        // A full pass may have left more behind, and one that held organizations back may
+        // have more to find past them.
+        let full = i64::try_from(endpoints.len()).unwrap_or(i64::MAX) >= SWEEP_ENDPOINTS;
+        if !full && held.len() == held_before {
+            return Ok(moved);
+        }
+        if endpoints.is_empty() {
             return Ok(moved);
         }
     }
@@ -279,15 +296,9 @@ async fn move_rows(
 ) -> Result<usize, sqlx::Error> {
     let mut tx = conn.begin().await?;
     if let Some(limits) = limits {
-        // `SET` takes no parameters; the values are ours.
-        let lock = limits.lock.as_millis().max(1);
-        let set = format!("SET LOCAL lock_timeout = '{lock}ms'");
-        sqlx::query(&set).execute(&mut *tx).await?;
-        if let Some(statement) = limits.statement {
-            let ms = statement.as_millis().max(1);
-            let set = format!("SET LOCAL statement_timeout = '{ms}ms'");
-            sqlx::query(&set).execute(&mut *tx).await?;
-        }
+        let lock = format!("{}ms", limits.lock.as_millis().max(1));
+        let statement = limits.deadline.map(time_left);
+        sqlx::query(LIMIT_SQL).bind(lock).bind(statement).execute(&mut *tx).await?;
     }
     let rows = take.fetch_all(&mut *tx).await?;
     let mut taken = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
@@ -300,6 +311,15 @@ async fn move_rows(
             (org, event)
         })
         .collect();
+    if let Some(deadline) = limits.and_then(|l| l.deadline) {
+        // What is left for the insert, not what was left for the take.
+        let statement = time_left(deadline);
+        sqlx::query(LIMIT_SQL)
+            .bind(format!("{}ms", limits.map_or(0, |l| l.lock.as_millis()).max(1)))
+            .bind(statement)
+            .execute(&mut *tx)
+            .await?;
+    }
     crate::insert::insert_in(&mut tx, &events, channel).await?;
     if limits.is_some() {
         // The commit's notification waits for other notifying commits: not a lock to give
@@ -309,6 +329,13 @@ async fn move_rows(
     }
     tx.commit().await?;
     Ok(events.len())
+}
+
+/// The time left until `deadline`, as a `statement_timeout` value (1 ms at least: `0`
+/// would mean none).
+fn time_left(deadline: std::time::Instant) -> String {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    format!("{}ms", left.as_millis().max(1))
 }
 
 /// Whether `e` is a wait that `lock_timeout` or `statement_timeout` ended.

@@ -519,9 +519,10 @@ async fn publish_disables(conn: &mut PgConnection, disabled: &[(Uuid, Uuid)], ch
     orgs.sort_unstable();
     orgs.dedup();
     // A different first organization each time, so that the same ones are not always the
-    // ones past the budget (the clock's nanoseconds are random enough for that).
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    let first = nanos.map_or(0, |d| d.subsec_nanos() as usize) % orgs.len().max(1);
+    // ones past the budget.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let turn = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let first = turn % orgs.len().max(1);
     orgs.rotate_left(first);
     for org in orgs {
         let endpoints: Vec<EndpointId> =

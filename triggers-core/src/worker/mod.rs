@@ -450,6 +450,9 @@ pub(super) async fn finish_disabling_until_done<S: EventStore>(
             return;
         }
         targets = left;
+        if round == 8 {
+            break;
+        }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(60));
     }
