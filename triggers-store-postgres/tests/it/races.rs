@@ -52,6 +52,42 @@ async fn sessions_blocked(store: &PgStore, n: i64) {
     .await;
 }
 
+/// A connection whose open transaction holds the row `id` of `table` `FOR UPDATE`.
+async fn lock_row(db: &TestDatabase, table: &str, id: sqlx::types::Uuid) -> PgConnection {
+    let mut conn = PgConnection::connect_with(&db.options).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+    let sql = format!("SELECT 1 FROM {table} WHERE id = $1 FOR UPDATE");
+    sqlx::query(&sql).bind(id).execute(&mut conn).await.unwrap();
+    conn
+}
+
+/// An organization with one endpoint that matches every event, one event, and its delivery
+/// claimed.
+async fn one_in_flight(
+    store: &PgStore,
+) -> (triggers_core::Organization, triggers_core::Endpoint, Delivery) {
+    let org = support::org(store, "acme").await;
+    let endpoint = support::endpoint(store, &org, None).await;
+    store.insert_events(org.id, vec![support::record("t", None, at(1))], DAY, at(1)).await.unwrap();
+    let req = ClaimRequest::new(WorkerId::new(), 1, DAY, at(2));
+    let flying = store.claim(req).await.unwrap().remove(0);
+    (org, endpoint, flying)
+}
+
+/// Closes a deadlock with a transaction of `store` that waits for a row `holder` holds:
+/// once that one has waited a while (its deadlock check comes first, so it is the one
+/// rolled back), `holder` asks for `endpoint`, gets it, and commits.
+async fn close_deadlock(store: &PgStore, holder: &mut PgConnection, endpoint: sqlx::types::Uuid) {
+    writer_blocked(store).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let asked = sqlx::query("SELECT 1 FROM endpoints WHERE id = $1 FOR UPDATE")
+        .bind(endpoint)
+        .execute(&mut *holder)
+        .await;
+    assert!(asked.is_ok(), "the store's transaction was rolled back, not this: {asked:?}");
+    sqlx::query("COMMIT").execute(holder).await.unwrap();
+}
+
 fn one_writer() -> PgConfig {
     PgConfig {
         writers: 1,
@@ -230,13 +266,7 @@ async fn a_patch_holds_no_other_endpoint_while_it_announces() {
     let x = support::endpoint(&store, &org, None).await;
     let y = support::endpoint(&store, &org, None).await;
 
-    let mut other = PgConnection::connect_with(&db.options).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
-    sqlx::query("SELECT 1 FROM endpoints WHERE id = $1 FOR UPDATE")
-        .bind(y.id.0)
-        .execute(&mut other)
-        .await
-        .unwrap();
+    let mut other = lock_row(&db, "endpoints", y.id.0).await;
     let s = store.clone();
     let patch = tokio::spawn(async move {
         let disable = EndpointPatch { enabled: Some(false), ..EndpointPatch::default() };
@@ -408,13 +438,7 @@ async fn a_completion_waits_briefly_for_an_organizations_locks() {
     let owner = WorkerId::new();
     let flying = store.claim(ClaimRequest::new(owner, 1, DAY, at(2))).await.unwrap().remove(0);
 
-    let mut other = PgConnection::connect_with(&db.options).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
-    sqlx::query("SELECT 1 FROM endpoints WHERE id = $1 FOR UPDATE")
-        .bind(held.id.0)
-        .execute(&mut other)
-        .await
-        .unwrap();
+    let mut other = lock_row(&db, "endpoints", held.id.0).await;
     let mut c = support::delivered(&flying, owner, 3);
     c.state = CompletionState::Failed;
     c.disable_endpoint = Some("410 Gone".into());
@@ -455,34 +479,16 @@ async fn a_patch_that_loses_a_deadlock_runs_again() {
     use triggers_core::store::{EndpointPatch, EndpointStore};
     let Some(db) = support::database("patch_deadlock").await else { return };
     let store = support::connect(&db, support::config()).await;
-    let org = support::org(&store, "acme").await;
-    let x = support::endpoint(&store, &org, None).await;
-    store.insert_events(org.id, vec![support::record("t", None, at(1))], DAY, at(1)).await.unwrap();
-    let flying = store.claim(ClaimRequest::new(WorkerId::new(), 1, DAY, at(2))).await.unwrap();
+    let (org, x, flying) = one_in_flight(&store).await;
 
     // The completion's side: it holds the delivery ...
-    let mut completion = PgConnection::connect_with(&db.options).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut completion).await.unwrap();
-    sqlx::query("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE")
-        .bind(flying[0].id.0)
-        .execute(&mut completion)
-        .await
-        .unwrap();
+    let mut completion = lock_row(&db, "deliveries", flying.id.0).await;
     let s = store.clone();
     let patch = tokio::spawn(async move {
         let disable = EndpointPatch { enabled: Some(false), ..EndpointPatch::default() };
         s.update_endpoint(org.id, x.id, &disable, at(3)).await
     });
-    writer_blocked(&store).await;
-    // ... and asks for the endpoint the patch holds, once the patch has waited a while (its
-    // deadlock check comes first: it is the one rolled back).
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let asked = sqlx::query("SELECT 1 FROM endpoints WHERE id = $1 FOR UPDATE")
-        .bind(x.id.0)
-        .execute(&mut completion)
-        .await;
-    assert!(asked.is_ok(), "the patch was rolled back, not this: {asked:?}");
-    sqlx::query("COMMIT").execute(&mut completion).await.unwrap();
+    close_deadlock(&store, &mut completion, x.id.0).await;
     let update = patch.await.unwrap().expect("the patch ran again and succeeded").unwrap();
     assert!(!update.endpoint.enabled);
     assert_eq!(update.failed, 1, "its delivery failed");
@@ -498,10 +504,7 @@ async fn finishing_a_disable_that_loses_a_deadlock_runs_again() {
     use triggers_core::store::EndpointStore;
     let Some(db) = support::database("finish_deadlock").await else { return };
     let store = support::connect(&db, support::config()).await;
-    let org = support::org(&store, "acme").await;
-    let x = support::endpoint(&store, &org, None).await;
-    store.insert_events(org.id, vec![support::record("t", None, at(1))], DAY, at(1)).await.unwrap();
-    let flying = store.claim(ClaimRequest::new(WorkerId::new(), 1, DAY, at(2))).await.unwrap();
+    let (org, x, flying) = one_in_flight(&store).await;
     // Disabled by a completion whose one batch left this delivery outstanding.
     sqlx::query("UPDATE endpoints SET enabled = false, disabled_reason = '410' WHERE id = $1")
         .bind(x.id.0)
@@ -509,23 +512,10 @@ async fn finishing_a_disable_that_loses_a_deadlock_runs_again() {
         .await
         .unwrap();
 
-    let mut completion = PgConnection::connect_with(&db.options).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut completion).await.unwrap();
-    sqlx::query("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE")
-        .bind(flying[0].id.0)
-        .execute(&mut completion)
-        .await
-        .unwrap();
+    let mut completion = lock_row(&db, "deliveries", flying.id.0).await;
     let s = store.clone();
     let finishing = tokio::spawn(async move { s.finish_disabling(org.id, x.id, at(3)).await });
-    writer_blocked(&store).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let asked = sqlx::query("SELECT 1 FROM endpoints WHERE id = $1 FOR UPDATE")
-        .bind(x.id.0)
-        .execute(&mut completion)
-        .await;
-    assert!(asked.is_ok(), "the finishing step was rolled back, not this: {asked:?}");
-    sqlx::query("COMMIT").execute(&mut completion).await.unwrap();
+    close_deadlock(&store, &mut completion, x.id.0).await;
     let failed = finishing.await.unwrap().expect("the step ran again and succeeded");
     assert_eq!(failed, 1, "its delivery failed");
     drop(store);
@@ -552,13 +542,7 @@ async fn one_organizations_lock_leaves_only_its_own_announcement_to_the_sweep() 
     let flying = store.claim(ClaimRequest::new(owner, 10, DAY, at(2))).await.unwrap();
     assert_eq!(flying.len(), 2);
 
-    let mut other = PgConnection::connect_with(&db.options).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
-    sqlx::query("SELECT 1 FROM endpoints WHERE id = $1 FOR UPDATE")
-        .bind(held.id.0)
-        .execute(&mut other)
-        .await
-        .unwrap();
+    let mut other = lock_row(&db, "endpoints", held.id.0).await;
     let completions: Vec<_> = flying
         .iter()
         .map(|d| {
