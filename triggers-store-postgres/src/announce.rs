@@ -208,9 +208,9 @@ pub(crate) async fn publish_on(pool: &PgPool, endpoints: &[EndpointId], channel:
     }
 }
 
-/// Moves the rows older than `min_age` that no other node is moving, one endpoint per
-/// transaction; returns how many. An endpoint whose move fails is logged and left for the
-/// next sweep; the others are moved.
+/// Moves the rows of the endpoints that have one older than `min_age`, one endpoint per
+/// transaction; returns how many. An organization whose move fails (a lock held past
+/// [`SWEEP_LOCK_WAIT`], an error) is left for the next sweep, and the others are moved.
 pub(crate) async fn sweep(
     pool: &PgPool,
     channel: &str,
@@ -240,8 +240,7 @@ pub(crate) async fn sweep(
                 Ok(n) => moved += n,
                 Err(e) => {
                     held.push(*org);
-                    let level_warn = !is_timeout(&e);
-                    if level_warn {
+                    if !is_timeout(&e) {
                         tracing::warn!(endpoint_id = %endpoint, error = %e,
                             "publishing endpoint announcements left in the outbox failed; \
                              the next sweep tries again");
