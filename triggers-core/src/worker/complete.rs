@@ -84,7 +84,7 @@ pub(super) async fn complete_loop<S: EventStore, D: Deliverer>(
             if !asked.is_empty() {
                 let (targets, store) = (super::finish_targets(&asked), shared.clone());
                 finishing.spawn(async move {
-                    super::finish_disabling_until_done(&*store.store, targets).await;
+                    super::finish_disabling(&*store.store, targets, 8).await;
                 });
             }
         }
@@ -96,7 +96,7 @@ pub(super) async fn complete_loop<S: EventStore, D: Deliverer>(
                 // store write also announced it: `store::operational`).
                 let (to_finish, store) = (super::finish_targets(&disabled), shared.clone());
                 finishing.spawn(async move {
-                    super::finish_disabling(&*store.store, to_finish).await;
+                    super::finish_disabling(&*store.store, to_finish, 1).await;
                 });
                 super::log_disabled(&disabled, reported);
             }

@@ -415,42 +415,28 @@ pub(super) fn finish_targets(
 }
 
 /// Fails what the completions that disabled these endpoints left outstanding (they fail at
-/// most [`BACKLOG_BATCH`](crate::store::BACKLOG_BATCH) each).
+/// most [`BACKLOG_BATCH`](crate::store::BACKLOG_BATCH) each), in up to `rounds` rounds over
+/// the targets not finished yet, 1 s apart and doubling up to a minute (several after a
+/// store call failed, when the targets may or may not be disabled: nothing for one still
+/// enabled). What is still left is logged; the next start, or enabling the endpoint,
+/// finishes it.
 pub(super) async fn finish_disabling<S: EventStore>(
     store: &S,
-    targets: Vec<(OrganizationId, crate::domain::EndpointId, clock::Timestamp)>,
-) {
-    for (org, endpoint, at) in targets {
-        if let Err(e) = store.finish_disabling(org, endpoint, at).await {
-            tracing::warn!(organization_id = %org, endpoint_id = %endpoint, error = %e,
-                "failing a disabled endpoint's deliveries stopped; the rest are failed at the \
-                 next start or when the endpoint is enabled");
-        }
-    }
-}
-
-/// [`finish_disabling`] for targets that may or may not be disabled, after a store call
-/// failed: in rounds over those not finished yet, 1 s apart and doubling up to a minute,
-/// eight rounds at most; what is still left is logged, and the next start finishes it.
-pub(super) async fn finish_disabling_until_done<S: EventStore>(
-    store: &S,
     mut targets: Vec<(OrganizationId, crate::domain::EndpointId, clock::Timestamp)>,
+    rounds: u32,
 ) {
     let mut pause = Duration::from_secs(1);
-    for round in 1..=8 {
+    for round in 1..=rounds {
         let mut left = Vec::new();
         for (org, endpoint, at) in targets {
             if let Err(e) = store.finish_disabling(org, endpoint, at).await {
                 tracing::debug!(organization_id = %org, endpoint_id = %endpoint, error = %e,
-                    round, "finishing a disable failed; trying again");
+                    round, "failing a disabled endpoint's deliveries stopped");
                 left.push((org, endpoint, at));
             }
         }
-        if left.is_empty() {
-            return;
-        }
         targets = left;
-        if round == 8 {
+        if targets.is_empty() || round == rounds {
             break;
         }
         tokio::time::sleep(pause).await;
@@ -458,7 +444,8 @@ pub(super) async fn finish_disabling_until_done<S: EventStore>(
     }
     for (org, endpoint, _) in targets {
         tracing::warn!(organization_id = %org, endpoint_id = %endpoint,
-            "finishing a disable kept failing; the next start finishes it");
+            "failing a disabled endpoint's deliveries stopped; the rest are failed at the \
+             next start or when the endpoint is enabled");
     }
 }
 
