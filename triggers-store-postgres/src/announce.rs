@@ -21,26 +21,29 @@
 //!
 //! The completer moves its announcements on its own connection, between recording a batch
 //! and claiming the next, one organization per transaction (starting at a different one
-//! each time): there each lock is waited for at most [`COMPLETER_LOCK_WAIT`], and no
-//! statement runs past [`COMPLETER_BUDGET`] from the first move's start ([`Wait::Briefly`];
-//! only each commit may end later), so an
-//! organization that keeps one of its endpoints locked (a recover, a delete, a patch) holds
-//! the shared completer up briefly and leaves mostly its own announcements to the sweep. A
-//! patch, the organization's own request, waits as long as it must ([`Wait::AsNeeded`]).
-//! The limits are lifted before the commit, whose notification may wait for other
+//! each time), and it does not wait for locks: each is waited for at most
+//! [`COMPLETER_LOCK_WAIT`] (1 ms, the least PostgreSQL takes), and no statement runs past
+//! [`COMPLETER_BUDGET`] from the first move's start ([`Wait::Briefly`]; only each commit
+//! may end later). An organization that keeps one of its endpoints locked (a recover, a
+//! delete, a patch) so costs the completer, which every organization shares, a round trip
+//! and no wait. What the completer could not move it hands to the sweep task
+//! ([`Outbox::hand_over`]), which moves it at once, waiting for the locks itself. A patch,
+//! the organization's own request, waits as long as it must ([`Wait::AsNeeded`]). The
+//! limits are lifted before the commit, whose notification may wait for other
 //! transactions' commits.
 //!
-//! What a call could not move (a lock held too long, a connection lost after the commit, a
-//! crash) stays in the outbox. Every node's sweep ([`spawn`]) moves the rows of endpoints
-//! that have one older than [`SWEEP_MIN_AGE`] (younger ones are usually being moved by
-//! their own call), at start and every [`SWEEP_EVERY`] after, one endpoint per transaction,
-//! each lock waited for at most [`SWEEP_LOCK_WAIT`]; after a move of an organization failed,
-//! its other endpoints wait for the next sweep and the sweep looks past them, so one
-//! organization keeping its endpoints locked costs a sweep about a second and never keeps
-//! the others' rows from being reached. So an announcement is never lost and
-//! never inserted twice; it reaches the stream with the call that made the change or, after
-//! that call failed, with a sweep some seconds later (at the next start, if no node is
-//! running).
+//! What a call could not move (a lock held, a connection lost after the commit, a crash)
+//! stays in the outbox. Every node's sweep task ([`spawn`]) moves it: at once when a call
+//! of this node handed it over (every row then, whatever its age), and otherwise the rows
+//! of endpoints that have one older than [`SWEEP_MIN_AGE`] (younger ones are usually being
+//! moved by their own call), at start and every [`SWEEP_EVERY`] after. A sweep moves one
+//! endpoint per transaction, each lock waited for at most [`SWEEP_LOCK_WAIT`]; after a move
+//! of an organization failed, its other endpoints wait for the next sweep and the sweep
+//! looks past them, so one organization keeping its endpoints locked costs a sweep about a
+//! second and never keeps the others' rows from being reached. So an announcement is never
+//! lost and never inserted twice; it reaches the stream with the call that made the change,
+//! or once the locks it waits for are released (moments later), or after that call failed
+//! with a sweep some seconds later (at the next start, if no node is running).
 //!
 //! Order: one endpoint's announcements enter the stream in the order of its changes. The
 //! events' ids come from the moving node's clock, so with two nodes whose clocks disagree,
@@ -62,8 +65,9 @@ pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Rows younger than this are left to the call that recorded them.
 pub(crate) const SWEEP_MIN_AGE: Duration = Duration::from_secs(5);
 
-/// Longest wait for one lock when the completer moves its announcements.
-pub(crate) const COMPLETER_LOCK_WAIT: Duration = Duration::from_millis(50);
+/// Longest wait for one lock when the completer moves its announcements: none to speak of
+/// (PostgreSQL's least `lock_timeout`); the sweep task waits instead ([`Outbox::hand_over`]).
+pub(crate) const COMPLETER_LOCK_WAIT: Duration = Duration::from_millis(1);
 
 /// The completer moves no further organization's announcements once this has passed.
 pub(crate) const COMPLETER_BUDGET: Duration = Duration::from_millis(200);
@@ -104,6 +108,27 @@ SELECT endpoint_id, organization_id FROM announcements
 WHERE recorded_at < now() - make_interval(secs => $1) AND organization_id <> ALL($3)
 GROUP BY endpoint_id, organization_id ORDER BY min(recorded_at) LIMIT $2
 "#;
+
+/// What a node's calls share with its sweep task: the stream's notification channel, and a
+/// way to have the sweep run at once.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    channel: std::sync::Arc<str>,
+    wake: tokio::sync::Notify,
+}
+
+impl Outbox {
+    /// The outbox of a store that notifies `channel`.
+    pub(crate) fn new(channel: std::sync::Arc<str>) -> Outbox {
+        Outbox { channel, wake: tokio::sync::Notify::new() }
+    }
+
+    /// Has the sweep task move every row at once (it runs once for any number of calls
+    /// made while it runs): a call could not move its announcement itself.
+    pub(crate) fn hand_over(&self) {
+        self.wake.notify_one();
+    }
+}
 
 /// How long moving announcements may wait.
 #[derive(Debug, Clone, Copy)]
@@ -154,12 +179,12 @@ pub(crate) async fn record(
 
 /// Moves the outbox rows of `endpoints` (all of one organization) into its stream, on
 /// `conn` (not inside a transaction), waiting for locks as `wait` says; a deadlock or
-/// serialization failure is run again (at most three times). What it cannot move is left to
-/// the sweep: the change it announces is committed either way.
+/// serialization failure is run again (at most three times). What it cannot move it hands
+/// to the sweep ([`Outbox::hand_over`]): the change it announces is committed either way.
 pub(crate) async fn publish(
     conn: &mut PgConnection,
     endpoints: &[EndpointId],
-    channel: &str,
+    outbox: &Outbox,
     wait: Wait,
 ) {
     let ids: Vec<Uuid> = endpoints.iter().map(|e| e.0).collect();
@@ -174,12 +199,14 @@ pub(crate) async fn publish(
                         "the completer's time for announcements is spent; the \
                         outbox sweep publishes the rest"
                     );
+                    outbox.hand_over();
                     return;
                 }
                 Some(Limits { lock: left.min(COMPLETER_LOCK_WAIT), deadline: Some(deadline) })
             }
         };
-        match move_rows(conn, sqlx::query(TAKE_SQL).bind(&ids), channel, limits).await {
+        let take = sqlx::query(TAKE_SQL).bind(&ids);
+        match move_rows(conn, take, &outbox.channel, limits).await {
             Ok(_) => return,
             Err(e) if attempt < 3 && is_retryable_conflict(&e) => {
                 attempt += 1;
@@ -188,11 +215,13 @@ pub(crate) async fn publish(
             Err(e) if is_timeout(&e) => {
                 tracing::debug!(error = %e, "an endpoint announcement waits for a lock or ran \
                     out of time; the outbox sweep publishes it");
+                outbox.hand_over();
                 return;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "publishing an endpoint announcement failed; the \
                     outbox sweep publishes it");
+                outbox.hand_over();
                 return;
             }
         }
@@ -200,11 +229,14 @@ pub(crate) async fn publish(
 }
 
 /// [`publish`] on a connection of `pool`.
-pub(crate) async fn publish_on(pool: &PgPool, endpoints: &[EndpointId], channel: &str) {
+pub(crate) async fn publish_on(pool: &PgPool, endpoints: &[EndpointId], outbox: &Outbox) {
     match pool.acquire().await {
-        Ok(mut conn) => publish(&mut conn, endpoints, channel, Wait::AsNeeded).await,
-        Err(e) => tracing::warn!(error = %e, "publishing an endpoint announcement failed; \
-            the outbox sweep publishes it"),
+        Ok(mut conn) => publish(&mut conn, endpoints, outbox, Wait::AsNeeded).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "publishing an endpoint announcement failed; \
+                the outbox sweep publishes it");
+            outbox.hand_over();
+        }
     }
 }
 
@@ -263,11 +295,14 @@ pub(crate) async fn sweep(
     }
 }
 
-/// Starts the sweep: at once, then every [`SWEEP_EVERY`], until aborted.
-pub(crate) fn spawn(pool: PgPool, channel: std::sync::Arc<str>) -> tokio::task::JoinHandle<()> {
+/// Starts the sweep task: a sweep at once, then one of the rows older than
+/// [`SWEEP_MIN_AGE`] every [`SWEEP_EVERY`], and one of every row whenever a call hands its
+/// announcements over ([`Outbox::hand_over`]); until aborted.
+pub(crate) fn spawn(pool: PgPool, outbox: std::sync::Arc<Outbox>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut min_age = SWEEP_MIN_AGE;
         loop {
-            match sweep(&pool, &channel, SWEEP_MIN_AGE).await {
+            match sweep(&pool, &outbox.channel, min_age).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(
                     published = n,
@@ -278,7 +313,10 @@ pub(crate) fn spawn(pool: PgPool, channel: std::sync::Arc<str>) -> tokio::task::
                 // elsewhere (its health check, its calls).
                 Err(e) => tracing::debug!(error = %e, "sweeping the announcement outbox failed"),
             }
-            tokio::time::sleep(SWEEP_EVERY).await;
+            min_age = tokio::select! {
+                () = tokio::time::sleep(SWEEP_EVERY) => SWEEP_MIN_AGE,
+                () = outbox.wake.notified() => Duration::ZERO,
+            };
         }
     })
 }

@@ -61,6 +61,7 @@ use triggers_core::store::{operational, Completion, CompletionState, StoreResult
 use triggers_core::Timestamp;
 use triggers_core::{EndpointId, OrganizationId};
 
+use crate::announce::Outbox;
 use crate::error::{is_retryable_conflict, map};
 use crate::queue::attempt_i32;
 
@@ -328,27 +329,27 @@ pub(crate) async fn complete(
     singles: &Singles,
     completions: &[Completion],
     keep: u32,
-    channel: &str,
+    outbox: &Outbox,
 ) -> StoreResult<Vec<bool>> {
     if completions.is_empty() {
         return Ok(Vec::new());
     }
     let mut conn = pool.acquire().await.map_err(map)?;
-    Ok(complete_on(&mut conn, singles, completions, keep, channel).await?.0)
+    Ok(complete_on(&mut conn, singles, completions, keep, outbox).await?.0)
 }
 
 /// Applies `completions` on `conn` (not inside a transaction); one flag per completion, in
 /// order, and the endpoints they disabled (`CompletedAndClaimed::disabled`). The fast and
 /// successes paths are one autocommitted statement each, the general path one transaction;
 /// none waits for the WAL flush (the module's "Durability") unless it disables an endpoint.
-/// Then it publishes the disables' announcements from the outbox (`announce.rs`), notifying
-/// `channel` as inserts do.
+/// Then it publishes the disables' announcements from `outbox` (`announce.rs`), notifying
+/// as inserts do, or hands them to its sweep.
 pub(crate) async fn complete_on(
     conn: &mut PgConnection,
     singles: &Singles,
     completions: &[Completion],
     keep: u32,
-    channel: &str,
+    outbox: &Outbox,
 ) -> StoreResult<(Vec<bool>, Vec<EndpointId>)> {
     if completions.is_empty() {
         return Ok((Vec::new(), Vec::new()));
@@ -364,7 +365,7 @@ pub(crate) async fn complete_on(
         }
     }
     if !disabled.is_empty() {
-        publish_disables(conn, &disabled, channel).await;
+        publish_disables(conn, &disabled, outbox).await;
     }
     let disabled: Vec<EndpointId> = disabled.into_iter().map(|(id, _)| EndpointId(id)).collect();
     let stale = batch.stale(&applied);
@@ -510,10 +511,10 @@ async fn complete_once(
 
 /// Moves the announcements of the `(endpoint, organization)` pairs disabled by a batch out
 /// of the outbox (`announce.rs`): one organization per transaction, starting at a different
-/// one each time, each lock waited for briefly, and no statement past
+/// one each time, no lock waited for, and no statement past
 /// [`announce::COMPLETER_BUDGET`](crate::announce::COMPLETER_BUDGET) — the completer is
-/// every organization's, and what is left goes to the sweep.
-async fn publish_disables(conn: &mut PgConnection, disabled: &[(Uuid, Uuid)], channel: &str) {
+/// every organization's, and what is left goes to the sweep task at once.
+async fn publish_disables(conn: &mut PgConnection, disabled: &[(Uuid, Uuid)], outbox: &Outbox) {
     let deadline = std::time::Instant::now() + crate::announce::COMPLETER_BUDGET;
     let mut orgs: Vec<Uuid> = disabled.iter().map(|(_, org)| *org).collect();
     orgs.sort_unstable();
@@ -528,7 +529,7 @@ async fn publish_disables(conn: &mut PgConnection, disabled: &[(Uuid, Uuid)], ch
         let endpoints: Vec<EndpointId> =
             disabled.iter().filter(|(_, o)| *o == org).map(|(id, _)| EndpointId(*id)).collect();
         let wait = crate::announce::Wait::Briefly(deadline);
-        crate::announce::publish(conn, &endpoints, channel, wait).await;
+        crate::announce::publish(conn, &endpoints, outbox, wait).await;
     }
 }
 

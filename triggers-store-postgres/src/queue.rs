@@ -201,7 +201,7 @@ impl DeliveryQueue for PgStore {
 
     async fn complete(&self, completions: &[Completion]) -> StoreResult<Vec<bool>> {
         let keep = self.limits().max_attempts_kept;
-        crate::complete::complete(self.pool(), self.singles(), completions, keep, self.channel())
+        crate::complete::complete(self.pool(), self.singles(), completions, keep, self.outbox())
             .await
             .map_err(|e| self.explain(e))
     }
@@ -224,7 +224,7 @@ impl DeliveryQueue for PgStore {
             self.singles(),
             completions,
             keep,
-            self.channel(),
+            self.outbox(),
         )
         .await
         .map_err(|e| self.explain(e))?;

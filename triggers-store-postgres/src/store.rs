@@ -42,6 +42,8 @@ struct Inner {
     vacuum: Option<tokio::task::JoinHandle<()>>,
     /// Publishes endpoint announcements left in the outbox (`announce.rs`).
     sweep: Option<tokio::task::JoinHandle<()>>,
+    /// What calls share with `sweep`.
+    outbox: Arc<crate::announce::Outbox>,
     probe: Arc<ConnectProbe>,
     acquire_timeout: std::time::Duration,
     /// Whether the database was reached and migrated (see `PgConfig::start_unreachable`).
@@ -160,7 +162,8 @@ impl PgStore {
             .vacuum_interval
             .filter(|every| !every.is_zero())
             .map(|every| crate::vacuum::spawn(pool.clone(), every));
-        let sweep = Some(crate::announce::spawn(pool.clone(), channel.clone()));
+        let outbox = Arc::new(crate::announce::Outbox::new(channel.clone()));
+        let sweep = Some(crate::announce::spawn(pool.clone(), outbox.clone()));
         Ok(PgStore {
             inner: Arc::new(Inner {
                 pool,
@@ -174,6 +177,7 @@ impl PgStore {
                 listener,
                 vacuum,
                 sweep,
+                outbox,
                 probe,
                 acquire_timeout: config.acquire_timeout,
                 ready,
@@ -250,6 +254,11 @@ impl PgStore {
     /// Wakes this node's workers at once (other nodes hear the `NOTIFY`).
     pub(crate) fn fire_local(&self) {
         listener::fire(&self.inner.wake);
+    }
+
+    /// The announcement outbox's handle (`announce.rs`).
+    pub(crate) fn outbox(&self) -> &crate::announce::Outbox {
+        &self.inner.outbox
     }
 
     pub(crate) fn singles(&self) -> &crate::complete::Singles {

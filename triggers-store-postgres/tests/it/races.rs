@@ -421,13 +421,15 @@ async fn a_disable_racing_an_enable_is_announced() {
     db.drop_database().await.unwrap();
 }
 
-/// The delivery workers move a disable's announcement out of the outbox on the completer's
-/// connection, shared by every organization: they wait for the organization's endpoint locks
-/// at most briefly (`announce::COMPLETER_LOCK_WAIT`), so an organization keeping one of its
+/// The completer moves the announcements of the disables it made right after the batch, on
+/// its connection, shared by every organization: it does not wait for the organization's
+/// endpoint locks (`announce::COMPLETER_LOCK_WAIT`), so an organization keeping one of its
 /// endpoints locked (a recover, a delete, a patch) cannot hold every organization's
-/// completions up. The announcement stays in the outbox, and the sweep moves it later.
+/// completions up. It hands the announcement to the sweep task, which moves it as soon as
+/// the lock is released: before the periodic sweep would take the row (only rows older
+/// than `announce::SWEEP_MIN_AGE`, 5 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_completion_waits_briefly_for_an_organizations_locks() {
+async fn a_completion_hands_an_announcement_it_cannot_move_to_the_sweep() {
     use triggers_core::store::CompletionState;
     let Some(db) = support::database("completion_lock_wait").await else { return };
     let store = support::connect(&db, support::config()).await;
@@ -449,25 +451,46 @@ async fn a_completion_waits_briefly_for_an_organizations_locks() {
             .expect("the completer is not held by one organization's lock")
             .unwrap();
     assert_eq!(done.disabled, vec![x.id]);
-    let count = |sql: &'static str| {
+    let recorded: sqlx::types::chrono::DateTime<sqlx::types::chrono::Utc> =
+        sqlx::query_scalar("SELECT recorded_at FROM announcements")
+            .fetch_one(store.pool())
+            .await
+            .expect("left in the outbox");
+    let published = || {
         let pool = store.pool().clone();
         async move {
-            let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
-            n
+            let ids: Vec<sqlx::types::Uuid> = sqlx::query_scalar(
+                "SELECT id FROM events WHERE event_type = 'triggers.endpoint.disabled'",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            ids
         }
     };
-    let events = "SELECT count(*) FROM events WHERE event_type = 'triggers.endpoint.disabled'";
-    assert_eq!(count(events).await, 0, "not published yet");
-    assert_eq!(count("SELECT count(*) FROM announcements").await, 1, "left in the outbox");
+    assert!(published().await.is_empty(), "not published while the lock is held");
 
     sqlx::query("COMMIT").execute(&mut other).await.unwrap();
-    support::eventually("the sweep publishes it", Duration::from_secs(30), || async {
-        count(events).await == 1
+    support::eventually("the sweep task publishes it", Duration::from_secs(30), || async {
+        published().await.len() == 1
     })
     .await;
-    assert_eq!(count("SELECT count(*) FROM announcements").await, 0);
+    assert_eq!(count(&store, "SELECT count(*) FROM announcements").await, 0);
+    // The event's id carries the time it was moved (UUIDv7, this machine's clock).
+    let id = published().await[0];
+    let (secs, nanos) = id.get_timestamp().expect("a UUIDv7").to_unix();
+    let moved = sqlx::types::chrono::DateTime::from_timestamp(secs as i64, nanos).unwrap();
+    assert!(
+        (moved - recorded).num_milliseconds() < 5_000,
+        "moved when the lock was released ({recorded} → {moved}), not by the periodic sweep"
+    );
     drop(store);
     db.drop_database().await.unwrap();
+}
+
+/// `sql`'s one count.
+async fn count(store: &PgStore, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(store.pool()).await.unwrap()
 }
 
 /// A patch that disables an endpoint fails its in-flight deliveries while holding it; a
@@ -524,7 +547,7 @@ async fn finishing_a_disable_that_loses_a_deadlock_runs_again() {
 
 /// One batch disables endpoints of two organizations while one of them keeps another of its
 /// endpoints locked: the other organization's announcement is published with the call (one
-/// organization per move), and only the locked one's waits for the sweep.
+/// organization per move), and only the locked one's is left to the sweep task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_organizations_lock_leaves_only_its_own_announcement_to_the_sweep() {
     use triggers_core::store::CompletionState;
