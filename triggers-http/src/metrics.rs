@@ -7,6 +7,8 @@
 //! | `triggers_deliveries_total` | counter | `outcome`: delivered, retried, failed, stale |
 //! | `triggers_delivery_duration_seconds` | histogram | — |
 //! | `triggers_queue_depth` | gauge | — (outstanding deliveries, read from the store at scrape time) |
+//! | `triggers_announcements_waiting` | gauge | — (endpoint announcements recorded but not yet in their stream, read from the store at scrape time; PostgreSQL's outbox, normally 0) |
+//! | `triggers_announcements_oldest_age_seconds` | gauge | — (how long the oldest of them has waited; 0 when none) |
 //! | `triggers_rate_limited_requests_total` | counter | — |
 //! | `triggers_http_responses_total` | counter | `status` |
 //! | `triggers_http_connections` | gauge | — (open connections) |
@@ -21,7 +23,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
-use triggers_core::{DeliveryResult, Observer};
+use triggers_core::store::operational::AnnouncementBacklog;
+use triggers_core::store::EventStore;
+use triggers_core::{Clock, Deliverer, DeliveryResult, Ingestor, Observer, SystemClock, Timestamp};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
@@ -56,6 +60,8 @@ pub struct Metrics {
     deliveries: Family<Outcome, Counter>,
     delivery_latency: Histogram,
     queue_depth: Gauge,
+    announcements_waiting: Gauge,
+    announcements_oldest_age: Gauge,
     rate_limited: Counter,
     http: Family<Status, Counter>,
     connections: Gauge,
@@ -80,6 +86,8 @@ impl Metrics {
             deliveries: Family::default(),
             delivery_latency: latency_histogram(),
             queue_depth: Gauge::default(),
+            announcements_waiting: Gauge::default(),
+            announcements_oldest_age: Gauge::default(),
             rate_limited: Counter::default(),
             http: Family::default(),
             connections: Gauge::default(),
@@ -127,6 +135,17 @@ impl Metrics {
         );
         registry.register("queue_depth", "Outstanding deliveries", self.queue_depth.clone());
         registry.register(
+            "announcements_waiting",
+            "Endpoint announcements recorded with their change but not yet in their stream",
+            self.announcements_waiting.clone(),
+        );
+        registry.register_with_unit(
+            "announcements_oldest_age",
+            "How long the oldest waiting endpoint announcement has waited (0: none waits)",
+            Unit::Seconds,
+            self.announcements_oldest_age.clone(),
+        );
+        registry.register(
             "rate_limited_requests",
             "Requests refused with 429",
             self.rate_limited.clone(),
@@ -145,9 +164,27 @@ impl Metrics {
         );
     }
 
-    /// Sets `triggers_queue_depth`.
-    pub(crate) fn set_queue_depth(&self, depth: u64) {
-        self.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+    /// Reads what the gauges of the store show (`triggers_queue_depth`,
+    /// `triggers_announcements_*`) from `ingestor`'s store; a gauge whose read fails keeps
+    /// its value (and the failure is logged).
+    pub(crate) async fn read_store<S: EventStore, D: Deliverer>(&self, ingestor: &Ingestor<S, D>) {
+        match ingestor.queue_depth().await {
+            Ok(depth) => {
+                self.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the queue depth failed"),
+        }
+        match ingestor.announcement_backlog().await {
+            Ok(backlog) => self.set_announcements(backlog, SystemClock.now()),
+            Err(e) => tracing::warn!(error = %e, "reading the announcement backlog failed"),
+        }
+    }
+
+    /// Sets `triggers_announcements_*` from `backlog`, as of `now`.
+    fn set_announcements(&self, backlog: AnnouncementBacklog, now: Timestamp) {
+        self.announcements_waiting.set(i64::try_from(backlog.waiting).unwrap_or(i64::MAX));
+        let age = backlog.oldest.map_or(0, |oldest| (now - oldest).num_seconds().max(0));
+        self.announcements_oldest_age.set(age);
     }
 
     /// Counts `n` submitted events with this outcome.
@@ -178,11 +215,9 @@ impl Metrics {
         self.rejected.inc();
     }
 
-    /// The exposition text, with the queue depth set to `queue_depth` (if it could be read).
-    pub(crate) fn encode(&self, queue_depth: Option<u64>) -> String {
-        if let Some(depth) = queue_depth {
-            self.set_queue_depth(depth);
-        }
+    /// The exposition text (the store's gauges as [`read_store`](Self::read_store) last
+    /// set them).
+    pub(crate) fn encode(&self) -> String {
         let lost = crate::logging::lost_lines();
         let seen = self.log_lost_seen.swap(lost, std::sync::atomic::Ordering::Relaxed);
         self.log_lost.inc_by(lost.saturating_sub(seen));
@@ -218,11 +253,17 @@ mod tests {
         m.response(202);
         m.response(429);
         m.connection(1);
-        let text = m.encode(Some(7));
+        m.queue_depth.set(7);
+        let now = SystemClock.now();
+        let oldest = now - chrono::Duration::seconds(90);
+        m.set_announcements(AnnouncementBacklog { waiting: 2, oldest: Some(oldest) }, now);
+        let text = m.encode();
         for line in [
             "triggers_ingest_events_total{outcome=\"accepted\"} 3",
             "triggers_deliveries_total{outcome=\"delivered\"} 1",
             "triggers_queue_depth 7",
+            "triggers_announcements_waiting 2",
+            "triggers_announcements_oldest_age_seconds 90",
             "triggers_rate_limited_requests_total 1",
             "triggers_http_responses_total{status=\"202\"} 1",
             "triggers_http_connections 1",
@@ -231,6 +272,19 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+    }
+
+    /// The age falls back to 0 once none waits (a gauge an alarm can use as it is).
+    #[test]
+    fn no_waiting_announcement_is_age_zero() {
+        let m = Metrics::new();
+        let now = SystemClock.now();
+        let oldest = now - chrono::Duration::seconds(30);
+        m.set_announcements(AnnouncementBacklog { waiting: 1, oldest: Some(oldest) }, now);
+        m.set_announcements(AnnouncementBacklog::default(), now);
+        let text = m.encode();
+        assert!(text.contains("triggers_announcements_waiting 0"), "{text}");
+        assert!(text.contains("triggers_announcements_oldest_age_seconds 0"), "{text}");
     }
 
     #[test]
@@ -249,6 +303,6 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         // The server's own exposition is unchanged by the extra registration.
-        assert!(m.encode(None).contains("\ntriggers_http_responses_total{status=\"503\"} 1"));
+        assert!(m.encode().contains("\ntriggers_http_responses_total{status=\"503\"} 1"));
     }
 }

@@ -138,14 +138,12 @@ impl<S: EventStore, D: Deliverer> ApiService<S, D> {
         &self.app.metrics
     }
 
-    /// Reads the queue depth from the store into `triggers_queue_depth` — what serving
-    /// `GET /metrics` does — for an application that scrapes the metrics through its own
-    /// registry ([`Metrics::register_into`]). On a store error the gauge keeps its value.
+    /// Reads the store's gauges (`triggers_queue_depth`, `triggers_announcements_*`) from
+    /// the store — what serving `GET /metrics` does — for an application that scrapes the
+    /// metrics through its own registry ([`Metrics::register_into`]). On a store error a
+    /// gauge keeps its value.
     pub async fn refresh_metrics(&self) {
-        match self.app.ingestor.queue_depth().await {
-            Ok(depth) => self.app.metrics.set_queue_depth(depth),
-            Err(e) => tracing::warn!(error = %e, "reading the queue depth failed"),
-        }
+        self.app.metrics.read_store(&self.app.ingestor).await;
     }
 
     /// Answers one request (what [`Service::call`] does, without `&mut self`).

@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use sqlx::types::Uuid;
+use triggers_core::store::operational::AnnouncementBacklog;
 use triggers_core::store::{
     Batch, EndpointPatch, EndpointStore, EndpointUpdate, NewEndpoint, OrgStore, RecoverQuery,
     Recovered, SecretRewrite, StoreResult, BACKLOG_BATCH,
@@ -186,6 +187,17 @@ impl EndpointStore for PgStore {
                 Ok((OrganizationId(org), EndpointId(id)))
             })
             .collect()
+    }
+
+    /// One aggregate over the outbox (`announce.rs`), whose rows are normally gone within a
+    /// call.
+    async fn announcement_backlog(&self) -> StoreResult<AnnouncementBacklog> {
+        let (waiting, oldest): (i64, Option<Timestamp>) =
+            sqlx::query_as("SELECT count(*), min(recorded_at) FROM announcements")
+                .fetch_one(self.pool())
+                .await
+                .map_err(|e| self.fail(e))?;
+        Ok(AnnouncementBacklog { waiting: u64::try_from(waiting).unwrap_or(0), oldest })
     }
 
     async fn recover(

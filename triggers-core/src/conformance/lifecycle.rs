@@ -584,7 +584,8 @@ async fn announcements<S: EventStore>(
 /// endpoints, never to the endpoint itself (one matching everything: otherwise, disabled, it
 /// would make the event `failed`). A stale completion, a second disabling completion, a
 /// disabling completion for an endpoint already disabled and a patch that leaves `enabled`
-/// as it was insert none.
+/// as it was insert none. With nothing of the organization held by others, no announcement
+/// is left waiting (`announcement_backlog`).
 pub async fn endpoint_changes_are_announced_by_the_write_that_makes_them<S: EventStore>(store: &S) {
     use crate::store::operational::{OPERATIONAL_DISABLED, OPERATIONAL_ENABLED};
     use crate::store::{Completion, Delivery};
@@ -653,4 +654,6 @@ pub async fn endpoint_changes_are_announced_by_the_write_that_makes_them<S: Even
     assert_eq!((made[1].2, made[2].2), (t(8), t(10)));
     assert_eq!(made[1].1["url"], "https://hooks.test/renamed", "the endpoint as it is now");
     assert!(made.iter().all(|(_, p, _)| p["endpoint_id"] == id));
+    let backlog = store.announcement_backlog().await.unwrap();
+    assert_eq!(backlog, Default::default(), "nothing held: every call published its own");
 }

@@ -136,6 +136,15 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         Ok(self.inner.store.queue_depth().await?)
     }
 
+    /// Announcements of endpoint changes not yet in their organization's stream, across all
+    /// organizations (see
+    /// [`EndpointStore::announcement_backlog`](crate::store::EndpointStore::announcement_backlog)).
+    pub async fn announcement_backlog(
+        &self,
+    ) -> Result<crate::store::operational::AnnouncementBacklog> {
+        Ok(self.inner.store.announcement_backlog().await?)
+    }
+
     /// Stops the workers: no new claims; in-flight deliveries get `shutdown_grace` to finish,
     /// the rest are released for another worker. Ingestion keeps working. Idempotent.
     pub async fn shutdown(&self) {

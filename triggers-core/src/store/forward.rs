@@ -85,6 +85,11 @@ macro_rules! forward {
             async fn unfinished_disables(&self) -> StoreResult<Vec<(OrganizationId, EndpointId)>> {
                 (**self).unfinished_disables().await
             }
+            async fn announcement_backlog(
+                &self,
+            ) -> StoreResult<crate::store::operational::AnnouncementBacklog> {
+                (**self).announcement_backlog().await
+            }
             async fn delete_endpoint(&self, org: OrganizationId, id: EndpointId) -> StoreResult<bool> {
                 (**self).delete_endpoint(org, id).await
             }

@@ -305,6 +305,15 @@ pub trait EndpointStore: Send + Sync + 'static {
     /// number of disabled endpoints, not in their deliveries.
     async fn unfinished_disables(&self) -> StoreResult<Vec<(OrganizationId, EndpointId)>>;
 
+    /// The announcements ([`operational`]) recorded with their change but not yet inserted
+    /// into their organization's stream, across all organizations: for an operator's alarm
+    /// (`triggers_announcements_waiting`). A call that makes a change and finds nothing of
+    /// the organization held by others leaves none behind; a store that inserts them in the
+    /// change's own write has none ever — the default.
+    async fn announcement_backlog(&self) -> StoreResult<operational::AnnouncementBacklog> {
+        Ok(operational::AnnouncementBacklog::default())
+    }
+
     /// Deletes an endpoint and cancels its outstanding (pending or in-flight) deliveries (a
     /// large backlog in batches first, see [`BACKLOG_BATCH`]); a
     /// worker still holding a lease on one finds its completion stale, but its attempt is

@@ -21,6 +21,19 @@ pub const OPERATIONAL_DISABLED: &str = "triggers.endpoint.disabled";
 /// The type of the event written when one of the organization's endpoints is enabled again.
 pub const OPERATIONAL_ENABLED: &str = "triggers.endpoint.enabled";
 
+/// Announcements recorded with their change but not yet in the organization's stream, in
+/// every organization: what
+/// [`announcement_backlog`](super::EndpointStore::announcement_backlog) reports. Only a
+/// store with an outbox has any, and only for moments (a call that could not move its
+/// announcement, a crash).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AnnouncementBacklog {
+    /// How many wait.
+    pub waiting: u64,
+    /// When the oldest of them was recorded; `None` when none waits.
+    pub oldest: Option<Timestamp>,
+}
+
 /// The payload of an operational event.
 #[derive(Serialize)]
 struct Payload<'a> {

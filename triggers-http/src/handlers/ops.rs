@@ -44,14 +44,8 @@ pub(super) async fn ready<S: EventStore, D: Deliverer>(app: &App<S, D>) -> Res {
 
 pub(super) async fn metrics<S: EventStore, D: Deliverer>(app: &App<S, D>, req: Req) -> Res {
     app.check_metrics(&req)?;
-    let depth = match app.ingestor.queue_depth().await {
-        Ok(depth) => Some(depth),
-        Err(e) => {
-            tracing::warn!(error = %e, "reading the queue depth for /metrics failed");
-            None
-        }
-    };
-    let text = app.metrics.encode(depth);
+    app.metrics.read_store(&app.ingestor).await;
+    let text = app.metrics.encode();
     Ok(with_body(
         StatusCode::OK,
         "application/openmetrics-text; version=1.0.0; charset=utf-8",

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use triggers_core::store::operational::AnnouncementBacklog;
 use triggers_core::store::{
     AckOutcome, AttemptEntry, AttemptQuery, ClaimRequest, CompletedAndClaimed, Completion,
     Delivery, DeliveryEntry, DeliveryHistory, DeliveryQuery, DeliveryQueue, EndpointPatch,
@@ -31,9 +32,15 @@ pub enum Mode {
 pub struct FlakyStore {
     inner: Arc<MemoryStore>,
     mode: Arc<AtomicU8>,
+    backlog: Arc<std::sync::Mutex<AnnouncementBacklog>>,
 }
 
 impl FlakyStore {
+    /// What `announcement_backlog` reports from now on (a store with an outbox).
+    pub fn set_backlog(&self, backlog: AnnouncementBacklog) {
+        *self.backlog.lock().unwrap() = backlog;
+    }
+
     pub fn set(&self, mode: Mode) {
         self.mode.store(mode as u8, Ordering::SeqCst);
     }
@@ -98,6 +105,10 @@ impl EndpointStore for FlakyStore {
     async fn unfinished_disables(&self) -> StoreResult<Vec<(OrganizationId, EndpointId)>> {
         self.check()?;
         self.inner.unfinished_disables().await
+    }
+    async fn announcement_backlog(&self) -> StoreResult<AnnouncementBacklog> {
+        self.check()?;
+        Ok(*self.backlog.lock().unwrap())
     }
     async fn set_endpoint_ordering(
         &self,

@@ -10,6 +10,7 @@ use triggers_http::{ServeError, Server, ServerConfig};
 
 use crate::flaky::{FlakyStore, Mode};
 use crate::support::{Options, TestServer};
+use triggers_core::store::operational::AnnouncementBacklog;
 
 #[tokio::test]
 async fn a_non_loopback_listener_needs_an_admin_token() {
@@ -59,6 +60,16 @@ async fn store_failures_are_503_or_500_without_leaking() {
     let c = &server.client;
     let key = server.key("free").await;
     assert_eq!(c.send("GET", "/health/ready", None, None).await.status, 200);
+    // The store's gauges are read at scrape time: announcements waiting in an outbox.
+    let oldest = chrono::Utc::now() - chrono::Duration::seconds(120);
+    store.set_backlog(AnnouncementBacklog { waiting: 3, oldest: Some(oldest) });
+    let gauge = |text: &str, name: &str| -> i64 {
+        let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap();
+        line[name.len() + 1..].parse().unwrap()
+    };
+    let text = c.send("GET", "/metrics", None, None).await.text();
+    assert_eq!(gauge(&text, "triggers_announcements_waiting"), 3, "{text}");
+    assert!(gauge(&text, "triggers_announcements_oldest_age_seconds") >= 120, "{text}");
 
     store.set(Mode::Unavailable);
     let r = c.send("GET", "/health/ready", None, None).await;
@@ -89,6 +100,7 @@ async fn store_failures_are_503_or_500_without_leaking() {
     let metrics = c.send("GET", "/metrics", None, None).await;
     assert_eq!(metrics.status, 200);
     assert!(metrics.text().contains("triggers_http_responses_total{status=\"500\"} 2"));
+    assert_eq!(gauge(&metrics.text(), "triggers_announcements_waiting"), 3, "kept its value");
 
     // A panic below a handler costs that request a 500, not the connection or the server.
     store.set(Mode::Panic);

@@ -430,7 +430,7 @@ async fn a_disable_racing_an_enable_is_announced() {
 /// than `announce::SWEEP_MIN_AGE`, 5 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_hands_an_announcement_it_cannot_move_to_the_sweep() {
-    use triggers_core::store::CompletionState;
+    use triggers_core::store::{CompletionState, EndpointStore};
     let Some(db) = support::database("completion_lock_wait").await else { return };
     let store = support::connect(&db, support::config()).await;
     let org = support::org(&store, "acme").await;
@@ -456,6 +456,8 @@ async fn a_completion_hands_an_announcement_it_cannot_move_to_the_sweep() {
             .fetch_one(store.pool())
             .await
             .expect("left in the outbox");
+    let waiting = store.announcement_backlog().await.unwrap();
+    assert_eq!((waiting.waiting, waiting.oldest), (1, Some(recorded)));
     let published = || {
         let pool = store.pool().clone();
         async move {
@@ -475,7 +477,7 @@ async fn a_completion_hands_an_announcement_it_cannot_move_to_the_sweep() {
         published().await.len() == 1
     })
     .await;
-    assert_eq!(count(&store, "SELECT count(*) FROM announcements").await, 0);
+    assert_eq!(store.announcement_backlog().await.unwrap(), Default::default());
     // The event's id carries the time it was moved (UUIDv7, this machine's clock).
     let id = published().await[0];
     let (secs, nanos) = id.get_timestamp().expect("a UUIDv7").to_unix();
@@ -486,11 +488,6 @@ async fn a_completion_hands_an_announcement_it_cannot_move_to_the_sweep() {
     );
     drop(store);
     db.drop_database().await.unwrap();
-}
-
-/// `sql`'s one count.
-async fn count(store: &PgStore, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(store.pool()).await.unwrap()
 }
 
 /// A patch that disables an endpoint fails its in-flight deliveries while holding it; a
