@@ -2,10 +2,11 @@
 //! bound on the lookups that miss it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use moka::sync::Cache;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::Error;
 
@@ -28,7 +29,7 @@ use crate::domain::OrganizationId;
 pub(super) struct AuthCache {
     cache: Cache<[u8; 32], Organization>,
     known: Cache<[u8; 32], OrganizationId>,
-    lookups: Semaphore,
+    lookups: Arc<Semaphore>,
     waiting: AtomicUsize,
 }
 
@@ -53,7 +54,7 @@ impl AuthCache {
             .time_to_live(KNOWN_FOR)
             .support_invalidation_closures()
             .build();
-        let lookups = Semaphore::new(lookups.max(1));
+        let lookups = Arc::new(Semaphore::new(lookups.max(1)));
         Self { cache, known, lookups, waiting: AtomicUsize::new(0) }
     }
 
@@ -66,16 +67,16 @@ impl AuthCache {
     /// A turn to look a key up in the store: at once if one is free, else after waiting
     /// (at most [`LOOKUP_WAIT`], behind at most [`MAX_WAITING_LOOKUPS`] others), else
     /// `Overloaded`.
-    pub(super) async fn lookup_turn(&self) -> Result<SemaphorePermit<'_>, Error> {
+    pub(super) async fn lookup_turn(&self) -> Result<OwnedSemaphorePermit, Error> {
         let overloaded = Error::Overloaded(Duration::from_secs(1));
-        if let Ok(turn) = self.lookups.try_acquire() {
+        if let Ok(turn) = self.lookups.clone().try_acquire_owned() {
             return Ok(turn);
         }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING_LOOKUPS {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(overloaded);
         }
-        let turn = tokio::time::timeout(LOOKUP_WAIT, self.lookups.acquire()).await;
+        let turn = tokio::time::timeout(LOOKUP_WAIT, self.lookups.clone().acquire_owned()).await;
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         match turn {
             Ok(Ok(turn)) => Ok(turn),

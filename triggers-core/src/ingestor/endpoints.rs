@@ -52,10 +52,11 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             created_at: self.now(),
             ordering,
         };
-        let mut created = {
-            let _turn = self.inner.gate.enter(org.id).await?;
-            self.inner.store.create_endpoint(org.id, &endpoint).await?
-        };
+        let mut created = self
+            .at_store(org, move |this, org| async move {
+                Ok(this.inner.store.create_endpoint(org.id, &endpoint).await?)
+            })
+            .await?;
         created.secret = secret;
         Ok(created)
     }
@@ -69,22 +70,23 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         id: EndpointId,
         ordering: DeliveryOrdering,
     ) -> Result<()> {
-        let _turn = self.inner.gate.enter(org.id).await?;
-        if self.inner.store.set_endpoint_ordering(org.id, id, ordering).await? {
-            self.inner.wake.notify_one();
-            Ok(())
-        } else {
-            Err(Error::NotFound)
-        }
+        self.at_store(org, move |this, org| async move {
+            if this.inner.store.set_endpoint_ordering(org.id, id, ordering).await? {
+                this.inner.wake.notify_one();
+                Ok(())
+            } else {
+                Err(Error::NotFound)
+            }
+        })
+        .await
     }
 
     /// The organization's endpoints, oldest first. Sealed secrets are opened; one that
     /// cannot be (its key is not configured) is left sealed.
     pub async fn endpoints(&self, org: &Organization) -> Result<Vec<Endpoint>> {
-        let mut endpoints = {
-            let _turn = self.inner.gate.enter(org.id).await?;
-            self.inner.store.endpoints(org.id).await?
-        };
+        let mut endpoints = self
+            .at_store(org, |this, org| async move { Ok(this.inner.store.endpoints(org.id).await?) })
+            .await?;
         for e in &mut endpoints {
             if e.secret.is_sealed() {
                 let cipher = self.inner.config.secret_cipher.as_deref();
@@ -124,12 +126,14 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
 
     /// Deletes an endpoint and cancels its outstanding deliveries.
     pub async fn delete_endpoint(&self, org: &Organization, id: EndpointId) -> Result<()> {
-        let _turn = self.inner.gate.enter(org.id).await?;
-        if self.inner.store.delete_endpoint(org.id, id).await? {
-            Ok(())
-        } else {
-            Err(Error::NotFound)
-        }
+        self.at_store(org, move |this, org| async move {
+            if this.inner.store.delete_endpoint(org.id, id).await? {
+                Ok(())
+            } else {
+                Err(Error::NotFound)
+            }
+        })
+        .await
     }
 
     /// Gives an endpoint a new signing secret; the old one keeps signing (as a second
@@ -142,8 +146,16 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         let secret = Secret::generate();
         let grace_until = clock::add(self.now(), self.inner.config.secret_grace);
         let stored = self.seal(id, &secret);
-        let _turn = self.inner.gate.enter(org.id).await?;
-        if self.inner.store.rotate_endpoint_secret(org.id, id, &stored, grace_until).await? {
+        let rotated = self
+            .at_store(org, move |this, org| async move {
+                Ok(this
+                    .inner
+                    .store
+                    .rotate_endpoint_secret(org.id, id, &stored, grace_until)
+                    .await?)
+            })
+            .await?;
+        if rotated {
             Ok(secret)
         } else {
             Err(Error::NotFound)

@@ -25,19 +25,23 @@ pub struct Replayed {
 impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     /// One event with its delivery attempts.
     pub async fn event(&self, org: &Organization, id: EventId) -> Result<EventDetail> {
-        let _turn = self.inner.gate.enter(org.id).await?;
-        self.inner.store.event(org.id, id).await?.ok_or(Error::NotFound)
+        self.at_store(org, move |this, org| async move {
+            this.inner.store.event(org.id, id).await?.ok_or(Error::NotFound)
+        })
+        .await
     }
 
     /// Acknowledges one event (idempotent); `NotFound` for unknown or foreign ids.
     pub async fn ack(&self, org: &Organization, id: EventId) -> Result<()> {
-        let _turn = self.inner.gate.enter(org.id).await?;
-        let outcome = self.inner.store.ack(org.id, &[id], self.now()).await?;
-        if outcome.acknowledged.is_empty() {
-            Err(Error::NotFound)
-        } else {
-            Ok(())
-        }
+        self.at_store(org, move |this, org| async move {
+            let outcome = this.inner.store.ack(org.id, &[id], this.now()).await?;
+            if outcome.acknowledged.is_empty() {
+                Err(Error::NotFound)
+            } else {
+                Ok(())
+            }
+        })
+        .await
     }
 
     /// Acknowledges up to `max_batch` events.
@@ -52,8 +56,11 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         if ids.is_empty() {
             return Ok(AckOutcome::default());
         }
-        let _turn = self.inner.gate.enter(org.id).await?;
-        Ok(self.inner.store.ack(org.id, ids, self.now()).await?)
+        let ids = ids.to_vec();
+        self.at_store(org, move |this, org| async move {
+            Ok(this.inner.store.ack(org.id, &ids, this.now()).await?)
+        })
+        .await
     }
 
     /// Delivers an event again to its matching endpoints (also a `failed` one).
@@ -65,8 +72,20 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     /// between the count and the replay may get a delivery that was not charged.
     pub async fn replay(&self, org: &Organization, id: EventId) -> Result<Replayed> {
         let now = self.now();
-        let _turn = self.inner.gate.enter(org.id).await?;
+        self.at_store(
+            org,
+            move |this, org| async move { this.replay_at_store(&org, id, now).await },
+        )
+        .await
+    }
 
+    /// [`replay`](Self::replay) once the organization has its place at the store.
+    async fn replay_at_store(
+        &self,
+        org: &Organization,
+        id: EventId,
+        now: crate::clock::Timestamp,
+    ) -> Result<Replayed> {
         let detail = self.inner.store.event(org.id, id).await?.ok_or(Error::NotFound)?;
         let deliveries = self
             .inner
@@ -88,7 +107,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
 
     /// Event counts by status, and in-flight deliveries.
     pub async fn stats(&self, org: &Organization) -> Result<QueueStats> {
-        let _turn = self.inner.gate.enter(org.id).await?;
-        Ok(self.inner.store.stats(org.id).await?)
+        self.at_store(org, |this, org| async move { Ok(this.inner.store.stats(org.id).await?) })
+            .await
     }
 }

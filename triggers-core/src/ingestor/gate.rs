@@ -15,6 +15,12 @@
 //! nothing is kept back.) Ingestion does not pass the gate: the stores queue inserts fairly
 //! themselves (`triggers_core::lanes`).
 //!
+//! A place is held until the store is done with the request (`Ingestor::at_store` runs the
+//! request's store calls in a task of its own that owns the [`Turn`]), not until the
+//! request is dropped: a client that hangs up midway leaves a SQLite read running on the
+//! blocking pool, or a query running on the PostgreSQL server, and could otherwise hang up
+//! and ask again to keep any number of them running.
+//!
 //! An organization may have at most [`MAX_WAITING_PER_ORG`] requests waiting: more are
 //! refused at once with [`Error::Overloaded`] (HTTP 503 `overloaded` and `Retry-After`),
 //! so one organization's flood cannot park an unbounded number of requests (and the
@@ -23,7 +29,7 @@
 //! The gate holds one small entry per organization with requests running or waiting.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::oneshot;
 
@@ -71,7 +77,7 @@ impl StoreGate {
 
     /// Waits for a place for one request of `org`; the request runs while the turn is held.
     /// `Overloaded` at once if [`MAX_WAITING_PER_ORG`] of its requests wait already.
-    pub(super) async fn enter(&self, org: OrganizationId) -> Result<Turn<'_>, Error> {
+    pub(super) async fn enter(self: &Arc<Self>, org: OrganizationId) -> Result<Turn, Error> {
         let rx = {
             let mut s = self.state();
             // Nobody waits and a place is free: take it (what `dispatch` would do) without
@@ -80,7 +86,7 @@ impl StoreGate {
             if s.order.is_empty() && s.free > 0 && running < self.per_org {
                 s.free -= 1;
                 *s.running.entry(org).or_default() += 1;
-                return Ok(Turn { gate: self, org });
+                return Ok(Turn { gate: self.clone(), org });
             }
             if let Some(queue) = s.waiting.get_mut(&org) {
                 // Waiters whose request was dropped leave their sender behind; they do not
@@ -106,7 +112,7 @@ impl StoreGate {
             let _ = rx.await;
         }
         waiting.rx = None;
-        Ok(Turn { gate: self, org })
+        Ok(Turn { gate: self.clone(), org })
     }
 
     /// A place of `org` freed.
@@ -178,13 +184,14 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// One request of an organization at the store; see [`StoreGate::enter`].
-pub(super) struct Turn<'a> {
-    gate: &'a StoreGate,
+/// One request of an organization at the store; see [`StoreGate::enter`]. It owns its
+/// place, so it can move into the task that does the request's store work.
+pub(super) struct Turn {
+    gate: Arc<StoreGate>,
     org: OrganizationId,
 }
 
-impl Drop for Turn<'_> {
+impl Drop for Turn {
     fn drop(&mut self) {
         self.gate.leave(self.org);
     }
@@ -225,7 +232,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_organization_may_hold_every_place_but_one() {
-        let gate = StoreGate::new(3);
+        let gate = Arc::new(StoreGate::new(3));
         let _turns = [gate.enter(org("a")).await, gate.enter(org("a")).await];
         let a3 = gate.enter(org("a"));
         tokio::pin!(a3);
@@ -237,7 +244,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_freed_place_goes_to_the_organization_with_the_fewest_running() {
-        let gate = StoreGate::new(3);
+        let gate = Arc::new(StoreGate::new(3));
         let a1 = gate.enter(org("a")).await;
         let _a2 = gate.enter(org("a")).await;
         let _b1 = gate.enter(org("b")).await;
@@ -252,7 +259,7 @@ mod tests {
 
     #[tokio::test]
     async fn with_one_place_nothing_is_kept_back() {
-        let gate = StoreGate::new(1);
+        let gate = Arc::new(StoreGate::new(1));
         let a1 = gate.enter(org("a"));
         tokio::pin!(a1);
         assert!(matches!(poll_once(a1.as_mut()), Some(Ok(_))));
@@ -260,7 +267,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_that_leaves_passes_its_place_on() {
-        let gate = StoreGate::new(1);
+        let gate = Arc::new(StoreGate::new(1));
         let a1 = gate.enter(org("a")).await;
         {
             let b1 = gate.enter(org("b"));
@@ -277,7 +284,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_place_handed_to_a_waiter_that_then_leaves_is_not_lost() {
-        let gate = StoreGate::new(1);
+        let gate = Arc::new(StoreGate::new(1));
         let a1 = gate.enter(org("a")).await;
         let b1 = gate.enter(org("b"));
         let mut b1 = Box::pin(b1);
@@ -292,7 +299,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_organization_without_requests_leaves_nothing_behind() {
-        let gate = StoreGate::new(1);
+        let gate = Arc::new(StoreGate::new(1));
         let one = gate.enter(org("a")).await;
         let two = gate.enter(org("a"));
         tokio::pin!(two);
@@ -307,7 +314,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_organization_waits_with_at_most_its_share_of_requests() {
-        let gate = StoreGate::new(2);
+        let gate = Arc::new(StoreGate::new(2));
         let _a1 = gate.enter(org("a")).await.unwrap();
         let mut waiting: Vec<_> =
             (0..MAX_WAITING_PER_ORG).map(|_| Box::pin(gate.enter(org("a")))).collect();

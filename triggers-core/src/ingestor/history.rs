@@ -166,7 +166,21 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     ) -> Result<AttemptsPage> {
         check_limit(query.limit)?;
         let before = query.cursor.as_deref().map(attempts_position).transpose()?;
-        let _turn = self.inner.gate.enter(org.id).await?;
+        self.at_store(org, move |this, org| async move {
+            this.attempts_at_store(&org, endpoint, query, before).await
+        })
+        .await
+    }
+
+    /// [`endpoint_attempts`](Self::endpoint_attempts) once the organization has its place
+    /// at the store.
+    async fn attempts_at_store(
+        &self,
+        org: &Organization,
+        endpoint: EndpointId,
+        query: AttemptsQuery,
+        before: Option<AttemptPosition>,
+    ) -> Result<AttemptsPage> {
         let store_query = AttemptQuery {
             success: query.success,
             since: query.since,
@@ -199,7 +213,19 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     ) -> Result<DeliveriesPage> {
         check_limit(query.limit)?;
         let after = query.cursor.as_deref().map(deliveries_key).transpose()?;
-        let _turn = self.inner.gate.enter(org.id).await?;
+        self.at_store(org, move |this, org| async move {
+            this.deliveries_at_store(&org, query, after).await
+        })
+        .await
+    }
+
+    /// [`deliveries`](Self::deliveries) once the organization has its place at the store.
+    async fn deliveries_at_store(
+        &self,
+        org: &Organization,
+        query: DeliveriesQuery,
+        after: Option<(u128, EndpointId)>,
+    ) -> Result<DeliveriesPage> {
         let store = &self.inner.store;
         // One endpoint: its first read says whether it is the organization's (no lookup first).
         let mut endpoints: Vec<EndpointId> = match query.endpoint {

@@ -54,15 +54,17 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         }
         let after = query.cursor.as_deref().map(Cursor::decode).transpose()?;
         let max_bytes = self.inner.config.max_page_bytes;
-        let _turn = self.inner.gate.enter(org.id).await?;
-
-        let Some(status) = query.status else {
-            return every_status(&self.inner.store, org.id, query, after, max_bytes).await;
-        };
-        let list =
-            ListQuery { status, type_glob: query.type_glob, limit: query.limit, after, max_bytes };
-        let page = self.inner.store.list_events(org.id, &list).await?;
-        Ok(InboxPage { events: page.items, next_cursor: page.next_after.map(Cursor::encode) })
+        self.at_store(org, move |this, org| async move {
+            let store = &this.inner.store;
+            let Some(status) = query.status else {
+                return every_status(store, org.id, query, after, max_bytes).await;
+            };
+            let type_glob = query.type_glob;
+            let list = ListQuery { status, type_glob, limit: query.limit, after, max_bytes };
+            let page = store.list_events(org.id, &list).await?;
+            Ok(InboxPage { events: page.items, next_cursor: page.next_after.map(Cursor::encode) })
+        })
+        .await
     }
 }
 

@@ -55,8 +55,10 @@ fn check_patch(patch: &EndpointPatch) -> Result<()> {
 impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     /// One endpoint of the organization.
     pub async fn endpoint(&self, org: &Organization, id: EndpointId) -> Result<Endpoint> {
-        let _turn = self.inner.gate.enter(org.id).await?;
-        self.inner.store.endpoint(org.id, id).await?.ok_or(Error::NotFound)
+        self.at_store(org, move |this, org| async move {
+            this.inner.store.endpoint(org.id, id).await?.ok_or(Error::NotFound)
+        })
+        .await
     }
 
     /// Changes an endpoint (see [`EndpointPatch`]); every field is validated as on creation
@@ -75,8 +77,22 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     ) -> Result<Endpoint> {
         check_patch(patch)?;
         let now = self.now();
-        let _turn = self.inner.gate.enter(org.id).await?;
+        let patch = patch.clone();
+        self.at_store(org, move |this, org| async move {
+            this.update_at_store(&org, id, &patch, now).await
+        })
+        .await
+    }
 
+    /// [`update_endpoint`](Self::update_endpoint) once the organization has its place at
+    /// the store.
+    async fn update_at_store(
+        &self,
+        org: &Organization,
+        id: EndpointId,
+        patch: &EndpointPatch,
+        now: Timestamp,
+    ) -> Result<Endpoint> {
         if patch.enabled.is_some() {
             // A state change ingests an operational event: it costs one unit, like any
             // event, so toggling cannot grow the organization's stream without bound.
@@ -122,8 +138,21 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     ) -> Result<Recovered> {
         // `until <= since` is an empty window: nothing to queue (still 404 for a foreign id).
         let now = self.now();
-        let _turn = self.inner.gate.enter(org.id).await?;
+        self.at_store(org, move |this, org| async move {
+            this.recover_at_store(&org, id, since, until, now).await
+        })
+        .await
+    }
 
+    /// [`recover`](Self::recover) once the organization has its place at the store.
+    async fn recover_at_store(
+        &self,
+        org: &Organization,
+        id: EndpointId,
+        since: Timestamp,
+        until: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<Recovered> {
         // Spent: 429 with the limiter's headers. (Not `rate_status`: with a shared limiter,
         // that is only this node's last view, blind to other nodes' charges since.)
         let paid = self.charge(org, 1, now).await?;

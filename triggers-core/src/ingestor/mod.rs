@@ -30,10 +30,34 @@ pub use lifecycle::{MAX_RECOVER, OPERATIONAL_DISABLED, OPERATIONAL_ENABLED};
 
 use crate::clock::Timestamp;
 use crate::deliver::Deliverer;
-use crate::error::Result;
+use crate::domain::org::Organization;
+use crate::error::{Error, Result};
 use crate::limiter::RateLimiter;
 use crate::store::EventStore;
 use crate::worker::WorkerPool;
+
+/// Runs `work` in a task of its own, holding `turn` until `work` is done even if the caller
+/// stops waiting; its result, or its panic, as if it had run in the caller.
+async fn to_the_end<T, P, Fut>(turn: P, work: Fut) -> Result<T>
+where
+    P: Send + 'static,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let task = tokio::spawn(async move {
+        let out = work.await;
+        drop(turn);
+        out
+    });
+    match task.await {
+        Ok(out) => out,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only when the runtime shuts down.
+        Err(_) => Err(Error::Store(crate::store::StoreError::Unavailable(
+            "the server is shutting down".into(),
+        ))),
+    }
+}
 
 /// Validates, rate-limits, dedups and durably stores events, and runs the delivery workers.
 ///
@@ -69,7 +93,7 @@ struct Inner<S> {
     limiter: RateLimiter,
     auth: auth::AuthCache,
     /// Shares `config.store_concurrency` places at the store among the organizations.
-    gate: gate::StoreGate,
+    gate: Arc<gate::StoreGate>,
     wake: Arc<Notify>,
 }
 
@@ -95,7 +119,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             limiter: RateLimiter::new(),
             // Key lookups that miss the cache: half the organizations' places (at least 1).
             auth: auth::AuthCache::new(config.auth_cache_ttl, config.store_concurrency / 2),
-            gate: gate::StoreGate::new(config.store_concurrency),
+            gate: Arc::new(gate::StoreGate::new(config.store_concurrency)),
             config,
             wake,
         });
@@ -129,6 +153,23 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     /// A store round trip: `Ok` when the store can serve requests.
     pub async fn ready(&self) -> Result<()> {
         Ok(self.inner.store.ping().await?)
+    }
+
+    /// Runs `work` — an organization request's store calls, given this Ingestor and `org` —
+    /// once `org` has a place at the store (`gate.rs`), in a task of its own that keeps the
+    /// place until `work` is done. So a request dropped midway (its client hung up) frees its
+    /// place only when the store is done with it: a SQLite read goes on on the blocking pool
+    /// and a PostgreSQL query on the server whether or not anyone waits for them, and an
+    /// organization that hung up and asked again would otherwise keep any number of them
+    /// running. A panic in `work` reaches the caller as if `work` had run in its place.
+    pub(super) async fn at_store<T, F, Fut>(&self, org: &Organization, work: F) -> Result<T>
+    where
+        F: FnOnce(Self, Organization) -> Fut,
+        Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let turn = self.inner.gate.enter(org.id).await?;
+        to_the_end(turn, work(self.clone(), org.clone())).await
     }
 
     /// Outstanding deliveries across all organizations.

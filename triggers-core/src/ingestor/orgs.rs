@@ -1,7 +1,7 @@
 //! Organizations and their API keys: created over HTTP with a key, or found again by an
 //! embedding application on every start.
 
-use super::Ingestor;
+use super::{to_the_end, Ingestor};
 use crate::deliver::Deliverer;
 use crate::domain::key::ApiKey;
 use crate::domain::org::{Organization, Tier};
@@ -36,12 +36,15 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         if let Some(org) = self.inner.auth.get(&hash) {
             return Ok(org);
         }
-        let _turn = if self.inner.auth.is_known(&hash) {
-            None
+        let found = if self.inner.auth.is_known(&hash) {
+            self.inner.store.organization_by_key(&hash).await?
         } else {
-            Some(self.inner.auth.lookup_turn().await?)
+            // Held until the store is done, also when the client hangs up (see `at_store`).
+            let turn = self.inner.auth.lookup_turn().await?;
+            let store = self.inner.store.clone();
+            to_the_end(turn, async move { Ok(store.organization_by_key(&hash).await?) }).await?
         };
-        match self.inner.store.organization_by_key(&hash).await? {
+        match found {
             Some(org) => {
                 self.inner.auth.insert(hash, org.clone());
                 Ok(org)
@@ -54,11 +57,17 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     /// other nodes within `auth_cache_ttl`).
     pub async fn rotate_key(&self, org: &Organization) -> Result<ApiKey> {
         let key = ApiKey::generate();
-        let _turn = self.inner.gate.enter(org.id).await?;
-        if !self.inner.store.replace_key(org.id, &key.hash()).await? {
-            return Err(Error::NotFound);
-        }
-        self.inner.auth.forget(org.id);
+        let hash = key.hash();
+        // The cache forgets the old key in the same task as the store replaces it: also when
+        // the caller stopped waiting in between.
+        self.at_store(org, move |this, org| async move {
+            if !this.inner.store.replace_key(org.id, &hash).await? {
+                return Err(Error::NotFound);
+            }
+            this.inner.auth.forget(org.id);
+            Ok(())
+        })
+        .await?;
         Ok(key)
     }
 

@@ -242,6 +242,47 @@ async fn a_busy_organization_leaves_a_place_at_the_store_for_the_others() {
     ing.shutdown().await;
 }
 
+/// A request dropped midway (the HTTP server drops a handler whose client hung up) keeps its
+/// place at the store until the store is done with it: a SQLite read goes on on the
+/// blocking pool, a PostgreSQL query on the server, whoever waits. (The test store's held
+/// reads stay counted as running when their future is dropped, like those.) Hanging up and
+/// asking again buys the organization no more than its share, and the place kept for the
+/// others stays free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_dropped_midway_keeps_its_place_until_the_store_is_done() {
+    let store = crate::counting::Counting::default();
+    let config = IngestorConfig { store_concurrency: 3, ..IngestorConfig::default() };
+    let ing = Ingestor::start(store.clone(), NoDeliverer, config);
+    let (busy, _) = ing.create_organization("busy", Tier::Free).await.unwrap();
+    let (other, _) = ing.create_organization("other", Tier::Free).await.unwrap();
+    store.hold_reads();
+    let stats = |org: &Organization| {
+        let (ing, org) = (ing.clone(), org.clone());
+        tokio::spawn(async move { ing.stats(&org).await })
+    };
+    let running = |org: OrganizationId| store.reads_of(org).0;
+    let hung_up: Vec<_> = (0..2).map(|_| stats(&busy)).collect();
+    eventually("two of busy's reads reach the store", || async { running(busy.id) == 2 }).await;
+    for request in &hung_up {
+        request.abort();
+    }
+    for request in hung_up {
+        assert!(request.await.unwrap_err().is_cancelled());
+    }
+    let again: Vec<_> = (0..2).map(|_| stats(&busy)).collect();
+    let theirs = stats(&other);
+    eventually("the place kept for the others is free", || async { running(other.id) == 1 }).await;
+    assert_eq!(running(busy.id), 2, "busy's new reads wait for the old ones");
+    store.release_reads(100);
+    theirs.await.unwrap().unwrap();
+    for read in again {
+        read.await.unwrap().unwrap();
+    }
+    eventually("the dropped reads end too", || async { running(busy.id) == 0 }).await;
+    assert_eq!(store.reads_of(busy.id), (0, 2), "never more than two of busy's reads at once");
+    ing.shutdown().await;
+}
+
 /// Lookups of keys never seen valid belong to no organization: a flood of invented keys
 /// reaches the store at most half of `store_concurrency` at a time (here 2 of 4), at most
 /// 64 more wait (each at most a second), the rest are refused at once with `Overloaded`, and
