@@ -68,7 +68,9 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     /// Charged like an ingest: one unit of the organization's rate limit per delivery it
     /// queues (one per enabled endpoint matching the event's type, at least one); refused
     /// whole with [`Error::RateLimited`] when the allowance is spent, and then nothing
-    /// changed. `NotFound` (uncharged) for an unknown or foreign id. An endpoint created
+    /// changed; `LimitExceeded` (nothing charged or changed) when it would cost more than the
+    /// tier's whole per-minute limit. `NotFound` (uncharged) for an unknown or foreign id.
+    /// An endpoint created
     /// between the count and the replay may get a delivery that was not charged.
     pub async fn replay(&self, org: &Organization, id: EventId) -> Result<Replayed> {
         let now = self.now();

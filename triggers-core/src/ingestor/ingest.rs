@@ -51,6 +51,14 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         now: Timestamp,
     ) -> Result<RateDecision> {
         let limit = self.inner.config.tier_limits.per_minute(org.tier);
+        if limit != crate::TierLimits::UNLIMITED && cost > limit {
+            // More than a whole minute's allowance never passes: a 429 would have a client
+            // that honours `Retry-After` retry it forever.
+            return Err(Error::LimitExceeded {
+                limit: "rate-limit units in one request (the tier's per-minute limit)",
+                max: u64::from(limit),
+            });
+        }
         let decision = match &self.inner.config.shared_limiter {
             // No limit: no store round trip either.
             _ if limit == crate::TierLimits::UNLIMITED => RateDecision::unlimited(),
@@ -84,6 +92,8 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
 
     /// Ingests up to `max_batch` events at once. The batch costs its full length against the
     /// rate limit (or is refused whole); invalid items are reported in place and not stored.
+    /// A batch longer than the tier's per-minute limit can never pass: `LimitExceeded`,
+    /// nothing charged.
     pub async fn ingest_batch(
         &self,
         org: &Organization,

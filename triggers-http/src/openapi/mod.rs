@@ -95,11 +95,12 @@ fn operation(route: Route) -> Op {
         Route::EventsReplay => op(
             "replayEvent",
             "Deliver an event again to its matching webhooks; costs one unit of the rate limit \
-             per delivery (at least one), 429 when the allowance is spent",
+             per delivery (at least one), 429 when the allowance is spent, 422 \
+             limit_exceeded when it would cost more than the tier's per-minute limit",
             Auth::ApiKey,
             None,
             &[(202, Some("IdStatus"))],
-            &[401, 404, 429, 500, 503],
+            &[401, 404, 422, 429, 500, 503],
         ),
         Route::Inbox => op(
             "listInbox",

@@ -63,3 +63,45 @@ async fn the_request_after_the_allowance_is_429_and_other_orgs_are_unaffected() 
         "{metrics}"
     );
 }
+
+/// A request that costs more than the tier's whole per-minute limit can never pass: 422
+/// `limit_exceeded` naming the limit, nothing charged or stored — a 429 would have a client
+/// that honours `Retry-After` send it forever. One within the limit still passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_costing_more_than_a_minutes_allowance_is_422_not_429() {
+    let clock = ManualClock::new();
+    let mut opts = Options::default();
+    opts.ingestor.tier_limits = TierLimits::default().with(Tier::Free, 3);
+    opts.ingestor.clock = Arc::new(clock.clone());
+    let server = TestServer::start(opts).await;
+    let c = &server.client;
+    let key = server.key("free").await;
+
+    let four: Vec<_> = (0..4).map(|n| json!({"type": "t", "payload": n})).collect();
+    let r = c.post("/api/events/batch", &key, json!({ "events": four })).await;
+    let p = r.problem(422, "limit_exceeded");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("limit of 3 rate-limit units in one request"), "{detail}");
+    assert_eq!(r.header("retry-after"), "", "nothing to wait for");
+    let r = c.get("/api/inbox", &key).await;
+    assert!(r.json()["events"].as_array().unwrap().is_empty(), "nothing stored");
+    assert_eq!(r.header("x-ratelimit-remaining"), "3", "nothing charged");
+
+    // A replay to four endpoints costs four.
+    for n in 0..4 {
+        let url = format!("http://127.0.0.1:9/hook{n}");
+        let r = c.post("/api/webhook/config", &key, json!({ "url": url })).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let r = c.event(&key, "t", None).await;
+    assert_eq!(r.status, 202);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let r = c.post_empty(&format!("/api/events/{id}/replay"), &key).await;
+    r.problem(422, "limit_exceeded");
+    assert_eq!(r.header("x-ratelimit-remaining"), "2", "only the event was charged");
+
+    let three: Vec<_> = (0..3).map(|n| json!({"type": "t", "payload": n})).collect();
+    clock.advance(Duration::from_secs(60));
+    let r = c.post("/api/events/batch", &key, json!({ "events": three })).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
