@@ -92,9 +92,25 @@ pub fn from_micros(micros: i64) -> Timestamp {
     Utc.timestamp_micros(micros).single().unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
+/// The last microsecond of the year 9999, in microseconds after the Unix epoch: later than
+/// any time the service stores.
+pub const YEAR_9999_END_MICROS: i64 = 253_402_300_799_999_999;
+
 /// `t + d`, saturating at the largest representable time.
+///
+/// ```
+/// use std::time::Duration;
+/// use triggers_core::clock::{add, from_micros};
+/// let t = from_micros(0);
+/// assert!(add(t, Duration::MAX) > add(t, Duration::from_secs(1 << 40)));
+/// ```
 pub fn add(t: Timestamp, d: Duration) -> Timestamp {
-    from_micros(t.timestamp_micros().saturating_add(duration_micros(d)))
+    let micros = t.timestamp_micros().saturating_add(duration_micros(d));
+    match Utc.timestamp_micros(micros).single() {
+        Some(later) => later,
+        // Past chrono's range (only `d` can take it there: it is never negative).
+        None => truncate_micros(DateTime::<Utc>::MAX_UTC),
+    }
 }
 
 fn duration_micros(d: Duration) -> i64 {

@@ -117,6 +117,9 @@ impl<S: EventStore, D: Deliverer> App<S, D> {
         let status = res.status().as_u16();
         self.metrics.response(status);
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        // The path as the client sent it, up to the first `LOGGED_PATH` bytes: a request
+        // line may carry 64 KiB, and unauthenticated requests are logged too.
+        let path = logged_path(path);
         if status >= 500 {
             tracing::warn!(target: "triggers_http::access", %method, %path, status, latency_us);
         } else {
@@ -182,10 +185,35 @@ impl<S: EventStore, D: Deliverer> App<S, D> {
     }
 }
 
+/// How much of a request's path the access log keeps.
+const LOGGED_PATH: usize = 256;
+
+/// `path` cut to at most [`LOGGED_PATH`] bytes (at a character boundary), marked with `…`
+/// when cut.
+fn logged_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.len() <= LOGGED_PATH {
+        return path.into();
+    }
+    let mut end = LOGGED_PATH;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &path[..end]).into()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_access_log_keeps_a_paths_first_256_bytes() {
+        assert_eq!(logged_path("/api/inbox"), "/api/inbox");
+        let long = format!("/{}", "é".repeat(300));
+        let kept = logged_path(&long);
+        assert!(kept.len() <= LOGGED_PATH + '…'.len_utf8() && kept.ends_with('…'), "{kept}");
+        assert!(long.starts_with(kept.trim_end_matches('…')));
+    }
     use http::header::{HeaderValue, AUTHORIZATION};
     use triggers_core::{IngestorConfig, MemoryStore, NoDeliverer};
 

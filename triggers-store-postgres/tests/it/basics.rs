@@ -226,3 +226,32 @@ async fn a_batch_with_an_event_id_already_stored_runs_again_and_writes_each_even
     drop(store);
     db.drop_database().await.unwrap();
 }
+
+/// A history cursor is opaque, but a client can craft one: a time PostgreSQL cannot hold
+/// (before 4713 BC) used to reach the database and come back as a store error (HTTP 500,
+/// an error line per request). It is a bad cursor, like any other, and nothing is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crafted_history_cursor_is_invalid_input_not_a_store_error() {
+    use base64::Engine as _;
+    use triggers_core::{AttemptsQuery, Error, Ingestor, IngestorConfig, NoDeliverer, Tier};
+    let Some(db) = support::database("crafted_history_cursor").await else { return };
+    let store = support::connect(&db, support::config()).await;
+    let config = IngestorConfig {
+        worker: triggers_core::WorkerConfig { concurrency: 0, ..Default::default() },
+        ..IngestorConfig::default()
+    };
+    let ing = Ingestor::start(store, NoDeliverer, config);
+    let (org, _) = ing.create_organization("acme", Tier::Free).await.unwrap();
+    let ep = ing.create_endpoint(&org, "https://hooks.example.test/a", None).await.unwrap();
+    for micros in [-1_000_000_000_000_000_000_i64, i64::MAX] {
+        let mut bytes = vec![b'a'];
+        bytes.extend_from_slice(&micros.to_be_bytes());
+        bytes.extend_from_slice(&7_u64.to_be_bytes());
+        let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let query = AttemptsQuery { cursor: Some(cursor), ..AttemptsQuery::default() };
+        let err = ing.endpoint_attempts(&org, ep.id, query).await.unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{micros}: {err:?}");
+    }
+    ing.shutdown().await;
+    db.drop_database().await.unwrap();
+}
