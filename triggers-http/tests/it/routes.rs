@@ -322,3 +322,25 @@ async fn webhook_ordering_is_set_on_creation_and_shown() {
         hooks.as_array().unwrap().iter().map(|h| h["ordering"].clone()).collect();
     assert_eq!(orderings, vec![json!("parallel"), json!("fifo")]);
 }
+
+/// One URL answers each organization differently: no answer may be kept by a shared cache
+/// (or a browser's disk) — success, error or unknown route alike; the dashboard's own files
+/// keep their revalidated caching.
+#[tokio::test]
+async fn api_answers_are_never_stored_by_caches() {
+    let server = TestServer::default().await;
+    let c = &server.client;
+    let key = server.key("free").await;
+    for r in [
+        c.get("/api/webhook/config", &key).await,
+        c.get("/api/webhook/config", "tk_wrong").await,
+        c.send("GET", "/api/nothing-here", None, None).await,
+        c.send("GET", "/health", None, None).await,
+    ] {
+        assert_eq!(r.header("cache-control"), "no-store", "{}", r.status);
+        assert_eq!(r.header("x-content-type-options"), "nosniff", "{}", r.status);
+    }
+    let page = c.send("GET", "/ui/app.js", None, None).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("cache-control"), "no-cache");
+}
