@@ -44,6 +44,8 @@ const ingest = async (k, event) => {
   return r.json.id;
 };
 const text = (sel) => page.locator(sel).innerText();
+/** Longer than dom.js's CONFIRM_AFTER_MS: a confirming click that counts. */
+const CONFIRM_WAIT_MS = 600;
 const problemShown = async () => {
   await page.locator("#problem").waitFor({ state: "visible" });
   return { title: await text("#problem-title"), detail: await text("#problem-detail"), retry: await text("#problem-retry") };
@@ -212,7 +214,11 @@ step("429 shows when to retry", async () => {
 step("Endpoints: disable, enable and recover through PATCH and recover", async () => {
   await page.locator("#nav a[data-view=endpoints]").click();
   const row = page.locator(`tr[data-id="${shared.endpoint}"]`);
-  await row.locator("button", { hasText: "Disable" }).click();
+  // A double click arms the button but does not confirm.
+  await row.locator("button", { hasText: "Disable" }).dblclick();
+  await row.locator("button", { hasText: "Confirm disable" }).waitFor();
+  await page.waitForTimeout(CONFIRM_WAIT_MS);
+  assert.equal((await call(origin, "GET", `/api/webhooks/${shared.endpoint}`, key)).json.enabled, true, "a double click disabled");
   await row.locator("button", { hasText: "Confirm disable" }).click();
   await until("the row to say disabled", async () => (await row.innerText()).includes("disabled"));
   const hook = (await call(origin, "GET", `/api/webhooks/${shared.endpoint}`, key)).json;
@@ -248,14 +254,62 @@ step("Endpoints: rotate the secret (shown once), then delete", async () => {
   await page.locator("#nav a[data-view=endpoints]").click();
   const row = page.locator(`tr[data-id="${shared.endpoint}"]`);
   await row.locator("button", { hasText: "Rotate secret" }).click();
+  await page.waitForTimeout(CONFIRM_WAIT_MS);
   await row.locator("button", { hasText: "Confirm rotate" }).click();
   const rotated = await page.locator("[data-testid=secret] input").inputValue();
   assert.match(rotated, /^whsec_/);
   assert.notEqual(rotated, shared.secret);
   await row.locator("button", { hasText: "Delete" }).click();
+  await page.waitForTimeout(CONFIRM_WAIT_MS);
   await row.locator("button", { hasText: "Confirm delete" }).click();
   await until("the row to go", async () => (await page.locator(`tr[data-id="${shared.endpoint}"]`).count()) === 0);
   assert.equal((await call(origin, "GET", "/api/webhook/config", key)).json.webhooks.length, 0);
+});
+
+step("a malformed event link shows the events list", async () => {
+  await page.goto(`${origin}/ui#/events/%E0%A4`);
+  await page.locator("table.events").waitFor();
+  assert.equal(await page.locator("[data-testid=payload]").count(), 0);
+});
+
+step("Overview reads endpoint health two at a time; one failed read hides no other", async () => {
+  const other = await generate("many-endpoints");
+  const ids = [];
+  for (let i = 0; i < 8; i++) {
+    const r = await call(origin, "POST", "/api/webhook/config", other, { url: `${receiver.url}?n=${i}`, event_type_filter: "nothing.*" });
+    assert.equal(r.status, 201, JSON.stringify(r.json));
+    ids.push(r.json.id);
+  }
+  let inFlight = 0;
+  let most = 0;
+  let failedOne = false;
+  const pattern = "**/api/webhooks/*/attempts?*";
+  await page.route(pattern, async (route) => {
+    inFlight++;
+    most = Math.max(most, inFlight);
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    inFlight--;
+    if (!failedOne && route.request().url().includes(ids[3])) {
+      failedOne = true;
+      return route.fulfill({ status: 503, headers: { "content-type": "application/problem+json" }, body: JSON.stringify({ title: "Overloaded", status: 503, code: "overloaded" }) });
+    }
+    return route.continue();
+  });
+  await page.locator("#sign-out").click();
+  await page.locator("#api-key").fill(other);
+  await page.locator("#sign-in-form button[type=submit]").click();
+  await until("the organization in the header", async () => (await text("#org")).includes("many-endpoints"));
+  await page.locator("#nav a[data-view=overview]").click();
+  const cells = page.locator("[data-testid=success-rate]");
+  await until("every endpoint's health", async () => {
+    const all = await cells.allInnerTexts();
+    return all.length === 8 && all.every((t) => t !== "—");
+  }, 20000);
+  const all = await cells.allInnerTexts();
+  assert.equal(all.filter((t) => t === "no attempts yet").length, 7, all.join(" | "));
+  assert.equal(all.filter((t) => t === "unavailable").length, 1, all.join(" | "));
+  assert.ok(most >= 1 && most <= 2, `${most} reads at once`);
+  await page.unroute(pattern);
 });
 
 step("attacker-controlled text is never HTML: payload, dedup id, org name, error detail", async () => {
@@ -310,8 +364,9 @@ step("/docs renders the OpenAPI document and runs an operation with the API key"
 
 step("no CSP violation, page error or request to another origin happened", async () => {
   assert.deepEqual(pageErrors, []);
-  // Expected console errors: the failed API calls above (chromium logs 401/422/429 answers).
-  const unexpected = consoleErrors.filter((m) => !/status of (401|422|429)/.test(m));
+  // Expected console errors: the failed API calls above (chromium logs 401/422/429 answers,
+  // and the 503 the health step answers for one endpoint).
+  const unexpected = consoleErrors.filter((m) => !/status of (401|422|429|503)/.test(m));
   assert.deepEqual(unexpected, []);
   assert.deepEqual(foreign, []);
 });

@@ -89,7 +89,9 @@ function route() {
   const root = $("view");
   replace(root);
   let stop;
-  if (name === "events" && id) stop = events.renderDetail(root, ctx, decodeURIComponent(id));
+  let eventId = null;
+  try { eventId = id ? decodeURIComponent(id) : null; } catch { /* a malformed link: the list */ }
+  if (name === "events" && eventId) stop = events.renderDetail(root, ctx, eventId);
   else if (name === "events") stop = events.renderList(root, ctx);
   else if (name === "endpoints") stop = endpoints.render(root, ctx);
   else stop = overview.render(root, ctx);
@@ -110,12 +112,17 @@ function start() {
   else $("sign-in").hidden = false;
 }
 
-/** Polls `fn` every `ms` until the returned stop function is called; errors are shown once. */
+/**
+ * Polls `fn` every `ms` until the returned stop function is called; errors are shown once.
+ * A hidden tab (another tab in front, a minimized window) asks nothing until shown again.
+ */
 export function poll(fn, ms) {
   let stopped = false;
   let timer;
   const run = async () => {
-    try { await fn(); } catch (e) { if (!stopped) showProblem(e); }
+    if (!document.hidden) {
+      try { await fn(); } catch (e) { if (!stopped) showProblem(e); }
+    }
     if (!stopped) timer = setTimeout(run, ms);
   };
   run();

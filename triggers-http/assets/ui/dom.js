@@ -45,15 +45,23 @@ export function badge(status) {
   return h("span", { className: `badge ${String(status).replace(/[^a-z_]/g, "")}` }, status);
 }
 
-/** A button that asks once more before running `action`. */
+/** How long after arming a confirming click is ignored (a double click is 500 ms at most). */
+export const CONFIRM_AFTER_MS = 500;
+
+/**
+ * A button that asks once more before running `action`: the first click arms it (for 4 s),
+ * a second click at least CONFIRM_AFTER_MS later runs it.
+ */
 export function confirmButton(label, confirmLabel, action, className = "") {
   const b = h("button", { type: "button", className });
   let armed = false;
+  let armedAt = 0;
   let timer;
   b.textContent = label;
   b.addEventListener("click", async () => {
     if (!armed) {
       armed = true;
+      armedAt = performance.now();
       b.textContent = confirmLabel;
       b.classList.add("armed");
       timer = setTimeout(() => {
@@ -63,6 +71,9 @@ export function confirmButton(label, confirmLabel, action, className = "") {
       }, 4000);
       return;
     }
+    // The second click of a double click (or a click lured onto the same spot) is not a
+    // confirmation: one comes at least CONFIRM_AFTER_MS after arming.
+    if (performance.now() - armedAt < CONFIRM_AFTER_MS) return;
     clearTimeout(timer);
     armed = false;
     b.textContent = label;

@@ -7,6 +7,10 @@ import { query } from "./api.js";
 const PAGE = 50;
 const LIST_POLL_MS = 5000;
 const DETAIL_POLL_MS = 2000;
+/** An event's detail lists its latest this many attempts (an event may have thousands). */
+const SHOWN_ATTEMPTS = 50;
+/** Once an event is delivered or failed, its detail is read every this many polls only. */
+const SETTLED_EVERY = 5;
 
 /** The list's filters and position survive opening an event and coming back. */
 const state = { status: "pending", type: "", cursors: [null] };
@@ -79,6 +83,7 @@ export function renderDetail(root, ctx, id) {
   const ack = h("button", { type: "button", data: { testid: "ack" } }, "Ack");
   const replay = h("button", { type: "button", data: { testid: "replay" } }, "Replay");
   const note = h("span", { className: "hint", data: { testid: "action-note" } });
+  const shownNote = h("p", { className: "hint", data: { testid: "attempts-shown" } });
   let endpointUrls = new Map();
 
   ack.addEventListener("click", async () => {
@@ -104,13 +109,19 @@ export function renderDetail(root, ctx, id) {
     h("h2", {}, "Payload"),
     payload,
     h("h2", {}, "Delivery attempts"),
+    shownNote,
     h("table", { className: "attempts" },
       h("thead", {}, h("tr", {}, ["Time", "Endpoint", "Status code", "Latency", "Error"].map((t) => h("th", {}, t)))),
       attempts));
 
   let first = true;
+  // Delivered or failed: nothing changes unless someone acts (here: Ack and Replay read it
+  // again at once), so the detail is read only every SETTLED_EVERY polls then.
+  let settled = false;
+  let polls = 0;
   async function load() {
     const e = await ctx.api("GET", `/api/events/${encodeURIComponent(id)}`);
+    settled = e.status !== "pending";
     if (first) {
       first = false;
       try {
@@ -125,7 +136,11 @@ export function renderDetail(root, ctx, id) {
     replace(facts,
       fact("Id", e.id), fact("Dedup id", e.dedup_id ?? "—"),
       fact("Created", time(e.created_at)), fact("Delivered", time(e.delivered_at)));
-    const list = [...(e.attempts || [])].sort((a, b) => String(a.at).localeCompare(String(b.at)));
+    const all = [...(e.attempts || [])].sort((a, b) => String(a.at).localeCompare(String(b.at)));
+    const list = all.slice(-SHOWN_ATTEMPTS);
+    shownNote.textContent = all.length > list.length
+      ? `The latest ${list.length} of ${all.length} attempts; an endpoint's Attempts history has them all.`
+      : "";
     replace(attempts, list.length
       ? list.map((a) => h("tr", { className: a.error ? "bad" : "" },
         h("td", {}, time(a.at)),
@@ -135,7 +150,7 @@ export function renderDetail(root, ctx, id) {
         h("td", { className: "mono" }, a.error ?? "")))
       : h("tr", {}, h("td", { colSpan: 5, className: "hint" }, "No delivery attempts (inbox events are pulled, not pushed).")));
   }
-  return ctx.poll(load, DETAIL_POLL_MS);
+  return ctx.poll(async () => { if (!settled || polls++ % SETTLED_EVERY === 0) await load(); }, DETAIL_POLL_MS);
 }
 
 function fact(label, value) {

@@ -8,6 +8,11 @@ const POLL_MS = 2000;
 const HEALTH_EVERY = 5;
 /** How many of an endpoint's latest attempts its success rate covers. */
 const RECENT_ATTEMPTS = 20;
+/**
+ * At most this many success-rate reads at once: the organization's requests share a few
+ * places at the store (TRIGGERS_STORE_CONCURRENCY), with its own inbox consumers.
+ */
+const HEALTH_CONCURRENCY = 2;
 /** How much history the chart keeps (5 minutes of polls). */
 const WINDOW_MS = 5 * 60 * 1000;
 const SVG = "http://www.w3.org/2000/svg";
@@ -58,7 +63,7 @@ export function render(root, ctx) {
     drawChart(chart, rates);
     const { webhooks } = await ctx.api("GET", "/api/webhook/config");
     if (polls++ % HEALTH_EVERY === 0 || webhooks.some((w) => !success.has(w.id))) {
-      success = await successRates(ctx, webhooks);
+      success = await successRates(ctx, webhooks, success);
     }
     replace(health, webhooks.length
       ? webhooks.map((w) => h("tr", {},
@@ -72,16 +77,33 @@ export function render(root, ctx) {
   return ctx.poll(tick, POLL_MS);
 }
 
-/** Each endpoint's share of successful attempts among its latest RECENT_ATTEMPTS, as text. */
-async function successRates(ctx, webhooks) {
-  const entries = await Promise.all(webhooks.map(async (w) => {
-    const q = `limit=${RECENT_ATTEMPTS}`;
-    const { attempts } = await ctx.api("GET", `/api/webhooks/${encodeURIComponent(w.id)}/attempts?${q}`);
-    if (!attempts.length) return [w.id, "no attempts yet"];
-    const ok = attempts.filter((a) => a.success).length;
-    return [w.id, `${Math.round((100 * ok) / attempts.length)} % of last ${attempts.length}`];
-  }));
-  return new Map(entries);
+/**
+ * Each endpoint's share of successful attempts among its latest RECENT_ATTEMPTS, as text,
+ * read HEALTH_CONCURRENCY at a time. An endpoint whose read fails keeps its `previous` text
+ * (or says so) until the next round: one failure neither hides the others nor makes every
+ * read run again at the next poll.
+ */
+async function successRates(ctx, webhooks, previous) {
+  const out = new Map();
+  let next = 0;
+  const worker = async () => {
+    while (next < webhooks.length) {
+      const w = webhooks[next++];
+      try {
+        const q = `limit=${RECENT_ATTEMPTS}`;
+        const { attempts } = await ctx.api("GET", `/api/webhooks/${encodeURIComponent(w.id)}/attempts?${q}`);
+        const ok = attempts.filter((a) => a.success).length;
+        out.set(w.id, attempts.length
+          ? `${Math.round((100 * ok) / attempts.length)} % of last ${attempts.length}`
+          : "no attempts yet");
+      } catch (e) {
+        if (e.status === 401) throw e; // signed out: the poll shows it
+        out.set(w.id, previous.get(w.id) ?? "unavailable");
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(HEALTH_CONCURRENCY, webhooks.length) }, worker));
+  return out;
 }
 
 /** Per-second rates between successive samples (never negative: retention may purge). */

@@ -10,7 +10,9 @@
 //! the server itself: no inline script, no `eval`), `X-Content-Type-Options: nosniff`,
 //! `Referrer-Policy: no-referrer` and `frame-ancestors 'none'`. Only `/docs` allows inline
 //! `style` attributes, which Swagger UI sets while rendering; its scripts stay as strict as
-//! the dashboard's.
+//! the dashboard's. The dashboard also requires Trusted Types
+//! (`require-trusted-types-for 'script'`): it writes text and properties only, and the
+//! browser refuses any HTML sink (`innerHTML` and the like) a later change might add.
 //!
 //! `ServerConfig::ui = false` (`TRIGGERS_UI=off`) answers every page route with 404
 //! `route_not_found`, as if it did not exist.
@@ -39,7 +41,7 @@ pub(crate) enum Page {
 /// The dashboard's policy: nothing inline, nothing from elsewhere, API calls to itself only.
 const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      img-src 'self' data:; connect-src 'self'; font-src 'self'; base-uri 'none'; \
-     form-action 'none'; frame-ancestors 'none'";
+     form-action 'none'; frame-ancestors 'none'; require-trusted-types-for 'script'";
 
 /// The docs' policy: as strict for scripts; Swagger UI sets `style` attributes and inlines
 /// SVG icons as `data:` images.
