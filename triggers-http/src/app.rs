@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, X_CONTENT_TYPE_OPTIONS};
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderMap, Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use triggers_core::{Deliverer, EventStore, Ingestor, Organization, RateDecision};
 
@@ -108,16 +107,7 @@ impl<S: EventStore, D: Deliverer> App<S, D> {
             Match::NotFound => Err(ApiError::RouteNotFound),
         };
         let mut res = result.unwrap_or_else(ApiError::into_response);
-        // Answers differ per API key on the same URL: no shared cache (a proxy "caching
-        // everything") may hand one organization's answer to another, and no browser keeps
-        // an organization's events on disk. The dashboard's files set their own.
-        let headers = res.headers_mut();
-        if !headers.contains_key(CACHE_CONTROL) {
-            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        }
-        headers
-            .entry(X_CONTENT_TYPE_OPTIONS)
-            .or_insert_with(|| HeaderValue::from_static("nosniff"));
+        respond::never_stored(res.headers_mut());
         if let Some(org) = &ctx.org {
             let headers = res.headers_mut();
             if !headers.contains_key(&respond::X_RATELIMIT_LIMIT) {

@@ -25,7 +25,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use triggers_core::store::operational::AnnouncementBacklog;
 use triggers_core::store::EventStore;
-use triggers_core::{Clock, Deliverer, DeliveryResult, Ingestor, Observer, SystemClock, Timestamp};
+use triggers_core::{Deliverer, DeliveryResult, Ingestor, Observer};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
@@ -175,16 +175,16 @@ impl Metrics {
             Err(e) => tracing::warn!(error = %e, "reading the queue depth failed"),
         }
         match ingestor.announcement_backlog().await {
-            Ok(backlog) => self.set_announcements(backlog, SystemClock.now()),
+            Ok(backlog) => self.set_announcements(backlog),
             Err(e) => tracing::warn!(error = %e, "reading the announcement backlog failed"),
         }
     }
 
-    /// Sets `triggers_announcements_*` from `backlog`, as of `now`.
-    fn set_announcements(&self, backlog: AnnouncementBacklog, now: Timestamp) {
+    /// Sets `triggers_announcements_*` from `backlog`.
+    fn set_announcements(&self, backlog: AnnouncementBacklog) {
         self.announcements_waiting.set(i64::try_from(backlog.waiting).unwrap_or(i64::MAX));
-        let age = backlog.oldest.map_or(0, |oldest| (now - oldest).num_seconds().max(0));
-        self.announcements_oldest_age.set(age);
+        let age = backlog.oldest_waited.map_or(0, |d| d.as_secs());
+        self.announcements_oldest_age.set(i64::try_from(age).unwrap_or(i64::MAX));
     }
 
     /// Counts `n` submitted events with this outcome.
@@ -254,9 +254,8 @@ mod tests {
         m.response(429);
         m.connection(1);
         m.queue_depth.set(7);
-        let now = SystemClock.now();
-        let oldest = now - chrono::Duration::seconds(90);
-        m.set_announcements(AnnouncementBacklog { waiting: 2, oldest: Some(oldest) }, now);
+        let oldest_waited = Some(Duration::from_secs(90));
+        m.set_announcements(AnnouncementBacklog { waiting: 2, oldest_waited });
         let text = m.encode();
         for line in [
             "triggers_ingest_events_total{outcome=\"accepted\"} 3",
@@ -278,10 +277,9 @@ mod tests {
     #[test]
     fn no_waiting_announcement_is_age_zero() {
         let m = Metrics::new();
-        let now = SystemClock.now();
-        let oldest = now - chrono::Duration::seconds(30);
-        m.set_announcements(AnnouncementBacklog { waiting: 1, oldest: Some(oldest) }, now);
-        m.set_announcements(AnnouncementBacklog::default(), now);
+        let oldest_waited = Some(Duration::from_secs(30));
+        m.set_announcements(AnnouncementBacklog { waiting: 1, oldest_waited });
+        m.set_announcements(AnnouncementBacklog::default());
         let text = m.encode();
         assert!(text.contains("triggers_announcements_waiting 0"), "{text}");
         assert!(text.contains("triggers_announcements_oldest_age_seconds 0"), "{text}");

@@ -66,6 +66,17 @@ pub(crate) fn empty(status: StatusCode) -> Response<Body> {
     res
 }
 
+/// `Cache-Control: no-store` (unless the answer set its own: the dashboard's files) and
+/// `X-Content-Type-Options: nosniff`. Answers differ per API key on one URL: no shared cache
+/// (a proxy "caching everything") may hand one organization's answer to another, and no
+/// browser keeps an organization's events on disk.
+pub(crate) fn never_stored(headers: &mut HeaderMap) {
+    headers.entry(http::header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    headers
+        .entry(http::header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+}
+
 /// Sets `X-RateLimit-Limit`, `-Remaining` and `-Reset` (whole seconds, rounded up).
 pub(crate) fn rate_headers(headers: &mut HeaderMap, d: &RateDecision) {
     let reset = d.reset.as_secs() + u64::from(d.reset.subsec_nanos() > 0);

@@ -178,7 +178,9 @@ pub(crate) async fn respond<S: EventStore, D: Deliverer>(
         Err(()) => {
             tracing::error!("a request handler panicked");
             app.metrics.response(500);
-            ApiError::Internal.into_response()
+            let mut res = ApiError::Internal.into_response();
+            crate::respond::never_stored(res.headers_mut());
+            res
         }
     }
 }

@@ -27,23 +27,26 @@
 //! may end later). An organization that keeps one of its endpoints locked (a recover, a
 //! delete, a patch) so costs the completer, which every organization shares, a round trip
 //! and no wait. What the completer could not move it hands to the sweep task
-//! ([`Outbox::hand_over`]), which moves it at once, waiting for the locks itself. A patch,
+//! ([`Outbox::hand_over`]), which moves those endpoints' rows at once, waiting up to
+//! [`SWEEP_LOCK_WAIT`] for each lock itself, and while a lock still holds them, again after
+//! [`RETRY_FIRST`], doubling up to [`SWEEP_EVERY`]. A patch,
 //! the organization's own request, waits as long as it must ([`Wait::AsNeeded`]). The
 //! limits are lifted before the commit, whose notification may wait for other
 //! transactions' commits.
 //!
 //! What a call could not move (a lock held, a connection lost after the commit, a crash)
-//! stays in the outbox. Every node's sweep task ([`spawn`]) moves it: at once when a call
-//! of this node handed it over (every row then, whatever its age), and otherwise the rows
-//! of endpoints that have one older than [`SWEEP_MIN_AGE`] (younger ones are usually being
-//! moved by their own call), at start and every [`SWEEP_EVERY`] after. A sweep moves one
-//! endpoint per transaction, each lock waited for at most [`SWEEP_LOCK_WAIT`]; after a move
-//! of an organization failed, its other endpoints wait for the next sweep and the sweep
-//! looks past them, so one organization keeping its endpoints locked costs a sweep about a
-//! second and never keeps the others' rows from being reached. So an announcement is never
-//! lost and never inserted twice; it reaches the stream with the call that made the change,
-//! or once the locks it waits for are released (moments later), or after that call failed
-//! with a sweep some seconds later (at the next start, if no node is running).
+//! stays in the outbox. Every node's sweep task ([`spawn`]) moves it: what a call of this
+//! node handed over as above (only those endpoints: rows other calls are moving right now
+//! are left to them), and, at start and every [`SWEEP_EVERY`] after, the rows of endpoints
+//! that have one older than [`SWEEP_MIN_AGE`] (younger ones are usually being moved by their
+//! own call). Both move one endpoint per transaction, each lock waited for at most
+//! [`SWEEP_LOCK_WAIT`]; after a move of an organization failed, its other endpoints wait with
+//! it and the others are moved, so one organization keeping its endpoints locked costs the
+//! task about a second per pass and never keeps the others' rows from being reached. So an
+//! announcement is never lost and never inserted twice; it reaches the stream with the call
+//! that made the change, or within about a second of the locks it waits for being released
+//! (at most [`SWEEP_EVERY`] after, however long they were held), or, after its call failed
+//! otherwise, with a sweep some seconds later (at the next start, if no node is running).
 //!
 //! Order: one endpoint's announcements enter the stream in the order of its changes. The
 //! events' ids come from the moving node's clock, so with two nodes whose clocks disagree,
@@ -78,6 +81,13 @@ pub(crate) const SWEEP_LOCK_WAIT: Duration = Duration::from_secs(1);
 /// Endpoints one sweep pass looks at, at most.
 const SWEEP_ENDPOINTS: i64 = 1_000;
 
+/// Most endpoints handed over and not yet moved that the sweep task remembers.
+const MAX_HANDED: usize = 10_000;
+
+/// First pause before the sweep task moves again what a held lock kept it from moving; it
+/// doubles, up to [`SWEEP_EVERY`], while the lock stays held.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+
 /// SQLSTATE `lock_not_available`: `lock_timeout` expired.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 
@@ -109,24 +119,48 @@ WHERE recorded_at < now() - make_interval(secs => $1) AND organization_id <> ALL
 GROUP BY endpoint_id, organization_id ORDER BY min(recorded_at) LIMIT $2
 "#;
 
-/// What a node's calls share with its sweep task: the stream's notification channel, and a
-/// way to have the sweep run at once.
+/// What a node's calls share with its sweep task: the stream's notification channel, and
+/// the endpoints whose announcements a call could not move, which the task moves at once.
 #[derive(Debug)]
 pub(crate) struct Outbox {
     channel: std::sync::Arc<str>,
     wake: tokio::sync::Notify,
+    /// `(endpoint, organization)` pairs handed over and not moved yet.
+    handed: std::sync::Mutex<Vec<(Uuid, Uuid)>>,
 }
 
 impl Outbox {
     /// The outbox of a store that notifies `channel`.
     pub(crate) fn new(channel: std::sync::Arc<str>) -> Outbox {
-        Outbox { channel, wake: tokio::sync::Notify::new() }
+        Outbox {
+            channel,
+            wake: tokio::sync::Notify::new(),
+            handed: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
-    /// Has the sweep task move every row at once (it runs once for any number of calls
-    /// made while it runs): a call could not move its announcement itself.
-    pub(crate) fn hand_over(&self) {
+    /// Has the sweep task move the announcements of `org`'s `endpoints` at once (and again,
+    /// a little later each time, while a lock holds them): a call could not move them
+    /// itself.
+    pub(crate) fn hand_over(&self, org: OrganizationId, endpoints: &[EndpointId]) {
+        self.keep(endpoints.iter().map(|e| (e.0, org.0)));
         self.wake.notify_one();
+    }
+
+    /// Remembers `pairs` for the task (at most [`MAX_HANDED`]: past that, the periodic sweep
+    /// finds the rest, whose rows stay in the table).
+    fn keep(&self, pairs: impl IntoIterator<Item = (Uuid, Uuid)>) {
+        let mut handed = self.handed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for pair in pairs {
+            if handed.len() < MAX_HANDED && !handed.contains(&pair) {
+                handed.push(pair);
+            }
+        }
+    }
+
+    /// What was handed over since the last call.
+    fn take(&self) -> Vec<(Uuid, Uuid)> {
+        std::mem::take(&mut *self.handed.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 }
 
@@ -183,6 +217,7 @@ pub(crate) async fn record(
 /// to the sweep ([`Outbox::hand_over`]): the change it announces is committed either way.
 pub(crate) async fn publish(
     conn: &mut PgConnection,
+    org: OrganizationId,
     endpoints: &[EndpointId],
     outbox: &Outbox,
     wait: Wait,
@@ -199,7 +234,7 @@ pub(crate) async fn publish(
                         "the completer's time for announcements is spent; the \
                         outbox sweep publishes the rest"
                     );
-                    outbox.hand_over();
+                    outbox.hand_over(org, endpoints);
                     return;
                 }
                 Some(Limits { lock: left.min(COMPLETER_LOCK_WAIT), deadline: Some(deadline) })
@@ -215,13 +250,13 @@ pub(crate) async fn publish(
             Err(e) if is_timeout(&e) => {
                 tracing::debug!(error = %e, "an endpoint announcement waits for a lock or ran \
                     out of time; the outbox sweep publishes it");
-                outbox.hand_over();
+                outbox.hand_over(org, endpoints);
                 return;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "publishing an endpoint announcement failed; the \
                     outbox sweep publishes it");
-                outbox.hand_over();
+                outbox.hand_over(org, endpoints);
                 return;
             }
         }
@@ -229,13 +264,18 @@ pub(crate) async fn publish(
 }
 
 /// [`publish`] on a connection of `pool`.
-pub(crate) async fn publish_on(pool: &PgPool, endpoints: &[EndpointId], outbox: &Outbox) {
+pub(crate) async fn publish_on(
+    pool: &PgPool,
+    org: OrganizationId,
+    endpoints: &[EndpointId],
+    outbox: &Outbox,
+) {
     match pool.acquire().await {
-        Ok(mut conn) => publish(&mut conn, endpoints, outbox, Wait::AsNeeded).await,
+        Ok(mut conn) => publish(&mut conn, org, endpoints, outbox, Wait::AsNeeded).await,
         Err(e) => {
             tracing::warn!(error = %e, "publishing an endpoint announcement failed; \
                 the outbox sweep publishes it");
-            outbox.hand_over();
+            outbox.hand_over(org, endpoints);
         }
     }
 }
@@ -295,28 +335,84 @@ pub(crate) async fn sweep(
     }
 }
 
-/// Starts the sweep task: a sweep at once, then one of the rows older than
-/// [`SWEEP_MIN_AGE`] every [`SWEEP_EVERY`], and one of every row whenever a call hands its
-/// announcements over ([`Outbox::hand_over`]); until aborted.
+/// Moves the announcements of `handed` endpoints, one endpoint per transaction, each lock
+/// waited for at most [`SWEEP_LOCK_WAIT`]; returns those it did not move: one whose move
+/// failed, and the rest of that organization's, which wait with it.
+async fn move_handed(pool: &PgPool, channel: &str, handed: Vec<(Uuid, Uuid)>) -> Vec<(Uuid, Uuid)> {
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::debug!(error = %e, "moving handed-over announcements failed");
+            return handed;
+        }
+    };
+    let limits = Some(Limits { lock: SWEEP_LOCK_WAIT, deadline: None });
+    let mut held: Vec<Uuid> = Vec::new();
+    let mut left = Vec::new();
+    for (endpoint, org) in handed {
+        if held.contains(&org) {
+            left.push((endpoint, org));
+            continue;
+        }
+        let take = sqlx::query(TAKE_SQL).bind(std::slice::from_ref(&endpoint));
+        if let Err(e) = move_rows(&mut conn, take, channel, limits).await {
+            if is_timeout(&e) {
+                tracing::debug!(endpoint_id = %endpoint, error = %e,
+                    "a handed-over announcement waits for a lock");
+            } else {
+                tracing::warn!(endpoint_id = %endpoint, error = %e,
+                    "moving a handed-over announcement failed; trying again");
+            }
+            held.push(org);
+            left.push((endpoint, org));
+        }
+    }
+    left
+}
+
+/// Starts the sweep task, until aborted. It moves what calls hand over
+/// ([`Outbox::hand_over`]) at once, and again after [`RETRY_FIRST`] (doubling up to
+/// [`SWEEP_EVERY`]) while a lock holds it; and every [`SWEEP_EVERY`] (the first at once) it
+/// sweeps the rows older than [`SWEEP_MIN_AGE`], whichever call left them.
 pub(crate) fn spawn(pool: PgPool, outbox: std::sync::Arc<Outbox>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut min_age = SWEEP_MIN_AGE;
+        let mut next_sweep = tokio::time::Instant::now();
+        let mut pause = RETRY_FIRST;
         loop {
-            match sweep(&pool, &outbox.channel, min_age).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    published = n,
-                    "published endpoint announcements left \
-                    in the outbox"
-                ),
-                // The database is unreachable, or not migrated yet: the store says so
-                // elsewhere (its health check, its calls).
-                Err(e) => tracing::debug!(error = %e, "sweeping the announcement outbox failed"),
+            let handed = outbox.take();
+            let mut retry = false;
+            if !handed.is_empty() {
+                let left = move_handed(&pool, &outbox.channel, handed).await;
+                retry = !left.is_empty();
+                outbox.keep(left);
             }
-            min_age = tokio::select! {
-                () = tokio::time::sleep(SWEEP_EVERY) => SWEEP_MIN_AGE,
-                () = outbox.wake.notified() => Duration::ZERO,
+            if tokio::time::Instant::now() >= next_sweep {
+                match sweep(&pool, &outbox.channel, SWEEP_MIN_AGE).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        published = n,
+                        "published endpoint announcements left in the outbox"
+                    ),
+                    // The database is unreachable, or not migrated yet: the store says so
+                    // elsewhere (its health check, its calls).
+                    Err(e) => {
+                        tracing::debug!(error = %e, "sweeping the announcement outbox failed");
+                    }
+                }
+                next_sweep = tokio::time::Instant::now() + SWEEP_EVERY;
+            }
+            let until = if retry {
+                let again = tokio::time::Instant::now() + pause;
+                pause = (pause * 2).min(SWEEP_EVERY);
+                again.min(next_sweep)
+            } else {
+                pause = RETRY_FIRST;
+                next_sweep
             };
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                () = outbox.wake.notified() => {}
+            }
         }
     })
 }

@@ -529,7 +529,7 @@ async fn publish_disables(conn: &mut PgConnection, disabled: &[(Uuid, Uuid)], ou
         let endpoints: Vec<EndpointId> =
             disabled.iter().filter(|(_, o)| *o == org).map(|(id, _)| EndpointId(*id)).collect();
         let wait = crate::announce::Wait::Briefly(deadline);
-        crate::announce::publish(conn, &endpoints, outbox, wait).await;
+        crate::announce::publish(conn, OrganizationId(org), &endpoints, outbox, wait).await;
     }
 }
 

@@ -250,7 +250,7 @@ impl PgStore {
         };
         if let Some(update) = &update {
             if update.endpoint.enabled != update.was_enabled {
-                crate::announce::publish_on(self.pool(), &[id], self.outbox()).await;
+                crate::announce::publish_on(self.pool(), org, &[id], self.outbox()).await;
             }
         }
         if patch.ordering.is_some() {

@@ -192,12 +192,19 @@ impl EndpointStore for PgStore {
     /// One aggregate over the outbox (`announce.rs`), whose rows are normally gone within a
     /// call.
     async fn announcement_backlog(&self) -> StoreResult<AnnouncementBacklog> {
-        let (waiting, oldest): (i64, Option<Timestamp>) =
-            sqlx::query_as("SELECT count(*), min(recorded_at) FROM announcements")
-                .fetch_one(self.pool())
-                .await
-                .map_err(|e| self.fail(e))?;
-        Ok(AnnouncementBacklog { waiting: u64::try_from(waiting).unwrap_or(0), oldest })
+        // The age by the database's clock, which recorded the rows.
+        let (waiting, micros): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), (extract(epoch FROM clock_timestamp() - min(recorded_at))
+                               * 1000000)::bigint FROM announcements",
+        )
+        .fetch_one(self.pool())
+        .await
+        .map_err(|e| self.fail(e))?;
+        let age = |us: i64| std::time::Duration::from_micros(u64::try_from(us).unwrap_or(0));
+        Ok(AnnouncementBacklog {
+            waiting: u64::try_from(waiting).unwrap_or(0),
+            oldest_waited: micros.map(age),
+        })
     }
 
     async fn recover(

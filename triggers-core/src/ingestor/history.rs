@@ -127,11 +127,10 @@ fn attempts_position(text: &str) -> Result<AttemptPosition> {
     let (at, seq) = bytes.split_at(8);
     let at = i64::from_be_bytes(at.try_into().map_err(|_| invalid_cursor())?);
     let seq = u64::from_be_bytes(seq.try_into().map_err(|_| invalid_cursor())?);
-    // Our cursors carry attempt times, 1970 to 9999; a crafted one beyond (PostgreSQL
-    // refuses times before 4713 BC) is a bad cursor, not a store error.
-    if !(0..=clock::YEAR_9999_END_MICROS).contains(&at) {
-        return Err(invalid_cursor());
-    }
+    // Our cursors carry attempt times, 1970 to 9999. A well-formed one beyond (crafted:
+    // PostgreSQL refuses times before 4713 BC) is taken as the nearest end of that range,
+    // which lists nothing (before 1970) or everything (after 9999): never a store error.
+    let at = at.clamp(0, clock::YEAR_9999_END_MICROS);
     Ok(AttemptPosition { at: clock::from_micros(at), seq })
 }
 

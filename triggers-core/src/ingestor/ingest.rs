@@ -51,12 +51,13 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         now: Timestamp,
     ) -> Result<RateDecision> {
         let limit = self.inner.config.tier_limits.per_minute(org.tier);
-        if limit != crate::TierLimits::UNLIMITED && cost > limit {
+        // The limiter takes a limit of 0 as 1.
+        if limit != crate::TierLimits::UNLIMITED && cost > limit.max(1) {
             // More than a whole minute's allowance never passes: a 429 would have a client
             // that honours `Retry-After` retry it forever.
             return Err(Error::LimitExceeded {
                 limit: "rate-limit units in one request (the tier's per-minute limit)",
-                max: u64::from(limit),
+                max: u64::from(limit.max(1)),
             });
         }
         let decision = match &self.inner.config.shared_limiter {

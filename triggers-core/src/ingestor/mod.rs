@@ -70,7 +70,9 @@ where
 /// release the rest — but in the background: a process that exits right after the drop may
 /// leave leases behind, which the next start reclaims at once when the workers lease under a
 /// stable node id (see `WorkerConfig::node_id`), else after the lease length. (A deliverer
-/// that itself holds an `Ingestor` handle keeps the workers alive: call `shutdown`.)
+/// that itself holds an `Ingestor` handle keeps the workers alive: call `shutdown`. So does,
+/// until the store answers it, a store call still running for a request whose caller
+/// stopped waiting: see `at_store`.)
 pub struct Ingestor<S, D> {
     inner: Arc<Inner<S>>,
     workers: Arc<tokio::sync::Mutex<Option<WorkerPool>>>,

@@ -30,8 +30,9 @@ pub const OPERATIONAL_ENABLED: &str = "triggers.endpoint.enabled";
 pub struct AnnouncementBacklog {
     /// How many wait.
     pub waiting: u64,
-    /// When the oldest of them was recorded; `None` when none waits.
-    pub oldest: Option<Timestamp>,
+    /// How long the oldest of them has waited, by the store's own clock (a database's clock
+    /// may differ from this node's); `None` when none waits.
+    pub oldest_waited: Option<std::time::Duration>,
 }
 
 /// The payload of an operational event.

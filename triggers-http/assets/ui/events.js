@@ -115,8 +115,9 @@ export function renderDetail(root, ctx, id) {
       attempts));
 
   let first = true;
-  // Delivered or failed: nothing changes unless someone acts (here: Ack and Replay read it
-  // again at once), so the detail is read only every SETTLED_EVERY polls then.
+  // Delivered or failed: little changes (attempts of other endpoints still retrying, an
+  // action here — Ack and Replay read it again at once), so the detail is read only every
+  // SETTLED_EVERY polls then.
   let settled = false;
   let polls = 0;
   async function load() {
@@ -150,7 +151,7 @@ export function renderDetail(root, ctx, id) {
         h("td", { className: "mono" }, a.error ?? "")))
       : h("tr", {}, h("td", { colSpan: 5, className: "hint" }, "No delivery attempts (inbox events are pulled, not pushed).")));
   }
-  return ctx.poll(async () => { if (!settled || polls++ % SETTLED_EVERY === 0) await load(); }, DETAIL_POLL_MS);
+  return ctx.poll(async () => { if (!settled || ++polls % SETTLED_EVERY === 0) await load(); }, DETAIL_POLL_MS);
 }
 
 function fact(label, value) {

@@ -61,8 +61,8 @@ async fn store_failures_are_503_or_500_without_leaking() {
     let key = server.key("free").await;
     assert_eq!(c.send("GET", "/health/ready", None, None).await.status, 200);
     // The store's gauges are read at scrape time: announcements waiting in an outbox.
-    let oldest = chrono::Utc::now() - chrono::Duration::seconds(120);
-    store.set_backlog(AnnouncementBacklog { waiting: 3, oldest: Some(oldest) });
+    let oldest_waited = Some(Duration::from_secs(120));
+    store.set_backlog(AnnouncementBacklog { waiting: 3, oldest_waited });
     let gauge = |text: &str, name: &str| -> i64 {
         let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap();
         line[name.len() + 1..].parse().unwrap()
@@ -104,7 +104,9 @@ async fn store_failures_are_503_or_500_without_leaking() {
 
     // A panic below a handler costs that request a 500, not the connection or the server.
     store.set(Mode::Panic);
-    c.event(&key, "t", None).await.problem(500, "internal_error");
+    let r = c.event(&key, "t", None).await;
+    r.problem(500, "internal_error");
+    assert_eq!(r.header("cache-control"), "no-store", "the panic's answer too");
     c.get("/api/inbox", &key).await.problem(500, "internal_error");
 
     store.set(Mode::Healthy);
