@@ -210,17 +210,29 @@ async fn inbox_of_every_status_merges_by_id_within_the_budget() {
     }
 }
 
-/// One organization may hold all of the store's places but one: six reads of a busy
-/// organization reach the store two at a time (of three places), and another
-/// organization's read takes the third at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_busy_organization_leaves_a_place_at_the_store_for_the_others() {
+/// An Ingestor with three places at the store over a counting store whose `stats` reads
+/// wait to be released, and two organizations, "busy" and "other".
+async fn three_places_reads_held() -> (
+    crate::counting::Counting,
+    Ingestor<crate::counting::Counting, NoDeliverer>,
+    Organization,
+    Organization,
+) {
     let store = crate::counting::Counting::default();
     let config = IngestorConfig { store_concurrency: 3, ..IngestorConfig::default() };
     let ing = Ingestor::start(store.clone(), NoDeliverer, config);
     let (busy, _) = ing.create_organization("busy", Tier::Free).await.unwrap();
     let (other, _) = ing.create_organization("other", Tier::Free).await.unwrap();
     store.hold_reads();
+    (store, ing, busy, other)
+}
+
+/// One organization may hold all of the store's places but one: six reads of a busy
+/// organization reach the store two at a time (of three places), and another
+/// organization's read takes the third at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_organization_leaves_a_place_at_the_store_for_the_others() {
+    let (store, ing, busy, other) = three_places_reads_held().await;
     let stats = |org: &Organization| {
         let (ing, org) = (ing.clone(), org.clone());
         tokio::spawn(async move { ing.stats(&org).await })
@@ -250,12 +262,7 @@ async fn a_busy_organization_leaves_a_place_at_the_store_for_the_others() {
 /// others stays free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_dropped_midway_keeps_its_place_until_the_store_is_done() {
-    let store = crate::counting::Counting::default();
-    let config = IngestorConfig { store_concurrency: 3, ..IngestorConfig::default() };
-    let ing = Ingestor::start(store.clone(), NoDeliverer, config);
-    let (busy, _) = ing.create_organization("busy", Tier::Free).await.unwrap();
-    let (other, _) = ing.create_organization("other", Tier::Free).await.unwrap();
-    store.hold_reads();
+    let (store, ing, busy, other) = three_places_reads_held().await;
     let stats = |org: &Organization| {
         let (ing, org) = (ing.clone(), org.clone());
         tokio::spawn(async move { ing.stats(&org).await })

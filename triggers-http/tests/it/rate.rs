@@ -9,13 +9,18 @@ use triggers_core::{Tier, TierLimits};
 
 use crate::support::{Options, TestServer};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_request_after_the_allowance_is_429_and_other_orgs_are_unaffected() {
+/// A server on a manual clock whose free tier allows 3 units a minute.
+async fn free_tier_of_three() -> (ManualClock, TestServer) {
     let clock = ManualClock::new();
     let mut opts = Options::default();
     opts.ingestor.tier_limits = TierLimits::default().with(Tier::Free, 3);
     opts.ingestor.clock = Arc::new(clock.clone());
-    let server = TestServer::start(opts).await;
+    (clock, TestServer::start(opts).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_after_the_allowance_is_429_and_other_orgs_are_unaffected() {
+    let (clock, server) = free_tier_of_three().await;
     let c = &server.client;
     let (a, b) = (server.key("free").await, server.key("free").await);
 
@@ -69,11 +74,7 @@ async fn the_request_after_the_allowance_is_429_and_other_orgs_are_unaffected() 
 /// that honours `Retry-After` send it forever. One within the limit still passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_costing_more_than_a_minutes_allowance_is_422_not_429() {
-    let clock = ManualClock::new();
-    let mut opts = Options::default();
-    opts.ingestor.tier_limits = TierLimits::default().with(Tier::Free, 3);
-    opts.ingestor.clock = Arc::new(clock.clone());
-    let server = TestServer::start(opts).await;
+    let (clock, server) = free_tier_of_three().await;
     let c = &server.client;
     let key = server.key("free").await;
 
