@@ -28,8 +28,8 @@
 //! delete, a patch) so costs the completer, which every organization shares, a round trip
 //! and no wait. What the completer could not move it hands to the sweep task
 //! ([`Outbox::hand_over`]), which moves those endpoints' rows at once, waiting up to
-//! [`SWEEP_LOCK_WAIT`] for each lock itself, and while a lock still holds them, again after
-//! [`RETRY_FIRST`], doubling up to [`SWEEP_EVERY`]. A patch,
+//! [`HANDED_LOCK_WAIT`] for each lock itself, and while a lock still holds them, again after
+//! a pause per organization (`handover.rs`: 0.25 s, doubling up to 5 s). A patch,
 //! the organization's own request, waits as long as it must ([`Wait::AsNeeded`]). The
 //! limits are lifted before the commit, whose notification may wait for other
 //! transactions' commits.
@@ -37,16 +37,18 @@
 //! What a call could not move (a lock held, a connection lost after the commit, a crash)
 //! stays in the outbox. Every node's sweep task ([`spawn`]) moves it: what a call of this
 //! node handed over as above (only those endpoints: rows other calls are moving right now
-//! are left to them), and, at start and every [`SWEEP_EVERY`] after, the rows of endpoints
-//! that have one older than [`SWEEP_MIN_AGE`] (younger ones are usually being moved by their
-//! own call). Both move one endpoint per transaction, each lock waited for at most
-//! [`SWEEP_LOCK_WAIT`]; after a move of an organization failed, its other endpoints wait with
-//! it and the others are moved, so one organization keeping its endpoints locked costs the
-//! task about a second per pass and never keeps the others' rows from being reached. So an
-//! announcement is never lost and never inserted twice; it reaches the stream with the call
-//! that made the change, or within about a second of the locks it waits for being released
-//! (at most [`SWEEP_EVERY`] after, however long they were held), or, after its call failed
-//! otherwise, with a sweep some seconds later (at the next start, if no node is running).
+//! are left to them; organizations never tried before those tried again), and, at start and
+//! every [`SWEEP_EVERY`] after, the rows of endpoints that have one older than
+//! [`SWEEP_MIN_AGE`] (younger ones are usually being moved by their own call), passing by
+//! the organizations that wait for a retry. Both move one endpoint per transaction; after a
+//! move of an organization failed, its other endpoints wait with it and the others are
+//! moved, so one organization keeping its endpoints locked costs the task one short wait per
+//! retry (the sweep: [`SWEEP_LOCK_WAIT`] per pass) and never keeps the others' rows from
+//! being reached. So an announcement is never lost and never inserted twice; it reaches the
+//! stream with the call that made the change, or soon after the locks it waits for are
+//! released (within the organization's current pause, at most 5 s), or, after its call
+//! failed otherwise, with a sweep some seconds later (at the next start, if no node is
+//! running).
 //!
 //! Order: one endpoint's announcements enter the stream in the order of its changes. The
 //! events' ids come from the moving node's clock, so with two nodes whose clocks disagree,
@@ -61,6 +63,7 @@ use sqlx::{Acquire, PgConnection, PgPool, Row};
 use triggers_core::{EndpointId, EventId, EventRecord, OrganizationId};
 
 use crate::error::is_retryable_conflict;
+use crate::handover::Handed;
 
 /// How often each node moves what is left in the outbox.
 pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -81,12 +84,9 @@ pub(crate) const SWEEP_LOCK_WAIT: Duration = Duration::from_secs(1);
 /// Endpoints one sweep pass looks at, at most.
 const SWEEP_ENDPOINTS: i64 = 1_000;
 
-/// Most endpoints handed over and not yet moved that the sweep task remembers.
-const MAX_HANDED: usize = 10_000;
-
-/// First pause before the sweep task moves again what a held lock kept it from moving; it
-/// doubles, up to [`SWEEP_EVERY`], while the lock stays held.
-const RETRY_FIRST: Duration = Duration::from_millis(250);
+/// Longest wait for one lock when the sweep task moves what a call handed over: short,
+/// since it tries again (`handover.rs`) while the lock stays held.
+const HANDED_LOCK_WAIT: Duration = Duration::from_millis(200);
 
 /// SQLSTATE `lock_not_available`: `lock_timeout` expired.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
@@ -120,13 +120,12 @@ GROUP BY endpoint_id, organization_id ORDER BY min(recorded_at) LIMIT $2
 "#;
 
 /// What a node's calls share with its sweep task: the stream's notification channel, and
-/// the endpoints whose announcements a call could not move, which the task moves at once.
+/// the endpoints whose announcements a call could not move (`handover.rs`).
 #[derive(Debug)]
 pub(crate) struct Outbox {
     channel: std::sync::Arc<str>,
     wake: tokio::sync::Notify,
-    /// `(endpoint, organization)` pairs handed over and not moved yet.
-    handed: std::sync::Mutex<Vec<(Uuid, Uuid)>>,
+    handed: std::sync::Mutex<Handed>,
 }
 
 impl Outbox {
@@ -135,32 +134,21 @@ impl Outbox {
         Outbox {
             channel,
             wake: tokio::sync::Notify::new(),
-            handed: std::sync::Mutex::new(Vec::new()),
+            handed: std::sync::Mutex::new(Handed::default()),
         }
     }
 
-    /// Has the sweep task move the announcements of `org`'s `endpoints` at once (and again,
-    /// a little later each time, while a lock holds them): a call could not move them
-    /// itself.
+    /// Has the sweep task move the announcements of `org`'s `endpoints`: at once, unless
+    /// the organization waits for a retry already (`handover.rs`). A call could not move
+    /// them itself.
     pub(crate) fn hand_over(&self, org: OrganizationId, endpoints: &[EndpointId]) {
-        self.keep(endpoints.iter().map(|e| (e.0, org.0)));
+        self.handed().add(org.0, endpoints.iter().map(|e| e.0));
         self.wake.notify_one();
     }
 
-    /// Remembers `pairs` for the task (at most [`MAX_HANDED`]: past that, the periodic sweep
-    /// finds the rest, whose rows stay in the table).
-    fn keep(&self, pairs: impl IntoIterator<Item = (Uuid, Uuid)>) {
-        let mut handed = self.handed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for pair in pairs {
-            if handed.len() < MAX_HANDED && !handed.contains(&pair) {
-                handed.push(pair);
-            }
-        }
-    }
-
-    /// What was handed over since the last call.
-    fn take(&self) -> Vec<(Uuid, Uuid)> {
-        std::mem::take(&mut *self.handed.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    fn handed(&self) -> std::sync::MutexGuard<'_, Handed> {
+        // Every change under the lock completes before it is released.
+        self.handed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -281,12 +269,14 @@ pub(crate) async fn publish_on(
 }
 
 /// Moves the rows of the endpoints that have one older than `min_age`, one endpoint per
-/// transaction; returns how many. An organization whose move fails (a lock held past
+/// transaction, of no organization in `waiting` (those the sweep task retries itself);
+/// returns how many. An organization whose move fails (a lock held past
 /// [`SWEEP_LOCK_WAIT`], an error) is left for the next sweep, and the others are moved.
 pub(crate) async fn sweep(
     pool: &PgPool,
     channel: &str,
     min_age: Duration,
+    waiting: Vec<Uuid>,
 ) -> Result<usize, sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let mut moved = 0;
@@ -294,7 +284,7 @@ pub(crate) async fn sweep(
     // Organizations whose move failed in this sweep: their endpoints wait for the next one,
     // and the passes after it look past them (one organization keeping its endpoints locked
     // costs a sweep about a second, and never keeps the others' rows from being reached).
-    let mut held: Vec<Uuid> = Vec::new();
+    let mut held: Vec<Uuid> = waiting;
     loop {
         let endpoints: Vec<(Uuid, Uuid)> = sqlx::query_as(LEFT_SQL)
             .bind(min_age.as_secs_f64())
@@ -335,59 +325,71 @@ pub(crate) async fn sweep(
     }
 }
 
-/// Moves the announcements of `handed` endpoints, one endpoint per transaction, each lock
-/// waited for at most [`SWEEP_LOCK_WAIT`]; returns those it did not move: one whose move
-/// failed, and the rest of that organization's, which wait with it.
-async fn move_handed(pool: &PgPool, channel: &str, handed: Vec<(Uuid, Uuid)>) -> Vec<(Uuid, Uuid)> {
+/// Moves the announcements of the handed-over organizations due now, one endpoint per
+/// transaction, each lock waited for at most [`HANDED_LOCK_WAIT`]. An organization whose
+/// move fails waits for its retry with the endpoints not moved yet; a lost connection ends
+/// the pass (what is left is due again at once, on a new connection).
+async fn move_handed(pool: &PgPool, outbox: &Outbox) {
+    let due = outbox.handed().due(std::time::Instant::now());
+    if due.is_empty() {
+        return;
+    }
     let mut conn = match pool.acquire().await {
         Ok(conn) => conn,
         Err(e) => {
             tracing::debug!(error = %e, "moving handed-over announcements failed");
-            return handed;
+            let now = std::time::Instant::now();
+            let mut handed = outbox.handed();
+            for batch in due {
+                let left = batch.endpoints.clone();
+                handed.failed(batch, left, now);
+            }
+            return;
         }
     };
-    let limits = Some(Limits { lock: SWEEP_LOCK_WAIT, deadline: None });
-    let mut held: Vec<Uuid> = Vec::new();
-    let mut left = Vec::new();
-    for (endpoint, org) in handed {
-        if held.contains(&org) {
-            left.push((endpoint, org));
-            continue;
-        }
-        let take = sqlx::query(TAKE_SQL).bind(std::slice::from_ref(&endpoint));
-        if let Err(e) = move_rows(&mut conn, take, channel, limits).await {
+    let limits = Some(Limits { lock: HANDED_LOCK_WAIT, deadline: None });
+    let mut due = due.into_iter();
+    while let Some(batch) = due.next() {
+        for (i, endpoint) in batch.endpoints.iter().enumerate() {
+            let take = sqlx::query(TAKE_SQL).bind(std::slice::from_ref(endpoint));
+            let Err(e) = move_rows(&mut conn, take, &outbox.channel, limits).await else {
+                continue;
+            };
+            let lost = !matches!(e, sqlx::Error::Database(_));
             if is_timeout(&e) {
                 tracing::debug!(endpoint_id = %endpoint, error = %e,
                     "a handed-over announcement waits for a lock");
             } else {
                 tracing::warn!(endpoint_id = %endpoint, error = %e,
-                    "moving a handed-over announcement failed; trying again");
+                    "moving a handed-over announcement failed; trying again later");
             }
-            held.push(org);
-            left.push((endpoint, org));
+            let left = batch.endpoints[i..].to_vec();
+            let mut handed = outbox.handed();
+            handed.failed(batch, left, std::time::Instant::now());
+            if lost {
+                // The connection is gone: the others are due again at once, on a new one.
+                for rest in due {
+                    handed.add(rest.org, rest.endpoints);
+                }
+                return;
+            }
+            break;
         }
     }
-    left
 }
 
-/// Starts the sweep task, until aborted. It moves what calls hand over
-/// ([`Outbox::hand_over`]) at once, and again after [`RETRY_FIRST`] (doubling up to
-/// [`SWEEP_EVERY`]) while a lock holds it; and every [`SWEEP_EVERY`] (the first at once) it
-/// sweeps the rows older than [`SWEEP_MIN_AGE`], whichever call left them.
+/// Starts the sweep task, until aborted: it moves what calls hand over
+/// ([`Outbox::hand_over`], `handover.rs`) when due, and every [`SWEEP_EVERY`] (the first at
+/// once) sweeps the rows older than [`SWEEP_MIN_AGE`], whichever call left them, passing by
+/// the organizations that wait for a retry.
 pub(crate) fn spawn(pool: PgPool, outbox: std::sync::Arc<Outbox>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut next_sweep = tokio::time::Instant::now();
-        let mut pause = RETRY_FIRST;
         loop {
-            let handed = outbox.take();
-            let mut retry = false;
-            if !handed.is_empty() {
-                let left = move_handed(&pool, &outbox.channel, handed).await;
-                retry = !left.is_empty();
-                outbox.keep(left);
-            }
+            move_handed(&pool, &outbox).await;
             if tokio::time::Instant::now() >= next_sweep {
-                match sweep(&pool, &outbox.channel, SWEEP_MIN_AGE).await {
+                let waiting = outbox.handed().waiting();
+                match sweep(&pool, &outbox.channel, SWEEP_MIN_AGE, waiting).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(
                         published = n,
@@ -401,13 +403,10 @@ pub(crate) fn spawn(pool: PgPool, outbox: std::sync::Arc<Outbox>) -> tokio::task
                 }
                 next_sweep = tokio::time::Instant::now() + SWEEP_EVERY;
             }
-            let until = if retry {
-                let again = tokio::time::Instant::now() + pause;
-                pause = (pause * 2).min(SWEEP_EVERY);
-                again.min(next_sweep)
-            } else {
-                pause = RETRY_FIRST;
-                next_sweep
+            let now = std::time::Instant::now();
+            let until = match outbox.handed().next_due(now) {
+                Some(due) => tokio::time::Instant::from_std(due).min(next_sweep),
+                None => next_sweep,
             };
             tokio::select! {
                 () = tokio::time::sleep_until(until) => {}

@@ -6,6 +6,7 @@ mod complete;
 mod config;
 mod error;
 mod events;
+mod handover;
 mod health;
 mod history;
 mod insert;

@@ -426,7 +426,7 @@ async fn a_disable_racing_an_enable_is_announced() {
 /// endpoint locks (`announce::COMPLETER_LOCK_WAIT`), so an organization keeping one of its
 /// endpoints locked (a recover, a delete, a patch) cannot hold every organization's
 /// completions up. It hands the announcement to the sweep task, which moves it soon after
-/// the lock is released — held here for over 2 s, past the task's first 1 s wait — and
+/// the lock is released — held here for over a second, past the task's first tries — and
 /// before the periodic sweep would take the row (only rows older than
 /// `announce::SWEEP_MIN_AGE`, 5 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,8 +473,9 @@ async fn a_completion_hands_an_announcement_it_cannot_move_to_the_sweep() {
         }
     };
     assert!(published().await.is_empty(), "not published while the lock is held");
-    // Held past the sweep task's first wait (1 s): it tries again, a little later each time.
-    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    // Held past the sweep task's first tries (0.2 s waits after pauses of 0.25, 0.5 s): it
+    // tries again, a little later each time.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     assert!(published().await.is_empty(), "not published while the lock is held");
     sqlx::query("COMMIT").execute(&mut other).await.unwrap();
     support::eventually("the sweep task publishes it", Duration::from_secs(30), || async {
