@@ -146,6 +146,11 @@ impl Outbox {
         self.wake.notify_one();
     }
 
+    /// The channel the store's inserts notify.
+    pub(crate) fn channel(&self) -> &str {
+        &self.channel
+    }
+
     fn handed(&self) -> std::sync::MutexGuard<'_, Handed> {
         // Every change under the lock completes before it is released.
         self.handed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -268,14 +273,13 @@ pub(crate) async fn publish_on(
     }
 }
 
-/// Moves the rows of the endpoints that have one older than `min_age`, one endpoint per
-/// transaction, of no organization in `waiting` (those the sweep task retries itself);
+/// Moves the rows of the endpoints that have one older than [`SWEEP_MIN_AGE`], one endpoint
+/// per transaction, of no organization in `waiting` (those the sweep task retries itself);
 /// returns how many. An organization whose move fails (a lock held past
 /// [`SWEEP_LOCK_WAIT`], an error) is left for the next sweep, and the others are moved.
 pub(crate) async fn sweep(
     pool: &PgPool,
     channel: &str,
-    min_age: Duration,
     waiting: Vec<Uuid>,
 ) -> Result<usize, sqlx::Error> {
     let mut conn = pool.acquire().await?;
@@ -287,7 +291,7 @@ pub(crate) async fn sweep(
     let mut held: Vec<Uuid> = waiting;
     loop {
         let endpoints: Vec<(Uuid, Uuid)> = sqlx::query_as(LEFT_SQL)
-            .bind(min_age.as_secs_f64())
+            .bind(SWEEP_MIN_AGE.as_secs_f64())
             .bind(SWEEP_ENDPOINTS)
             .bind(&held)
             .fetch_all(&mut *conn)
@@ -389,7 +393,7 @@ pub(crate) fn spawn(pool: PgPool, outbox: std::sync::Arc<Outbox>) -> tokio::task
             move_handed(&pool, &outbox).await;
             if tokio::time::Instant::now() >= next_sweep {
                 let waiting = outbox.handed().waiting();
-                match sweep(&pool, &outbox.channel, SWEEP_MIN_AGE, waiting).await {
+                match sweep(&pool, &outbox.channel, waiting).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(
                         published = n,

@@ -99,7 +99,7 @@ impl DeliveryHistory for PgStore {
         // No `before`: a position after every real one (year 9999).
         let (before_at, before_seq) = match query.before {
             Some(p) => (p.at, i64::try_from(p.seq).unwrap_or(i64::MAX)),
-            None => (clock::from_micros(253_402_300_799_000_000), i64::MAX),
+            None => (clock::from_micros(clock::YEAR_9999_END_MICROS), i64::MAX),
         };
         let found = sqlx::query(ATTEMPTS_SQL)
             .bind(endpoint.0)

@@ -32,7 +32,6 @@ pub struct PgStore {
 struct Inner {
     pool: PgPool,
     intake: Arc<Intake>,
-    channel: Arc<str>,
     wake: Arc<Notify>,
     listening: bool,
     singles: crate::complete::Singles,
@@ -74,7 +73,7 @@ impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore")
             .field("pool", &self.inner.pool)
-            .field("channel", &self.inner.channel)
+            .field("channel", &self.inner.outbox.channel())
             .finish_non_exhaustive()
     }
 }
@@ -162,13 +161,13 @@ impl PgStore {
             .vacuum_interval
             .filter(|every| !every.is_zero())
             .map(|every| crate::vacuum::spawn(pool.clone(), every));
-        let outbox = Arc::new(crate::announce::Outbox::new(channel.clone()));
+        // The outbox keeps the channel for the store's calls and its sweep task alike.
+        let outbox = Arc::new(crate::announce::Outbox::new(channel));
         let sweep = Some(crate::announce::spawn(pool.clone(), outbox.clone()));
         Ok(PgStore {
             inner: Arc::new(Inner {
                 pool,
                 intake,
-                channel,
                 wake,
                 listening: config.listen,
                 singles: crate::complete::Singles::default(),
@@ -248,7 +247,7 @@ impl PgStore {
     }
 
     pub(crate) fn channel(&self) -> &str {
-        &self.inner.channel
+        self.inner.outbox.channel()
     }
 
     /// Wakes this node's workers at once (other nodes hear the `NOTIFY`).

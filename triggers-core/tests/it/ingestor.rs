@@ -227,16 +227,22 @@ async fn three_places_reads_held() -> (
     (store, ing, busy, other)
 }
 
+/// `org`'s `stats`, as a request of its own.
+fn stats_read(
+    ing: &Ingestor<crate::counting::Counting, NoDeliverer>,
+    org: &Organization,
+) -> tokio::task::JoinHandle<triggers_core::Result<triggers_core::store::QueueStats>> {
+    let (ing, org) = (ing.clone(), org.clone());
+    tokio::spawn(async move { ing.stats(&org).await })
+}
+
 /// One organization may hold all of the store's places but one: six reads of a busy
 /// organization reach the store two at a time (of three places), and another
 /// organization's read takes the third at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_organization_leaves_a_place_at_the_store_for_the_others() {
     let (store, ing, busy, other) = three_places_reads_held().await;
-    let stats = |org: &Organization| {
-        let (ing, org) = (ing.clone(), org.clone());
-        tokio::spawn(async move { ing.stats(&org).await })
-    };
+    let stats = |org: &Organization| stats_read(&ing, org);
     let reads: Vec<_> = (0..6).map(|_| stats(&busy)).collect();
     let running = |org: OrganizationId| store.reads_of(org).0;
     eventually("two of busy's reads reach the store", || async { running(busy.id) == 2 }).await;
@@ -263,10 +269,7 @@ async fn a_busy_organization_leaves_a_place_at_the_store_for_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_dropped_midway_keeps_its_place_until_the_store_is_done() {
     let (store, ing, busy, other) = three_places_reads_held().await;
-    let stats = |org: &Organization| {
-        let (ing, org) = (ing.clone(), org.clone());
-        tokio::spawn(async move { ing.stats(&org).await })
-    };
+    let stats = |org: &Organization| stats_read(&ing, org);
     let running = |org: OrganizationId| store.reads_of(org).0;
     let hung_up: Vec<_> = (0..2).map(|_| stats(&busy)).collect();
     eventually("two of busy's reads reach the store", || async { running(busy.id) == 2 }).await;
