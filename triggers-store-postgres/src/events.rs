@@ -275,6 +275,11 @@ impl EventLog for PgStore {
             failed: rows::count(&row, "failed")?,
         })
     }
+
+    /// The folded counter plus the deltas not yet folded (`pending.rs`).
+    async fn pending_events(&self, org: OrganizationId) -> StoreResult<u64> {
+        crate::pending::read(self.pool(), org).await.map_err(|e| self.fail(e))
+    }
 }
 
 impl PgStore {

@@ -14,6 +14,7 @@ mod lifecycle;
 mod limiter;
 mod listener;
 mod orgs;
+mod pending;
 mod queue;
 mod retention;
 mod rows;

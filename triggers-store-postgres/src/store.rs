@@ -41,6 +41,8 @@ struct Inner {
     vacuum: Option<tokio::task::JoinHandle<()>>,
     /// Publishes endpoint announcements left in the outbox (`announce.rs`).
     sweep: Option<tokio::task::JoinHandle<()>>,
+    /// Folds the pending-event deltas into the counters (`pending.rs`).
+    fold: Option<tokio::task::JoinHandle<()>>,
     /// What calls share with `sweep`.
     outbox: Arc<crate::announce::Outbox>,
     probe: Arc<ConnectProbe>,
@@ -64,6 +66,9 @@ impl Drop for Inner {
             task.abort();
         }
         if let Some(task) = self.sweep.take() {
+            task.abort();
+        }
+        if let Some(task) = self.fold.take() {
             task.abort();
         }
     }
@@ -164,6 +169,7 @@ impl PgStore {
         // The outbox keeps the channel for the store's calls and its sweep task alike.
         let outbox = Arc::new(crate::announce::Outbox::new(channel));
         let sweep = Some(crate::announce::spawn(pool.clone(), outbox.clone()));
+        let fold = Some(crate::pending::spawn(pool.clone()));
         Ok(PgStore {
             inner: Arc::new(Inner {
                 pool,
@@ -176,6 +182,7 @@ impl PgStore {
                 listener,
                 vacuum,
                 sweep,
+                fold,
                 outbox,
                 probe,
                 acquire_timeout: config.acquire_timeout,

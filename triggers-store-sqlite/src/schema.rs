@@ -34,6 +34,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0009_deliveries_by_key.sql"),
     // Hostile-tenant review: recover seeks its window of failed deliveries.
     include_str!("migrations/0010_failed_by_age.sql"),
+    // Hostile-tenant review: pending events counted per organization.
+    include_str!("migrations/0011_pending_counts.sql"),
 ];
 
 /// Marks a database as ours (`PRAGMA application_id`, "TRGS").

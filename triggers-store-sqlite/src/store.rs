@@ -378,6 +378,10 @@ impl EventLog for SqliteStore {
     async fn stats(&self, org: OrganizationId) -> StoreResult<QueueStats> {
         self.read(move |c| reads::stats(c, org)).await
     }
+
+    async fn pending_events(&self, org: OrganizationId) -> StoreResult<u64> {
+        self.read(move |c| reads::pending_events(c, org)).await
+    }
 }
 
 #[async_trait]

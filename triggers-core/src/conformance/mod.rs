@@ -91,9 +91,9 @@ pub use queue::{
 };
 pub use quotas::{
     attempts_beyond_the_cap_drop_the_oldest, endpoints_per_organization_are_capped,
-    purge_deletes_old_finished_events_only, purge_forgets_expired_dedup_entries,
-    replays_trim_the_attempts_of_deleted_endpoints, sealed_secrets_round_trip_and_are_rewritten,
-    superseded_attempts_are_recorded,
+    pending_events_follow_every_status_change, purge_deletes_old_finished_events_only,
+    purge_forgets_expired_dedup_entries, replays_trim_the_attempts_of_deleted_endpoints,
+    sealed_secrets_round_trip_and_are_rewritten, superseded_attempts_are_recorded,
 };
 
 /// Expands into one `#[test]` per conformance case, each running on its own multi-thread
@@ -132,6 +132,7 @@ macro_rules! store_conformance_tests {
                 ack_is_idempotent_and_reports_unknown_ids,
                 replay_sets_events_pending_again,
                 stats_count_events_and_in_flight_deliveries,
+                pending_events_follow_every_status_change,
                 organizations_cannot_reach_each_others_events,
                 endpoints_are_created_listed_and_deleted,
                 rotated_secrets_sign_during_the_grace_period,

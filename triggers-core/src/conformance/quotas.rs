@@ -279,3 +279,63 @@ pub async fn sealed_secrets_round_trip_and_are_rewritten<S: EventStore>(store: &
     let opened: Vec<_> = d.secrets.iter().map(|s| cipher.open(legacy.id, s).unwrap()).collect();
     assert_eq!(opened, vec![rotated, legacy.secret], "current first, then the previous one");
 }
+
+/// `pending_events` is the `pending` of `stats` after every kind of write that changes an
+/// event's status — insert (also of an event failed at once by a disabled endpoint),
+/// completion, ack, replay, disable, enable and recover, endpoint deletion, purge — and
+/// counts no other organization's events.
+pub async fn pending_events_follow_every_status_change<S: EventStore>(store: &S) {
+    use crate::store::{EndpointPatch, RecoverQuery};
+    let (org, other) = (new_org(store).await, new_org(store).await);
+    // Both counts after a step; returns them.
+    let agree = |step: &'static str| async move {
+        let counted = store.stats(org).await.unwrap().pending;
+        assert_eq!(store.pending_events(org).await.unwrap(), counted, "after {step}");
+        counted
+    };
+    assert_eq!(agree("nothing").await, 0);
+    let hook = endpoint(store, org, Some("hook.*"), t(0)).await;
+    let off = endpoint(store, org, Some("off.*"), t(0)).await;
+    let disable = EndpointPatch { enabled: Some(false), ..EndpointPatch::default() };
+    let enable = EndpointPatch { enabled: Some(true), ..EndpointPatch::default() };
+    store.update_endpoint(org, off.id, &disable, t(0)).await.unwrap().unwrap();
+    // The disable's announcement is a pending event of the organization.
+    let base = agree("a disable").await;
+    assert!(base >= 1, "the announcement is pending");
+
+    let batch = (0..4).map(|i| record(if i < 3 { "hook.a" } else { "inbox" }, t(1))).collect();
+    let ids: Vec<_> = insert(store, org, batch, t(1)).await.iter().map(inserted).collect();
+    insert_one(store, other, "hook.a", t(1)).await;
+    assert_eq!(agree("a batch insert").await, base + 4);
+    insert_one(store, org, "off.a", t(1)).await;
+    assert_eq!(agree("an insert failed by a disabled endpoint").await, base + 4);
+
+    let claimed = claim(store, WorkerId::new(), 10, t(2)).await;
+    let mine: Vec<_> = claimed.iter().filter(|d| d.endpoint_id == hook.id).collect();
+    assert_eq!(mine.len(), 3);
+    assert!(complete(store, completion(mine[0], CompletionState::Delivered, t(3))).await);
+    assert!(complete(store, completion(mine[1], CompletionState::Failed, t(3))).await);
+    assert_eq!(agree("completions").await, base + 2);
+    store.ack(org, &[ids[3]], t(4)).await.unwrap();
+    assert_eq!(agree("an ack").await, base + 1);
+    assert_eq!(store.replay(org, ids[3], t(5)).await.unwrap(), Some(EventStatus::Pending));
+    assert_eq!(agree("a replay").await, base + 2);
+
+    // Disabling fails the third delivery (still in flight), and is announced.
+    store.update_endpoint(org, hook.id, &disable, t(6)).await.unwrap().unwrap();
+    agree("a disable with a delivery in flight").await;
+    store.update_endpoint(org, hook.id, &enable, t(7)).await.unwrap().unwrap();
+    let enabled = agree("an enable").await;
+    // The failed delivery and the one failed by the disable are queued again.
+    let window = RecoverQuery { since: t(1), until: Some(t(2)), limit: 10 };
+    let recovered = store.recover(org, hook.id, window, t(8)).await.unwrap().unwrap();
+    assert_eq!(recovered.queued, 2);
+    assert_eq!(agree("a recover").await, enabled + 2);
+
+    assert!(store.delete_endpoint(org, hook.id).await.unwrap());
+    let deleted = agree("an endpoint deletion").await;
+    store.purge_finished_batch(t(100), 100).await.unwrap();
+    assert_eq!(agree("a purge").await, deleted);
+    assert_eq!(store.pending_events(other).await.unwrap(), 1);
+    assert_eq!(store.pending_events(new_org(store).await).await.unwrap(), 0);
+}

@@ -198,6 +198,11 @@ impl State {
         self.orgs.get(&org)?.events.get(&id).map(|row| row.event.status)
     }
 
+    /// `EventLog::pending_events`: the size of the organization's pending set.
+    pub(super) fn pending_events(&self, org: OrganizationId) -> u64 {
+        self.orgs.get(&org).map_or(0, |t| t.by_status.ids(EventStatus::Pending).len() as u64)
+    }
+
     pub(super) fn stats(&self, org: OrganizationId) -> QueueStats {
         let Some(tenant) = self.orgs.get(&org) else { return QueueStats::default() };
         let count = |status| tenant.by_status.ids(status).len() as u64;

@@ -262,6 +262,10 @@ impl EventLog for MemoryStore {
     async fn stats(&self, org: OrganizationId) -> StoreResult<QueueStats> {
         Ok(self.lock()?.stats(org))
     }
+
+    async fn pending_events(&self, org: OrganizationId) -> StoreResult<u64> {
+        Ok(self.lock()?.pending_events(org))
+    }
 }
 
 #[async_trait]

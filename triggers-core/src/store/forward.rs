@@ -155,6 +155,9 @@ macro_rules! forward {
             async fn stats(&self, org: OrganizationId) -> StoreResult<QueueStats> {
                 (**self).stats(org).await
             }
+            async fn pending_events(&self, org: OrganizationId) -> StoreResult<u64> {
+                (**self).pending_events(org).await
+            }
         }
 
         #[async_trait]

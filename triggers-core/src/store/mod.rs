@@ -463,6 +463,24 @@ pub trait EventLog: Send + Sync + 'static {
     /// worker has claimed again yet (the store does not read the clock; a claim or
     /// [`DeliveryQueue::reclaim_leases`] moves it on).
     async fn stats(&self, org: OrganizationId) -> StoreResult<QueueStats>;
+
+    /// How many of `org`'s events are `pending`: the `pending` of [`stats`](Self::stats),
+    /// read **without walking the events** (a counter the store keeps in the writes that
+    /// change an event's status), so it costs the same for an organization with ten pending
+    /// events and one with ten million. The [`Ingestor`](crate::Ingestor) reads it to bound
+    /// what an organization keeps stored
+    /// ([`IngestorConfig::max_pending`](crate::IngestorConfig::max_pending)).
+    ///
+    /// Every write that inserts, finishes, acknowledges, fails, replays, recovers or purges
+    /// events changes the count in the same transaction, so once the write has returned the
+    /// count includes it. A store that spreads the counter over rows folded in the background
+    /// (PostgreSQL) still answers the exact sum.
+    ///
+    /// The default reads `stats` (walking the events); every store of this workspace keeps a
+    /// counter instead.
+    async fn pending_events(&self, org: OrganizationId) -> StoreResult<u64> {
+        Ok(self.stats(org).await?.pending)
+    }
 }
 
 /// The delivery queue: leases, fenced completions and releases.

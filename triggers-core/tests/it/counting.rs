@@ -305,6 +305,9 @@ impl EventLog for Counting {
         change(-1);
         stats
     }
+    async fn pending_events(&self, org: OrganizationId) -> StoreResult<u64> {
+        self.inner.pending_events(org).await
+    }
 }
 
 #[async_trait]

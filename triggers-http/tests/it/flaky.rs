@@ -207,6 +207,10 @@ impl EventLog for FlakyStore {
         self.check()?;
         self.inner.stats(org).await
     }
+    async fn pending_events(&self, org: OrganizationId) -> StoreResult<u64> {
+        self.check()?;
+        self.inner.pending_events(org).await
+    }
 }
 
 #[async_trait]

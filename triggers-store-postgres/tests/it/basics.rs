@@ -256,3 +256,71 @@ async fn a_crafted_history_cursor_is_invalid_input_not_a_store_error() {
     ing.shutdown().await;
     db.drop_database().await.unwrap();
 }
+
+/// The pending-event count: statement triggers record deltas, the fold task moves them into
+/// the counters, and the count stays exact throughout; the migration counts what a database
+/// already holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_counts_are_folded_and_counted_by_the_migration() {
+    let Some(db) = support::database("pending_counts_are_folded").await else { return };
+    let store = support::connect(&db, support::config()).await;
+    let (org, other) = (support::org(&store, "acme").await, support::org(&store, "other").await);
+    let records = (0..5).map(|_| support::record("inbox", None, at(1))).collect();
+    let ids: Vec<_> = store
+        .insert_events(org.id, records, DAY, at(1))
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| match o {
+            InsertOutcome::Inserted { meta, .. } => meta.id,
+            InsertOutcome::Duplicate(_) => panic!("no dedup ids"),
+        })
+        .collect();
+    store
+        .insert_events(other.id, vec![support::record("x", None, at(1))], DAY, at(1))
+        .await
+        .unwrap();
+    store.ack(org.id, &ids[..2], at(2)).await.unwrap();
+    assert_eq!(store.pending_events(org.id).await.unwrap(), 3);
+    let deltas = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pending_deltas")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    };
+    support::eventually("the deltas are folded", Duration::from_secs(30), || async {
+        deltas().await == 0
+    })
+    .await;
+    let folded: i64 = sqlx::query_scalar("SELECT n FROM pending_counts WHERE organization_id = $1")
+        .bind(org.id.0)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(folded, 3);
+    assert_eq!(store.pending_events(org.id).await.unwrap(), 3);
+    assert_eq!(store.pending_events(other.id).await.unwrap(), 1);
+
+    // A database migrated before the counters: the migration counts its pending events.
+    drop(store);
+    let mut admin = sqlx::PgConnection::connect_with(&db.options).await.unwrap();
+    sqlx::raw_sql(
+        "DROP TABLE pending_counts, pending_deltas;
+         DROP TRIGGER events_pending_inserted ON events;
+         DROP TRIGGER events_pending_changed ON events;
+         DROP TRIGGER events_pending_deleted ON events;
+         DROP FUNCTION triggers_pending_inserted, triggers_pending_changed,
+                       triggers_pending_deleted;
+         DELETE FROM _sqlx_migrations WHERE version = 20261208000012;",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let store = support::connect(&db, support::config()).await;
+    assert_eq!(store.pending_events(org.id).await.unwrap(), 3);
+    assert_eq!(store.pending_events(other.id).await.unwrap(), 1);
+    store.ack(org.id, &ids[2..3], at(3)).await.unwrap();
+    assert_eq!(store.pending_events(org.id).await.unwrap(), 2);
+    drop((store, admin));
+    db.drop_database().await.unwrap();
+}

@@ -180,6 +180,13 @@ pub(crate) fn stats(conn: &Connection, org: OrganizationId) -> StoreResult<Queue
     })
 }
 
+/// `EventLog::pending_events`: the organization's row of `pending_counts`, which triggers
+/// keep (migration 0011).
+pub(crate) fn pending_events(conn: &Connection, org: OrganizationId) -> StoreResult<u64> {
+    let mut stmt = conn.prepare_cached("SELECT n FROM pending_counts WHERE org_id = ?1").store()?;
+    Ok(query_opt(&mut stmt, [org.0.as_bytes()], |r| codec::unsigned(r, 0))?.unwrap_or(0))
+}
+
 /// `DeliveryQueue::queue_depth`.
 pub(crate) fn queue_depth(conn: &Connection) -> StoreResult<u64> {
     let mut stmt = conn.prepare_cached("SELECT count(*) FROM deliveries").store()?;

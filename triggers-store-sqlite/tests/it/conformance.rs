@@ -153,6 +153,9 @@ impl EventLog for TempStore {
     async fn stats(&self, org: OrganizationId) -> StoreResult<QueueStats> {
         self.store.stats(org).await
     }
+    async fn pending_events(&self, org: OrganizationId) -> StoreResult<u64> {
+        self.store.pending_events(org).await
+    }
 }
 
 #[async_trait]

@@ -225,3 +225,34 @@ async fn failed_deliveries_of_a_version_9_database_are_recovered_by_their_window
     let r = store.recover(org, endpoint.id, window(0, 100, 2), t(33)).await.unwrap().unwrap();
     assert_eq!((r.queued, r.more), (1, false));
 }
+
+#[tokio::test]
+async fn pending_events_of_a_version_10_database_are_counted_by_the_migration() {
+    let (_dir, path) = temp_db();
+    let store = open(&path);
+    let (org, other) = (new_org(&store).await, new_org(&store).await);
+    for event_type in ["a", "b", "c"] {
+        insert_one(&store, org, event_type, t(1)).await;
+    }
+    let acked = insert_one(&store, org, "d", t(1)).await;
+    store.ack(org, &[acked], t(2)).await.unwrap();
+    insert_one(&store, other, "e", t(1)).await;
+    drop(store);
+    raw(&path)
+        .execute_batch(
+            "BEGIN;
+             DROP TRIGGER events_pending_inserted;
+             DROP TRIGGER events_pending_changed;
+             DROP TRIGGER events_pending_deleted;
+             DROP TABLE pending_counts;
+             PRAGMA user_version = 10;
+             COMMIT;",
+        )
+        .unwrap();
+
+    let store = open(&path);
+    assert_eq!(store.pending_events(org).await.unwrap(), 3, "acknowledged: not pending");
+    assert_eq!(store.pending_events(other).await.unwrap(), 1);
+    insert_one(&store, org, "f", t(3)).await;
+    assert_eq!(store.pending_events(org).await.unwrap(), 4, "counted on from there");
+}

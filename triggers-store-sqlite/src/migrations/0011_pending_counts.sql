@@ -1,0 +1,33 @@
+-- Pending events counted per organization (hostile-tenant review, 2026-12-08).
+--
+-- The Ingestor bounds how many pending events an organization keeps (an inbox nobody
+-- acknowledges grew without end, filling the disk every tenant shares). Counting them with
+-- `count(*)` walks the organization's pending events, so the count is kept here, changed by
+-- triggers in the same transaction as every write that inserts, changes the status of or
+-- deletes an event: no code path can forget it. A row may reach 0 and stay.
+CREATE TABLE pending_counts (
+    org_id  BLOB    PRIMARY KEY,
+    n       INTEGER NOT NULL
+) WITHOUT ROWID;
+
+INSERT INTO pending_counts (org_id, n)
+SELECT org_id, count(*) FROM events WHERE status = 0 GROUP BY org_id;
+
+CREATE TRIGGER events_pending_inserted AFTER INSERT ON events WHEN new.status = 0
+BEGIN
+    INSERT INTO pending_counts (org_id, n) VALUES (new.org_id, 1)
+    ON CONFLICT (org_id) DO UPDATE SET n = n + 1;
+END;
+
+CREATE TRIGGER events_pending_changed AFTER UPDATE OF status ON events
+WHEN (old.status = 0) <> (new.status = 0)
+BEGIN
+    INSERT INTO pending_counts (org_id, n)
+    VALUES (new.org_id, CASE WHEN new.status = 0 THEN 1 ELSE -1 END)
+    ON CONFLICT (org_id) DO UPDATE SET n = n + excluded.n;
+END;
+
+CREATE TRIGGER events_pending_deleted AFTER DELETE ON events WHEN old.status = 0
+BEGIN
+    UPDATE pending_counts SET n = n - 1 WHERE org_id = old.org_id;
+END;
