@@ -92,7 +92,7 @@ pub use async_trait::async_trait;
 pub use chunked::ChunkedLimiter;
 pub use ingestor::{
     AttemptsPage, AttemptsQuery, BatchIngested, Cursor, DeliveriesPage, DeliveriesQuery, InboxPage,
-    InboxQuery, Ingested, Ingestor, IngestorConfig, Replayed,
+    InboxQuery, Ingested, Ingestor, IngestorConfig, Replayed, DEFAULT_MAX_PENDING,
 };
 pub use limiter::{RateDecision, RateLimiter, SharedRateLimiter};
 pub use memory::MemoryStore;

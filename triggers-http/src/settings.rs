@@ -16,7 +16,7 @@ use triggers_core::{IngestorConfig, RetryPolicy, TierLimits, WorkerConfig};
 use crate::config::ServerConfig;
 
 /// Every variable: name, default, meaning.
-pub const VARIABLES: [(&str, &str, &str); 29] = [
+pub const VARIABLES: [(&str, &str, &str); 30] = [
     ("TRIGGERS_LISTEN", "127.0.0.1:8080", "address to bind (IP:port)"),
     ("DATABASE_URL", "sqlite://triggers.db", "sqlite://PATH or postgres://…"),
     (
@@ -83,6 +83,13 @@ pub const VARIABLES: [(&str, &str, &str); 29] = [
         "TRIGGERS_RETENTION",
         "30d",
         "purge delivered and failed events older than this (e.g. 12h, 30d; off: keep all)",
+    ),
+    (
+        "TRIGGERS_MAX_PENDING",
+        "7d",
+        "pending events an organization may keep: its tier's per-minute limit times the minutes \
+         of this duration (7d: 100800 on the free tier); more are refused with 422 \
+         limit_exceeded until some are delivered or acknowledged (e.g. 1d; off: no bound)",
     ),
     (
         "TRIGGERS_SECRET_KEY",
@@ -226,6 +233,8 @@ pub struct Settings {
     pub store_limits: StoreLimits,
     /// `TRIGGERS_RETENTION`; `None` for `off`.
     pub retention: Option<Duration>,
+    /// `TRIGGERS_MAX_PENDING`; `None` for `off`.
+    pub max_pending: Option<Duration>,
     /// `TRIGGERS_SECRET_KEY` (and `TRIGGERS_SECRET_KEY_OLD`).
     pub secret_cipher: Option<Arc<SecretCipher>>,
     /// `TRIGGERS_RATE_LIMITER`.
@@ -269,6 +278,7 @@ impl fmt::Debug for Settings {
             .field("db_acquire_timeout", &self.db_acquire_timeout)
             .field("store_limits", &self.store_limits)
             .field("retention", &self.retention)
+            .field("max_pending", &self.max_pending)
             .field("secret_cipher", &self.secret_cipher)
             .field("rate_limiter", &self.rate_limiter)
             .field("max_page_bytes", &self.max_page_bytes)
@@ -463,6 +473,19 @@ impl Settings {
             ),
         };
 
+        const MAX_PENDING: &str = "TRIGGERS_MAX_PENDING";
+        let max_pending = match get(MAX_PENDING) {
+            None => Some(triggers_core::DEFAULT_MAX_PENDING),
+            Some(v) if v.eq_ignore_ascii_case("off") => None,
+            Some(v) => Some(
+                triggers_core::retry::parse_duration(v)
+                    .filter(|d| *d >= Duration::from_secs(60))
+                    .ok_or_else(|| {
+                    bad(MAX_PENDING, v, "expected a duration of at least 1m (e.g. 7d) or off")
+                })?,
+            ),
+        };
+
         let key = |var: &'static str| {
             get(var)
                 .map(|v| {
@@ -597,6 +620,7 @@ impl Settings {
             db_acquire_timeout,
             store_limits,
             retention,
+            max_pending,
             secret_cipher,
             rate_limiter,
             max_page_bytes,
@@ -644,6 +668,7 @@ impl Settings {
                 ..defaults.worker.clone()
             },
             retention: self.retention,
+            max_pending: self.max_pending,
             secret_cipher: self.secret_cipher.clone(),
             // Often enough that little piles up between passes; dedup entries past their
             // window are purged even when events are kept.
@@ -718,6 +743,7 @@ mod tests {
         assert!(s.secret_cipher.is_none());
         assert_eq!(s.rate_limiter, RateLimiterKind::Local, "SQLite");
         assert_eq!(s.ingestor_config().max_payload, 262_144);
+        assert_eq!(s.ingestor_config().max_pending, Some(Duration::from_secs(7 * 86400)));
         assert_eq!(s.store_limits, StoreLimits { max_endpoints: 50, max_attempts_kept: 100 });
         assert_eq!(s.retention, Some(Duration::from_secs(30 * 86400)));
         assert_eq!(s.ingestor_config().purge_interval, Some(Duration::from_secs(60)));
@@ -787,6 +813,7 @@ mod tests {
             ("TRIGGERS_MAX_ENDPOINTS", "3"),
             ("TRIGGERS_MAX_ATTEMPTS_KEPT", "7"),
             ("TRIGGERS_RETENTION", "5s"),
+            ("TRIGGERS_MAX_PENDING", "2h"),
             ("TRIGGERS_MAX_PAGE_BYTES", "65536"),
             ("TRIGGERS_ALLOWED_HOSTS", "dev.example.test, box.lan:8080"),
             ("TRIGGERS_METRICS_TOKEN", "m3trics"),
@@ -799,6 +826,9 @@ mod tests {
         assert_eq!(s.ingestor_config().purge_interval, Some(Duration::from_secs(1)));
         let off = parse(&[("TRIGGERS_RETENTION", "off")]).unwrap();
         assert_eq!((off.retention, off.ingestor_config().retention), (None, None));
+        assert_eq!(s.ingestor_config().max_pending, Some(Duration::from_secs(7200)));
+        let off = parse(&[("TRIGGERS_MAX_PENDING", "OFF")]).unwrap();
+        assert_eq!((off.max_pending, off.ingestor_config().max_pending), (None, None));
         assert_eq!(s.rate_limiter, RateLimiterKind::Shared, "the default on PostgreSQL");
         let pg = "postgres://u@db/t";
         let local = parse(&[("DATABASE_URL", pg), ("TRIGGERS_RATE_LIMITER", "local")]).unwrap();
@@ -854,6 +884,8 @@ mod tests {
         assert_eq!(var(&[("TRIGGERS_MAX_ATTEMPTS_KEPT", "lots")]), "TRIGGERS_MAX_ATTEMPTS_KEPT");
         assert_eq!(var(&[("TRIGGERS_RETENTION", "forever")]), "TRIGGERS_RETENTION");
         assert_eq!(var(&[("TRIGGERS_RETENTION", "0s")]), "TRIGGERS_RETENTION");
+        assert_eq!(var(&[("TRIGGERS_MAX_PENDING", "59s")]), "TRIGGERS_MAX_PENDING");
+        assert_eq!(var(&[("TRIGGERS_MAX_PENDING", "never")]), "TRIGGERS_MAX_PENDING");
         assert_eq!(var(&[("TRIGGERS_SECRET_KEY", "c2hvcnQ=")]), "TRIGGERS_SECRET_KEY");
         assert_eq!(var(&[("TRIGGERS_RATE_LIMITER", "shared")]), "TRIGGERS_RATE_LIMITER");
         assert_eq!(var(&[("TRIGGERS_RATE_LIMITER", "global")]), "TRIGGERS_RATE_LIMITER");

@@ -12,6 +12,9 @@ use crate::observe::Observer;
 use crate::retry::RetryPolicy;
 use crate::worker::WorkerConfig;
 
+/// The default of [`IngestorConfig::max_pending`]: 7 days of the tier's rate.
+pub const DEFAULT_MAX_PENDING: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Everything the [`Ingestor`](super::Ingestor) can be tuned with. `Default` gives the
 /// documented defaults of SPEC §5.
 #[derive(Clone)]
@@ -53,6 +56,15 @@ pub struct IngestorConfig {
     /// [`Ingestor::seal_stored_secrets`](super::Ingestor::seal_stored_secrets) seals the
     /// ones already stored. `None` (the default) stores them in plaintext.
     pub secret_cipher: Option<Arc<SecretCipher>>,
+    /// Bound each organization's `pending` events to what its tier's per-minute limit lets
+    /// it send in this time (default 7 days: 100 800 on the free tier's 10 a minute): an
+    /// ingest that would pass it is refused with
+    /// [`Error::LimitExceeded`](crate::Error::LimitExceeded), nothing stored or charged,
+    /// until deliveries finish or the organization acknowledges events. Approximate by
+    /// about a second of the organization's rate per node (the count is read from the store
+    /// at most once a second per organization). `None` keeps any number; an unlimited tier
+    /// is never bounded.
+    pub max_pending: Option<Duration>,
     /// Byte budget of one inbox page (default 4 MiB): a page ends early once its events
     /// would exceed it (always at least one event), see
     /// [`ListQuery::max_bytes`](crate::store::ListQuery::max_bytes).
@@ -90,6 +102,7 @@ impl Default for IngestorConfig {
             secret_cipher: None,
             max_page_bytes: crate::store::DEFAULT_MAX_PAGE_BYTES,
             store_concurrency: 4,
+            max_pending: Some(DEFAULT_MAX_PENDING),
         }
     }
 }
@@ -111,6 +124,7 @@ impl std::fmt::Debug for IngestorConfig {
             .field("secret_cipher", &self.secret_cipher.as_ref().map(|c| c.key_id().to_owned()))
             .field("max_page_bytes", &self.max_page_bytes)
             .field("store_concurrency", &self.store_concurrency)
+            .field("max_pending", &self.max_pending)
             .finish_non_exhaustive()
     }
 }

@@ -79,10 +79,13 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     }
 
     /// Validates, rate-limits (cost 1), dedups and stores one event. Returns only after the
-    /// event is durably stored.
+    /// event is durably stored. `LimitExceeded` (nothing stored or charged) when the
+    /// organization keeps as many pending events as
+    /// [`IngestorConfig::max_pending`](crate::IngestorConfig::max_pending) allows.
     pub async fn ingest(&self, org: &Organization, event: NewEvent) -> Result<Ingested> {
         let now = self.now();
         let record = validate::validate_event(event, self.inner.config.max_payload, now)?;
+        self.check_pending(org, 1).await?;
         let rate = self.charge(org, 1, now).await?;
         let mut outcomes = self.insert(org, vec![record], now).await?;
         let outcome = outcomes.pop().ok_or_else(|| {
@@ -94,7 +97,8 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     /// Ingests up to `max_batch` events at once. The batch costs its full length against the
     /// rate limit (or is refused whole); invalid items are reported in place and not stored.
     /// A batch longer than the tier's per-minute limit can never pass: `LimitExceeded`,
-    /// nothing charged.
+    /// nothing charged; so is one whose valid events would take the organization past
+    /// [`IngestorConfig::max_pending`](crate::IngestorConfig::max_pending).
     pub async fn ingest_batch(
         &self,
         org: &Organization,
@@ -115,6 +119,8 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         let max_payload = self.inner.config.max_payload;
         let checked: Vec<_> =
             events.into_iter().map(|e| validate::validate_event(e, max_payload, now)).collect();
+        let valid_count = checked.iter().filter(|c| c.is_ok()).count();
+        self.check_pending(org, valid_count as u64).await?;
         let rate = self.charge(org, u32::try_from(n).unwrap_or(u32::MAX), now).await?;
         let mut valid = Vec::with_capacity(n);
         let mut slots = Vec::with_capacity(n);
@@ -156,7 +162,20 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         if outcomes.iter().any(|o| matches!(o, InsertOutcome::Inserted { deliveries: 1.., .. })) {
             self.inner.wake.notify_one();
         }
+        let inserted = outcomes.iter().filter(|o| matches!(o, InsertOutcome::Inserted { .. }));
+        self.inner.pending.added(org.id, inserted.count() as u64);
         Ok(outcomes)
+    }
+
+    /// `LimitExceeded` when `n` more pending events would take `org` past
+    /// [`IngestorConfig::max_pending`](crate::IngestorConfig::max_pending) (`pending.rs`).
+    async fn check_pending(&self, org: &Organization, n: u64) -> Result<()> {
+        let per_minute = self.inner.config.tier_limits.per_minute(org.tier);
+        let Some(limit) = super::pending::limit_for(per_minute, self.inner.config.max_pending)
+        else {
+            return Ok(());
+        };
+        self.inner.pending.check(&*self.inner.store, org, n, limit).await
     }
 
     /// Charges the organization's rate limit for sending `deliveries` deliveries again (a

@@ -11,6 +11,7 @@ mod inbox;
 mod ingest;
 mod lifecycle;
 mod orgs;
+mod pending;
 mod retention;
 mod sealing;
 
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-pub use config::IngestorConfig;
+pub use config::{IngestorConfig, DEFAULT_MAX_PENDING};
 pub use cursor::Cursor;
 use endpoints::check_endpoint_url;
 pub use events::Replayed;
@@ -96,6 +97,8 @@ struct Inner<S> {
     auth: auth::AuthCache,
     /// Shares `config.store_concurrency` places at the store among the organizations.
     gate: Arc<gate::StoreGate>,
+    /// This node's view of each organization's pending events (`max_pending`).
+    pending: pending::PendingCounts,
     wake: Arc<Notify>,
 }
 
@@ -122,6 +125,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             // Key lookups that miss the cache: half the organizations' places (at least 1).
             auth: auth::AuthCache::new(config.auth_cache_ttl, config.store_concurrency / 2),
             gate: Arc::new(gate::StoreGate::new(config.store_concurrency)),
+            pending: pending::PendingCounts::default(),
             config,
             wake,
         });
@@ -208,6 +212,7 @@ fn spawn_limiter_sweeper<S: Send + Sync + 'static>(inner: std::sync::Weak<Inner<
             let Some(inner) = inner.upgrade() else { break };
             let now = inner.config.clock.now();
             inner.limiter.sweep(now);
+            inner.pending.sweep();
             if let Some(shared) = &inner.config.shared_limiter {
                 if let Err(e) = shared.sweep(now).await {
                     tracing::warn!(error = %e, "sweeping the shared rate limiter failed");

@@ -420,3 +420,50 @@ async fn rate_status_follows_the_shared_limiter() {
     clock.advance(std::time::Duration::from_secs(24));
     assert_eq!(ing.rate_status(&org).remaining, 4, "two units refilled");
 }
+
+/// An organization keeps at most its tier's rate times `max_pending` pending events: past
+/// that, ingests are refused whole (nothing stored or charged) until some are acknowledged;
+/// another organization is not affected.
+#[tokio::test]
+async fn pending_events_are_bounded_per_organization() {
+    let clock = ManualClock::new();
+    // 5 a minute for two minutes: 10 pending events.
+    let two_minutes = Some(std::time::Duration::from_secs(120));
+    let ing = Ingestor::start(
+        MemoryStore::new(),
+        NoDeliverer,
+        IngestorConfig { max_pending: two_minutes, ..config(&clock) },
+    );
+    let (org, _) = ing.create_organization("hoarder", Tier::Free).await.unwrap();
+    let (other, _) = ing.create_organization("other", Tier::Free).await.unwrap();
+    let batch = |n: usize| (0..n).map(|i| ev(&format!("kept.{i}"))).collect::<Vec<_>>();
+    ing.ingest_batch(&org, batch(5)).await.unwrap();
+    clock.advance(std::time::Duration::from_secs(60));
+    ing.ingest_batch(&org, batch(4)).await.unwrap();
+    let refused = |r: Result<_>| match r {
+        Err(Error::LimitExceeded { limit, max }) => {
+            assert_eq!(max, 10);
+            assert!(limit.starts_with("pending events per organization"), "{limit}");
+        }
+        other => panic!("expected LimitExceeded, got {other:?}"),
+    };
+    refused(ing.ingest_batch(&org, batch(2)).await.map(|_| ()));
+    assert_eq!(ing.rate_status(&org).remaining, 1, "nothing charged");
+    let last = ing.ingest(&org, ev("kept.last")).await.unwrap();
+    refused(ing.ingest(&org, ev("one.too.many")).await.map(|_| ()));
+    assert_eq!(ing.stats(&org).await.unwrap().pending, 10, "nothing stored");
+    ing.ingest(&other, ev("theirs")).await.unwrap();
+
+    // An acknowledgement on this node makes room at once.
+    clock.advance(std::time::Duration::from_secs(60));
+    ing.ack(&org, last.id).await.unwrap();
+    ing.ingest(&org, ev("room.again")).await.unwrap();
+    refused(ing.ingest(&org, ev("full.again")).await.map(|_| ()));
+    // One that reaches the store another way (a delivery, another node) within a second.
+    let page = ing.inbox(&org, InboxQuery::default()).await.unwrap();
+    let ids: Vec<_> = page.events.iter().take(3).map(|e| e.id).collect();
+    triggers_core::store::EventLog::ack(ing.store(), org.id, &ids, clock.now()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    ing.ingest_batch(&org, batch(3)).await.unwrap();
+    refused(ing.ingest(&org, ev("full.once.more")).await.map(|_| ()));
+}

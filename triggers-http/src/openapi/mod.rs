@@ -70,7 +70,9 @@ fn operation(route: Route) -> Op {
         ),
         Route::EventsCreate => op(
             "createEvent",
-            "Ingest one event (202), or find the original of a duplicate dedup_id (200)",
+            "Ingest one event (202), or find the original of a duplicate dedup_id (200); 422 \
+             limit_exceeded when the organization keeps as many pending events as \
+             TRIGGERS_MAX_PENDING allows (nothing stored or charged)",
             Auth::ApiKey,
             Some("NewEvent"),
             &[(202, Some("Accepted")), (200, Some("Accepted"))],
@@ -78,7 +80,9 @@ fn operation(route: Route) -> Op {
         ),
         Route::EventsBatch => op(
             "createEvents",
-            "Ingest 1-1000 events; one result per item, in order",
+            "Ingest 1-1000 events; one result per item, in order; refused whole with 422 \
+             limit_exceeded when its valid events would take the organization past \
+             TRIGGERS_MAX_PENDING pending events (nothing stored or charged)",
             Auth::ApiKey,
             Some("BatchRequest"),
             &[(200, Some("BatchResults"))],

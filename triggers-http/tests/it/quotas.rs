@@ -272,3 +272,44 @@ async fn stored_events_stay_bounded_under_steady_load_with_a_short_retention() {
     let page = c.get("/api/inbox?status=delivered", &key).await.json();
     assert_eq!(page["events"].as_array().unwrap().len(), 0);
 }
+
+/// An organization that never acknowledges keeps at most its tier's rate times
+/// `TRIGGERS_MAX_PENDING` pending events: past that, ingests are 422 `limit_exceeded`,
+/// nothing stored or charged, until it acknowledges some; another organization ingests on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_events_past_the_bound_are_refused_until_acknowledged() {
+    let clock = ManualClock::new();
+    let mut opts = Options::default();
+    opts.ingestor.tier_limits = TierLimits::default().with(Tier::Free, 5);
+    opts.ingestor.clock = Arc::new(clock.clone());
+    // 5 a minute, two minutes: 10 pending events.
+    opts.ingestor.max_pending = Some(Duration::from_secs(120));
+    let server = TestServer::start(opts).await;
+    let c = &server.client;
+    let (key, other) = (server.key("free").await, server.key("free").await);
+    let batch = |n: usize| json!({"events": (0..n).map(|i| json!({"type": "kept", "payload": {"i": i}})).collect::<Vec<_>>()});
+    assert_eq!(c.post("/api/events/batch", &key, batch(5)).await.status, 200);
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(c.post("/api/events/batch", &key, batch(4)).await.status, 200);
+
+    let r = c.post("/api/events/batch", &key, batch(2)).await;
+    let body = r.problem(422, "limit_exceeded");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("10 pending events") && detail.contains("TRIGGERS_MAX_PENDING"),
+        "{detail}"
+    );
+    let last = c.event(&key, "kept", None).await;
+    assert_eq!(last.status, 202);
+    assert_eq!(last.header("x-ratelimit-remaining"), "0", "the refused batch charged nothing");
+    c.event(&key, "one.too.many", None).await.problem(422, "limit_exceeded");
+    let stats = c.get("/api/queue/stats", &key).await.json();
+    assert_eq!(stats["pending"], 10, "nothing stored: {stats}");
+    assert_eq!(c.event(&other, "theirs", None).await.status, 202);
+
+    clock.advance(Duration::from_secs(60));
+    let id = last.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(c.post_empty(&format!("/api/ack/{id}"), &key).await.status, 200);
+    assert_eq!(c.event(&key, "room.again", None).await.status, 202);
+    c.event(&key, "full.again", None).await.problem(422, "limit_exceeded");
+}

@@ -114,7 +114,7 @@ async fn outstanding_deliveries_of_a_version_7_database_survive_the_upgrade() {
 
     // Back to version 7's deliveries table, ids random as they were then.
     raw(&path)
-        .execute_batch(
+        .execute_batch(&format!(
             "BEGIN;
              CREATE TABLE v7 (
                  id BLOB PRIMARY KEY NOT NULL, event_seq INTEGER NOT NULL,
@@ -134,9 +134,10 @@ async fn outstanding_deliveries_of_a_version_7_database_survive_the_upgrade() {
                  WHERE line IS NULL;
              DROP INDEX failed_deliveries_by_age;
              ALTER TABLE failed_deliveries DROP COLUMN event_created_at;
+             {UNDO_PENDING_COUNTS}
              PRAGMA user_version = 7;
-             COMMIT;",
-        )
+             COMMIT;"
+        ))
         .unwrap();
 
     let store = open(&path);
@@ -198,13 +199,14 @@ async fn failed_deliveries_of_a_version_9_database_are_recovered_by_their_window
     store.update_endpoint(org, endpoint.id, &on, t(31)).await.unwrap().unwrap();
     drop(store);
     raw(&path)
-        .execute_batch(
+        .execute_batch(&format!(
             "BEGIN;
              DROP INDEX failed_deliveries_by_age;
              ALTER TABLE failed_deliveries DROP COLUMN event_created_at;
+             {UNDO_PENDING_COUNTS}
              PRAGMA user_version = 9;
-             COMMIT;",
-        )
+             COMMIT;"
+        ))
         .unwrap();
 
     let store = open(&path);
@@ -239,15 +241,7 @@ async fn pending_events_of_a_version_10_database_are_counted_by_the_migration() 
     insert_one(&store, other, "e", t(1)).await;
     drop(store);
     raw(&path)
-        .execute_batch(
-            "BEGIN;
-             DROP TRIGGER events_pending_inserted;
-             DROP TRIGGER events_pending_changed;
-             DROP TRIGGER events_pending_deleted;
-             DROP TABLE pending_counts;
-             PRAGMA user_version = 10;
-             COMMIT;",
-        )
+        .execute_batch(&format!("BEGIN; {UNDO_PENDING_COUNTS} PRAGMA user_version = 10; COMMIT;"))
         .unwrap();
 
     let store = open(&path);
@@ -256,3 +250,10 @@ async fn pending_events_of_a_version_10_database_are_counted_by_the_migration() 
     insert_one(&store, org, "f", t(3)).await;
     assert_eq!(store.pending_events(org).await.unwrap(), 4, "counted on from there");
 }
+
+/// What migration 0011 added, dropped to stand for a database of an older version (run
+/// inside the caller's transaction).
+const UNDO_PENDING_COUNTS: &str = "DROP TRIGGER events_pending_inserted;
+     DROP TRIGGER events_pending_changed;
+     DROP TRIGGER events_pending_deleted;
+     DROP TABLE pending_counts;";
