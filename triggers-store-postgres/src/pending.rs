@@ -5,8 +5,9 @@
 //! by writers, so one organization's writers on many connections and nodes never queue on a
 //! row lock. Each node's fold task ([`spawn`]) moves the deltas into `pending_counts` every
 //! [`FOLD_EVERY`], one node at a time (an advisory lock; the others pass), and a read adds
-//! the organization's counter to its deltas not yet folded: exact at any moment, and what
-//! the read walks is bounded by the organization's statements since the last fold.
+//! the organization's counter to its deltas not yet folded (by index): exact at any moment,
+//! and what the read walks is the organization's statements since the last fold (plus
+//! folded rows autovacuum has not yet removed; the table is vacuumed eagerly).
 
 use std::time::Duration;
 
@@ -46,7 +47,7 @@ pub(crate) async fn fold(pool: &PgPool) -> Result<u64, sqlx::Error> {
          gone AS (
              DELETE FROM pending_deltas
              WHERE (SELECT mine FROM turn)
-               AND ctid = ANY(ARRAY(SELECT ctid FROM pending_deltas LIMIT $2))
+               AND id = ANY(ARRAY(SELECT id FROM pending_deltas ORDER BY id LIMIT $2))
              RETURNING organization_id, n
          ),
          summed AS (
@@ -65,14 +66,29 @@ pub(crate) async fn fold(pool: &PgPool) -> Result<u64, sqlx::Error> {
 
 /// Starts the fold task, until aborted: a pass every [`FOLD_EVERY`], at once again while a
 /// pass finds a full batch.
+///
+/// A failure is logged once as a warning (then at debug level until a pass succeeds):
+/// while deltas are not folded, each read of an organization's count walks more of them.
 pub(crate) fn spawn(pool: PgPool) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut failing = false;
         loop {
             match fold(&pool).await {
-                Ok(moved) if moved >= FOLD_ROWS as u64 => continue,
-                Ok(_) => {}
-                // The database is unreachable, or not migrated yet: the store says so
-                // elsewhere (its health check, its calls); the deltas wait.
+                Ok(moved) => {
+                    if failing {
+                        tracing::info!("folding pending-event counts works again");
+                        failing = false;
+                    }
+                    if moved >= FOLD_ROWS as u64 {
+                        continue;
+                    }
+                }
+                // Also while the database is unreachable: the store says so elsewhere too
+                // (its health check, its calls). The deltas wait; the counts stay exact.
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, "folding pending-event counts failed");
+                    failing = true;
+                }
                 Err(e) => tracing::debug!(error = %e, "folding pending-event counts failed"),
             }
             tokio::time::sleep(FOLD_EVERY).await;

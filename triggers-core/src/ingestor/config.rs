@@ -60,10 +60,11 @@ pub struct IngestorConfig {
     /// it send in this time (default 7 days: 100 800 on the free tier's 10 a minute): an
     /// ingest that would pass it is refused with
     /// [`Error::LimitExceeded`](crate::Error::LimitExceeded), nothing stored or charged,
-    /// until deliveries finish or the organization acknowledges events. Approximate by
-    /// about a second of the organization's rate per node (the count is read from the store
-    /// at most once a second per organization). `None` keeps any number; an unlimited tier
-    /// is never bounded.
+    /// until deliveries finish or the organization acknowledges events. Concurrent ingests
+    /// on one node never pass it together; across nodes it is approximate by what the other
+    /// nodes let in within about a second (the count is read from the store in the
+    /// background once a second per organization). `None` keeps any number; an unlimited
+    /// tier is never bounded.
     pub max_pending: Option<Duration>,
     /// Byte budget of one inbox page (default 4 MiB): a page ends early once its events
     /// would exceed it (always at least one event), see

@@ -35,10 +35,10 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     pub async fn ack(&self, org: &Organization, id: EventId) -> Result<()> {
         self.at_store(org, move |this, org| async move {
             let outcome = this.inner.store.ack(org.id, &[id], this.now()).await?;
-            this.inner.pending.forget(org.id);
             if outcome.acknowledged.is_empty() {
                 Err(Error::NotFound)
             } else {
+                this.inner.pending.forget(org.id);
                 Ok(())
             }
         })
@@ -60,7 +60,9 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         let ids = ids.to_vec();
         self.at_store(org, move |this, org| async move {
             let outcome = this.inner.store.ack(org.id, &ids, this.now()).await?;
-            this.inner.pending.forget(org.id);
+            if !outcome.acknowledged.is_empty() {
+                this.inner.pending.forget(org.id);
+            }
             Ok(outcome)
         })
         .await

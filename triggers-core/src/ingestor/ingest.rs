@@ -85,9 +85,8 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
     pub async fn ingest(&self, org: &Organization, event: NewEvent) -> Result<Ingested> {
         let now = self.now();
         let record = validate::validate_event(event, self.inner.config.max_payload, now)?;
-        self.check_pending(org, 1).await?;
-        let rate = self.charge(org, 1, now).await?;
-        let mut outcomes = self.insert(org, vec![record], now).await?;
+        let (reserved, rate) = self.reserve_and_charge(org, 1, 1, now).await?;
+        let mut outcomes = self.insert(org, vec![record], now, reserved).await?;
         let outcome = outcomes.pop().ok_or_else(|| {
             Error::Store(crate::StoreError::Corrupt("store returned no outcome".into()))
         })?;
@@ -119,9 +118,10 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         let max_payload = self.inner.config.max_payload;
         let checked: Vec<_> =
             events.into_iter().map(|e| validate::validate_event(e, max_payload, now)).collect();
-        let valid_count = checked.iter().filter(|c| c.is_ok()).count();
-        self.check_pending(org, valid_count as u64).await?;
-        let rate = self.charge(org, u32::try_from(n).unwrap_or(u32::MAX), now).await?;
+        // Invalid items cost a unit of the rate limit but store nothing.
+        let valid = checked.iter().filter(|c| c.is_ok()).count() as u64;
+        let (reserved, rate) =
+            self.reserve_and_charge(org, valid, u32::try_from(n).unwrap_or(u32::MAX), now).await?;
         let mut valid = Vec::with_capacity(n);
         let mut slots = Vec::with_capacity(n);
         for item in checked {
@@ -133,8 +133,11 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
                 Err(e) => slots.push(Err(e)),
             }
         }
-        let outcomes =
-            if valid.is_empty() { Vec::new() } else { self.insert(org, valid, now).await? };
+        let outcomes = if valid.is_empty() {
+            Vec::new()
+        } else {
+            self.insert(org, valid, now, reserved).await?
+        };
         let mut outcomes = outcomes.into_iter();
         let results = slots
             .into_iter()
@@ -148,34 +151,59 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         Ok(BatchIngested { results, rate })
     }
 
+    /// Inserts `records`, which hold `reserved` pending events of `org`'s bound: what was
+    /// not inserted (duplicates, or everything when the store fails) is given back.
     async fn insert(
         &self,
         org: &Organization,
         records: Vec<EventRecord>,
         now: Timestamp,
+        reserved: u64,
     ) -> Result<Vec<InsertOutcome>> {
-        let outcomes = self
-            .inner
-            .store
-            .insert_events(org.id, records, self.inner.config.dedup_window, now)
-            .await?;
+        let outcomes =
+            self.inner.store.insert_events(org.id, records, self.inner.config.dedup_window, now);
+        let outcomes = match outcomes.await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                self.inner.pending.settle(org.id, reserved, 0);
+                return Err(e.into());
+            }
+        };
         if outcomes.iter().any(|o| matches!(o, InsertOutcome::Inserted { deliveries: 1.., .. })) {
             self.inner.wake.notify_one();
         }
         let inserted = outcomes.iter().filter(|o| matches!(o, InsertOutcome::Inserted { .. }));
-        self.inner.pending.added(org.id, inserted.count() as u64);
+        self.inner.pending.settle(org.id, reserved, inserted.count() as u64);
         Ok(outcomes)
     }
 
-    /// `LimitExceeded` when `n` more pending events would take `org` past
-    /// [`IngestorConfig::max_pending`](crate::IngestorConfig::max_pending) (`pending.rs`).
-    async fn check_pending(&self, org: &Organization, n: u64) -> Result<()> {
+    /// Reserves `n` more pending events of `org` under
+    /// [`IngestorConfig::max_pending`](crate::IngestorConfig::max_pending) (`pending.rs`),
+    /// or `LimitExceeded`; then charges `cost` against the rate limit, giving the
+    /// reservation back when that refuses. Returns what was reserved (0 when unbounded).
+    async fn reserve_and_charge(
+        &self,
+        org: &Organization,
+        n: u64,
+        cost: u32,
+        now: Timestamp,
+    ) -> Result<(u64, RateDecision)> {
         let per_minute = self.inner.config.tier_limits.per_minute(org.tier);
-        let Some(limit) = super::pending::limit_for(per_minute, self.inner.config.max_pending)
-        else {
-            return Ok(());
+        let limit = super::pending::limit_for(per_minute, self.inner.config.max_pending);
+        let reserved = match limit {
+            Some(limit) if n > 0 => {
+                self.inner.pending.reserve(&self.inner.store, org.id, n, limit).await?;
+                n
+            }
+            _ => 0,
         };
-        self.inner.pending.check(&*self.inner.store, org, n, limit).await
+        match self.charge(org, cost, now).await {
+            Ok(rate) => Ok((reserved, rate)),
+            Err(e) => {
+                self.inner.pending.settle(org.id, reserved, 0);
+                Err(e)
+            }
+        }
     }
 
     /// Charges the organization's rate limit for sending `deliveries` deliveries again (a

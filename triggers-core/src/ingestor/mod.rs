@@ -98,7 +98,7 @@ struct Inner<S> {
     /// Shares `config.store_concurrency` places at the store among the organizations.
     gate: Arc<gate::StoreGate>,
     /// This node's view of each organization's pending events (`max_pending`).
-    pending: pending::PendingCounts,
+    pending: Arc<pending::PendingCounts>,
     wake: Arc<Notify>,
 }
 
@@ -125,7 +125,7 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
             // Key lookups that miss the cache: half the organizations' places (at least 1).
             auth: auth::AuthCache::new(config.auth_cache_ttl, config.store_concurrency / 2),
             gate: Arc::new(gate::StoreGate::new(config.store_concurrency)),
-            pending: pending::PendingCounts::default(),
+            pending: Arc::default(),
             config,
             wake,
         });

@@ -9,19 +9,30 @@
 //! would go past that is refused with [`Error::LimitExceeded`] and nothing stored or charged.
 //!
 //! The count comes from the store ([`EventLog::pending_events`](crate::store::EventLog),
-//! which walks nothing), read at most once per [`FRESH`] per organization on this node;
-//! between reads this node adds what it inserted. So the bound is approximate: an
-//! organization may pass it by about what it can send in [`FRESH`] on each node (and its
-//! requests in flight), never by more; events finished or acknowledged elsewhere count until
-//! the next read. An acknowledgement on this node makes the next ingest read again.
+//! which walks nothing). This node keeps, per organization, the last count it read plus
+//! what it let in since: an ingest **reserves** its events under the node's lock before it
+//! inserts (and gives back what turned out duplicate or failed), so concurrent requests on
+//! one node never pass the bound together. The count is read again once older than
+//! [`FRESH`], in the background, deciding meanwhile by the old one (acknowledgements and
+//! finished deliveries only lower the real count, so the old one errs on the safe side).
+//! Reads in the request's path are rare and one at a time per organization: its first
+//! ingest on this node (concurrent first ingests wait for that one read), and the first
+//! ingest after it acknowledged events here (so the room it made is usable at once; the
+//! other requests meanwhile decide by the old count). A store whose readers are busy with
+//! other requests therefore does not hold up ingestion.
+//!
+//! What is approximate: other nodes' inserts are seen at this node's next read (so an
+//! organization may pass the bound by what the other nodes let in meanwhile — their
+//! reservations hold them to it too, but each may have read an old count), and events
+//! finished or acknowledged elsewhere count until then.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::domain::org::{Organization, TierLimits};
+use crate::domain::org::TierLimits;
 use crate::error::{Error, Result};
-use crate::store::EventLog;
+use crate::store::{EventLog, StoreResult};
 use crate::OrganizationId;
 
 /// How long a count read from the store is used before it is read again.
@@ -51,17 +62,31 @@ pub(super) struct PendingCounts {
     entries: Mutex<HashMap<OrganizationId, Entry>>,
 }
 
-#[derive(Clone, Copy)]
 struct Entry {
-    /// What the store counted at `read_at`.
-    counted: u64,
-    /// What this node inserted since.
+    /// What the store counted at `read_at`; `None` before the first read.
+    counted: Option<u64>,
+    /// What this node let in since that read began (reservations).
     added: u64,
-    /// `None`: read again before the next check.
-    read_at: Option<Instant>,
-    /// A read is under way (others use the count they have meanwhile).
-    reading: bool,
+    read_at: Instant,
+    /// The next check reads the count in its own path (after an acknowledgement here).
+    stale: bool,
+    /// A read is under way; `added` was this much when it began.
+    reading: Option<u64>,
+    /// Held by the request reading an organization's first count; concurrent first
+    /// ingests wait for it rather than reading too.
+    first: Arc<tokio::sync::Mutex<()>>,
     used_at: Instant,
+}
+
+/// The next step of a check, as [`PendingCounts::step`] finds it.
+enum Step {
+    /// Decide by the count known (and, when `refresh`, read a new one in the background).
+    Decide { refresh: bool },
+    /// Read the count in this request's path, then decide; holding the organization's
+    /// first-read lock when it has no count yet.
+    Read(Option<tokio::sync::OwnedMutexGuard<()>>),
+    /// No count yet and another request reads it: wait for that one, then look again.
+    Wait(Arc<tokio::sync::Mutex<()>>),
 }
 
 impl PendingCounts {
@@ -70,90 +95,166 @@ impl PendingCounts {
         self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// `Ok` when `org` may add `n` pending events under `limit`; `LimitExceeded` otherwise.
-    pub(super) async fn check<S: EventLog + ?Sized>(
-        &self,
-        store: &S,
-        org: &Organization,
+    /// Reserves `n` pending events for `org` under `limit`, or `LimitExceeded` (nothing
+    /// reserved). Give back what was not inserted with [`settle`](Self::settle).
+    pub(super) async fn reserve<S: EventLog>(
+        self: &Arc<Self>,
+        store: &Arc<S>,
+        org: OrganizationId,
         n: u64,
         limit: u64,
     ) -> Result<()> {
-        let refused = || Error::LimitExceeded { limit: LIMIT, max: limit };
         if n > limit {
-            return Err(refused());
+            return Err(refused(limit));
         }
-        let now = Instant::now();
-        let known = {
-            let mut entries = self.entries();
-            let entry = entries.entry(org.id).or_insert(Entry {
-                counted: 0,
-                added: 0,
-                read_at: None,
-                reading: false,
-                used_at: now,
-            });
-            entry.used_at = now;
-            let fresh = entry.read_at.is_some_and(|at| now.duration_since(at) < FRESH);
-            // Another request reads the count for this organization: use the last one,
-            // unless there is none yet.
-            if fresh || (entry.reading && entry.read_at.is_some()) {
-                Some(entry.counted.saturating_add(entry.added))
-            } else {
-                entry.reading = true;
-                None
+        loop {
+            match self.step(org) {
+                Step::Decide { refresh: false } => break,
+                Step::Decide { refresh: true } => {
+                    let (counts, store) = (self.clone(), store.clone());
+                    tokio::spawn(async move {
+                        let reading = Reading::new(&counts, org, None);
+                        if let Err(e) = reading.finish(store.pending_events(org).await) {
+                            // The old count stays in use; the next check tries again.
+                            tracing::debug!(error = %e, "reading pending events failed");
+                        }
+                    });
+                    break;
+                }
+                Step::Read(first) => {
+                    // Ended by `finish`, or by the drop if this request hangs up midway.
+                    let reading = Reading::new(self, org, first);
+                    if let Err(e) = reading.finish(store.pending_events(org).await) {
+                        // An old count, if there is one, still decides.
+                        if !self.entries().get(&org).is_some_and(|e| e.counted.is_some()) {
+                            return Err(e);
+                        }
+                    }
+                    break;
+                }
+                Step::Wait(first) => drop(first.lock().await),
             }
+        }
+        let mut entries = self.entries();
+        let Some(entry) = entries.get_mut(&org) else {
+            // Swept meanwhile (it had been idle for minutes): read again next time.
+            return Ok(());
         };
-        let known = match known {
-            Some(known) => known,
-            None => {
-                // Until the read is done; also when it fails or its request hangs up.
-                let _reading = Reading { counts: self, org: org.id };
-                let counted = store.pending_events(org.id).await?;
-                let entry =
-                    Entry { counted, added: 0, read_at: Some(now), reading: true, used_at: now };
-                self.entries().insert(org.id, entry);
-                counted
-            }
-        };
+        let known = entry.counted.unwrap_or(0).saturating_add(entry.added);
         if known.saturating_add(n) > limit {
-            Err(refused())
-        } else {
-            Ok(())
+            return Err(refused(limit));
         }
+        entry.added = entry.added.saturating_add(n);
+        Ok(())
     }
 
-    /// Counts `n` events this node inserted for `org` since its last read.
-    pub(super) fn added(&self, org: OrganizationId, n: u64) {
+    /// What a check of `org` does next; marks a read as begun when it asks for one.
+    fn step(&self, org: OrganizationId) -> Step {
+        let now = Instant::now();
+        let mut entries = self.entries();
+        let entry = entries.entry(org).or_insert_with(|| Entry {
+            counted: None,
+            added: 0,
+            read_at: now,
+            stale: false,
+            reading: None,
+            first: Arc::default(),
+            used_at: now,
+        });
+        entry.used_at = now;
+        let idle = entry.reading.is_none();
+        if entry.counted.is_none() {
+            // Only a first read takes the lock, under this map's lock, and waiters hold it
+            // for a moment only: free unless one of them is just passing.
+            if idle {
+                if let Ok(first) = entry.first.clone().try_lock_owned() {
+                    entry.reading = Some(entry.added);
+                    return Step::Read(Some(first));
+                }
+            }
+            return Step::Wait(entry.first.clone());
+        }
+        if idle && entry.stale {
+            entry.reading = Some(entry.added);
+            return Step::Read(None);
+        }
+        let refresh = idle && now.duration_since(entry.read_at) >= FRESH;
+        if refresh {
+            entry.reading = Some(entry.added);
+        }
+        Step::Decide { refresh }
+    }
+
+    /// Gives back what a reservation of `reserved` did not insert (`inserted` of them were).
+    pub(super) fn settle(&self, org: OrganizationId, reserved: u64, inserted: u64) {
         if let Some(entry) = self.entries().get_mut(&org) {
-            entry.added = entry.added.saturating_add(n);
+            entry.added = entry.added.saturating_sub(reserved.saturating_sub(inserted));
         }
     }
 
-    /// Makes the next check of `org` read the store again (after an acknowledgement).
+    /// Makes the next check of `org` read the count in its path (after an acknowledgement
+    /// here, so that the room it made is usable at once); the old count, an upper bound,
+    /// decides the others meanwhile.
     pub(super) fn forget(&self, org: OrganizationId) {
         if let Some(entry) = self.entries().get_mut(&org) {
-            entry.read_at = None;
+            entry.stale = true;
         }
     }
 
     /// Drops the entries of organizations that have not ingested for a while.
     pub(super) fn sweep(&self) {
         let now = Instant::now();
-        self.entries().retain(|_, e| e.reading || now.duration_since(e.used_at) < IDLE);
+        self.entries().retain(|_, e| e.reading.is_some() || now.duration_since(e.used_at) < IDLE);
     }
 }
 
-/// Ends a read that was dropped midway (its request hung up, or the store failed): the next
-/// check reads again.
+fn refused(limit: u64) -> Error {
+    Error::LimitExceeded { limit: LIMIT, max: limit }
+}
+
+/// A read of one organization's count under way. [`finish`](Self::finish) stores what it
+/// read; dropped unfinished (its request hung up, the read failed) it lets the next check
+/// read again. Holds the first-read lock, if any, until then.
 struct Reading<'a> {
     counts: &'a PendingCounts,
     org: OrganizationId,
+    done: bool,
+    _first: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl<'a> Reading<'a> {
+    fn new(
+        counts: &'a PendingCounts,
+        org: OrganizationId,
+        first: Option<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Self {
+        Self { counts, org, done: false, _first: first }
+    }
+
+    /// Stores the count read. What this node let in while it ran may or may not be in it,
+    /// so it is counted on top (too many rather than too few).
+    fn finish(mut self, read: StoreResult<u64>) -> Result<()> {
+        let counted = read?;
+        let now = Instant::now();
+        if let Some(entry) = self.counts.entries().get_mut(&self.org) {
+            let since = entry.added.saturating_sub(entry.reading.unwrap_or(0));
+            entry.counted = Some(counted);
+            entry.added = since;
+            entry.read_at = now;
+            entry.stale = false;
+            entry.reading = None;
+        }
+        self.done = true;
+        Ok(())
+    }
 }
 
 impl Drop for Reading<'_> {
     fn drop(&mut self) {
-        if let Some(entry) = self.counts.entries().get_mut(&self.org) {
-            entry.reading = false;
+        if !self.done {
+            if let Some(entry) = self.counts.entries().get_mut(&self.org) {
+                entry.reading = None;
+            }
         }
     }
 }

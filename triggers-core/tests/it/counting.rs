@@ -31,6 +31,8 @@ pub(crate) struct Counting {
     finishing: Arc<Held>,
     finish_calls: Arc<AtomicU64>,
     key_lookups: Arc<KeyLookups>,
+    /// `pending_events` calls made, and their hold.
+    pending_reads: Arc<(AtomicU64, Held)>,
 }
 
 /// `organization_by_key` calls running now and the most at once, and their hold.
@@ -144,6 +146,20 @@ impl Counting {
     }
 
     /// `claim`, `complete` and `complete_and_claim` calls so far.
+    /// Makes `pending_events` calls wait until released.
+    pub(crate) fn hold_pending_reads(&self) {
+        self.pending_reads.1.hold();
+    }
+
+    pub(crate) fn release_pending_reads(&self, n: usize) {
+        self.pending_reads.1.release(n);
+    }
+
+    /// `pending_events` calls begun.
+    pub(crate) fn pending_reads(&self) -> u64 {
+        self.pending_reads.0.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn queue_calls(&self) -> u64 {
         self.queue_calls.load(Ordering::SeqCst)
     }
@@ -264,6 +280,8 @@ impl EventLog for Counting {
         dedup_window: Duration,
         now: Timestamp,
     ) -> StoreResult<Vec<InsertOutcome>> {
+        // As a real store's would, the insert lets other tasks run before it is done.
+        tokio::time::sleep(Duration::from_millis(1)).await;
         self.inner.insert_events(org, events, dedup_window, now).await
     }
     async fn event(&self, org: OrganizationId, id: EventId) -> StoreResult<Option<EventDetail>> {
@@ -306,6 +324,8 @@ impl EventLog for Counting {
         stats
     }
     async fn pending_events(&self, org: OrganizationId) -> StoreResult<u64> {
+        self.pending_reads.0.fetch_add(1, Ordering::SeqCst);
+        self.pending_reads.1.pass().await;
         self.inner.pending_events(org).await
     }
 }

@@ -448,22 +448,103 @@ async fn pending_events_are_bounded_per_organization() {
         other => panic!("expected LimitExceeded, got {other:?}"),
     };
     refused(ing.ingest_batch(&org, batch(2)).await.map(|_| ()));
-    assert_eq!(ing.rate_status(&org).remaining, 1, "nothing charged");
     let last = ing.ingest(&org, ev("kept.last")).await.unwrap();
     refused(ing.ingest(&org, ev("one.too.many")).await.map(|_| ()));
     assert_eq!(ing.stats(&org).await.unwrap().pending, 10, "nothing stored");
     ing.ingest(&other, ev("theirs")).await.unwrap();
 
-    // An acknowledgement on this node makes room at once.
+    // A full allowance does not help, and is not touched by the refusal.
     clock.advance(std::time::Duration::from_secs(60));
+    refused(ing.ingest(&org, ev("still.full")).await.map(|_| ()));
+    assert_eq!(ing.rate_status(&org).remaining, 5, "nothing charged");
+    // An acknowledgement on this node makes room at once.
     ing.ack(&org, last.id).await.unwrap();
     ing.ingest(&org, ev("room.again")).await.unwrap();
     refused(ing.ingest(&org, ev("full.again")).await.map(|_| ()));
-    // One that reaches the store another way (a delivery, another node) within a second.
+    // Room made another way (a delivery, another node) is seen once the count is read
+    // again: a second after the last read, in the background, so the ingest that finds
+    // the count old is still decided by it.
     let page = ing.inbox(&org, InboxQuery::default()).await.unwrap();
     let ids: Vec<_> = page.events.iter().take(3).map(|e| e.id).collect();
     triggers_core::store::EventLog::ack(ing.store(), org.id, &ids, clock.now()).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
-    ing.ingest_batch(&org, batch(3)).await.unwrap();
+    eventually("the room made elsewhere is seen", || async {
+        match ing.ingest_batch(&org, batch(3)).await {
+            Ok(_) => true,
+            Err(Error::LimitExceeded { .. }) => false,
+            Err(e) => panic!("{e:?}"),
+        }
+    })
+    .await;
     refused(ing.ingest(&org, ev("full.once.more")).await.map(|_| ()));
+}
+
+/// Only an organization's first ingest on a node waits for its pending count: later ones
+/// decide by the count they have while a new one is read in the background, so a store
+/// whose reads are slow (its readers busy) does not hold up ingestion; a read that never
+/// ends is read again by nobody else meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingestion_does_not_wait_for_a_slow_pending_count() {
+    let clock = ManualClock::new();
+    let ing = Ingestor::start(crate::counting::Counting::default(), NoDeliverer, config(&clock));
+    let (org, _) = ing.create_organization("steady", Tier::Starter).await.unwrap();
+    ing.ingest(&org, ev("first")).await.unwrap();
+    assert_eq!(ing.store().pending_reads(), 1, "the first ingest read the count");
+    ing.store().hold_pending_reads();
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    // The count is old: one read begins in the background and hangs; ingests go on.
+    for i in 0..5 {
+        let ingest = ing.ingest(&org, ev(&format!("later.{i}")));
+        let ingested = tokio::time::timeout(std::time::Duration::from_secs(10), ingest).await;
+        ingested.expect("an ingest waited for the held read").unwrap();
+    }
+    assert_eq!(ing.store().pending_reads(), 2, "one read at a time");
+    ing.store().release_pending_reads(1);
+    assert_eq!(ing.stats(&org).await.unwrap().pending, 6);
+}
+
+/// Concurrent ingests of one organization never pass its pending bound together (each
+/// reserves its events before inserting), and a reservation refused by the rate limit is
+/// given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_ingests_never_pass_the_pending_bound_together() {
+    let clock = ManualClock::new();
+    let config = IngestorConfig {
+        tier_limits: TierLimits::default().with(Tier::Free, 100),
+        // 100 a minute for a minute: 100 pending events.
+        max_pending: Some(std::time::Duration::from_secs(60)),
+        ..config(&clock)
+    };
+    let ing = Ingestor::start(crate::counting::Counting::default(), NoDeliverer, config);
+    let (org, _) = ing.create_organization("racer", Tier::Free).await.unwrap();
+    let batch = (0..95).map(|i| ev(&format!("kept.{i}"))).collect();
+    ing.ingest_batch(&org, batch).await.unwrap();
+    clock.advance(std::time::Duration::from_secs(60));
+    let racers: Vec<_> = (0..20)
+        .map(|i| {
+            let (ing, org) = (ing.clone(), org.clone());
+            tokio::spawn(async move { ing.ingest(&org, ev(&format!("race.{i}"))).await })
+        })
+        .collect();
+    let (mut passed, mut refused) = (0, 0);
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(_) => passed += 1,
+            Err(Error::LimitExceeded { max: 100, .. }) => refused += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!((passed, refused), (5, 15));
+    assert_eq!(ing.stats(&org).await.unwrap().pending, 100);
+
+    // One slot made; the rate limit refuses the ingest that reserved it, which gives it back.
+    let page = ing.inbox(&org, InboxQuery::default()).await.unwrap();
+    ing.ack(&org, page.events[0].id).await.unwrap();
+    // Invalid items spend the allowance (95 left) and reserve nothing.
+    let invalid = (0..95).map(|_| ev("")).collect::<Vec<_>>();
+    let spent = ing.ingest_batch(&org, invalid).await.unwrap();
+    assert!(spent.results.iter().all(|r| r.is_err()));
+    assert!(matches!(ing.ingest(&org, ev("rate.refused")).await, Err(Error::RateLimited(_))));
+    clock.advance(std::time::Duration::from_secs(60));
+    ing.ingest(&org, ev("the.given.back.slot")).await.unwrap();
+    assert!(matches!(ing.ingest(&org, ev("full")).await, Err(Error::LimitExceeded { .. })));
 }

@@ -301,13 +301,17 @@ async fn pending_events_past_the_bound_are_refused_until_acknowledged() {
     );
     let last = c.event(&key, "kept", None).await;
     assert_eq!(last.status, 202);
-    assert_eq!(last.header("x-ratelimit-remaining"), "0", "the refused batch charged nothing");
     c.event(&key, "one.too.many", None).await.problem(422, "limit_exceeded");
     let stats = c.get("/api/queue/stats", &key).await.json();
     assert_eq!(stats["pending"], 10, "nothing stored: {stats}");
     assert_eq!(c.event(&other, "theirs", None).await.status, 202);
 
+    // With the allowance full again, refusals charge nothing.
     clock.advance(Duration::from_secs(60));
+    c.event(&key, "still.full", None).await.problem(422, "limit_exceeded");
+    c.post("/api/events/batch", &key, batch(1)).await.problem(422, "limit_exceeded");
+    let stats = c.get("/api/queue/stats", &key).await;
+    assert_eq!(stats.header("x-ratelimit-remaining"), "5", "nothing charged");
     let id = last.json()["id"].as_str().unwrap().to_owned();
     assert_eq!(c.post_empty(&format!("/api/ack/{id}"), &key).await.status, 200);
     assert_eq!(c.event(&key, "room.again", None).await.status, 202);
