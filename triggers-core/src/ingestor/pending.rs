@@ -109,7 +109,7 @@ impl PendingCounts {
         }
         loop {
             match self.step(org) {
-                Step::Decide { refresh: false } => break,
+                Step::Decide { refresh: false } => {}
                 Step::Decide { refresh: true } => {
                     let (counts, store) = (self.clone(), store.clone());
                     tokio::spawn(async move {
@@ -119,7 +119,6 @@ impl PendingCounts {
                             tracing::debug!(error = %e, "reading pending events failed");
                         }
                     });
-                    break;
                 }
                 Step::Read(first) => {
                     // Ended by `finish`, or by the drop if this request hangs up midway.
@@ -130,22 +129,22 @@ impl PendingCounts {
                             return Err(e);
                         }
                     }
-                    break;
                 }
-                Step::Wait(first) => drop(first.lock().await),
+                Step::Wait(first) => {
+                    drop(first.lock().await);
+                    continue;
+                }
             }
-        }
-        let mut entries = self.entries();
-        let Some(entry) = entries.get_mut(&org) else {
-            // Swept meanwhile (it had been idle for minutes): read again next time.
+            let mut entries = self.entries();
+            // Gone only if swept while this request read (idle for minutes before): again.
+            let Some(entry) = entries.get_mut(&org) else { continue };
+            let known = entry.counted.unwrap_or(0).saturating_add(entry.added);
+            if known.saturating_add(n) > limit {
+                return Err(refused(limit));
+            }
+            entry.added = entry.added.saturating_add(n);
             return Ok(());
-        };
-        let known = entry.counted.unwrap_or(0).saturating_add(entry.added);
-        if known.saturating_add(n) > limit {
-            return Err(refused(limit));
         }
-        entry.added = entry.added.saturating_add(n);
-        Ok(())
     }
 
     /// What a check of `org` does next; marks a read as begun when it asks for one.
