@@ -1,4 +1,3 @@
--- no-transaction
 -- Pending events counted per organization (hostile-tenant review, 2026-12-08).
 --
 -- The Ingestor bounds how many pending events an organization keeps (an inbox nobody
@@ -11,25 +10,23 @@
 -- store's own statements, so that every write is counted — also one of a node still
 -- running the previous version during a rolling upgrade.
 --
--- Two transactions (hence `no-transaction`), each safe to run again should the migration
--- stop between them: the first creates the triggers, holding `events` against writes only
--- for that moment; the second counts what is pending in one snapshot and drops the deltas
--- that snapshot already sees (they are in its count), so the count is exact without
--- holding writes back while it walks the table.
+-- This migration creates the triggers; creating them waits for the writes on `events`
+-- under way and holds new ones back until it commits (a moment, or `lock_timeout` and a
+-- failed start if a long write transaction is in the way). The next one counts what is
+-- already pending, in its own snapshot, so that the walk over `events` holds no write back.
 
-BEGIN;
-SET LOCAL lock_timeout = '10s';
+SET LOCAL lock_timeout = '5s';
 
-CREATE TABLE IF NOT EXISTS pending_counts (
+CREATE TABLE pending_counts (
     organization_id  uuid    PRIMARY KEY,
     n                bigint  NOT NULL
 );
-CREATE TABLE IF NOT EXISTS pending_deltas (
+CREATE TABLE pending_deltas (
     id               bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     organization_id  uuid    NOT NULL,
     n                bigint  NOT NULL
 );
-CREATE INDEX IF NOT EXISTS pending_deltas_org ON pending_deltas (organization_id);
+CREATE INDEX pending_deltas_org ON pending_deltas (organization_id);
 -- Rows come and go every second: vacuumed as eagerly as `deliveries`.
 ALTER TABLE pending_deltas SET (
     autovacuum_vacuum_scale_factor = 0.01,
@@ -37,14 +34,14 @@ ALTER TABLE pending_deltas SET (
     autovacuum_analyze_scale_factor = 0.02
 );
 
-CREATE OR REPLACE FUNCTION triggers_pending_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION triggers_pending_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO pending_deltas (organization_id, n)
     SELECT organization_id, count(*) FROM new_rows WHERE status = 'pending' GROUP BY 1;
     RETURN NULL;
 END $$;
 
-CREATE OR REPLACE FUNCTION triggers_pending_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION triggers_pending_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO pending_deltas (organization_id, n)
     SELECT organization_id, sum(d) FROM (
@@ -56,34 +53,19 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE OR REPLACE FUNCTION triggers_pending_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION triggers_pending_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO pending_deltas (organization_id, n)
     SELECT organization_id, -count(*) FROM old_rows WHERE status = 'pending' GROUP BY 1;
     RETURN NULL;
 END $$;
 
-DROP TRIGGER IF EXISTS events_pending_inserted ON events;
 CREATE TRIGGER events_pending_inserted AFTER INSERT ON events
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION triggers_pending_inserted();
-DROP TRIGGER IF EXISTS events_pending_changed ON events;
 CREATE TRIGGER events_pending_changed AFTER UPDATE ON events
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION triggers_pending_changed();
-DROP TRIGGER IF EXISTS events_pending_deleted ON events;
 CREATE TRIGGER events_pending_deleted AFTER DELETE ON events
     REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION triggers_pending_deleted();
-COMMIT;
-
--- One snapshot: the events it sees pending, and the deltas it sees (already in that count)
--- dropped; deltas committed after it stay, to be folded on top. No fold runs meanwhile:
--- nodes fold only once migrated.
-BEGIN ISOLATION LEVEL REPEATABLE READ;
-SET LOCAL statement_timeout = 0;
-DELETE FROM pending_counts;
-INSERT INTO pending_counts (organization_id, n)
-SELECT organization_id, count(*) FROM events WHERE status = 'pending' GROUP BY 1;
-DELETE FROM pending_deltas;
-COMMIT;

@@ -69,10 +69,21 @@ pub(crate) async fn fold(pool: &PgPool) -> Result<u64, sqlx::Error> {
 ///
 /// A failure is logged once as a warning (then at debug level until a pass succeeds):
 /// while deltas are not folded, each read of an organization's count walks more of them.
-pub(crate) fn spawn(pool: PgPool) -> tokio::task::JoinHandle<()> {
+///
+/// It folds only once this node has reached and migrated the database (`ready`): the
+/// migration that creates the counters counts in one snapshot, which a fold running beside
+/// it would make fail.
+pub(crate) fn spawn(
+    pool: PgPool,
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut failing = false;
         loop {
+            if !ready.load(std::sync::atomic::Ordering::Acquire) {
+                tokio::time::sleep(FOLD_EVERY).await;
+                continue;
+            }
             match fold(&pool).await {
                 Ok(moved) => {
                     if failing {

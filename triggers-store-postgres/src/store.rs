@@ -169,7 +169,7 @@ impl PgStore {
         // The outbox keeps the channel for the store's calls and its sweep task alike.
         let outbox = Arc::new(crate::announce::Outbox::new(channel));
         let sweep = Some(crate::announce::spawn(pool.clone(), outbox.clone()));
-        let fold = Some(crate::pending::spawn(pool.clone()));
+        let fold = Some(crate::pending::spawn(pool.clone(), ready.clone()));
         Ok(PgStore {
             inner: Arc::new(Inner {
                 pool,

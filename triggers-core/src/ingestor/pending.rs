@@ -62,20 +62,40 @@ pub(super) struct PendingCounts {
     entries: Mutex<HashMap<OrganizationId, Entry>>,
 }
 
+/// Longest wait for one read of a count; then it counts as failed (the old count, if any,
+/// keeps deciding, and the next check reads again).
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 struct Entry {
     /// What the store counted at `read_at`; `None` before the first read.
     counted: Option<u64>,
-    /// What this node let in since that read began (reservations).
-    added: u64,
+    /// Reserved by requests whose inserts have not returned yet.
+    inflight: u64,
+    /// Inserted by this node (returned) since the read behind `counted` began: maybe in
+    /// that count, maybe not, so counted on top.
+    inserted: u64,
     read_at: Instant,
     /// The next check reads the count in its own path (after an acknowledgement here).
     stale: bool,
-    /// A read is under way; `added` was this much when it began.
-    reading: Option<u64>,
+    /// Acknowledgements here so far: a read that began before the latest one does not
+    /// clear `stale`.
+    acks: u64,
+    /// A read is under way: `inserted` and `acks` when it began.
+    reading: Option<(u64, u64)>,
     /// Held by the request reading an organization's first count; concurrent first
-    /// ingests wait for it rather than reading too.
+    /// ingests wait for it, and the one that gets it next reads if that read failed.
     first: Arc<tokio::sync::Mutex<()>>,
     used_at: Instant,
+}
+
+impl Entry {
+    fn known(&self) -> u64 {
+        self.counted.unwrap_or(0).saturating_add(self.inflight).saturating_add(self.inserted)
+    }
+
+    fn begin_read(&mut self) {
+        self.reading = Some((self.inserted, self.acks));
+    }
 }
 
 /// The next step of a check, as [`PendingCounts::step`] finds it.
@@ -85,7 +105,7 @@ enum Step {
     /// Read the count in this request's path, then decide; holding the organization's
     /// first-read lock when it has no count yet.
     Read(Option<tokio::sync::OwnedMutexGuard<()>>),
-    /// No count yet and another request reads it: wait for that one, then look again.
+    /// No count yet and another request reads it: wait for the lock it holds.
     Wait(Arc<tokio::sync::Mutex<()>>),
 }
 
@@ -96,7 +116,8 @@ impl PendingCounts {
     }
 
     /// Reserves `n` pending events for `org` under `limit`, or `LimitExceeded` (nothing
-    /// reserved). Give back what was not inserted with [`settle`](Self::settle).
+    /// reserved). Hand the reservation back with [`settle`](Self::settle) once the insert
+    /// has returned (or failed).
     pub(super) async fn reserve<S: EventLog>(
         self: &Arc<Self>,
         store: &Arc<S>,
@@ -107,14 +128,15 @@ impl PendingCounts {
         if n > limit {
             return Err(refused(limit));
         }
+        let mut held = None;
         loop {
-            match self.step(org) {
+            match self.step(org, held.take()) {
                 Step::Decide { refresh: false } => {}
                 Step::Decide { refresh: true } => {
                     let (counts, store) = (self.clone(), store.clone());
                     tokio::spawn(async move {
                         let reading = Reading::new(&counts, org, None);
-                        if let Err(e) = reading.finish(store.pending_events(org).await) {
+                        if let Err(e) = reading.finish(read(&*store, org).await) {
                             // The old count stays in use; the next check tries again.
                             tracing::debug!(error = %e, "reading pending events failed");
                         }
@@ -123,7 +145,7 @@ impl PendingCounts {
                 Step::Read(first) => {
                     // Ended by `finish`, or by the drop if this request hangs up midway.
                     let reading = Reading::new(self, org, first);
-                    if let Err(e) = reading.finish(store.pending_events(org).await) {
+                    if let Err(e) = reading.finish(read(&**store, org).await) {
                         // An old count, if there is one, still decides.
                         if !self.entries().get(&org).is_some_and(|e| e.counted.is_some()) {
                             return Err(e);
@@ -131,31 +153,36 @@ impl PendingCounts {
                     }
                 }
                 Step::Wait(first) => {
-                    drop(first.lock().await);
+                    // Kept into the next step: if the read this waited for failed, this
+                    // request reads with it (tokio hands a freed lock to the next waiter,
+                    // so letting it go and taking it again could pass it around forever).
+                    held = Some(first.lock_owned().await);
                     continue;
                 }
             }
             let mut entries = self.entries();
             // Gone only if swept while this request read (idle for minutes before): again.
             let Some(entry) = entries.get_mut(&org) else { continue };
-            let known = entry.counted.unwrap_or(0).saturating_add(entry.added);
-            if known.saturating_add(n) > limit {
+            if entry.known().saturating_add(n) > limit {
                 return Err(refused(limit));
             }
-            entry.added = entry.added.saturating_add(n);
+            entry.inflight = entry.inflight.saturating_add(n);
             return Ok(());
         }
     }
 
-    /// What a check of `org` does next; marks a read as begun when it asks for one.
-    fn step(&self, org: OrganizationId) -> Step {
+    /// What a check of `org` does next, holding the first-read lock if it waited for it;
+    /// marks a read as begun when it asks for one.
+    fn step(&self, org: OrganizationId, held: Option<tokio::sync::OwnedMutexGuard<()>>) -> Step {
         let now = Instant::now();
         let mut entries = self.entries();
         let entry = entries.entry(org).or_insert_with(|| Entry {
             counted: None,
-            added: 0,
+            inflight: 0,
+            inserted: 0,
             read_at: now,
             stale: false,
+            acks: 0,
             reading: None,
             first: Arc::default(),
             used_at: now,
@@ -163,48 +190,62 @@ impl PendingCounts {
         entry.used_at = now;
         let idle = entry.reading.is_none();
         if entry.counted.is_none() {
-            // Only a first read takes the lock, under this map's lock, and waiters hold it
-            // for a moment only: free unless one of them is just passing.
-            if idle {
-                if let Ok(first) = entry.first.clone().try_lock_owned() {
-                    entry.reading = Some(entry.added);
-                    return Step::Read(Some(first));
+            // The first read holds the lock while it runs: with the lock in hand, no read
+            // is under way (the reader failed or hung up) and this request reads.
+            let first = held.or_else(|| entry.first.clone().try_lock_owned().ok());
+            return match first {
+                Some(first) if idle => {
+                    entry.begin_read();
+                    Step::Read(Some(first))
                 }
-            }
-            return Step::Wait(entry.first.clone());
+                _ => Step::Wait(entry.first.clone()),
+            };
         }
         if idle && entry.stale {
-            entry.reading = Some(entry.added);
+            entry.begin_read();
             return Step::Read(None);
         }
         let refresh = idle && now.duration_since(entry.read_at) >= FRESH;
         if refresh {
-            entry.reading = Some(entry.added);
+            entry.begin_read();
         }
         Step::Decide { refresh }
     }
 
-    /// Gives back what a reservation of `reserved` did not insert (`inserted` of them were).
+    /// Hands back a reservation of `reserved` once its insert returned: `inserted` of them
+    /// were stored (0 when it failed); the rest (duplicates) never were.
     pub(super) fn settle(&self, org: OrganizationId, reserved: u64, inserted: u64) {
         if let Some(entry) = self.entries().get_mut(&org) {
-            entry.added = entry.added.saturating_sub(reserved.saturating_sub(inserted));
+            entry.inflight = entry.inflight.saturating_sub(reserved);
+            entry.inserted = entry.inserted.saturating_add(inserted);
         }
     }
 
     /// Makes the next check of `org` read the count in its path (after an acknowledgement
     /// here, so that the room it made is usable at once); the old count, an upper bound,
-    /// decides the others meanwhile.
+    /// decides the others meanwhile. (An acknowledgement of events acknowledged before
+    /// counts too: one more read, in the path of an ingest the rate limit charges.)
     pub(super) fn forget(&self, org: OrganizationId) {
         if let Some(entry) = self.entries().get_mut(&org) {
             entry.stale = true;
+            entry.acks = entry.acks.wrapping_add(1);
         }
     }
 
     /// Drops the entries of organizations that have not ingested for a while.
     pub(super) fn sweep(&self) {
         let now = Instant::now();
-        self.entries().retain(|_, e| e.reading.is_some() || now.duration_since(e.used_at) < IDLE);
+        self.entries().retain(|_, e| {
+            e.reading.is_some() || e.inflight > 0 || now.duration_since(e.used_at) < IDLE
+        });
     }
+}
+
+/// One read of `org`'s count, failing after [`READ_TIMEOUT`].
+async fn read<S: EventLog + ?Sized>(store: &S, org: OrganizationId) -> StoreResult<u64> {
+    tokio::time::timeout(READ_TIMEOUT, store.pending_events(org)).await.unwrap_or_else(|_| {
+        Err(crate::StoreError::Unavailable("reading the pending events timed out".into()))
+    })
 }
 
 fn refused(limit: u64) -> Error {
@@ -230,17 +271,19 @@ impl<'a> Reading<'a> {
         Self { counts, org, done: false, _first: first }
     }
 
-    /// Stores the count read. What this node let in while it ran may or may not be in it,
-    /// so it is counted on top (too many rather than too few).
+    /// Stores the count read. Inserts that returned while it ran may or may not be in it,
+    /// so they stay counted on top (too many rather than too few); reservations still in
+    /// flight stay counted whatever it saw.
     fn finish(mut self, read: StoreResult<u64>) -> Result<()> {
         let counted = read?;
         let now = Instant::now();
         if let Some(entry) = self.counts.entries().get_mut(&self.org) {
-            let since = entry.added.saturating_sub(entry.reading.unwrap_or(0));
+            let (inserted_before, acks_before) = entry.reading.unwrap_or((0, entry.acks));
             entry.counted = Some(counted);
-            entry.added = since;
+            entry.inserted = entry.inserted.saturating_sub(inserted_before);
             entry.read_at = now;
-            entry.stale = false;
+            // An acknowledgement made while it ran may not be in it: read again.
+            entry.stale = entry.acks != acks_before;
             entry.reading = None;
         }
         self.done = true;

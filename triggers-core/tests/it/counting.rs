@@ -33,6 +33,10 @@ pub(crate) struct Counting {
     key_lookups: Arc<KeyLookups>,
     /// `pending_events` calls made, and their hold.
     pending_reads: Arc<(AtomicU64, Held)>,
+    /// How many of the next `pending_events` calls fail.
+    failing_pending_reads: Arc<std::sync::atomic::AtomicU32>,
+    /// The hold of `insert_events` calls.
+    inserts: Arc<Held>,
 }
 
 /// `organization_by_key` calls running now and the most at once, and their hold.
@@ -153,6 +157,20 @@ impl Counting {
 
     pub(crate) fn release_pending_reads(&self, n: usize) {
         self.pending_reads.1.release(n);
+    }
+
+    /// Makes the next `n` `pending_events` calls fail (once past their hold).
+    pub(crate) fn fail_pending_reads(&self, n: u32) {
+        self.failing_pending_reads.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes `insert_events` calls wait until released.
+    pub(crate) fn hold_inserts(&self) {
+        self.inserts.hold();
+    }
+
+    pub(crate) fn release_inserts(&self, n: usize) {
+        self.inserts.release(n);
     }
 
     /// `pending_events` calls begun.
@@ -282,6 +300,7 @@ impl EventLog for Counting {
     ) -> StoreResult<Vec<InsertOutcome>> {
         // As a real store's would, the insert lets other tasks run before it is done.
         tokio::time::sleep(Duration::from_millis(1)).await;
+        self.inserts.pass().await;
         self.inner.insert_events(org, events, dedup_window, now).await
     }
     async fn event(&self, org: OrganizationId, id: EventId) -> StoreResult<Option<EventDetail>> {
@@ -326,6 +345,10 @@ impl EventLog for Counting {
     async fn pending_events(&self, org: OrganizationId) -> StoreResult<u64> {
         self.pending_reads.0.fetch_add(1, Ordering::SeqCst);
         self.pending_reads.1.pass().await;
+        let failing = &self.failing_pending_reads;
+        if failing.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(StoreError::Unavailable("the test fails this read".into()));
+        }
         self.inner.pending_events(org).await
     }
 }

@@ -497,9 +497,10 @@ async fn ingestion_does_not_wait_for_a_slow_pending_count() {
         let ingested = tokio::time::timeout(std::time::Duration::from_secs(10), ingest).await;
         ingested.expect("an ingest waited for the held read").unwrap();
     }
-    assert_eq!(ing.store().pending_reads(), 2, "one read at a time");
+    eventually("the background read begins", || async { ing.store().pending_reads() == 2 }).await;
     ing.store().release_pending_reads(1);
     assert_eq!(ing.stats(&org).await.unwrap().pending, 6);
+    assert_eq!(ing.store().pending_reads(), 2, "one read at a time");
 }
 
 /// Concurrent ingests of one organization never pass its pending bound together (each
@@ -547,4 +548,68 @@ async fn concurrent_ingests_never_pass_the_pending_bound_together() {
     clock.advance(std::time::Duration::from_secs(60));
     ing.ingest(&org, ev("the.given.back.slot")).await.unwrap();
     assert!(matches!(ing.ingest(&org, ev("full")).await, Err(Error::LimitExceeded { .. })));
+}
+
+/// An organization's first ingests on a node wait for one read of its count; when that read
+/// fails, the next of them reads, and none is left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_first_count_is_read_again_by_a_waiting_ingest() {
+    let clock = ManualClock::new();
+    let ing = Ingestor::start(crate::counting::Counting::default(), NoDeliverer, config(&clock));
+    let (org, _) = ing.create_organization("first", Tier::Starter).await.unwrap();
+    ing.store().hold_pending_reads();
+    let firsts: Vec<_> = (0..3)
+        .map(|i| {
+            let (ing, org) = (ing.clone(), org.clone());
+            tokio::spawn(async move { ing.ingest(&org, ev(&format!("first.{i}"))).await })
+        })
+        .collect();
+    eventually("one read begins", || async { ing.store().pending_reads() >= 1 }).await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(ing.store().pending_reads(), 1, "the others wait for it");
+    ing.store().fail_pending_reads(1);
+    ing.store().release_pending_reads(10);
+    let mut outcomes = Vec::new();
+    for first in firsts {
+        let done = tokio::time::timeout(std::time::Duration::from_secs(10), first).await;
+        outcomes.push(done.expect("an ingest was left waiting").unwrap().is_ok());
+    }
+    outcomes.sort();
+    assert_eq!(outcomes, [false, true, true], "the failed read's ingest fails, the others read");
+    assert_eq!(ing.store().pending_reads(), 2);
+}
+
+/// A count read while a reservation's insert is still running does not forget that
+/// reservation (the read may not see the insert).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_read_during_an_insert_keeps_its_reservation() {
+    let clock = ManualClock::new();
+    let config = IngestorConfig {
+        tier_limits: TierLimits::default().with(Tier::Free, 10),
+        // 10 pending events.
+        max_pending: Some(std::time::Duration::from_secs(60)),
+        ..config(&clock)
+    };
+    let ing = Ingestor::start(crate::counting::Counting::default(), NoDeliverer, config);
+    let (org, _) = ing.create_organization("slow", Tier::Free).await.unwrap();
+    ing.ingest(&org, ev("one")).await.unwrap();
+    ing.store().hold_inserts();
+    let slow = {
+        let (ing, org) = (ing.clone(), org.clone());
+        let batch = (0..8).map(|i| ev(&format!("slow.{i}"))).collect();
+        tokio::spawn(async move { ing.ingest_batch(&org, batch).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    // Refused by the old count (1 + 8 reserved + 2), and starts a new read, which counts 1.
+    let two = || (0..2).map(|i| ev(&format!("two.{i}"))).collect::<Vec<_>>();
+    assert!(matches!(ing.ingest_batch(&org, two()).await, Err(Error::LimitExceeded { .. })));
+    eventually("the new read begins", || async { ing.store().pending_reads() == 2 }).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        matches!(ing.ingest_batch(&org, two()).await, Err(Error::LimitExceeded { .. })),
+        "the 8 in flight still count"
+    );
+    ing.store().release_inserts(10);
+    slow.await.unwrap().unwrap();
+    assert_eq!(ing.stats(&org).await.unwrap().pending, 9);
 }
