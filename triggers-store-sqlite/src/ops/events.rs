@@ -310,6 +310,11 @@ pub(crate) fn insert(
         }
     }
     queue_parallel(conn, &parallel, now_us)?;
+    // Every event goes in pending (one failed at once by a disabled endpoint is counted out
+    // again by the status trigger); the writer adds the sum before it commits.
+    if !fresh.is_empty() {
+        crate::ops::pending::add(org_id, i64::try_from(fresh.len()).map_err(corrupt)?);
+    }
 
     let outcomes =
         events.iter().zip(duplicates).zip(deliveries).map(|((e, duplicate), n)| match duplicate {
@@ -389,6 +394,10 @@ pub(crate) fn ack(
     ids: &[EventId],
     now: Timestamp,
 ) -> StoreResult<AckOutcome> {
+    // The status before, for the pending count (a pending event becoming delivered is
+    // counted here, not by the trigger: migration 0011).
+    let mut find =
+        conn.prepare_cached("SELECT status FROM events WHERE id = ?1 AND org_id = ?2").store()?;
     let mut stmt = conn
         .prepare_cached(
             "UPDATE events
@@ -397,17 +406,25 @@ pub(crate) fn ack(
         )
         .store()?;
     let now = micros(now);
+    let org_id = org.0.as_bytes();
     let mut seen = HashSet::with_capacity(ids.len());
     let mut out = AckOutcome::default();
+    let mut was_pending = 0i64;
     for &id in ids {
         if !seen.insert(id) {
             continue;
         }
-        if stmt.execute(params![id.0.as_bytes(), org.0.as_bytes(), now]).store()? > 0 {
-            out.acknowledged.push(id);
-        } else {
+        let status = query_opt(&mut find, params![id.0.as_bytes(), org_id], |r| codec::int(r, 0))?;
+        if status.is_none() {
             out.not_found.push(id);
+            continue;
         }
+        stmt.execute(params![id.0.as_bytes(), org_id, now]).store()?;
+        was_pending += i64::from(status == Some(0));
+        out.acknowledged.push(id);
+    }
+    if was_pending > 0 {
+        crate::ops::pending::add(org_id, -was_pending);
     }
     Ok(out)
 }

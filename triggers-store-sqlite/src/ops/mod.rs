@@ -6,6 +6,7 @@ pub(crate) mod events;
 pub(crate) mod history;
 pub(crate) mod lifecycle;
 pub(crate) mod orgs;
+pub(crate) mod pending;
 pub(crate) mod purge;
 pub(crate) mod queue;
 pub(crate) mod reads;

@@ -4,18 +4,27 @@ use rusqlite::Connection;
 
 use super::job::{BatchFailure, FailureKind, Job};
 use crate::error::DISK_FULL;
+use crate::ops::pending;
 
 pub(super) fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 /// Runs one batch in one transaction. `None` if it committed.
+///
+/// The pending events the batch's inserts recorded (`ops::pending`) are written just before
+/// the commit, and forgotten with whatever is rolled back.
 pub(super) fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Option<BatchFailure> {
+    pending::discard();
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         return Some(BatchFailure::from_sql("BEGIN", &e));
     }
     let all_ok = batch.iter_mut().all(|job| job.run(conn));
     if all_ok {
+        if let Err(e) = pending::flush(conn) {
+            rollback(conn);
+            return Some(BatchFailure::from_sql("pending counts", &e));
+        }
         return match exec(conn, "COMMIT") {
             Ok(()) => None,
             Err(e) => {
@@ -24,6 +33,7 @@ pub(super) fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Option
             }
         };
     }
+    pending::discard();
     if batch.len() == 1 {
         // A lone failed request keeps its own error: roll back its writes, nothing else.
         rollback(conn);
@@ -36,8 +46,12 @@ pub(super) fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Option
     }
     let failure = run_isolated(conn, batch)
         .err()
+        .or_else(|| {
+            pending::flush(conn).err().map(|e| BatchFailure::from_sql("pending counts", &e))
+        })
         .or_else(|| exec(conn, "COMMIT").err().map(|e| BatchFailure::from_sql("COMMIT", &e)));
     if failure.is_some() {
+        pending::discard();
         rollback(conn);
     }
     failure
@@ -61,6 +75,7 @@ fn run_isolated(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), Bat
 fn run_one_isolated(conn: &Connection, job: &mut Box<dyn Job>) -> Result<(), BatchFailure> {
     let sql = |stage: &'static str| move |e: rusqlite::Error| BatchFailure::from_sql(stage, &e);
     exec(conn, "SAVEPOINT request").map_err(sql("SAVEPOINT"))?;
+    let recorded = pending::mark();
     if job.run(conn) {
         exec(conn, "RELEASE request").map_err(sql("RELEASE"))?;
     } else if conn.is_autocommit() {
@@ -75,6 +90,7 @@ fn run_one_isolated(conn: &Connection, job: &mut Box<dyn Job>) -> Result<(), Bat
             message: "a failed request aborted the transaction".into(),
         });
     } else {
+        pending::truncate(recorded);
         exec(conn, "ROLLBACK TO request").map_err(sql("ROLLBACK TO"))?;
         exec(conn, "RELEASE request").map_err(sql("RELEASE"))?;
     }

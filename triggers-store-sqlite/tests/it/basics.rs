@@ -332,3 +332,35 @@ async fn the_purge_task_applies_the_configured_retention() {
     .expect("the purge task deleted the event");
     task.abort();
 }
+
+/// Inserts add to the pending count per writer transaction: a request that fails inside a
+/// shared batch (a stored id) takes its events out of the count with its writes, the others
+/// keep theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_counts_leave_out_failed_requests_of_a_shared_batch() {
+    let (_dir, store) = fresh();
+    let store = std::sync::Arc::new(store);
+    let org = new_org(&store).await;
+    let taken = record("taken", "{}", None, t(1));
+    store.insert_events(org, vec![taken.clone()], WINDOW, t(1)).await.unwrap();
+    let calls: Vec<_> = (0..40)
+        .map(|i| {
+            let store = store.clone();
+            // Every third call repeats a stored id: the insert fails.
+            let events = if i % 3 == 0 {
+                vec![record("fresh", "{}", None, t(2)), taken.clone()]
+            } else {
+                vec![record("fresh", "{}", None, t(2)), record("fresh", "{}", None, t(2))]
+            };
+            tokio::spawn(async move { store.insert_events(org, events, WINDOW, t(2)).await })
+        })
+        .collect();
+    let mut failed = 0;
+    for call in calls {
+        failed += usize::from(call.await.unwrap().is_err());
+    }
+    assert_eq!(failed, 14, "the calls with a stored id");
+    let pending = 1 + 2 * (40 - 14) as u64;
+    assert_eq!(store.stats(org).await.unwrap().pending, pending);
+    assert_eq!(store.pending_events(org).await.unwrap(), pending);
+}

@@ -253,7 +253,6 @@ async fn pending_events_of_a_version_10_database_are_counted_by_the_migration() 
 
 /// What migration 0011 added, dropped to stand for a database of an older version (run
 /// inside the caller's transaction).
-const UNDO_PENDING_COUNTS: &str = "DROP TRIGGER events_pending_inserted;
-     DROP TRIGGER events_pending_changed;
+const UNDO_PENDING_COUNTS: &str = "DROP TRIGGER events_pending_changed;
      DROP TRIGGER events_pending_deleted;
      DROP TABLE pending_counts;";
