@@ -150,17 +150,23 @@ fn complete_one(conn: &Connection, c: &Completion, keep: u32) -> StoreResult<(bo
             .store()?;
             // The event is delivered once no delivery of it is outstanding; no longer
             // pending, counted here (not by the trigger: migration 0011).
-            let mut deliver = conn
+            // (A point read of the organization after a change costs less than `RETURNING`,
+            // whose result table every execution would set up.)
+            let delivered = conn
                 .prepare_cached(
                     "UPDATE events SET status = 1, delivered_at = ?2
                      WHERE seq = ?1 AND status = 0
-                     AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_seq = ?1)
-                     RETURNING org_id",
+                     AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_seq = ?1)",
                 )
+                .store()?
+                .execute([event_seq, at])
                 .store()?;
-            let org = query_opt(&mut deliver, [event_seq, at], |row| codec::uuid(row, 0))?;
-            if let Some(org) = org {
-                crate::ops::pending::add(org.as_bytes(), -1);
+            if delivered > 0 {
+                let mut org =
+                    conn.prepare_cached("SELECT org_id FROM events WHERE seq = ?1").store()?;
+                if let Some(org) = query_opt(&mut org, [event_seq], |row| codec::uuid(row, 0))? {
+                    crate::ops::pending::add(org.as_bytes(), -1);
+                }
             }
         }
         CompletionState::Retry { .. } | CompletionState::Failed => {
