@@ -2,13 +2,17 @@
 --
 -- The Ingestor bounds how many pending events an organization keeps (an inbox nobody
 -- acknowledges grew without end, filling the disk every tenant shares), and counting them
--- with count(*) walks them. Statement-level triggers record what each statement changed in
+-- with count(*) walks them. Each statement that changes the count records its change in
 -- `pending_deltas` (one row per organization and statement, in the statement's
 -- transaction, no row ever updated: writers of one organization on many connections and
 -- nodes never wait for each other); each node's fold task moves them into `pending_counts`
--- (one node at a time), and a read adds the two (`pending.rs`). Triggers rather than the
--- store's own statements, so that every write is counted — also one of a node still
--- running the previous version during a rolling upgrade.
+-- (one node at a time), and a read adds the two (`pending.rs`). Inserts, the hot path,
+-- count themselves in their one statement (`insert.rs`; every event is inserted there): a
+-- trigger would copy every inserted row, payload and all, into its transition table. Every
+-- other change — of an event's status, or a deletion — is counted by the triggers below,
+-- so no other code path can forget it, also one of a node still running the previous
+-- version during a rolling upgrade (whose inserts, for the minutes of the upgrade, are not
+-- counted: the bound is approximate by that much).
 --
 -- This migration creates the triggers; creating them waits for the writes on `events`
 -- under way and holds new ones back until it commits (a moment, or `lock_timeout` and a
@@ -34,13 +38,6 @@ ALTER TABLE pending_deltas SET (
     autovacuum_analyze_scale_factor = 0.02
 );
 
-CREATE FUNCTION triggers_pending_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO pending_deltas (organization_id, n)
-    SELECT organization_id, count(*) FROM new_rows WHERE status = 'pending' GROUP BY 1;
-    RETURN NULL;
-END $$;
-
 CREATE FUNCTION triggers_pending_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO pending_deltas (organization_id, n)
@@ -60,9 +57,6 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE TRIGGER events_pending_inserted AFTER INSERT ON events
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION triggers_pending_inserted();
 CREATE TRIGGER events_pending_changed AFTER UPDATE ON events
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION triggers_pending_changed();

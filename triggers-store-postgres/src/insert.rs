@@ -129,7 +129,13 @@ ev AS (
            CASE WHEN t.id IN (SELECT event_id FROM disabled) THEN 'failed' ELSE 'pending' END,
            t.created_at
     FROM todo t
-    RETURNING id
+    RETURNING id, organization_id, status
+),
+-- The pending events the statement adds, per organization (`pending.rs`; counted here
+-- rather than by a trigger, which would copy every inserted row, payload and all).
+counted AS (
+    INSERT INTO pending_deltas (organization_id, n)
+    SELECT organization_id, count(*) FROM ev WHERE status = 'pending' GROUP BY 1
 ),
 -- Every row of `todo` is inserted (a stored id fails the whole statement), so the fan-out
 -- reads `todo` too.

@@ -1,8 +1,10 @@
 //! Pending events counted per organization (`EventLog::pending_events`).
 //!
-//! Statement-level triggers on `events` (migration `…12_pending_counts`) append what each
-//! statement changed to `pending_deltas`, in its own transaction; no counter row is updated
-//! by writers, so one organization's writers on many connections and nodes never queue on a
+//! Each statement that changes the count appends its change to `pending_deltas`, in its own
+//! transaction: the insert statement itself (`insert.rs`), statement-level triggers on
+//! `events` for every other change of a status and every deletion (migration
+//! `…12_pending_counts`). No counter row is updated by writers, so one organization's
+//! writers on many connections and nodes never queue on a
 //! row lock. Each node's fold task ([`spawn`]) moves the deltas into `pending_counts` every
 //! [`FOLD_EVERY`], one node at a time (an advisory lock; the others pass), and a read adds
 //! the organization's counter to its deltas not yet folded (by index): exact at any moment,

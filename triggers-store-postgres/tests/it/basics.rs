@@ -305,12 +305,10 @@ async fn pending_counts_are_folded_and_counted_by_the_migration() {
     drop(store);
     let mut admin = sqlx::PgConnection::connect_with(&db.options).await.unwrap();
     sqlx::raw_sql(
-        "DROP TABLE pending_counts, pending_deltas;
-         DROP TRIGGER events_pending_inserted ON events;
+        "DROP TABLE pending_counts, pending_deltas CASCADE;
          DROP TRIGGER events_pending_changed ON events;
          DROP TRIGGER events_pending_deleted ON events;
-         DROP FUNCTION triggers_pending_inserted, triggers_pending_changed,
-                       triggers_pending_deleted;
+         DROP FUNCTION triggers_pending_changed, triggers_pending_deleted;
          DELETE FROM _sqlx_migrations WHERE version >= 20261208000012;",
     )
     .execute(&mut admin)
