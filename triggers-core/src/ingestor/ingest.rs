@@ -1,5 +1,6 @@
 //! Accepting events: validation, the rate limit, dedup and the durable insert.
 
+use super::pending::Reservation;
 use super::Ingestor;
 use crate::clock::Timestamp;
 use crate::deliver::Deliverer;
@@ -158,52 +159,43 @@ impl<S: EventStore, D: Deliverer> Ingestor<S, D> {
         org: &Organization,
         records: Vec<EventRecord>,
         now: Timestamp,
-        reserved: u64,
+        reserved: Reservation,
     ) -> Result<Vec<InsertOutcome>> {
-        let outcomes =
-            self.inner.store.insert_events(org.id, records, self.inner.config.dedup_window, now);
-        let outcomes = match outcomes.await {
-            Ok(outcomes) => outcomes,
-            Err(e) => {
-                self.inner.pending.settle(org.id, reserved, 0);
-                return Err(e.into());
-            }
-        };
+        let outcomes = self
+            .inner
+            .store
+            .insert_events(org.id, records, self.inner.config.dedup_window, now)
+            .await?;
         if outcomes.iter().any(|o| matches!(o, InsertOutcome::Inserted { deliveries: 1.., .. })) {
             self.inner.wake.notify_one();
         }
         let inserted = outcomes.iter().filter(|o| matches!(o, InsertOutcome::Inserted { .. }));
-        self.inner.pending.settle(org.id, reserved, inserted.count() as u64);
+        reserved.settle(inserted.count() as u64);
         Ok(outcomes)
     }
 
     /// Reserves `n` more pending events of `org` under
     /// [`IngestorConfig::max_pending`](crate::IngestorConfig::max_pending) (`pending.rs`),
     /// or `LimitExceeded`; then charges `cost` against the rate limit, giving the
-    /// reservation back when that refuses. Returns what was reserved (0 when unbounded).
+    /// reservation back when that refuses. Returns the reservation (empty when unbounded).
     async fn reserve_and_charge(
         &self,
         org: &Organization,
         n: u64,
         cost: u32,
         now: Timestamp,
-    ) -> Result<(u64, RateDecision)> {
+    ) -> Result<(Reservation, RateDecision)> {
         let per_minute = self.inner.config.tier_limits.per_minute(org.tier);
         let limit = super::pending::limit_for(per_minute, self.inner.config.max_pending);
         let reserved = match limit {
             Some(limit) if n > 0 => {
-                self.inner.pending.reserve(&self.inner.store, org.id, n, limit).await?;
-                n
+                self.inner.pending.reserve(&self.inner.store, org.id, n, limit).await?
             }
-            _ => 0,
+            _ => Reservation::none(org.id),
         };
-        match self.charge(org, cost, now).await {
-            Ok(rate) => Ok((reserved, rate)),
-            Err(e) => {
-                self.inner.pending.settle(org.id, reserved, 0);
-                Err(e)
-            }
-        }
+        // A refusal drops the reservation, which hands it back.
+        let rate = self.charge(org, cost, now).await?;
+        Ok((reserved, rate))
     }
 
     /// Charges the organization's rate limit for sending `deliveries` deliveries again (a

@@ -116,7 +116,7 @@ impl PendingCounts {
     }
 
     /// Reserves `n` pending events for `org` under `limit`, or `LimitExceeded` (nothing
-    /// reserved). Hand the reservation back with [`settle`](Self::settle) once the insert
+    /// reserved). Hand the reservation back with [`Reservation::settle`] once the insert
     /// has returned (or failed).
     pub(super) async fn reserve<S: EventLog>(
         self: &Arc<Self>,
@@ -124,7 +124,7 @@ impl PendingCounts {
         org: OrganizationId,
         n: u64,
         limit: u64,
-    ) -> Result<()> {
+    ) -> Result<Reservation> {
         if n > limit {
             return Err(refused(limit));
         }
@@ -167,7 +167,7 @@ impl PendingCounts {
                 return Err(refused(limit));
             }
             entry.inflight = entry.inflight.saturating_add(n);
-            return Ok(());
+            return Ok(Reservation { counts: Some(self.clone()), org, n });
         }
     }
 
@@ -214,7 +214,7 @@ impl PendingCounts {
 
     /// Hands back a reservation of `reserved` once its insert returned: `inserted` of them
     /// were stored (0 when it failed); the rest (duplicates) never were.
-    pub(super) fn settle(&self, org: OrganizationId, reserved: u64, inserted: u64) {
+    fn settle(&self, org: OrganizationId, reserved: u64, inserted: u64) {
         if let Some(entry) = self.entries().get_mut(&org) {
             entry.inflight = entry.inflight.saturating_sub(reserved);
             entry.inserted = entry.inserted.saturating_add(inserted);
@@ -238,6 +238,38 @@ impl PendingCounts {
         self.entries().retain(|_, e| {
             e.reading.is_some() || e.inflight > 0 || now.duration_since(e.used_at) < IDLE
         });
+    }
+}
+
+/// Pending events an ingest reserved ([`PendingCounts::reserve`]), handed back by
+/// [`settle`](Self::settle) once its insert returned — or, should the request be dropped
+/// before that (its client hung up), when dropped: then as if nothing was inserted, and
+/// what the insert stored anyway is in the next count read (a second later at most).
+pub(super) struct Reservation {
+    counts: Option<Arc<PendingCounts>>,
+    org: OrganizationId,
+    n: u64,
+}
+
+impl Reservation {
+    /// Nothing reserved (no bound applies).
+    pub(super) fn none(org: OrganizationId) -> Self {
+        Self { counts: None, org, n: 0 }
+    }
+
+    /// Hands the reservation back: `inserted` of its events were stored.
+    pub(super) fn settle(mut self, inserted: u64) {
+        if let Some(counts) = self.counts.take() {
+            counts.settle(self.org, self.n, inserted);
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(counts) = self.counts.take() {
+            counts.settle(self.org, self.n, 0);
+        }
     }
 }
 

@@ -613,3 +613,32 @@ async fn a_count_read_during_an_insert_keeps_its_reservation() {
     slow.await.unwrap().unwrap();
     assert_eq!(ing.stats(&org).await.unwrap().pending, 9);
 }
+
+/// An ingest dropped while its insert runs (its client hung up) hands its reservation back:
+/// the organization's room is not lost until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_dropped_midway_hands_its_reservation_back() {
+    let clock = ManualClock::new();
+    let config = IngestorConfig {
+        tier_limits: TierLimits::default().with(Tier::Free, 10),
+        // 10 pending events.
+        max_pending: Some(std::time::Duration::from_secs(60)),
+        ..config(&clock)
+    };
+    let ing = Ingestor::start(crate::counting::Counting::default(), NoDeliverer, config);
+    let (org, _) = ing.create_organization("hangs-up", Tier::Free).await.unwrap();
+    ing.ingest(&org, ev("one")).await.unwrap();
+    ing.store().hold_inserts();
+    let nine = || (0..9).map(|i| ev(&format!("nine.{i}"))).collect::<Vec<_>>();
+    let dropped = {
+        let (ing, org, batch) = (ing.clone(), org.clone(), nine());
+        tokio::spawn(async move { ing.ingest_batch(&org, batch).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    dropped.abort();
+    assert!(dropped.await.unwrap_err().is_cancelled());
+    ing.store().release_inserts(10);
+    clock.advance(std::time::Duration::from_secs(60));
+    ing.ingest_batch(&org, nine()).await.unwrap();
+    assert_eq!(ing.stats(&org).await.unwrap().pending, 10);
+}
