@@ -11,8 +11,10 @@
 -- trigger would copy every inserted row, payload and all, into its transition table. Every
 -- other change — of an event's status, or a deletion — is counted by the triggers below,
 -- so no other code path can forget it, also one of a node still running the previous
--- version during a rolling upgrade (whose inserts, for the minutes of the upgrade, are not
--- counted: the bound is approximate by that much).
+-- version during a rolling upgrade. That node's inserts are not counted, and stay so: its
+-- events are counted out when they finish, leaving the organization's count that much too
+-- low (read as at least 0) until a recount; stop the old nodes before the new ones take
+-- traffic where that matters.
 --
 -- This migration creates the triggers; creating them waits for the writes on `events`
 -- under way and holds new ones back until it commits (a moment, or `lock_timeout` and a

@@ -12,8 +12,9 @@ pub(super) fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 
 /// Runs one batch in one transaction. `None` if it committed.
 ///
-/// The pending events the batch's inserts recorded (`ops::pending`) are written just before
-/// the commit, and forgotten with whatever is rolled back.
+/// The changes of pending-event counts the batch's requests recorded (`ops::pending`:
+/// inserts, completions, acks) are written just before the commit, and forgotten with
+/// whatever is rolled back.
 pub(super) fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Option<BatchFailure> {
     pending::discard();
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
