@@ -460,31 +460,28 @@ impl Settings {
                 .filter(|n| (1..=100_000).contains(n))
                 .ok_or_else(|| bad(var, v, "expected a whole number from 1 to 100000")),
         };
-        const RETENTION: &str = "TRIGGERS_RETENTION";
-        let retention = match get(RETENTION) {
-            None => Some(Duration::from_secs(30 * 24 * 3600)),
-            Some(v) if v.eq_ignore_ascii_case("off") => None,
-            Some(v) => Some(
-                triggers_core::retry::parse_duration(v)
-                    .filter(|d| *d >= Duration::from_secs(1))
-                    .ok_or_else(|| {
-                        bad(RETENTION, v, "expected a duration of at least 1s (e.g. 30d) or off")
-                    })?,
-            ),
-        };
-
-        const MAX_PENDING: &str = "TRIGGERS_MAX_PENDING";
-        let max_pending = match get(MAX_PENDING) {
-            None => Some(triggers_core::DEFAULT_MAX_PENDING),
-            Some(v) if v.eq_ignore_ascii_case("off") => None,
-            Some(v) => Some(
-                triggers_core::retry::parse_duration(v)
-                    .filter(|d| *d >= Duration::from_secs(60))
-                    .ok_or_else(|| {
-                    bad(MAX_PENDING, v, "expected a duration of at least 1m (e.g. 7d) or off")
-                })?,
-            ),
-        };
+        // A duration of at least `min`, or `off` (None); `default` when unset.
+        let duration_or_off =
+            |var: &'static str, default: Duration, min: Duration, hint| match get(var) {
+                None => Ok(Some(default)),
+                Some(v) if v.eq_ignore_ascii_case("off") => Ok(None),
+                Some(v) => triggers_core::retry::parse_duration(v)
+                    .filter(|d| *d >= min)
+                    .map(Some)
+                    .ok_or_else(|| bad(var, v, hint)),
+            };
+        let retention = duration_or_off(
+            "TRIGGERS_RETENTION",
+            Duration::from_secs(30 * 24 * 3600),
+            Duration::from_secs(1),
+            "expected a duration of at least 1s (e.g. 30d) or off",
+        )?;
+        let max_pending = duration_or_off(
+            "TRIGGERS_MAX_PENDING",
+            triggers_core::DEFAULT_MAX_PENDING,
+            Duration::from_secs(60),
+            "expected a duration of at least 1m (e.g. 7d) or off",
+        )?;
 
         let key = |var: &'static str| {
             get(var)

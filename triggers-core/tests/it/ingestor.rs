@@ -509,13 +509,7 @@ async fn ingestion_does_not_wait_for_a_slow_pending_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_ingests_never_pass_the_pending_bound_together() {
     let clock = ManualClock::new();
-    let config = IngestorConfig {
-        tier_limits: TierLimits::default().with(Tier::Free, 100),
-        // 100 a minute for a minute: 100 pending events.
-        max_pending: Some(std::time::Duration::from_secs(60)),
-        ..config(&clock)
-    };
-    let ing = Ingestor::start(crate::counting::Counting::default(), NoDeliverer, config);
+    let ing = bounded(&clock, 100);
     let (org, _) = ing.create_organization("racer", Tier::Free).await.unwrap();
     let batch = (0..95).map(|i| ev(&format!("kept.{i}"))).collect();
     ing.ingest_batch(&org, batch).await.unwrap();
@@ -584,13 +578,7 @@ async fn a_failed_first_count_is_read_again_by_a_waiting_ingest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_count_read_during_an_insert_keeps_its_reservation() {
     let clock = ManualClock::new();
-    let config = IngestorConfig {
-        tier_limits: TierLimits::default().with(Tier::Free, 10),
-        // 10 pending events.
-        max_pending: Some(std::time::Duration::from_secs(60)),
-        ..config(&clock)
-    };
-    let ing = Ingestor::start(crate::counting::Counting::default(), NoDeliverer, config);
+    let ing = bounded(&clock, 10);
     let (org, _) = ing.create_organization("slow", Tier::Free).await.unwrap();
     ing.ingest(&org, ev("one")).await.unwrap();
     ing.store().hold_inserts();
@@ -619,13 +607,7 @@ async fn a_count_read_during_an_insert_keeps_its_reservation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ingest_dropped_midway_hands_its_reservation_back() {
     let clock = ManualClock::new();
-    let config = IngestorConfig {
-        tier_limits: TierLimits::default().with(Tier::Free, 10),
-        // 10 pending events.
-        max_pending: Some(std::time::Duration::from_secs(60)),
-        ..config(&clock)
-    };
-    let ing = Ingestor::start(crate::counting::Counting::default(), NoDeliverer, config);
+    let ing = bounded(&clock, 10);
     let (org, _) = ing.create_organization("hangs-up", Tier::Free).await.unwrap();
     ing.ingest(&org, ev("one")).await.unwrap();
     ing.store().hold_inserts();
@@ -641,4 +623,18 @@ async fn an_ingest_dropped_midway_hands_its_reservation_back() {
     clock.advance(std::time::Duration::from_secs(60));
     ing.ingest_batch(&org, nine()).await.unwrap();
     assert_eq!(ing.stats(&org).await.unwrap().pending, 10);
+}
+
+/// An Ingestor over a [`Counting`](crate::counting::Counting) store whose free tier sends
+/// `per_minute` events a minute and keeps as many pending (a minute's worth).
+fn bounded(
+    clock: &ManualClock,
+    per_minute: u32,
+) -> Ingestor<crate::counting::Counting, NoDeliverer> {
+    let config = IngestorConfig {
+        tier_limits: TierLimits::default().with(Tier::Free, per_minute),
+        max_pending: Some(std::time::Duration::from_secs(60)),
+        ..config(clock)
+    };
+    Ingestor::start(crate::counting::Counting::default(), NoDeliverer, config)
 }
